@@ -1,0 +1,123 @@
+//! `attention` (+ `attention_reduce`): causal grouped-query attention over a KV cache.
+//! Prefill (many tokens) runs one workgroup per (token, head). A single decode token would give
+//! only `hq` workgroups, so its keys are split flash-decoding style and the partials merged.
+
+use bytemuck::{Pod, Zeroable};
+
+use super::{expect_f32, key, u32_of, WG};
+use crate::error::{shape_err, Result};
+use crate::plan::{Binding, OpId, Plan};
+use crate::shader::Variant;
+use crate::tensor::Tensor;
+
+pub const MAX_HEAD_DIM: usize = 256;
+/// Keys per workgroup when decoding; also the granularity of the split count.
+pub const DECODE_SPLIT_LEN: u32 = 256;
+
+#[derive(Debug, Clone, Copy)]
+pub struct AttentionParams {
+    pub tokens: usize,
+    pub heads_q: usize,
+    pub heads_kv: usize,
+    pub head_dim: usize,
+    /// Absolute position of the first query token; the cache must already hold keys up to
+    /// `pos0 + tokens - 1`.
+    pub pos0: usize,
+    /// Sliding window in positions, 0 for full causal attention.
+    pub window: usize,
+    pub scale: f32,
+    /// Gemma 2's attention logit soft-cap, 0 for none.
+    pub softcap: f32,
+    /// Floats between query tokens in `q` (heads_q · head_dim unless q sits in fused rows).
+    pub q_stride: usize,
+}
+
+#[repr(C)]
+#[derive(Clone, Copy, Pod, Zeroable)]
+pub struct AttentionUniforms {
+    pub tokens: u32,
+    pub hq: u32,
+    pub hkv: u32,
+    pub d: u32,
+    pub s_max: u32,
+    pub pos0: u32,
+    pub window: u32,
+    pub n_splits: u32,
+    pub split_len: u32,
+    pub q_stride: u32,
+    pub scale: f32,
+    pub softcap: f32,
+}
+
+#[repr(C)]
+#[derive(Clone, Copy, Pod, Zeroable)]
+pub struct AttentionReduceUniforms {
+    pub rows: u32,
+    pub d: u32,
+    pub n_splits: u32,
+    pub _pad: u32,
+}
+
+/// `q`: [tokens, q_stride]; `k_cache`/`v_cache`: [heads_kv, s_max, head_dim];
+/// `out`: [tokens, heads_q · head_dim].
+pub fn attention(
+    plan: &mut Plan,
+    q: &Tensor,
+    k_cache: &Tensor,
+    v_cache: &Tensor,
+    out: &Tensor,
+    p: &AttentionParams,
+) -> Result<Vec<OpId>> {
+    const OP: &str = "attention";
+    if p.head_dim == 0 || p.head_dim > MAX_HEAD_DIM {
+        return shape_err(OP, format!("head_dim {} must be in 1..={MAX_HEAD_DIM}", p.head_dim));
+    }
+    if p.heads_kv == 0 || p.heads_q % p.heads_kv != 0 {
+        return shape_err(OP, format!("{} query heads are not a multiple of {} kv heads", p.heads_q, p.heads_kv));
+    }
+    let s_max = k_cache.numel() / (p.heads_kv * p.head_dim).max(1);
+    if p.pos0 + p.tokens > s_max {
+        return shape_err(OP, format!("positions up to {} exceed the KV cache capacity {s_max}", p.pos0 + p.tokens));
+    }
+    expect_f32(OP, "q", q, (p.tokens - 1) * p.q_stride + p.heads_q * p.head_dim)?;
+    expect_f32(OP, "k cache", k_cache, s_max * p.heads_kv * p.head_dim)?;
+    expect_f32(OP, "v cache", v_cache, s_max * p.heads_kv * p.head_dim)?;
+    expect_f32(OP, "out", out, p.tokens * p.heads_q * p.head_dim)?;
+
+    // Decode: split the keys so there are enough workgroups to fill the GPU.
+    let keys = (p.pos0 + 1) as u32;
+    let n_splits = if p.tokens == 1 { keys.div_ceil(DECODE_SPLIT_LEN).max(1) } else { 1 };
+    let split_len = if n_splits == 1 { u32_of(OP, "s_max", s_max)? } else { DECODE_SPLIT_LEN };
+    let uniforms = AttentionUniforms {
+        tokens: u32_of(OP, "tokens", p.tokens)?,
+        hq: p.heads_q as u32,
+        hkv: p.heads_kv as u32,
+        d: p.head_dim as u32,
+        s_max: s_max as u32,
+        pos0: u32_of(OP, "pos0", p.pos0)?,
+        window: u32_of(OP, "window", p.window)?,
+        n_splits,
+        split_len,
+        q_stride: u32_of(OP, "q_stride", p.q_stride)?,
+        scale: p.scale,
+        softcap: p.softcap,
+    };
+    let rows = uniforms.tokens * uniforms.hq;
+    let partial = n_splits > 1;
+    let variant = Variant::default().flag_if(partial, "PARTIAL").with("WG", WG);
+    let target = if partial {
+        plan.scratch_f32("attention partials", (rows * n_splits * (uniforms.d + 2)) as usize)?
+    } else {
+        Binding::tensor(out)?
+    };
+    let storage = vec![Some(Binding::tensor(q)?), Some(Binding::tensor(k_cache)?), Some(Binding::tensor(v_cache)?), Some(target.clone())];
+    let grid = plan.grid(rows * n_splits);
+    let mut ops = vec![plan.dispatch("attention", key("attention", variant), &uniforms, storage, grid)?];
+    if partial {
+        let reduce = AttentionReduceUniforms { rows, d: uniforms.d, n_splits, _pad: 0 };
+        let storage = vec![Some(target), Some(Binding::tensor(out)?)];
+        let grid = plan.grid(rows);
+        ops.push(plan.dispatch("attention reduce", key("attention_reduce", Variant::default().with("WG", WG)), &reduce, storage, grid)?);
+    }
+    Ok(ops)
+}

@@ -1,0 +1,58 @@
+//! `matmul`: Y = X·Wᵀ (+ bias) for many tokens — prefill.
+
+use bytemuck::{Pod, Zeroable};
+
+use super::{expect_f32, key, u32_of, weight_variant};
+use crate::error::Result;
+use crate::plan::{Binding, OpId, Plan};
+use crate::tensor::Tensor;
+
+const TILE: u32 = 32;
+
+#[repr(C)]
+#[derive(Clone, Copy, Pod, Zeroable)]
+pub struct MatmulParams {
+    pub m: u32,
+    pub k: u32,
+    pub n: u32,
+    pub out_offset: u32,
+    pub ldy: u32,
+    pub _pad: [u32; 3],
+}
+
+/// `x`: [m, k] f32; `w`: [n, k] any dtype (k a multiple of 8); `y`: [m, n] f32; `bias`: n f32.
+pub fn matmul(plan: &mut Plan, x: &Tensor, w: &Tensor, bias: Option<&Tensor>, y: &Tensor, m: usize) -> Result<Vec<OpId>> {
+    const OP: &str = "matmul";
+    let (n, k) = (w.rows(), w.k());
+    if k % 8 != 0 {
+        return crate::error::shape_err(OP, format!("`{}`: k = {k} must be a multiple of 8", w.name));
+    }
+    expect_f32(OP, "input", x, m * k)?;
+    expect_f32(OP, "output", y, m * n)?;
+    if let Some(b) = bias {
+        expect_f32(OP, "bias", b, n)?;
+    }
+    let variant = weight_variant(w.dtype).flag_if(bias.is_some(), "BIAS");
+    let mut ops = Vec::new();
+    for chunk in &w.chunks {
+        let rows = chunk.rows.len() as u32;
+        let params = MatmulParams {
+            m: u32_of(OP, "m", m)?,
+            k: k as u32,
+            n: rows,
+            out_offset: chunk.rows.start as u32,
+            ldy: u32_of(OP, "n", n)?,
+            _pad: [0; 3],
+        };
+        let storage = vec![
+            Some(Binding::tensor(x)?),
+            Some(Binding::tensor(y)?),
+            Some(Binding::qs(chunk)),
+            w.dtype.is_quantized().then(|| Binding::scales(chunk)),
+            bias.map(Binding::tensor).transpose()?,
+        ];
+        let grid = [rows.div_ceil(TILE), (m as u32).div_ceil(TILE), 1];
+        ops.push(plan.dispatch(format!("matmul {}", w.name), key("matmul", variant.clone()), &params, storage, grid)?);
+    }
+    Ok(ops)
+}

@@ -1,0 +1,54 @@
+//! `matvec`: y = W·x (+ bias) for one token — the decode step's matmul, memory-bound.
+
+use bytemuck::{Pod, Zeroable};
+
+use super::{expect_f32, key, u32_of, weight_variant, WG};
+use crate::error::Result;
+use crate::plan::{Binding, OpId, Plan};
+use crate::tensor::Tensor;
+
+/// Output rows per workgroup; each thread reuses its x loads across them.
+pub const ROWS_PER_WORKGROUP: u32 = 4;
+
+#[repr(C)]
+#[derive(Clone, Copy, Pod, Zeroable)]
+pub struct MatvecParams {
+    pub k: u32,
+    pub rows: u32,
+    pub out_offset: u32,
+    pub _pad: u32,
+}
+
+/// `w`: [n, k] weights of any dtype (k a multiple of 8); `x`: k f32; `y`: n f32; `bias`: n f32.
+pub fn matvec(plan: &mut Plan, w: &Tensor, x: &Tensor, bias: Option<&Tensor>, y: &Tensor) -> Result<Vec<OpId>> {
+    const OP: &str = "matvec";
+    let (n, k) = (w.rows(), w.k());
+    if k % 8 != 0 {
+        return crate::error::shape_err(OP, format!("`{}`: k = {k} must be a multiple of 8", w.name));
+    }
+    expect_f32(OP, "input", x, k)?;
+    expect_f32(OP, "output", y, n)?;
+    if let Some(b) = bias {
+        expect_f32(OP, "bias", b, n)?;
+    }
+    let variant = weight_variant(w.dtype)
+        .flag_if(bias.is_some(), "BIAS")
+        .flag_if(plan.dev.caps.subgroups, "SUBGROUPS")
+        .with("WG", WG)
+        .with("ROWS", ROWS_PER_WORKGROUP);
+    let mut ops = Vec::new();
+    for chunk in &w.chunks {
+        let rows = chunk.rows.len() as u32;
+        let params = MatvecParams { k: u32_of(OP, "k", k)?, rows, out_offset: chunk.rows.start as u32, _pad: 0 };
+        let storage = vec![
+            Some(Binding::tensor(x)?),
+            Some(Binding::tensor(y)?),
+            Some(Binding::qs(chunk)),
+            w.dtype.is_quantized().then(|| Binding::scales(chunk)),
+            bias.map(Binding::tensor).transpose()?,
+        ];
+        let grid = plan.grid(rows.div_ceil(ROWS_PER_WORKGROUP));
+        ops.push(plan.dispatch(format!("matvec {}", w.name), key("matvec", variant.clone()), &params, storage, grid)?);
+    }
+    Ok(ops)
+}

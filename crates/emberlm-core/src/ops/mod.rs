@@ -1,0 +1,68 @@
+//! One dispatcher per kernel (`ops/<name>.rs` drives `shaders/<name>.wgsl`). A dispatcher checks
+//! shapes and limits, picks the kernel variant from the dtype and the device's features, and
+//! records dispatches into a [`Plan`](crate::plan::Plan); chunked weights give one dispatch per chunk.
+
+pub mod argmax;
+pub mod attention;
+pub mod embedding;
+pub mod gated_activation;
+pub mod kv_cache_append;
+pub mod matmul;
+pub mod matvec;
+pub mod rms_norm;
+pub mod rope;
+pub mod softmax;
+pub mod top_k;
+
+pub use argmax::argmax;
+pub use attention::{attention, AttentionParams};
+pub use embedding::embedding;
+pub use gated_activation::{gated_activation, Activation};
+pub use kv_cache_append::kv_cache_append;
+pub use matmul::matmul;
+pub use matvec::matvec;
+pub use rms_norm::rms_norm;
+pub use rope::{rope, RopeLayout};
+pub use softmax::softmax;
+pub use top_k::top_k;
+
+use crate::dtype::DType;
+use crate::error::{Error, Result};
+use crate::pipeline_cache::KernelKey;
+use crate::shader::Variant;
+use crate::tensor::Tensor;
+
+/// Threads per workgroup for the row-wise and element-wise kernels.
+pub(crate) const WG: u32 = 64;
+/// Threads per workgroup for row reductions over long rows (norms, softmax, argmax).
+pub(crate) const WG_ROW: u32 = 256;
+
+pub(crate) fn key(kernel: &'static str, variant: Variant) -> KernelKey {
+    KernelKey { kernel, variant }
+}
+
+/// Flags that select the weight decoder in `shaders/lib/weights.wgsl`.
+pub(crate) fn weight_variant(dtype: DType) -> Variant {
+    let v = Variant::default().flag(match dtype {
+        DType::F32 => "W_F32",
+        DType::F16 => "W_F16",
+        DType::Q8 => "W_Q8",
+        DType::Q4 => "W_Q4",
+    });
+    v.flag_if(dtype.is_quantized(), "QUANTIZED")
+}
+
+/// Fails unless `t` is an f32 tensor of exactly `len` elements.
+pub(crate) fn expect_f32(op: &'static str, what: &str, t: &Tensor, len: usize) -> Result<()> {
+    if t.dtype != DType::F32 {
+        return Err(Error::Shape { op, detail: format!("{what} `{}` must be f32, is {}", t.name, t.dtype.name()) });
+    }
+    if t.numel() < len {
+        return Err(Error::Shape { op, detail: format!("{what} `{}` has {} elements, needs {len}", t.name, t.numel()) });
+    }
+    Ok(())
+}
+
+pub(crate) fn u32_of(op: &'static str, what: &str, v: usize) -> Result<u32> {
+    u32::try_from(v).map_err(|_| Error::Shape { op, detail: format!("{what} = {v} does not fit in u32") })
+}

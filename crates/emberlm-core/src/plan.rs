@@ -1,0 +1,257 @@
+//! Execution: ops are recorded into a `Plan`, which compiles to an `Executable` — every
+//! dispatch of a forward step in one command encoder and one compute pass, with all uniforms
+//! in one arena buffer written by a single `write_buffer`. An executable is built once and run
+//! many times; between runs only the uniforms that change (a decode position) are rewritten.
+
+use std::sync::Arc;
+
+use crate::buffer_pool::BufferPool;
+use crate::device::GpuDevice;
+use crate::error::{Error, Result};
+use crate::pipeline_cache::KernelKey;
+use crate::tensor::{Tensor, TensorChunk};
+
+/// One storage binding: a buffer range.
+#[derive(Debug, Clone)]
+pub struct Binding {
+    pub buffer: wgpu::Buffer,
+    pub offset: u64,
+    pub size: u64,
+}
+
+impl Binding {
+    pub fn whole(buffer: &wgpu::Buffer) -> Self {
+        Self { buffer: buffer.clone(), offset: 0, size: buffer.size() }
+    }
+
+    /// An unchunked tensor's values.
+    pub fn tensor(t: &Tensor) -> Result<Self> {
+        let chunk = single_chunk(t)?;
+        Ok(Self::qs(chunk))
+    }
+
+    pub fn qs(chunk: &TensorChunk) -> Self {
+        Self { buffer: chunk.buffer.clone(), offset: chunk.qs.start, size: chunk.qs.end - chunk.qs.start }
+    }
+
+    pub fn scales(chunk: &TensorChunk) -> Self {
+        Self { buffer: chunk.buffer.clone(), offset: chunk.scales.start, size: chunk.scales.end - chunk.scales.start }
+    }
+}
+
+fn single_chunk(t: &Tensor) -> Result<&TensorChunk> {
+    match t.chunks.as_slice() {
+        [only] => Ok(only),
+        _ => Err(Error::InvalidArgument(format!(
+            "tensor `{}` is split into {} chunks, but this op binds it whole",
+            t.name,
+            t.chunks.len()
+        ))),
+    }
+}
+
+/// Index of a dispatch inside an executable, for updating its uniforms later.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct OpId(pub usize);
+
+struct RecordedOp {
+    label: String,
+    key: KernelKey,
+    uniform_offset: u64,
+    uniform_size: u64,
+    bindings: Vec<Option<Binding>>,
+    workgroups: [u32; 3],
+}
+
+/// Records dispatches. Uniform structs are at most `UNIFORM_SLOT` bytes each.
+pub struct Plan<'d> {
+    pub dev: &'d GpuDevice,
+    ops: Vec<RecordedOp>,
+    arena: Vec<u8>,
+    scratch: Vec<wgpu::Buffer>,
+}
+
+const UNIFORM_SLOT: u64 = 256;
+
+impl<'d> Plan<'d> {
+    pub fn new(dev: &'d GpuDevice) -> Self {
+        Self { dev, ops: Vec::new(), arena: Vec::new(), scratch: Vec::new() }
+    }
+
+    /// Records one dispatch of `key` with `uniforms` at binding 0 and `storage[i]` at binding
+    /// i + 1; `None` leaves that binding number out (an optional binding the variant lacks).
+    pub fn dispatch<U: bytemuck::Pod>(
+        &mut self,
+        label: impl Into<String>,
+        key: KernelKey,
+        uniforms: &U,
+        storage: Vec<Option<Binding>>,
+        workgroups: [u32; 3],
+    ) -> Result<OpId> {
+        let bytes = bytemuck::bytes_of(uniforms);
+        let slot = UNIFORM_SLOT.max(self.dev.caps.min_uniform_offset_alignment as u64);
+        if bytes.len() as u64 > slot {
+            return Err(Error::InvalidArgument(format!("uniforms of {} are larger than a slot", key.kernel)));
+        }
+        let max = self.dev.caps.max_workgroups_per_dim;
+        if workgroups.iter().any(|&w| w > max) {
+            return Err(Error::LimitExceeded {
+                what: format!("dispatch of {} with {workgroups:?} workgroups", key.kernel),
+                needed: *workgroups.iter().max().unwrap() as u64,
+                limit: max as u64,
+                limit_name: "maxComputeWorkgroupsPerDimension",
+            });
+        }
+        let offset = self.arena.len() as u64;
+        self.arena.extend_from_slice(bytes);
+        self.arena.resize((offset + slot) as usize, 0);
+        self.ops.push(RecordedOp {
+            label: label.into(),
+            key,
+            uniform_offset: offset,
+            uniform_size: (bytes.len() as u64).next_multiple_of(16),
+            bindings: storage,
+            workgroups,
+        });
+        Ok(OpId(self.ops.len() - 1))
+    }
+
+    /// A zeroed-on-first-use f32 scratch tensor from the device's buffer pool, returned to the
+    /// pool when the executable is dropped.
+    pub fn scratch_f32(&mut self, name: &str, len: usize) -> Result<Binding> {
+        let usage = wgpu::BufferUsages::STORAGE | wgpu::BufferUsages::COPY_SRC | wgpu::BufferUsages::COPY_DST;
+        let buffer = self.dev.pooled_buffer(name, (len.max(1) * 4) as u64, usage)?;
+        self.scratch.push(buffer.clone());
+        Ok(Binding { buffer, offset: 0, size: (len.max(1) * 4) as u64 })
+    }
+
+    /// Linear workgroup count → a 2-D grid within the per-dimension limit. Kernels rebuild the
+    /// linear index as `wid.y * num_workgroups.x + wid.x` and skip indices past the count.
+    pub fn grid(&self, count: u32) -> [u32; 3] {
+        let max = self.dev.caps.max_workgroups_per_dim.max(1);
+        if count <= max {
+            [count.max(1), 1, 1]
+        } else {
+            [max, count.div_ceil(max), 1]
+        }
+    }
+
+    /// Compiles pipelines (cached per device) and bind groups.
+    pub fn finish(self) -> Result<Executable> {
+        let dev = self.dev;
+        dev.check_alive()?;
+        let arena_size = (self.arena.len() as u64).max(UNIFORM_SLOT);
+        let uniforms = dev.create_buffer("uniform arena", arena_size, wgpu::BufferUsages::UNIFORM | wgpu::BufferUsages::COPY_DST)?;
+        let scope = dev.device.push_error_scope(wgpu::ErrorFilter::Validation);
+        let mut ops = Vec::with_capacity(self.ops.len());
+        for op in self.ops {
+            let pipeline = dev.pipelines.get_or_create(&dev.device, &op.key)?;
+            let mut entries = vec![wgpu::BindGroupEntry {
+                binding: 0,
+                resource: wgpu::BindingResource::Buffer(wgpu::BufferBinding {
+                    buffer: &uniforms,
+                    offset: op.uniform_offset,
+                    size: wgpu::BufferSize::new(op.uniform_size),
+                }),
+            }];
+            for (i, b) in op.bindings.iter().enumerate() {
+                let Some(b) = b else { continue };
+                entries.push(wgpu::BindGroupEntry {
+                    binding: i as u32 + 1,
+                    resource: wgpu::BindingResource::Buffer(wgpu::BufferBinding {
+                        buffer: &b.buffer,
+                        offset: b.offset,
+                        size: wgpu::BufferSize::new(b.size),
+                    }),
+                });
+            }
+            let bind_group = dev.device.create_bind_group(&wgpu::BindGroupDescriptor {
+                label: Some(&op.label),
+                layout: &pipeline.get_bind_group_layout(0),
+                entries: &entries,
+            });
+            ops.push(CompiledOp { label: op.label, pipeline, bind_group, workgroups: op.workgroups, uniform_offset: op.uniform_offset });
+        }
+        if let Some(Some(err)) = crate::device::poll_now(scope.pop()) {
+            return Err(Error::Validation { context: "building an execution plan".into(), message: err.to_string() });
+        }
+        Ok(Executable { ops, arena: self.arena, arena_dirty: true, uniforms, scratch: self.scratch, pool: dev.pool.clone() })
+    }
+}
+
+pub struct CompiledOp {
+    pub label: String,
+    pipeline: wgpu::ComputePipeline,
+    bind_group: wgpu::BindGroup,
+    workgroups: [u32; 3],
+    uniform_offset: u64,
+}
+
+pub struct Executable {
+    ops: Vec<CompiledOp>,
+    arena: Vec<u8>,
+    arena_dirty: bool,
+    uniforms: wgpu::Buffer,
+    scratch: Vec<wgpu::Buffer>,
+    pool: Arc<BufferPool>,
+}
+
+impl Executable {
+    pub fn len(&self) -> usize {
+        self.ops.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.ops.is_empty()
+    }
+
+    pub fn labels(&self) -> impl Iterator<Item = &str> {
+        self.ops.iter().map(|op| op.label.as_str())
+    }
+
+    /// Replaces one op's uniforms; written to the GPU at the next `run`.
+    pub fn set_uniforms<U: bytemuck::Pod>(&mut self, op: OpId, uniforms: &U) {
+        let start = self.ops[op.0].uniform_offset as usize;
+        let bytes = bytemuck::bytes_of(uniforms);
+        self.arena[start..start + bytes.len()].copy_from_slice(bytes);
+        self.arena_dirty = true;
+    }
+
+    pub fn set_workgroups(&mut self, op: OpId, workgroups: [u32; 3]) {
+        self.ops[op.0].workgroups = workgroups;
+    }
+
+    /// Records every dispatch into one compute pass of `encoder`.
+    pub fn encode(&mut self, dev: &GpuDevice, encoder: &mut wgpu::CommandEncoder) {
+        if self.arena_dirty {
+            dev.queue.write_buffer(&self.uniforms, 0, &self.arena);
+            self.arena_dirty = false;
+        }
+        let mut pass = encoder.begin_compute_pass(&wgpu::ComputePassDescriptor { label: Some("emberlm step"), timestamp_writes: None });
+        for op in &self.ops {
+            if op.workgroups.contains(&0) {
+                continue;
+            }
+            pass.set_pipeline(&op.pipeline);
+            pass.set_bind_group(0, &op.bind_group, &[]);
+            pass.dispatch_workgroups(op.workgroups[0], op.workgroups[1], op.workgroups[2]);
+        }
+    }
+
+    /// Encodes and submits the whole step.
+    pub fn run(&mut self, dev: &GpuDevice) -> Result<()> {
+        dev.check_alive()?;
+        let mut encoder = dev.device.create_command_encoder(&wgpu::CommandEncoderDescriptor { label: Some("emberlm step") });
+        self.encode(dev, &mut encoder);
+        dev.queue.submit([encoder.finish()]);
+        Ok(())
+    }
+}
+
+impl Drop for Executable {
+    fn drop(&mut self) {
+        for buffer in self.scratch.drain(..) {
+            self.pool.give_back(buffer);
+        }
+    }
+}
