@@ -15,9 +15,10 @@ struct Params {
 
 fn activation(g: f32) -> f32 {
 #if GELU_TANH
-    let inner = 0.7978845608028654 * (g + 0.044715 * g * g * g); // sqrt(2/pi)
-    // tanh saturates in f32 well before |15|; clamping keeps exp-based tanh from inf/inf.
-    return 0.5 * g * (1.0 + tanh(clamp(inner, -15.0, 15.0)));
+    // 0.5·g·(1 + tanh(u)) written as g·sigmoid(2u): the same function, without the
+    // cancellation in 1 + tanh(u) for negative g that costs f32 most of its digits.
+    let u = 0.7978845608028654 * (g + 0.044715 * g * g * g); // sqrt(2/pi)
+    return g / (1.0 + exp(-2.0 * u));
 #else
     return g / (1.0 + exp(-g));
 #endif

@@ -3,8 +3,8 @@
 // for all of them; threads walk a row in 8-weight octets, so adjacent threads read adjacent
 // words. Weights are decoded in registers (weights.wgsl) and never written out; sums are f32.
 // Reduction: subgroupAdd then one slot per subgroup when SUBGROUPS, a shared-memory tree otherwise.
-#if SUBGROUPS
-enable subgroups;
+#if ENABLE_SUBGROUPS_DIRECTIVE
+enable subgroups; // browsers (Tint) require the directive; naga, natively, rejects it
 #endif
 
 struct Params {

@@ -1,0 +1,162 @@
+//! CPU reference for every kernel: plain loops, f64 accumulation, no shared code with the
+//! shaders beyond the documented weight formats (weights arrive already dequantised by
+//! `PackedMatrix::dequantize`). Only tests, the wasm self-test and benchmarks use it.
+
+use crate::ops::{Activation, RopeLayout};
+
+/// y[r] = Σ_j w[r, j] · x[j] (+ bias[r]).
+pub fn matvec(w: &[f32], x: &[f32], bias: Option<&[f32]>, rows: usize) -> Vec<f64> {
+    let k = x.len();
+    (0..rows)
+        .map(|r| {
+            let dot: f64 = (0..k).map(|j| w[r * k + j] as f64 * x[j] as f64).sum();
+            dot + bias.map_or(0.0, |b| b[r] as f64)
+        })
+        .collect()
+}
+
+/// Σ_j |w[r, j] · x[j]| per row: the scale of the rounding error of a dot product.
+pub fn abs_dot(w: &[f32], x: &[f32], rows: usize) -> Vec<f64> {
+    let k = x.len();
+    (0..rows).map(|r| (0..k).map(|j| (w[r * k + j] as f64 * x[j] as f64).abs()).sum()).collect()
+}
+
+/// Y[m, n] = Σ_j X[m, j] · W[n, j] (+ bias[n]).
+pub fn matmul(x: &[f32], w: &[f32], bias: Option<&[f32]>, m: usize, n: usize, k: usize) -> Vec<f64> {
+    let mut y = Vec::with_capacity(m * n);
+    for i in 0..m {
+        y.extend(matvec(w, &x[i * k..(i + 1) * k], bias, n));
+    }
+    y
+}
+
+pub struct AttentionShape {
+    pub tokens: usize,
+    pub hq: usize,
+    pub hkv: usize,
+    pub d: usize,
+    pub s_max: usize,
+    pub pos0: usize,
+    pub window: usize,
+    pub scale: f64,
+    pub softcap: f64,
+    pub q_stride: usize,
+}
+
+/// Softmax(q·kᵀ·scale, causal + window, optional soft-cap)·v; q: [tokens, q_stride], caches
+/// [hkv, s_max, d]; returns [tokens, hq, d].
+pub fn attention(q: &[f32], k_cache: &[f32], v_cache: &[f32], s: &AttentionShape) -> Vec<f64> {
+    let mut out = vec![0f64; s.tokens * s.hq * s.d];
+    for t in 0..s.tokens {
+        let p = s.pos0 + t;
+        let lo = if s.window > 0 && p + 1 > s.window { p + 1 - s.window } else { 0 };
+        for h in 0..s.hq {
+            let kvh = h / (s.hq / s.hkv);
+            let qv = &q[t * s.q_stride + h * s.d..t * s.q_stride + (h + 1) * s.d];
+            let scores: Vec<f64> = (lo..=p)
+                .map(|j| {
+                    let k = &k_cache[(kvh * s.s_max + j) * s.d..][..s.d];
+                    let mut v: f64 = qv.iter().zip(k).map(|(a, b)| *a as f64 * *b as f64).sum::<f64>() * s.scale;
+                    if s.softcap > 0.0 {
+                        v = s.softcap * (v / s.softcap).tanh();
+                    }
+                    v
+                })
+                .collect();
+            let probs = softmax_row(&scores);
+            for (pj, j) in probs.iter().zip(lo..=p) {
+                let v = &v_cache[(kvh * s.s_max + j) * s.d..][..s.d];
+                for i in 0..s.d {
+                    out[(t * s.hq + h) * s.d + i] += pj * v[i] as f64;
+                }
+            }
+        }
+    }
+    out
+}
+
+pub fn softmax_row(x: &[f64]) -> Vec<f64> {
+    let m = x.iter().copied().fold(f64::NEG_INFINITY, f64::max);
+    let e: Vec<f64> = x.iter().map(|v| (v - m).exp()).collect();
+    let sum: f64 = e.iter().sum();
+    e.iter().map(|v| v / sum).collect()
+}
+
+/// Returns (normalised rows, new residual if any).
+pub fn rms_norm(x: &[f32], weight: &[f32], residual: Option<&[f32]>, eps: f64, offset: f64) -> (Vec<f64>, Vec<f64>) {
+    let cols = weight.len();
+    let h: Vec<f64> = match residual {
+        Some(r) => x.iter().zip(r).map(|(a, b)| *a as f64 + *b as f64).collect(),
+        None => x.iter().map(|&a| a as f64).collect(),
+    };
+    let mut out = Vec::with_capacity(h.len());
+    for row in h.chunks(cols) {
+        let inv = 1.0 / (row.iter().map(|v| v * v).sum::<f64>() / cols as f64 + eps).sqrt();
+        out.extend(row.iter().zip(weight).map(|(v, w)| v * inv * (*w as f64 + offset)));
+    }
+    (out, h)
+}
+
+/// Rotates in a copy of `x` using the (cos, sin) table `[positions][rot/2]`.
+#[allow(clippy::too_many_arguments)]
+pub fn rope(
+    x: &[f32],
+    table: &[f32],
+    rot_dims: usize,
+    layout: RopeLayout,
+    tokens: usize,
+    heads: usize,
+    d: usize,
+    head_offset: usize,
+    row_stride: usize,
+    pos0: usize,
+) -> Vec<f64> {
+    let mut out: Vec<f64> = x.iter().map(|&v| v as f64).collect();
+    let half = rot_dims / 2;
+    for t in 0..tokens {
+        for h in 0..heads {
+            let base = t * row_stride + (head_offset + h) * d;
+            for i in 0..half {
+                let (c, s) = (table[((pos0 + t) * half + i) * 2] as f64, table[((pos0 + t) * half + i) * 2 + 1] as f64);
+                let (ia, ib) = match layout {
+                    RopeLayout::Neox => (base + i, base + i + half),
+                    RopeLayout::Interleaved => (base + 2 * i, base + 2 * i + 1),
+                };
+                let (a, b) = (x[ia] as f64, x[ib] as f64);
+                out[ia] = a * c - b * s;
+                out[ib] = b * c + a * s;
+            }
+        }
+    }
+    out
+}
+
+pub fn activation(act: Activation, g: f64) -> f64 {
+    match act {
+        Activation::Silu => g / (1.0 + (-g).exp()),
+        Activation::GeluTanh => {
+            let inner = (2.0 / std::f64::consts::PI).sqrt() * (g + 0.044715 * g * g * g);
+            0.5 * g * (1.0 + inner.tanh())
+        }
+    }
+}
+
+/// act(gate) · up over [rows, 2·inter] fused rows.
+pub fn gated_activation(gate_up: &[f32], inter: usize, act: Activation) -> Vec<f64> {
+    gate_up
+        .chunks(2 * inter)
+        .flat_map(|row| (0..inter).map(move |i| activation(act, row[i] as f64) * row[inter + i] as f64))
+        .collect()
+}
+
+/// Index of the largest value, lowest index on ties, NaN skipped; 0 if none.
+pub fn argmax(x: &[f32]) -> u32 {
+    top_k(x, 1).first().map_or(0, |&(i, _)| i)
+}
+
+/// The k largest (index, value), descending, ties by lower index, NaN skipped.
+pub fn top_k(x: &[f32], k: usize) -> Vec<(u32, f32)> {
+    let mut idx: Vec<u32> = (0..x.len() as u32).filter(|&i| !x[i as usize].is_nan()).collect();
+    idx.sort_by(|&a, &b| x[b as usize].partial_cmp(&x[a as usize]).unwrap().then(a.cmp(&b)));
+    idx.into_iter().take(k).map(|i| (i, x[i as usize])).collect()
+}

@@ -47,12 +47,18 @@ fn binding<'a>(buffer: &'a wgpu::Buffer, range: &Range<u64>) -> wgpu::BindingRes
     })
 }
 
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct Tensor {
     pub name: String,
     pub shape: Vec<usize>,
     pub dtype: DType,
     pub chunks: Vec<TensorChunk>,
+}
+
+impl std::fmt::Debug for Tensor {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Tensor({} {:?} {}, {} chunk(s))", self.name, self.shape, self.dtype.name(), self.chunks.len())
+    }
 }
 
 const ALIGN: u64 = 256;
@@ -77,8 +83,25 @@ impl Tensor {
         self.shape.iter().product()
     }
 
-    /// Allocates an uninitialised (zeroed) tensor, chunked so each segment fits one binding.
+    /// A zeroed tensor in one binding (activations, caches, norms): a clear `LimitExceeded`
+    /// error if it does not fit, since kernels bind these whole.
     pub fn new_zeroed(dev: &GpuDevice, name: &str, shape: &[usize], dtype: DType) -> Result<Self> {
+        let (rows, k) = Self::rows_k(shape);
+        let bytes = rows as u64 * (dtype.qs_row_bytes(k) + dtype.scale_row_bytes(k));
+        if bytes > dev.caps.max_storage_binding {
+            return Err(Error::LimitExceeded {
+                what: format!("tensor `{name}` {shape:?}"),
+                needed: bytes,
+                limit: dev.caps.max_storage_binding,
+                limit_name: "maxStorageBufferBindingSize",
+            });
+        }
+        Self::new_weight(dev, name, shape, dtype)
+    }
+
+    /// A zeroed weight matrix, split into row chunks so each segment fits one binding; the
+    /// weight kernels dispatch once per chunk.
+    pub fn new_weight(dev: &GpuDevice, name: &str, shape: &[usize], dtype: DType) -> Result<Self> {
         let (rows, k) = Self::rows_k(shape);
         if k % dtype.k_multiple() != 0 {
             return Err(Error::Shape {
@@ -132,7 +155,7 @@ impl Tensor {
                 detail: format!("`{name}`: shape {shape:?} does not match packed data {} × {}", packed.rows, packed.k),
             });
         }
-        let tensor = Self::new_zeroed(dev, name, shape, packed.dtype)?;
+        let tensor = Self::new_weight(dev, name, shape, packed.dtype)?;
         tensor.write_rows(dev, 0, packed.qs_bytes(), packed.scale_bytes())?;
         Ok(tensor)
     }

@@ -34,6 +34,7 @@ pub fn matvec(plan: &mut Plan, w: &Tensor, x: &Tensor, bias: Option<&Tensor>, y:
     let variant = weight_variant(w.dtype)
         .flag_if(bias.is_some(), "BIAS")
         .flag_if(plan.dev.caps.subgroups, "SUBGROUPS")
+        .flag_if(plan.dev.caps.subgroups && cfg!(target_arch = "wasm32"), "ENABLE_SUBGROUPS_DIRECTIVE")
         .with("WG", WG)
         .with("ROWS", ROWS_PER_WORKGROUP);
     let mut ops = Vec::new();
