@@ -173,7 +173,8 @@ fn browser_suite_passes_natively() {
 /// A warm executable run again creates no buffers: a decode step allocates nothing.
 #[test]
 fn rerunning_an_executable_allocates_nothing() {
-    let d = dev();
+    // Its own device: the shared ones are allocating for tests running in parallel.
+    let d = &device_with(DeviceOptions::default());
     let (n, k) = (64, 128);
     let values: Vec<f32> = (0..n * k).map(|i| ((i % 13) as f32 - 6.0) / 6.0).collect();
     let w = Tensor::from_packed(d, "w", &[n, k], &PackedMatrix::pack(DType::Q4, n, k, &values)).unwrap();
