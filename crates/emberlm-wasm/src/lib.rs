@@ -1,1 +1,104 @@
-pub fn placeholder() {}
+//! wasm-bindgen exports of emberlm. Today: device information and the kernel self-test, which
+//! runs every kernel against the CPU reference inside the browser (the same checks as
+//! `cargo test`), so the wasm/WebGPU path is tested on every run.
+
+use emberlm_core::{DeviceOptions, GpuDevice};
+use serde::Serialize;
+use wasm_bindgen::prelude::*;
+
+#[wasm_bindgen(start)]
+pub fn start() {
+    console_error_panic_hook::set_once();
+}
+
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+struct DeviceReport {
+    adapter_name: String,
+    backend: String,
+    shader_f16: bool,
+    subgroups: bool,
+    subgroup_min_size: u32,
+    subgroup_max_size: u32,
+    max_buffer_size: u64,
+    max_storage_binding: u64,
+    max_workgroup_storage: u32,
+}
+
+impl DeviceReport {
+    fn of(dev: &GpuDevice) -> Self {
+        let c = &dev.caps;
+        Self {
+            adapter_name: c.adapter_name.clone(),
+            backend: c.backend.clone(),
+            shader_f16: c.shader_f16,
+            subgroups: c.subgroups,
+            subgroup_min_size: c.subgroup_min_size,
+            subgroup_max_size: c.subgroup_max_size,
+            max_buffer_size: c.max_buffer_size,
+            max_storage_binding: c.max_storage_binding,
+            max_workgroup_storage: c.max_workgroup_storage,
+        }
+    }
+}
+
+fn to_js<T: Serialize>(value: &T) -> Result<JsValue, JsValue> {
+    // u64 limits do not fit a JS number exactly; as plain numbers they are fine for reporting.
+    let serializer = serde_wasm_bindgen::Serializer::new().serialize_large_number_types_as_bigints(false);
+    value.serialize(&serializer).map_err(|e| JsValue::from_str(&e.to_string()))
+}
+
+async fn device(allow_subgroups: bool) -> Result<GpuDevice, JsValue> {
+    GpuDevice::new(DeviceOptions { allow_subgroups, ..Default::default() })
+        .await
+        .map_err(|e| JsValue::from_str(&e.to_string()))
+}
+
+/// What the WebGPU adapter offers, as the engine sees it.
+#[wasm_bindgen(js_name = deviceInfo)]
+pub async fn device_info() -> Result<JsValue, JsValue> {
+    to_js(&DeviceReport::of(&device(true).await?))
+}
+
+#[cfg(feature = "selftest")]
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+struct CheckReport {
+    label: String,
+    name: String,
+    passed: bool,
+    max_abs_err: f64,
+    worst_ratio: f64,
+    detail: String,
+}
+
+#[cfg(feature = "selftest")]
+#[derive(Serialize)]
+struct SelfTestReport {
+    device: DeviceReport,
+    checks: Vec<CheckReport>,
+}
+
+/// Runs every kernel on seeded random data and compares with the CPU reference. With
+/// `allowSubgroups = false` the shared-memory reduction paths run instead.
+#[cfg(feature = "selftest")]
+#[wasm_bindgen(js_name = kernelSelfTest)]
+pub async fn kernel_self_test(allow_subgroups: bool) -> Result<JsValue, JsValue> {
+    let dev = device(allow_subgroups).await?;
+    let mut checks = Vec::new();
+    for (label, result) in emberlm_core::checks::run_suite(&dev).await {
+        checks.push(match result {
+            Ok(r) => CheckReport {
+                label,
+                name: r.name,
+                passed: r.passed,
+                // Infinity does not survive JSON; failed exact checks report -1.
+                max_abs_err: if r.max_abs_err.is_finite() { r.max_abs_err } else { -1.0 },
+                worst_ratio: if r.worst_ratio.is_finite() { r.worst_ratio } else { -1.0 },
+                detail: r.detail,
+            },
+            Err(e) => CheckReport { name: label.clone(), label, passed: false, max_abs_err: -1.0, worst_ratio: -1.0, detail: e.to_string() },
+        });
+    }
+    to_js(&SelfTestReport { device: DeviceReport::of(&dev), checks })
+}

@@ -1,0 +1,55 @@
+// The wasm32 build of emberlm-core in headless Chromium: every kernel runs on the browser's
+// WebGPU and is checked against the CPU reference (compiled into the same wasm), through the
+// subgroup and the shared-memory reduction paths.
+import { test, before, after } from 'node:test';
+import assert from 'node:assert/strict';
+import { existsSync } from 'node:fs';
+import { dirname, join } from 'node:path';
+import { fileURLToPath } from 'node:url';
+import { serveDirectory } from './static-server.mjs';
+import { launchChromium } from './chromium.mjs';
+
+const here = dirname(fileURLToPath(import.meta.url));
+let server;
+let browser;
+let page;
+
+before(async () => {
+  assert.ok(existsSync(join(here, 'pkg', 'emberlm_wasm.js')), 'run scripts/build-wasm.sh first (tests/browser/pkg is missing)');
+  server = await serveDirectory(here);
+  browser = await launchChromium();
+  page = await browser.newPage();
+  page.on('console', (msg) => console.log(`[browser] ${msg.text()}`));
+  page.on('pageerror', (err) => console.log(`[browser error] ${err.message}`));
+  await page.goto(`${server.url}/kernels.html`);
+  await page.waitForFunction(() => window.emberlm !== undefined);
+});
+
+after(async () => {
+  await browser?.close();
+  await server?.close();
+});
+
+test('the browser offers a WebGPU adapter to the wasm build', async () => {
+  const info = await page.evaluate(async () => (await window.emberlm).deviceInfo());
+  console.log(`adapter: ${JSON.stringify(info)}`);
+  // Browsers hide the adapter name; the backend says the wasm build went through WebGPU.
+  assert.equal(info.backend, 'BrowserWebGpu');
+  assert.ok(info.maxStorageBinding >= 128 * 1024 * 1024, 'the engine requests the adapter limits, not the defaults');
+});
+
+for (const allowSubgroups of [true, false]) {
+  test(`every kernel matches the CPU reference in the browser (subgroups allowed: ${allowSubgroups})`, async () => {
+    const report = await page.evaluate(async (allow) => (await window.emberlm).kernelSelfTest(allow), allowSubgroups);
+    assert.equal(report.device.subgroups && !allowSubgroups, false);
+    // wgpu 30's WebGPU backend does not map the `subgroups` feature yet, so browsers run the
+    // shared-memory path whatever the adapter offers; natively both paths are tested.
+    console.log(`subgroups in use: ${report.device.subgroups}`);
+    for (const c of report.checks) {
+      console.log(`${c.passed ? 'ok  ' : 'FAIL'} ${c.name}: max |err| ${c.maxAbsErr.toExponential(2)}, err/tol ${c.worstRatio.toFixed(3)} ${c.detail}`);
+    }
+    assert.ok(report.checks.length >= 20, `expected the whole suite, got ${report.checks.length} checks`);
+    const failed = report.checks.filter((c) => !c.passed);
+    assert.deepEqual(failed, [], `${failed.length} kernel checks failed in the browser`);
+  });
+}
