@@ -1,0 +1,25 @@
+#!/usr/bin/env bash
+# The whole test suite: installs what it needs, then
+#   1. Rust unit tests and every kernel against the CPU reference on lavapipe (f16 + subgroups),
+#   2. the kernel tests again on SwiftShader (no shader-f16; the browsers' software adapter),
+#   3. the wasm32 build, and every kernel in headless Chromium through WebGPU.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+bash scripts/setup.sh
+[ -f "$HOME/.cargo/env" ] && . "$HOME/.cargo/env"
+export XDG_RUNTIME_DIR=${XDG_RUNTIME_DIR:-/tmp}
+
+LAVAPIPE=/usr/share/vulkan/icd.d/lvp_icd.x86_64.json
+SWIFTSHADER=/usr/lib/chromium/vk_swiftshader_icd.json
+
+echo "== cargo test (lavapipe: shader-f16 + subgroups)"
+VK_ICD_FILENAMES=$LAVAPIPE cargo test --workspace
+
+echo "== kernel tests (SwiftShader: no shader-f16)"
+VK_ICD_FILENAMES=$SWIFTSHADER cargo test -p emberlm-core --test kernels
+
+echo "== wasm32 build"
+bash scripts/build-wasm.sh
+
+echo "== browser tests (headless Chromium, WebGPU on SwiftShader)"
+(cd tests && node --test browser/)
