@@ -9,11 +9,17 @@ cd "$(dirname "$0")/.."
 SUDO=""
 if [ "$(id -u)" != 0 ]; then SUDO="sudo"; fi
 
-apt_packages=(mesa-vulkan-drivers libvulkan1 chromium chromium-driver nodejs npm curl ca-certificates build-essential pkg-config)
+apt_packages=(mesa-vulkan-drivers libvulkan1 chromium chromium-driver)
 missing=()
 for p in "${apt_packages[@]}"; do
   dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p")
 done
+# Tools that may come from elsewhere (Node from NodeSource bundles npm, which then conflicts
+# with Debian's npm package): install only when the command is missing.
+command -v node >/dev/null 2>&1 || missing+=(nodejs)
+command -v npm >/dev/null 2>&1 || missing+=(npm)
+command -v curl >/dev/null 2>&1 || missing+=(curl ca-certificates)
+command -v cc >/dev/null 2>&1 || missing+=(build-essential)
 if [ ${#missing[@]} -gt 0 ]; then
   echo "setup: installing ${missing[*]}"
   $SUDO apt-get update -qq
