@@ -117,6 +117,37 @@ impl PackedMatrix {
         Self { dtype, rows, k, qs, scales }
     }
 
+    /// Q4 from already-quantised groups: `q[i]` in 0..=15 per weight (row-major), and per
+    /// group of 32 the f16 bits of (scale, min). Used to repack GGUF Q4_0/Q4_1 exactly.
+    pub fn q4_from_groups(rows: usize, k: usize, q: &[u8], scale_min: &[(u16, u16)]) -> Self {
+        assert!(k % GROUP_SIZE == 0 && q.len() == rows * k && scale_min.len() == rows * k / GROUP_SIZE);
+        let mut qs = vec![0u32; rows * k / 8];
+        for (i, &v) in q.iter().enumerate() {
+            qs[i / 8] |= ((v & 0xf) as u32) << q4_shift(i % 8);
+        }
+        let scales = scale_min.iter().map(|&(s, m)| s as u32 | (m as u32) << 16).collect();
+        Self { dtype: DType::Q4, rows, k, qs, scales }
+    }
+
+    /// Q8 from already-quantised groups: `q[i]` per weight and the f16 bits of each group's
+    /// scale. Used to repack GGUF Q8_0 (and Q5_0, whose values fit in int8) exactly.
+    pub fn q8_from_groups(rows: usize, k: usize, q: &[i8], scales: &[u16]) -> Self {
+        let groups = k / GROUP_SIZE;
+        assert!(k % GROUP_SIZE == 0 && q.len() == rows * k && scales.len() == rows * groups);
+        let sc_words = k.div_ceil(2 * GROUP_SIZE);
+        let mut qs = vec![0u32; rows * k / 4];
+        for (i, &v) in q.iter().enumerate() {
+            qs[i / 4] |= (v as u8 as u32) << (8 * (i % 4));
+        }
+        let mut packed_scales = vec![0u32; rows * sc_words];
+        for r in 0..rows {
+            for g in 0..groups {
+                packed_scales[r * sc_words + g / 2] |= (scales[r * groups + g] as u32) << (16 * (g % 2));
+            }
+        }
+        Self { dtype: DType::Q8, rows, k, qs, scales: packed_scales }
+    }
+
     /// The exact values the GPU sees (the dequantised weights).
     pub fn dequantize(&self) -> Vec<f32> {
         let mut out = vec![0f32; self.rows * self.k];
