@@ -7,11 +7,11 @@ struct Params {
     m: u32,          // rows of X (tokens)
     k: u32,          // shared dimension (multiple of 8)
     n: u32,          // W rows in this chunk
-    out_offset: u32, // column of Y where this chunk starts
-    ldy: u32,        // row stride of Y (all of W's rows)
+    row_offset: u32, // W row (and bias index) of this chunk's first row
+    ldy: u32,        // row stride of Y
+    y_offset: u32,   // column of Y where W's row 0 goes (q, k, v into one fused row)
     _pad0: u32,
     _pad1: u32,
-    _pad2: u32,
 }
 
 @group(0) @binding(0) var<uniform> params: Params;
@@ -82,11 +82,11 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id) loc
         for (var j = 0u; j < 2u; j++) {
             let n = n0 + local.x * 2u + j;
             if (m < params.m && n < params.n) {
-                let col = params.out_offset + n;
+                let col = params.row_offset + n;
 #if BIAS
-                y[m * params.ldy + col] = acc[i][j] + bias[col];
+                y[m * params.ldy + params.y_offset + col] = acc[i][j] + bias[col];
 #else
-                y[m * params.ldy + col] = acc[i][j];
+                y[m * params.ldy + params.y_offset + col] = acc[i][j];
 #endif
             }
         }

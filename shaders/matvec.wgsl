@@ -10,8 +10,8 @@ enable subgroups; // browsers (Tint) require the directive; naga, natively, reje
 struct Params {
     k: u32,          // row length (multiple of 8)
     rows: u32,       // rows in this chunk
-    out_offset: u32, // index in y of this chunk's first row
-    _pad: u32,
+    row_offset: u32, // W row (and bias index) of this chunk's first row
+    y_offset: u32,   // where W's row 0 goes in y (q, k, v into one fused row)
 }
 
 @group(0) @binding(0) var<uniform> params: Params;
@@ -91,10 +91,10 @@ fn main(
 }
 
 fn store(row: u32, value: f32) {
-    let out = params.out_offset + row;
+    let r = params.row_offset + row;
 #if BIAS
-    y[out] = value + bias[out];
+    y[params.y_offset + r] = value + bias[r];
 #else
-    y[out] = value;
+    y[params.y_offset + r] = value;
 #endif
 }

@@ -77,6 +77,15 @@ fn chunked_weights_split_over_bindings() {
 }
 
 #[test]
+fn projections_write_side_by_side_into_fused_rows() {
+    for dtype in DTYPES {
+        for m in [1, 6] {
+            assert_pass(pollster::block_on(checks::check_fused_projections(dev(), dtype, m, m as u64)));
+        }
+    }
+}
+
+#[test]
 fn matmul_all_dtypes_odd_sizes() {
     for (i, dtype) in DTYPES.into_iter().enumerate() {
         for (m, n, k) in [(1, 37, 96), (33, 65, 96), (70, 31, 160)] {

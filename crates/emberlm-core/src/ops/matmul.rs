@@ -15,20 +15,30 @@ pub struct MatmulParams {
     pub m: u32,
     pub k: u32,
     pub n: u32,
-    pub out_offset: u32,
+    pub row_offset: u32,
     pub ldy: u32,
-    pub _pad: [u32; 3],
+    pub y_offset: u32,
+    pub _pad: [u32; 2],
 }
 
 /// `x`: [m, k] f32; `w`: [n, k] any dtype (k a multiple of 8); `y`: [m, n] f32; `bias`: n f32.
 pub fn matmul(plan: &mut Plan, x: &Tensor, w: &Tensor, bias: Option<&Tensor>, y: &Tensor, m: usize) -> Result<Vec<OpId>> {
+    matmul_into(plan, x, w, bias, y, m, w.rows(), 0)
+}
+
+/// As [`matmul`], writing columns `y_offset..y_offset + n` of a `y` with rows of `y_cols`.
+#[allow(clippy::too_many_arguments)]
+pub fn matmul_into(plan: &mut Plan, x: &Tensor, w: &Tensor, bias: Option<&Tensor>, y: &Tensor, m: usize, y_cols: usize, y_offset: usize) -> Result<Vec<OpId>> {
     const OP: &str = "matmul";
     let (n, k) = (w.rows(), w.k());
+    if y_offset + n > y_cols {
+        return crate::error::shape_err(OP, format!("columns {y_offset}..{} exceed output rows of {y_cols}", y_offset + n));
+    }
     if k % 8 != 0 {
         return crate::error::shape_err(OP, format!("`{}`: k = {k} must be a multiple of 8", w.name));
     }
     expect_f32(OP, "input", x, m * k)?;
-    expect_f32(OP, "output", y, m * n)?;
+    expect_f32(OP, "output", y, m * y_cols)?;
     if let Some(b) = bias {
         expect_f32(OP, "bias", b, n)?;
     }
@@ -40,9 +50,10 @@ pub fn matmul(plan: &mut Plan, x: &Tensor, w: &Tensor, bias: Option<&Tensor>, y:
             m: u32_of(OP, "m", m)?,
             k: k as u32,
             n: rows,
-            out_offset: chunk.rows.start as u32,
-            ldy: u32_of(OP, "n", n)?,
-            _pad: [0; 3],
+            row_offset: chunk.rows.start as u32,
+            ldy: u32_of(OP, "y_cols", y_cols)?,
+            y_offset: y_offset as u32,
+            _pad: [0; 2],
         };
         let storage = vec![
             Some(Binding::tensor(x)?),
