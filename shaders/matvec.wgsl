@@ -12,6 +12,10 @@ struct Params {
     rows: u32,       // rows in this chunk
     row_offset: u32, // W row (and bias index) of this chunk's first row
     y_offset: u32,   // where W's row 0 goes in y (q, k, v into one fused row)
+    x_offset: u32,   // first x element, in vec4s (the last row of a [T, k] activation)
+    _pad0: u32,
+    _pad1: u32,
+    _pad2: u32,
 }
 
 @group(0) @binding(0) var<uniform> params: Params;
@@ -46,8 +50,8 @@ fn main(
     let octets = params.k / 8u;
     var acc: array<f32, ROWS>;
     for (var o = lid; o < octets; o += WG) {
-        let xa = x[2u * o];
-        let xb = x[2u * o + 1u];
+        let xa = x[params.x_offset + 2u * o];
+        let xb = x[params.x_offset + 2u * o + 1u];
         for (var r = 0u; r < ROWS; r++) {
             let row = min(row0 + r, params.rows - 1u); // clamped rows are computed, never stored
             let w = weight_octet(row, o, params.k);

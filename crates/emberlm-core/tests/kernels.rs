@@ -79,8 +79,8 @@ fn chunked_weights_split_over_bindings() {
 #[test]
 fn projections_write_side_by_side_into_fused_rows() {
     for dtype in DTYPES {
-        for m in [1, 6] {
-            assert_pass(pollster::block_on(checks::check_fused_projections(dev(), dtype, m, m as u64)));
+        for (m, via_matvec) in [(1, true), (4, true), (1, false), (6, false)] {
+            assert_pass(pollster::block_on(checks::check_fused_projections(dev(), dtype, m, via_matvec, m as u64)));
         }
     }
 }

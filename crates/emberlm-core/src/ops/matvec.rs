@@ -17,21 +17,24 @@ pub struct MatvecParams {
     pub rows: u32,
     pub row_offset: u32,
     pub y_offset: u32,
+    pub x_offset: u32,
+    pub _pad: [u32; 3],
 }
 
 /// `w`: [n, k] weights of any dtype (k a multiple of 8); `x`: k f32; `y`: n f32; `bias`: n f32.
 pub fn matvec(plan: &mut Plan, w: &Tensor, x: &Tensor, bias: Option<&Tensor>, y: &Tensor) -> Result<Vec<OpId>> {
-    matvec_into(plan, w, x, bias, y, 0)
+    matvec_into(plan, w, x, 0, bias, y, 0)
 }
 
-/// As [`matvec`], writing `y[y_offset..y_offset + n]`: several projections into one fused row.
-pub fn matvec_into(plan: &mut Plan, w: &Tensor, x: &Tensor, bias: Option<&Tensor>, y: &Tensor, y_offset: usize) -> Result<Vec<OpId>> {
+/// As [`matvec`], reading `x[x_row * k..]` (one row of a [T, k] activation) and writing
+/// `y[y_offset..y_offset + n]` (several projections into one fused row).
+pub fn matvec_into(plan: &mut Plan, w: &Tensor, x: &Tensor, x_row: usize, bias: Option<&Tensor>, y: &Tensor, y_offset: usize) -> Result<Vec<OpId>> {
     const OP: &str = "matvec";
     let (n, k) = (w.rows(), w.k());
     if k % 8 != 0 {
         return crate::error::shape_err(OP, format!("`{}`: k = {k} must be a multiple of 8", w.name));
     }
-    expect_f32(OP, "input", x, k)?;
+    expect_f32(OP, "input", x, (x_row + 1) * k)?;
     expect_f32(OP, "output", y, y_offset + n)?;
     if let Some(b) = bias {
         expect_f32(OP, "bias", b, n)?;
@@ -45,7 +48,14 @@ pub fn matvec_into(plan: &mut Plan, w: &Tensor, x: &Tensor, bias: Option<&Tensor
     let mut ops = Vec::new();
     for chunk in &w.chunks {
         let rows = chunk.rows.len() as u32;
-        let params = MatvecParams { k: u32_of(OP, "k", k)?, rows, row_offset: chunk.rows.start as u32, y_offset: u32_of(OP, "y_offset", y_offset)? };
+        let params = MatvecParams {
+            k: u32_of(OP, "k", k)?,
+            rows,
+            row_offset: chunk.rows.start as u32,
+            y_offset: u32_of(OP, "y_offset", y_offset)?,
+            x_offset: u32_of(OP, "x_offset", x_row * k / 4)?,
+            _pad: [0; 3],
+        };
         let storage = vec![
             Some(Binding::tensor(x)?),
             Some(Binding::tensor(y)?),
