@@ -1,4 +1,13 @@
-//! emberlm-models: model files, architectures, tokenizers and generation on top of emberlm-core.
+//! emberlm-models: model files, architectures and generation on top of emberlm-core.
 
-pub mod gguf;
+pub mod config;
+pub mod error;
+pub mod generate;
 pub mod ggml;
+pub mod gguf;
+pub mod model;
+
+pub use config::{Architecture, ModelConfig};
+pub use error::{ModelError, Result};
+pub use generate::{generate_greedy, GenerateOptions, Generation};
+pub use model::{LoadOptions, Model, Session};
