@@ -15,13 +15,7 @@ struct Params {
 @group(0) @binding(2) var<storage, read_write> out_idx: array<u32>;
 @group(0) @binding(3) var<storage, read_write> out_val: array<f32>;
 
-const NONE: u32 = 0xffffffffu;
-var<workgroup> best_val: array<f32, WG>;
-var<workgroup> best_idx: array<u32, WG>;
-
-fn better(v: f32, i: u32, bv: f32, bi: u32) -> bool {
-    return bi == NONE || v > bv || (v == bv && i < bi);
-}
+#include "lib/ranking.wgsl"
 
 @compute @workgroup_size(WG)
 fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
@@ -44,19 +38,7 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec
                 bi = i;
             }
         }
-        best_val[lid] = bv;
-        best_idx[lid] = bi;
-        workgroupBarrier();
-        for (var stride = WG / 2u; stride > 0u; stride /= 2u) {
-            if (lid < stride) {
-                let oi = best_idx[lid + stride];
-                if (oi != NONE && better(best_val[lid + stride], oi, best_val[lid], best_idx[lid])) {
-                    best_val[lid] = best_val[lid + stride];
-                    best_idx[lid] = oi;
-                }
-            }
-            workgroupBarrier();
-        }
+        reduce_best(lid, bv, bi);
         // Uniform loads: the loop's barriers need every thread to agree on whether to go on.
         prev_idx = workgroupUniformLoad(&best_idx[0]);
         prev_val = best_val[0];
