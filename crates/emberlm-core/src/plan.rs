@@ -141,7 +141,10 @@ impl<'d> Plan<'d> {
         let dev = self.dev;
         dev.check_alive()?;
         let arena_size = (self.arena.len() as u64).max(UNIFORM_SLOT);
-        let uniforms = dev.create_buffer("uniform arena", arena_size, wgpu::BufferUsages::UNIFORM | wgpu::BufferUsages::COPY_DST)?;
+        // Pooled like the scratch buffers, so a plan rebuilt every step allocates nothing.
+        let uniforms = dev.pooled_buffer("uniform arena", arena_size, wgpu::BufferUsages::UNIFORM | wgpu::BufferUsages::COPY_DST)?;
+        let mut scratch = self.scratch;
+        scratch.push(uniforms.clone());
         let scope = dev.device.push_error_scope(wgpu::ErrorFilter::Validation);
         let mut ops = Vec::with_capacity(self.ops.len());
         for op in self.ops {
@@ -175,7 +178,7 @@ impl<'d> Plan<'d> {
         if let Some(Some(err)) = crate::device::poll_now(scope.pop()) {
             return Err(Error::Validation { context: "building an execution plan".into(), message: err.to_string() });
         }
-        Ok(Executable { ops, arena: self.arena, arena_dirty: true, uniforms, scratch: self.scratch, pool: dev.pool.clone() })
+        Ok(Executable { ops, arena: self.arena, arena_dirty: true, uniforms, scratch, pool: dev.pool.clone() })
     }
 }
 

@@ -69,6 +69,12 @@ fn greedy_generation_matches_transformers() {
         let out = pollster::block_on(generate_greedy(&dev, &mut session, &prompt, &options, |_| {})).unwrap();
         assert_eq!(out.generated_ids, want, "greedy tokens differ from transformers for {:?}", case["text"]);
         long_cases += usize::from(want.len() >= 32);
+        // Warm decode steps reuse pooled and workspace buffers: no GPU allocation per token.
+        let before = dev.buffers_created();
+        for &id in &want[..3] {
+            pollster::block_on(session.step(&dev, &[id], false)).unwrap();
+        }
+        assert_eq!(dev.buffers_created(), before, "a decode step allocated GPU buffers");
         eprintln!("  {} tokens equal; ttft {:.0} ms, prefill {:.1} tok/s, decode {:.1} tok/s", want.len(), out.ttft_ms, out.prefill_tok_s, out.decode_tok_s);
     }
     assert!(long_cases >= 3, "at least three prompts must check 32 or more greedy tokens");
