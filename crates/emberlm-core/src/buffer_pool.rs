@@ -31,10 +31,6 @@ impl BufferPool {
             free.entry((buffer.size(), buffer.usage())).or_default().push(buffer);
         }
     }
-
-    pub fn pooled_count(&self) -> usize {
-        self.free.lock().map(|f| f.values().map(Vec::len).sum()).unwrap_or(0)
-    }
 }
 
 #[cfg(test)]

@@ -277,17 +277,6 @@ impl GpuDevice {
         let bytes = self.read_bytes(src, offset_elems * 4, len as u64 * 4).await?;
         Ok(bytemuck::pod_collect_to_vec(&bytes))
     }
-
-    /// Runs `f` inside a validation error scope and turns a validation error into `Error`.
-    pub async fn validated<T>(&self, context: &str, f: impl FnOnce() -> T) -> Result<T> {
-        self.check_alive()?;
-        let scope = self.device.push_error_scope(wgpu::ErrorFilter::Validation);
-        let value = f();
-        if let Some(err) = scope.pop().await {
-            return Err(Error::Validation { context: context.to_string(), message: err.to_string() });
-        }
-        Ok(value)
-    }
 }
 
 /// Error scopes on native resolve immediately; on the web the future is pending until the

@@ -21,8 +21,6 @@
 
 use half::{bf16, f16};
 
-use crate::error::DTypeName;
-
 pub const GROUP_SIZE: usize = 32;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -41,10 +39,6 @@ impl DType {
             DType::Q8 => "q8",
             DType::Q4 => "q4",
         }
-    }
-
-    pub fn display(self) -> DTypeName {
-        DTypeName(self.name())
     }
 
     /// The row-length multiple this layout needs.

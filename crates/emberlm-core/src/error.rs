@@ -1,8 +1,6 @@
 //! One error type for the engine. Every failure a user can cause (bad shapes, limits exceeded,
 //! lost device) is a variant with a message that names the problem; the engine never panics on them.
 
-use std::fmt;
-
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
     #[error("no WebGPU adapter found: {0}")]
@@ -19,22 +17,10 @@ pub enum Error {
     LimitExceeded { what: String, needed: u64, limit: u64, limit_name: &'static str },
     #[error("shape mismatch in {op}: {detail}")]
     Shape { op: &'static str, detail: String },
-    #[error("{op} does not support dtype {dtype}")]
-    UnsupportedDType { op: &'static str, dtype: DTypeName },
     #[error("reading back from the GPU failed: {0}")]
     ReadBack(String),
     #[error("invalid argument: {0}")]
     InvalidArgument(String),
-}
-
-/// A dtype's name, kept as a small copyable wrapper so `Error` does not depend on `tensor`.
-#[derive(Debug, Clone, Copy)]
-pub struct DTypeName(pub &'static str);
-
-impl fmt::Display for DTypeName {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.0)
-    }
 }
 
 pub type Result<T> = std::result::Result<T, Error>;

@@ -26,8 +26,7 @@ impl Binding {
 
     /// An unchunked tensor's values.
     pub fn tensor(t: &Tensor) -> Result<Self> {
-        let chunk = single_chunk(t)?;
-        Ok(Self::qs(chunk))
+        Ok(Self::qs(t.single_chunk()?))
     }
 
     pub fn qs(chunk: &TensorChunk) -> Self {
@@ -36,17 +35,6 @@ impl Binding {
 
     pub fn scales(chunk: &TensorChunk) -> Self {
         Self { buffer: chunk.buffer.clone(), offset: chunk.scales.start, size: chunk.scales.end - chunk.scales.start }
-    }
-}
-
-fn single_chunk(t: &Tensor) -> Result<&TensorChunk> {
-    match t.chunks.as_slice() {
-        [only] => Ok(only),
-        _ => Err(Error::InvalidArgument(format!(
-            "tensor `{}` is split into {} chunks, but this op binds it whole",
-            t.name,
-            t.chunks.len()
-        ))),
     }
 }
 

@@ -23,30 +23,6 @@ pub struct TensorChunk {
     pub scales: Range<u64>,
 }
 
-impl TensorChunk {
-    pub fn qs_binding(&self) -> wgpu::BindingResource<'_> {
-        binding(&self.buffer, &self.qs)
-    }
-
-    /// The scale segment, or the value segment again for unquantised dtypes (so every weight
-    /// kernel has the same bind group layout).
-    pub fn scales_binding(&self) -> wgpu::BindingResource<'_> {
-        if self.scales.is_empty() {
-            self.qs_binding()
-        } else {
-            binding(&self.buffer, &self.scales)
-        }
-    }
-}
-
-fn binding<'a>(buffer: &'a wgpu::Buffer, range: &Range<u64>) -> wgpu::BindingResource<'a> {
-    wgpu::BindingResource::Buffer(wgpu::BufferBinding {
-        buffer,
-        offset: range.start,
-        size: wgpu::BufferSize::new(range.end - range.start),
-    })
-}
-
 #[derive(Clone)]
 pub struct Tensor {
     pub name: String,
@@ -210,18 +186,16 @@ impl Tensor {
         Ok(())
     }
 
-    /// The single buffer of an unchunked tensor (activations), or an error naming the tensor.
-    pub fn buffer(&self) -> Result<&wgpu::Buffer> {
+    /// The only chunk of an unchunked tensor (activations), or an error naming the tensor.
+    pub fn single_chunk(&self) -> Result<&TensorChunk> {
         match self.chunks.as_slice() {
-            [only] => Ok(&only.buffer),
+            [only] => Ok(only),
             _ => Err(Error::InvalidArgument(format!("tensor `{}` is split into {} chunks; this op needs it in one binding", self.name, self.chunks.len()))),
         }
     }
 
-    /// Binding of an unchunked f32 tensor's values.
-    pub fn binding(&self) -> Result<wgpu::BindingResource<'_>> {
-        self.buffer()?;
-        Ok(self.chunks[0].qs_binding())
+    pub fn buffer(&self) -> Result<&wgpu::Buffer> {
+        Ok(&self.single_chunk()?.buffer)
     }
 
     pub async fn read_f32(&self, dev: &GpuDevice) -> Result<Vec<f32>> {
