@@ -27,7 +27,12 @@ pub struct DeviceOptions {
 
 impl Default for DeviceOptions {
     fn default() -> Self {
-        Self { allow_subgroups: true, allow_shader_f16: true, high_performance: true, max_binding_bytes: None }
+        Self {
+            allow_subgroups: true,
+            allow_shader_f16: true,
+            high_performance: true,
+            max_binding_bytes: None,
+        }
     }
 }
 
@@ -68,7 +73,8 @@ pub struct GpuDevice {
 impl GpuDevice {
     /// Finds an adapter and creates a device with the adapter's limits.
     pub async fn new(options: DeviceOptions) -> Result<Self> {
-        let instance = wgpu::Instance::new(wgpu::InstanceDescriptor::new_without_display_handle_from_env());
+        let instance =
+            wgpu::Instance::new(wgpu::InstanceDescriptor::new_without_display_handle_from_env());
         let power_preference = if options.high_performance {
             wgpu::PowerPreference::HighPerformance
         } else {
@@ -92,11 +98,13 @@ impl GpuDevice {
         let adapter_limits = adapter.limits();
 
         let mut features = wgpu::Features::empty();
-        let subgroups = options.allow_subgroups && adapter_features.contains(wgpu::Features::SUBGROUP);
+        let subgroups =
+            options.allow_subgroups && adapter_features.contains(wgpu::Features::SUBGROUP);
         if subgroups {
             features |= wgpu::Features::SUBGROUP;
         }
-        let shader_f16 = options.allow_shader_f16 && adapter_features.contains(wgpu::Features::SHADER_F16);
+        let shader_f16 =
+            options.allow_shader_f16 && adapter_features.contains(wgpu::Features::SHADER_F16);
         if shader_f16 {
             features |= wgpu::Features::SHADER_F16;
         }
@@ -173,7 +181,12 @@ impl GpuDevice {
     /// silently empty results.
     pub fn check_alive(&self) -> Result<()> {
         if self.lost.load(Ordering::SeqCst) {
-            let reason = self.lost_reason.lock().ok().and_then(|r| r.clone()).unwrap_or_default();
+            let reason = self
+                .lost_reason
+                .lock()
+                .ok()
+                .and_then(|r| r.clone())
+                .unwrap_or_default();
             return Err(Error::DeviceLost(reason));
         }
         Ok(())
@@ -181,7 +194,12 @@ impl GpuDevice {
 
     /// Creates a storage buffer, refusing sizes past the device limit with a clear error rather
     /// than a validation panic.
-    pub fn create_buffer(&self, label: &str, size: u64, usage: wgpu::BufferUsages) -> Result<wgpu::Buffer> {
+    pub fn create_buffer(
+        &self,
+        label: &str,
+        size: u64,
+        usage: wgpu::BufferUsages,
+    ) -> Result<wgpu::Buffer> {
         self.check_alive()?;
         if size > self.caps.max_buffer_size {
             return Err(Error::LimitExceeded {
@@ -200,7 +218,9 @@ impl GpuDevice {
             mapped_at_creation: false,
         });
         if poll_now(scope.pop()).flatten().is_some() {
-            return Err(Error::OutOfMemory(format!("allocating {size} bytes for `{label}`")));
+            return Err(Error::OutOfMemory(format!(
+                "allocating {size} bytes for `{label}`"
+            )));
         }
         self.buffers_created.fetch_add(1, Ordering::Relaxed);
         Ok(buffer)
@@ -213,7 +233,12 @@ impl GpuDevice {
 
     /// A buffer of at least `size` bytes from the pool, created (at its size class) if none is free.
     /// Hand it back with `self.pool.give_back`.
-    pub fn pooled_buffer(&self, label: &str, size: u64, usage: wgpu::BufferUsages) -> Result<wgpu::Buffer> {
+    pub fn pooled_buffer(
+        &self,
+        label: &str,
+        size: u64,
+        usage: wgpu::BufferUsages,
+    ) -> Result<wgpu::Buffer> {
         self.check_alive()?;
         match self.pool.take(size, usage) {
             Some(buffer) => Ok(buffer),
@@ -242,20 +267,30 @@ impl GpuDevice {
             padded,
             wgpu::BufferUsages::MAP_READ | wgpu::BufferUsages::COPY_DST,
         )?;
-        let mut encoder = self.device.create_command_encoder(&wgpu::CommandEncoderDescriptor { label: Some("read-back") });
+        let mut encoder = self
+            .device
+            .create_command_encoder(&wgpu::CommandEncoderDescriptor {
+                label: Some("read-back"),
+            });
         encoder.copy_buffer_to_buffer(src, offset, &staging, 0, padded);
         self.queue.submit([encoder.finish()]);
 
         let (sender, receiver) = futures_channel::oneshot::channel();
-        staging.slice(..padded).map_async(wgpu::MapMode::Read, move |result| {
-            let _ = sender.send(result);
-        });
+        staging
+            .slice(..padded)
+            .map_async(wgpu::MapMode::Read, move |result| {
+                let _ = sender.send(result);
+            });
         self.poll_wait()?;
         // Awaiting a channel (not spinning) lets the browser's event loop run the map callback.
         match receiver.await {
             Ok(Ok(())) => {}
             Ok(Err(e)) => return Err(Error::ReadBack(e.to_string())),
-            Err(_) => return Err(Error::ReadBack("the map callback was dropped (device lost?)".into())),
+            Err(_) => {
+                return Err(Error::ReadBack(
+                    "the map callback was dropped (device lost?)".into(),
+                ))
+            }
         }
         self.check_alive()?;
         let data = staging
@@ -268,13 +303,27 @@ impl GpuDevice {
         Ok(data)
     }
 
-    pub async fn read_f32(&self, src: &wgpu::Buffer, offset_elems: u64, len: usize) -> Result<Vec<f32>> {
-        let bytes = self.read_bytes(src, offset_elems * 4, len as u64 * 4).await?;
+    pub async fn read_f32(
+        &self,
+        src: &wgpu::Buffer,
+        offset_elems: u64,
+        len: usize,
+    ) -> Result<Vec<f32>> {
+        let bytes = self
+            .read_bytes(src, offset_elems * 4, len as u64 * 4)
+            .await?;
         Ok(bytemuck::pod_collect_to_vec(&bytes))
     }
 
-    pub async fn read_u32(&self, src: &wgpu::Buffer, offset_elems: u64, len: usize) -> Result<Vec<u32>> {
-        let bytes = self.read_bytes(src, offset_elems * 4, len as u64 * 4).await?;
+    pub async fn read_u32(
+        &self,
+        src: &wgpu::Buffer,
+        offset_elems: u64,
+        len: usize,
+    ) -> Result<Vec<u32>> {
+        let bytes = self
+            .read_bytes(src, offset_elems * 4, len as u64 * 4)
+            .await?;
         Ok(bytemuck::pod_collect_to_vec(&bytes))
     }
 }

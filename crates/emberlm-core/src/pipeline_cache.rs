@@ -27,8 +27,15 @@ impl PipelineCache {
         self.len() == 0
     }
 
-    pub fn get_or_create(&self, device: &wgpu::Device, key: &KernelKey) -> Result<wgpu::ComputePipeline> {
-        let mut pipelines = self.pipelines.lock().map_err(|_| Error::InvalidArgument("pipeline cache poisoned".into()))?;
+    pub fn get_or_create(
+        &self,
+        device: &wgpu::Device,
+        key: &KernelKey,
+    ) -> Result<wgpu::ComputePipeline> {
+        let mut pipelines = self
+            .pipelines
+            .lock()
+            .map_err(|_| Error::InvalidArgument("pipeline cache poisoned".into()))?;
         if let Some(p) = pipelines.get(key) {
             return Ok(p.clone());
         }

@@ -11,18 +11,32 @@ use crate::tensor::Tensor;
 pub enum RopeScaling {
     None,
     /// Positions divided by `factor` (transformers "linear").
-    Linear { factor: f32 },
+    Linear {
+        factor: f32,
+    },
     /// Llama 3.1+ ("llama3"): long wavelengths slowed by `factor`, a smooth blend between.
-    Llama3 { factor: f32, low_freq_factor: f32, high_freq_factor: f32, original_max_position: u32 },
+    Llama3 {
+        factor: f32,
+        low_freq_factor: f32,
+        high_freq_factor: f32,
+        original_max_position: u32,
+    },
 }
 
 /// Inverse frequencies for `rot_dims` rotary dimensions.
 pub fn inv_freq(rot_dims: usize, theta: f32, scaling: RopeScaling) -> Vec<f32> {
-    let base: Vec<f32> = (0..rot_dims / 2).map(|i| 1.0 / theta.powf((2 * i) as f32 / rot_dims as f32)).collect();
+    let base: Vec<f32> = (0..rot_dims / 2)
+        .map(|i| 1.0 / theta.powf((2 * i) as f32 / rot_dims as f32))
+        .collect();
     match scaling {
         RopeScaling::None => base,
         RopeScaling::Linear { factor } => base.iter().map(|f| f / factor).collect(),
-        RopeScaling::Llama3 { factor, low_freq_factor, high_freq_factor, original_max_position } => {
+        RopeScaling::Llama3 {
+            factor,
+            low_freq_factor,
+            high_freq_factor,
+            original_max_position,
+        } => {
             let old = original_max_position as f32;
             let low_freq_wavelen = old / low_freq_factor;
             let high_freq_wavelen = old / high_freq_factor;
@@ -34,7 +48,8 @@ pub fn inv_freq(rot_dims: usize, theta: f32, scaling: RopeScaling) -> Vec<f32> {
                     } else if wavelen > low_freq_wavelen {
                         f / factor
                     } else {
-                        let smooth = (old / wavelen - low_freq_factor) / (high_freq_factor - low_freq_factor);
+                        let smooth = (old / wavelen - low_freq_factor)
+                            / (high_freq_factor - low_freq_factor);
                         (1.0 - smooth) * f / factor + smooth * f
                     }
                 })
@@ -50,27 +65,39 @@ pub struct RopeTable {
     pub gpu: Tensor,
 }
 
-/// The table's values on the CPU: `[positions][rot_dims/2]` of (cos, sin).
-pub fn cos_sin(inv_freq: &[f32], positions: usize) -> Vec<f32> {
+/// The table's values on the CPU: `[positions][rot_dims/2]` of (cos, sin), both multiplied by
+/// `attention_factor` (1 except for Phi-3's LongRoPE, which scales them).
+pub fn cos_sin(inv_freq: &[f32], positions: usize, attention_factor: f32) -> Vec<f32> {
     let mut out = Vec::with_capacity(positions * inv_freq.len() * 2);
     for pos in 0..positions {
         for &f in inv_freq {
             let angle = (pos as f32 * f) as f64;
-            out.push(angle.cos() as f32);
-            out.push(angle.sin() as f32);
+            out.push(angle.cos() as f32 * attention_factor);
+            out.push(angle.sin() as f32 * attention_factor);
         }
     }
     out
 }
 
 impl RopeTable {
-    pub fn new(dev: &GpuDevice, inv_freq: &[f32], positions: usize) -> Result<Self> {
+    pub fn new(
+        dev: &GpuDevice,
+        inv_freq: &[f32],
+        positions: usize,
+        attention_factor: f32,
+    ) -> Result<Self> {
         if inv_freq.is_empty() || positions == 0 {
-            return Err(Error::InvalidArgument("a rope table needs at least one frequency and one position".into()));
+            return Err(Error::InvalidArgument(
+                "a rope table needs at least one frequency and one position".into(),
+            ));
         }
-        let values = cos_sin(inv_freq, positions);
+        let values = cos_sin(inv_freq, positions, attention_factor);
         let gpu = Tensor::from_f32(dev, "rope cos/sin", &[values.len()], &values)?;
-        Ok(Self { rot_dims: inv_freq.len() * 2, positions, gpu })
+        Ok(Self {
+            rot_dims: inv_freq.len() * 2,
+            positions,
+            gpu,
+        })
     }
 }
 
@@ -81,7 +108,12 @@ mod tests {
     #[test]
     fn llama3_scaling_keeps_high_and_slows_low_frequencies() {
         // Llama-3.2-1B: head_dim 64, theta 500000, factor 32, low 1, high 4, original 8192.
-        let scaling = RopeScaling::Llama3 { factor: 32.0, low_freq_factor: 1.0, high_freq_factor: 4.0, original_max_position: 8192 };
+        let scaling = RopeScaling::Llama3 {
+            factor: 32.0,
+            low_freq_factor: 1.0,
+            high_freq_factor: 4.0,
+            original_max_position: 8192,
+        };
         let plain = inv_freq(64, 500_000.0, RopeScaling::None);
         let scaled = inv_freq(64, 500_000.0, scaling);
         assert_eq!(plain[0], 1.0);
@@ -89,7 +121,11 @@ mod tests {
         let last = plain.len() - 1;
         let wavelen = 2.0 * std::f32::consts::PI / plain[last];
         assert!(wavelen > 8192.0);
-        assert_eq!(scaled[last], plain[last] / 32.0, "long wavelengths divided by the factor");
+        assert_eq!(
+            scaled[last],
+            plain[last] / 32.0,
+            "long wavelengths divided by the factor"
+        );
         // Medium band: strictly between the two extremes.
         let mid = plain
             .iter()
@@ -105,7 +141,7 @@ mod tests {
     fn table_is_cos_and_sin_of_f32_angles() {
         let f = inv_freq(4, 10_000.0, RopeScaling::None);
         assert_eq!(f, vec![1.0, 0.01]);
-        let t = cos_sin(&f, 3);
+        let t = cos_sin(&f, 3, 1.0);
         assert_eq!(t.len(), 3 * 2 * 2);
         assert_eq!((t[0], t[1]), (1.0, 0.0));
         assert!((t[4] - 1f32.cos()).abs() < 1e-7 && (t[5] - 1f32.sin()).abs() < 1e-7);

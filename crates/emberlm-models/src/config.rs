@@ -1,20 +1,140 @@
-//! Model hyper-parameters, read from GGUF metadata (`{arch}.*` keys).
+//! Model hyper-parameters: from GGUF metadata (`{arch}.*` keys) or from a Hugging Face
+//! `config.json` (transformers 4.x `rope_theta`/`rope_scaling` and 5.x `rope_parameters` both).
+//! Everything the forward pass branches on is decided here, so `model.rs` reads as one
+//! architecture with switches.
 
-use emberlm_core::ops::RopeLayout;
-use emberlm_core::rope_table::RopeScaling;
+use emberlm_core::ops::{Activation, RopeLayout};
+use emberlm_core::rope_table::{self, RopeScaling};
+use serde_json::Value as Json;
 
 use crate::error::{ModelError, Result};
 use crate::gguf::GgufFile;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Architecture {
-    /// Llama 2/3, SmolLM2, TinyLlama, Mistral (llama.cpp writes Mistral as `llama`).
+    /// Llama 2/3.x, SmolLM2, TinyLlama.
     Llama,
-    /// Qwen2 / Qwen2.5: q/k/v biases, "neox" RoPE.
+    /// Mistral: Llama with an optional sliding window (llama.cpp writes it as `llama`).
+    Mistral,
+    /// Qwen2 / Qwen2.5: q/k/v biases.
     Qwen2,
+    /// Qwen3: per-head q/k RMSNorm, no biases.
+    Qwen3,
+    /// Phi-3 / 3.5: fused qkv and gate|up projections, LongRoPE.
+    Phi3,
+    /// Gemma 2: (1 + w) norms, post-norms, embedding scale, soft-caps, alternating windows.
+    Gemma2,
+    /// Gemma 3 text: Gemma 2 without soft-caps, plus q/k norms and local/global RoPE.
+    Gemma3,
 }
 
-pub const SUPPORTED_GGUF_ARCHITECTURES: &[&str] = &["llama", "qwen2"];
+/// `(config.json model_type, GGUF general.architecture, architecture)`.
+const NAMES: &[(&str, &str, Architecture)] = &[
+    ("llama", "llama", Architecture::Llama),
+    ("mistral", "llama", Architecture::Mistral),
+    ("qwen2", "qwen2", Architecture::Qwen2),
+    ("qwen3", "qwen3", Architecture::Qwen3),
+    ("phi3", "phi3", Architecture::Phi3),
+    ("gemma2", "gemma2", Architecture::Gemma2),
+    ("gemma3_text", "gemma3", Architecture::Gemma3),
+];
+
+fn supported_list() -> String {
+    "llama, mistral, qwen2, qwen3, phi3, gemma2, gemma3 (gemma3_text)".to_string()
+}
+
+impl Architecture {
+    pub fn name(self) -> &'static str {
+        NAMES
+            .iter()
+            .find(|n| n.2 == self)
+            .map(|n| n.0)
+            .unwrap_or("?")
+    }
+
+    fn unsupported(name: &str) -> ModelError {
+        ModelError::UnsupportedArchitecture {
+            name: name.to_string(),
+            supported: supported_list(),
+        }
+    }
+
+    pub fn is_gemma(self) -> bool {
+        matches!(self, Self::Gemma2 | Self::Gemma3)
+    }
+
+    /// Per-head RMSNorm of q and k before RoPE.
+    pub fn has_qk_norm(self) -> bool {
+        matches!(self, Self::Qwen3 | Self::Gemma3)
+    }
+
+    /// Gemma's extra norms on the attention and MLP outputs before they join the residual.
+    pub fn has_post_norms(self) -> bool {
+        self.is_gemma()
+    }
+}
+
+/// Phi-3's LongRoPE: per-frequency divisors, the short set within the original context.
+#[derive(Debug, Clone, PartialEq)]
+pub struct LongRope {
+    pub short: Vec<f32>,
+    pub long: Vec<f32>,
+    pub original_context: usize,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct RopeConfig {
+    pub theta: f32,
+    /// Rotated dimensions per head (≤ head_dim: Phi-3-style partial rotary).
+    pub dims: usize,
+    pub scaling: RopeScaling,
+    /// Per-frequency divisors (llama.cpp's `rope_freqs` for Llama 3.1 scaling).
+    pub freq_factors: Option<Vec<f32>>,
+    pub long_rope: Option<LongRope>,
+    /// Multiplies cos and sin (LongRoPE's attention factor; 1 otherwise).
+    pub attention_factor: f32,
+}
+
+impl RopeConfig {
+    fn plain(theta: f32, dims: usize) -> Self {
+        Self {
+            theta,
+            dims,
+            scaling: RopeScaling::None,
+            freq_factors: None,
+            long_rope: None,
+            attention_factor: 1.0,
+        }
+    }
+
+    /// Inverse frequencies for a KV cache of `context` positions. LongRoPE uses the long factors
+    /// only when the context exceeds the original one (transformers switches per sequence length;
+    /// the two agree whenever the whole cache fits the original context).
+    pub fn inv_freq(&self, context: usize) -> Result<Vec<f32>> {
+        let mut f = rope_table::inv_freq(self.dims, self.theta, self.scaling);
+        let factors = match &self.long_rope {
+            Some(lr) => Some(if context > lr.original_context {
+                &lr.long
+            } else {
+                &lr.short
+            }),
+            None => self.freq_factors.as_ref(),
+        };
+        if let Some(factors) = factors {
+            if factors.len() != f.len() {
+                return Err(ModelError::Config(format!(
+                    "{} RoPE frequency factors for {} frequencies",
+                    factors.len(),
+                    f.len()
+                )));
+            }
+            for (v, d) in f.iter_mut().zip(factors) {
+                *v /= d;
+            }
+        }
+        Ok(f)
+    }
+}
 
 #[derive(Debug, Clone)]
 pub struct ModelConfig {
@@ -27,68 +147,453 @@ pub struct ModelConfig {
     pub ffn: usize,
     pub vocab: usize,
     pub rms_eps: f32,
-    pub rope_theta: f32,
-    pub rope_dims: usize,
-    pub rope_scaling: RopeScaling,
+    pub rope: RopeConfig,
+    /// Gemma 3's RoPE for sliding-window layers (its own base, no scaling).
+    pub rope_local: Option<RopeConfig>,
     pub rope_layout: RopeLayout,
+    /// Sliding window per layer in positions, 0 for full attention.
+    pub layer_windows: Vec<usize>,
+    pub attn_scale: f32,
+    pub attn_softcap: f32,
+    pub final_softcap: f32,
+    /// Multiplies the embedding (Gemma: √hidden).
+    pub embed_scale: f32,
+    /// Added to norm weights: 1 for Gemma checkpoints (`1 + w`); 0 for GGUF, which stores `1 + w`.
+    pub norm_offset: f32,
+    pub activation: Activation,
+    pub tie_embeddings: bool,
     /// The context length the model was trained for.
     pub context_length: usize,
+    pub bos_token_id: Option<u32>,
+    pub eos_token_ids: Vec<u32>,
 }
 
 impl ModelConfig {
+    pub fn qkv_width(&self) -> usize {
+        (self.heads + 2 * self.kv_heads) * self.head_dim
+    }
+
+    fn check(self) -> Result<Self> {
+        let bad = |m: String| Err(ModelError::Config(m));
+        if self.heads == 0 || self.kv_heads == 0 || self.heads % self.kv_heads != 0 {
+            return bad(format!(
+                "{} attention heads cannot share {} kv heads",
+                self.heads, self.kv_heads
+            ));
+        }
+        if self.head_dim == 0
+            || self.head_dim > emberlm_core::ops::attention::MAX_HEAD_DIM
+            || self.head_dim % 2 != 0
+        {
+            return bad(format!(
+                "head_dim {} is not supported (even, at most {})",
+                self.head_dim,
+                emberlm_core::ops::attention::MAX_HEAD_DIM
+            ));
+        }
+        if self.rope.dims == 0 || self.rope.dims > self.head_dim || self.rope.dims % 2 != 0 {
+            return bad(format!(
+                "{} rotary dims do not fit head_dim {}",
+                self.rope.dims, self.head_dim
+            ));
+        }
+        for (what, v) in [
+            ("hidden size", self.hidden),
+            ("layer count", self.layers),
+            ("intermediate size", self.ffn),
+            ("vocab size", self.vocab),
+        ] {
+            if v == 0 || v > 1 << 24 {
+                return bad(format!("{what} {v} is out of range"));
+            }
+        }
+        if !(self.rms_eps > 0.0 && self.rope.theta > 0.0) {
+            return bad(format!(
+                "rms eps {} and rope theta {} must be positive",
+                self.rms_eps, self.rope.theta
+            ));
+        }
+        Ok(self)
+    }
+
     pub fn from_gguf(f: &GgufFile) -> Result<Self> {
         let arch_name = f.get_str("general.architecture")?;
         let arch = match arch_name {
             "llama" => Architecture::Llama,
             "qwen2" => Architecture::Qwen2,
-            other => {
-                return Err(ModelError::UnsupportedArchitecture {
-                    name: other.to_string(),
-                    supported: SUPPORTED_GGUF_ARCHITECTURES.join(", "),
-                })
-            }
+            "qwen3" => Architecture::Qwen3,
+            "phi3" => Architecture::Phi3,
+            "gemma2" => Architecture::Gemma2,
+            "gemma3" => Architecture::Gemma3,
+            other => return Err(Architecture::unsupported(other)),
         };
         let key = |k: &str| format!("{arch_name}.{k}");
         let get = |k: &str| -> Result<usize> { Ok(f.get_u64(&key(k))? as usize) };
+        let opt = |k: &str| f.get_u64(&key(k)).ok().map(|v| v as usize);
+        let optf = |k: &str| f.get_f64(&key(k)).ok().map(|v| v as f32);
         let hidden = get("embedding_length")?;
         let heads = get("attention.head_count")?;
-        let kv_heads = f.get_u64(&key("attention.head_count_kv")).map(|v| v as usize).unwrap_or(heads);
-        if heads == 0 || kv_heads == 0 || heads % kv_heads != 0 || hidden % heads != 0 {
-            return Err(ModelError::Config(format!("{heads} heads, {kv_heads} kv heads and hidden size {hidden} do not fit together")));
-        }
-        let head_dim = f.get_u64(&key("attention.key_length")).map(|v| v as usize).unwrap_or(hidden / heads);
+        let kv_heads = opt("attention.head_count_kv").unwrap_or(heads);
+        let head_dim =
+            opt("attention.key_length").unwrap_or(if heads > 0 { hidden / heads } else { 0 });
+        let layers = get("block_count")?;
         let vocab = match f.get_u64(&key("vocab_size")) {
             Ok(v) => v as usize,
             Err(_) => f.get_array("tokenizer.ggml.tokens")?.len(),
         };
-        let rope_dims = f.get_u64(&key("rope.dimension_count")).map(|v| v as usize).unwrap_or(head_dim);
-        let rope_scaling = match f.get_str(&key("rope.scaling.type")) {
-            Ok("linear") => RopeScaling::Linear { factor: f.get_f64(&key("rope.scaling.factor"))? as f32 },
+        let scaling = match f.get_str(&key("rope.scaling.type")) {
+            Ok("linear") => RopeScaling::Linear {
+                factor: f.get_f64(&key("rope.scaling.factor"))? as f32,
+            },
             Ok("none") | Err(_) => RopeScaling::None,
-            Ok(other) => return Err(ModelError::Config(format!("rope scaling `{other}` is not supported yet"))),
+            // Llama 3.1 scaling arrives as the `rope_freqs` tensor; Phi-3's as `rope_factors_*`.
+            Ok(_) if arch == Architecture::Phi3 => RopeScaling::None,
+            Ok(other) => {
+                return Err(ModelError::Config(format!(
+                    "rope scaling `{other}` is not supported"
+                )))
+            }
         };
-        Ok(Self {
+        let mut rope = RopeConfig::plain(
+            optf("rope.freq_base").unwrap_or(10_000.0),
+            opt("rope.dimension_count").unwrap_or(head_dim),
+        );
+        rope.scaling = scaling;
+        if let Some(a) = optf("rope.scaling.attn_factor") {
+            rope.attention_factor = a;
+        }
+        // Which layers slide: `attention.sliding_window_pattern` as per-layer flags or as a
+        // period n (every n-th layer global); otherwise llama.cpp's defaults (Gemma 2 every
+        // other layer, Gemma 3 five of six). A window on llama-arch files is Mistral's.
+        let window = opt("attention.sliding_window").unwrap_or(0);
+        let pattern: Option<Vec<bool>> = match f.get(&key("attention.sliding_window_pattern")) {
+            Ok(crate::gguf::Value::Array(flags)) => Some(
+                flags
+                    .iter()
+                    .map(|v| matches!(v, crate::gguf::Value::Bool(true)))
+                    .collect(),
+            ),
+            Ok(v) => v
+                .as_u64()
+                .filter(|&n| n > 0)
+                .map(|n| (0..layers).map(|i| (i as u64 + 1) % n != 0).collect()),
+            Err(_) => None,
+        };
+        if pattern.as_ref().is_some_and(|p| p.len() != layers) {
+            return Err(ModelError::Config(format!(
+                "sliding_window_pattern does not have {layers} entries"
+            )));
+        }
+        let layer_windows = (0..layers)
+            .map(|i| {
+                let slides = match (&pattern, arch) {
+                    (Some(p), _) => p[i],
+                    (None, Architecture::Gemma2) => i % 2 == 0,
+                    (None, Architecture::Gemma3) => (i + 1) % 6 != 0,
+                    (None, _) => true,
+                };
+                if slides {
+                    window
+                } else {
+                    0
+                }
+            })
+            .collect();
+        // llama.cpp scales by 1/√(hidden/heads) for the 27B Gemmas (query_pre_attn_scalar), by
+        // 1/√head_dim otherwise; GGUF has no key for it.
+        let big_gemma = (arch == Architecture::Gemma2 && layers == 46)
+            || (arch == Architecture::Gemma3 && layers == 62);
+        let attn_scale = 1.0
+            / (if big_gemma {
+                (hidden / heads.max(1)) as f32
+            } else {
+                head_dim as f32
+            })
+            .sqrt();
+        let eos = f
+            .get_u64("tokenizer.ggml.eos_token_id")
+            .ok()
+            .map(|v| v as u32);
+        Self {
             arch,
             hidden,
-            layers: get("block_count")?,
+            layers,
             heads,
             kv_heads,
             head_dim,
             ffn: get("feed_forward_length")?,
             vocab,
             rms_eps: f.get_f64(&key("attention.layer_norm_rms_epsilon"))? as f32,
-            rope_theta: f.get_f64(&key("rope.freq_base")).unwrap_or(10_000.0) as f32,
-            rope_dims,
-            rope_scaling,
+            rope_local: (arch == Architecture::Gemma3)
+                .then(|| RopeConfig::plain(10_000.0, rope.dims)),
+            rope,
             // llama.cpp permutes llama-arch Q/K rows so that its "normal" RoPE rotates adjacent
-            // pairs; applying the interleaved rotation to those rows equals HF's rotate_half on
-            // the original rows. Other architectures keep HF's layout.
-            rope_layout: if arch == Architecture::Llama { RopeLayout::Interleaved } else { RopeLayout::Neox },
+            // pairs; the interleaved rotation on those rows equals HF's rotate_half on the originals.
+            rope_layout: if arch == Architecture::Llama {
+                RopeLayout::Interleaved
+            } else {
+                RopeLayout::Neox
+            },
+            layer_windows,
+            attn_scale,
+            attn_softcap: optf("attn_logit_softcapping").unwrap_or(0.0),
+            final_softcap: optf("final_logit_softcapping").unwrap_or(0.0),
+            embed_scale: if arch.is_gemma() {
+                (hidden as f32).sqrt()
+            } else {
+                1.0
+            },
+            norm_offset: 0.0,
+            activation: if arch.is_gemma() {
+                Activation::GeluTanh
+            } else {
+                Activation::Silu
+            },
+            tie_embeddings: f.tensor("output.weight").is_none(),
             context_length: get("context_length")?,
-        })
+            bos_token_id: f
+                .get_u64("tokenizer.ggml.bos_token_id")
+                .ok()
+                .map(|v| v as u32),
+            eos_token_ids: eos.into_iter().collect(),
+        }
+        .check()
     }
 
-    pub fn qkv_width(&self) -> usize {
-        (self.heads + 2 * self.kv_heads) * self.head_dim
+    /// From `config.json` (and the optional `generation_config.json` for stop tokens).
+    pub fn from_hf(config: &Json, generation: Option<&Json>) -> Result<Self> {
+        let model_type = config
+            .get("model_type")
+            .and_then(Json::as_str)
+            .unwrap_or("");
+        let arch = NAMES
+            .iter()
+            .find(|n| n.0 == model_type)
+            .map(|n| n.2)
+            .or_else(|| (model_type == "gemma3").then_some(Architecture::Gemma3))
+            .ok_or_else(|| {
+                let archs = config
+                    .get("architectures")
+                    .map(|a| a.to_string())
+                    .unwrap_or_default();
+                Architecture::unsupported(&format!("{model_type} {archs}").trim().to_string())
+            })?;
+        // Gemma 3 multimodal configs nest the language model.
+        let c = if model_type == "gemma3" {
+            config.get("text_config").unwrap_or(config)
+        } else {
+            config
+        };
+        let usize_of = |k: &str| c.get(k).and_then(Json::as_u64).map(|v| v as usize);
+        let f32_of = |k: &str| c.get(k).and_then(Json::as_f64).map(|v| v as f32);
+        let need = |k: &str| {
+            usize_of(k)
+                .ok_or_else(|| ModelError::Config(format!("config.json has no integer `{k}`")))
+        };
+        let hidden = need("hidden_size")?;
+        let heads = need("num_attention_heads")?;
+        let kv_heads = usize_of("num_key_value_heads").unwrap_or(heads);
+        let head_dim = usize_of("head_dim").unwrap_or(if heads > 0 { hidden / heads } else { 0 });
+        let layers = need("num_hidden_layers")?;
+
+        // transformers 5 writes `rope_parameters` (per layer type for Gemma 3); 4.x writes
+        // `rope_theta` + `rope_scaling` (+ Gemma 3's `rope_local_base_freq`).
+        let params = c.get("rope_parameters");
+        let global = params
+            .and_then(|p| p.get("full_attention"))
+            .or(params)
+            .or_else(|| c.get("rope_scaling").filter(|v| !v.is_null()));
+        let theta = global
+            .and_then(|p| p.get("rope_theta"))
+            .and_then(Json::as_f64)
+            .map(|v| v as f32)
+            .or_else(|| f32_of("rope_theta"))
+            .unwrap_or(10_000.0);
+        let partial = global
+            .and_then(|p| p.get("partial_rotary_factor"))
+            .and_then(Json::as_f64)
+            .or_else(|| c.get("partial_rotary_factor").and_then(Json::as_f64))
+            .unwrap_or(1.0);
+        let mut rope = RopeConfig::plain(theta, (head_dim as f64 * partial) as usize);
+        let max_pos = usize_of("max_position_embeddings").unwrap_or(4096);
+        if let Some(p) = global {
+            let kind = p
+                .get("rope_type")
+                .or_else(|| p.get("type"))
+                .and_then(Json::as_str)
+                .unwrap_or("default");
+            let num = |k: &str| p.get(k).and_then(Json::as_f64).map(|v| v as f32);
+            match kind {
+                "default" => {}
+                "linear" => {
+                    rope.scaling = RopeScaling::Linear {
+                        factor: num("factor").unwrap_or(1.0),
+                    }
+                }
+                "llama3" => {
+                    rope.scaling = RopeScaling::Llama3 {
+                        factor: num("factor").unwrap_or(1.0),
+                        low_freq_factor: num("low_freq_factor").unwrap_or(1.0),
+                        high_freq_factor: num("high_freq_factor").unwrap_or(4.0),
+                        original_max_position: num("original_max_position_embeddings")
+                            .unwrap_or(8192.0)
+                            as u32,
+                    }
+                }
+                "longrope" | "su" => {
+                    let list = |k: &str| -> Result<Vec<f32>> {
+                        p.get(k)
+                            .and_then(Json::as_array)
+                            .map(|a| {
+                                a.iter()
+                                    .filter_map(Json::as_f64)
+                                    .map(|v| v as f32)
+                                    .collect()
+                            })
+                            .ok_or_else(|| ModelError::Config(format!("longrope needs `{k}`")))
+                    };
+                    let original = num("original_max_position_embeddings")
+                        .map(|v| v as usize)
+                        .or_else(|| usize_of("original_max_position_embeddings"))
+                        .unwrap_or(max_pos);
+                    let factor = max_pos as f32 / original as f32;
+                    rope.attention_factor = num("attention_factor").unwrap_or(if factor > 1.0 {
+                        (1.0f32 + factor.ln() / (original as f32).ln()).sqrt()
+                    } else {
+                        1.0
+                    });
+                    rope.long_rope = Some(LongRope {
+                        short: list("short_factor")?,
+                        long: list("long_factor")?,
+                        original_context: original,
+                    });
+                }
+                other => {
+                    return Err(ModelError::Config(format!(
+                        "rope scaling `{other}` is not supported"
+                    )))
+                }
+            }
+        }
+        let rope_local = (arch == Architecture::Gemma3).then(|| {
+            let local = params.and_then(|p| p.get("sliding_attention"));
+            let theta = local
+                .and_then(|p| p.get("rope_theta"))
+                .and_then(Json::as_f64)
+                .map(|v| v as f32)
+                .or_else(|| f32_of("rope_local_base_freq"))
+                .unwrap_or(10_000.0);
+            RopeConfig::plain(theta, rope.dims)
+        });
+
+        let window = usize_of("sliding_window").unwrap_or(0);
+        let layer_windows: Vec<usize> = match c.get("layer_types").and_then(Json::as_array) {
+            Some(types) => {
+                if types.len() != layers {
+                    return Err(ModelError::Config(format!(
+                        "{} layer_types for {layers} layers",
+                        types.len()
+                    )));
+                }
+                types
+                    .iter()
+                    .map(|t| {
+                        if t.as_str() == Some("sliding_attention") {
+                            window
+                        } else {
+                            0
+                        }
+                    })
+                    .collect()
+            }
+            None => (0..layers)
+                .map(|i| match arch {
+                    Architecture::Gemma2 if i % 2 == 0 => window,
+                    Architecture::Gemma3
+                        if (i + 1) % usize_of("sliding_window_pattern").unwrap_or(6) != 0 =>
+                    {
+                        window
+                    }
+                    Architecture::Mistral | Architecture::Phi3 => window,
+                    Architecture::Qwen2 | Architecture::Qwen3
+                        if c.get("use_sliding_window").and_then(Json::as_bool) == Some(true)
+                            && i >= usize_of("max_window_layers").unwrap_or(0) =>
+                    {
+                        window
+                    }
+                    _ => 0,
+                })
+                .collect(),
+        };
+        let act = c
+            .get("hidden_activation")
+            .or_else(|| c.get("hidden_act"))
+            .and_then(Json::as_str)
+            .unwrap_or("silu");
+        let activation = match act {
+            "silu" | "swish" => Activation::Silu,
+            "gelu_pytorch_tanh" | "gelu_tanh" | "gelu_new" => Activation::GeluTanh,
+            other => {
+                return Err(ModelError::Config(format!(
+                    "activation `{other}` is not supported"
+                )))
+            }
+        };
+        let ids = |v: Option<&Json>| -> Vec<u32> {
+            match v {
+                Some(Json::Number(n)) => n.as_u64().map(|v| vec![v as u32]).unwrap_or_default(),
+                Some(Json::Array(a)) => a
+                    .iter()
+                    .filter_map(Json::as_u64)
+                    .map(|v| v as u32)
+                    .collect(),
+                _ => vec![],
+            }
+        };
+        let mut eos = ids(generation.and_then(|g| g.get("eos_token_id")));
+        for id in ids(c.get("eos_token_id")) {
+            if !eos.contains(&id) {
+                eos.push(id);
+            }
+        }
+        let bos = ids(generation
+            .and_then(|g| g.get("bos_token_id"))
+            .or_else(|| c.get("bos_token_id")))
+        .first()
+        .copied();
+        let qpas = f32_of("query_pre_attn_scalar").unwrap_or(head_dim as f32);
+        Self {
+            arch,
+            hidden,
+            layers,
+            heads,
+            kv_heads,
+            head_dim,
+            ffn: need("intermediate_size")?,
+            vocab: need("vocab_size")?,
+            rms_eps: f32_of("rms_norm_eps").unwrap_or(1e-6),
+            rope,
+            rope_local,
+            rope_layout: RopeLayout::Neox,
+            layer_windows,
+            attn_scale: 1.0 / qpas.sqrt(),
+            attn_softcap: f32_of("attn_logit_softcapping").unwrap_or(0.0),
+            final_softcap: f32_of("final_logit_softcapping").unwrap_or(0.0),
+            embed_scale: if arch.is_gemma() {
+                (hidden as f32).sqrt()
+            } else {
+                1.0
+            },
+            norm_offset: if arch.is_gemma() { 1.0 } else { 0.0 },
+            activation,
+            tie_embeddings: c
+                .get("tie_word_embeddings")
+                .and_then(Json::as_bool)
+                .unwrap_or(arch.is_gemma()),
+            context_length: max_pos,
+            bos_token_id: bos,
+            eos_token_ids: eos,
+        }
+        .check()
     }
 }

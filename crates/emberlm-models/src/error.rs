@@ -8,12 +8,20 @@ pub enum ModelError {
     Gguf(#[from] GgufError),
     #[error(transparent)]
     Engine(#[from] emberlm_core::Error),
+    #[error("{file}: not a valid safetensors file: {reason}")]
+    Safetensors { file: String, reason: String },
+    #[error("{path}: {reason}")]
+    File { path: String, reason: String },
     #[error("unsupported architecture `{name}`; supported: {supported}")]
     UnsupportedArchitecture { name: String, supported: String },
     #[error("the model file has no tensor `{0}`")]
     MissingTensor(String),
     #[error("tensor `{tensor}` has shape {found:?}, but the model config says {expected:?}")]
-    ShapeMismatch { tensor: String, expected: Vec<usize>, found: Vec<usize> },
+    ShapeMismatch {
+        tensor: String,
+        expected: Vec<usize>,
+        found: Vec<usize>,
+    },
     #[error("cannot load tensor `{tensor}`: {reason}")]
     Tensor { tensor: String, reason: String },
     #[error("invalid model config: {0}")]

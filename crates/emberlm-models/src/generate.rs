@@ -34,7 +34,10 @@ pub async fn generate_greedy(
     options: &GenerateOptions,
     mut on_token: impl FnMut(u32),
 ) -> Result<Generation> {
-    let mut out = Generation { prompt_ids: prompt.to_vec(), ..Default::default() };
+    let mut out = Generation {
+        prompt_ids: prompt.to_vec(),
+        ..Default::default()
+    };
     if options.max_new_tokens == 0 {
         return Ok(out);
     }

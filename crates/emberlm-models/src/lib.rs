@@ -2,10 +2,15 @@
 
 pub mod config;
 pub mod error;
+#[cfg(not(target_arch = "wasm32"))]
+pub mod files;
 pub mod generate;
 pub mod ggml;
 pub mod gguf;
 pub mod model;
+pub mod safetensors;
+pub mod source;
+pub mod weights;
 
 pub use config::{Architecture, ModelConfig};
 pub use error::{ModelError, Result};

@@ -1,24 +1,27 @@
-//! A decoder-only transformer (Llama family) on emberlm-core: weights loaded from GGUF, a KV
-//! cache, and the forward step recorded into one plan. Per layer:
+//! A decoder-only transformer on emberlm-core, covering Llama, Mistral, Qwen2/3, Phi-3 and
+//! Gemma 2/3 with the switches in [`ModelConfig`]. Weights come from any [`WeightStore`]
+//! (GGUF or safetensors). Per layer:
 //!
 //! ```text
-//! normed = rms_norm(residual += previous output)          (first layer: rms_norm(embedding))
-//! qkv    = [normed·Wqᵀ | normed·Wkᵀ | normed·Wvᵀ] (+ biases)  one fused row per token
+//! normed = rms_norm(residual += previous output)          (first layer: rms_norm(embedding·scale))
+//! qkv    = normed·[Wq | Wk | Wv]ᵀ (+ biases)               one fused row per token
+//! q, k   = head_rms_norm(q), head_rms_norm(k)             Qwen3, Gemma 3
 //! rope(q heads), rope(k heads); append k, v to the cache
-//! attn   = attention(q, cache)
-//! out    = attn·Woᵀ
+//! attn   = attention(q, cache)                            causal, per-layer window, soft-cap
+//! out    = attn·Woᵀ;  out = rms_norm(out)                 Gemma's post-attention norm
 //! normed = rms_norm(residual += out)
-//! out    = (act(normed·Wgateᵀ) · normed·Wupᵀ)·Wdownᵀ
+//! out    = (act(normed·Wgateᵀ) · normed·Wupᵀ)·Wdownᵀ;  out = rms_norm(out)   Gemma's post-MLP norm
 //! ```
-//! then `logits = rms_norm(residual += out)[last]·Woutᵀ` and the argmax on the GPU.
+//! then `logits = rms_norm(residual += out)[last]·Woutᵀ`, Gemma 2's soft-cap, and the argmax
+//! on the GPU.
 
-use emberlm_core::rope_table::{self, RopeTable};
+use emberlm_core::rope_table::RopeTable;
 use emberlm_core::{ops, DType, GpuDevice, Plan, Tensor};
 
-use crate::config::{Architecture, ModelConfig};
+use crate::config::{LongRope, ModelConfig, RopeConfig};
 use crate::error::{ModelError, Result};
-use crate::ggml;
-use crate::gguf::{ByteSource, GgufFile};
+use crate::gguf::ByteSource;
+use crate::weights::{GgufStore, WeightStore};
 
 /// File bytes read per upload piece while loading a tensor.
 const LOAD_PIECE_BYTES: u64 = 8 << 20;
@@ -33,23 +36,39 @@ pub struct LoadOptions {
 
 impl Default for LoadOptions {
     fn default() -> Self {
-        Self { dtype: None, context: 2048 }
+        Self {
+            dtype: None,
+            context: 2048,
+        }
     }
+}
+
+/// One part of a projection: its rows land at column `offset` of the output row.
+struct LinearPart {
+    weight: Tensor,
+    bias: Option<Tensor>,
+    offset: usize,
+}
+
+/// A projection stored as one tensor (fused at load when the parts share a dtype) or as
+/// several parts writing side by side into one output row.
+struct Linear {
+    parts: Vec<LinearPart>,
 }
 
 struct Layer {
     attn_norm: Tensor,
-    q: Tensor,
-    k: Tensor,
-    v: Tensor,
-    q_bias: Option<Tensor>,
-    k_bias: Option<Tensor>,
-    v_bias: Option<Tensor>,
-    o: Tensor,
+    /// Writes [q | k | v].
+    qkv: Linear,
+    q_norm: Option<Tensor>,
+    k_norm: Option<Tensor>,
+    o: Linear,
+    post_attn_norm: Option<Tensor>,
     ffn_norm: Tensor,
-    gate: Tensor,
-    up: Tensor,
-    down: Tensor,
+    /// Writes [gate | up].
+    gate_up: Linear,
+    down: Linear,
+    post_ffw_norm: Option<Tensor>,
 }
 
 pub struct Model {
@@ -63,101 +82,292 @@ pub struct Model {
     output_norm: Tensor,
     layers: Vec<Layer>,
     rope: RopeTable,
+    rope_local: Option<RopeTable>,
 }
 
-struct Loader<'a, S: ByteSource + ?Sized> {
+struct Loader<'a> {
     dev: &'a GpuDevice,
-    file: &'a GgufFile,
-    src: &'a S,
+    store: &'a dyn WeightStore,
     dtype: Option<DType>,
     bytes: u64,
 }
 
-impl<S: ByteSource + ?Sized> Loader<'_, S> {
-    /// A [rows, k] matrix, streamed in pieces and packed into the requested (or exact) dtype.
+impl Loader<'_> {
+    fn expect_shape(&self, name: &str, rows: usize, k: usize) -> Result<()> {
+        let found = self
+            .store
+            .shape(name)
+            .ok_or_else(|| ModelError::MissingTensor(name.to_string()))?;
+        if found != (rows, k) {
+            return Err(ModelError::ShapeMismatch {
+                tensor: name.into(),
+                expected: vec![rows, k],
+                found: vec![found.0, found.1],
+            });
+        }
+        Ok(())
+    }
+
+    /// The dtype a matrix is loaded as: the requested one, else the file's own; f32 when the
+    /// row length does not fit the format's groups.
+    fn dtype_of(&self, name: &str, k: usize) -> Result<DType> {
+        let dtype = match self.dtype {
+            Some(d) => d,
+            None => self.store.exact_dtype(name)?,
+        };
+        Ok(if k % dtype.k_multiple() == 0 {
+            dtype
+        } else {
+            DType::F32
+        })
+    }
+
+    /// Streams `rows` rows of `name` into `tensor` starting at row `row0`, piece by piece.
+    fn upload(&mut self, tensor: &Tensor, row0: usize, name: &str, rows: usize) -> Result<()> {
+        let rows_per_piece =
+            (LOAD_PIECE_BYTES / self.store.row_bytes(name)?.max(1)).max(1) as usize;
+        let mut r = 0;
+        while r < rows {
+            let end = (r + rows_per_piece).min(rows);
+            let packed = self.store.read_rows(name, r..end, tensor.dtype)?;
+            tensor.write_rows(self.dev, row0 + r, packed.qs_bytes(), packed.scale_bytes())?;
+            r = end;
+        }
+        Ok(())
+    }
+
+    fn count(&mut self, t: &Tensor) {
+        self.bytes += t.chunks.iter().map(|c| c.buffer.size()).sum::<u64>();
+    }
+
     fn matrix(&mut self, name: &str, rows: usize, k: usize) -> Result<Tensor> {
-        let info = self.file.tensor(name).ok_or_else(|| ModelError::MissingTensor(name.to_string()))?;
-        if info.rows_k() != (rows, k) {
-            return Err(ModelError::ShapeMismatch { tensor: name.into(), expected: vec![rows, k], found: info.dims.iter().rev().map(|&d| d as usize).collect() });
-        }
-        let mut dtype = self.dtype.unwrap_or_else(|| ggml::exact_dtype(info.ty));
-        if k % dtype.k_multiple() != 0 {
-            dtype = DType::F32;
-        }
-        let tensor = Tensor::new_weight(self.dev, name, &[rows, k], dtype)?;
-        let row_bytes = info.ty.size_of(k as u64).map_err(|reason| ModelError::Tensor { tensor: name.into(), reason })?;
-        let rows_per_piece = (LOAD_PIECE_BYTES / row_bytes).max(1) as usize;
-        let mut r0 = 0;
-        while r0 < rows {
-            let r1 = (r0 + rows_per_piece).min(rows);
-            let bytes = self.file.read_rows(self.src, info, r0..r1)?;
-            let packed = ggml::pack_rows(info.ty, &bytes, r1 - r0, k, dtype).map_err(|reason| ModelError::Tensor { tensor: name.into(), reason })?;
-            tensor.write_rows(self.dev, r0, packed.qs_bytes(), packed.scale_bytes())?;
-            r0 = r1;
-        }
-        self.bytes += tensor.chunks.iter().map(|c| c.buffer.size()).sum::<u64>();
+        self.expect_shape(name, rows, k)?;
+        let tensor = Tensor::new_weight(self.dev, name, &[rows, k], self.dtype_of(name, k)?)?;
+        self.upload(&tensor, 0, name, rows)?;
+        self.count(&tensor);
         Ok(tensor)
     }
 
     /// A vector (norm weights, biases), always f32.
     fn vector(&mut self, name: &str, len: usize) -> Result<Tensor> {
-        let info = self.file.tensor(name).ok_or_else(|| ModelError::MissingTensor(name.to_string()))?;
-        if info.numel() != len as u64 {
-            return Err(ModelError::ShapeMismatch { tensor: name.into(), expected: vec![len], found: info.dims.iter().map(|&d| d as usize).collect() });
+        let found = self
+            .store
+            .shape(name)
+            .ok_or_else(|| ModelError::MissingTensor(name.to_string()))?;
+        if found.0 * found.1 != len {
+            return Err(ModelError::ShapeMismatch {
+                tensor: name.into(),
+                expected: vec![len],
+                found: vec![found.0 * found.1],
+            });
         }
-        let bytes = self.file.read_rows(self.src, info, 0..info.rows_k().0)?;
-        let mut values = vec![0f32; len];
-        ggml::dequantize(info.ty, &bytes, &mut values).map_err(|reason| ModelError::Tensor { tensor: name.into(), reason })?;
+        let values = self.store.read_f32(name)?;
         self.bytes += len as u64 * 4;
         Ok(Tensor::from_f32(self.dev, name, &[len], &values)?)
     }
 
     fn optional_vector(&mut self, name: &str, len: usize) -> Result<Option<Tensor>> {
-        if self.file.tensor(name).is_some() {
+        if self.store.shape(name).is_some() {
             self.vector(name, len).map(Some)
         } else {
             Ok(None)
         }
     }
+
+    /// Matrices `(name, rows)` with row length `k` as one projection: fused into one tensor
+    /// when they load as the same dtype (one dispatch instead of several), else side by side.
+    /// Biases are the names with `.bias` for `.weight`.
+    fn linear(&mut self, parts: &[(String, usize)], k: usize) -> Result<Linear> {
+        let mut dtypes = Vec::with_capacity(parts.len());
+        for (name, rows) in parts {
+            self.expect_shape(name, *rows, k)?;
+            dtypes.push(self.dtype_of(name, k)?);
+        }
+        let bias_names: Vec<String> = parts
+            .iter()
+            .map(|(n, _)| n.replace(".weight", ".bias"))
+            .collect();
+        let any_bias = bias_names.iter().any(|b| self.store.shape(b).is_some());
+        if parts.len() == 1 || dtypes.iter().any(|d| *d != dtypes[0]) {
+            let mut out = Vec::with_capacity(parts.len());
+            let mut offset = 0;
+            for ((name, rows), bias) in parts.iter().zip(&bias_names) {
+                let weight = self.matrix(name, *rows, k)?;
+                out.push(LinearPart {
+                    weight,
+                    bias: self.optional_vector(bias, *rows)?,
+                    offset,
+                });
+                offset += rows;
+            }
+            return Ok(Linear { parts: out });
+        }
+        let total: usize = parts.iter().map(|p| p.1).sum();
+        let label = parts
+            .iter()
+            .map(|p| p.0.as_str())
+            .collect::<Vec<_>>()
+            .join("+");
+        let weight = Tensor::new_weight(self.dev, &label, &[total, k], dtypes[0])?;
+        let mut bias = any_bias.then(|| vec![0f32; total]);
+        let mut row0 = 0;
+        for ((name, rows), bias_name) in parts.iter().zip(&bias_names) {
+            self.upload(&weight, row0, name, *rows)?;
+            if let (Some(b), Some(_)) = (bias.as_mut(), self.store.shape(bias_name)) {
+                let values = self.store.read_f32(bias_name)?;
+                if values.len() != *rows {
+                    return Err(ModelError::ShapeMismatch {
+                        tensor: bias_name.clone(),
+                        expected: vec![*rows],
+                        found: vec![values.len()],
+                    });
+                }
+                b[row0..row0 + rows].copy_from_slice(&values);
+            }
+            row0 += rows;
+        }
+        self.count(&weight);
+        let bias = match bias {
+            Some(values) => {
+                self.bytes += total as u64 * 4;
+                Some(Tensor::from_f32(
+                    self.dev,
+                    &format!("{label} bias"),
+                    &[total],
+                    &values,
+                )?)
+            }
+            None => None,
+        };
+        Ok(Linear {
+            parts: vec![LinearPart {
+                weight,
+                bias,
+                offset: 0,
+            }],
+        })
+    }
 }
 
 impl Model {
-    /// Loads a GGUF model. Tensor data is streamed from `src` piece by piece.
-    pub fn load_gguf<S: ByteSource + ?Sized>(dev: &GpuDevice, file: &GgufFile, src: &S, options: &LoadOptions) -> Result<Self> {
-        let config = ModelConfig::from_gguf(file)?;
+    /// Loads a GGUF model (one file or split shards); tensor data is streamed piece by piece.
+    pub fn load_gguf<S: ByteSource>(
+        dev: &GpuDevice,
+        store: &GgufStore<S>,
+        options: &LoadOptions,
+    ) -> Result<Self> {
+        let meta = store.metadata();
+        let mut config = ModelConfig::from_gguf(meta)?;
+        // Scaling that llama.cpp stores as tensors: Llama 3.1's divisors, Phi-3's LongRoPE sets.
+        if store.shape("rope_freqs.weight").is_some() {
+            config.rope.freq_factors = Some(store.read_f32("rope_freqs.weight")?);
+        }
+        if store.shape("rope_factors_long.weight").is_some() {
+            let original = meta
+                .get_u64("phi3.rope.scaling.original_context_length")
+                .map(|v| v as usize)
+                .unwrap_or(config.context_length);
+            config.rope.long_rope = Some(LongRope {
+                short: store.read_f32("rope_factors_short.weight")?,
+                long: store.read_f32("rope_factors_long.weight")?,
+                original_context: original,
+            });
+        }
+        Self::load(dev, config, store, options)
+    }
+
+    /// Loads the weights of a model described by `config` from `store`.
+    pub fn load(
+        dev: &GpuDevice,
+        config: ModelConfig,
+        store: &dyn WeightStore,
+        options: &LoadOptions,
+    ) -> Result<Self> {
         let c = &config;
         if options.context == 0 {
             return Err(ModelError::Config("context must be at least 1".into()));
         }
-        let mut ld = Loader { dev, file, src, dtype: options.dtype, bytes: 0 };
+        let mut ld = Loader {
+            dev,
+            store,
+            dtype: options.dtype,
+            bytes: 0,
+        };
         let (h, d) = (c.hidden, c.head_dim);
+        let (q_rows, kv_rows) = (c.heads * d, c.kv_heads * d);
         let embed = ld.matrix("token_embd.weight", c.vocab, h)?;
-        let output = if file.tensor("output.weight").is_some() { Some(ld.matrix("output.weight", c.vocab, h)?) } else { None };
+        let output = if store.shape("output.weight").is_some() {
+            Some(ld.matrix("output.weight", c.vocab, h)?)
+        } else {
+            None
+        };
         let output_norm = ld.vector("output_norm.weight", h)?;
         let mut layers = Vec::with_capacity(c.layers);
         for i in 0..c.layers {
             let n = |s: &str| format!("blk.{i}.{s}");
+            let qkv_parts = if store.shape(&n("attn_qkv.weight")).is_some() {
+                vec![(n("attn_qkv.weight"), c.qkv_width())]
+            } else {
+                vec![
+                    (n("attn_q.weight"), q_rows),
+                    (n("attn_k.weight"), kv_rows),
+                    (n("attn_v.weight"), kv_rows),
+                ]
+            };
+            let gate_up_parts = if store.shape(&n("ffn_gate.weight")).is_some() {
+                vec![(n("ffn_gate.weight"), c.ffn), (n("ffn_up.weight"), c.ffn)]
+            } else {
+                vec![(n("ffn_up.weight"), 2 * c.ffn)]
+            };
+            let post = |ld: &mut Loader, s: &str| {
+                if c.arch.has_post_norms() {
+                    ld.vector(&n(s), h).map(Some)
+                } else {
+                    Ok(None)
+                }
+            };
+            let qk_norm = |ld: &mut Loader, s: &str| {
+                if c.arch.has_qk_norm() {
+                    ld.vector(&n(s), d).map(Some)
+                } else {
+                    Ok(None)
+                }
+            };
             layers.push(Layer {
                 attn_norm: ld.vector(&n("attn_norm.weight"), h)?,
-                q: ld.matrix(&n("attn_q.weight"), c.heads * d, h)?,
-                k: ld.matrix(&n("attn_k.weight"), c.kv_heads * d, h)?,
-                v: ld.matrix(&n("attn_v.weight"), c.kv_heads * d, h)?,
-                q_bias: ld.optional_vector(&n("attn_q.bias"), c.heads * d)?,
-                k_bias: ld.optional_vector(&n("attn_k.bias"), c.kv_heads * d)?,
-                v_bias: ld.optional_vector(&n("attn_v.bias"), c.kv_heads * d)?,
-                o: ld.matrix(&n("attn_output.weight"), h, c.heads * d)?,
+                qkv: ld.linear(&qkv_parts, h)?,
+                q_norm: qk_norm(&mut ld, "attn_q_norm.weight")?,
+                k_norm: qk_norm(&mut ld, "attn_k_norm.weight")?,
+                o: ld.linear(&[(n("attn_output.weight"), h)], q_rows)?,
+                post_attn_norm: post(&mut ld, "post_attention_norm.weight")?,
                 ffn_norm: ld.vector(&n("ffn_norm.weight"), h)?,
-                gate: ld.matrix(&n("ffn_gate.weight"), c.ffn, h)?,
-                up: ld.matrix(&n("ffn_up.weight"), c.ffn, h)?,
-                down: ld.matrix(&n("ffn_down.weight"), h, c.ffn)?,
+                gate_up: ld.linear(&gate_up_parts, h)?,
+                down: ld.linear(&[(n("ffn_down.weight"), h)], c.ffn)?,
+                post_ffw_norm: post(&mut ld, "post_ffw_norm.weight")?,
             });
         }
-        if c.arch == Architecture::Qwen2 && layers.iter().any(|l| l.q_bias.is_none()) {
-            return Err(ModelError::Config("qwen2 models need q/k/v biases".into()));
-        }
-        let inv_freq = rope_table::inv_freq(c.rope_dims, c.rope_theta, c.rope_scaling);
-        let rope = RopeTable::new(dev, &inv_freq, options.context)?;
-        Ok(Self { config, context: options.context, weight_bytes: ld.bytes, embed, output, output_norm, layers, rope })
+        let table = |r: &RopeConfig| -> Result<RopeTable> {
+            Ok(RopeTable::new(
+                dev,
+                &r.inv_freq(options.context)?,
+                options.context,
+                r.attention_factor,
+            )?)
+        };
+        let rope = table(&c.rope)?;
+        let rope_local = c.rope_local.as_ref().map(table).transpose()?;
+        let weight_bytes = ld.bytes;
+        Ok(Self {
+            context: options.context,
+            weight_bytes,
+            embed,
+            output,
+            output_norm,
+            layers,
+            rope,
+            rope_local,
+            config,
+        })
     }
 }
 
@@ -177,6 +387,8 @@ struct Workspace {
     qkv: Tensor,
     attn: Tensor,
     out: Tensor,
+    /// Gemma's post-norm outputs, before they join the residual.
+    post: Option<Tensor>,
     gate_up: Tensor,
     act: Tensor,
     logits: Tensor,
@@ -194,6 +406,11 @@ impl Workspace {
             qkv: f32t("qkv", c.qkv_width())?,
             attn: f32t("attention out", c.heads * c.head_dim)?,
             out: f32t("block out", c.hidden)?,
+            post: if c.arch.has_post_norms() {
+                Some(f32t("post-norm out", c.hidden)?)
+            } else {
+                None
+            },
             gate_up: f32t("gate|up", 2 * c.ffn)?,
             act: f32t("activation", c.ffn)?,
             logits: Tensor::new_zeroed(dev, "logits", &[c.vocab], DType::F32)?,
@@ -223,10 +440,29 @@ impl<'m> Session<'m> {
         let mut k = Vec::with_capacity(c.layers);
         let mut v = Vec::with_capacity(c.layers);
         for i in 0..c.layers {
-            k.push(Tensor::new_zeroed(dev, &format!("k cache {i}"), &[len], DType::F32)?);
-            v.push(Tensor::new_zeroed(dev, &format!("v cache {i}"), &[len], DType::F32)?);
+            k.push(Tensor::new_zeroed(
+                dev,
+                &format!("k cache {i}"),
+                &[len],
+                DType::F32,
+            )?);
+            v.push(Tensor::new_zeroed(
+                dev,
+                &format!("v cache {i}"),
+                &[len],
+                DType::F32,
+            )?);
         }
-        Ok(Self { model, cache: KvCache { k, v, capacity: model.context }, position: 0, decode: None })
+        Ok(Self {
+            model,
+            cache: KvCache {
+                k,
+                v,
+                capacity: model.context,
+            },
+            position: 0,
+            decode: None,
+        })
     }
 
     /// Forgets the conversation (the cache is overwritten from position 0).
@@ -236,7 +472,12 @@ impl<'m> Session<'m> {
 
     /// Runs `tokens` at the next positions and returns the greedy next token; reads the last
     /// position's logits back only when `want_logits`.
-    pub async fn step(&mut self, dev: &GpuDevice, tokens: &[u32], want_logits: bool) -> Result<StepOutput> {
+    pub async fn step(
+        &mut self,
+        dev: &GpuDevice,
+        tokens: &[u32],
+        want_logits: bool,
+    ) -> Result<StepOutput> {
         let c = &self.model.config;
         if tokens.is_empty() {
             return Err(ModelError::Config("a step needs at least one token".into()));
@@ -245,7 +486,10 @@ impl<'m> Session<'m> {
             return Err(ModelError::TokenOutOfRange { id, vocab: c.vocab });
         }
         if self.position + tokens.len() > self.cache.capacity {
-            return Err(ModelError::ContextFull { needed: self.position + tokens.len(), capacity: self.cache.capacity });
+            return Err(ModelError::ContextFull {
+                needed: self.position + tokens.len(),
+                capacity: self.cache.capacity,
+            });
         }
         let ws = if tokens.len() == 1 {
             if self.decode.is_none() {
@@ -255,14 +499,21 @@ impl<'m> Session<'m> {
         } else {
             Some(Workspace::new(dev, c, tokens.len())?)
         };
-        let ws = ws.as_ref().unwrap_or_else(|| self.decode.as_ref().expect("decode workspace"));
-        ws.ids.write_rows(dev, 0, bytemuck::cast_slice(tokens), &[])?;
+        let ws = ws
+            .as_ref()
+            .unwrap_or_else(|| self.decode.as_ref().expect("decode workspace"));
+        ws.ids
+            .write_rows(dev, 0, bytemuck::cast_slice(tokens), &[])?;
         let mut plan = Plan::new(dev);
         self.record(&mut plan, ws, self.position)?;
         plan.finish()?.run(dev)?;
         self.position += tokens.len();
         let argmax = dev.read_u32(ws.next.buffer()?, 0, 1).await?[0];
-        let logits = if want_logits { Some(ws.logits.read_f32(dev).await?) } else { None };
+        let logits = if want_logits {
+            Some(ws.logits.read_f32(dev).await?)
+        } else {
+            None
+        };
         Ok(StepOutput { argmax, logits })
     }
 
@@ -271,51 +522,190 @@ impl<'m> Session<'m> {
         let c = &m.config;
         let t = ws.tokens;
         let (d, qkv_w) = (c.head_dim, c.qkv_width());
-        let project = |plan: &mut Plan, x: &Tensor, w: &Tensor, bias: Option<&Tensor>, y: &Tensor, y_cols: usize, y_off: usize| -> Result<()> {
-            if t == 1 {
-                ops::matvec_into(plan, w, x, 0, bias, y, y_off)?;
-            } else {
-                ops::matmul_into(plan, x, w, bias, y, t, y_cols, y_off)?;
+        let project = |plan: &mut Plan,
+                       x: &Tensor,
+                       lin: &Linear,
+                       y: &Tensor,
+                       y_cols: usize|
+         -> Result<()> {
+            for p in &lin.parts {
+                if t == 1 {
+                    ops::matvec_into(plan, &p.weight, x, 0, p.bias.as_ref(), y, p.offset)?;
+                } else {
+                    ops::matmul_into(plan, x, &p.weight, p.bias.as_ref(), y, t, y_cols, p.offset)?;
+                }
             }
             Ok(())
         };
-        ops::embedding(plan, &ws.ids, &m.embed, &ws.residual, t, 1.0)?;
-        for (i, layer) in m.layers.iter().enumerate() {
-            if i == 0 {
-                ops::rms_norm(plan, &ws.residual, &layer.attn_norm, None, &ws.normed, t, c.rms_eps, 0.0)?;
-            } else {
-                ops::rms_norm(plan, &ws.out, &layer.attn_norm, Some(&ws.residual), &ws.normed, t, c.rms_eps, 0.0)?;
+        // Gemma's post-norm: normalise a block's output on its own before it joins the residual.
+        let post_norm = |plan: &mut Plan, x: &'_ Tensor, norm: Option<&Tensor>| -> Result<()> {
+            if let (Some(w), Some(post)) = (norm, ws.post.as_ref()) {
+                ops::rms_norm(plan, x, w, None, post, t, c.rms_eps, c.norm_offset)?;
             }
-            let (q_cols, kv_cols) = (c.heads * d, c.kv_heads * d);
-            project(plan, &ws.normed, &layer.q, layer.q_bias.as_ref(), &ws.qkv, qkv_w, 0)?;
-            project(plan, &ws.normed, &layer.k, layer.k_bias.as_ref(), &ws.qkv, qkv_w, q_cols)?;
-            project(plan, &ws.normed, &layer.v, layer.v_bias.as_ref(), &ws.qkv, qkv_w, q_cols + kv_cols)?;
-            ops::rope(plan, &ws.qkv, &m.rope, c.rope_layout, t, c.heads, d, 0, qkv_w, pos0)?;
-            ops::rope(plan, &ws.qkv, &m.rope, c.rope_layout, t, c.kv_heads, d, c.heads, qkv_w, pos0)?;
-            ops::kv_cache_append(plan, &ws.qkv, &self.cache.k[i], t, c.kv_heads, d, c.heads, qkv_w, pos0)?;
-            ops::kv_cache_append(plan, &ws.qkv, &self.cache.v[i], t, c.kv_heads, d, c.heads + c.kv_heads, qkv_w, pos0)?;
+            Ok(())
+        };
+        let block_out = |norm: Option<&Tensor>| {
+            if norm.is_some() {
+                ws.post.as_ref().expect("post buffer")
+            } else {
+                &ws.out
+            }
+        };
+        ops::embedding(plan, &ws.ids, &m.embed, &ws.residual, t, c.embed_scale)?;
+        let mut pending: Option<&Tensor> = None;
+        for (i, layer) in m.layers.iter().enumerate() {
+            match pending {
+                None => ops::rms_norm(
+                    plan,
+                    &ws.residual,
+                    &layer.attn_norm,
+                    None,
+                    &ws.normed,
+                    t,
+                    c.rms_eps,
+                    c.norm_offset,
+                )?,
+                Some(x) => ops::rms_norm(
+                    plan,
+                    x,
+                    &layer.attn_norm,
+                    Some(&ws.residual),
+                    &ws.normed,
+                    t,
+                    c.rms_eps,
+                    c.norm_offset,
+                )?,
+            };
+            project(plan, &ws.normed, &layer.qkv, &ws.qkv, qkv_w)?;
+            if let (Some(qn), Some(kn)) = (&layer.q_norm, &layer.k_norm) {
+                ops::head_rms_norm(
+                    plan,
+                    &ws.qkv,
+                    qn,
+                    t,
+                    c.heads,
+                    0,
+                    qkv_w,
+                    c.rms_eps,
+                    c.norm_offset,
+                )?;
+                ops::head_rms_norm(
+                    plan,
+                    &ws.qkv,
+                    kn,
+                    t,
+                    c.kv_heads,
+                    c.heads,
+                    qkv_w,
+                    c.rms_eps,
+                    c.norm_offset,
+                )?;
+            }
+            let window = c.layer_windows[i];
+            let rope = match (&m.rope_local, window > 0) {
+                (Some(local), true) => local,
+                _ => &m.rope,
+            };
+            ops::rope(
+                plan,
+                &ws.qkv,
+                rope,
+                c.rope_layout,
+                t,
+                c.heads,
+                d,
+                0,
+                qkv_w,
+                pos0,
+            )?;
+            ops::rope(
+                plan,
+                &ws.qkv,
+                rope,
+                c.rope_layout,
+                t,
+                c.kv_heads,
+                d,
+                c.heads,
+                qkv_w,
+                pos0,
+            )?;
+            ops::kv_cache_append(
+                plan,
+                &ws.qkv,
+                &self.cache.k[i],
+                t,
+                c.kv_heads,
+                d,
+                c.heads,
+                qkv_w,
+                pos0,
+            )?;
+            ops::kv_cache_append(
+                plan,
+                &ws.qkv,
+                &self.cache.v[i],
+                t,
+                c.kv_heads,
+                d,
+                c.heads + c.kv_heads,
+                qkv_w,
+                pos0,
+            )?;
             let params = ops::AttentionParams {
                 tokens: t,
                 heads_q: c.heads,
                 heads_kv: c.kv_heads,
                 head_dim: d,
                 pos0,
-                window: 0,
-                scale: 1.0 / (d as f32).sqrt(),
-                softcap: 0.0,
+                window,
+                scale: c.attn_scale,
+                softcap: c.attn_softcap,
                 q_stride: qkv_w,
             };
-            ops::attention(plan, &ws.qkv, &self.cache.k[i], &self.cache.v[i], &ws.attn, &params)?;
-            project(plan, &ws.attn, &layer.o, None, &ws.out, c.hidden, 0)?;
-            ops::rms_norm(plan, &ws.out, &layer.ffn_norm, Some(&ws.residual), &ws.normed, t, c.rms_eps, 0.0)?;
-            project(plan, &ws.normed, &layer.gate, None, &ws.gate_up, 2 * c.ffn, 0)?;
-            project(plan, &ws.normed, &layer.up, None, &ws.gate_up, 2 * c.ffn, c.ffn)?;
-            ops::gated_activation(plan, &ws.gate_up, &ws.act, t, c.ffn, ops::Activation::Silu)?;
-            project(plan, &ws.act, &layer.down, None, &ws.out, c.hidden, 0)?;
+            ops::attention(
+                plan,
+                &ws.qkv,
+                &self.cache.k[i],
+                &self.cache.v[i],
+                &ws.attn,
+                &params,
+            )?;
+            project(plan, &ws.attn, &layer.o, &ws.out, c.hidden)?;
+            post_norm(plan, &ws.out, layer.post_attn_norm.as_ref())?;
+            let attn_out = block_out(layer.post_attn_norm.as_ref());
+            ops::rms_norm(
+                plan,
+                attn_out,
+                &layer.ffn_norm,
+                Some(&ws.residual),
+                &ws.normed,
+                t,
+                c.rms_eps,
+                c.norm_offset,
+            )?;
+            project(plan, &ws.normed, &layer.gate_up, &ws.gate_up, 2 * c.ffn)?;
+            ops::gated_activation(plan, &ws.gate_up, &ws.act, t, c.ffn, c.activation)?;
+            project(plan, &ws.act, &layer.down, &ws.out, c.hidden)?;
+            post_norm(plan, &ws.out, layer.post_ffw_norm.as_ref())?;
+            pending = Some(block_out(layer.post_ffw_norm.as_ref()));
         }
-        ops::rms_norm(plan, &ws.out, &m.output_norm, Some(&ws.residual), &ws.normed, t, c.rms_eps, 0.0)?;
+        let last = pending.unwrap_or(&ws.out);
+        ops::rms_norm(
+            plan,
+            last,
+            &m.output_norm,
+            Some(&ws.residual),
+            &ws.normed,
+            t,
+            c.rms_eps,
+            c.norm_offset,
+        )?;
         let head = m.output.as_ref().unwrap_or(&m.embed);
         ops::matvec_into(plan, head, &ws.normed, t - 1, None, &ws.logits, 0)?;
+        if c.final_softcap > 0.0 {
+            ops::logit_softcap(plan, &ws.logits, c.vocab, c.final_softcap)?;
+        }
         ops::argmax(plan, &ws.logits, &ws.next, 1, c.vocab)?;
         Ok(())
     }

@@ -6,7 +6,9 @@ pub mod argmax;
 pub mod attention;
 pub mod embedding;
 pub mod gated_activation;
+pub mod head_rms_norm;
 pub mod kv_cache_append;
+pub mod logit_softcap;
 pub mod matmul;
 pub mod matvec;
 pub mod rms_norm;
@@ -18,7 +20,9 @@ pub use argmax::argmax;
 pub use attention::{attention, AttentionParams};
 pub use embedding::embedding;
 pub use gated_activation::{gated_activation, Activation};
+pub use head_rms_norm::head_rms_norm;
 pub use kv_cache_append::kv_cache_append;
+pub use logit_softcap::logit_softcap;
 pub use matmul::{matmul, matmul_into};
 pub use matvec::{matvec, matvec_into};
 pub use rms_norm::rms_norm;
@@ -55,14 +59,27 @@ pub(crate) fn weight_variant(dtype: DType) -> Variant {
 /// Fails unless `t` is an f32 tensor of exactly `len` elements.
 pub(crate) fn expect_f32(op: &'static str, what: &str, t: &Tensor, len: usize) -> Result<()> {
     if t.dtype != DType::F32 {
-        return Err(Error::Shape { op, detail: format!("{what} `{}` must be f32, is {}", t.name, t.dtype.name()) });
+        return Err(Error::Shape {
+            op,
+            detail: format!("{what} `{}` must be f32, is {}", t.name, t.dtype.name()),
+        });
     }
     if t.numel() < len {
-        return Err(Error::Shape { op, detail: format!("{what} `{}` has {} elements, needs {len}", t.name, t.numel()) });
+        return Err(Error::Shape {
+            op,
+            detail: format!(
+                "{what} `{}` has {} elements, needs {len}",
+                t.name,
+                t.numel()
+            ),
+        });
     }
     Ok(())
 }
 
 pub(crate) fn u32_of(op: &'static str, what: &str, v: usize) -> Result<u32> {
-    u32::try_from(v).map_err(|_| Error::Shape { op, detail: format!("{what} = {v} does not fit in u32") })
+    u32::try_from(v).map_err(|_| Error::Shape {
+        op,
+        detail: format!("{what} = {v} does not fit in u32"),
+    })
 }

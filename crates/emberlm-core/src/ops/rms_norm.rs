@@ -37,8 +37,15 @@ pub fn rms_norm(
     if let Some(r) = residual {
         expect_f32(OP, "residual", r, rows * cols)?;
     }
-    let params = RmsNormParams { cols: u32_of(OP, "cols", cols)?, rows: u32_of(OP, "rows", rows)?, eps, weight_offset };
-    let variant = Variant::default().flag_if(residual.is_some(), "RESIDUAL").with("WG", WG_ROW);
+    let params = RmsNormParams {
+        cols: u32_of(OP, "cols", cols)?,
+        rows: u32_of(OP, "rows", rows)?,
+        eps,
+        weight_offset,
+    };
+    let variant = Variant::default()
+        .flag_if(residual.is_some(), "RESIDUAL")
+        .with("WG", WG_ROW);
     let storage = vec![
         Some(Binding::tensor(x)?),
         Some(Binding::tensor(out)?),

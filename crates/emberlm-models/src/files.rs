@@ -1,0 +1,88 @@
+//! Opening models from the local file system (native builds): a `.gguf` file (its sibling
+//! shards found from a split name) or a Hugging Face model directory (`config.json` +
+//! `model.safetensors` or `model.safetensors.index.json` + shards).
+
+use std::path::{Path, PathBuf};
+
+use serde_json::Value as Json;
+
+use crate::config::ModelConfig;
+use crate::error::{ModelError, Result};
+use crate::gguf::{FileSource, GgufFile};
+use crate::safetensors::{self, SafetensorsStore};
+use crate::weights::{gguf_shard_names, GgufStore};
+
+fn file_err(path: &Path, reason: impl std::fmt::Display) -> ModelError {
+    ModelError::File {
+        path: path.display().to_string(),
+        reason: reason.to_string(),
+    }
+}
+
+pub fn read_json(path: &Path) -> Result<Json> {
+    let text = std::fs::read_to_string(path).map_err(|e| file_err(path, e))?;
+    serde_json::from_str(&text).map_err(|e| file_err(path, format!("invalid JSON: {e}")))
+}
+
+fn open_source(path: &Path) -> Result<FileSource> {
+    FileSource::open(path).map_err(|e| file_err(path, e))
+}
+
+/// Opens a GGUF model; a split model's shards are found next to the given one.
+pub fn open_gguf(path: &Path) -> Result<GgufStore<FileSource>> {
+    let name = path
+        .file_name()
+        .and_then(|n| n.to_str())
+        .unwrap_or_default();
+    let paths: Vec<PathBuf> = match gguf_shard_names(name) {
+        Some(names) => names.iter().map(|n| path.with_file_name(n)).collect(),
+        None => vec![path.to_path_buf()],
+    };
+    let mut shards = Vec::with_capacity(paths.len());
+    for p in &paths {
+        let src = open_source(p)?;
+        let file = GgufFile::read(&src).map_err(|e| file_err(p, e))?;
+        shards.push((file, src));
+    }
+    GgufStore::new(shards)
+}
+
+/// A Hugging Face model directory.
+pub struct HfModelDir {
+    pub dir: PathBuf,
+    pub config: ModelConfig,
+    pub store: SafetensorsStore<FileSource>,
+}
+
+pub fn open_hf_dir(dir: &Path) -> Result<HfModelDir> {
+    let config_json = read_json(&dir.join("config.json"))?;
+    let gen_path = dir.join("generation_config.json");
+    let generation = if gen_path.exists() {
+        Some(read_json(&gen_path)?)
+    } else {
+        None
+    };
+    let config = ModelConfig::from_hf(&config_json, generation.as_ref())?;
+    let index = dir.join("model.safetensors.index.json");
+    let names = if index.exists() {
+        safetensors::index_files(&read_json(&index)?)?
+    } else if dir.join("model.safetensors").exists() {
+        vec!["model.safetensors".to_string()]
+    } else {
+        return Err(file_err(
+            dir,
+            "no model.safetensors or model.safetensors.index.json",
+        ));
+    };
+    let mut files = Vec::with_capacity(names.len());
+    for n in names {
+        let p = dir.join(&n);
+        files.push((n, open_source(&p)?));
+    }
+    let store = SafetensorsStore::new(files, config.arch)?;
+    Ok(HfModelDir {
+        dir: dir.to_path_buf(),
+        config,
+        store,
+    })
+}

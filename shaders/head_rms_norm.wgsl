@@ -1,0 +1,49 @@
+// In-place RMS norm of every head vector: Qwen3's and Gemma 3's q/k norms. Heads
+// head_offset..head_offset+heads of each token row (rows row_stride floats apart, so q and k can
+// sit inside the fused qkv row); one workgroup per (token, head); weight has head_dim entries,
+// used as (weight + weight_offset).
+
+struct Params {
+    tokens: u32,
+    heads: u32,
+    d: u32,
+    row_stride: u32,
+    head_offset: u32,
+    eps: f32,
+    weight_offset: f32,
+    _pad: u32,
+}
+
+@group(0) @binding(0) var<uniform> params: Params;
+@group(0) @binding(1) var<storage, read_write> x: array<f32>;
+@group(0) @binding(2) var<storage, read> weight: array<f32>;
+
+var<workgroup> partial: array<f32, WG>;
+
+@compute @workgroup_size(WG)
+fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
+    let idx = wid.y * nwg.x + wid.x;
+    if (idx >= params.tokens * params.heads) {
+        return;
+    }
+    let token = idx / params.heads;
+    let head = idx % params.heads;
+    let base = token * params.row_stride + (params.head_offset + head) * params.d;
+    var sum_sq = 0.0;
+    for (var i = lid; i < params.d; i += WG) {
+        let v = x[base + i];
+        sum_sq += v * v;
+    }
+    partial[lid] = sum_sq;
+    workgroupBarrier();
+    for (var stride = WG / 2u; stride > 0u; stride /= 2u) {
+        if (lid < stride) {
+            partial[lid] += partial[lid + stride];
+        }
+        workgroupBarrier();
+    }
+    let inv_rms = inverseSqrt(partial[0] / f32(params.d) + params.eps);
+    for (var i = lid; i < params.d; i += WG) {
+        x[base + i] = x[base + i] * inv_rms * (weight[i] + params.weight_offset);
+    }
+}
