@@ -10,6 +10,10 @@ pub enum ModelError {
     Engine(#[from] emberlm_core::Error),
     #[error("{file}: not a valid safetensors file: {reason}")]
     Safetensors { file: String, reason: String },
+    #[error("tokenizer: {0}")]
+    Tokenizer(String),
+    #[error("chat template: {0}")]
+    ChatTemplate(String),
     #[error("{path}: {reason}")]
     File { path: String, reason: String },
     #[error("unsupported architecture `{name}`; supported: {supported}")]

@@ -1,5 +1,6 @@
 //! emberlm-models: model files, architectures and generation on top of emberlm-core.
 
+pub mod chat;
 pub mod config;
 pub mod error;
 #[cfg(not(target_arch = "wasm32"))]
@@ -10,6 +11,7 @@ pub mod gguf;
 pub mod model;
 pub mod safetensors;
 pub mod source;
+pub mod tokenizer;
 pub mod weights;
 
 pub use config::{Architecture, ModelConfig};
