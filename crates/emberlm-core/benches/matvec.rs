@@ -19,11 +19,7 @@ struct Args {
 }
 
 fn parse_args() -> Args {
-    let mut args = Args {
-        shapes: vec![(896, 4864), (2048, 8192), (4096, 14336)],
-        dtypes: vec![DType::Q4, DType::Q8, DType::F16],
-        iters: 20,
-    };
+    let mut args = Args { shapes: vec![(896, 4864), (2048, 8192), (4096, 14336)], dtypes: vec![DType::Q4, DType::Q8, DType::F16], iters: 20 };
     let mut it = std::env::args().skip(1);
     while let Some(a) = it.next() {
         match a.as_str() {
@@ -38,14 +34,7 @@ fn parse_args() -> Args {
                     })
                     .collect()
             }
-            "--dtypes" => {
-                args.dtypes = it
-                    .next()
-                    .expect("--dtypes q4,...")
-                    .split(',')
-                    .map(|d| d.parse().expect("dtype"))
-                    .collect()
-            }
+            "--dtypes" => args.dtypes = it.next().expect("--dtypes q4,...").split(',').map(|d| d.parse().expect("dtype")).collect(),
             "--iters" => args.iters = it.next().expect("--iters N").parse().expect("N"),
             _ => {} // cargo bench passes --bench
         }
@@ -66,8 +55,7 @@ fn time_runs(dev: &GpuDevice, exe: &mut emberlm_core::Executable, reps: usize) -
 }
 
 fn copy_bandwidth(dev: &GpuDevice, bytes: u64, reps: usize) -> f64 {
-    let usage =
-        wgpu::BufferUsages::COPY_SRC | wgpu::BufferUsages::COPY_DST | wgpu::BufferUsages::STORAGE;
+    let usage = wgpu::BufferUsages::COPY_SRC | wgpu::BufferUsages::COPY_DST | wgpu::BufferUsages::STORAGE;
     let src = dev.create_buffer("copy src", bytes, usage).unwrap();
     let dst = dev.create_buffer("copy dst", bytes, usage).unwrap();
     let submit = || {
@@ -87,19 +75,12 @@ fn copy_bandwidth(dev: &GpuDevice, bytes: u64, reps: usize) -> f64 {
 
 fn main() {
     let args = parse_args();
-    let dev =
-        pollster::block_on(GpuDevice::new(DeviceOptions::default())).expect("a WebGPU adapter");
+    let dev = pollster::block_on(GpuDevice::new(DeviceOptions::default())).expect("a WebGPU adapter");
     let c = &dev.caps;
-    println!(
-        "adapter: {} ({}, {}), subgroups: {}, shader-f16: {}",
-        c.adapter_name, c.backend, c.device_type, c.subgroups, c.shader_f16
-    );
+    println!("adapter: {} ({}, {}), subgroups: {}, shader-f16: {}", c.adapter_name, c.backend, c.device_type, c.subgroups, c.shader_f16);
     let copy_bytes = 64u64 << 20;
     let copy = copy_bandwidth(&dev, copy_bytes, args.iters.max(5));
-    println!(
-        "copy bandwidth (copy_buffer_to_buffer, 64 MiB, read + write): {:.2} GB/s",
-        copy / 1e9
-    );
+    println!("copy bandwidth (copy_buffer_to_buffer, 64 MiB, read + write): {:.2} GB/s", copy / 1e9);
     println!();
     println!("| K x N | dtype | weight MiB | time/matvec | GB/s (weights) | vs copy |");
     println!("|---|---|---|---|---|---|");
@@ -126,25 +107,14 @@ fn main() {
                 packed.dequantize_row(r, &mut wr);
                 let want = reference::matvec(&wr, &x_host, None, 1)[0];
                 let scale = reference::abs_dot(&wr, &x_host, 1)[0];
-                assert!(
-                    ((got[r] as f64) - want).abs() <= (k + 2) as f64 * 6e-8 * scale,
-                    "row {r}: {} vs {want}",
-                    got[r]
-                );
+                assert!(((got[r] as f64) - want).abs() <= (k + 2) as f64 * 6e-8 * scale, "row {r}: {} vs {want}", got[r]);
             }
             assert!(got.iter().any(|v| *v != 0.0), "the kernel wrote nothing");
 
             let secs = time_runs(&dev, &mut exe, args.iters);
             let bytes = (packed.qs.len() + packed.scales.len()) as f64 * 4.0;
             let gbs = bytes / secs / 1e9;
-            println!(
-                "| {k} x {n} | {} | {:.1} | {:.3} ms | {:.2} | {:.2} |",
-                dtype.name(),
-                bytes / (1 << 20) as f64,
-                secs * 1e3,
-                gbs,
-                gbs * 1e9 / copy
-            );
+            println!("| {k} x {n} | {} | {:.1} | {:.3} ms | {:.2} | {:.2} |", dtype.name(), bytes / (1 << 20) as f64, secs * 1e3, gbs, gbs * 1e9 / copy);
         }
     }
 }

@@ -28,9 +28,7 @@ impl BufferPool {
 
     pub fn give_back(&self, buffer: wgpu::Buffer) {
         if let Ok(mut free) = self.free.lock() {
-            free.entry((buffer.size(), buffer.usage()))
-                .or_default()
-                .push(buffer);
+            free.entry((buffer.size(), buffer.usage())).or_default().push(buffer);
         }
     }
 }
@@ -41,24 +39,10 @@ mod tests {
 
     #[test]
     fn size_classes_cover_the_request_with_bounded_waste() {
-        for size in [
-            1u64,
-            255,
-            256,
-            257,
-            1000,
-            4096,
-            5000,
-            1 << 20,
-            (1 << 20) + 1,
-            123_456_789,
-        ] {
+        for size in [1u64, 255, 256, 257, 1000, 4096, 5000, 1 << 20, (1 << 20) + 1, 123_456_789] {
             let class = size_class(size);
             assert!(class >= size, "{size} -> {class}");
-            assert!(
-                class <= (size.max(256) * 5 / 4).max(1024),
-                "{size} -> {class} wastes too much"
-            );
+            assert!(class <= (size.max(256) * 5 / 4).max(1024), "{size} -> {class} wastes too much");
             assert_eq!(size_class(class), class, "classes are fixed points");
         }
     }

@@ -67,31 +67,16 @@ pub fn compare(name: String, got: &[f32], want: &[f64], tol: impl Fn(usize) -> f
         let ratio = err / tol(i);
         max_abs_err = max_abs_err.max(err);
         if ratio > 1.0 && detail.is_empty() {
-            detail = format!(
-                "element {i}: gpu {g} vs reference {w} (tolerance {:.3e})",
-                tol(i)
-            );
+            detail = format!("element {i}: gpu {g} vs reference {w} (tolerance {:.3e})", tol(i));
         }
         worst_ratio = worst_ratio.max(ratio);
     }
-    CheckResult {
-        name,
-        max_abs_err,
-        worst_ratio,
-        passed: worst_ratio <= 1.0,
-        detail,
-    }
+    CheckResult { name, max_abs_err, worst_ratio, passed: worst_ratio <= 1.0, detail }
 }
 
 fn exact(name: String, ok: bool, detail: String) -> CheckResult {
     let bad = if ok { 0.0 } else { f64::INFINITY };
-    CheckResult {
-        name,
-        max_abs_err: bad,
-        worst_ratio: bad,
-        passed: ok,
-        detail: if ok { String::new() } else { detail },
-    }
+    CheckResult { name, max_abs_err: bad, worst_ratio: bad, passed: ok, detail: if ok { String::new() } else { detail } }
 }
 
 async fn run(plan: Plan<'_>) -> Result<()> {
@@ -115,14 +100,7 @@ fn dot_tolerance(k: usize, abs_dot: f64) -> f64 {
     (k + 2) as f64 * U * abs_dot + 1e-30
 }
 
-pub async fn check_matvec(
-    dev: &GpuDevice,
-    dtype: DType,
-    n: usize,
-    k: usize,
-    bias: bool,
-    seed: u64,
-) -> Result<CheckResult> {
+pub async fn check_matvec(dev: &GpuDevice, dtype: DType, n: usize, k: usize, bias: bool, seed: u64) -> Result<CheckResult> {
     let mut rng = Rng::new(seed);
     let w = PackedMatrix::pack(dtype, n, k, &rng.vec(n * k, -1.0, 1.0));
     let x_host = rng.vec(k, -1.0, 1.0);
@@ -138,30 +116,11 @@ pub async fn check_matvec(
     let wd = w.dequantize();
     let want = reference::matvec(&wd, &x_host, bias.then_some(&b_host[..]), n);
     let scale = reference::abs_dot(&wd, &x_host, n);
-    let name = format!(
-        "matvec {} {n}x{k}{} ({}, {} chunks)",
-        dtype.name(),
-        if bias { " +bias" } else { "" },
-        features(dev),
-        wt.chunks.len()
-    );
-    Ok(compare(name, &got, &want, |i| {
-        dot_tolerance(
-            k,
-            scale[i] + if bias { b_host[i].abs() as f64 } else { 0.0 },
-        )
-    }))
+    let name = format!("matvec {} {n}x{k}{} ({}, {} chunks)", dtype.name(), if bias { " +bias" } else { "" }, features(dev), wt.chunks.len());
+    Ok(compare(name, &got, &want, |i| dot_tolerance(k, scale[i] + if bias { b_host[i].abs() as f64 } else { 0.0 })))
 }
 
-pub async fn check_matmul(
-    dev: &GpuDevice,
-    dtype: DType,
-    m: usize,
-    n: usize,
-    k: usize,
-    bias: bool,
-    seed: u64,
-) -> Result<CheckResult> {
+pub async fn check_matmul(dev: &GpuDevice, dtype: DType, m: usize, n: usize, k: usize, bias: bool, seed: u64) -> Result<CheckResult> {
     let mut rng = Rng::new(seed);
     let w = PackedMatrix::pack(dtype, n, k, &rng.vec(n * k, -1.0, 1.0));
     let x_host = rng.vec(m * k, -1.0, 1.0);
@@ -176,47 +135,21 @@ pub async fn check_matmul(
     let got = y.read_f32(dev).await?;
     let wd = w.dequantize();
     let want = reference::matmul(&x_host, &wd, bias.then_some(&b_host[..]), m, n, k);
-    let scale: Vec<f64> = (0..m)
-        .flat_map(|i| reference::abs_dot(&wd, &x_host[i * k..(i + 1) * k], n))
-        .collect();
-    let name = format!(
-        "matmul {} {m}x{n}x{k}{} ({} chunks)",
-        dtype.name(),
-        if bias { " +bias" } else { "" },
-        wt.chunks.len()
-    );
-    Ok(compare(name, &got, &want, |i| {
-        dot_tolerance(
-            k,
-            scale[i]
-                + if bias {
-                    b_host[i % n].abs() as f64
-                } else {
-                    0.0
-                },
-        )
-    }))
+    let scale: Vec<f64> = (0..m).flat_map(|i| reference::abs_dot(&wd, &x_host[i * k..(i + 1) * k], n)).collect();
+    let name = format!("matmul {} {m}x{n}x{k}{} ({} chunks)", dtype.name(), if bias { " +bias" } else { "" }, wt.chunks.len());
+    Ok(compare(name, &got, &want, |i| dot_tolerance(k, scale[i] + if bias { b_host[i % n].abs() as f64 } else { 0.0 })))
 }
 
 /// Two projections written side by side into one output row (`matvec_into`/`matmul_into`),
 /// the second with a bias: how q, k, v (and gate, up) share one fused activation row.
-pub async fn check_fused_projections(
-    dev: &GpuDevice,
-    dtype: DType,
-    m: usize,
-    via_matvec: bool,
-    seed: u64,
-) -> Result<CheckResult> {
+pub async fn check_fused_projections(dev: &GpuDevice, dtype: DType, m: usize, via_matvec: bool, seed: u64) -> Result<CheckResult> {
     let (k, n1, n2) = (64, 24, 13);
     let mut rng = Rng::new(seed);
     let w1 = PackedMatrix::pack(dtype, n1, k, &rng.vec(n1 * k, -1.0, 1.0));
     let w2 = PackedMatrix::pack(dtype, n2, k, &rng.vec(n2 * k, -1.0, 1.0));
     let x_host = rng.vec(m * k, -1.0, 1.0);
     let b_host = rng.vec(n2, -1.0, 1.0);
-    let (t1, t2) = (
-        Tensor::from_packed(dev, "w1", &[n1, k], &w1)?,
-        Tensor::from_packed(dev, "w2", &[n2, k], &w2)?,
-    );
+    let (t1, t2) = (Tensor::from_packed(dev, "w1", &[n1, k], &w1)?, Tensor::from_packed(dev, "w2", &[n2, k], &w2)?);
     let x = Tensor::from_f32(dev, "x", &[m, k], &x_host)?;
     let b = Tensor::from_f32(dev, "bias", &[n2], &b_host)?;
     let y = Tensor::new_zeroed(dev, "y", &[m, n1 + n2], DType::F32)?;
@@ -241,18 +174,9 @@ pub async fn check_fused_projections(
         want.extend(reference::matvec(&d1, xi, None, n1));
         want.extend(reference::matvec(&d2, xi, Some(&b_host), n2));
         scale.extend(reference::abs_dot(&d1, xi, n1));
-        scale.extend(
-            reference::abs_dot(&d2, xi, n2)
-                .iter()
-                .zip(&b_host)
-                .map(|(s, b)| s + b.abs() as f64),
-        );
+        scale.extend(reference::abs_dot(&d2, xi, n2).iter().zip(&b_host).map(|(s, b)| s + b.abs() as f64));
     }
-    let name = format!(
-        "fused projections {} m={m} ({})",
-        dtype.name(),
-        if via_matvec { "matvec" } else { "matmul" }
-    );
+    let name = format!("fused projections {} m={m} ({})", dtype.name(), if via_matvec { "matvec" } else { "matmul" });
     Ok(compare(name, &got, &want, |i| dot_tolerance(k, scale[i])))
 }
 
@@ -271,20 +195,8 @@ pub struct AttentionCase {
 /// Tolerance 2e-5 absolute on outputs bounded by max|v| = 1: a score error δ changes a weight
 /// by a factor e^δ, and δ ≤ γ_d·Σ|q·k| ≈ 1e-5 here; WGSL's exp is within (3 + 2|x|) ulp
 /// (≈ 1e-5 relative for |x| ≤ 40); the running rescaling adds a few roundings per key block.
-pub async fn check_attention(
-    dev: &GpuDevice,
-    case: AttentionCase,
-    seed: u64,
-) -> Result<CheckResult> {
-    let AttentionCase {
-        tokens,
-        hq,
-        hkv,
-        d,
-        pos0,
-        window,
-        softcap,
-    } = case;
+pub async fn check_attention(dev: &GpuDevice, case: AttentionCase, seed: u64) -> Result<CheckResult> {
+    let AttentionCase { tokens, hq, hkv, d, pos0, window, softcap } = case;
     let s_max = pos0 + tokens + 3; // spare capacity: the kernel must not read past the length
     let mut rng = Rng::new(seed);
     let q_host = rng.vec(tokens * hq * d, -1.0, 1.0);
@@ -295,52 +207,20 @@ pub async fn check_attention(
     let vc = Tensor::from_f32(dev, "v cache", &[hkv * s_max * d], &v_host)?;
     let out = Tensor::new_zeroed(dev, "out", &[tokens, hq * d], DType::F32)?;
     let scale = 1.0 / (d as f32).sqrt();
-    let params = AttentionParams {
-        tokens,
-        heads_q: hq,
-        heads_kv: hkv,
-        head_dim: d,
-        pos0,
-        window,
-        scale,
-        softcap,
-        q_stride: hq * d,
-    };
+    let params = AttentionParams { tokens, heads_q: hq, heads_kv: hkv, head_dim: d, pos0, window, scale, softcap, q_stride: hq * d };
     let mut plan = Plan::new(dev);
     let op_count = ops::attention(&mut plan, &q, &kc, &vc, &out, &params)?.len();
     run(plan).await?;
     let got = out.read_f32(dev).await?;
-    let shape = reference::AttentionShape {
-        tokens,
-        hq,
-        hkv,
-        d,
-        s_max,
-        pos0,
-        window,
-        scale: scale as f64,
-        softcap: softcap as f64,
-        q_stride: hq * d,
-    };
+    let shape = reference::AttentionShape { tokens, hq, hkv, d, s_max, pos0, window, scale: scale as f64, softcap: softcap as f64, q_stride: hq * d };
     let want = reference::attention(&q_host, &k_host, &v_host, &shape);
-    let mode = if op_count > 1 {
-        "split decode"
-    } else {
-        "single pass"
-    };
+    let mode = if op_count > 1 { "split decode" } else { "single pass" };
     let name = format!("attention t={tokens} hq={hq} hkv={hkv} d={d} pos0={pos0} window={window} softcap={softcap} ({mode})");
     Ok(compare(name, &got, &want, |_| 2e-5))
 }
 
 /// Tolerance: sum of squares γ_cols relative, inverseSqrt within 2 ulp (Vulkan), two products.
-pub async fn check_rms_norm(
-    dev: &GpuDevice,
-    rows: usize,
-    cols: usize,
-    residual: bool,
-    offset: f32,
-    seed: u64,
-) -> Result<CheckResult> {
+pub async fn check_rms_norm(dev: &GpuDevice, rows: usize, cols: usize, residual: bool, offset: f32, seed: u64) -> Result<CheckResult> {
     let mut rng = Rng::new(seed);
     let x_host = rng.vec(rows * cols, -2.0, 2.0);
     let r_host = rng.vec(rows * cols, -2.0, 2.0);
@@ -350,24 +230,9 @@ pub async fn check_rms_norm(
     let w = Tensor::from_f32(dev, "weight", &[cols], &w_host)?;
     let out = Tensor::new_zeroed(dev, "out", &[rows, cols], DType::F32)?;
     let mut plan = Plan::new(dev);
-    ops::rms_norm(
-        &mut plan,
-        &x,
-        &w,
-        residual.then_some(&r),
-        &out,
-        rows,
-        1e-6,
-        offset,
-    )?;
+    ops::rms_norm(&mut plan, &x, &w, residual.then_some(&r), &out, rows, 1e-6, offset)?;
     run(plan).await?;
-    let (want, want_residual) = reference::rms_norm(
-        &x_host,
-        &w_host,
-        residual.then_some(&r_host[..]),
-        1e-6,
-        offset as f64,
-    );
+    let (want, want_residual) = reference::rms_norm(&x_host, &w_host, residual.then_some(&r_host[..]), 1e-6, offset as f64);
     let mut got = out.read_f32(dev).await?;
     let mut want = want;
     if residual {
@@ -375,24 +240,13 @@ pub async fn check_rms_norm(
         got.extend(r.read_f32(dev).await?);
         want.extend(want_residual);
     }
-    let name = format!(
-        "rms_norm {rows}x{cols}{} offset={offset}",
-        if residual { " +residual" } else { "" }
-    );
+    let name = format!("rms_norm {rows}x{cols}{} offset={offset}", if residual { " +residual" } else { "" });
     let rtol = (cols + 8) as f64 * U;
     Ok(compare(name, &got, &want, |i| rtol * want[i].abs() + 1e-6))
 }
 
 /// q and k heads normalised in place inside fused rows, the other heads (v) untouched.
-pub async fn check_head_rms_norm(
-    dev: &GpuDevice,
-    tokens: usize,
-    heads: usize,
-    d: usize,
-    head_offset: usize,
-    offset: f32,
-    seed: u64,
-) -> Result<CheckResult> {
+pub async fn check_head_rms_norm(dev: &GpuDevice, tokens: usize, heads: usize, d: usize, head_offset: usize, offset: f32, seed: u64) -> Result<CheckResult> {
     let mut rng = Rng::new(seed);
     let row_stride = (head_offset + heads + 1) * d;
     let x_host = rng.vec(tokens * row_stride, -2.0, 2.0);
@@ -400,39 +254,16 @@ pub async fn check_head_rms_norm(
     let x = Tensor::from_f32(dev, "x", &[tokens, row_stride], &x_host)?;
     let w = Tensor::from_f32(dev, "weight", &[d], &w_host)?;
     let mut plan = Plan::new(dev);
-    ops::head_rms_norm(
-        &mut plan,
-        &x,
-        &w,
-        tokens,
-        heads,
-        head_offset,
-        row_stride,
-        1e-6,
-        offset,
-    )?;
+    ops::head_rms_norm(&mut plan, &x, &w, tokens, heads, head_offset, row_stride, 1e-6, offset)?;
     run(plan).await?;
     let got = x.read_f32(dev).await?;
-    let want = reference::head_rms_norm(
-        &x_host,
-        &w_host,
-        heads,
-        head_offset,
-        row_stride,
-        1e-6,
-        offset as f64,
-    );
+    let want = reference::head_rms_norm(&x_host, &w_host, heads, head_offset, row_stride, 1e-6, offset as f64);
     let name = format!("head_rms_norm {tokens}x{heads}x{d} at head {head_offset} offset={offset}");
     let rtol = (d + 8) as f64 * U;
     Ok(compare(name, &got, &want, |i| rtol * want[i].abs() + 1e-6))
 }
 
-pub async fn check_logit_softcap(
-    dev: &GpuDevice,
-    len: usize,
-    cap: f32,
-    seed: u64,
-) -> Result<CheckResult> {
+pub async fn check_logit_softcap(dev: &GpuDevice, len: usize, cap: f32, seed: u64) -> Result<CheckResult> {
     let mut rng = Rng::new(seed);
     let x_host = rng.vec(len, -4.0 * cap, 4.0 * cap);
     let x = Tensor::from_f32(dev, "x", &[len], &x_host)?;
@@ -442,12 +273,7 @@ pub async fn check_logit_softcap(
     let got = x.read_f32(dev).await?;
     let want = reference::logit_softcap(&x_host, cap as f64);
     // WGSL's tanh has no stated precision; a few ulp of the cap is what GPUs deliver.
-    Ok(compare(
-        format!("logit_softcap {len} cap={cap}"),
-        &got,
-        &want,
-        |_| 64.0 * U * cap as f64,
-    ))
+    Ok(compare(format!("logit_softcap {len} cap={cap}"), &got, &want, |_| 64.0 * U * cap as f64))
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -464,16 +290,7 @@ pub struct RopeCase {
 
 /// Each output is a·c ∓ b·s from table values: three roundings, so 3u·(|a·c| + |b·s|) ≤ 3u·(|a|+|b|).
 pub async fn check_rope(dev: &GpuDevice, case: RopeCase, seed: u64) -> Result<CheckResult> {
-    let RopeCase {
-        layout,
-        tokens,
-        heads,
-        d,
-        rot_dims,
-        head_offset,
-        row_stride,
-        pos0,
-    } = case;
+    let RopeCase { layout, tokens, heads, d, rot_dims, head_offset, row_stride, pos0 } = case;
     let mut rng = Rng::new(seed);
     let x_host = rng.vec(tokens * row_stride, -2.0, 2.0);
     let positions = pos0 + tokens;
@@ -482,45 +299,15 @@ pub async fn check_rope(dev: &GpuDevice, case: RopeCase, seed: u64) -> Result<Ch
     let table_host = rope_table::cos_sin(&freqs, positions, 1.0);
     let x = Tensor::from_f32(dev, "x", &[tokens, row_stride], &x_host)?;
     let mut plan = Plan::new(dev);
-    ops::rope(
-        &mut plan,
-        &x,
-        &table,
-        layout,
-        tokens,
-        heads,
-        d,
-        head_offset,
-        row_stride,
-        pos0,
-    )?;
+    ops::rope(&mut plan, &x, &table, layout, tokens, heads, d, head_offset, row_stride, pos0)?;
     run(plan).await?;
     let got = x.read_f32(dev).await?;
-    let want = reference::rope(
-        &x_host,
-        &table_host,
-        rot_dims,
-        layout,
-        tokens,
-        heads,
-        d,
-        head_offset,
-        row_stride,
-        pos0,
-    );
+    let want = reference::rope(&x_host, &table_host, rot_dims, layout, tokens, heads, d, head_offset, row_stride, pos0);
     let name = format!("rope {layout:?} t={tokens} heads={heads} d={d} rot={rot_dims} offset={head_offset} pos0={pos0}");
     Ok(compare(name, &got, &want, |_| 3.0 * U * 4.0 + 1e-7))
 }
 
-pub async fn check_kv_cache_append(
-    dev: &GpuDevice,
-    tokens: usize,
-    heads: usize,
-    d: usize,
-    head_offset: usize,
-    pos0: usize,
-    seed: u64,
-) -> Result<CheckResult> {
+pub async fn check_kv_cache_append(dev: &GpuDevice, tokens: usize, heads: usize, d: usize, head_offset: usize, pos0: usize, seed: u64) -> Result<CheckResult> {
     let mut rng = Rng::new(seed);
     let row_stride = (head_offset + heads + 1) * d;
     let s_max = pos0 + tokens + 2;
@@ -529,42 +316,24 @@ pub async fn check_kv_cache_append(
     let src = Tensor::from_f32(dev, "src", &[tokens, row_stride], &src_host)?;
     let cache = Tensor::from_f32(dev, "cache", &[heads * s_max * d], &cache_host)?;
     let mut plan = Plan::new(dev);
-    ops::kv_cache_append(
-        &mut plan,
-        &src,
-        &cache,
-        tokens,
-        heads,
-        d,
-        head_offset,
-        row_stride,
-        pos0,
-    )?;
+    ops::kv_cache_append(&mut plan, &src, &cache, tokens, heads, d, head_offset, row_stride, pos0)?;
     run(plan).await?;
     let got = cache.read_f32(dev).await?;
     let mut want: Vec<f64> = cache_host.iter().map(|&v| v as f64).collect();
     for t in 0..tokens {
         for h in 0..heads {
             for i in 0..d {
-                want[(h * s_max + pos0 + t) * d + i] =
-                    src_host[t * row_stride + (head_offset + h) * d + i] as f64;
+                want[(h * s_max + pos0 + t) * d + i] = src_host[t * row_stride + (head_offset + h) * d + i] as f64;
             }
         }
     }
-    let name =
-        format!("kv_cache_append t={tokens} heads={heads} d={d} offset={head_offset} pos0={pos0}");
+    let name = format!("kv_cache_append t={tokens} heads={heads} d={d} offset={head_offset} pos0={pos0}");
     Ok(compare(name, &got, &want, |_| 1e-30)) // a copy: bit-exact, untouched slots unchanged
 }
 
 /// WGSL's exp is within (3 + 2|x|) ulp; |x| ≤ 2·0.8·(8 + 0.045·8³) ≈ 50 here, so ≤ 103 ulp
 /// ≈ 6e-6 relative, plus a division and a product: 1e-5 relative.
-pub async fn check_gated_activation(
-    dev: &GpuDevice,
-    act: Activation,
-    rows: usize,
-    inter: usize,
-    seed: u64,
-) -> Result<CheckResult> {
+pub async fn check_gated_activation(dev: &GpuDevice, act: Activation, rows: usize, inter: usize, seed: u64) -> Result<CheckResult> {
     let mut rng = Rng::new(seed);
     let host = rng.vec(rows * 2 * inter, -8.0, 8.0);
     let x = Tensor::from_f32(dev, "gate_up", &[rows, 2 * inter], &host)?;
@@ -574,33 +343,14 @@ pub async fn check_gated_activation(
     run(plan).await?;
     let got = out.read_f32(dev).await?;
     let want = reference::gated_activation(&host, inter, act);
-    Ok(compare(
-        format!("gated_activation {act:?} {rows}x{inter}"),
-        &got,
-        &want,
-        |i| 1e-5 * want[i].abs() + 1e-7,
-    ))
+    Ok(compare(format!("gated_activation {act:?} {rows}x{inter}"), &got, &want, |i| 1e-5 * want[i].abs() + 1e-7))
 }
 
-pub async fn check_embedding(
-    dev: &GpuDevice,
-    dtype: DType,
-    vocab: usize,
-    hidden: usize,
-    scale: f32,
-    seed: u64,
-) -> Result<CheckResult> {
+pub async fn check_embedding(dev: &GpuDevice, dtype: DType, vocab: usize, hidden: usize, scale: f32, seed: u64) -> Result<CheckResult> {
     let mut rng = Rng::new(seed);
     let table = PackedMatrix::pack(dtype, vocab, hidden, &rng.vec(vocab * hidden, -1.0, 1.0));
     // First, last, repeated, and an out-of-range id (must give zeros).
-    let ids = vec![
-        0u32,
-        vocab as u32 - 1,
-        3 % vocab as u32,
-        3 % vocab as u32,
-        (vocab / 2) as u32,
-        vocab as u32 + 7,
-    ];
+    let ids = vec![0u32, vocab as u32 - 1, 3 % vocab as u32, 3 % vocab as u32, (vocab / 2) as u32, vocab as u32 + 7];
     let t = Tensor::from_packed(dev, "table", &[vocab, hidden], &table)?;
     let id_t = Tensor::from_u32(dev, "ids", &ids)?;
     let out = Tensor::new_zeroed(dev, "out", &[ids.len(), hidden], DType::F32)?;
@@ -611,35 +361,15 @@ pub async fn check_embedding(
     let deq = &table.dequantize();
     let want: Vec<f64> = ids
         .iter()
-        .flat_map(|&id| {
-            (0..hidden).map(move |j| {
-                if (id as usize) < vocab {
-                    deq[id as usize * hidden + j] as f64 * scale as f64
-                } else {
-                    0.0
-                }
-            })
-        })
+        .flat_map(|&id| (0..hidden).map(move |j| if (id as usize) < vocab { deq[id as usize * hidden + j] as f64 * scale as f64 } else { 0.0 }))
         .collect();
-    let name = format!(
-        "embedding {} {vocab}x{hidden} scale={scale} ({} chunks)",
-        dtype.name(),
-        t.chunks.len()
-    );
+    let name = format!("embedding {} {vocab}x{hidden} scale={scale} ({} chunks)", dtype.name(), t.chunks.len());
     // Dequantisation and the scale: two roundings.
-    Ok(compare(name, &got, &want, |i| {
-        2.0 * U * want[i].abs() + 1e-30
-    }))
+    Ok(compare(name, &got, &want, |i| 2.0 * U * want[i].abs() + 1e-30))
 }
 
 /// exp within (3 + 2|x|) ulp for |x| ≤ 2·range, the sum γ_cols: under 1e-5 relative here.
-pub async fn check_softmax(
-    dev: &GpuDevice,
-    rows: usize,
-    cols: usize,
-    scale: f32,
-    seed: u64,
-) -> Result<CheckResult> {
+pub async fn check_softmax(dev: &GpuDevice, rows: usize, cols: usize, scale: f32, seed: u64) -> Result<CheckResult> {
     let mut rng = Rng::new(seed);
     let host = rng.vec(rows * cols, -10.0, 10.0);
     let x = Tensor::from_f32(dev, "x", &[rows, cols], &host)?;
@@ -648,22 +378,8 @@ pub async fn check_softmax(
     ops::softmax(&mut plan, &x, &out, rows, cols, scale)?;
     run(plan).await?;
     let got = out.read_f32(dev).await?;
-    let want: Vec<f64> = host
-        .chunks(cols)
-        .flat_map(|r| {
-            reference::softmax_row(
-                &r.iter()
-                    .map(|&v| v as f64 * scale as f64)
-                    .collect::<Vec<_>>(),
-            )
-        })
-        .collect();
-    Ok(compare(
-        format!("softmax {rows}x{cols} scale={scale}"),
-        &got,
-        &want,
-        |i| 1e-5 * want[i].abs() + 1e-9,
-    ))
+    let want: Vec<f64> = host.chunks(cols).flat_map(|r| reference::softmax_row(&r.iter().map(|&v| v as f64 * scale as f64).collect::<Vec<_>>())).collect();
+    Ok(compare(format!("softmax {rows}x{cols} scale={scale}"), &got, &want, |i| 1e-5 * want[i].abs() + 1e-9))
 }
 
 /// Random rows plus hand-made ones: ties (lowest index wins), NaNs (skipped), all −∞.
@@ -693,16 +409,8 @@ pub async fn check_argmax(dev: &GpuDevice, cols: usize, seed: u64) -> Result<Che
     exact_check(format!("argmax {}x{cols}", rows.len()), &got, &want)
 }
 
-fn exact_check<T: PartialEq + std::fmt::Debug>(
-    name: String,
-    got: &[T],
-    want: &[T],
-) -> Result<CheckResult> {
-    Ok(exact(
-        name,
-        got == want,
-        format!("gpu {got:?} vs reference {want:?}"),
-    ))
+fn exact_check<T: PartialEq + std::fmt::Debug>(name: String, got: &[T], want: &[T]) -> Result<CheckResult> {
+    Ok(exact(name, got == want, format!("gpu {got:?} vs reference {want:?}")))
 }
 
 pub async fn check_top_k(dev: &GpuDevice, cols: usize, k: usize, seed: u64) -> Result<CheckResult> {
@@ -725,16 +433,9 @@ pub async fn check_top_k(dev: &GpuDevice, cols: usize, k: usize, seed: u64) -> R
         want_idx.extend(picks.iter().map(|p| p.0));
         want_val.extend(picks.iter().map(|p| p.1));
     }
-    let same_vals = got_val
-        .iter()
-        .zip(&want_val)
-        .all(|(a, b)| a == b || (a.is_infinite() && a == b));
+    let same_vals = got_val.iter().zip(&want_val).all(|(a, b)| a == b || (a.is_infinite() && a == b));
     let ok = got_idx == want_idx && same_vals;
-    Ok(exact(
-        format!("top_k {n}x{cols} k={k}"),
-        ok,
-        format!("gpu {got_idx:?} vs reference {want_idx:?}"),
-    ))
+    Ok(exact(format!("top_k {n}x{cols} k={k}"), ok, format!("gpu {got_idx:?} vs reference {want_idx:?}")))
 }
 
 /// The suite the browser runs: every kernel and weight format once, at odd sizes.
@@ -745,101 +446,27 @@ pub async fn run_suite(dev: &GpuDevice) -> Vec<(String, Result<CheckResult>)> {
             results.push(($label.to_string(), $e.await));
         };
     }
-    for (i, dtype) in [DType::F32, DType::F16, DType::Q8, DType::Q4]
-        .into_iter()
-        .enumerate()
-    {
-        check!(
-            format!("matvec {}", dtype.name()),
-            check_matvec(dev, dtype, 37, 96, i % 2 == 0, 1 + i as u64)
-        );
-        check!(
-            format!("matmul {}", dtype.name()),
-            check_matmul(dev, dtype, 19, 37, 96, i % 2 == 1, 11 + i as u64)
-        );
-        check!(
-            format!("embedding {}", dtype.name()),
-            check_embedding(dev, dtype, 53, 64, 1.5, 21 + i as u64)
-        );
-        check!(
-            format!("fused projections {}", dtype.name()),
-            check_fused_projections(dev, dtype, 3, i % 2 == 0, 25 + i as u64)
-        );
+    for (i, dtype) in [DType::F32, DType::F16, DType::Q8, DType::Q4].into_iter().enumerate() {
+        check!(format!("matvec {}", dtype.name()), check_matvec(dev, dtype, 37, 96, i % 2 == 0, 1 + i as u64));
+        check!(format!("matmul {}", dtype.name()), check_matmul(dev, dtype, 19, 37, 96, i % 2 == 1, 11 + i as u64));
+        check!(format!("embedding {}", dtype.name()), check_embedding(dev, dtype, 53, 64, 1.5, 21 + i as u64));
+        check!(format!("fused projections {}", dtype.name()), check_fused_projections(dev, dtype, 3, i % 2 == 0, 25 + i as u64));
     }
-    let prefill = AttentionCase {
-        tokens: 7,
-        hq: 4,
-        hkv: 2,
-        d: 64,
-        pos0: 5,
-        window: 0,
-        softcap: 0.0,
-    };
+    let prefill = AttentionCase { tokens: 7, hq: 4, hkv: 2, d: 64, pos0: 5, window: 0, softcap: 0.0 };
     check!("attention prefill", check_attention(dev, prefill, 31));
-    let decode = AttentionCase {
-        tokens: 1,
-        hq: 4,
-        hkv: 1,
-        d: 32,
-        pos0: 600,
-        window: 0,
-        softcap: 0.0,
-    };
+    let decode = AttentionCase { tokens: 1, hq: 4, hkv: 1, d: 32, pos0: 600, window: 0, softcap: 0.0 };
     check!("attention decode", check_attention(dev, decode, 32));
-    let windowed = AttentionCase {
-        tokens: 5,
-        hq: 2,
-        hkv: 2,
-        d: 16,
-        pos0: 9,
-        window: 4,
-        softcap: 30.0,
-    };
-    check!(
-        "attention window+softcap",
-        check_attention(dev, windowed, 33)
-    );
+    let windowed = AttentionCase { tokens: 5, hq: 2, hkv: 2, d: 16, pos0: 9, window: 4, softcap: 30.0 };
+    check!("attention window+softcap", check_attention(dev, windowed, 33));
     check!("rms_norm", check_rms_norm(dev, 3, 1000, true, 0.0, 41));
-    check!(
-        "head_rms_norm",
-        check_head_rms_norm(dev, 3, 4, 32, 2, 1.0, 42)
-    );
+    check!("head_rms_norm", check_head_rms_norm(dev, 3, 4, 32, 2, 1.0, 42));
     check!("logit_softcap", check_logit_softcap(dev, 1001, 30.0, 43));
-    let rope = RopeCase {
-        layout: RopeLayout::Neox,
-        tokens: 3,
-        heads: 2,
-        d: 64,
-        rot_dims: 64,
-        head_offset: 1,
-        row_stride: 4 * 64,
-        pos0: 100,
-    };
+    let rope = RopeCase { layout: RopeLayout::Neox, tokens: 3, heads: 2, d: 64, rot_dims: 64, head_offset: 1, row_stride: 4 * 64, pos0: 100 };
     check!("rope neox", check_rope(dev, rope, 51));
-    check!(
-        "rope interleaved",
-        check_rope(
-            dev,
-            RopeCase {
-                layout: RopeLayout::Interleaved,
-                rot_dims: 32,
-                ..rope
-            },
-            52
-        )
-    );
-    check!(
-        "kv_cache_append",
-        check_kv_cache_append(dev, 3, 2, 16, 1, 4, 61)
-    );
-    check!(
-        "gated_activation silu",
-        check_gated_activation(dev, Activation::Silu, 3, 173, 71)
-    );
-    check!(
-        "gated_activation gelu",
-        check_gated_activation(dev, Activation::GeluTanh, 3, 173, 72)
-    );
+    check!("rope interleaved", check_rope(dev, RopeCase { layout: RopeLayout::Interleaved, rot_dims: 32, ..rope }, 52));
+    check!("kv_cache_append", check_kv_cache_append(dev, 3, 2, 16, 1, 4, 61));
+    check!("gated_activation silu", check_gated_activation(dev, Activation::Silu, 3, 173, 71));
+    check!("gated_activation gelu", check_gated_activation(dev, Activation::GeluTanh, 3, 173, 72));
     check!("softmax", check_softmax(dev, 2, 1001, 0.7, 81));
     check!("argmax", check_argmax(dev, 1001, 91));
     check!("top_k", check_top_k(dev, 1001, 40, 92));

@@ -27,12 +27,7 @@ pub struct DeviceOptions {
 
 impl Default for DeviceOptions {
     fn default() -> Self {
-        Self {
-            allow_subgroups: true,
-            allow_shader_f16: true,
-            high_performance: true,
-            max_binding_bytes: None,
-        }
+        Self { allow_subgroups: true, allow_shader_f16: true, high_performance: true, max_binding_bytes: None }
     }
 }
 
@@ -73,13 +68,8 @@ pub struct GpuDevice {
 impl GpuDevice {
     /// Finds an adapter and creates a device with the adapter's limits.
     pub async fn new(options: DeviceOptions) -> Result<Self> {
-        let instance =
-            wgpu::Instance::new(wgpu::InstanceDescriptor::new_without_display_handle_from_env());
-        let power_preference = if options.high_performance {
-            wgpu::PowerPreference::HighPerformance
-        } else {
-            wgpu::PowerPreference::LowPower
-        };
+        let instance = wgpu::Instance::new(wgpu::InstanceDescriptor::new_without_display_handle_from_env());
+        let power_preference = if options.high_performance { wgpu::PowerPreference::HighPerformance } else { wgpu::PowerPreference::LowPower };
         let adapter = instance
             .request_adapter(&wgpu::RequestAdapterOptions {
                 power_preference,
@@ -88,7 +78,9 @@ impl GpuDevice {
                 apply_limit_buckets: false,
             })
             .await
-            .map_err(|e| Error::NoAdapter(format!("{e}. WebGPU needs a GPU driver (or a software one such as Mesa lavapipe); in browsers it needs WebGPU enabled")))?;
+            .map_err(|e| {
+                Error::NoAdapter(format!("{e}. WebGPU needs a GPU driver (or a software one such as Mesa lavapipe); in browsers it needs WebGPU enabled"))
+            })?;
         Self::from_adapter(&adapter, options).await
     }
 
@@ -98,13 +90,11 @@ impl GpuDevice {
         let adapter_limits = adapter.limits();
 
         let mut features = wgpu::Features::empty();
-        let subgroups =
-            options.allow_subgroups && adapter_features.contains(wgpu::Features::SUBGROUP);
+        let subgroups = options.allow_subgroups && adapter_features.contains(wgpu::Features::SUBGROUP);
         if subgroups {
             features |= wgpu::Features::SUBGROUP;
         }
-        let shader_f16 =
-            options.allow_shader_f16 && adapter_features.contains(wgpu::Features::SHADER_F16);
+        let shader_f16 = options.allow_shader_f16 && adapter_features.contains(wgpu::Features::SHADER_F16);
         if shader_f16 {
             features |= wgpu::Features::SHADER_F16;
         }
@@ -140,8 +130,7 @@ impl GpuDevice {
             });
         }
 
-        let mut max_storage_binding =
-            (limits.max_storage_buffer_binding_size as u64).min(limits.max_buffer_size);
+        let mut max_storage_binding = (limits.max_storage_buffer_binding_size as u64).min(limits.max_buffer_size);
         if let Some(cap) = options.max_binding_bytes {
             max_storage_binding = max_storage_binding.min(cap);
         }
@@ -181,12 +170,7 @@ impl GpuDevice {
     /// silently empty results.
     pub fn check_alive(&self) -> Result<()> {
         if self.lost.load(Ordering::SeqCst) {
-            let reason = self
-                .lost_reason
-                .lock()
-                .ok()
-                .and_then(|r| r.clone())
-                .unwrap_or_default();
+            let reason = self.lost_reason.lock().ok().and_then(|r| r.clone()).unwrap_or_default();
             return Err(Error::DeviceLost(reason));
         }
         Ok(())
@@ -194,12 +178,7 @@ impl GpuDevice {
 
     /// Creates a storage buffer, refusing sizes past the device limit with a clear error rather
     /// than a validation panic.
-    pub fn create_buffer(
-        &self,
-        label: &str,
-        size: u64,
-        usage: wgpu::BufferUsages,
-    ) -> Result<wgpu::Buffer> {
+    pub fn create_buffer(&self, label: &str, size: u64, usage: wgpu::BufferUsages) -> Result<wgpu::Buffer> {
         self.check_alive()?;
         if size > self.caps.max_buffer_size {
             return Err(Error::LimitExceeded {
@@ -218,9 +197,7 @@ impl GpuDevice {
             mapped_at_creation: false,
         });
         if poll_now(scope.pop()).flatten().is_some() {
-            return Err(Error::OutOfMemory(format!(
-                "allocating {size} bytes for `{label}`"
-            )));
+            return Err(Error::OutOfMemory(format!("allocating {size} bytes for `{label}`")));
         }
         self.buffers_created.fetch_add(1, Ordering::Relaxed);
         Ok(buffer)
@@ -233,12 +210,7 @@ impl GpuDevice {
 
     /// A buffer of at least `size` bytes from the pool, created (at its size class) if none is free.
     /// Hand it back with `self.pool.give_back`.
-    pub fn pooled_buffer(
-        &self,
-        label: &str,
-        size: u64,
-        usage: wgpu::BufferUsages,
-    ) -> Result<wgpu::Buffer> {
+    pub fn pooled_buffer(&self, label: &str, size: u64, usage: wgpu::BufferUsages) -> Result<wgpu::Buffer> {
         self.check_alive()?;
         match self.pool.take(size, usage) {
             Some(buffer) => Ok(buffer),
@@ -250,9 +222,7 @@ impl GpuDevice {
     pub fn poll_wait(&self) -> Result<()> {
         #[cfg(not(target_arch = "wasm32"))]
         {
-            self.device
-                .poll(wgpu::PollType::wait_indefinitely())
-                .map_err(|e| Error::DeviceLost(e.to_string()))?;
+            self.device.poll(wgpu::PollType::wait_indefinitely()).map_err(|e| Error::DeviceLost(e.to_string()))?;
         }
         Ok(())
     }
@@ -262,68 +232,36 @@ impl GpuDevice {
     pub async fn read_bytes(&self, src: &wgpu::Buffer, offset: u64, size: u64) -> Result<Vec<u8>> {
         self.check_alive()?;
         let padded = size.next_multiple_of(4);
-        let staging = self.pooled_buffer(
-            "read-back staging",
-            padded,
-            wgpu::BufferUsages::MAP_READ | wgpu::BufferUsages::COPY_DST,
-        )?;
-        let mut encoder = self
-            .device
-            .create_command_encoder(&wgpu::CommandEncoderDescriptor {
-                label: Some("read-back"),
-            });
+        let staging = self.pooled_buffer("read-back staging", padded, wgpu::BufferUsages::MAP_READ | wgpu::BufferUsages::COPY_DST)?;
+        let mut encoder = self.device.create_command_encoder(&wgpu::CommandEncoderDescriptor { label: Some("read-back") });
         encoder.copy_buffer_to_buffer(src, offset, &staging, 0, padded);
         self.queue.submit([encoder.finish()]);
 
         let (sender, receiver) = futures_channel::oneshot::channel();
-        staging
-            .slice(..padded)
-            .map_async(wgpu::MapMode::Read, move |result| {
-                let _ = sender.send(result);
-            });
+        staging.slice(..padded).map_async(wgpu::MapMode::Read, move |result| {
+            let _ = sender.send(result);
+        });
         self.poll_wait()?;
         // Awaiting a channel (not spinning) lets the browser's event loop run the map callback.
         match receiver.await {
             Ok(Ok(())) => {}
             Ok(Err(e)) => return Err(Error::ReadBack(e.to_string())),
-            Err(_) => {
-                return Err(Error::ReadBack(
-                    "the map callback was dropped (device lost?)".into(),
-                ))
-            }
+            Err(_) => return Err(Error::ReadBack("the map callback was dropped (device lost?)".into())),
         }
         self.check_alive()?;
-        let data = staging
-            .slice(..padded)
-            .get_mapped_range()
-            .map_err(|e| Error::ReadBack(e.to_string()))?[..size as usize]
-            .to_vec();
+        let data = staging.slice(..padded).get_mapped_range().map_err(|e| Error::ReadBack(e.to_string()))?[..size as usize].to_vec();
         staging.unmap();
         self.pool.give_back(staging);
         Ok(data)
     }
 
-    pub async fn read_f32(
-        &self,
-        src: &wgpu::Buffer,
-        offset_elems: u64,
-        len: usize,
-    ) -> Result<Vec<f32>> {
-        let bytes = self
-            .read_bytes(src, offset_elems * 4, len as u64 * 4)
-            .await?;
+    pub async fn read_f32(&self, src: &wgpu::Buffer, offset_elems: u64, len: usize) -> Result<Vec<f32>> {
+        let bytes = self.read_bytes(src, offset_elems * 4, len as u64 * 4).await?;
         Ok(bytemuck::pod_collect_to_vec(&bytes))
     }
 
-    pub async fn read_u32(
-        &self,
-        src: &wgpu::Buffer,
-        offset_elems: u64,
-        len: usize,
-    ) -> Result<Vec<u32>> {
-        let bytes = self
-            .read_bytes(src, offset_elems * 4, len as u64 * 4)
-            .await?;
+    pub async fn read_u32(&self, src: &wgpu::Buffer, offset_elems: u64, len: usize) -> Result<Vec<u32>> {
+        let bytes = self.read_bytes(src, offset_elems * 4, len as u64 * 4).await?;
         Ok(bytemuck::pod_collect_to_vec(&bytes))
     }
 }

@@ -82,9 +82,7 @@ impl std::str::FromStr for DType {
             "f16" => Ok(DType::F16),
             "q8" => Ok(DType::Q8),
             "q4" => Ok(DType::Q4),
-            other => Err(format!(
-                "unknown dtype `{other}` (expected f32, f16, q8 or q4)"
-            )),
+            other => Err(format!("unknown dtype `{other}` (expected f32, f16, q8 or q4)")),
         }
     }
 }
@@ -102,53 +100,27 @@ pub struct PackedMatrix {
 impl PackedMatrix {
     /// Packs row-major f32 values into `dtype`, quantising if needed.
     pub fn pack(dtype: DType, rows: usize, k: usize, values: &[f32]) -> Self {
-        assert_eq!(
-            values.len(),
-            rows * k,
-            "PackedMatrix::pack: values.len() != rows * k"
-        );
-        assert!(
-            k % dtype.k_multiple() == 0,
-            "{} rows need k % {} == 0",
-            dtype.name(),
-            dtype.k_multiple()
-        );
+        assert_eq!(values.len(), rows * k, "PackedMatrix::pack: values.len() != rows * k");
+        assert!(k % dtype.k_multiple() == 0, "{} rows need k % {} == 0", dtype.name(), dtype.k_multiple());
         let (qs, scales) = match dtype {
             DType::F32 => (bytemuck::cast_slice(values).to_vec(), Vec::new()),
             DType::F16 => (pack_f16(values), Vec::new()),
             DType::Q8 => quantize_q8(rows, k, values),
             DType::Q4 => quantize_q4(rows, k, values),
         };
-        Self {
-            dtype,
-            rows,
-            k,
-            qs,
-            scales,
-        }
+        Self { dtype, rows, k, qs, scales }
     }
 
     /// Q4 from already-quantised groups: `q[i]` in 0..=15 per weight (row-major), and per
     /// group of 32 the f16 bits of (scale, min). Used to repack GGUF Q4_0/Q4_1 exactly.
     pub fn q4_from_groups(rows: usize, k: usize, q: &[u8], scale_min: &[(u16, u16)]) -> Self {
-        assert!(
-            k % GROUP_SIZE == 0 && q.len() == rows * k && scale_min.len() == rows * k / GROUP_SIZE
-        );
+        assert!(k % GROUP_SIZE == 0 && q.len() == rows * k && scale_min.len() == rows * k / GROUP_SIZE);
         let mut qs = vec![0u32; rows * k / 8];
         for (i, &v) in q.iter().enumerate() {
             qs[i / 8] |= ((v & 0xf) as u32) << q4_shift(i % 8);
         }
-        let scales = scale_min
-            .iter()
-            .map(|&(s, m)| s as u32 | (m as u32) << 16)
-            .collect();
-        Self {
-            dtype: DType::Q4,
-            rows,
-            k,
-            qs,
-            scales,
-        }
+        let scales = scale_min.iter().map(|&(s, m)| s as u32 | (m as u32) << 16).collect();
+        Self { dtype: DType::Q4, rows, k, qs, scales }
     }
 
     /// Q8 from already-quantised groups: `q[i]` per weight and the f16 bits of each group's
@@ -164,17 +136,10 @@ impl PackedMatrix {
         let mut packed_scales = vec![0u32; rows * sc_words];
         for r in 0..rows {
             for g in 0..groups {
-                packed_scales[r * sc_words + g / 2] |=
-                    (scales[r * groups + g] as u32) << (16 * (g % 2));
+                packed_scales[r * sc_words + g / 2] |= (scales[r * groups + g] as u32) << (16 * (g % 2));
             }
         }
-        Self {
-            dtype: DType::Q8,
-            rows,
-            k,
-            qs,
-            scales: packed_scales,
-        }
+        Self { dtype: DType::Q8, rows, k, qs, scales: packed_scales }
     }
 
     /// The exact values the GPU sees (the dequantised weights).
@@ -240,10 +205,7 @@ pub fn pack_f16_pair(lo: f32, hi: f32) -> u32 {
 }
 
 pub fn pack_f16(values: &[f32]) -> Vec<u32> {
-    values
-        .chunks(2)
-        .map(|p| pack_f16_pair(p[0], *p.get(1).unwrap_or(&0.0)))
-        .collect()
+    values.chunks(2).map(|p| pack_f16_pair(p[0], *p.get(1).unwrap_or(&0.0))).collect()
 }
 
 /// bf16 bits to f32 (exact); safetensors bf16 weights are widened on load.
@@ -313,21 +275,14 @@ mod tests {
     #[test]
     fn q4_round_trip_error_is_within_half_a_step() {
         let k = 64;
-        let values: Vec<f32> = (0..2 * k)
-            .map(|i| ((i * 37 % 101) as f32 - 50.0) / 17.0)
-            .collect();
+        let values: Vec<f32> = (0..2 * k).map(|i| ((i * 37 % 101) as f32 - 50.0) / 17.0).collect();
         let packed = PackedMatrix::pack(DType::Q4, 2, k, &values);
         let back = packed.dequantize();
         for g in 0..(2 * k / GROUP_SIZE) {
             let scale = unpack_f16(packed.scales[g], 0);
             for i in g * GROUP_SIZE..(g + 1) * GROUP_SIZE {
                 // half a step, plus the f16 rounding of min.
-                assert!(
-                    (values[i] - back[i]).abs() <= 0.5 * scale + 2e-3,
-                    "{i}: {} vs {}",
-                    values[i],
-                    back[i]
-                );
+                assert!((values[i] - back[i]).abs() <= 0.5 * scale + 2e-3, "{i}: {} vs {}", values[i], back[i]);
             }
         }
     }
@@ -335,17 +290,12 @@ mod tests {
     #[test]
     fn q8_round_trip_and_odd_group_count() {
         let k = 96; // three groups: scales are padded to two words per row
-        let values: Vec<f32> = (0..3 * k)
-            .map(|i| ((i * 13 % 61) as f32 - 30.0) / 7.0)
-            .collect();
+        let values: Vec<f32> = (0..3 * k).map(|i| ((i * 13 % 61) as f32 - 30.0) / 7.0).collect();
         let packed = PackedMatrix::pack(DType::Q8, 3, k, &values);
         assert_eq!(packed.scales.len(), 3 * 2);
         let back = packed.dequantize();
         for (a, b) in values.iter().zip(&back) {
-            assert!(
-                (a - b).abs() <= 30.0 / 7.0 / 127.0 * 0.5 + 1e-3,
-                "{a} vs {b}"
-            );
+            assert!((a - b).abs() <= 30.0 / 7.0 / 127.0 * 0.5 + 1e-3, "{a} vs {b}");
         }
     }
 
@@ -363,10 +313,7 @@ mod tests {
         let values = vec![0.75f32; 32];
         for dtype in [DType::Q4, DType::Q8] {
             let back = PackedMatrix::pack(dtype, 1, 32, &values).dequantize();
-            assert!(
-                back.iter().all(|v| (v - 0.75).abs() < 1e-3),
-                "{dtype:?}: {back:?}"
-            );
+            assert!(back.iter().all(|v| (v - 0.75).abs() < 1e-3), "{dtype:?}: {back:?}");
         }
     }
 }

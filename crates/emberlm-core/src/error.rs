@@ -13,15 +13,8 @@ pub enum Error {
     Validation { context: String, message: String },
     #[error("GPU out of memory while {0}")]
     OutOfMemory(String),
-    #[error(
-        "{what} needs {needed} bytes but this device allows at most {limit} bytes ({limit_name})"
-    )]
-    LimitExceeded {
-        what: String,
-        needed: u64,
-        limit: u64,
-        limit_name: &'static str,
-    },
+    #[error("{what} needs {needed} bytes but this device allows at most {limit} bytes ({limit_name})")]
+    LimitExceeded { what: String, needed: u64, limit: u64, limit_name: &'static str },
     #[error("shape mismatch in {op}: {detail}")]
     Shape { op: &'static str, detail: String },
     #[error("reading back from the GPU failed: {0}")]
@@ -34,8 +27,5 @@ pub type Result<T> = std::result::Result<T, Error>;
 
 /// Shorthand for shape errors, which are by far the most common.
 pub(crate) fn shape_err<T>(op: &'static str, detail: impl Into<String>) -> Result<T> {
-    Err(Error::Shape {
-        op,
-        detail: detail.into(),
-    })
+    Err(Error::Shape { op, detail: detail.into() })
 }

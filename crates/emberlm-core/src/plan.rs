@@ -21,11 +21,7 @@ pub struct Binding {
 
 impl Binding {
     pub fn whole(buffer: &wgpu::Buffer) -> Self {
-        Self {
-            buffer: buffer.clone(),
-            offset: 0,
-            size: buffer.size(),
-        }
+        Self { buffer: buffer.clone(), offset: 0, size: buffer.size() }
     }
 
     /// An unchunked tensor's values.
@@ -34,19 +30,11 @@ impl Binding {
     }
 
     pub fn qs(chunk: &TensorChunk) -> Self {
-        Self {
-            buffer: chunk.buffer.clone(),
-            offset: chunk.qs.start,
-            size: chunk.qs.end - chunk.qs.start,
-        }
+        Self { buffer: chunk.buffer.clone(), offset: chunk.qs.start, size: chunk.qs.end - chunk.qs.start }
     }
 
     pub fn scales(chunk: &TensorChunk) -> Self {
-        Self {
-            buffer: chunk.buffer.clone(),
-            offset: chunk.scales.start,
-            size: chunk.scales.end - chunk.scales.start,
-        }
+        Self { buffer: chunk.buffer.clone(), offset: chunk.scales.start, size: chunk.scales.end - chunk.scales.start }
     }
 }
 
@@ -75,12 +63,7 @@ const UNIFORM_SLOT: u64 = 256;
 
 impl<'d> Plan<'d> {
     pub fn new(dev: &'d GpuDevice) -> Self {
-        Self {
-            dev,
-            ops: Vec::new(),
-            arena: Vec::new(),
-            scratch: Vec::new(),
-        }
+        Self { dev, ops: Vec::new(), arena: Vec::new(), scratch: Vec::new() }
     }
 
     /// Records one dispatch of `key` with `uniforms` at binding 0 and `storage[i]` at binding
@@ -96,10 +79,7 @@ impl<'d> Plan<'d> {
         let bytes = bytemuck::bytes_of(uniforms);
         let slot = UNIFORM_SLOT.max(self.dev.caps.min_uniform_offset_alignment as u64);
         if bytes.len() as u64 > slot {
-            return Err(Error::InvalidArgument(format!(
-                "uniforms of {} are larger than a slot",
-                key.kernel
-            )));
+            return Err(Error::InvalidArgument(format!("uniforms of {} are larger than a slot", key.kernel)));
         }
         let max = self.dev.caps.max_workgroups_per_dim;
         if workgroups.iter().any(|&w| w > max) {
@@ -127,18 +107,10 @@ impl<'d> Plan<'d> {
     /// A zeroed-on-first-use f32 scratch tensor from the device's buffer pool, returned to the
     /// pool when the executable is dropped.
     pub fn scratch_f32(&mut self, name: &str, len: usize) -> Result<Binding> {
-        let usage = wgpu::BufferUsages::STORAGE
-            | wgpu::BufferUsages::COPY_SRC
-            | wgpu::BufferUsages::COPY_DST;
-        let buffer = self
-            .dev
-            .pooled_buffer(name, (len.max(1) * 4) as u64, usage)?;
+        let usage = wgpu::BufferUsages::STORAGE | wgpu::BufferUsages::COPY_SRC | wgpu::BufferUsages::COPY_DST;
+        let buffer = self.dev.pooled_buffer(name, (len.max(1) * 4) as u64, usage)?;
         self.scratch.push(buffer.clone());
-        Ok(Binding {
-            buffer,
-            offset: 0,
-            size: (len.max(1) * 4) as u64,
-        })
+        Ok(Binding { buffer, offset: 0, size: (len.max(1) * 4) as u64 })
     }
 
     /// Linear workgroup count → a 2-D grid within the per-dimension limit. Kernels rebuild the
@@ -158,11 +130,7 @@ impl<'d> Plan<'d> {
         dev.check_alive()?;
         let arena_size = (self.arena.len() as u64).max(UNIFORM_SLOT);
         // Pooled like the scratch buffers, so a plan rebuilt every step allocates nothing.
-        let uniforms = dev.pooled_buffer(
-            "uniform arena",
-            arena_size,
-            wgpu::BufferUsages::UNIFORM | wgpu::BufferUsages::COPY_DST,
-        )?;
+        let uniforms = dev.pooled_buffer("uniform arena", arena_size, wgpu::BufferUsages::UNIFORM | wgpu::BufferUsages::COPY_DST)?;
         let mut scratch = self.scratch;
         scratch.push(uniforms.clone());
         let scope = dev.device.push_error_scope(wgpu::ErrorFilter::Validation);
@@ -181,11 +149,7 @@ impl<'d> Plan<'d> {
                 let Some(b) = b else { continue };
                 entries.push(wgpu::BindGroupEntry {
                     binding: i as u32 + 1,
-                    resource: wgpu::BindingResource::Buffer(wgpu::BufferBinding {
-                        buffer: &b.buffer,
-                        offset: b.offset,
-                        size: wgpu::BufferSize::new(b.size),
-                    }),
+                    resource: wgpu::BindingResource::Buffer(wgpu::BufferBinding { buffer: &b.buffer, offset: b.offset, size: wgpu::BufferSize::new(b.size) }),
                 });
             }
             let bind_group = dev.device.create_bind_group(&wgpu::BindGroupDescriptor {
@@ -193,28 +157,12 @@ impl<'d> Plan<'d> {
                 layout: &pipeline.get_bind_group_layout(0),
                 entries: &entries,
             });
-            ops.push(CompiledOp {
-                label: op.label,
-                pipeline,
-                bind_group,
-                workgroups: op.workgroups,
-                uniform_offset: op.uniform_offset,
-            });
+            ops.push(CompiledOp { label: op.label, pipeline, bind_group, workgroups: op.workgroups, uniform_offset: op.uniform_offset });
         }
         if let Some(Some(err)) = crate::device::poll_now(scope.pop()) {
-            return Err(Error::Validation {
-                context: "building an execution plan".into(),
-                message: err.to_string(),
-            });
+            return Err(Error::Validation { context: "building an execution plan".into(), message: err.to_string() });
         }
-        Ok(Executable {
-            ops,
-            arena: self.arena,
-            arena_dirty: true,
-            uniforms,
-            scratch,
-            pool: dev.pool.clone(),
-        })
+        Ok(Executable { ops, arena: self.arena, arena_dirty: true, uniforms, scratch, pool: dev.pool.clone() })
     }
 }
 
@@ -266,10 +214,7 @@ impl Executable {
             dev.queue.write_buffer(&self.uniforms, 0, &self.arena);
             self.arena_dirty = false;
         }
-        let mut pass = encoder.begin_compute_pass(&wgpu::ComputePassDescriptor {
-            label: Some("emberlm step"),
-            timestamp_writes: None,
-        });
+        let mut pass = encoder.begin_compute_pass(&wgpu::ComputePassDescriptor { label: Some("emberlm step"), timestamp_writes: None });
         for op in &self.ops {
             if op.workgroups.contains(&0) {
                 continue;
@@ -283,11 +228,7 @@ impl Executable {
     /// Encodes and submits the whole step.
     pub fn run(&mut self, dev: &GpuDevice) -> Result<()> {
         dev.check_alive()?;
-        let mut encoder = dev
-            .device
-            .create_command_encoder(&wgpu::CommandEncoderDescriptor {
-                label: Some("emberlm step"),
-            });
+        let mut encoder = dev.device.create_command_encoder(&wgpu::CommandEncoderDescriptor { label: Some("emberlm step") });
         self.encode(dev, &mut encoder);
         dev.queue.submit([encoder.finish()]);
         Ok(())

@@ -18,24 +18,11 @@ pub fn matvec(w: &[f32], x: &[f32], bias: Option<&[f32]>, rows: usize) -> Vec<f6
 /// Σ_j |w[r, j] · x[j]| per row: the scale of the rounding error of a dot product.
 pub fn abs_dot(w: &[f32], x: &[f32], rows: usize) -> Vec<f64> {
     let k = x.len();
-    (0..rows)
-        .map(|r| {
-            (0..k)
-                .map(|j| (w[r * k + j] as f64 * x[j] as f64).abs())
-                .sum()
-        })
-        .collect()
+    (0..rows).map(|r| (0..k).map(|j| (w[r * k + j] as f64 * x[j] as f64).abs()).sum()).collect()
 }
 
 /// Y[m, n] = Σ_j X[m, j] · W[n, j] (+ bias[n]).
-pub fn matmul(
-    x: &[f32],
-    w: &[f32],
-    bias: Option<&[f32]>,
-    m: usize,
-    n: usize,
-    k: usize,
-) -> Vec<f64> {
+pub fn matmul(x: &[f32], w: &[f32], bias: Option<&[f32]>, m: usize, n: usize, k: usize) -> Vec<f64> {
     let mut y = Vec::with_capacity(m * n);
     for i in 0..m {
         y.extend(matvec(w, &x[i * k..(i + 1) * k], bias, n));
@@ -62,23 +49,14 @@ pub fn attention(q: &[f32], k_cache: &[f32], v_cache: &[f32], s: &AttentionShape
     let mut out = vec![0f64; s.tokens * s.hq * s.d];
     for t in 0..s.tokens {
         let p = s.pos0 + t;
-        let lo = if s.window > 0 && p + 1 > s.window {
-            p + 1 - s.window
-        } else {
-            0
-        };
+        let lo = if s.window > 0 && p + 1 > s.window { p + 1 - s.window } else { 0 };
         for h in 0..s.hq {
             let kvh = h / (s.hq / s.hkv);
             let qv = &q[t * s.q_stride + h * s.d..t * s.q_stride + (h + 1) * s.d];
             let scores: Vec<f64> = (lo..=p)
                 .map(|j| {
                     let k = &k_cache[(kvh * s.s_max + j) * s.d..][..s.d];
-                    let mut v: f64 = qv
-                        .iter()
-                        .zip(k)
-                        .map(|(a, b)| *a as f64 * *b as f64)
-                        .sum::<f64>()
-                        * s.scale;
+                    let mut v: f64 = qv.iter().zip(k).map(|(a, b)| *a as f64 * *b as f64).sum::<f64>() * s.scale;
                     if s.softcap > 0.0 {
                         v = s.softcap * (v / s.softcap).tanh();
                     }
@@ -105,45 +83,23 @@ pub fn softmax_row(x: &[f64]) -> Vec<f64> {
 }
 
 /// Returns (normalised rows, new residual if any).
-pub fn rms_norm(
-    x: &[f32],
-    weight: &[f32],
-    residual: Option<&[f32]>,
-    eps: f64,
-    offset: f64,
-) -> (Vec<f64>, Vec<f64>) {
+pub fn rms_norm(x: &[f32], weight: &[f32], residual: Option<&[f32]>, eps: f64, offset: f64) -> (Vec<f64>, Vec<f64>) {
     let cols = weight.len();
     let h: Vec<f64> = match residual {
-        Some(r) => x
-            .iter()
-            .zip(r)
-            .map(|(a, b)| *a as f64 + *b as f64)
-            .collect(),
+        Some(r) => x.iter().zip(r).map(|(a, b)| *a as f64 + *b as f64).collect(),
         None => x.iter().map(|&a| a as f64).collect(),
     };
     let mut out = Vec::with_capacity(h.len());
     for row in h.chunks(cols) {
         let inv = 1.0 / (row.iter().map(|v| v * v).sum::<f64>() / cols as f64 + eps).sqrt();
-        out.extend(
-            row.iter()
-                .zip(weight)
-                .map(|(v, w)| v * inv * (*w as f64 + offset)),
-        );
+        out.extend(row.iter().zip(weight).map(|(v, w)| v * inv * (*w as f64 + offset)));
     }
     (out, h)
 }
 
 /// RMS-normalises heads `head_offset..head_offset + heads` of every row of `x` (rows of
 /// `row_stride`, heads of `weight.len()`), leaving other values as they are.
-pub fn head_rms_norm(
-    x: &[f32],
-    weight: &[f32],
-    heads: usize,
-    head_offset: usize,
-    row_stride: usize,
-    eps: f64,
-    offset: f64,
-) -> Vec<f64> {
+pub fn head_rms_norm(x: &[f32], weight: &[f32], heads: usize, head_offset: usize, row_stride: usize, eps: f64, offset: f64) -> Vec<f64> {
     let d = weight.len();
     let span = head_offset * d..(head_offset + heads) * d;
     let mut out = Vec::with_capacity(x.len());
@@ -181,10 +137,7 @@ pub fn rope(
         for h in 0..heads {
             let base = t * row_stride + (head_offset + h) * d;
             for i in 0..half {
-                let (c, s) = (
-                    table[((pos0 + t) * half + i) * 2] as f64,
-                    table[((pos0 + t) * half + i) * 2 + 1] as f64,
-                );
+                let (c, s) = (table[((pos0 + t) * half + i) * 2] as f64, table[((pos0 + t) * half + i) * 2 + 1] as f64);
                 let (ia, ib) = match layout {
                     RopeLayout::Neox => (base + i, base + i + half),
                     RopeLayout::Interleaved => (base + 2 * i, base + 2 * i + 1),
@@ -210,12 +163,7 @@ pub fn activation(act: Activation, g: f64) -> f64 {
 
 /// act(gate) · up over [rows, 2·inter] fused rows.
 pub fn gated_activation(gate_up: &[f32], inter: usize, act: Activation) -> Vec<f64> {
-    gate_up
-        .chunks(2 * inter)
-        .flat_map(|row| {
-            (0..inter).map(move |i| activation(act, row[i] as f64) * row[inter + i] as f64)
-        })
-        .collect()
+    gate_up.chunks(2 * inter).flat_map(|row| (0..inter).map(move |i| activation(act, row[i] as f64) * row[inter + i] as f64)).collect()
 }
 
 /// Index of the largest value, lowest index on ties, NaN skipped; 0 if none.
@@ -225,17 +173,7 @@ pub fn argmax(x: &[f32]) -> u32 {
 
 /// The k largest (index, value), descending, ties by lower index, NaN skipped.
 pub fn top_k(x: &[f32], k: usize) -> Vec<(u32, f32)> {
-    let mut idx: Vec<u32> = (0..x.len() as u32)
-        .filter(|&i| !x[i as usize].is_nan())
-        .collect();
-    idx.sort_by(|&a, &b| {
-        x[b as usize]
-            .partial_cmp(&x[a as usize])
-            .unwrap()
-            .then(a.cmp(&b))
-    });
-    idx.into_iter()
-        .take(k)
-        .map(|i| (i, x[i as usize]))
-        .collect()
+    let mut idx: Vec<u32> = (0..x.len() as u32).filter(|&i| !x[i as usize].is_nan()).collect();
+    idx.sort_by(|&a, &b| x[b as usize].partial_cmp(&x[a as usize]).unwrap().then(a.cmp(&b)));
+    idx.into_iter().take(k).map(|i| (i, x[i as usize])).collect()
 }

@@ -25,18 +25,11 @@ pub enum RopeScaling {
 
 /// Inverse frequencies for `rot_dims` rotary dimensions.
 pub fn inv_freq(rot_dims: usize, theta: f32, scaling: RopeScaling) -> Vec<f32> {
-    let base: Vec<f32> = (0..rot_dims / 2)
-        .map(|i| 1.0 / theta.powf((2 * i) as f32 / rot_dims as f32))
-        .collect();
+    let base: Vec<f32> = (0..rot_dims / 2).map(|i| 1.0 / theta.powf((2 * i) as f32 / rot_dims as f32)).collect();
     match scaling {
         RopeScaling::None => base,
         RopeScaling::Linear { factor } => base.iter().map(|f| f / factor).collect(),
-        RopeScaling::Llama3 {
-            factor,
-            low_freq_factor,
-            high_freq_factor,
-            original_max_position,
-        } => {
+        RopeScaling::Llama3 { factor, low_freq_factor, high_freq_factor, original_max_position } => {
             let old = original_max_position as f32;
             let low_freq_wavelen = old / low_freq_factor;
             let high_freq_wavelen = old / high_freq_factor;
@@ -48,8 +41,7 @@ pub fn inv_freq(rot_dims: usize, theta: f32, scaling: RopeScaling) -> Vec<f32> {
                     } else if wavelen > low_freq_wavelen {
                         f / factor
                     } else {
-                        let smooth = (old / wavelen - low_freq_factor)
-                            / (high_freq_factor - low_freq_factor);
+                        let smooth = (old / wavelen - low_freq_factor) / (high_freq_factor - low_freq_factor);
                         (1.0 - smooth) * f / factor + smooth * f
                     }
                 })
@@ -80,24 +72,13 @@ pub fn cos_sin(inv_freq: &[f32], positions: usize, attention_factor: f32) -> Vec
 }
 
 impl RopeTable {
-    pub fn new(
-        dev: &GpuDevice,
-        inv_freq: &[f32],
-        positions: usize,
-        attention_factor: f32,
-    ) -> Result<Self> {
+    pub fn new(dev: &GpuDevice, inv_freq: &[f32], positions: usize, attention_factor: f32) -> Result<Self> {
         if inv_freq.is_empty() || positions == 0 {
-            return Err(Error::InvalidArgument(
-                "a rope table needs at least one frequency and one position".into(),
-            ));
+            return Err(Error::InvalidArgument("a rope table needs at least one frequency and one position".into()));
         }
         let values = cos_sin(inv_freq, positions, attention_factor);
         let gpu = Tensor::from_f32(dev, "rope cos/sin", &[values.len()], &values)?;
-        Ok(Self {
-            rot_dims: inv_freq.len() * 2,
-            positions,
-            gpu,
-        })
+        Ok(Self { rot_dims: inv_freq.len() * 2, positions, gpu })
     }
 }
 
@@ -108,12 +89,7 @@ mod tests {
     #[test]
     fn llama3_scaling_keeps_high_and_slows_low_frequencies() {
         // Llama-3.2-1B: head_dim 64, theta 500000, factor 32, low 1, high 4, original 8192.
-        let scaling = RopeScaling::Llama3 {
-            factor: 32.0,
-            low_freq_factor: 1.0,
-            high_freq_factor: 4.0,
-            original_max_position: 8192,
-        };
+        let scaling = RopeScaling::Llama3 { factor: 32.0, low_freq_factor: 1.0, high_freq_factor: 4.0, original_max_position: 8192 };
         let plain = inv_freq(64, 500_000.0, RopeScaling::None);
         let scaled = inv_freq(64, 500_000.0, scaling);
         assert_eq!(plain[0], 1.0);
@@ -121,11 +97,7 @@ mod tests {
         let last = plain.len() - 1;
         let wavelen = 2.0 * std::f32::consts::PI / plain[last];
         assert!(wavelen > 8192.0);
-        assert_eq!(
-            scaled[last],
-            plain[last] / 32.0,
-            "long wavelengths divided by the factor"
-        );
+        assert_eq!(scaled[last], plain[last] / 32.0, "long wavelengths divided by the factor");
         // Medium band: strictly between the two extremes.
         let mid = plain
             .iter()

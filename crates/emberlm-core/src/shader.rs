@@ -32,22 +32,11 @@ shaders!(
 );
 
 /// Helper files shared by several kernels (not kernels themselves), pulled in by `#include`.
-pub const INCLUDES: &[(&str, &str)] = &[
-    (
-        "lib/weights.wgsl",
-        include_str!("../../../shaders/lib/weights.wgsl"),
-    ),
-    (
-        "lib/ranking.wgsl",
-        include_str!("../../../shaders/lib/ranking.wgsl"),
-    ),
-];
+pub const INCLUDES: &[(&str, &str)] =
+    &[("lib/weights.wgsl", include_str!("../../../shaders/lib/weights.wgsl")), ("lib/ranking.wgsl", include_str!("../../../shaders/lib/ranking.wgsl"))];
 
 pub fn kernel_source(name: &str) -> Option<&'static str> {
-    KERNELS
-        .iter()
-        .find(|(n, _)| *n == name)
-        .map(|(_, src)| *src)
+    KERNELS.iter().find(|(n, _)| *n == name).map(|(_, src)| *src)
 }
 
 /// Which variant of a kernel: boolean flags for `#if` blocks and integer constants.
@@ -98,20 +87,13 @@ pub fn preprocess(source: &str, variant: &Variant) -> Result<String, String> {
     Ok(out)
 }
 
-fn expand(
-    source: &str,
-    variant: &Variant,
-    enables: &mut String,
-    body: &mut String,
-    depth: usize,
-) -> Result<(), String> {
+fn expand(source: &str, variant: &Variant, enables: &mut String, body: &mut String, depth: usize) -> Result<(), String> {
     if depth > 4 {
         return Err("#include nested too deeply".into());
     }
     // Stack of (this block is active, parent was active).
     let mut stack: Vec<(bool, bool)> = Vec::new();
-    let active =
-        |stack: &Vec<(bool, bool)>| stack.last().map_or(true, |(on, parent)| *on && *parent);
+    let active = |stack: &Vec<(bool, bool)>| stack.last().map_or(true, |(on, parent)| *on && *parent);
     for (n, line) in source.lines().enumerate() {
         let trimmed = line.trim_start();
         if let Some(flag) = trimmed.strip_prefix("#if ") {
@@ -135,11 +117,7 @@ fn expand(
             };
             expand(src, variant, enables, body, depth + 1)?;
         } else {
-            let target = if trimmed.starts_with("enable ") {
-                &mut *enables
-            } else {
-                &mut *body
-            };
+            let target = if trimmed.starts_with("enable ") { &mut *enables } else { &mut *body };
             target.push_str(line);
             target.push('\n');
         }
@@ -158,10 +136,7 @@ mod tests {
     fn flags_select_blocks_and_constants_follow_enables() {
         let src = "#if A\nenable subgroups;\n#endif\nfn f() {\n#if A\n  a();\n#else\n  b();\n#if C\n  c();\n#endif\n#endif\n}\n";
         let on = preprocess(src, &Variant::default().flag("A").with("WG", 64)).unwrap();
-        assert_eq!(
-            on,
-            "enable subgroups;\nconst WG: u32 = 64u;\nfn f() {\n  a();\n}\n"
-        );
+        assert_eq!(on, "enable subgroups;\nconst WG: u32 = 64u;\nfn f() {\n  a();\n}\n");
         let off = preprocess(src, &Variant::default().flag("C")).unwrap();
         assert_eq!(off, "fn f() {\n  b();\n  c();\n}\n");
         assert!(preprocess("#if A\n", &Variant::default()).is_err());

@@ -33,14 +33,7 @@ pub struct Tensor {
 
 impl std::fmt::Debug for Tensor {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(
-            f,
-            "Tensor({} {:?} {}, {} chunk(s))",
-            self.name,
-            self.shape,
-            self.dtype.name(),
-            self.chunks.len()
-        )
+        write!(f, "Tensor({} {:?} {}, {} chunk(s))", self.name, self.shape, self.dtype.name(), self.chunks.len())
     }
 }
 
@@ -89,22 +82,14 @@ impl Tensor {
         if k % dtype.k_multiple() != 0 {
             return Err(Error::Shape {
                 op: "tensor",
-                detail: format!(
-                    "`{name}`: row length {k} is not a multiple of {} required by {}",
-                    dtype.k_multiple(),
-                    dtype.name()
-                ),
+                detail: format!("`{name}`: row length {k} is not a multiple of {} required by {}", dtype.k_multiple(), dtype.name()),
             });
         }
         let qs_row = dtype.qs_row_bytes(k);
         let sc_row = dtype.scale_row_bytes(k);
         let limit = dev.caps.max_storage_binding;
         // One row must fit one binding; beyond that we split.
-        let rows_per_chunk = if qs_row == 0 {
-            rows.max(1)
-        } else {
-            (limit / qs_row) as usize
-        };
+        let rows_per_chunk = if qs_row == 0 { rows.max(1) } else { (limit / qs_row) as usize };
         if rows_per_chunk == 0 {
             return Err(Error::LimitExceeded {
                 what: format!("one row of tensor `{name}` ({} × {k})", dtype.name()),
@@ -120,63 +105,24 @@ impl Tensor {
             let n = (end - start) as u64;
             let qs_bytes = (n * qs_row).max(4);
             let sc_offset = qs_bytes.next_multiple_of(ALIGN);
-            let total = if sc_row == 0 {
-                qs_bytes
-            } else {
-                sc_offset + n * sc_row
-            };
-            let label = if rows_per_chunk >= rows {
-                name.to_string()
-            } else {
-                format!("{name}[{start}..{end}]")
-            };
-            let buffer = dev.create_buffer(
-                &label,
-                total,
-                wgpu::BufferUsages::STORAGE
-                    | wgpu::BufferUsages::COPY_DST
-                    | wgpu::BufferUsages::COPY_SRC,
-            )?;
-            let scales = if sc_row == 0 {
-                0..0
-            } else {
-                sc_offset..sc_offset + n * sc_row
-            };
-            chunks.push(TensorChunk {
-                rows: start..end,
-                buffer,
-                qs: 0..qs_bytes,
-                scales,
-            });
+            let total = if sc_row == 0 { qs_bytes } else { sc_offset + n * sc_row };
+            let label = if rows_per_chunk >= rows { name.to_string() } else { format!("{name}[{start}..{end}]") };
+            let buffer = dev.create_buffer(&label, total, wgpu::BufferUsages::STORAGE | wgpu::BufferUsages::COPY_DST | wgpu::BufferUsages::COPY_SRC)?;
+            let scales = if sc_row == 0 { 0..0 } else { sc_offset..sc_offset + n * sc_row };
+            chunks.push(TensorChunk { rows: start..end, buffer, qs: 0..qs_bytes, scales });
             if rows == 0 {
                 break;
             }
             start = end;
         }
-        Ok(Self {
-            name: name.to_string(),
-            shape: shape.to_vec(),
-            dtype,
-            chunks,
-        })
+        Ok(Self { name: name.to_string(), shape: shape.to_vec(), dtype, chunks })
     }
 
     /// Uploads a packed matrix, streamed in pieces of at most `UPLOAD_PIECE_BYTES`.
-    pub fn from_packed(
-        dev: &GpuDevice,
-        name: &str,
-        shape: &[usize],
-        packed: &PackedMatrix,
-    ) -> Result<Self> {
+    pub fn from_packed(dev: &GpuDevice, name: &str, shape: &[usize], packed: &PackedMatrix) -> Result<Self> {
         let (rows, k) = Self::rows_k(shape);
         if rows != packed.rows || k != packed.k {
-            return Err(Error::Shape {
-                op: "tensor",
-                detail: format!(
-                    "`{name}`: shape {shape:?} does not match packed data {} × {}",
-                    packed.rows, packed.k
-                ),
-            });
+            return Err(Error::Shape { op: "tensor", detail: format!("`{name}`: shape {shape:?} does not match packed data {} × {}", packed.rows, packed.k) });
         }
         let tensor = Self::new_weight(dev, name, shape, packed.dtype)?;
         tensor.write_rows(dev, 0, packed.qs_bytes(), packed.scale_bytes())?;
@@ -187,10 +133,7 @@ impl Tensor {
     pub fn from_f32(dev: &GpuDevice, name: &str, shape: &[usize], values: &[f32]) -> Result<Self> {
         let (rows, k) = Self::rows_k(shape);
         if values.len() != rows * k {
-            return Err(Error::Shape {
-                op: "tensor",
-                detail: format!("`{name}`: {} values for shape {shape:?}", values.len()),
-            });
+            return Err(Error::Shape { op: "tensor", detail: format!("`{name}`: {} values for shape {shape:?}", values.len()) });
         }
         let tensor = Self::new_zeroed(dev, name, shape, DType::F32)?;
         tensor.write_rows(dev, 0, bytemuck::cast_slice(values), &[])?;
@@ -217,7 +160,13 @@ impl Tensor {
         if qs.len() != n * qs_row || scales.len() != n * sc_row || row0 + n > self.rows() {
             return Err(Error::Shape {
                 op: "tensor upload",
-                detail: format!("`{}`: {} value bytes / {} scale bytes at row {row0} do not form whole rows of {}", self.name, qs.len(), scales.len(), self.rows()),
+                detail: format!(
+                    "`{}`: {} value bytes / {} scale bytes at row {row0} do not form whole rows of {}",
+                    self.name,
+                    qs.len(),
+                    scales.len(),
+                    self.rows()
+                ),
             });
         }
         for chunk in &self.chunks {
@@ -228,19 +177,9 @@ impl Tensor {
             }
             let src = (lo - row0)..(hi - row0);
             let dst = (lo - chunk.rows.start) as u64;
-            write_streamed(
-                dev,
-                &chunk.buffer,
-                chunk.qs.start + dst * qs_row as u64,
-                &qs[src.start * qs_row..src.end * qs_row],
-            );
+            write_streamed(dev, &chunk.buffer, chunk.qs.start + dst * qs_row as u64, &qs[src.start * qs_row..src.end * qs_row]);
             if sc_row > 0 {
-                write_streamed(
-                    dev,
-                    &chunk.buffer,
-                    chunk.scales.start + dst * sc_row as u64,
-                    &scales[src.start * sc_row..src.end * sc_row],
-                );
+                write_streamed(dev, &chunk.buffer, chunk.scales.start + dst * sc_row as u64, &scales[src.start * sc_row..src.end * sc_row]);
             }
         }
         Ok(())
@@ -250,11 +189,7 @@ impl Tensor {
     pub fn single_chunk(&self) -> Result<&TensorChunk> {
         match self.chunks.as_slice() {
             [only] => Ok(only),
-            _ => Err(Error::InvalidArgument(format!(
-                "tensor `{}` is split into {} chunks; this op needs it in one binding",
-                self.name,
-                self.chunks.len()
-            ))),
+            _ => Err(Error::InvalidArgument(format!("tensor `{}` is split into {} chunks; this op needs it in one binding", self.name, self.chunks.len()))),
         }
     }
 
@@ -274,7 +209,6 @@ impl Tensor {
 fn write_streamed(dev: &GpuDevice, buffer: &wgpu::Buffer, offset: u64, bytes: &[u8]) {
     // `write_buffer` needs 4-byte multiples; every segment here is made of u32 words.
     for (i, piece) in bytes.chunks(UPLOAD_PIECE_BYTES).enumerate() {
-        dev.queue
-            .write_buffer(buffer, offset + (i * UPLOAD_PIECE_BYTES) as u64, piece);
+        dev.queue.write_buffer(buffer, offset + (i * UPLOAD_PIECE_BYTES) as u64, piece);
     }
 }

@@ -10,8 +10,7 @@ use emberlm_core::ops::{self, Activation, RopeLayout};
 use emberlm_core::{DType, DeviceOptions, Error, GpuDevice, PackedMatrix, Plan, Tensor};
 
 fn device_with(options: DeviceOptions) -> GpuDevice {
-    pollster::block_on(GpuDevice::new(options))
-        .expect("a WebGPU adapter (install mesa-vulkan-drivers for lavapipe)")
+    pollster::block_on(GpuDevice::new(options)).expect("a WebGPU adapter (install mesa-vulkan-drivers for lavapipe)")
 }
 
 /// The default device: subgroups when the adapter has them.
@@ -27,32 +26,18 @@ fn dev() -> &'static GpuDevice {
 /// Subgroups off: the shared-memory reduction path every adapter can run.
 fn dev_no_subgroups() -> &'static GpuDevice {
     static DEV: OnceLock<GpuDevice> = OnceLock::new();
-    DEV.get_or_init(|| {
-        device_with(DeviceOptions {
-            allow_subgroups: false,
-            allow_shader_f16: false,
-            ..Default::default()
-        })
-    })
+    DEV.get_or_init(|| device_with(DeviceOptions { allow_subgroups: false, allow_shader_f16: false, ..Default::default() }))
 }
 
 /// Bindings capped at 8 KiB, so test-sized weights split into many chunks.
 fn dev_small_bindings() -> &'static GpuDevice {
     static DEV: OnceLock<GpuDevice> = OnceLock::new();
-    DEV.get_or_init(|| {
-        device_with(DeviceOptions {
-            max_binding_bytes: Some(8192),
-            ..Default::default()
-        })
-    })
+    DEV.get_or_init(|| device_with(DeviceOptions { max_binding_bytes: Some(8192), ..Default::default() }))
 }
 
 fn assert_pass(result: emberlm_core::Result<CheckResult>) {
     let r = result.expect("the check ran");
-    eprintln!(
-        "{}: max |err| {:.3e}, worst err/tol {:.3}",
-        r.name, r.max_abs_err, r.worst_ratio
-    );
+    eprintln!("{}: max |err| {:.3e}, worst err/tol {:.3}", r.name, r.max_abs_err, r.worst_ratio);
     assert!(r.passed, "{} failed: {}", r.name, r.detail);
 }
 
@@ -64,14 +49,7 @@ fn matvec_all_dtypes_both_reduction_paths() {
         for (i, dtype) in DTYPES.into_iter().enumerate() {
             // Rows not a multiple of ROWS_PER_WORKGROUP; k below, at and above the workgroup span.
             for (n, k) in [(1, 32), (37, 96), (130, 544), (9, 2080)] {
-                assert_pass(pollster::block_on(checks::check_matvec(
-                    device,
-                    dtype,
-                    n,
-                    k,
-                    i % 2 == 0,
-                    (n * k + i) as u64,
-                )));
+                assert_pass(pollster::block_on(checks::check_matvec(device, dtype, n, k, i % 2 == 0, (n * k + i) as u64)));
             }
         }
     }
@@ -82,22 +60,8 @@ fn matvec_all_dtypes_both_reduction_paths() {
 
 #[test]
 fn matvec_with_bias_and_f32_rows_of_any_multiple_of_8() {
-    assert_pass(pollster::block_on(checks::check_matvec(
-        dev(),
-        DType::F32,
-        11,
-        40,
-        true,
-        5,
-    )));
-    assert_pass(pollster::block_on(checks::check_matvec(
-        dev(),
-        DType::F16,
-        11,
-        200,
-        true,
-        6,
-    )));
+    assert_pass(pollster::block_on(checks::check_matvec(dev(), DType::F32, 11, 40, true, 5)));
+    assert_pass(pollster::block_on(checks::check_matvec(dev(), DType::F16, 11, 200, true, 6)));
 }
 
 #[test]
@@ -105,18 +69,10 @@ fn chunked_weights_split_over_bindings() {
     let d = dev_small_bindings();
     for dtype in DTYPES {
         let r = pollster::block_on(checks::check_matvec(d, dtype, 300, 256, true, 7)).unwrap();
-        assert!(
-            r.name.contains("chunks") && !r.name.contains(" 1 chunks"),
-            "expected several chunks: {}",
-            r.name
-        );
+        assert!(r.name.contains("chunks") && !r.name.contains(" 1 chunks"), "expected several chunks: {}", r.name);
         assert_pass(Ok(r));
-        assert_pass(pollster::block_on(checks::check_matmul(
-            d, dtype, 5, 70, 256, false, 8,
-        )));
-        assert_pass(pollster::block_on(checks::check_embedding(
-            d, dtype, 200, 256, 1.0, 9,
-        )));
+        assert_pass(pollster::block_on(checks::check_matmul(d, dtype, 5, 70, 256, false, 8)));
+        assert_pass(pollster::block_on(checks::check_embedding(d, dtype, 200, 256, 1.0, 9)));
     }
 }
 
@@ -124,13 +80,7 @@ fn chunked_weights_split_over_bindings() {
 fn projections_write_side_by_side_into_fused_rows() {
     for dtype in DTYPES {
         for (m, via_matvec) in [(1, true), (4, true), (1, false), (6, false)] {
-            assert_pass(pollster::block_on(checks::check_fused_projections(
-                dev(),
-                dtype,
-                m,
-                via_matvec,
-                m as u64,
-            )));
+            assert_pass(pollster::block_on(checks::check_fused_projections(dev(), dtype, m, via_matvec, m as u64)));
         }
     }
 }
@@ -139,224 +89,75 @@ fn projections_write_side_by_side_into_fused_rows() {
 fn matmul_all_dtypes_odd_sizes() {
     for (i, dtype) in DTYPES.into_iter().enumerate() {
         for (m, n, k) in [(1, 37, 96), (33, 65, 96), (70, 31, 160)] {
-            assert_pass(pollster::block_on(checks::check_matmul(
-                dev(),
-                dtype,
-                m,
-                n,
-                k,
-                i % 2 == 1,
-                (m * n + k) as u64,
-            )));
+            assert_pass(pollster::block_on(checks::check_matmul(dev(), dtype, m, n, k, i % 2 == 1, (m * n + k) as u64)));
         }
     }
-    assert_pass(pollster::block_on(checks::check_matmul(
-        dev(),
-        DType::F32,
-        3,
-        5,
-        40,
-        true,
-        3,
-    )));
+    assert_pass(pollster::block_on(checks::check_matmul(dev(), DType::F32, 3, 5, 40, true, 3)));
 }
 
 #[test]
 fn attention_prefill_decode_window_softcap_gqa() {
-    let base = AttentionCase {
-        tokens: 7,
-        hq: 4,
-        hkv: 2,
-        d: 64,
-        pos0: 0,
-        window: 0,
-        softcap: 0.0,
-    };
+    let base = AttentionCase { tokens: 7, hq: 4, hkv: 2, d: 64, pos0: 0, window: 0, softcap: 0.0 };
     let cases = [
         base,
-        AttentionCase {
-            pos0: 11,
-            tokens: 5,
-            ..base
-        }, // prefill after a cached prefix
-        AttentionCase {
-            hq: 3,
-            hkv: 3,
-            d: 80,
-            ..base
-        }, // multi-head, d not a power of two
-        AttentionCase {
-            hq: 8,
-            hkv: 1,
-            d: 256,
-            tokens: 2,
-            ..base
-        }, // multi-query, largest head
-        AttentionCase {
-            window: 4,
-            pos0: 9,
-            ..base
-        }, // sliding window
-        AttentionCase {
-            softcap: 5.0,
-            ..base
-        }, // Gemma 2 soft-capping
-        AttentionCase {
-            tokens: 1,
-            pos0: 0,
-            ..base
-        }, // decode, one key
-        AttentionCase {
-            tokens: 1,
-            pos0: 700,
-            ..base
-        }, // decode, three key splits
-        AttentionCase {
-            tokens: 1,
-            pos0: 700,
-            window: 300,
-            ..base
-        }, // decode, window, empty splits
-        AttentionCase {
-            tokens: 70,
-            pos0: 3,
-            hq: 2,
-            hkv: 1,
-            ..base
-        }, // several key blocks per query
+        AttentionCase { pos0: 11, tokens: 5, ..base },                // prefill after a cached prefix
+        AttentionCase { hq: 3, hkv: 3, d: 80, ..base },               // multi-head, d not a power of two
+        AttentionCase { hq: 8, hkv: 1, d: 256, tokens: 2, ..base },   // multi-query, largest head
+        AttentionCase { window: 4, pos0: 9, ..base },                 // sliding window
+        AttentionCase { softcap: 5.0, ..base },                       // Gemma 2 soft-capping
+        AttentionCase { tokens: 1, pos0: 0, ..base },                 // decode, one key
+        AttentionCase { tokens: 1, pos0: 700, ..base },               // decode, three key splits
+        AttentionCase { tokens: 1, pos0: 700, window: 300, ..base },  // decode, window, empty splits
+        AttentionCase { tokens: 70, pos0: 3, hq: 2, hkv: 1, ..base }, // several key blocks per query
     ];
     for (i, case) in cases.into_iter().enumerate() {
-        assert_pass(pollster::block_on(checks::check_attention(
-            dev(),
-            case,
-            100 + i as u64,
-        )));
+        assert_pass(pollster::block_on(checks::check_attention(dev(), case, 100 + i as u64)));
     }
 }
 
 #[test]
 fn rms_norm_plain_residual_and_gemma_offset() {
-    for (rows, cols, residual, offset) in [
-        (1, 64, false, 0.0),
-        (3, 1000, true, 0.0),
-        (2, 576, false, 1.0),
-        (5, 37, true, 1.0),
-    ] {
-        assert_pass(pollster::block_on(checks::check_rms_norm(
-            dev(),
-            rows,
-            cols,
-            residual,
-            offset,
-            (rows * cols) as u64,
-        )));
+    for (rows, cols, residual, offset) in [(1, 64, false, 0.0), (3, 1000, true, 0.0), (2, 576, false, 1.0), (5, 37, true, 1.0)] {
+        assert_pass(pollster::block_on(checks::check_rms_norm(dev(), rows, cols, residual, offset, (rows * cols) as u64)));
     }
 }
 
 #[test]
 fn head_rms_norm_inside_fused_rows_and_softcap() {
-    for (tokens, heads, d, offset, w_off) in
-        [(1, 2, 64, 0, 0.0), (5, 4, 128, 4, 1.0), (3, 1, 256, 7, 0.0)]
-    {
-        assert_pass(pollster::block_on(checks::check_head_rms_norm(
-            dev(),
-            tokens,
-            heads,
-            d,
-            offset,
-            w_off,
-            7 + d as u64,
-        )));
+    for (tokens, heads, d, offset, w_off) in [(1, 2, 64, 0, 0.0), (5, 4, 128, 4, 1.0), (3, 1, 256, 7, 0.0)] {
+        assert_pass(pollster::block_on(checks::check_head_rms_norm(dev(), tokens, heads, d, offset, w_off, 7 + d as u64)));
     }
     for (len, cap) in [(1, 30.0), (4099, 3.0), (70_000, 50.0)] {
-        assert_pass(pollster::block_on(checks::check_logit_softcap(
-            dev(),
-            len,
-            cap,
-            len as u64,
-        )));
+        assert_pass(pollster::block_on(checks::check_logit_softcap(dev(), len, cap, len as u64)));
     }
 }
 
 #[test]
 fn rope_layouts_partial_rotary_and_fused_rows() {
-    let base = RopeCase {
-        layout: RopeLayout::Neox,
-        tokens: 3,
-        heads: 2,
-        d: 64,
-        rot_dims: 64,
-        head_offset: 0,
-        row_stride: 128,
-        pos0: 0,
-    };
+    let base = RopeCase { layout: RopeLayout::Neox, tokens: 3, heads: 2, d: 64, rot_dims: 64, head_offset: 0, row_stride: 128, pos0: 0 };
     let cases = [
         base,
-        RopeCase {
-            layout: RopeLayout::Interleaved,
-            ..base
-        },
-        RopeCase {
-            rot_dims: 32,
-            ..base
-        }, // partial rotary
-        RopeCase {
-            head_offset: 3,
-            row_stride: 6 * 64,
-            pos0: 4000,
-            ..base
-        }, // k heads inside fused QKV rows
-        RopeCase {
-            layout: RopeLayout::Interleaved,
-            d: 80,
-            rot_dims: 80,
-            row_stride: 160,
-            pos0: 17,
-            ..base
-        },
+        RopeCase { layout: RopeLayout::Interleaved, ..base },
+        RopeCase { rot_dims: 32, ..base },                                   // partial rotary
+        RopeCase { head_offset: 3, row_stride: 6 * 64, pos0: 4000, ..base }, // k heads inside fused QKV rows
+        RopeCase { layout: RopeLayout::Interleaved, d: 80, rot_dims: 80, row_stride: 160, pos0: 17, ..base },
     ];
     for (i, case) in cases.into_iter().enumerate() {
-        assert_pass(pollster::block_on(checks::check_rope(
-            dev(),
-            case,
-            200 + i as u64,
-        )));
+        assert_pass(pollster::block_on(checks::check_rope(dev(), case, 200 + i as u64)));
     }
 }
 
 #[test]
 fn kv_cache_append_copies_into_place() {
-    assert_pass(pollster::block_on(checks::check_kv_cache_append(
-        dev(),
-        1,
-        2,
-        64,
-        0,
-        0,
-        1,
-    )));
-    assert_pass(pollster::block_on(checks::check_kv_cache_append(
-        dev(),
-        5,
-        3,
-        16,
-        2,
-        7,
-        2,
-    )));
+    assert_pass(pollster::block_on(checks::check_kv_cache_append(dev(), 1, 2, 64, 0, 0, 1)));
+    assert_pass(pollster::block_on(checks::check_kv_cache_append(dev(), 5, 3, 16, 2, 7, 2)));
 }
 
 #[test]
 fn gated_activations() {
     for act in [Activation::Silu, Activation::GeluTanh] {
         for (rows, inter) in [(1, 64), (3, 173)] {
-            assert_pass(pollster::block_on(checks::check_gated_activation(
-                dev(),
-                act,
-                rows,
-                inter,
-                (rows + inter) as u64,
-            )));
+            assert_pass(pollster::block_on(checks::check_gated_activation(dev(), act, rows, inter, (rows + inter) as u64)));
         }
     }
 }
@@ -364,47 +165,19 @@ fn gated_activations() {
 #[test]
 fn embedding_all_dtypes_with_scale() {
     for (i, dtype) in DTYPES.into_iter().enumerate() {
-        assert_pass(pollster::block_on(checks::check_embedding(
-            dev(),
-            dtype,
-            53,
-            96,
-            if i % 2 == 0 { 1.0 } else { 24.0 },
-            i as u64,
-        )));
+        assert_pass(pollster::block_on(checks::check_embedding(dev(), dtype, 53, 96, if i % 2 == 0 { 1.0 } else { 24.0 }, i as u64)));
     }
 }
 
 #[test]
 fn softmax_argmax_top_k() {
-    assert_pass(pollster::block_on(checks::check_softmax(
-        dev(),
-        2,
-        1001,
-        0.7,
-        1,
-    )));
-    assert_pass(pollster::block_on(checks::check_softmax(
-        dev(),
-        1,
-        3,
-        1.0,
-        2,
-    )));
+    assert_pass(pollster::block_on(checks::check_softmax(dev(), 2, 1001, 0.7, 1)));
+    assert_pass(pollster::block_on(checks::check_softmax(dev(), 1, 3, 1.0, 2)));
     for cols in [1, 7, 1001, 50_000] {
-        assert_pass(pollster::block_on(checks::check_argmax(
-            dev(),
-            cols.max(2),
-            cols as u64,
-        )));
+        assert_pass(pollster::block_on(checks::check_argmax(dev(), cols.max(2), cols as u64)));
     }
     for (cols, k) in [(1001, 1), (1001, 40), (10, 16)] {
-        assert_pass(pollster::block_on(checks::check_top_k(
-            dev(),
-            cols,
-            k,
-            k as u64,
-        )));
+        assert_pass(pollster::block_on(checks::check_top_k(dev(), cols, k, k as u64)));
     }
 }
 
@@ -423,13 +196,7 @@ fn rerunning_an_executable_allocates_nothing() {
     let d = &device_with(DeviceOptions::default());
     let (n, k) = (64, 128);
     let values: Vec<f32> = (0..n * k).map(|i| ((i % 13) as f32 - 6.0) / 6.0).collect();
-    let w = Tensor::from_packed(
-        d,
-        "w",
-        &[n, k],
-        &PackedMatrix::pack(DType::Q4, n, k, &values),
-    )
-    .unwrap();
+    let w = Tensor::from_packed(d, "w", &[n, k], &PackedMatrix::pack(DType::Q4, n, k, &values)).unwrap();
     let x = Tensor::from_f32(d, "x", &[k], &vec![0.5; k]).unwrap();
     let y = Tensor::new_zeroed(d, "y", &[n], DType::F32).unwrap();
     let ids = Tensor::from_u32(d, "argmax", &[0]).unwrap();
@@ -444,73 +211,33 @@ fn rerunning_an_executable_allocates_nothing() {
         exe.run(d).unwrap();
         assert_eq!(pollster::block_on(ids.read_u32(d)).unwrap(), first);
     }
-    assert_eq!(
-        d.buffers_created(),
-        before,
-        "a warm step and its read-back must reuse pooled buffers"
-    );
+    assert_eq!(d.buffers_created(), before, "a warm step and its read-back must reuse pooled buffers");
 }
 
 #[test]
 fn bad_shapes_and_limits_are_clear_errors() {
     let d = dev();
-    let w = Tensor::from_packed(
-        d,
-        "w",
-        &[4, 64],
-        &PackedMatrix::pack(DType::Q4, 4, 64, &[0.25; 256]),
-    )
-    .unwrap();
+    let w = Tensor::from_packed(d, "w", &[4, 64], &PackedMatrix::pack(DType::Q4, 4, 64, &[0.25; 256])).unwrap();
     let x_short = Tensor::from_f32(d, "x", &[32], &[1.0; 32]).unwrap();
     let y = Tensor::new_zeroed(d, "y", &[4], DType::F32).unwrap();
     let err = ops::matvec(&mut Plan::new(d), &w, &x_short, None, &y).unwrap_err();
-    assert!(
-        matches!(err, Error::Shape { op: "matvec", .. })
-            && err.to_string().contains("`x` has 32 elements, needs 64"),
-        "{err}"
-    );
+    assert!(matches!(err, Error::Shape { op: "matvec", .. }) && err.to_string().contains("`x` has 32 elements, needs 64"), "{err}");
 
     let err = Tensor::new_zeroed(d, "odd", &[2, 48], DType::Q4).unwrap_err();
     assert!(err.to_string().contains("not a multiple of 32"), "{err}");
 
     let small = dev_small_bindings();
     let err = Tensor::new_weight(small, "wide", &[2, 4096], DType::F32).unwrap_err();
-    assert!(
-        matches!(
-            err,
-            Error::LimitExceeded {
-                limit_name: "maxStorageBufferBindingSize",
-                ..
-            }
-        ),
-        "{err}"
-    );
+    assert!(matches!(err, Error::LimitExceeded { limit_name: "maxStorageBufferBindingSize", .. }), "{err}");
     let err = Tensor::new_zeroed(small, "activations", &[64, 64], DType::F32).unwrap_err();
-    assert!(
-        err.to_string()
-            .contains("tensor `activations` [64, 64] needs 16384 bytes"),
-        "{err}"
-    );
+    assert!(err.to_string().contains("tensor `activations` [64, 64] needs 16384 bytes"), "{err}");
 
     let err = Tensor::new_zeroed(d, "huge row", &[2, 1 << 30], DType::F32).unwrap_err();
     assert!(matches!(err, Error::LimitExceeded { .. }), "{err}");
 
     let q = Tensor::new_zeroed(d, "q", &[1, 64], DType::F32).unwrap();
     let cache = Tensor::new_zeroed(d, "cache", &[4 * 64], DType::F32).unwrap();
-    let params = ops::AttentionParams {
-        tokens: 1,
-        heads_q: 1,
-        heads_kv: 1,
-        head_dim: 64,
-        pos0: 4,
-        window: 0,
-        scale: 1.0,
-        softcap: 0.0,
-        q_stride: 64,
-    };
+    let params = ops::AttentionParams { tokens: 1, heads_q: 1, heads_kv: 1, head_dim: 64, pos0: 4, window: 0, scale: 1.0, softcap: 0.0, q_stride: 64 };
     let err = ops::attention(&mut Plan::new(d), &q, &cache, &cache, &q, &params).unwrap_err();
-    assert!(
-        err.to_string().contains("exceed the KV cache capacity 4"),
-        "{err}"
-    );
+    assert!(err.to_string().contains("exceed the KV cache capacity 4"), "{err}");
 }

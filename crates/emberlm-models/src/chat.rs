@@ -64,8 +64,7 @@ fn py_json(v: &Json, indent: Option<usize>, depth: usize, out: &mut String) {
 fn tojson(value: Value, kwargs: minijinja::value::Kwargs) -> std::result::Result<Value, Error> {
     let indent: Option<usize> = kwargs.get("indent")?;
     kwargs.assert_all_used()?;
-    let json = serde_json::to_value(&value)
-        .map_err(|e| Error::new(ErrorKind::InvalidOperation, e.to_string()))?;
+    let json = serde_json::to_value(&value).map_err(|e| Error::new(ErrorKind::InvalidOperation, e.to_string()))?;
     let mut out = String::new();
     py_json(&json, indent, 0, &mut out);
     Ok(Value::from_safe_string(out))
@@ -73,10 +72,7 @@ fn tojson(value: Value, kwargs: minijinja::value::Kwargs) -> std::result::Result
 
 /// Today's date as Python's `strftime` would print it (UTC), for templates that date prompts.
 fn strftime_now(format: String) -> String {
-    let secs = web_time::SystemTime::now()
-        .duration_since(web_time::UNIX_EPOCH)
-        .map(|d| d.as_secs())
-        .unwrap_or(0);
+    let secs = web_time::SystemTime::now().duration_since(web_time::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0);
     let days = (secs / 86_400) as i64;
     // Civil date from days since 1970-01-01 (Howard Hinnant's algorithm).
     let z = days + 719_468;
@@ -88,20 +84,7 @@ fn strftime_now(format: String) -> String {
     let day = doy - (153 * mp + 2) / 5 + 1;
     let month = if mp < 10 { mp + 3 } else { mp - 9 };
     let year = yoe + era * 400 + i64::from(month <= 2);
-    const MONTHS: [&str; 12] = [
-        "January",
-        "February",
-        "March",
-        "April",
-        "May",
-        "June",
-        "July",
-        "August",
-        "September",
-        "October",
-        "November",
-        "December",
-    ];
+    const MONTHS: [&str; 12] = ["January", "February", "March", "April", "May", "June", "July", "August", "September", "October", "November", "December"];
     let name = MONTHS[(month - 1) as usize];
     format
         .replace("%d", &format!("{day:02}"))
@@ -114,12 +97,7 @@ fn strftime_now(format: String) -> String {
 impl ChatTemplate {
     /// Renders `messages` (a JSON array of `{"role", "content", ...}`); `extra` adds variables
     /// to the template context (`tools`, `date_string`, ...).
-    pub fn render(
-        &self,
-        messages: &Json,
-        add_generation_prompt: bool,
-        extra: Option<&Json>,
-    ) -> Result<String> {
+    pub fn render(&self, messages: &Json, add_generation_prompt: bool, extra: Option<&Json>) -> Result<String> {
         let mut env = Environment::new();
         env.set_trim_blocks(true);
         env.set_lstrip_blocks(true);
@@ -134,22 +112,9 @@ impl ChatTemplate {
             ctx.extend(extra.clone());
         }
         ctx.insert("messages".into(), messages.clone());
-        ctx.insert(
-            "add_generation_prompt".into(),
-            Json::Bool(add_generation_prompt),
-        );
-        ctx.insert(
-            "bos_token".into(),
-            self.bos_token
-                .clone()
-                .map_or(Json::String(String::new()), Json::String),
-        );
-        ctx.insert(
-            "eos_token".into(),
-            self.eos_token
-                .clone()
-                .map_or(Json::String(String::new()), Json::String),
-        );
+        ctx.insert("add_generation_prompt".into(), Json::Bool(add_generation_prompt));
+        ctx.insert("bos_token".into(), self.bos_token.clone().map_or(Json::String(String::new()), Json::String));
+        ctx.insert("eos_token".into(), self.eos_token.clone().map_or(Json::String(String::new()), Json::String));
         template.render(Value::from_serialize(&ctx)).map_err(err)
     }
 }
@@ -163,10 +128,7 @@ mod tests {
         let v: Json = serde_json::json!({"name": "f", "args": [1, "é", {"x": null}], "e": {}});
         let mut out = String::new();
         py_json(&v, None, 0, &mut out);
-        assert_eq!(
-            out,
-            r#"{"name": "f", "args": [1, "é", {"x": null}], "e": {}}"#
-        );
+        assert_eq!(out, r#"{"name": "f", "args": [1, "é", {"x": null}], "e": {}}"#);
         let mut out = String::new();
         py_json(&serde_json::json!({"a": [1]}), Some(2), 0, &mut out);
         assert_eq!(out, "{\n  \"a\": [\n    1\n  ]\n}");

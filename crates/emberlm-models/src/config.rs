@@ -45,18 +45,11 @@ fn supported_list() -> String {
 
 impl Architecture {
     pub fn name(self) -> &'static str {
-        NAMES
-            .iter()
-            .find(|n| n.2 == self)
-            .map(|n| n.0)
-            .unwrap_or("?")
+        NAMES.iter().find(|n| n.2 == self).map(|n| n.0).unwrap_or("?")
     }
 
     fn unsupported(name: &str) -> ModelError {
-        ModelError::UnsupportedArchitecture {
-            name: name.to_string(),
-            supported: supported_list(),
-        }
+        ModelError::UnsupportedArchitecture { name: name.to_string(), supported: supported_list() }
     }
 
     pub fn is_gemma(self) -> bool {
@@ -97,14 +90,7 @@ pub struct RopeConfig {
 
 impl RopeConfig {
     fn plain(theta: f32, dims: usize) -> Self {
-        Self {
-            theta,
-            dims,
-            scaling: RopeScaling::None,
-            freq_factors: None,
-            long_rope: None,
-            attention_factor: 1.0,
-        }
+        Self { theta, dims, scaling: RopeScaling::None, freq_factors: None, long_rope: None, attention_factor: 1.0 }
     }
 
     /// Inverse frequencies for a KV cache of `context` positions. LongRoPE uses the long factors
@@ -113,20 +99,12 @@ impl RopeConfig {
     pub fn inv_freq(&self, context: usize) -> Result<Vec<f32>> {
         let mut f = rope_table::inv_freq(self.dims, self.theta, self.scaling);
         let factors = match &self.long_rope {
-            Some(lr) => Some(if context > lr.original_context {
-                &lr.long
-            } else {
-                &lr.short
-            }),
+            Some(lr) => Some(if context > lr.original_context { &lr.long } else { &lr.short }),
             None => self.freq_factors.as_ref(),
         };
         if let Some(factors) = factors {
             if factors.len() != f.len() {
-                return Err(ModelError::Config(format!(
-                    "{} RoPE frequency factors for {} frequencies",
-                    factors.len(),
-                    f.len()
-                )));
+                return Err(ModelError::Config(format!("{} RoPE frequency factors for {} frequencies", factors.len(), f.len())));
             }
             for (v, d) in f.iter_mut().zip(factors) {
                 *v /= d;
@@ -176,42 +154,21 @@ impl ModelConfig {
     fn check(self) -> Result<Self> {
         let bad = |m: String| Err(ModelError::Config(m));
         if self.heads == 0 || self.kv_heads == 0 || self.heads % self.kv_heads != 0 {
-            return bad(format!(
-                "{} attention heads cannot share {} kv heads",
-                self.heads, self.kv_heads
-            ));
+            return bad(format!("{} attention heads cannot share {} kv heads", self.heads, self.kv_heads));
         }
-        if self.head_dim == 0
-            || self.head_dim > emberlm_core::ops::attention::MAX_HEAD_DIM
-            || self.head_dim % 2 != 0
-        {
-            return bad(format!(
-                "head_dim {} is not supported (even, at most {})",
-                self.head_dim,
-                emberlm_core::ops::attention::MAX_HEAD_DIM
-            ));
+        if self.head_dim == 0 || self.head_dim > emberlm_core::ops::attention::MAX_HEAD_DIM || self.head_dim % 2 != 0 {
+            return bad(format!("head_dim {} is not supported (even, at most {})", self.head_dim, emberlm_core::ops::attention::MAX_HEAD_DIM));
         }
         if self.rope.dims == 0 || self.rope.dims > self.head_dim || self.rope.dims % 2 != 0 {
-            return bad(format!(
-                "{} rotary dims do not fit head_dim {}",
-                self.rope.dims, self.head_dim
-            ));
+            return bad(format!("{} rotary dims do not fit head_dim {}", self.rope.dims, self.head_dim));
         }
-        for (what, v) in [
-            ("hidden size", self.hidden),
-            ("layer count", self.layers),
-            ("intermediate size", self.ffn),
-            ("vocab size", self.vocab),
-        ] {
+        for (what, v) in [("hidden size", self.hidden), ("layer count", self.layers), ("intermediate size", self.ffn), ("vocab size", self.vocab)] {
             if v == 0 || v > 1 << 24 {
                 return bad(format!("{what} {v} is out of range"));
             }
         }
         if !(self.rms_eps > 0.0 && self.rope.theta > 0.0) {
-            return bad(format!(
-                "rms eps {} and rope theta {} must be positive",
-                self.rms_eps, self.rope.theta
-            ));
+            return bad(format!("rms eps {} and rope theta {} must be positive", self.rms_eps, self.rope.theta));
         }
         Ok(self)
     }
@@ -234,30 +191,20 @@ impl ModelConfig {
         let hidden = get("embedding_length")?;
         let heads = get("attention.head_count")?;
         let kv_heads = opt("attention.head_count_kv").unwrap_or(heads);
-        let head_dim =
-            opt("attention.key_length").unwrap_or(if heads > 0 { hidden / heads } else { 0 });
+        let head_dim = opt("attention.key_length").unwrap_or(if heads > 0 { hidden / heads } else { 0 });
         let layers = get("block_count")?;
         let vocab = match f.get_u64(&key("vocab_size")) {
             Ok(v) => v as usize,
             Err(_) => f.get_array("tokenizer.ggml.tokens")?.len(),
         };
         let scaling = match f.get_str(&key("rope.scaling.type")) {
-            Ok("linear") => RopeScaling::Linear {
-                factor: f.get_f64(&key("rope.scaling.factor"))? as f32,
-            },
+            Ok("linear") => RopeScaling::Linear { factor: f.get_f64(&key("rope.scaling.factor"))? as f32 },
             Ok("none") | Err(_) => RopeScaling::None,
             // Llama 3.1 scaling arrives as the `rope_freqs` tensor; Phi-3's as `rope_factors_*`.
             Ok(_) if arch == Architecture::Phi3 => RopeScaling::None,
-            Ok(other) => {
-                return Err(ModelError::Config(format!(
-                    "rope scaling `{other}` is not supported"
-                )))
-            }
+            Ok(other) => return Err(ModelError::Config(format!("rope scaling `{other}` is not supported"))),
         };
-        let mut rope = RopeConfig::plain(
-            optf("rope.freq_base").unwrap_or(10_000.0),
-            opt("rope.dimension_count").unwrap_or(head_dim),
-        );
+        let mut rope = RopeConfig::plain(optf("rope.freq_base").unwrap_or(10_000.0), opt("rope.dimension_count").unwrap_or(head_dim));
         rope.scaling = scaling;
         if let Some(a) = optf("rope.scaling.attn_factor") {
             rope.attention_factor = a;
@@ -267,22 +214,12 @@ impl ModelConfig {
         // other layer, Gemma 3 five of six). A window on llama-arch files is Mistral's.
         let window = opt("attention.sliding_window").unwrap_or(0);
         let pattern: Option<Vec<bool>> = match f.get(&key("attention.sliding_window_pattern")) {
-            Ok(crate::gguf::Value::Array(flags)) => Some(
-                flags
-                    .iter()
-                    .map(|v| matches!(v, crate::gguf::Value::Bool(true)))
-                    .collect(),
-            ),
-            Ok(v) => v
-                .as_u64()
-                .filter(|&n| n > 0)
-                .map(|n| (0..layers).map(|i| (i as u64 + 1) % n != 0).collect()),
+            Ok(crate::gguf::Value::Array(flags)) => Some(flags.iter().map(|v| matches!(v, crate::gguf::Value::Bool(true))).collect()),
+            Ok(v) => v.as_u64().filter(|&n| n > 0).map(|n| (0..layers).map(|i| (i as u64 + 1) % n != 0).collect()),
             Err(_) => None,
         };
         if pattern.as_ref().is_some_and(|p| p.len() != layers) {
-            return Err(ModelError::Config(format!(
-                "sliding_window_pattern does not have {layers} entries"
-            )));
+            return Err(ModelError::Config(format!("sliding_window_pattern does not have {layers} entries")));
         }
         let layer_windows = (0..layers)
             .map(|i| {
@@ -301,19 +238,9 @@ impl ModelConfig {
             .collect();
         // llama.cpp scales by 1/√(hidden/heads) for the 27B Gemmas (query_pre_attn_scalar), by
         // 1/√head_dim otherwise; GGUF has no key for it.
-        let big_gemma = (arch == Architecture::Gemma2 && layers == 46)
-            || (arch == Architecture::Gemma3 && layers == 62);
-        let attn_scale = 1.0
-            / (if big_gemma {
-                (hidden / heads.max(1)) as f32
-            } else {
-                head_dim as f32
-            })
-            .sqrt();
-        let eos = f
-            .get_u64("tokenizer.ggml.eos_token_id")
-            .ok()
-            .map(|v| v as u32);
+        let big_gemma = (arch == Architecture::Gemma2 && layers == 46) || (arch == Architecture::Gemma3 && layers == 62);
+        let attn_scale = 1.0 / (if big_gemma { (hidden / heads.max(1)) as f32 } else { head_dim as f32 }).sqrt();
+        let eos = f.get_u64("tokenizer.ggml.eos_token_id").ok().map(|v| v as u32);
         Self {
             arch,
             hidden,
@@ -324,37 +251,21 @@ impl ModelConfig {
             ffn: get("feed_forward_length")?,
             vocab,
             rms_eps: f.get_f64(&key("attention.layer_norm_rms_epsilon"))? as f32,
-            rope_local: (arch == Architecture::Gemma3)
-                .then(|| RopeConfig::plain(10_000.0, rope.dims)),
+            rope_local: (arch == Architecture::Gemma3).then(|| RopeConfig::plain(10_000.0, rope.dims)),
             rope,
             // llama.cpp permutes llama-arch Q/K rows so that its "normal" RoPE rotates adjacent
             // pairs; the interleaved rotation on those rows equals HF's rotate_half on the originals.
-            rope_layout: if arch == Architecture::Llama {
-                RopeLayout::Interleaved
-            } else {
-                RopeLayout::Neox
-            },
+            rope_layout: if arch == Architecture::Llama { RopeLayout::Interleaved } else { RopeLayout::Neox },
             layer_windows,
             attn_scale,
             attn_softcap: optf("attn_logit_softcapping").unwrap_or(0.0),
             final_softcap: optf("final_logit_softcapping").unwrap_or(0.0),
-            embed_scale: if arch.is_gemma() {
-                (hidden as f32).sqrt()
-            } else {
-                1.0
-            },
+            embed_scale: if arch.is_gemma() { (hidden as f32).sqrt() } else { 1.0 },
             norm_offset: 0.0,
-            activation: if arch.is_gemma() {
-                Activation::GeluTanh
-            } else {
-                Activation::Silu
-            },
+            activation: if arch.is_gemma() { Activation::GeluTanh } else { Activation::Silu },
             tie_embeddings: f.tensor("output.weight").is_none(),
             context_length: get("context_length")?,
-            bos_token_id: f
-                .get_u64("tokenizer.ggml.bos_token_id")
-                .ok()
-                .map(|v| v as u32),
+            bos_token_id: f.get_u64("tokenizer.ggml.bos_token_id").ok().map(|v| v as u32),
             eos_token_ids: eos.into_iter().collect(),
         }
         .check()
@@ -362,34 +273,17 @@ impl ModelConfig {
 
     /// From `config.json` (and the optional `generation_config.json` for stop tokens).
     pub fn from_hf(config: &Json, generation: Option<&Json>) -> Result<Self> {
-        let model_type = config
-            .get("model_type")
-            .and_then(Json::as_str)
-            .unwrap_or("");
-        let arch = NAMES
-            .iter()
-            .find(|n| n.0 == model_type)
-            .map(|n| n.2)
-            .or_else(|| (model_type == "gemma3").then_some(Architecture::Gemma3))
-            .ok_or_else(|| {
-                let archs = config
-                    .get("architectures")
-                    .map(|a| a.to_string())
-                    .unwrap_or_default();
+        let model_type = config.get("model_type").and_then(Json::as_str).unwrap_or("");
+        let arch =
+            NAMES.iter().find(|n| n.0 == model_type).map(|n| n.2).or_else(|| (model_type == "gemma3").then_some(Architecture::Gemma3)).ok_or_else(|| {
+                let archs = config.get("architectures").map(|a| a.to_string()).unwrap_or_default();
                 Architecture::unsupported(&format!("{model_type} {archs}").trim().to_string())
             })?;
         // Gemma 3 multimodal configs nest the language model.
-        let c = if model_type == "gemma3" {
-            config.get("text_config").unwrap_or(config)
-        } else {
-            config
-        };
+        let c = if model_type == "gemma3" { config.get("text_config").unwrap_or(config) } else { config };
         let usize_of = |k: &str| c.get(k).and_then(Json::as_u64).map(|v| v as usize);
         let f32_of = |k: &str| c.get(k).and_then(Json::as_f64).map(|v| v as f32);
-        let need = |k: &str| {
-            usize_of(k)
-                .ok_or_else(|| ModelError::Config(format!("config.json has no integer `{k}`")))
-        };
+        let need = |k: &str| usize_of(k).ok_or_else(|| ModelError::Config(format!("config.json has no integer `{k}`")));
         let hidden = need("hidden_size")?;
         let heads = need("num_attention_heads")?;
         let kv_heads = usize_of("num_key_value_heads").unwrap_or(heads);
@@ -399,16 +293,8 @@ impl ModelConfig {
         // transformers 5 writes `rope_parameters` (per layer type for Gemma 3); 4.x writes
         // `rope_theta` + `rope_scaling` (+ Gemma 3's `rope_local_base_freq`).
         let params = c.get("rope_parameters");
-        let global = params
-            .and_then(|p| p.get("full_attention"))
-            .or(params)
-            .or_else(|| c.get("rope_scaling").filter(|v| !v.is_null()));
-        let theta = global
-            .and_then(|p| p.get("rope_theta"))
-            .and_then(Json::as_f64)
-            .map(|v| v as f32)
-            .or_else(|| f32_of("rope_theta"))
-            .unwrap_or(10_000.0);
+        let global = params.and_then(|p| p.get("full_attention")).or(params).or_else(|| c.get("rope_scaling").filter(|v| !v.is_null()));
+        let theta = global.and_then(|p| p.get("rope_theta")).and_then(Json::as_f64).map(|v| v as f32).or_else(|| f32_of("rope_theta")).unwrap_or(10_000.0);
         let partial = global
             .and_then(|p| p.get("partial_rotary_factor"))
             .and_then(Json::as_f64)
@@ -417,72 +303,40 @@ impl ModelConfig {
         let mut rope = RopeConfig::plain(theta, (head_dim as f64 * partial) as usize);
         let max_pos = usize_of("max_position_embeddings").unwrap_or(4096);
         if let Some(p) = global {
-            let kind = p
-                .get("rope_type")
-                .or_else(|| p.get("type"))
-                .and_then(Json::as_str)
-                .unwrap_or("default");
+            let kind = p.get("rope_type").or_else(|| p.get("type")).and_then(Json::as_str).unwrap_or("default");
             let num = |k: &str| p.get(k).and_then(Json::as_f64).map(|v| v as f32);
             match kind {
                 "default" => {}
-                "linear" => {
-                    rope.scaling = RopeScaling::Linear {
-                        factor: num("factor").unwrap_or(1.0),
-                    }
-                }
+                "linear" => rope.scaling = RopeScaling::Linear { factor: num("factor").unwrap_or(1.0) },
                 "llama3" => {
                     rope.scaling = RopeScaling::Llama3 {
                         factor: num("factor").unwrap_or(1.0),
                         low_freq_factor: num("low_freq_factor").unwrap_or(1.0),
                         high_freq_factor: num("high_freq_factor").unwrap_or(4.0),
-                        original_max_position: num("original_max_position_embeddings")
-                            .unwrap_or(8192.0)
-                            as u32,
+                        original_max_position: num("original_max_position_embeddings").unwrap_or(8192.0) as u32,
                     }
                 }
                 "longrope" | "su" => {
                     let list = |k: &str| -> Result<Vec<f32>> {
                         p.get(k)
                             .and_then(Json::as_array)
-                            .map(|a| {
-                                a.iter()
-                                    .filter_map(Json::as_f64)
-                                    .map(|v| v as f32)
-                                    .collect()
-                            })
+                            .map(|a| a.iter().filter_map(Json::as_f64).map(|v| v as f32).collect())
                             .ok_or_else(|| ModelError::Config(format!("longrope needs `{k}`")))
                     };
-                    let original = num("original_max_position_embeddings")
-                        .map(|v| v as usize)
-                        .or_else(|| usize_of("original_max_position_embeddings"))
-                        .unwrap_or(max_pos);
+                    let original =
+                        num("original_max_position_embeddings").map(|v| v as usize).or_else(|| usize_of("original_max_position_embeddings")).unwrap_or(max_pos);
                     let factor = max_pos as f32 / original as f32;
-                    rope.attention_factor = num("attention_factor").unwrap_or(if factor > 1.0 {
-                        (1.0f32 + factor.ln() / (original as f32).ln()).sqrt()
-                    } else {
-                        1.0
-                    });
-                    rope.long_rope = Some(LongRope {
-                        short: list("short_factor")?,
-                        long: list("long_factor")?,
-                        original_context: original,
-                    });
+                    rope.attention_factor =
+                        num("attention_factor").unwrap_or(if factor > 1.0 { (1.0f32 + factor.ln() / (original as f32).ln()).sqrt() } else { 1.0 });
+                    rope.long_rope = Some(LongRope { short: list("short_factor")?, long: list("long_factor")?, original_context: original });
                 }
-                other => {
-                    return Err(ModelError::Config(format!(
-                        "rope scaling `{other}` is not supported"
-                    )))
-                }
+                other => return Err(ModelError::Config(format!("rope scaling `{other}` is not supported"))),
             }
         }
         let rope_local = (arch == Architecture::Gemma3).then(|| {
             let local = params.and_then(|p| p.get("sliding_attention"));
-            let theta = local
-                .and_then(|p| p.get("rope_theta"))
-                .and_then(Json::as_f64)
-                .map(|v| v as f32)
-                .or_else(|| f32_of("rope_local_base_freq"))
-                .unwrap_or(10_000.0);
+            let theta =
+                local.and_then(|p| p.get("rope_theta")).and_then(Json::as_f64).map(|v| v as f32).or_else(|| f32_of("rope_local_base_freq")).unwrap_or(10_000.0);
             RopeConfig::plain(theta, rope.dims)
         });
 
@@ -490,34 +344,17 @@ impl ModelConfig {
         let layer_windows: Vec<usize> = match c.get("layer_types").and_then(Json::as_array) {
             Some(types) => {
                 if types.len() != layers {
-                    return Err(ModelError::Config(format!(
-                        "{} layer_types for {layers} layers",
-                        types.len()
-                    )));
+                    return Err(ModelError::Config(format!("{} layer_types for {layers} layers", types.len())));
                 }
-                types
-                    .iter()
-                    .map(|t| {
-                        if t.as_str() == Some("sliding_attention") {
-                            window
-                        } else {
-                            0
-                        }
-                    })
-                    .collect()
+                types.iter().map(|t| if t.as_str() == Some("sliding_attention") { window } else { 0 }).collect()
             }
             None => (0..layers)
                 .map(|i| match arch {
                     Architecture::Gemma2 if i % 2 == 0 => window,
-                    Architecture::Gemma3
-                        if (i + 1) % usize_of("sliding_window_pattern").unwrap_or(6) != 0 =>
-                    {
-                        window
-                    }
+                    Architecture::Gemma3 if (i + 1) % usize_of("sliding_window_pattern").unwrap_or(6) != 0 => window,
                     Architecture::Mistral | Architecture::Phi3 => window,
                     Architecture::Qwen2 | Architecture::Qwen3
-                        if c.get("use_sliding_window").and_then(Json::as_bool) == Some(true)
-                            && i >= usize_of("max_window_layers").unwrap_or(0) =>
+                        if c.get("use_sliding_window").and_then(Json::as_bool) == Some(true) && i >= usize_of("max_window_layers").unwrap_or(0) =>
                     {
                         window
                     }
@@ -525,28 +362,16 @@ impl ModelConfig {
                 })
                 .collect(),
         };
-        let act = c
-            .get("hidden_activation")
-            .or_else(|| c.get("hidden_act"))
-            .and_then(Json::as_str)
-            .unwrap_or("silu");
+        let act = c.get("hidden_activation").or_else(|| c.get("hidden_act")).and_then(Json::as_str).unwrap_or("silu");
         let activation = match act {
             "silu" | "swish" => Activation::Silu,
             "gelu_pytorch_tanh" | "gelu_tanh" | "gelu_new" => Activation::GeluTanh,
-            other => {
-                return Err(ModelError::Config(format!(
-                    "activation `{other}` is not supported"
-                )))
-            }
+            other => return Err(ModelError::Config(format!("activation `{other}` is not supported"))),
         };
         let ids = |v: Option<&Json>| -> Vec<u32> {
             match v {
                 Some(Json::Number(n)) => n.as_u64().map(|v| vec![v as u32]).unwrap_or_default(),
-                Some(Json::Array(a)) => a
-                    .iter()
-                    .filter_map(Json::as_u64)
-                    .map(|v| v as u32)
-                    .collect(),
+                Some(Json::Array(a)) => a.iter().filter_map(Json::as_u64).map(|v| v as u32).collect(),
                 _ => vec![],
             }
         };
@@ -556,11 +381,7 @@ impl ModelConfig {
                 eos.push(id);
             }
         }
-        let bos = ids(generation
-            .and_then(|g| g.get("bos_token_id"))
-            .or_else(|| c.get("bos_token_id")))
-        .first()
-        .copied();
+        let bos = ids(generation.and_then(|g| g.get("bos_token_id")).or_else(|| c.get("bos_token_id"))).first().copied();
         let qpas = f32_of("query_pre_attn_scalar").unwrap_or(head_dim as f32);
         Self {
             arch,
@@ -579,17 +400,10 @@ impl ModelConfig {
             attn_scale: 1.0 / qpas.sqrt(),
             attn_softcap: f32_of("attn_logit_softcapping").unwrap_or(0.0),
             final_softcap: f32_of("final_logit_softcapping").unwrap_or(0.0),
-            embed_scale: if arch.is_gemma() {
-                (hidden as f32).sqrt()
-            } else {
-                1.0
-            },
+            embed_scale: if arch.is_gemma() { (hidden as f32).sqrt() } else { 1.0 },
             norm_offset: if arch.is_gemma() { 1.0 } else { 0.0 },
             activation,
-            tie_embeddings: c
-                .get("tie_word_embeddings")
-                .and_then(Json::as_bool)
-                .unwrap_or(arch.is_gemma()),
+            tie_embeddings: c.get("tie_word_embeddings").and_then(Json::as_bool).unwrap_or(arch.is_gemma()),
             context_length: max_pos,
             bos_token_id: bos,
             eos_token_ids: eos,

@@ -21,11 +21,7 @@ pub enum ModelError {
     #[error("the model file has no tensor `{0}`")]
     MissingTensor(String),
     #[error("tensor `{tensor}` has shape {found:?}, but the model config says {expected:?}")]
-    ShapeMismatch {
-        tensor: String,
-        expected: Vec<usize>,
-        found: Vec<usize>,
-    },
+    ShapeMismatch { tensor: String, expected: Vec<usize>, found: Vec<usize> },
     #[error("cannot load tensor `{tensor}`: {reason}")]
     Tensor { tensor: String, reason: String },
     #[error("invalid model config: {0}")]

@@ -13,10 +13,7 @@ use crate::safetensors::{self, SafetensorsStore};
 use crate::weights::{gguf_shard_names, GgufStore};
 
 fn file_err(path: &Path, reason: impl std::fmt::Display) -> ModelError {
-    ModelError::File {
-        path: path.display().to_string(),
-        reason: reason.to_string(),
-    }
+    ModelError::File { path: path.display().to_string(), reason: reason.to_string() }
 }
 
 pub fn read_json(path: &Path) -> Result<Json> {
@@ -30,10 +27,7 @@ fn open_source(path: &Path) -> Result<FileSource> {
 
 /// Opens a GGUF model; a split model's shards are found next to the given one.
 pub fn open_gguf(path: &Path) -> Result<GgufStore<FileSource>> {
-    let name = path
-        .file_name()
-        .and_then(|n| n.to_str())
-        .unwrap_or_default();
+    let name = path.file_name().and_then(|n| n.to_str()).unwrap_or_default();
     let paths: Vec<PathBuf> = match gguf_shard_names(name) {
         Some(names) => names.iter().map(|n| path.with_file_name(n)).collect(),
         None => vec![path.to_path_buf()],
@@ -57,11 +51,7 @@ pub struct HfModelDir {
 pub fn open_hf_dir(dir: &Path) -> Result<HfModelDir> {
     let config_json = read_json(&dir.join("config.json"))?;
     let gen_path = dir.join("generation_config.json");
-    let generation = if gen_path.exists() {
-        Some(read_json(&gen_path)?)
-    } else {
-        None
-    };
+    let generation = if gen_path.exists() { Some(read_json(&gen_path)?) } else { None };
     let config = ModelConfig::from_hf(&config_json, generation.as_ref())?;
     let index = dir.join("model.safetensors.index.json");
     let names = if index.exists() {
@@ -69,10 +59,7 @@ pub fn open_hf_dir(dir: &Path) -> Result<HfModelDir> {
     } else if dir.join("model.safetensors").exists() {
         vec!["model.safetensors".to_string()]
     } else {
-        return Err(file_err(
-            dir,
-            "no model.safetensors or model.safetensors.index.json",
-        ));
+        return Err(file_err(dir, "no model.safetensors or model.safetensors.index.json"));
     };
     let mut files = Vec::with_capacity(names.len());
     for n in names {
@@ -80,9 +67,5 @@ pub fn open_hf_dir(dir: &Path) -> Result<HfModelDir> {
         files.push((n, open_source(&p)?));
     }
     let store = SafetensorsStore::new(files, config.arch)?;
-    Ok(HfModelDir {
-        dir: dir.to_path_buf(),
-        config,
-        store,
-    })
+    Ok(HfModelDir { dir: dir.to_path_buf(), config, store })
 }

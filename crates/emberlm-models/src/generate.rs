@@ -1,18 +1,30 @@
 //! Generation loop: prefill the prompt, then decode one token per step until EOS, a stop
-//! token or the token budget, streaming each token to a callback, with the figures users ask
-//! for (time to first token, prefill and decode tok/s).
+//! token, the caller's callback or the token budget, with the figures users ask for (time to
+//! first token, prefill and decode tok/s). Greedy decoding keeps the argmax on the GPU (4 bytes
+//! read back per token); sampling reads the logits back and samples on the CPU.
 
 use emberlm_core::GpuDevice;
 use web_time::Instant;
 
 use crate::error::Result;
 use crate::model::Session;
+use crate::sampling::{Sampler, SamplingOptions};
 
 #[derive(Debug, Clone)]
 pub struct GenerateOptions {
     pub max_new_tokens: usize,
     /// Generation stops after producing any of these (EOS and the chat template's end token).
     pub stop_tokens: Vec<u32>,
+    /// Temperature 0 with no repetition penalty is greedy.
+    pub sampling: SamplingOptions,
+    /// Also return the logits of the last prompt position.
+    pub want_prompt_logits: bool,
+}
+
+impl Default for GenerateOptions {
+    fn default() -> Self {
+        Self { max_new_tokens: 128, stop_tokens: Vec::new(), sampling: SamplingOptions::default(), want_prompt_logits: false }
+    }
 }
 
 #[derive(Debug, Clone, Default)]
@@ -21,43 +33,60 @@ pub struct Generation {
     pub generated_ids: Vec<u32>,
     /// True when a stop token ended generation (it is included in `generated_ids`).
     pub stopped: bool,
+    pub prompt_logits: Option<Vec<f32>>,
     pub ttft_ms: f64,
     pub prefill_tok_s: f64,
     pub decode_tok_s: f64,
 }
 
-/// Greedy decoding (argmax on the GPU; 4 bytes read back per token).
-pub async fn generate_greedy(
+/// Generates after `prompt`. `on_token` sees every new token and returns `false` to stop
+/// (stop strings, a cancelled request).
+pub async fn generate(
     dev: &GpuDevice,
     session: &mut Session<'_>,
     prompt: &[u32],
     options: &GenerateOptions,
-    mut on_token: impl FnMut(u32),
+    mut on_token: impl FnMut(u32) -> bool,
 ) -> Result<Generation> {
-    let mut out = Generation {
-        prompt_ids: prompt.to_vec(),
-        ..Default::default()
-    };
-    if options.max_new_tokens == 0 {
+    let mut out = Generation { prompt_ids: prompt.to_vec(), ..Default::default() };
+    if options.max_new_tokens == 0 && !options.want_prompt_logits {
         return Ok(out);
     }
+    let mut sampler = Sampler::new(&options.sampling)?;
+    let need_logits = !sampler.is_greedy();
+    let mut history = prompt.to_vec();
     let start = Instant::now();
-    let mut next = session.step(dev, prompt, false).await?.argmax;
+    let first = session.step(dev, prompt, need_logits || options.want_prompt_logits).await?;
     let prefill = start.elapsed().as_secs_f64();
     out.ttft_ms = prefill * 1e3;
     out.prefill_tok_s = prompt.len() as f64 / prefill.max(1e-9);
+    if options.want_prompt_logits {
+        out.prompt_logits = first.logits.clone();
+    }
+    if options.max_new_tokens == 0 {
+        return Ok(out);
+    }
+    let mut next = match first.logits {
+        Some(mut logits) if need_logits => sampler.sample(&mut logits, &history),
+        _ => first.argmax,
+    };
     let decode_start = Instant::now();
     loop {
         out.generated_ids.push(next);
-        on_token(next);
+        history.push(next);
+        let go_on = on_token(next);
         if options.stop_tokens.contains(&next) {
             out.stopped = true;
             break;
         }
-        if out.generated_ids.len() >= options.max_new_tokens {
+        if !go_on || out.generated_ids.len() >= options.max_new_tokens {
             break;
         }
-        next = session.step(dev, &[next], false).await?.argmax;
+        let step = session.step(dev, &[next], need_logits).await?;
+        next = match step.logits {
+            Some(mut logits) => sampler.sample(&mut logits, &history),
+            None => step.argmax,
+        };
     }
     let decoded = out.generated_ids.len().saturating_sub(1);
     out.decode_tok_s = decoded as f64 / decode_start.elapsed().as_secs_f64().max(1e-9);

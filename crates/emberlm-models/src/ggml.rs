@@ -92,14 +92,9 @@ impl GgmlType {
     pub fn size_of(self, n: u64) -> Result<u64, String> {
         let (bw, bb) = self.block();
         if n % bw != 0 {
-            return Err(format!(
-                "{n} weights are not whole {} blocks of {bw}",
-                self.name()
-            ));
+            return Err(format!("{n} weights are not whole {} blocks of {bw}", self.name()));
         }
-        (n / bw)
-            .checked_mul(bb)
-            .ok_or_else(|| "size overflows".to_string())
+        (n / bw).checked_mul(bb).ok_or_else(|| "size overflows".to_string())
     }
 
     pub fn can_dequantize(self) -> bool {
@@ -116,10 +111,7 @@ fn scale_min_k4(j: usize, q: &[u8]) -> (f32, f32) {
     if j < 4 {
         ((q[j] & 63) as f32, (q[j + 4] & 63) as f32)
     } else {
-        (
-            ((q[j + 4] & 0xf) | ((q[j - 4] >> 6) << 4)) as f32,
-            ((q[j + 4] >> 4) | ((q[j] >> 6) << 4)) as f32,
-        )
+        (((q[j + 4] & 0xf) | ((q[j - 4] >> 6) << 4)) as f32, ((q[j + 4] >> 4) | ((q[j] >> 6) << 4)) as f32)
     }
 }
 
@@ -128,20 +120,13 @@ pub fn dequantize(ty: GgmlType, data: &[u8], out: &mut [f32]) -> Result<(), Stri
     let (bw, bb) = ty.block();
     let (bw, bb) = (bw as usize, bb as usize);
     if out.len() % bw != 0 || data.len() != out.len() / bw * bb {
-        return Err(format!(
-            "{} bytes do not hold {} {} weights",
-            data.len(),
-            out.len(),
-            ty.name()
-        ));
+        return Err(format!("{} bytes do not hold {} {} weights", data.len(), out.len(), ty.name()));
     }
     for (b, y) in data.chunks_exact(bb).zip(out.chunks_exact_mut(bw)) {
         match ty {
             GgmlType::F32 => y[0] = f32::from_le_bytes([b[0], b[1], b[2], b[3]]),
             GgmlType::F16 => y[0] = f16_at(b, 0),
-            GgmlType::BF16 => {
-                y[0] = f32::from_bits((u16::from_le_bytes([b[0], b[1]]) as u32) << 16)
-            }
+            GgmlType::BF16 => y[0] = f32::from_bits((u16::from_le_bytes([b[0], b[1]]) as u32) << 16),
             GgmlType::Q4_0 => {
                 let d = f16_at(b, 0);
                 for j in 0..16 {
@@ -158,19 +143,9 @@ pub fn dequantize(ty: GgmlType, data: &[u8], out: &mut [f32]) -> Result<(), Stri
             }
             GgmlType::Q5_0 | GgmlType::Q5_1 => {
                 let (d, m, qh, qs) = if ty == GgmlType::Q5_0 {
-                    (
-                        f16_at(b, 0),
-                        -16.0 * f16_at(b, 0),
-                        u32::from_le_bytes([b[2], b[3], b[4], b[5]]),
-                        &b[6..22],
-                    )
+                    (f16_at(b, 0), -16.0 * f16_at(b, 0), u32::from_le_bytes([b[2], b[3], b[4], b[5]]), &b[6..22])
                 } else {
-                    (
-                        f16_at(b, 0),
-                        f16_at(b, 2),
-                        u32::from_le_bytes([b[4], b[5], b[6], b[7]]),
-                        &b[8..24],
-                    )
+                    (f16_at(b, 0), f16_at(b, 2), u32::from_le_bytes([b[4], b[5], b[6], b[7]]), &b[8..24])
                 };
                 for j in 0..16 {
                     let h0 = ((qh >> j) << 4) & 0x10;
@@ -259,21 +234,11 @@ pub fn exact_dtype(ty: GgmlType) -> DType {
 /// Packs `rows` rows of a `ty` tensor with row length `k` into `dtype`. When `dtype` is
 /// `exact_dtype(ty)`, the file's values are kept bit for bit; otherwise they are dequantised
 /// and re-quantised (a conversion the caller asked for).
-pub fn pack_rows(
-    ty: GgmlType,
-    data: &[u8],
-    rows: usize,
-    k: usize,
-    dtype: DType,
-) -> Result<PackedMatrix, String> {
+pub fn pack_rows(ty: GgmlType, data: &[u8], rows: usize, k: usize, dtype: DType) -> Result<PackedMatrix, String> {
     let (bw, bb) = ty.block();
     let blocks = rows * k / bw as usize;
     if data.len() != blocks * bb as usize {
-        return Err(format!(
-            "{} bytes do not hold {rows} rows of {k} {} weights",
-            data.len(),
-            ty.name()
-        ));
+        return Err(format!("{} bytes do not hold {rows} rows of {k} {} weights", data.len(), ty.name()));
     }
     let bb = bb as usize;
     match (ty, dtype) {
@@ -281,14 +246,7 @@ pub fn pack_rows(
             let mut q = vec![0u8; rows * k];
             let mut sm = Vec::with_capacity(blocks);
             for (i, b) in data.chunks_exact(bb).enumerate() {
-                let (d_bits, qs) = (
-                    u16::from_le_bytes([b[0], b[1]]),
-                    if ty == GgmlType::Q4_0 {
-                        &b[2..18]
-                    } else {
-                        &b[4..20]
-                    },
-                );
+                let (d_bits, qs) = (u16::from_le_bytes([b[0], b[1]]), if ty == GgmlType::Q4_0 { &b[2..18] } else { &b[4..20] });
                 let min_bits = if ty == GgmlType::Q4_0 {
                     // d·(q − 8) = q·d + (−8d); −8d is exact in f16 (a power-of-two multiple).
                     f16::from_f32(-8.0 * f16::from_bits(d_bits).to_f32()).to_bits()
@@ -315,29 +273,16 @@ pub fn pack_rows(
                 } else {
                     let qh = u32::from_le_bytes([b[2], b[3], b[4], b[5]]);
                     for j in 0..16 {
-                        q[32 * i + j] = (((b[6 + j] as u32 & 0xf) | (((qh >> j) << 4) & 0x10))
-                            as i32
-                            - 16) as i8;
-                        q[32 * i + j + 16] = (((b[6 + j] as u32 >> 4) | ((qh >> (j + 12)) & 0x10))
-                            as i32
-                            - 16) as i8;
+                        q[32 * i + j] = (((b[6 + j] as u32 & 0xf) | (((qh >> j) << 4) & 0x10)) as i32 - 16) as i8;
+                        q[32 * i + j + 16] = (((b[6 + j] as u32 >> 4) | ((qh >> (j + 12)) & 0x10)) as i32 - 16) as i8;
                     }
                 }
             }
             Ok(PackedMatrix::q8_from_groups(rows, k, &q, &scales))
         }
         (GgmlType::F16, DType::F16) => {
-            let qs = data
-                .chunks_exact(4)
-                .map(|w| u32::from_le_bytes([w[0], w[1], w[2], w[3]]))
-                .collect();
-            Ok(PackedMatrix {
-                dtype: DType::F16,
-                rows,
-                k,
-                qs,
-                scales: Vec::new(),
-            })
+            let qs = data.chunks_exact(4).map(|w| u32::from_le_bytes([w[0], w[1], w[2], w[3]])).collect();
+            Ok(PackedMatrix { dtype: DType::F16, rows, k, qs, scales: Vec::new() })
         }
         _ => {
             if !ty.can_dequantize() {
@@ -365,12 +310,7 @@ mod tests {
             seed = seed.wrapping_mul(1_664_525).wrapping_add(1_013_904_223);
             (seed >> 24) as u8
         };
-        for (ty, dtype) in [
-            (GgmlType::Q4_0, DType::Q4),
-            (GgmlType::Q4_1, DType::Q4),
-            (GgmlType::Q8_0, DType::Q8),
-            (GgmlType::Q5_0, DType::Q8),
-        ] {
+        for (ty, dtype) in [(GgmlType::Q4_0, DType::Q4), (GgmlType::Q4_1, DType::Q4), (GgmlType::Q8_0, DType::Q8), (GgmlType::Q5_0, DType::Q8)] {
             let (rows, k) = (3, 64);
             let (_, bb) = ty.block();
             let mut data: Vec<u8> = (0..rows * k / 32 * bb as usize).map(|_| next()).collect();

@@ -19,12 +19,7 @@ pub enum GgufError {
     #[error("unsupported GGUF version {0} (supported: 2 and 3)")]
     UnsupportedVersion(u32),
     #[error("GGUF file is truncated: {what} needs bytes {start}..{end} but the file has {len}")]
-    Truncated {
-        what: String,
-        start: u64,
-        end: u64,
-        len: u64,
-    },
+    Truncated { what: String, start: u64, end: u64, len: u64 },
     #[error("GGUF header is invalid: {0}")]
     Invalid(String),
     #[error("GGUF tensor `{name}` has unsupported type {ty}")]
@@ -32,11 +27,7 @@ pub enum GgufError {
     #[error("GGUF metadata `{key}` is missing")]
     MissingKey { key: String },
     #[error("GGUF metadata `{key}` has type {found}, expected {expected}")]
-    WrongType {
-        key: String,
-        found: &'static str,
-        expected: &'static str,
-    },
+    WrongType { key: String, found: &'static str, expected: &'static str },
     #[error("reading the GGUF file failed: {0}")]
     Read(#[from] SourceError),
 }
@@ -151,16 +142,12 @@ struct Cursor<'a, S: ByteSource + ?Sized> {
 
 impl<S: ByteSource + ?Sized> Cursor<'_, S> {
     fn bytes(&mut self, n: u64, what: &str) -> Result<Vec<u8>> {
-        let end = self
-            .pos
-            .checked_add(n)
-            .filter(|&e| e <= self.len)
-            .ok_or_else(|| GgufError::Truncated {
-                what: what.to_string(),
-                start: self.pos,
-                end: self.pos.saturating_add(n),
-                len: self.len,
-            })?;
+        let end = self.pos.checked_add(n).filter(|&e| e <= self.len).ok_or_else(|| GgufError::Truncated {
+            what: what.to_string(),
+            start: self.pos,
+            end: self.pos.saturating_add(n),
+            len: self.len,
+        })?;
         let mut buf = vec![0u8; n as usize];
         self.src.read_at(self.pos, &mut buf)?;
         self.pos = end;
@@ -182,8 +169,7 @@ impl<S: ByteSource + ?Sized> Cursor<'_, S> {
     fn string(&mut self, what: &str) -> Result<String> {
         let n = self.u64(what)?;
         let bytes = self.bytes(n, what)?;
-        String::from_utf8(bytes)
-            .map_err(|_| GgufError::Invalid(format!("{what} is not valid UTF-8")))
+        String::from_utf8(bytes).map_err(|_| GgufError::Invalid(format!("{what} is not valid UTF-8")))
     }
 
     fn value(&mut self, ty: u32, key: &str, depth: u32) -> Result<Value> {
@@ -199,18 +185,13 @@ impl<S: ByteSource + ?Sized> Cursor<'_, S> {
             8 => Value::String(self.string(key)?),
             9 => {
                 if depth >= MAX_ARRAY_DEPTH {
-                    return Err(GgufError::Invalid(format!(
-                        "`{key}`: arrays nested deeper than {MAX_ARRAY_DEPTH}"
-                    )));
+                    return Err(GgufError::Invalid(format!("`{key}`: arrays nested deeper than {MAX_ARRAY_DEPTH}")));
                 }
                 let elem = self.u32(key)?;
                 let n = self.u64(key)?;
                 // Every element takes at least one byte: a count past the remaining bytes is corrupt.
                 if n > self.len - self.pos {
-                    return Err(GgufError::Invalid(format!(
-                        "`{key}`: array of {n} elements in {} remaining bytes",
-                        self.len - self.pos
-                    )));
+                    return Err(GgufError::Invalid(format!("`{key}`: array of {n} elements in {} remaining bytes", self.len - self.pos)));
                 }
                 let mut items = Vec::with_capacity(n.min(1 << 16) as usize);
                 for _ in 0..n {
@@ -221,11 +202,7 @@ impl<S: ByteSource + ?Sized> Cursor<'_, S> {
             10 => Value::U64(self.u64(key)?),
             11 => Value::I64(i64::from_le_bytes(self.array(key)?)),
             12 => Value::F64(f64::from_le_bytes(self.array(key)?)),
-            other => {
-                return Err(GgufError::Invalid(format!(
-                    "`{key}`: unknown metadata value type {other}"
-                )))
-            }
+            other => return Err(GgufError::Invalid(format!("`{key}`: unknown metadata value type {other}"))),
         })
     }
 }
@@ -246,9 +223,7 @@ impl GgufFile {
         let n_tensors = c.u64("tensor count")?;
         let n_kv = c.u64("metadata count")?;
         if n_tensors > MAX_TENSORS || n_kv > MAX_KV {
-            return Err(GgufError::Invalid(format!(
-                "{n_tensors} tensors and {n_kv} metadata entries is beyond any real model"
-            )));
+            return Err(GgufError::Invalid(format!("{n_tensors} tensors and {n_kv} metadata entries is beyond any real model")));
         }
         let mut metadata = BTreeMap::new();
         for _ in 0..n_kv {
@@ -262,26 +237,19 @@ impl GgufFile {
             let name = c.string("tensor name")?;
             let n_dims = c.u32(&name)?;
             if n_dims == 0 || n_dims > MAX_DIMS {
-                return Err(GgufError::Invalid(format!(
-                    "tensor `{name}` has {n_dims} dimensions"
-                )));
+                return Err(GgufError::Invalid(format!("tensor `{name}` has {n_dims} dimensions")));
             }
             let mut dims = Vec::with_capacity(n_dims as usize);
             for _ in 0..n_dims {
                 dims.push(c.u64(&name)?);
             }
             let ty_raw = c.u32(&name)?;
-            let ty = GgmlType::from_u32(ty_raw).ok_or(GgufError::UnknownType {
-                name: name.clone(),
-                ty: ty_raw,
-            })?;
+            let ty = GgmlType::from_u32(ty_raw).ok_or(GgufError::UnknownType { name: name.clone(), ty: ty_raw })?;
             let rel_offset = c.u64(&name)?;
             infos.push((name, dims, ty, rel_offset));
         }
         let alignment = match metadata.get("general.alignment") {
-            Some(v) => v.as_u64().filter(|a| a.is_power_of_two()).ok_or_else(|| {
-                GgufError::Invalid("general.alignment is not a power of two".into())
-            })?,
+            Some(v) => v.as_u64().filter(|a| a.is_power_of_two()).ok_or_else(|| GgufError::Invalid("general.alignment is not a power of two".into()))?,
             None => 32,
         };
         let data_offset = c.pos.next_multiple_of(alignment);
@@ -290,52 +258,22 @@ impl GgufFile {
             let numel = dims
                 .iter()
                 .try_fold(1u64, |acc, &d| acc.checked_mul(d))
-                .ok_or_else(|| {
-                    GgufError::Invalid(format!("tensor `{name}` dims {dims:?}: size overflows"))
-                })?;
+                .ok_or_else(|| GgufError::Invalid(format!("tensor `{name}` dims {dims:?}: size overflows")))?;
             if dims[0] % ty.block().0 != 0 {
-                return Err(GgufError::Invalid(format!(
-                    "tensor `{name}` rows of {} are not whole {} blocks of {}",
-                    dims[0],
-                    ty.name(),
-                    ty.block().0
-                )));
+                return Err(GgufError::Invalid(format!("tensor `{name}` rows of {} are not whole {} blocks of {}", dims[0], ty.name(), ty.block().0)));
             }
-            let size = ty
-                .size_of(numel)
-                .map_err(|e| GgufError::Invalid(format!("tensor `{name}` dims {dims:?}: {e}")))?;
+            let size = ty.size_of(numel).map_err(|e| GgufError::Invalid(format!("tensor `{name}` dims {dims:?}: {e}")))?;
             if rel_offset % alignment != 0 {
-                return Err(GgufError::Invalid(format!(
-                    "tensor `{name}` offset {rel_offset} is not aligned to {alignment}"
-                )));
+                return Err(GgufError::Invalid(format!("tensor `{name}` offset {rel_offset} is not aligned to {alignment}")));
             }
-            let offset = data_offset
-                .checked_add(rel_offset)
-                .ok_or_else(|| GgufError::Invalid(format!("tensor `{name}` offset overflows")))?;
+            let offset = data_offset.checked_add(rel_offset).ok_or_else(|| GgufError::Invalid(format!("tensor `{name}` offset overflows")))?;
             let end = offset.checked_add(size).unwrap_or(u64::MAX);
             if end > len {
-                return Err(GgufError::Truncated {
-                    what: format!("tensor `{name}` data"),
-                    start: offset,
-                    end,
-                    len,
-                });
+                return Err(GgufError::Truncated { what: format!("tensor `{name}` data"), start: offset, end, len });
             }
-            tensors.push(TensorInfo {
-                name,
-                dims,
-                ty,
-                offset,
-                size,
-            });
+            tensors.push(TensorInfo { name, dims, ty, offset, size });
         }
-        Ok(Self {
-            version,
-            metadata,
-            tensors,
-            alignment,
-            data_offset,
-        })
+        Ok(Self { version, metadata, tensors, alignment, data_offset })
     }
 
     pub fn tensor(&self, name: &str) -> Option<&TensorInfo> {
@@ -343,64 +281,38 @@ impl GgufFile {
     }
 
     pub fn get(&self, key: &str) -> Result<&Value> {
-        self.metadata.get(key).ok_or_else(|| GgufError::MissingKey {
-            key: key.to_string(),
-        })
+        self.metadata.get(key).ok_or_else(|| GgufError::MissingKey { key: key.to_string() })
     }
 
     pub fn get_u64(&self, key: &str) -> Result<u64> {
         let v = self.get(key)?;
-        v.as_u64().ok_or(GgufError::WrongType {
-            key: key.to_string(),
-            found: v.type_name(),
-            expected: "integer",
-        })
+        v.as_u64().ok_or(GgufError::WrongType { key: key.to_string(), found: v.type_name(), expected: "integer" })
     }
 
     pub fn get_f64(&self, key: &str) -> Result<f64> {
         let v = self.get(key)?;
-        v.as_f64().ok_or(GgufError::WrongType {
-            key: key.to_string(),
-            found: v.type_name(),
-            expected: "number",
-        })
+        v.as_f64().ok_or(GgufError::WrongType { key: key.to_string(), found: v.type_name(), expected: "number" })
     }
 
     pub fn get_str(&self, key: &str) -> Result<&str> {
         match self.get(key)? {
             Value::String(s) => Ok(s),
-            v => Err(GgufError::WrongType {
-                key: key.to_string(),
-                found: v.type_name(),
-                expected: "string",
-            }),
+            v => Err(GgufError::WrongType { key: key.to_string(), found: v.type_name(), expected: "string" }),
         }
     }
 
     pub fn get_array(&self, key: &str) -> Result<&[Value]> {
         match self.get(key)? {
             Value::Array(a) => Ok(a),
-            v => Err(GgufError::WrongType {
-                key: key.to_string(),
-                found: v.type_name(),
-                expected: "array",
-            }),
+            v => Err(GgufError::WrongType { key: key.to_string(), found: v.type_name(), expected: "array" }),
         }
     }
 
     /// Raw bytes of rows `rows` of a tensor seen as a matrix (whole blocks per row).
-    pub fn read_rows<S: ByteSource + ?Sized>(
-        &self,
-        src: &S,
-        t: &TensorInfo,
-        rows: std::ops::Range<usize>,
-    ) -> Result<Vec<u8>> {
+    pub fn read_rows<S: ByteSource + ?Sized>(&self, src: &S, t: &TensorInfo, rows: std::ops::Range<usize>) -> Result<Vec<u8>> {
         let (n, k) = t.rows_k();
         if rows.end > n {
-            return Err(GgufError::Invalid(format!(
-                "rows {rows:?} of `{}` with {n} rows",
-                t.name
-            )));
+            return Err(GgufError::Invalid(format!("rows {rows:?} of `{}` with {n} rows", t.name)));
         }
         let row_bytes = t.ty.size_of(k as u64).map_err(GgufError::Invalid)?;
         let mut buf = vec![0u8; (row_bytes * rows.len() as u64) as usize];

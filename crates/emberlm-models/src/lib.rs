@@ -10,11 +10,13 @@ pub mod ggml;
 pub mod gguf;
 pub mod model;
 pub mod safetensors;
+pub mod sampling;
 pub mod source;
 pub mod tokenizer;
 pub mod weights;
 
 pub use config::{Architecture, ModelConfig};
 pub use error::{ModelError, Result};
-pub use generate::{generate_greedy, GenerateOptions, Generation};
+pub use generate::{generate, GenerateOptions, Generation};
 pub use model::{LoadOptions, Model, Session};
+pub use sampling::SamplingOptions;

@@ -36,10 +36,7 @@ pub struct LoadOptions {
 
 impl Default for LoadOptions {
     fn default() -> Self {
-        Self {
-            dtype: None,
-            context: 2048,
-        }
+        Self { dtype: None, context: 2048 }
     }
 }
 
@@ -94,16 +91,9 @@ struct Loader<'a> {
 
 impl Loader<'_> {
     fn expect_shape(&self, name: &str, rows: usize, k: usize) -> Result<()> {
-        let found = self
-            .store
-            .shape(name)
-            .ok_or_else(|| ModelError::MissingTensor(name.to_string()))?;
+        let found = self.store.shape(name).ok_or_else(|| ModelError::MissingTensor(name.to_string()))?;
         if found != (rows, k) {
-            return Err(ModelError::ShapeMismatch {
-                tensor: name.into(),
-                expected: vec![rows, k],
-                found: vec![found.0, found.1],
-            });
+            return Err(ModelError::ShapeMismatch { tensor: name.into(), expected: vec![rows, k], found: vec![found.0, found.1] });
         }
         Ok(())
     }
@@ -115,17 +105,12 @@ impl Loader<'_> {
             Some(d) => d,
             None => self.store.exact_dtype(name)?,
         };
-        Ok(if k % dtype.k_multiple() == 0 {
-            dtype
-        } else {
-            DType::F32
-        })
+        Ok(if k % dtype.k_multiple() == 0 { dtype } else { DType::F32 })
     }
 
     /// Streams `rows` rows of `name` into `tensor` starting at row `row0`, piece by piece.
     fn upload(&mut self, tensor: &Tensor, row0: usize, name: &str, rows: usize) -> Result<()> {
-        let rows_per_piece =
-            (LOAD_PIECE_BYTES / self.store.row_bytes(name)?.max(1)).max(1) as usize;
+        let rows_per_piece = (LOAD_PIECE_BYTES / self.store.row_bytes(name)?.max(1)).max(1) as usize;
         let mut r = 0;
         while r < rows {
             let end = (r + rows_per_piece).min(rows);
@@ -150,16 +135,9 @@ impl Loader<'_> {
 
     /// A vector (norm weights, biases), always f32.
     fn vector(&mut self, name: &str, len: usize) -> Result<Tensor> {
-        let found = self
-            .store
-            .shape(name)
-            .ok_or_else(|| ModelError::MissingTensor(name.to_string()))?;
+        let found = self.store.shape(name).ok_or_else(|| ModelError::MissingTensor(name.to_string()))?;
         if found.0 * found.1 != len {
-            return Err(ModelError::ShapeMismatch {
-                tensor: name.into(),
-                expected: vec![len],
-                found: vec![found.0 * found.1],
-            });
+            return Err(ModelError::ShapeMismatch { tensor: name.into(), expected: vec![len], found: vec![found.0 * found.1] });
         }
         let values = self.store.read_f32(name)?;
         self.bytes += len as u64 * 4;
@@ -183,31 +161,20 @@ impl Loader<'_> {
             self.expect_shape(name, *rows, k)?;
             dtypes.push(self.dtype_of(name, k)?);
         }
-        let bias_names: Vec<String> = parts
-            .iter()
-            .map(|(n, _)| n.replace(".weight", ".bias"))
-            .collect();
+        let bias_names: Vec<String> = parts.iter().map(|(n, _)| n.replace(".weight", ".bias")).collect();
         let any_bias = bias_names.iter().any(|b| self.store.shape(b).is_some());
         if parts.len() == 1 || dtypes.iter().any(|d| *d != dtypes[0]) {
             let mut out = Vec::with_capacity(parts.len());
             let mut offset = 0;
             for ((name, rows), bias) in parts.iter().zip(&bias_names) {
                 let weight = self.matrix(name, *rows, k)?;
-                out.push(LinearPart {
-                    weight,
-                    bias: self.optional_vector(bias, *rows)?,
-                    offset,
-                });
+                out.push(LinearPart { weight, bias: self.optional_vector(bias, *rows)?, offset });
                 offset += rows;
             }
             return Ok(Linear { parts: out });
         }
         let total: usize = parts.iter().map(|p| p.1).sum();
-        let label = parts
-            .iter()
-            .map(|p| p.0.as_str())
-            .collect::<Vec<_>>()
-            .join("+");
+        let label = parts.iter().map(|p| p.0.as_str()).collect::<Vec<_>>().join("+");
         let weight = Tensor::new_weight(self.dev, &label, &[total, k], dtypes[0])?;
         let mut bias = any_bias.then(|| vec![0f32; total]);
         let mut row0 = 0;
@@ -216,11 +183,7 @@ impl Loader<'_> {
             if let (Some(b), Some(_)) = (bias.as_mut(), self.store.shape(bias_name)) {
                 let values = self.store.read_f32(bias_name)?;
                 if values.len() != *rows {
-                    return Err(ModelError::ShapeMismatch {
-                        tensor: bias_name.clone(),
-                        expected: vec![*rows],
-                        found: vec![values.len()],
-                    });
+                    return Err(ModelError::ShapeMismatch { tensor: bias_name.clone(), expected: vec![*rows], found: vec![values.len()] });
                 }
                 b[row0..row0 + rows].copy_from_slice(&values);
             }
@@ -230,32 +193,17 @@ impl Loader<'_> {
         let bias = match bias {
             Some(values) => {
                 self.bytes += total as u64 * 4;
-                Some(Tensor::from_f32(
-                    self.dev,
-                    &format!("{label} bias"),
-                    &[total],
-                    &values,
-                )?)
+                Some(Tensor::from_f32(self.dev, &format!("{label} bias"), &[total], &values)?)
             }
             None => None,
         };
-        Ok(Linear {
-            parts: vec![LinearPart {
-                weight,
-                bias,
-                offset: 0,
-            }],
-        })
+        Ok(Linear { parts: vec![LinearPart { weight, bias, offset: 0 }] })
     }
 }
 
 impl Model {
     /// Loads a GGUF model (one file or split shards); tensor data is streamed piece by piece.
-    pub fn load_gguf<S: ByteSource>(
-        dev: &GpuDevice,
-        store: &GgufStore<S>,
-        options: &LoadOptions,
-    ) -> Result<Self> {
+    pub fn load_gguf<S: ByteSource>(dev: &GpuDevice, store: &GgufStore<S>, options: &LoadOptions) -> Result<Self> {
         let meta = store.metadata();
         let mut config = ModelConfig::from_gguf(meta)?;
         // Scaling that llama.cpp stores as tensors: Llama 3.1's divisors, Phi-3's LongRoPE sets.
@@ -263,10 +211,7 @@ impl Model {
             config.rope.freq_factors = Some(store.read_f32("rope_freqs.weight")?);
         }
         if store.shape("rope_factors_long.weight").is_some() {
-            let original = meta
-                .get_u64("phi3.rope.scaling.original_context_length")
-                .map(|v| v as usize)
-                .unwrap_or(config.context_length);
+            let original = meta.get_u64("phi3.rope.scaling.original_context_length").map(|v| v as usize).unwrap_or(config.context_length);
             config.rope.long_rope = Some(LongRope {
                 short: store.read_f32("rope_factors_short.weight")?,
                 long: store.read_f32("rope_factors_long.weight")?,
@@ -277,30 +222,16 @@ impl Model {
     }
 
     /// Loads the weights of a model described by `config` from `store`.
-    pub fn load(
-        dev: &GpuDevice,
-        config: ModelConfig,
-        store: &dyn WeightStore,
-        options: &LoadOptions,
-    ) -> Result<Self> {
+    pub fn load(dev: &GpuDevice, config: ModelConfig, store: &dyn WeightStore, options: &LoadOptions) -> Result<Self> {
         let c = &config;
         if options.context == 0 {
             return Err(ModelError::Config("context must be at least 1".into()));
         }
-        let mut ld = Loader {
-            dev,
-            store,
-            dtype: options.dtype,
-            bytes: 0,
-        };
+        let mut ld = Loader { dev, store, dtype: options.dtype, bytes: 0 };
         let (h, d) = (c.hidden, c.head_dim);
         let (q_rows, kv_rows) = (c.heads * d, c.kv_heads * d);
         let embed = ld.matrix("token_embd.weight", c.vocab, h)?;
-        let output = if store.shape("output.weight").is_some() {
-            Some(ld.matrix("output.weight", c.vocab, h)?)
-        } else {
-            None
-        };
+        let output = if store.shape("output.weight").is_some() { Some(ld.matrix("output.weight", c.vocab, h)?) } else { None };
         let output_norm = ld.vector("output_norm.weight", h)?;
         let mut layers = Vec::with_capacity(c.layers);
         for i in 0..c.layers {
@@ -308,11 +239,7 @@ impl Model {
             let qkv_parts = if store.shape(&n("attn_qkv.weight")).is_some() {
                 vec![(n("attn_qkv.weight"), c.qkv_width())]
             } else {
-                vec![
-                    (n("attn_q.weight"), q_rows),
-                    (n("attn_k.weight"), kv_rows),
-                    (n("attn_v.weight"), kv_rows),
-                ]
+                vec![(n("attn_q.weight"), q_rows), (n("attn_k.weight"), kv_rows), (n("attn_v.weight"), kv_rows)]
             };
             let gate_up_parts = if store.shape(&n("ffn_gate.weight")).is_some() {
                 vec![(n("ffn_gate.weight"), c.ffn), (n("ffn_up.weight"), c.ffn)]
@@ -346,28 +273,11 @@ impl Model {
                 post_ffw_norm: post(&mut ld, "post_ffw_norm.weight")?,
             });
         }
-        let table = |r: &RopeConfig| -> Result<RopeTable> {
-            Ok(RopeTable::new(
-                dev,
-                &r.inv_freq(options.context)?,
-                options.context,
-                r.attention_factor,
-            )?)
-        };
+        let table = |r: &RopeConfig| -> Result<RopeTable> { Ok(RopeTable::new(dev, &r.inv_freq(options.context)?, options.context, r.attention_factor)?) };
         let rope = table(&c.rope)?;
         let rope_local = c.rope_local.as_ref().map(table).transpose()?;
         let weight_bytes = ld.bytes;
-        Ok(Self {
-            context: options.context,
-            weight_bytes,
-            embed,
-            output,
-            output_norm,
-            layers,
-            rope,
-            rope_local,
-            config,
-        })
+        Ok(Self { context: options.context, weight_bytes, embed, output, output_norm, layers, rope, rope_local, config })
     }
 }
 
@@ -406,11 +316,7 @@ impl Workspace {
             qkv: f32t("qkv", c.qkv_width())?,
             attn: f32t("attention out", c.heads * c.head_dim)?,
             out: f32t("block out", c.hidden)?,
-            post: if c.arch.has_post_norms() {
-                Some(f32t("post-norm out", c.hidden)?)
-            } else {
-                None
-            },
+            post: if c.arch.has_post_norms() { Some(f32t("post-norm out", c.hidden)?) } else { None },
             gate_up: f32t("gate|up", 2 * c.ffn)?,
             act: f32t("activation", c.ffn)?,
             logits: Tensor::new_zeroed(dev, "logits", &[c.vocab], DType::F32)?,
@@ -440,29 +346,10 @@ impl<'m> Session<'m> {
         let mut k = Vec::with_capacity(c.layers);
         let mut v = Vec::with_capacity(c.layers);
         for i in 0..c.layers {
-            k.push(Tensor::new_zeroed(
-                dev,
-                &format!("k cache {i}"),
-                &[len],
-                DType::F32,
-            )?);
-            v.push(Tensor::new_zeroed(
-                dev,
-                &format!("v cache {i}"),
-                &[len],
-                DType::F32,
-            )?);
+            k.push(Tensor::new_zeroed(dev, &format!("k cache {i}"), &[len], DType::F32)?);
+            v.push(Tensor::new_zeroed(dev, &format!("v cache {i}"), &[len], DType::F32)?);
         }
-        Ok(Self {
-            model,
-            cache: KvCache {
-                k,
-                v,
-                capacity: model.context,
-            },
-            position: 0,
-            decode: None,
-        })
+        Ok(Self { model, cache: KvCache { k, v, capacity: model.context }, position: 0, decode: None })
     }
 
     /// Forgets the conversation (the cache is overwritten from position 0).
@@ -472,12 +359,7 @@ impl<'m> Session<'m> {
 
     /// Runs `tokens` at the next positions and returns the greedy next token; reads the last
     /// position's logits back only when `want_logits`.
-    pub async fn step(
-        &mut self,
-        dev: &GpuDevice,
-        tokens: &[u32],
-        want_logits: bool,
-    ) -> Result<StepOutput> {
+    pub async fn step(&mut self, dev: &GpuDevice, tokens: &[u32], want_logits: bool) -> Result<StepOutput> {
         let c = &self.model.config;
         if tokens.is_empty() {
             return Err(ModelError::Config("a step needs at least one token".into()));
@@ -486,10 +368,7 @@ impl<'m> Session<'m> {
             return Err(ModelError::TokenOutOfRange { id, vocab: c.vocab });
         }
         if self.position + tokens.len() > self.cache.capacity {
-            return Err(ModelError::ContextFull {
-                needed: self.position + tokens.len(),
-                capacity: self.cache.capacity,
-            });
+            return Err(ModelError::ContextFull { needed: self.position + tokens.len(), capacity: self.cache.capacity });
         }
         let ws = if tokens.len() == 1 {
             if self.decode.is_none() {
@@ -499,21 +378,14 @@ impl<'m> Session<'m> {
         } else {
             Some(Workspace::new(dev, c, tokens.len())?)
         };
-        let ws = ws
-            .as_ref()
-            .unwrap_or_else(|| self.decode.as_ref().expect("decode workspace"));
-        ws.ids
-            .write_rows(dev, 0, bytemuck::cast_slice(tokens), &[])?;
+        let ws = ws.as_ref().unwrap_or_else(|| self.decode.as_ref().expect("decode workspace"));
+        ws.ids.write_rows(dev, 0, bytemuck::cast_slice(tokens), &[])?;
         let mut plan = Plan::new(dev);
         self.record(&mut plan, ws, self.position)?;
         plan.finish()?.run(dev)?;
         self.position += tokens.len();
         let argmax = dev.read_u32(ws.next.buffer()?, 0, 1).await?[0];
-        let logits = if want_logits {
-            Some(ws.logits.read_f32(dev).await?)
-        } else {
-            None
-        };
+        let logits = if want_logits { Some(ws.logits.read_f32(dev).await?) } else { None };
         Ok(StepOutput { argmax, logits })
     }
 
@@ -522,12 +394,7 @@ impl<'m> Session<'m> {
         let c = &m.config;
         let t = ws.tokens;
         let (d, qkv_w) = (c.head_dim, c.qkv_width());
-        let project = |plan: &mut Plan,
-                       x: &Tensor,
-                       lin: &Linear,
-                       y: &Tensor,
-                       y_cols: usize|
-         -> Result<()> {
+        let project = |plan: &mut Plan, x: &Tensor, lin: &Linear, y: &Tensor, y_cols: usize| -> Result<()> {
             for p in &lin.parts {
                 if t == 1 {
                     ops::matvec_into(plan, &p.weight, x, 0, p.bias.as_ref(), y, p.offset)?;
@@ -555,103 +422,23 @@ impl<'m> Session<'m> {
         let mut pending: Option<&Tensor> = None;
         for (i, layer) in m.layers.iter().enumerate() {
             match pending {
-                None => ops::rms_norm(
-                    plan,
-                    &ws.residual,
-                    &layer.attn_norm,
-                    None,
-                    &ws.normed,
-                    t,
-                    c.rms_eps,
-                    c.norm_offset,
-                )?,
-                Some(x) => ops::rms_norm(
-                    plan,
-                    x,
-                    &layer.attn_norm,
-                    Some(&ws.residual),
-                    &ws.normed,
-                    t,
-                    c.rms_eps,
-                    c.norm_offset,
-                )?,
+                None => ops::rms_norm(plan, &ws.residual, &layer.attn_norm, None, &ws.normed, t, c.rms_eps, c.norm_offset)?,
+                Some(x) => ops::rms_norm(plan, x, &layer.attn_norm, Some(&ws.residual), &ws.normed, t, c.rms_eps, c.norm_offset)?,
             };
             project(plan, &ws.normed, &layer.qkv, &ws.qkv, qkv_w)?;
             if let (Some(qn), Some(kn)) = (&layer.q_norm, &layer.k_norm) {
-                ops::head_rms_norm(
-                    plan,
-                    &ws.qkv,
-                    qn,
-                    t,
-                    c.heads,
-                    0,
-                    qkv_w,
-                    c.rms_eps,
-                    c.norm_offset,
-                )?;
-                ops::head_rms_norm(
-                    plan,
-                    &ws.qkv,
-                    kn,
-                    t,
-                    c.kv_heads,
-                    c.heads,
-                    qkv_w,
-                    c.rms_eps,
-                    c.norm_offset,
-                )?;
+                ops::head_rms_norm(plan, &ws.qkv, qn, t, c.heads, 0, qkv_w, c.rms_eps, c.norm_offset)?;
+                ops::head_rms_norm(plan, &ws.qkv, kn, t, c.kv_heads, c.heads, qkv_w, c.rms_eps, c.norm_offset)?;
             }
             let window = c.layer_windows[i];
             let rope = match (&m.rope_local, window > 0) {
                 (Some(local), true) => local,
                 _ => &m.rope,
             };
-            ops::rope(
-                plan,
-                &ws.qkv,
-                rope,
-                c.rope_layout,
-                t,
-                c.heads,
-                d,
-                0,
-                qkv_w,
-                pos0,
-            )?;
-            ops::rope(
-                plan,
-                &ws.qkv,
-                rope,
-                c.rope_layout,
-                t,
-                c.kv_heads,
-                d,
-                c.heads,
-                qkv_w,
-                pos0,
-            )?;
-            ops::kv_cache_append(
-                plan,
-                &ws.qkv,
-                &self.cache.k[i],
-                t,
-                c.kv_heads,
-                d,
-                c.heads,
-                qkv_w,
-                pos0,
-            )?;
-            ops::kv_cache_append(
-                plan,
-                &ws.qkv,
-                &self.cache.v[i],
-                t,
-                c.kv_heads,
-                d,
-                c.heads + c.kv_heads,
-                qkv_w,
-                pos0,
-            )?;
+            ops::rope(plan, &ws.qkv, rope, c.rope_layout, t, c.heads, d, 0, qkv_w, pos0)?;
+            ops::rope(plan, &ws.qkv, rope, c.rope_layout, t, c.kv_heads, d, c.heads, qkv_w, pos0)?;
+            ops::kv_cache_append(plan, &ws.qkv, &self.cache.k[i], t, c.kv_heads, d, c.heads, qkv_w, pos0)?;
+            ops::kv_cache_append(plan, &ws.qkv, &self.cache.v[i], t, c.kv_heads, d, c.heads + c.kv_heads, qkv_w, pos0)?;
             let params = ops::AttentionParams {
                 tokens: t,
                 heads_q: c.heads,
@@ -663,27 +450,11 @@ impl<'m> Session<'m> {
                 softcap: c.attn_softcap,
                 q_stride: qkv_w,
             };
-            ops::attention(
-                plan,
-                &ws.qkv,
-                &self.cache.k[i],
-                &self.cache.v[i],
-                &ws.attn,
-                &params,
-            )?;
+            ops::attention(plan, &ws.qkv, &self.cache.k[i], &self.cache.v[i], &ws.attn, &params)?;
             project(plan, &ws.attn, &layer.o, &ws.out, c.hidden)?;
             post_norm(plan, &ws.out, layer.post_attn_norm.as_ref())?;
             let attn_out = block_out(layer.post_attn_norm.as_ref());
-            ops::rms_norm(
-                plan,
-                attn_out,
-                &layer.ffn_norm,
-                Some(&ws.residual),
-                &ws.normed,
-                t,
-                c.rms_eps,
-                c.norm_offset,
-            )?;
+            ops::rms_norm(plan, attn_out, &layer.ffn_norm, Some(&ws.residual), &ws.normed, t, c.rms_eps, c.norm_offset)?;
             project(plan, &ws.normed, &layer.gate_up, &ws.gate_up, 2 * c.ffn)?;
             ops::gated_activation(plan, &ws.gate_up, &ws.act, t, c.ffn, c.activation)?;
             project(plan, &ws.act, &layer.down, &ws.out, c.hidden)?;
@@ -691,16 +462,7 @@ impl<'m> Session<'m> {
             pending = Some(block_out(layer.post_ffw_norm.as_ref()));
         }
         let last = pending.unwrap_or(&ws.out);
-        ops::rms_norm(
-            plan,
-            last,
-            &m.output_norm,
-            Some(&ws.residual),
-            &ws.normed,
-            t,
-            c.rms_eps,
-            c.norm_offset,
-        )?;
+        ops::rms_norm(plan, last, &m.output_norm, Some(&ws.residual), &ws.normed, t, c.rms_eps, c.norm_offset)?;
         let head = m.output.as_ref().unwrap_or(&m.embed);
         ops::matvec_into(plan, head, &ws.normed, t - 1, None, &ws.logits, 0)?;
         if c.final_softcap > 0.0 {

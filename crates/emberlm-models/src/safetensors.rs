@@ -56,10 +56,7 @@ impl StTensor {
 }
 
 fn invalid(file: &str, msg: impl std::fmt::Display) -> ModelError {
-    ModelError::Safetensors {
-        file: file.to_string(),
-        reason: msg.to_string(),
-    }
+    ModelError::Safetensors { file: file.to_string(), reason: msg.to_string() }
 }
 
 /// Parses and validates a safetensors header: every tensor must be f32/f16/bf16, its byte
@@ -67,27 +64,18 @@ fn invalid(file: &str, msg: impl std::fmt::Display) -> ModelError {
 pub fn read_header<S: ByteSource + ?Sized>(file: &str, src: &S) -> Result<Vec<StTensor>> {
     let len = src.len();
     if len < 8 {
-        return Err(invalid(
-            file,
-            format!("{len} bytes is too short for a safetensors file"),
-        ));
+        return Err(invalid(file, format!("{len} bytes is too short for a safetensors file")));
     }
     let mut n = [0u8; 8];
     src.read_at(0, &mut n).map_err(|e| invalid(file, e))?;
     let n = u64::from_le_bytes(n);
     if n > MAX_HEADER_BYTES || 8 + n > len {
-        return Err(invalid(
-            file,
-            format!("header claims {n} bytes, the file has {len}"),
-        ));
+        return Err(invalid(file, format!("header claims {n} bytes, the file has {len}")));
     }
     let mut header = vec![0u8; n as usize];
     src.read_at(8, &mut header).map_err(|e| invalid(file, e))?;
-    let json: Json = serde_json::from_slice(&header)
-        .map_err(|e| invalid(file, format!("header is not valid JSON: {e}")))?;
-    let obj = json
-        .as_object()
-        .ok_or_else(|| invalid(file, "header is not a JSON object"))?;
+    let json: Json = serde_json::from_slice(&header).map_err(|e| invalid(file, format!("header is not valid JSON: {e}")))?;
+    let obj = json.as_object().ok_or_else(|| invalid(file, "header is not a JSON object"))?;
     let data_start = 8 + n;
     let mut tensors = Vec::with_capacity(obj.len());
     for (name, entry) in obj {
@@ -99,11 +87,7 @@ pub fn read_header<S: ByteSource + ?Sized>(file: &str, src: &S) -> Result<Vec<St
             Some("F32") => StDType::F32,
             Some("F16") => StDType::F16,
             Some("BF16") => StDType::BF16,
-            Some(other) => {
-                return Err(bad(format!(
-                    "dtype {other} is not supported (F32, F16, BF16)"
-                )))
-            }
+            Some(other) => return Err(bad(format!("dtype {other} is not supported (F32, F16, BF16)"))),
             None => return Err(bad("no dtype".into())),
         };
         let shape: Vec<usize> = entry
@@ -120,42 +104,23 @@ pub fn read_header<S: ByteSource + ?Sized>(file: &str, src: &S) -> Result<Vec<St
             .map(|a| a.iter().filter_map(Json::as_u64).collect())
             .filter(|v: &Vec<u64>| v.len() == 2)
             .ok_or_else(|| bad("data_offsets is not [begin, end]".into()))?;
-        let numel = shape
-            .iter()
-            .try_fold(1u64, |acc, &d| acc.checked_mul(d as u64))
-            .ok_or_else(|| bad(format!("shape {shape:?} overflows")))?;
-        let want = numel
-            .checked_mul(dtype.size())
-            .ok_or_else(|| bad(format!("shape {shape:?} overflows")))?;
+        let numel = shape.iter().try_fold(1u64, |acc, &d| acc.checked_mul(d as u64)).ok_or_else(|| bad(format!("shape {shape:?} overflows")))?;
+        let want = numel.checked_mul(dtype.size()).ok_or_else(|| bad(format!("shape {shape:?} overflows")))?;
         let (b, e) = (offsets[0], offsets[1]);
         if e < b || e - b != want {
-            return Err(bad(format!(
-                "data_offsets {b}..{e} hold {} bytes, shape {shape:?} needs {want}",
-                e.saturating_sub(b)
-            )));
+            return Err(bad(format!("data_offsets {b}..{e} hold {} bytes, shape {shape:?} needs {want}", e.saturating_sub(b))));
         }
         let (start, end) = (data_start + b, data_start + e);
         if end > len {
             return Err(bad(format!("data {start}..{end} is past the end of the file ({len} bytes); the file is truncated")));
         }
-        tensors.push(StTensor {
-            name: name.clone(),
-            dtype,
-            shape,
-            bytes: start..end,
-        });
+        tensors.push(StTensor { name: name.clone(), dtype, shape, bytes: start..end });
     }
-    let mut ranges: Vec<_> = tensors
-        .iter()
-        .map(|t| (t.bytes.start, t.bytes.end, t.name.as_str()))
-        .collect();
+    let mut ranges: Vec<_> = tensors.iter().map(|t| (t.bytes.start, t.bytes.end, t.name.as_str())).collect();
     ranges.sort_unstable();
     for w in ranges.windows(2) {
         if w[1].0 < w[0].1 {
-            return Err(invalid(
-                file,
-                format!("tensors `{}` and `{}` overlap", w[0].2, w[1].2),
-            ));
+            return Err(invalid(file, format!("tensors `{}` and `{}` overlap", w[0].2, w[1].2)));
         }
     }
     Ok(tensors)
@@ -163,10 +128,7 @@ pub fn read_header<S: ByteSource + ?Sized>(file: &str, src: &S) -> Result<Vec<St
 
 /// The llama.cpp name for a Hugging Face tensor name, `None` for tensors the model does not use.
 pub fn canonical_name(hf: &str, arch: Architecture) -> Option<String> {
-    let hf = ["model.language_model.", "language_model.model.", "model."]
-        .iter()
-        .find_map(|p| hf.strip_prefix(p))
-        .unwrap_or(hf);
+    let hf = ["model.language_model.", "language_model.model.", "model."].iter().find_map(|p| hf.strip_prefix(p)).unwrap_or(hf);
     match hf {
         "embed_tokens.weight" => return Some("token_embd.weight".into()),
         "norm.weight" => return Some("output_norm.weight".into()),
@@ -216,57 +178,33 @@ impl<S: ByteSource> SafetensorsStore<S> {
             for t in read_header(&file_name, &src)? {
                 if let Some(name) = canonical_name(&t.name, arch) {
                     if let Some((_, prev)) = tensors.insert(name.clone(), (i, t)) {
-                        return Err(invalid(
-                            &file_name,
-                            format!("`{}` and another tensor both map to `{name}`", prev.name),
-                        ));
+                        return Err(invalid(&file_name, format!("`{}` and another tensor both map to `{name}`", prev.name)));
                     }
                 }
             }
             sources.push(src);
         }
-        Ok(Self {
-            files: sources,
-            tensors,
-        })
+        Ok(Self { files: sources, tensors })
     }
 
     fn find(&self, name: &str) -> Result<(&S, &StTensor)> {
-        self.tensors
-            .get(name)
-            .map(|(i, t)| (&self.files[*i], t))
-            .ok_or_else(|| ModelError::MissingTensor(name.to_string()))
+        self.tensors.get(name).map(|(i, t)| (&self.files[*i], t)).ok_or_else(|| ModelError::MissingTensor(name.to_string()))
     }
 
     fn rows_f32(&self, name: &str, rows: Range<usize>) -> Result<(usize, Vec<f32>)> {
         let (src, t) = self.find(name)?;
         let (n_rows, k) = t.rows_k();
         if rows.end > n_rows {
-            return Err(ModelError::Tensor {
-                tensor: name.into(),
-                reason: format!("rows {rows:?} of {n_rows}"),
-            });
+            return Err(ModelError::Tensor { tensor: name.into(), reason: format!("rows {rows:?} of {n_rows}") });
         }
         let size = t.dtype.size();
         let mut bytes = vec![0u8; rows.len() * k * size as usize];
         src.read_at(t.bytes.start + (rows.start * k) as u64 * size, &mut bytes)
-            .map_err(|e| ModelError::Tensor {
-                tensor: format!("{name} ({})", t.name),
-                reason: e.to_string(),
-            })?;
+            .map_err(|e| ModelError::Tensor { tensor: format!("{name} ({})", t.name), reason: e.to_string() })?;
         let values = match t.dtype {
-            StDType::F32 => bytes
-                .chunks_exact(4)
-                .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
-                .collect(),
-            StDType::F16 => bytes
-                .chunks_exact(2)
-                .map(|b| f16::from_le_bytes([b[0], b[1]]).to_f32())
-                .collect(),
-            StDType::BF16 => bytes
-                .chunks_exact(2)
-                .map(|b| bf16::from_le_bytes([b[0], b[1]]).to_f32())
-                .collect(),
+            StDType::F32 => bytes.chunks_exact(4).map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]])).collect(),
+            StDType::F16 => bytes.chunks_exact(2).map(|b| f16::from_le_bytes([b[0], b[1]]).to_f32()).collect(),
+            StDType::BF16 => bytes.chunks_exact(2).map(|b| bf16::from_le_bytes([b[0], b[1]]).to_f32()).collect(),
         };
         Ok((k, values))
     }
@@ -279,11 +217,7 @@ impl<S: ByteSource> WeightStore for SafetensorsStore<S> {
 
     fn exact_dtype(&self, name: &str) -> Result<DType> {
         // bf16 → f16 would round small values; f32 holds bf16 exactly.
-        Ok(if self.find(name)?.1.dtype == StDType::F16 {
-            DType::F16
-        } else {
-            DType::F32
-        })
+        Ok(if self.find(name)?.1.dtype == StDType::F16 { DType::F16 } else { DType::F32 })
     }
 
     fn row_bytes(&self, name: &str) -> Result<u64> {
@@ -295,10 +229,7 @@ impl<S: ByteSource> WeightStore for SafetensorsStore<S> {
         let n = rows.len();
         let (k, values) = self.rows_f32(name, rows)?;
         if k % dtype.k_multiple() != 0 {
-            return Err(ModelError::Tensor {
-                tensor: name.into(),
-                reason: format!("row length {k} does not fit {}", dtype.name()),
-            });
+            return Err(ModelError::Tensor { tensor: name.into(), reason: format!("row length {k} does not fit {}", dtype.name()) });
         }
         Ok(PackedMatrix::pack(dtype, n, k, &values))
     }
@@ -314,18 +245,12 @@ pub fn index_files(index: &Json) -> Result<Vec<String>> {
     let map = index
         .get("weight_map")
         .and_then(Json::as_object)
-        .ok_or_else(|| {
-            ModelError::Config("model.safetensors.index.json has no `weight_map` object".into())
-        })?;
+        .ok_or_else(|| ModelError::Config("model.safetensors.index.json has no `weight_map` object".into()))?;
     let mut files: Vec<String> = Vec::new();
     for v in map.values() {
-        let f = v
-            .as_str()
-            .ok_or_else(|| ModelError::Config("weight_map values must be file names".into()))?;
+        let f = v.as_str().ok_or_else(|| ModelError::Config("weight_map values must be file names".into()))?;
         if f.contains('/') || f.contains('\\') || f.starts_with('.') {
-            return Err(ModelError::Config(format!(
-                "weight_map names a file outside the model directory: `{f}`"
-            )));
+            return Err(ModelError::Config(format!("weight_map names a file outside the model directory: `{f}`")));
         }
         if !files.iter().any(|x| x == f) {
             files.push(f.to_string());

@@ -24,15 +24,9 @@ impl ByteSource for [u8] {
         <[u8]>::len(self) as u64
     }
     fn read_at(&self, offset: u64, buf: &mut [u8]) -> Result<(), SourceError> {
-        let end = offset
-            .checked_add(buf.len() as u64)
-            .filter(|&e| e <= ByteSource::len(self));
+        let end = offset.checked_add(buf.len() as u64).filter(|&e| e <= ByteSource::len(self));
         let Some(end) = end else {
-            return Err(SourceError::OutOfRange {
-                start: offset,
-                end: offset + buf.len() as u64,
-                len: ByteSource::len(self),
-            });
+            return Err(SourceError::OutOfRange { start: offset, end: offset + buf.len() as u64, len: ByteSource::len(self) });
         };
         buf.copy_from_slice(&self[offset as usize..end as usize]);
         Ok(())
@@ -57,12 +51,8 @@ pub struct FileSource {
 #[cfg(not(target_arch = "wasm32"))]
 impl FileSource {
     pub fn open(path: &std::path::Path) -> Result<Self, SourceError> {
-        let file = std::fs::File::open(path)
-            .map_err(|e| SourceError::Io(format!("{}: {e}", path.display())))?;
-        let len = file
-            .metadata()
-            .map_err(|e| SourceError::Io(e.to_string()))?
-            .len();
+        let file = std::fs::File::open(path).map_err(|e| SourceError::Io(format!("{}: {e}", path.display())))?;
+        let len = file.metadata().map_err(|e| SourceError::Io(e.to_string()))?.len();
         Ok(Self { file, len })
     }
 }
@@ -76,14 +66,8 @@ impl ByteSource for FileSource {
         use std::os::unix::fs::FileExt;
         let end = offset + buf.len() as u64;
         if end > self.len {
-            return Err(SourceError::OutOfRange {
-                start: offset,
-                end,
-                len: self.len,
-            });
+            return Err(SourceError::OutOfRange { start: offset, end, len: self.len });
         }
-        self.file
-            .read_exact_at(buf, offset)
-            .map_err(|e| SourceError::Io(e.to_string()))
+        self.file.read_exact_at(buf, offset).map_err(|e| SourceError::Io(e.to_string()))
     }
 }

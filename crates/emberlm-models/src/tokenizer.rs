@@ -18,8 +18,7 @@ fn tok_err(e: impl std::fmt::Display) -> ModelError {
 /// GPT-2's byte → printable character table: byte-level vocabularies spell every byte this way.
 fn byte_to_char() -> [char; 256] {
     let mut table = ['\0'; 256];
-    let printable =
-        |b: u32| (33..=126).contains(&b) || (161..=172).contains(&b) || (174..=255).contains(&b);
+    let printable = |b: u32| (33..=126).contains(&b) || (161..=172).contains(&b) || (174..=255).contains(&b);
     let mut extra = 0;
     for b in 0..256u32 {
         table[b as usize] = if printable(b) {
@@ -46,9 +45,7 @@ fn split_regex(pre: &str) -> Option<&'static str> {
 impl TextTokenizer {
     /// From the contents of a `tokenizer.json`.
     pub fn from_json_bytes(bytes: &[u8]) -> Result<Self> {
-        Ok(Self {
-            inner: tokenizers::Tokenizer::from_bytes(bytes).map_err(tok_err)?,
-        })
+        Ok(Self { inner: tokenizers::Tokenizer::from_bytes(bytes).map_err(tok_err)? })
     }
 
     /// From GGUF metadata. Byte-level BPE (`gpt2`, used by Llama 3, Qwen, SmolLM2, ...) only;
@@ -63,35 +60,27 @@ impl TextTokenizer {
                 .iter()
                 .map(|v| match v {
                     Value::String(s) => Ok(s.clone()),
-                    other => Err(ModelError::Tokenizer(format!(
-                        "`{key}` holds a {}, not strings",
-                        other.type_name()
-                    ))),
+                    other => Err(ModelError::Tokenizer(format!("`{key}` holds a {}, not strings", other.type_name()))),
                 })
                 .collect()
         };
         let tokens = strings("tokenizer.ggml.tokens")?;
         let merges = strings("tokenizer.ggml.merges")?;
-        let types: Vec<u64> = f
-            .get_array("tokenizer.ggml.token_type")
-            .map(|a| a.iter().map(|v| v.as_u64().unwrap_or(1)).collect())
-            .unwrap_or_default();
+        let types: Vec<u64> = f.get_array("tokenizer.ggml.token_type").map(|a| a.iter().map(|v| v.as_u64().unwrap_or(1)).collect()).unwrap_or_default();
         let table = byte_to_char();
         let alphabet: std::collections::HashSet<char> = table.iter().copied().collect();
         let mut vocab = serde_json::Map::with_capacity(tokens.len());
         let mut added = Vec::new();
         for (id, token) in tokens.iter().enumerate() {
             // A token outside the byte alphabet is stored as raw text: respell its bytes.
-            let spelled = if token.chars().all(|c| alphabet.contains(&c)) {
-                token.clone()
-            } else {
-                token.bytes().map(|b| table[b as usize]).collect()
-            };
+            let spelled = if token.chars().all(|c| alphabet.contains(&c)) { token.clone() } else { token.bytes().map(|b| table[b as usize]).collect() };
             vocab.insert(spelled.clone(), json!(id));
             // 3 = control (special, matched whole), 4 = user-defined (matched whole, not special).
             match types.get(id) {
-                Some(3) if spelled == *token => added.push(json!({"id": id, "content": token, "single_word": false, "lstrip": false, "rstrip": false, "normalized": false, "special": true})),
-                Some(4) => added.push(json!({"id": id, "content": token, "single_word": false, "lstrip": false, "rstrip": false, "normalized": false, "special": false})),
+                Some(3) if spelled == *token => added
+                    .push(json!({"id": id, "content": token, "single_word": false, "lstrip": false, "rstrip": false, "normalized": false, "special": true})),
+                Some(4) => added
+                    .push(json!({"id": id, "content": token, "single_word": false, "lstrip": false, "rstrip": false, "normalized": false, "special": false})),
                 _ => {}
             }
         }
@@ -115,12 +104,7 @@ impl TextTokenizer {
     /// Token ids of `text`; special-token strings in the text become their ids. No BOS is added
     /// here: chat templates write it, and raw prompts add it through the caller's choice.
     pub fn encode(&self, text: &str) -> Result<Vec<u32>> {
-        Ok(self
-            .inner
-            .encode(text, false)
-            .map_err(tok_err)?
-            .get_ids()
-            .to_vec())
+        Ok(self.inner.encode(text, false).map_err(tok_err)?.get_ids().to_vec())
     }
 
     pub fn decode(&self, ids: &[u32], skip_special: bool) -> Result<String> {
@@ -150,21 +134,14 @@ pub struct StreamDecoder {
 
 impl StreamDecoder {
     pub fn new(skip_special: bool) -> Self {
-        Self {
-            ids: Vec::new(),
-            emitted: 0,
-            skip_special,
-        }
+        Self { ids: Vec::new(), emitted: 0, skip_special }
     }
 
     /// Adds a token and returns the new text it completes (possibly empty).
     pub fn push(&mut self, tok: &TextTokenizer, id: u32) -> Result<String> {
         self.ids.push(id);
         let text = tok.decode(&self.ids, self.skip_special)?;
-        if text.ends_with('\u{FFFD}')
-            || text.len() < self.emitted
-            || !text.is_char_boundary(self.emitted)
-        {
+        if text.ends_with('\u{FFFD}') || text.len() < self.emitted || !text.is_char_boundary(self.emitted) {
             return Ok(String::new());
         }
         let piece = text[self.emitted..].to_string();

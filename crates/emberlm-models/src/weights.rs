@@ -39,26 +39,17 @@ impl<S: ByteSource> GgufStore<S> {
         };
         let declared = first.get_u64("split.count").unwrap_or(1) as usize;
         if declared != shards.len() {
-            return Err(ModelError::Config(format!(
-                "the GGUF model is split into {declared} files, {} given",
-                shards.len()
-            )));
+            return Err(ModelError::Config(format!("the GGUF model is split into {declared} files, {} given", shards.len())));
         }
         let mut seen = std::collections::HashSet::new();
         for (i, (f, _)) in shards.iter().enumerate() {
             let no = f.get_u64("split.no").unwrap_or(0) as usize;
             if no != i {
-                return Err(ModelError::Config(format!(
-                    "GGUF shard {} is split number {no}; shards must be given in order",
-                    i + 1
-                )));
+                return Err(ModelError::Config(format!("GGUF shard {} is split number {no}; shards must be given in order", i + 1)));
             }
             for t in &f.tensors {
                 if !seen.insert(t.name.as_str()) {
-                    return Err(ModelError::Config(format!(
-                        "tensor `{}` appears in two GGUF shards",
-                        t.name
-                    )));
+                    return Err(ModelError::Config(format!("tensor `{}` appears in two GGUF shards", t.name)));
                 }
             }
         }
@@ -70,10 +61,7 @@ impl<S: ByteSource> GgufStore<S> {
     }
 
     fn find(&self, name: &str) -> Result<(&GgufFile, &S, &TensorInfo)> {
-        self.shards
-            .iter()
-            .find_map(|(f, s)| f.tensor(name).map(|t| (f, s, t)))
-            .ok_or_else(|| ModelError::MissingTensor(name.to_string()))
+        self.shards.iter().find_map(|(f, s)| f.tensor(name).map(|t| (f, s, t))).ok_or_else(|| ModelError::MissingTensor(name.to_string()))
     }
 
     fn bytes(&self, name: &str, rows: Range<usize>) -> Result<(GgmlType, usize, Vec<u8>)> {
@@ -83,10 +71,7 @@ impl<S: ByteSource> GgufStore<S> {
 }
 
 fn tensor_err(name: &str) -> impl FnOnce(String) -> ModelError + '_ {
-    move |reason| ModelError::Tensor {
-        tensor: name.into(),
-        reason,
-    }
+    move |reason| ModelError::Tensor { tensor: name.into(), reason }
 }
 
 impl<S: ByteSource> WeightStore for GgufStore<S> {
@@ -130,11 +115,7 @@ pub fn gguf_shard_names(file_name: &str) -> Option<Vec<String>> {
     if n == 0 || n > 10_000 {
         return None;
     }
-    Some(
-        (1..=n)
-            .map(|i| format!("{prefix}-{i:0width$}-of-{count}.gguf"))
-            .collect(),
-    )
+    Some((1..=n).map(|i| format!("{prefix}-{i:0width$}-of-{count}.gguf")).collect())
 }
 
 #[cfg(test)]
@@ -145,10 +126,7 @@ mod tests {
     fn shard_names_follow_llama_cpp_split_naming() {
         assert_eq!(
             gguf_shard_names("Qwen2.5-7B-Instruct-Q4_K_M-00002-of-00002.gguf").unwrap(),
-            vec![
-                "Qwen2.5-7B-Instruct-Q4_K_M-00001-of-00002.gguf",
-                "Qwen2.5-7B-Instruct-Q4_K_M-00002-of-00002.gguf"
-            ]
+            vec!["Qwen2.5-7B-Instruct-Q4_K_M-00001-of-00002.gguf", "Qwen2.5-7B-Instruct-Q4_K_M-00002-of-00002.gguf"]
         );
         assert_eq!(gguf_shard_names("model.gguf"), None);
         assert_eq!(gguf_shard_names("x-1-of-0.gguf"), None);

@@ -8,18 +8,13 @@ use emberlm_core::DType;
 use emberlm_models::ggml::{self, GgmlType};
 
 fn fixture(name: &str) -> Vec<u8> {
-    let path = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-        .join("../../tests/fixtures/gguf/dequant")
-        .join(name);
+    let path = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../tests/fixtures/gguf/dequant").join(name);
     std::fs::read(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
 }
 
 fn reference(ty: GgmlType) -> (Vec<u8>, Vec<f32>) {
     let blocks = fixture(&format!("{}.blocks", ty.name()));
-    let values = fixture(&format!("{}.f32", ty.name()))
-        .chunks_exact(4)
-        .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
-        .collect();
+    let values = fixture(&format!("{}.f32", ty.name())).chunks_exact(4).map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]])).collect();
     (blocks, values)
 }
 
@@ -44,41 +39,20 @@ fn dequantisation_matches_the_gguf_reference_bit_for_bit() {
         let mut got = vec![0f32; want.len()];
         ggml::dequantize(ty, &blocks, &mut got).unwrap();
         for (i, (g, w)) in got.iter().zip(&want).enumerate() {
-            assert!(
-                g.to_bits() == w.to_bits() || (g == w),
-                "{}: value {i}: {g} vs gguf {w}",
-                ty.name()
-            );
+            assert!(g.to_bits() == w.to_bits() || (g == w), "{}: value {i}: {g} vs gguf {w}", ty.name());
         }
     }
 }
 
 #[test]
 fn exact_repacking_keeps_the_file_values() {
-    for ty in [
-        GgmlType::Q4_0,
-        GgmlType::Q4_1,
-        GgmlType::Q5_0,
-        GgmlType::Q8_0,
-        GgmlType::F16,
-    ] {
+    for ty in [GgmlType::Q4_0, GgmlType::Q4_1, GgmlType::Q5_0, GgmlType::Q8_0, GgmlType::F16] {
         let (blocks, want) = reference(ty);
         let dtype = ggml::exact_dtype(ty);
-        assert_ne!(
-            dtype,
-            DType::F32,
-            "{} should repack into a smaller format",
-            ty.name()
-        );
+        assert_ne!(dtype, DType::F32, "{} should repack into a smaller format", ty.name());
         let k = 32;
         let packed = ggml::pack_rows(ty, &blocks, want.len() / k, k, dtype).unwrap();
-        assert_eq!(
-            packed.dequantize(),
-            want,
-            "{} → {}",
-            ty.name(),
-            dtype.name()
-        );
+        assert_eq!(packed.dequantize(), want, "{} → {}", ty.name(), dtype.name());
     }
 }
 

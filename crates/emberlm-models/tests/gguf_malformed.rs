@@ -14,14 +14,7 @@ struct Writer {
 
 impl Writer {
     fn new() -> Self {
-        Self {
-            header: b"GGUF".to_vec(),
-            kv: vec![],
-            n_kv: 0,
-            infos: vec![],
-            n_tensors: 0,
-            data: vec![],
-        }
+        Self { header: b"GGUF".to_vec(), kv: vec![], n_kv: 0, infos: vec![], n_tensors: 0, data: vec![] }
     }
     fn string(buf: &mut Vec<u8>, s: &str) {
         buf.extend((s.len() as u64).to_le_bytes());
@@ -77,10 +70,7 @@ impl Writer {
 }
 
 fn good() -> Writer {
-    Writer::new()
-        .kv_u32("llama.block_count", 2)
-        .kv_str_array("tokenizer.ggml.tokens", &["a", "b"])
-        .tensor_f32("w", &[4, 3], 0)
+    Writer::new().kv_u32("llama.block_count", 2).kv_str_array("tokenizer.ggml.tokens", &["a", "b"]).tensor_f32("w", &[4, 3], 0)
 }
 
 fn err(bytes: &[u8]) -> GgufError {
@@ -93,28 +83,13 @@ fn a_well_formed_file_reads_back() {
     let f = GgufFile::read(bytes.as_slice()).unwrap();
     assert_eq!(f.version, 3);
     assert_eq!(f.get_u64("llama.block_count").unwrap(), 2);
-    assert_eq!(
-        f.get_array("tokenizer.ggml.tokens").unwrap(),
-        &[Value::String("a".into()), Value::String("b".into())]
-    );
+    assert_eq!(f.get_array("tokenizer.ggml.tokens").unwrap(), &[Value::String("a".into()), Value::String("b".into())]);
     let t = f.tensor("w").unwrap();
     assert_eq!(t.rows_k(), (3, 4));
     let row = f.read_rows(bytes.as_slice(), t, 1..2).unwrap();
-    assert_eq!(
-        row,
-        [4f32, 5., 6., 7.]
-            .iter()
-            .flat_map(|v| v.to_le_bytes())
-            .collect::<Vec<_>>()
-    );
-    assert!(matches!(
-        f.get_str("llama.block_count"),
-        Err(GgufError::WrongType { .. })
-    ));
-    assert!(matches!(
-        f.get_u64("missing.key"),
-        Err(GgufError::MissingKey { .. })
-    ));
+    assert_eq!(row, [4f32, 5., 6., 7.].iter().flat_map(|v| v.to_le_bytes()).collect::<Vec<_>>());
+    assert!(matches!(f.get_str("llama.block_count"), Err(GgufError::WrongType { .. })));
+    assert!(matches!(f.get_u64("missing.key"), Err(GgufError::MissingKey { .. })));
 }
 
 #[test]
@@ -124,11 +99,7 @@ fn bad_magic_and_version() {
     assert!(matches!(err(&bytes), GgufError::BadMagic(_)));
     let mut bytes = good().build();
     bytes[4] = 1;
-    assert!(
-        matches!(err(&bytes), GgufError::UnsupportedVersion(1)),
-        "{}",
-        err(&bytes)
-    );
+    assert!(matches!(err(&bytes), GgufError::UnsupportedVersion(1)), "{}", err(&bytes));
     assert!(matches!(err(b"GG"), GgufError::Truncated { .. }));
 }
 
@@ -139,10 +110,7 @@ fn absurd_counts_are_refused_before_allocating() {
     assert!(err(&bytes).to_string().contains("beyond any real model"));
     let mut bytes = good().build();
     bytes[16..24].copy_from_slice(&(1u64 << 19).to_le_bytes()); // plausible count, but the file ends
-    assert!(matches!(
-        err(&bytes),
-        GgufError::Truncated { .. } | GgufError::Invalid(_)
-    ));
+    assert!(matches!(err(&bytes), GgufError::Truncated { .. } | GgufError::Invalid(_)));
 
     // A string array claiming 2^60 elements. Its length sits after the 24-byte header, the
     // first entry (8 + 17 + 4 + 4 bytes) and its own key and types (8 + 21 + 4 + 4 bytes).
@@ -150,13 +118,7 @@ fn absurd_counts_are_refused_before_allocating() {
     let pos = 24 + 33 + 37;
     assert_eq!(bytes[pos..pos + 8], 2u64.to_le_bytes());
     bytes[pos..pos + 8].copy_from_slice(&(1u64 << 60).to_le_bytes());
-    assert!(
-        err(&bytes)
-            .to_string()
-            .contains("array of 1152921504606846976 elements"),
-        "{}",
-        err(&bytes)
-    );
+    assert!(err(&bytes).to_string().contains("array of 1152921504606846976 elements"), "{}", err(&bytes));
 }
 
 #[test]
@@ -167,20 +129,13 @@ fn absurd_dims_offsets_and_types() {
     let p = 24 + 8 + 1 + 4; // header, name, n_dims: the first dim
     assert_eq!(bad[p..p + 8], 1u64.to_le_bytes());
     bad[p..p + 8].copy_from_slice(&u64::MAX.to_le_bytes());
-    assert!(
-        err(&bad).to_string().contains("size overflows"),
-        "{}",
-        err(&bad)
-    );
+    assert!(err(&bad).to_string().contains("size overflows"), "{}", err(&bad));
 
     // Data past the end of the file.
     let mut truncated = good().build();
     truncated.truncate(truncated.len() - 20); // 16 bytes of padding, then into the data
     let e = err(&truncated);
-    assert!(
-        matches!(&e, GgufError::Truncated { what, .. } if what.contains("tensor `w` data")),
-        "{e}"
-    );
+    assert!(matches!(&e, GgufError::Truncated { what, .. } if what.contains("tensor `w` data")), "{e}");
 
     // Unknown tensor type.
     let bytes = Writer::new().tensor_f32("odd", &[4], 77).build();
@@ -192,13 +147,7 @@ fn absurd_dims_offsets_and_types() {
 
     // A quantised tensor whose row is not whole blocks.
     let bytes = Writer::new().tensor_f32("q", &[33, 1], 2).build();
-    assert!(
-        err(&bytes)
-            .to_string()
-            .contains("rows of 33 are not whole Q4_0 blocks of 32"),
-        "{}",
-        err(&bytes)
-    );
+    assert!(err(&bytes).to_string().contains("rows of 33 are not whole Q4_0 blocks of 32"), "{}", err(&bytes));
 }
 
 #[test]
@@ -207,11 +156,7 @@ fn every_truncation_of_a_valid_file_is_an_error_not_a_panic() {
     for len in 0..bytes.len() - 1 {
         if GgufFile::read(&bytes[..len]).is_ok() {
             // Only the padding after the last tensor's data may be cut.
-            assert!(
-                len >= bytes.len() - 32,
-                "a file cut at {len} of {} parsed",
-                bytes.len()
-            );
+            assert!(len >= bytes.len() - 32, "a file cut at {len} of {} parsed", bytes.len());
         }
     }
 }

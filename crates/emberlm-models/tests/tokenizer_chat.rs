@@ -16,68 +16,34 @@ fn fixtures() -> PathBuf {
 fn check_cases(tok: &TextTokenizer, cases: &Value) {
     for case in cases["cases"].as_array().unwrap() {
         let text = case["text"].as_str().unwrap();
-        let want: Vec<u32> = case["ids"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .map(|v| v.as_u64().unwrap() as u32)
-            .collect();
+        let want: Vec<u32> = case["ids"].as_array().unwrap().iter().map(|v| v.as_u64().unwrap() as u32).collect();
         assert_eq!(tok.encode(text).unwrap(), want, "ids of {text:?}");
-        assert_eq!(
-            tok.decode(&want, false).unwrap(),
-            case["decoded"].as_str().unwrap(),
-            "decoding of {text:?}"
-        );
+        assert_eq!(tok.decode(&want, false).unwrap(), case["decoded"].as_str().unwrap(), "decoding of {text:?}");
         // Streaming pieces add up to the whole decoding.
         let mut stream = StreamDecoder::new(false);
-        let streamed: String = want
-            .iter()
-            .map(|&id| stream.push(tok, id).unwrap())
-            .collect();
-        assert_eq!(
-            streamed,
-            case["decoded"].as_str().unwrap(),
-            "streamed decoding of {text:?}"
-        );
+        let streamed: String = want.iter().map(|&id| stream.push(tok, id).unwrap()).collect();
+        assert_eq!(streamed, case["decoded"].as_str().unwrap(), "streamed decoding of {text:?}");
     }
 }
 
 #[test]
 fn tokenizer_json_round_trips_like_python_tokenizers() {
-    let tok = TextTokenizer::from_json_bytes(
-        &std::fs::read(fixtures().join("tiny/tokenizer.json")).unwrap(),
-    )
-    .unwrap();
-    check_cases(
-        &tok,
-        &read_json(&fixtures().join("tiny/tokenizer_cases.json")).unwrap(),
-    );
+    let tok = TextTokenizer::from_json_bytes(&std::fs::read(fixtures().join("tiny/tokenizer.json")).unwrap()).unwrap();
+    check_cases(&tok, &read_json(&fixtures().join("tiny/tokenizer_cases.json")).unwrap());
 }
 
 #[test]
 fn gguf_tokenizer_matches_transformers_gguf_tokenizer() {
-    let path = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-        .join("../../models/SmolLM2-135M-Instruct.Q4_1.gguf");
-    assert!(
-        path.exists(),
-        "{} is missing: run scripts/setup.sh",
-        path.display()
-    );
+    let path = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../models/SmolLM2-135M-Instruct.Q4_1.gguf");
+    assert!(path.exists(), "{} is missing: run scripts/setup.sh", path.display());
     let store = open_gguf(&path).unwrap();
     let tok = TextTokenizer::from_gguf(store.metadata()).unwrap();
-    check_cases(
-        &tok,
-        &read_json(&fixtures().join("smollm2/tokenizer_cases.json")).unwrap(),
-    );
+    check_cases(&tok, &read_json(&fixtures().join("smollm2/tokenizer_cases.json")).unwrap());
 
     // Its chat template renders like transformers'.
     let want = read_json(&fixtures().join("smollm2/chat_template.json")).unwrap();
     let meta = store.metadata();
-    let token = |key: &str| {
-        meta.get_u64(key)
-            .ok()
-            .and_then(|id| tok.id_to_token(id as u32))
-    };
+    let token = |key: &str| meta.get_u64(key).ok().and_then(|id| tok.id_to_token(id as u32));
     let template = ChatTemplate {
         source: meta.get_str("tokenizer.chat_template").unwrap().to_string(),
         bos_token: token("tokenizer.ggml.bos_token_id"),
@@ -89,16 +55,10 @@ fn gguf_tokenizer_matches_transformers_gguf_tokenizer() {
 
 #[test]
 fn tiny_gguf_tokenizer_equals_its_tokenizer_json() {
-    let json_tok = TextTokenizer::from_json_bytes(
-        &std::fs::read(fixtures().join("tiny/tokenizer.json")).unwrap(),
-    )
-    .unwrap();
+    let json_tok = TextTokenizer::from_json_bytes(&std::fs::read(fixtures().join("tiny/tokenizer.json")).unwrap()).unwrap();
     let store = open_gguf(&fixtures().join("tiny/qwen2/model.gguf")).unwrap();
     let gguf_tok = TextTokenizer::from_gguf(store.metadata()).unwrap();
-    check_cases(
-        &gguf_tok,
-        &read_json(&fixtures().join("tiny/tokenizer_cases.json")).unwrap(),
-    );
+    check_cases(&gguf_tok, &read_json(&fixtures().join("tiny/tokenizer_cases.json")).unwrap());
     assert_eq!(gguf_tok.vocab_size(), json_tok.vocab_size());
 }
 
@@ -112,53 +72,19 @@ fn chat_templates_render_like_transformers() {
             eos_token: t["eos_token"].as_str().map(String::from),
         };
         for case in t["cases"].as_array().unwrap() {
-            let got = template
-                .render(
-                    &case["messages"],
-                    case["add_generation_prompt"].as_bool().unwrap(),
-                    Some(&t["extra_context"]),
-                )
-                .unwrap();
-            assert_eq!(
-                got,
-                case["rendered"].as_str().unwrap(),
-                "{} with {}",
-                t["name"],
-                case["messages"]
-            );
+            let got = template.render(&case["messages"], case["add_generation_prompt"].as_bool().unwrap(), Some(&t["extra_context"])).unwrap();
+            assert_eq!(got, case["rendered"].as_str().unwrap(), "{} with {}", t["name"], case["messages"]);
         }
     }
 }
 
 #[test]
 fn template_errors_are_reported() {
-    let gemma = read_json(&fixtures().join("tiny/chat_templates.json"))
-        .unwrap()
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|t| t["name"] == "gemma-2")
-        .unwrap()
-        .clone();
-    let template = ChatTemplate {
-        source: gemma["template"].as_str().unwrap().into(),
-        bos_token: Some("<bos>".into()),
-        eos_token: None,
-    };
+    let gemma = read_json(&fixtures().join("tiny/chat_templates.json")).unwrap().as_array().unwrap().iter().find(|t| t["name"] == "gemma-2").unwrap().clone();
+    let template = ChatTemplate { source: gemma["template"].as_str().unwrap().into(), bos_token: Some("<bos>".into()), eos_token: None };
     let messages = serde_json::json!([{"role": "system", "content": "x"}]);
-    let err = template
-        .render(&messages, true, None)
-        .unwrap_err()
-        .to_string();
+    let err = template.render(&messages, true, None).unwrap_err().to_string();
     assert!(err.contains("System role not supported"), "{err}");
-    let broken = ChatTemplate {
-        source: "{% for m in messages %}".into(),
-        bos_token: None,
-        eos_token: None,
-    };
-    assert!(broken
-        .render(&messages, true, None)
-        .unwrap_err()
-        .to_string()
-        .contains("chat template"));
+    let broken = ChatTemplate { source: "{% for m in messages %}".into(), bos_token: None, eos_token: None };
+    assert!(broken.render(&messages, true, None).unwrap_err().to_string().contains("chat template"));
 }

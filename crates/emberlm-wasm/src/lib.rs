@@ -44,20 +44,12 @@ impl DeviceReport {
 
 fn to_js<T: Serialize>(value: &T) -> Result<JsValue, JsValue> {
     // u64 limits do not fit a JS number exactly; as plain numbers they are fine for reporting.
-    let serializer =
-        serde_wasm_bindgen::Serializer::new().serialize_large_number_types_as_bigints(false);
-    value
-        .serialize(&serializer)
-        .map_err(|e| JsValue::from_str(&e.to_string()))
+    let serializer = serde_wasm_bindgen::Serializer::new().serialize_large_number_types_as_bigints(false);
+    value.serialize(&serializer).map_err(|e| JsValue::from_str(&e.to_string()))
 }
 
 async fn device(allow_subgroups: bool) -> Result<GpuDevice, JsValue> {
-    GpuDevice::new(DeviceOptions {
-        allow_subgroups,
-        ..Default::default()
-    })
-    .await
-    .map_err(|e| JsValue::from_str(&e.to_string()))
+    GpuDevice::new(DeviceOptions { allow_subgroups, ..Default::default() }).await.map_err(|e| JsValue::from_str(&e.to_string()))
 }
 
 /// What the WebGPU adapter offers, as the engine sees it.
@@ -99,30 +91,12 @@ pub async fn kernel_self_test(allow_subgroups: bool) -> Result<JsValue, JsValue>
                 name: r.name,
                 passed: r.passed,
                 // Infinity does not survive JSON; failed exact checks report -1.
-                max_abs_err: if r.max_abs_err.is_finite() {
-                    r.max_abs_err
-                } else {
-                    -1.0
-                },
-                worst_ratio: if r.worst_ratio.is_finite() {
-                    r.worst_ratio
-                } else {
-                    -1.0
-                },
+                max_abs_err: if r.max_abs_err.is_finite() { r.max_abs_err } else { -1.0 },
+                worst_ratio: if r.worst_ratio.is_finite() { r.worst_ratio } else { -1.0 },
                 detail: r.detail,
             },
-            Err(e) => CheckReport {
-                name: label.clone(),
-                label,
-                passed: false,
-                max_abs_err: -1.0,
-                worst_ratio: -1.0,
-                detail: e.to_string(),
-            },
+            Err(e) => CheckReport { name: label.clone(), label, passed: false, max_abs_err: -1.0, worst_ratio: -1.0, detail: e.to_string() },
         });
     }
-    to_js(&SelfTestReport {
-        device: DeviceReport::of(&dev),
-        checks,
-    })
+    to_js(&SelfTestReport { device: DeviceReport::of(&dev), checks })
 }

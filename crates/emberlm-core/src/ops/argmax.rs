@@ -21,27 +21,10 @@ pub fn argmax(plan: &mut Plan, x: &Tensor, out: &Tensor, rows: usize, cols: usiz
     const OP: &str = "argmax";
     expect_f32(OP, "input", x, rows * cols)?;
     if out.numel() < rows {
-        return shape_err(
-            OP,
-            format!(
-                "output `{}` holds {} indices, needs {rows}",
-                out.name,
-                out.numel()
-            ),
-        );
+        return shape_err(OP, format!("output `{}` holds {} indices, needs {rows}", out.name, out.numel()));
     }
-    let params = RowParams {
-        rows: u32_of(OP, "rows", rows)?,
-        cols: u32_of(OP, "cols", cols)?,
-        _pad: [0; 2],
-    };
+    let params = RowParams { rows: u32_of(OP, "rows", rows)?, cols: u32_of(OP, "cols", cols)?, _pad: [0; 2] };
     let storage = vec![Some(Binding::tensor(x)?), Some(Binding::tensor(out)?)];
     let grid = plan.grid(params.rows);
-    plan.dispatch(
-        "argmax",
-        key("argmax", Variant::default().with("WG", WG_ROW)),
-        &params,
-        storage,
-        grid,
-    )
+    plan.dispatch("argmax", key("argmax", Variant::default().with("WG", WG_ROW)), &params, storage, grid)
 }

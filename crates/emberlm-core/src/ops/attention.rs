@@ -60,62 +60,27 @@ pub struct AttentionReduceUniforms {
 
 /// `q`: [tokens, q_stride]; `k_cache`/`v_cache`: [heads_kv, s_max, head_dim];
 /// `out`: [tokens, heads_q · head_dim].
-pub fn attention(
-    plan: &mut Plan,
-    q: &Tensor,
-    k_cache: &Tensor,
-    v_cache: &Tensor,
-    out: &Tensor,
-    p: &AttentionParams,
-) -> Result<Vec<OpId>> {
+pub fn attention(plan: &mut Plan, q: &Tensor, k_cache: &Tensor, v_cache: &Tensor, out: &Tensor, p: &AttentionParams) -> Result<Vec<OpId>> {
     const OP: &str = "attention";
     if p.head_dim == 0 || p.head_dim > MAX_HEAD_DIM {
-        return shape_err(
-            OP,
-            format!("head_dim {} must be in 1..={MAX_HEAD_DIM}", p.head_dim),
-        );
+        return shape_err(OP, format!("head_dim {} must be in 1..={MAX_HEAD_DIM}", p.head_dim));
     }
     if p.heads_kv == 0 || p.heads_q % p.heads_kv != 0 {
-        return shape_err(
-            OP,
-            format!(
-                "{} query heads are not a multiple of {} kv heads",
-                p.heads_q, p.heads_kv
-            ),
-        );
+        return shape_err(OP, format!("{} query heads are not a multiple of {} kv heads", p.heads_q, p.heads_kv));
     }
     let s_max = k_cache.numel() / (p.heads_kv * p.head_dim).max(1);
     if p.pos0 + p.tokens > s_max {
-        return shape_err(
-            OP,
-            format!(
-                "positions up to {} exceed the KV cache capacity {s_max}",
-                p.pos0 + p.tokens
-            ),
-        );
+        return shape_err(OP, format!("positions up to {} exceed the KV cache capacity {s_max}", p.pos0 + p.tokens));
     }
-    expect_f32(
-        OP,
-        "q",
-        q,
-        (p.tokens - 1) * p.q_stride + p.heads_q * p.head_dim,
-    )?;
+    expect_f32(OP, "q", q, (p.tokens - 1) * p.q_stride + p.heads_q * p.head_dim)?;
     expect_f32(OP, "k cache", k_cache, s_max * p.heads_kv * p.head_dim)?;
     expect_f32(OP, "v cache", v_cache, s_max * p.heads_kv * p.head_dim)?;
     expect_f32(OP, "out", out, p.tokens * p.heads_q * p.head_dim)?;
 
     // Decode: split the keys so there are enough workgroups to fill the GPU.
     let keys = (p.pos0 + 1) as u32;
-    let n_splits = if p.tokens == 1 {
-        keys.div_ceil(DECODE_SPLIT_LEN).max(1)
-    } else {
-        1
-    };
-    let split_len = if n_splits == 1 {
-        u32_of(OP, "s_max", s_max)?
-    } else {
-        DECODE_SPLIT_LEN
-    };
+    let n_splits = if p.tokens == 1 { keys.div_ceil(DECODE_SPLIT_LEN).max(1) } else { 1 };
+    let split_len = if n_splits == 1 { u32_of(OP, "s_max", s_max)? } else { DECODE_SPLIT_LEN };
     let uniforms = AttentionUniforms {
         tokens: u32_of(OP, "tokens", p.tokens)?,
         hq: p.heads_q as u32,
@@ -132,47 +97,16 @@ pub fn attention(
     };
     let rows = uniforms.tokens * uniforms.hq;
     let partial = n_splits > 1;
-    let variant = Variant::default()
-        .flag_if(partial, "PARTIAL")
-        .with("WG", WG);
-    let target = if partial {
-        plan.scratch_f32(
-            "attention partials",
-            (rows * n_splits * (uniforms.d + 2)) as usize,
-        )?
-    } else {
-        Binding::tensor(out)?
-    };
-    let storage = vec![
-        Some(Binding::tensor(q)?),
-        Some(Binding::tensor(k_cache)?),
-        Some(Binding::tensor(v_cache)?),
-        Some(target.clone()),
-    ];
+    let variant = Variant::default().flag_if(partial, "PARTIAL").with("WG", WG);
+    let target = if partial { plan.scratch_f32("attention partials", (rows * n_splits * (uniforms.d + 2)) as usize)? } else { Binding::tensor(out)? };
+    let storage = vec![Some(Binding::tensor(q)?), Some(Binding::tensor(k_cache)?), Some(Binding::tensor(v_cache)?), Some(target.clone())];
     let grid = plan.grid(rows * n_splits);
-    let mut ops = vec![plan.dispatch(
-        "attention",
-        key("attention", variant),
-        &uniforms,
-        storage,
-        grid,
-    )?];
+    let mut ops = vec![plan.dispatch("attention", key("attention", variant), &uniforms, storage, grid)?];
     if partial {
-        let reduce = AttentionReduceUniforms {
-            rows,
-            d: uniforms.d,
-            n_splits,
-            _pad: 0,
-        };
+        let reduce = AttentionReduceUniforms { rows, d: uniforms.d, n_splits, _pad: 0 };
         let storage = vec![Some(target), Some(Binding::tensor(out)?)];
         let grid = plan.grid(rows);
-        ops.push(plan.dispatch(
-            "attention reduce",
-            key("attention_reduce", Variant::default().with("WG", WG)),
-            &reduce,
-            storage,
-            grid,
-        )?);
+        ops.push(plan.dispatch("attention reduce", key("attention_reduce", Variant::default().with("WG", WG)), &reduce, storage, grid)?);
     }
     Ok(ops)
 }

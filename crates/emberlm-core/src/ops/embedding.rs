@@ -21,14 +21,7 @@ pub struct EmbeddingParams {
 
 /// `ids`: tokens u32 (a `Tensor::from_u32`); `table`: [vocab, hidden] any dtype; `out`:
 /// [tokens, hidden] f32, multiplied by `scale`. Ids ≥ vocab give zero rows.
-pub fn embedding(
-    plan: &mut Plan,
-    ids: &Tensor,
-    table: &Tensor,
-    out: &Tensor,
-    tokens: usize,
-    scale: f32,
-) -> Result<Vec<OpId>> {
+pub fn embedding(plan: &mut Plan, ids: &Tensor, table: &Tensor, out: &Tensor, tokens: usize, scale: f32) -> Result<Vec<OpId>> {
     const OP: &str = "embedding";
     let (vocab, k) = (table.rows(), table.k());
     if k % 8 != 0 {
@@ -57,13 +50,7 @@ pub fn embedding(
             table.dtype.is_quantized().then(|| Binding::scales(chunk)),
         ];
         let grid = plan.grid((params.tokens * params.k / 8).div_ceil(WG));
-        ops.push(plan.dispatch(
-            format!("embedding {}", table.name),
-            key("embedding", variant.clone()),
-            &params,
-            storage,
-            grid,
-        )?);
+        ops.push(plan.dispatch(format!("embedding {}", table.name), key("embedding", variant.clone()), &params, storage, grid)?);
     }
     Ok(ops)
 }

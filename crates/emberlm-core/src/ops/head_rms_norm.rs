@@ -40,21 +40,10 @@ pub fn head_rms_norm(
     let d = weight.numel();
     expect_f32(OP, "weight", weight, d)?;
     if (head_offset + heads) * d > row_stride {
-        return shape_err(
-            OP,
-            format!(
-                "heads {head_offset}..{} of size {d} overrun rows of {row_stride}",
-                head_offset + heads
-            ),
-        );
+        return shape_err(OP, format!("heads {head_offset}..{} of size {d} overrun rows of {row_stride}", head_offset + heads));
     }
     if tokens > 0 {
-        expect_f32(
-            OP,
-            "input",
-            x,
-            (tokens - 1) * row_stride + (head_offset + heads) * d,
-        )?;
+        expect_f32(OP, "input", x, (tokens - 1) * row_stride + (head_offset + heads) * d)?;
     }
     let params = HeadRmsNormParams {
         tokens: u32_of(OP, "tokens", tokens)?,
@@ -69,11 +58,5 @@ pub fn head_rms_norm(
     let variant = Variant::default().with("WG", WG);
     let storage = vec![Some(Binding::tensor(x)?), Some(Binding::tensor(weight)?)];
     let grid = plan.grid(u32_of(OP, "token heads", tokens * heads)?);
-    plan.dispatch(
-        "head_rms_norm",
-        key("head_rms_norm", variant),
-        &params,
-        storage,
-        grid,
-    )
+    plan.dispatch("head_rms_norm", key("head_rms_norm", variant), &params, storage, grid)
 }

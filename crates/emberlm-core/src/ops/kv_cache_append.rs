@@ -38,21 +38,10 @@ pub fn kv_cache_append(
     const OP: &str = "kv_cache_append";
     let s_max = cache.numel() / (heads * head_dim).max(1);
     if pos0 + tokens > s_max {
-        return shape_err(
-            OP,
-            format!(
-                "positions up to {} exceed the KV cache capacity {s_max}",
-                pos0 + tokens
-            ),
-        );
+        return shape_err(OP, format!("positions up to {} exceed the KV cache capacity {s_max}", pos0 + tokens));
     }
     if tokens > 0 {
-        expect_f32(
-            OP,
-            "source",
-            src,
-            (tokens - 1) * row_stride + (head_offset + heads) * head_dim,
-        )?;
+        expect_f32(OP, "source", src, (tokens - 1) * row_stride + (head_offset + heads) * head_dim)?;
     }
     let params = KvAppendParams {
         tokens: u32_of(OP, "tokens", tokens)?,
@@ -66,11 +55,5 @@ pub fn kv_cache_append(
     };
     let storage = vec![Some(Binding::tensor(src)?), Some(Binding::tensor(cache)?)];
     let grid = plan.grid((params.tokens * params.heads * params.d).div_ceil(WG));
-    plan.dispatch(
-        "kv_cache_append",
-        key("kv_cache_append", Variant::default().with("WG", WG)),
-        &params,
-        storage,
-        grid,
-    )
+    plan.dispatch("kv_cache_append", key("kv_cache_append", Variant::default().with("WG", WG)), &params, storage, grid)
 }

@@ -19,22 +19,11 @@ pub struct LogitSoftcapParams {
 pub fn logit_softcap(plan: &mut Plan, x: &Tensor, len: usize, cap: f32) -> Result<OpId> {
     const OP: &str = "logit_softcap";
     if !(cap > 0.0 && cap.is_finite()) {
-        return Err(Error::InvalidArgument(format!(
-            "{OP}: cap must be positive and finite, is {cap}"
-        )));
+        return Err(Error::InvalidArgument(format!("{OP}: cap must be positive and finite, is {cap}")));
     }
     expect_f32(OP, "input", x, len)?;
-    let params = LogitSoftcapParams {
-        len: u32_of(OP, "len", len)?,
-        cap,
-    };
+    let params = LogitSoftcapParams { len: u32_of(OP, "len", len)?, cap };
     let storage = vec![Some(Binding::tensor(x)?)];
     let grid = plan.grid(params.len.div_ceil(WG));
-    plan.dispatch(
-        "logit_softcap",
-        key("logit_softcap", Variant::default().with("WG", WG)),
-        &params,
-        storage,
-        grid,
-    )
+    plan.dispatch("logit_softcap", key("logit_softcap", Variant::default().with("WG", WG)), &params, storage, grid)
 }

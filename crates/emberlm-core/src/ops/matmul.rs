@@ -22,45 +22,20 @@ pub struct MatmulParams {
 }
 
 /// `x`: [m, k] f32; `w`: [n, k] any dtype (k a multiple of 8); `y`: [m, n] f32; `bias`: n f32.
-pub fn matmul(
-    plan: &mut Plan,
-    x: &Tensor,
-    w: &Tensor,
-    bias: Option<&Tensor>,
-    y: &Tensor,
-    m: usize,
-) -> Result<Vec<OpId>> {
+pub fn matmul(plan: &mut Plan, x: &Tensor, w: &Tensor, bias: Option<&Tensor>, y: &Tensor, m: usize) -> Result<Vec<OpId>> {
     matmul_into(plan, x, w, bias, y, m, w.rows(), 0)
 }
 
 /// As [`matmul`], writing columns `y_offset..y_offset + n` of a `y` with rows of `y_cols`.
 #[allow(clippy::too_many_arguments)]
-pub fn matmul_into(
-    plan: &mut Plan,
-    x: &Tensor,
-    w: &Tensor,
-    bias: Option<&Tensor>,
-    y: &Tensor,
-    m: usize,
-    y_cols: usize,
-    y_offset: usize,
-) -> Result<Vec<OpId>> {
+pub fn matmul_into(plan: &mut Plan, x: &Tensor, w: &Tensor, bias: Option<&Tensor>, y: &Tensor, m: usize, y_cols: usize, y_offset: usize) -> Result<Vec<OpId>> {
     const OP: &str = "matmul";
     let (n, k) = (w.rows(), w.k());
     if y_offset + n > y_cols {
-        return crate::error::shape_err(
-            OP,
-            format!(
-                "columns {y_offset}..{} exceed output rows of {y_cols}",
-                y_offset + n
-            ),
-        );
+        return crate::error::shape_err(OP, format!("columns {y_offset}..{} exceed output rows of {y_cols}", y_offset + n));
     }
     if k % 8 != 0 {
-        return crate::error::shape_err(
-            OP,
-            format!("`{}`: k = {k} must be a multiple of 8", w.name),
-        );
+        return crate::error::shape_err(OP, format!("`{}`: k = {k} must be a multiple of 8", w.name));
     }
     expect_f32(OP, "input", x, m * k)?;
     expect_f32(OP, "output", y, m * y_cols)?;
@@ -88,13 +63,7 @@ pub fn matmul_into(
             bias.map(Binding::tensor).transpose()?,
         ];
         let grid = [rows.div_ceil(TILE), (m as u32).div_ceil(TILE), 1];
-        ops.push(plan.dispatch(
-            format!("matmul {}", w.name),
-            key("matmul", variant.clone()),
-            &params,
-            storage,
-            grid,
-        )?);
+        ops.push(plan.dispatch(format!("matmul {}", w.name), key("matmul", variant.clone()), &params, storage, grid)?);
     }
     Ok(ops)
 }

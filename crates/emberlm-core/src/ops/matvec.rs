@@ -22,34 +22,17 @@ pub struct MatvecParams {
 }
 
 /// `w`: [n, k] weights of any dtype (k a multiple of 8); `x`: k f32; `y`: n f32; `bias`: n f32.
-pub fn matvec(
-    plan: &mut Plan,
-    w: &Tensor,
-    x: &Tensor,
-    bias: Option<&Tensor>,
-    y: &Tensor,
-) -> Result<Vec<OpId>> {
+pub fn matvec(plan: &mut Plan, w: &Tensor, x: &Tensor, bias: Option<&Tensor>, y: &Tensor) -> Result<Vec<OpId>> {
     matvec_into(plan, w, x, 0, bias, y, 0)
 }
 
 /// As [`matvec`], reading `x[x_row * k..]` (one row of a [T, k] activation) and writing
 /// `y[y_offset..y_offset + n]` (several projections into one fused row).
-pub fn matvec_into(
-    plan: &mut Plan,
-    w: &Tensor,
-    x: &Tensor,
-    x_row: usize,
-    bias: Option<&Tensor>,
-    y: &Tensor,
-    y_offset: usize,
-) -> Result<Vec<OpId>> {
+pub fn matvec_into(plan: &mut Plan, w: &Tensor, x: &Tensor, x_row: usize, bias: Option<&Tensor>, y: &Tensor, y_offset: usize) -> Result<Vec<OpId>> {
     const OP: &str = "matvec";
     let (n, k) = (w.rows(), w.k());
     if k % 8 != 0 {
-        return crate::error::shape_err(
-            OP,
-            format!("`{}`: k = {k} must be a multiple of 8", w.name),
-        );
+        return crate::error::shape_err(OP, format!("`{}`: k = {k} must be a multiple of 8", w.name));
     }
     expect_f32(OP, "input", x, (x_row + 1) * k)?;
     expect_f32(OP, "output", y, y_offset + n)?;
@@ -59,10 +42,7 @@ pub fn matvec_into(
     let variant = weight_variant(w.dtype)
         .flag_if(bias.is_some(), "BIAS")
         .flag_if(plan.dev.caps.subgroups, "SUBGROUPS")
-        .flag_if(
-            plan.dev.caps.subgroups && cfg!(target_arch = "wasm32"),
-            "ENABLE_SUBGROUPS_DIRECTIVE",
-        )
+        .flag_if(plan.dev.caps.subgroups && cfg!(target_arch = "wasm32"), "ENABLE_SUBGROUPS_DIRECTIVE")
         .with("WG", WG)
         .with("ROWS", ROWS_PER_WORKGROUP);
     let mut ops = Vec::new();
@@ -84,13 +64,7 @@ pub fn matvec_into(
             bias.map(Binding::tensor).transpose()?,
         ];
         let grid = plan.grid(rows.div_ceil(ROWS_PER_WORKGROUP));
-        ops.push(plan.dispatch(
-            format!("matvec {}", w.name),
-            key("matvec", variant.clone()),
-            &params,
-            storage,
-            grid,
-        )?);
+        ops.push(plan.dispatch(format!("matvec {}", w.name), key("matvec", variant.clone()), &params, storage, grid)?);
     }
     Ok(ops)
 }

@@ -59,27 +59,14 @@ pub(crate) fn weight_variant(dtype: DType) -> Variant {
 /// Fails unless `t` is an f32 tensor of exactly `len` elements.
 pub(crate) fn expect_f32(op: &'static str, what: &str, t: &Tensor, len: usize) -> Result<()> {
     if t.dtype != DType::F32 {
-        return Err(Error::Shape {
-            op,
-            detail: format!("{what} `{}` must be f32, is {}", t.name, t.dtype.name()),
-        });
+        return Err(Error::Shape { op, detail: format!("{what} `{}` must be f32, is {}", t.name, t.dtype.name()) });
     }
     if t.numel() < len {
-        return Err(Error::Shape {
-            op,
-            detail: format!(
-                "{what} `{}` has {} elements, needs {len}",
-                t.name,
-                t.numel()
-            ),
-        });
+        return Err(Error::Shape { op, detail: format!("{what} `{}` has {} elements, needs {len}", t.name, t.numel()) });
     }
     Ok(())
 }
 
 pub(crate) fn u32_of(op: &'static str, what: &str, v: usize) -> Result<u32> {
-    u32::try_from(v).map_err(|_| Error::Shape {
-        op,
-        detail: format!("{what} = {v} does not fit in u32"),
-    })
+    u32::try_from(v).map_err(|_| Error::Shape { op, detail: format!("{what} = {v} does not fit in u32") })
 }

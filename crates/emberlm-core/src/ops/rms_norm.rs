@@ -37,21 +37,9 @@ pub fn rms_norm(
     if let Some(r) = residual {
         expect_f32(OP, "residual", r, rows * cols)?;
     }
-    let params = RmsNormParams {
-        cols: u32_of(OP, "cols", cols)?,
-        rows: u32_of(OP, "rows", rows)?,
-        eps,
-        weight_offset,
-    };
-    let variant = Variant::default()
-        .flag_if(residual.is_some(), "RESIDUAL")
-        .with("WG", WG_ROW);
-    let storage = vec![
-        Some(Binding::tensor(x)?),
-        Some(Binding::tensor(out)?),
-        Some(Binding::tensor(weight)?),
-        residual.map(Binding::tensor).transpose()?,
-    ];
+    let params = RmsNormParams { cols: u32_of(OP, "cols", cols)?, rows: u32_of(OP, "rows", rows)?, eps, weight_offset };
+    let variant = Variant::default().flag_if(residual.is_some(), "RESIDUAL").with("WG", WG_ROW);
+    let storage = vec![Some(Binding::tensor(x)?), Some(Binding::tensor(out)?), Some(Binding::tensor(weight)?), residual.map(Binding::tensor).transpose()?];
     let grid = plan.grid(params.rows);
     plan.dispatch("rms_norm", key("rms_norm", variant), &params, storage, grid)
 }

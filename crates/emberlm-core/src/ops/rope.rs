@@ -49,28 +49,13 @@ pub fn rope(
     const OP: &str = "rope";
     let rot_half = table.rot_dims / 2;
     if table.rot_dims > head_dim {
-        return shape_err(
-            OP,
-            format!("rotary dims {} exceed head_dim {head_dim}", table.rot_dims),
-        );
+        return shape_err(OP, format!("rotary dims {} exceed head_dim {head_dim}", table.rot_dims));
     }
     if pos0 + tokens > table.positions {
-        return shape_err(
-            OP,
-            format!(
-                "position {} is past the rope table ({} positions)",
-                pos0 + tokens - 1,
-                table.positions
-            ),
-        );
+        return shape_err(OP, format!("position {} is past the rope table ({} positions)", pos0 + tokens - 1, table.positions));
     }
     if tokens > 0 {
-        expect_f32(
-            OP,
-            "input",
-            x,
-            (tokens - 1) * row_stride + (head_offset + heads) * head_dim,
-        )?;
+        expect_f32(OP, "input", x, (tokens - 1) * row_stride + (head_offset + heads) * head_dim)?;
     }
     let params = RopeParams {
         tokens: u32_of(OP, "tokens", tokens)?,
@@ -82,13 +67,8 @@ pub fn rope(
         head_offset: head_offset as u32,
         _pad: 0,
     };
-    let variant = Variant::default()
-        .flag_if(layout == RopeLayout::Neox, "NEOX")
-        .with("WG", WG);
-    let storage = vec![
-        Some(Binding::tensor(x)?),
-        Some(Binding::tensor(&table.gpu)?),
-    ];
+    let variant = Variant::default().flag_if(layout == RopeLayout::Neox, "NEOX").with("WG", WG);
+    let storage = vec![Some(Binding::tensor(x)?), Some(Binding::tensor(&table.gpu)?)];
     let grid = plan.grid((params.tokens * params.heads * params.rot_half).div_ceil(WG));
     plan.dispatch("rope", key("rope", variant), &params, storage, grid)
 }

@@ -22,15 +22,7 @@ pub struct TopKParams {
 
 /// `x`: [rows, cols]; `out_idx` (u32 words) and `out_val` (f32): [rows, k]. Indices of missing
 /// picks (fewer than k non-NaN values) are `u32::MAX`.
-pub fn top_k(
-    plan: &mut Plan,
-    x: &Tensor,
-    out_idx: &Tensor,
-    out_val: &Tensor,
-    rows: usize,
-    cols: usize,
-    k: usize,
-) -> Result<OpId> {
+pub fn top_k(plan: &mut Plan, x: &Tensor, out_idx: &Tensor, out_val: &Tensor, rows: usize, cols: usize, k: usize) -> Result<OpId> {
     const OP: &str = "top_k";
     if k == 0 || k > MAX_K {
         return shape_err(OP, format!("k = {k} must be in 1..={MAX_K}"));
@@ -38,33 +30,10 @@ pub fn top_k(
     expect_f32(OP, "input", x, rows * cols)?;
     expect_f32(OP, "values", out_val, rows * k)?;
     if out_idx.numel() < rows * k {
-        return shape_err(
-            OP,
-            format!(
-                "index output `{}` holds {}, needs {}",
-                out_idx.name,
-                out_idx.numel(),
-                rows * k
-            ),
-        );
+        return shape_err(OP, format!("index output `{}` holds {}, needs {}", out_idx.name, out_idx.numel(), rows * k));
     }
-    let params = TopKParams {
-        rows: u32_of(OP, "rows", rows)?,
-        cols: u32_of(OP, "cols", cols)?,
-        k: k as u32,
-        _pad: 0,
-    };
-    let storage = vec![
-        Some(Binding::tensor(x)?),
-        Some(Binding::tensor(out_idx)?),
-        Some(Binding::tensor(out_val)?),
-    ];
+    let params = TopKParams { rows: u32_of(OP, "rows", rows)?, cols: u32_of(OP, "cols", cols)?, k: k as u32, _pad: 0 };
+    let storage = vec![Some(Binding::tensor(x)?), Some(Binding::tensor(out_idx)?), Some(Binding::tensor(out_val)?)];
     let grid = plan.grid(params.rows);
-    plan.dispatch(
-        "top_k",
-        key("top_k", Variant::default().with("WG", WG_ROW)),
-        &params,
-        storage,
-        grid,
-    )
+    plan.dispatch("top_k", key("top_k", Variant::default().with("WG", WG_ROW)), &params, storage, grid)
 }
