@@ -51,7 +51,7 @@ pub struct FileSource {
 #[cfg(not(target_arch = "wasm32"))]
 impl FileSource {
     pub fn open(path: &std::path::Path) -> Result<Self, SourceError> {
-        let file = std::fs::File::open(path).map_err(|e| SourceError::Io(format!("{}: {e}", path.display())))?;
+        let file = std::fs::File::open(path).map_err(|e| SourceError::Io(e.to_string()))?;
         let len = file.metadata().map_err(|e| SourceError::Io(e.to_string()))?.len();
         Ok(Self { file, len })
     }

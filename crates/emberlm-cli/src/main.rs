@@ -1,0 +1,381 @@
+//! `emberlm`: run a model from the command line on native WebGPU (wgpu: Vulkan, Metal, DX12).
+//!
+//! ```text
+//! emberlm generate --model PATH (--prompt TEXT | --prompt-ids 1,2,3) [--chat] [--json] ...
+//! emberlm chat     --model PATH            interactive, one line per turn
+//! emberlm bench    --model PATH [-p 512] [-n 128]   llama-bench style pp/tg rows
+//! ```
+//! PATH is a `.gguf` file (any shard of a split model) or a Hugging Face model directory.
+
+use std::io::{BufRead, Write};
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+use clap::{Args, Parser, Subcommand};
+use emberlm_core::{DType, DeviceOptions, GpuDevice};
+use emberlm_models::files::LocalModel;
+use emberlm_models::tokenizer::StreamDecoder;
+use emberlm_models::{generate, GenerateOptions, LoadOptions, Model, SamplingOptions, Session};
+use serde_json::json;
+
+#[derive(Parser)]
+#[command(name = "emberlm", version, about = "Run language models on WebGPU")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Generate a continuation of a prompt.
+    Generate(GenerateArgs),
+    /// Chat interactively (stdin lines are user turns; an empty line or EOF ends).
+    Chat(ChatArgs),
+    /// Prompt-processing and token-generation speed (llama-bench style).
+    Bench(BenchArgs),
+}
+
+#[derive(Args)]
+struct ModelArgs {
+    /// A .gguf file or a Hugging Face model directory.
+    #[arg(long)]
+    model: PathBuf,
+    /// Weight dtype: f32, f16, q8, q4, or `auto` (GGUF: as stored; safetensors: q4).
+    #[arg(long, default_value = "auto")]
+    dtype: String,
+    /// KV cache capacity in tokens (default: prompt + new tokens, at most the model's context).
+    #[arg(long)]
+    context: Option<usize>,
+}
+
+#[derive(Args)]
+struct SamplingArgs {
+    /// 0 = greedy (never stops early unless EOS is produced).
+    #[arg(long, default_value_t = 0.0)]
+    temperature: f32,
+    #[arg(long, default_value_t = 0)]
+    top_k: usize,
+    #[arg(long, default_value_t = 1.0)]
+    top_p: f32,
+    #[arg(long, default_value_t = 0.0)]
+    min_p: f32,
+    #[arg(long, default_value_t = 1.0)]
+    repetition_penalty: f32,
+    #[arg(long, default_value_t = 0)]
+    seed: u64,
+    #[arg(long, default_value_t = 256)]
+    max_new_tokens: usize,
+    /// Stop when the output contains this text (repeatable).
+    #[arg(long = "stop")]
+    stop: Vec<String>,
+}
+
+#[derive(Args)]
+struct GenerateArgs {
+    #[command(flatten)]
+    model: ModelArgs,
+    #[command(flatten)]
+    sampling: SamplingArgs,
+    /// Prompt text.
+    #[arg(long, conflicts_with = "prompt_ids", required_unless_present = "prompt_ids")]
+    prompt: Option<String>,
+    /// Prompt as token ids, e.g. 1,2,3 (no tokenizer involved).
+    #[arg(long, value_delimiter = ',')]
+    prompt_ids: Option<Vec<u32>>,
+    /// Wrap the prompt in the model's chat template as a user turn.
+    #[arg(long)]
+    chat: bool,
+    /// System message for --chat.
+    #[arg(long, requires = "chat")]
+    system: Option<String>,
+    /// Print one JSON object instead of streaming text.
+    #[arg(long)]
+    json: bool,
+    /// Write the last prompt position's logits to FILE as a float32 .npy array.
+    #[arg(long)]
+    dump_logits: Option<PathBuf>,
+}
+
+#[derive(Args)]
+struct ChatArgs {
+    #[command(flatten)]
+    model: ModelArgs,
+    #[command(flatten)]
+    sampling: SamplingArgs,
+    #[arg(long)]
+    system: Option<String>,
+}
+
+#[derive(Args)]
+struct BenchArgs {
+    #[command(flatten)]
+    model: ModelArgs,
+    /// Prompt tokens for the pp test.
+    #[arg(short = 'p', long, default_value_t = 512)]
+    n_prompt: usize,
+    /// Generated tokens for the tg test.
+    #[arg(short = 'n', long, default_value_t = 128)]
+    n_gen: usize,
+    /// Repetitions (the mean and spread are printed).
+    #[arg(short = 'r', long, default_value_t = 3)]
+    repetitions: usize,
+}
+
+type Result<T> = std::result::Result<T, String>;
+
+fn err(e: impl std::fmt::Display) -> String {
+    e.to_string()
+}
+
+struct Loaded {
+    dev: GpuDevice,
+    local: LocalModel,
+    model: Model,
+    load_s: f64,
+}
+
+fn load(args: &ModelArgs, needed_context: usize) -> Result<Loaded> {
+    let local = LocalModel::open(&args.model).map_err(err)?;
+    let dtype = match args.dtype.as_str() {
+        "auto" if local.is_gguf() => None,
+        "auto" => Some(DType::Q4),
+        other => Some(other.parse::<DType>()?),
+    };
+    let context = args.context.unwrap_or(needed_context.min(local.config.context_length).max(needed_context.min(4096)));
+    let dev = pollster::block_on(GpuDevice::new(DeviceOptions::default())).map_err(err)?;
+    let start = std::time::Instant::now();
+    let model = local.load(&dev, &LoadOptions { dtype, context }).map_err(err)?;
+    Ok(Loaded { dev, local, model, load_s: start.elapsed().as_secs_f64() })
+}
+
+fn sampling(a: &SamplingArgs) -> SamplingOptions {
+    SamplingOptions { temperature: a.temperature, top_k: a.top_k, top_p: a.top_p, min_p: a.min_p, repetition_penalty: a.repetition_penalty, seed: a.seed }
+}
+
+/// Writes a 1-D float32 .npy file (format version 1.0).
+fn write_npy(path: &Path, values: &[f32]) -> Result<()> {
+    let mut header = format!("{{'descr': '<f4', 'fortran_order': False, 'shape': ({},), }}", values.len());
+    while (10 + header.len() + 1) % 64 != 0 {
+        header.push(' ');
+    }
+    header.push('\n');
+    let mut bytes = b"\x93NUMPY\x01\x00".to_vec();
+    bytes.extend((header.len() as u16).to_le_bytes());
+    bytes.extend(header.as_bytes());
+    for v in values {
+        bytes.extend(v.to_le_bytes());
+    }
+    std::fs::write(path, bytes).map_err(|e| format!("{}: {e}", path.display()))
+}
+
+fn run_generate(a: GenerateArgs) -> Result<()> {
+    let local_probe = LocalModel::open(&a.model.model).map_err(err)?;
+    let prompt_ids: Vec<u32> = match (&a.prompt_ids, &a.prompt) {
+        (Some(ids), _) => ids.clone(),
+        (None, Some(text)) => {
+            let tok = local_probe.tokenizer.as_ref().ok_or("this model has no tokenizer; pass --prompt-ids")?;
+            let text = if a.chat {
+                let template = local_probe.chat_template.as_ref().ok_or("this model has no chat template; drop --chat")?;
+                let mut messages = Vec::new();
+                if let Some(s) = &a.system {
+                    messages.push(json!({"role": "system", "content": s}));
+                }
+                messages.push(json!({"role": "user", "content": text}));
+                template.render(&json!(messages), true, None).map_err(err)?
+            } else {
+                text.clone()
+            };
+            let mut ids = tok.encode(&text).map_err(err)?;
+            if !a.chat && local_probe.add_bos {
+                if let Some(bos) = local_probe.config.bos_token_id {
+                    ids.insert(0, bos);
+                }
+            }
+            ids
+        }
+        (None, None) => return Err("give --prompt or --prompt-ids".into()),
+    };
+    if prompt_ids.is_empty() {
+        return Err("the prompt is empty".into());
+    }
+    drop(local_probe);
+    let loaded = load(&a.model, prompt_ids.len() + a.sampling.max_new_tokens)?;
+    let Loaded { dev, local, model, load_s } = &loaded;
+    let mut session = Session::new(dev, model).map_err(err)?;
+    let options = GenerateOptions {
+        max_new_tokens: a.sampling.max_new_tokens,
+        stop_tokens: model.config.eos_token_ids.clone(),
+        sampling: sampling(&a.sampling),
+        want_prompt_logits: a.dump_logits.is_some(),
+    };
+    let mut stream = StreamDecoder::new(true);
+    let mut text = String::new();
+    let mut stdout = std::io::stdout();
+    let tok = local.tokenizer.as_ref();
+    let mut stream_err = None;
+    let out = pollster::block_on(generate(dev, &mut session, &prompt_ids, &options, |id| {
+        let Some(tok) = tok else { return true };
+        match stream.push(tok, id) {
+            Ok(piece) => {
+                text.push_str(&piece);
+                if !a.json {
+                    let _ = write!(stdout, "{piece}");
+                    let _ = stdout.flush();
+                }
+            }
+            Err(e) => stream_err = Some(e),
+        }
+        !a.sampling.stop.iter().any(|s| text.contains(s.as_str()))
+    }))
+    .map_err(err)?;
+    if let Some(e) = stream_err {
+        return Err(e.to_string());
+    }
+    for s in &a.sampling.stop {
+        if let Some(i) = text.find(s.as_str()) {
+            text.truncate(i);
+        }
+    }
+    if let (Some(path), Some(logits)) = (&a.dump_logits, &out.prompt_logits) {
+        write_npy(path, logits)?;
+    }
+    if a.json {
+        let obj = json!({
+            "model": a.model.model.display().to_string(),
+            "architecture": model.config.arch.name(),
+            "prompt_ids": out.prompt_ids,
+            "generated_ids": out.generated_ids,
+            "text": text,
+            "stopped_by_eos": out.stopped,
+            "load_s": load_s,
+            "ttft_ms": out.ttft_ms,
+            "prefill_tok_s": out.prefill_tok_s,
+            "decode_tok_s": out.decode_tok_s,
+            "adapter": dev.caps.adapter_name,
+        });
+        println!("{obj}");
+    } else {
+        println!();
+        eprintln!(
+            "[{} prompt tokens, {} generated; ttft {:.0} ms, prefill {:.1} tok/s, decode {:.1} tok/s]",
+            out.prompt_ids.len(),
+            out.generated_ids.len(),
+            out.ttft_ms,
+            out.prefill_tok_s,
+            out.decode_tok_s
+        );
+    }
+    Ok(())
+}
+
+fn run_chat(a: ChatArgs) -> Result<()> {
+    let loaded = load(&a.model, a.model.context.unwrap_or(4096))?;
+    let Loaded { dev, local, model, .. } = &loaded;
+    let tok = local.tokenizer.as_ref().ok_or("this model has no tokenizer")?;
+    let template = local.chat_template.as_ref().ok_or("this model has no chat template")?;
+    eprintln!("{} on {} — type a message, empty line to quit", a.model.model.display(), dev.caps.adapter_name);
+    let mut messages = Vec::new();
+    if let Some(s) = &a.system {
+        messages.push(json!({"role": "system", "content": s}));
+    }
+    let mut session = Session::new(dev, model).map_err(err)?;
+    let stdin = std::io::stdin();
+    let mut stdout = std::io::stdout();
+    loop {
+        eprint!("> ");
+        let mut line = String::new();
+        if stdin.lock().read_line(&mut line).map_err(err)? == 0 || line.trim().is_empty() {
+            return Ok(());
+        }
+        messages.push(json!({"role": "user", "content": line.trim_end()}));
+        let prompt = template.render(&json!(messages), true, None).map_err(err)?;
+        let ids = tok.encode(&prompt).map_err(err)?;
+        // Re-prefilled each turn: simple and exact; the conversation must fit the context.
+        session.reset();
+        let options = GenerateOptions {
+            max_new_tokens: a.sampling.max_new_tokens.min(model.context.saturating_sub(ids.len())),
+            stop_tokens: model.config.eos_token_ids.clone(),
+            sampling: sampling(&a.sampling),
+            want_prompt_logits: false,
+        };
+        let mut stream = StreamDecoder::new(true);
+        let mut reply = String::new();
+        let out = pollster::block_on(generate(dev, &mut session, &ids, &options, |id| {
+            if let Ok(piece) = stream.push(tok, id) {
+                reply.push_str(&piece);
+                let _ = write!(stdout, "{piece}");
+                let _ = stdout.flush();
+            }
+            true
+        }))
+        .map_err(err)?;
+        println!();
+        eprintln!("[{:.1} tok/s]", out.decode_tok_s);
+        messages.push(json!({"role": "assistant", "content": reply.trim()}));
+    }
+}
+
+fn mean_sd(v: &[f64]) -> (f64, f64) {
+    let m = v.iter().sum::<f64>() / v.len() as f64;
+    let var = v.iter().map(|x| (x - m).powi(2)).sum::<f64>() / v.len().max(2).saturating_sub(1) as f64;
+    (m, var.sqrt())
+}
+
+fn run_bench(a: BenchArgs) -> Result<()> {
+    let loaded = load(&a.model, a.model.context.unwrap_or(a.n_prompt.max(a.n_gen + 1)))?;
+    let Loaded { dev, model, load_s, .. } = &loaded;
+    let c = &model.config;
+    // Deterministic pseudo-random tokens, like llama-bench.
+    let tokens: Vec<u32> = (0..a.n_prompt.max(1)).map(|i| ((i as u64 * 2_654_435_761) % c.vocab as u64) as u32).collect();
+    let mut session = Session::new(dev, model).map_err(err)?;
+    // Warm-up: compiles every pipeline variant once.
+    pollster::block_on(session.step(dev, &tokens[..a.n_prompt.clamp(1, 8)], false)).map_err(err)?;
+    pollster::block_on(session.step(dev, &[tokens[0]], false)).map_err(err)?;
+    let mut pp = Vec::new();
+    let mut tg = Vec::new();
+    for _ in 0..a.repetitions.max(1) {
+        if a.n_prompt > 0 {
+            session.reset();
+            let t = std::time::Instant::now();
+            pollster::block_on(session.step(dev, &tokens, false)).map_err(err)?;
+            pp.push(a.n_prompt as f64 / t.elapsed().as_secs_f64());
+        }
+        if a.n_gen > 0 {
+            session.reset();
+            let mut next = tokens[0];
+            let t = std::time::Instant::now();
+            for _ in 0..a.n_gen {
+                next = pollster::block_on(session.step(dev, &[next], false)).map_err(err)?.argmax;
+            }
+            tg.push(a.n_gen as f64 / t.elapsed().as_secs_f64());
+        }
+    }
+    let name = a.model.model.file_name().map(|n| n.to_string_lossy().to_string()).unwrap_or_default();
+    let size = format!("{:.2} MiB", model.weight_bytes as f64 / (1 << 20) as f64);
+    println!("adapter: {} ({}), load {:.2} s", dev.caps.adapter_name, dev.caps.backend, load_s);
+    println!("| model | arch | size | test | t/s |");
+    println!("| --- | --- | ---: | --- | ---: |");
+    for (label, v) in [(format!("pp{}", a.n_prompt), &pp), (format!("tg{}", a.n_gen), &tg)] {
+        if !v.is_empty() {
+            let (m, sd) = mean_sd(v);
+            println!("| {name} | {} | {size} | {label} | {m:.2} ± {sd:.2} |", c.arch.name());
+        }
+    }
+    Ok(())
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Command::Generate(a) => run_generate(a),
+        Command::Chat(a) => run_chat(a),
+        Command::Bench(a) => run_bench(a),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("emberlm: error: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}

@@ -1,0 +1,100 @@
+//! The `emberlm` command-line contract other tools script against, checked end to end on a
+//! tiny fixture model against transformers' outputs (tests/fixtures/tiny, reference.json).
+
+use std::path::PathBuf;
+use std::process::Command;
+
+use serde_json::Value;
+
+fn fixture(arch: &str) -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../tests/fixtures/tiny").join(arch)
+}
+
+fn emberlm(args: &[&str]) -> std::process::Output {
+    Command::new(env!("CARGO_BIN_EXE_emberlm")).args(args).output().expect("run emberlm")
+}
+
+fn reference(arch: &str) -> Value {
+    serde_json::from_str(&std::fs::read_to_string(fixture(arch).join("reference.json")).unwrap()).unwrap()
+}
+
+#[test]
+fn generate_json_with_text_prompt_matches_transformers() {
+    let case = &reference("llama")["cases"][0];
+    let dir = fixture("llama");
+    let out = emberlm(&[
+        "generate",
+        "--model",
+        dir.to_str().unwrap(),
+        "--prompt",
+        case["text"].as_str().unwrap(),
+        "--dtype",
+        "f32",
+        "--max-new-tokens",
+        "24",
+        "--json",
+    ]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let got: Value = serde_json::from_slice(&out.stdout).expect("one JSON object on stdout");
+    assert_eq!(got["prompt_ids"], case["input_ids"]);
+    assert_eq!(got["generated_ids"], case["generated_ids"]);
+    for key in ["text", "ttft_ms", "prefill_tok_s", "decode_tok_s"] {
+        assert!(!got[key].is_null(), "missing {key}");
+    }
+}
+
+#[test]
+fn prompt_ids_and_dump_logits_npy() {
+    let case = &reference("qwen2")["cases"][1];
+    let gguf = fixture("qwen2").join("model.gguf");
+    let ids: Vec<String> = case["input_ids"].as_array().unwrap().iter().map(|v| v.to_string()).collect();
+    let npy = std::env::temp_dir().join(format!("emberlm-logits-{}.npy", std::process::id()));
+    let out = emberlm(&[
+        "generate",
+        "--model",
+        gguf.to_str().unwrap(),
+        "--prompt-ids",
+        &ids.join(","),
+        "--max-new-tokens",
+        "5",
+        "--json",
+        "--dump-logits",
+        npy.to_str().unwrap(),
+    ]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let got: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(got["generated_ids"].as_array().unwrap()[..], case["generated_ids"].as_array().unwrap()[..5]);
+    let bytes = std::fs::read(&npy).unwrap();
+    std::fs::remove_file(&npy).ok();
+    assert_eq!(&bytes[..8], b"\x93NUMPY\x01\x00");
+    let header_len = u16::from_le_bytes([bytes[8], bytes[9]]) as usize;
+    let header = std::str::from_utf8(&bytes[10..10 + header_len]).unwrap();
+    assert!(header.contains("'descr': '<f4'") && header.contains("'shape': (512,)"), "{header}");
+    assert_eq!((10 + header_len) % 64, 0, "npy data is 64-byte aligned");
+    let logits: Vec<f32> = bytes[10 + header_len..].chunks_exact(4).map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]])).collect();
+    let want: Vec<f64> = case["last_logits"].as_array().unwrap().iter().map(|v| v.as_f64().unwrap()).collect();
+    let worst = logits.iter().zip(&want).map(|(g, w)| (*g as f64 - w).abs()).fold(0.0, f64::max);
+    assert!(worst < 1e-3, "dumped logits differ from transformers by {worst}");
+}
+
+#[test]
+fn bench_prints_pp_and_tg_rows() {
+    let dir = fixture("phi3");
+    let out = emberlm(&["bench", "--model", dir.to_str().unwrap(), "-p", "32", "-n", "8", "-r", "1"]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let text = String::from_utf8(out.stdout).unwrap();
+    assert!(text.contains("| pp32 |") && text.contains("| tg8 |"), "{text}");
+}
+
+#[test]
+fn bad_inputs_are_clear_errors() {
+    let out = emberlm(&["generate", "--model", "/nonexistent/model.gguf", "--prompt", "x"]);
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("/nonexistent/model.gguf") && err.contains("No such file"), "{err}");
+    // Token ids past the vocabulary.
+    let dir = fixture("gemma3");
+    let out = emberlm(&["generate", "--model", dir.to_str().unwrap(), "--prompt-ids", "1,99999"]);
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("99999"));
+}
