@@ -1,6 +1,10 @@
-//! wasm-bindgen exports of emberlm. Today: device information and the kernel self-test, which
-//! runs every kernel against the CPU reference inside the browser (the same checks as
-//! `cargo test`), so the wasm/WebGPU path is tested on every run.
+//! wasm-bindgen exports of emberlm: `EmberModel` (load GGUF or safetensors, tokenize, chat
+//! templates, generate), device information, and the kernel self-test, which runs every kernel
+//! against the CPU reference inside the browser (the same checks as `cargo test`).
+
+mod model;
+
+pub use model::EmberModel;
 
 use emberlm_core::{DeviceOptions, GpuDevice};
 use serde::Serialize;

@@ -1,0 +1,259 @@
+//! `EmberModel`: load a GGUF or safetensors model and generate, from JavaScript. Model files
+//! are read through synchronous `read(offset, length) → Uint8Array` callbacks (a
+//! `FileReaderSync` in a worker, `fs.readSync` in Node, or a slice of bytes already in memory),
+//! so only the pieces being uploaded sit in the wasm heap.
+
+use emberlm_core::{DType, GpuDevice};
+use emberlm_models::chat::ChatTemplate;
+use emberlm_models::gguf::GgufFile;
+use emberlm_models::safetensors::SafetensorsStore;
+use emberlm_models::source::{ByteSource, SourceError};
+use emberlm_models::tokenizer::{StreamDecoder, TextTokenizer};
+use emberlm_models::weights::GgufStore;
+use emberlm_models::{generate, GenerateOptions, LoadOptions, Model, ModelConfig, SamplingOptions, Session};
+use serde::{Deserialize, Serialize};
+use wasm_bindgen::prelude::*;
+
+use crate::{device, to_js};
+
+fn js_err(e: impl std::fmt::Display) -> JsValue {
+    JsValue::from_str(&e.to_string())
+}
+
+/// A model file as JavaScript hands it over: `{ name, length, read(offset, length) }`.
+struct JsSource {
+    length: u64,
+    read: js_sys::Function,
+}
+
+impl JsSource {
+    fn from_js(v: &JsValue) -> Result<(String, Self), JsValue> {
+        let get = |k: &str| js_sys::Reflect::get(v, &JsValue::from_str(k));
+        let name = get("name")?.as_string().unwrap_or_else(|| "model".into());
+        let length = get("length")?.as_f64().ok_or_else(|| js_err(format!("{name}: `length` must be a number")))?;
+        let read = get("read")?.dyn_into::<js_sys::Function>().map_err(|_| js_err(format!("{name}: `read` must be a function")))?;
+        Ok((name, Self { length: length as u64, read }))
+    }
+}
+
+impl ByteSource for JsSource {
+    fn len(&self) -> u64 {
+        self.length
+    }
+
+    fn read_at(&self, offset: u64, buf: &mut [u8]) -> Result<(), SourceError> {
+        let end = offset + buf.len() as u64;
+        if end > self.length {
+            return Err(SourceError::OutOfRange { start: offset, end, len: self.length });
+        }
+        let got = self
+            .read
+            .call2(&JsValue::NULL, &JsValue::from_f64(offset as f64), &JsValue::from_f64(buf.len() as f64))
+            .map_err(|e| SourceError::Io(format!("read callback failed: {e:?}")))?;
+        let bytes = got.dyn_into::<js_sys::Uint8Array>().map_err(|_| SourceError::Io("read callback must return a Uint8Array".into()))?;
+        if bytes.length() as usize != buf.len() {
+            return Err(SourceError::Io(format!("read callback returned {} bytes, {} asked", bytes.length(), buf.len())));
+        }
+        bytes.copy_to(buf);
+        Ok(())
+    }
+}
+
+fn sources(files: &js_sys::Array) -> Result<Vec<(String, JsSource)>, JsValue> {
+    files.iter().map(|f| JsSource::from_js(&f)).collect()
+}
+
+#[derive(Deserialize, Default)]
+#[serde(rename_all = "camelCase", default)]
+struct JsLoadOptions {
+    dtype: Option<String>,
+    context: Option<usize>,
+}
+
+impl JsLoadOptions {
+    fn parse(v: JsValue) -> Result<(Option<DType>, usize), JsValue> {
+        let o: Self = if v.is_undefined() || v.is_null() { Self::default() } else { serde_wasm_bindgen::from_value(v)? };
+        let dtype = o.dtype.filter(|d| d != "auto").map(|d| d.parse::<DType>()).transpose().map_err(js_err)?;
+        Ok((dtype, o.context.unwrap_or(2048)))
+    }
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase", default)]
+struct JsGenerateOptions {
+    max_new_tokens: usize,
+    temperature: f32,
+    top_k: usize,
+    top_p: f32,
+    min_p: f32,
+    repetition_penalty: f32,
+    seed: u64,
+    stop: Vec<String>,
+}
+
+impl Default for JsGenerateOptions {
+    fn default() -> Self {
+        let s = SamplingOptions::default();
+        Self {
+            max_new_tokens: 256,
+            temperature: s.temperature,
+            top_k: s.top_k,
+            top_p: s.top_p,
+            min_p: s.min_p,
+            repetition_penalty: s.repetition_penalty,
+            seed: s.seed,
+            stop: vec![],
+        }
+    }
+}
+
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+struct JsGeneration {
+    prompt_ids: Vec<u32>,
+    generated_ids: Vec<u32>,
+    text: String,
+    stopped_by_eos: bool,
+    ttft_ms: f64,
+    prefill_tok_s: f64,
+    decode_tok_s: f64,
+}
+
+#[wasm_bindgen]
+pub struct EmberModel {
+    dev: GpuDevice,
+    model: Model,
+    tokenizer: Option<TextTokenizer>,
+    chat_template: Option<ChatTemplate>,
+}
+
+#[wasm_bindgen]
+impl EmberModel {
+    /// Loads a GGUF model: `files` is one `{name, length, read}` per shard, in order.
+    #[wasm_bindgen(js_name = fromGguf)]
+    pub async fn from_gguf(files: js_sys::Array, options: JsValue) -> Result<EmberModel, JsValue> {
+        let (dtype, context) = JsLoadOptions::parse(options)?;
+        let mut shards = Vec::new();
+        for (name, src) in sources(&files)? {
+            let file = GgufFile::read(&src).map_err(|e| js_err(format!("{name}: {e}")))?;
+            shards.push((file, src));
+        }
+        let store = GgufStore::new(shards).map_err(js_err)?;
+        let meta = store.metadata();
+        let tokenizer = if meta.get("tokenizer.ggml.tokens").is_ok() { Some(TextTokenizer::from_gguf(meta).map_err(js_err)?) } else { None };
+        let token = |key: &str| meta.get_u64(key).ok().and_then(|id| tokenizer.as_ref().and_then(|t| t.id_to_token(id as u32)));
+        let chat_template = meta.get_str("tokenizer.chat_template").ok().map(|s| ChatTemplate {
+            source: s.to_string(),
+            bos_token: token("tokenizer.ggml.bos_token_id"),
+            eos_token: token("tokenizer.ggml.eos_token_id"),
+        });
+        let dev = device(true).await?;
+        let model = Model::load_gguf(&dev, &store, &LoadOptions { dtype, context }).map_err(js_err)?;
+        Ok(Self { dev, model, tokenizer, chat_template })
+    }
+
+    /// Loads a Hugging Face model: the text of `config.json` (and of `generation_config.json`,
+    /// `tokenizer.json`, `tokenizer_config.json` when present) and one source per safetensors file.
+    #[wasm_bindgen(js_name = fromSafetensors)]
+    pub async fn from_safetensors(
+        config_json: String,
+        generation_config_json: Option<String>,
+        tokenizer_json: Option<String>,
+        tokenizer_config_json: Option<String>,
+        files: js_sys::Array,
+        options: JsValue,
+    ) -> Result<EmberModel, JsValue> {
+        let (dtype, context) = JsLoadOptions::parse(options.clone())?;
+        let parse = |s: &str, what: &str| serde_json::from_str::<serde_json::Value>(s).map_err(|e| js_err(format!("{what}: {e}")));
+        let config = parse(&config_json, "config.json")?;
+        let generation = generation_config_json.as_deref().map(|s| parse(s, "generation_config.json")).transpose()?;
+        let mut config = ModelConfig::from_hf(&config, generation.as_ref()).map_err(js_err)?;
+        let tokenizer = tokenizer_json.map(|t| TextTokenizer::from_json_bytes(t.as_bytes())).transpose().map_err(js_err)?;
+        let tok_cfg = tokenizer_config_json.as_deref().map(|s| parse(s, "tokenizer_config.json")).transpose()?.unwrap_or_default();
+        let token = |k: &str| tok_cfg.get(k).and_then(|v| v.as_str().or_else(|| v.get("content").and_then(|c| c.as_str()))).map(String::from);
+        let chat_template = tok_cfg.get("chat_template").and_then(|v| v.as_str()).map(|s| ChatTemplate {
+            source: s.into(),
+            bos_token: token("bos_token"),
+            eos_token: token("eos_token"),
+        });
+        if let (Some(tok), Some(eos)) = (&tokenizer, token("eos_token")) {
+            if let Some(id) = tok.token_to_id(&eos) {
+                if !config.eos_token_ids.contains(&id) {
+                    config.eos_token_ids.push(id);
+                }
+            }
+        }
+        let store = SafetensorsStore::new(sources(&files)?, config.arch).map_err(js_err)?;
+        let dev = device(true).await?;
+        let model = Model::load(&dev, config, &store, &LoadOptions { dtype: dtype.or(Some(DType::Q4)), context }).map_err(js_err)?;
+        Ok(Self { dev, model, tokenizer, chat_template })
+    }
+
+    pub fn architecture(&self) -> String {
+        self.model.config.arch.name().to_string()
+    }
+
+    pub fn encode(&self, text: &str) -> Result<Vec<u32>, JsValue> {
+        self.tokenizer.as_ref().ok_or_else(|| js_err("this model has no tokenizer"))?.encode(text).map_err(js_err)
+    }
+
+    pub fn decode(&self, ids: Vec<u32>) -> Result<String, JsValue> {
+        self.tokenizer.as_ref().ok_or_else(|| js_err("this model has no tokenizer"))?.decode(&ids, true).map_err(js_err)
+    }
+
+    /// Renders `messages` (`[{role, content}]`) with the model's chat template.
+    #[wasm_bindgen(js_name = applyChatTemplate)]
+    pub fn apply_chat_template(&self, messages: JsValue, add_generation_prompt: bool) -> Result<String, JsValue> {
+        let template = self.chat_template.as_ref().ok_or_else(|| js_err("this model has no chat template"))?;
+        let messages: serde_json::Value = serde_wasm_bindgen::from_value(messages)?;
+        template.render(&messages, add_generation_prompt, None).map_err(js_err)
+    }
+
+    /// Generates after `promptIds`; `onToken(id, textPiece)` is called per token and may return
+    /// `false` to stop.
+    pub async fn generate(&self, prompt_ids: Vec<u32>, options: JsValue, on_token: Option<js_sys::Function>) -> Result<JsValue, JsValue> {
+        let o: JsGenerateOptions =
+            if options.is_undefined() || options.is_null() { JsGenerateOptions::default() } else { serde_wasm_bindgen::from_value(options)? };
+        let opts = GenerateOptions {
+            max_new_tokens: o.max_new_tokens,
+            stop_tokens: self.model.config.eos_token_ids.clone(),
+            sampling: SamplingOptions {
+                temperature: o.temperature,
+                top_k: o.top_k,
+                top_p: o.top_p,
+                min_p: o.min_p,
+                repetition_penalty: o.repetition_penalty,
+                seed: o.seed,
+            },
+            want_prompt_logits: false,
+        };
+        let mut session = Session::new(&self.dev, &self.model).map_err(js_err)?;
+        let mut stream = StreamDecoder::new(true);
+        let mut text = String::new();
+        let out = generate(&self.dev, &mut session, &prompt_ids, &opts, |id| {
+            let piece = self.tokenizer.as_ref().and_then(|t| stream.push(t, id).ok()).unwrap_or_default();
+            text.push_str(&piece);
+            let keep = match &on_token {
+                Some(f) => f.call2(&JsValue::NULL, &JsValue::from(id), &JsValue::from_str(&piece)).map(|r| r.as_bool() != Some(false)).unwrap_or(false),
+                None => true,
+            };
+            keep && !o.stop.iter().any(|s| text.contains(s.as_str()))
+        })
+        .await
+        .map_err(js_err)?;
+        for s in &o.stop {
+            if let Some(i) = text.find(s.as_str()) {
+                text.truncate(i);
+            }
+        }
+        to_js(&JsGeneration {
+            prompt_ids: out.prompt_ids,
+            generated_ids: out.generated_ids,
+            text,
+            stopped_by_eos: out.stopped,
+            ttft_ms: out.ttft_ms,
+            prefill_tok_s: out.prefill_tok_s,
+            decode_tok_s: out.decode_tok_s,
+        })
+    }
+}
