@@ -1,9 +1,10 @@
 #!/usr/bin/env bash
 # The whole test suite: installs what it needs, then
-#   1. Rust unit tests, every kernel against the CPU reference, GGUF parsing/dequantisation and
-#      SmolLM2 greedy generation against transformers, on lavapipe (f16 + subgroups),
-#   2. the kernel tests again on SwiftShader (no shader-f16; the browsers' software adapter),
-#   3. the wasm32 build, and every kernel in headless Chromium through WebGPU.
+#   1. Rust tests on lavapipe (f16 + subgroups): every kernel against the CPU reference, GGUF and
+#      safetensors parsing, tiny models of every architecture and SmolLM2 against transformers,
+#      tokenizers and chat templates against Python, the `emberlm` CLI,
+#   2. the kernel and tiny-model tests again on SwiftShader (no shader-f16; the browsers' adapter),
+#   3. the wasm32 build, every kernel and two tiny models in headless Chromium through WebGPU.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh
@@ -17,8 +18,9 @@ SWIFTSHADER=/usr/lib/chromium/vk_swiftshader_icd.json
 echo "== cargo test (lavapipe: shader-f16 + subgroups)"
 VK_ICD_FILENAMES=$LAVAPIPE cargo test --release --workspace
 
-echo "== kernel tests (SwiftShader: no shader-f16)"
+echo "== kernel and tiny-model tests (SwiftShader: no shader-f16)"
 VK_ICD_FILENAMES=$SWIFTSHADER cargo test --release -p emberlm-core --test kernels
+VK_ICD_FILENAMES=$SWIFTSHADER cargo test --release -p emberlm-models --test tiny_models
 
 echo "== wasm32 build"
 bash scripts/build-wasm.sh
