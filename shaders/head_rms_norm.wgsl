@@ -18,7 +18,7 @@ struct Params {
 @group(0) @binding(1) var<storage, read_write> x: array<f32>;
 @group(0) @binding(2) var<storage, read> weight: array<f32>;
 
-var<workgroup> partial: array<f32, WG>;
+#include "lib/row_reduce.wgsl"
 
 @compute @workgroup_size(WG)
 fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
@@ -34,15 +34,8 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec
         let v = x[base + i];
         sum_sq += v * v;
     }
-    partial[lid] = sum_sq;
-    workgroupBarrier();
-    for (var stride = WG / 2u; stride > 0u; stride /= 2u) {
-        if (lid < stride) {
-            partial[lid] += partial[lid + stride];
-        }
-        workgroupBarrier();
-    }
-    let inv_rms = inverseSqrt(partial[0] / f32(params.d) + params.eps);
+    let total = workgroup_sum(lid, sum_sq);
+    let inv_rms = inverseSqrt(total / f32(params.d) + params.eps);
     for (var i = lid; i < params.d; i += WG) {
         x[base + i] = x[base + i] * inv_rms * (weight[i] + params.weight_offset);
     }

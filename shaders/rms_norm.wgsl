@@ -17,7 +17,7 @@ struct Params {
 @group(0) @binding(4) var<storage, read_write> residual: array<f32>;
 #endif
 
-var<workgroup> partial: array<f32, WG>;
+#include "lib/row_reduce.wgsl"
 
 @compute @workgroup_size(WG)
 fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
@@ -36,15 +36,8 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec
 #endif
         sum_sq += h * h;
     }
-    partial[lid] = sum_sq;
-    workgroupBarrier();
-    for (var stride = WG / 2u; stride > 0u; stride /= 2u) {
-        if (lid < stride) {
-            partial[lid] += partial[lid + stride];
-        }
-        workgroupBarrier();
-    }
-    let inv_rms = inverseSqrt(partial[0] / f32(params.cols) + params.eps);
+    let total = workgroup_sum(lid, sum_sq);
+    let inv_rms = inverseSqrt(total / f32(params.cols) + params.eps);
     for (var i = lid; i < params.cols; i += WG) {
 #if RESIDUAL
         let h = residual[base + i]; // written by this same thread above

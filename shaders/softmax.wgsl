@@ -12,7 +12,7 @@ struct Params {
 @group(0) @binding(1) var<storage, read> x: array<f32>;
 @group(0) @binding(2) var<storage, read_write> out: array<f32>;
 
-var<workgroup> partial: array<f32, WG>;
+#include "lib/row_reduce.wgsl"
 
 @compute @workgroup_size(WG)
 fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
@@ -26,16 +26,7 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec
     for (var i = lid; i < params.cols; i += WG) {
         m = max(m, x[base + i] * params.scale);
     }
-    partial[lid] = m;
-    workgroupBarrier();
-    for (var stride = WG / 2u; stride > 0u; stride /= 2u) {
-        if (lid < stride) {
-            partial[lid] = max(partial[lid], partial[lid + stride]);
-        }
-        workgroupBarrier();
-    }
-    let row_max = partial[0];
-    workgroupBarrier();
+    let row_max = workgroup_max(lid, m);
 
     var sum = 0.0;
     for (var i = lid; i < params.cols; i += WG) {
@@ -43,15 +34,8 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec
         out[base + i] = e;
         sum += e;
     }
-    partial[lid] = sum;
-    workgroupBarrier();
-    for (var stride = WG / 2u; stride > 0u; stride /= 2u) {
-        if (lid < stride) {
-            partial[lid] += partial[lid + stride];
-        }
-        workgroupBarrier();
-    }
-    let inv_sum = 1.0 / partial[0];
+    let total = workgroup_sum(lid, sum);
+    let inv_sum = 1.0 / total;
     for (var i = lid; i < params.cols; i += WG) {
         out[base + i] *= inv_sum; // this thread's own writes above
     }

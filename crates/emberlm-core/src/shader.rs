@@ -32,8 +32,11 @@ shaders!(
 );
 
 /// Helper files shared by several kernels (not kernels themselves), pulled in by `#include`.
-pub const INCLUDES: &[(&str, &str)] =
-    &[("lib/weights.wgsl", include_str!("../../../shaders/lib/weights.wgsl")), ("lib/ranking.wgsl", include_str!("../../../shaders/lib/ranking.wgsl"))];
+pub const INCLUDES: &[(&str, &str)] = &[
+    ("lib/weights.wgsl", include_str!("../../../shaders/lib/weights.wgsl")),
+    ("lib/ranking.wgsl", include_str!("../../../shaders/lib/ranking.wgsl")),
+    ("lib/row_reduce.wgsl", include_str!("../../../shaders/lib/row_reduce.wgsl")),
+];
 
 pub fn kernel_source(name: &str) -> Option<&'static str> {
     KERNELS.iter().find(|(n, _)| *n == name).map(|(_, src)| *src)
