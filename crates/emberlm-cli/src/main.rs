@@ -173,9 +173,9 @@ fn run_generate(a: GenerateArgs) -> Result<()> {
     let prompt_ids: Vec<u32> = match (&a.prompt_ids, &a.prompt) {
         (Some(ids), _) => ids.clone(),
         (None, Some(text)) => {
-            let tok = local_probe.tokenizer.as_ref().ok_or("this model has no tokenizer; pass --prompt-ids")?;
+            let tok = local_probe.text.tokenizer.as_ref().ok_or("this model has no tokenizer; pass --prompt-ids")?;
             let text = if a.chat {
-                let template = local_probe.chat_template.as_ref().ok_or("this model has no chat template; drop --chat")?;
+                let template = local_probe.text.chat_template.as_ref().ok_or("this model has no chat template; drop --chat")?;
                 let mut messages = Vec::new();
                 if let Some(s) = &a.system {
                     messages.push(json!({"role": "system", "content": s}));
@@ -186,7 +186,7 @@ fn run_generate(a: GenerateArgs) -> Result<()> {
                 text.clone()
             };
             let mut ids = tok.encode(&text).map_err(err)?;
-            if !a.chat && local_probe.add_bos {
+            if !a.chat && local_probe.text.add_bos {
                 if let Some(bos) = local_probe.config.bos_token_id {
                     ids.insert(0, bos);
                 }
@@ -211,7 +211,7 @@ fn run_generate(a: GenerateArgs) -> Result<()> {
     let mut stream = StreamDecoder::new(true);
     let mut text = String::new();
     let mut stdout = std::io::stdout();
-    let tok = local.tokenizer.as_ref();
+    let tok = local.text.tokenizer.as_ref();
     let mut stream_err = None;
     let out = pollster::block_on(generate(dev, &mut session, &prompt_ids, &options, |id| {
         let Some(tok) = tok else { return true };
@@ -271,8 +271,8 @@ fn run_generate(a: GenerateArgs) -> Result<()> {
 fn run_chat(a: ChatArgs) -> Result<()> {
     let loaded = load(&a.model, a.model.context.unwrap_or(4096))?;
     let Loaded { dev, local, model, .. } = &loaded;
-    let tok = local.tokenizer.as_ref().ok_or("this model has no tokenizer")?;
-    let template = local.chat_template.as_ref().ok_or("this model has no chat template")?;
+    let tok = local.text.tokenizer.as_ref().ok_or("this model has no tokenizer")?;
+    let template = local.text.chat_template.as_ref().ok_or("this model has no chat template")?;
     eprintln!("{} on {} — type a message, empty line to quit", a.model.model.display(), dev.caps.adapter_name);
     let mut messages = Vec::new();
     if let Some(s) = &a.system {

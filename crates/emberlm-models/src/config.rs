@@ -375,15 +375,10 @@ impl ModelConfig {
                 _ => vec![],
             }
         };
-        let mut eos = ids(generation.and_then(|g| g.get("eos_token_id")));
-        for id in ids(c.get("eos_token_id")) {
-            if !eos.contains(&id) {
-                eos.push(id);
-            }
-        }
+        let eos = ids(generation.and_then(|g| g.get("eos_token_id")));
         let bos = ids(generation.and_then(|g| g.get("bos_token_id")).or_else(|| c.get("bos_token_id"))).first().copied();
         let qpas = f32_of("query_pre_attn_scalar").unwrap_or(head_dim as f32);
-        Self {
+        let mut config = Self {
             arch,
             hidden,
             layers,
@@ -408,6 +403,17 @@ impl ModelConfig {
             bos_token_id: bos,
             eos_token_ids: eos,
         }
-        .check()
+        .check()?;
+        for id in ids(c.get("eos_token_id")) {
+            config.add_stop_token(id);
+        }
+        Ok(config)
+    }
+
+    /// Generation also stops at `id` (kept once, in the order added).
+    pub fn add_stop_token(&mut self, id: u32) {
+        if !self.eos_token_ids.contains(&id) {
+            self.eos_token_ids.push(id);
+        }
     }
 }

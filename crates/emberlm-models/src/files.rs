@@ -6,13 +6,12 @@ use std::path::{Path, PathBuf};
 
 use serde_json::Value as Json;
 
-use crate::chat::ChatTemplate;
 use crate::config::ModelConfig;
 use crate::error::{ModelError, Result};
 use crate::gguf::{FileSource, GgufFile};
 use crate::model::{LoadOptions, Model};
 use crate::safetensors::{self, SafetensorsStore};
-use crate::tokenizer::TextTokenizer;
+use crate::text::TextSetup;
 use crate::weights::{gguf_shard_names, GgufStore};
 
 fn file_err(path: &Path, reason: impl std::fmt::Display) -> ModelError {
@@ -77,10 +76,7 @@ pub fn open_hf_dir(dir: &Path) -> Result<HfModelDir> {
 pub struct LocalModel {
     pub weights: LocalWeights,
     pub config: ModelConfig,
-    pub tokenizer: Option<TextTokenizer>,
-    pub chat_template: Option<ChatTemplate>,
-    /// Whether raw prompts start with BOS (`add_bos_token`).
-    pub add_bos: bool,
+    pub text: TextSetup,
 }
 
 pub enum LocalWeights {
@@ -88,49 +84,31 @@ pub enum LocalWeights {
     Safetensors(SafetensorsStore<FileSource>),
 }
 
+fn read_if_exists(path: &Path) -> Result<Option<Vec<u8>>> {
+    if path.exists() {
+        std::fs::read(path).map(Some).map_err(|e| file_err(path, e))
+    } else {
+        Ok(None)
+    }
+}
+
 impl LocalModel {
     /// `path`: a `.gguf` file (any shard of a split model) or a Hugging Face model directory.
     pub fn open(path: &Path) -> Result<Self> {
         if path.is_dir() {
             let hf = open_hf_dir(path)?;
-            let tok_path = path.join("tokenizer.json");
-            let tokenizer =
-                if tok_path.exists() { Some(TextTokenizer::from_json_bytes(&std::fs::read(&tok_path).map_err(|e| file_err(&tok_path, e))?)?) } else { None };
-            let cfg_path = path.join("tokenizer_config.json");
-            let tok_cfg = if cfg_path.exists() { read_json(&cfg_path)? } else { Json::Null };
-            // A token setting is a string or an AddedToken object with `content`.
-            let token = |k: &str| tok_cfg.get(k).and_then(|v| v.as_str().or_else(|| v.get("content").and_then(Json::as_str))).map(String::from);
-            let jinja = path.join("chat_template.jinja");
-            let source = match tok_cfg.get("chat_template").and_then(Json::as_str) {
-                Some(s) => Some(s.to_string()),
-                None if jinja.exists() => Some(std::fs::read_to_string(&jinja).map_err(|e| file_err(&jinja, e))?),
-                None => None,
-            };
-            let chat_template = source.map(|source| ChatTemplate { source, bos_token: token("bos_token"), eos_token: token("eos_token") });
-            let add_bos = tok_cfg.get("add_bos_token").and_then(Json::as_bool).unwrap_or(false);
             let mut config = hf.config;
-            // The template's end-of-turn token stops generation too.
-            if let (Some(tok), Some(eos)) = (&tokenizer, token("eos_token")) {
-                if let Some(id) = tok.token_to_id(&eos) {
-                    if !config.eos_token_ids.contains(&id) {
-                        config.eos_token_ids.push(id);
-                    }
-                }
-            }
-            Ok(Self { weights: LocalWeights::Safetensors(hf.store), config, tokenizer, chat_template, add_bos })
+            let tokenizer_json = read_if_exists(&path.join("tokenizer.json"))?;
+            let cfg_path = path.join("tokenizer_config.json");
+            let tokenizer_config = if cfg_path.exists() { Some(read_json(&cfg_path)?) } else { None };
+            let jinja = read_if_exists(&path.join("chat_template.jinja"))?.map(|b| String::from_utf8_lossy(&b).into_owned());
+            let text = TextSetup::from_hf(tokenizer_json.as_deref(), tokenizer_config.as_ref(), jinja, &mut config)?;
+            Ok(Self { weights: LocalWeights::Safetensors(hf.store), config, text })
         } else {
             let store = open_gguf(path)?;
-            let meta = store.metadata();
-            let config = ModelConfig::from_gguf(meta)?;
-            let tokenizer = if meta.get("tokenizer.ggml.tokens").is_ok() { Some(TextTokenizer::from_gguf(meta)?) } else { None };
-            let token = |key: &str| meta.get_u64(key).ok().and_then(|id| tokenizer.as_ref().and_then(|t| t.id_to_token(id as u32)));
-            let chat_template = meta.get_str("tokenizer.chat_template").ok().map(|s| ChatTemplate {
-                source: s.to_string(),
-                bos_token: token("tokenizer.ggml.bos_token_id"),
-                eos_token: token("tokenizer.ggml.eos_token_id"),
-            });
-            let add_bos = meta.get_u64("tokenizer.ggml.add_bos_token").map(|v| v != 0).unwrap_or(false);
-            Ok(Self { weights: LocalWeights::Gguf(store), config, tokenizer, chat_template, add_bos })
+            let config = ModelConfig::from_gguf(store.metadata())?;
+            let text = TextSetup::from_gguf(store.metadata())?;
+            Ok(Self { weights: LocalWeights::Gguf(store), config, text })
         }
     }
 

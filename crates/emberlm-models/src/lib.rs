@@ -12,6 +12,7 @@ pub mod model;
 pub mod safetensors;
 pub mod sampling;
 pub mod source;
+pub mod text;
 pub mod tokenizer;
 pub mod weights;
 

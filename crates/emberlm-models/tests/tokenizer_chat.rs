@@ -6,6 +6,7 @@ use std::path::PathBuf;
 
 use emberlm_models::chat::ChatTemplate;
 use emberlm_models::files::{open_gguf, read_json};
+use emberlm_models::text::TextSetup;
 use emberlm_models::tokenizer::{StreamDecoder, TextTokenizer};
 use serde_json::Value;
 
@@ -42,14 +43,8 @@ fn gguf_tokenizer_matches_transformers_gguf_tokenizer() {
 
     // Its chat template renders like transformers'.
     let want = read_json(&fixtures().join("smollm2/chat_template.json")).unwrap();
-    let meta = store.metadata();
-    let token = |key: &str| meta.get_u64(key).ok().and_then(|id| tok.id_to_token(id as u32));
-    let template = ChatTemplate {
-        source: meta.get_str("tokenizer.chat_template").unwrap().to_string(),
-        bos_token: token("tokenizer.ggml.bos_token_id"),
-        eos_token: token("tokenizer.ggml.eos_token_id"),
-    };
-    let got = template.render(&want["messages"], true, None).unwrap();
+    let text = TextSetup::from_gguf(store.metadata()).unwrap();
+    let got = text.chat_template.expect("SmolLM2 has a chat template").render(&want["messages"], true, None).unwrap();
     assert_eq!(got, want["rendered"].as_str().unwrap());
 }
 

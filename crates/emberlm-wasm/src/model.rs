@@ -4,11 +4,11 @@
 //! so only the pieces being uploaded sit in the wasm heap.
 
 use emberlm_core::{DType, GpuDevice};
-use emberlm_models::chat::ChatTemplate;
 use emberlm_models::gguf::GgufFile;
 use emberlm_models::safetensors::SafetensorsStore;
 use emberlm_models::source::{ByteSource, SourceError};
-use emberlm_models::tokenizer::{StreamDecoder, TextTokenizer};
+use emberlm_models::text::TextSetup;
+use emberlm_models::tokenizer::StreamDecoder;
 use emberlm_models::weights::GgufStore;
 use emberlm_models::{generate, GenerateOptions, LoadOptions, Model, ModelConfig, SamplingOptions, Session};
 use serde::{Deserialize, Serialize};
@@ -123,8 +123,7 @@ struct JsGeneration {
 pub struct EmberModel {
     dev: GpuDevice,
     model: Model,
-    tokenizer: Option<TextTokenizer>,
-    chat_template: Option<ChatTemplate>,
+    text: TextSetup,
 }
 
 #[wasm_bindgen]
@@ -139,17 +138,10 @@ impl EmberModel {
             shards.push((file, src));
         }
         let store = GgufStore::new(shards).map_err(js_err)?;
-        let meta = store.metadata();
-        let tokenizer = if meta.get("tokenizer.ggml.tokens").is_ok() { Some(TextTokenizer::from_gguf(meta).map_err(js_err)?) } else { None };
-        let token = |key: &str| meta.get_u64(key).ok().and_then(|id| tokenizer.as_ref().and_then(|t| t.id_to_token(id as u32)));
-        let chat_template = meta.get_str("tokenizer.chat_template").ok().map(|s| ChatTemplate {
-            source: s.to_string(),
-            bos_token: token("tokenizer.ggml.bos_token_id"),
-            eos_token: token("tokenizer.ggml.eos_token_id"),
-        });
+        let text = TextSetup::from_gguf(store.metadata()).map_err(js_err)?;
         let dev = device(true).await?;
         let model = Model::load_gguf(&dev, &store, &LoadOptions { dtype, context }).map_err(js_err)?;
-        Ok(Self { dev, model, tokenizer, chat_template })
+        Ok(Self { dev, model, text })
     }
 
     /// Loads a Hugging Face model: the text of `config.json` (and of `generation_config.json`,
@@ -168,25 +160,12 @@ impl EmberModel {
         let config = parse(&config_json, "config.json")?;
         let generation = generation_config_json.as_deref().map(|s| parse(s, "generation_config.json")).transpose()?;
         let mut config = ModelConfig::from_hf(&config, generation.as_ref()).map_err(js_err)?;
-        let tokenizer = tokenizer_json.map(|t| TextTokenizer::from_json_bytes(t.as_bytes())).transpose().map_err(js_err)?;
-        let tok_cfg = tokenizer_config_json.as_deref().map(|s| parse(s, "tokenizer_config.json")).transpose()?.unwrap_or_default();
-        let token = |k: &str| tok_cfg.get(k).and_then(|v| v.as_str().or_else(|| v.get("content").and_then(|c| c.as_str()))).map(String::from);
-        let chat_template = tok_cfg.get("chat_template").and_then(|v| v.as_str()).map(|s| ChatTemplate {
-            source: s.into(),
-            bos_token: token("bos_token"),
-            eos_token: token("eos_token"),
-        });
-        if let (Some(tok), Some(eos)) = (&tokenizer, token("eos_token")) {
-            if let Some(id) = tok.token_to_id(&eos) {
-                if !config.eos_token_ids.contains(&id) {
-                    config.eos_token_ids.push(id);
-                }
-            }
-        }
+        let tok_cfg = tokenizer_config_json.as_deref().map(|s| parse(s, "tokenizer_config.json")).transpose()?;
+        let text = TextSetup::from_hf(tokenizer_json.as_deref().map(str::as_bytes), tok_cfg.as_ref(), None, &mut config).map_err(js_err)?;
         let store = SafetensorsStore::new(sources(&files)?, config.arch).map_err(js_err)?;
         let dev = device(true).await?;
         let model = Model::load(&dev, config, &store, &LoadOptions { dtype: dtype.or(Some(DType::Q4)), context }).map_err(js_err)?;
-        Ok(Self { dev, model, tokenizer, chat_template })
+        Ok(Self { dev, model, text })
     }
 
     pub fn architecture(&self) -> String {
@@ -194,17 +173,17 @@ impl EmberModel {
     }
 
     pub fn encode(&self, text: &str) -> Result<Vec<u32>, JsValue> {
-        self.tokenizer.as_ref().ok_or_else(|| js_err("this model has no tokenizer"))?.encode(text).map_err(js_err)
+        self.text.tokenizer.as_ref().ok_or_else(|| js_err("this model has no tokenizer"))?.encode(text).map_err(js_err)
     }
 
     pub fn decode(&self, ids: Vec<u32>) -> Result<String, JsValue> {
-        self.tokenizer.as_ref().ok_or_else(|| js_err("this model has no tokenizer"))?.decode(&ids, true).map_err(js_err)
+        self.text.tokenizer.as_ref().ok_or_else(|| js_err("this model has no tokenizer"))?.decode(&ids, true).map_err(js_err)
     }
 
     /// Renders `messages` (`[{role, content}]`) with the model's chat template.
     #[wasm_bindgen(js_name = applyChatTemplate)]
     pub fn apply_chat_template(&self, messages: JsValue, add_generation_prompt: bool) -> Result<String, JsValue> {
-        let template = self.chat_template.as_ref().ok_or_else(|| js_err("this model has no chat template"))?;
+        let template = self.text.chat_template.as_ref().ok_or_else(|| js_err("this model has no chat template"))?;
         let messages: serde_json::Value = serde_wasm_bindgen::from_value(messages)?;
         template.render(&messages, add_generation_prompt, None).map_err(js_err)
     }
@@ -231,7 +210,7 @@ impl EmberModel {
         let mut stream = StreamDecoder::new(true);
         let mut text = String::new();
         let out = generate(&self.dev, &mut session, &prompt_ids, &opts, |id| {
-            let piece = self.tokenizer.as_ref().and_then(|t| stream.push(t, id).ok()).unwrap_or_default();
+            let piece = self.text.tokenizer.as_ref().and_then(|t| stream.push(t, id).ok()).unwrap_or_default();
             text.push_str(&piece);
             let keep = match &on_token {
                 Some(f) => f.call2(&JsValue::NULL, &JsValue::from(id), &JsValue::from_str(&piece)).map(|r| r.as_bool() != Some(false)).unwrap_or(false),

@@ -1,0 +1,54 @@
+//! What a model brings for turning conversations into token ids: its tokenizer, its chat
+//! template and whether raw prompts start with BOS, read from GGUF metadata or from a Hugging
+//! Face directory's `tokenizer.json` / `tokenizer_config.json`. Native file loading and the wasm
+//! API both build it here.
+
+use serde_json::Value as Json;
+
+use crate::chat::ChatTemplate;
+use crate::config::ModelConfig;
+use crate::error::Result;
+use crate::gguf::GgufFile;
+use crate::tokenizer::TextTokenizer;
+
+pub struct TextSetup {
+    pub tokenizer: Option<TextTokenizer>,
+    pub chat_template: Option<ChatTemplate>,
+    /// Whether raw prompts start with BOS (`add_bos_token`).
+    pub add_bos: bool,
+}
+
+/// A token named in `tokenizer_config.json`: a string, or an AddedToken object's `content`.
+fn config_token(cfg: &Json, key: &str) -> Option<String> {
+    cfg.get(key).and_then(|v| v.as_str().or_else(|| v.get("content").and_then(Json::as_str))).map(String::from)
+}
+
+impl TextSetup {
+    /// From GGUF `tokenizer.*` metadata; a file without a vocabulary has no tokenizer.
+    pub fn from_gguf(meta: &GgufFile) -> Result<Self> {
+        let tokenizer = if meta.get("tokenizer.ggml.tokens").is_ok() { Some(TextTokenizer::from_gguf(meta)?) } else { None };
+        let token = |key: &str| meta.get_u64(key).ok().and_then(|id| tokenizer.as_ref().and_then(|t| t.id_to_token(id as u32)));
+        let chat_template = meta.get_str("tokenizer.chat_template").ok().map(|s| ChatTemplate {
+            source: s.to_string(),
+            bos_token: token("tokenizer.ggml.bos_token_id"),
+            eos_token: token("tokenizer.ggml.eos_token_id"),
+        });
+        let add_bos = meta.get_u64("tokenizer.ggml.add_bos_token").map(|v| v != 0).unwrap_or(false);
+        Ok(Self { tokenizer, chat_template, add_bos })
+    }
+
+    /// From the contents of `tokenizer.json` and `tokenizer_config.json` (either may be absent);
+    /// `jinja` is a separate `chat_template.jinja`, used when the config has no template. The
+    /// template's end-of-turn token is added to `config`'s stop tokens.
+    pub fn from_hf(tokenizer_json: Option<&[u8]>, tokenizer_config: Option<&Json>, jinja: Option<String>, config: &mut ModelConfig) -> Result<Self> {
+        let tokenizer = tokenizer_json.map(TextTokenizer::from_json_bytes).transpose()?;
+        let cfg = tokenizer_config.unwrap_or(&Json::Null);
+        let source = cfg.get("chat_template").and_then(Json::as_str).map(String::from).or(jinja);
+        let chat_template = source.map(|source| ChatTemplate { source, bos_token: config_token(cfg, "bos_token"), eos_token: config_token(cfg, "eos_token") });
+        if let Some(id) = config_token(cfg, "eos_token").and_then(|eos| tokenizer.as_ref()?.token_to_id(&eos)) {
+            config.add_stop_token(id);
+        }
+        let add_bos = cfg.get("add_bos_token").and_then(Json::as_bool).unwrap_or(false);
+        Ok(Self { tokenizer, chat_template, add_bos })
+    }
+}
