@@ -134,14 +134,18 @@ struct Loaded {
     load_s: f64,
 }
 
-fn load(args: &ModelArgs, needed_context: usize) -> Result<Loaded> {
-    let local = LocalModel::open(&args.model).map_err(err)?;
+fn open(args: &ModelArgs) -> Result<LocalModel> {
+    LocalModel::open(&args.model).map_err(err)
+}
+
+/// Uploads an opened model with a KV cache for `needed_context` tokens (unless --context says).
+fn load(args: &ModelArgs, local: LocalModel, needed_context: usize) -> Result<Loaded> {
     let dtype = match args.dtype.as_str() {
         "auto" if local.is_gguf() => None,
         "auto" => Some(DType::Q4),
         other => Some(other.parse::<DType>()?),
     };
-    let context = args.context.unwrap_or(needed_context.min(local.config.context_length).max(needed_context.min(4096)));
+    let context = args.context.unwrap_or(needed_context.min(local.config.context_length.max(4096)));
     let dev = pollster::block_on(GpuDevice::new(DeviceOptions::default())).map_err(err)?;
     let start = std::time::Instant::now();
     let model = local.load(&dev, &LoadOptions { dtype, context }).map_err(err)?;
@@ -169,13 +173,13 @@ fn write_npy(path: &Path, values: &[f32]) -> Result<()> {
 }
 
 fn run_generate(a: GenerateArgs) -> Result<()> {
-    let local_probe = LocalModel::open(&a.model.model).map_err(err)?;
+    let local = open(&a.model)?;
     let prompt_ids: Vec<u32> = match (&a.prompt_ids, &a.prompt) {
         (Some(ids), _) => ids.clone(),
         (None, Some(text)) => {
-            let tok = local_probe.text.tokenizer.as_ref().ok_or("this model has no tokenizer; pass --prompt-ids")?;
+            let tok = local.text.tokenizer.as_ref().ok_or("this model has no tokenizer; pass --prompt-ids")?;
             let text = if a.chat {
-                let template = local_probe.text.chat_template.as_ref().ok_or("this model has no chat template; drop --chat")?;
+                let template = local.text.chat_template.as_ref().ok_or("this model has no chat template; drop --chat")?;
                 let mut messages = Vec::new();
                 if let Some(s) = &a.system {
                     messages.push(json!({"role": "system", "content": s}));
@@ -186,8 +190,8 @@ fn run_generate(a: GenerateArgs) -> Result<()> {
                 text.clone()
             };
             let mut ids = tok.encode(&text).map_err(err)?;
-            if !a.chat && local_probe.text.add_bos {
-                if let Some(bos) = local_probe.config.bos_token_id {
+            if !a.chat && local.text.add_bos {
+                if let Some(bos) = local.config.bos_token_id {
                     ids.insert(0, bos);
                 }
             }
@@ -198,8 +202,7 @@ fn run_generate(a: GenerateArgs) -> Result<()> {
     if prompt_ids.is_empty() {
         return Err("the prompt is empty".into());
     }
-    drop(local_probe);
-    let loaded = load(&a.model, prompt_ids.len() + a.sampling.max_new_tokens)?;
+    let loaded = load(&a.model, local, prompt_ids.len() + a.sampling.max_new_tokens)?;
     let Loaded { dev, local, model, load_s } = &loaded;
     let mut session = Session::new(dev, model).map_err(err)?;
     let options = GenerateOptions {
@@ -269,7 +272,7 @@ fn run_generate(a: GenerateArgs) -> Result<()> {
 }
 
 fn run_chat(a: ChatArgs) -> Result<()> {
-    let loaded = load(&a.model, a.model.context.unwrap_or(4096))?;
+    let loaded = load(&a.model, open(&a.model)?, a.model.context.unwrap_or(4096))?;
     let Loaded { dev, local, model, .. } = &loaded;
     let tok = local.text.tokenizer.as_ref().ok_or("this model has no tokenizer")?;
     let template = local.text.chat_template.as_ref().ok_or("this model has no chat template")?;
@@ -322,7 +325,7 @@ fn mean_sd(v: &[f64]) -> (f64, f64) {
 }
 
 fn run_bench(a: BenchArgs) -> Result<()> {
-    let loaded = load(&a.model, a.model.context.unwrap_or(a.n_prompt.max(a.n_gen + 1)))?;
+    let loaded = load(&a.model, open(&a.model)?, a.model.context.unwrap_or(a.n_prompt.max(a.n_gen + 1)))?;
     let Loaded { dev, model, load_s, .. } = &loaded;
     let c = &model.config;
     // Deterministic pseudo-random tokens, like llama-bench.
