@@ -1,5 +1,7 @@
-// Launches Debian's Chromium headless with WebGPU on SwiftShader. Never downloads a browser.
+// Launches Debian's Chromium headless with WebGPU on SwiftShader (never downloads a browser),
+// and opens test pages served from 127.0.0.1.
 import { chromium } from 'playwright-core';
+import { serveDirectory } from './static-server.mjs';
 
 export const CHROMIUM = process.env.CHROMIUM_PATH ?? '/usr/bin/chromium';
 
@@ -17,4 +19,25 @@ export async function launchChromium() {
       '--no-first-run',
     ],
   });
+}
+
+/**
+ * Serves `root` on 127.0.0.1, opens `pagePath` in headless Chromium (browser console echoed)
+ * and waits until the page defines `window[readyGlobal]`. Resolves to { page, close }.
+ */
+export async function openTestPage(root, pagePath, readyGlobal) {
+  const server = await serveDirectory(root);
+  const browser = await launchChromium();
+  const page = await browser.newPage();
+  page.on('console', (msg) => console.log(`[browser] ${msg.text()}`));
+  page.on('pageerror', (err) => console.log(`[browser error] ${err.message}`));
+  await page.goto(`${server.url}${pagePath}`);
+  await page.waitForFunction((name) => window[name] !== undefined, readyGlobal);
+  return {
+    page,
+    async close() {
+      await browser.close();
+      await server.close();
+    },
+  };
 }

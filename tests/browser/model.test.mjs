@@ -6,28 +6,20 @@ import assert from 'node:assert/strict';
 import { existsSync, readFileSync } from 'node:fs';
 import { dirname, join } from 'node:path';
 import { fileURLToPath } from 'node:url';
-import { serveDirectory } from './static-server.mjs';
-import { launchChromium } from './chromium.mjs';
+import { openTestPage } from './chromium.mjs';
 
 const here = dirname(fileURLToPath(import.meta.url));
-let server;
-let browser;
+let session;
 let page;
 
 before(async () => {
   assert.ok(existsSync(join(here, 'pkg', 'emberlm_wasm.js')), 'run scripts/build-wasm.sh first (tests/browser/pkg is missing)');
-  server = await serveDirectory(join(here, '..'));
-  browser = await launchChromium();
-  page = await browser.newPage();
-  page.on('console', (msg) => console.log(`[browser] ${msg.text()}`));
-  page.on('pageerror', (err) => console.log(`[browser error] ${err.message}`));
-  await page.goto(`${server.url}/browser/model.html`);
-  await page.waitForFunction(() => window.emberlmModels !== undefined);
+  session = await openTestPage(join(here, '..'), '/browser/model.html', 'emberlmModels');
+  page = session.page;
 });
 
 after(async () => {
-  await browser?.close();
-  await server?.close();
+  await session?.close();
 });
 
 const reference = (arch) => JSON.parse(readFileSync(join(here, '..', 'fixtures', 'tiny', arch, 'reference.json'), 'utf8'));
