@@ -19,15 +19,18 @@ pub trait ByteSource {
     }
 }
 
+/// The end of the read `offset..offset + n` when it lies within `len` bytes, else the error
+/// naming it (every source checks reads this way, overflow included).
+pub fn checked_end(offset: u64, n: usize, len: u64) -> Result<u64, SourceError> {
+    offset.checked_add(n as u64).filter(|&end| end <= len).ok_or(SourceError::OutOfRange { start: offset, end: offset.saturating_add(n as u64), len })
+}
+
 impl ByteSource for [u8] {
     fn len(&self) -> u64 {
         <[u8]>::len(self) as u64
     }
     fn read_at(&self, offset: u64, buf: &mut [u8]) -> Result<(), SourceError> {
-        let end = offset.checked_add(buf.len() as u64).filter(|&e| e <= ByteSource::len(self));
-        let Some(end) = end else {
-            return Err(SourceError::OutOfRange { start: offset, end: offset + buf.len() as u64, len: ByteSource::len(self) });
-        };
+        let end = checked_end(offset, buf.len(), ByteSource::len(self))?;
         buf.copy_from_slice(&self[offset as usize..end as usize]);
         Ok(())
     }
@@ -64,10 +67,7 @@ impl ByteSource for FileSource {
     }
     fn read_at(&self, offset: u64, buf: &mut [u8]) -> Result<(), SourceError> {
         use std::os::unix::fs::FileExt;
-        let end = offset + buf.len() as u64;
-        if end > self.len {
-            return Err(SourceError::OutOfRange { start: offset, end, len: self.len });
-        }
+        checked_end(offset, buf.len(), self.len)?;
         self.file.read_exact_at(buf, offset).map_err(|e| SourceError::Io(e.to_string()))
     }
 }

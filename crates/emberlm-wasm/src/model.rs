@@ -6,7 +6,7 @@
 use emberlm_core::{DType, GpuDevice};
 use emberlm_models::gguf::GgufFile;
 use emberlm_models::safetensors::SafetensorsStore;
-use emberlm_models::source::{ByteSource, SourceError};
+use emberlm_models::source::{checked_end, ByteSource, SourceError};
 use emberlm_models::text::TextSetup;
 use emberlm_models::tokenizer::StreamDecoder;
 use emberlm_models::weights::GgufStore;
@@ -42,10 +42,7 @@ impl ByteSource for JsSource {
     }
 
     fn read_at(&self, offset: u64, buf: &mut [u8]) -> Result<(), SourceError> {
-        let end = offset + buf.len() as u64;
-        if end > self.length {
-            return Err(SourceError::OutOfRange { start: offset, end, len: self.length });
-        }
+        checked_end(offset, buf.len(), self.length)?;
         let got = self
             .read
             .call2(&JsValue::NULL, &JsValue::from_f64(offset as f64), &JsValue::from_f64(buf.len() as f64))
