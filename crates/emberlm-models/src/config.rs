@@ -61,6 +61,17 @@ impl Architecture {
         matches!(self, Self::Qwen3 | Self::Gemma3)
     }
 
+    /// Whether Gemma layer `layer` uses the sliding window when the model does not list its
+    /// layers: Gemma 2 alternates (even layers slide), Gemma 3 makes every `gemma3_period`-th
+    /// layer global. `None` for other architectures.
+    pub fn gemma_layer_slides(self, layer: usize, gemma3_period: usize) -> Option<bool> {
+        match self {
+            Self::Gemma2 => Some(layer % 2 == 0),
+            Self::Gemma3 => Some((layer + 1) % gemma3_period.max(1) != 0),
+            _ => None,
+        }
+    }
+
     /// Gemma's extra norms on the attention and MLP outputs before they join the residual.
     pub fn has_post_norms(self) -> bool {
         self.is_gemma()
@@ -223,11 +234,9 @@ impl ModelConfig {
         }
         let layer_windows = (0..layers)
             .map(|i| {
-                let slides = match (&pattern, arch) {
-                    (Some(p), _) => p[i],
-                    (None, Architecture::Gemma2) => i % 2 == 0,
-                    (None, Architecture::Gemma3) => (i + 1) % 6 != 0,
-                    (None, _) => true,
+                let slides = match &pattern {
+                    Some(p) => p[i],
+                    None => arch.gemma_layer_slides(i, 6).unwrap_or(true),
                 };
                 if slides {
                     window
@@ -349,16 +358,19 @@ impl ModelConfig {
                 types.iter().map(|t| if t.as_str() == Some("sliding_attention") { window } else { 0 }).collect()
             }
             None => (0..layers)
-                .map(|i| match arch {
-                    Architecture::Gemma2 if i % 2 == 0 => window,
-                    Architecture::Gemma3 if (i + 1) % usize_of("sliding_window_pattern").unwrap_or(6) != 0 => window,
-                    Architecture::Mistral | Architecture::Phi3 => window,
-                    Architecture::Qwen2 | Architecture::Qwen3
-                        if c.get("use_sliding_window").and_then(Json::as_bool) == Some(true) && i >= usize_of("max_window_layers").unwrap_or(0) =>
-                    {
+                .map(|i| {
+                    let slides = arch.gemma_layer_slides(i, usize_of("sliding_window_pattern").unwrap_or(6)).unwrap_or(match arch {
+                        Architecture::Mistral | Architecture::Phi3 => true,
+                        Architecture::Qwen2 | Architecture::Qwen3 => {
+                            c.get("use_sliding_window").and_then(Json::as_bool) == Some(true) && i >= usize_of("max_window_layers").unwrap_or(0)
+                        }
+                        _ => false,
+                    });
+                    if slides {
                         window
+                    } else {
+                        0
                     }
-                    _ => 0,
                 })
                 .collect(),
         };
@@ -415,5 +427,29 @@ impl ModelConfig {
         if !self.eos_token_ids.contains(&id) {
             self.eos_token_ids.push(id);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn hf(model_type: &str, extra: Json) -> ModelConfig {
+        let mut c = serde_json::json!({"model_type": model_type, "hidden_size": 64, "num_attention_heads": 4, "num_hidden_layers": 7,
+            "intermediate_size": 128, "vocab_size": 512, "sliding_window": 8});
+        c.as_object_mut().unwrap().extend(extra.as_object().unwrap().clone());
+        ModelConfig::from_hf(&c, None).unwrap()
+    }
+
+    /// Hub configs written before transformers 5 list no `layer_types`: the per-architecture
+    /// defaults decide which layers slide.
+    #[test]
+    fn sliding_layers_without_layer_types() {
+        assert_eq!(hf("gemma2", serde_json::json!({})).layer_windows, [8, 0, 8, 0, 8, 0, 8]);
+        assert_eq!(hf("gemma3_text", serde_json::json!({"sliding_window_pattern": 3})).layer_windows, [8, 8, 0, 8, 8, 0, 8]);
+        assert_eq!(hf("mistral", serde_json::json!({})).layer_windows, [8; 7]);
+        assert_eq!(hf("llama", serde_json::json!({})).layer_windows, [0; 7]);
+        assert_eq!(hf("qwen2", serde_json::json!({"use_sliding_window": true, "max_window_layers": 5})).layer_windows, [0, 0, 0, 0, 0, 8, 8]);
+        assert_eq!(hf("qwen2", serde_json::json!({})).layer_windows, [0; 7]);
     }
 }
