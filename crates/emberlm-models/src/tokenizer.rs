@@ -124,28 +124,25 @@ impl TextTokenizer {
     }
 }
 
-/// Turns a growing list of ids into text pieces as soon as they are whole characters (a
-/// multi-byte character may span several byte-level tokens).
+/// Turns a stream of ids into text pieces as soon as they are whole characters (a multi-byte
+/// character may span several byte-level tokens). Uses `tokenizers`' own stream step, which
+/// decodes only a short window of recent ids per token instead of the whole output.
 pub struct StreamDecoder {
     ids: Vec<u32>,
-    emitted: usize,
+    prefix: String,
+    prefix_index: usize,
     skip_special: bool,
 }
 
 impl StreamDecoder {
     pub fn new(skip_special: bool) -> Self {
-        Self { ids: Vec::new(), emitted: 0, skip_special }
+        Self { ids: Vec::new(), prefix: String::new(), prefix_index: 0, skip_special }
     }
 
     /// Adds a token and returns the new text it completes (possibly empty).
     pub fn push(&mut self, tok: &TextTokenizer, id: u32) -> Result<String> {
-        self.ids.push(id);
-        let text = tok.decode(&self.ids, self.skip_special)?;
-        if text.ends_with('\u{FFFD}') || text.len() < self.emitted || !text.is_char_boundary(self.emitted) {
-            return Ok(String::new());
-        }
-        let piece = text[self.emitted..].to_string();
-        self.emitted = text.len();
-        Ok(piece)
+        let piece = tokenizers::step_decode_stream(&tok.inner, vec![id], self.skip_special, &mut self.ids, &mut self.prefix, &mut self.prefix_index)
+            .map_err(tok_err)?;
+        Ok(piece.unwrap_or_default())
     }
 }
