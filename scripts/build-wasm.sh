@@ -1,9 +1,10 @@
 #!/usr/bin/env bash
-# Builds crates/emberlm-wasm for wasm32 and runs wasm-bindgen into tests/browser/pkg.
+# Builds crates/emberlm-wasm for wasm32 and runs wasm-bindgen into npm/wasm (the npm package's
+# engine; the browser tests load it from there too).
 # Prints the bundle sizes (raw and gzipped).
 set -euo pipefail
 cd "$(dirname "$0")/.."
-out=${1:-tests/browser/pkg}
+out=${1:-npm/wasm}
 cargo build -q -p emberlm-wasm --target wasm32-unknown-unknown --profile wasm-release
 wasm-bindgen --target web --out-dir "$out" target/wasm32-unknown-unknown/wasm-release/emberlm_wasm.wasm
 wasm="$out/emberlm_wasm_bg.wasm"

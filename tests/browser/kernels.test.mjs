@@ -13,8 +13,8 @@ let session;
 let page;
 
 before(async () => {
-  assert.ok(existsSync(join(here, 'pkg', 'emberlm_wasm.js')), 'run scripts/build-wasm.sh first (tests/browser/pkg is missing)');
-  session = await openTestPage(here, '/kernels.html', 'emberlm');
+  assert.ok(existsSync(join(here, '..', '..', 'npm', 'wasm', 'emberlm_wasm.js')), 'run scripts/build-wasm.sh first (npm/wasm is missing)');
+  session = await openTestPage(join(here, '..', '..'), '/tests/browser/kernels.html', 'emberlm');
   page = session.page;
 });
 

@@ -13,8 +13,8 @@ let session;
 let page;
 
 before(async () => {
-  assert.ok(existsSync(join(here, 'pkg', 'emberlm_wasm.js')), 'run scripts/build-wasm.sh first (tests/browser/pkg is missing)');
-  session = await openTestPage(join(here, '..'), '/browser/model.html', 'emberlmModels');
+  assert.ok(existsSync(join(here, '..', '..', 'npm', 'wasm', 'emberlm_wasm.js')), 'run scripts/build-wasm.sh first (npm/wasm is missing)');
+  session = await openTestPage(join(here, '..', '..'), '/tests/browser/model.html', 'emberlmModels');
   page = session.page;
 });
 
@@ -27,7 +27,7 @@ const reference = (arch) => JSON.parse(readFileSync(join(here, '..', 'fixtures',
 test('a GGUF model (qwen2) generates transformers\' greedy tokens in the browser, from text', async () => {
   const want = reference('qwen2').cases[0];
   const got = await page.evaluate(async (prompt) => {
-    const m = await (await window.emberlmModels).gguf('/fixtures/tiny/qwen2');
+    const m = await (await window.emberlmModels).gguf('/tests/fixtures/tiny/qwen2');
     const ids = Array.from(m.encode(prompt));
     return { arch: m.architecture(), ids, out: await m.generate(Uint32Array.from(ids), { maxNewTokens: 24 }) };
   }, want.text);
@@ -42,7 +42,7 @@ test('a sharded safetensors model (llama, f32) matches transformers in the brows
   const index = JSON.parse(readFileSync(join(here, '..', 'fixtures', 'tiny', 'llama', 'model.safetensors.index.json'), 'utf8'));
   const files = [...new Set(Object.values(index.weight_map))].sort();
   const got = await page.evaluate(async ({ ids, files }) => {
-    const m = await (await window.emberlmModels).safetensors('/fixtures/tiny/llama', files, { dtype: 'f32', context: 64 });
+    const m = await (await window.emberlmModels).safetensors('/tests/fixtures/tiny/llama', files, { dtype: 'f32', context: 64 });
     const streamed = [];
     const out = await m.generate(Uint32Array.from(ids), { maxNewTokens: 24 }, (id) => { streamed.push(id); return true; });
     const chat = m.applyChatTemplate([{ role: 'user', content: 'Hi there!' }], true);

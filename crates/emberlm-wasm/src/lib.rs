@@ -2,8 +2,10 @@
 //! templates, generate), device information, and the kernel self-test, which runs every kernel
 //! against the CPU reference inside the browser (the same checks as `cargo test`).
 
+mod hash;
 mod model;
 
+pub use hash::ContentHasher;
 pub use model::EmberModel;
 
 use emberlm_core::{DeviceOptions, GpuDevice};

@@ -185,6 +185,36 @@ impl EmberModel {
         template.render(&messages, add_generation_prompt, None).map_err(js_err)
     }
 
+    /// Token ids of a raw prompt, with BOS first when the model's tokenizer asks for it.
+    #[wasm_bindgen(js_name = promptIds)]
+    pub fn prompt_ids(&self, text: &str) -> Result<Vec<u32>, JsValue> {
+        let mut ids = self.encode(text)?;
+        if let (true, Some(bos)) = (self.text.add_bos, self.model.config.bos_token_id) {
+            ids.insert(0, bos);
+        }
+        Ok(ids)
+    }
+
+    /// Token ids of `messages` rendered with the chat template and a generation prompt (the
+    /// template writes any BOS itself).
+    #[wasm_bindgen(js_name = chatPromptIds)]
+    pub fn chat_prompt_ids(&self, messages: JsValue) -> Result<Vec<u32>, JsValue> {
+        let prompt = self.apply_chat_template(messages, true)?;
+        self.encode(&prompt)
+    }
+
+    /// The most tokens (prompt + generated) one generation can hold.
+    #[wasm_bindgen(getter, js_name = contextLength)]
+    pub fn context_length(&self) -> usize {
+        self.model.context
+    }
+
+    /// Bytes of weights on the GPU.
+    #[wasm_bindgen(getter, js_name = weightBytes)]
+    pub fn weight_bytes(&self) -> f64 {
+        self.model.weight_bytes as f64
+    }
+
     /// Generates after `promptIds`; `onToken(id, textPiece)` is called per token and may return
     /// `false` to stop.
     pub async fn generate(&self, prompt_ids: Vec<u32>, options: JsValue, on_token: Option<js_sys::Function>) -> Result<JsValue, JsValue> {

@@ -1,0 +1,233 @@
+// The engine in this thread: files from the cache (downloaded first when needed), weights read
+// synchronously by the wasm loader, generation on WebGPU.
+import type { Backend, RunInput, RunParams, RunResult } from './backend.js';
+import { StopStringFilter } from './backend.js';
+import { openCache } from './cache/index.js';
+import type { StoredFile } from './cache/types.js';
+import { EmberError, throwIfAborted } from './errors.js';
+import { requireAdapter } from './gpu.js';
+import { modelRef } from './hub.js';
+import { fetchModelFiles, type LoadProgress } from './model-files.js';
+import type { EngineInfo, EngineOptions } from './types.js';
+import { loadWasm, wasmHashers, type Wasm } from './wasm.js';
+
+type EmberModel = Wasm['EmberModel']['prototype'];
+interface WasmSource {
+  name: string;
+  length: number;
+  read(offset: number, length: number): Uint8Array;
+}
+
+/** Errors thrown by the wasm engine are strings; give them a code. */
+function engineError(e: unknown): EmberError {
+  if (e instanceof EmberError) return e;
+  const message = typeof e === 'string' ? e : e instanceof Error ? e.message : String(e);
+  return new EmberError(/device|adapter|WebGPU/i.test(message) && /lost|no adapter|not supported/i.test(message) ? 'no-webgpu' : 'model', message);
+}
+
+/** A cached file as the `{name, length, read}` source the wasm loader reads from, synchronously. */
+async function wasmSource(name: string, f: StoredFile, onRead: (n: number) => void): Promise<WasmSource> {
+  let read: (offset: number, length: number) => Uint8Array;
+  if (f.readSync) {
+    read = f.readSync.bind(f);
+  } else if (f.blob && typeof FileReaderSync !== 'undefined') {
+    // In a worker: read each piece from the (disk-backed) Blob, never the whole file at once.
+    const reader = new FileReaderSync();
+    const blob = f.blob;
+    read = (offset, length) => new Uint8Array(reader.readAsArrayBuffer(blob.slice(offset, offset + length)));
+  } else if (f.blob) {
+    // A page cannot read a Blob synchronously: hold the file in JS memory while loading.
+    const bytes = new Uint8Array(await f.blob.arrayBuffer());
+    read = (offset, length) => bytes.subarray(offset, offset + length);
+  } else {
+    throw new EmberError('model', `${name}: the cache gave no way to read this file`);
+  }
+  return {
+    name,
+    length: f.size,
+    read(offset, length) {
+      const out = read(offset, length);
+      onRead(length);
+      return out;
+    },
+  };
+}
+
+const now = () => (typeof performance !== 'undefined' ? performance.now() : Date.now());
+
+export class LocalBackend implements Backend {
+  private busy: Promise<unknown> = Promise.resolve();
+  private model: EmberModel | null;
+
+  private constructor(
+    model: EmberModel,
+    readonly info: EngineInfo,
+  ) {
+    this.model = model;
+  }
+
+  static async load(repo: string, o: EngineOptions = {}): Promise<LocalBackend> {
+    const started = now();
+    const progress = (p: LoadProgress) => o.onProgress?.(p);
+    const ref = modelRef(repo, { hub: o.hub, revision: o.revision });
+    // Fail before downloading gigabytes when there is no GPU to run them on.
+    await requireAdapter();
+    const wasm = await loadWasm(o.wasmUrl);
+    const cache = await openCache(o.cache, o.cacheDir);
+    const files = await fetchModelFiles(ref, { file: o.file, quant: o.quant }, {
+      cache,
+      fetch: o.fetch ?? globalThis.fetch.bind(globalThis),
+      hasher: wasmHashers(wasm),
+      signal: o.signal,
+      offline: o.offline,
+      onProgress: progress,
+    });
+    throwIfAborted(o.signal);
+
+    const total = files.weights.reduce((n, w) => n + w.file.size, 0);
+    let loaded = 0;
+    let reported = 0;
+    const onRead = (n: number) => {
+      loaded += n;
+      if (loaded - reported >= total / 100 || loaded >= total) {
+        reported = loaded;
+        progress({ phase: 'upload', loaded: Math.min(loaded, total), total });
+      }
+    };
+    const sources = [];
+    for (const w of files.weights) sources.push(await wasmSource(w.path, w.file, onRead));
+    progress({ phase: 'upload', loaded: 0, total });
+    const options = { dtype: o.dtype ?? 'auto', context: o.context ?? 2048 };
+    let model: EmberModel;
+    try {
+      if (files.format === 'gguf') {
+        model = await wasm.EmberModel.fromGguf(sources, options);
+      } else {
+        const t = files.text;
+        model = await wasm.EmberModel.fromSafetensors(
+          t['config.json'],
+          t['generation_config.json'],
+          t['tokenizer.json'],
+          t['tokenizer_config.json'],
+          sources,
+          options,
+        );
+      }
+    } catch (e) {
+      throw engineError(e);
+    } finally {
+      for (const w of files.weights) w.file.close?.();
+    }
+    if (o.warmUp !== false) {
+      // One token compiles the shaders now rather than inside the first request's TTFT.
+      progress({ phase: 'compile', loaded: 0, total: 1 });
+      try {
+        await model.generate(new Uint32Array([0]), { maxNewTokens: 1, temperature: 0 }, undefined);
+      } catch (e) {
+        model.free();
+        throw engineError(e);
+      }
+      progress({ phase: 'compile', loaded: 1, total: 1 });
+    }
+    const info: EngineInfo = {
+      model: ref.repo,
+      revision: ref.revision,
+      format: files.format,
+      architecture: model.architecture(),
+      contextLength: model.contextLength,
+      weightBytes: model.weightBytes,
+      fromCache: files.fromCache,
+      loadMs: now() - started,
+    };
+    progress({ phase: 'ready', loaded: total, total });
+    return new LocalBackend(model, info);
+  }
+
+  private get loaded(): EmberModel {
+    if (!this.model) throw new EmberError('unloaded', 'the engine was unloaded');
+    return this.model;
+  }
+
+  /** Runs `task` after every earlier one: the GPU session serves one generation at a time. */
+  private exclusive<T>(task: () => Promise<T>): Promise<T> {
+    const run = this.busy.then(task, task);
+    this.busy = run.catch(() => {});
+    return run;
+  }
+
+  run(input: RunInput, p: RunParams, onPiece: (piece: string) => void, signal?: AbortSignal): Promise<RunResult> {
+    const asked = now();
+    return this.exclusive(async () => {
+      throwIfAborted(signal);
+      const model = this.loaded;
+      let ids: Uint32Array;
+      try {
+        ids = input.messages ? model.chatPromptIds(input.messages) : model.promptIds(input.prompt ?? '');
+      } catch (e) {
+        throw new EmberError('bad-request', String(e));
+      }
+      const room = model.contextLength - ids.length;
+      if (ids.length === 0) throw new EmberError('bad-request', 'the prompt is empty');
+      if (room <= 0) {
+        throw new EmberError('bad-request', `the prompt is ${ids.length} tokens but the context holds ${model.contextLength}; load with a larger \`context\``);
+      }
+      const maxNew = Math.min(p.max_tokens ?? room, room);
+      const filter = new StopStringFilter(p.stop);
+      let firstAt = 0;
+      let aborted = false;
+      let out: { generatedIds: number[]; stoppedByEos: boolean; prefillTokS: number; decodeTokS: number };
+      try {
+        out = await model.generate(
+          ids,
+          {
+            maxNewTokens: maxNew,
+            temperature: p.temperature,
+            topK: p.top_k,
+            topP: p.top_p,
+            minP: p.min_p,
+            repetitionPenalty: p.repetition_penalty,
+            seed: p.seed,
+          },
+          (_id: number, piece: string) => {
+            firstAt ||= now();
+            const shown = filter.push(piece);
+            if (shown) onPiece(shown);
+            if (signal?.aborted) aborted = true;
+            return !filter.stopped && !aborted;
+          },
+        );
+      } catch (e) {
+        throw engineError(e);
+      }
+      if (!filter.stopped) {
+        const rest = filter.flush();
+        if (rest) onPiece(rest);
+      }
+      const finish = aborted ? 'abort' : filter.stopped || out.stoppedByEos ? 'stop' : 'length';
+      return {
+        text: filter.output,
+        tokens: Array.from(out.generatedIds),
+        finish_reason: finish,
+        prompt_tokens: ids.length,
+        ttft_ms: (firstAt || now()) - asked,
+        prefill_tok_s: out.prefillTokS,
+        decode_tok_s: out.decodeTokS,
+      };
+    });
+  }
+
+  async encode(text: string): Promise<number[]> {
+    return Array.from(this.loaded.encode(text));
+  }
+
+  async decode(ids: number[]): Promise<string> {
+    return this.loaded.decode(new Uint32Array(ids));
+  }
+
+  async unload(): Promise<void> {
+    await this.busy;
+    this.model?.free();
+    this.model = null;
+  }
+}
+

@@ -1,0 +1,101 @@
+// The page side of the worker engine: the same Backend, each call a message to the worker.
+import type { Backend, RunInput, RunParams, RunResult } from './backend.js';
+import { EmberError, type EmberErrorCode } from './errors.js';
+import type { LoadProgress } from './model-files.js';
+import type { FromWorker, Request, ToWorker, WorkerLoadOptions } from './protocol.js';
+import type { EngineInfo, EngineOptions } from './types.js';
+
+interface Pending {
+  resolve(v: unknown): void;
+  reject(e: unknown): void;
+  onPiece?: (piece: string) => void;
+  onProgress?: (p: LoadProgress) => void;
+}
+
+export class WorkerBackend implements Backend {
+  private next = 1;
+  private readonly pending = new Map<number, Pending>();
+  info!: EngineInfo;
+
+  private constructor(private worker: Worker | null) {
+    worker!.onmessage = ({ data }: MessageEvent<FromWorker>) => this.receive(data);
+    worker!.onerror = (ev) => this.failAll(new EmberError('model', `the engine worker failed: ${ev.message}`));
+  }
+
+  static async load(repo: string, o: EngineOptions, worker?: Worker): Promise<WorkerBackend> {
+    if (o.fetch) throw new EmberError('bad-request', 'a custom `fetch` cannot cross into the worker; use `worker: false`');
+    if (typeof o.cache === 'object' || o.cache === 'fs') throw new EmberError('bad-request', 'the worker opens its own cache; pass a cache name, or use `worker: false`');
+    const b = new WorkerBackend(worker ?? new Worker(new URL('./worker.js', import.meta.url), { type: 'module', name: 'emberlm' }));
+    const { onProgress, signal, fetch: _f, worker: _w, ...rest } = o;
+    const options: WorkerLoadOptions = { ...rest, cache: rest.cache as WorkerLoadOptions['cache'] };
+    try {
+      b.info = (await b.call({ type: 'load', repo, options }, { onProgress }, signal)) as EngineInfo;
+    } catch (e) {
+      b.terminate();
+      throw e;
+    }
+    return b;
+  }
+
+  private receive(m: FromWorker): void {
+    const p = this.pending.get(m.id);
+    if (!p) return;
+    switch (m.type) {
+      case 'progress':
+        p.onProgress?.(m.progress);
+        return;
+      case 'piece':
+        p.onPiece?.(m.piece);
+        return;
+      case 'done':
+        this.pending.delete(m.id);
+        p.resolve(m.value);
+        return;
+      case 'error':
+        this.pending.delete(m.id);
+        p.reject(new EmberError(m.code as EmberErrorCode, m.message));
+    }
+  }
+
+  private failAll(e: EmberError): void {
+    for (const p of this.pending.values()) p.reject(e);
+    this.pending.clear();
+  }
+
+  private call(msg: Request, hooks: Partial<Pending> = {}, signal?: AbortSignal): Promise<unknown> {
+    if (!this.worker) return Promise.reject(new EmberError('unloaded', 'the engine was unloaded'));
+    const id = this.next++;
+    const worker = this.worker;
+    return new Promise((resolve, reject) => {
+      this.pending.set(id, { resolve, reject, ...hooks });
+      // Abort reaches the worker between tokens; the result then carries finish_reason "abort".
+      signal?.addEventListener('abort', () => worker.postMessage({ id, type: 'abort' } satisfies ToWorker), { once: true });
+      worker.postMessage({ ...msg, id } as ToWorker);
+    });
+  }
+
+  async run(input: RunInput, params: RunParams, onPiece: (piece: string) => void, signal?: AbortSignal): Promise<RunResult> {
+    if (signal?.aborted) throw new EmberError('aborted', 'the operation was aborted');
+    return (await this.call({ type: 'run', input, params }, { onPiece }, signal)) as RunResult;
+  }
+
+  async encode(text: string): Promise<number[]> {
+    return (await this.call({ type: 'encode', text })) as number[];
+  }
+
+  async decode(ids: number[]): Promise<string> {
+    return (await this.call({ type: 'decode', ids })) as string;
+  }
+
+  async unload(): Promise<void> {
+    if (!this.worker) return;
+    await this.call({ type: 'unload' }).catch(() => {});
+    this.terminate();
+  }
+
+  private terminate(): void {
+    this.worker?.terminate();
+    this.worker = null;
+    this.failAll(new EmberError('unloaded', 'the engine was unloaded'));
+  }
+}

@@ -1,0 +1,165 @@
+// The public engine: OpenAI-style chat completions and `generate` over a backend (this thread
+// or a worker).
+import type { Backend, RunInput, RunParams, RunResult } from './backend.js';
+import { EmberError } from './errors.js';
+import type {
+  ChatCompletion,
+  ChatCompletionChunk,
+  ChatCompletionRequest,
+  ChatCompletions,
+  CompletionUsage,
+  Engine,
+  EngineInfo,
+  GenerateOptions,
+  GenerateResult,
+  SamplingParams,
+} from './types.js';
+
+function params(r: SamplingParams & { max_completion_tokens?: number }): RunParams {
+  const num = (v: unknown, name: string, ok: (x: number) => boolean) => {
+    if (v === undefined || v === null) return undefined;
+    if (typeof v !== 'number' || !Number.isFinite(v) || !ok(v)) throw new EmberError('bad-request', `${name} must be a valid number (got ${String(v)})`);
+    return v;
+  };
+  const stop = r.stop === undefined || r.stop === null ? [] : Array.isArray(r.stop) ? r.stop : [r.stop];
+  if (stop.some((s) => typeof s !== 'string' || s === '')) throw new EmberError('bad-request', 'stop must be a non-empty string or an array of them');
+  return {
+    max_tokens: num(r.max_completion_tokens ?? r.max_tokens, 'max_tokens', (x) => Number.isInteger(x) && x >= 1),
+    temperature: num(r.temperature, 'temperature', (x) => x >= 0) ?? 0.7,
+    top_p: num(r.top_p, 'top_p', (x) => x > 0 && x <= 1) ?? 0.95,
+    top_k: num(r.top_k, 'top_k', (x) => Number.isInteger(x) && x >= 0) ?? 0,
+    min_p: num(r.min_p, 'min_p', (x) => x >= 0 && x <= 1) ?? 0,
+    repetition_penalty: num(r.repetition_penalty, 'repetition_penalty', (x) => x > 0) ?? 1,
+    seed: num(r.seed, 'seed', (x) => Number.isInteger(x) && x >= 0) ?? Math.floor(Math.random() * 2 ** 32),
+    stop,
+  };
+}
+
+function usage(r: RunResult): CompletionUsage {
+  return {
+    prompt_tokens: r.prompt_tokens,
+    completion_tokens: r.tokens.length,
+    total_tokens: r.prompt_tokens + r.tokens.length,
+    extra: { time_to_first_token_ms: r.ttft_ms, prefill_tokens_per_s: r.prefill_tok_s, decode_tokens_per_s: r.decode_tok_s },
+  };
+}
+
+function checkMessages(messages: unknown): void {
+  if (!Array.isArray(messages) || messages.length === 0) throw new EmberError('bad-request', 'messages must be a non-empty array');
+  for (const m of messages) {
+    if (!m || typeof m.role !== 'string' || typeof m.content !== 'string') {
+      throw new EmberError('bad-request', 'each message needs a string `role` and a string `content`');
+    }
+  }
+}
+
+/** Either signal aborts the result. */
+function anySignal(a?: AbortSignal, b?: AbortSignal): AbortSignal | undefined {
+  if (!a || !b) return a ?? b;
+  const c = new AbortController();
+  for (const s of [a, b]) {
+    if (s.aborted) c.abort(s.reason);
+    else s.addEventListener('abort', () => c.abort(s.reason), { once: true });
+  }
+  return c.signal;
+}
+
+/** Values pushed by a producer, read as an async iterable. */
+class Channel<T> implements AsyncIterable<T> {
+  private items: T[] = [];
+  private wake?: () => void;
+  private done = false;
+  private error?: unknown;
+
+  push(v: T) {
+    this.items.push(v);
+    this.wake?.();
+  }
+
+  end(error?: unknown) {
+    this.done = true;
+    this.error = error;
+    this.wake?.();
+  }
+
+  async *[Symbol.asyncIterator]() {
+    for (;;) {
+      if (this.items.length) {
+        yield this.items.shift()!;
+        continue;
+      }
+      if (this.done) {
+        if (this.error) throw this.error;
+        return;
+      }
+      await new Promise<void>((r) => (this.wake = r));
+      this.wake = undefined;
+    }
+  }
+}
+
+let counter = 0;
+const completionId = () => `chatcmpl-${Date.now().toString(36)}${(counter++).toString(36)}`;
+
+export class EmberEngine implements Engine {
+  readonly chat: { completions: ChatCompletions };
+  readonly tokenizer: Engine['tokenizer'];
+
+  constructor(private readonly backend: Backend) {
+    this.chat = { completions: { create: this.createCompletion.bind(this) as ChatCompletions['create'] } };
+    this.tokenizer = { encode: (t) => backend.encode(t), decode: (ids) => backend.decode(ids) };
+  }
+
+  get info(): EngineInfo {
+    return this.backend.info;
+  }
+
+  private async createCompletion(request: ChatCompletionRequest, options?: { signal?: AbortSignal }): Promise<ChatCompletion | AsyncIterable<ChatCompletionChunk>> {
+    checkMessages(request?.messages);
+    const p = params(request);
+    const signal = anySignal(request.signal, options?.signal);
+    const input: RunInput = { messages: request.messages.map((m) => ({ role: m.role, content: m.content })) };
+    const id = completionId();
+    const created = Math.floor(Date.now() / 1000);
+    const model = this.info.model;
+    if (!request.stream) {
+      const r = await this.backend.run(input, p, () => {}, signal);
+      return {
+        id,
+        object: 'chat.completion',
+        created,
+        model,
+        choices: [{ index: 0, message: { role: 'assistant', content: r.text }, finish_reason: r.finish_reason, logprobs: null }],
+        usage: usage(r),
+      };
+    }
+    const chunks = new Channel<ChatCompletionChunk>();
+    const chunk = (delta: ChatCompletionChunk['choices'][0]['delta'], finish: ChatCompletionChunk['choices'][0]['finish_reason'] = null): ChatCompletionChunk => ({
+      id,
+      object: 'chat.completion.chunk',
+      created,
+      model,
+      choices: [{ index: 0, delta, finish_reason: finish, logprobs: null }],
+    });
+    chunks.push(chunk({ role: 'assistant', content: '' }));
+    this.backend.run(input, p, (piece) => chunks.push(chunk({ content: piece })), signal).then(
+      (r) => {
+        chunks.push({ ...chunk({}, r.finish_reason), usage: usage(r) });
+        chunks.end();
+      },
+      (e) => chunks.end(e),
+    );
+    return chunks;
+  }
+
+  async generate(prompt: string, options: GenerateOptions = {}): Promise<GenerateResult> {
+    if (typeof prompt !== 'string') throw new EmberError('bad-request', 'prompt must be a string');
+    const input: RunInput = options.chat ? { messages: [{ role: 'user', content: prompt }] } : { prompt };
+    const r = await this.backend.run(input, params(options), options.onText ?? (() => {}), options.signal);
+    return { text: r.text, tokens: r.tokens, finish_reason: r.finish_reason, usage: usage(r) };
+  }
+
+  unload(): Promise<void> {
+    return this.backend.unload();
+  }
+}

@@ -1,0 +1,150 @@
+// The public API shapes: OpenAI's chat completions, plus emberlm's load options and figures.
+import type { CacheChoice } from './cache/index.js';
+import type { LoadProgress } from './model-files.js';
+
+export interface ChatMessage {
+  role: 'system' | 'user' | 'assistant' | 'tool' | (string & {});
+  content: string;
+}
+
+/** Sampling shared by `chat.completions.create` and `generate` (OpenAI names). */
+export interface SamplingParams {
+  /** Most new tokens; defaults to what fits the context. */
+  max_tokens?: number;
+  /** 0 = greedy. Default 0.7. */
+  temperature?: number;
+  /** Default 0.95. */
+  top_p?: number;
+  /** 0 = off (default). */
+  top_k?: number;
+  /** 0 = off (default). */
+  min_p?: number;
+  /** 1 = off (default). */
+  repetition_penalty?: number;
+  /** Same seed, same draws on every platform. Random when absent. */
+  seed?: number;
+  /** Generation ends before any of these strings; they are not part of the output. */
+  stop?: string | string[];
+  signal?: AbortSignal;
+}
+
+export interface ChatCompletionRequest extends SamplingParams {
+  messages: ChatMessage[];
+  stream?: boolean;
+  /** OpenAI's newer name for `max_tokens`. */
+  max_completion_tokens?: number;
+  /** Accepted for OpenAI compatibility; the engine's model answers. */
+  model?: string;
+}
+
+/** `stop`: end of turn or a stop string; `length`: max_tokens or the context; `abort`: the signal fired. */
+export type FinishReason = 'stop' | 'length' | 'abort';
+
+export interface CompletionUsage {
+  prompt_tokens: number;
+  completion_tokens: number;
+  total_tokens: number;
+  extra: {
+    /** Milliseconds from the request to the first generated token. */
+    time_to_first_token_ms: number;
+    prefill_tokens_per_s: number;
+    decode_tokens_per_s: number;
+  };
+}
+
+export interface ChatCompletion {
+  id: string;
+  object: 'chat.completion';
+  created: number;
+  model: string;
+  choices: { index: number; message: { role: 'assistant'; content: string }; finish_reason: FinishReason; logprobs: null }[];
+  usage: CompletionUsage;
+}
+
+export interface ChatCompletionChunk {
+  id: string;
+  object: 'chat.completion.chunk';
+  created: number;
+  model: string;
+  choices: { index: number; delta: { role?: 'assistant'; content?: string }; finish_reason: FinishReason | null; logprobs: null }[];
+  /** On the last chunk only. */
+  usage?: CompletionUsage;
+}
+
+export interface GenerateOptions extends SamplingParams {
+  /** Called with each new piece of text as it is generated. */
+  onText?: (piece: string) => void;
+  /** Treat `prompt` as raw text (default) or as a user message for the chat template. */
+  chat?: boolean;
+}
+
+export interface GenerateResult {
+  text: string;
+  /** Generated token ids (the stop string's tokens included when one ended the text). */
+  tokens: number[];
+  finish_reason: FinishReason;
+  usage: CompletionUsage;
+}
+
+export interface EngineOptions {
+  /** Hub server; default `https://huggingface.co`. */
+  hub?: string;
+  /** Branch, tag or commit; default `main`. Part of every cache key. */
+  revision?: string;
+  /** A `.gguf` file in the repo (the first shard of a split file). */
+  file?: string;
+  /** A GGUF quantisation picked from the repo's file list, such as `Q4_K_M`. */
+  quant?: string;
+  /** Weight format on the GPU: `auto` (GGUF as stored, safetensors as q4), `f32`, `f16`, `q8`, `q4`. */
+  dtype?: 'auto' | 'f32' | 'f16' | 'q8' | 'q4';
+  /** Most tokens per conversation (prompt + reply); sizes the KV cache. Default 2048. */
+  context?: number;
+  /** Where files are kept; default `auto` (see `openCache`). */
+  cache?: CacheChoice;
+  /** Folder of the file cache in Node/Deno/Bun (default `$EMBERLM_CACHE` or `~/.cache/emberlm`). */
+  cacheDir?: string;
+  /** Use only the cache; fail rather than touch the network. */
+  offline?: boolean;
+  onProgress?: (p: LoadProgress) => void;
+  signal?: AbortSignal;
+  /** Browser pages: run the engine in a dedicated Web Worker (default true where workers exist). */
+  worker?: boolean;
+  /** Where the engine's `.wasm` is served from (default: beside this package's JS). */
+  wasmUrl?: string;
+  /** A fetch to use for the Hub (default: the global fetch). Not available with `worker: true`. */
+  fetch?: typeof fetch;
+  /** Run one token after loading so shaders are compiled before the first request (default true). */
+  warmUp?: boolean;
+}
+
+export interface EngineInfo {
+  model: string;
+  revision: string;
+  format: 'gguf' | 'safetensors';
+  architecture: string;
+  contextLength: number;
+  weightBytes: number;
+  fromCache: boolean;
+  loadMs: number;
+}
+
+export interface ChatCompletions {
+  create(request: ChatCompletionRequest & { stream: true }, options?: { signal?: AbortSignal }): Promise<AsyncIterable<ChatCompletionChunk>>;
+  create(request: ChatCompletionRequest & { stream?: false }, options?: { signal?: AbortSignal }): Promise<ChatCompletion>;
+  create(request: ChatCompletionRequest, options?: { signal?: AbortSignal }): Promise<ChatCompletion | AsyncIterable<ChatCompletionChunk>>;
+}
+
+export interface Engine {
+  readonly info: EngineInfo;
+  readonly chat: { completions: ChatCompletions };
+  /** Continues `prompt` (raw text, or a user message with `chat: true`). */
+  generate(prompt: string, options?: GenerateOptions): Promise<GenerateResult>;
+  readonly tokenizer: {
+    encode(text: string): Promise<number[]>;
+    decode(ids: number[]): Promise<string>;
+  };
+  /** Frees the model's GPU memory (and the worker); the engine cannot be used afterwards. */
+  unload(): Promise<void>;
+}
+
+export type { LoadProgress };

@@ -1,0 +1,30 @@
+// The repos the tests and examples serve: tiny fixture models under Hub-like names, and the
+// SmolLM2 GGUF when scripts/setup.sh has fetched it.
+import { existsSync, readFileSync } from 'node:fs';
+import { dirname, join } from 'node:path';
+import { fileURLToPath } from 'node:url';
+
+export const ROOT = join(dirname(fileURLToPath(import.meta.url)), '..', '..');
+const tiny = (arch) => join(ROOT, 'tests', 'fixtures', 'tiny', arch);
+
+export function fixtureRepos() {
+  const repos = {
+    // A GGUF repo as llama.cpp users publish them: several quantisations side by side.
+    'emberlm-test/tiny-qwen2-GGUF': { dir: tiny('qwen2'), files: { 'tiny-qwen2-BF16.gguf': 'model.gguf' } },
+    // A transformers repo with sharded safetensors.
+    'emberlm-test/tiny-llama': {
+      dir: tiny('llama'),
+      files: Object.fromEntries(
+        ['config.json', 'generation_config.json', 'tokenizer.json', 'tokenizer_config.json', 'model.safetensors.index.json', 'model-00001-of-00003.safetensors', 'model-00002-of-00003.safetensors', 'model-00003-of-00003.safetensors'].map((f) => [f, f]),
+      ),
+      revisions: ['main', 'v1.0'],
+    },
+  };
+  const smol = join(ROOT, 'models', 'SmolLM2-135M-Instruct.Q4_1.gguf');
+  if (existsSync(smol)) {
+    repos['HuggingFaceTB/SmolLM2-135M-Instruct-GGUF'] = { dir: join(ROOT, 'models'), files: { 'SmolLM2-135M-Instruct.Q4_1.gguf': 'SmolLM2-135M-Instruct.Q4_1.gguf' } };
+  }
+  return repos;
+}
+
+export const reference = (arch) => JSON.parse(readFileSync(join(tiny(arch), 'reference.json'), 'utf8'));
