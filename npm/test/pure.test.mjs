@@ -1,0 +1,79 @@
+// Unit tests of the pure parts: Hub ids and URLs, file selection, stop-string streaming.
+import assert from 'node:assert/strict';
+import { test } from 'node:test';
+import { StopStringFilter } from '../dist/backend.js';
+import { modelRef, resolveUrl, treeUrl } from '../dist/hub.js';
+import { indexShards, quantOf, selectFiles } from '../dist/select.js';
+
+const f = (path, size = 10) => ({ path, size, sha256: 'x' });
+
+test('model ids resolve to the Hub URL layout, with the default Hub and revision', () => {
+  const ref = modelRef('HuggingFaceTB/SmolLM2-360M-Instruct');
+  assert.deepEqual(ref, { hub: 'https://huggingface.co', repo: 'HuggingFaceTB/SmolLM2-360M-Instruct', revision: 'main' });
+  assert.equal(resolveUrl(ref, 'config.json'), 'https://huggingface.co/HuggingFaceTB/SmolLM2-360M-Instruct/resolve/main/config.json');
+  assert.equal(treeUrl(ref), 'https://huggingface.co/api/models/HuggingFaceTB/SmolLM2-360M-Instruct/tree/main?recursive=true');
+  const pinned = modelRef('a/b@v1.0', { hub: 'http://127.0.0.1:9/' });
+  assert.equal(resolveUrl(pinned, 'sub dir/x+y.gguf'), 'http://127.0.0.1:9/a/b/resolve/v1.0/sub%20dir/x%2By.gguf');
+  assert.equal(modelRef('a/b', { revision: 'refs/pr/1' }).revision, 'refs/pr/1');
+  assert.equal(resolveUrl(modelRef('a/b', { revision: 'refs/pr/1' }), 'c'), 'https://huggingface.co/a/b/resolve/refs%2Fpr%2F1/c');
+  for (const bad of ['', 'a/b/c', '../x', 'a b/c']) assert.throws(() => modelRef(bad), { code: 'bad-request' });
+});
+
+test('quantisation names are read from GGUF file names', () => {
+  assert.equal(quantOf('SmolLM2-135M-Instruct.Q4_1.gguf'), 'Q4_1');
+  assert.equal(quantOf('Qwen2.5-0.5B-Instruct-Q4_K_M.gguf'), 'Q4_K_M');
+  assert.equal(quantOf('llama-3.2-1b-instruct-q8_0.gguf'), 'Q8_0');
+  assert.equal(quantOf('gemma-3-1b-it-BF16.gguf'), 'BF16');
+  assert.equal(quantOf('big-Q5_K_S-00002-of-00003.gguf'), 'Q5_K_S');
+  assert.equal(quantOf('Phi-3.5-mini-instruct-IQ4_XS.gguf'), 'IQ4_XS');
+  assert.equal(quantOf('model.gguf'), undefined);
+});
+
+test('GGUF selection: by quant, by file, split shards in order, preference when neither is given', () => {
+  const files = [f('README.md'), f('m-Q4_K_M.gguf', 50), f('m-Q8_0.gguf', 90), f('m-Q4_0.gguf', 45), f('mmproj-m-f16.gguf'), f('m-F16-00002-of-00002.gguf'), f('m-F16-00001-of-00002.gguf')];
+  assert.deepEqual(selectFiles('r', files).weights.map((x) => x.path), ['m-Q4_0.gguf']);
+  assert.deepEqual(selectFiles('r', files, { quant: 'q4_k_m' }).weights.map((x) => x.path), ['m-Q4_K_M.gguf']);
+  assert.deepEqual(selectFiles('r', files, { quant: 'F16' }).weights.map((x) => x.path), ['m-F16-00001-of-00002.gguf', 'm-F16-00002-of-00002.gguf']);
+  assert.deepEqual(selectFiles('r', files, { file: 'm-Q8_0.gguf' }).weights.map((x) => x.path), ['m-Q8_0.gguf']);
+  assert.throws(() => selectFiles('r', files, { quant: 'Q2_K' }), (e) => e.code === 'not-found' && /Q4_K_M/.test(e.message) && /Q8_0/.test(e.message));
+  assert.throws(() => selectFiles('r', files, { file: 'nope.gguf' }), { code: 'not-found' });
+  assert.throws(() => selectFiles('r', files, { file: 'README.md' }), { code: 'bad-request' });
+  assert.throws(() => selectFiles('r', [f('x-Q4_0-00001-of-00002.gguf')], { quant: 'Q4_0' }), (e) => e.code === 'not-found' && /00002-of-00002/.test(e.message));
+  assert.throws(() => selectFiles('r', [f('README.md')]), { code: 'model' });
+});
+
+test('safetensors selection: config, tokenizer files, single file or the index shards', () => {
+  const single = selectFiles('r', [f('config.json'), f('tokenizer.json'), f('model.safetensors'), f('model.gguf')]);
+  assert.equal(single.format, 'safetensors');
+  assert.deepEqual(single.weights.map((x) => x.path), ['model.safetensors']);
+  assert.deepEqual(single.text.map((x) => x.path), ['config.json', 'tokenizer.json']);
+  const files = [f('config.json'), f('model.safetensors.index.json'), f('a.safetensors'), f('b.safetensors')];
+  const sharded = selectFiles('r', files);
+  assert.deepEqual(sharded.weights, []);
+  assert.ok(sharded.text.some((x) => x.path === 'model.safetensors.index.json'));
+  const index = JSON.stringify({ weight_map: { x: 'b.safetensors', y: 'a.safetensors', z: 'b.safetensors' } });
+  assert.deepEqual(indexShards('r', index, files).map((x) => x.path), ['b.safetensors', 'a.safetensors']);
+  assert.throws(() => indexShards('r', JSON.stringify({ weight_map: { x: 'c.safetensors' } }), files), { code: 'not-found' });
+  assert.throws(() => indexShards('r', '{', files), { code: 'model' });
+});
+
+test('stop strings never reach the stream, even split across pieces', () => {
+  const run = (stops, pieces) => {
+    const s = new StopStringFilter(stops);
+    let shown = '';
+    for (const p of pieces) {
+      shown += s.push(p);
+      if (s.stopped) break;
+    }
+    if (!s.stopped) shown += s.flush();
+    return { shown, output: s.output, stopped: s.stopped };
+  };
+  assert.deepEqual(run(['\nUser:'], ['Hello', ' there', '\nUs', 'er:', ' more']), { shown: 'Hello there', output: 'Hello there', stopped: true });
+  assert.deepEqual(run(['END'], ['abc', 'E', 'N', 'x']), { shown: 'abcENx', output: 'abcENx', stopped: false });
+  assert.deepEqual(run(['ab', 'b'], ['xab']), { shown: 'x', output: 'x', stopped: true });
+  assert.deepEqual(run([], ['a', 'b']), { shown: 'ab', output: 'ab', stopped: false });
+  // Held back text is released as soon as it can no longer start a stop string.
+  const s = new StopStringFilter(['###']);
+  assert.equal(s.push('one #'), 'one ');
+  assert.equal(s.push('# two'), '## two');
+});
