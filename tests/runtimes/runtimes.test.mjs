@@ -1,0 +1,79 @@
+// The npm package end to end in Node, Deno and Bun (each from npm): a tiny model from the mock
+// Hub generates transformers' greedy tokens; a second run loads from the file cache with the
+// Hub stopped. Node and Bun get WebGPU from the `webgpu` package (SwiftShader), Deno has its own.
+import assert from 'node:assert/strict';
+import { spawn } from 'node:child_process';
+import { existsSync, mkdtempSync, rmSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { dirname, join } from 'node:path';
+import { after, test } from 'node:test';
+import { fileURLToPath } from 'node:url';
+import { fixtureRepos, reference, ROOT } from '../mock-hub/repos.mjs';
+import { startMockHub } from '../mock-hub/server.mjs';
+
+const here = dirname(fileURLToPath(import.meta.url));
+const bin = (name) => join(here, '..', 'node_modules', '.bin', name);
+const RUNTIMES = {
+  node: [process.execPath],
+  deno: [bin('deno'), 'run', '--allow-all'],
+  bun: [bin('bun'), 'run'],
+};
+const SWIFTSHADER = '/usr/lib/chromium/vk_swiftshader_icd.json';
+const dirs = [];
+after(() => dirs.forEach((d) => rmSync(d, { recursive: true, force: true })));
+
+/** Runs chat.mjs in `runtime` (asynchronously: the mock Hub answers from this process). */
+async function run(runtime, args) {
+  const [cmd, ...pre] = RUNTIMES[runtime];
+  // Dawn (Node, Bun) refuses Mesa 22's lavapipe, so those use SwiftShader; Deno's wgpu takes lavapipe.
+  const env = { ...process.env, XDG_RUNTIME_DIR: process.env.XDG_RUNTIME_DIR ?? '/tmp', NO_COLOR: '1' };
+  if (runtime !== 'deno') env.VK_ICD_FILENAMES = SWIFTSHADER;
+  else delete env.VK_ICD_FILENAMES;
+  const child = spawn(cmd, [...pre, join(here, 'chat.mjs'), ...args], { env });
+  let stdout = '';
+  let stderr = '';
+  child.stdout.on('data', (d) => (stdout += d));
+  child.stderr.on('data', (d) => (stderr += d));
+  const timer = setTimeout(() => child.kill('SIGKILL'), 240_000);
+  const status = await new Promise((resolve) => child.on('close', resolve));
+  clearTimeout(timer);
+  assert.equal(status, 0, `${runtime} exited ${status}: ${stderr.slice(-2000)}`);
+  return JSON.parse(stdout.trim().split('\n').at(-1));
+}
+
+const want = reference('qwen2').cases[0];
+
+for (const runtime of Object.keys(RUNTIMES)) {
+  test(`${runtime}: greedy tokens equal transformers', then a second run loads from the cache with the Hub stopped`, async () => {
+    assert.ok(existsSync(join(ROOT, 'npm', 'dist', 'index.js')), 'build the npm package first (npm run build in npm/)');
+    const cacheDir = mkdtempSync(join(tmpdir(), `emberlm-${runtime}-`));
+    dirs.push(cacheDir);
+    const hub = await startMockHub({ repos: fixtureRepos() });
+    const args = [hub.url, 'emberlm-test/tiny-qwen2-GGUF', cacheDir, want.text, String(want.generated_ids.length)];
+    let first;
+    try {
+      first = await run(runtime, args);
+    } finally {
+      await hub.close();
+    }
+    assert.deepEqual(first.ids, want.input_ids);
+    assert.deepEqual(first.tokens, want.generated_ids);
+    assert.equal(first.info.format, 'gguf');
+    assert.equal(first.info.architecture, 'qwen2');
+    assert.equal(first.info.fromCache, false);
+    assert.deepEqual(first.phases, ['download', 'upload', 'compile', 'ready']);
+    assert.ok(first.chunks >= 3 && first.streamed.length > 0, `streamed ${first.chunks} chunks`);
+    assert.equal(first.streamed, first.reply, 'streaming and non-streaming replies agree');
+    assert.equal(first.usage.completion_tokens, 8);
+    assert.ok(first.usage.prompt_tokens > want.input_ids.length, 'the chat template wraps the prompt');
+    assert.ok(first.usage.extra.decode_tokens_per_s > 0);
+    assert.equal(first.cached, true);
+    assert.deepEqual(first.listed, ['emberlm-test/tiny-qwen2-GGUF']);
+
+    // The Hub is gone now; the same URL must not be needed.
+    const second = await run(runtime, args);
+    assert.equal(second.info.fromCache, true);
+    assert.deepEqual(second.tokens, want.generated_ids);
+    assert.deepEqual(second.phases, ['upload', 'compile', 'ready']);
+  });
+}
