@@ -61,7 +61,10 @@ if [ ! -f "$model" ]; then
   rm -rf "$tmp"
 fi
 
-if [ ! -d tests/node_modules/playwright-core ]; then
-  (cd tests && npm ci --no-audit --no-fund --loglevel=error)
-fi
+# Test tools (playwright-core, deno, bun) and the npm package's build tools (typescript, webgpu).
+for dir in tests npm; do
+  if [ ! -f "$dir/node_modules/.package-lock.json" ] || [ "$dir/package-lock.json" -nt "$dir/node_modules/.package-lock.json" ]; then
+    (cd "$dir" && npm ci --no-audit --no-fund --loglevel=error)
+  fi
+done
 echo "setup: done"

@@ -4,7 +4,9 @@
 #      safetensors parsing, tiny models of every architecture and SmolLM2 against transformers,
 #      tokenizers and chat templates against Python, the `emberlm` CLI,
 #   2. the kernel and tiny-model tests again on SwiftShader (no shader-f16; the browsers' adapter),
-#   3. the wasm32 build, every kernel and two tiny models in headless Chromium through WebGPU.
+#   3. the wasm32 build and the npm package (TypeScript), its unit tests against the mock Hub,
+#   4. every kernel, tiny models and the npm package in headless Chromium through WebGPU,
+#   5. the npm package end to end in Node, Deno and Bun.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh
@@ -22,8 +24,14 @@ echo "== kernel and tiny-model tests (SwiftShader: no shader-f16)"
 VK_ICD_FILENAMES=$SWIFTSHADER cargo test --release -p emberlm-core --test kernels
 VK_ICD_FILENAMES=$SWIFTSHADER cargo test --release -p emberlm-models --test tiny_models
 
-echo "== wasm32 build"
+echo "== wasm32 build and the npm package"
 bash scripts/build-wasm.sh
+(cd npm && npm run -s build)
+echo "== npm package unit tests (mock Hub: downloads, faults, cache)"
+(cd npm && node --test test/)
 
 echo "== browser tests (headless Chromium, WebGPU on SwiftShader)"
 (cd tests && node --test browser/)
+
+echo "== the npm package in Node, Deno and Bun"
+(cd tests && node --test runtimes/)

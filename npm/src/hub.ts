@@ -69,19 +69,11 @@ interface TreeEntry {
 }
 
 /** Lists every file of the repo at the revision (following the tree API's pagination). */
-export async function listRepoFiles(ref: ModelRef, fetchFn: typeof fetch, signal?: AbortSignal): Promise<RepoFile[]> {
+export async function listRepoFiles(ref: ModelRef, fetchFn: typeof fetch, signal?: AbortSignal, retryDelayMs = 300): Promise<RepoFile[]> {
   const files: RepoFile[] = [];
   let url: string | null = treeUrl(ref);
   while (url) {
-    throwIfAborted(signal);
-    let res: Response;
-    try {
-      res = await fetchFn(url, { signal });
-    } catch (e) {
-      throwIfAborted(signal);
-      throw new EmberError('network', `cannot reach ${ref.hub} to list ${ref.repo}: ${(e as Error).message}`, { cause: e });
-    }
-    if (!res.ok) throw hubHttpError(ref, 'the file list', res);
+    const res = await getWithRetries(ref, url, fetchFn, signal, retryDelayMs);
     const entries = (await res.json()) as TreeEntry[];
     for (const e of entries) {
       if (e.type !== 'file') continue;
@@ -90,6 +82,28 @@ export async function listRepoFiles(ref: ModelRef, fetchFn: typeof fetch, signal
     url = nextPage(res.headers.get('link'), url);
   }
   return files;
+}
+
+/** A GET that retries 5xx/429 answers and failed requests a few times, with backoff. */
+async function getWithRetries(ref: ModelRef, url: string, fetchFn: typeof fetch, signal: AbortSignal | undefined, delayMs: number): Promise<Response> {
+  const tries = 4;
+  for (let i = 1; ; i++) {
+    throwIfAborted(signal);
+    let res: Response | undefined;
+    let problem: string;
+    try {
+      res = await fetchFn(url, { signal });
+      if (res.ok) return res;
+      if (res.status < 500 && res.status !== 429) throw hubHttpError(ref, 'the file list', res);
+      problem = `HTTP ${res.status}`;
+    } catch (e) {
+      throwIfAborted(signal);
+      if (e instanceof EmberError) throw e;
+      problem = (e as Error).message;
+    }
+    if (i >= tries) throw new EmberError('network', `cannot list ${ref.repo}@${ref.revision} on ${ref.hub} (${problem}, ${tries} tries)`);
+    await new Promise((r) => setTimeout(r, delayMs * 2 ** (i - 1)));
+  }
 }
 
 function nextPage(link: string | null, base: string): string | null {

@@ -107,7 +107,7 @@ export async function fetchModelFiles(ref: ModelRef, choice: FileChoice, o: Fetc
   if (o.offline) throw new EmberError('offline', `${ref.repo}@${ref.revision} is not in the cache and offline mode is on`);
   let listing: RepoFile[];
   try {
-    listing = await listRepoFiles(ref, o.fetch, o.signal);
+    listing = await listRepoFiles(ref, o.fetch, o.signal, o.retryDelayMs);
   } catch (e) {
     if (e instanceof EmberError && e.code === 'network') {
       throw new EmberError('offline', `${ref.repo}@${ref.revision} is not in the cache and ${ref.hub} cannot be reached (${e.message})`, { cause: e });
