@@ -160,3 +160,24 @@ test('revisions are cached apart; listing and deleting cached models', async () 
   await fetchModelFiles(ref(ST_REPO, 'main'), {}, options(cache));
   assert.equal(hub.requests.length, n, 'main is still served from the cache');
 });
+
+test('a full disk or browser quota is a quota error naming the file and size, with nothing cached', async () => {
+  class FullCache extends MemoryCache {
+    async part(key) {
+      const p = await super.part(key);
+      return {
+        ...p,
+        get size() {
+          return p.size;
+        },
+        chunks: () => p.chunks(),
+        append: async () => {
+          throw new DOMException('the quota has been exceeded', 'QuotaExceededError');
+        },
+      };
+    }
+  }
+  const cache = new FullCache();
+  await assert.rejects(fetchModelFiles(ref(GGUF_REPO), {}, options(cache)), (e) => e.code === 'quota' && /tiny-qwen2-BF16\.gguf/.test(e.message) && /444\.1 kB/.test(e.message));
+  assert.deepEqual(await cache.list(''), []);
+});

@@ -23,13 +23,14 @@ const dirs = [];
 after(() => dirs.forEach((d) => rmSync(d, { recursive: true, force: true })));
 
 /** Runs chat.mjs in `runtime` (asynchronously: the mock Hub answers from this process). */
-async function run(runtime, args) {
+async function run(runtime, args, { script = 'chat.mjs', icd } = {}) {
   const [cmd, ...pre] = RUNTIMES[runtime];
   // Dawn (Node, Bun) refuses Mesa 22's lavapipe, so those use SwiftShader; Deno's wgpu takes lavapipe.
   const env = { ...process.env, XDG_RUNTIME_DIR: process.env.XDG_RUNTIME_DIR ?? '/tmp', NO_COLOR: '1' };
   if (runtime !== 'deno') env.VK_ICD_FILENAMES = SWIFTSHADER;
   else delete env.VK_ICD_FILENAMES;
-  const child = spawn(cmd, [...pre, join(here, 'chat.mjs'), ...args], { env });
+  if (icd) env.VK_ICD_FILENAMES = icd;
+  const child = spawn(cmd, [...pre, join(here, script), ...args], { env });
   let stdout = '';
   let stderr = '';
   child.stdout.on('data', (d) => (stdout += d));
@@ -77,3 +78,9 @@ for (const runtime of Object.keys(RUNTIMES)) {
     assert.deepEqual(second.phases, ['upload', 'compile', 'ready']);
   });
 }
+
+test('node: no WebGPU adapter is a clear no-webgpu error before any download', async () => {
+  const r = await run('node', [], { script: 'no-adapter.mjs', icd: '/nonexistent/icd.json' });
+  assert.equal(r.code, 'no-webgpu');
+  assert.match(r.message, /no adapter/);
+});
