@@ -61,10 +61,11 @@ if [ ! -f "$model" ]; then
   rm -rf "$tmp"
 fi
 
-# Test tools (playwright-core, deno, bun) and the npm package's build tools (typescript, webgpu).
+# Test tools (playwright-core, deno, bun), the npm package's build tools (typescript, webgpu)
+# and the chat page's markdown libraries (marked, DOMPurify).
 # `npm install`, not `npm ci`: deno's lock entries list only the platform packages the registry
 # served here, and `npm ci` refuses a lock without the others; install keeps the lock as it is.
-for dir in tests npm; do
+for dir in tests npm www; do
   if [ ! -f "$dir/node_modules/.package-lock.json" ] || [ "$dir/package-lock.json" -nt "$dir/node_modules/.package-lock.json" ]; then
     (cd "$dir" && npm install --no-audit --no-fund --loglevel=error)
   fi

@@ -1,0 +1,134 @@
+// The chat page (www/) in headless Chromium, driven like a person would: pick the bundled tiny
+// model, chat with a streamed reply, stop, regenerate, reload with the model server down (the
+// model comes from the cache), go offline and reload (the service worker serves the shell).
+// Screenshots at desktop and phone sizes land in tests/browser/screenshots/.
+import assert from 'node:assert/strict';
+import { mkdirSync } from 'node:fs';
+import { dirname, join } from 'node:path';
+import { after, before, test } from 'node:test';
+import { fileURLToPath } from 'node:url';
+import { startChatServer } from '../../www/serve.mjs';
+import { launchChromium } from './chromium.mjs';
+
+const here = dirname(fileURLToPath(import.meta.url));
+const shots = join(here, 'screenshots');
+const TINY = 'local:emberlm-test/tiny-qwen2-GGUF';
+let server;
+let browser;
+let context;
+let page;
+
+before(async () => {
+  mkdirSync(shots, { recursive: true });
+  server = await startChatServer();
+  browser = await launchChromium();
+  context = await browser.newContext({ viewport: { width: 1200, height: 800 } });
+  page = await context.newPage();
+  page.on('console', (m) => console.log(`[page] ${m.text()}`));
+  page.on('pageerror', (e) => console.log(`[page error] ${e.message}`));
+});
+after(async () => {
+  await browser?.close();
+  await server?.close();
+});
+
+async function open() {
+  await page.goto(server.url);
+  await page.waitForSelector('body[data-started="true"]');
+}
+
+async function loadTiny() {
+  await page.selectOption('#model', TINY);
+  await page.click('#load');
+  await page.waitForSelector('body[data-state="ready"]', { timeout: 120_000 });
+  assert.equal(await page.isHidden('#banner'), true, await page.textContent('#banner'));
+}
+
+/** Sets a field of the Settings panel, opening the panel as a person would. */
+async function setting(id, value) {
+  if (await page.isHidden('#settings')) await page.click('#toggle-settings');
+  await page.fill(`#${id}`, value);
+}
+
+async function send(text) {
+  const before = await page.locator('.msg.assistant').count();
+  await page.fill('#prompt', text);
+  await page.click('#send');
+  await page.waitForFunction((n) => document.querySelectorAll('.msg.assistant').length > n, before);
+  return page.locator('.msg.assistant').nth(before);
+}
+
+test('pick the bundled model, send a message, see a streamed reply with figures', async () => {
+  await open();
+  assert.match(await page.title(), /emberlm/);
+  const options = await page.$$eval('#model option', (os) => os.map((o) => o.value));
+  assert.ok(options.includes(TINY) && options.includes('hub:HuggingFaceTB/SmolLM2-360M-Instruct') && options.includes('custom'));
+  await loadTiny();
+  await setting('max-tokens', '24');
+  await setting('temperature', '0');
+  const reply = await send('Hello there!');
+  // The bubble streams (a cursor while generating), then the figures and Regenerate appear.
+  await page.waitForSelector('body[data-state="ready"]', { timeout: 120_000 });
+  const text = await reply.locator('.body').textContent();
+  assert.ok(text.trim().length > 0, 'the reply has text');
+  assert.match(await reply.locator('.meta').textContent(), /24 tokens · first token \d+ ms · prefill [\d.]+ tok\/s · decode [\d.]+ tok\/s/);
+  assert.equal(await page.locator('.msg.user .body').first().textContent(), 'Hello there!');
+  await page.screenshot({ path: join(shots, 'chat-desktop.png'), fullPage: true });
+  await page.setViewportSize({ width: 390, height: 844 });
+  await page.screenshot({ path: join(shots, 'chat-phone.png'), fullPage: true });
+  const overflow = await page.evaluate(() => document.documentElement.scrollWidth - document.documentElement.clientWidth);
+  assert.ok(overflow <= 0, `no sideways scrolling on a phone (${overflow}px)`);
+  await page.setViewportSize({ width: 1200, height: 800 });
+});
+
+test('stop ends a long reply early; regenerate replaces the last reply', async () => {
+  await setting('max-tokens', '400');
+  const reply = await send('Tell me everything.');
+  await page.waitForFunction(() => (document.querySelector('.msg.assistant:last-child .body')?.textContent ?? '').length > 0, null, { timeout: 120_000 });
+  await page.click('#stop');
+  await page.waitForSelector('body[data-state="ready"]', { timeout: 60_000 });
+  const meta = await reply.locator('.meta').textContent();
+  assert.match(meta, /stopped/);
+  assert.ok(Number(meta.match(/(\d+) tokens/)[1]) < 400);
+
+  const count = await page.locator('.msg.assistant').count();
+  await setting('max-tokens', '8');
+  await page.click('.msg.assistant:last-child button.regenerate');
+  await page.waitForSelector('body[data-state="generating"]');
+  await page.waitForSelector('body[data-state="ready"]', { timeout: 120_000 });
+  assert.equal(await page.locator('.msg.assistant').count(), count, 'the reply was replaced, not added');
+  assert.match(await page.locator('.msg.assistant').last().locator('.meta').textContent(), /^8 tokens/);
+});
+
+test('the storage panel lists the cached model with its size', async () => {
+  await page.click('#toggle-cache');
+  await page.waitForFunction(() => document.querySelector('#cached')?.textContent.includes('tiny-qwen2-GGUF'));
+  assert.match(await page.textContent('#cached'), /emberlm-test\/tiny-qwen2-GGUF · 444 kB/);
+});
+
+test('with the model server down, a reload still loads the model from the cache and chats', async () => {
+  await server.stopModels();
+  await open();
+  await loadTiny();
+  assert.match(await page.textContent('#figures'), /from cache/);
+  await setting('max-tokens', '4');
+  await send('Still there?');
+  await page.waitForSelector('body[data-state="ready"]', { timeout: 120_000 });
+});
+
+test('offline, the service worker serves the page and the cached model still runs', async () => {
+  await page.evaluate(() => navigator.serviceWorker.ready);
+  await context.setOffline(true);
+  try {
+    await open();
+    assert.match(await page.title(), /emberlm/);
+    await loadTiny();
+    await setting('max-tokens', '4');
+    await send('Offline?');
+    await page.waitForSelector('body[data-state="ready"]', { timeout: 120_000 });
+    await page.screenshot({ path: join(shots, 'chat-offline.png') });
+  } finally {
+    await context.setOffline(false);
+    await server.startModels();
+  }
+});

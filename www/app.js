@@ -1,0 +1,291 @@
+// The chat page: pick a model, watch it download, chat with streamed markdown replies. The
+// engine runs in the emberlm package's Web Worker, so this thread only renders.
+import { createEngine, deleteCachedModel, listCachedModels, requestPersistentStorage, storageEstimate } from './emberlm/dist/index.js';
+import { marked } from './vendor/marked.js';
+import DOMPurify from './vendor/purify.js';
+import { DEFAULT_HUB_MODEL, formatBytes, HUB_MODELS } from './models.js';
+
+const $ = (id) => document.getElementById(id);
+const ui = {
+  model: $('model'), custom: $('custom-model'), load: $('load'), banner: $('banner'), progress: $('progress'),
+  chat: $('chat'), prompt: $('prompt'), send: $('send'), stop: $('stop'), figures: $('figures'), composer: $('composer'),
+  settings: $('settings'), cache: $('cache'), cached: $('cached'), estimate: $('estimate'), persist: $('persist'),
+};
+const state = { engine: null, config: { localHub: null, bundled: [] }, messages: [], abort: null, modelLabel: '' };
+
+function setState(s) {
+  document.body.dataset.state = s;
+  const ready = s === 'ready';
+  ui.prompt.disabled = !ready;
+  ui.send.disabled = !ready;
+  ui.send.hidden = s === 'generating';
+  ui.stop.hidden = s !== 'generating';
+  ui.load.disabled = s === 'loading' || s === 'generating';
+  ui.chat.querySelectorAll('button.regenerate').forEach((b) => (b.disabled = !ready));
+}
+
+function banner(message, kind = 'error') {
+  ui.banner.hidden = !message;
+  ui.banner.className = kind;
+  ui.banner.textContent = message ?? '';
+}
+
+/** A user-facing explanation per error code. */
+function explain(e) {
+  const hints = {
+    'no-webgpu': 'This browser cannot run WebGPU here. Use a recent Chrome, Edge or Safari on a device with a supported GPU.',
+    quota: 'Not enough storage for this model. Delete cached models in Storage, or pick a smaller one.',
+    offline: 'You are offline and this model is not cached yet. Pick a cached or bundled model.',
+    'not-found': 'The Hub does not have that model (or it is gated/private).',
+    model: 'The model could not be loaded on this device (unsupported architecture, a corrupt file, or it exceeds the GPU limits).',
+  };
+  return `${hints[e?.code] ? `${hints[e.code]} ` : ''}(${e?.message ?? e})`;
+}
+
+// ---- models ----------------------------------------------------------------------------------
+
+function option(value, text) {
+  const o = document.createElement('option');
+  o.value = value;
+  o.textContent = text;
+  return o;
+}
+
+function fillPicker(defaultValue) {
+  ui.model.replaceChildren();
+  if (state.config.bundled.length && state.config.localHub) {
+    const g = document.createElement('optgroup');
+    g.label = 'Bundled (served by this machine)';
+    for (const m of state.config.bundled) g.append(option(`local:${m.id}`, `${m.label} · ${formatBytes(m.download)}`));
+    ui.model.append(g);
+  }
+  const hub = document.createElement('optgroup');
+  hub.label = 'Hugging Face Hub';
+  for (const m of HUB_MODELS) hub.append(option(`hub:${m.id}`, `${m.label} · ${formatBytes(m.download)} download · ~${formatBytes(m.memory)} GPU`));
+  hub.append(option('custom', 'Any Hub repo id…'));
+  ui.model.append(hub);
+  ui.model.value = defaultValue;
+  ui.custom.hidden = ui.model.value !== 'custom';
+}
+
+async function hubReachable() {
+  if (!navigator.onLine) return false;
+  try {
+    const res = await fetch(`https://huggingface.co/api/models/${DEFAULT_HUB_MODEL}`, { method: 'HEAD', signal: AbortSignal.timeout(2500) });
+    return res.ok;
+  } catch {
+    return false;
+  }
+}
+
+function selectedModel() {
+  const v = ui.model.value;
+  if (v === 'custom') return { id: ui.custom.value.trim(), hub: undefined };
+  const [where, ...rest] = v.split(':');
+  return { id: rest.join(':'), hub: where === 'local' ? state.config.localHub : undefined };
+}
+
+async function loadModel() {
+  const { id, hub } = selectedModel();
+  if (!id) return banner('Type a Hub repo id such as HuggingFaceTB/SmolLM2-360M-Instruct.');
+  banner(null);
+  setState('loading');
+  await state.engine?.unload();
+  state.engine = null;
+  ui.progress.hidden = false;
+  const bar = ui.progress.querySelector('span');
+  const text = ui.progress.querySelector('p');
+  const phases = { download: 'Downloading', upload: 'Uploading to the GPU', compile: 'Compiling shaders', ready: 'Ready' };
+  try {
+    state.engine = await createEngine(id, {
+      hub,
+      onProgress(p) {
+        bar.style.width = `${p.total ? Math.round((100 * p.loaded) / p.total) : 0}%`;
+        const file = p.file ? ` ${p.file}` : '';
+        text.textContent = `${phases[p.phase]}${file} — ${formatBytes(p.loaded)} of ${formatBytes(p.total)}`;
+      },
+    });
+    const i = state.engine.info;
+    state.modelLabel = id;
+    ui.figures.textContent = `${id} · ${i.architecture} · ${formatBytes(i.weightBytes)} on the GPU · loaded in ${(i.loadMs / 1000).toFixed(1)} s${i.fromCache ? ' from cache' : ''}`;
+    ui.progress.hidden = true;
+    localStorage.setItem('emberlm.model', ui.model.value === 'custom' ? `custom:${id}` : ui.model.value);
+    setState('ready');
+    ui.prompt.placeholder = 'Message';
+    ui.prompt.focus();
+  } catch (e) {
+    ui.progress.hidden = true;
+    banner(explain(e));
+    setState('idle');
+  }
+  refreshCache();
+}
+
+// ---- chat ------------------------------------------------------------------------------------
+
+function bubble(role, text) {
+  const div = document.createElement('div');
+  div.className = `msg ${role}`;
+  const body = document.createElement('div');
+  body.className = 'body';
+  div.append(body);
+  render(body, role, text);
+  ui.chat.append(div);
+  ui.chat.scrollTop = ui.chat.scrollHeight;
+  return div;
+}
+
+function render(body, role, text) {
+  if (role === 'user') body.textContent = text;
+  else body.innerHTML = DOMPurify.sanitize(marked.parse(text));
+}
+
+function history() {
+  const system = $('system').value.trim();
+  return [...(system ? [{ role: 'system', content: system }] : []), ...state.messages];
+}
+
+function sampling() {
+  const num = (id) => ($(id).value === '' ? undefined : Number($(id).value));
+  return { temperature: num('temperature'), top_p: num('top-p'), top_k: num('top-k'), max_tokens: num('max-tokens'), seed: num('seed') };
+}
+
+async function reply() {
+  setState('generating');
+  const div = bubble('assistant', '');
+  div.classList.add('streaming');
+  const body = div.querySelector('.body');
+  state.abort = new AbortController();
+  let text = '';
+  let usage;
+  let finish;
+  let pending = false;
+  try {
+    const stream = await state.engine.chat.completions.create({ messages: history(), stream: true, ...sampling() }, { signal: state.abort.signal });
+    for await (const chunk of stream) {
+      text += chunk.choices[0].delta.content ?? '';
+      usage = chunk.usage ?? usage;
+      finish = chunk.choices[0].finish_reason ?? finish;
+      if (!pending) {
+        // Re-render once per frame, not per token.
+        pending = true;
+        requestAnimationFrame(() => {
+          pending = false;
+          render(body, 'assistant', text);
+          ui.chat.scrollTop = ui.chat.scrollHeight;
+        });
+      }
+    }
+  } catch (e) {
+    banner(explain(e));
+  }
+  render(body, 'assistant', text);
+  div.classList.remove('streaming');
+  state.messages.push({ role: 'assistant', content: text });
+  const meta = document.createElement('div');
+  meta.className = 'meta';
+  if (usage) {
+    const x = usage.extra;
+    const figures = `${usage.completion_tokens} tokens · first token ${Math.round(x.time_to_first_token_ms)} ms · prefill ${x.prefill_tokens_per_s.toFixed(1)} tok/s · decode ${x.decode_tokens_per_s.toFixed(1)} tok/s${finish === 'abort' ? ' · stopped' : ''}`;
+    meta.append(figures);
+    ui.figures.textContent = `${state.modelLabel} · ${figures}`;
+  }
+  const again = document.createElement('button');
+  again.type = 'button';
+  again.className = 'regenerate';
+  again.textContent = 'Regenerate';
+  again.addEventListener('click', () => {
+    if (state.messages.at(-1)?.role !== 'assistant') return;
+    state.messages.pop();
+    div.remove();
+    reply();
+  });
+  ui.chat.querySelectorAll('button.regenerate').forEach((b) => b.remove());
+  meta.append(again);
+  div.append(meta);
+  state.abort = null;
+  setState('ready');
+}
+
+ui.composer.addEventListener('submit', (ev) => {
+  ev.preventDefault();
+  const text = ui.prompt.value.trim();
+  if (!text || !state.engine) return;
+  ui.prompt.value = '';
+  state.messages.push({ role: 'user', content: text });
+  bubble('user', text);
+  reply();
+});
+ui.prompt.addEventListener('keydown', (ev) => {
+  if (ev.key === 'Enter' && !ev.shiftKey) {
+    ev.preventDefault();
+    ui.composer.requestSubmit();
+  }
+});
+ui.stop.addEventListener('click', () => state.abort?.abort());
+ui.load.addEventListener('click', loadModel);
+ui.model.addEventListener('change', () => (ui.custom.hidden = ui.model.value !== 'custom'));
+
+// ---- panels ------------------------------------------------------------------------------------
+
+for (const [button, panel] of [[$('toggle-settings'), ui.settings], [$('toggle-cache'), ui.cache]]) {
+  button.addEventListener('click', () => {
+    panel.hidden = !panel.hidden;
+    button.setAttribute('aria-expanded', String(!panel.hidden));
+    if (panel === ui.cache && !panel.hidden) refreshCache();
+  });
+}
+
+async function refreshCache() {
+  try {
+    const models = await listCachedModels();
+    ui.cached.replaceChildren(
+      ...models.map((m) => {
+        const li = document.createElement('li');
+        const label = document.createElement('span');
+        label.textContent = `${m.repo}${m.revision === 'main' ? '' : `@${m.revision}`} · ${formatBytes(m.bytes)} · ${new URL(m.hub).host}`;
+        const del = document.createElement('button');
+        del.type = 'button';
+        del.textContent = 'Delete';
+        del.addEventListener('click', async () => {
+          await deleteCachedModel(m.repo, { hub: m.hub, revision: m.revision });
+          refreshCache();
+        });
+        li.append(label, del);
+        return li;
+      }),
+    );
+    if (!models.length) ui.cached.replaceChildren(Object.assign(document.createElement('li'), { textContent: 'No models stored yet.' }));
+    const est = await storageEstimate();
+    ui.estimate.textContent = est ? `${formatBytes(est.usage ?? 0)} used of ${formatBytes(est.quota ?? 0)} this browser allows.` : '';
+  } catch (e) {
+    ui.estimate.textContent = `Storage is not available: ${e.message}`;
+  }
+}
+ui.persist.addEventListener('click', async () => {
+  const ok = await requestPersistentStorage();
+  ui.persist.textContent = ok ? 'Models are kept' : 'The browser declined (it may ask again later)';
+});
+
+// ---- start -------------------------------------------------------------------------------------
+
+async function start() {
+  setState('idle');
+  if ('serviceWorker' in navigator) navigator.serviceWorker.register('sw.js').catch((e) => console.warn('service worker:', e.message));
+  try {
+    state.config = await (await fetch('config.json')).json();
+  } catch {
+    /* served without the local model server */
+  }
+  if (!navigator.gpu || !(await navigator.gpu.requestAdapter().catch(() => null))) {
+    banner('WebGPU is not available in this browser or on this device, so models cannot run here. Use a recent Chrome, Edge or Safari with a supported GPU.');
+  }
+  const saved = localStorage.getItem('emberlm.model');
+  const firstBundled = state.config.localHub && state.config.bundled[0] ? `local:${state.config.bundled[0].id}` : null;
+  let initial = saved && !saved.startsWith('custom:') ? saved : null;
+  if (!initial) initial = (await hubReachable()) || !firstBundled ? `hub:${DEFAULT_HUB_MODEL}` : firstBundled;
+  fillPicker(initial);
+  if (ui.model.value !== initial) ui.model.selectedIndex = 0;
+  document.body.dataset.started = 'true';
+}
+start();

@@ -1,0 +1,28 @@
+// The curated Hub models of the picker. `download`: bytes fetched once; `memory`: about what
+// the weights take on the GPU (q4 for safetensors, the file's own format for GGUF) plus a
+// 2048-token KV cache. `gated`: the Hub asks for a licence click and a token first.
+export const HUB_MODELS = [
+  { id: 'HuggingFaceTB/SmolLM2-135M-Instruct', label: 'SmolLM2 135M Instruct', download: 269e6, memory: 0.16e9 },
+  { id: 'HuggingFaceTB/SmolLM2-360M-Instruct', label: 'SmolLM2 360M Instruct', download: 724e6, memory: 0.33e9 },
+  { id: 'HuggingFaceTB/SmolLM2-1.7B-Instruct', label: 'SmolLM2 1.7B Instruct', download: 3.42e9, memory: 1.45e9 },
+  { id: 'Qwen/Qwen2.5-0.5B-Instruct', label: 'Qwen2.5 0.5B Instruct', download: 988e6, memory: 0.45e9 },
+  { id: 'Qwen/Qwen2.5-1.5B-Instruct', label: 'Qwen2.5 1.5B Instruct', download: 3.09e9, memory: 1.2e9 },
+  { id: 'Qwen/Qwen3-0.6B', label: 'Qwen3 0.6B', download: 1.5e9, memory: 0.6e9 },
+  { id: 'unsloth/Llama-3.2-1B-Instruct', label: 'Llama 3.2 1B Instruct', download: 2.47e9, memory: 0.95e9 },
+  { id: 'google/gemma-3-1b-it', label: 'Gemma 3 1B it (gated)', download: 2.0e9, memory: 0.9e9, gated: true },
+  { id: 'microsoft/Phi-3.5-mini-instruct', label: 'Phi-3.5 mini instruct', download: 7.64e9, memory: 2.6e9 },
+];
+
+/** The default with Hub access. */
+export const DEFAULT_HUB_MODEL = 'HuggingFaceTB/SmolLM2-360M-Instruct';
+
+export function formatBytes(n) {
+  if (!Number.isFinite(n)) return '?';
+  const units = ['B', 'kB', 'MB', 'GB'];
+  let i = 0;
+  while (n >= 1000 && i < units.length - 1) {
+    n /= 1000;
+    i++;
+  }
+  return `${n.toFixed(n < 10 && i > 0 ? 1 : 0)} ${units[i]}`;
+}
