@@ -5,8 +5,9 @@
 #      tokenizers and chat templates against Python, the `emberlm` CLI,
 #   2. the kernel and tiny-model tests again on SwiftShader (no shader-f16; the browsers' adapter),
 #   3. the wasm32 build and the npm package (TypeScript), its unit tests against the mock Hub,
-#   4. every kernel, tiny models and the npm package in headless Chromium through WebGPU,
-#   5. the npm package end to end in Node, Deno and Bun.
+#   4. in headless Chromium through WebGPU: every kernel, tiny models, the npm package, the chat
+#      page (www/, screenshots in tests/browser/screenshots/) and the Vite example,
+#   5. the npm package and the terminal examples in Node, Deno and Bun.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh
@@ -33,5 +34,5 @@ echo "== npm package unit tests (mock Hub: downloads, faults, cache)"
 echo "== browser tests (headless Chromium, WebGPU on SwiftShader)"
 (cd tests && node --test browser/)
 
-echo "== the npm package in Node, Deno and Bun"
+echo "== the npm package and the examples in Node, Deno and Bun"
 (cd tests && node --test runtimes/)
