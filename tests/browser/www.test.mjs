@@ -3,12 +3,13 @@
 // model comes from the cache), go offline and reload (the service worker serves the shell).
 // Screenshots at desktop and phone sizes land in tests/browser/screenshots/.
 import assert from 'node:assert/strict';
-import { mkdirSync } from 'node:fs';
+import { mkdirSync, mkdtempSync, rmSync } from 'node:fs';
+import { tmpdir } from 'node:os';
 import { dirname, join } from 'node:path';
 import { after, before, test } from 'node:test';
 import { fileURLToPath } from 'node:url';
 import { startChatServer } from '../../www/serve.mjs';
-import { launchChromium } from './chromium.mjs';
+import { launchChromium, launchPersistentChromium } from './chromium.mjs';
 
 const here = dirname(fileURLToPath(import.meta.url));
 const shots = join(here, 'screenshots');
@@ -98,6 +99,36 @@ test('stop ends a long reply early; regenerate replaces the last reply', async (
   await page.waitForSelector('body[data-state="ready"]', { timeout: 120_000 });
   assert.equal(await page.locator('.msg.assistant').count(), count, 'the reply was replaced, not added');
   assert.match(await page.locator('.msg.assistant').last().locator('.meta').textContent(), /^8 tokens/);
+});
+
+test('the page is an installable PWA (manifest, icon, service worker)', async () => {
+  // Chromium does not judge installability in incognito, which Playwright contexts are.
+  const profile = mkdtempSync(join(tmpdir(), 'emberlm-profile-'));
+  const persistent = await launchPersistentChromium(profile);
+  try {
+    const p = await persistent.newPage();
+    await p.goto(server.url);
+    await p.waitForSelector('body[data-started="true"]');
+    await p.evaluate(() => navigator.serviceWorker.ready);
+    const cdp = await persistent.newCDPSession(p);
+    const { installabilityErrors } = await cdp.send('Page.getInstallabilityErrors');
+    assert.deepEqual(installabilityErrors, []);
+    const manifest = await cdp.send('Page.getAppManifest');
+    assert.ok(manifest.url.endsWith('manifest.webmanifest'));
+    assert.deepEqual(manifest.errors, []);
+  } finally {
+    await persistent.close();
+    rmSync(profile, { recursive: true, force: true });
+  }
+});
+
+test('without WebGPU the page says so instead of failing silently', async () => {
+  const other = await browser.newPage();
+  await other.addInitScript(() => delete Object.getPrototypeOf(navigator).gpu);
+  await other.goto(server.url);
+  await other.waitForSelector('body[data-started="true"]');
+  assert.match(await other.textContent('#banner'), /WebGPU is not available/);
+  await other.close();
 });
 
 test('the storage panel lists the cached model with its size', async () => {
