@@ -33,7 +33,9 @@ impl TextSetup {
             bos_token: token("tokenizer.ggml.bos_token_id"),
             eos_token: token("tokenizer.ggml.eos_token_id"),
         });
-        let add_bos = meta.get_u64("tokenizer.ggml.add_bos_token").map(|v| v != 0).unwrap_or(false);
+        // llama.cpp adds BOS to a SentencePiece vocabulary that does not say otherwise.
+        let spm = meta.get_str("tokenizer.ggml.model").is_ok_and(|m| m == "llama");
+        let add_bos = meta.get_u64("tokenizer.ggml.add_bos_token").map(|v| v != 0).unwrap_or(spm);
         Ok(Self { tokenizer, chat_template, add_bos })
     }
 

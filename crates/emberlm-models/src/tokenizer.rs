@@ -42,31 +42,78 @@ fn split_regex(pre: &str) -> Option<&'static str> {
     }
 }
 
+fn added_token(id: usize, content: &str, special: bool) -> Json {
+    json!({"id": id, "content": content, "single_word": false, "lstrip": false, "rstrip": false, "normalized": false, "special": special})
+}
+
+fn gguf_strings(f: &GgufFile, key: &str) -> Result<Vec<String>> {
+    f.get_array(key)?
+        .iter()
+        .map(|v| match v {
+            Value::String(s) => Ok(s.clone()),
+            other => Err(ModelError::Tokenizer(format!("`{key}` holds a {}, not strings", other.type_name()))),
+        })
+        .collect()
+}
+
+/// llama.cpp token types: 1 normal, 2 unknown, 3 control, 4 user-defined, 5 unused, 6 byte.
+fn gguf_token_types(f: &GgufFile) -> Vec<u64> {
+    f.get_array("tokenizer.ggml.token_type").map(|a| a.iter().map(|v| v.as_u64().unwrap_or(1)).collect()).unwrap_or_default()
+}
+
+/// BPE merges implied by a vocabulary (transformers' `generate_merges`): for each distinct token
+/// in file order, every split into two vocabulary tokens, ordered by the parts' ids; then all of
+/// them by (rank of the token, lengths of the parts), highest first, ties kept in that order.
+fn merges_from_vocab(tokens: &[String], ranks: &[f64]) -> Vec<(String, String)> {
+    use std::collections::HashMap;
+    // Python dict semantics: a repeated token keeps its first position but its last id and rank.
+    let mut id: HashMap<&str, usize> = HashMap::with_capacity(tokens.len());
+    let mut rank: HashMap<&str, f64> = HashMap::with_capacity(tokens.len());
+    let mut order = Vec::with_capacity(tokens.len());
+    for (i, t) in tokens.iter().enumerate() {
+        if id.insert(t, i).is_none() {
+            order.push(t.as_str());
+        }
+        rank.insert(t, ranks.get(i).copied().unwrap_or(0.0));
+    }
+    let mut merges: Vec<(&str, &str, f64)> = Vec::new();
+    for token in order {
+        let score = rank[token];
+        let mut local: Vec<(&str, &str, f64)> = token
+            .char_indices()
+            .skip(1)
+            .map(|(at, _)| token.split_at(at))
+            .filter(|(l, r)| id.contains_key(l) && id.contains_key(r))
+            .map(|(l, r)| (l, r, score))
+            .collect();
+        local.sort_by_key(|&(l, r, _)| (id[l], id[r]));
+        merges.extend(local);
+    }
+    let key = |m: &(&str, &str, f64)| (m.2, m.0.chars().count(), m.1.chars().count());
+    merges.sort_by(|a, b| key(b).partial_cmp(&key(a)).unwrap_or(std::cmp::Ordering::Equal));
+    merges.into_iter().map(|(l, r, _)| (l.to_string(), r.to_string())).collect()
+}
+
 impl TextTokenizer {
     /// From the contents of a `tokenizer.json`.
     pub fn from_json_bytes(bytes: &[u8]) -> Result<Self> {
         Ok(Self { inner: tokenizers::Tokenizer::from_bytes(bytes).map_err(tok_err)? })
     }
 
-    /// From GGUF metadata. Byte-level BPE (`gpt2`, used by Llama 3, Qwen, SmolLM2, ...) only;
-    /// SentencePiece (`llama`) vocabularies are refused with an error naming them.
+    /// From GGUF metadata: byte-level BPE (`gpt2`: Llama 3, Qwen, SmolLM2, ...) or SentencePiece
+    /// BPE (`llama`: Llama 2, Mistral, Phi-3, Gemma), built as transformers' GGUF loader builds them.
     pub fn from_gguf(f: &GgufFile) -> Result<Self> {
-        let model = f.get_str("tokenizer.ggml.model")?;
-        if model != "gpt2" {
-            return Err(ModelError::Tokenizer(format!("GGUF tokenizer model `{model}` is not supported yet (supported: gpt2 byte-level BPE)")));
+        match f.get_str("tokenizer.ggml.model")? {
+            "gpt2" => Self::byte_level_from_gguf(f),
+            "llama" => Self::sentencepiece_from_gguf(f),
+            other => Err(ModelError::Tokenizer(format!("GGUF tokenizer model `{other}` is not supported yet (supported: gpt2, llama)"))),
         }
-        let strings = |key: &str| -> Result<Vec<String>> {
-            f.get_array(key)?
-                .iter()
-                .map(|v| match v {
-                    Value::String(s) => Ok(s.clone()),
-                    other => Err(ModelError::Tokenizer(format!("`{key}` holds a {}, not strings", other.type_name()))),
-                })
-                .collect()
-        };
-        let tokens = strings("tokenizer.ggml.tokens")?;
-        let merges = strings("tokenizer.ggml.merges")?;
-        let types: Vec<u64> = f.get_array("tokenizer.ggml.token_type").map(|a| a.iter().map(|v| v.as_u64().unwrap_or(1)).collect()).unwrap_or_default();
+    }
+
+    fn byte_level_from_gguf(f: &GgufFile) -> Result<Self> {
+        let tokens = gguf_strings(f, "tokenizer.ggml.tokens")?;
+        let merges = gguf_strings(f, "tokenizer.ggml.merges")?;
+        let types = gguf_token_types(f);
         let table = byte_to_char();
         let alphabet: std::collections::HashSet<char> = table.iter().copied().collect();
         let mut vocab = serde_json::Map::with_capacity(tokens.len());
@@ -77,10 +124,8 @@ impl TextTokenizer {
             vocab.insert(spelled.clone(), json!(id));
             // 3 = control (special, matched whole), 4 = user-defined (matched whole, not special).
             match types.get(id) {
-                Some(3) if spelled == *token => added
-                    .push(json!({"id": id, "content": token, "single_word": false, "lstrip": false, "rstrip": false, "normalized": false, "special": true})),
-                Some(4) => added
-                    .push(json!({"id": id, "content": token, "single_word": false, "lstrip": false, "rstrip": false, "normalized": false, "special": false})),
+                Some(3) if spelled == *token => added.push(added_token(id, token, true)),
+                Some(4) => added.push(added_token(id, token, false)),
                 _ => {}
             }
         }
@@ -97,6 +142,76 @@ impl TextTokenizer {
             "model": {"type": "BPE", "dropout": null, "unk_token": null, "continuing_subword_prefix": null,
                       "end_of_word_suffix": null, "fuse_unk": false, "byte_fallback": false, "ignore_merges": false,
                       "vocab": vocab, "merges": merges},
+        });
+        Self::from_json_bytes(doc.to_string().as_bytes())
+    }
+
+    /// SentencePiece BPE with byte fallback. Merges come from the file, or are rebuilt from the
+    /// vocabulary as transformers does (every split of a token into two vocabulary tokens, ranked
+    /// by the token's score; for Gemma by file order). Llama-style files prepend "▁" with
+    /// `Metaspace`, Phi-3 with a normalizer, Gemma not at all (and spells runs of spaces as "▁").
+    fn sentencepiece_from_gguf(f: &GgufFile) -> Result<Self> {
+        let arch = f.get_str("general.architecture").unwrap_or("llama");
+        let gemma = arch.starts_with("gemma");
+        let mut tokens = gguf_strings(f, "tokenizer.ggml.tokens")?;
+        if gemma {
+            for t in tokens.iter_mut() {
+                if t.contains(' ') && t.chars().all(char::is_whitespace) {
+                    *t = "\u{2581}".repeat(t.chars().count());
+                }
+            }
+        }
+        let types = gguf_token_types(f);
+        let id_of = |key: &str| f.get_u64(key).ok().map(|v| v as usize).filter(|&i| i < tokens.len());
+        let unk = id_of("tokenizer.ggml.unknown_token_id");
+        let specials: Vec<usize> = ["tokenizer.ggml.bos_token_id", "tokenizer.ggml.eos_token_id", "tokenizer.ggml.padding_token_id"]
+            .iter()
+            .filter_map(|k| id_of(k))
+            .chain(unk)
+            .collect();
+        let mut vocab = serde_json::Map::with_capacity(tokens.len());
+        let mut added = Vec::new();
+        for (id, token) in tokens.iter().enumerate() {
+            vocab.insert(token.clone(), json!(id));
+            match types.get(id) {
+                Some(3) => added.push(added_token(id, token, true)),
+                Some(4) => added.push(added_token(id, token, false)),
+                _ if specials.contains(&id) => added.push(added_token(id, token, true)),
+                _ => {}
+            }
+        }
+        let merges: Vec<Json> = match f.get("tokenizer.ggml.merges") {
+            Ok(_) => gguf_strings(f, "tokenizer.ggml.merges")?.into_iter().map(Json::from).collect(),
+            Err(_) => {
+                let ranks: Vec<f64> = if gemma {
+                    (0..tokens.len()).map(|i| -(i as f64)).collect()
+                } else {
+                    f.get_array("tokenizer.ggml.scores")?.iter().map(|v| v.as_f64().unwrap_or(0.0)).collect()
+                };
+                merges_from_vocab(&tokens, &ranks).into_iter().map(|(l, r)| json!([l, r])).collect()
+            }
+        };
+        let space = "\u{2581}";
+        let replace_space = json!({"type": "Replace", "pattern": {"String": " "}, "content": space});
+        let (normalizer, pre_tokenizer) = if gemma {
+            (replace_space, json!({"type": "Split", "pattern": {"String": " "}, "behavior": "MergedWithPrevious", "invert": false}))
+        } else if arch == "phi3" {
+            (json!({"type": "Sequence", "normalizers": [{"type": "Prepend", "prepend": space}, replace_space]}), Json::Null)
+        } else {
+            (Json::Null, json!({"type": "Metaspace", "replacement": space, "prepend_scheme": "first", "split": false}))
+        };
+        let mut decoders =
+            vec![json!({"type": "Replace", "pattern": {"String": space}, "content": " "}), json!({"type": "ByteFallback"}), json!({"type": "Fuse"})];
+        if !gemma {
+            decoders.push(json!({"type": "Strip", "content": " ", "start": 1, "stop": 0}));
+        }
+        let doc: Json = json!({
+            "version": "1.0", "truncation": null, "padding": null, "added_tokens": added,
+            "normalizer": normalizer, "pre_tokenizer": pre_tokenizer, "post_processor": null,
+            "decoder": {"type": "Sequence", "decoders": decoders},
+            "model": {"type": "BPE", "dropout": null, "unk_token": if gemma { unk.map(|i| Json::from(tokens[i].clone())).unwrap_or(Json::Null) } else { Json::Null },
+                      "continuing_subword_prefix": null, "end_of_word_suffix": null, "fuse_unk": true, "byte_fallback": true,
+                      "ignore_merges": false, "vocab": vocab, "merges": merges},
         });
         Self::from_json_bytes(doc.to_string().as_bytes())
     }

@@ -83,3 +83,24 @@ fn template_errors_are_reported() {
     let broken = ChatTemplate { source: "{% for m in messages %}".into(), bos_token: None, eos_token: None };
     assert!(broken.render(&messages, true, None).unwrap_err().to_string().contains("chat template"));
 }
+
+#[test]
+fn sentencepiece_gguf_tokenizers_match_transformers() {
+    // tests/fixtures/spm: one SentencePiece vocabulary in llama, phi3 and gemma2 GGUF files,
+    // with the ids and decodings transformers' GGUF tokenizer gives (make_spm_fixtures.py).
+    let dir = fixtures().join("spm");
+    let reference = read_json(&dir.join("reference.json")).unwrap();
+    let cases: Vec<&str> = reference["cases"].as_array().unwrap().iter().map(|c| c.as_str().unwrap()).collect();
+    for (name, want) in reference["variants"].as_object().unwrap() {
+        let store = open_gguf(&dir.join(want["file"].as_str().unwrap())).unwrap();
+        let text = TextSetup::from_gguf(store.metadata()).unwrap();
+        assert_eq!(text.add_bos, want["add_bos"].as_bool().unwrap(), "{name}: BOS rule");
+        let tok = text.tokenizer.as_ref().unwrap();
+        for (i, case) in cases.iter().enumerate() {
+            let ids: Vec<u32> = want["ids"][i].as_array().unwrap().iter().map(|v| v.as_u64().unwrap() as u32).collect();
+            assert_eq!(tok.encode(case).unwrap(), ids, "{name}: ids of {case:?}");
+            assert_eq!(tok.decode(&ids, false).unwrap(), want["decoded"][i].as_str().unwrap(), "{name}: decoding of {case:?}");
+            assert_eq!(tok.decode(&ids, true).unwrap(), want["decoded_skip_special"][i].as_str().unwrap(), "{name}: decoding of {case:?} without specials");
+        }
+    }
+}
