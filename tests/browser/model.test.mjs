@@ -55,7 +55,7 @@ test('a sharded safetensors model (llama, f32) matches transformers in the brows
 
 test('bad model bytes are a clear error in the browser, not a crash', async () => {
   const message = await page.evaluate(async () => {
-    const { EmberModel } = await import('./pkg/emberlm_wasm.js');
+    const { EmberModel } = await import('/npm/wasm/emberlm_wasm.js');
     const bytes = new Uint8Array([0x47, 0x47, 0x55, 0x46, 9, 0, 0, 0]);
     try {
       await EmberModel.fromGguf([{ name: 'bad.gguf', length: bytes.length, read: (o, n) => bytes.subarray(o, o + n) }]);
