@@ -176,27 +176,15 @@ fn run_generate(a: GenerateArgs) -> Result<()> {
     let local = open(&a.model)?;
     let prompt_ids: Vec<u32> = match (&a.prompt_ids, &a.prompt) {
         (Some(ids), _) => ids.clone(),
-        (None, Some(text)) => {
-            let tok = local.text.tokenizer.as_ref().ok_or("this model has no tokenizer; pass --prompt-ids")?;
-            let text = if a.chat {
-                let template = local.text.chat_template.as_ref().ok_or("this model has no chat template; drop --chat")?;
-                let mut messages = Vec::new();
-                if let Some(s) = &a.system {
-                    messages.push(json!({"role": "system", "content": s}));
-                }
-                messages.push(json!({"role": "user", "content": text}));
-                template.render(&json!(messages), true, None).map_err(err)?
-            } else {
-                text.clone()
-            };
-            let mut ids = tok.encode(&text).map_err(err)?;
-            if !a.chat && local.text.add_bos {
-                if let Some(bos) = local.config.bos_token_id {
-                    ids.insert(0, bos);
-                }
+        (None, Some(text)) if a.chat => {
+            let mut messages = Vec::new();
+            if let Some(s) = &a.system {
+                messages.push(json!({"role": "system", "content": s}));
             }
-            ids
+            messages.push(json!({"role": "user", "content": text}));
+            local.text.chat_prompt_ids(&json!(messages)).map_err(|e| format!("{e}; drop --chat or pass --prompt-ids"))?
         }
+        (None, Some(text)) => local.text.prompt_ids(text, local.config.bos_token_id).map_err(|e| format!("{e}; pass --prompt-ids"))?,
         (None, None) => return Err("give --prompt or --prompt-ids".into()),
     };
     if prompt_ids.is_empty() {
@@ -274,8 +262,8 @@ fn run_generate(a: GenerateArgs) -> Result<()> {
 fn run_chat(a: ChatArgs) -> Result<()> {
     let loaded = load(&a.model, open(&a.model)?, a.model.context.unwrap_or(4096))?;
     let Loaded { dev, local, model, .. } = &loaded;
-    let tok = local.text.tokenizer.as_ref().ok_or("this model has no tokenizer")?;
-    let template = local.text.chat_template.as_ref().ok_or("this model has no chat template")?;
+    let tok = local.text.tokenizer().map_err(err)?;
+    local.text.chat_template().map_err(err)?;
     eprintln!("{} on {} — type a message, empty line to quit", a.model.model.display(), dev.caps.adapter_name);
     let mut messages = Vec::new();
     if let Some(s) = &a.system {
@@ -291,8 +279,7 @@ fn run_chat(a: ChatArgs) -> Result<()> {
             return Ok(());
         }
         messages.push(json!({"role": "user", "content": line.trim_end()}));
-        let prompt = template.render(&json!(messages), true, None).map_err(err)?;
-        let ids = tok.encode(&prompt).map_err(err)?;
+        let ids = local.text.chat_prompt_ids(&json!(messages)).map_err(err)?;
         // Re-prefilled each turn: simple and exact; the conversation must fit the context.
         session.reset();
         let options = GenerateOptions {

@@ -7,7 +7,7 @@ use serde_json::Value as Json;
 
 use crate::chat::ChatTemplate;
 use crate::config::ModelConfig;
-use crate::error::Result;
+use crate::error::{ModelError, Result};
 use crate::gguf::GgufFile;
 use crate::tokenizer::TextTokenizer;
 
@@ -52,5 +52,29 @@ impl TextSetup {
         }
         let add_bos = cfg.get("add_bos_token").and_then(Json::as_bool).unwrap_or(false);
         Ok(Self { tokenizer, chat_template, add_bos })
+    }
+
+    pub fn tokenizer(&self) -> Result<&TextTokenizer> {
+        self.tokenizer.as_ref().ok_or_else(|| ModelError::Tokenizer("this model has no tokenizer".into()))
+    }
+
+    pub fn chat_template(&self) -> Result<&ChatTemplate> {
+        self.chat_template.as_ref().ok_or_else(|| ModelError::ChatTemplate("this model has no chat template".into()))
+    }
+
+    /// Token ids of a raw prompt, with BOS (`bos_token_id`) first when the model asks for it.
+    pub fn prompt_ids(&self, text: &str, bos_token_id: Option<u32>) -> Result<Vec<u32>> {
+        let mut ids = self.tokenizer()?.encode(text)?;
+        if let (true, Some(bos)) = (self.add_bos, bos_token_id) {
+            ids.insert(0, bos);
+        }
+        Ok(ids)
+    }
+
+    /// Token ids of `messages` (`[{role, content}]`) rendered with the chat template and a
+    /// generation prompt; the template writes any BOS itself.
+    pub fn chat_prompt_ids(&self, messages: &Json) -> Result<Vec<u32>> {
+        let prompt = self.chat_template()?.render(messages, true, None)?;
+        self.tokenizer()?.encode(&prompt)
     }
 }

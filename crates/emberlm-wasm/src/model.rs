@@ -170,37 +170,32 @@ impl EmberModel {
     }
 
     pub fn encode(&self, text: &str) -> Result<Vec<u32>, JsValue> {
-        self.text.tokenizer.as_ref().ok_or_else(|| js_err("this model has no tokenizer"))?.encode(text).map_err(js_err)
+        self.text.tokenizer().and_then(|t| t.encode(text)).map_err(js_err)
     }
 
     pub fn decode(&self, ids: Vec<u32>) -> Result<String, JsValue> {
-        self.text.tokenizer.as_ref().ok_or_else(|| js_err("this model has no tokenizer"))?.decode(&ids, true).map_err(js_err)
+        self.text.tokenizer().and_then(|t| t.decode(&ids, true)).map_err(js_err)
     }
 
     /// Renders `messages` (`[{role, content}]`) with the model's chat template.
     #[wasm_bindgen(js_name = applyChatTemplate)]
     pub fn apply_chat_template(&self, messages: JsValue, add_generation_prompt: bool) -> Result<String, JsValue> {
-        let template = self.text.chat_template.as_ref().ok_or_else(|| js_err("this model has no chat template"))?;
         let messages: serde_json::Value = serde_wasm_bindgen::from_value(messages)?;
-        template.render(&messages, add_generation_prompt, None).map_err(js_err)
+        self.text.chat_template().and_then(|t| t.render(&messages, add_generation_prompt, None)).map_err(js_err)
     }
 
     /// Token ids of a raw prompt, with BOS first when the model's tokenizer asks for it.
     #[wasm_bindgen(js_name = promptIds)]
     pub fn prompt_ids(&self, text: &str) -> Result<Vec<u32>, JsValue> {
-        let mut ids = self.encode(text)?;
-        if let (true, Some(bos)) = (self.text.add_bos, self.model.config.bos_token_id) {
-            ids.insert(0, bos);
-        }
-        Ok(ids)
+        self.text.prompt_ids(text, self.model.config.bos_token_id).map_err(js_err)
     }
 
     /// Token ids of `messages` rendered with the chat template and a generation prompt (the
     /// template writes any BOS itself).
     #[wasm_bindgen(js_name = chatPromptIds)]
     pub fn chat_prompt_ids(&self, messages: JsValue) -> Result<Vec<u32>, JsValue> {
-        let prompt = self.apply_chat_template(messages, true)?;
-        self.encode(&prompt)
+        let messages: serde_json::Value = serde_wasm_bindgen::from_value(messages)?;
+        self.text.chat_prompt_ids(&messages).map_err(js_err)
     }
 
     /// The most tokens (prompt + generated) one generation can hold.
