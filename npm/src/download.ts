@@ -86,15 +86,13 @@ export async function downloadFile(cache: ModelCache, key: string, ref: ModelRef
     }
     const digest = hasher?.finishHex();
     if (expected && digest !== undefined && digest !== expected) {
-      await part.discard();
       if (restartedAfterMismatch) {
+        await part.discard();
         throw new EmberError('integrity', `${file.path}: content hash ${digest} does not match the Hub's ${expected}; the file was discarded`);
       }
       // Once more from the start: a corrupted piece may have come from one bad response.
       restartedAfterMismatch = true;
-      part = await cache.part(key);
-      hasher = o.hasher(file);
-      o.onBytes?.(0);
+      await restart();
       lastProblem = 'content hash mismatch';
       continue;
     }

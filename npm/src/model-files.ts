@@ -64,22 +64,37 @@ async function readManifest(cache: ModelCache, key: string): Promise<Manifest | 
   }
 }
 
-/** Opens every file of a manifest; null when one is missing or has the wrong size. */
+/** The cached copy of `f`, or null when it is missing or has the wrong size. */
+async function openExpected(cache: ModelCache, ref: ModelRef, f: RepoFile): Promise<StoredFile | null> {
+  const file = await cache.open(cachePrefix(ref) + f.path);
+  return file && file.size === f.size ? file : null;
+}
+
+/** Opens every file of a manifest and reads the text files; null when one is missing or has the wrong size. */
 async function openAll(cache: ModelCache, ref: ModelRef, m: Manifest): Promise<ModelFiles | null> {
-  const prefix = cachePrefix(ref);
   const weights: ModelFiles['weights'] = [];
   for (const w of m.weights) {
-    const file = await cache.open(prefix + w.path);
-    if (!file || file.size !== w.size) return null;
+    const file = await openExpected(cache, ref, w);
+    if (!file) return null;
     weights.push({ path: w.path, file });
   }
   const text: Record<string, string> = {};
   for (const t of m.text) {
-    const file = await cache.open(prefix + t.path);
-    if (!file || file.size !== t.size) return null;
+    const file = await openExpected(cache, ref, t);
+    if (!file) return null;
     text[t.path] = await file.text();
   }
   return { ref, format: m.format, weights, text, fromCache: true };
+}
+
+/** Whether every file of a manifest is cached at its size (nothing read). */
+async function isComplete(cache: ModelCache, ref: ModelRef, m: Manifest): Promise<boolean> {
+  for (const f of [...m.text, ...m.weights]) {
+    const file = await openExpected(cache, ref, f);
+    if (!file) return false;
+    file.close?.();
+  }
+  return true;
 }
 
 export interface FetchOptions {
@@ -229,7 +244,7 @@ export async function listCached(cache: ModelCache): Promise<CachedModel[]> {
     const m = await readManifest(cache, e.key);
     if (!m) continue;
     const ref = { hub: m.hub, repo: m.repo, revision: m.revision };
-    if (!(await openAll(cache, ref, m))) continue;
+    if (!(await isComplete(cache, ref, m))) continue;
     const files = [...m.text, ...m.weights].map((f) => ({ path: f.path, size: f.size }));
     out.push({ ...ref, format: m.format, choice: m.choice, files, bytes: files.reduce((n, f) => n + f.size, 0), savedAt: m.savedAt });
   }
