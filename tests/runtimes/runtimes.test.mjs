@@ -2,7 +2,6 @@
 // Hub generates transformers' greedy tokens; a second run loads from the file cache with the
 // Hub stopped. Node and Bun get WebGPU from the `webgpu` package (SwiftShader), Deno has its own.
 import assert from 'node:assert/strict';
-import { spawn } from 'node:child_process';
 import { existsSync, mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { dirname, join } from 'node:path';
@@ -10,34 +9,23 @@ import { after, test } from 'node:test';
 import { fileURLToPath } from 'node:url';
 import { fixtureRepos, reference, ROOT } from '../mock-hub/repos.mjs';
 import { startMockHub } from '../mock-hub/server.mjs';
+import { BUN, DENO, NODE, run as runProcess, runtimeEnv } from './spawn.mjs';
 
 const here = dirname(fileURLToPath(import.meta.url));
-const bin = (name) => join(here, '..', 'node_modules', '.bin', name);
 const RUNTIMES = {
-  node: [process.execPath],
-  deno: [bin('deno'), 'run', '--allow-all'],
-  bun: [bin('bun'), 'run'],
+  node: [NODE],
+  deno: [DENO, 'run', '--allow-all'],
+  bun: [BUN, 'run'],
 };
-const SWIFTSHADER = '/usr/lib/chromium/vk_swiftshader_icd.json';
 const dirs = [];
 after(() => dirs.forEach((d) => rmSync(d, { recursive: true, force: true })));
 
-/** Runs chat.mjs in `runtime` (asynchronously: the mock Hub answers from this process). */
+/** Runs `script` in `runtime` and parses the JSON line it prints last. */
 async function run(runtime, args, { script = 'chat.mjs', icd } = {}) {
   const [cmd, ...pre] = RUNTIMES[runtime];
-  // Dawn (Node, Bun) refuses Mesa 22's lavapipe, so those use SwiftShader; Deno's wgpu takes lavapipe.
-  const env = { ...process.env, XDG_RUNTIME_DIR: process.env.XDG_RUNTIME_DIR ?? '/tmp', NO_COLOR: '1' };
-  if (runtime !== 'deno') env.VK_ICD_FILENAMES = SWIFTSHADER;
-  else delete env.VK_ICD_FILENAMES;
+  const env = runtimeEnv(runtime);
   if (icd) env.VK_ICD_FILENAMES = icd;
-  const child = spawn(cmd, [...pre, join(here, script), ...args], { env });
-  let stdout = '';
-  let stderr = '';
-  child.stdout.on('data', (d) => (stdout += d));
-  child.stderr.on('data', (d) => (stderr += d));
-  const timer = setTimeout(() => child.kill('SIGKILL'), 240_000);
-  const status = await new Promise((resolve) => child.on('close', resolve));
-  clearTimeout(timer);
+  const { status, stdout, stderr } = await runProcess(cmd, [...pre, join(here, script), ...args], { env });
   assert.equal(status, 0, `${runtime} exited ${status}: ${stderr.slice(-2000)}`);
   return JSON.parse(stdout.trim().split('\n').at(-1));
 }
