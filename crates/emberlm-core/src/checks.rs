@@ -100,7 +100,10 @@ fn dot_tolerance(k: usize, abs_dot: f64) -> f64 {
     (k + 2) as f64 * U * abs_dot + 1e-30
 }
 
+/// `k` (and the embedding's `hidden`) is rounded up to the dtype's row multiple: the K formats
+/// need whole super-blocks of 256 weights.
 pub async fn check_matvec(dev: &GpuDevice, dtype: DType, n: usize, k: usize, bias: bool, seed: u64) -> Result<CheckResult> {
+    let k = k.next_multiple_of(dtype.k_multiple());
     let mut rng = Rng::new(seed);
     let w = PackedMatrix::pack(dtype, n, k, &rng.vec(n * k, -1.0, 1.0));
     let x_host = rng.vec(k, -1.0, 1.0);
@@ -121,6 +124,7 @@ pub async fn check_matvec(dev: &GpuDevice, dtype: DType, n: usize, k: usize, bia
 }
 
 pub async fn check_matmul(dev: &GpuDevice, dtype: DType, m: usize, n: usize, k: usize, bias: bool, seed: u64) -> Result<CheckResult> {
+    let k = k.next_multiple_of(dtype.k_multiple());
     let mut rng = Rng::new(seed);
     let w = PackedMatrix::pack(dtype, n, k, &rng.vec(n * k, -1.0, 1.0));
     let x_host = rng.vec(m * k, -1.0, 1.0);
@@ -143,7 +147,7 @@ pub async fn check_matmul(dev: &GpuDevice, dtype: DType, m: usize, n: usize, k: 
 /// Two projections written side by side into one output row (`matvec_into`/`matmul_into`),
 /// the second with a bias: how q, k, v (and gate, up) share one fused activation row.
 pub async fn check_fused_projections(dev: &GpuDevice, dtype: DType, m: usize, via_matvec: bool, seed: u64) -> Result<CheckResult> {
-    let (k, n1, n2) = (64, 24, 13);
+    let (k, n1, n2) = (64usize.next_multiple_of(dtype.k_multiple()), 24, 13);
     let mut rng = Rng::new(seed);
     let w1 = PackedMatrix::pack(dtype, n1, k, &rng.vec(n1 * k, -1.0, 1.0));
     let w2 = PackedMatrix::pack(dtype, n2, k, &rng.vec(n2 * k, -1.0, 1.0));
@@ -347,6 +351,7 @@ pub async fn check_gated_activation(dev: &GpuDevice, act: Activation, rows: usiz
 }
 
 pub async fn check_embedding(dev: &GpuDevice, dtype: DType, vocab: usize, hidden: usize, scale: f32, seed: u64) -> Result<CheckResult> {
+    let hidden = hidden.next_multiple_of(dtype.k_multiple());
     let mut rng = Rng::new(seed);
     let table = PackedMatrix::pack(dtype, vocab, hidden, &rng.vec(vocab * hidden, -1.0, 1.0));
     // First, last, repeated, and an out-of-range id (must give zeros).
@@ -446,7 +451,7 @@ pub async fn run_suite(dev: &GpuDevice) -> Vec<(String, Result<CheckResult>)> {
             results.push(($label.to_string(), $e.await));
         };
     }
-    for (i, dtype) in [DType::F32, DType::F16, DType::Q8, DType::Q4].into_iter().enumerate() {
+    for (i, dtype) in DType::ALL.into_iter().enumerate() {
         check!(format!("matvec {}", dtype.name()), check_matvec(dev, dtype, 37, 96, i % 2 == 0, 1 + i as u64));
         check!(format!("matmul {}", dtype.name()), check_matmul(dev, dtype, 19, 37, 96, i % 2 == 1, 11 + i as u64));
         check!(format!("embedding {}", dtype.name()), check_embedding(dev, dtype, 53, 64, 1.5, 21 + i as u64));

@@ -12,16 +12,32 @@
 //! | F16   | k/2 u32 (2 × f16)     | —                                                | 16          |
 //! | Q8    | k/4 u32 (4 × i8)      | ceil(k/64) u32, 2 × f16 scale, group 32          | 8.5         |
 //! | Q4    | k/8 u32 (8 × u4)      | k/32 u32: f16 scale (low) + f16 min (high)       | 5           |
+//! | Q4K   | k/8 u32 (8 × u4)      | 4 u32 per 256: (f16 d, f16 dmin), 12 B scales    | 4.5         |
+//! | Q5K   | k/8 u32 + k/32 u32    | as Q4K                                           | 5.5         |
+//! | Q6K   | k/8 u32 + k/16 u32    | 5 u32 per 256: f16 d (low half), 16 × i8 scales  | 6.625       |
 //!
 //! Q8: w = q · scale (symmetric; GGUF Q8_0 maps onto it exactly).
 //! Q4: w = q · scale + min with q in 0..=15 (asymmetric; GGUF Q4_1 maps onto it exactly, and Q4_0's
 //! `d·(q−8)` is `scale = d, min = −8d`, also exact in f16). Weight i (0..8) of a word sits at bit
 //! 8·(i%4) + 4·(i/4): low nibbles of the four bytes are weights 0–3, high nibbles 4–7, so the
 //! shader decodes a word with two masks and one shift.
+//!
+//! The K formats are ggml's K-quants (super-blocks of 256 weights), held exactly as a GGUF file
+//! stores them but with the values split into u32-aligned segments; kernels decode them in
+//! registers. Each row's qs are the low 4 bits of every weight (the Q4 word layout), then for
+//! Q5K one high bit per weight (weight i of the row at bit i%32 of word i/32) and for Q6K two
+//! (bits 2·(i%16) of word i/16). Per super-block:
+//! - Q4K/Q5K: word 0 = d | dmin << 16 (f16), words 1–3 = ggml's 12 bytes of 6-bit sub-block
+//!   scales and mins (sub-blocks of 32); w = d·sc·q − dmin·m with q in 0..=15 / 0..=31.
+//! - Q6K: word 0 = d (f16, low half), words 1–4 = 16 signed 8-bit scales (sub-blocks of 16);
+//!   w = d·sc·(q − 32) with q in 0..=63. (ggml's block is 210 bytes; the padding of d to a
+//!   word is the 0.06 bits/weight difference.)
 
 use half::{bf16, f16};
 
 pub const GROUP_SIZE: usize = 32;
+/// Weights per K-quant super-block.
+pub const SUPER_BLOCK: usize = 256;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum DType {
@@ -29,15 +45,23 @@ pub enum DType {
     F16,
     Q8,
     Q4,
+    Q4K,
+    Q5K,
+    Q6K,
 }
 
 impl DType {
+    pub const ALL: [DType; 7] = [DType::F32, DType::F16, DType::Q8, DType::Q4, DType::Q4K, DType::Q5K, DType::Q6K];
+
     pub fn name(self) -> &'static str {
         match self {
             DType::F32 => "f32",
             DType::F16 => "f16",
             DType::Q8 => "q8",
             DType::Q4 => "q4",
+            DType::Q4K => "q4k",
+            DType::Q5K => "q5k",
+            DType::Q6K => "q6k",
         }
     }
 
@@ -47,6 +71,7 @@ impl DType {
             DType::F32 => 1,
             DType::F16 => 2,
             DType::Q8 | DType::Q4 => GROUP_SIZE,
+            DType::Q4K | DType::Q5K | DType::Q6K => SUPER_BLOCK,
         }
     }
 
@@ -56,8 +81,19 @@ impl DType {
             DType::F32 => k * 4,
             DType::F16 => k * 2,
             DType::Q8 => k,
-            DType::Q4 => k / 2,
+            DType::Q4 | DType::Q4K => k / 2,
+            DType::Q5K => k / 2 + k / 8,
+            DType::Q6K => k / 2 + k / 4,
         }) as u64
+    }
+
+    /// u32 words of the per-super-block header in the scale segment (K formats).
+    pub fn super_block_words(self) -> usize {
+        match self {
+            DType::Q4K | DType::Q5K => 4,
+            DType::Q6K => 5,
+            _ => 0,
+        }
     }
 
     /// Bytes of the scale segment for one row of length `k` (0 for unquantised dtypes).
@@ -66,11 +102,12 @@ impl DType {
             DType::F32 | DType::F16 => 0,
             DType::Q8 => k.div_ceil(2 * GROUP_SIZE) * 4,
             DType::Q4 => k / GROUP_SIZE * 4,
+            DType::Q4K | DType::Q5K | DType::Q6K => k / SUPER_BLOCK * self.super_block_words() * 4,
         }) as u64
     }
 
     pub fn is_quantized(self) -> bool {
-        matches!(self, DType::Q8 | DType::Q4)
+        !matches!(self, DType::F32 | DType::F16)
     }
 }
 
@@ -82,7 +119,10 @@ impl std::str::FromStr for DType {
             "f16" => Ok(DType::F16),
             "q8" => Ok(DType::Q8),
             "q4" => Ok(DType::Q4),
-            other => Err(format!("unknown dtype `{other}` (expected f32, f16, q8 or q4)")),
+            "q4k" | "q4_k" => Ok(DType::Q4K),
+            "q5k" | "q5_k" => Ok(DType::Q5K),
+            "q6k" | "q6_k" => Ok(DType::Q6K),
+            other => Err(format!("unknown dtype `{other}` (expected f32, f16, q8, q4, q4k, q5k or q6k)")),
         }
     }
 }
@@ -107,6 +147,7 @@ impl PackedMatrix {
             DType::F16 => (pack_f16(values), Vec::new()),
             DType::Q8 => quantize_q8(rows, k, values),
             DType::Q4 => quantize_q4(rows, k, values),
+            DType::Q4K | DType::Q5K | DType::Q6K => return quantize_k(dtype, rows, k, values),
         };
         Self { dtype, rows, k, qs, scales }
     }
@@ -140,6 +181,28 @@ impl PackedMatrix {
             }
         }
         Self { dtype: DType::Q8, rows, k, qs, scales: packed_scales }
+    }
+
+    /// A K format from already-quantised values: `q[i]` per weight (row-major, up to 4/5/6
+    /// bits) and each super-block's header words (see the module docs). Used to repack GGUF
+    /// Q4_K/Q5_K/Q6_K exactly and by the K quantiser.
+    pub fn k_from_blocks(dtype: DType, rows: usize, k: usize, q: &[u8], headers: &[u32]) -> Self {
+        let hw = dtype.super_block_words();
+        assert!(hw > 0 && k % SUPER_BLOCK == 0 && q.len() == rows * k && headers.len() == rows * k / SUPER_BLOCK * hw);
+        let row_words = (dtype.qs_row_bytes(k) / 4) as usize;
+        let mut qs = vec![0u32; rows * row_words];
+        for (row_q, row_qs) in q.chunks_exact(k).zip(qs.chunks_exact_mut(row_words)) {
+            let (nibbles, high) = row_qs.split_at_mut(k / 8);
+            for (i, &v) in row_q.iter().enumerate() {
+                nibbles[i / 8] |= ((v & 0xf) as u32) << q4_shift(i % 8);
+                match dtype {
+                    DType::Q5K => high[i / 32] |= ((v >> 4) as u32 & 1) << (i % 32),
+                    DType::Q6K => high[i / 16] |= ((v >> 4) as u32 & 3) << (2 * (i % 16)),
+                    _ => {}
+                }
+            }
+        }
+        Self { dtype, rows, k, qs, scales: headers.to_vec() }
     }
 
     /// The exact values the GPU sees (the dequantised weights).
@@ -178,6 +241,26 @@ impl PackedMatrix {
                     *o = q as f32 * unpack_f16(sc[g], 0) + unpack_f16(sc[g], 1);
                 }
             }
+            DType::Q4K | DType::Q5K | DType::Q6K => {
+                let hw = self.dtype.super_block_words();
+                let high = &qs[k / 8..];
+                for (i, o) in out.iter_mut().enumerate() {
+                    let header = &sc[i / SUPER_BLOCK * hw..][..hw];
+                    let low = (qs[i / 8] >> q4_shift(i % 8)) & 0xf;
+                    *o = match self.dtype {
+                        DType::Q6K => {
+                            let q = low | ((high[i / 16] >> (2 * (i % 16))) & 3) << 4;
+                            let s = header_byte(&header[1..], (i % SUPER_BLOCK) / 16) as i8;
+                            unpack_f16(header[0], 0) * s as f32 * (q as f32 - 32.0)
+                        }
+                        _ => {
+                            let q = if self.dtype == DType::Q5K { low | ((high[i / 32] >> (i % 32)) & 1) << 4 } else { low };
+                            let (s, m) = k_scale_min(&header[1..], (i % SUPER_BLOCK) / 32);
+                            unpack_f16(header[0], 0) * s as f32 * q as f32 - unpack_f16(header[0], 1) * m as f32
+                        }
+                    };
+                }
+            }
         }
     }
 
@@ -187,6 +270,23 @@ impl PackedMatrix {
 
     pub fn scale_bytes(&self) -> &[u8] {
         bytemuck::cast_slice(&self.scales)
+    }
+}
+
+/// Byte `i` of little-endian words.
+fn header_byte(words: &[u32], i: usize) -> u8 {
+    (words[i / 4] >> (8 * (i % 4))) as u8
+}
+
+/// Q4K/Q5K: the 6-bit (scale, min) of sub-block `j` (0..8) from ggml's 12 packed bytes: the
+/// first four sub-blocks use the low 6 bits of bytes 0–3 / 4–7; the last four a nibble of bytes
+/// 8–11 plus the spare top 2 bits of bytes 0–3 / 4–7.
+pub fn k_scale_min(words: &[u32], j: usize) -> (u8, u8) {
+    let b = |i| header_byte(words, i);
+    if j < 4 {
+        (b(j) & 63, b(j + 4) & 63)
+    } else {
+        ((b(j + 4) & 0xf) | ((b(j - 4) >> 6) << 4), (b(j + 4) >> 4) | ((b(j) >> 6) << 4))
     }
 }
 
@@ -268,6 +368,61 @@ fn quantize_q4(rows: usize, k: usize, values: &[f32]) -> (Vec<u32>, Vec<u32>) {
     (qs, scales)
 }
 
+/// K formats from f32: a plain min/max (Q4K/Q5K) or absmax (Q6K) fit per sub-block, then the
+/// sub-block scales quantised against the super-block's f16 `d` (and `dmin`). llama.cpp searches
+/// for better scales; this converter serves unquantised checkpoints and the kernel tests.
+fn quantize_k(dtype: DType, rows: usize, k: usize, values: &[f32]) -> PackedMatrix {
+    let mut q = vec![0u8; rows * k];
+    let mut headers = Vec::with_capacity(rows * k / SUPER_BLOCK * dtype.super_block_words());
+    let steps = |s: f32, d: f32, hi: f32| if d > 0.0 { (s / d).round().clamp(-hi, hi) } else { 0.0 };
+    for (x, qb) in values.chunks_exact(SUPER_BLOCK).zip(q.chunks_exact_mut(SUPER_BLOCK)) {
+        let mut bytes = [0u8; 16];
+        if dtype == DType::Q6K {
+            let fits: Vec<f32> = x.chunks_exact(16).map(|g| g.iter().fold(0f32, |m, v| m.max(v.abs())) / 31.0).collect();
+            let d = round_f16(fits.iter().fold(0f32, |m, &v| m.max(v)) / 127.0);
+            for (j, g) in x.chunks_exact(16).enumerate() {
+                let sc = steps(fits[j], d, 127.0);
+                bytes[j] = sc as i8 as u8;
+                for (i, v) in g.iter().enumerate() {
+                    qb[16 * j + i] = (steps(*v, d * sc, 32.0).min(31.0) + 32.0) as u8;
+                }
+            }
+            headers.push(f16::from_f32(d).to_bits() as u32);
+        } else {
+            let levels = if dtype == DType::Q5K { 31.0 } else { 15.0 };
+            let fits: Vec<(f32, f32)> = x
+                .chunks_exact(GROUP_SIZE)
+                .map(|g| {
+                    let lo = g.iter().copied().fold(0f32, f32::min);
+                    let hi = g.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+                    ((hi - lo) / levels, -lo)
+                })
+                .collect();
+            let d = round_f16(fits.iter().fold(0f32, |m, f| m.max(f.0)) / 63.0);
+            let dmin = round_f16(fits.iter().fold(0f32, |m, f| m.max(f.1)) / 63.0);
+            for (j, g) in x.chunks_exact(GROUP_SIZE).enumerate() {
+                let (sc, m) = (steps(fits[j].0, d, 63.0) as u8, steps(fits[j].1, dmin, 63.0) as u8);
+                if j < 4 {
+                    bytes[j] |= sc;
+                    bytes[j + 4] |= m;
+                } else {
+                    bytes[j + 4] = (sc & 0xf) | (m & 0xf) << 4;
+                    bytes[j - 4] |= (sc >> 4) << 6;
+                    bytes[j] |= (m >> 4) << 6;
+                }
+                let offset = dmin * m as f32;
+                for (i, v) in g.iter().enumerate() {
+                    qb[GROUP_SIZE * j + i] = steps(v + offset, d * sc as f32, levels).max(0.0) as u8;
+                }
+            }
+            headers.push(f16::from_f32(d).to_bits() as u32 | (f16::from_f32(dmin).to_bits() as u32) << 16);
+        }
+        let words = if dtype == DType::Q6K { 4 } else { 3 };
+        headers.extend(bytes.chunks_exact(4).take(words).map(|b| u32::from_le_bytes([b[0], b[1], b[2], b[3]])));
+    }
+    PackedMatrix::k_from_blocks(dtype, rows, k, &q, &headers)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -306,6 +461,30 @@ mod tests {
         assert_eq!(packed.dequantize(), values);
         assert_eq!(bf16_to_f32(0x3f80), 1.0);
         assert_eq!(bf16_to_f32(0xc020), -2.5);
+    }
+
+    /// The K quantiser keeps every weight within half a step of its sub-block plus the
+    /// rounding of the 6/8-bit scales, and the packed words decode as ggml's formula says.
+    #[test]
+    fn k_formats_round_trip() {
+        let k = 512;
+        let values: Vec<f32> = (0..3 * k).map(|i| ((i * 37 % 101) as f32 - 50.0) / 17.0 * if i % 300 < 40 { 0.01 } else { 1.0 }).collect();
+        for (dtype, tol) in [(DType::Q4K, 0.25), (DType::Q5K, 0.12), (DType::Q6K, 0.06)] {
+            let packed = PackedMatrix::pack(dtype, 3, k, &values);
+            assert_eq!(packed.qs.len() * 4, 3 * dtype.qs_row_bytes(k) as usize);
+            assert_eq!(packed.scales.len() * 4, 3 * dtype.scale_row_bytes(k) as usize);
+            let back = packed.dequantize();
+            for (i, (a, b)) in values.iter().zip(&back).enumerate() {
+                assert!((a - b).abs() <= tol, "{dtype:?} {i}: {a} vs {b}");
+            }
+        }
+        // Sub-block 5 of a Q4K super-block: scale 0b101101, min 0b010011 split across bytes.
+        let mut bytes = [0u8; 12];
+        bytes[9] = 0b1101 | 0b0011 << 4;
+        bytes[1] = 0b10 << 6;
+        bytes[5] = 0b01 << 6;
+        let words: Vec<u32> = bytes.chunks_exact(4).map(|b| u32::from_le_bytes([b[0], b[1], b[2], b[3]])).collect();
+        assert_eq!(k_scale_min(&words, 5), (0b101101, 0b010011));
     }
 
     #[test]

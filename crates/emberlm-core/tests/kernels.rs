@@ -41,7 +41,7 @@ fn assert_pass(result: emberlm_core::Result<CheckResult>) {
     assert!(r.passed, "{} failed: {}", r.name, r.detail);
 }
 
-const DTYPES: [DType; 4] = [DType::F32, DType::F16, DType::Q8, DType::Q4];
+const DTYPES: [DType; 7] = DType::ALL;
 
 #[test]
 fn matvec_all_dtypes_both_reduction_paths() {

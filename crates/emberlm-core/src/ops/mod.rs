@@ -52,6 +52,9 @@ pub(crate) fn weight_variant(dtype: DType) -> Variant {
         DType::F16 => "W_F16",
         DType::Q8 => "W_Q8",
         DType::Q4 => "W_Q4",
+        DType::Q4K => "W_Q4K",
+        DType::Q5K => "W_Q5K",
+        DType::Q6K => "W_Q6K",
     });
     v.flag_if(dtype.is_quantized(), "QUANTIZED")
 }
