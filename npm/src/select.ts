@@ -21,10 +21,11 @@ export interface Selection {
 }
 
 /**
- * Preferred quantisations when a GGUF repo is given without a choice: the ones the engine keeps
- * in its own 4-/8-bit formats exactly come first (K-quants are expanded to f32 on load).
+ * Preferred quantisations when a GGUF repo is given without a choice: 4-bit first (the engine
+ * decodes every one of these on the GPU at the file's size), K-quants before the legacy types
+ * for their accuracy, then larger; F16/BF16 last.
  */
-export const QUANT_PREFERENCE = ['Q4_0', 'Q4_1', 'Q8_0', 'Q5_0', 'Q4_K_M', 'Q4_K_S', 'Q5_K_M', 'Q6_K', 'F16', 'BF16'];
+export const QUANT_PREFERENCE = ['Q4_K_M', 'Q4_K_S', 'Q4_0', 'Q4_1', 'Q5_K_M', 'Q5_K_S', 'Q5_0', 'Q6_K', 'Q8_0', 'F16', 'BF16'];
 
 const SHARD = /-(\d{5})-of-(\d{5})\.gguf$/;
 

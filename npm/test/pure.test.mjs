@@ -31,7 +31,8 @@ test('quantisation names are read from GGUF file names', () => {
 
 test('GGUF selection: by quant, by file, split shards in order, preference when neither is given', () => {
   const files = [f('README.md'), f('m-Q4_K_M.gguf', 50), f('m-Q8_0.gguf', 90), f('m-Q4_0.gguf', 45), f('mmproj-m-f16.gguf'), f('m-F16-00002-of-00002.gguf'), f('m-F16-00001-of-00002.gguf')];
-  assert.deepEqual(selectFiles('r', files).weights.map((x) => x.path), ['m-Q4_0.gguf']);
+  assert.deepEqual(selectFiles('r', files).weights.map((x) => x.path), ['m-Q4_K_M.gguf']);
+  assert.deepEqual(selectFiles('r', files.filter((x) => !x.path.includes('K_M'))).weights.map((x) => x.path), ['m-Q4_0.gguf']);
   assert.deepEqual(selectFiles('r', files, { quant: 'q4_k_m' }).weights.map((x) => x.path), ['m-Q4_K_M.gguf']);
   assert.deepEqual(selectFiles('r', files, { quant: 'F16' }).weights.map((x) => x.path), ['m-F16-00001-of-00002.gguf', 'm-F16-00002-of-00002.gguf']);
   assert.deepEqual(selectFiles('r', files, { file: 'm-Q8_0.gguf' }).weights.map((x) => x.path), ['m-Q8_0.gguf']);

@@ -1,8 +1,8 @@
 //! ggml tensor types as stored in GGUF files: block layouts, dequantisation to f32 (the
 //! reference, tested against the `gguf` Python package), and loading into emberlm's GPU
 //! formats. Where our format holds the file's values exactly, we repack (Q4_0/Q4_1 → q4,
-//! Q8_0/Q5_0 → q8, F16 → f16); otherwise the rows are dequantised to f32, which is exact too
-//! but larger (K-quants, Q5_1, BF16).
+//! Q8_0/Q5_0 → q8, Q4_K/Q5_K/Q6_K → q4k/q5k/q6k, F16 → f16); otherwise the rows are dequantised
+//! to f32, which is exact too but larger (Q5_1, BF16).
 
 use emberlm_core::dtype::{DType, PackedMatrix};
 use half::f16;
@@ -115,6 +115,36 @@ fn scale_min_k4(j: usize, q: &[u8]) -> (f32, f32) {
     }
 }
 
+/// The unscaled values of one K-quant block in weight order: 4 bits (Q4_K), 5 (Q5_K) or 6 (Q6_K,
+/// still offset by 32). ggml interleaves them: each 32 bytes of `ql` hold two 32-weight runs
+/// (low nibbles, then high nibbles), and the high bits come from `qh` bit planes.
+fn k_block_values(ty: GgmlType, b: &[u8], q: &mut [u8; 256]) {
+    match ty {
+        GgmlType::Q4K | GgmlType::Q5K => {
+            let (qh, ql) = if ty == GgmlType::Q5K { (&b[16..48], &b[48..176]) } else { (&[][..], &b[16..144]) };
+            for (chunk, ql) in ql.chunks_exact(32).enumerate() {
+                for l in 0..32 {
+                    let (h1, h2) = if qh.is_empty() { (0, 0) } else { ((qh[l] >> (2 * chunk)) & 1, (qh[l] >> (2 * chunk + 1)) & 1) };
+                    q[64 * chunk + l] = (ql[l] & 0xf) | h1 << 4;
+                    q[64 * chunk + 32 + l] = (ql[l] >> 4) | h2 << 4;
+                }
+            }
+        }
+        GgmlType::Q6K => {
+            for half in 0..2 {
+                let (ql, qh, q) = (&b[64 * half..64 * half + 64], &b[128 + 32 * half..128 + 32 * half + 32], &mut q[128 * half..]);
+                for l in 0..32 {
+                    q[l] = (ql[l] & 0xf) | (qh[l] & 3) << 4;
+                    q[l + 32] = (ql[l + 32] & 0xf) | ((qh[l] >> 2) & 3) << 4;
+                    q[l + 64] = (ql[l] >> 4) | ((qh[l] >> 4) & 3) << 4;
+                    q[l + 96] = (ql[l + 32] >> 4) | ((qh[l] >> 6) & 3) << 4;
+                }
+            }
+        }
+        _ => unreachable!("not a K-quant: {ty:?}"),
+    }
+}
+
 /// Dequantises whole blocks of `ty` from `data` into `out` (out.len() weights).
 pub fn dequantize(ty: GgmlType, data: &[u8], out: &mut [f32]) -> Result<(), String> {
     let (bw, bb) = ty.block();
@@ -167,50 +197,21 @@ pub fn dequantize(ty: GgmlType, data: &[u8], out: &mut [f32]) -> Result<(), Stri
                     y[j] = b[2 + j] as i8 as f32 * d;
                 }
             }
-            GgmlType::Q4K => {
+            GgmlType::Q4K | GgmlType::Q5K => {
                 let (d, dmin) = (f16_at(b, 0), f16_at(b, 2));
-                let (scales, qs) = (&b[4..16], &b[16..144]);
-                for (chunk, q) in qs.chunks_exact(32).enumerate() {
-                    let (sc1, m1) = scale_min_k4(2 * chunk, scales);
-                    let (sc2, m2) = scale_min_k4(2 * chunk + 1, scales);
-                    for l in 0..32 {
-                        y[64 * chunk + l] = d * sc1 * (q[l] & 0xf) as f32 - dmin * m1;
-                        y[64 * chunk + 32 + l] = d * sc2 * (q[l] >> 4) as f32 - dmin * m2;
-                    }
-                }
-            }
-            GgmlType::Q5K => {
-                let (d, dmin) = (f16_at(b, 0), f16_at(b, 2));
-                let (scales, qh, qs) = (&b[4..16], &b[16..48], &b[48..176]);
-                for (chunk, ql) in qs.chunks_exact(32).enumerate() {
-                    let (sc1, m1) = scale_min_k4(2 * chunk, scales);
-                    let (sc2, m2) = scale_min_k4(2 * chunk + 1, scales);
-                    let (u1, u2) = (1u8 << (2 * chunk), 2u8 << (2 * chunk));
-                    for l in 0..32 {
-                        let hi1 = if qh[l] & u1 != 0 { 16.0 } else { 0.0 };
-                        let hi2 = if qh[l] & u2 != 0 { 16.0 } else { 0.0 };
-                        y[64 * chunk + l] = d * sc1 * ((ql[l] & 0xf) as f32 + hi1) - dmin * m1;
-                        y[64 * chunk + 32 + l] = d * sc2 * ((ql[l] >> 4) as f32 + hi2) - dmin * m2;
-                    }
+                let mut q = [0u8; 256];
+                k_block_values(ty, b, &mut q);
+                for (i, (y, q)) in y.iter_mut().zip(q).enumerate() {
+                    let (sc, m) = scale_min_k4(i / 32, &b[4..16]);
+                    *y = d * sc * q as f32 - dmin * m;
                 }
             }
             GgmlType::Q6K => {
-                let (ql, qh, sc) = (&b[0..128], &b[128..192], &b[192..208]);
                 let d = f16_at(b, 208);
-                for half in 0..2 {
-                    let (ql, qh, sc) = (&ql[64 * half..], &qh[32 * half..], &sc[8 * half..]);
-                    let y = &mut y[128 * half..];
-                    for l in 0..32 {
-                        let is = l / 16;
-                        let q1 = ((ql[l] & 0xf) | ((qh[l] & 3) << 4)) as i32 - 32;
-                        let q2 = ((ql[l + 32] & 0xf) | (((qh[l] >> 2) & 3) << 4)) as i32 - 32;
-                        let q3 = ((ql[l] >> 4) | (((qh[l] >> 4) & 3) << 4)) as i32 - 32;
-                        let q4 = ((ql[l + 32] >> 4) | (((qh[l] >> 6) & 3) << 4)) as i32 - 32;
-                        y[l] = d * (sc[is] as i8) as f32 * q1 as f32;
-                        y[l + 32] = d * (sc[is + 2] as i8) as f32 * q2 as f32;
-                        y[l + 64] = d * (sc[is + 4] as i8) as f32 * q3 as f32;
-                        y[l + 96] = d * (sc[is + 6] as i8) as f32 * q4 as f32;
-                    }
+                let mut q = [0u8; 256];
+                k_block_values(ty, b, &mut q);
+                for (i, (y, q)) in y.iter_mut().zip(q).enumerate() {
+                    *y = d * (b[192 + i / 16] as i8) as f32 * (q as i32 - 32) as f32;
                 }
             }
             GgmlType::Q8_1 | GgmlType::Q2K | GgmlType::Q3K | GgmlType::Q8K => {
@@ -226,6 +227,9 @@ pub fn exact_dtype(ty: GgmlType) -> DType {
     match ty {
         GgmlType::Q4_0 | GgmlType::Q4_1 => DType::Q4,
         GgmlType::Q8_0 | GgmlType::Q5_0 => DType::Q8,
+        GgmlType::Q4K => DType::Q4K,
+        GgmlType::Q5K => DType::Q5K,
+        GgmlType::Q6K => DType::Q6K,
         GgmlType::F16 => DType::F16,
         _ => DType::F32,
     }
@@ -279,6 +283,23 @@ pub fn pack_rows(ty: GgmlType, data: &[u8], rows: usize, k: usize, dtype: DType)
                 }
             }
             Ok(PackedMatrix::q8_from_groups(rows, k, &q, &scales))
+        }
+        (GgmlType::Q4K, DType::Q4K) | (GgmlType::Q5K, DType::Q5K) | (GgmlType::Q6K, DType::Q6K) => {
+            let mut q = vec![0u8; rows * k];
+            let mut headers = Vec::with_capacity(blocks * dtype.super_block_words());
+            let word = |b: &[u8], i: usize| u32::from_le_bytes([b[i], b[i + 1], b[i + 2], b[i + 3]]);
+            for (b, q) in data.chunks_exact(bb).zip(q.chunks_exact_mut(256)) {
+                k_block_values(ty, b, q.try_into().expect("256 weights"));
+                if ty == GgmlType::Q6K {
+                    // Ours: d first (padded to a word), then the 16 scale bytes as they are.
+                    headers.push(u16::from_le_bytes([b[208], b[209]]) as u32);
+                    headers.extend((0..4).map(|i| word(b, 192 + 4 * i)));
+                } else {
+                    // d, dmin and the 12 scale bytes are already our four header words.
+                    headers.extend((0..4).map(|i| word(b, 4 * i)));
+                }
+            }
+            Ok(PackedMatrix::k_from_blocks(dtype, rows, k, &q, &headers))
         }
         (GgmlType::F16, DType::F16) => {
             let qs = data.chunks_exact(4).map(|w| u32::from_le_bytes([w[0], w[1], w[2], w[3]])).collect();

@@ -4,7 +4,9 @@
 
 use std::path::PathBuf;
 
-use emberlm_core::DType;
+use emberlm_core::device::{DeviceOptions, GpuDevice};
+use emberlm_core::plan::Plan;
+use emberlm_core::{ops, DType, Tensor};
 use emberlm_models::ggml::{self, GgmlType};
 
 fn fixture(name: &str) -> Vec<u8> {
@@ -46,13 +48,39 @@ fn dequantisation_matches_the_gguf_reference_bit_for_bit() {
 
 #[test]
 fn exact_repacking_keeps_the_file_values() {
-    for ty in [GgmlType::Q4_0, GgmlType::Q4_1, GgmlType::Q5_0, GgmlType::Q8_0, GgmlType::F16] {
+    for ty in [GgmlType::Q4_0, GgmlType::Q4_1, GgmlType::Q5_0, GgmlType::Q8_0, GgmlType::F16, GgmlType::Q4K, GgmlType::Q5K, GgmlType::Q6K] {
         let (blocks, want) = reference(ty);
         let dtype = ggml::exact_dtype(ty);
         assert_ne!(dtype, DType::F32, "{} should repack into a smaller format", ty.name());
-        let k = 32;
+        let k = ty.block().0.max(32) as usize;
+        assert_eq!(want.len() % k, 0, "{}: fixture is not whole rows", ty.name());
         let packed = ggml::pack_rows(ty, &blocks, want.len() / k, k, dtype).unwrap();
         assert_eq!(packed.dequantize(), want, "{} → {}", ty.name(), dtype.name());
+    }
+}
+
+/// The repacked file blocks on the GPU: the embedding kernel gathers every row through the same
+/// weight decoder as matvec/matmul, so its output is the decoded weights, which must be the gguf
+/// package's values (K-quants are decoded in the kernels, never widened to f32).
+#[test]
+fn gpu_decodes_repacked_blocks_to_the_gguf_values() {
+    let dev = pollster::block_on(GpuDevice::new(DeviceOptions::default())).unwrap();
+    for ty in [GgmlType::Q4_0, GgmlType::Q4_1, GgmlType::Q5_0, GgmlType::Q8_0, GgmlType::F16, GgmlType::Q4K, GgmlType::Q5K, GgmlType::Q6K] {
+        let (blocks, want) = reference(ty);
+        let k = ty.block().0.max(32) as usize;
+        let rows = want.len() / k;
+        let packed = ggml::pack_rows(ty, &blocks, rows, k, ggml::exact_dtype(ty)).unwrap();
+        let table = Tensor::from_packed(&dev, "table", &[rows, k], &packed).unwrap();
+        let ids = Tensor::from_u32(&dev, "ids", &(0..rows as u32).collect::<Vec<_>>()).unwrap();
+        let out = Tensor::new_zeroed(&dev, "out", &[rows, k], DType::F32).unwrap();
+        let mut plan = Plan::new(&dev);
+        ops::embedding(&mut plan, &ids, &table, &out, rows, 1.0).unwrap();
+        plan.finish().unwrap().run(&dev).unwrap();
+        let got = pollster::block_on(out.read_f32(&dev)).unwrap();
+        for (i, (g, w)) in got.iter().zip(&want).enumerate() {
+            // One rounding at most where the GPU fuses q·scale − min into an FMA.
+            assert!((g - w).abs() <= w.abs() * 2e-7 + 1e-12, "{} on the GPU: value {i}: {g} vs gguf {w}", ty.name());
+        }
     }
 }
 

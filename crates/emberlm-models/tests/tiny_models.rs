@@ -173,3 +173,16 @@ fn gemma2_softcaps_post_norms_alternating_window() {
 fn gemma3_qk_norm_local_global_rope() {
     check_arch("gemma3");
 }
+
+/// K-quant GGUF (Q4_K/Q5_K/Q6_K, as in Q4_K_M files) against transformers on the same file:
+/// decoded in the kernels at the file's size (not widened to f32), so the exact thresholds hold.
+#[test]
+fn llama_k_quants_from_gguf() {
+    let model = Model::load_gguf(dev(), &open_gguf(&fixture("llama-kquant").join("model.gguf")).unwrap(), &LoadOptions { dtype: None, context: 64 }).unwrap();
+    let c = &model.config;
+    let matrices = c.layers * (2 * c.hidden * c.hidden + 2 * c.hidden * c.kv_heads * c.head_dim + 3 * c.hidden * c.ffn) + 2 * c.vocab * c.hidden;
+    // ≤ 6.625 bits per weight (Q6_K is the widest of the three), plus f32 norms and padding.
+    let bound = matrices as u64 * 6625 / 8000 + 64 * 1024;
+    assert!(model.weight_bytes <= bound, "K-quant weights take {} bytes on the GPU, more than {bound}", model.weight_bytes);
+    check_exact("llama-kquant", Source::Gguf, None);
+}
