@@ -11,6 +11,12 @@ export function fixtureRepos() {
   const repos = {
     // A GGUF repo as llama.cpp users publish them: several quantisations side by side.
     'emberlm-test/tiny-qwen2-GGUF': { dir: tiny('qwen2'), files: { 'tiny-qwen2-BF16.gguf': 'model.gguf' } },
+    // Two quantisations side by side (of two different tiny llamas, each with its reference):
+    // K-quants (fixtures/tiny/llama-kquant) and F16 (fixtures/tiny/llama).
+    'emberlm-test/tiny-llama-GGUF': {
+      dir: tiny('.'),
+      files: { 'tiny-llama-Q4_K_M.gguf': 'llama-kquant/model.gguf', 'tiny-llama-F16.gguf': 'llama/model.gguf' },
+    },
     // A transformers repo with sharded safetensors.
     'emberlm-test/tiny-llama': {
       dir: tiny('llama'),

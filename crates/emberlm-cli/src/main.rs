@@ -5,7 +5,11 @@
 //! emberlm chat     --model PATH            interactive, one line per turn
 //! emberlm bench    --model PATH [-p 512] [-n 128]   llama-bench style pp/tg rows
 //! ```
-//! PATH is a `.gguf` file (any shard of a split model) or a Hugging Face model directory.
+//! PATH is a `.gguf` file (any shard of a split model), a Hugging Face model directory, or a Hub
+//! repo `owner/name[@revision]` (`--file NAME.gguf` or `--quant Q4_K_M` picks a GGUF; downloads
+//! are cached where the npm package caches them, see `hub.rs`).
+
+mod hub;
 
 use std::io::{BufRead, Write};
 use std::path::{Path, PathBuf};
@@ -37,9 +41,24 @@ enum Command {
 
 #[derive(Args)]
 struct ModelArgs {
-    /// A .gguf file or a Hugging Face model directory.
+    /// A .gguf file, a Hugging Face model directory, or a Hub repo `owner/name[@revision]`.
     #[arg(long)]
     model: PathBuf,
+    /// Hub repos: the .gguf file to use (the first shard of a split model).
+    #[arg(long, conflicts_with = "quant")]
+    file: Option<String>,
+    /// Hub repos: the GGUF quantisation to use, such as Q4_K_M or Q8_0 (default: the best 4-bit).
+    #[arg(long)]
+    quant: Option<String>,
+    /// Hub repos: branch, tag or commit (default: main, or the `@revision` of --model).
+    #[arg(long)]
+    revision: Option<String>,
+    /// Hub URL [env: EMBERLM_HUB; default https://huggingface.co].
+    #[arg(long)]
+    hub: Option<String>,
+    /// Hub repos: use the cache only, never the network.
+    #[arg(long)]
+    offline: bool,
     /// Weight dtype: f32, f16, q8, q4, or `auto` (GGUF: as stored; safetensors: q4).
     #[arg(long, default_value = "auto")]
     dtype: String,
@@ -134,8 +153,23 @@ struct Loaded {
     load_s: f64,
 }
 
+/// Opens a local model, or fetches a Hub repo into the cache first.
 fn open(args: &ModelArgs) -> Result<LocalModel> {
-    LocalModel::open(&args.model).map_err(err)
+    let spec = args.model.to_string_lossy();
+    let is_hub = !args.model.exists() && hub::looks_like_repo(&spec);
+    if !is_hub {
+        if args.file.is_some() || args.quant.is_some() {
+            return Err(format!("--file and --quant pick a file from a Hub repo; {} is a local path", args.model.display()));
+        }
+        return LocalModel::open(&args.model).map_err(err);
+    }
+    let hub_url = args.hub.clone().or_else(|| std::env::var("EMBERLM_HUB").ok().filter(|h| !h.is_empty()));
+    let mut req = hub::HubRequest::new(&spec, hub_url, args.revision.clone(), hub::default_cache());
+    req.file = args.file.clone();
+    req.quant = args.quant.clone();
+    req.offline = args.offline;
+    let path = req.fetch(&mut |msg| eprintln!("{msg}"))?;
+    LocalModel::open(&path).map_err(err)
 }
 
 /// Uploads an opened model with a KV cache for `needed_context` tokens (unless --context says).
