@@ -107,7 +107,10 @@ async function loadModel() {
     });
     const i = state.engine.info;
     state.modelLabel = id;
-    ui.figures.textContent = `${id} · ${i.architecture} · ${formatBytes(i.weightBytes)} on the GPU · loaded in ${(i.loadMs / 1000).toFixed(1)} s${i.fromCache ? ' from cache' : ''}`;
+    const l = i.load;
+    const s = (ms) => (ms / 1000).toFixed(1);
+    const phases = `files ${s(l.filesMs)} · header ${s(l.headerMs)} · tokenizer ${s(l.tokenizerMs)} · upload ${s(l.uploadMs)} · compile ${s(l.compileMs)} s`;
+    ui.figures.textContent = `${id} · ${i.architecture} · ${formatBytes(i.weightBytes)} on the GPU · loaded in ${s(i.loadMs)} s${i.fromCache ? ' from cache' : ''} (${phases})`;
     ui.progress.hidden = true;
     localStorage.setItem('emberlm.model', ui.model.value === 'custom' ? `custom:${id}` : ui.model.value);
     setState('ready');
@@ -186,7 +189,8 @@ async function reply() {
   meta.className = 'meta';
   if (usage) {
     const x = usage.extra;
-    const figures = `${usage.completion_tokens} tokens · first token ${Math.round(x.time_to_first_token_ms)} ms · prefill ${x.prefill_tokens_per_s.toFixed(1)} tok/s · decode ${x.decode_tokens_per_s.toFixed(1)} tok/s${finish === 'abort' ? ' · stopped' : ''}`;
+    const cached = usage.prompt_tokens_details?.cached_tokens ? ` (${usage.prompt_tokens_details.cached_tokens} of ${usage.prompt_tokens} prompt tokens cached)` : '';
+    const figures = `${usage.completion_tokens} tokens · first token ${Math.round(x.time_to_first_token_ms)} ms${cached} · prefill ${x.prefill_tokens_per_s.toFixed(1)} tok/s · decode ${x.decode_tokens_per_s.toFixed(1)} tok/s${finish === 'abort' ? ' · stopped' : ''}`;
     meta.append(figures);
     ui.figures.textContent = `${state.modelLabel} · ${figures}`;
   }

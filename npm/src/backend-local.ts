@@ -8,7 +8,7 @@ import { EmberError, throwIfAborted } from './errors.js';
 import { requireAdapter } from './gpu.js';
 import { modelRef } from './hub.js';
 import { fetchModelFiles, type LoadProgress } from './model-files.js';
-import type { EngineInfo, EngineOptions } from './types.js';
+import type { EngineInfo, EngineOptions, LoadStats } from './types.js';
 import { loadWasm, wasmHashers, type Wasm } from './wasm.js';
 
 type EmberModel = Wasm['EmberModel']['prototype'];
@@ -25,20 +25,38 @@ function engineError(e: unknown): EmberError {
   return new EmberError(/device|adapter|WebGPU/i.test(message) && /lost|no adapter|not supported/i.test(message) ? 'no-webgpu' : 'model', message);
 }
 
-/** A cached file as the `{name, length, read}` source the wasm loader reads from, synchronously. */
-async function wasmSource(name: string, f: StoredFile, onRead: (n: number) => void): Promise<WasmSource> {
+/**
+ * A cached file as the `{name, length, read}` source the wasm loader reads from, synchronously,
+ * and what to close when loading is over. Reads are few and large (the loader buffers headers,
+ * streams tensors in 8 MiB pieces), but each may be a round trip to the browser process.
+ */
+async function wasmSource(name: string, f: StoredFile, onRead: (n: number) => void): Promise<WasmSource & { close(): void; via: LoadStats['reader'] }> {
   let read: (offset: number, length: number) => Uint8Array;
+  let via: LoadStats['reader'];
+  let close = () => f.close?.();
+  const reader = f.readSync ? null : await f.openSyncReader?.();
   if (f.readSync) {
     read = f.readSync.bind(f);
+    via = 'read-sync';
+  } else if (reader) {
+    // OPFS in a worker: a sync access handle reading into one reused buffer.
+    read = reader.read.bind(reader);
+    via = 'sync-access-handle';
+    close = () => {
+      reader.close();
+      f.close?.();
+    };
   } else if (f.blob && typeof FileReaderSync !== 'undefined') {
     // In a worker: read each piece from the (disk-backed) Blob, never the whole file at once.
-    const reader = new FileReaderSync();
+    const blobReader = new FileReaderSync();
     const blob = f.blob;
-    read = (offset, length) => new Uint8Array(reader.readAsArrayBuffer(blob.slice(offset, offset + length)));
+    read = (offset, length) => new Uint8Array(blobReader.readAsArrayBuffer(blob.slice(offset, offset + length)));
+    via = 'file-reader-sync';
   } else if (f.blob) {
     // A page cannot read a Blob synchronously: hold the file in JS memory while loading.
     const bytes = new Uint8Array(await f.blob.arrayBuffer());
     read = (offset, length) => bytes.subarray(offset, offset + length);
+    via = 'memory';
   } else {
     throw new EmberError('model', `${name}: the cache gave no way to read this file`);
   }
@@ -50,6 +68,8 @@ async function wasmSource(name: string, f: StoredFile, onRead: (n: number) => vo
       onRead(length);
       return out;
     },
+    close,
+    via,
   };
 }
 
@@ -74,6 +94,7 @@ export class LocalBackend implements Backend {
     await requireAdapter();
     const wasm = await loadWasm(o.wasmUrl);
     const cache = await openCache(o.cache, o.cacheDir);
+    const fetchStarted = now();
     const files = await fetchModelFiles(ref, { file: o.file, quant: o.quant }, {
       cache,
       fetch: o.fetch ?? globalThis.fetch.bind(globalThis),
@@ -83,6 +104,7 @@ export class LocalBackend implements Backend {
       onProgress: progress,
     });
     throwIfAborted(o.signal);
+    const filesMs = now() - fetchStarted;
 
     const total = files.weights.reduce((n, w) => n + w.file.size, 0);
     let loaded = 0;
@@ -94,12 +116,12 @@ export class LocalBackend implements Backend {
         progress({ phase: 'upload', loaded: Math.min(loaded, total), total });
       }
     };
-    const sources = [];
-    for (const w of files.weights) sources.push(await wasmSource(w.path, w.file, onRead));
+    const sources: Awaited<ReturnType<typeof wasmSource>>[] = [];
     progress({ phase: 'upload', loaded: 0, total });
     const options = { dtype: o.dtype ?? 'auto', context: o.context ?? 2048 };
     let model: EmberModel;
     try {
+      for (const w of files.weights) sources.push(await wasmSource(w.path, w.file, onRead));
       if (files.format === 'gguf') {
         model = await wasm.EmberModel.fromGguf(sources, options);
       } else {
@@ -116,8 +138,10 @@ export class LocalBackend implements Backend {
     } catch (e) {
       throw engineError(e);
     } finally {
-      for (const w of files.weights) w.file.close?.();
+      for (const s of sources) s.close();
+      for (const w of files.weights.slice(sources.length)) w.file.close?.();
     }
+    const compileStarted = now();
     if (o.warmUp !== false) {
       // One token compiles the shaders now rather than inside the first request's TTFT.
       progress({ phase: 'compile', loaded: 0, total: 1 });
@@ -138,6 +162,7 @@ export class LocalBackend implements Backend {
       weightBytes: model.weightBytes,
       fromCache: files.fromCache,
       loadMs: now() - started,
+      load: { reader: sources[0]?.via ?? 'memory', filesMs, ...(model.loadStats() as Omit<LoadStats, 'reader' | 'filesMs' | 'compileMs'>), compileMs: now() - compileStarted },
     };
     progress({ phase: 'ready', loaded: total, total });
     return new LocalBackend(model, info);
@@ -175,7 +200,7 @@ export class LocalBackend implements Backend {
       const filter = new StopStringFilter(p.stop);
       let firstAt = 0;
       let aborted = false;
-      let out: { generatedIds: number[]; stoppedByEos: boolean; prefillTokS: number; decodeTokS: number };
+      let out: { generatedIds: number[]; reusedTokens: number; stoppedByEos: boolean; prefillTokS: number; decodeTokS: number };
       try {
         out = await model.generate(
           ids,
@@ -209,6 +234,7 @@ export class LocalBackend implements Backend {
         tokens: Array.from(out.generatedIds),
         finish_reason: finish,
         prompt_tokens: ids.length,
+        cached_tokens: out.reusedTokens,
         ttft_ms: (firstAt || now()) - asked,
         prefill_tok_s: out.prefillTokS,
         decode_tok_s: out.decodeTokS,

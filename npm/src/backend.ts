@@ -24,6 +24,8 @@ export interface RunResult {
   tokens: number[];
   finish_reason: FinishReason;
   prompt_tokens: number;
+  /** Prompt tokens whose keys and values the engine still held from the last request. */
+  cached_tokens: number;
   ttft_ms: number;
   prefill_tok_s: number;
   decode_tok_s: number;

@@ -38,6 +38,7 @@ function params(r: SamplingParams & { max_completion_tokens?: number }): RunPara
 function usage(r: RunResult): CompletionUsage {
   return {
     prompt_tokens: r.prompt_tokens,
+    prompt_tokens_details: { cached_tokens: r.cached_tokens },
     completion_tokens: r.tokens.length,
     total_tokens: r.prompt_tokens + r.tokens.length,
     extra: { time_to_first_token_ms: r.ttft_ms, prefill_tokens_per_s: r.prefill_tok_s, decode_tokens_per_s: r.decode_tok_s },

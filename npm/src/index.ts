@@ -14,7 +14,7 @@ import type { Engine, EngineOptions } from './types.js';
 
 export type * from './types.js';
 export type { CacheChoice, CachedModel };
-export type { CacheEntryInfo, ModelCache, PartFile, StoredFile } from './cache/index.js';
+export type { CacheEntryInfo, ModelCache, PartFile, StoredFile, SyncReader } from './cache/index.js';
 export { CacheApiCache, FsCache, MemoryCache, OpfsCache, openCache } from './cache/index.js';
 export { EmberError, type EmberErrorCode } from './errors.js';
 export { DEFAULT_HUB, resolveUrl, type ModelRef, type RepoFile } from './hub.js';

@@ -42,6 +42,12 @@ export type FinishReason = 'stop' | 'length' | 'abort';
 
 export interface CompletionUsage {
   prompt_tokens: number;
+  /**
+   * As OpenAI reports it: prompt tokens served from the cache. The engine keeps the last
+   * conversation's keys and values, so a chat's next turn (or a regenerated reply) prefills
+   * only what its prompt adds to the longest prefix it shares with the last one.
+   */
+  prompt_tokens_details: { cached_tokens: number };
   completion_tokens: number;
   total_tokens: number;
   extra: {
@@ -117,6 +123,33 @@ export interface EngineOptions {
   warmUp?: boolean;
 }
 
+/** Where a load's time went, phase by phase (milliseconds), and the reads it made of the model files. */
+export interface LoadStats {
+  /**
+   * How the model files were read: `read-sync` (a file in Node/Deno/Bun, or the memory cache),
+   * `sync-access-handle` (OPFS in a worker), `file-reader-sync` (Blob reads in a worker),
+   * `memory` (a cached Blob copied into memory first: a page cannot read Blobs synchronously).
+   */
+  reader: 'read-sync' | 'sync-access-handle' | 'file-reader-sync' | 'memory';
+  /** Listing and downloading, or finding the files in the cache. */
+  filesMs: number;
+  /** Parsing the model files' headers and metadata (GGUF, safetensors). */
+  headerMs: number;
+  /** Read calls that parsing the headers took (a few, however large the vocabulary). */
+  headerReads: number;
+  /** Building the tokenizer and chat template. */
+  tokenizerMs: number;
+  /** Getting the GPU device. */
+  deviceMs: number;
+  /** Reading, repacking and uploading the weights. */
+  uploadMs: number;
+  /** Compiling the shaders (the one-token warm-up; 0 with `warmUp: false`). */
+  compileMs: number;
+  /** Read calls and bytes over the whole load. */
+  reads: number;
+  readBytes: number;
+}
+
 export interface EngineInfo {
   model: string;
   revision: string;
@@ -126,6 +159,7 @@ export interface EngineInfo {
   weightBytes: number;
   fromCache: boolean;
   loadMs: number;
+  load: LoadStats;
 }
 
 export interface ChatCompletions {

@@ -110,6 +110,27 @@ test('in the page (Cache API): sharded safetensors generate the reference tokens
   assert.equal(await session.page.evaluate(async () => (await (await caches.open('emberlm')).keys()).length), 9);
 });
 
+test('worker + OPFS: a GGUF with a 60k-token vocabulary is parsed from a few large reads, through a sync access handle', async () => {
+  const BIG = 'emberlm-test/tiny-llama-bigvocab-GGUF';
+  for (const fromCache of [false, true]) {
+    const r = await loadAndGenerate(BIG, llama.text, llama.generated_ids.length);
+    assert.equal(r.error, undefined, JSON.stringify(r.error));
+    assert.equal(r.info.fromCache, fromCache);
+    // The 60k appended tokens are unreachable: the original model's ids and greedy tokens.
+    assert.deepEqual(r.ids, llama.input_ids);
+    assert.deepEqual(r.tokens, llama.generated_ids);
+    const l = r.info.load;
+    assert.equal(l.reader, 'sync-access-handle', JSON.stringify(l));
+    // A 1.5 MB header: the 1 MiB and 2 MiB read windows (one read per value was ~240k reads).
+    assert.ok(l.headerReads >= 1 && l.headerReads <= 3, JSON.stringify(l));
+    // Then one read per tensor (22 tensors, each under one 8 MiB piece).
+    assert.ok(l.reads <= l.headerReads + 22, JSON.stringify(l));
+    assert.equal(l.readBytes >= 1785728 - 1505888, true, JSON.stringify(l));
+    for (const k of ['filesMs', 'headerMs', 'tokenizerMs', 'deviceMs', 'uploadMs', 'compileMs']) assert.ok(l[k] >= 0 && Number.isFinite(l[k]), `${k}: ${JSON.stringify(l)}`);
+  }
+  await session.page.evaluate((hubUrl) => window.emberlm.deleteCachedModel('emberlm-test/tiny-llama-bigvocab-GGUF', { hub: hubUrl }), hub.url);
+});
+
 test('worker streaming: chunks arrive one by one, an AbortSignal stops the reply and the engine stays usable', async () => {
   const r = await session.page.evaluate(
     async ({ repo, hubUrl }) => {
@@ -153,4 +174,35 @@ test('worker streaming: chunks arrive one by one, an AbortSignal stops the reply
   assert.ok(r.cutTokens < 40, `stopped after ${r.cutTokens} tokens`);
   assert.equal(r.after, r.fullText, 'the next request after an abort is unaffected');
   assert.equal(r.unloaded, 'unloaded');
+});
+
+test('multi-turn chat: the next turn prefills only what it adds, a regenerate only its last token, and both reply as a fresh engine does', async () => {
+  const r = await session.page.evaluate(
+    async ({ repo, hubUrl }) => {
+      const opts = { hub: hubUrl, context: 256 };
+      const ask = async (engine, messages) => {
+        const c = await engine.chat.completions.create({ messages, max_tokens: 8, temperature: 0 });
+        return { text: c.choices[0].message.content, prompt: c.usage.prompt_tokens, cached: c.usage.prompt_tokens_details.cached_tokens };
+      };
+      const engine = await window.emberlm.createEngine(repo, opts);
+      const m1 = [{ role: 'user', content: 'Hello world, this is a tiny model.' }];
+      const turn1 = await ask(engine, m1);
+      const m2 = [...m1, { role: 'assistant', content: turn1.text }, { role: 'user', content: 'Tell me more about it, please.' }];
+      const turn2 = await ask(engine, m2);
+      const regenerated = await ask(engine, m2);
+      await engine.unload();
+      const fresh = await window.emberlm.createEngine(repo, opts);
+      const fromScratch = await ask(fresh, m2);
+      await fresh.unload();
+      return { turn1, turn2, regenerated, fromScratch };
+    },
+    { repo: GGUF, hubUrl: hub.url },
+  );
+  assert.equal(r.turn1.cached, 0);
+  assert.equal(r.fromScratch.cached, 0);
+  // The whole first prompt is shared (the reply and the new message follow it).
+  assert.ok(r.turn2.cached >= r.turn1.prompt && r.turn2.cached < r.turn2.prompt, JSON.stringify(r));
+  assert.equal(r.regenerated.cached, r.turn2.prompt - 1);
+  assert.equal(r.turn2.text, r.fromScratch.text);
+  assert.equal(r.regenerated.text, r.fromScratch.text);
 });

@@ -17,6 +17,9 @@ export function fixtureRepos() {
       dir: tiny('.'),
       files: { 'tiny-llama-Q4_K_M.gguf': 'llama-kquant/model.gguf', 'tiny-llama-F16.gguf': 'llama/model.gguf' },
     },
+    // The tiny llama with 60k unused tokens appended to its GGUF vocabulary (fixtures/tiny/
+    // make_big_vocab_gguf.mjs): a header as large as a real model's, the llama reference.
+    'emberlm-test/tiny-llama-bigvocab-GGUF': { dir: tiny('llama-bigvocab'), files: { 'tiny-llama-bigvocab-F16.gguf': 'model.gguf' } },
     // A transformers repo with sharded safetensors.
     'emberlm-test/tiny-llama': {
       dir: tiny('llama'),

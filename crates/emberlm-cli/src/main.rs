@@ -238,7 +238,7 @@ fn run_generate(a: GenerateArgs) -> Result<()> {
     let mut stdout = std::io::stdout();
     let tok = local.text.tokenizer.as_ref();
     let mut stream_err = None;
-    let out = pollster::block_on(generate(dev, &mut session, &prompt_ids, &options, |id| {
+    let out = pollster::block_on(generate(dev, model, &mut session, &prompt_ids, &options, |id| {
         let Some(tok) = tok else { return true };
         match stream.push(tok, id) {
             Ok(piece) => {
@@ -314,8 +314,8 @@ fn run_chat(a: ChatArgs) -> Result<()> {
         }
         messages.push(json!({"role": "user", "content": line.trim_end()}));
         let ids = local.text.chat_prompt_ids(&json!(messages)).map_err(err)?;
-        // Re-prefilled each turn: simple and exact; the conversation must fit the context.
-        session.reset();
+        // The session keeps the conversation's keys and values: only what this turn adds (the
+        // new message and the template around it) is prefilled. It must fit the context.
         let options = GenerateOptions {
             max_new_tokens: a.sampling.max_new_tokens.min(model.context.saturating_sub(ids.len())),
             stop_tokens: model.config.eos_token_ids.clone(),
@@ -324,7 +324,7 @@ fn run_chat(a: ChatArgs) -> Result<()> {
         };
         let mut stream = StreamDecoder::new(true);
         let mut reply = String::new();
-        let out = pollster::block_on(generate(dev, &mut session, &ids, &options, |id| {
+        let out = pollster::block_on(generate(dev, model, &mut session, &ids, &options, |id| {
             if let Ok(piece) = stream.push(tok, id) {
                 reply.push_str(&piece);
                 let _ = write!(stdout, "{piece}");
@@ -334,7 +334,13 @@ fn run_chat(a: ChatArgs) -> Result<()> {
         }))
         .map_err(err)?;
         println!();
-        eprintln!("[{:.1} tok/s]", out.decode_tok_s);
+        eprintln!(
+            "[{} prompt tokens, {} reused from the last turn; ttft {:.0} ms, decode {:.1} tok/s]",
+            out.prompt_ids.len(),
+            out.reused_tokens,
+            out.ttft_ms,
+            out.decode_tok_s
+        );
         messages.push(json!({"role": "assistant", "content": reply.trim()}));
     }
 }
@@ -353,15 +359,15 @@ fn run_bench(a: BenchArgs) -> Result<()> {
     let tokens: Vec<u32> = (0..a.n_prompt.max(1)).map(|i| ((i as u64 * 2_654_435_761) % c.vocab as u64) as u32).collect();
     let mut session = Session::new(dev, model).map_err(err)?;
     // Warm-up: compiles every pipeline variant once.
-    pollster::block_on(session.step(dev, &tokens[..a.n_prompt.clamp(1, 8)], false)).map_err(err)?;
-    pollster::block_on(session.step(dev, &[tokens[0]], false)).map_err(err)?;
+    pollster::block_on(session.step(dev, model, &tokens[..a.n_prompt.clamp(1, 8)], false)).map_err(err)?;
+    pollster::block_on(session.step(dev, model, &[tokens[0]], false)).map_err(err)?;
     let mut pp = Vec::new();
     let mut tg = Vec::new();
     for _ in 0..a.repetitions.max(1) {
         if a.n_prompt > 0 {
             session.reset();
             let t = std::time::Instant::now();
-            pollster::block_on(session.step(dev, &tokens, false)).map_err(err)?;
+            pollster::block_on(session.step(dev, model, &tokens, false)).map_err(err)?;
             pp.push(a.n_prompt as f64 / t.elapsed().as_secs_f64());
         }
         if a.n_gen > 0 {
@@ -369,7 +375,7 @@ fn run_bench(a: BenchArgs) -> Result<()> {
             let mut next = tokens[0];
             let t = std::time::Instant::now();
             for _ in 0..a.n_gen {
-                next = pollster::block_on(session.step(dev, &[next], false)).map_err(err)?.argmax;
+                next = pollster::block_on(session.step(dev, model, &[next], false)).map_err(err)?.argmax;
             }
             tg.push(a.n_gen as f64 / t.elapsed().as_secs_f64());
         }

@@ -7,7 +7,7 @@ use emberlm_core::GpuDevice;
 use web_time::Instant;
 
 use crate::error::Result;
-use crate::model::Session;
+use crate::model::{Model, Session};
 use crate::sampling::{Sampler, SamplingOptions};
 
 #[derive(Debug, Clone)]
@@ -30,6 +30,8 @@ impl Default for GenerateOptions {
 #[derive(Debug, Clone, Default)]
 pub struct Generation {
     pub prompt_ids: Vec<u32>,
+    /// Prompt tokens whose keys and values the session already held (not prefilled again).
+    pub reused_tokens: usize,
     pub generated_ids: Vec<u32>,
     /// True when a stop token ended generation (it is included in `generated_ids`).
     pub stopped: bool,
@@ -39,11 +41,13 @@ pub struct Generation {
     pub decode_tok_s: f64,
 }
 
-/// Generates after `prompt`. `on_token` sees every new token and returns `false` to stop
-/// (stop strings, a cancelled request).
+/// Generates after `prompt`, the whole conversation so far: the part the session already holds
+/// (its longest common prefix with what the session ran before) is not prefilled again.
+/// `on_token` sees every new token and returns `false` to stop (stop strings, a cancelled request).
 pub async fn generate(
     dev: &GpuDevice,
-    session: &mut Session<'_>,
+    model: &Model,
+    session: &mut Session,
     prompt: &[u32],
     options: &GenerateOptions,
     mut on_token: impl FnMut(u32) -> bool,
@@ -56,10 +60,12 @@ pub async fn generate(
     let need_logits = !sampler.is_greedy();
     let mut history = prompt.to_vec();
     let start = Instant::now();
-    let first = session.step(dev, prompt, need_logits || options.want_prompt_logits).await?;
+    out.reused_tokens = session.reuse_prefix(prompt);
+    let new = &prompt[out.reused_tokens..];
+    let first = session.step(dev, model, new, need_logits || options.want_prompt_logits).await?;
     let prefill = start.elapsed().as_secs_f64();
     out.ttft_ms = prefill * 1e3;
-    out.prefill_tok_s = prompt.len() as f64 / prefill.max(1e-9);
+    out.prefill_tok_s = new.len() as f64 / prefill.max(1e-9);
     if options.want_prompt_logits {
         out.prompt_logits = first.logits.clone();
     }
@@ -82,7 +88,7 @@ pub async fn generate(
         if !go_on || out.generated_ids.len() >= options.max_new_tokens {
             break;
         }
-        let step = session.step(dev, &[next], need_logits).await?;
+        let step = session.step(dev, model, &[next], need_logits).await?;
         next = match step.logits {
             Some(mut logits) => sampler.sample(&mut logits, &history),
             None => step.argmax,

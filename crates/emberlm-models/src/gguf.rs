@@ -133,29 +133,75 @@ const MAX_TENSORS: u64 = 1 << 20;
 const MAX_KV: u64 = 1 << 20;
 const MAX_DIMS: u32 = 8;
 const MAX_ARRAY_DEPTH: u32 = 4;
+/// Metadata array elements in the whole header. The largest real vocabularies (Gemma 3's 262k
+/// tokens with scores and types, Qwen's 151k tokens with merges) stay under 1M; each element
+/// costs ~32 bytes of heap, so this bounds a hostile header to ~128 MiB.
+pub const MAX_METADATA_ELEMENTS: u64 = 1 << 22;
+
+/// The header is read through a window of the file that starts at 1 MiB and doubles up to
+/// 16 MiB: a source's read may be a round trip to another process (a Blob read in a browser
+/// worker), so parsing a vocabulary costs a handful of reads, not one per value.
+const WINDOW_FIRST: u64 = 1 << 20;
+const WINDOW_MAX: u64 = 16 << 20;
 
 struct Cursor<'a, S: ByteSource + ?Sized> {
     src: &'a S,
     pos: u64,
     len: u64,
+    /// Bytes `window_start..window_start + window.len()` of the file.
+    window: Vec<u8>,
+    window_start: u64,
+    next_window: u64,
+    elements: u64,
 }
 
-impl<S: ByteSource + ?Sized> Cursor<'_, S> {
-    fn bytes(&mut self, n: u64, what: &str) -> Result<Vec<u8>> {
+impl<'a, S: ByteSource + ?Sized> Cursor<'a, S> {
+    fn new(src: &'a S) -> Self {
+        Self { src, pos: 0, len: src.len(), window: Vec::new(), window_start: 0, next_window: WINDOW_FIRST, elements: 0 }
+    }
+
+    /// Copies the next `out.len()` bytes into `out`, refilling the window when they are not in it.
+    fn fill(&mut self, out: &mut [u8], what: &str) -> Result<()> {
+        let n = out.len() as u64;
         let end = self.pos.checked_add(n).filter(|&e| e <= self.len).ok_or_else(|| GgufError::Truncated {
             what: what.to_string(),
             start: self.pos,
             end: self.pos.saturating_add(n),
             len: self.len,
         })?;
-        let mut buf = vec![0u8; n as usize];
-        self.src.read_at(self.pos, &mut buf)?;
+        let window_end = self.window_start + self.window.len() as u64;
+        if self.pos < self.window_start || end > window_end {
+            if n >= self.next_window {
+                // Longer than a window: read it straight into place.
+                self.src.read_at(self.pos, out)?;
+                self.pos = end;
+                return Ok(());
+            }
+            let size = self.next_window.min(self.len - self.pos);
+            self.window.resize(size as usize, 0);
+            self.src.read_at(self.pos, &mut self.window)?;
+            self.window_start = self.pos;
+            self.next_window = (self.next_window * 2).min(WINDOW_MAX);
+        }
+        let at = (self.pos - self.window_start) as usize;
+        out.copy_from_slice(&self.window[at..at + out.len()]);
         self.pos = end;
+        Ok(())
+    }
+
+    fn bytes(&mut self, n: u64, what: &str) -> Result<Vec<u8>> {
+        if n > self.len - self.pos {
+            return Err(GgufError::Truncated { what: what.to_string(), start: self.pos, end: self.pos.saturating_add(n), len: self.len });
+        }
+        let mut buf = vec![0u8; n as usize];
+        self.fill(&mut buf, what)?;
         Ok(buf)
     }
 
     fn array<const N: usize>(&mut self, what: &str) -> Result<[u8; N]> {
-        Ok(self.bytes(N as u64, what)?.try_into().expect("N bytes"))
+        let mut out = [0u8; N];
+        self.fill(&mut out, what)?;
+        Ok(out)
     }
 
     fn u32(&mut self, what: &str) -> Result<u32> {
@@ -193,6 +239,12 @@ impl<S: ByteSource + ?Sized> Cursor<'_, S> {
                 if n > self.len - self.pos {
                     return Err(GgufError::Invalid(format!("`{key}`: array of {n} elements in {} remaining bytes", self.len - self.pos)));
                 }
+                self.elements += n;
+                if self.elements > MAX_METADATA_ELEMENTS {
+                    return Err(GgufError::Invalid(format!(
+                        "`{key}`: metadata arrays hold more than {MAX_METADATA_ELEMENTS} elements in all, beyond any real model"
+                    )));
+                }
                 let mut items = Vec::with_capacity(n.min(1 << 16) as usize);
                 for _ in 0..n {
                     items.push(self.value(elem, key, depth + 1)?);
@@ -211,7 +263,7 @@ impl GgufFile {
     /// Parses the header: metadata and tensor infos, with every offset checked.
     pub fn read<S: ByteSource + ?Sized>(src: &S) -> Result<Self> {
         let len = src.len();
-        let mut c = Cursor { src, pos: 0, len };
+        let mut c = Cursor::new(src);
         let magic: [u8; 4] = c.array("magic")?;
         if &magic != b"GGUF" {
             return Err(GgufError::BadMagic(magic));

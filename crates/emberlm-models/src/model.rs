@@ -331,16 +331,18 @@ pub struct StepOutput {
     pub logits: Option<Vec<f32>>,
 }
 
-/// One conversation's state: the KV cache and the position reached.
-pub struct Session<'m> {
-    pub model: &'m Model,
+/// One conversation's state: the KV cache and the tokens whose keys and values it holds. It
+/// borrows no model, so an engine can keep it between requests and prefill only what a new
+/// prompt adds ([`Session::reuse_prefix`]); each step takes the model it was made for.
+pub struct Session {
     cache: KvCache,
-    pub position: usize,
+    /// The tokens at positions `0..tokens.len()` of the cache.
+    tokens: Vec<u32>,
     decode: Option<Workspace>,
 }
 
-impl<'m> Session<'m> {
-    pub fn new(dev: &GpuDevice, model: &'m Model) -> Result<Self> {
+impl Session {
+    pub fn new(dev: &GpuDevice, model: &Model) -> Result<Self> {
         let c = &model.config;
         let len = c.kv_heads * model.context * c.head_dim;
         let mut k = Vec::with_capacity(c.layers);
@@ -349,26 +351,51 @@ impl<'m> Session<'m> {
             k.push(Tensor::new_zeroed(dev, &format!("k cache {i}"), &[len], DType::F32)?);
             v.push(Tensor::new_zeroed(dev, &format!("v cache {i}"), &[len], DType::F32)?);
         }
-        Ok(Self { model, cache: KvCache { k, v, capacity: model.context }, position: 0, decode: None })
+        Ok(Self { cache: KvCache { k, v, capacity: model.context }, tokens: Vec::new(), decode: None })
+    }
+
+    /// The next position: how many tokens the cache holds.
+    pub fn position(&self) -> usize {
+        self.tokens.len()
+    }
+
+    /// The tokens the cache holds, in position order.
+    pub fn tokens(&self) -> &[u32] {
+        &self.tokens
     }
 
     /// Forgets the conversation (the cache is overwritten from position 0).
     pub fn reset(&mut self) {
-        self.position = 0;
+        self.tokens.clear();
+    }
+
+    /// Keeps the longest prefix of the cache that `prompt` starts with — all but at least its
+    /// last token, which the next step must run to produce logits — and forgets the rest.
+    /// Returns how many tokens of `prompt` need no prefill. Positions past the kept prefix are
+    /// simply overwritten: every layer's cache is full-length, sliding-window ones included.
+    pub fn reuse_prefix(&mut self, prompt: &[u32]) -> usize {
+        let shared = self.tokens.iter().zip(prompt).take_while(|(a, b)| a == b).count();
+        let keep = shared.min(prompt.len().saturating_sub(1));
+        self.tokens.truncate(keep);
+        keep
     }
 
     /// Runs `tokens` at the next positions and returns the greedy next token; reads the last
     /// position's logits back only when `want_logits`.
-    pub async fn step(&mut self, dev: &GpuDevice, tokens: &[u32], want_logits: bool) -> Result<StepOutput> {
-        let c = &self.model.config;
+    pub async fn step(&mut self, dev: &GpuDevice, model: &Model, tokens: &[u32], want_logits: bool) -> Result<StepOutput> {
+        let c = &model.config;
+        if self.cache.k.len() != c.layers || self.cache.capacity != model.context {
+            return Err(ModelError::Config("this session was made for another model".into()));
+        }
         if tokens.is_empty() {
             return Err(ModelError::Config("a step needs at least one token".into()));
         }
         if let Some(&id) = tokens.iter().find(|&&id| id as usize >= c.vocab) {
             return Err(ModelError::TokenOutOfRange { id, vocab: c.vocab });
         }
-        if self.position + tokens.len() > self.cache.capacity {
-            return Err(ModelError::ContextFull { needed: self.position + tokens.len(), capacity: self.cache.capacity });
+        let position = self.position();
+        if position + tokens.len() > self.cache.capacity {
+            return Err(ModelError::ContextFull { needed: position + tokens.len(), capacity: self.cache.capacity });
         }
         let ws = if tokens.len() == 1 {
             if self.decode.is_none() {
@@ -381,16 +408,16 @@ impl<'m> Session<'m> {
         let ws = ws.as_ref().unwrap_or_else(|| self.decode.as_ref().expect("decode workspace"));
         ws.ids.write_rows(dev, 0, bytemuck::cast_slice(tokens), &[])?;
         let mut plan = Plan::new(dev);
-        self.record(&mut plan, ws, self.position)?;
+        self.record(model, &mut plan, ws, position)?;
         plan.finish()?.run(dev)?;
-        self.position += tokens.len();
         let argmax = dev.read_u32(ws.next.buffer()?, 0, 1).await?[0];
         let logits = if want_logits { Some(ws.logits.read_f32(dev).await?) } else { None };
+        // Counted only once the step has run: a failed step leaves the session as it was.
+        self.tokens.extend_from_slice(tokens);
         Ok(StepOutput { argmax, logits })
     }
 
-    fn record(&self, plan: &mut Plan, ws: &Workspace, pos0: usize) -> Result<()> {
-        let m = self.model;
+    fn record(&self, m: &Model, plan: &mut Plan, ws: &Workspace, pos0: usize) -> Result<()> {
         let c = &m.config;
         let t = ws.tokens;
         let (d, qkv_w) = (c.head_dim, c.qkv_width());

@@ -170,6 +170,11 @@ pub struct SafetensorsStore<S: ByteSource> {
 }
 
 impl<S: ByteSource> SafetensorsStore<S> {
+    /// The files' byte sources, in order.
+    pub fn sources(&self) -> impl Iterator<Item = &S> {
+        self.files.iter()
+    }
+
     /// `files`: (file name for messages, source) of every shard.
     pub fn new(files: Vec<(String, S)>, arch: Architecture) -> Result<Self> {
         let mut tensors = HashMap::new();

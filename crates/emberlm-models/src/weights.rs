@@ -32,6 +32,11 @@ pub struct GgufStore<S: ByteSource> {
 }
 
 impl<S: ByteSource> GgufStore<S> {
+    /// The shards' byte sources, in order.
+    pub fn sources(&self) -> impl Iterator<Item = &S> {
+        self.shards.iter().map(|(_, s)| s)
+    }
+
     /// Checks that the shards form one split model, in order, with no tensor twice.
     pub fn new(shards: Vec<(GgufFile, S)>) -> Result<Self> {
         let Some((first, _)) = shards.first() else {

@@ -1,6 +1,7 @@
 //! Malformed GGUF files give clear errors, never a panic or a huge allocation.
 
-use emberlm_models::gguf::{GgufError, GgufFile, Value};
+use emberlm_models::gguf::{GgufError, GgufFile, Value, MAX_METADATA_ELEMENTS};
+use emberlm_models::source::{ByteSource, SourceError};
 
 /// A minimal GGUF v3 writer for hand-made (and hand-broken) files.
 struct Writer {
@@ -159,4 +160,55 @@ fn every_truncation_of_a_valid_file_is_an_error_not_a_panic() {
             assert!(len >= bytes.len() - 32, "a file cut at {len} of {} parsed", bytes.len());
         }
     }
+}
+
+/// A source that counts the reads made of it, as a browser worker's Blob reads would cost.
+struct CountingSource {
+    bytes: Vec<u8>,
+    reads: std::cell::Cell<usize>,
+}
+
+impl ByteSource for CountingSource {
+    fn len(&self) -> u64 {
+        self.bytes.len() as u64
+    }
+    fn read_at(&self, offset: u64, buf: &mut [u8]) -> Result<(), SourceError> {
+        self.reads.set(self.reads.get() + 1);
+        self.bytes.as_slice().read_at(offset, buf)
+    }
+}
+
+#[test]
+fn a_large_vocabulary_is_parsed_from_a_few_large_reads() {
+    // 200k tokens (~2.6 MB of metadata, more than SmolLM2's vocabulary and merges together),
+    // one long string past the first read window, then a tensor.
+    let tokens: Vec<String> = (0..200_000).map(|i| format!("tok{i}")).collect();
+    let long = "x".repeat(3 << 20);
+    let refs: Vec<&str> = tokens.iter().map(String::as_str).chain([long.as_str()]).collect();
+    let bytes = Writer::new().kv_str_array("tokenizer.ggml.tokens", &refs).kv_u32("llama.block_count", 2).tensor_f32("w", &[4, 3], 0).build();
+    let src = CountingSource { bytes, reads: std::cell::Cell::new(0) };
+    let f = GgufFile::read(&src).unwrap();
+    let got = f.get_array("tokenizer.ggml.tokens").unwrap();
+    assert_eq!(got.len(), 200_001);
+    assert_eq!(got[123_456], Value::String("tok123456".into()));
+    assert_eq!(got[200_000], Value::String(long.clone()));
+    assert_eq!(f.get_u64("llama.block_count").unwrap(), 2);
+    assert_eq!(f.tensor("w").unwrap().rows_k(), (3, 4));
+    // Windows of 1, 2, 4 MiB... cover the ~5.6 MB header; the long string is read directly.
+    assert!(src.reads.get() <= 6, "{} reads for a {} byte header", src.reads.get(), f.data_offset);
+}
+
+#[test]
+fn metadata_arrays_beyond_the_element_cap_are_refused() {
+    // Each u8 element is one byte, so the file-size check alone would let 2^22 + 1 through.
+    let n = MAX_METADATA_ELEMENTS as usize + 1;
+    let mut w = Writer::new();
+    Writer::string(&mut w.kv, "huge");
+    w.kv.extend(9u32.to_le_bytes());
+    w.kv.extend(0u32.to_le_bytes());
+    w.kv.extend((n as u64).to_le_bytes());
+    w.kv.resize(w.kv.len() + n, 7);
+    w.n_kv = 1;
+    let e = err(&w.build());
+    assert!(e.to_string().contains("more than 4194304 elements"), "{e}");
 }

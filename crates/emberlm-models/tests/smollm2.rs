@@ -49,7 +49,7 @@ fn greedy_generation_matches_transformers() {
         let mut session = Session::new(&dev, &model).unwrap();
 
         // Last-position logits of the prompt: the reference's top 20, value by value.
-        let step = pollster::block_on(session.step(&dev, &prompt, true)).unwrap();
+        let step = pollster::block_on(session.step(&dev, &model, &prompt, true)).unwrap();
         let logits = step.logits.unwrap();
         let mut worst = 0f64;
         for pair in case["last_logits_top20"].as_array().unwrap() {
@@ -65,13 +65,13 @@ fn greedy_generation_matches_transformers() {
 
         session.reset();
         let options = GenerateOptions { max_new_tokens: reference["new_tokens"].as_u64().unwrap() as usize, stop_tokens: vec![eos], ..Default::default() };
-        let out = pollster::block_on(generate(&dev, &mut session, &prompt, &options, |_| true)).unwrap();
+        let out = pollster::block_on(generate(&dev, &model, &mut session, &prompt, &options, |_| true)).unwrap();
         assert_eq!(out.generated_ids, want, "greedy tokens differ from transformers for {:?}", case["text"]);
         long_cases += usize::from(want.len() >= 32);
         // Warm decode steps reuse pooled and workspace buffers: no GPU allocation per token.
         let before = dev.buffers_created();
         for &id in &want[..3] {
-            pollster::block_on(session.step(&dev, &[id], false)).unwrap();
+            pollster::block_on(session.step(&dev, &model, &[id], false)).unwrap();
         }
         assert_eq!(dev.buffers_created(), before, "a decode step allocated GPU buffers");
         eprintln!("  {} tokens equal; ttft {:.0} ms, prefill {:.1} tok/s, decode {:.1} tok/s", want.len(), out.ttft_ms, out.prefill_tok_s, out.decode_tok_s);

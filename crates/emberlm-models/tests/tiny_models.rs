@@ -74,7 +74,7 @@ fn run(arch: &str, source: Source, dtype: Option<DType>) -> Outcome {
         let prompt = ids(&case["input_ids"]);
         let want_logits: Vec<f64> = case["last_logits"].as_array().unwrap().iter().map(|v| v.as_f64().unwrap()).collect();
         let mut session = Session::new(dev, &model).unwrap();
-        let step = pollster::block_on(session.step(dev, &prompt, true)).unwrap();
+        let step = pollster::block_on(session.step(dev, &model, &prompt, true)).unwrap();
         let logits = step.logits.unwrap();
         for (g, w) in logits.iter().zip(&want_logits) {
             out.max_logit_err = out.max_logit_err.max((*g as f64 - w).abs());
@@ -93,14 +93,29 @@ fn run(arch: &str, source: Source, dtype: Option<DType>) -> Outcome {
             } else {
                 out.forced_mismatch_with_margin.push((pos, predicted, want_argmax[pos], margins[pos]));
             }
-            predicted = pollster::block_on(session.step(dev, &[forced[pos + 1]], false)).unwrap().argmax;
+            predicted = pollster::block_on(session.step(dev, &model, &[forced[pos + 1]], false)).unwrap().argmax;
         }
 
         session.reset();
         let want = ids(&case["generated_ids"]);
         let opts = GenerateOptions { max_new_tokens: want.len().max(1), stop_tokens: model.config.eos_token_ids.clone(), ..Default::default() };
-        let got = pollster::block_on(generate(dev, &mut session, &prompt, &opts, |_| true)).unwrap();
+        let got = pollster::block_on(generate(dev, &model, &mut session, &prompt, &opts, |_| true)).unwrap();
         out.greedy_equal &= got.generated_ids == want;
+
+        // Later chat turns: the session holds an earlier, shorter conversation (the first half
+        // of the prompt and a reply to it), so only the rest is prefilled, from a position past
+        // 0; then the same prompt again (regenerate), which prefills its last token alone.
+        if prompt.len() >= 4 {
+            session.reset();
+            let half = prompt.len() / 2;
+            let turn1 = GenerateOptions { max_new_tokens: 3, ..opts.clone() };
+            pollster::block_on(generate(dev, &model, &mut session, &prompt[..half], &turn1, |_| true)).unwrap();
+            let turn2 = pollster::block_on(generate(dev, &model, &mut session, &prompt, &opts, |_| true)).unwrap();
+            let turn3 = pollster::block_on(generate(dev, &model, &mut session, &prompt, &opts, |_| true)).unwrap();
+            assert!(turn2.reused_tokens >= half && turn2.reused_tokens < prompt.len(), "reused {} of {}", turn2.reused_tokens, prompt.len());
+            assert_eq!(turn3.reused_tokens, prompt.len() - 1);
+            out.greedy_equal &= turn2.generated_ids == want && turn3.generated_ids == want;
+        }
     }
     out
 }

@@ -3,6 +3,8 @@
 //! `FileReaderSync` in a worker, `fs.readSync` in Node, or a slice of bytes already in memory),
 //! so only the pieces being uploaded sit in the wasm heap.
 
+use std::cell::{Cell, RefCell};
+
 use emberlm_core::{DType, GpuDevice};
 use emberlm_models::gguf::GgufFile;
 use emberlm_models::safetensors::SafetensorsStore;
@@ -20,10 +22,13 @@ fn js_err(e: impl std::fmt::Display) -> JsValue {
     JsValue::from_str(&e.to_string())
 }
 
-/// A model file as JavaScript hands it over: `{ name, length, read(offset, length) }`.
+/// A model file as JavaScript hands it over: `{ name, length, read(offset, length) }`. Each
+/// read may be a round trip to another process (a Blob read in a worker), so they are counted.
 struct JsSource {
     length: u64,
     read: js_sys::Function,
+    reads: Cell<u32>,
+    bytes_read: Cell<f64>,
 }
 
 impl JsSource {
@@ -32,7 +37,7 @@ impl JsSource {
         let name = get("name")?.as_string().unwrap_or_else(|| "model".into());
         let length = get("length")?.as_f64().ok_or_else(|| js_err(format!("{name}: `length` must be a number")))?;
         let read = get("read")?.dyn_into::<js_sys::Function>().map_err(|_| js_err(format!("{name}: `read` must be a function")))?;
-        Ok((name, Self { length: length as u64, read }))
+        Ok((name, Self { length: length as u64, read, reads: Cell::new(0), bytes_read: Cell::new(0.0) }))
     }
 }
 
@@ -43,6 +48,8 @@ impl ByteSource for JsSource {
 
     fn read_at(&self, offset: u64, buf: &mut [u8]) -> Result<(), SourceError> {
         checked_end(offset, buf.len(), self.length)?;
+        self.reads.set(self.reads.get() + 1);
+        self.bytes_read.set(self.bytes_read.get() + buf.len() as f64);
         let got = self
             .read
             .call2(&JsValue::NULL, &JsValue::from_f64(offset as f64), &JsValue::from_f64(buf.len() as f64))
@@ -58,6 +65,31 @@ impl ByteSource for JsSource {
 
 fn sources(files: &js_sys::Array) -> Result<Vec<(String, JsSource)>, JsValue> {
     files.iter().map(|f| JsSource::from_js(&f)).collect()
+}
+
+/// Read calls and bytes over all of a model's files so far.
+fn read_totals<'a>(files: impl IntoIterator<Item = &'a JsSource>) -> (u32, f64) {
+    files.into_iter().fold((0, 0.0), |(n, b), s| (n + s.reads.get(), b + s.bytes_read.get()))
+}
+
+/// Where a load's time went, phase by phase, and how many reads of the model files it took
+/// (`headerReads` for parsing the headers and metadata alone).
+#[derive(Serialize, Clone, Copy, Default)]
+#[serde(rename_all = "camelCase")]
+struct LoadStats {
+    header_ms: f64,
+    header_reads: u32,
+    tokenizer_ms: f64,
+    device_ms: f64,
+    upload_ms: f64,
+    reads: u32,
+    read_bytes: f64,
+}
+
+/// Milliseconds on a monotonic-enough clock (`Date.now()`: there is no `performance` in every
+/// runtime's global scope, and phases last milliseconds to minutes).
+fn now_ms() -> f64 {
+    js_sys::Date::now()
 }
 
 #[derive(Deserialize, Default)]
@@ -108,6 +140,8 @@ impl Default for JsGenerateOptions {
 #[serde(rename_all = "camelCase")]
 struct JsGeneration {
     prompt_ids: Vec<u32>,
+    /// Prompt tokens already in the KV cache from an earlier call (not prefilled again).
+    reused_tokens: usize,
     generated_ids: Vec<u32>,
     text: String,
     stopped_by_eos: bool,
@@ -121,6 +155,10 @@ pub struct EmberModel {
     dev: GpuDevice,
     model: Model,
     text: TextSetup,
+    load_stats: LoadStats,
+    /// The conversation the KV cache holds, kept between calls so that a chat's next turn (or a
+    /// regenerated reply) prefills only what its prompt adds. Made on the first generation.
+    session: RefCell<Option<Session>>,
 }
 
 #[wasm_bindgen]
@@ -129,16 +167,27 @@ impl EmberModel {
     #[wasm_bindgen(js_name = fromGguf)]
     pub async fn from_gguf(files: js_sys::Array, options: JsValue) -> Result<EmberModel, JsValue> {
         let (dtype, context) = JsLoadOptions::parse(options)?;
+        let mut stats = LoadStats::default();
+        let started = now_ms();
         let mut shards = Vec::new();
         for (name, src) in sources(&files)? {
             let file = GgufFile::read(&src).map_err(|e| js_err(format!("{name}: {e}")))?;
             shards.push((file, src));
         }
+        stats.header_reads = read_totals(shards.iter().map(|(_, s)| s)).0;
         let store = GgufStore::new(shards).map_err(js_err)?;
+        let parsed = now_ms();
+        stats.header_ms = parsed - started;
         let text = TextSetup::from_gguf(store.metadata()).map_err(js_err)?;
+        let tokenized = now_ms();
+        stats.tokenizer_ms = tokenized - parsed;
         let dev = device(true).await?;
+        let got_device = now_ms();
+        stats.device_ms = got_device - tokenized;
         let model = Model::load_gguf(&dev, &store, &LoadOptions { dtype, context }).map_err(js_err)?;
-        Ok(Self { dev, model, text })
+        stats.upload_ms = now_ms() - got_device;
+        (stats.reads, stats.read_bytes) = read_totals(store.sources());
+        Ok(Self { dev, model, text, load_stats: stats, session: RefCell::new(None) })
     }
 
     /// Loads a Hugging Face model: the text of `config.json` (and of `generation_config.json`,
@@ -153,16 +202,33 @@ impl EmberModel {
         options: JsValue,
     ) -> Result<EmberModel, JsValue> {
         let (dtype, context) = JsLoadOptions::parse(options.clone())?;
+        let mut stats = LoadStats::default();
+        let started = now_ms();
         let parse = |s: &str, what: &str| serde_json::from_str::<serde_json::Value>(s).map_err(|e| js_err(format!("{what}: {e}")));
         let config = parse(&config_json, "config.json")?;
         let generation = generation_config_json.as_deref().map(|s| parse(s, "generation_config.json")).transpose()?;
         let mut config = ModelConfig::from_hf(&config, generation.as_ref()).map_err(js_err)?;
         let tok_cfg = tokenizer_config_json.as_deref().map(|s| parse(s, "tokenizer_config.json")).transpose()?;
         let text = TextSetup::from_hf(tokenizer_json.as_deref().map(str::as_bytes), tok_cfg.as_ref(), None, &mut config).map_err(js_err)?;
+        let tokenized = now_ms();
+        stats.tokenizer_ms = tokenized - started;
         let store = SafetensorsStore::new(sources(&files)?, config.arch).map_err(js_err)?;
+        stats.header_reads = read_totals(store.sources()).0;
+        let parsed = now_ms();
+        stats.header_ms = parsed - tokenized;
         let dev = device(true).await?;
+        let got_device = now_ms();
+        stats.device_ms = got_device - parsed;
         let model = Model::load(&dev, config, &store, &LoadOptions { dtype: dtype.or(Some(DType::Q4)), context }).map_err(js_err)?;
-        Ok(Self { dev, model, text })
+        stats.upload_ms = now_ms() - got_device;
+        (stats.reads, stats.read_bytes) = read_totals(store.sources());
+        Ok(Self { dev, model, text, load_stats: stats, session: RefCell::new(None) })
+    }
+
+    /// `{headerMs, headerReads, tokenizerMs, deviceMs, uploadMs, reads, readBytes}` of the load.
+    #[wasm_bindgen(js_name = loadStats)]
+    pub fn load_stats(&self) -> Result<JsValue, JsValue> {
+        to_js(&self.load_stats)
     }
 
     pub fn architecture(&self) -> String {
@@ -228,10 +294,14 @@ impl EmberModel {
             },
             want_prompt_logits: false,
         };
-        let mut session = Session::new(&self.dev, &self.model).map_err(js_err)?;
+        let mut slot = self.session.try_borrow_mut().map_err(|_| js_err("a generation is already running on this model"))?;
+        let session = match &mut *slot {
+            Some(s) => s,
+            empty => empty.insert(Session::new(&self.dev, &self.model).map_err(js_err)?),
+        };
         let mut stream = StreamDecoder::new(true);
         let mut text = String::new();
-        let out = generate(&self.dev, &mut session, &prompt_ids, &opts, |id| {
+        let out = generate(&self.dev, &self.model, session, &prompt_ids, &opts, |id| {
             let piece = self.text.tokenizer.as_ref().and_then(|t| stream.push(t, id).ok()).unwrap_or_default();
             text.push_str(&piece);
             let keep = match &on_token {
@@ -249,6 +319,7 @@ impl EmberModel {
         }
         to_js(&JsGeneration {
             prompt_ids: out.prompt_ids,
+            reused_tokens: out.reused_tokens,
             generated_ids: out.generated_ids,
             text,
             stopped_by_eos: out.stopped,

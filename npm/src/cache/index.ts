@@ -6,7 +6,7 @@ import { OpfsCache } from './opfs.js';
 import type { ModelCache } from './types.js';
 
 export { CacheApiCache, FsCache, MemoryCache, OpfsCache };
-export type { CacheEntryInfo, ModelCache, PartFile, StoredFile } from './types.js';
+export type { CacheEntryInfo, ModelCache, PartFile, StoredFile, SyncReader } from './types.js';
 
 export type CacheChoice = 'auto' | 'cache-api' | 'opfs' | 'fs' | 'memory' | ModelCache;
 

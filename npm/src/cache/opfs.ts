@@ -1,9 +1,47 @@
 // The Origin Private File System: one file per key under `emberlm/`, downloads appended to a
 // `.part` file, so an interrupted download resumes after a reload too. Used from a worker.
 import { storedBlob } from './cache-api.js';
-import type { CacheEntryInfo, ModelCache, PartFile, StoredFile } from './types.js';
+import type { CacheEntryInfo, ModelCache, PartFile, StoredFile, SyncReader } from './types.js';
 
 type Dir = FileSystemDirectoryHandle;
+
+/** The parts of `FileSystemSyncAccessHandle` used here (dedicated workers only). */
+interface SyncAccessHandle {
+  read(buffer: Uint8Array, options: { at: number }): number;
+  close(): void;
+}
+type SyncHandleFile = FileSystemFileHandle & { createSyncAccessHandle?(): Promise<SyncAccessHandle> };
+
+/**
+ * Reads through a sync access handle into one buffer reused across reads (grown to the largest
+ * read): no Blob slice or FileReaderSync round trip to the browser process per read.
+ */
+async function openSyncReader(h: SyncHandleFile, name: string): Promise<SyncReader | null> {
+  if (typeof h.createSyncAccessHandle !== 'function') return null;
+  let access: SyncAccessHandle;
+  try {
+    access = await h.createSyncAccessHandle();
+  } catch {
+    // Another context holds the file's lock (a second tab loading the same model), or the
+    // handle API is refused here: the caller falls back to Blob reads.
+    return null;
+  }
+  let buffer = new Uint8Array(0);
+  return {
+    read(offset, length) {
+      if (buffer.length < length) buffer = new Uint8Array(length);
+      const out = buffer.subarray(0, length);
+      let done = 0;
+      while (done < length) {
+        const n = access.read(out.subarray(done), { at: offset + done });
+        if (n <= 0) throw new Error(`${name}: ended at ${offset + done} bytes (changed in storage?)`);
+        done += n;
+      }
+      return out;
+    },
+    close: () => access.close(),
+  };
+}
 
 export class OpfsCache implements ModelCache {
   readonly kind = 'opfs';
@@ -47,7 +85,8 @@ export class OpfsCache implements ModelCache {
 
   async open(key: string): Promise<StoredFile | null> {
     const h = await this.handle(key, '', false);
-    return h ? storedBlob(await h.getFile()) : null;
+    if (!h) return null;
+    return { ...storedBlob(await h.getFile()), openSyncReader: () => openSyncReader(h, key) };
   }
 
   async part(key: string): Promise<PartFile> {

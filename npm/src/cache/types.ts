@@ -9,8 +9,22 @@ export interface StoredFile {
   readonly blob?: Blob;
   /** Synchronous reads, where the back-end has them (files in Node/Deno/Bun). */
   readSync?(offset: number, length: number): Uint8Array;
+  /**
+   * Opens synchronous reads that need an async start (OPFS's `FileSystemSyncAccessHandle`, in a
+   * dedicated worker). Null when this context cannot (no handle API, or another tab holds the file).
+   */
+  openSyncReader?(): Promise<SyncReader | null>;
   text(): Promise<string>;
   close?(): void;
+}
+
+/**
+ * Synchronous reads from an open file. The returned bytes may be a view of a buffer that the
+ * next read reuses: copy them before reading again (the wasm loader copies at once).
+ */
+export interface SyncReader {
+  read(offset: number, length: number): Uint8Array;
+  close(): void;
 }
 
 /** A download in progress. `size` bytes are already stored (a resumed download). */
