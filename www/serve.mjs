@@ -60,7 +60,14 @@ export function bundledModels() {
 export async function startChatServer({ port = 0, host = '127.0.0.1', hubPort = 0 } = {}) {
   let hub = await startMockHub({ repos: fixtureRepos(), port: hubPort });
   const server = createServer(async (req, res) => {
-    const path = decodeURIComponent(new URL(req.url, 'http://x').pathname);
+    let path;
+    try {
+      path = decodeURIComponent(new URL(req.url, 'http://x').pathname);
+    } catch {
+      // A malformed escape (`/%E0%A4%A`) is the client's error, never a reason to stop serving.
+      res.writeHead(400).end();
+      return;
+    }
     if (path === '/config.json') {
       res.writeHead(200, { 'content-type': TYPES['.json'], 'cache-control': 'no-store' });
       res.end(JSON.stringify({ localHub: hub?.url ?? hubUrl, bundled: bundledModels() }));

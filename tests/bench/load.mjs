@@ -1,12 +1,14 @@
 // Load-time benchmark of the npm package in headless Chromium (WebGPU on SwiftShader): the same
-// model loaded through the default path (Web Worker + OPFS cache: sync access handle reads) and
-// through the page with `cache: 'memory'`, interleaved and repeated, phase by phase. Not a test:
+// model loaded through the default path (Web Worker + OPFS cache: sync access handle reads), the
+// worker with the Cache API (Blob reads through FileReaderSync) and the page with
+// `cache: 'memory'` (downloaded from the local mock Hub each time: `files s`), interleaved and
+// repeated, phase by phase. Not a test:
 // it prints figures. The model comes from the mock Hub on 127.0.0.1 (no Hub access needed).
 //
 //   node tests/bench/load.mjs [--repo HuggingFaceTB/SmolLM2-135M-Instruct-GGUF] [--runs 3]
 //
 // The default repo is SmolLM2-135M-Instruct Q4_1 when scripts/setup.sh has fetched it, else the
-// tiny llama with a 60k-token vocabulary. Each OPFS run loads from the cache (filled once first).
+// tiny llama with a 60k-token vocabulary. OPFS and Cache API runs load from their caches (filled first).
 import { parseArgs } from 'node:util';
 import { dirname, join } from 'node:path';
 import { fileURLToPath } from 'node:url';
@@ -39,10 +41,13 @@ const load = (options) =>
 
 const modes = [
   ['worker + OPFS (default)', {}],
+  ['worker + Cache API', { cache: 'cache-api' }],
   ['page + memory', { worker: false, cache: 'memory' }],
 ];
 try {
-  await load({}); // fill the OPFS cache; its download is not part of the figures
+  // Fill the persistent caches; their downloads are not part of the figures.
+  await load({});
+  await load({ cache: 'cache-api' });
   const rows = [];
   for (let run = 0; run < Number(args.runs); run++) {
     for (const [name, options] of modes) rows.push({ mode: name, ...(await load(options)) });
@@ -59,7 +64,8 @@ try {
     const xs = rows.filter((r) => r.mode === name).map((r) => r.loadMs).sort((a, b) => a - b);
     return xs[Math.floor(xs.length / 2)];
   };
-  console.log(`\nmedian load: OPFS ${s(median(modes[0][0]))} s, memory ${s(median(modes[1][0]))} s, ratio ${(median(modes[0][0]) / median(modes[1][0])).toFixed(2)}`);
+  const [opfs, cacheApi, memory] = modes.map(([name]) => median(name));
+  console.log(`\nmedian load: OPFS ${s(opfs)} s, Cache API ${s(cacheApi)} s, memory ${s(memory)} s; OPFS / memory ${(opfs / memory).toFixed(2)}`);
 } finally {
   await session.close();
   await hub.close();

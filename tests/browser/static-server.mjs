@@ -14,7 +14,13 @@ const TYPES = {
 /** Serves `root` on a free port; resolves to { url, close }. */
 export async function serveDirectory(root) {
   const server = createServer(async (req, res) => {
-    const path = normalize(decodeURIComponent(new URL(req.url, 'http://x').pathname));
+    let path;
+    try {
+      path = normalize(decodeURIComponent(new URL(req.url, 'http://x').pathname));
+    } catch {
+      res.writeHead(400).end();
+      return;
+    }
     const file = join(root, path.endsWith('/') ? `${path}index.html` : path);
     if (!file.startsWith(normalize(root + sep))) {
       res.writeHead(403).end();

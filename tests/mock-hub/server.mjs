@@ -125,9 +125,8 @@ export async function startMockHub({ repos, port = 0, pageSize = 0 } = {}) {
     return status;
   }
 
-  async function handle(req, res) {
+  async function handle(req, res, path) {
     const url = new URL(req.url, 'http://x');
-    const path = decodeURIComponent(url.pathname);
     if (req.method === 'OPTIONS') {
       res.writeHead(204, { ...CORS, 'access-control-allow-methods': 'GET, HEAD', 'access-control-allow-headers': 'range, content-type' });
       res.end();
@@ -136,6 +135,8 @@ export async function startMockHub({ repos, port = 0, pageSize = 0 } = {}) {
     const fault = takeFault(path);
     if (fault?.kind === 'status') return error(res, fault.status ?? 500, 'Injected', 'injected fault'), fault.status ?? 500;
     if (fault?.kind === 'delay') await new Promise((r) => setTimeout(r, fault.delayMs ?? 1000));
+    // A Hub that accepts the request and never answers (the client's timeouts must end it).
+    if (fault?.kind === 'hang') return new Promise(() => {});
 
     let m = path.match(/^\/api\/models\/([^/]+\/[^/]+)\/tree\/([^/]+)$/);
     if (m) {
@@ -151,6 +152,12 @@ export async function startMockHub({ repos, port = 0, pageSize = 0 } = {}) {
       const headers = { ...CORS, 'content-type': 'application/json' };
       if (pageSize && cursor + pageSize < all.length) {
         headers.link = `<${url.pathname}?recursive=true&cursor=${cursor + pageSize}>; rel="next"`;
+      }
+      // A hostile listing: extra entries (paths escaping the repo, no hashes, ...) and/or a
+      // `Link` of the fault's choosing (another host, the same page again).
+      if (fault?.kind === 'listing') {
+        page.push(...(fault.add ?? []));
+        if (fault.link) headers.link = `<${fault.link}>; rel="next"`;
       }
       res.writeHead(200, headers);
       res.end(JSON.stringify(page));
@@ -187,10 +194,19 @@ export async function startMockHub({ repos, port = 0, pageSize = 0 } = {}) {
   }
 
   const server = createServer(async (req, res) => {
-    const entry = { method: req.method, path: decodeURIComponent(new URL(req.url, 'http://x').pathname), range: req.headers.range ?? null, status: 0 };
+    const raw = new URL(req.url, 'http://x').pathname;
+    let path;
+    try {
+      path = decodeURIComponent(raw);
+    } catch {
+      // A malformed escape (`/%E0%A4%A`) is a bad request, never a reason to stop serving.
+      requests.push({ method: req.method, path: raw, range: null, authorization: req.headers.authorization ?? null, status: 400 });
+      return error(res, 400, 'BadRequest', 'malformed URL escape');
+    }
+    const entry = { method: req.method, path, range: req.headers.range ?? null, authorization: req.headers.authorization ?? null, status: 0 };
     requests.push(entry);
     try {
-      entry.status = await handle(req, res);
+      entry.status = await handle(req, res, path);
     } catch (e) {
       entry.status = 500;
       if (!res.headersSent) error(res, 500, 'ServerError', String(e));
@@ -206,7 +222,11 @@ export async function startMockHub({ repos, port = 0, pageSize = 0 } = {}) {
   return {
     url,
     requests,
-    /** Adds a fault: { match: string | RegExp (request path), kind: 'status' | 'drop' | 'truncate' | 'corrupt' | 'slow' | 'delay', times = 1, ... } */
+    /**
+     * Adds a fault: { match: string | RegExp (request path), kind: 'status' | 'drop' | 'truncate' |
+     * 'corrupt' | 'slow' | 'delay' | 'hang' | 'listing' (with `add`: extra tree entries, `link`:
+     * the next-page URL), times = 1, ... }
+     */
     inject(fault) {
       faults.push({ times: 1, ...fault });
     },

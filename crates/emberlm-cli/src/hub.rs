@@ -32,13 +32,75 @@ pub struct HubRequest {
     pub quant: Option<String>,
     pub cache: PathBuf,
     pub offline: bool,
+    /// `HF_TOKEN`: sent only where [`HubRequest::token_for`] allows.
+    pub token: Option<String>,
+}
+
+/// The longest repo path, revision or `--file` accepted (the Hub's own limits are far below).
+const MAX_PATH_BYTES: usize = 1024;
+/// The most listing pages followed: a real repo needs a handful (1,000 files a page).
+const MAX_LISTING_PAGES: usize = 1000;
+/// The folder inside each cached revision that holds our manifests.
+const MANIFEST_DIR: &str = ".emberlm";
+
+/// The one rule for every path a Hub or a user names (listing entries, safetensors index
+/// shards, `--file`, revisions): relative and `/`-separated, no empty, `.` or `..` segment, no
+/// backslash or control character, at most 1,024 bytes, and nothing the cache keeps for itself
+/// (the manifest folder, `.part` files). The npm package applies the same rule (`checkRepoPath`).
+pub fn check_repo_path(what: &str, path: &str) -> Result<(), String> {
+    let refuse = |why: &str| Err(format!("{what} {path:?} is refused: {why}"));
+    if path.is_empty() || path.len() > MAX_PATH_BYTES {
+        return refuse("it must be 1 to 1024 bytes long");
+    }
+    if path.chars().any(|c| c == '\\' || c.is_control()) {
+        return refuse("it contains a backslash or a control character");
+    }
+    for segment in path.split('/') {
+        if segment.is_empty() || segment == "." || segment == ".." {
+            return refuse("paths are relative and `/`-separated, with no empty, `.` or `..` segment");
+        }
+        if segment == MANIFEST_DIR || segment.ends_with(".part") {
+            return refuse("it names one of the cache's own files");
+        }
+    }
+    Ok(())
+}
+
+/// `owner/name`: two segments of ASCII letters, digits, `-`, `_` and `.`, each starting with a
+/// letter or digit, at most 96 characters, no `..` (the Hub's own rule).
+pub fn check_repo_id(repo: &str) -> Result<(), String> {
+    let segment_ok = |s: &str| {
+        (1..=96).contains(&s.len())
+            && s.starts_with(|c: char| c.is_ascii_alphanumeric())
+            && s.chars().all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c))
+            && !s.contains("..")
+    };
+    match repo.split('/').collect::<Vec<_>>()[..] {
+        [owner, name] if segment_ok(owner) && segment_ok(name) => Ok(()),
+        _ => Err(format!("{repo:?} is not a Hub repo id (expected \"owner/name\": letters, digits, `-`, `_`, `.`)")),
+    }
+}
+
+/// One cache path segment for any string: bytes other than ASCII letters, digits and `-_.~`
+/// percent-encoded, so distinct strings never share a segment (the npm package's `cacheSegment`).
+fn cache_segment(s: &str) -> String {
+    encode(s)
+}
+
+/// The cache folder of a Hub: its host (`:` → `_`) for an `https://host` Hub, which keeps the
+/// default Hub's folder `huggingface.co`; any other scheme, or a Hub with a path, is encoded
+/// whole (`http%3A%2F%2F127.0.0.1%3A8080`), so `http://h` and `https://h` never share entries.
+pub fn hub_folder(hub: &str) -> String {
+    match hub.strip_prefix("https://") {
+        Some(host) if !host.contains('/') && !host.is_empty() => host.to_ascii_lowercase().replace(':', "_"),
+        _ => cache_segment(hub),
+    }
 }
 
 /// Whether `s` names a Hub repo (`owner/name`, optionally `@revision`) rather than a local path.
 pub fn looks_like_repo(s: &str) -> bool {
     let name = s.split_once('@').map_or(s, |(n, _)| n);
-    let ok = |part: &str| !part.is_empty() && part != "." && part != ".." && part.chars().all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c));
-    !Path::new(s).exists() && matches!(name.split('/').collect::<Vec<_>>()[..], [owner, repo] if ok(owner) && ok(repo))
+    !Path::new(s).exists() && check_repo_id(name).is_ok()
 }
 
 /// `$EMBERLM_CACHE`, else `$XDG_CACHE_HOME/emberlm`, else `~/.cache/emberlm` (as the npm package).
@@ -79,23 +141,43 @@ impl HubRequest {
         let (repo, at_rev) = spec.split_once('@').map_or((spec, None), |(r, v)| (r, Some(v.to_string())));
         let hub = hub.unwrap_or_else(|| DEFAULT_HUB.to_string()).trim_end_matches('/').to_string();
         let revision = revision.or(at_rev).filter(|r| !r.is_empty()).unwrap_or_else(|| "main".into());
-        Self { hub, repo: repo.to_string(), revision, file: None, quant: None, cache, offline: false }
+        let token = std::env::var("HF_TOKEN").ok().filter(|t| !t.is_empty());
+        Self { hub, repo: repo.to_string(), revision, file: None, quant: None, cache, offline: false, token }
     }
 
-    /// The folder of this repo and revision in the cache (`{host}/{repo}/{revision}`).
+    /// Refuses a repo id, revision or `--file` that breaks the path rules, before any request
+    /// or any path is built from them.
+    fn check(&self) -> Result<(), String> {
+        check_repo_id(&self.repo)?;
+        check_repo_path("revision", &self.revision)?;
+        if let Some(f) = &self.file {
+            check_repo_path("--file", f)?;
+        }
+        if !(self.hub.starts_with("https://") || self.hub.starts_with("http://")) {
+            return Err(format!("the Hub URL {:?} must start with https:// (or http:// for a local server)", self.hub));
+        }
+        Ok(())
+    }
+
+    /// The folder of this repo and revision in the cache: `{hub folder}/{owner}/{name}/{revision}`,
+    /// the revision as one segment (`refs%2Fpr%2F1`). Only checked ids and revisions get here.
     fn folder(&self) -> PathBuf {
-        let host = self.hub.split_once("://").map_or(self.hub.as_str(), |(_, rest)| rest);
-        let host = host.split('/').next().unwrap_or(host).replace(':', "_");
-        self.cache.join(host).join(&self.repo).join(&self.revision)
+        self.cache.join(hub_folder(&self.hub)).join(&self.repo).join(cache_segment(&self.revision))
+    }
+
+    /// A checked repo path inside this revision's folder.
+    fn file_path(&self, path: &str) -> Result<PathBuf, String> {
+        check_repo_path("file", path)?;
+        Ok(self.folder().join(path))
     }
 
     fn manifest_path(&self) -> PathBuf {
         let which = match (&self.file, &self.quant) {
-            (Some(f), _) => format!("file={}", f.replace('/', "_")),
-            (None, Some(q)) => format!("quant={}", q.to_uppercase()),
+            (Some(f), _) => format!("file={}", cache_segment(f)),
+            (None, Some(q)) => format!("quant={}", cache_segment(&q.to_uppercase())),
             _ => "auto".into(),
         };
-        self.folder().join(".emberlm").join(format!("{which}.json"))
+        self.folder().join(MANIFEST_DIR).join(format!("{which}.json"))
     }
 
     fn what(&self) -> String {
@@ -105,6 +187,7 @@ impl HubRequest {
     /// Makes the model available locally and returns what `LocalModel::open` takes: the first
     /// GGUF shard, or the folder of a safetensors model.
     pub fn fetch(&self, progress: &mut dyn FnMut(&str)) -> Result<PathBuf, String> {
+        self.check()?;
         if let Some(path) = self.cached()? {
             return Ok(path);
         }
@@ -118,7 +201,7 @@ impl HubRequest {
             self.download(&agent, f, progress)?;
         }
         if format == "safetensors" && weights.is_empty() {
-            let index = fs::read_to_string(self.folder().join("model.safetensors.index.json")).map_err(|e| format!("model.safetensors.index.json: {e}"))?;
+            let index = fs::read_to_string(self.file_path("model.safetensors.index.json")?).map_err(|e| format!("model.safetensors.index.json: {e}"))?;
             weights = index_shards(&self.repo, &index, &files)?;
         }
         for f in &weights {
@@ -137,32 +220,51 @@ impl HubRequest {
             "text": text.iter().map(RepoFile::to_json).collect::<Vec<_>>(), "savedAt": utc_now(),
         });
         write_atomically(&self.manifest_path(), serde_json::to_string_pretty(&manifest).unwrap().as_bytes())?;
-        Ok(self.entry_point(format, &weights))
+        self.entry_point(format, &weights)
     }
 
-    fn entry_point(&self, format: &str, weights: &[RepoFile]) -> PathBuf {
+    fn entry_point(&self, format: &str, weights: &[RepoFile]) -> Result<PathBuf, String> {
         match (format, weights.first()) {
-            ("gguf", Some(first)) => self.folder().join(&first.path),
-            _ => self.folder(),
+            ("gguf", Some(first)) => self.file_path(&first.path),
+            _ => Ok(self.folder()),
         }
     }
 
-    /// The model from a complete cached manifest (every file present at its size), if any.
+    /// The model from a complete cached manifest (every file present at its size), if any. The
+    /// manifest must name this Hub, repo and revision, and its paths obey the path rule: a file
+    /// planted in the cache cannot redirect a load elsewhere.
     fn cached(&self) -> Result<Option<PathBuf>, String> {
         let Ok(text) = fs::read_to_string(self.manifest_path()) else { return Ok(None) };
         let Ok(m) = serde_json::from_str::<Value>(&text) else { return Ok(None) };
+        if m["version"] != 1 || m["hub"] != self.hub.as_str() || m["repo"] != self.repo.as_str() || m["revision"] != self.revision.as_str() {
+            return Ok(None);
+        }
         let list = |k: &str| m[k].as_array().map(|a| a.iter().filter_map(RepoFile::from_json).collect::<Vec<_>>()).unwrap_or_default();
         let (weights, text) = (list("weights"), list("text"));
-        let complete = m["version"] == 1 && weights.iter().chain(&text).all(|f| fs::metadata(self.folder().join(&f.path)).is_ok_and(|md| md.len() == f.size));
+        let mut complete = true;
+        for f in weights.iter().chain(&text) {
+            complete &= fs::metadata(self.file_path(&f.path)?).is_ok_and(|md| md.len() == f.size);
+        }
         let format = if m["format"] == "gguf" { "gguf" } else { "safetensors" };
-        Ok(complete.then(|| self.entry_point(format, &weights)))
+        if complete {
+            Ok(Some(self.entry_point(format, &weights)?))
+        } else {
+            Ok(None)
+        }
     }
 
     fn list(&self, agent: &ureq::Agent) -> Result<Vec<RepoFile>, String> {
         let mut files = Vec::new();
         let mut url = Some(format!("{}/api/models/{}/tree/{}?recursive=true", self.hub, self.repo, encode(&self.revision)));
+        let mut seen = std::collections::HashSet::new();
         while let Some(u) = url.take() {
-            let mut res = with_retries(|| request(agent, &u, None), &format!("listing {}", self.what()))?;
+            if !seen.insert(u.clone()) {
+                return Err(format!("listing {}: the Hub's pagination returned to a page already read ({u})", self.what()));
+            }
+            if seen.len() > MAX_LISTING_PAGES {
+                return Err(format!("listing {}: more than {MAX_LISTING_PAGES} pages", self.what()));
+            }
+            let mut res = with_retries(|| request(agent, &u, None, self.token_for(&u)), &format!("listing {}", self.what()))?;
             if res.status() != 200 {
                 return Err(self.http_error(&res, "the file list"));
             }
@@ -171,12 +273,23 @@ impl HubRequest {
             let entries: Vec<Value> = serde_json::from_str(&body).map_err(|e| format!("listing {}: not a file list ({e})", self.what()))?;
             for e in entries.iter().filter(|e| e["type"] == "file") {
                 let path = e["path"].as_str().unwrap_or_default().to_string();
-                files.push(match e.get("lfs") {
+                check_repo_path(&format!("{}: listed file", self.what()), &path)?;
+                let file = match e.get("lfs") {
                     Some(lfs) => RepoFile { path, size: lfs["size"].as_u64().unwrap_or(0), sha256: lfs["oid"].as_str().map(str::to_string), git_oid: None },
                     None => RepoFile { path, size: e["size"].as_u64().unwrap_or(0), sha256: None, git_oid: e["oid"].as_str().map(str::to_string) },
-                });
+                };
+                // Every file the Hub lists has a hash; one without could be anything.
+                if file.sha256.is_none() && file.git_oid.is_none() {
+                    return Err(format!("{}: the listing gives no hash for {:?}, so it cannot be verified", self.what(), file.path));
+                }
+                files.push(file);
             }
-            url = link.and_then(|l| next_page(&l, &self.hub));
+            url = match link.and_then(|l| next_page(&l, &self.hub)) {
+                Some(next) if !next.starts_with(&format!("{}/", self.hub)) => {
+                    return Err(format!("listing {}: the next page is on another server ({next}); refused", self.what()));
+                }
+                next => next,
+            };
         }
         Ok(files)
     }
@@ -216,12 +329,18 @@ impl HubRequest {
     /// One file into the cache: `{path}.part` grows across attempts (and runs) with Range
     /// requests; the hash covers the whole file; renamed into place only when it matches.
     fn download(&self, agent: &ureq::Agent, f: &RepoFile, progress: &mut dyn FnMut(&str)) -> Result<(), String> {
-        let dest = self.folder().join(&f.path);
+        let dest = self.file_path(&f.path)?;
         if fs::metadata(&dest).is_ok_and(|m| m.len() == f.size) && verify(&dest, f)? {
             return Ok(());
         }
         let part = PathBuf::from(format!("{}.part", dest.display()));
         fs::create_dir_all(part.parent().unwrap()).map_err(|e| format!("{}: {e}", part.display()))?;
+        // Another run fetching the same file holds the part: wait for it rather than write the
+        // same bytes into the same file at once.
+        let _lock = PartLock::acquire(&part, progress)?;
+        if fs::metadata(&dest).is_ok_and(|m| m.len() == f.size) && verify(&dest, f)? {
+            return Ok(());
+        }
         let url = format!("{}/{}/resolve/{}/{}", self.hub, self.repo, encode(&self.revision), f.path.split('/').map(encode).collect::<Vec<_>>().join("/"));
         let mut refetched = false;
         let mut problem = String::new();
@@ -264,7 +383,7 @@ impl HubRequest {
     }
 
     fn fetch_range(&self, agent: &ureq::Agent, url: &str, part: &Path, from: u64, f: &RepoFile) -> Result<(), Fault> {
-        let mut res = request(agent, url, (from > 0).then_some(from)).map_err(Fault::Retry)?;
+        let mut res = request(agent, url, (from > 0).then_some(from), self.token_for(url)).map_err(Fault::Retry)?;
         let status = res.status().as_u16();
         if status >= 500 || status == 429 {
             return Err(Fault::Retry(format!("HTTP {status}")));
@@ -275,6 +394,14 @@ impl HubRequest {
         }
         if status != 200 && status != 206 {
             return Err(Fault::Fatal(self.http_error(&res, &f.path)));
+        }
+        if status == 206 {
+            // The part must continue exactly where ours ends, and end where the file does.
+            let range = res.headers().get("content-range").and_then(|v| v.to_str().ok()).unwrap_or("");
+            if range != format!("bytes {from}-{}/{}", f.size.saturating_sub(1), f.size) {
+                fs::remove_file(part).ok();
+                return Err(Fault::Retry(format!("a partial answer for bytes {from}- came with Content-Range {range:?}")));
+            }
         }
         // A 200 to a Range request is the whole file again: start over.
         let mut out = fs::OpenOptions::new().create(true).append(status == 206).write(true).truncate(status == 200).open(part).map_err(|e| Fault::Fatal(format!("{}: {e}", part.display())))?;
@@ -289,6 +416,16 @@ impl HubRequest {
             out.write_all(&buf[..n]).map_err(|e| Fault::Fatal(format!("{}: {e} (disk full?)", part.display())))?;
         }
         out.sync_all().map_err(|e| Fault::Fatal(format!("{}: {e}", part.display())))
+    }
+
+    /// `HF_TOKEN`, for requests to this Hub only, and only over https or to a loopback server:
+    /// never to a host that pagination or a redirect names, never in clear text over a network.
+    fn token_for(&self, url: &str) -> Option<String> {
+        let token = self.token.clone()?;
+        let to_hub = url.starts_with(&format!("{}/", self.hub));
+        let host = self.hub.strip_prefix("http://").map(|rest| rest.split(['/', ':']).next().unwrap_or(""));
+        let safe = self.hub.starts_with("https://") || matches!(host, Some("127.0.0.1" | "localhost" | "[::1]"));
+        (to_hub && safe).then_some(token)
     }
 
     fn http_error(&self, res: &ureq::http::Response<ureq::Body>, what: &str) -> String {
@@ -308,20 +445,70 @@ enum Fault {
     Fatal(String),
 }
 
+/// Every wait is bounded: connecting, the answer's headers, and each read of the body (an idle
+/// timeout, not a total one, so a healthy multi-GB download is never cut off). Redirects (the
+/// Hub sends LFS files to a CDN) never carry the Authorization header (ureq's default).
 fn agent() -> ureq::Agent {
-    ureq::Agent::config_builder().http_status_as_error(false).timeout_connect(Some(Duration::from_secs(20))).timeout_recv_body(Some(Duration::from_secs(60))).build().into()
+    ureq::Agent::config_builder()
+        .http_status_as_error(false)
+        .timeout_connect(Some(Duration::from_secs(20)))
+        .timeout_recv_response(Some(Duration::from_secs(60)))
+        .timeout_per_read(Some(IDLE_TIMEOUT))
+        .max_redirects(5)
+        .build()
+        .into()
 }
 
-/// A GET (from byte `from` when given), with the Hub token when `HF_TOKEN` is set.
-fn request(agent: &ureq::Agent, url: &str, from: Option<u64>) -> Result<ureq::http::Response<ureq::Body>, String> {
+/// How long a download may go without receiving a byte.
+const IDLE_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// A GET (from byte `from` when given), with the token when the caller allows one.
+fn request(agent: &ureq::Agent, url: &str, from: Option<u64>, token: Option<String>) -> Result<ureq::http::Response<ureq::Body>, String> {
     let mut req = agent.get(url);
     if let Some(from) = from {
         req = req.header("Range", format!("bytes={from}-"));
     }
-    if let Some(token) = std::env::var("HF_TOKEN").ok().filter(|t| !t.is_empty()) {
+    if let Some(token) = token {
         req = req.header("Authorization", format!("Bearer {token}"));
     }
     req.call().map_err(|e| e.to_string())
+}
+
+/// An exclusive claim on a `.part` file between processes: a `{part}.lock` file created with
+/// `create_new`, removed on drop. A lock left by a run that died is taken over after it has not
+/// changed for twice the idle timeout.
+struct PartLock(PathBuf);
+
+impl PartLock {
+    fn acquire(part: &Path, progress: &mut dyn FnMut(&str)) -> Result<Self, String> {
+        let path = PathBuf::from(format!("{}.lock", part.display()));
+        let mut told = false;
+        loop {
+            match fs::OpenOptions::new().write(true).create_new(true).open(&path) {
+                Ok(_) => return Ok(Self(path)),
+                Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
+                    let age = |p: &Path| fs::metadata(p).and_then(|m| m.modified()).ok().and_then(|t| t.elapsed().ok());
+                    let idle = age(part).or_else(|| age(&path)).unwrap_or_default();
+                    if idle > 2 * IDLE_TIMEOUT {
+                        fs::remove_file(&path).ok();
+                        continue;
+                    }
+                    if !told {
+                        progress(&format!("waiting for another emberlm process downloading {}", part.display()));
+                        told = true;
+                    }
+                    std::thread::sleep(Duration::from_millis(500));
+                }
+                Err(e) => return Err(format!("{}: {e}", path.display())),
+            }
+        }
+    }
+}
+
+impl Drop for PartLock {
+    fn drop(&mut self) {
+        fs::remove_file(&self.0).ok();
+    }
 }
 
 /// Retries network failures and 5xx/429 answers with backoff; other answers are returned.
@@ -432,6 +619,7 @@ fn index_shards(repo: &str, index: &str, files: &[RepoFile]) -> Result<Vec<RepoF
     let map = v["weight_map"].as_object().ok_or_else(|| format!("{repo}: model.safetensors.index.json has no weight_map"))?;
     let mut names: Vec<&str> = Vec::new();
     for n in map.values().filter_map(Value::as_str) {
+        check_repo_path(&format!("{repo}: shard named by model.safetensors.index.json"), n)?;
         if !names.contains(&n) {
             names.push(n);
         }
@@ -456,7 +644,9 @@ mod tests {
         assert_eq!(quant_of("m-BF16.gguf").as_deref(), Some("BF16"));
         assert_eq!(shard_of("a-00002-of-00003.gguf"), Some((2, 3)));
         let req = HubRequest::new("o/r@v1", Some("http://127.0.0.1:9/".into()), None, PathBuf::from("/c"));
-        assert_eq!(req.folder(), PathBuf::from("/c/127.0.0.1_9/o/r/v1"));
+        assert_eq!(req.folder(), PathBuf::from("/c/http%3A%2F%2F127.0.0.1%3A9/o/r/v1"));
+        let req = HubRequest::new("o/r@refs/pr/1", None, None, PathBuf::from("/c"));
+        assert_eq!(req.folder(), PathBuf::from("/c/huggingface.co/o/r/refs%2Fpr%2F1"));
         let files = [f("m-Q8_0.gguf", 9), f("m-Q4_K_M.gguf", 5), f("m-Q4_0.gguf", 4), f("m-F16-00002-of-00002.gguf", 1), f("m-F16-00001-of-00002.gguf", 1)];
         let pick = |quant: Option<&str>| {
             let mut r = HubRequest::new("o/r", None, None, PathBuf::new());
@@ -469,5 +659,66 @@ mod tests {
         assert!(err.contains("no Q2_K") && err.contains("Q4_K_M"), "{err}");
         assert!(utc_now().len() == 20 && utc_now().ends_with('Z'));
         assert_eq!(next_page("<https://h/api?cursor=x>; rel=\"next\"", "https://h").as_deref(), Some("https://h/api?cursor=x"));
+    }
+
+    #[test]
+    fn one_path_rule_for_everything_a_hub_names() {
+        for ok in ["model.gguf", "q/x.gguf", "refs/pr/1", "a b/ü.json", "x..y.gguf"] {
+            check_repo_path("file", ok).unwrap_or_else(|e| panic!("{ok}: {e}"));
+        }
+        let long = "a".repeat(1025);
+        for bad in ["", "../../x.gguf", "/etc/passwd", "a//b", "a/./b", "a/..", ".", "a\\b", "a\0b", "a\nb", &long, ".emberlm/auto.json", "x/.emberlm/y", "m.gguf.part"] {
+            let e = check_repo_path("listed file", bad).unwrap_err();
+            assert!(e.contains("listed file") && e.contains("refused"), "{bad:?}: {e}");
+        }
+        for ok in ["HuggingFaceTB/SmolLM2-135M-Instruct-GGUF", "a/b", "o_1/r.v2"] {
+            check_repo_id(ok).unwrap();
+        }
+        for bad in ["a", "a/b/c", "../b", "a/..", "./b", "a/.hidden", "-a/b", "a/b c", "a/b@c", "a/b..c", ""] {
+            assert!(check_repo_id(bad).is_err(), "{bad:?}");
+        }
+        // Revisions, `--file` and the repo id are checked before any request or path.
+        let cache = PathBuf::from("/nonexistent-emberlm-cache");
+        let mut progress = |_: &str| {};
+        let err = HubRequest::new("evil/repo@../../x", None, None, cache.clone()).fetch(&mut progress).unwrap_err();
+        assert!(err.contains("revision \"../../x\" is refused"), "{err}");
+        let mut r = HubRequest::new("evil/repo", None, None, cache.clone());
+        r.file = Some("../../../.bashrc".into());
+        assert!(r.fetch(&mut progress).unwrap_err().contains("--file \"../../../.bashrc\" is refused"));
+        let err = HubRequest::new("evil/repo", Some("file:///etc".into()), None, cache).fetch(&mut progress).unwrap_err();
+        assert!(err.contains("must start with https://"), "{err}");
+    }
+
+    #[test]
+    fn cache_keys_tell_hubs_files_and_choices_apart() {
+        assert_eq!(hub_folder("https://huggingface.co"), "huggingface.co");
+        assert_eq!(hub_folder("https://HF.example:8443"), "hf.example_8443");
+        assert_ne!(hub_folder("http://h"), hub_folder("https://h"));
+        assert_ne!(hub_folder("https://h/mirror"), hub_folder("https://h"));
+        let manifest = |file: &str| {
+            let mut r = HubRequest::new("o/r", None, None, PathBuf::from("/c"));
+            r.file = Some(file.into());
+            r.manifest_path()
+        };
+        assert_ne!(manifest("q/x.gguf"), manifest("q_x.gguf"));
+        assert_eq!(manifest("q/x.gguf").parent(), manifest("q_x.gguf").parent());
+    }
+
+    #[test]
+    fn the_token_goes_only_to_the_hub_over_https_or_loopback() {
+        let with_token = |hub: &str| {
+            let mut r = HubRequest::new("o/r", Some(hub.into()), None, PathBuf::new());
+            r.token = Some("hf_secret".into());
+            r
+        };
+        let hf = with_token("https://huggingface.co");
+        assert_eq!(hf.token_for("https://huggingface.co/api/models/o/r/tree/main").as_deref(), Some("hf_secret"));
+        assert_eq!(hf.token_for("https://huggingface.co.evil.example/x"), None);
+        assert_eq!(hf.token_for("https://evil.example/api?cursor=1"), None);
+        assert_eq!(hf.token_for("http://huggingface.co/x"), None);
+        assert_eq!(with_token("http://hub.example").token_for("http://hub.example/o/r/resolve/main/a"), None, "no token in clear text");
+        let local = with_token("http://127.0.0.1:8080");
+        assert_eq!(local.token_for("http://127.0.0.1:8080/api/models/o/r/tree/main").as_deref(), Some("hf_secret"));
+        assert_eq!(local.token_for("http://127.0.0.1:9999/x"), None);
     }
 }

@@ -109,7 +109,8 @@ fn hub_repos_download_verify_cache_and_generate() {
         assert!(!missing.status.success() && err.contains("not found") && err.contains("emberlm-test/nope"), "{err}");
     }
     // The npm package's layout: {host}/{repo}/{revision}/{path}, manifest under .emberlm/.
-    let host = hub_url.trim_start_matches("http://").replace(':', "_");
+    // A Hub other than https://host is one encoded segment, so http and https never share.
+    let host = hub_url.replace(':', "%3A").replace('/', "%2F");
     let folder = cache.join(host).join(REPO).join("main");
     let manifest: Value = serde_json::from_str(&std::fs::read_to_string(folder.join(".emberlm/auto.json")).unwrap()).unwrap();
     assert_eq!(manifest["weights"][0]["path"], "tiny-llama-Q4_K_M.gguf");
@@ -126,4 +127,48 @@ fn hub_repos_download_verify_cache_and_generate() {
     let err = generate(&cache, &hub_url, &["--quant", "Q8_0"], &k_prompt, 1).unwrap_err();
     assert!(err.contains("unreachable"), "{err}");
     std::fs::remove_dir_all(&cache).ok();
+}
+
+/// A hostile Hub's listing (issue: untrusted Hubs): paths escaping the cache, the cache's own
+/// files, entries without hashes, pagination to another host or in a loop. Each is refused with
+/// an error naming it, and nothing lands outside the cache folder.
+#[test]
+fn hostile_listings_are_refused_and_write_nothing_outside_the_cache() {
+    let base = std::env::temp_dir().join(format!("emberlm-cli-hostile-{}", std::process::id()));
+    std::fs::remove_dir_all(&base).ok();
+    let cache = base.join("a/b/c/cache");
+    std::fs::create_dir_all(&cache).unwrap();
+    let lfs = |path: &str| format!(r#"{{"type":"file","path":"{path}","size":5,"oid":"{}","lfs":{{"oid":"{}","size":5}}}}"#, "1".repeat(40), "2".repeat(64));
+    let listing = |entry: String| format!(r#"{{"match":"/tree/","kind":"listing","add":[{entry}]}}"#);
+    let same_page = format!(r#"{{"match":"/tree/","kind":"listing","times":50,"link":"/api/models/{REPO}/tree/main?recursive=true"}}"#);
+    let cases = [
+        (listing(lfs("../../../../escaped.gguf")), r#"listed file "../../../../escaped.gguf" is refused"#),
+        (listing(lfs("/tmp/emberlm-absolute.gguf")), r#"listed file "/tmp/emberlm-absolute.gguf" is refused"#),
+        (listing(lfs(".emberlm/auto.json")), "one of the cache's own files"),
+        (listing(r#"{"type":"file","path":"extra.json","size":3}"#.to_string()), "gives no hash for \"extra.json\""),
+        (r#"{"match":"/tree/","kind":"listing","link":"http://evil.example:1/api/models/x/tree/main"}"#.to_string(), "the next page is on another server"),
+        (same_page, "returned to a page already read"),
+    ];
+    for (fault, want) in &cases {
+        let hub = MockHub::start(&[fault]);
+        let err = generate(&cache, &hub.url, &[], &[1, 2, 3], 1).unwrap_err();
+        assert!(err.contains(want), "fault {fault}: {err}");
+    }
+    let escaped: Vec<_> = walk(&base).into_iter().filter(|p| !p.starts_with(&cache)).collect();
+    assert!(escaped.is_empty(), "written outside the cache: {escaped:?}");
+    assert!(!Path::new("/tmp/emberlm-absolute.gguf").exists());
+    std::fs::remove_dir_all(&base).ok();
+}
+
+fn walk(dir: &Path) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    for e in std::fs::read_dir(dir).into_iter().flatten().flatten() {
+        let p = e.path();
+        if p.is_dir() {
+            out.extend(walk(&p));
+        } else {
+            out.push(p);
+        }
+    }
+    out
 }
