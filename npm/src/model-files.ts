@@ -4,7 +4,7 @@
 import type { ModelCache, StoredFile } from './cache/types.js';
 import { downloadFile, type HasherFactory } from './download.js';
 import { EmberError, formatBytes, throwIfAborted } from './errors.js';
-import { listRepoFiles, resolveUrl, type ModelRef, type RepoFile } from './hub.js';
+import { cacheSegment, checkRepoPath, hubFolder, listRepoFiles, MANIFEST_DIR, resolveUrl, type ModelRef, type RepoFile } from './hub.js';
 import { indexShards, selectFiles, type FileChoice, type ModelFormat } from './select.js';
 
 /** Load progress. Byte counts are per phase: download (from the Hub), upload (to the GPU). */
@@ -42,23 +42,28 @@ interface Manifest {
   savedAt: string;
 }
 
-const MANIFEST_DIR = '.emberlm';
-
+/** `{hub folder}/{owner}/{name}/{revision as one segment}/`: the CLI's layout too. */
 export function cachePrefix(ref: ModelRef): string {
-  return `${new URL(ref.hub).host.replace(/:/g, '_')}/${ref.repo}/${ref.revision}/`;
+  return `${hubFolder(ref.hub)}/${ref.repo}/${cacheSegment(ref.revision)}/`;
 }
 
 function manifestKey(ref: ModelRef, choice: FileChoice): string {
-  const which = choice.file ? `file=${choice.file.replace(/\//g, '_')}` : choice.quant ? `quant=${choice.quant.toUpperCase()}` : 'auto';
+  const which = choice.file ? `file=${cacheSegment(choice.file)}` : choice.quant ? `quant=${cacheSegment(choice.quant.toUpperCase())}` : 'auto';
   return `${cachePrefix(ref)}${MANIFEST_DIR}/${which}.json`;
 }
 
-async function readManifest(cache: ModelCache, key: string): Promise<Manifest | null> {
+/**
+ * A manifest, when it is one and names `ref` (when given): a manifest planted or copied into
+ * another repo's folder cannot make that repo load other files.
+ */
+async function readManifest(cache: ModelCache, key: string, ref?: ModelRef): Promise<Manifest | null> {
   const f = await cache.open(key);
   if (!f) return null;
   try {
     const m = JSON.parse(await f.text()) as Manifest;
-    return m.version === 1 ? m : null;
+    if (m.version !== 1 || !Array.isArray(m.weights) || !Array.isArray(m.text)) return null;
+    if (ref && (m.hub !== ref.hub || m.repo !== ref.repo || m.revision !== ref.revision)) return null;
+    return m;
   } catch {
     return null;
   }
@@ -66,6 +71,7 @@ async function readManifest(cache: ModelCache, key: string): Promise<Manifest | 
 
 /** The cached copy of `f`, or null when it is missing or has the wrong size. */
 async function openExpected(cache: ModelCache, ref: ModelRef, f: RepoFile): Promise<StoredFile | null> {
+  checkRepoPath('cached file', f.path);
   const file = await cache.open(cachePrefix(ref) + f.path);
   return file && file.size === f.size ? file : null;
 }
@@ -114,7 +120,8 @@ export interface FetchOptions {
 
 export async function fetchModelFiles(ref: ModelRef, choice: FileChoice, o: FetchOptions): Promise<ModelFiles> {
   const mKey = manifestKey(ref, choice);
-  const cached = await readManifest(o.cache, mKey);
+  if (choice.file) checkRepoPath('file', choice.file);
+  const cached = await readManifest(o.cache, mKey, ref);
   if (cached) {
     const files = await openAll(o.cache, ref, cached);
     if (files) return files;
@@ -244,7 +251,13 @@ export async function listCached(cache: ModelCache): Promise<CachedModel[]> {
     const m = await readManifest(cache, e.key);
     if (!m) continue;
     const ref = { hub: m.hub, repo: m.repo, revision: m.revision };
-    if (!(await isComplete(cache, ref, m))) continue;
+    // Listed only where it lies: a manifest naming another repo (or a bad path) is not a model.
+    if (!e.key.startsWith(cachePrefix(ref))) continue;
+    try {
+      if (!(await isComplete(cache, ref, m))) continue;
+    } catch {
+      continue;
+    }
     const files = [...m.text, ...m.weights].map((f) => ({ path: f.path, size: f.size }));
     out.push({ ...ref, format: m.format, choice: m.choice, files, bytes: files.reduce((n, f) => n + f.size, 0), savedAt: m.savedAt });
   }

@@ -1,6 +1,7 @@
 // Which files of a repo make up the model: a GGUF (one file or its split shards, picked by name
 // or quantisation) or Hugging Face safetensors with config and tokenizer.
 import { EmberError } from './errors.js';
+import { checkRepoPath } from './hub.js';
 import type { RepoFile } from './hub.js';
 
 export type ModelFormat = 'gguf' | 'safetensors';
@@ -105,6 +106,7 @@ export function indexShards(repo: string, indexJson: string, files: RepoFile[]):
   }
   if (!map || typeof map !== 'object') throw new EmberError('model', `${repo}: model.safetensors.index.json has no weight_map`);
   const names = [...new Set(Object.values(map))];
+  for (const n of names) checkRepoPath(`${repo}: shard named by model.safetensors.index.json`, n);
   return names.map((n) => {
     const f = files.find((x) => x.path === n);
     if (!f) throw new EmberError('not-found', `${repo}: shard ${n} named by the index is not in the repo`);

@@ -181,3 +181,54 @@ test('a full disk or browser quota is a quota error naming the file and size, wi
   await assert.rejects(fetchModelFiles(ref(GGUF_REPO), {}, options(cache)), (e) => e.code === 'quota' && /tiny-qwen2-BF16\.gguf/.test(e.message) && /444\.1 kB/.test(e.message));
   assert.deepEqual(await cache.list(''), []);
 });
+
+test('a hostile listing is refused with a clear error and writes nothing outside the cache', async () => {
+  const base = freshDir();
+  const dir = join(base, 'a', 'b', 'cache');
+  const lfs = (path) => ({ type: 'file', path, size: 5, oid: '1'.repeat(40), lfs: { oid: '2'.repeat(64), size: 5 } });
+  const tree = `/api/models/${GGUF_REPO}/tree/main?recursive=true`;
+  const cases = [
+    [{ kind: 'listing', add: [lfs('../../../../escaped.gguf')] }, /listed file "\.\.\/\.\.\/\.\.\/\.\.\/escaped\.gguf" is refused/],
+    [{ kind: 'listing', add: [lfs('../../HuggingFaceTB/SmolLM2-135M-Instruct-GGUF/main/x.gguf')] }, /is refused/],
+    [{ kind: 'listing', add: [lfs('.emberlm/auto.json')] }, /cache's own files/],
+    [{ kind: 'listing', add: [{ type: 'file', path: 'extra.json', size: 3 }] }, /no hash for "extra.json"/],
+    [{ kind: 'listing', link: 'http://evil.example:1/api/models/x/tree/main' }, /next page is on another server/],
+    [{ kind: 'listing', link: tree, times: 50 }, /returned to a page already read/],
+  ];
+  for (const [fault, want] of cases) {
+    hub.clearFaults();
+    hub.inject({ match: '/tree/', ...fault });
+    await assert.rejects(fetchModelFiles(ref(GGUF_REPO), {}, options(await FsCache.create(dir))), want, JSON.stringify(fault));
+  }
+  const walk = (d) => readdirSync(d, { withFileTypes: true }).flatMap((e) => (e.isDirectory() ? walk(join(d, e.name)) : [join(d, e.name)]));
+  assert.deepEqual(walk(base).filter((p) => !p.startsWith(dir)), []);
+  // Repo ids, revisions and file choices that break the rule never reach the network.
+  const n = hub.requests.length;
+  for (const [repo, revision] of [['../x/y', undefined], ['a/b', '../../x'], ['a/.hidden', undefined], ['a/b', 'main/.emberlm']]) {
+    assert.throws(() => modelRef(repo, { hub: hub.url, revision }), { code: 'bad-request' }, `${repo}@${revision}`);
+  }
+  await assert.rejects(fetchModelFiles(ref(GGUF_REPO), { file: '../../../.bashrc' }, options(await FsCache.create(dir))), /file "\.\.\/\.\.\/\.\.\/\.bashrc" is refused/);
+  assert.equal(hub.requests.length, n);
+});
+
+test('cache keys: distinct Hubs, revisions and file choices never share an entry; a planted manifest is ignored', async () => {
+  const { cacheSegment, hubFolder } = await import('../dist/hub.js');
+  assert.equal(hubFolder('https://huggingface.co'), 'huggingface.co');
+  assert.notEqual(hubFolder('http://h'), hubFolder('https://h'));
+  assert.notEqual(hubFolder('https://h/mirror'), hubFolder('https://h'));
+  assert.notEqual(cacheSegment('q/x.gguf'), cacheSegment('q_x.gguf'));
+  assert.equal(cacheSegment('refs/pr/1'), 'refs%2Fpr%2F1');
+
+  // A manifest copied into another repo's folder names its own repo: not used for this one.
+  const dir = freshDir();
+  const cache = await FsCache.create(dir);
+  await fetchModelFiles(ref(GGUF_REPO), {}, options(cache));
+  const { cachePrefix } = await import('../dist/model-files.js');
+  const victim = modelRef('HuggingFaceTB/SmolLM2-135M-Instruct-GGUF', { hub: hub.url });
+  const planted = new TextEncoder().encode(await (await cache.open(`${cachePrefix(ref(GGUF_REPO))}.emberlm/auto.json`)).text());
+  await cache.put(`${cachePrefix(victim)}.emberlm/auto.json`, planted);
+  const n = hub.requests.length;
+  await assert.rejects(fetchModelFiles(victim, {}, options(cache, { offline: true })), { code: 'offline' });
+  assert.equal(hub.requests.length, n);
+  assert.deepEqual((await listCached(cache)).map((m) => m.repo), [GGUF_REPO]);
+});
