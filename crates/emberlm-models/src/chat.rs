@@ -3,6 +3,10 @@
 //! `apply_chat_template`: `trim_blocks` and `lstrip_blocks`, Python string methods
 //! (`.strip()`, `.split()`, ...), `raise_exception`, `strftime_now`, and a `tojson` that writes
 //! what Python's `json.dumps` writes.
+//!
+//! Templates come from model files, so they are hostile input: rendering is bounded in steps
+//! (minijinja fuel), output size, and the widths that filters pad to, and every bound broken
+//! is a template error, never a hang or an allocation failure.
 
 use minijinja::{Environment, Error, ErrorKind, Value};
 use serde_json::Value as Json;
@@ -14,6 +18,74 @@ pub struct ChatTemplate {
     pub source: String,
     pub bos_token: Option<String>,
     pub eos_token: Option<String>,
+}
+
+/// Template instructions one render may run: real templates with long tool lists take well
+/// under 1% of it; nested `range(100000)` loops stop within a second.
+pub const TEMPLATE_FUEL: u64 = 20_000_000;
+/// The longest prompt text a template may write (a million-token conversation is ~4 MiB).
+pub const TEMPLATE_MAX_OUTPUT: usize = 16 << 20;
+/// The widest indent or padding a template may ask of `tojson`, `indent` or `format`.
+pub const TEMPLATE_MAX_WIDTH: usize = 256;
+
+fn too_wide(what: &str, n: usize) -> Error {
+    Error::new(ErrorKind::InvalidOperation, format!("{what} {n} is wider than the {TEMPLATE_MAX_WIDTH} a template may ask for"))
+}
+
+/// Refuses a printf/`str.format` string that pads to a width (or precision) past the bound.
+fn check_format_widths(format: &str) -> std::result::Result<(), Error> {
+    let mut digits = 0usize;
+    let mut value = 0usize;
+    for c in format.chars().chain(std::iter::once(' ')) {
+        if let Some(d) = c.to_digit(10) {
+            digits += 1;
+            value = value.saturating_mul(10).saturating_add(d as usize);
+        } else {
+            if digits > 0 && value > TEMPLATE_MAX_WIDTH {
+                return Err(too_wide("a format width of", value));
+            }
+            digits = 0;
+            value = 0;
+        }
+    }
+    Ok(())
+}
+
+/// minijinja's `indent` with the width bounded.
+fn bounded_indent(
+    value: minijinja::value::StringInput<'_>,
+    width: Option<usize>,
+    first: Option<bool>,
+    blank: Option<bool>,
+    kwargs: minijinja::value::Kwargs,
+) -> std::result::Result<Value, Error> {
+    let w = width.or(kwargs.get::<Option<usize>>("width")?).unwrap_or(4);
+    if w > TEMPLATE_MAX_WIDTH {
+        return Err(too_wide("an indent of", w));
+    }
+    minijinja::filters::indent(value, width, first, blank, kwargs)
+}
+
+/// minijinja's `format` filter with the widths bounded.
+fn bounded_format(state: &minijinja::State, format: &Value, args: minijinja::value::Rest<Value>) -> std::result::Result<Value, Error> {
+    check_format_widths(format.as_str().unwrap_or_default())?;
+    minijinja::filters::format(state, format, args)
+}
+
+/// A writer that refuses to grow past [`TEMPLATE_MAX_OUTPUT`].
+struct CappedOutput(String);
+
+impl std::io::Write for CappedOutput {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        if self.0.len() + buf.len() > TEMPLATE_MAX_OUTPUT {
+            return Err(std::io::Error::other(format!("the chat template wrote more than {} MiB", TEMPLATE_MAX_OUTPUT >> 20)));
+        }
+        self.0.push_str(&String::from_utf8_lossy(buf));
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
 }
 
 fn raise_exception(message: String) -> std::result::Result<Value, Error> {
@@ -64,6 +136,9 @@ fn py_json(v: &Json, indent: Option<usize>, depth: usize, out: &mut String) {
 fn tojson(value: Value, kwargs: minijinja::value::Kwargs) -> std::result::Result<Value, Error> {
     let indent: Option<usize> = kwargs.get("indent")?;
     kwargs.assert_all_used()?;
+    if let Some(n) = indent.filter(|&n| n > TEMPLATE_MAX_WIDTH) {
+        return Err(too_wide("tojson(indent) of", n));
+    }
     let json = serde_json::to_value(&value).map_err(|e| Error::new(ErrorKind::InvalidOperation, e.to_string()))?;
     let mut out = String::new();
     py_json(&json, indent, 0, &mut out);
@@ -101,10 +176,23 @@ impl ChatTemplate {
         let mut env = Environment::new();
         env.set_trim_blocks(true);
         env.set_lstrip_blocks(true);
-        env.set_unknown_method_callback(minijinja_contrib::pycompat::unknown_method_callback);
+        env.set_fuel(Some(TEMPLATE_FUEL));
+        env.set_unknown_method_callback(|state, value, method, args| {
+            if method == "format" || method == "center" || method == "ljust" || method == "rjust" || method == "zfill" {
+                check_format_widths(value.as_str().unwrap_or_default())?;
+                for a in args {
+                    if let Some(n) = a.as_usize().filter(|&n| n > TEMPLATE_MAX_WIDTH) {
+                        return Err(too_wide(&format!("`.{method}` width"), n));
+                    }
+                }
+            }
+            minijinja_contrib::pycompat::unknown_method_callback(state, value, method, args)
+        });
         env.add_function("raise_exception", raise_exception);
         env.add_function("strftime_now", strftime_now);
         env.add_filter("tojson", tojson);
+        env.add_filter("indent", bounded_indent);
+        env.add_filter("format", bounded_format);
         let err = |e: Error| ModelError::ChatTemplate(format!("{e:#}"));
         let template = env.template_from_str(&self.source).map_err(err)?;
         let mut ctx = serde_json::Map::new();
@@ -115,7 +203,17 @@ impl ChatTemplate {
         ctx.insert("add_generation_prompt".into(), Json::Bool(add_generation_prompt));
         ctx.insert("bos_token".into(), self.bos_token.clone().map_or(Json::String(String::new()), Json::String));
         ctx.insert("eos_token".into(), self.eos_token.clone().map_or(Json::String(String::new()), Json::String));
-        template.render(Value::from_serialize(&ctx)).map_err(err)
+        let mut out = CappedOutput(String::new());
+        template.render_captured_to(Value::from_serialize(&ctx), &mut out).map_err(|e| {
+            // Out of fuel or past the output cap: say which bound, not only "rendering failed".
+            let bound = match e.kind() {
+                ErrorKind::OutOfFuel => format!(" (more than {TEMPLATE_FUEL} steps)"),
+                ErrorKind::WriteFailure => format!(" (more than {} MiB of output)", TEMPLATE_MAX_OUTPUT >> 20),
+                _ => String::new(),
+            };
+            ModelError::ChatTemplate(format!("{e:#}{bound}"))
+        })?;
+        Ok(out.0)
     }
 }
 
@@ -132,6 +230,34 @@ mod tests {
         let mut out = String::new();
         py_json(&serde_json::json!({"a": [1]}), Some(2), 0, &mut out);
         assert_eq!(out, "{\n  \"a\": [\n    1\n  ]\n}");
+    }
+
+    fn render(source: &str) -> Result<String> {
+        let t = ChatTemplate { source: source.into(), bos_token: None, eos_token: None };
+        t.render(&serde_json::json!([{"role": "user", "content": "hi"}]), true, None)
+    }
+
+    #[test]
+    fn hostile_templates_end_in_errors_within_bounds() {
+        let started = web_time::Instant::now();
+        let cases = [
+            ("{% for a in range(100000) %}{% for b in range(100000) %}{% endfor %}{% endfor %}", "steps"),
+            ("{% for a in range(100000) %}{{ 'x' * 10000 }}{% endfor %}", "MiB of output"),
+            ("{{ messages | tojson(indent=4611686018427387904) }}", "wider than"),
+            ("{{ 'a\nb' | indent(1000000000000) }}", "wider than"),
+            ("{{ 'a\nb' | indent(width=1000000000000) }}", "wider than"),
+            ("{{ '%1000000000s' | format('x') }}", "wider than"),
+            ("{{ '{:>1000000000}'.format('x') }}", "wider than"),
+            ("{{ 'x'.center(1000000000) }}", "wider than"),
+        ];
+        for (source, want) in cases {
+            let e = render(source).unwrap_err().to_string();
+            assert!(e.contains(want), "{source}: {e}");
+        }
+        assert!(started.elapsed().as_secs() < 30, "hostile templates took {:?}", started.elapsed());
+        // Ordinary uses still work.
+        assert_eq!(render("{{ 'a\nb' | indent(2) }}|{{ '%3s' | format('x') }}|{{ '{:>3}'.format('y') }}").unwrap(), "a\n  b|  x|  y");
+        assert_eq!(render("{{ {'a': 1} | tojson(indent=2) }}").unwrap(), "{\n  \"a\": 1\n}");
     }
 
     #[test]
