@@ -157,6 +157,26 @@ pub struct ModelConfig {
     pub eos_token_ids: Vec<u32>,
 }
 
+/// The largest size (hidden, ffn, vocab, heads, ...) a config may state, and the most layers:
+/// far above any real model, low enough that nothing sized by them is allocated absurdly
+/// before the tensors are compared with them.
+const MAX_SIZE: u64 = 1 << 24;
+const MAX_LAYERS: usize = 4096;
+
+/// A size from a model file as a usize: values past [`MAX_SIZE`] (which would also truncate on
+/// wasm32) become `MAX_SIZE + 1`, which every check rejects.
+fn clamp_size(v: u64) -> usize {
+    v.min(MAX_SIZE + 1) as usize
+}
+
+/// Refuses a layer count before anything per layer is built.
+fn check_layers(layers: usize) -> Result<usize> {
+    if layers == 0 || layers > MAX_LAYERS {
+        return Err(ModelError::Config(format!("a layer count of {layers} is out of range (1 to {MAX_LAYERS})")));
+    }
+    Ok(layers)
+}
+
 impl ModelConfig {
     pub fn qkv_width(&self) -> usize {
         (self.heads + 2 * self.kv_heads) * self.head_dim
@@ -174,7 +194,7 @@ impl ModelConfig {
             return bad(format!("{} rotary dims do not fit head_dim {}", self.rope.dims, self.head_dim));
         }
         for (what, v) in [("hidden size", self.hidden), ("layer count", self.layers), ("intermediate size", self.ffn), ("vocab size", self.vocab)] {
-            if v == 0 || v > 1 << 24 {
+            if v == 0 || v as u64 > MAX_SIZE {
                 return bad(format!("{what} {v} is out of range"));
             }
         }
@@ -196,16 +216,16 @@ impl ModelConfig {
             other => return Err(Architecture::unsupported(other)),
         };
         let key = |k: &str| format!("{arch_name}.{k}");
-        let get = |k: &str| -> Result<usize> { Ok(f.get_u64(&key(k))? as usize) };
-        let opt = |k: &str| f.get_u64(&key(k)).ok().map(|v| v as usize);
+        let get = |k: &str| -> Result<usize> { Ok(clamp_size(f.get_u64(&key(k))?)) };
+        let opt = |k: &str| f.get_u64(&key(k)).ok().map(clamp_size);
         let optf = |k: &str| f.get_f64(&key(k)).ok().map(|v| v as f32);
         let hidden = get("embedding_length")?;
         let heads = get("attention.head_count")?;
         let kv_heads = opt("attention.head_count_kv").unwrap_or(heads);
         let head_dim = opt("attention.key_length").unwrap_or(if heads > 0 { hidden / heads } else { 0 });
-        let layers = get("block_count")?;
+        let layers = check_layers(get("block_count")?)?;
         let vocab = match f.get_u64(&key("vocab_size")) {
-            Ok(v) => v as usize,
+            Ok(v) => clamp_size(v),
             Err(_) => f.get_array("tokenizer.ggml.tokens")?.len(),
         };
         let scaling = match f.get_str(&key("rope.scaling.type")) {
@@ -290,14 +310,14 @@ impl ModelConfig {
             })?;
         // Gemma 3 multimodal configs nest the language model.
         let c = if model_type == "gemma3" { config.get("text_config").unwrap_or(config) } else { config };
-        let usize_of = |k: &str| c.get(k).and_then(Json::as_u64).map(|v| v as usize);
+        let usize_of = |k: &str| c.get(k).and_then(Json::as_u64).map(clamp_size);
         let f32_of = |k: &str| c.get(k).and_then(Json::as_f64).map(|v| v as f32);
         let need = |k: &str| usize_of(k).ok_or_else(|| ModelError::Config(format!("config.json has no integer `{k}`")));
         let hidden = need("hidden_size")?;
         let heads = need("num_attention_heads")?;
         let kv_heads = usize_of("num_key_value_heads").unwrap_or(heads);
         let head_dim = usize_of("head_dim").unwrap_or(if heads > 0 { hidden / heads } else { 0 });
-        let layers = need("num_hidden_layers")?;
+        let layers = check_layers(need("num_hidden_layers")?)?;
 
         // transformers 5 writes `rope_parameters` (per layer type for Gemma 3); 4.x writes
         // `rope_theta` + `rope_scaling` (+ Gemma 3's `rope_local_base_freq`).
@@ -451,5 +471,23 @@ mod tests {
         assert_eq!(hf("llama", serde_json::json!({})).layer_windows, [0; 7]);
         assert_eq!(hf("qwen2", serde_json::json!({"use_sliding_window": true, "max_window_layers": 5})).layer_windows, [0, 0, 0, 0, 0, 8, 8]);
         assert_eq!(hf("qwen2", serde_json::json!({})).layer_windows, [0; 7]);
+    }
+
+    /// Sizes are checked before anything is allocated by them (2^40 layers aborted the process).
+    #[test]
+    fn absurd_sizes_are_errors_before_allocating() {
+        let base = serde_json::json!({"model_type": "gemma2", "hidden_size": 64, "num_attention_heads": 4, "num_hidden_layers": 7,
+            "intermediate_size": 128, "vocab_size": 512, "sliding_window": 8});
+        let with = |k: &str, v: Json| {
+            let mut c = base.clone();
+            c[k] = v;
+            ModelConfig::from_hf(&c, None).unwrap_err().to_string()
+        };
+        assert!(with("num_hidden_layers", serde_json::json!(1u64 << 40)).contains("layer count"));
+        assert!(with("num_hidden_layers", serde_json::json!(0)).contains("layer count"));
+        let e = with("hidden_size", serde_json::json!(1u64 << 40));
+        assert!(e.contains("out of range") || e.contains("head_dim 4194304 is not supported"), "{e}");
+        assert!(with("vocab_size", serde_json::json!(u64::MAX)).contains("out of range"));
+        assert!(with("intermediate_size", serde_json::json!((1u64 << 32) + 128)).contains("out of range"), "no wrap to 128 on wasm32");
     }
 }

@@ -23,6 +23,10 @@ use crate::error::{ModelError, Result};
 use crate::gguf::ByteSource;
 use crate::weights::{GgufStore, WeightStore};
 
+/// The most KV cache positions a model may be loaded with (the per-layer binding limit usually
+/// bites first).
+pub const MAX_CONTEXT: usize = 1 << 20;
+
 /// File bytes read per upload piece while loading a tensor.
 const LOAD_PIECE_BYTES: u64 = 8 << 20;
 
@@ -224,8 +228,18 @@ impl Model {
     /// Loads the weights of a model described by `config` from `store`.
     pub fn load(dev: &GpuDevice, config: ModelConfig, store: &dyn WeightStore, options: &LoadOptions) -> Result<Self> {
         let c = &config;
-        if options.context == 0 {
-            return Err(ModelError::Config("context must be at least 1".into()));
+        // Checked before the RoPE table and the KV cache are sized by it.
+        if options.context == 0 || options.context > MAX_CONTEXT {
+            return Err(ModelError::Config(format!("a context of {} positions is out of range (1 to {MAX_CONTEXT})", options.context)));
+        }
+        let kv_layer_bytes = (c.kv_heads * c.head_dim * options.context * 4) as u64;
+        if kv_layer_bytes > dev.caps.max_storage_binding {
+            return Err(ModelError::Config(format!(
+                "a context of {} positions needs {} MiB of KV cache per layer; this device binds at most {} MiB: load with a smaller context",
+                options.context,
+                kv_layer_bytes >> 20,
+                dev.caps.max_storage_binding >> 20
+            )));
         }
         let mut ld = Loader { dev, store, dtype: options.dtype, bytes: 0 };
         let (h, d) = (c.hidden, c.head_dim);
