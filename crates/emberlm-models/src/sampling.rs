@@ -25,6 +25,10 @@ impl Default for SamplingOptions {
     }
 }
 
+/// Temperatures below this are greedy: 1/T past ~1e5 leaves only the argmax with any
+/// probability anyway, and 1e-40 made every scaled logit overflow to a NaN distribution.
+pub const GREEDY_BELOW_TEMPERATURE: f32 = 1e-5;
+
 pub struct Sampler {
     options: SamplingOptions,
     state: u64,
@@ -51,7 +55,7 @@ impl Sampler {
 
     /// Greedy decoding needs no logits on the CPU: the GPU's argmax is the answer.
     pub fn is_greedy(&self) -> bool {
-        self.options.temperature == 0.0 && self.options.repetition_penalty == 1.0
+        self.options.temperature < GREEDY_BELOW_TEMPERATURE && self.options.repetition_penalty == 1.0
     }
 
     /// splitmix64 → uniform in [0, 1).
@@ -78,11 +82,11 @@ impl Sampler {
             }
         }
         let argmax = || logits.iter().enumerate().fold((0, f32::NEG_INFINITY), |best, (i, &v)| if v > best.1 { (i, v) } else { best }).0 as u32;
-        if o.temperature == 0.0 {
+        if o.temperature < GREEDY_BELOW_TEMPERATURE {
             return argmax();
         }
-        // Candidates sorted by logit, best first; ties keep the lower id first.
-        let mut cand: Vec<(u32, f32)> = logits.iter().enumerate().filter(|(_, v)| v.is_finite()).map(|(i, &v)| (i as u32, v / o.temperature)).collect();
+        // Candidates sorted by logit, best first; ties keep the lower id first. Scaled in f64.
+        let mut cand: Vec<(u32, f64)> = logits.iter().enumerate().filter(|(_, v)| v.is_finite()).map(|(i, &v)| (i as u32, v as f64 / o.temperature as f64)).collect();
         if cand.is_empty() {
             return argmax();
         }
@@ -90,8 +94,8 @@ impl Sampler {
         if o.top_k > 0 {
             cand.truncate(o.top_k);
         }
-        let max = cand[0].1 as f64;
-        let mut probs: Vec<f64> = cand.iter().map(|c| (c.1 as f64 - max).exp()).collect();
+        let max = cand[0].1;
+        let mut probs: Vec<f64> = cand.iter().map(|c| (c.1 - max).exp()).collect();
         let total: f64 = probs.iter().sum();
         probs.iter_mut().for_each(|p| *p /= total);
         if o.top_p < 1.0 {
@@ -170,6 +174,21 @@ mod tests {
             let got = counts[i] as f64 / 6000.0;
             assert!((got - want).abs() < 0.03, "token {i}: {got} vs {want}");
         }
+    }
+
+    #[test]
+    fn a_near_zero_temperature_is_greedy_not_nan() {
+        for t in [1e-40f32, 1e-30, 1e-6] {
+            let mut s = sampler(SamplingOptions { temperature: t, seed: 1, ..Default::default() });
+            assert!(s.is_greedy(), "{t}");
+            for _ in 0..50 {
+                assert_eq!(s.sample(&mut [1.0, 3.0, 2.9, -1.0], &[]), 1, "temperature {t}");
+            }
+        }
+        // Small but sampled: still a proper distribution (the best token, never garbage).
+        let mut s = sampler(SamplingOptions { temperature: 1e-4, seed: 1, ..Default::default() });
+        assert!(!s.is_greedy());
+        assert_eq!(s.sample(&mut [1.0, 3.0, 2.9, -1.0], &[]), 1);
     }
 
     #[test]
