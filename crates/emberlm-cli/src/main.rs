@@ -87,6 +87,28 @@ struct SamplingArgs {
     /// Stop when the output contains this text (repeatable).
     #[arg(long = "stop")]
     stop: Vec<String>,
+    /// Keep generating past end-of-sequence tokens (fixed-length runs for benchmarks).
+    #[arg(long)]
+    ignore_eos: bool,
+}
+
+impl SamplingArgs {
+    /// Options as the model generates with them; refuses what would misbehave silently.
+    fn options(&self, model: &Model, prompt_len: usize) -> Result<GenerateOptions> {
+        if self.stop.iter().any(String::is_empty) {
+            return Err("--stop needs a non-empty text (an empty one would stop after the first token)".into());
+        }
+        if prompt_len >= model.context {
+            return Err(format!("the prompt is {prompt_len} tokens but the context holds {}; pass a larger --context", model.context));
+        }
+        Ok(GenerateOptions {
+            // Generation ends at the KV cache's end with finish reason `length`, not an error.
+            max_new_tokens: self.max_new_tokens.min(model.context - prompt_len),
+            stop_tokens: if self.ignore_eos { vec![] } else { model.config.eos_token_ids.clone() },
+            sampling: sampling(self),
+            want_prompt_logits: false,
+        })
+    }
 }
 
 #[derive(Args)]
@@ -224,20 +246,16 @@ fn run_generate(a: GenerateArgs) -> Result<()> {
     if prompt_ids.is_empty() {
         return Err("the prompt is empty".into());
     }
-    let loaded = load(&a.model, local, prompt_ids.len() + a.sampling.max_new_tokens)?;
+    let loaded = load(&a.model, local, prompt_ids.len().saturating_add(a.sampling.max_new_tokens))?;
     let Loaded { dev, local, model, load_s } = &loaded;
     let mut session = Session::new(dev, model).map_err(err)?;
-    let options = GenerateOptions {
-        max_new_tokens: a.sampling.max_new_tokens,
-        stop_tokens: model.config.eos_token_ids.clone(),
-        sampling: sampling(&a.sampling),
-        want_prompt_logits: a.dump_logits.is_some(),
-    };
+    let options = GenerateOptions { want_prompt_logits: a.dump_logits.is_some(), ..a.sampling.options(model, prompt_ids.len())? };
     let mut stream = StreamDecoder::new(true);
     let mut text = String::new();
     let mut stdout = std::io::stdout();
     let tok = local.text.tokenizer.as_ref();
     let mut stream_err = None;
+    let mut stopped_by_text = false;
     let out = pollster::block_on(generate(dev, model, &mut session, &prompt_ids, &options, |id| {
         let Some(tok) = tok else { return true };
         match stream.push(tok, id) {
@@ -250,7 +268,8 @@ fn run_generate(a: GenerateArgs) -> Result<()> {
             }
             Err(e) => stream_err = Some(e),
         }
-        !a.sampling.stop.iter().any(|s| text.contains(s.as_str()))
+        stopped_by_text = a.sampling.stop.iter().any(|s| text.contains(s.as_str()));
+        !stopped_by_text
     }))
     .map_err(err)?;
     if let Some(e) = stream_err {
@@ -272,6 +291,7 @@ fn run_generate(a: GenerateArgs) -> Result<()> {
             "generated_ids": out.generated_ids,
             "text": text,
             "stopped_by_eos": out.stopped,
+            "finish_reason": if out.stopped || stopped_by_text { "stop" } else { "length" },
             "load_s": load_s,
             "ttft_ms": out.ttft_ms,
             "prefill_tok_s": out.prefill_tok_s,
@@ -313,15 +333,24 @@ fn run_chat(a: ChatArgs) -> Result<()> {
             return Ok(());
         }
         messages.push(json!({"role": "user", "content": line.trim_end()}));
-        let ids = local.text.chat_prompt_ids(&json!(messages)).map_err(err)?;
+        // Past the context, the oldest turns go (the system message stays), leaving room for a
+        // reply of a quarter of the context.
+        let room = (model.context / 4).clamp(1, a.sampling.max_new_tokens.max(1));
+        let first_turn = usize::from(a.system.is_some());
+        let mut ids = local.text.chat_prompt_ids(&json!(messages)).map_err(err)?;
+        while ids.len() + room > model.context && messages.len() > first_turn + 1 {
+            messages.drain(first_turn..(first_turn + 2).min(messages.len() - 1));
+            ids = local.text.chat_prompt_ids(&json!(messages)).map_err(err)?;
+            eprintln!("[the conversation outgrew the {}-token context: the oldest turn was dropped]", model.context);
+        }
+        if ids.len() >= model.context {
+            messages.pop();
+            eprintln!("[that message is {} tokens, more than the {}-token context holds; pass a larger --context]", ids.len(), model.context);
+            continue;
+        }
         // The session keeps the conversation's keys and values: only what this turn adds (the
-        // new message and the template around it) is prefilled. It must fit the context.
-        let options = GenerateOptions {
-            max_new_tokens: a.sampling.max_new_tokens.min(model.context.saturating_sub(ids.len())),
-            stop_tokens: model.config.eos_token_ids.clone(),
-            sampling: sampling(&a.sampling),
-            want_prompt_logits: false,
-        };
+        // new message and the template around it) is prefilled.
+        let options = a.sampling.options(model, ids.len())?;
         let mut stream = StreamDecoder::new(true);
         let mut reply = String::new();
         let out = pollster::block_on(generate(dev, model, &mut session, &ids, &options, |id| {

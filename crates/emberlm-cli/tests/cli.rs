@@ -98,3 +98,39 @@ fn bad_inputs_are_clear_errors() {
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("99999"));
 }
+
+/// Generation's edge cases end cleanly: the KV cache's end is finish reason `length` with the
+/// tokens kept (not "context full" and nothing), an overflowing `--max-new-tokens` is just
+/// "as many as fit", `--stop ""` is refused, `--ignore-eos` runs to the budget.
+#[test]
+fn generation_edge_cases_end_cleanly() {
+    let case = &reference("llama")["cases"][0];
+    let dir = fixture("llama");
+    let prompt = case["text"].as_str().unwrap();
+    let want: Vec<u64> = case["generated_ids"].as_array().unwrap().iter().map(|v| v.as_u64().unwrap()).collect();
+    let n_prompt = case["input_ids"].as_array().unwrap().len();
+    let run = |extra: &[&str]| {
+        let mut args = vec!["generate", "--model", dir.to_str().unwrap(), "--prompt", prompt, "--dtype", "f32", "--json"];
+        args.extend_from_slice(extra);
+        emberlm(&args)
+    };
+    let context = (n_prompt + 5).to_string();
+    let out = run(&["--context", &context, "--max-new-tokens", &u64::MAX.to_string()]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let got: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(got["finish_reason"], "length");
+    let ids: Vec<u64> = got["generated_ids"].as_array().unwrap().iter().map(|v| v.as_u64().unwrap()).collect();
+    assert_eq!(ids, want[..5], "the tokens that fit, as transformers generates them");
+
+    let out = run(&["--stop", ""]);
+    assert!(!out.status.success() && String::from_utf8_lossy(&out.stderr).contains("--stop needs a non-empty text"));
+
+    let out = run(&["--context", "4"]);
+    assert!(!out.status.success() && String::from_utf8_lossy(&out.stderr).contains("larger --context"));
+
+    let out = run(&["--ignore-eos", "--max-new-tokens", "30", "--temperature", "1e-40"]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let got: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(got["generated_ids"].as_array().unwrap().len(), 30);
+    assert_eq!(got["generated_ids"].as_array().unwrap()[..24].iter().map(|v| v.as_u64().unwrap()).collect::<Vec<_>>(), want, "1e-40 is greedy");
+}
