@@ -212,6 +212,7 @@ export class LocalBackend implements Backend {
             minP: p.min_p,
             repetitionPenalty: p.repetition_penalty,
             seed: p.seed,
+            ignoreEos: p.ignore_eos,
           },
           (_id: number, piece: string) => {
             firstAt ||= now();

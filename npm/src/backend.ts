@@ -17,6 +17,7 @@ export interface RunParams {
   repetition_penalty: number;
   seed: number;
   stop: string[];
+  ignore_eos: boolean;
 }
 
 export interface RunResult {

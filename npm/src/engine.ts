@@ -15,6 +15,12 @@ import type {
   SamplingParams,
 } from './types.js';
 
+function ignoreEos(v: unknown): boolean {
+  if (v === undefined || v === null) return false;
+  if (typeof v !== 'boolean') throw new EmberError('bad-request', `ignore_eos must be a boolean (got ${String(v)})`);
+  return v;
+}
+
 function params(r: SamplingParams & { max_completion_tokens?: number }): RunParams {
   const num = (v: unknown, name: string, ok: (x: number) => boolean) => {
     if (v === undefined || v === null) return undefined;
@@ -27,11 +33,13 @@ function params(r: SamplingParams & { max_completion_tokens?: number }): RunPara
     max_tokens: num(r.max_completion_tokens ?? r.max_tokens, 'max_tokens', (x) => Number.isInteger(x) && x >= 1),
     temperature: num(r.temperature, 'temperature', (x) => x >= 0) ?? 0.7,
     top_p: num(r.top_p, 'top_p', (x) => x > 0 && x <= 1) ?? 0.95,
-    top_k: num(r.top_k, 'top_k', (x) => Number.isInteger(x) && x >= 0) ?? 0,
+    top_k: num(r.top_k, 'top_k', (x) => Number.isInteger(x) && x >= 0 && x <= 2 ** 32) ?? 0,
     min_p: num(r.min_p, 'min_p', (x) => x >= 0 && x <= 1) ?? 0,
     repetition_penalty: num(r.repetition_penalty, 'repetition_penalty', (x) => x > 0) ?? 1,
-    seed: num(r.seed, 'seed', (x) => Number.isInteger(x) && x >= 0) ?? Math.floor(Math.random() * 2 ** 32),
+    // Integers past 2^53 are not exact in JavaScript: refused rather than silently rounded.
+    seed: num(r.seed, 'seed', (x) => Number.isSafeInteger(x) && x >= 0) ?? Math.floor(Math.random() * 2 ** 32),
     stop,
+    ignore_eos: ignoreEos(r.ignore_eos),
   };
 }
 

@@ -25,6 +25,8 @@ export interface SamplingParams {
   seed?: number;
   /** Generation ends before any of these strings; they are not part of the output. */
   stop?: string | string[];
+  /** Keep generating past end-of-sequence tokens, to `max_tokens` (fixed-length benchmarks). */
+  ignore_eos?: boolean;
   signal?: AbortSignal;
 }
 

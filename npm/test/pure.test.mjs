@@ -78,3 +78,26 @@ test('stop strings never reach the stream, even split across pieces', () => {
   assert.equal(s.push('one #'), 'one ');
   assert.equal(s.push('# two'), '## two');
 });
+
+test('request parameters: out-of-range seeds and top_k are bad requests, ignore_eos reaches the backend', async () => {
+  const { EmberEngine } = await import('../dist/engine.js');
+  let seen;
+  const backend = {
+    info: {},
+    async run(_input, p) {
+      seen = p;
+      return { text: '', tokens: [], finish_reason: 'length', prompt_tokens: 1, cached_tokens: 0, ttft_ms: 0, prefill_tok_s: 0, decode_tok_s: 0 };
+    },
+    encode: async () => [],
+    decode: async () => '',
+  };
+  const engine = new EmberEngine(backend);
+  const messages = [{ role: 'user', content: 'hi' }];
+  for (const bad of [{ seed: 2 ** 70 }, { seed: 2 ** 53 }, { seed: -1 }, { top_k: 2 ** 40 }, { ignore_eos: 'yes' }, { temperature: -1 }]) {
+    await assert.rejects(engine.chat.completions.create({ messages, ...bad }), { code: 'bad-request' }, JSON.stringify(bad));
+  }
+  const r = await engine.chat.completions.create({ messages, ignore_eos: true, seed: 2 ** 53 - 1, max_tokens: 3 });
+  assert.equal(seen.ignore_eos, true);
+  assert.equal(seen.seed, 2 ** 53 - 1);
+  assert.equal(r.usage.prompt_tokens_details.cached_tokens, 0);
+});

@@ -118,6 +118,7 @@ struct JsGenerateOptions {
     repetition_penalty: f32,
     seed: u64,
     stop: Vec<String>,
+    ignore_eos: bool,
 }
 
 impl Default for JsGenerateOptions {
@@ -132,6 +133,7 @@ impl Default for JsGenerateOptions {
             repetition_penalty: s.repetition_penalty,
             seed: s.seed,
             stop: vec![],
+            ignore_eos: false,
         }
     }
 }
@@ -283,7 +285,7 @@ impl EmberModel {
             if options.is_undefined() || options.is_null() { JsGenerateOptions::default() } else { serde_wasm_bindgen::from_value(options)? };
         let opts = GenerateOptions {
             max_new_tokens: o.max_new_tokens,
-            stop_tokens: self.model.config.eos_token_ids.clone(),
+            stop_tokens: if o.ignore_eos { vec![] } else { self.model.config.eos_token_ids.clone() },
             sampling: SamplingOptions {
                 temperature: o.temperature,
                 top_k: o.top_k,
