@@ -110,7 +110,9 @@ pub fn read_header<S: ByteSource + ?Sized>(file: &str, src: &S) -> Result<Vec<St
         if e < b || e - b != want {
             return Err(bad(format!("data_offsets {b}..{e} hold {} bytes, shape {shape:?} needs {want}", e.saturating_sub(b))));
         }
-        let (start, end) = (data_start + b, data_start + e);
+        let (Some(start), Some(end)) = (data_start.checked_add(b), data_start.checked_add(e)) else {
+            return Err(bad(format!("data_offsets {b}..{e} overflow")));
+        };
         if end > len {
             return Err(bad(format!("data {start}..{end} is past the end of the file ({len} bytes); the file is truncated")));
         }

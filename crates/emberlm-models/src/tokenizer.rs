@@ -61,6 +61,10 @@ fn gguf_token_types(f: &GgufFile) -> Vec<u64> {
     f.get_array("tokenizer.ggml.token_type").map(|a| a.iter().map(|v| v.as_u64().unwrap_or(1)).collect()).unwrap_or_default()
 }
 
+/// The longest token that merges are generated for (SentencePiece's own default limit is 16
+/// characters).
+const MAX_MERGED_TOKEN_BYTES: usize = 1024;
+
 /// BPE merges implied by a vocabulary (transformers' `generate_merges`): for each distinct token
 /// in file order, every split into two vocabulary tokens, ordered by the parts' ids; then all of
 /// them by (rank of the token, lengths of the parts), highest first, ties kept in that order.
@@ -77,7 +81,9 @@ fn merges_from_vocab(tokens: &[String], ranks: &[f64]) -> Vec<(String, String)> 
         rank.insert(t, ranks.get(i).copied().unwrap_or(0.0));
     }
     let mut merges: Vec<(&str, &str, f64)> = Vec::new();
-    for token in order {
+    // Splitting a token costs O(length²) (every split hashes both halves): a hostile token of
+    // 400k characters took 19 s. Real pieces are a few dozen bytes; longer ones get no merges.
+    for token in order.into_iter().filter(|t| t.len() <= MAX_MERGED_TOKEN_BYTES) {
         let score = rank[token];
         let mut local: Vec<(&str, &str, f64)> = token
             .char_indices()
@@ -97,7 +103,12 @@ fn merges_from_vocab(tokens: &[String], ranks: &[f64]) -> Vec<(String, String)> 
 impl TextTokenizer {
     /// From the contents of a `tokenizer.json`.
     pub fn from_json_bytes(bytes: &[u8]) -> Result<Self> {
-        Ok(Self { inner: tokenizers::Tokenizer::from_bytes(bytes).map_err(tok_err)? })
+        let mut inner = tokenizers::Tokenizer::from_bytes(bytes).map_err(tok_err)?;
+        // transformers' chat path ignores these: a `truncation.max_length` of 4 must not cut a
+        // prompt to 4 tokens, nor padding add tokens to it.
+        inner.with_padding(None);
+        inner.with_truncation(None).map_err(tok_err)?;
+        Ok(Self { inner })
     }
 
     /// From GGUF metadata: byte-level BPE (`gpt2`: Llama 3, Qwen, SmolLM2, ...) or SentencePiece
@@ -259,5 +270,20 @@ impl StreamDecoder {
         let piece = tokenizers::step_decode_stream(&tok.inner, vec![id], self.skip_special, &mut self.ids, &mut self.prefix, &mut self.prefix_index)
             .map_err(tok_err)?;
         Ok(piece.unwrap_or_default())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_huge_token_does_not_make_merge_generation_quadratic() {
+        let huge = "a".repeat(400_000);
+        let tokens: Vec<String> = ["a", "b", "ab", "aa"].iter().map(|s| s.to_string()).chain([huge]).collect();
+        let started = web_time::Instant::now();
+        let merges = merges_from_vocab(&tokens, &[0.0, -1.0, -2.0, -3.0, -4.0]);
+        assert!(started.elapsed().as_secs_f64() < 1.0, "{:?}", started.elapsed());
+        assert_eq!(merges, [("a".to_string(), "b".to_string()), ("a".to_string(), "a".to_string())]);
     }
 }

@@ -32,6 +32,9 @@ fn header_problems_are_named() {
     assert!(err(&file(overlap, 12)).contains("overlap"));
     let huge = r#"{"w":{"dtype":"F32","shape":[4294967296,4294967296,16],"data_offsets":[0,8]}}"#;
     assert!(err(&file(huge, 8)).contains("overflows"));
+    // Offsets that wrap around u64 would point the tensor back at the JSON header.
+    let wrap = format!(r#"{{"w":{{"dtype":"F32","shape":[2],"data_offsets":[{},{}]}}}}"#, u64::MAX - 8, u64::MAX);
+    assert!(err(&file(&wrap, 8)).contains("overflow"), "{}", err(&file(&wrap, 8)));
     // Every truncation of a valid file is an error, not a panic.
     let full = file(ok, 12);
     for cut in 0..full.len() {

@@ -27,6 +27,17 @@ fn check_cases(tok: &TextTokenizer, cases: &Value) {
     }
 }
 
+/// A tokenizer.json that asks for truncation and padding (a hostile or careless upload) still
+/// encodes every prompt whole, as transformers' chat path does.
+#[test]
+fn tokenizer_json_truncation_and_padding_are_ignored() {
+    let mut doc: Value = serde_json::from_slice(&std::fs::read(fixtures().join("tiny/tokenizer.json")).unwrap()).unwrap();
+    doc["truncation"] = serde_json::json!({"direction": "Right", "max_length": 4, "strategy": "LongestFirst", "stride": 0});
+    doc["padding"] = serde_json::json!({"strategy": {"Fixed": 64}, "direction": "Right", "pad_to_multiple_of": null, "pad_id": 0, "pad_type_id": 0, "pad_token": "x"});
+    let tok = TextTokenizer::from_json_bytes(doc.to_string().as_bytes()).unwrap();
+    check_cases(&tok, &read_json(&fixtures().join("tiny/tokenizer_cases.json")).unwrap());
+}
+
 #[test]
 fn tokenizer_json_round_trips_like_python_tokenizers() {
     let tok = TextTokenizer::from_json_bytes(&std::fs::read(fixtures().join("tiny/tokenizer.json")).unwrap()).unwrap();
