@@ -78,6 +78,8 @@ const now = () => (typeof performance !== 'undefined' ? performance.now() : Date
 export class LocalBackend implements Backend {
   private busy: Promise<unknown> = Promise.resolve();
   private model: EmberModel | null;
+  /** Set by `unload()`: a generation in progress stops at its next token. */
+  private unloading = false;
 
   private constructor(
     model: EmberModel,
@@ -218,7 +220,7 @@ export class LocalBackend implements Backend {
             firstAt ||= now();
             const shown = filter.push(piece);
             if (shown) onPiece(shown);
-            if (signal?.aborted) aborted = true;
+            if (signal?.aborted || this.unloading) aborted = true;
             return !filter.stopped && !aborted;
           },
         );
@@ -252,6 +254,7 @@ export class LocalBackend implements Backend {
   }
 
   async unload(): Promise<void> {
+    this.unloading = true;
     await this.busy;
     this.model?.free();
     this.model = null;

@@ -12,6 +12,9 @@ interface Pending {
   onProgress?: (p: LoadProgress) => void;
 }
 
+/** How long `unload()` waits for the worker to free the model before terminating it. */
+const UNLOAD_TIMEOUT_MS = 5000;
+
 export class WorkerBackend implements Backend {
   private next = 1;
   private readonly pending = new Map<number, Pending>();
@@ -89,7 +92,9 @@ export class WorkerBackend implements Backend {
 
   async unload(): Promise<void> {
     if (!this.worker) return;
-    await this.call({ type: 'unload' }).catch(() => {});
+    // A generation stops at its next token and the worker frees the GPU; a worker that does not
+    // answer in time (stuck in a model's code) is terminated all the same.
+    await Promise.race([this.call({ type: 'unload' }).catch(() => {}), new Promise((r) => setTimeout(r, UNLOAD_TIMEOUT_MS))]);
     this.terminate();
   }
 

@@ -206,3 +206,29 @@ test('multi-turn chat: the next turn prefills only what it adds, a regenerate on
   assert.equal(r.turn2.text, r.fromScratch.text);
   assert.equal(r.regenerated.text, r.fromScratch.text);
 });
+
+test('unload() during a generation stops it at the next token instead of waiting for the whole reply', async () => {
+  const r = await session.page.evaluate(
+    async ({ repo, hubUrl }) => {
+      const engine = await window.emberlm.createEngine(repo, { hub: hubUrl, context: 256 });
+      const messages = [{ role: 'user', content: 'Hello world, this is a tiny model.' }];
+      const chunks = [];
+      let unloaded;
+      let finish;
+      try {
+        for await (const c of await engine.chat.completions.create({ messages, stream: true, max_tokens: 200, temperature: 0, ignore_eos: true })) {
+          chunks.push(c);
+          if (chunks.length === 3) unloaded = engine.unload();
+          finish = c.choices[0].finish_reason ?? finish;
+        }
+      } catch (e) {
+        finish = e.code;
+      }
+      await unloaded;
+      return { chunks: chunks.length, finish };
+    },
+    { repo: GGUF, hubUrl: hub.url },
+  );
+  assert.ok(r.chunks < 100, JSON.stringify(r));
+  assert.ok(['abort', 'unloaded'].includes(r.finish), JSON.stringify(r));
+});
