@@ -138,10 +138,30 @@ function bubble(role, text) {
   return div;
 }
 
+/** Markdown for replies, sanitised: no forms, inputs or media, no attributes that send requests. */
+const PURIFY = {
+  FORBID_TAGS: ['form', 'input', 'button', 'textarea', 'select', 'option', 'video', 'audio', 'source', 'track', 'style', 'iframe', 'object', 'embed'],
+  FORBID_ATTR: ['action', 'formaction', 'poster', 'srcset', 'ping', 'background', 'style'],
+};
+
 function render(body, role, text) {
-  if (role === 'user') body.textContent = text;
-  else body.innerHTML = DOMPurify.sanitize(marked.parse(text));
+  if (role === 'user') {
+    body.textContent = text;
+    return;
+  }
+  try {
+    body.innerHTML = DOMPurify.sanitize(marked.parse(text), PURIFY);
+  } catch {
+    // Markdown the renderer cannot handle (marked throws on ~1,900 nested quotes): plain text.
+    body.textContent = text;
+  }
 }
+// For the page's tests: what a reply with this text renders to.
+window.emberlmRenderReply = (text) => {
+  const body = document.createElement('div');
+  render(body, 'assistant', text);
+  return body.innerHTML;
+};
 
 function history() {
   const system = $('system').value.trim();

