@@ -61,6 +61,16 @@ fn gguf_token_types(f: &GgufFile) -> Vec<u64> {
     f.get_array("tokenizer.ggml.token_type").map(|a| a.iter().map(|v| v.as_u64().unwrap_or(1)).collect()).unwrap_or_default()
 }
 
+/// Runs a call into the tokenizers crate, turning a panic inside it (a hostile tokenizer.json's
+/// normalizer, pre-tokenizer or decoder) into an error. Natively only: wasm32 aborts on panic,
+/// so there the inputs are checked before they reach the crate where we can.
+fn guarded<T>(what: &str, call: impl FnOnce() -> Result<T>) -> Result<T> {
+    std::panic::catch_unwind(std::panic::AssertUnwindSafe(call)).unwrap_or_else(|p| {
+        let why = p.downcast_ref::<String>().cloned().or_else(|| p.downcast_ref::<&str>().map(|s| s.to_string())).unwrap_or_default();
+        Err(ModelError::Tokenizer(format!("the tokenizer failed while {what}: {why}")))
+    })
+}
+
 /// The longest token that merges are generated for (SentencePiece's own default limit is 16
 /// characters).
 const MAX_MERGED_TOKEN_BYTES: usize = 1024;
@@ -103,7 +113,11 @@ fn merges_from_vocab(tokens: &[String], ranks: &[f64]) -> Vec<(String, String)> 
 impl TextTokenizer {
     /// From the contents of a `tokenizer.json`.
     pub fn from_json_bytes(bytes: &[u8]) -> Result<Self> {
-        let mut inner = tokenizers::Tokenizer::from_bytes(bytes).map_err(tok_err)?;
+        // tokenizers re-parses parts of the document and unwraps the result (a control character
+        // in a decoder's string panicked in the fuzzer): strict JSON first, so that is an error
+        // in wasm too, where a panic cannot be caught.
+        serde_json::from_slice::<serde::de::IgnoredAny>(bytes).map_err(|e| ModelError::Tokenizer(format!("tokenizer.json is not valid JSON: {e}")))?;
+        let mut inner = guarded("reading tokenizer.json", || tokenizers::Tokenizer::from_bytes(bytes).map_err(tok_err))?;
         // transformers' chat path ignores these: a `truncation.max_length` of 4 must not cut a
         // prompt to 4 tokens, nor padding add tokens to it.
         inner.with_padding(None);
@@ -230,11 +244,11 @@ impl TextTokenizer {
     /// Token ids of `text`; special-token strings in the text become their ids. No BOS is added
     /// here: chat templates write it, and raw prompts add it through the caller's choice.
     pub fn encode(&self, text: &str) -> Result<Vec<u32>> {
-        Ok(self.inner.encode(text, false).map_err(tok_err)?.get_ids().to_vec())
+        guarded("encoding", || Ok(self.inner.encode(text, false).map_err(tok_err)?.get_ids().to_vec()))
     }
 
     pub fn decode(&self, ids: &[u32], skip_special: bool) -> Result<String> {
-        self.inner.decode(ids, skip_special).map_err(tok_err)
+        guarded("decoding", || self.inner.decode(ids, skip_special).map_err(tok_err))
     }
 
     pub fn token_to_id(&self, token: &str) -> Option<u32> {
