@@ -80,6 +80,8 @@ export async function startMockHub({ repos, port = 0, pageSize = 0 } = {}) {
     let end = bytes.length - 1;
     const headers = { ...CORS, 'accept-ranges': 'bytes', 'content-type': 'application/octet-stream', etag: `"${entry.lfs ? entry.sha256 : entry.oid}"` };
     const range = req.headers.range?.match(/^bytes=(\d+)-(\d*)$/);
+    // A broken server or cache: a partial answer for a Range request that starts elsewhere.
+    if (range && fault?.kind === 'badrange') range[1] = '0';
     let status = 200;
     if (range) {
       start = Number(range[1]);
@@ -224,8 +226,8 @@ export async function startMockHub({ repos, port = 0, pageSize = 0 } = {}) {
     requests,
     /**
      * Adds a fault: { match: string | RegExp (request path), kind: 'status' | 'drop' | 'truncate' |
-     * 'corrupt' | 'slow' | 'delay' | 'hang' | 'listing' (with `add`: extra tree entries, `link`:
-     * the next-page URL), times = 1, ... }
+     * 'corrupt' | 'slow' | 'delay' | 'hang' | 'badrange' (a 206 that starts at byte 0 whatever
+     * was asked) | 'listing' (with `add`: extra tree entries, `link`: the next-page URL), times = 1, ... }
      */
     inject(fault) {
       faults.push({ times: 1, ...fault });

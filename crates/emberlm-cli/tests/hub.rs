@@ -154,6 +154,14 @@ fn hostile_listings_are_refused_and_write_nothing_outside_the_cache() {
         let err = generate(&cache, &hub.url, &[], &[1, 2, 3], 1).unwrap_err();
         assert!(err.contains(want), "fault {fault}: {err}");
     }
+    // A resumed download answered with a 206 that starts elsewhere: the part is thrown away
+    // and fetched again, never spliced.
+    let hub = MockHub::start(&[r#"{"match":"/__lfs/","kind":"drop","at":0.5}"#, r#"{"match":"/__lfs/","kind":"badrange"}"#]);
+    let (f_prompt, f_want) = reference("llama");
+    let (ids, log) = run(&cache, &hub.url, &["--quant", "F16"], &f_prompt, f_want.len()).unwrap();
+    assert_eq!(ids, f_want);
+    assert!(log.contains("came with Content-Range \"bytes 0-"), "{log}");
+    drop(hub);
     let escaped: Vec<_> = walk(&base).into_iter().filter(|p| !p.starts_with(&cache)).collect();
     assert!(escaped.is_empty(), "written outside the cache: {escaped:?}");
     assert!(!Path::new("/tmp/emberlm-absolute.gguf").exists());
