@@ -5,6 +5,7 @@ import type { ModelCache, PartFile } from './cache/types.js';
 import { isQuotaError } from './cache/types.js';
 import { abortError, EmberError, formatBytes, throwIfAborted } from './errors.js';
 import { hubHttpError, type ModelRef, type RepoFile } from './hub.js';
+import { IDLE_TIMEOUT_MS, idleSignal } from './timeout.js';
 
 export interface Hasher {
   update(bytes: Uint8Array): void;
@@ -24,9 +25,15 @@ export interface DownloadOptions {
   attempts?: number;
   /** First retry delay; doubles per retry (default 300 ms). */
   retryDelayMs?: number;
+  /**
+   * How long a request may go without progress — no response, or no bytes of the body — before
+   * it is dropped and retried (default 60 s). An idle bound, not a total: big files never time out.
+   */
+  idleTimeoutMs?: number;
 }
 
 class Retry extends Error {}
+
 
 function sleep(ms: number, signal?: AbortSignal): Promise<void> {
   return new Promise((resolve, reject) => {
@@ -111,12 +118,30 @@ async function fetchInto(
   hash: (bytes: Uint8Array) => void,
   restart: () => Promise<PartFile>,
 ): Promise<void> {
+  const idle = idleSignal(o.idleTimeoutMs ?? IDLE_TIMEOUT_MS, o.signal);
+  try {
+    await fetchWithin(part, ref, url, file, o, hash, restart, idle);
+  } finally {
+    idle.done();
+  }
+}
+
+async function fetchWithin(
+  part: PartFile,
+  ref: ModelRef,
+  url: string,
+  file: RepoFile,
+  o: DownloadOptions,
+  hash: (bytes: Uint8Array) => void,
+  restart: () => Promise<PartFile>,
+  idle: ReturnType<typeof idleSignal>,
+): Promise<void> {
   const from = part.size;
   let res: Response;
   try {
-    res = await o.fetch(url, { signal: o.signal, headers: from > 0 ? { Range: `bytes=${from}-` } : {}, cache: 'no-store' });
+    res = await o.fetch(url, { signal: idle.signal, headers: from > 0 ? { Range: `bytes=${from}-` } : {}, cache: 'no-store' });
   } catch (e) {
-    throw new Retry(`request failed: ${(e as Error).message}`);
+    throw new Retry(`request failed: ${idle.signal.aborted && !o.signal?.aborted ? String(idle.signal.reason?.message) : (e as Error).message}`);
   }
   if (res.status === 416) {
     // Our part does not fit the server's file: start again.
@@ -158,8 +183,10 @@ async function fetchInto(
       try {
         r = await reader.read();
       } catch (e) {
-        throw new Retry(`connection dropped after ${part.size} bytes: ${(e as Error).message}`);
+        const why = idle.signal.aborted && !o.signal?.aborted ? String(idle.signal.reason?.message) : (e as Error).message;
+        throw new Retry(`connection dropped after ${part.size} bytes: ${why}`);
       }
+      idle.poke();
       if (r.done) return;
       if (part.size + r.value.length > file.size) {
         await restart();

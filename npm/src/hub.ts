@@ -1,4 +1,5 @@
 // The Hugging Face Hub's URL layout: file listings from the tree API, files from `resolve`.
+import { IDLE_TIMEOUT_MS, idleSignal } from './timeout.js';
 import { EmberError, throwIfAborted } from './errors.js';
 
 export const DEFAULT_HUB = 'https://huggingface.co';
@@ -126,7 +127,7 @@ interface TreeEntry {
 }
 
 /** Lists every file of the repo at the revision (following the tree API's pagination). */
-export async function listRepoFiles(ref: ModelRef, fetchFn: typeof fetch, signal?: AbortSignal, retryDelayMs = 300): Promise<RepoFile[]> {
+export async function listRepoFiles(ref: ModelRef, fetchFn: typeof fetch, signal?: AbortSignal, retryDelayMs = 300, timeoutMs = IDLE_TIMEOUT_MS): Promise<RepoFile[]> {
   const files: RepoFile[] = [];
   let url: string | null = treeUrl(ref);
   const seen = new Set<string>();
@@ -135,7 +136,7 @@ export async function listRepoFiles(ref: ModelRef, fetchFn: typeof fetch, signal
     if (seen.has(url)) throw new EmberError('model', `listing ${what}: the Hub's pagination returned to a page already read (${url})`);
     if (seen.size >= MAX_LISTING_PAGES) throw new EmberError('model', `listing ${what}: more than ${MAX_LISTING_PAGES} pages`);
     seen.add(url);
-    const res = await getWithRetries(ref, url, fetchFn, signal, retryDelayMs);
+    const res = await getWithRetries(ref, url, fetchFn, signal, retryDelayMs, timeoutMs);
     const entries = (await res.json()) as TreeEntry[];
     if (!Array.isArray(entries)) throw new EmberError('model', `listing ${what}: not a file list`);
     for (const e of entries) {
@@ -154,21 +155,29 @@ export async function listRepoFiles(ref: ModelRef, fetchFn: typeof fetch, signal
 }
 
 /** A GET that retries 5xx/429 answers and failed requests a few times, with backoff. */
-async function getWithRetries(ref: ModelRef, url: string, fetchFn: typeof fetch, signal: AbortSignal | undefined, delayMs: number): Promise<Response> {
+async function getWithRetries(ref: ModelRef, url: string, fetchFn: typeof fetch, signal: AbortSignal | undefined, delayMs: number, timeoutMs: number): Promise<Response> {
   const tries = 4;
   for (let i = 1; ; i++) {
     throwIfAborted(signal);
     let res: Response | undefined;
     let problem: string;
+    // A listing page is small: the whole request (answer and body) gets `timeoutMs`.
+    const bound = idleSignal(timeoutMs, signal);
     try {
-      res = await fetchFn(url, { signal });
-      if (res.ok) return res;
+      res = await fetchFn(url, { signal: bound.signal });
+      if (res.ok) {
+        const body = await res.arrayBuffer();
+        bound.done();
+        return new Response(body, { status: res.status, headers: res.headers });
+      }
       if (res.status < 500 && res.status !== 429) throw hubHttpError(ref, 'the file list', res);
       problem = `HTTP ${res.status}`;
     } catch (e) {
       throwIfAborted(signal);
       if (e instanceof EmberError) throw e;
-      problem = (e as Error).message;
+      problem = bound.signal.aborted ? `no answer within ${timeoutMs / 1000} s` : (e as Error).message;
+    } finally {
+      bound.done();
     }
     if (i >= tries) throw new EmberError('network', `cannot list ${ref.repo}@${ref.revision} on ${ref.hub} (${problem}, ${tries} tries)`);
     await new Promise((r) => setTimeout(r, delayMs * 2 ** (i - 1)));

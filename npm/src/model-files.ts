@@ -116,6 +116,8 @@ export interface FetchOptions {
   /** Retry settings for tests and slow links. */
   attempts?: number;
   retryDelayMs?: number;
+  /** A request with no progress for this long is dropped and retried (default 60 s). */
+  idleTimeoutMs?: number;
 }
 
 export async function fetchModelFiles(ref: ModelRef, choice: FileChoice, o: FetchOptions): Promise<ModelFiles> {
@@ -129,7 +131,7 @@ export async function fetchModelFiles(ref: ModelRef, choice: FileChoice, o: Fetc
   if (o.offline) throw new EmberError('offline', `${ref.repo}@${ref.revision} is not in the cache and offline mode is on`);
   let listing: RepoFile[];
   try {
-    listing = await listRepoFiles(ref, o.fetch, o.signal, o.retryDelayMs);
+    listing = await listRepoFiles(ref, o.fetch, o.signal, o.retryDelayMs, o.idleTimeoutMs);
   } catch (e) {
     if (e instanceof EmberError && e.code === 'network') {
       throw new EmberError('offline', `${ref.repo}@${ref.revision} is not in the cache and ${ref.hub} cannot be reached (${e.message})`, { cause: e });
@@ -162,6 +164,7 @@ export async function fetchModelFiles(ref: ModelRef, choice: FileChoice, o: Fetc
       signal: o.signal,
       attempts: o.attempts,
       retryDelayMs: o.retryDelayMs,
+      idleTimeoutMs: o.idleTimeoutMs,
       onBytes: (stored) => {
         done += stored - counted;
         counted = stored;

@@ -232,3 +232,20 @@ test('cache keys: distinct Hubs, revisions and file choices never share an entry
   assert.equal(hub.requests.length, n);
   assert.deepEqual((await listCached(cache)).map((m) => m.repo), [GGUF_REPO]);
 });
+
+test('a Hub that accepts requests and never answers, or stalls mid-body, is timed out and retried, not waited on forever', async () => {
+  const dir = freshDir();
+  const quick = (cache) => options(cache, { idleTimeoutMs: 400 });
+  hub.inject({ match: '/tree/', kind: 'hang' });
+  hub.inject({ match: '/__lfs/', kind: 'hang' });
+  hub.inject({ match: '/__lfs/', kind: 'slow', chunk: 1024, delayMs: 2000 });
+  const started = Date.now();
+  const files = await fetchModelFiles(ref(GGUF_REPO), {}, quick(await FsCache.create(dir)));
+  assert.equal(files.fromCache, false);
+  assert.deepEqual(readAll(files.weights[0].file), ggufBytes);
+  assert.ok(Date.now() - started < 20_000, `took ${Date.now() - started} ms`);
+
+  hub.inject({ match: '/tree/', kind: 'hang', times: 10 });
+  await assert.rejects(fetchModelFiles(ref(GGUF_REPO), {}, quick(await FsCache.create(freshDir()))), /no answer within 0.4 s/);
+  hub.clearFaults();
+});
