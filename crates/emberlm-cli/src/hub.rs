@@ -449,18 +449,23 @@ enum Fault {
 /// timeout, not a total one, so a healthy multi-GB download is never cut off). Redirects (the
 /// Hub sends LFS files to a CDN) never carry the Authorization header (ureq's default).
 fn agent() -> ureq::Agent {
+    let idle = idle_timeout();
     ureq::Agent::config_builder()
         .http_status_as_error(false)
         .timeout_connect(Some(Duration::from_secs(20)))
-        .timeout_recv_response(Some(Duration::from_secs(60)))
-        .timeout_per_read(Some(IDLE_TIMEOUT))
+        .timeout_recv_response(Some(idle))
+        .timeout_per_read(Some(idle))
         .max_redirects(5)
         .build()
         .into()
 }
 
-/// How long a download may go without receiving a byte.
-const IDLE_TIMEOUT: Duration = Duration::from_secs(60);
+/// How long a request may wait for its answer, and a download for its next byte: 60 s, or
+/// `EMBERLM_NET_TIMEOUT` seconds (slow links; the tests use 2).
+fn idle_timeout() -> Duration {
+    let secs = std::env::var("EMBERLM_NET_TIMEOUT").ok().and_then(|v| v.parse::<f64>().ok()).filter(|s| *s > 0.0 && *s < 86_400.0).unwrap_or(60.0);
+    Duration::from_secs_f64(secs)
+}
 
 /// A GET (from byte `from` when given), with the token when the caller allows one.
 fn request(agent: &ureq::Agent, url: &str, from: Option<u64>, token: Option<String>) -> Result<ureq::http::Response<ureq::Body>, String> {
@@ -489,7 +494,7 @@ impl PartLock {
                 Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
                     let age = |p: &Path| fs::metadata(p).and_then(|m| m.modified()).ok().and_then(|t| t.elapsed().ok());
                     let idle = age(part).or_else(|| age(&path)).unwrap_or_default();
-                    if idle > 2 * IDLE_TIMEOUT {
+                    if idle > 2 * idle_timeout() {
                         fs::remove_file(&path).ok();
                         continue;
                     }

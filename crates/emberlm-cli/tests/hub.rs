@@ -57,13 +57,21 @@ fn generate(cache: &Path, hub: &str, extra: &[&str], prompt: &[u64], n: usize) -
 
 /// Ok((generated ids, stderr)) or Err(stderr).
 fn run(cache: &Path, hub: &str, extra: &[&str], prompt: &[u64], n: usize) -> Result<(Vec<u64>, String), String> {
+    command(cache, hub, extra, prompt, n).output().map(|out| parse(&out)).unwrap()
+}
+
+fn command(cache: &Path, hub: &str, extra: &[&str], prompt: &[u64], n: usize) -> Command {
     let ids = prompt.iter().map(u64::to_string).collect::<Vec<_>>().join(",");
-    let out = Command::new(env!("CARGO_BIN_EXE_emberlm"))
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_emberlm"));
+    cmd
         .args(["generate", "--model", REPO, "--hub", hub, "--prompt-ids", &ids, "--max-new-tokens", &n.to_string(), "--json"])
         .args(extra)
         .env("EMBERLM_CACHE", cache)
-        .output()
-        .unwrap();
+        .env("EMBERLM_NET_TIMEOUT", "2");
+    cmd
+}
+
+fn parse(out: &std::process::Output) -> Result<(Vec<u64>, String), String> {
     let stderr = String::from_utf8_lossy(&out.stderr).to_string();
     if !out.status.success() {
         return Err(stderr);
@@ -179,4 +187,36 @@ fn walk(dir: &Path) -> Vec<PathBuf> {
         }
     }
     out
+}
+
+/// Two runs fetching the same file at once take turns on its part file (one waits, both get
+/// the model); a Hub that accepts requests and never answers is given up on, not waited on
+/// forever (EMBERLM_NET_TIMEOUT=2 here, 60 s by default).
+#[test]
+fn concurrent_runs_share_a_download_and_a_silent_hub_times_out() {
+    let cache = std::env::temp_dir().join(format!("emberlm-cli-concurrent-{}", std::process::id()));
+    std::fs::remove_dir_all(&cache).ok();
+    let (prompt, want) = reference("llama");
+    let hub = MockHub::start(&[r#"{"match":"/__lfs/","kind":"slow","chunk":4096,"delayMs":15}"#]);
+    let runs: Vec<_> = (0..2)
+        .map(|_| command(&cache, &hub.url, &["--quant", "F16"], &prompt, want.len()).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().unwrap())
+        .collect();
+    let outs: Vec<_> = runs.into_iter().map(|c| c.wait_with_output().unwrap()).collect();
+    let mut logs = String::new();
+    for out in &outs {
+        let (ids, log) = parse(out).unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(ids, want);
+        logs.push_str(&log);
+    }
+    assert!(logs.contains("waiting for another emberlm process"), "{logs}");
+    let left: Vec<_> = walk(&cache).into_iter().filter(|p| p.to_string_lossy().ends_with(".part") || p.to_string_lossy().ends_with(".lock")).collect();
+    assert!(left.is_empty(), "{left:?}");
+    drop(hub);
+
+    let hub = MockHub::start(&[r#"{"match":"/tree/","kind":"hang","times":20}"#]);
+    let started = std::time::Instant::now();
+    let err = generate(&cache.join("other"), &hub.url, &[], &prompt, 1).unwrap_err();
+    assert!(err.contains("unreachable") && (err.contains("timed out") || err.contains("timeout") || err.contains("Timeout")), "{err}");
+    assert!(started.elapsed().as_secs() < 60, "gave up after {:?}", started.elapsed());
+    std::fs::remove_dir_all(&cache).ok();
 }
