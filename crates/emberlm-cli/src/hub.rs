@@ -297,7 +297,10 @@ impl HubRequest {
     /// (format, weight files, small text files), the npm package's selection rules.
     fn select(&self, files: &[RepoFile]) -> Result<(&'static str, Vec<RepoFile>, Vec<RepoFile>), String> {
         let find = |p: &str| files.iter().find(|f| f.path == p).cloned();
-        let ggufs: Vec<&RepoFile> = files.iter().filter(|f| f.path.ends_with(".gguf") && !f.path.to_lowercase().contains("mmproj") && shard_of(&f.path).is_none_or(|(i, _)| i == 1)).collect();
+        let ggufs: Vec<&RepoFile> = files
+            .iter()
+            .filter(|f| f.path.ends_with(".gguf") && !f.path.to_lowercase().contains("mmproj") && shard_of(&f.path).is_none_or(|(i, _)| i == 1))
+            .collect();
         if let Some(name) = &self.file {
             let f = find(name).ok_or_else(|| format!("{} has no file \"{name}\"", self.repo))?;
             if !name.ends_with(".gguf") {
@@ -322,7 +325,10 @@ impl HubRequest {
             return Ok(("safetensors", if index.is_none() { single.into_iter().collect() } else { vec![] }, text));
         }
         let rank = |f: &RepoFile| quant_of(&f.path).and_then(|q| QUANT_PREFERENCE.iter().position(|p| *p == q)).unwrap_or(QUANT_PREFERENCE.len());
-        let best = ggufs.iter().min_by_key(|f| (rank(f), f.size)).ok_or_else(|| format!("{} has neither safetensors weights with a config.json nor .gguf files", self.repo))?;
+        let best = ggufs
+            .iter()
+            .min_by_key(|f| (rank(f), f.size))
+            .ok_or_else(|| format!("{} has neither safetensors weights with a config.json nor .gguf files", self.repo))?;
         Ok(("gguf", shards(&self.repo, best, files)?, vec![]))
     }
 
@@ -404,7 +410,13 @@ impl HubRequest {
             }
         }
         // A 200 to a Range request is the whole file again: start over.
-        let mut out = fs::OpenOptions::new().create(true).append(status == 206).write(true).truncate(status == 200).open(part).map_err(|e| Fault::Fatal(format!("{}: {e}", part.display())))?;
+        let mut out = fs::OpenOptions::new()
+            .create(true)
+            .append(status == 206)
+            .write(true)
+            .truncate(status == 200)
+            .open(part)
+            .map_err(|e| Fault::Fatal(format!("{}: {e}", part.display())))?;
         let mut reader = res.body_mut().with_config().limit(f.size + 1).reader();
         let mut buf = vec![0u8; 1 << 20];
         loop {
@@ -629,7 +641,10 @@ fn index_shards(repo: &str, index: &str, files: &[RepoFile]) -> Result<Vec<RepoF
             names.push(n);
         }
     }
-    names.iter().map(|n| files.iter().find(|f| f.path == *n).cloned().ok_or_else(|| format!("{repo}: shard {n} named by the index is not in the repo"))).collect()
+    names
+        .iter()
+        .map(|n| files.iter().find(|f| f.path == *n).cloned().ok_or_else(|| format!("{repo}: shard {n} named by the index is not in the repo")))
+        .collect()
 }
 
 #[cfg(test)]
@@ -672,7 +687,22 @@ mod tests {
             check_repo_path("file", ok).unwrap_or_else(|e| panic!("{ok}: {e}"));
         }
         let long = "a".repeat(1025);
-        for bad in ["", "../../x.gguf", "/etc/passwd", "a//b", "a/./b", "a/..", ".", "a\\b", "a\0b", "a\nb", &long, ".emberlm/auto.json", "x/.emberlm/y", "m.gguf.part"] {
+        for bad in [
+            "",
+            "../../x.gguf",
+            "/etc/passwd",
+            "a//b",
+            "a/./b",
+            "a/..",
+            ".",
+            "a\\b",
+            "a\0b",
+            "a\nb",
+            &long,
+            ".emberlm/auto.json",
+            "x/.emberlm/y",
+            "m.gguf.part",
+        ] {
             let e = check_repo_path("listed file", bad).unwrap_err();
             assert!(e.contains("listed file") && e.contains("refused"), "{bad:?}: {e}");
         }

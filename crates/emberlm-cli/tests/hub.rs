@@ -63,8 +63,7 @@ fn run(cache: &Path, hub: &str, extra: &[&str], prompt: &[u64], n: usize) -> Res
 fn command(cache: &Path, hub: &str, extra: &[&str], prompt: &[u64], n: usize) -> Command {
     let ids = prompt.iter().map(u64::to_string).collect::<Vec<_>>().join(",");
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_emberlm"));
-    cmd
-        .args(["generate", "--model", REPO, "--hub", hub, "--prompt-ids", &ids, "--max-new-tokens", &n.to_string(), "--json"])
+    cmd.args(["generate", "--model", REPO, "--hub", hub, "--prompt-ids", &ids, "--max-new-tokens", &n.to_string(), "--json"])
         .args(extra)
         .env("EMBERLM_CACHE", cache)
         .env("EMBERLM_NET_TIMEOUT", "2");

@@ -86,7 +86,8 @@ impl Sampler {
             return argmax();
         }
         // Candidates sorted by logit, best first; ties keep the lower id first. Scaled in f64.
-        let mut cand: Vec<(u32, f64)> = logits.iter().enumerate().filter(|(_, v)| v.is_finite()).map(|(i, &v)| (i as u32, v as f64 / o.temperature as f64)).collect();
+        let mut cand: Vec<(u32, f64)> =
+            logits.iter().enumerate().filter(|(_, v)| v.is_finite()).map(|(i, &v)| (i as u32, v as f64 / o.temperature as f64)).collect();
         if cand.is_empty() {
             return argmax();
         }

@@ -154,7 +154,10 @@ impl Tally {
         match outcome {
             Ok(Ok(())) => self.ok += 1,
             Ok(Err(_)) => self.errors += 1,
-            Err(p) => self.panics.push(format!("{name}: {}", p.downcast_ref::<String>().cloned().or_else(|| p.downcast_ref::<&str>().map(|s| s.to_string())).unwrap_or_default())),
+            Err(p) => self.panics.push(format!(
+                "{name}: {}",
+                p.downcast_ref::<String>().cloned().or_else(|| p.downcast_ref::<&str>().map(|s| s.to_string())).unwrap_or_default()
+            )),
         }
     }
 

@@ -33,7 +33,8 @@ fn check_cases(tok: &TextTokenizer, cases: &Value) {
 fn tokenizer_json_truncation_and_padding_are_ignored() {
     let mut doc: Value = serde_json::from_slice(&std::fs::read(fixtures().join("tiny/tokenizer.json")).unwrap()).unwrap();
     doc["truncation"] = serde_json::json!({"direction": "Right", "max_length": 4, "strategy": "LongestFirst", "stride": 0});
-    doc["padding"] = serde_json::json!({"strategy": {"Fixed": 64}, "direction": "Right", "pad_to_multiple_of": null, "pad_id": 0, "pad_type_id": 0, "pad_token": "x"});
+    doc["padding"] =
+        serde_json::json!({"strategy": {"Fixed": 64}, "direction": "Right", "pad_to_multiple_of": null, "pad_id": 0, "pad_type_id": 0, "pad_token": "x"});
     let tok = TextTokenizer::from_json_bytes(doc.to_string().as_bytes()).unwrap();
     check_cases(&tok, &read_json(&fixtures().join("tiny/tokenizer_cases.json")).unwrap());
 }
