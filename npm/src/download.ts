@@ -74,8 +74,9 @@ export async function downloadFile(cache: ModelCache, key: string, ref: ModelRef
         throw new EmberError('network', `${file.path}: download failed after ${attempts} tries (${lastProblem}); ${formatBytes(part.size)} of ${formatBytes(file.size)} kept to resume`);
       }
       if (attempt > 0) await sleep((o.retryDelayMs ?? 300) * 2 ** Math.min(attempt - 1, 5), o.signal);
+      const idle = idleSignal(o.idleTimeoutMs ?? IDLE_TIMEOUT_MS, o.signal);
       try {
-        await fetchInto(part, ref, url, file, o, (bytes) => hasher?.update(bytes), restart);
+        await fetchInto(part, ref, url, file, o, (bytes) => hasher?.update(bytes), restart, idle);
       } catch (e) {
         if (o.signal?.aborted) throw abortError(o.signal);
         if (isQuotaError(e)) {
@@ -85,6 +86,8 @@ export async function downloadFile(cache: ModelCache, key: string, ref: ModelRef
         if (!(e instanceof Retry)) throw e;
         lastProblem = e.message;
         continue;
+      } finally {
+        idle.done();
       }
       if (part.size < file.size) {
         lastProblem = `the body ended after ${part.size} of ${file.size} bytes`;
@@ -108,25 +111,11 @@ export async function downloadFile(cache: ModelCache, key: string, ref: ModelRef
   }
 }
 
-/** One request: appends what arrives to `part`. Throws `Retry` for faults worth another try. */
+/**
+ * One request: appends what arrives to `part`. Throws `Retry` for faults worth another try,
+ * including `idle` firing (no answer or no bytes for the idle timeout).
+ */
 async function fetchInto(
-  part: PartFile,
-  ref: ModelRef,
-  url: string,
-  file: RepoFile,
-  o: DownloadOptions,
-  hash: (bytes: Uint8Array) => void,
-  restart: () => Promise<PartFile>,
-): Promise<void> {
-  const idle = idleSignal(o.idleTimeoutMs ?? IDLE_TIMEOUT_MS, o.signal);
-  try {
-    await fetchWithin(part, ref, url, file, o, hash, restart, idle);
-  } finally {
-    idle.done();
-  }
-}
-
-async function fetchWithin(
   part: PartFile,
   ref: ModelRef,
   url: string,

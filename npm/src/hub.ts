@@ -166,9 +166,7 @@ async function getWithRetries(ref: ModelRef, url: string, fetchFn: typeof fetch,
     try {
       res = await fetchFn(url, { signal: bound.signal });
       if (res.ok) {
-        const body = await res.arrayBuffer();
-        bound.done();
-        return new Response(body, { status: res.status, headers: res.headers });
+        return new Response(await res.arrayBuffer(), { status: res.status, headers: res.headers });
       }
       if (res.status < 500 && res.status !== 429) throw hubHttpError(ref, 'the file list', res);
       problem = `HTTP ${res.status}`;
