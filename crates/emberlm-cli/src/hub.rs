@@ -435,7 +435,14 @@ impl HubRequest {
     fn token_for(&self, url: &str) -> Option<String> {
         let token = self.token.clone()?;
         let to_hub = url.starts_with(&format!("{}/", self.hub));
-        let host = self.hub.strip_prefix("http://").map(|rest| rest.split(['/', ':']).next().unwrap_or(""));
+        // `host[:port]` of an http:// Hub; an IPv6 literal keeps its brackets (`[::1]:8080`).
+        let host = self.hub.strip_prefix("http://").map(|rest| {
+            let authority = rest.split('/').next().unwrap_or("");
+            match authority.rsplit_once(':') {
+                Some((h, port)) if port.chars().all(|c| c.is_ascii_digit()) && !h.is_empty() => h,
+                _ => authority,
+            }
+        });
         let safe = self.hub.starts_with("https://") || matches!(host, Some("127.0.0.1" | "localhost" | "[::1]"));
         (to_hub && safe).then_some(token)
     }
@@ -755,5 +762,8 @@ mod tests {
         let local = with_token("http://127.0.0.1:8080");
         assert_eq!(local.token_for("http://127.0.0.1:8080/api/models/o/r/tree/main").as_deref(), Some("hf_secret"));
         assert_eq!(local.token_for("http://127.0.0.1:9999/x"), None);
+        let v6 = with_token("http://[::1]:8080");
+        assert_eq!(v6.token_for("http://[::1]:8080/api/models/o/r/tree/main").as_deref(), Some("hf_secret"));
+        assert_eq!(with_token("http://localhost.evil.example").token_for("http://localhost.evil.example/x"), None);
     }
 }

@@ -72,15 +72,16 @@ fn bounded_format(state: &minijinja::State, format: &Value, args: minijinja::val
     minijinja::filters::format(state, format, args)
 }
 
-/// A writer that refuses to grow past [`TEMPLATE_MAX_OUTPUT`].
-struct CappedOutput(String);
+/// A writer that refuses to grow past [`TEMPLATE_MAX_OUTPUT`]. Bytes are kept as written (a
+/// write may end inside a character) and turned into text once rendering is done.
+struct CappedOutput(Vec<u8>);
 
 impl std::io::Write for CappedOutput {
     fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
         if self.0.len() + buf.len() > TEMPLATE_MAX_OUTPUT {
             return Err(std::io::Error::other(format!("the chat template wrote more than {} MiB", TEMPLATE_MAX_OUTPUT >> 20)));
         }
-        self.0.push_str(&String::from_utf8_lossy(buf));
+        self.0.extend_from_slice(buf);
         Ok(buf.len())
     }
     fn flush(&mut self) -> std::io::Result<()> {
@@ -203,7 +204,7 @@ impl ChatTemplate {
         ctx.insert("add_generation_prompt".into(), Json::Bool(add_generation_prompt));
         ctx.insert("bos_token".into(), self.bos_token.clone().map_or(Json::String(String::new()), Json::String));
         ctx.insert("eos_token".into(), self.eos_token.clone().map_or(Json::String(String::new()), Json::String));
-        let mut out = CappedOutput(String::new());
+        let mut out = CappedOutput(Vec::new());
         template.render_captured_to(Value::from_serialize(&ctx), &mut out).map_err(|e| {
             // Out of fuel or past the output cap: say which bound, not only "rendering failed".
             let bound = match e.kind() {
@@ -213,7 +214,7 @@ impl ChatTemplate {
             };
             ModelError::ChatTemplate(format!("{e:#}{bound}"))
         })?;
-        Ok(out.0)
+        String::from_utf8(out.0).map_err(|e| ModelError::ChatTemplate(format!("the template wrote invalid UTF-8: {e}")))
     }
 }
 

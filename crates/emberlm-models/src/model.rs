@@ -232,7 +232,8 @@ impl Model {
         if options.context == 0 || options.context > MAX_CONTEXT {
             return Err(ModelError::Config(format!("a context of {} positions is out of range (1 to {MAX_CONTEXT})", options.context)));
         }
-        let kv_layer_bytes = (c.kv_heads * c.head_dim * options.context * 4) as u64;
+        // In u64: on wasm32 the product of config sizes (each up to 2^24) overflows a usize.
+        let kv_layer_bytes = c.kv_heads as u64 * c.head_dim as u64 * options.context as u64 * 4;
         if kv_layer_bytes > dev.caps.max_storage_binding {
             return Err(ModelError::Config(format!(
                 "a context of {} positions needs {} MiB of KV cache per layer; this device binds at most {} MiB: load with a smaller context",
