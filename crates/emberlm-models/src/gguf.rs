@@ -160,15 +160,20 @@ impl<'a, S: ByteSource + ?Sized> Cursor<'a, S> {
         Self { src, pos: 0, len: src.len(), window: Vec::new(), window_start: 0, next_window: WINDOW_FIRST, elements: 0 }
     }
 
-    /// Copies the next `out.len()` bytes into `out`, refilling the window when they are not in it.
-    fn fill(&mut self, out: &mut [u8], what: &str) -> Result<()> {
-        let n = out.len() as u64;
-        let end = self.pos.checked_add(n).filter(|&e| e <= self.len).ok_or_else(|| GgufError::Truncated {
+    /// Where the next `n` bytes end, or the error naming `what` when the file ends first.
+    fn end_of(&self, n: u64, what: &str) -> Result<u64> {
+        self.pos.checked_add(n).filter(|&e| e <= self.len).ok_or_else(|| GgufError::Truncated {
             what: what.to_string(),
             start: self.pos,
             end: self.pos.saturating_add(n),
             len: self.len,
-        })?;
+        })
+    }
+
+    /// Copies the next `out.len()` bytes into `out`, refilling the window when they are not in it.
+    fn fill(&mut self, out: &mut [u8], what: &str) -> Result<()> {
+        let n = out.len() as u64;
+        let end = self.end_of(n, what)?;
         let window_end = self.window_start + self.window.len() as u64;
         if self.pos < self.window_start || end > window_end {
             if n >= self.next_window {
@@ -190,9 +195,7 @@ impl<'a, S: ByteSource + ?Sized> Cursor<'a, S> {
     }
 
     fn bytes(&mut self, n: u64, what: &str) -> Result<Vec<u8>> {
-        if n > self.len - self.pos {
-            return Err(GgufError::Truncated { what: what.to_string(), start: self.pos, end: self.pos.saturating_add(n), len: self.len });
-        }
+        self.end_of(n, what)?; // before allocating n bytes
         let mut buf = vec![0u8; n as usize];
         self.fill(&mut buf, what)?;
         Ok(buf)
