@@ -1,0 +1,66 @@
+//! Causal grouped-query attention over a KV cache (the CPU twin of `shaders/attention.wgsl`):
+//! one task per (token, head), scores in f32, softmax with the running maximum subtracted.
+
+use emberlm_core::ops::AttentionParams;
+use emberlm_core::{Error, Result};
+
+use crate::matvec::dot;
+use crate::parallel::map_ranges;
+
+/// `q`: [tokens, q_stride]; caches: [heads_kv, s_max, head_dim]; `out`: [tokens, heads_q · head_dim].
+pub fn attention(q: &[f32], k_cache: &[f32], v_cache: &[f32], out: &mut [f32], p: &AttentionParams) -> Result<()> {
+    let (t, hq, hkv, d) = (p.tokens, p.heads_q, p.heads_kv, p.head_dim);
+    if hkv == 0 || d == 0 || hq % hkv != 0 {
+        return Err(Error::Shape { op: "attention", detail: format!("{hq} query heads cannot share {hkv} key/value heads") });
+    }
+    let s_max = k_cache.len() / (hkv * d);
+    let last = p.pos0 + t;
+    if last > s_max || v_cache.len() < hkv * s_max * d || q.len() < (t - 1) * p.q_stride + hq * d || out.len() < t * hq * d {
+        return Err(Error::Shape {
+            op: "attention",
+            detail: format!("{t} tokens from position {} do not fit a cache of {s_max} or the given buffers", p.pos0),
+        });
+    }
+    let group = hq / hkv;
+    let parts = map_ranges(t * hq, 1, |range| {
+        let mut o = vec![0f32; range.len() * d];
+        let mut scores = Vec::new();
+        for (idx, oh) in range.zip(o.chunks_exact_mut(d)) {
+            let (tok, h) = (idx / hq, idx % hq);
+            let pos = p.pos0 + tok;
+            let lo = if p.window > 0 && pos + 1 > p.window { pos + 1 - p.window } else { 0 };
+            let qh = &q[tok * p.q_stride + h * d..][..d];
+            let base = (h / group) * s_max;
+            scores.clear();
+            let mut max = f32::NEG_INFINITY;
+            for j in lo..=pos {
+                let mut s = dot(qh, &k_cache[(base + j) * d..][..d]) * p.scale;
+                if p.softcap > 0.0 {
+                    s = p.softcap * (s / p.softcap).tanh();
+                }
+                max = max.max(s);
+                scores.push(s);
+            }
+            let mut sum = 0f32;
+            for s in scores.iter_mut() {
+                *s = (*s - max).exp();
+                sum += *s;
+            }
+            for (j, &w) in (lo..=pos).zip(&scores) {
+                let v = &v_cache[(base + j) * d..][..d];
+                for (a, b) in oh.iter_mut().zip(v) {
+                    *a += w * b;
+                }
+            }
+            let inv = 1.0 / sum;
+            oh.iter_mut().for_each(|a| *a *= inv);
+        }
+        o
+    });
+    let mut at = 0;
+    for part in parts {
+        out[at..at + part.len()].copy_from_slice(&part);
+        at += part.len();
+    }
+    Ok(())
+}

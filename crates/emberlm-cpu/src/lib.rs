@@ -1,0 +1,46 @@
+//! emberlm-cpu: the CPU backend's kernels, for machines whose only WebGPU adapter is a software
+//! rasteriser (SwiftShader, llvmpipe, WARP) or that have no WebGPU at all.
+//!
+//! The same ops as `emberlm_core::ops`, with the same arguments and memory layouts, executed at
+//! once instead of recorded: a model's forward pass is written once against the backend trait in
+//! `emberlm-models` and runs on either. Weights stay in the packed formats of
+//! [`emberlm_core::dtype`] (no f32 widening); the row dots decode them in registers:
+//! - [`matvec`]: one token (decode); Q4 and Q8 fused dot products, the K formats and f16
+//!   decoded a row at a time into a small scratch, all in f32 like the GPU kernels, so the
+//!   backends agree to rounding.
+//! - [`matvec::matmul`]: many tokens (prefill); each weight row is decoded once and dotted with
+//!   every token.
+//! - [`attention`] and [`ops`]: the rest of a transformer step.
+//!
+//! Work is split over rows with rayon natively ([`parallel`]); the wasm build runs on one thread.
+//! Hot loops are written so LLVM vectorises them (explicit lane accumulators), and natively
+//! the row kernels are compiled a second time for AVX2+FMA and chosen at run time ([`simd`]).
+
+pub mod attention;
+pub mod matvec;
+pub mod ops;
+pub mod parallel;
+pub mod simd;
+pub mod tensor;
+
+pub use tensor::CpuTensor;
+
+/// The CPU "device": how many threads the kernels use and what the CPU offers.
+#[derive(Debug, Clone)]
+pub struct CpuDevice {
+    pub threads: usize,
+    /// The SIMD level the row kernels run with, e.g. `avx2+fma` or `simd128`.
+    pub simd: &'static str,
+}
+
+impl CpuDevice {
+    /// `threads`: `None` for one per core (natively); the wasm build always uses one.
+    pub fn new(threads: Option<usize>) -> Self {
+        Self { threads: parallel::init(threads), simd: simd::level() }
+    }
+
+    /// A short description for reports: `cpu (2 threads, avx2+fma)`.
+    pub fn describe(&self) -> String {
+        format!("cpu ({} thread{}, {})", self.threads, if self.threads == 1 { "" } else { "s" }, self.simd)
+    }
+}

@@ -1,0 +1,281 @@
+//! Row dot products over packed weights: [`matvec_rows`] for one token (decode) and
+//! [`matmul_rows`] for many (prefill). Both accumulate in f32 like the GPU kernels.
+//!
+//! Q4 and Q8 are dotted straight from their words. Q4 (and the K formats' low nibbles) keep
+//! weights 0–3 of a word in the low nibbles of its four bytes and 4–7 in the high nibbles, so
+//! the activations are first put in that order ([`nibble_order`]): then a group's 16 bytes meet
+//! 16 contiguous activations twice, once per nibble, and the loop vectorises. Q4's `min` term
+//! factors out as `min · Σx` per group. The K formats and f16 are decoded a row at a time into
+//! a scratch row ([`dequantize_row`]), which stays in L1, and dotted from there.
+
+use emberlm_core::dtype::{k_scale_min, GROUP_SIZE, SUPER_BLOCK};
+use emberlm_core::DType;
+
+use crate::multiversion;
+
+/// f16 bits (the low half of `h`) to f32, exactly, without a table or F16C.
+#[inline(always)]
+pub fn f16_to_f32(h: u32) -> f32 {
+    let sign = (h & 0x8000) << 16;
+    let rest = h & 0x7fff;
+    let magnitude = if rest >= 0x7c00 {
+        // Inf and NaN keep their payload.
+        0x7f80_0000 | ((rest & 0x3ff) << 13)
+    } else {
+        // Exponent and mantissa moved into place, then rebased from 15 to 127 by 2^112;
+        // subnormal halves become f32 denormals that the multiply normalises exactly.
+        (f32::from_bits(rest << 13) * f32::from_bits(0x7780_0000)).to_bits()
+    };
+    f32::from_bits(magnitude | sign)
+}
+
+/// Sum of lane accumulators, pairwise.
+#[inline(always)]
+fn lanes_sum<const N: usize>(acc: &[f32; N]) -> f32 {
+    let mut v = *acc;
+    let mut n = N;
+    while n > 1 {
+        n /= 2;
+        for i in 0..n {
+            v[i] += v[i + n];
+        }
+    }
+    v[0]
+}
+
+/// Σ a[i]·b[i] with 16 independent lanes (vectorisable without reassociating a single sum).
+#[inline(always)]
+pub fn dot(a: &[f32], b: &[f32]) -> f32 {
+    const L: usize = 16;
+    let n = a.len().min(b.len());
+    let mut acc = [0f32; L];
+    for (ca, cb) in a[..n / L * L].chunks_exact(L).zip(b[..n / L * L].chunks_exact(L)) {
+        for i in 0..L {
+            acc[i] += ca[i] * cb[i];
+        }
+    }
+    let mut s = lanes_sum(&acc);
+    for i in n / L * L..n {
+        s += a[i] * b[i];
+    }
+    s
+}
+
+/// Σ w[i]·x_t[i] for four activation rows at once: each weight is loaded once for four tokens.
+#[inline(always)]
+fn dot4(w: &[f32], x: [&[f32]; 4]) -> [f32; 4] {
+    const L: usize = 8;
+    let n = w.len() / L * L;
+    let mut acc = [[0f32; L]; 4];
+    for (c, cw) in w[..n].chunks_exact(L).enumerate() {
+        for (t, a) in acc.iter_mut().enumerate() {
+            let cx = &x[t][c * L..c * L + L];
+            for i in 0..L {
+                a[i] += cw[i] * cx[i];
+            }
+        }
+    }
+    let mut out = [0f32; 4];
+    for t in 0..4 {
+        out[t] = lanes_sum(&acc[t]);
+        for i in n..w.len() {
+            out[t] += w[i] * x[t][i];
+        }
+    }
+    out
+}
+
+/// Does this dtype take its activations in [`nibble_order`]?
+pub fn wants_nibble_order(dtype: DType) -> bool {
+    dtype == DType::Q4
+}
+
+/// `x` reordered per group of 32 to meet Q4 words byte by byte: the 16 values that meet the
+/// low nibbles of the group's 16 bytes, then the 16 that meet the high nibbles. Also returns
+/// each group's Σx (for Q4's min term).
+pub fn nibble_order(x: &[f32]) -> (Vec<f32>, Vec<f32>) {
+    let mut ordered = vec![0f32; x.len()];
+    let mut sums = Vec::with_capacity(x.len() / GROUP_SIZE);
+    for (g, (src, dst)) in x.chunks_exact(GROUP_SIZE).zip(ordered.chunks_exact_mut(GROUP_SIZE)).enumerate() {
+        let _ = g;
+        for j in 0..16 {
+            let base = 8 * (j / 4) + j % 4;
+            dst[j] = src[base];
+            dst[16 + j] = src[base + 4];
+        }
+        sums.push(src.iter().sum());
+    }
+    (ordered, sums)
+}
+
+#[inline(always)]
+fn bytes16(words: &[u32]) -> [u8; 16] {
+    bytemuck::cast::<[u32; 4], [u8; 16]>([words[0], words[1], words[2], words[3]])
+}
+
+#[inline(always)]
+fn dot_q4(qs: &[u32], sc: &[u32], x_ordered: &[f32], group_sums: &[f32]) -> f32 {
+    let mut acc = [0f32; 16];
+    let mut mins = 0f32;
+    for ((words, &s), (x, &sum)) in qs.chunks_exact(4).zip(sc).zip(x_ordered.chunks_exact(GROUP_SIZE).zip(group_sums)) {
+        let scale = f16_to_f32(s & 0xffff);
+        let bytes = bytes16(words);
+        for j in 0..16 {
+            let b = bytes[j] as u32;
+            acc[j] += scale * ((b & 15) as f32 * x[j] + (b >> 4) as f32 * x[16 + j]);
+        }
+        mins += f16_to_f32(s >> 16) * sum;
+    }
+    lanes_sum(&acc) + mins
+}
+
+#[inline(always)]
+fn dot_q8(qs: &[u32], sc: &[u32], x: &[f32]) -> f32 {
+    let mut acc = [0f32; 32];
+    for (g, (words, x)) in qs.chunks_exact(8).zip(x.chunks_exact(GROUP_SIZE)).enumerate() {
+        let scale = f16_to_f32((sc[g / 2] >> (16 * (g % 2))) & 0xffff);
+        let bytes = bytemuck::cast::<[u32; 8], [u8; 32]>(words.try_into().unwrap());
+        for j in 0..32 {
+            acc[j] += scale * (bytes[j] as i8 as f32 * x[j]);
+        }
+    }
+    lanes_sum(&acc)
+}
+
+/// Byte `i` of little-endian words.
+#[inline(always)]
+fn byte_of(words: &[u32], i: usize) -> u8 {
+    (words[i / 4] >> (8 * (i % 4))) as u8
+}
+
+/// Decodes one row (`qs`/`sc`: the row's segments) into `out` (k values), in natural order.
+#[inline(always)]
+pub fn dequantize_row(dtype: DType, qs: &[u32], sc: &[u32], out: &mut [f32]) {
+    let k = out.len();
+    match dtype {
+        DType::F32 => out.copy_from_slice(bytemuck::cast_slice(&qs[..k])),
+        DType::F16 => {
+            for (pair, &w) in out.chunks_exact_mut(2).zip(qs) {
+                pair[0] = f16_to_f32(w & 0xffff);
+                pair[1] = f16_to_f32(w >> 16);
+            }
+        }
+        DType::Q8 => {
+            for (g, (words, o)) in qs.chunks_exact(8).zip(out.chunks_exact_mut(GROUP_SIZE)).enumerate() {
+                let scale = f16_to_f32((sc[g / 2] >> (16 * (g % 2))) & 0xffff);
+                let bytes = bytemuck::cast::<[u32; 8], [u8; 32]>(words.try_into().unwrap());
+                for j in 0..32 {
+                    o[j] = bytes[j] as i8 as f32 * scale;
+                }
+            }
+        }
+        DType::Q4 => {
+            for ((words, &s), o) in qs.chunks_exact(4).zip(sc).zip(out.chunks_exact_mut(GROUP_SIZE)) {
+                let (scale, min) = (f16_to_f32(s & 0xffff), f16_to_f32(s >> 16));
+                unpack_nibbles(words, o, |q, _| q as f32 * scale + min);
+            }
+        }
+        DType::Q4K | DType::Q5K | DType::Q6K => {
+            let hw = dtype.super_block_words();
+            let (low, high) = qs.split_at(k / 8);
+            for (sb, o) in out.chunks_exact_mut(SUPER_BLOCK).enumerate() {
+                let header = &sc[sb * hw..(sb + 1) * hw];
+                for (j, og) in o.chunks_exact_mut(GROUP_SIZE).enumerate() {
+                    let words = &low[sb * 32 + 4 * j..sb * 32 + 4 * j + 4];
+                    match dtype {
+                        DType::Q6K => {
+                            let d = f16_to_f32(header[0] & 0xffff);
+                            let s = [d * byte_of(&header[1..], 2 * j) as i8 as f32, d * byte_of(&header[1..], 2 * j + 1) as i8 as f32];
+                            let h = [high[sb * 16 + 2 * j], high[sb * 16 + 2 * j + 1]];
+                            unpack_nibbles(words, og, |q, i| {
+                                let q = q | ((h[i / 16] >> (2 * (i % 16))) & 3) << 4;
+                                s[i / 16] * (q as f32 - 32.0)
+                            });
+                        }
+                        _ => {
+                            let (s, m) = k_scale_min(&header[1..], j);
+                            let a = f16_to_f32(header[0] & 0xffff) * s as f32;
+                            let b = f16_to_f32(header[0] >> 16) * m as f32;
+                            let h = if dtype == DType::Q5K { high[sb * 8 + j] } else { 0 };
+                            unpack_nibbles(words, og, |q, i| a * (q | ((h >> i) & 1) << 4) as f32 - b);
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// Calls `f(q, i)` for the 32 nibbles of four Q4 words (`i`: position in the group) and stores
+/// the results in natural order.
+#[inline(always)]
+fn unpack_nibbles(words: &[u32], out: &mut [f32], f: impl Fn(u32, usize) -> f32) {
+    for (w, &word) in words.iter().enumerate() {
+        for b in 0..4 {
+            let byte = (word >> (8 * b)) & 0xff;
+            out[8 * w + b] = f(byte & 15, 8 * w + b);
+            out[8 * w + 4 + b] = f(byte >> 4, 8 * w + 4 + b);
+        }
+    }
+}
+
+multiversion! {
+    /// `out[i] = W[row0 + i] · x` for `out.len()` rows of a `k`-wide matrix whose segments are
+    /// `qs`/`sc`. `x_ordered`/`group_sums` are [`nibble_order`]'s output for Q4 (empty otherwise).
+    pub fn matvec_rows(dtype: DType, qs: &[u32], sc: &[u32], k: usize, x: &[f32], x_ordered: &[f32], group_sums: &[f32], row0: usize, out: &mut [f32]) {
+        let qw = (dtype.qs_row_bytes(k) / 4) as usize;
+        let sw = (dtype.scale_row_bytes(k) / 4) as usize;
+        let row = |r: usize| (&qs[r * qw..(r + 1) * qw], &sc[r * sw..(r + 1) * sw]);
+        match dtype {
+            DType::F32 => {
+                for (i, o) in out.iter_mut().enumerate() {
+                    *o = dot(bytemuck::cast_slice(row(row0 + i).0), x);
+                }
+            }
+            DType::Q4 => {
+                for (i, o) in out.iter_mut().enumerate() {
+                    let (q, s) = row(row0 + i);
+                    *o = dot_q4(q, s, x_ordered, group_sums);
+                }
+            }
+            DType::Q8 => {
+                for (i, o) in out.iter_mut().enumerate() {
+                    let (q, s) = row(row0 + i);
+                    *o = dot_q8(q, s, x);
+                }
+            }
+            _ => {
+                let mut scratch = vec![0f32; k];
+                for (i, o) in out.iter_mut().enumerate() {
+                    let (q, s) = row(row0 + i);
+                    dequantize_row(dtype, q, s, &mut scratch);
+                    *o = dot(&scratch, x);
+                }
+            }
+        }
+    }
+}
+
+multiversion! {
+    /// Rows `row0..row0 + rows` of `W` against `m` activation rows `x` ([m, k]): `out` is
+    /// [rows, m] (row-major by weight row, so each decoded row meets every token at once).
+    pub fn matmul_rows(dtype: DType, qs: &[u32], sc: &[u32], k: usize, x: &[f32], m: usize, row0: usize, rows: usize, out: &mut [f32]) {
+        let qw = (dtype.qs_row_bytes(k) / 4) as usize;
+        let sw = (dtype.scale_row_bytes(k) / 4) as usize;
+        let mut w = vec![0f32; k];
+        for r in 0..rows {
+            let g = row0 + r;
+            dequantize_row(dtype, &qs[g * qw..(g + 1) * qw], &sc[g * sw..(g + 1) * sw], &mut w);
+            let o = &mut out[r * m..(r + 1) * m];
+            let xt = |t: usize| &x[t * k..(t + 1) * k];
+            let mut t = 0;
+            while t + 4 <= m {
+                o[t..t + 4].copy_from_slice(&dot4(&w, [xt(t), xt(t + 1), xt(t + 2), xt(t + 3)]));
+                t += 4;
+            }
+            for t in t..m {
+                o[t] = dot(&w, xt(t));
+            }
+        }
+    }
+}

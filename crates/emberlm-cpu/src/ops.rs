@@ -1,0 +1,289 @@
+//! The ops of a transformer step on [`CpuTensor`]s, with the arguments and layouts of their GPU
+//! twins in `emberlm_core::ops` (see each for the semantics); the model code calls one or the
+//! other through the backend trait in `emberlm-models`.
+
+use emberlm_core::ops::{Activation, AttentionParams, RopeLayout};
+use emberlm_core::{DType, Error, Result};
+
+use crate::matvec::{matmul_rows, matvec_rows, nibble_order, wants_nibble_order};
+use crate::parallel::{for_parts, map_ranges};
+use crate::tensor::CpuTensor;
+
+fn shape<T>(op: &'static str, detail: String) -> Result<T> {
+    Err(Error::Shape { op, detail })
+}
+
+/// out[t] = table[ids[t]] · scale.
+pub fn embedding(ids: &CpuTensor, table: &CpuTensor, out: &CpuTensor, tokens: usize, scale: f32) -> Result<()> {
+    let (vocab, k) = (table.rows(), table.k());
+    out.expect_f32("embedding", tokens * k)?;
+    let ids = ids.words();
+    let (qs, sc) = (table.words(), table.scale_words());
+    let (qw, sw) = ((table.dtype.qs_row_bytes(k) / 4) as usize, (table.dtype.scale_row_bytes(k) / 4) as usize);
+    let mut out = out.f32s_mut();
+    for (t, row) in out[..tokens * k].chunks_exact_mut(k).enumerate() {
+        let id = ids[t] as usize;
+        if id >= vocab {
+            return shape("embedding", format!("token id {id} is outside the table of {vocab} rows"));
+        }
+        crate::matvec::dequantize_row(table.dtype, &qs[id * qw..(id + 1) * qw], &sc[id * sw..(id + 1) * sw], row);
+        row.iter_mut().for_each(|v| *v *= scale);
+    }
+    Ok(())
+}
+
+/// y[y_offset..] = W · x[x_row] (+ bias): one token.
+pub fn matvec_into(w: &CpuTensor, x: &CpuTensor, x_row: usize, bias: Option<&CpuTensor>, y: &CpuTensor, y_offset: usize) -> Result<()> {
+    let (rows, k) = (w.rows(), w.k());
+    x.expect_f32("matvec", (x_row + 1) * k)?;
+    y.expect_f32("matvec", y_offset + rows)?;
+    x.expect_distinct("matvec", y)?;
+    let x = x.f32s();
+    let x = &x[x_row * k..(x_row + 1) * k];
+    let (ordered, sums) = if wants_nibble_order(w.dtype) { nibble_order(x) } else { (Vec::new(), Vec::new()) };
+    let (qs, sc) = (w.words(), w.scale_words());
+    let (qs, sc) = (&*qs, &*sc);
+    let mut y = y.f32s_mut();
+    let y = &mut y[y_offset..y_offset + rows];
+    let dtype = w.dtype;
+    for_parts(y, 16, |start, part| matvec_rows(dtype, qs, sc, k, x, &ordered, &sums, start, part));
+    add_bias(bias, y, 1, rows, 0)
+}
+
+/// Y[:, y_offset..] = X · Wᵀ (+ bias) for `m` tokens; `y` rows are `y_cols` wide.
+pub fn matmul_into(x: &CpuTensor, w: &CpuTensor, bias: Option<&CpuTensor>, y: &CpuTensor, m: usize, y_cols: usize, y_offset: usize) -> Result<()> {
+    let (rows, k) = (w.rows(), w.k());
+    if y_offset + rows > y_cols {
+        return shape("matmul", format!("{rows} outputs at column {y_offset} overflow rows of {y_cols}"));
+    }
+    x.expect_f32("matmul", m * k)?;
+    y.expect_f32("matmul", m * y_cols)?;
+    x.expect_distinct("matmul", y)?;
+    let x = x.f32s();
+    let x = &x[..m * k];
+    let (qs, sc) = (w.words(), w.scale_words());
+    let (qs, sc) = (&*qs, &*sc);
+    let dtype = w.dtype;
+    let parts = map_ranges(rows, 4, |r| {
+        let mut out = vec![0f32; r.len() * m];
+        matmul_rows(dtype, qs, sc, k, x, m, r.start, r.len(), &mut out);
+        (r.start, out)
+    });
+    let mut y = y.f32s_mut();
+    for (r0, part) in parts {
+        for (i, per_token) in part.chunks_exact(m).enumerate() {
+            for (t, v) in per_token.iter().enumerate() {
+                y[t * y_cols + y_offset + r0 + i] = *v;
+            }
+        }
+    }
+    add_bias(bias, &mut y, m, y_cols, y_offset)
+}
+
+fn add_bias(bias: Option<&CpuTensor>, y: &mut [f32], m: usize, y_cols: usize, y_offset: usize) -> Result<()> {
+    let Some(b) = bias else { return Ok(()) };
+    let b = b.f32s();
+    if y_offset + b.len() > y_cols {
+        return shape("bias", format!("{} biases at column {y_offset} overflow rows of {y_cols}", b.len()));
+    }
+    for t in 0..m {
+        for (v, bv) in y[t * y_cols + y_offset..][..b.len()].iter_mut().zip(b.iter()) {
+            *v += bv;
+        }
+    }
+    Ok(())
+}
+
+/// `x · inv_rms · (w + offset)` per row of `cols`.
+#[inline(always)]
+fn normalize(x: &[f32], w: &[f32], out: &mut [f32], eps: f32, offset: f32) {
+    let mut acc = [0f32; 8];
+    let n = x.len() / 8 * 8;
+    for c in x[..n].chunks_exact(8) {
+        for i in 0..8 {
+            acc[i] += c[i] * c[i];
+        }
+    }
+    let mut ss: f32 = acc.iter().sum();
+    ss += x[n..].iter().map(|v| v * v).sum::<f32>();
+    let inv = 1.0 / (ss / x.len() as f32 + eps).sqrt();
+    for ((o, v), wv) in out.iter_mut().zip(x).zip(w) {
+        *o = v * inv * (wv + offset);
+    }
+}
+
+/// With `residual`: residual += x, then out = rms_norm(residual); else out = rms_norm(x).
+#[allow(clippy::too_many_arguments)]
+pub fn rms_norm(x: &CpuTensor, weight: &CpuTensor, residual: Option<&CpuTensor>, out: &CpuTensor, rows: usize, eps: f32, offset: f32) -> Result<()> {
+    let cols = weight.numel();
+    x.expect_f32("rms_norm", rows * cols)?;
+    out.expect_f32("rms_norm", rows * cols)?;
+    x.expect_distinct("rms_norm", out)?;
+    let w = weight.f32s();
+    let mut o = out.f32s_mut();
+    match residual {
+        Some(r) => {
+            r.expect_f32("rms_norm", rows * cols)?;
+            r.expect_distinct("rms_norm", x)?;
+            r.expect_distinct("rms_norm", out)?;
+            let x = x.f32s();
+            let mut r = r.f32s_mut();
+            for ((rr, xr), or) in r.chunks_exact_mut(cols).zip(x.chunks_exact(cols)).zip(o.chunks_exact_mut(cols)).take(rows) {
+                rr.iter_mut().zip(xr).for_each(|(a, b)| *a += b);
+                normalize(rr, &w, or, eps, offset);
+            }
+        }
+        None => {
+            let x = x.f32s();
+            for (xr, or) in x.chunks_exact(cols).zip(o.chunks_exact_mut(cols)).take(rows) {
+                normalize(xr, &w, or, eps, offset);
+            }
+        }
+    }
+    Ok(())
+}
+
+/// In place: RMS-normalises heads `head_offset..head_offset + heads` of every row.
+#[allow(clippy::too_many_arguments)]
+pub fn head_rms_norm(x: &CpuTensor, weight: &CpuTensor, rows: usize, heads: usize, head_offset: usize, row_stride: usize, eps: f32, offset: f32) -> Result<()> {
+    let d = weight.numel();
+    if (head_offset + heads) * d > row_stride {
+        return shape("head_rms_norm", format!("heads {head_offset}..{} of {d} overflow rows of {row_stride}", head_offset + heads));
+    }
+    x.expect_f32("head_rms_norm", rows * row_stride)?;
+    let w = weight.f32s();
+    let mut x = x.f32s_mut();
+    let mut tmp = vec![0f32; d];
+    for row in x.chunks_exact_mut(row_stride).take(rows) {
+        for head in row[head_offset * d..(head_offset + heads) * d].chunks_exact_mut(d) {
+            normalize(head, &w, &mut tmp, eps, offset);
+            head.copy_from_slice(&tmp);
+        }
+    }
+    Ok(())
+}
+
+/// In place: rotates heads `head_offset..head_offset + heads` of `tokens` rows at positions
+/// `pos0..` with the (cos, sin) table `[positions][rot_dims/2]`.
+#[allow(clippy::too_many_arguments)]
+pub fn rope(
+    x: &CpuTensor,
+    table: &[f32],
+    rot_dims: usize,
+    layout: RopeLayout,
+    tokens: usize,
+    heads: usize,
+    d: usize,
+    head_offset: usize,
+    row_stride: usize,
+    pos0: usize,
+) -> Result<()> {
+    let half = rot_dims / 2;
+    if rot_dims > d || (pos0 + tokens) * half * 2 > table.len() || (head_offset + heads) * d > row_stride {
+        return shape("rope", format!("{tokens} tokens at {pos0}, {heads} heads of {d} ({rot_dims} rotated) do not fit the table or rows of {row_stride}"));
+    }
+    x.expect_f32("rope", tokens * row_stride)?;
+    let mut x = x.f32s_mut();
+    for t in 0..tokens {
+        let cs = &table[(pos0 + t) * half * 2..][..half * 2];
+        for h in 0..heads {
+            let head = &mut x[t * row_stride + (head_offset + h) * d..][..d];
+            for i in 0..half {
+                let (c, s) = (cs[2 * i], cs[2 * i + 1]);
+                let (ia, ib) = match layout {
+                    RopeLayout::Neox => (i, i + half),
+                    RopeLayout::Interleaved => (2 * i, 2 * i + 1),
+                };
+                let (a, b) = (head[ia], head[ib]);
+                head[ia] = a * c - b * s;
+                head[ib] = b * c + a * s;
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Copies heads `head_offset..head_offset + kv_heads` of `tokens` rows into the cache
+/// ([kv_heads, capacity, d]) at positions `pos0..`.
+#[allow(clippy::too_many_arguments)]
+pub fn kv_cache_append(
+    qkv: &CpuTensor,
+    cache: &CpuTensor,
+    tokens: usize,
+    kv_heads: usize,
+    d: usize,
+    head_offset: usize,
+    row_stride: usize,
+    pos0: usize,
+) -> Result<()> {
+    let capacity = cache.numel() / (kv_heads * d).max(1);
+    if pos0 + tokens > capacity || (head_offset + kv_heads) * d > row_stride {
+        return shape("kv_cache_append", format!("{tokens} tokens at {pos0} overflow a cache of {capacity}"));
+    }
+    qkv.expect_f32("kv_cache_append", tokens * row_stride)?;
+    cache.expect_f32("kv_cache_append", kv_heads * capacity * d)?;
+    let src = qkv.f32s();
+    let mut dst = cache.f32s_mut();
+    for t in 0..tokens {
+        for h in 0..kv_heads {
+            dst[(h * capacity + pos0 + t) * d..][..d].copy_from_slice(&src[t * row_stride + (head_offset + h) * d..][..d]);
+        }
+    }
+    Ok(())
+}
+
+pub fn attention(q: &CpuTensor, k_cache: &CpuTensor, v_cache: &CpuTensor, out: &CpuTensor, p: &AttentionParams) -> Result<()> {
+    for t in [q, k_cache, v_cache] {
+        out.expect_distinct("attention", t)?;
+        t.expect_f32("attention", 1)?;
+    }
+    out.expect_f32("attention", p.tokens * p.heads_q * p.head_dim)?;
+    crate::attention::attention(&q.f32s(), &k_cache.f32s(), &v_cache.f32s(), &mut out.f32s_mut(), p)
+}
+
+/// out[r, i] = act(gate[r, i]) · up[r, i] over rows [gate | up] of 2·inter.
+pub fn gated_activation(gate_up: &CpuTensor, out: &CpuTensor, rows: usize, inter: usize, act: Activation) -> Result<()> {
+    gate_up.expect_f32("gated_activation", rows * 2 * inter)?;
+    out.expect_f32("gated_activation", rows * inter)?;
+    gate_up.expect_distinct("gated_activation", out)?;
+    let gu = gate_up.f32s();
+    let mut o = out.f32s_mut();
+    for (row, or) in gu.chunks_exact(2 * inter).zip(o.chunks_exact_mut(inter)).take(rows) {
+        let (g, u) = row.split_at(inter);
+        for ((o, &g), &u) in or.iter_mut().zip(g).zip(u) {
+            let a = match act {
+                Activation::Silu => g / (1.0 + (-g).exp()),
+                Activation::GeluTanh => 0.5 * g * (1.0 + (0.797_884_6 * (g + 0.044715 * g * g * g)).tanh()),
+            };
+            *o = a * u;
+        }
+    }
+    Ok(())
+}
+
+/// In place: x = cap · tanh(x / cap).
+pub fn logit_softcap(x: &CpuTensor, len: usize, cap: f32) -> Result<()> {
+    x.expect_f32("logit_softcap", len)?;
+    x.f32s_mut()[..len].iter_mut().for_each(|v| *v = cap * (*v / cap).tanh());
+    Ok(())
+}
+
+/// out[r] = index of the largest value of row r (lowest on ties, NaN skipped; 0 if none).
+pub fn argmax(x: &CpuTensor, out: &CpuTensor, rows: usize, cols: usize) -> Result<()> {
+    x.expect_f32("argmax", rows * cols)?;
+    if out.numel() < rows || out.dtype != DType::F32 {
+        return shape("argmax", format!("`{}` cannot hold {rows} indices", out.name));
+    }
+    let x = x.f32s();
+    let mut o = out.words_mut();
+    for (r, row) in x.chunks_exact(cols).take(rows).enumerate() {
+        let mut best = (0u32, f32::NEG_INFINITY, false);
+        for (i, &v) in row.iter().enumerate() {
+            if !v.is_nan() && (!best.2 || v > best.1) {
+                best = (i as u32, v, true);
+            }
+        }
+        o[r] = best.0;
+    }
+    Ok(())
+}

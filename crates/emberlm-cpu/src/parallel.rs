@@ -1,0 +1,67 @@
+//! Splitting work across threads: rayon's pool natively, the calling thread in wasm.
+
+use std::ops::Range;
+
+/// Sizes the global pool once (later calls keep the first size) and returns the thread count.
+pub fn init(threads: Option<usize>) -> usize {
+    #[cfg(not(target_arch = "wasm32"))]
+    {
+        if let Some(n) = threads {
+            // Fails only if the pool already exists, which keeps its size: reported below.
+            let _ = rayon::ThreadPoolBuilder::new().num_threads(n.max(1)).build_global();
+        }
+        rayon::current_num_threads()
+    }
+    #[cfg(target_arch = "wasm32")]
+    {
+        let _ = threads;
+        1
+    }
+}
+
+pub fn threads() -> usize {
+    #[cfg(not(target_arch = "wasm32"))]
+    {
+        rayon::current_num_threads()
+    }
+    #[cfg(target_arch = "wasm32")]
+    {
+        1
+    }
+}
+
+/// Runs `f` on consecutive ranges of `0..n` of about `n / (threads · 4)` items (at least
+/// `min_chunk`) and returns the results in range order.
+pub fn map_ranges<R: Send>(n: usize, min_chunk: usize, f: impl Fn(Range<usize>) -> R + Sync + Send) -> Vec<R> {
+    let chunk = n.div_ceil(threads() * 4).max(min_chunk).max(1);
+    let ranges = (0..n.div_ceil(chunk)).map(move |i| i * chunk..((i + 1) * chunk).min(n));
+    #[cfg(not(target_arch = "wasm32"))]
+    {
+        use rayon::prelude::*;
+        if n <= chunk {
+            return ranges.map(f).collect();
+        }
+        ranges.collect::<Vec<_>>().into_par_iter().map(f).collect()
+    }
+    #[cfg(target_arch = "wasm32")]
+    {
+        ranges.map(f).collect()
+    }
+}
+
+/// Runs `f(start, part)` on consecutive parts of `out` (about `len / (threads · 4)` items, at
+/// least `min_chunk`); `part` is `out[start..start + part.len()]`.
+pub fn for_parts(out: &mut [f32], min_chunk: usize, f: impl Fn(usize, &mut [f32]) + Sync + Send) {
+    let chunk = out.len().div_ceil(threads() * 4).max(min_chunk).max(1);
+    #[cfg(not(target_arch = "wasm32"))]
+    {
+        use rayon::prelude::*;
+        if out.len() > chunk {
+            out.par_chunks_mut(chunk).enumerate().for_each(|(i, part)| f(i * chunk, part));
+            return;
+        }
+    }
+    for (i, part) in out.chunks_mut(chunk).enumerate() {
+        f(i * chunk, part);
+    }
+}

@@ -1,0 +1,54 @@
+//! Run-time choice of the SIMD level natively. The row kernels are plain Rust written for the
+//! auto-vectoriser; [`multiversion!`] compiles one a second time with AVX2+FMA+F16C enabled and
+//! picks that copy when the CPU has them, so one binary runs everywhere and fast where it can.
+//! The wasm build is compiled with `simd128` (see scripts/build-wasm.sh) and has no run-time choice.
+
+#[cfg(target_arch = "x86_64")]
+pub fn has_avx2() -> bool {
+    std::is_x86_feature_detected!("avx2") && std::is_x86_feature_detected!("fma") && std::is_x86_feature_detected!("f16c")
+}
+
+pub fn level() -> &'static str {
+    #[cfg(target_arch = "x86_64")]
+    if has_avx2() {
+        return "avx2+fma";
+    }
+    if cfg!(all(target_arch = "wasm32", target_feature = "simd128")) {
+        "simd128"
+    } else if cfg!(target_arch = "aarch64") {
+        "neon"
+    } else if cfg!(target_arch = "x86_64") {
+        "sse2"
+    } else {
+        "scalar"
+    }
+}
+
+/// `multiversion! { pub fn name(args) -> T { body } }` defines `name`, which runs `body`
+/// compiled for AVX2+FMA+F16C when the CPU has them and for the build's baseline otherwise.
+/// Helpers the body calls must be `#[inline(always)]` to be compiled into each copy.
+#[macro_export]
+macro_rules! multiversion {
+    ($(#[$meta:meta])* $vis:vis fn $name:ident($($arg:ident: $ty:ty),* $(,)?) $(-> $ret:ty)? $body:block) => {
+        $(#[$meta])*
+        #[allow(clippy::too_many_arguments)]
+        $vis fn $name($($arg: $ty),*) $(-> $ret)? {
+            #[inline(always)]
+            #[allow(clippy::too_many_arguments)]
+            fn body($($arg: $ty),*) $(-> $ret)? $body
+            #[cfg(target_arch = "x86_64")]
+            {
+                #[target_feature(enable = "avx2,fma,f16c")]
+                #[allow(clippy::too_many_arguments)]
+                unsafe fn avx2($($arg: $ty),*) $(-> $ret)? {
+                    body($($arg),*)
+                }
+                if $crate::simd::has_avx2() {
+                    // SAFETY: the CPU supports every feature `avx2` was compiled with.
+                    return unsafe { avx2($($arg),*) };
+                }
+            }
+            body($($arg),*)
+        }
+    };
+}
