@@ -1,11 +1,12 @@
 //! Generation loop: prefill the prompt, then decode one token per step until EOS, a stop
 //! token, the caller's callback or the token budget, with the figures users ask for (time to
-//! first token, prefill and decode tok/s). Greedy decoding keeps the argmax on the GPU (4 bytes
-//! read back per token); sampling reads the logits back and samples on the CPU.
+//! first token, prefill and decode tok/s), on any [`Backend`]. Greedy decoding keeps the argmax on
+//! the backend (4 bytes read back per token on the GPU); sampling reads the logits back and
+//! samples on the CPU.
 
-use emberlm_core::GpuDevice;
 use web_time::Instant;
 
+use crate::backend::Backend;
 use crate::error::Result;
 use crate::model::{Model, Session};
 use crate::sampling::{Sampler, SamplingOptions};
@@ -44,10 +45,10 @@ pub struct Generation {
 /// Generates after `prompt`, the whole conversation so far: the part the session already holds
 /// (its longest common prefix with what the session ran before) is not prefilled again.
 /// `on_token` sees every new token and returns `false` to stop (stop strings, a cancelled request).
-pub async fn generate(
-    dev: &GpuDevice,
-    model: &Model,
-    session: &mut Session,
+pub async fn generate<B: Backend>(
+    dev: &B,
+    model: &Model<B>,
+    session: &mut Session<B>,
     prompt: &[u32],
     options: &GenerateOptions,
     mut on_token: impl FnMut(u32) -> bool,

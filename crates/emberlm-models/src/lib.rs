@@ -1,5 +1,6 @@
 //! emberlm-models: model files, architectures and generation on top of emberlm-core.
 
+pub mod backend;
 pub mod chat;
 pub mod config;
 pub mod error;
@@ -16,7 +17,9 @@ pub mod text;
 pub mod tokenizer;
 pub mod weights;
 
+pub use backend::{Backend, BackendKind};
 pub use config::{Architecture, ModelConfig};
+pub use emberlm_cpu::CpuDevice;
 pub use error::{ModelError, Result};
 pub use generate::{generate, GenerateOptions, Generation};
 pub use model::{LoadOptions, Model, Session};

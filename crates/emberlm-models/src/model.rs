@@ -15,8 +15,10 @@
 //! then `logits = rms_norm(residual += out)[last]·Woutᵀ`, Gemma 2's soft-cap, and the argmax
 //! on the GPU.
 
-use emberlm_core::rope_table::RopeTable;
-use emberlm_core::{ops, DType, GpuDevice, Plan, Tensor};
+use emberlm_core::ops::AttentionParams;
+use emberlm_core::{DType, GpuDevice};
+
+use crate::backend::Backend;
 
 use crate::config::{LongRope, ModelConfig, RopeConfig};
 use crate::error::{ModelError, Result};
@@ -45,55 +47,56 @@ impl Default for LoadOptions {
 }
 
 /// One part of a projection: its rows land at column `offset` of the output row.
-struct LinearPart {
-    weight: Tensor,
-    bias: Option<Tensor>,
+struct LinearPart<B: Backend> {
+    weight: B::Tensor,
+    bias: Option<B::Tensor>,
     offset: usize,
 }
 
 /// A projection stored as one tensor (fused at load when the parts share a dtype) or as
 /// several parts writing side by side into one output row.
-struct Linear {
-    parts: Vec<LinearPart>,
+struct Linear<B: Backend> {
+    parts: Vec<LinearPart<B>>,
 }
 
-struct Layer {
-    attn_norm: Tensor,
+struct Layer<B: Backend> {
+    attn_norm: B::Tensor,
     /// Writes [q | k | v].
-    qkv: Linear,
-    q_norm: Option<Tensor>,
-    k_norm: Option<Tensor>,
-    o: Linear,
-    post_attn_norm: Option<Tensor>,
-    ffn_norm: Tensor,
+    qkv: Linear<B>,
+    q_norm: Option<B::Tensor>,
+    k_norm: Option<B::Tensor>,
+    o: Linear<B>,
+    post_attn_norm: Option<B::Tensor>,
+    ffn_norm: B::Tensor,
     /// Writes [gate | up].
-    gate_up: Linear,
-    down: Linear,
-    post_ffw_norm: Option<Tensor>,
+    gate_up: Linear<B>,
+    down: Linear<B>,
+    post_ffw_norm: Option<B::Tensor>,
 }
 
-pub struct Model {
+/// A loaded model on backend `B` (the GPU unless said otherwise).
+pub struct Model<B: Backend = GpuDevice> {
     pub config: ModelConfig,
     pub context: usize,
-    /// Bytes of weights on the GPU.
+    /// Bytes of weights on the backend (GPU buffers or CPU memory).
     pub weight_bytes: u64,
-    embed: Tensor,
+    embed: B::Tensor,
     /// `None` when the output projection is tied to the embedding.
-    output: Option<Tensor>,
-    output_norm: Tensor,
-    layers: Vec<Layer>,
-    rope: RopeTable,
-    rope_local: Option<RopeTable>,
+    output: Option<B::Tensor>,
+    output_norm: B::Tensor,
+    layers: Vec<Layer<B>>,
+    rope: B::Rope,
+    rope_local: Option<B::Rope>,
 }
 
-struct Loader<'a> {
-    dev: &'a GpuDevice,
+struct Loader<'a, B: Backend> {
+    dev: &'a B,
     store: &'a dyn WeightStore,
     dtype: Option<DType>,
     bytes: u64,
 }
 
-impl Loader<'_> {
+impl<B: Backend> Loader<'_, B> {
     fn expect_shape(&self, name: &str, rows: usize, k: usize) -> Result<()> {
         let found = self.store.shape(name).ok_or_else(|| ModelError::MissingTensor(name.to_string()))?;
         if found != (rows, k) {
@@ -113,42 +116,42 @@ impl Loader<'_> {
     }
 
     /// Streams `rows` rows of `name` into `tensor` starting at row `row0`, piece by piece.
-    fn upload(&mut self, tensor: &Tensor, row0: usize, name: &str, rows: usize) -> Result<()> {
+    fn upload(&mut self, tensor: &B::Tensor, row0: usize, name: &str, rows: usize) -> Result<()> {
         let rows_per_piece = (LOAD_PIECE_BYTES / self.store.row_bytes(name)?.max(1)).max(1) as usize;
         let mut r = 0;
         while r < rows {
             let end = (r + rows_per_piece).min(rows);
-            let packed = self.store.read_rows(name, r..end, tensor.dtype)?;
-            tensor.write_rows(self.dev, row0 + r, packed.qs_bytes(), packed.scale_bytes())?;
+            let packed = self.store.read_rows(name, r..end, B::dtype(tensor))?;
+            self.dev.write_rows(tensor, row0 + r, &packed)?;
             r = end;
         }
         Ok(())
     }
 
-    fn count(&mut self, t: &Tensor) {
-        self.bytes += t.chunks.iter().map(|c| c.buffer.size()).sum::<u64>();
+    fn count(&mut self, t: &B::Tensor) {
+        self.bytes += B::tensor_bytes(t);
     }
 
-    fn matrix(&mut self, name: &str, rows: usize, k: usize) -> Result<Tensor> {
+    fn matrix(&mut self, name: &str, rows: usize, k: usize) -> Result<B::Tensor> {
         self.expect_shape(name, rows, k)?;
-        let tensor = Tensor::new_weight(self.dev, name, &[rows, k], self.dtype_of(name, k)?)?;
+        let tensor = self.dev.weight(name, &[rows, k], self.dtype_of(name, k)?)?;
         self.upload(&tensor, 0, name, rows)?;
         self.count(&tensor);
         Ok(tensor)
     }
 
     /// A vector (norm weights, biases), always f32.
-    fn vector(&mut self, name: &str, len: usize) -> Result<Tensor> {
+    fn vector(&mut self, name: &str, len: usize) -> Result<B::Tensor> {
         let found = self.store.shape(name).ok_or_else(|| ModelError::MissingTensor(name.to_string()))?;
         if found.0 * found.1 != len {
             return Err(ModelError::ShapeMismatch { tensor: name.into(), expected: vec![len], found: vec![found.0 * found.1] });
         }
         let values = self.store.read_f32(name)?;
         self.bytes += len as u64 * 4;
-        Ok(Tensor::from_f32(self.dev, name, &[len], &values)?)
+        Ok(self.dev.from_f32(name, &[len], &values)?)
     }
 
-    fn optional_vector(&mut self, name: &str, len: usize) -> Result<Option<Tensor>> {
+    fn optional_vector(&mut self, name: &str, len: usize) -> Result<Option<B::Tensor>> {
         if self.store.shape(name).is_some() {
             self.vector(name, len).map(Some)
         } else {
@@ -159,7 +162,7 @@ impl Loader<'_> {
     /// Matrices `(name, rows)` with row length `k` as one projection: fused into one tensor
     /// when they load as the same dtype (one dispatch instead of several), else side by side.
     /// Biases are the names with `.bias` for `.weight`.
-    fn linear(&mut self, parts: &[(String, usize)], k: usize) -> Result<Linear> {
+    fn linear(&mut self, parts: &[(String, usize)], k: usize) -> Result<Linear<B>> {
         let mut dtypes = Vec::with_capacity(parts.len());
         for (name, rows) in parts {
             self.expect_shape(name, *rows, k)?;
@@ -179,7 +182,7 @@ impl Loader<'_> {
         }
         let total: usize = parts.iter().map(|p| p.1).sum();
         let label = parts.iter().map(|p| p.0.as_str()).collect::<Vec<_>>().join("+");
-        let weight = Tensor::new_weight(self.dev, &label, &[total, k], dtypes[0])?;
+        let weight = self.dev.weight(&label, &[total, k], dtypes[0])?;
         let mut bias = any_bias.then(|| vec![0f32; total]);
         let mut row0 = 0;
         for ((name, rows), bias_name) in parts.iter().zip(&bias_names) {
@@ -197,7 +200,7 @@ impl Loader<'_> {
         let bias = match bias {
             Some(values) => {
                 self.bytes += total as u64 * 4;
-                Some(Tensor::from_f32(self.dev, &format!("{label} bias"), &[total], &values)?)
+                Some(self.dev.from_f32(&format!("{label} bias"), &[total], &values)?)
             }
             None => None,
         };
@@ -205,9 +208,9 @@ impl Loader<'_> {
     }
 }
 
-impl Model {
+impl<B: Backend> Model<B> {
     /// Loads a GGUF model (one file or split shards); tensor data is streamed piece by piece.
-    pub fn load_gguf<S: ByteSource>(dev: &GpuDevice, store: &GgufStore<S>, options: &LoadOptions) -> Result<Self> {
+    pub fn load_gguf<S: ByteSource>(dev: &B, store: &GgufStore<S>, options: &LoadOptions) -> Result<Self> {
         let meta = store.metadata();
         let mut config = ModelConfig::from_gguf(meta)?;
         // Scaling that llama.cpp stores as tensors: Llama 3.1's divisors, Phi-3's LongRoPE sets.
@@ -226,7 +229,7 @@ impl Model {
     }
 
     /// Loads the weights of a model described by `config` from `store`.
-    pub fn load(dev: &GpuDevice, config: ModelConfig, store: &dyn WeightStore, options: &LoadOptions) -> Result<Self> {
+    pub fn load(dev: &B, config: ModelConfig, store: &dyn WeightStore, options: &LoadOptions) -> Result<Self> {
         let c = &config;
         // Checked before the RoPE table and the KV cache are sized by it.
         if options.context == 0 || options.context > MAX_CONTEXT {
@@ -234,12 +237,12 @@ impl Model {
         }
         // In u64: on wasm32 the product of config sizes (each up to 2^24) overflows a usize.
         let kv_layer_bytes = c.kv_heads as u64 * c.head_dim as u64 * options.context as u64 * 4;
-        if kv_layer_bytes > dev.caps.max_storage_binding {
+        if kv_layer_bytes > dev.max_tensor_bytes() {
             return Err(ModelError::Config(format!(
                 "a context of {} positions needs {} MiB of KV cache per layer; this device binds at most {} MiB: load with a smaller context",
                 options.context,
                 kv_layer_bytes >> 20,
-                dev.caps.max_storage_binding >> 20
+                dev.max_tensor_bytes() >> 20
             )));
         }
         let mut ld = Loader { dev, store, dtype: options.dtype, bytes: 0 };
@@ -261,14 +264,14 @@ impl Model {
             } else {
                 vec![(n("ffn_up.weight"), 2 * c.ffn)]
             };
-            let post = |ld: &mut Loader, s: &str| {
+            let post = |ld: &mut Loader<B>, s: &str| {
                 if c.arch.has_post_norms() {
                     ld.vector(&n(s), h).map(Some)
                 } else {
                     Ok(None)
                 }
             };
-            let qk_norm = |ld: &mut Loader, s: &str| {
+            let qk_norm = |ld: &mut Loader<B>, s: &str| {
                 if c.arch.has_qk_norm() {
                     ld.vector(&n(s), d).map(Some)
                 } else {
@@ -288,7 +291,7 @@ impl Model {
                 post_ffw_norm: post(&mut ld, "post_ffw_norm.weight")?,
             });
         }
-        let table = |r: &RopeConfig| -> Result<RopeTable> { Ok(RopeTable::new(dev, &r.inv_freq(options.context)?, options.context, r.attention_factor)?) };
+        let table = |r: &RopeConfig| -> Result<B::Rope> { Ok(dev.rope_table(&r.inv_freq(options.context)?, options.context, r.attention_factor)?) };
         let rope = table(&c.rope)?;
         let rope_local = c.rope_local.as_ref().map(table).transpose()?;
         let weight_bytes = ld.bytes;
@@ -297,35 +300,35 @@ impl Model {
 }
 
 /// Per-layer key and value caches, [kv_heads, capacity, head_dim] f32 each.
-pub struct KvCache {
-    k: Vec<Tensor>,
-    v: Vec<Tensor>,
+pub struct KvCache<B: Backend> {
+    k: Vec<B::Tensor>,
+    v: Vec<B::Tensor>,
     pub capacity: usize,
 }
 
 /// Activation buffers for steps of `tokens` tokens; reused across decode steps.
-struct Workspace {
+struct Workspace<B: Backend> {
     tokens: usize,
-    ids: Tensor,
-    residual: Tensor,
-    normed: Tensor,
-    qkv: Tensor,
-    attn: Tensor,
-    out: Tensor,
+    ids: B::Tensor,
+    residual: B::Tensor,
+    normed: B::Tensor,
+    qkv: B::Tensor,
+    attn: B::Tensor,
+    out: B::Tensor,
     /// Gemma's post-norm outputs, before they join the residual.
-    post: Option<Tensor>,
-    gate_up: Tensor,
-    act: Tensor,
-    logits: Tensor,
-    next: Tensor,
+    post: Option<B::Tensor>,
+    gate_up: B::Tensor,
+    act: B::Tensor,
+    logits: B::Tensor,
+    next: B::Tensor,
 }
 
-impl Workspace {
-    fn new(dev: &GpuDevice, c: &ModelConfig, t: usize) -> Result<Self> {
-        let f32t = |name: &str, cols: usize| Tensor::new_zeroed(dev, name, &[t, cols], DType::F32);
+impl<B: Backend> Workspace<B> {
+    fn new(dev: &B, c: &ModelConfig, t: usize) -> Result<Self> {
+        let f32t = |name: &str, cols: usize| dev.activation(name, &[t, cols]);
         Ok(Self {
             tokens: t,
-            ids: Tensor::from_u32(dev, "token ids", &vec![0; t])?,
+            ids: dev.activation("token ids", &[t])?,
             residual: f32t("residual", c.hidden)?,
             normed: f32t("normed", c.hidden)?,
             qkv: f32t("qkv", c.qkv_width())?,
@@ -334,8 +337,8 @@ impl Workspace {
             post: if c.arch.has_post_norms() { Some(f32t("post-norm out", c.hidden)?) } else { None },
             gate_up: f32t("gate|up", 2 * c.ffn)?,
             act: f32t("activation", c.ffn)?,
-            logits: Tensor::new_zeroed(dev, "logits", &[c.vocab], DType::F32)?,
-            next: Tensor::from_u32(dev, "next token", &[0])?,
+            logits: dev.activation("logits", &[c.vocab])?,
+            next: dev.activation("next token", &[1])?,
         })
     }
 }
@@ -349,22 +352,22 @@ pub struct StepOutput {
 /// One conversation's state: the KV cache and the tokens whose keys and values it holds. It
 /// borrows no model, so an engine can keep it between requests and prefill only what a new
 /// prompt adds ([`Session::reuse_prefix`]); each step takes the model it was made for.
-pub struct Session {
-    cache: KvCache,
+pub struct Session<B: Backend = GpuDevice> {
+    cache: KvCache<B>,
     /// The tokens at positions `0..tokens.len()` of the cache.
     tokens: Vec<u32>,
-    decode: Option<Workspace>,
+    decode: Option<Workspace<B>>,
 }
 
-impl Session {
-    pub fn new(dev: &GpuDevice, model: &Model) -> Result<Self> {
+impl<B: Backend> Session<B> {
+    pub fn new(dev: &B, model: &Model<B>) -> Result<Self> {
         let c = &model.config;
         let len = c.kv_heads * model.context * c.head_dim;
         let mut k = Vec::with_capacity(c.layers);
         let mut v = Vec::with_capacity(c.layers);
         for i in 0..c.layers {
-            k.push(Tensor::new_zeroed(dev, &format!("k cache {i}"), &[len], DType::F32)?);
-            v.push(Tensor::new_zeroed(dev, &format!("v cache {i}"), &[len], DType::F32)?);
+            k.push(dev.activation(&format!("k cache {i}"), &[len])?);
+            v.push(dev.activation(&format!("v cache {i}"), &[len])?);
         }
         Ok(Self { cache: KvCache { k, v, capacity: model.context }, tokens: Vec::new(), decode: None })
     }
@@ -397,7 +400,7 @@ impl Session {
 
     /// Runs `tokens` at the next positions and returns the greedy next token; reads the last
     /// position's logits back only when `want_logits`.
-    pub async fn step(&mut self, dev: &GpuDevice, model: &Model, tokens: &[u32], want_logits: bool) -> Result<StepOutput> {
+    pub async fn step(&mut self, dev: &B, model: &Model<B>, tokens: &[u32], want_logits: bool) -> Result<StepOutput> {
         let c = &model.config;
         if self.cache.k.len() != c.layers || self.cache.capacity != model.context {
             return Err(ModelError::Config("this session was made for another model".into()));
@@ -421,67 +424,65 @@ impl Session {
             Some(Workspace::new(dev, c, tokens.len())?)
         };
         let ws = ws.as_ref().unwrap_or_else(|| self.decode.as_ref().expect("decode workspace"));
-        ws.ids.write_rows(dev, 0, bytemuck::cast_slice(tokens), &[])?;
-        let mut plan = Plan::new(dev);
-        self.record(model, &mut plan, ws, position)?;
-        plan.finish()?.run(dev)?;
-        let argmax = dev.read_u32(ws.next.buffer()?, 0, 1).await?[0];
-        let logits = if want_logits { Some(ws.logits.read_f32(dev).await?) } else { None };
+        dev.write_u32(&ws.ids, tokens)?;
+        let mut pass = dev.pass();
+        self.record(model, &mut pass, ws, position)?;
+        let (argmax, logits) = dev.run(pass, &ws.next, want_logits.then_some(&ws.logits)).await?;
         // Counted only once the step has run: a failed step leaves the session as it was.
         self.tokens.extend_from_slice(tokens);
         Ok(StepOutput { argmax, logits })
     }
 
-    fn record(&self, m: &Model, plan: &mut Plan, ws: &Workspace, pos0: usize) -> Result<()> {
+    fn record(&self, m: &Model<B>, plan: &mut B::Pass<'_>, ws: &Workspace<B>, pos0: usize) -> Result<()> {
         let c = &m.config;
         let t = ws.tokens;
         let (d, qkv_w) = (c.head_dim, c.qkv_width());
-        let project = |plan: &mut Plan, x: &Tensor, lin: &Linear, y: &Tensor, y_cols: usize| -> Result<()> {
+        let project = |plan: &mut B::Pass<'_>, x: &B::Tensor, lin: &Linear<B>, y: &B::Tensor, y_cols: usize| -> Result<()> {
             for p in &lin.parts {
                 if t == 1 {
-                    ops::matvec_into(plan, &p.weight, x, 0, p.bias.as_ref(), y, p.offset)?;
+                    B::matvec_into(plan, &p.weight, x, 0, p.bias.as_ref(), y, p.offset)?;
                 } else {
-                    ops::matmul_into(plan, x, &p.weight, p.bias.as_ref(), y, t, y_cols, p.offset)?;
+                    B::matmul_into(plan, x, &p.weight, p.bias.as_ref(), y, t, y_cols, p.offset)?;
                 }
             }
             Ok(())
         };
         // Gemma's post-norm: normalise a block's output on its own before it joins the residual.
-        let post_norm = |plan: &mut Plan, x: &'_ Tensor, norm: Option<&Tensor>| -> Result<()> {
+        let post_norm = |plan: &mut B::Pass<'_>, x: &B::Tensor, norm: Option<&B::Tensor>| -> Result<()> {
             if let (Some(w), Some(post)) = (norm, ws.post.as_ref()) {
-                ops::rms_norm(plan, x, w, None, post, t, c.rms_eps, c.norm_offset)?;
+                B::rms_norm(plan, x, w, None, post, t, c.rms_eps, c.norm_offset)?;
             }
             Ok(())
         };
-        let block_out = |norm: Option<&Tensor>| {
+        let block_out = |norm: Option<&B::Tensor>| {
             if norm.is_some() {
                 ws.post.as_ref().expect("post buffer")
             } else {
                 &ws.out
             }
         };
-        ops::embedding(plan, &ws.ids, &m.embed, &ws.residual, t, c.embed_scale)?;
-        let mut pending: Option<&Tensor> = None;
+        B::embedding(plan, &ws.ids, &m.embed, &ws.residual, t, c.embed_scale)?;
+        let mut pending: Option<&B::Tensor> = None;
         for (i, layer) in m.layers.iter().enumerate() {
             match pending {
-                None => ops::rms_norm(plan, &ws.residual, &layer.attn_norm, None, &ws.normed, t, c.rms_eps, c.norm_offset)?,
-                Some(x) => ops::rms_norm(plan, x, &layer.attn_norm, Some(&ws.residual), &ws.normed, t, c.rms_eps, c.norm_offset)?,
+                None => B::rms_norm(plan, &ws.residual, &layer.attn_norm, None, &ws.normed, t, c.rms_eps, c.norm_offset)?,
+                Some(x) => B::rms_norm(plan, x, &layer.attn_norm, Some(&ws.residual), &ws.normed, t, c.rms_eps, c.norm_offset)?,
             };
             project(plan, &ws.normed, &layer.qkv, &ws.qkv, qkv_w)?;
             if let (Some(qn), Some(kn)) = (&layer.q_norm, &layer.k_norm) {
-                ops::head_rms_norm(plan, &ws.qkv, qn, t, c.heads, 0, qkv_w, c.rms_eps, c.norm_offset)?;
-                ops::head_rms_norm(plan, &ws.qkv, kn, t, c.kv_heads, c.heads, qkv_w, c.rms_eps, c.norm_offset)?;
+                B::head_rms_norm(plan, &ws.qkv, qn, t, c.heads, 0, qkv_w, c.rms_eps, c.norm_offset)?;
+                B::head_rms_norm(plan, &ws.qkv, kn, t, c.kv_heads, c.heads, qkv_w, c.rms_eps, c.norm_offset)?;
             }
             let window = c.layer_windows[i];
             let rope = match (&m.rope_local, window > 0) {
                 (Some(local), true) => local,
                 _ => &m.rope,
             };
-            ops::rope(plan, &ws.qkv, rope, c.rope_layout, t, c.heads, d, 0, qkv_w, pos0)?;
-            ops::rope(plan, &ws.qkv, rope, c.rope_layout, t, c.kv_heads, d, c.heads, qkv_w, pos0)?;
-            ops::kv_cache_append(plan, &ws.qkv, &self.cache.k[i], t, c.kv_heads, d, c.heads, qkv_w, pos0)?;
-            ops::kv_cache_append(plan, &ws.qkv, &self.cache.v[i], t, c.kv_heads, d, c.heads + c.kv_heads, qkv_w, pos0)?;
-            let params = ops::AttentionParams {
+            B::rope(plan, &ws.qkv, rope, c.rope_layout, t, c.heads, d, 0, qkv_w, pos0)?;
+            B::rope(plan, &ws.qkv, rope, c.rope_layout, t, c.kv_heads, d, c.heads, qkv_w, pos0)?;
+            B::kv_cache_append(plan, &ws.qkv, &self.cache.k[i], t, c.kv_heads, d, c.heads, qkv_w, pos0)?;
+            B::kv_cache_append(plan, &ws.qkv, &self.cache.v[i], t, c.kv_heads, d, c.heads + c.kv_heads, qkv_w, pos0)?;
+            let params = AttentionParams {
                 tokens: t,
                 heads_q: c.heads,
                 heads_kv: c.kv_heads,
@@ -492,25 +493,25 @@ impl Session {
                 softcap: c.attn_softcap,
                 q_stride: qkv_w,
             };
-            ops::attention(plan, &ws.qkv, &self.cache.k[i], &self.cache.v[i], &ws.attn, &params)?;
+            B::attention(plan, &ws.qkv, &self.cache.k[i], &self.cache.v[i], &ws.attn, &params)?;
             project(plan, &ws.attn, &layer.o, &ws.out, c.hidden)?;
             post_norm(plan, &ws.out, layer.post_attn_norm.as_ref())?;
             let attn_out = block_out(layer.post_attn_norm.as_ref());
-            ops::rms_norm(plan, attn_out, &layer.ffn_norm, Some(&ws.residual), &ws.normed, t, c.rms_eps, c.norm_offset)?;
+            B::rms_norm(plan, attn_out, &layer.ffn_norm, Some(&ws.residual), &ws.normed, t, c.rms_eps, c.norm_offset)?;
             project(plan, &ws.normed, &layer.gate_up, &ws.gate_up, 2 * c.ffn)?;
-            ops::gated_activation(plan, &ws.gate_up, &ws.act, t, c.ffn, c.activation)?;
+            B::gated_activation(plan, &ws.gate_up, &ws.act, t, c.ffn, c.activation)?;
             project(plan, &ws.act, &layer.down, &ws.out, c.hidden)?;
             post_norm(plan, &ws.out, layer.post_ffw_norm.as_ref())?;
             pending = Some(block_out(layer.post_ffw_norm.as_ref()));
         }
         let last = pending.unwrap_or(&ws.out);
-        ops::rms_norm(plan, last, &m.output_norm, Some(&ws.residual), &ws.normed, t, c.rms_eps, c.norm_offset)?;
+        B::rms_norm(plan, last, &m.output_norm, Some(&ws.residual), &ws.normed, t, c.rms_eps, c.norm_offset)?;
         let head = m.output.as_ref().unwrap_or(&m.embed);
-        ops::matvec_into(plan, head, &ws.normed, t - 1, None, &ws.logits, 0)?;
+        B::matvec_into(plan, head, &ws.normed, t - 1, None, &ws.logits, 0)?;
         if c.final_softcap > 0.0 {
-            ops::logit_softcap(plan, &ws.logits, c.vocab, c.final_softcap)?;
+            B::logit_softcap(plan, &ws.logits, c.vocab, c.final_softcap)?;
         }
-        ops::argmax(plan, &ws.logits, &ws.next, 1, c.vocab)?;
+        B::argmax(plan, &ws.logits, &ws.next, 1, c.vocab)?;
         Ok(())
     }
 }

@@ -13,18 +13,26 @@
 //!   are mostly within 0.3 of each other, so q4 flips many near-ties; trained 4-bit weights
 //!   do far better (the SmolLM2 test). Seen on lavapipe: q8 ≥ 0.9996 cosine / ≥ 89% agreement
 //!   (misses only at margins < 0.1), q4 ≥ 0.92 / ≥ 48%.
+//!
+//! Every check runs on both backends, the WebGPU one (lavapipe here) and the CPU one, with the
+//! same thresholds: both decode the packed weights exactly and accumulate in f32.
 
 use std::path::PathBuf;
 use std::sync::OnceLock;
 
 use emberlm_core::{DType, DeviceOptions, GpuDevice};
 use emberlm_models::files::{open_gguf, open_hf_dir};
-use emberlm_models::{generate, GenerateOptions, LoadOptions, Model, Session};
+use emberlm_models::{generate, Backend, CpuDevice, GenerateOptions, LoadOptions, Model, Session};
 use serde_json::Value;
 
 fn dev() -> &'static GpuDevice {
     static DEV: OnceLock<GpuDevice> = OnceLock::new();
     DEV.get_or_init(|| pollster::block_on(GpuDevice::new(DeviceOptions::default())).unwrap())
+}
+
+fn cpu() -> &'static CpuDevice {
+    static CPU: OnceLock<CpuDevice> = OnceLock::new();
+    CPU.get_or_init(|| CpuDevice::new(None))
 }
 
 fn fixture(arch: &str) -> PathBuf {
@@ -57,8 +65,7 @@ struct Outcome {
     greedy_equal: bool,
 }
 
-fn run(arch: &str, source: Source, dtype: Option<DType>) -> Outcome {
-    let dev = dev();
+fn run<B: Backend>(dev: &B, arch: &str, source: Source, dtype: Option<DType>) -> Outcome {
     let dir = fixture(arch);
     let options = LoadOptions { dtype, context: 64 };
     let model = match source {
@@ -120,36 +127,43 @@ fn run(arch: &str, source: Source, dtype: Option<DType>) -> Outcome {
     out
 }
 
-fn check_exact(arch: &str, source: Source, dtype: Option<DType>) {
-    let o = run(arch, source, dtype);
-    eprintln!("{arch} {source:?} {dtype:?}: max |Δlogit| {:.2e}, forced {}/{}", o.max_logit_err, o.forced_agree, o.forced_total);
-    assert!(o.max_logit_err < 1e-3, "{arch} {source:?}: logits differ from transformers by {}", o.max_logit_err);
+fn check_exact<B: Backend>(dev: &B, arch: &str, source: Source, dtype: Option<DType>) {
+    let o = run(dev, arch, source, dtype);
+    let on = dev.kind().name();
+    eprintln!("{on} {arch} {source:?} {dtype:?}: max |Δlogit| {:.2e}, forced {}/{}", o.max_logit_err, o.forced_agree, o.forced_total);
+    assert!(o.max_logit_err < 1e-3, "{on} {arch} {source:?}: logits differ from transformers by {}", o.max_logit_err);
     let real: Vec<_> = o.forced_mismatch_with_margin.iter().filter(|m| m.3 > 1e-3).collect();
-    assert!(real.is_empty(), "{arch} {source:?}: teacher-forced argmax differs where transformers is decisive: {real:?}");
-    assert!(o.greedy_equal, "{arch} {source:?}: greedy tokens differ from transformers");
+    assert!(real.is_empty(), "{on} {arch} {source:?}: teacher-forced argmax differs where transformers is decisive: {real:?}");
+    assert!(o.greedy_equal, "{on} {arch} {source:?}: greedy tokens differ from transformers");
 }
 
-fn check_quantized(arch: &str, source: Source, dtype: DType, min_cosine: f64, min_agree: f64) {
-    let o = run(arch, source, Some(dtype));
+fn check_quantized<B: Backend>(dev: &B, arch: &str, source: Source, dtype: DType, min_cosine: f64, min_agree: f64) {
+    let o = run(dev, arch, source, Some(dtype));
+    let on = dev.kind().name();
     let agree = o.forced_agree as f64 / o.forced_total as f64;
     let decisive_miss = o.forced_mismatch_with_margin.iter().filter(|m| m.3 > 0.1).count();
     eprintln!(
-        "{arch} {source:?} {}: cosine {:.5}, top-1 agreement {:.1}%, misses with margin > 0.1: {decisive_miss}, margins {:?}",
+        "{on} {arch} {source:?} {}: cosine {:.5}, top-1 agreement {:.1}%, misses with margin > 0.1: {decisive_miss}, margins {:?}",
         dtype.name(),
         o.min_cosine,
         100.0 * agree,
         o.forced_mismatch_with_margin.iter().map(|m| (m.3 * 100.0).round() / 100.0).collect::<Vec<_>>()
     );
-    assert!(o.min_cosine >= min_cosine, "{arch} {source:?} {}: logit cosine {} < {min_cosine}", dtype.name(), o.min_cosine);
-    assert!(agree >= min_agree, "{arch} {source:?} {}: top-1 agreement {agree} < {min_agree}", dtype.name());
+    assert!(o.min_cosine >= min_cosine, "{on} {arch} {source:?} {}: logit cosine {} < {min_cosine}", dtype.name(), o.min_cosine);
+    assert!(agree >= min_agree, "{on} {arch} {source:?} {}: top-1 agreement {agree} < {min_agree}", dtype.name());
+}
+
+fn check_arch_on<B: Backend>(dev: &B, arch: &str) {
+    check_exact(dev, arch, Source::Safetensors, None);
+    check_exact(dev, arch, Source::Safetensors, Some(DType::F32));
+    check_exact(dev, arch, Source::Gguf, None);
+    check_quantized(dev, arch, Source::Safetensors, DType::Q8, 0.999, 0.85);
+    check_quantized(dev, arch, Source::Safetensors, DType::Q4, 0.9, 0.4);
 }
 
 fn check_arch(arch: &str) {
-    check_exact(arch, Source::Safetensors, None);
-    check_exact(arch, Source::Safetensors, Some(DType::F32));
-    check_exact(arch, Source::Gguf, None);
-    check_quantized(arch, Source::Safetensors, DType::Q8, 0.999, 0.85);
-    check_quantized(arch, Source::Safetensors, DType::Q4, 0.9, 0.4);
+    check_arch_on(dev(), arch);
+    check_arch_on(cpu(), arch);
 }
 
 #[test]
@@ -166,7 +180,8 @@ fn mistral_with_sliding_window() {
 fn qwen2_biases_tied_bf16() {
     check_arch("qwen2");
     // bf16 weights rounded to f16: close, not exact.
-    check_quantized("qwen2", Source::Safetensors, DType::F16, 0.9999, 0.95);
+    check_quantized(dev(), "qwen2", Source::Safetensors, DType::F16, 0.9999, 0.95);
+    check_quantized(cpu(), "qwen2", Source::Safetensors, DType::F16, 0.9999, 0.95);
 }
 
 #[test]
@@ -199,5 +214,6 @@ fn llama_k_quants_from_gguf() {
     // ≤ 6.625 bits per weight (Q6_K is the widest of the three), plus f32 norms and padding.
     let bound = matrices as u64 * 6625 / 8000 + 64 * 1024;
     assert!(model.weight_bytes <= bound, "K-quant weights take {} bytes on the GPU, more than {bound}", model.weight_bytes);
-    check_exact("llama-kquant", Source::Gguf, None);
+    check_exact(dev(), "llama-kquant", Source::Gguf, None);
+    check_exact(cpu(), "llama-kquant", Source::Gguf, None);
 }

@@ -1,0 +1,438 @@
+//! The backend a model runs on. A model's forward pass ([`crate::model`]) is written once
+//! against [`Backend`]; two implement it:
+//! - [`GpuDevice`] (emberlm-core): each op records a dispatch into a [`Plan`], and `run`
+//!   submits the step as one compute pass and reads back the next token (and logits if asked);
+//! - [`CpuDevice`] (emberlm-cpu): each op runs when it is called, on the CPU's threads, over
+//!   the same layouts and packed weight formats.
+//!
+//! Tensors, RoPE tables and the per-step recording context are the backend's own types; the
+//! model, [`crate::Session`], generation, the npm engine and the CLI are generic over it.
+
+use emberlm_core::ops::{self, Activation, AttentionParams, RopeLayout};
+use emberlm_core::rope_table::RopeTable;
+use emberlm_core::{DType, GpuDevice, PackedMatrix, Plan, Result, Tensor};
+use emberlm_cpu::{CpuDevice, CpuTensor};
+
+/// Which backend ran a step, for reports.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BackendKind {
+    WebGpu,
+    Cpu,
+}
+
+impl BackendKind {
+    pub fn name(self) -> &'static str {
+        match self {
+            BackendKind::WebGpu => "webgpu",
+            BackendKind::Cpu => "cpu",
+        }
+    }
+}
+
+#[allow(async_fn_in_trait, clippy::too_many_arguments)]
+pub trait Backend {
+    type Tensor;
+    /// A RoPE (cos, sin) table, `[positions][rot_dims / 2]` pairs.
+    type Rope;
+    /// Where one step's ops go until [`Backend::run`].
+    type Pass<'a>
+    where
+        Self: 'a;
+
+    fn kind(&self) -> BackendKind;
+    /// One line naming the backend and what runs it (adapter, threads, SIMD level).
+    fn describe(&self) -> String;
+    /// The largest tensor an op may take whole (a KV cache layer): the storage-binding limit.
+    fn max_tensor_bytes(&self) -> u64;
+
+    /// A zeroed weight matrix in `dtype` (packed; split as the backend needs).
+    fn weight(&self, name: &str, shape: &[usize], dtype: DType) -> Result<Self::Tensor>;
+    /// Writes whole rows of a weight from `row0`.
+    fn write_rows(&self, tensor: &Self::Tensor, row0: usize, packed: &PackedMatrix) -> Result<()>;
+    /// Bytes a tensor holds.
+    fn tensor_bytes(tensor: &Self::Tensor) -> u64;
+    fn dtype(tensor: &Self::Tensor) -> DType;
+    fn from_f32(&self, name: &str, shape: &[usize], values: &[f32]) -> Result<Self::Tensor>;
+    /// A zeroed f32 (or u32) activation tensor, usable whole by every op.
+    fn activation(&self, name: &str, shape: &[usize]) -> Result<Self::Tensor>;
+    fn write_u32(&self, tensor: &Self::Tensor, values: &[u32]) -> Result<()>;
+    fn rope_table(&self, inv_freq: &[f32], positions: usize, attention_factor: f32) -> Result<Self::Rope>;
+
+    fn pass(&self) -> Self::Pass<'_>;
+    fn embedding(pass: &mut Self::Pass<'_>, ids: &Self::Tensor, table: &Self::Tensor, out: &Self::Tensor, tokens: usize, scale: f32) -> Result<()>;
+    fn rms_norm(
+        pass: &mut Self::Pass<'_>,
+        x: &Self::Tensor,
+        weight: &Self::Tensor,
+        residual: Option<&Self::Tensor>,
+        out: &Self::Tensor,
+        rows: usize,
+        eps: f32,
+        offset: f32,
+    ) -> Result<()>;
+    fn matvec_into(
+        pass: &mut Self::Pass<'_>,
+        w: &Self::Tensor,
+        x: &Self::Tensor,
+        x_row: usize,
+        bias: Option<&Self::Tensor>,
+        y: &Self::Tensor,
+        y_offset: usize,
+    ) -> Result<()>;
+    fn matmul_into(
+        pass: &mut Self::Pass<'_>,
+        x: &Self::Tensor,
+        w: &Self::Tensor,
+        bias: Option<&Self::Tensor>,
+        y: &Self::Tensor,
+        m: usize,
+        y_cols: usize,
+        y_offset: usize,
+    ) -> Result<()>;
+    fn head_rms_norm(
+        pass: &mut Self::Pass<'_>,
+        x: &Self::Tensor,
+        weight: &Self::Tensor,
+        rows: usize,
+        heads: usize,
+        head_offset: usize,
+        row_stride: usize,
+        eps: f32,
+        offset: f32,
+    ) -> Result<()>;
+    fn rope(
+        pass: &mut Self::Pass<'_>,
+        x: &Self::Tensor,
+        table: &Self::Rope,
+        layout: RopeLayout,
+        tokens: usize,
+        heads: usize,
+        d: usize,
+        head_offset: usize,
+        row_stride: usize,
+        pos0: usize,
+    ) -> Result<()>;
+    fn kv_cache_append(
+        pass: &mut Self::Pass<'_>,
+        qkv: &Self::Tensor,
+        cache: &Self::Tensor,
+        tokens: usize,
+        kv_heads: usize,
+        d: usize,
+        head_offset: usize,
+        row_stride: usize,
+        pos0: usize,
+    ) -> Result<()>;
+    fn attention(pass: &mut Self::Pass<'_>, q: &Self::Tensor, k: &Self::Tensor, v: &Self::Tensor, out: &Self::Tensor, p: &AttentionParams) -> Result<()>;
+    fn gated_activation(pass: &mut Self::Pass<'_>, gate_up: &Self::Tensor, out: &Self::Tensor, rows: usize, inter: usize, act: Activation) -> Result<()>;
+    fn logit_softcap(pass: &mut Self::Pass<'_>, x: &Self::Tensor, len: usize, cap: f32) -> Result<()>;
+    fn argmax(pass: &mut Self::Pass<'_>, x: &Self::Tensor, out: &Self::Tensor, rows: usize, cols: usize) -> Result<()>;
+
+    /// Finishes the step: returns `next[0]` and, if given, the values of `logits`.
+    async fn run<'a>(&'a self, pass: Self::Pass<'a>, next: &Self::Tensor, logits: Option<&Self::Tensor>) -> Result<(u32, Option<Vec<f32>>)>;
+}
+
+impl Backend for GpuDevice {
+    type Tensor = Tensor;
+    type Rope = RopeTable;
+    type Pass<'a> = Plan<'a>;
+
+    fn kind(&self) -> BackendKind {
+        BackendKind::WebGpu
+    }
+
+    fn describe(&self) -> String {
+        format!("webgpu ({}, {})", self.caps.adapter_name, self.caps.backend)
+    }
+
+    fn max_tensor_bytes(&self) -> u64 {
+        self.caps.max_storage_binding
+    }
+
+    fn weight(&self, name: &str, shape: &[usize], dtype: DType) -> Result<Tensor> {
+        Tensor::new_weight(self, name, shape, dtype)
+    }
+
+    fn write_rows(&self, tensor: &Tensor, row0: usize, packed: &PackedMatrix) -> Result<()> {
+        tensor.write_rows(self, row0, packed.qs_bytes(), packed.scale_bytes())
+    }
+
+    fn tensor_bytes(tensor: &Tensor) -> u64 {
+        tensor.chunks.iter().map(|c| c.buffer.size()).sum()
+    }
+
+    fn dtype(tensor: &Tensor) -> DType {
+        tensor.dtype
+    }
+
+    fn from_f32(&self, name: &str, shape: &[usize], values: &[f32]) -> Result<Tensor> {
+        Tensor::from_f32(self, name, shape, values)
+    }
+
+    fn activation(&self, name: &str, shape: &[usize]) -> Result<Tensor> {
+        Tensor::new_zeroed(self, name, shape, DType::F32)
+    }
+
+    fn write_u32(&self, tensor: &Tensor, values: &[u32]) -> Result<()> {
+        tensor.write_rows(self, 0, bytemuck::cast_slice(values), &[])
+    }
+
+    fn rope_table(&self, inv_freq: &[f32], positions: usize, attention_factor: f32) -> Result<RopeTable> {
+        RopeTable::new(self, inv_freq, positions, attention_factor)
+    }
+
+    fn pass(&self) -> Plan<'_> {
+        Plan::new(self)
+    }
+
+    fn embedding(plan: &mut Plan, ids: &Tensor, table: &Tensor, out: &Tensor, tokens: usize, scale: f32) -> Result<()> {
+        ops::embedding(plan, ids, table, out, tokens, scale).map(drop)
+    }
+
+    fn rms_norm(plan: &mut Plan, x: &Tensor, w: &Tensor, residual: Option<&Tensor>, out: &Tensor, rows: usize, eps: f32, offset: f32) -> Result<()> {
+        ops::rms_norm(plan, x, w, residual, out, rows, eps, offset).map(drop)
+    }
+
+    fn matvec_into(plan: &mut Plan, w: &Tensor, x: &Tensor, x_row: usize, bias: Option<&Tensor>, y: &Tensor, y_offset: usize) -> Result<()> {
+        ops::matvec_into(plan, w, x, x_row, bias, y, y_offset).map(drop)
+    }
+
+    fn matmul_into(plan: &mut Plan, x: &Tensor, w: &Tensor, bias: Option<&Tensor>, y: &Tensor, m: usize, y_cols: usize, y_offset: usize) -> Result<()> {
+        ops::matmul_into(plan, x, w, bias, y, m, y_cols, y_offset).map(drop)
+    }
+
+    fn head_rms_norm(
+        plan: &mut Plan,
+        x: &Tensor,
+        w: &Tensor,
+        rows: usize,
+        heads: usize,
+        head_offset: usize,
+        stride: usize,
+        eps: f32,
+        offset: f32,
+    ) -> Result<()> {
+        ops::head_rms_norm(plan, x, w, rows, heads, head_offset, stride, eps, offset).map(drop)
+    }
+
+    fn rope(
+        plan: &mut Plan,
+        x: &Tensor,
+        table: &RopeTable,
+        layout: RopeLayout,
+        tokens: usize,
+        heads: usize,
+        d: usize,
+        head_offset: usize,
+        stride: usize,
+        pos0: usize,
+    ) -> Result<()> {
+        ops::rope(plan, x, table, layout, tokens, heads, d, head_offset, stride, pos0).map(drop)
+    }
+
+    fn kv_cache_append(
+        plan: &mut Plan,
+        qkv: &Tensor,
+        cache: &Tensor,
+        tokens: usize,
+        kv_heads: usize,
+        d: usize,
+        head_offset: usize,
+        stride: usize,
+        pos0: usize,
+    ) -> Result<()> {
+        ops::kv_cache_append(plan, qkv, cache, tokens, kv_heads, d, head_offset, stride, pos0).map(drop)
+    }
+
+    fn attention(plan: &mut Plan, q: &Tensor, k: &Tensor, v: &Tensor, out: &Tensor, p: &AttentionParams) -> Result<()> {
+        ops::attention(plan, q, k, v, out, p).map(drop)
+    }
+
+    fn gated_activation(plan: &mut Plan, gate_up: &Tensor, out: &Tensor, rows: usize, inter: usize, act: Activation) -> Result<()> {
+        ops::gated_activation(plan, gate_up, out, rows, inter, act).map(drop)
+    }
+
+    fn logit_softcap(plan: &mut Plan, x: &Tensor, len: usize, cap: f32) -> Result<()> {
+        ops::logit_softcap(plan, x, len, cap).map(drop)
+    }
+
+    fn argmax(plan: &mut Plan, x: &Tensor, out: &Tensor, rows: usize, cols: usize) -> Result<()> {
+        ops::argmax(plan, x, out, rows, cols).map(drop)
+    }
+
+    async fn run<'a>(&'a self, plan: Plan<'a>, next: &Tensor, logits: Option<&Tensor>) -> Result<(u32, Option<Vec<f32>>)> {
+        plan.finish()?.run(self)?;
+        let argmax = self.read_u32(next.buffer()?, 0, 1).await?[0];
+        let logits = match logits {
+            Some(t) => Some(t.read_f32(self).await?),
+            None => None,
+        };
+        Ok((argmax, logits))
+    }
+}
+
+/// The CPU's RoPE table: the values the GPU uploads.
+pub struct CpuRope {
+    rot_dims: usize,
+    table: Vec<f32>,
+}
+
+/// CPU ops run as they are called; the pass only marks a step's extent.
+pub struct CpuPass;
+
+impl Backend for CpuDevice {
+    type Tensor = CpuTensor;
+    type Rope = CpuRope;
+    type Pass<'a> = CpuPass;
+
+    fn kind(&self) -> BackendKind {
+        BackendKind::Cpu
+    }
+
+    fn describe(&self) -> String {
+        CpuDevice::describe(self)
+    }
+
+    fn max_tensor_bytes(&self) -> u64 {
+        // wasm32 addresses 4 GiB in all; natively one tensor is bounded by memory alone.
+        if cfg!(target_pointer_width = "32") {
+            1 << 31
+        } else {
+            1 << 40
+        }
+    }
+
+    fn weight(&self, name: &str, shape: &[usize], dtype: DType) -> Result<CpuTensor> {
+        CpuTensor::zeroed(name, shape, dtype)
+    }
+
+    fn write_rows(&self, tensor: &CpuTensor, row0: usize, packed: &PackedMatrix) -> Result<()> {
+        tensor.write_rows(row0, packed)
+    }
+
+    fn tensor_bytes(tensor: &CpuTensor) -> u64 {
+        tensor.bytes()
+    }
+
+    fn dtype(tensor: &CpuTensor) -> DType {
+        tensor.dtype
+    }
+
+    fn from_f32(&self, name: &str, shape: &[usize], values: &[f32]) -> Result<CpuTensor> {
+        CpuTensor::from_f32(name, shape, values)
+    }
+
+    fn activation(&self, name: &str, shape: &[usize]) -> Result<CpuTensor> {
+        CpuTensor::zeroed(name, shape, DType::F32)
+    }
+
+    fn write_u32(&self, tensor: &CpuTensor, values: &[u32]) -> Result<()> {
+        tensor.words_mut()[..values.len()].copy_from_slice(values);
+        Ok(())
+    }
+
+    fn rope_table(&self, inv_freq: &[f32], positions: usize, attention_factor: f32) -> Result<CpuRope> {
+        Ok(CpuRope { rot_dims: inv_freq.len() * 2, table: emberlm_core::rope_table::cos_sin(inv_freq, positions, attention_factor) })
+    }
+
+    fn pass(&self) -> CpuPass {
+        CpuPass
+    }
+
+    fn embedding(_: &mut CpuPass, ids: &CpuTensor, table: &CpuTensor, out: &CpuTensor, tokens: usize, scale: f32) -> Result<()> {
+        emberlm_cpu::ops::embedding(ids, table, out, tokens, scale)
+    }
+
+    fn rms_norm(
+        _: &mut CpuPass,
+        x: &CpuTensor,
+        w: &CpuTensor,
+        residual: Option<&CpuTensor>,
+        out: &CpuTensor,
+        rows: usize,
+        eps: f32,
+        offset: f32,
+    ) -> Result<()> {
+        emberlm_cpu::ops::rms_norm(x, w, residual, out, rows, eps, offset)
+    }
+
+    fn matvec_into(_: &mut CpuPass, w: &CpuTensor, x: &CpuTensor, x_row: usize, bias: Option<&CpuTensor>, y: &CpuTensor, y_offset: usize) -> Result<()> {
+        emberlm_cpu::ops::matvec_into(w, x, x_row, bias, y, y_offset)
+    }
+
+    fn matmul_into(
+        _: &mut CpuPass,
+        x: &CpuTensor,
+        w: &CpuTensor,
+        bias: Option<&CpuTensor>,
+        y: &CpuTensor,
+        m: usize,
+        y_cols: usize,
+        y_offset: usize,
+    ) -> Result<()> {
+        emberlm_cpu::ops::matmul_into(x, w, bias, y, m, y_cols, y_offset)
+    }
+
+    fn head_rms_norm(
+        _: &mut CpuPass,
+        x: &CpuTensor,
+        w: &CpuTensor,
+        rows: usize,
+        heads: usize,
+        head_offset: usize,
+        stride: usize,
+        eps: f32,
+        offset: f32,
+    ) -> Result<()> {
+        emberlm_cpu::ops::head_rms_norm(x, w, rows, heads, head_offset, stride, eps, offset)
+    }
+
+    fn rope(
+        _: &mut CpuPass,
+        x: &CpuTensor,
+        t: &CpuRope,
+        layout: RopeLayout,
+        tokens: usize,
+        heads: usize,
+        d: usize,
+        head_offset: usize,
+        stride: usize,
+        pos0: usize,
+    ) -> Result<()> {
+        emberlm_cpu::ops::rope(x, &t.table, t.rot_dims, layout, tokens, heads, d, head_offset, stride, pos0)
+    }
+
+    fn kv_cache_append(
+        _: &mut CpuPass,
+        qkv: &CpuTensor,
+        cache: &CpuTensor,
+        tokens: usize,
+        kv_heads: usize,
+        d: usize,
+        head_offset: usize,
+        stride: usize,
+        pos0: usize,
+    ) -> Result<()> {
+        emberlm_cpu::ops::kv_cache_append(qkv, cache, tokens, kv_heads, d, head_offset, stride, pos0)
+    }
+
+    fn attention(_: &mut CpuPass, q: &CpuTensor, k: &CpuTensor, v: &CpuTensor, out: &CpuTensor, p: &AttentionParams) -> Result<()> {
+        emberlm_cpu::ops::attention(q, k, v, out, p)
+    }
+
+    fn gated_activation(_: &mut CpuPass, gate_up: &CpuTensor, out: &CpuTensor, rows: usize, inter: usize, act: Activation) -> Result<()> {
+        emberlm_cpu::ops::gated_activation(gate_up, out, rows, inter, act)
+    }
+
+    fn logit_softcap(_: &mut CpuPass, x: &CpuTensor, len: usize, cap: f32) -> Result<()> {
+        emberlm_cpu::ops::logit_softcap(x, len, cap)
+    }
+
+    fn argmax(_: &mut CpuPass, x: &CpuTensor, out: &CpuTensor, rows: usize, cols: usize) -> Result<()> {
+        emberlm_cpu::ops::argmax(x, out, rows, cols)
+    }
+
+    async fn run<'a>(&'a self, _: CpuPass, next: &CpuTensor, logits: Option<&CpuTensor>) -> Result<(u32, Option<Vec<f32>>)> {
+        Ok((next.words()[0], logits.map(|t| t.f32s().to_vec())))
+    }
+}
