@@ -1,4 +1,5 @@
-//! `emberlm`: run a model from the command line on native WebGPU (wgpu: Vulkan, Metal, DX12).
+//! `emberlm`: run a model from the command line on native WebGPU (wgpu: Vulkan, Metal, DX12) or
+//! on the CPU backend (`--device`; `auto` takes the CPU when the only adapter is a software one).
 //!
 //! ```text
 //! emberlm generate --model PATH (--prompt TEXT | --prompt-ids 1,2,3) [--chat] [--json] ...
@@ -15,15 +16,15 @@ use std::io::{BufRead, Write};
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
-use clap::{Args, Parser, Subcommand};
+use clap::{Args, Parser, Subcommand, ValueEnum};
 use emberlm_core::{DType, DeviceOptions, GpuDevice};
 use emberlm_models::files::LocalModel;
 use emberlm_models::tokenizer::StreamDecoder;
-use emberlm_models::{generate, GenerateOptions, LoadOptions, Model, SamplingOptions, Session};
+use emberlm_models::{generate, Backend, CpuDevice, GenerateOptions, LoadOptions, Model, SamplingOptions, Session};
 use serde_json::json;
 
 #[derive(Parser)]
-#[command(name = "emberlm", version, about = "Run language models on WebGPU")]
+#[command(name = "emberlm", version, about = "Run language models on WebGPU or the CPU")]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -65,6 +66,20 @@ struct ModelArgs {
     /// KV cache capacity in tokens (default: prompt + new tokens, at most the model's context).
     #[arg(long)]
     context: Option<usize>,
+    /// Where the model runs: `auto` uses a hardware GPU through WebGPU when there is one and
+    /// the CPU otherwise (no adapter, or only a software one such as llvmpipe or SwiftShader).
+    #[arg(long, value_enum, default_value_t = DeviceChoice::Auto)]
+    device: DeviceChoice,
+    /// CPU backend: worker threads (default: one per core).
+    #[arg(long)]
+    threads: Option<usize>,
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum DeviceChoice {
+    Auto,
+    Webgpu,
+    Cpu,
 }
 
 #[derive(Args)]
@@ -94,7 +109,7 @@ struct SamplingArgs {
 
 impl SamplingArgs {
     /// Options as the model generates with them; refuses what would misbehave silently.
-    fn options(&self, model: &Model, prompt_len: usize) -> Result<GenerateOptions> {
+    fn options<B: Backend>(&self, model: &Model<B>, prompt_len: usize) -> Result<GenerateOptions> {
         if self.stop.iter().any(String::is_empty) {
             return Err("--stop needs a non-empty text (an empty one would stop after the first token)".into());
         }
@@ -168,11 +183,32 @@ fn err(e: impl std::fmt::Display) -> String {
     e.to_string()
 }
 
-struct Loaded {
-    dev: GpuDevice,
-    local: LocalModel,
-    model: Model,
+/// A loaded model on the backend `--device` picked, with why it was picked.
+struct Loaded<'a, B: Backend> {
+    dev: &'a B,
+    local: &'a LocalModel,
+    model: Model<B>,
     load_s: f64,
+    device_reason: &'a str,
+}
+
+/// A command's work once its model is loaded, on whichever backend (see [`run_loaded`]).
+trait Job {
+    fn run<B: Backend>(self, loaded: &Loaded<B>) -> Result<()>;
+}
+
+/// The backend for `--device`, and a sentence saying why.
+fn pick_device(args: &ModelArgs) -> Result<(Option<GpuDevice>, String)> {
+    let gpu = || pollster::block_on(GpuDevice::new(DeviceOptions::default()));
+    Ok(match args.device {
+        DeviceChoice::Cpu => (None, "--device cpu".into()),
+        DeviceChoice::Webgpu => (Some(gpu().map_err(err)?), "--device webgpu".into()),
+        DeviceChoice::Auto => match gpu() {
+            Ok(dev) if dev.caps.is_software() => (None, format!("auto: the only WebGPU adapter ({}) is a software rasteriser", dev.caps.adapter_name)),
+            Ok(dev) => (Some(dev), "auto: a hardware GPU adapter".into()),
+            Err(e) => (None, format!("auto: no usable WebGPU adapter ({e})")),
+        },
+    })
 }
 
 /// Opens a local model, or fetches a Hub repo into the cache first.
@@ -194,18 +230,24 @@ fn open(args: &ModelArgs) -> Result<LocalModel> {
     LocalModel::open(&path).map_err(err)
 }
 
-/// Uploads an opened model with a KV cache for `needed_context` tokens (unless --context says).
-fn load(args: &ModelArgs, local: LocalModel, needed_context: usize) -> Result<Loaded> {
+/// Loads an opened model on the backend `--device` picks, with a KV cache for `needed_context`
+/// tokens (unless --context says), and runs `job` on it.
+fn run_loaded(args: &ModelArgs, local: LocalModel, needed_context: usize, job: impl Job) -> Result<()> {
     let dtype = match args.dtype.as_str() {
         "auto" if local.is_gguf() => None,
         "auto" => Some(DType::Q4),
         other => Some(other.parse::<DType>()?),
     };
-    let context = args.context.unwrap_or(needed_context.min(local.config.context_length.max(4096)));
-    let dev = pollster::block_on(GpuDevice::new(DeviceOptions::default())).map_err(err)?;
-    let start = std::time::Instant::now();
-    let model = local.load(&dev, &LoadOptions { dtype, context }).map_err(err)?;
-    Ok(Loaded { dev, local, model, load_s: start.elapsed().as_secs_f64() })
+    let options = LoadOptions { dtype, context: args.context.unwrap_or(needed_context.min(local.config.context_length.max(4096))) };
+    fn go<B: Backend>(dev: &B, local: &LocalModel, options: &LoadOptions, device_reason: &str, job: impl Job) -> Result<()> {
+        let start = std::time::Instant::now();
+        let model = local.load(dev, options).map_err(err)?;
+        job.run(&Loaded { dev, local, model, load_s: start.elapsed().as_secs_f64(), device_reason })
+    }
+    match pick_device(args)? {
+        (Some(gpu), why) => go(&gpu, &local, &options, &why, job),
+        (None, why) => go(&CpuDevice::new(args.threads), &local, &options, &why, job),
+    }
 }
 
 fn sampling(a: &SamplingArgs) -> SamplingOptions {
@@ -246,8 +288,32 @@ fn run_generate(a: GenerateArgs) -> Result<()> {
     if prompt_ids.is_empty() {
         return Err("the prompt is empty".into());
     }
-    let loaded = load(&a.model, local, prompt_ids.len().saturating_add(a.sampling.max_new_tokens))?;
-    let Loaded { dev, local, model, load_s } = &loaded;
+    let needed = prompt_ids.len().saturating_add(a.sampling.max_new_tokens);
+    run_loaded(&a.model, local, needed, GenerateJob { a: &a, prompt_ids })
+}
+
+struct GenerateJob<'a> {
+    a: &'a GenerateArgs,
+    prompt_ids: Vec<u32>,
+}
+
+impl Job for GenerateJob<'_> {
+    fn run<B: Backend>(self, loaded: &Loaded<B>) -> Result<()> {
+        let GenerateJob { a, prompt_ids } = self;
+        let Loaded { dev, local, model, load_s, device_reason } = loaded;
+        generate_with(a, &prompt_ids, *dev, local, model, *load_s, device_reason)
+    }
+}
+
+fn generate_with<B: Backend>(
+    a: &GenerateArgs,
+    prompt_ids: &[u32],
+    dev: &B,
+    local: &LocalModel,
+    model: &Model<B>,
+    load_s: f64,
+    device_reason: &str,
+) -> Result<()> {
     let mut session = Session::new(dev, model).map_err(err)?;
     let options = GenerateOptions { want_prompt_logits: a.dump_logits.is_some(), ..a.sampling.options(model, prompt_ids.len())? };
     let mut stream = StreamDecoder::new(true);
@@ -256,7 +322,7 @@ fn run_generate(a: GenerateArgs) -> Result<()> {
     let tok = local.text.tokenizer.as_ref();
     let mut stream_err = None;
     let mut stopped_by_text = false;
-    let out = pollster::block_on(generate(dev, model, &mut session, &prompt_ids, &options, |id| {
+    let out = pollster::block_on(generate(dev, model, &mut session, prompt_ids, &options, |id| {
         let Some(tok) = tok else { return true };
         match stream.push(tok, id) {
             Ok(piece) => {
@@ -296,29 +362,39 @@ fn run_generate(a: GenerateArgs) -> Result<()> {
             "ttft_ms": out.ttft_ms,
             "prefill_tok_s": out.prefill_tok_s,
             "decode_tok_s": out.decode_tok_s,
-            "adapter": dev.caps.adapter_name,
+            "device": dev.describe(),
+            "device_reason": device_reason,
         });
         println!("{obj}");
     } else {
         println!();
         eprintln!(
-            "[{} prompt tokens, {} generated; ttft {:.0} ms, prefill {:.1} tok/s, decode {:.1} tok/s]",
+            "[{} prompt tokens, {} generated; ttft {:.0} ms, prefill {:.1} tok/s, decode {:.1} tok/s; {} ({device_reason})]",
             out.prompt_ids.len(),
             out.generated_ids.len(),
             out.ttft_ms,
             out.prefill_tok_s,
-            out.decode_tok_s
+            out.decode_tok_s,
+            dev.describe()
         );
     }
     Ok(())
 }
 
 fn run_chat(a: ChatArgs) -> Result<()> {
-    let loaded = load(&a.model, open(&a.model)?, a.model.context.unwrap_or(4096))?;
-    let Loaded { dev, local, model, .. } = &loaded;
+    run_loaded(&a.model, open(&a.model)?, a.model.context.unwrap_or(4096), &a)
+}
+
+impl Job for &ChatArgs {
+    fn run<B: Backend>(self, loaded: &Loaded<B>) -> Result<()> {
+        chat_with(self, loaded.dev, loaded.local, &loaded.model, loaded.device_reason)
+    }
+}
+
+fn chat_with<B: Backend>(a: &ChatArgs, dev: &B, local: &LocalModel, model: &Model<B>, device_reason: &str) -> Result<()> {
     let tok = local.text.tokenizer().map_err(err)?;
     local.text.chat_template().map_err(err)?;
-    eprintln!("{} on {} — type a message, empty line to quit", a.model.model.display(), dev.caps.adapter_name);
+    eprintln!("{} on {} ({device_reason}) — type a message, empty line to quit", a.model.model.display(), dev.describe());
     let mut messages = Vec::new();
     if let Some(s) = &a.system {
         messages.push(json!({"role": "system", "content": s}));
@@ -381,8 +457,16 @@ fn mean_sd(v: &[f64]) -> (f64, f64) {
 }
 
 fn run_bench(a: BenchArgs) -> Result<()> {
-    let loaded = load(&a.model, open(&a.model)?, a.model.context.unwrap_or(a.n_prompt.max(a.n_gen + 1)))?;
-    let Loaded { dev, model, load_s, .. } = &loaded;
+    run_loaded(&a.model, open(&a.model)?, a.model.context.unwrap_or(a.n_prompt.max(a.n_gen + 1)), &a)
+}
+
+impl Job for &BenchArgs {
+    fn run<B: Backend>(self, loaded: &Loaded<B>) -> Result<()> {
+        bench_with(self, loaded.dev, &loaded.model, loaded.load_s, loaded.device_reason)
+    }
+}
+
+fn bench_with<B: Backend>(a: &BenchArgs, dev: &B, model: &Model<B>, load_s: f64, device_reason: &str) -> Result<()> {
     let c = &model.config;
     // Deterministic pseudo-random tokens, like llama-bench.
     let tokens: Vec<u32> = (0..a.n_prompt.max(1)).map(|i| ((i as u64 * 2_654_435_761) % c.vocab as u64) as u32).collect();
@@ -411,7 +495,7 @@ fn run_bench(a: BenchArgs) -> Result<()> {
     }
     let name = a.model.model.file_name().map(|n| n.to_string_lossy().to_string()).unwrap_or_default();
     let size = format!("{:.2} MiB", model.weight_bytes as f64 / (1 << 20) as f64);
-    println!("adapter: {} ({}), load {:.2} s", dev.caps.adapter_name, dev.caps.backend, load_s);
+    println!("device: {} ({device_reason}), load {load_s:.2} s", dev.describe());
     println!("| model | arch | size | test | t/s |");
     println!("| --- | --- | ---: | --- | ---: |");
     for (label, v) in [(format!("pp{}", a.n_prompt), &pp), (format!("tg{}", a.n_gen), &tg)] {

@@ -53,6 +53,15 @@ pub struct Capabilities {
     pub min_uniform_offset_alignment: u32,
 }
 
+impl Capabilities {
+    /// A software rasteriser rather than a GPU (lavapipe/llvmpipe, SwiftShader, WARP): the CPU
+    /// backend is much faster than WebGPU on these.
+    pub fn is_software(&self) -> bool {
+        let name = self.adapter_name.to_ascii_lowercase();
+        self.device_type == "Cpu" || ["llvmpipe", "lavapipe", "swiftshader", "warp", "basic render"].iter().any(|s| name.contains(s))
+    }
+}
+
 /// A WebGPU device with its queue and the capabilities it was created with.
 pub struct GpuDevice {
     pub device: wgpu::Device,

@@ -113,7 +113,7 @@ impl LocalModel {
     }
 
     /// Uploads the weights.
-    pub fn load(&self, dev: &emberlm_core::GpuDevice, options: &LoadOptions) -> Result<Model> {
+    pub fn load<B: crate::Backend>(&self, dev: &B, options: &LoadOptions) -> Result<Model<B>> {
         match &self.weights {
             LocalWeights::Gguf(store) => Model::load_gguf(dev, store, options),
             LocalWeights::Safetensors(store) => Model::load(dev, self.config.clone(), store, options),
