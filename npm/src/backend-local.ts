@@ -1,11 +1,11 @@
 // The engine in this thread: files from the cache (downloaded first when needed), weights read
-// synchronously by the wasm loader, generation on WebGPU.
+// synchronously by the wasm loader, generation on WebGPU or the CPU backend (`device`).
 import type { Backend, RunInput, RunParams, RunResult } from './backend.js';
 import { StopStringFilter } from './backend.js';
 import { openCache } from './cache/index.js';
 import type { StoredFile } from './cache/types.js';
 import { EmberError, throwIfAborted } from './errors.js';
-import { requireAdapter } from './gpu.js';
+import { pickDevice } from './gpu.js';
 import { modelRef } from './hub.js';
 import { fetchModelFiles, type LoadProgress } from './model-files.js';
 import type { EngineInfo, EngineOptions, LoadStats } from './types.js';
@@ -92,8 +92,8 @@ export class LocalBackend implements Backend {
     const started = now();
     const progress = (p: LoadProgress) => o.onProgress?.(p);
     const ref = modelRef(repo, { hub: o.hub, revision: o.revision });
-    // Fail before downloading gigabytes when there is no GPU to run them on.
-    await requireAdapter();
+    // Picked before downloading: `device: 'webgpu'` without an adapter fails before any bytes move.
+    const picked = await pickDevice(o.device);
     const wasm = await loadWasm(o.wasmUrl);
     const cache = await openCache(o.cache, o.cacheDir);
     const fetchStarted = now();
@@ -120,7 +120,7 @@ export class LocalBackend implements Backend {
     };
     const sources: Awaited<ReturnType<typeof wasmSource>>[] = [];
     progress({ phase: 'upload', loaded: 0, total });
-    const options = { dtype: o.dtype ?? 'auto', context: o.context ?? 2048 };
+    const options = { dtype: o.dtype ?? 'auto', context: o.context ?? 2048, device: picked.device };
     let model: EmberModel;
     try {
       for (const w of files.weights) sources.push(await wasmSource(w.path, w.file, onRead));
@@ -165,6 +165,7 @@ export class LocalBackend implements Backend {
       fromCache: files.fromCache,
       loadMs: now() - started,
       load: { reader: sources[0]?.via ?? 'memory', filesMs, ...(model.loadStats() as Omit<LoadStats, 'reader' | 'filesMs' | 'compileMs'>), compileMs: now() - compileStarted },
+      device: { backend: picked.device, name: model.deviceName, reason: picked.reason },
     };
     progress({ phase: 'ready', loaded: total, total });
     return new LocalBackend(model, info);

@@ -1,8 +1,10 @@
-// Makes `navigator.gpu` available to the wasm engine in every runtime, or says clearly why not.
+// Makes `navigator.gpu` available to the wasm engine in every runtime, or says clearly why not,
+// and picks the backend for `device: 'auto'`: WebGPU on a real GPU, the CPU otherwise.
 import { EmberError } from './errors.js';
 import { IS_SERVER_RUNTIME, runtimeName } from './runtime.js';
 
-type Gpu = { requestAdapter(o?: object): Promise<{ info?: { vendor?: string; architecture?: string; description?: string } } | null> };
+type AdapterInfo = { vendor?: string; architecture?: string; device?: string; description?: string; isFallbackAdapter?: boolean };
+type Gpu = { requestAdapter(o?: object): Promise<{ info?: AdapterInfo; isFallbackAdapter?: boolean } | null> };
 const g = globalThis as Record<string, unknown> & { navigator?: { gpu?: Gpu } };
 
 let shimmed: Promise<void> | undefined;
@@ -38,4 +40,45 @@ export async function requireAdapter(): Promise<void> {
   await ensureWebGpu();
   const adapter = await g.navigator!.gpu!.requestAdapter();
   if (!adapter) throw new EmberError('no-webgpu', `${runtimeName()} offers WebGPU but no adapter (no usable GPU or driver)`);
+}
+
+export type DeviceChoice = 'auto' | 'webgpu' | 'cpu';
+
+/** The backend a load runs on, and why it was picked. */
+export interface PickedDevice {
+  device: 'webgpu' | 'cpu';
+  reason: string;
+}
+
+/**
+ * Software rasterisers (what Chrome falls back to without a usable GPU driver, in VMs and CI):
+ * WebGPU on them is many times slower than the CPU backend on the same cores.
+ */
+const SOFTWARE_ADAPTER = /swiftshader|llvmpipe|lavapipe|\bwarp\b|basic render|software/i;
+
+/**
+ * `auto`: WebGPU when there is an adapter and it is a real GPU; the CPU backend when WebGPU is
+ * missing, has no adapter, or offers only a fallback (software) adapter. `webgpu` fails clearly
+ * without an adapter (before any download); `cpu` never touches WebGPU.
+ */
+export async function pickDevice(choice: DeviceChoice = 'auto'): Promise<PickedDevice> {
+  if (choice === 'cpu') return { device: 'cpu', reason: 'asked for (device: cpu)' };
+  if (choice === 'webgpu') {
+    await requireAdapter();
+    return { device: 'webgpu', reason: 'asked for (device: webgpu)' };
+  }
+  let adapter;
+  try {
+    await ensureWebGpu();
+    adapter = await g.navigator!.gpu!.requestAdapter();
+  } catch (e) {
+    return { device: 'cpu', reason: `auto: no WebGPU here (${e instanceof Error ? e.message : String(e)})` };
+  }
+  if (!adapter) return { device: 'cpu', reason: 'auto: WebGPU offers no adapter' };
+  const info = adapter.info ?? {};
+  const named = [info.vendor, info.architecture, info.device, info.description].filter(Boolean).join(' ');
+  if (adapter.isFallbackAdapter || info.isFallbackAdapter || SOFTWARE_ADAPTER.test(named)) {
+    return { device: 'cpu', reason: `auto: the only WebGPU adapter (${named || 'a fallback adapter'}) is a software one` };
+  }
+  return { device: 'webgpu', reason: `auto: GPU adapter ${named || '(unnamed)'}` };
 }

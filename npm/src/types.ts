@@ -123,6 +123,12 @@ export interface EngineOptions {
   fetch?: typeof fetch;
   /** Run one token after loading so shaders are compiled before the first request (default true). */
   warmUp?: boolean;
+  /**
+   * Where the model runs: `auto` (default) uses WebGPU on a real GPU and the CPU backend when
+   * WebGPU is missing or its only adapter is a software one (SwiftShader, llvmpipe, WARP);
+   * `webgpu` and `cpu` force one. `engine.info.device` says what was picked and why.
+   */
+  device?: 'auto' | 'webgpu' | 'cpu';
 }
 
 /** Where a load's time went, phase by phase (milliseconds), and the reads it made of the model files. */
@@ -141,7 +147,7 @@ export interface LoadStats {
   headerReads: number;
   /** Building the tokenizer and chat template. */
   tokenizerMs: number;
-  /** Getting the GPU device. */
+  /** Getting the backend (the GPU device; ~0 for the CPU). */
   deviceMs: number;
   /** Reading, repacking and uploading the weights. */
   uploadMs: number;
@@ -162,6 +168,8 @@ export interface EngineInfo {
   fromCache: boolean;
   loadMs: number;
   load: LoadStats;
+  /** The backend the model runs on, what runs it (`cpu (1 thread, simd128)`, `webgpu (adapter, …)`) and why it was picked. */
+  device: { backend: 'webgpu' | 'cpu'; name: string; reason: string };
 }
 
 export interface ChatCompletions {

@@ -1,4 +1,5 @@
-// The npm package in headless Chromium (WebGPU on SwiftShader) against the mock Hub: download
+// The npm package in headless Chromium against the mock Hub (`device: 'auto'` takes the CPU
+// backend on SwiftShader; the tests marked WebGPU force it, so both paths run): download
 // and generate in the Web Worker (OPFS cache) and in the page (Cache API), reload and load from
 // the cache with the Hub stopped, delete, recover from injected faults, stream, abort.
 import assert from 'node:assert/strict';
@@ -62,6 +63,9 @@ test('worker + OPFS: a GGUF from the mock Hub generates transformers\' greedy to
   assert.deepEqual(r.ids, qwen.input_ids);
   assert.deepEqual(r.tokens, qwen.generated_ids);
   assert.equal(r.info.fromCache, false);
+  assert.equal(r.info.device.backend, 'cpu', JSON.stringify(r.info.device));
+  assert.match(r.info.device.reason, /software/i);
+  assert.match(r.info.device.name, /^cpu \(1 thread, simd128\)$/);
   assert.deepEqual(r.phases, ['download', 'upload', 'compile', 'ready']);
   assert.deepEqual(await cachedRepos(), [`${GGUF}@main:444096`]);
   assert.equal(await session.page.evaluate(async () => (await window.emberlm.openCache()).kind), 'opfs');
@@ -102,10 +106,12 @@ test('dropped connections, truncated and corrupted bodies and 500s are recovered
   hub.clearFaults();
 });
 
-test('in the page (Cache API): sharded safetensors generate the reference tokens', async () => {
-  const r = await loadAndGenerate(LLAMA, llama.text, llama.generated_ids.length, { dtype: 'f32', worker: false, cache: 'cache-api' });
+test('in the page (Cache API), WebGPU forced: sharded safetensors generate the reference tokens on SwiftShader', async () => {
+  const r = await loadAndGenerate(LLAMA, llama.text, llama.generated_ids.length, { dtype: 'f32', worker: false, cache: 'cache-api', device: 'webgpu' });
   assert.equal(r.error, undefined, JSON.stringify(r.error));
   assert.deepEqual(r.tokens, llama.generated_ids);
+  assert.equal(r.info.device.backend, 'webgpu');
+  assert.match(r.info.device.name, /^webgpu /);
   // Four text files + the index, three shards and the manifest, under the Cache API (not OPFS).
   assert.equal(await session.page.evaluate(async () => (await (await caches.open('emberlm')).keys()).length), 9);
 });

@@ -1,12 +1,12 @@
 // Runs in Node, Deno and Bun alike: loads a model through the npm package from a (mock) Hub,
 // generates greedily and streams a chat reply, then prints one JSON line with what happened.
-//   <runtime> chat.mjs <hub url> <repo> <cache dir> <prompt> <max tokens>
+//   <runtime> chat.mjs <hub url> <repo> <cache dir> <prompt> <max tokens> [device]
 import { createEngine, isModelCached, listCachedModels } from '../../npm/dist/index.js';
 
 const argv = typeof Deno !== 'undefined' ? Deno.args : process.argv.slice(2);
-const [hub, repo, cacheDir, prompt, maxTokens] = argv;
+const [hub, repo, cacheDir, prompt, maxTokens, device = 'auto'] = argv;
 const phases = new Set();
-const engine = await createEngine(repo, { hub, cacheDir, context: 128, onProgress: (p) => phases.add(p.phase) });
+const engine = await createEngine(repo, { hub, cacheDir, context: 128, device, onProgress: (p) => phases.add(p.phase) });
 const greedy = await engine.generate(prompt, { temperature: 0, max_tokens: Number(maxTokens) });
 const ids = await engine.tokenizer.encode(prompt);
 let streamed = '';

@@ -1,6 +1,8 @@
 // The npm package end to end in Node, Deno and Bun (each from npm): a tiny model from the mock
 // Hub generates transformers' greedy tokens; a second run loads from the file cache with the
 // Hub stopped. Node and Bun get WebGPU from the `webgpu` package (SwiftShader), Deno has its own.
+// Node runs with `device: 'webgpu'` forced (the WebGPU path through Dawn); Deno and Bun with
+// `auto`, which takes the CPU backend on these software adapters.
 import assert from 'node:assert/strict';
 import { existsSync, mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
@@ -31,6 +33,7 @@ async function run(runtime, args, { script = 'chat.mjs', icd } = {}) {
 }
 
 const want = reference('qwen2').cases[0];
+const DEVICE = { node: 'webgpu', deno: 'auto', bun: 'auto' };
 
 for (const runtime of Object.keys(RUNTIMES)) {
   test(`${runtime}: greedy tokens equal transformers', then a second run loads from the cache with the Hub stopped`, async () => {
@@ -38,7 +41,7 @@ for (const runtime of Object.keys(RUNTIMES)) {
     const cacheDir = mkdtempSync(join(tmpdir(), `emberlm-${runtime}-`));
     dirs.push(cacheDir);
     const hub = await startMockHub({ repos: fixtureRepos() });
-    const args = [hub.url, 'emberlm-test/tiny-qwen2-GGUF', cacheDir, want.text, String(want.generated_ids.length)];
+    const args = [hub.url, 'emberlm-test/tiny-qwen2-GGUF', cacheDir, want.text, String(want.generated_ids.length), DEVICE[runtime]];
     let first;
     try {
       first = await run(runtime, args);
@@ -50,6 +53,7 @@ for (const runtime of Object.keys(RUNTIMES)) {
     assert.equal(first.info.format, 'gguf');
     assert.equal(first.info.architecture, 'qwen2');
     assert.equal(first.info.fromCache, false);
+    assert.equal(first.info.device.backend, DEVICE[runtime] === 'webgpu' ? 'webgpu' : 'cpu', JSON.stringify(first.info.device));
     assert.deepEqual(first.phases, ['download', 'upload', 'compile', 'ready']);
     assert.ok(first.chunks >= 3 && first.streamed.length > 0, `streamed ${first.chunks} chunks`);
     assert.equal(first.streamed, first.reply, 'streaming and non-streaming replies agree');
@@ -67,8 +71,12 @@ for (const runtime of Object.keys(RUNTIMES)) {
   });
 }
 
-test('node: no WebGPU adapter is a clear no-webgpu error before any download', async () => {
-  const r = await run('node', [], { script: 'no-adapter.mjs', icd: '/nonexistent/icd.json' });
-  assert.equal(r.code, 'no-webgpu');
-  assert.match(r.message, /no adapter/);
+test('node without a WebGPU adapter: device webgpu is a clear no-webgpu error before any download; auto goes on with the CPU', async () => {
+  const forced = await run('node', ['webgpu'], { script: 'no-adapter.mjs', icd: '/nonexistent/icd.json' });
+  assert.equal(forced.code, 'no-webgpu');
+  assert.match(forced.message, /no adapter/);
+  // auto picks the CPU backend and gets as far as the (absent) Hub.
+  const auto = await run('node', [], { script: 'no-adapter.mjs', icd: '/nonexistent/icd.json' });
+  assert.notEqual(auto.code, 'no-webgpu', JSON.stringify(auto));
+  assert.match(auto.message, /127\.0\.0\.1:9|fetch|connect/i, JSON.stringify(auto));
 });

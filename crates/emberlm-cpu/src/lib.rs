@@ -44,3 +44,28 @@ impl CpuDevice {
         format!("cpu ({} thread{}, {})", self.threads, if self.threads == 1 { "" } else { "s" }, self.simd)
     }
 }
+
+/// Lets the JavaScript host run its queued tasks (an abort message, a UI update) when the CPU
+/// backend has computed for a while without a break: the WebGPU backend awaits the GPU every
+/// step, but CPU steps would otherwise run back to back without ever returning to the event
+/// loop. A `setTimeout(0)` round trip is ~4 ms in browsers, so it happens at most every 30 ms.
+/// Natively there is nothing to do.
+pub async fn yield_to_host() {
+    #[cfg(target_arch = "wasm32")]
+    {
+        use js_sys::wasm_bindgen::JsCast;
+        use std::cell::Cell;
+        thread_local!(static LAST: Cell<f64> = const { Cell::new(0.0) });
+        let now = js_sys::Date::now();
+        if now - LAST.get() < 30.0 {
+            return;
+        }
+        let global = js_sys::global();
+        let Ok(set_timeout) = js_sys::Reflect::get(&global, &"setTimeout".into()).and_then(|f| f.dyn_into::<js_sys::Function>()) else { return };
+        let promise = js_sys::Promise::new(&mut |resolve, _| {
+            let _ = set_timeout.call2(&global, &resolve, &0.into());
+        });
+        let _ = wasm_bindgen_futures::JsFuture::from(promise).await;
+        LAST.set(js_sys::Date::now());
+    }
+}

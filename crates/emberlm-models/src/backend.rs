@@ -433,6 +433,7 @@ impl Backend for CpuDevice {
     }
 
     async fn run<'a>(&'a self, _: CpuPass, next: &CpuTensor, logits: Option<&CpuTensor>) -> Result<(u32, Option<Vec<f32>>)> {
+        emberlm_cpu::yield_to_host().await;
         Ok((next.words()[0], logits.map(|t| t.f32s().to_vec())))
     }
 }

@@ -1,7 +1,9 @@
 //! `EmberModel`: load a GGUF or safetensors model and generate, from JavaScript. Model files
 //! are read through synchronous `read(offset, length) → Uint8Array` callbacks (a
 //! `FileReaderSync` in a worker, `fs.readSync` in Node, or a slice of bytes already in memory),
-//! so only the pieces being uploaded sit in the wasm heap.
+//! so only the pieces being uploaded sit in the wasm heap. The model runs on the backend
+//! JavaScript picks (`device: 'webgpu' | 'cpu'` in the load options; the npm package decides
+//! `auto` from the adapter it finds).
 
 use std::cell::{Cell, RefCell};
 
@@ -12,7 +14,7 @@ use emberlm_models::source::{checked_end, ByteSource, SourceError};
 use emberlm_models::text::TextSetup;
 use emberlm_models::tokenizer::StreamDecoder;
 use emberlm_models::weights::GgufStore;
-use emberlm_models::{generate, GenerateOptions, LoadOptions, Model, ModelConfig, SamplingOptions, Session};
+use emberlm_models::{generate, Backend, CpuDevice, GenerateOptions, Generation, LoadOptions, Model, ModelConfig, SamplingOptions, Session};
 use serde::{Deserialize, Serialize};
 use wasm_bindgen::prelude::*;
 
@@ -97,13 +99,129 @@ fn now_ms() -> f64 {
 struct JsLoadOptions {
     dtype: Option<String>,
     context: Option<usize>,
+    /// `webgpu` (default) or `cpu`.
+    device: Option<String>,
+}
+
+/// The parsed load options: weight dtype, context, and whether to run on the CPU backend.
+struct ParsedLoadOptions {
+    dtype: Option<DType>,
+    context: usize,
+    cpu: bool,
 }
 
 impl JsLoadOptions {
-    fn parse(v: JsValue) -> Result<(Option<DType>, usize), JsValue> {
+    fn parse(v: JsValue) -> Result<ParsedLoadOptions, JsValue> {
         let o: Self = if v.is_undefined() || v.is_null() { Self::default() } else { serde_wasm_bindgen::from_value(v)? };
         let dtype = o.dtype.filter(|d| d != "auto").map(|d| d.parse::<DType>()).transpose().map_err(js_err)?;
-        Ok((dtype, o.context.unwrap_or(2048)))
+        let cpu = match o.device.as_deref() {
+            None | Some("webgpu") => false,
+            Some("cpu") => true,
+            Some(other) => return Err(js_err(format!("device `{other}`: expected `webgpu` or `cpu`"))),
+        };
+        Ok(ParsedLoadOptions { dtype, context: o.context.unwrap_or(2048), cpu })
+    }
+}
+
+/// A model on one backend, with the conversation its KV cache holds: kept between calls so that
+/// a chat's next turn (or a regenerated reply) prefills only what its prompt adds. The session
+/// is made on the first generation.
+struct OnBackend<B: Backend> {
+    dev: B,
+    model: Model<B>,
+    session: RefCell<Option<Session<B>>>,
+}
+
+enum Runner {
+    WebGpu(OnBackend<GpuDevice>),
+    Cpu(OnBackend<CpuDevice>),
+}
+
+/// Loads weights onto whichever backend it is given (GGUF or safetensors).
+trait WeightLoad {
+    fn load<B: Backend>(&self, dev: &B, options: &LoadOptions) -> emberlm_models::Result<Model<B>>;
+}
+
+struct FromGguf<'a, S: ByteSource>(&'a GgufStore<S>);
+
+impl<S: ByteSource> WeightLoad for FromGguf<'_, S> {
+    fn load<B: Backend>(&self, dev: &B, options: &LoadOptions) -> emberlm_models::Result<Model<B>> {
+        Model::load_gguf(dev, self.0, options)
+    }
+}
+
+struct FromSafetensors<'a, S: ByteSource>(ModelConfig, &'a SafetensorsStore<S>);
+
+impl<S: ByteSource> WeightLoad for FromSafetensors<'_, S> {
+    fn load<B: Backend>(&self, dev: &B, options: &LoadOptions) -> emberlm_models::Result<Model<B>> {
+        Model::load(dev, self.0.clone(), self.1, options)
+    }
+}
+
+impl Runner {
+    /// Gets the backend (`device_ms`) and loads the weights onto it (`upload_ms`).
+    async fn load(o: &ParsedLoadOptions, weights: impl WeightLoad, stats: &mut LoadStats) -> Result<Self, JsValue> {
+        let options = LoadOptions { dtype: o.dtype, context: o.context };
+        let started = now_ms();
+        let runner = if o.cpu {
+            let dev = CpuDevice::new(None);
+            stats.device_ms = now_ms() - started;
+            let model = weights.load(&dev, &options).map_err(js_err)?;
+            Runner::Cpu(OnBackend { dev, model, session: RefCell::new(None) })
+        } else {
+            let dev = device(true).await?;
+            stats.device_ms = now_ms() - started;
+            let model = weights.load(&dev, &options).map_err(js_err)?;
+            Runner::WebGpu(OnBackend { dev, model, session: RefCell::new(None) })
+        };
+        stats.upload_ms = now_ms() - started - stats.device_ms;
+        Ok(runner)
+    }
+
+    fn config(&self) -> &ModelConfig {
+        match self {
+            Runner::WebGpu(b) => &b.model.config,
+            Runner::Cpu(b) => &b.model.config,
+        }
+    }
+
+    fn context(&self) -> usize {
+        match self {
+            Runner::WebGpu(b) => b.model.context,
+            Runner::Cpu(b) => b.model.context,
+        }
+    }
+
+    fn weight_bytes(&self) -> u64 {
+        match self {
+            Runner::WebGpu(b) => b.model.weight_bytes,
+            Runner::Cpu(b) => b.model.weight_bytes,
+        }
+    }
+
+    fn describe(&self) -> String {
+        match self {
+            Runner::WebGpu(b) => b.dev.describe(),
+            Runner::Cpu(b) => b.dev.describe(),
+        }
+    }
+
+    async fn generate(&self, prompt_ids: &[u32], opts: &GenerateOptions, on_token: impl FnMut(u32) -> bool) -> Result<Generation, JsValue> {
+        match self {
+            Runner::WebGpu(b) => b.generate(prompt_ids, opts, on_token).await,
+            Runner::Cpu(b) => b.generate(prompt_ids, opts, on_token).await,
+        }
+    }
+}
+
+impl<B: Backend> OnBackend<B> {
+    async fn generate(&self, prompt_ids: &[u32], opts: &GenerateOptions, on_token: impl FnMut(u32) -> bool) -> Result<Generation, JsValue> {
+        let mut slot = self.session.try_borrow_mut().map_err(|_| js_err("a generation is already running on this model"))?;
+        let session = match &mut *slot {
+            Some(s) => s,
+            empty => empty.insert(Session::new(&self.dev, &self.model).map_err(js_err)?),
+        };
+        generate(&self.dev, &self.model, session, prompt_ids, opts, on_token).await.map_err(js_err)
     }
 }
 
@@ -154,13 +272,9 @@ struct JsGeneration {
 
 #[wasm_bindgen]
 pub struct EmberModel {
-    dev: GpuDevice,
-    model: Model,
+    runner: Runner,
     text: TextSetup,
     load_stats: LoadStats,
-    /// The conversation the KV cache holds, kept between calls so that a chat's next turn (or a
-    /// regenerated reply) prefills only what its prompt adds. Made on the first generation.
-    session: RefCell<Option<Session>>,
 }
 
 #[wasm_bindgen]
@@ -168,7 +282,7 @@ impl EmberModel {
     /// Loads a GGUF model: `files` is one `{name, length, read}` per shard, in order.
     #[wasm_bindgen(js_name = fromGguf)]
     pub async fn from_gguf(files: js_sys::Array, options: JsValue) -> Result<EmberModel, JsValue> {
-        let (dtype, context) = JsLoadOptions::parse(options)?;
+        let options = JsLoadOptions::parse(options)?;
         let mut stats = LoadStats::default();
         let started = now_ms();
         let mut shards = Vec::new();
@@ -181,15 +295,10 @@ impl EmberModel {
         let parsed = now_ms();
         stats.header_ms = parsed - started;
         let text = TextSetup::from_gguf(store.metadata()).map_err(js_err)?;
-        let tokenized = now_ms();
-        stats.tokenizer_ms = tokenized - parsed;
-        let dev = device(true).await?;
-        let got_device = now_ms();
-        stats.device_ms = got_device - tokenized;
-        let model = Model::load_gguf(&dev, &store, &LoadOptions { dtype, context }).map_err(js_err)?;
-        stats.upload_ms = now_ms() - got_device;
+        stats.tokenizer_ms = now_ms() - parsed;
+        let runner = Runner::load(&options, FromGguf(&store), &mut stats).await?;
         (stats.reads, stats.read_bytes) = read_totals(store.sources());
-        Ok(Self { dev, model, text, load_stats: stats, session: RefCell::new(None) })
+        Ok(Self { runner, text, load_stats: stats })
     }
 
     /// Loads a Hugging Face model: the text of `config.json` (and of `generation_config.json`,
@@ -203,7 +312,9 @@ impl EmberModel {
         files: js_sys::Array,
         options: JsValue,
     ) -> Result<EmberModel, JsValue> {
-        let (dtype, context) = JsLoadOptions::parse(options.clone())?;
+        let mut options = JsLoadOptions::parse(options)?;
+        // Unquantised checkpoints load as q4 unless a dtype is asked for.
+        options.dtype = options.dtype.or(Some(DType::Q4));
         let mut stats = LoadStats::default();
         let started = now_ms();
         let parse = |s: &str, what: &str| serde_json::from_str::<serde_json::Value>(s).map_err(|e| js_err(format!("{what}: {e}")));
@@ -216,15 +327,10 @@ impl EmberModel {
         stats.tokenizer_ms = tokenized - started;
         let store = SafetensorsStore::new(sources(&files)?, config.arch).map_err(js_err)?;
         stats.header_reads = read_totals(store.sources()).0;
-        let parsed = now_ms();
-        stats.header_ms = parsed - tokenized;
-        let dev = device(true).await?;
-        let got_device = now_ms();
-        stats.device_ms = got_device - parsed;
-        let model = Model::load(&dev, config, &store, &LoadOptions { dtype: dtype.or(Some(DType::Q4)), context }).map_err(js_err)?;
-        stats.upload_ms = now_ms() - got_device;
+        stats.header_ms = now_ms() - tokenized;
+        let runner = Runner::load(&options, FromSafetensors(config, &store), &mut stats).await?;
         (stats.reads, stats.read_bytes) = read_totals(store.sources());
-        Ok(Self { dev, model, text, load_stats: stats, session: RefCell::new(None) })
+        Ok(Self { runner, text, load_stats: stats })
     }
 
     /// `{headerMs, headerReads, tokenizerMs, deviceMs, uploadMs, reads, readBytes}` of the load.
@@ -234,7 +340,22 @@ impl EmberModel {
     }
 
     pub fn architecture(&self) -> String {
-        self.model.config.arch.name().to_string()
+        self.runner.config().arch.name().to_string()
+    }
+
+    /// The backend the model runs on: `webgpu` or `cpu`.
+    #[wasm_bindgen(getter)]
+    pub fn backend(&self) -> String {
+        match self.runner {
+            Runner::WebGpu(_) => "webgpu".into(),
+            Runner::Cpu(_) => "cpu".into(),
+        }
+    }
+
+    /// The backend and what runs it: `webgpu (adapter, backend)` or `cpu (1 thread, simd128)`.
+    #[wasm_bindgen(getter, js_name = deviceName)]
+    pub fn device_name(&self) -> String {
+        self.runner.describe()
     }
 
     pub fn encode(&self, text: &str) -> Result<Vec<u32>, JsValue> {
@@ -255,7 +376,7 @@ impl EmberModel {
     /// Token ids of a raw prompt, with BOS first when the model's tokenizer asks for it.
     #[wasm_bindgen(js_name = promptIds)]
     pub fn prompt_ids(&self, text: &str) -> Result<Vec<u32>, JsValue> {
-        self.text.prompt_ids(text, self.model.config.bos_token_id).map_err(js_err)
+        self.text.prompt_ids(text, self.runner.config().bos_token_id).map_err(js_err)
     }
 
     /// Token ids of `messages` rendered with the chat template and a generation prompt (the
@@ -269,13 +390,13 @@ impl EmberModel {
     /// The most tokens (prompt + generated) one generation can hold.
     #[wasm_bindgen(getter, js_name = contextLength)]
     pub fn context_length(&self) -> usize {
-        self.model.context
+        self.runner.context()
     }
 
-    /// Bytes of weights on the GPU.
+    /// Bytes of weights on the backend (GPU buffers or wasm memory).
     #[wasm_bindgen(getter, js_name = weightBytes)]
     pub fn weight_bytes(&self) -> f64 {
-        self.model.weight_bytes as f64
+        self.runner.weight_bytes() as f64
     }
 
     /// Generates after `promptIds`; `onToken(id, textPiece)` is called per token and may return
@@ -285,7 +406,7 @@ impl EmberModel {
             if options.is_undefined() || options.is_null() { JsGenerateOptions::default() } else { serde_wasm_bindgen::from_value(options)? };
         let opts = GenerateOptions {
             max_new_tokens: o.max_new_tokens,
-            stop_tokens: if o.ignore_eos { vec![] } else { self.model.config.eos_token_ids.clone() },
+            stop_tokens: if o.ignore_eos { vec![] } else { self.runner.config().eos_token_ids.clone() },
             sampling: SamplingOptions {
                 temperature: o.temperature,
                 top_k: o.top_k,
@@ -296,24 +417,20 @@ impl EmberModel {
             },
             want_prompt_logits: false,
         };
-        let mut slot = self.session.try_borrow_mut().map_err(|_| js_err("a generation is already running on this model"))?;
-        let session = match &mut *slot {
-            Some(s) => s,
-            empty => empty.insert(Session::new(&self.dev, &self.model).map_err(js_err)?),
-        };
         let mut stream = StreamDecoder::new(true);
         let mut text = String::new();
-        let out = generate(&self.dev, &self.model, session, &prompt_ids, &opts, |id| {
-            let piece = self.text.tokenizer.as_ref().and_then(|t| stream.push(t, id).ok()).unwrap_or_default();
-            text.push_str(&piece);
-            let keep = match &on_token {
-                Some(f) => f.call2(&JsValue::NULL, &JsValue::from(id), &JsValue::from_str(&piece)).map(|r| r.as_bool() != Some(false)).unwrap_or(false),
-                None => true,
-            };
-            keep && !o.stop.iter().any(|s| text.contains(s.as_str()))
-        })
-        .await
-        .map_err(js_err)?;
+        let out = self
+            .runner
+            .generate(&prompt_ids, &opts, |id| {
+                let piece = self.text.tokenizer.as_ref().and_then(|t| stream.push(t, id).ok()).unwrap_or_default();
+                text.push_str(&piece);
+                let keep = match &on_token {
+                    Some(f) => f.call2(&JsValue::NULL, &JsValue::from(id), &JsValue::from_str(&piece)).map(|r| r.as_bool() != Some(false)).unwrap_or(false),
+                    None => true,
+                };
+                keep && !o.stop.iter().any(|s| text.contains(s.as_str()))
+            })
+            .await?;
         for s in &o.stop {
             if let Some(i) = text.find(s.as_str()) {
                 text.truncate(i);
