@@ -110,7 +110,10 @@ async function loadModel() {
     const l = i.load;
     const s = (ms) => (ms / 1000).toFixed(1);
     const phases = `files ${s(l.filesMs)} · header ${s(l.headerMs)} · tokenizer ${s(l.tokenizerMs)} · upload ${s(l.uploadMs)} · compile ${s(l.compileMs)} s`;
-    ui.figures.textContent = `${id} · ${i.architecture} · ${formatBytes(i.weightBytes)} on the GPU · loaded in ${s(i.loadMs)} s${i.fromCache ? ' from cache' : ''} (${phases})`;
+    // Which backend runs the model, and why (auto takes the CPU on software WebGPU adapters).
+    state.deviceLabel = i.device.name;
+    ui.figures.textContent = `${id} · ${i.architecture} · ${formatBytes(i.weightBytes)} · ${i.device.name}, ${i.device.reason} · loaded in ${s(i.loadMs)} s${i.fromCache ? ' from cache' : ''} (${phases})`;
+    ui.figures.title = i.device.reason;
     ui.progress.hidden = true;
     localStorage.setItem('emberlm.model', ui.model.value === 'custom' ? `custom:${id}` : ui.model.value);
     setState('ready');
@@ -210,7 +213,7 @@ async function reply() {
   if (usage) {
     const x = usage.extra;
     const cached = usage.prompt_tokens_details?.cached_tokens ? ` (${usage.prompt_tokens_details.cached_tokens} of ${usage.prompt_tokens} prompt tokens cached)` : '';
-    const figures = `${usage.completion_tokens} tokens · first token ${Math.round(x.time_to_first_token_ms)} ms${cached} · prefill ${x.prefill_tokens_per_s.toFixed(1)} tok/s · decode ${x.decode_tokens_per_s.toFixed(1)} tok/s${finish === 'abort' ? ' · stopped' : ''}`;
+    const figures = `${usage.completion_tokens} tokens · first token ${Math.round(x.time_to_first_token_ms)} ms${cached} · prefill ${x.prefill_tokens_per_s.toFixed(1)} tok/s · decode ${x.decode_tokens_per_s.toFixed(1)} tok/s · ${state.deviceLabel}${finish === 'abort' ? ' · stopped' : ''}`;
     meta.append(figures);
     ui.figures.textContent = `${state.modelLabel} · ${figures}`;
   }
@@ -302,7 +305,7 @@ async function start() {
     /* served without the local model server */
   }
   if (!navigator.gpu || !(await navigator.gpu.requestAdapter().catch(() => null))) {
-    banner('WebGPU is not available in this browser or on this device, so models cannot run here. Use a recent Chrome, Edge or Safari with a supported GPU.');
+    banner('WebGPU is not available in this browser or on this device: models run on the CPU instead, which suits small models best.', 'info');
   }
   const saved = localStorage.getItem('emberlm.model');
   const firstBundled = state.config.localHub && state.config.bundled[0] ? `local:${state.config.bundled[0].id}` : null;
