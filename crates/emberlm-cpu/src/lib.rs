@@ -22,6 +22,8 @@ pub mod ops;
 pub mod parallel;
 pub mod simd;
 pub mod tensor;
+#[cfg(target_arch = "x86_64")]
+pub mod x86;
 
 pub use tensor::CpuTensor;
 

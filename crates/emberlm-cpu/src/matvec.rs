@@ -1,12 +1,12 @@
 //! Row dot products over packed weights: [`matvec_rows`] for one token (decode) and
 //! [`matmul_rows`] for many (prefill). Both accumulate in f32 like the GPU kernels.
 //!
-//! Q4 and Q8 are dotted straight from their words. Q4 (and the K formats' low nibbles) keep
-//! weights 0–3 of a word in the low nibbles of its four bytes and 4–7 in the high nibbles, so
-//! the activations are first put in that order ([`nibble_order`]): then a group's 16 bytes meet
-//! 16 contiguous activations twice, once per nibble, and the loop vectorises. Q4's `min` term
-//! factors out as `min · Σx` per group. The K formats and f16 are decoded a row at a time into
-//! a scratch row ([`dequantize_row`]), which stays in L1, and dotted from there.
+//! Q4 and Q8 are dotted straight from their words; Q4's `min` term factors out as `min · Σx` per
+//! group. The K formats and f16 are decoded a row at a time into a scratch row
+//! ([`dequantize_row`]), which stays in L1, and dotted from there. Prefill decodes four rows at
+//! a time and multiplies them with every token in register tiles. On x86_64 with AVX2+FMA the
+//! hot loops are the intrinsics of [`crate::x86`]; elsewhere the portable loops here, written
+//! for the auto-vectoriser (wasm `simd128`, NEON).
 
 use emberlm_core::dtype::{k_scale_min, GROUP_SIZE, SUPER_BLOCK};
 use emberlm_core::DType;
@@ -85,44 +85,23 @@ fn dot4(w: &[f32], x: [&[f32]; 4]) -> [f32; 4] {
     out
 }
 
-/// Does this dtype take its activations in [`nibble_order`]?
-pub fn wants_nibble_order(dtype: DType) -> bool {
-    dtype == DType::Q4
-}
-
-/// `x` reordered per group of 32 to meet Q4 words byte by byte: the 16 values that meet the
-/// low nibbles of the group's 16 bytes, then the 16 that meet the high nibbles. Also returns
-/// each group's Σx (for Q4's min term).
-pub fn nibble_order(x: &[f32]) -> (Vec<f32>, Vec<f32>) {
-    let mut ordered = vec![0f32; x.len()];
-    let mut sums = Vec::with_capacity(x.len() / GROUP_SIZE);
-    for (g, (src, dst)) in x.chunks_exact(GROUP_SIZE).zip(ordered.chunks_exact_mut(GROUP_SIZE)).enumerate() {
-        let _ = g;
-        for j in 0..16 {
-            let base = 8 * (j / 4) + j % 4;
-            dst[j] = src[base];
-            dst[16 + j] = src[base + 4];
-        }
-        sums.push(src.iter().sum());
-    }
-    (ordered, sums)
+/// Σx over each group of 32 (Q4's min term: `Σ (q·s + m)·x = s·Σ q·x + m·Σx`).
+pub fn group_sums(x: &[f32]) -> Vec<f32> {
+    x.chunks_exact(GROUP_SIZE).map(|g| g.iter().sum()).collect()
 }
 
 #[inline(always)]
-fn bytes16(words: &[u32]) -> [u8; 16] {
-    bytemuck::cast::<[u32; 4], [u8; 16]>([words[0], words[1], words[2], words[3]])
-}
-
-#[inline(always)]
-fn dot_q4(qs: &[u32], sc: &[u32], x_ordered: &[f32], group_sums: &[f32]) -> f32 {
-    let mut acc = [0f32; 16];
+fn dot_q4(qs: &[u32], sc: &[u32], x: &[f32], group_sums: &[f32]) -> f32 {
+    let mut acc = [0f32; 8];
     let mut mins = 0f32;
-    for ((words, &s), (x, &sum)) in qs.chunks_exact(4).zip(sc).zip(x_ordered.chunks_exact(GROUP_SIZE).zip(group_sums)) {
+    for ((words, &s), (x, &sum)) in qs.chunks_exact(4).zip(sc).zip(x.chunks_exact(GROUP_SIZE).zip(group_sums)) {
         let scale = f16_to_f32(s & 0xffff);
-        let bytes = bytes16(words);
-        for j in 0..16 {
-            let b = bytes[j] as u32;
-            acc[j] += scale * ((b & 15) as f32 * x[j] + (b >> 4) as f32 * x[16 + j]);
+        let mut q = [0f32; GROUP_SIZE];
+        unpack_nibbles(words, &mut q, |v, _| v as f32);
+        for (c, cx) in q.chunks_exact(8).zip(x.chunks_exact(8)) {
+            for l in 0..8 {
+                acc[l] += scale * (c[l] * cx[l]);
+            }
         }
         mins += f16_to_f32(s >> 16) * sum;
     }
@@ -220,46 +199,115 @@ fn unpack_nibbles(words: &[u32], out: &mut [f32], f: impl Fn(u32, usize) -> f32)
 }
 
 multiversion! {
-    /// `out[i] = W[row0 + i] · x` for `out.len()` rows of a `k`-wide matrix whose segments are
-    /// `qs`/`sc`. `x_ordered`/`group_sums` are [`nibble_order`]'s output for Q4 (empty otherwise).
-    pub fn matvec_rows(dtype: DType, qs: &[u32], sc: &[u32], k: usize, x: &[f32], x_ordered: &[f32], group_sums: &[f32], row0: usize, out: &mut [f32]) {
+    /// The portable row loop of [`matvec_rows`].
+    fn matvec_rows_portable(dtype: DType, qs: &[u32], sc: &[u32], k: usize, x: &[f32], group_sums: &[f32], row0: usize, out: &mut [f32]) {
         let qw = (dtype.qs_row_bytes(k) / 4) as usize;
         let sw = (dtype.scale_row_bytes(k) / 4) as usize;
         let row = |r: usize| (&qs[r * qw..(r + 1) * qw], &sc[r * sw..(r + 1) * sw]);
-        match dtype {
-            DType::F32 => {
-                for (i, o) in out.iter_mut().enumerate() {
-                    *o = dot(bytemuck::cast_slice(row(row0 + i).0), x);
-                }
-            }
-            DType::Q4 => {
-                for (i, o) in out.iter_mut().enumerate() {
-                    let (q, s) = row(row0 + i);
-                    *o = dot_q4(q, s, x_ordered, group_sums);
-                }
-            }
-            DType::Q8 => {
-                for (i, o) in out.iter_mut().enumerate() {
-                    let (q, s) = row(row0 + i);
-                    *o = dot_q8(q, s, x);
-                }
-            }
-            _ => {
-                let mut scratch = vec![0f32; k];
-                for (i, o) in out.iter_mut().enumerate() {
-                    let (q, s) = row(row0 + i);
+        let mut scratch = Vec::new();
+        for (i, o) in out.iter_mut().enumerate() {
+            let (q, s) = row(row0 + i);
+            *o = match dtype {
+                DType::F32 => dot(bytemuck::cast_slice(q), x),
+                DType::Q4 => dot_q4(q, s, x, group_sums),
+                DType::Q8 => dot_q8(q, s, x),
+                _ => {
+                    scratch.resize(k, 0f32);
                     dequantize_row(dtype, q, s, &mut scratch);
-                    *o = dot(&scratch, x);
+                    dot(&scratch, x)
                 }
-            }
+            };
         }
     }
 }
 
+/// `out[i] = W[row0 + i] · x` for `out.len()` rows of a `k`-wide matrix whose segments are
+/// `qs`/`sc`; `group_sums` is [`group_sums`] of `x` for Q4 (empty otherwise).
+#[allow(clippy::too_many_arguments)]
+pub fn matvec_rows(dtype: DType, qs: &[u32], sc: &[u32], k: usize, x: &[f32], group_sums: &[f32], row0: usize, out: &mut [f32]) {
+    #[cfg(target_arch = "x86_64")]
+    if crate::simd::has_avx2() {
+        let qw = (dtype.qs_row_bytes(k) / 4) as usize;
+        let sw = (dtype.scale_row_bytes(k) / 4) as usize;
+        let mut scratch = Vec::new();
+        for (i, o) in out.iter_mut().enumerate() {
+            let r = row0 + i;
+            let (q, s) = (&qs[r * qw..(r + 1) * qw], &sc[r * sw..(r + 1) * sw]);
+            // SAFETY: has_avx2() checked the CPU; the kernels check their slice lengths.
+            *o = unsafe {
+                match dtype {
+                    DType::F32 => crate::x86::dot(bytemuck::cast_slice(q), x),
+                    DType::Q4 => crate::x86::dot_q4(q, s, x, group_sums),
+                    DType::Q8 => crate::x86::dot_q8(q, s, x),
+                    _ => {
+                        scratch.resize(k, 0f32);
+                        dequantize_row_fast(dtype, q, s, &mut scratch);
+                        crate::x86::dot(&scratch, x)
+                    }
+                }
+            };
+        }
+        return;
+    }
+    matvec_rows_portable(dtype, qs, sc, k, x, group_sums, row0, out)
+}
+
 multiversion! {
-    /// Rows `row0..row0 + rows` of `W` against `m` activation rows `x` ([m, k]): `out` is
-    /// [rows, m] (row-major by weight row, so each decoded row meets every token at once).
-    pub fn matmul_rows(dtype: DType, qs: &[u32], sc: &[u32], k: usize, x: &[f32], m: usize, row0: usize, rows: usize, out: &mut [f32]) {
+    /// [`dequantize_row`], compiled for the CPU's SIMD level.
+    pub fn dequantize_row_fast(dtype: DType, qs: &[u32], sc: &[u32], out: &mut [f32]) {
+        #[cfg(target_arch = "x86_64")]
+        if crate::simd::has_avx2() && matches!(dtype, DType::Q4 | DType::Q8) {
+            // SAFETY: has_avx2() checked the CPU; the kernels check their slice lengths.
+            unsafe {
+                return match dtype {
+                    DType::Q4 => crate::x86::dequantize_q4(qs, sc, out),
+                    _ => crate::x86::dequantize_q8(qs, sc, out),
+                };
+            }
+        }
+        dequantize_row(dtype, qs, sc, out)
+    }
+}
+
+/// Rows `row0..row0 + rows` of `W` against `m` activation rows `x` ([m, k]): `out` is
+/// [rows, m] (row-major by weight row, so each decoded row meets every token at once).
+#[allow(clippy::too_many_arguments)]
+pub fn matmul_rows(dtype: DType, qs: &[u32], sc: &[u32], k: usize, x: &[f32], m: usize, row0: usize, rows: usize, out: &mut [f32]) {
+    #[cfg(target_arch = "x86_64")]
+    if crate::simd::has_avx2() {
+        let qw = (dtype.qs_row_bytes(k) / 4) as usize;
+        let sw = (dtype.scale_row_bytes(k) / 4) as usize;
+        let mut w = vec![0f32; 4 * k];
+        let mut r = 0;
+        while r < rows {
+            let n = (rows - r).min(4);
+            for (j, wj) in w.chunks_exact_mut(k).take(n).enumerate() {
+                let g = row0 + r + j;
+                dequantize_row_fast(dtype, &qs[g * qw..(g + 1) * qw], &sc[g * sw..(g + 1) * sw], wj);
+            }
+            let o = &mut out[r * m..(r + n) * m];
+            // SAFETY: has_avx2() checked the CPU; the kernels check their slice lengths.
+            unsafe {
+                if n == 4 {
+                    crate::x86::matmul_4rows(&w, x, k, m, o);
+                } else {
+                    for (j, oj) in o.chunks_exact_mut(m).enumerate() {
+                        for (t, v) in oj.iter_mut().enumerate() {
+                            *v = crate::x86::dot(&w[j * k..(j + 1) * k], &x[t * k..(t + 1) * k]);
+                        }
+                    }
+                }
+            }
+            r += n;
+        }
+        return;
+    }
+    matmul_rows_portable(dtype, qs, sc, k, x, m, row0, rows, out)
+}
+
+multiversion! {
+    /// The portable loop of [`matmul_rows`].
+    fn matmul_rows_portable(dtype: DType, qs: &[u32], sc: &[u32], k: usize, x: &[f32], m: usize, row0: usize, rows: usize, out: &mut [f32]) {
         let qw = (dtype.qs_row_bytes(k) / 4) as usize;
         let sw = (dtype.scale_row_bytes(k) / 4) as usize;
         let mut w = vec![0f32; k];

@@ -5,7 +5,7 @@
 use emberlm_core::ops::{Activation, AttentionParams, RopeLayout};
 use emberlm_core::{DType, Error, Result};
 
-use crate::matvec::{matmul_rows, matvec_rows, nibble_order, wants_nibble_order};
+use crate::matvec::{group_sums, matmul_rows, matvec_rows};
 use crate::parallel::{for_parts, map_ranges};
 use crate::tensor::CpuTensor;
 
@@ -26,7 +26,7 @@ pub fn embedding(ids: &CpuTensor, table: &CpuTensor, out: &CpuTensor, tokens: us
         if id >= vocab {
             return shape("embedding", format!("token id {id} is outside the table of {vocab} rows"));
         }
-        crate::matvec::dequantize_row(table.dtype, &qs[id * qw..(id + 1) * qw], &sc[id * sw..(id + 1) * sw], row);
+        crate::matvec::dequantize_row_fast(table.dtype, &qs[id * qw..(id + 1) * qw], &sc[id * sw..(id + 1) * sw], row);
         row.iter_mut().for_each(|v| *v *= scale);
     }
     Ok(())
@@ -40,13 +40,13 @@ pub fn matvec_into(w: &CpuTensor, x: &CpuTensor, x_row: usize, bias: Option<&Cpu
     x.expect_distinct("matvec", y)?;
     let x = x.f32s();
     let x = &x[x_row * k..(x_row + 1) * k];
-    let (ordered, sums) = if wants_nibble_order(w.dtype) { nibble_order(x) } else { (Vec::new(), Vec::new()) };
+    let sums = if w.dtype == DType::Q4 { group_sums(x) } else { Vec::new() };
     let (qs, sc) = (w.words(), w.scale_words());
     let (qs, sc) = (&*qs, &*sc);
     let mut y = y.f32s_mut();
     let y = &mut y[y_offset..y_offset + rows];
     let dtype = w.dtype;
-    for_parts(y, 16, |start, part| matvec_rows(dtype, qs, sc, k, x, &ordered, &sums, start, part));
+    for_parts(y, 16, |start, part| matvec_rows(dtype, qs, sc, k, x, &sums, start, part));
     add_bias(bias, y, 1, rows, 0)
 }
 

@@ -1,0 +1,49 @@
+//! CPU kernel speed on SmolLM2-135M's shapes (hidden 576, ffn 1536, vocab 49152): matvec
+//! (decode) and matmul (a 60-token prefill) per weight dtype, in GFLOP/s and weight GB/s.
+//! Not a test: it prints figures.   cargo bench -p emberlm-cpu --bench kernels
+use std::time::Instant;
+
+use emberlm_core::{DType, PackedMatrix};
+use emberlm_cpu::{ops, CpuDevice, CpuTensor};
+
+fn main() {
+    let cpu = CpuDevice::new(None);
+    println!("{}", cpu.describe());
+    let shapes = [(576usize, 576usize, "q/o"), (3072, 576, "gate|up"), (576, 1536, "down"), (49152, 576, "lm head")];
+    for dtype in [DType::Q4, DType::Q8, DType::Q4K, DType::F16, DType::F32] {
+        for &(rows, k, what) in &shapes {
+            if k % dtype.k_multiple() != 0 {
+                continue;
+            }
+            let values: Vec<f32> = (0..rows * k).map(|i| ((i * 2654435761) % 1000) as f32 / 1000.0 - 0.5).collect();
+            let packed = PackedMatrix::pack(dtype, rows, k, &values);
+            let w = CpuTensor::zeroed("w", &[rows, k], dtype).unwrap();
+            w.write_rows(0, &packed).unwrap();
+            let bytes = w.bytes() as f64;
+            let m = 60;
+            let x = CpuTensor::from_f32("x", &[m, k], &values[..m * k]).unwrap();
+            let y = CpuTensor::zeroed("y", &[m, rows], DType::F32).unwrap();
+            let time = |f: &dyn Fn()| {
+                f();
+                let reps = 5;
+                let t = Instant::now();
+                for _ in 0..reps {
+                    f();
+                }
+                t.elapsed().as_secs_f64() / reps as f64
+            };
+            let tv = time(&|| ops::matvec_into(&w, &x, 0, None, &y, 0).unwrap());
+            let tm = time(&|| ops::matmul_into(&x, &w, None, &y, m, rows, 0).unwrap());
+            let flop = 2.0 * rows as f64 * k as f64;
+            println!(
+                "{:>4} {what:>8} {rows}x{k}: matvec {:7.1} µs {:6.1} GB/s {:5.1} GFLOP/s | matmul m={m} {:8.1} µs {:6.1} GFLOP/s",
+                dtype.name(),
+                tv * 1e6,
+                bytes / tv / 1e9,
+                flop / tv / 1e9,
+                tm * 1e6,
+                flop * m as f64 / tm / 1e9
+            );
+        }
+    }
+}
