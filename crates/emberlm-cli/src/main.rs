@@ -175,6 +175,9 @@ struct BenchArgs {
     /// Repetitions (the mean and spread are printed).
     #[arg(short = 'r', long, default_value_t = 3)]
     repetitions: usize,
+    /// Also print where the time goes: time per op kind per pp and tg token (CPU backend).
+    #[arg(long)]
+    profile: bool,
 }
 
 type Result<T> = std::result::Result<T, String>;
@@ -476,12 +479,19 @@ fn bench_with<B: Backend>(a: &BenchArgs, dev: &B, model: &Model<B>, load_s: f64,
     pollster::block_on(session.step(dev, model, &[tokens[0]], false)).map_err(err)?;
     let mut pp = Vec::new();
     let mut tg = Vec::new();
-    for _ in 0..a.repetitions.max(1) {
+    let mut profiles = Vec::new();
+    for rep in 0..a.repetitions.max(1) {
+        eprintln!("repetition {} of {}", rep + 1, a.repetitions.max(1));
+        let profiling = a.profile && rep == 0 && dev.set_profiling(true);
         if a.n_prompt > 0 {
             session.reset();
             let t = std::time::Instant::now();
             pollster::block_on(session.step(dev, model, &tokens, false)).map_err(err)?;
             pp.push(a.n_prompt as f64 / t.elapsed().as_secs_f64());
+            if profiling {
+                profiles.push((format!("pp{}", a.n_prompt), a.n_prompt, dev.profile_report()));
+                dev.set_profiling(true);
+            }
         }
         if a.n_gen > 0 {
             session.reset();
@@ -491,6 +501,27 @@ fn bench_with<B: Backend>(a: &BenchArgs, dev: &B, model: &Model<B>, load_s: f64,
                 next = pollster::block_on(session.step(dev, model, &[next], false)).map_err(err)?.argmax;
             }
             tg.push(a.n_gen as f64 / t.elapsed().as_secs_f64());
+            if profiling {
+                profiles.push((format!("tg{}", a.n_gen), a.n_gen, dev.profile_report()));
+            }
+        }
+        if profiling {
+            dev.set_profiling(false);
+        }
+    }
+    if a.profile && profiles.is_empty() {
+        eprintln!("--profile: {} cannot time its ops yet", dev.describe());
+    }
+    for (label, tokens, ops) in &profiles {
+        let total: f64 = ops.iter().map(|o| o.2).sum();
+        println!("profile {label}: {:.3} ms of ops per token", total * 1e3 / *tokens as f64);
+        for (op, calls, secs) in ops {
+            println!(
+                "  {op:<18} {:>8.3} ms/token {:>5.1}%  {:>6.1} calls/token",
+                secs * 1e3 / *tokens as f64,
+                100.0 * secs / total,
+                *calls as f64 / *tokens as f64
+            );
         }
     }
     let name = a.model.model.file_name().map(|n| n.to_string_lossy().to_string()).unwrap_or_default();

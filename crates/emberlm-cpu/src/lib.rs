@@ -20,6 +20,7 @@ pub mod attention;
 pub mod matvec;
 pub mod ops;
 pub mod parallel;
+pub mod profile;
 pub mod simd;
 pub mod tensor;
 #[cfg(target_arch = "x86_64")]

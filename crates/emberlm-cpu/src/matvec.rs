@@ -226,6 +226,31 @@ multiversion! {
 #[allow(clippy::too_many_arguments)]
 pub fn matvec_rows(dtype: DType, qs: &[u32], sc: &[u32], k: usize, x: &[f32], group_sums: &[f32], row0: usize, out: &mut [f32]) {
     #[cfg(target_arch = "x86_64")]
+    if crate::simd::has_avx512() {
+        let qw = (dtype.qs_row_bytes(k) / 4) as usize;
+        let sw = (dtype.scale_row_bytes(k) / 4) as usize;
+        let x_nibble = if dtype == DType::Q4 { crate::x86::nibble_order(x) } else { Vec::new() };
+        let mut scratch = Vec::new();
+        for (i, o) in out.iter_mut().enumerate() {
+            let r = row0 + i;
+            let (q, s) = (&qs[r * qw..(r + 1) * qw], &sc[r * sw..(r + 1) * sw]);
+            // SAFETY: has_avx512() checked the CPU; the kernels check their slice lengths.
+            *o = unsafe {
+                match dtype {
+                    DType::F32 => crate::x86::dot_512(bytemuck::cast_slice(q), x),
+                    DType::Q4 => crate::x86::dot_q4_512(q, s, &x_nibble, group_sums),
+                    DType::Q8 => crate::x86::dot_q8_512(q, s, x),
+                    _ => {
+                        scratch.resize(k, 0f32);
+                        dequantize_row_fast(dtype, q, s, &mut scratch);
+                        crate::x86::dot_512(&scratch, x)
+                    }
+                }
+            };
+        }
+        return;
+    }
+    #[cfg(target_arch = "x86_64")]
     if crate::simd::has_avx2() {
         let qw = (dtype.qs_row_bytes(k) / 4) as usize;
         let sw = (dtype.scale_row_bytes(k) / 4) as usize;
@@ -288,7 +313,9 @@ pub fn matmul_rows(dtype: DType, qs: &[u32], sc: &[u32], k: usize, x: &[f32], m:
             let o = &mut out[r * m..(r + n) * m];
             // SAFETY: has_avx2() checked the CPU; the kernels check their slice lengths.
             unsafe {
-                if n == 4 {
+                if n == 4 && crate::simd::has_avx512() {
+                    crate::x86::matmul_4rows_512(&w, x, k, m, o);
+                } else if n == 4 {
                     crate::x86::matmul_4rows(&w, x, k, m, o);
                 } else {
                     for (j, oj) in o.chunks_exact_mut(m).enumerate() {

@@ -15,6 +15,7 @@ fn shape<T>(op: &'static str, detail: String) -> Result<T> {
 
 /// out[t] = table[ids[t]] · scale.
 pub fn embedding(ids: &CpuTensor, table: &CpuTensor, out: &CpuTensor, tokens: usize, scale: f32) -> Result<()> {
+    let _time = crate::profile::scope("embedding");
     let (vocab, k) = (table.rows(), table.k());
     out.expect_f32("embedding", tokens * k)?;
     let ids = ids.words();
@@ -34,6 +35,15 @@ pub fn embedding(ids: &CpuTensor, table: &CpuTensor, out: &CpuTensor, tokens: us
 
 /// y[y_offset..] = W · x[x_row] (+ bias): one token.
 pub fn matvec_into(w: &CpuTensor, x: &CpuTensor, x_row: usize, bias: Option<&CpuTensor>, y: &CpuTensor, y_offset: usize) -> Result<()> {
+    let _time = crate::profile::scope(match w.dtype {
+        DType::F32 => "matvec f32",
+        DType::F16 => "matvec f16",
+        DType::Q8 => "matvec q8",
+        DType::Q4 => "matvec q4",
+        DType::Q4K => "matvec q4k",
+        DType::Q5K => "matvec q5k",
+        DType::Q6K => "matvec q6k",
+    });
     let (rows, k) = (w.rows(), w.k());
     x.expect_f32("matvec", (x_row + 1) * k)?;
     y.expect_f32("matvec", y_offset + rows)?;
@@ -52,6 +62,7 @@ pub fn matvec_into(w: &CpuTensor, x: &CpuTensor, x_row: usize, bias: Option<&Cpu
 
 /// Y[:, y_offset..] = X · Wᵀ (+ bias) for `m` tokens; `y` rows are `y_cols` wide.
 pub fn matmul_into(x: &CpuTensor, w: &CpuTensor, bias: Option<&CpuTensor>, y: &CpuTensor, m: usize, y_cols: usize, y_offset: usize) -> Result<()> {
+    let _time = crate::profile::scope("matmul");
     let (rows, k) = (w.rows(), w.k());
     if y_offset + rows > y_cols {
         return shape("matmul", format!("{rows} outputs at column {y_offset} overflow rows of {y_cols}"));
@@ -115,6 +126,7 @@ fn normalize(x: &[f32], w: &[f32], out: &mut [f32], eps: f32, offset: f32) {
 /// With `residual`: residual += x, then out = rms_norm(residual); else out = rms_norm(x).
 #[allow(clippy::too_many_arguments)]
 pub fn rms_norm(x: &CpuTensor, weight: &CpuTensor, residual: Option<&CpuTensor>, out: &CpuTensor, rows: usize, eps: f32, offset: f32) -> Result<()> {
+    let _time = crate::profile::scope("rms_norm");
     let cols = weight.numel();
     x.expect_f32("rms_norm", rows * cols)?;
     out.expect_f32("rms_norm", rows * cols)?;
@@ -146,6 +158,7 @@ pub fn rms_norm(x: &CpuTensor, weight: &CpuTensor, residual: Option<&CpuTensor>,
 /// In place: RMS-normalises heads `head_offset..head_offset + heads` of every row.
 #[allow(clippy::too_many_arguments)]
 pub fn head_rms_norm(x: &CpuTensor, weight: &CpuTensor, rows: usize, heads: usize, head_offset: usize, row_stride: usize, eps: f32, offset: f32) -> Result<()> {
+    let _time = crate::profile::scope("head_rms_norm");
     let d = weight.numel();
     if (head_offset + heads) * d > row_stride {
         return shape("head_rms_norm", format!("heads {head_offset}..{} of {d} overflow rows of {row_stride}", head_offset + heads));
@@ -178,6 +191,7 @@ pub fn rope(
     row_stride: usize,
     pos0: usize,
 ) -> Result<()> {
+    let _time = crate::profile::scope("rope");
     let half = rot_dims / 2;
     if rot_dims > d || (pos0 + tokens) * half * 2 > table.len() || (head_offset + heads) * d > row_stride {
         return shape("rope", format!("{tokens} tokens at {pos0}, {heads} heads of {d} ({rot_dims} rotated) do not fit the table or rows of {row_stride}"));
@@ -216,6 +230,7 @@ pub fn kv_cache_append(
     row_stride: usize,
     pos0: usize,
 ) -> Result<()> {
+    let _time = crate::profile::scope("kv_cache_append");
     let capacity = cache.numel() / (kv_heads * d).max(1);
     if pos0 + tokens > capacity || (head_offset + kv_heads) * d > row_stride {
         return shape("kv_cache_append", format!("{tokens} tokens at {pos0} overflow a cache of {capacity}"));
@@ -233,6 +248,7 @@ pub fn kv_cache_append(
 }
 
 pub fn attention(q: &CpuTensor, k_cache: &CpuTensor, v_cache: &CpuTensor, out: &CpuTensor, p: &AttentionParams) -> Result<()> {
+    let _time = crate::profile::scope("attention");
     for t in [q, k_cache, v_cache] {
         out.expect_distinct("attention", t)?;
         t.expect_f32("attention", 1)?;
@@ -243,6 +259,7 @@ pub fn attention(q: &CpuTensor, k_cache: &CpuTensor, v_cache: &CpuTensor, out: &
 
 /// out[r, i] = act(gate[r, i]) · up[r, i] over rows [gate | up] of 2·inter.
 pub fn gated_activation(gate_up: &CpuTensor, out: &CpuTensor, rows: usize, inter: usize, act: Activation) -> Result<()> {
+    let _time = crate::profile::scope("gated_activation");
     gate_up.expect_f32("gated_activation", rows * 2 * inter)?;
     out.expect_f32("gated_activation", rows * inter)?;
     gate_up.expect_distinct("gated_activation", out)?;
@@ -263,6 +280,7 @@ pub fn gated_activation(gate_up: &CpuTensor, out: &CpuTensor, rows: usize, inter
 
 /// In place: x = cap · tanh(x / cap).
 pub fn logit_softcap(x: &CpuTensor, len: usize, cap: f32) -> Result<()> {
+    let _time = crate::profile::scope("logit_softcap");
     x.expect_f32("logit_softcap", len)?;
     x.f32s_mut()[..len].iter_mut().for_each(|v| *v = cap * (*v / cap).tanh());
     Ok(())
@@ -270,6 +288,7 @@ pub fn logit_softcap(x: &CpuTensor, len: usize, cap: f32) -> Result<()> {
 
 /// out[r] = index of the largest value of row r (lowest on ties, NaN skipped; 0 if none).
 pub fn argmax(x: &CpuTensor, out: &CpuTensor, rows: usize, cols: usize) -> Result<()> {
+    let _time = crate::profile::scope("argmax");
     x.expect_f32("argmax", rows * cols)?;
     if out.numel() < rows || out.dtype != DType::F32 {
         return shape("argmax", format!("`{}` cannot hold {rows} indices", out.name));

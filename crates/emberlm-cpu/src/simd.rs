@@ -8,7 +8,17 @@ pub fn has_avx2() -> bool {
     std::is_x86_feature_detected!("avx2") && std::is_x86_feature_detected!("fma") && std::is_x86_feature_detected!("f16c")
 }
 
+/// AVX-512F on top of AVX2: the row kernels' 16-lane versions.
+#[cfg(target_arch = "x86_64")]
+pub fn has_avx512() -> bool {
+    has_avx2() && std::is_x86_feature_detected!("avx512f")
+}
+
 pub fn level() -> &'static str {
+    #[cfg(target_arch = "x86_64")]
+    if has_avx512() {
+        return "avx512";
+    }
     #[cfg(target_arch = "x86_64")]
     if has_avx2() {
         return "avx2+fma";

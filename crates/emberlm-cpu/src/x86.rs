@@ -167,3 +167,157 @@ pub unsafe fn matmul_4rows(w: &[f32], x: &[f32], k: usize, m: usize, out: &mut [
         }
     }
 }
+
+// ---- AVX-512: 16 lanes ------------------------------------------------------------------------
+//
+// A Q4 group's 16 bytes widen to 16 lanes at once; the low nibbles are weights
+// 0–3, 8–11, 16–19, 24–27 and the high nibbles the rest, so the activations are put in that
+// order once per matvec ([`nibble_order`]): [the 16 meeting low nibbles | the 16 meeting high].
+
+/// `x` per group of 32 in the order the Q4 nibbles of a widened group come out.
+pub fn nibble_order(x: &[f32]) -> Vec<f32> {
+    let mut out = vec![0f32; x.len()];
+    for (src, dst) in x.chunks_exact(GROUP_SIZE).zip(out.chunks_exact_mut(GROUP_SIZE)) {
+        for j in 0..16 {
+            let i = 8 * (j / 4) + j % 4;
+            dst[j] = src[i];
+            dst[16 + j] = src[i + 4];
+        }
+    }
+    out
+}
+
+#[target_feature(enable = "avx512f,avx2,fma,f16c")]
+pub unsafe fn dot_512(a: &[f32], b: &[f32]) -> f32 {
+    let n = a.len().min(b.len());
+    let (pa, pb) = (a.as_ptr(), b.as_ptr());
+    let mut acc = [_mm512_setzero_ps(); 2];
+    let mut i = 0;
+    while i + 32 <= n {
+        acc[0] = _mm512_fmadd_ps(_mm512_loadu_ps(pa.add(i)), _mm512_loadu_ps(pb.add(i)), acc[0]);
+        acc[1] = _mm512_fmadd_ps(_mm512_loadu_ps(pa.add(i + 16)), _mm512_loadu_ps(pb.add(i + 16)), acc[1]);
+        i += 32;
+    }
+    let mut s = _mm512_reduce_add_ps(_mm512_add_ps(acc[0], acc[1]));
+    while i < n {
+        s += a[i] * b[i];
+        i += 1;
+    }
+    s
+}
+
+/// One Q4 row against `x_nibble` ([`nibble_order`] of x); `group_sums[g]` = Σ x over group g.
+#[target_feature(enable = "avx512f,avx2,fma,f16c")]
+pub unsafe fn dot_q4_512(qs: &[u32], sc: &[u32], x_nibble: &[f32], group_sums: &[f32]) -> f32 {
+    let groups = sc.len();
+    assert!(qs.len() >= groups * 4 && x_nibble.len() >= groups * GROUP_SIZE && group_sums.len() >= groups);
+    let mask = _mm512_set1_epi32(15);
+    let mut total = _mm512_setzero_ps();
+    let mut mins = _mm256_setzero_ps();
+    let mut halves = [0f32; 16];
+    let mut g = 0;
+    while g < groups {
+        let n = (groups - g).min(8);
+        // Eight groups' (scale, min) pairs converted at once.
+        if n == 8 {
+            _mm512_storeu_ps(halves.as_mut_ptr(), _mm512_cvtph_ps(_mm256_loadu_si256(sc.as_ptr().add(g) as *const __m256i)));
+        } else {
+            for j in 0..n {
+                halves[2 * j] = f16_to_f32(sc[g + j] & 0xffff);
+                halves[2 * j + 1] = f16_to_f32(sc[g + j] >> 16);
+            }
+        }
+        for j in 0..n {
+            let gg = g + j;
+            let bytes = _mm512_cvtepu8_epi32(_mm_loadu_si128(qs.as_ptr().add(4 * gg) as *const __m128i));
+            let lo = _mm512_cvtepi32_ps(_mm512_and_si512(bytes, mask));
+            let hi = _mm512_cvtepi32_ps(_mm512_srli_epi32(bytes, 4));
+            let xg = x_nibble.as_ptr().add(GROUP_SIZE * gg);
+            let acc = _mm512_fmadd_ps(hi, _mm512_loadu_ps(xg.add(16)), _mm512_mul_ps(lo, _mm512_loadu_ps(xg)));
+            total = _mm512_fmadd_ps(acc, _mm512_set1_ps(halves[2 * j]), total);
+        }
+        if n == 8 {
+            let m = _mm256_setr_ps(halves[1], halves[3], halves[5], halves[7], halves[9], halves[11], halves[13], halves[15]);
+            mins = _mm256_fmadd_ps(m, _mm256_loadu_ps(group_sums.as_ptr().add(g)), mins);
+        } else {
+            let mut tail = 0f32;
+            for j in 0..n {
+                tail += halves[2 * j + 1] * group_sums[g + j];
+            }
+            mins = _mm256_add_ps(mins, _mm256_setr_ps(tail, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0));
+        }
+        g += n;
+    }
+    _mm512_reduce_add_ps(total) + hsum(mins)
+}
+
+/// One Q8 row against `x`.
+#[target_feature(enable = "avx512f,avx2,fma,f16c")]
+pub unsafe fn dot_q8_512(qs: &[u32], sc: &[u32], x: &[f32]) -> f32 {
+    let groups = x.len() / GROUP_SIZE;
+    assert!(qs.len() >= groups * 8 && sc.len() * 2 >= groups);
+    let mut total = _mm512_setzero_ps();
+    let mut scales = [0f32; 16];
+    for g in 0..groups {
+        if g % 16 == 0 {
+            // Sixteen groups' f16 scales are contiguous halves: converted at once.
+            if groups - g >= 16 {
+                _mm512_storeu_ps(scales.as_mut_ptr(), _mm512_cvtph_ps(_mm256_loadu_si256(sc.as_ptr().add(g / 2) as *const __m256i)));
+            } else {
+                for j in 0..groups - g {
+                    scales[j] = f16_to_f32((sc[(g + j) / 2] >> (16 * ((g + j) % 2))) & 0xffff);
+                }
+            }
+        }
+        let bytes = qs.as_ptr().add(8 * g) as *const __m128i;
+        let xg = x.as_ptr().add(GROUP_SIZE * g);
+        let w0 = _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm_loadu_si128(bytes)));
+        let w1 = _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm_loadu_si128(bytes.add(1))));
+        let acc = _mm512_fmadd_ps(w1, _mm512_loadu_ps(xg.add(16)), _mm512_mul_ps(w0, _mm512_loadu_ps(xg)));
+        total = _mm512_fmadd_ps(acc, _mm512_set1_ps(scales[g % 16]), total);
+    }
+    _mm512_reduce_add_ps(total)
+}
+
+/// [`matmul_4rows`] with 16 lanes and 4 × 4 tiles.
+#[target_feature(enable = "avx512f,avx2,fma,f16c")]
+pub unsafe fn matmul_4rows_512(w: &[f32], x: &[f32], k: usize, m: usize, out: &mut [f32]) {
+    assert!(w.len() >= 4 * k && x.len() >= m * k && out.len() >= 4 * m);
+    let k16 = k / 16 * 16;
+    let (pw, px) = (w.as_ptr(), x.as_ptr());
+    let mut t = 0;
+    while t + 4 <= m {
+        let mut acc = [[_mm512_setzero_ps(); 4]; 4];
+        let mut i = 0;
+        while i < k16 {
+            let xs = [
+                _mm512_loadu_ps(px.add(t * k + i)),
+                _mm512_loadu_ps(px.add((t + 1) * k + i)),
+                _mm512_loadu_ps(px.add((t + 2) * k + i)),
+                _mm512_loadu_ps(px.add((t + 3) * k + i)),
+            ];
+            for (r, acc_r) in acc.iter_mut().enumerate() {
+                let wv = _mm512_loadu_ps(pw.add(r * k + i));
+                for (a, xv) in acc_r.iter_mut().zip(xs) {
+                    *a = _mm512_fmadd_ps(wv, xv, *a);
+                }
+            }
+            i += 16;
+        }
+        for (r, acc_r) in acc.iter().enumerate() {
+            for (j, a) in acc_r.iter().enumerate() {
+                let mut s = _mm512_reduce_add_ps(*a);
+                for i in k16..k {
+                    s += w[r * k + i] * x[(t + j) * k + i];
+                }
+                out[r * m + t + j] = s;
+            }
+        }
+        t += 4;
+    }
+    for t in t..m {
+        for r in 0..4 {
+            out[r * m + t] = dot_512(&w[r * k..(r + 1) * k], &x[t * k..(t + 1) * k]);
+        }
+    }
+}

@@ -128,6 +128,17 @@ pub trait Backend {
     fn logit_softcap(pass: &mut Self::Pass<'_>, x: &Self::Tensor, len: usize, cap: f32) -> Result<()>;
     fn argmax(pass: &mut Self::Pass<'_>, x: &Self::Tensor, out: &Self::Tensor, rows: usize, cols: usize) -> Result<()>;
 
+    /// Starts collecting time per op kind (clearing earlier totals), or stops; false when this
+    /// backend cannot (the WebGPU one, until timestamp queries land).
+    fn set_profiling(&self, _on: bool) -> bool {
+        false
+    }
+
+    /// `(op, calls, seconds)` since profiling started, slowest first.
+    fn profile_report(&self) -> Vec<(&'static str, u64, f64)> {
+        Vec::new()
+    }
+
     /// Finishes the step: returns `next[0]` and, if given, the values of `logits`.
     async fn run<'a>(&'a self, pass: Self::Pass<'a>, next: &Self::Tensor, logits: Option<&Self::Tensor>) -> Result<(u32, Option<Vec<f32>>)>;
 }
@@ -333,6 +344,15 @@ impl Backend for CpuDevice {
 
     fn rope_table(&self, inv_freq: &[f32], positions: usize, attention_factor: f32) -> Result<CpuRope> {
         Ok(CpuRope { rot_dims: inv_freq.len() * 2, table: emberlm_core::rope_table::cos_sin(inv_freq, positions, attention_factor) })
+    }
+
+    fn set_profiling(&self, on: bool) -> bool {
+        emberlm_cpu::profile::enable(on);
+        cfg!(not(target_arch = "wasm32"))
+    }
+
+    fn profile_report(&self) -> Vec<(&'static str, u64, f64)> {
+        emberlm_cpu::profile::report()
     }
 
     fn pass(&self) -> CpuPass {
