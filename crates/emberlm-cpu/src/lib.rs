@@ -23,6 +23,8 @@ pub mod parallel;
 pub mod profile;
 pub mod simd;
 pub mod tensor;
+#[cfg(all(target_arch = "wasm32", target_feature = "simd128"))]
+pub mod wasm;
 #[cfg(target_arch = "x86_64")]
 pub mod x86;
 

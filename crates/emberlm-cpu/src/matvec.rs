@@ -8,6 +8,9 @@
 //! hot loops are the intrinsics of [`crate::x86`]; elsewhere the portable loops here, written
 //! for the auto-vectoriser (wasm `simd128`, NEON).
 
+// The portable loops are the fallback where no SIMD module applies (not the wasm simd128 build).
+#![cfg_attr(all(target_arch = "wasm32", target_feature = "simd128"), allow(dead_code))]
+
 use emberlm_core::dtype::{k_scale_min, GROUP_SIZE, SUPER_BLOCK};
 use emberlm_core::DType;
 
@@ -274,6 +277,28 @@ pub fn matvec_rows(dtype: DType, qs: &[u32], sc: &[u32], k: usize, x: &[f32], gr
         }
         return;
     }
+    #[cfg(all(target_arch = "wasm32", target_feature = "simd128"))]
+    {
+        let qw = (dtype.qs_row_bytes(k) / 4) as usize;
+        let sw = (dtype.scale_row_bytes(k) / 4) as usize;
+        let x_nibble = if dtype == DType::Q4 { crate::wasm::nibble_order(x) } else { Vec::new() };
+        let mut scratch = Vec::new();
+        for (i, o) in out.iter_mut().enumerate() {
+            let r = row0 + i;
+            let (q, s) = (&qs[r * qw..(r + 1) * qw], &sc[r * sw..(r + 1) * sw]);
+            *o = match dtype {
+                DType::F32 => crate::wasm::dot(bytemuck::cast_slice(q), x),
+                DType::Q4 => crate::wasm::dot_q4(q, s, &x_nibble, group_sums),
+                DType::Q8 => crate::wasm::dot_q8(q, s, x),
+                _ => {
+                    scratch.resize(k, 0f32);
+                    dequantize_row(dtype, q, s, &mut scratch);
+                    crate::wasm::dot(&scratch, x)
+                }
+            };
+        }
+    }
+    #[cfg(not(all(target_arch = "wasm32", target_feature = "simd128")))]
     matvec_rows_portable(dtype, qs, sc, k, x, group_sums, row0, out)
 }
 
@@ -329,6 +354,32 @@ pub fn matmul_rows(dtype: DType, qs: &[u32], sc: &[u32], k: usize, x: &[f32], m:
         }
         return;
     }
+    #[cfg(all(target_arch = "wasm32", target_feature = "simd128"))]
+    {
+        let qw = (dtype.qs_row_bytes(k) / 4) as usize;
+        let sw = (dtype.scale_row_bytes(k) / 4) as usize;
+        let mut w = vec![0f32; 4 * k];
+        let mut r = 0;
+        while r < rows {
+            let n = (rows - r).min(4);
+            for (j, wj) in w.chunks_exact_mut(k).take(n).enumerate() {
+                let g = row0 + r + j;
+                dequantize_row(dtype, &qs[g * qw..(g + 1) * qw], &sc[g * sw..(g + 1) * sw], wj);
+            }
+            let o = &mut out[r * m..(r + n) * m];
+            if n == 4 {
+                crate::wasm::matmul_4rows(&w, x, k, m, o);
+            } else {
+                for (j, oj) in o.chunks_exact_mut(m).enumerate() {
+                    for (t, v) in oj.iter_mut().enumerate() {
+                        *v = crate::wasm::dot(&w[j * k..(j + 1) * k], &x[t * k..(t + 1) * k]);
+                    }
+                }
+            }
+            r += n;
+        }
+    }
+    #[cfg(not(all(target_arch = "wasm32", target_feature = "simd128")))]
     matmul_rows_portable(dtype, qs, sc, k, x, m, row0, rows, out)
 }
 

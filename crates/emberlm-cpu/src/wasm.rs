@@ -1,0 +1,165 @@
+//! wasm `simd128` versions of the hot row kernels (the browser's CPU path). Same arithmetic as
+//! the portable code in [`crate::matvec`] (f32 products and sums), four lanes wide. Q4 groups
+//! are widened byte by byte, so activations come in [`nibble_order`] as in the AVX-512 kernel.
+
+use core::arch::wasm32::*;
+
+use emberlm_core::dtype::GROUP_SIZE;
+
+use crate::matvec::f16_to_f32;
+
+#[inline(always)]
+fn hsum(v: v128) -> f32 {
+    f32x4_extract_lane::<0>(v) + f32x4_extract_lane::<1>(v) + (f32x4_extract_lane::<2>(v) + f32x4_extract_lane::<3>(v))
+}
+
+#[inline(always)]
+unsafe fn load(p: *const f32) -> v128 {
+    v128_load(p as *const v128)
+}
+
+/// `x` per group of 32 in the order a Q4 group's nibbles come out when its 16 bytes are widened:
+/// the 16 values meeting the low nibbles, then the 16 meeting the high nibbles.
+pub fn nibble_order(x: &[f32]) -> Vec<f32> {
+    let mut out = vec![0f32; x.len()];
+    for (src, dst) in x.chunks_exact(GROUP_SIZE).zip(out.chunks_exact_mut(GROUP_SIZE)) {
+        for j in 0..16 {
+            let i = 8 * (j / 4) + j % 4;
+            dst[j] = src[i];
+            dst[16 + j] = src[i + 4];
+        }
+    }
+    out
+}
+
+/// Σ a[i]·b[i].
+pub fn dot(a: &[f32], b: &[f32]) -> f32 {
+    let n = a.len().min(b.len());
+    let (pa, pb) = (a.as_ptr(), b.as_ptr());
+    let mut acc = [f32x4_splat(0.0); 4];
+    let mut i = 0;
+    // SAFETY: every load reads 4 floats below `n`.
+    unsafe {
+        while i + 16 <= n {
+            for (j, a) in acc.iter_mut().enumerate() {
+                *a = f32x4_add(*a, f32x4_mul(load(pa.add(i + 4 * j)), load(pb.add(i + 4 * j))));
+            }
+            i += 16;
+        }
+        while i + 4 <= n {
+            acc[0] = f32x4_add(acc[0], f32x4_mul(load(pa.add(i)), load(pb.add(i))));
+            i += 4;
+        }
+    }
+    let mut s = hsum(f32x4_add(f32x4_add(acc[0], acc[1]), f32x4_add(acc[2], acc[3])));
+    while i < n {
+        s += a[i] * b[i];
+        i += 1;
+    }
+    s
+}
+
+/// Four u8 lanes of `v` (starting at byte `4·Q`) as f32.
+#[inline(always)]
+fn u8_quarter<const Q: usize>(v: v128) -> v128 {
+    let h = if Q < 2 { u16x8_extend_low_u8x16(v) } else { u16x8_extend_high_u8x16(v) };
+    f32x4_convert_u32x4(if Q % 2 == 0 { u32x4_extend_low_u16x8(h) } else { u32x4_extend_high_u16x8(h) })
+}
+
+#[inline(always)]
+fn i8_quarter<const Q: usize>(v: v128) -> v128 {
+    let h = if Q < 2 { i16x8_extend_low_i8x16(v) } else { i16x8_extend_high_i8x16(v) };
+    f32x4_convert_i32x4(if Q % 2 == 0 { i32x4_extend_low_i16x8(h) } else { i32x4_extend_high_i16x8(h) })
+}
+
+/// Σ over 16 widened bytes `v` times 16 activations at `x`.
+#[inline(always)]
+unsafe fn bytes_dot(v: v128, x: *const f32, signed: bool) -> v128 {
+    let q = if signed {
+        [i8_quarter::<0>(v), i8_quarter::<1>(v), i8_quarter::<2>(v), i8_quarter::<3>(v)]
+    } else {
+        [u8_quarter::<0>(v), u8_quarter::<1>(v), u8_quarter::<2>(v), u8_quarter::<3>(v)]
+    };
+    let a = f32x4_add(f32x4_mul(q[0], load(x)), f32x4_mul(q[1], load(x.add(4))));
+    let b = f32x4_add(f32x4_mul(q[2], load(x.add(8))), f32x4_mul(q[3], load(x.add(12))));
+    f32x4_add(a, b)
+}
+
+/// One Q4 row against `x_nibble` ([`nibble_order`] of x); `group_sums[g]` = Σ x over group g.
+pub fn dot_q4(qs: &[u32], sc: &[u32], x_nibble: &[f32], group_sums: &[f32]) -> f32 {
+    let groups = sc.len();
+    assert!(qs.len() >= groups * 4 && x_nibble.len() >= groups * GROUP_SIZE && group_sums.len() >= groups);
+    let mut total = f32x4_splat(0.0);
+    let mut mins = 0f32;
+    let low = u8x16_splat(15);
+    for g in 0..groups {
+        // SAFETY: the assert above bounds every read.
+        unsafe {
+            let bytes = v128_load(qs.as_ptr().add(4 * g) as *const v128);
+            let xg = x_nibble.as_ptr().add(GROUP_SIZE * g);
+            let acc = f32x4_add(bytes_dot(v128_and(bytes, low), xg, false), bytes_dot(u8x16_shr(bytes, 4), xg.add(16), false));
+            let s = *sc.get_unchecked(g);
+            total = f32x4_add(total, f32x4_mul(acc, f32x4_splat(f16_to_f32(s & 0xffff))));
+            mins += f16_to_f32(s >> 16) * *group_sums.get_unchecked(g);
+        }
+    }
+    hsum(total) + mins
+}
+
+/// One Q8 row against `x`.
+pub fn dot_q8(qs: &[u32], sc: &[u32], x: &[f32]) -> f32 {
+    let groups = x.len() / GROUP_SIZE;
+    assert!(qs.len() >= groups * 8 && sc.len() * 2 >= groups);
+    let mut total = f32x4_splat(0.0);
+    for g in 0..groups {
+        // SAFETY: the assert above bounds every read.
+        unsafe {
+            let p = qs.as_ptr().add(8 * g) as *const v128;
+            let xg = x.as_ptr().add(GROUP_SIZE * g);
+            let acc = f32x4_add(bytes_dot(v128_load(p), xg, true), bytes_dot(v128_load(p.add(1)), xg.add(16), true));
+            let scale = f16_to_f32((*sc.get_unchecked(g / 2) >> (16 * (g % 2))) & 0xffff);
+            total = f32x4_add(total, f32x4_mul(acc, f32x4_splat(scale)));
+        }
+    }
+    hsum(total)
+}
+
+/// `out[r·m + t] = Σ w[r·k + i]·x[t·k + i]` for 4 decoded weight rows and `m` activation rows,
+/// in 4 × 2 tiles of 4-lane accumulators.
+pub fn matmul_4rows(w: &[f32], x: &[f32], k: usize, m: usize, out: &mut [f32]) {
+    assert!(w.len() >= 4 * k && x.len() >= m * k && out.len() >= 4 * m);
+    let k4 = k / 4 * 4;
+    let (pw, px) = (w.as_ptr(), x.as_ptr());
+    let mut t = 0;
+    while t + 2 <= m {
+        let mut acc = [[f32x4_splat(0.0); 2]; 4];
+        let mut i = 0;
+        // SAFETY: the assert above bounds every read (i + 4 ≤ k4 ≤ k).
+        unsafe {
+            while i < k4 {
+                let xs = [load(px.add(t * k + i)), load(px.add((t + 1) * k + i))];
+                for (r, acc_r) in acc.iter_mut().enumerate() {
+                    let wv = load(pw.add(r * k + i));
+                    acc_r[0] = f32x4_add(acc_r[0], f32x4_mul(wv, xs[0]));
+                    acc_r[1] = f32x4_add(acc_r[1], f32x4_mul(wv, xs[1]));
+                }
+                i += 4;
+            }
+        }
+        for (r, acc_r) in acc.iter().enumerate() {
+            for (j, a) in acc_r.iter().enumerate() {
+                let mut s = hsum(*a);
+                for i in k4..k {
+                    s += w[r * k + i] * x[(t + j) * k + i];
+                }
+                out[r * m + t + j] = s;
+            }
+        }
+        t += 2;
+    }
+    for t in t..m {
+        for r in 0..4 {
+            out[r * m + t] = dot(&w[r * k..(r + 1) * k], &x[t * k..(t + 1) * k]);
+        }
+    }
+}
