@@ -1,6 +1,7 @@
 // The wasm32 build of emberlm-core in headless Chromium: every kernel runs on the browser's
 // WebGPU and is checked against the CPU reference (compiled into the same wasm), through the
-// subgroup and the shared-memory reduction paths.
+// subgroup and the shared-memory reduction paths; and every op of the CPU backend (its wasm
+// simd128 kernels) against the same reference.
 import { test, before, after } from 'node:test';
 import assert from 'node:assert/strict';
 import { existsSync } from 'node:fs';
@@ -45,3 +46,12 @@ for (const allowSubgroups of [true, false]) {
     assert.deepEqual(failed, [], `${failed.length} kernel checks failed in the browser`);
   });
 }
+
+test('every CPU-backend op (wasm simd128) matches the reference in the browser', async () => {
+  const report = await page.evaluate(async () => (await window.emberlm).cpuSelfTest());
+  console.log(`cpu backend: ${report.device}`);
+  assert.match(report.device, /simd128/);
+  assert.ok(report.checks.length >= 4, JSON.stringify(report));
+  const failed = report.checks.filter((c) => !c.passed);
+  assert.deepEqual(failed, [], JSON.stringify(failed));
+});

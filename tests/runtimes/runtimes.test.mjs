@@ -80,3 +80,12 @@ test('node without a WebGPU adapter: device webgpu is a clear no-webgpu error be
   assert.notEqual(auto.code, 'no-webgpu', JSON.stringify(auto));
   assert.match(auto.message, /127\.0\.0\.1:9|fetch|connect/i, JSON.stringify(auto));
 });
+
+for (const runtime of Object.keys(RUNTIMES)) {
+  test(`${runtime}: every CPU-backend op of the wasm build matches the reference`, async () => {
+    const report = await run(runtime, [], { script: 'cpu-selftest.mjs' });
+    assert.match(report.device, /simd128/);
+    assert.ok(report.checks.length >= 4, JSON.stringify(report));
+    assert.deepEqual(report.checks.filter((c) => !c.passed), []);
+  });
+}

@@ -17,6 +17,8 @@
 //! the row kernels are compiled a second time for AVX2+FMA and chosen at run time ([`simd`]).
 
 pub mod attention;
+#[cfg(feature = "reference")]
+pub mod checks;
 pub mod matvec;
 pub mod ops;
 pub mod parallel;

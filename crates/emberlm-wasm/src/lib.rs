@@ -1,6 +1,6 @@
 //! wasm-bindgen exports of emberlm: `EmberModel` (load GGUF or safetensors, tokenize, chat
-//! templates, generate), device information, and the kernel self-test, which runs every kernel
-//! against the CPU reference inside the browser (the same checks as `cargo test`).
+//! templates, generate), device information, and the self-tests, which run every GPU kernel and
+//! every CPU op against the f64 reference inside the browser (the same checks as `cargo test`).
 
 mod hash;
 mod model;
@@ -105,4 +105,31 @@ pub async fn kernel_self_test(allow_subgroups: bool) -> Result<JsValue, JsValue>
         });
     }
     to_js(&SelfTestReport { device: DeviceReport::of(&dev), checks })
+}
+
+#[cfg(feature = "selftest")]
+#[derive(Serialize)]
+struct CpuCheckReport {
+    name: &'static str,
+    passed: bool,
+    detail: String,
+}
+
+#[cfg(feature = "selftest")]
+#[derive(Serialize)]
+struct CpuSelfTestReport {
+    device: String,
+    checks: Vec<CpuCheckReport>,
+}
+
+/// Runs every CPU-backend op on seeded random data and compares with the f64 reference: the
+/// wasm build's `simd128` kernels, checked where they run.
+#[cfg(feature = "selftest")]
+#[wasm_bindgen(js_name = cpuSelfTest)]
+pub fn cpu_self_test() -> Result<JsValue, JsValue> {
+    let checks = emberlm_cpu::checks::run_all()
+        .into_iter()
+        .map(|(name, r)| CpuCheckReport { name, passed: r.is_ok(), detail: r.err().map(|e| e.to_string()).unwrap_or_default() })
+        .collect();
+    to_js(&CpuSelfTestReport { device: emberlm_cpu::CpuDevice::new(None).describe(), checks })
 }

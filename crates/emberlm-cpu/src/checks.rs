@@ -1,0 +1,187 @@
+//! Every CPU op against the f64 reference (`emberlm_core::reference`, which shares no code
+//! with these kernels beyond `PackedMatrix::dequantize`) on seeded random data at odd sizes.
+//! Shared by the native tests (`tests/ops_vs_reference.rs`) and the wasm self-test
+//! (`cpuSelfTest`, run in Chromium and Node), so the SIMD paths of each target are checked
+//! where they run. Bound for dot products: |got − want| ≤ 1e-5 · Σ|w·x| + 1e-6 (f32
+//! rounding over the sum); other ops 1e-6 absolute on O(1) values.
+
+use emberlm_core::ops::{Activation, AttentionParams, RopeLayout};
+use emberlm_core::{reference, DType, PackedMatrix};
+
+use crate::{ops, CpuTensor};
+
+/// A check's outcome: the first mismatch (or op error), named.
+pub type Check = Result<(), Box<dyn std::error::Error>>;
+
+macro_rules! ensure {
+    ($cond:expr, $($fmt:tt)*) => {
+        if !$cond {
+            return Err(format!($($fmt)*).into());
+        }
+    };
+}
+
+/// Every check, by name.
+pub fn run_all() -> Vec<(&'static str, Check)> {
+    vec![
+        ("matvec and matmul, every dtype, odd sizes", matvec_and_matmul_every_dtype_odd_sizes()),
+        ("embedding rows of every dtype", embedding_rows_decode_exactly()),
+        ("rms_norm, head_rms_norm, rope, activations, softcap, argmax", norms_rope_activation_softcap_argmax()),
+        ("attention: prefill, decode, window, soft-cap, GQA", attention_prefill_and_decode_with_window_softcap_gqa()),
+    ]
+}
+
+struct Rng(u64);
+
+impl Rng {
+    fn next(&mut self) -> f32 {
+        self.0 = self.0.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+        ((self.0 >> 40) as f32 / (1u64 << 24) as f32) * 2.0 - 1.0
+    }
+    fn vec(&mut self, n: usize) -> Vec<f32> {
+        (0..n).map(|_| self.next()).collect()
+    }
+}
+
+fn weight(dtype: DType, rows: usize, k: usize, values: &[f32]) -> Result<(CpuTensor, Vec<f32>), Box<dyn std::error::Error>> {
+    let packed = PackedMatrix::pack(dtype, rows, k, values);
+    let t = CpuTensor::zeroed("w", &[rows, k], dtype)?;
+    t.write_rows(0, &packed)?;
+    Ok((t, packed.dequantize()))
+}
+
+fn close(what: &str, got: &[f32], want: &[f64], scale: &[f64]) -> Check {
+    ensure!(got.len() == want.len(), "{what}: {} values, want {}", got.len(), want.len());
+    for (i, (g, w)) in got.iter().zip(want).enumerate() {
+        let tol = 1e-5 * scale.get(i).copied().unwrap_or(1.0) + 1e-6;
+        ensure!((*g as f64 - w).abs() <= tol, "{what}[{i}]: {g} vs {w} (tolerance {tol:e})");
+    }
+    Ok(())
+}
+
+pub fn matvec_and_matmul_every_dtype_odd_sizes() -> Check {
+    let mut rng = Rng(7);
+    for dtype in DType::ALL {
+        let k = if dtype.k_multiple() == 256 { 512 } else { 96 };
+        let rows = 37;
+        let (w, dense) = weight(dtype, rows, k, &rng.vec(rows * k))?;
+        let bias = rng.vec(rows);
+        let b = CpuTensor::from_f32("b", &[rows], &bias)?;
+        // Decode: one row of a 3-row x, written at an offset into a wider y.
+        let xs = rng.vec(3 * k);
+        let x = CpuTensor::from_f32("x", &[3, k], &xs)?;
+        let y = CpuTensor::zeroed("y", &[rows + 5], DType::F32)?;
+        ops::matvec_into(&w, &x, 2, Some(&b), &y, 5)?;
+        let xrow = &xs[2 * k..3 * k];
+        let want = reference::matvec(&dense, xrow, Some(&bias), rows);
+        let scale = reference::abs_dot(&dense, xrow, rows);
+        close(&format!("matvec {}", dtype.name()), &y.f32s()[5..], &want, &scale)?;
+        ensure!(y.f32s()[..5].iter().all(|v| *v == 0.0), "matvec {} wrote before its offset", dtype.name());
+        // Prefill: m = 7 tokens (not a multiple of the 4-token block) into columns 3.. of rows of rows + 4.
+        let m = 7;
+        let xm = rng.vec(m * k);
+        let x = CpuTensor::from_f32("x", &[m, k], &xm)?;
+        let cols = rows + 4;
+        let y = CpuTensor::zeroed("y", &[m, cols], DType::F32)?;
+        ops::matmul_into(&x, &w, Some(&b), &y, m, cols, 3)?;
+        let got = y.f32s();
+        for t in 0..m {
+            let xt = &xm[t * k..(t + 1) * k];
+            let want = reference::matvec(&dense, xt, Some(&bias), rows);
+            let scale = reference::abs_dot(&dense, xt, rows);
+            close(&format!("matmul {} token {t}", dtype.name()), &got[t * cols + 3..t * cols + 3 + rows], &want, &scale)?;
+        }
+    }
+    Ok(())
+}
+
+pub fn embedding_rows_decode_exactly() -> Check {
+    let mut rng = Rng(3);
+    for dtype in DType::ALL {
+        let k = if dtype.k_multiple() == 256 { 256 } else { 64 };
+        let (table, dense) = weight(dtype, 11, k, &rng.vec(11 * k))?;
+        let ids = CpuTensor::zeroed("ids", &[3], DType::F32)?;
+        ids.words_mut().copy_from_slice(&[10, 0, 4]);
+        let out = CpuTensor::zeroed("out", &[3, k], DType::F32)?;
+        ops::embedding(&ids, &table, &out, 3, 0.5)?;
+        for (t, id) in [10usize, 0, 4].into_iter().enumerate() {
+            let want: Vec<f64> = dense[id * k..(id + 1) * k].iter().map(|v| *v as f64 * 0.5).collect();
+            close(&format!("embedding {}", dtype.name()), &out.f32s()[t * k..(t + 1) * k], &want, &[])?;
+        }
+        ids.words_mut()[1] = 11;
+        ensure!(ops::embedding(&ids, &table, &out, 3, 1.0).is_err(), "an id past the table is an error");
+    }
+    Ok(())
+}
+
+pub fn norms_rope_activation_softcap_argmax() -> Check {
+    let mut rng = Rng(11);
+    let (rows, cols) = (3, 45);
+    let xs = rng.vec(rows * cols);
+    let rs = rng.vec(rows * cols);
+    let ws = rng.vec(cols);
+    let (x, r, w) = (CpuTensor::from_f32("x", &[rows, cols], &xs)?, CpuTensor::from_f32("r", &[rows, cols], &rs)?, CpuTensor::from_f32("w", &[cols], &ws)?);
+    let out = CpuTensor::zeroed("out", &[rows, cols], DType::F32)?;
+    ops::rms_norm(&x, &w, Some(&r), &out, rows, 1e-6, 1.0)?;
+    let (want, h) = reference::rms_norm(&xs, &ws, Some(&rs), 1e-6, 1.0);
+    close("rms_norm", &out.f32s(), &want, &[])?;
+    close("rms_norm residual", &r.f32s(), &h, &[])?;
+    ensure!(ops::rms_norm(&x, &w, None, &x, rows, 1e-6, 0.0).is_err(), "aliasing input and output is an error, not a panic");
+
+    // Heads 1..3 of rows of 4 heads of 10, weight offset 0.
+    let (d, stride) = (10, 40);
+    let qs = rng.vec(rows * stride);
+    let hw = rng.vec(d);
+    let q = CpuTensor::from_f32("q", &[rows, stride], &qs)?;
+    ops::head_rms_norm(&q, &CpuTensor::from_f32("hw", &[d], &hw)?, rows, 2, 1, stride, 1e-5, 0.0)?;
+    close("head_rms_norm", &q.f32s(), &reference::head_rms_norm(&qs, &hw, 2, 1, stride, 1e-5, 0.0), &[])?;
+
+    for layout in [RopeLayout::Neox, RopeLayout::Interleaved] {
+        let rot = 6; // partial rotary: 6 of 10 dimensions
+        let inv = emberlm_core::rope_table::inv_freq(rot, 10_000.0, emberlm_core::rope_table::RopeScaling::None);
+        let table = emberlm_core::rope_table::cos_sin(&inv, 16, 1.0);
+        let q = CpuTensor::from_f32("q", &[rows, stride], &qs)?;
+        ops::rope(&q, &table, rot, layout, rows, 3, d, 1, stride, 5)?;
+        close("rope", &q.f32s(), &reference::rope(&qs, &table, rot, layout, rows, 3, d, 1, stride, 5), &[])?;
+        ensure!(ops::rope(&q, &table, rot, layout, rows, 3, d, 1, stride, 14).is_err(), "positions past the table");
+    }
+
+    let inter = 23;
+    let gu = rng.vec(rows * 2 * inter).iter().map(|v| v * 4.0).collect::<Vec<_>>();
+    for act in [Activation::Silu, Activation::GeluTanh] {
+        let out = CpuTensor::zeroed("act", &[rows, inter], DType::F32)?;
+        ops::gated_activation(&CpuTensor::from_f32("gu", &[rows, 2 * inter], &gu)?, &out, rows, inter, act)?;
+        close("gated_activation", &out.f32s(), &reference::gated_activation(&gu, inter, act), &[])?;
+    }
+
+    let mut logits = rng.vec(33).iter().map(|v| v * 50.0).collect::<Vec<_>>();
+    let t = CpuTensor::from_f32("l", &[33], &logits)?;
+    ops::logit_softcap(&t, 33, 30.0)?;
+    close("logit_softcap", &t.f32s(), &reference::logit_softcap(&logits, 30.0), &[])?;
+    logits[3] = f32::NAN;
+    logits[20] = 1e9;
+    logits[25] = 1e9;
+    let out = CpuTensor::zeroed("i", &[1], DType::F32)?;
+    ops::argmax(&CpuTensor::from_f32("l", &[33], &logits)?, &out, 1, 33)?;
+    ensure!(out.words()[0] == reference::argmax(&logits), "argmax {} vs the reference's {}", out.words()[0], reference::argmax(&logits));
+    ensure!(out.words()[0] == 20, "argmax: lowest index on ties, NaN skipped (got {})", out.words()[0]);
+    Ok(())
+}
+
+pub fn attention_prefill_and_decode_with_window_softcap_gqa() -> Check {
+    let mut rng = Rng(5);
+    let (hq, hkv, d, s_max) = (6, 2, 12, 40);
+    for (tokens, pos0, window, softcap) in [(7, 0, 0, 0.0), (1, 30, 0, 0.0), (5, 20, 8, 0.0), (3, 9, 0, 20.0)] {
+        let stride = (hq + 2 * hkv) * d + 4;
+        let q = rng.vec(tokens * stride);
+        let k = rng.vec(hkv * s_max * d);
+        let v = rng.vec(hkv * s_max * d);
+        let p = AttentionParams { tokens, heads_q: hq, heads_kv: hkv, head_dim: d, pos0, window, scale: 0.3, softcap, q_stride: stride };
+        let out = CpuTensor::zeroed("o", &[tokens, hq * d], DType::F32)?;
+        let t = |n: &str, x: &[f32]| CpuTensor::from_f32(n, &[x.len()], x);
+        ops::attention(&t("q", &q)?, &t("k", &k)?, &t("v", &v)?, &out, &p)?;
+        let shape = reference::AttentionShape { tokens, hq, hkv, d, s_max, pos0, window, scale: 0.3, softcap: softcap as f64, q_stride: stride };
+        close(&format!("attention t={tokens} pos0={pos0}"), &out.f32s(), &reference::attention(&q, &k, &v, &shape), &[])?;
+    }
+    Ok(())
+}
