@@ -4,7 +4,7 @@
 use emberlm_core::ops::AttentionParams;
 use emberlm_core::{Error, Result};
 
-use crate::matvec::dot;
+use crate::matvec::RowKernels;
 use crate::parallel::map_ranges;
 
 /// `q`: [tokens, q_stride]; caches: [heads_kv, s_max, head_dim]; `out`: [tokens, heads_q · head_dim].
@@ -22,6 +22,7 @@ pub fn attention(q: &[f32], k_cache: &[f32], v_cache: &[f32], out: &mut [f32], p
         });
     }
     let group = hq / hkv;
+    let kern = RowKernels::get();
     let parts = map_ranges(t * hq, 1, |range| {
         let mut o = vec![0f32; range.len() * d];
         let mut scores = Vec::new();
@@ -34,7 +35,7 @@ pub fn attention(q: &[f32], k_cache: &[f32], v_cache: &[f32], out: &mut [f32], p
             scores.clear();
             let mut max = f32::NEG_INFINITY;
             for j in lo..=pos {
-                let mut s = dot(qh, &k_cache[(base + j) * d..][..d]) * p.scale;
+                let mut s = kern.dot(qh, &k_cache[(base + j) * d..][..d]) * p.scale;
                 if p.softcap > 0.0 {
                     s = p.softcap * (s / p.softcap).tanh();
                 }

@@ -8,6 +8,7 @@
 use emberlm_core::ops::{Activation, AttentionParams, RopeLayout};
 use emberlm_core::{reference, DType, PackedMatrix};
 
+use crate::matvec::RowKernels;
 use crate::{ops, CpuTensor};
 
 /// A check's outcome: the first mismatch (or op error), named.
@@ -21,14 +22,22 @@ macro_rules! ensure {
     };
 }
 
-/// Every check, by name.
-pub fn run_all() -> Vec<(&'static str, Check)> {
-    vec![
-        ("matvec and matmul, every dtype, odd sizes", matvec_and_matmul_every_dtype_odd_sizes()),
-        ("embedding rows of every dtype", embedding_rows_decode_exactly()),
-        ("rms_norm, head_rms_norm, rope, activations, softcap, argmax", norms_rope_activation_softcap_argmax()),
-        ("attention: prefill, decode, window, soft-cap, GQA", attention_prefill_and_decode_with_window_softcap_gqa()),
-    ]
+/// Every check, by name, once per set of row kernels this CPU can run (AVX-512, AVX2,
+/// simd128, portable), each named by its level.
+pub fn run_all() -> Vec<(String, Check)> {
+    let checks: [(&str, fn() -> Check); 4] = [
+        ("matvec and matmul, every dtype, odd sizes", matvec_and_matmul_every_dtype_odd_sizes),
+        ("embedding rows of every dtype", embedding_rows_decode_exactly),
+        ("rms_norm, head_rms_norm, rope, activations, softcap, argmax", norms_rope_activation_softcap_argmax),
+        ("attention: prefill, decode, window, soft-cap, GQA", attention_prefill_and_decode_with_window_softcap_gqa),
+    ];
+    let mut out = Vec::new();
+    for kernels in RowKernels::available() {
+        RowKernels::force(Some(kernels));
+        out.extend(checks.iter().map(|(name, check)| (format!("{}: {name}", kernels.level), check())));
+    }
+    RowKernels::force(None);
+    out
 }
 
 struct Rng(u64);

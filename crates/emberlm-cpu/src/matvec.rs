@@ -4,12 +4,10 @@
 //! Q4 and Q8 are dotted straight from their words; Q4's `min` term factors out as `min · Σx` per
 //! group. The K formats and f16 are decoded a row at a time into a scratch row
 //! ([`dequantize_row`]), which stays in L1, and dotted from there. Prefill decodes four rows at
-//! a time and multiplies them with every token in register tiles. On x86_64 with AVX2+FMA the
-//! hot loops are the intrinsics of [`crate::x86`]; elsewhere the portable loops here, written
-//! for the auto-vectoriser (wasm `simd128`, NEON).
-
-// The portable loops are the fallback where no SIMD module applies (not the wasm simd128 build).
-#![cfg_attr(all(target_arch = "wasm32", target_feature = "simd128"), allow(dead_code))]
+//! a time and multiplies them with every token in register tiles. The inner kernels come from
+//! [`RowKernels`]: the intrinsics of [`crate::x86`] (AVX2+FMA, AVX-512) or [`crate::wasm`]
+//! (`simd128`) where the CPU has them, else the portable loops here, written for the
+//! auto-vectoriser (NEON).
 
 use emberlm_core::dtype::{k_scale_min, GROUP_SIZE, SUPER_BLOCK};
 use emberlm_core::DType;
@@ -202,108 +200,7 @@ fn unpack_nibbles(words: &[u32], out: &mut [f32], f: impl Fn(u32, usize) -> f32)
 }
 
 multiversion! {
-    /// The portable row loop of [`matvec_rows`].
-    fn matvec_rows_portable(dtype: DType, qs: &[u32], sc: &[u32], k: usize, x: &[f32], group_sums: &[f32], row0: usize, out: &mut [f32]) {
-        let qw = (dtype.qs_row_bytes(k) / 4) as usize;
-        let sw = (dtype.scale_row_bytes(k) / 4) as usize;
-        let row = |r: usize| (&qs[r * qw..(r + 1) * qw], &sc[r * sw..(r + 1) * sw]);
-        let mut scratch = Vec::new();
-        for (i, o) in out.iter_mut().enumerate() {
-            let (q, s) = row(row0 + i);
-            *o = match dtype {
-                DType::F32 => dot(bytemuck::cast_slice(q), x),
-                DType::Q4 => dot_q4(q, s, x, group_sums),
-                DType::Q8 => dot_q8(q, s, x),
-                _ => {
-                    scratch.resize(k, 0f32);
-                    dequantize_row(dtype, q, s, &mut scratch);
-                    dot(&scratch, x)
-                }
-            };
-        }
-    }
-}
-
-/// `out[i] = W[row0 + i] · x` for `out.len()` rows of a `k`-wide matrix whose segments are
-/// `qs`/`sc`; `group_sums` is [`group_sums`] of `x` for Q4 (empty otherwise).
-#[allow(clippy::too_many_arguments)]
-pub fn matvec_rows(dtype: DType, qs: &[u32], sc: &[u32], k: usize, x: &[f32], group_sums: &[f32], row0: usize, out: &mut [f32]) {
-    #[cfg(target_arch = "x86_64")]
-    if crate::simd::has_avx512() {
-        let qw = (dtype.qs_row_bytes(k) / 4) as usize;
-        let sw = (dtype.scale_row_bytes(k) / 4) as usize;
-        let x_nibble = if dtype == DType::Q4 { crate::x86::nibble_order(x) } else { Vec::new() };
-        let mut scratch = Vec::new();
-        for (i, o) in out.iter_mut().enumerate() {
-            let r = row0 + i;
-            let (q, s) = (&qs[r * qw..(r + 1) * qw], &sc[r * sw..(r + 1) * sw]);
-            // SAFETY: has_avx512() checked the CPU; the kernels check their slice lengths.
-            *o = unsafe {
-                match dtype {
-                    DType::F32 => crate::x86::dot_512(bytemuck::cast_slice(q), x),
-                    DType::Q4 => crate::x86::dot_q4_512(q, s, &x_nibble, group_sums),
-                    DType::Q8 => crate::x86::dot_q8_512(q, s, x),
-                    _ => {
-                        scratch.resize(k, 0f32);
-                        dequantize_row_fast(dtype, q, s, &mut scratch);
-                        crate::x86::dot_512(&scratch, x)
-                    }
-                }
-            };
-        }
-        return;
-    }
-    #[cfg(target_arch = "x86_64")]
-    if crate::simd::has_avx2() {
-        let qw = (dtype.qs_row_bytes(k) / 4) as usize;
-        let sw = (dtype.scale_row_bytes(k) / 4) as usize;
-        let mut scratch = Vec::new();
-        for (i, o) in out.iter_mut().enumerate() {
-            let r = row0 + i;
-            let (q, s) = (&qs[r * qw..(r + 1) * qw], &sc[r * sw..(r + 1) * sw]);
-            // SAFETY: has_avx2() checked the CPU; the kernels check their slice lengths.
-            *o = unsafe {
-                match dtype {
-                    DType::F32 => crate::x86::dot(bytemuck::cast_slice(q), x),
-                    DType::Q4 => crate::x86::dot_q4(q, s, x, group_sums),
-                    DType::Q8 => crate::x86::dot_q8(q, s, x),
-                    _ => {
-                        scratch.resize(k, 0f32);
-                        dequantize_row_fast(dtype, q, s, &mut scratch);
-                        crate::x86::dot(&scratch, x)
-                    }
-                }
-            };
-        }
-        return;
-    }
-    #[cfg(all(target_arch = "wasm32", target_feature = "simd128"))]
-    {
-        let qw = (dtype.qs_row_bytes(k) / 4) as usize;
-        let sw = (dtype.scale_row_bytes(k) / 4) as usize;
-        let x_nibble = if dtype == DType::Q4 { crate::wasm::nibble_order(x) } else { Vec::new() };
-        let mut scratch = Vec::new();
-        for (i, o) in out.iter_mut().enumerate() {
-            let r = row0 + i;
-            let (q, s) = (&qs[r * qw..(r + 1) * qw], &sc[r * sw..(r + 1) * sw]);
-            *o = match dtype {
-                DType::F32 => crate::wasm::dot(bytemuck::cast_slice(q), x),
-                DType::Q4 => crate::wasm::dot_q4(q, s, &x_nibble, group_sums),
-                DType::Q8 => crate::wasm::dot_q8(q, s, x),
-                _ => {
-                    scratch.resize(k, 0f32);
-                    dequantize_row(dtype, q, s, &mut scratch);
-                    crate::wasm::dot(&scratch, x)
-                }
-            };
-        }
-    }
-    #[cfg(not(all(target_arch = "wasm32", target_feature = "simd128")))]
-    matvec_rows_portable(dtype, qs, sc, k, x, group_sums, row0, out)
-}
-
-multiversion! {
-    /// [`dequantize_row`], compiled for the CPU's SIMD level.
+    /// [`dequantize_row`], compiled for the CPU's SIMD level (AVX2 kernels for Q4/Q8 on x86_64).
     pub fn dequantize_row_fast(dtype: DType, qs: &[u32], sc: &[u32], out: &mut [f32]) {
         #[cfg(target_arch = "x86_64")]
         if crate::simd::has_avx2() && matches!(dtype, DType::Q4 | DType::Q8) {
@@ -319,89 +216,198 @@ multiversion! {
     }
 }
 
-/// Rows `row0..row0 + rows` of `W` against `m` activation rows `x` ([m, k]): `out` is
-/// [rows, m] (row-major by weight row, so each decoded row meets every token at once).
-#[allow(clippy::too_many_arguments)]
-pub fn matmul_rows(dtype: DType, qs: &[u32], sc: &[u32], k: usize, x: &[f32], m: usize, row0: usize, rows: usize, out: &mut [f32]) {
-    #[cfg(target_arch = "x86_64")]
-    if crate::simd::has_avx2() {
-        let qw = (dtype.qs_row_bytes(k) / 4) as usize;
-        let sw = (dtype.scale_row_bytes(k) / 4) as usize;
-        let mut w = vec![0f32; 4 * k];
-        let mut r = 0;
-        while r < rows {
-            let n = (rows - r).min(4);
-            for (j, wj) in w.chunks_exact_mut(k).take(n).enumerate() {
-                let g = row0 + r + j;
-                dequantize_row_fast(dtype, &qs[g * qw..(g + 1) * qw], &sc[g * sw..(g + 1) * sw], wj);
-            }
-            let o = &mut out[r * m..(r + n) * m];
-            // SAFETY: has_avx2() checked the CPU; the kernels check their slice lengths.
-            unsafe {
-                if n == 4 && crate::simd::has_avx512() {
-                    crate::x86::matmul_4rows_512(&w, x, k, m, o);
-                } else if n == 4 {
-                    crate::x86::matmul_4rows(&w, x, k, m, o);
-                } else {
-                    for (j, oj) in o.chunks_exact_mut(m).enumerate() {
-                        for (t, v) in oj.iter_mut().enumerate() {
-                            *v = crate::x86::dot(&w[j * k..(j + 1) * k], &x[t * k..(t + 1) * k]);
-                        }
-                    }
-                }
-            }
-            r += n;
-        }
-        return;
-    }
-    #[cfg(all(target_arch = "wasm32", target_feature = "simd128"))]
-    {
-        let qw = (dtype.qs_row_bytes(k) / 4) as usize;
-        let sw = (dtype.scale_row_bytes(k) / 4) as usize;
-        let mut w = vec![0f32; 4 * k];
-        let mut r = 0;
-        while r < rows {
-            let n = (rows - r).min(4);
-            for (j, wj) in w.chunks_exact_mut(k).take(n).enumerate() {
-                let g = row0 + r + j;
-                dequantize_row(dtype, &qs[g * qw..(g + 1) * qw], &sc[g * sw..(g + 1) * sw], wj);
-            }
-            let o = &mut out[r * m..(r + n) * m];
-            if n == 4 {
-                crate::wasm::matmul_4rows(&w, x, k, m, o);
-            } else {
-                for (j, oj) in o.chunks_exact_mut(m).enumerate() {
-                    for (t, v) in oj.iter_mut().enumerate() {
-                        *v = crate::wasm::dot(&w[j * k..(j + 1) * k], &x[t * k..(t + 1) * k]);
-                    }
-                }
-            }
-            r += n;
+/// `x` per group of 32 in the order a Q4 group's nibbles come out when its 16 bytes are widened
+/// at once (AVX-512, simd128): the 16 values meeting the low nibbles (weights 0–3, 8–11, 16–19,
+/// 24–27), then the 16 meeting the high nibbles.
+pub fn nibble_order(x: &[f32]) -> Vec<f32> {
+    let mut out = vec![0f32; x.len()];
+    for (src, dst) in x.chunks_exact(GROUP_SIZE).zip(out.chunks_exact_mut(GROUP_SIZE)) {
+        for j in 0..16 {
+            let i = 8 * (j / 4) + j % 4;
+            dst[j] = src[i];
+            dst[16 + j] = src[i + 4];
         }
     }
-    #[cfg(not(all(target_arch = "wasm32", target_feature = "simd128")))]
-    matmul_rows_portable(dtype, qs, sc, k, x, m, row0, rows, out)
+    out
 }
 
-multiversion! {
-    /// The portable loop of [`matmul_rows`].
-    fn matmul_rows_portable(dtype: DType, qs: &[u32], sc: &[u32], k: usize, x: &[f32], m: usize, row0: usize, rows: usize, out: &mut [f32]) {
-        let qw = (dtype.qs_row_bytes(k) / 4) as usize;
-        let sw = (dtype.scale_row_bytes(k) / 4) as usize;
-        let mut w = vec![0f32; k];
-        for r in 0..rows {
-            let g = row0 + r;
-            dequantize_row(dtype, &qs[g * qw..(g + 1) * qw], &sc[g * sw..(g + 1) * sw], &mut w);
-            let o = &mut out[r * m..(r + 1) * m];
-            let xt = |t: usize| &x[t * k..(t + 1) * k];
-            let mut t = 0;
-            while t + 4 <= m {
-                o[t..t + 4].copy_from_slice(&dot4(&w, [xt(t), xt(t + 1), xt(t + 2), xt(t + 3)]));
-                t += 4;
+/// `out[r·m + t] = Σ w[r·k + i]·x[t·k + i]` for 4 decoded rows: four tokens share each weight load.
+fn matmul_4rows(w: &[f32], x: &[f32], k: usize, m: usize, out: &mut [f32]) {
+    let xt = |t: usize| &x[t * k..(t + 1) * k];
+    for r in 0..4 {
+        let (wr, o) = (&w[r * k..(r + 1) * k], &mut out[r * m..(r + 1) * m]);
+        let mut t = 0;
+        while t + 4 <= m {
+            o[t..t + 4].copy_from_slice(&dot4(wr, [xt(t), xt(t + 1), xt(t + 2), xt(t + 3)]));
+            t += 4;
+        }
+        for t in t..m {
+            o[t] = dot(wr, xt(t));
+        }
+    }
+}
+
+/// The row kernels this CPU runs, chosen once ([`RowKernels::get`]): AVX-512, AVX2+FMA, wasm
+/// `simd128`, or the portable loops above. [`matvec_rows`] and [`matmul_rows`] are written once
+/// over them.
+pub struct RowKernels {
+    pub level: &'static str,
+    /// Q4 activations go in [`nibble_order`] (kernels that widen a group's bytes at once).
+    q4_nibble_order: bool,
+    dot: unsafe fn(&[f32], &[f32]) -> f32,
+    /// (row qs, row scales, x, Σx per group).
+    dot_q4: unsafe fn(&[u32], &[u32], &[f32], &[f32]) -> f32,
+    dot_q8: unsafe fn(&[u32], &[u32], &[f32]) -> f32,
+    /// (4 decoded rows, x, k, m, out [4, m]).
+    matmul_4rows: unsafe fn(&[f32], &[f32], usize, usize, &mut [f32]),
+}
+
+#[cfg(target_arch = "x86_64")]
+static AVX512: RowKernels = {
+    use crate::x86;
+    RowKernels {
+        level: "avx512",
+        q4_nibble_order: true,
+        dot: x86::dot_512,
+        dot_q4: x86::dot_q4_512,
+        dot_q8: x86::dot_q8_512,
+        matmul_4rows: x86::matmul_4rows_512,
+    }
+};
+#[cfg(target_arch = "x86_64")]
+static AVX2: RowKernels = {
+    use crate::x86;
+    RowKernels { level: "avx2+fma", q4_nibble_order: false, dot: x86::dot, dot_q4: x86::dot_q4, dot_q8: x86::dot_q8, matmul_4rows: x86::matmul_4rows }
+};
+#[cfg(all(target_arch = "wasm32", target_feature = "simd128"))]
+static SIMD128: RowKernels = {
+    use crate::wasm;
+    RowKernels { level: "simd128", q4_nibble_order: true, dot: wasm::dot, dot_q4: wasm::dot_q4, dot_q8: wasm::dot_q8, matmul_4rows: wasm::matmul_4rows }
+};
+static PORTABLE: RowKernels = RowKernels {
+    level: if cfg!(target_arch = "aarch64") {
+        "neon (auto-vectorised)"
+    } else if cfg!(target_arch = "x86_64") {
+        "sse2 (auto-vectorised)"
+    } else {
+        "portable"
+    },
+    q4_nibble_order: false,
+    dot,
+    dot_q4,
+    dot_q8,
+    matmul_4rows,
+};
+
+/// Set by [`RowKernels::force`]; null for the fastest available.
+static FORCED: std::sync::atomic::AtomicPtr<RowKernels> = std::sync::atomic::AtomicPtr::new(std::ptr::null_mut());
+
+impl RowKernels {
+    /// Every set of kernels this CPU can run, fastest first.
+    pub fn available() -> Vec<&'static RowKernels> {
+        let mut out = Vec::new();
+        #[cfg(target_arch = "x86_64")]
+        {
+            if crate::simd::has_avx512() {
+                out.push(&AVX512);
             }
-            for t in t..m {
-                o[t] = dot(&w, xt(t));
+            if crate::simd::has_avx2() {
+                out.push(&AVX2);
             }
         }
+        #[cfg(all(target_arch = "wasm32", target_feature = "simd128"))]
+        out.push(&SIMD128);
+        out.push(&PORTABLE);
+        out
+    }
+
+    /// The kernels every op uses: the fastest available unless [`RowKernels::force`] said otherwise.
+    pub fn get() -> &'static RowKernels {
+        let forced = FORCED.load(std::sync::atomic::Ordering::Relaxed);
+        if !forced.is_null() {
+            // SAFETY: only ever set from a `&'static RowKernels`.
+            return unsafe { &*forced };
+        }
+        static FASTEST: std::sync::OnceLock<&'static RowKernels> = std::sync::OnceLock::new();
+        FASTEST.get_or_init(|| Self::available()[0])
+    }
+
+    /// Makes every later op use `kernels` (one of [`RowKernels::available`]; `None`: the fastest
+    /// again), process-wide: the checks run each SIMD level against the reference this way.
+    pub fn force(kernels: Option<&'static RowKernels>) {
+        FORCED.store(kernels.map_or(std::ptr::null_mut(), |k| k as *const RowKernels as *mut RowKernels), std::sync::atomic::Ordering::Relaxed);
+    }
+
+    /// Σ a[i]·b[i] with the chosen kernel.
+    pub fn dot(&self, a: &[f32], b: &[f32]) -> f32 {
+        // SAFETY: `get` chose kernels this CPU runs; the kernels check their slice lengths.
+        unsafe { (self.dot)(a, b) }
+    }
+}
+
+fn row_words(dtype: DType, k: usize) -> (usize, usize) {
+    ((dtype.qs_row_bytes(k) / 4) as usize, (dtype.scale_row_bytes(k) / 4) as usize)
+}
+
+/// `out[i] = W[row0 + i] · x` for `out.len()` rows of a `k`-wide matrix whose segments are
+/// `qs`/`sc`; `group_sums` is [`group_sums`] of `x` for Q4 (empty otherwise).
+#[allow(clippy::too_many_arguments)]
+pub fn matvec_rows(dtype: DType, qs: &[u32], sc: &[u32], k: usize, x: &[f32], group_sums: &[f32], row0: usize, out: &mut [f32]) {
+    let kern = RowKernels::get();
+    let ordered;
+    let x_q4 = if dtype == DType::Q4 && kern.q4_nibble_order {
+        ordered = nibble_order(x);
+        &ordered[..]
+    } else {
+        x
+    };
+    let (qw, sw) = row_words(dtype, k);
+    let mut scratch = Vec::new();
+    for (i, o) in out.iter_mut().enumerate() {
+        let r = row0 + i;
+        let (q, s) = (&qs[r * qw..(r + 1) * qw], &sc[r * sw..(r + 1) * sw]);
+        // SAFETY: `get` chose kernels this CPU runs; the kernels check their slice lengths.
+        *o = unsafe {
+            match dtype {
+                DType::F32 => (kern.dot)(bytemuck::cast_slice(q), x),
+                DType::Q4 => (kern.dot_q4)(q, s, x_q4, group_sums),
+                DType::Q8 => (kern.dot_q8)(q, s, x),
+                _ => {
+                    scratch.resize(k, 0f32);
+                    dequantize_row_fast(dtype, q, s, &mut scratch);
+                    (kern.dot)(&scratch, x)
+                }
+            }
+        };
+    }
+}
+
+/// Rows `row0..row0 + rows` of `W` against `m` activation rows `x` ([m, k]): `out` is
+/// [rows, m] (row-major by weight row). Four rows are decoded at a time and meet every token in
+/// the chosen kernel's register tiles.
+#[allow(clippy::too_many_arguments)]
+pub fn matmul_rows(dtype: DType, qs: &[u32], sc: &[u32], k: usize, x: &[f32], m: usize, row0: usize, rows: usize, out: &mut [f32]) {
+    let kern = RowKernels::get();
+    let (qw, sw) = row_words(dtype, k);
+    let mut w = vec![0f32; 4 * k];
+    let mut r = 0;
+    while r < rows {
+        let n = (rows - r).min(4);
+        for (j, wj) in w.chunks_exact_mut(k).take(n).enumerate() {
+            let g = row0 + r + j;
+            dequantize_row_fast(dtype, &qs[g * qw..(g + 1) * qw], &sc[g * sw..(g + 1) * sw], wj);
+        }
+        let o = &mut out[r * m..(r + n) * m];
+        if n == 4 {
+            // SAFETY: `get` chose kernels this CPU runs; the kernels check their slice lengths.
+            unsafe { (kern.matmul_4rows)(&w, x, k, m, o) };
+        } else {
+            for (j, oj) in o.chunks_exact_mut(m).enumerate() {
+                for (t, v) in oj.iter_mut().enumerate() {
+                    *v = kern.dot(&w[j * k..(j + 1) * k], &x[t * k..(t + 1) * k]);
+                }
+            }
+        }
+        r += n;
     }
 }

@@ -1,7 +1,8 @@
 //! Run-time choice of the SIMD level natively. The row kernels are plain Rust written for the
 //! auto-vectoriser; [`multiversion!`] compiles one a second time with AVX2+FMA+F16C enabled and
 //! picks that copy when the CPU has them, so one binary runs everywhere and fast where it can.
-//! The wasm build is compiled with `simd128` (see scripts/build-wasm.sh) and has no run-time choice.
+//! The hottest kernels are intrinsics instead, chosen once in [`crate::matvec::RowKernels`].
+//! The wasm build is compiled with `simd128` (`.cargo/config.toml`) and has no run-time choice.
 
 #[cfg(target_arch = "x86_64")]
 pub fn has_avx2() -> bool {
@@ -14,24 +15,9 @@ pub fn has_avx512() -> bool {
     has_avx2() && std::is_x86_feature_detected!("avx512f")
 }
 
+/// The SIMD level the row kernels run with ([`crate::matvec::RowKernels`]).
 pub fn level() -> &'static str {
-    #[cfg(target_arch = "x86_64")]
-    if has_avx512() {
-        return "avx512";
-    }
-    #[cfg(target_arch = "x86_64")]
-    if has_avx2() {
-        return "avx2+fma";
-    }
-    if cfg!(all(target_arch = "wasm32", target_feature = "simd128")) {
-        "simd128"
-    } else if cfg!(target_arch = "aarch64") {
-        "neon"
-    } else if cfg!(target_arch = "x86_64") {
-        "sse2"
-    } else {
-        "scalar"
-    }
+    crate::matvec::RowKernels::get().level
 }
 
 /// `multiversion! { pub fn name(args) -> T { body } }` defines `name`, which runs `body`

@@ -1,6 +1,7 @@
 //! wasm `simd128` versions of the hot row kernels (the browser's CPU path). Same arithmetic as
 //! the portable code in [`crate::matvec`] (f32 products and sums), four lanes wide. Q4 groups
-//! are widened byte by byte, so activations come in [`nibble_order`] as in the AVX-512 kernel.
+//! are widened 16 bytes at once, so activations come in [`crate::matvec::nibble_order`] as in
+//! the AVX-512 kernel.
 
 use core::arch::wasm32::*;
 
@@ -16,20 +17,6 @@ fn hsum(v: v128) -> f32 {
 #[inline(always)]
 unsafe fn load(p: *const f32) -> v128 {
     v128_load(p as *const v128)
-}
-
-/// `x` per group of 32 in the order a Q4 group's nibbles come out when its 16 bytes are widened:
-/// the 16 values meeting the low nibbles, then the 16 meeting the high nibbles.
-pub fn nibble_order(x: &[f32]) -> Vec<f32> {
-    let mut out = vec![0f32; x.len()];
-    for (src, dst) in x.chunks_exact(GROUP_SIZE).zip(out.chunks_exact_mut(GROUP_SIZE)) {
-        for j in 0..16 {
-            let i = 8 * (j / 4) + j % 4;
-            dst[j] = src[i];
-            dst[16 + j] = src[i + 4];
-        }
-    }
-    out
 }
 
 /// Σ a[i]·b[i].
@@ -85,7 +72,7 @@ unsafe fn bytes_dot(v: v128, x: *const f32, signed: bool) -> v128 {
     f32x4_add(a, b)
 }
 
-/// One Q4 row against `x_nibble` ([`nibble_order`] of x); `group_sums[g]` = Σ x over group g.
+/// One Q4 row against `x_nibble` ([`crate::matvec::nibble_order`] of x); `group_sums[g]` = Σ x over group g.
 pub fn dot_q4(qs: &[u32], sc: &[u32], x_nibble: &[f32], group_sums: &[f32]) -> f32 {
     let groups = sc.len();
     assert!(qs.len() >= groups * 4 && x_nibble.len() >= groups * GROUP_SIZE && group_sums.len() >= groups);

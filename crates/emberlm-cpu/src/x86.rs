@@ -172,20 +172,7 @@ pub unsafe fn matmul_4rows(w: &[f32], x: &[f32], k: usize, m: usize, out: &mut [
 //
 // A Q4 group's 16 bytes widen to 16 lanes at once; the low nibbles are weights
 // 0–3, 8–11, 16–19, 24–27 and the high nibbles the rest, so the activations are put in that
-// order once per matvec ([`nibble_order`]): [the 16 meeting low nibbles | the 16 meeting high].
-
-/// `x` per group of 32 in the order the Q4 nibbles of a widened group come out.
-pub fn nibble_order(x: &[f32]) -> Vec<f32> {
-    let mut out = vec![0f32; x.len()];
-    for (src, dst) in x.chunks_exact(GROUP_SIZE).zip(out.chunks_exact_mut(GROUP_SIZE)) {
-        for j in 0..16 {
-            let i = 8 * (j / 4) + j % 4;
-            dst[j] = src[i];
-            dst[16 + j] = src[i + 4];
-        }
-    }
-    out
-}
+// order once per matvec ([`crate::matvec::nibble_order`]).
 
 #[target_feature(enable = "avx512f,avx2,fma,f16c")]
 pub unsafe fn dot_512(a: &[f32], b: &[f32]) -> f32 {
@@ -206,7 +193,7 @@ pub unsafe fn dot_512(a: &[f32], b: &[f32]) -> f32 {
     s
 }
 
-/// One Q4 row against `x_nibble` ([`nibble_order`] of x); `group_sums[g]` = Σ x over group g.
+/// One Q4 row against `x_nibble` ([`crate::matvec::nibble_order`] of x); `group_sums[g]` = Σ x over group g.
 #[target_feature(enable = "avx512f,avx2,fma,f16c")]
 pub unsafe fn dot_q4_512(qs: &[u32], sc: &[u32], x_nibble: &[f32], group_sums: &[f32]) -> f32 {
     let groups = sc.len();

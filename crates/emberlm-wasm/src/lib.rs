@@ -110,7 +110,7 @@ pub async fn kernel_self_test(allow_subgroups: bool) -> Result<JsValue, JsValue>
 #[cfg(feature = "selftest")]
 #[derive(Serialize)]
 struct CpuCheckReport {
-    name: &'static str,
+    name: String,
     passed: bool,
     detail: String,
 }
