@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # The whole test suite: installs what it needs, then
-#   1. Rust tests on lavapipe (f16 + subgroups): every kernel against the CPU reference, GGUF and
+#   1. Rust tests on lavapipe (f16 + subgroups) and the CPU backend: every kernel and CPU op
+#      against the f64 reference, GGUF and
 #      safetensors parsing, tiny models of every architecture and SmolLM2 against transformers,
 #      tokenizers and chat templates against Python, the `emberlm` CLI,
 #   2. the kernel and tiny-model tests again on SwiftShader (no shader-f16; the browsers' adapter),
@@ -23,7 +24,7 @@ VK_ICD_FILENAMES=$LAVAPIPE cargo test --release --workspace
 
 echo "== kernel and tiny-model tests (SwiftShader: no shader-f16)"
 VK_ICD_FILENAMES=$SWIFTSHADER cargo test --release -p emberlm-core --test kernels
-VK_ICD_FILENAMES=$SWIFTSHADER cargo test --release -p emberlm-models --test tiny_models
+VK_ICD_FILENAMES=$SWIFTSHADER EMBERLM_TEST_BACKENDS=webgpu cargo test --release -p emberlm-models --test tiny_models
 
 echo "== wasm32 build and the npm package"
 bash scripts/build-wasm.sh

@@ -44,6 +44,11 @@ pub trait Backend {
     fn describe(&self) -> String;
     /// The largest tensor an op may take whole (a KV cache layer): the storage-binding limit.
     fn max_tensor_bytes(&self) -> u64;
+    /// The most bytes a model's weights and KV cache may take in all on this backend, when it is
+    /// known before loading (the CPU backend in wasm32: 4 GiB of address space); `None` otherwise.
+    fn memory_budget(&self) -> Option<u64> {
+        None
+    }
 
     /// A zeroed weight matrix in `dtype` (packed; split as the backend needs).
     fn weight(&self, name: &str, shape: &[usize], dtype: DType) -> Result<Self::Tensor>;
@@ -311,6 +316,10 @@ impl Backend for CpuDevice {
         } else {
             1 << 40
         }
+    }
+
+    fn memory_budget(&self) -> Option<u64> {
+        cfg!(target_arch = "wasm32").then_some(4 << 30)
     }
 
     fn weight(&self, name: &str, shape: &[usize], dtype: DType) -> Result<CpuTensor> {

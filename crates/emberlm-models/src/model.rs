@@ -96,6 +96,16 @@ struct Loader<'a, B: Backend> {
     bytes: u64,
 }
 
+/// The dtype a matrix loads as: the requested one, else the file's own; f32 when the row
+/// length does not fit the format's groups.
+fn load_dtype(store: &dyn WeightStore, requested: Option<DType>, name: &str, k: usize) -> Result<DType> {
+    let dtype = match requested {
+        Some(d) => d,
+        None => store.exact_dtype(name)?,
+    };
+    Ok(if k % dtype.k_multiple() == 0 { dtype } else { DType::F32 })
+}
+
 impl<B: Backend> Loader<'_, B> {
     fn expect_shape(&self, name: &str, rows: usize, k: usize) -> Result<()> {
         let found = self.store.shape(name).ok_or_else(|| ModelError::MissingTensor(name.to_string()))?;
@@ -108,11 +118,7 @@ impl<B: Backend> Loader<'_, B> {
     /// The dtype a matrix is loaded as: the requested one, else the file's own; f32 when the
     /// row length does not fit the format's groups.
     fn dtype_of(&self, name: &str, k: usize) -> Result<DType> {
-        let dtype = match self.dtype {
-            Some(d) => d,
-            None => self.store.exact_dtype(name)?,
-        };
-        Ok(if k % dtype.k_multiple() == 0 { dtype } else { DType::F32 })
+        load_dtype(self.store, self.dtype, name, k)
     }
 
     /// Streams `rows` rows of `name` into `tensor` starting at row `row0`, piece by piece.
@@ -228,6 +234,18 @@ impl<B: Backend> Model<B> {
         Self::load(dev, config, store, options)
     }
 
+    /// Bytes a load with `options` will hold: every tensor at the dtype it loads as (vectors in
+    /// f32) plus both KV caches. Checked against [`Backend::memory_budget`] before loading.
+    pub fn memory_needed(c: &ModelConfig, store: &dyn WeightStore, options: &LoadOptions) -> Result<u64> {
+        let mut need = 2 * c.layers as u64 * c.kv_heads as u64 * c.head_dim as u64 * options.context as u64 * 4;
+        for name in store.names() {
+            let Some((rows, k)) = store.shape(&name) else { continue };
+            let dtype = if rows == 1 { DType::F32 } else { load_dtype(store, options.dtype, &name, k)? };
+            need = need.saturating_add(rows as u64 * (dtype.qs_row_bytes(k) + dtype.scale_row_bytes(k)));
+        }
+        Ok(need)
+    }
+
     /// Loads the weights of a model described by `config` from `store`.
     pub fn load(dev: &B, config: ModelConfig, store: &dyn WeightStore, options: &LoadOptions) -> Result<Self> {
         let c = &config;
@@ -246,6 +264,18 @@ impl<B: Backend> Model<B> {
             )));
         }
         let mut ld = Loader { dev, store, dtype: options.dtype, bytes: 0 };
+        if let Some(budget) = dev.memory_budget() {
+            // Refused before any allocation.
+            let need = Self::memory_needed(c, store, options)?;
+            if need > budget {
+                return Err(ModelError::Config(format!(
+                    "this model needs {} MiB for its weights and a {}-position KV cache, more than the {} MiB this backend can address: use a smaller model, quantisation or context",
+                    need >> 20,
+                    options.context,
+                    budget >> 20
+                )));
+            }
+        }
         let (h, d) = (c.hidden, c.head_dim);
         let (q_rows, kv_rows) = (c.heads * d, c.kv_heads * d);
         let embed = ld.matrix("token_embd.weight", c.vocab, h)?;

@@ -218,6 +218,10 @@ impl<S: ByteSource> SafetensorsStore<S> {
 }
 
 impl<S: ByteSource> WeightStore for SafetensorsStore<S> {
+    fn names(&self) -> Vec<String> {
+        self.tensors.keys().cloned().collect()
+    }
+
     fn shape(&self, name: &str) -> Option<(usize, usize)> {
         self.tensors.get(name).map(|(_, t)| t.rows_k())
     }

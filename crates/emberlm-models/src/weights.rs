@@ -23,6 +23,8 @@ pub trait WeightStore {
     fn read_rows(&self, name: &str, rows: Range<usize>, dtype: DType) -> Result<PackedMatrix>;
     /// The whole tensor as f32.
     fn read_f32(&self, name: &str) -> Result<Vec<f32>>;
+    /// Every tensor's canonical name (sizes a load before it allocates).
+    fn names(&self) -> Vec<String>;
 }
 
 /// A GGUF model: one file, or the shards of a split model (`-00001-of-0000N.gguf`), each with
@@ -80,6 +82,10 @@ fn tensor_err(name: &str) -> impl FnOnce(String) -> ModelError + '_ {
 }
 
 impl<S: ByteSource> WeightStore for GgufStore<S> {
+    fn names(&self) -> Vec<String> {
+        self.shards.iter().flat_map(|(f, _)| f.tensors.iter().map(|t| t.name.clone())).collect()
+    }
+
     fn shape(&self, name: &str) -> Option<(usize, usize)> {
         self.find(name).ok().map(|(_, _, t)| t.rows_k())
     }
