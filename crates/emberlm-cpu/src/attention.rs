@@ -23,7 +23,10 @@ pub fn attention(q: &[f32], k_cache: &[f32], v_cache: &[f32], out: &mut [f32], p
     }
     let group = hq / hkv;
     let kern = RowKernels::get();
-    let parts = map_ranges(t * hq, 1, |range| {
+    // A decode step's few heads over a short cache are microseconds of work: one task then,
+    // rather than paying for fork/join and per-task buffers.
+    let work = t * hq * (p.pos0 + t) * d;
+    let parts = map_ranges(t * hq, if work < 1 << 20 { t * hq } else { 1 }, |range| {
         let mut o = vec![0f32; range.len() * d];
         let mut scores = Vec::new();
         for (idx, oh) in range.zip(o.chunks_exact_mut(d)) {

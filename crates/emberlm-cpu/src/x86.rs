@@ -199,7 +199,8 @@ pub unsafe fn dot_q4_512(qs: &[u32], sc: &[u32], x_nibble: &[f32], group_sums: &
     let groups = sc.len();
     assert!(qs.len() >= groups * 4 && x_nibble.len() >= groups * GROUP_SIZE && group_sums.len() >= groups);
     let mask = _mm512_set1_epi32(15);
-    let mut total = _mm512_setzero_ps();
+    // Two running totals (even and odd groups): one would chain every group's FMA on the last.
+    let mut total = [_mm512_setzero_ps(); 2];
     let mut mins = _mm256_setzero_ps();
     let mut halves = [0f32; 16];
     let mut g = 0;
@@ -221,7 +222,7 @@ pub unsafe fn dot_q4_512(qs: &[u32], sc: &[u32], x_nibble: &[f32], group_sums: &
             let hi = _mm512_cvtepi32_ps(_mm512_srli_epi32(bytes, 4));
             let xg = x_nibble.as_ptr().add(GROUP_SIZE * gg);
             let acc = _mm512_fmadd_ps(hi, _mm512_loadu_ps(xg.add(16)), _mm512_mul_ps(lo, _mm512_loadu_ps(xg)));
-            total = _mm512_fmadd_ps(acc, _mm512_set1_ps(halves[2 * j]), total);
+            total[j & 1] = _mm512_fmadd_ps(acc, _mm512_set1_ps(halves[2 * j]), total[j & 1]);
         }
         if n == 8 {
             let m = _mm256_setr_ps(halves[1], halves[3], halves[5], halves[7], halves[9], halves[11], halves[13], halves[15]);
@@ -235,7 +236,7 @@ pub unsafe fn dot_q4_512(qs: &[u32], sc: &[u32], x_nibble: &[f32], group_sums: &
         }
         g += n;
     }
-    _mm512_reduce_add_ps(total) + hsum(mins)
+    _mm512_reduce_add_ps(_mm512_add_ps(total[0], total[1])) + hsum(mins)
 }
 
 /// One Q8 row against `x`.
@@ -243,7 +244,7 @@ pub unsafe fn dot_q4_512(qs: &[u32], sc: &[u32], x_nibble: &[f32], group_sums: &
 pub unsafe fn dot_q8_512(qs: &[u32], sc: &[u32], x: &[f32]) -> f32 {
     let groups = x.len() / GROUP_SIZE;
     assert!(qs.len() >= groups * 8 && sc.len() * 2 >= groups);
-    let mut total = _mm512_setzero_ps();
+    let mut total = [_mm512_setzero_ps(); 2];
     let mut scales = [0f32; 16];
     for g in 0..groups {
         if g % 16 == 0 {
@@ -261,9 +262,9 @@ pub unsafe fn dot_q8_512(qs: &[u32], sc: &[u32], x: &[f32]) -> f32 {
         let w0 = _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm_loadu_si128(bytes)));
         let w1 = _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm_loadu_si128(bytes.add(1))));
         let acc = _mm512_fmadd_ps(w1, _mm512_loadu_ps(xg.add(16)), _mm512_mul_ps(w0, _mm512_loadu_ps(xg)));
-        total = _mm512_fmadd_ps(acc, _mm512_set1_ps(scales[g % 16]), total);
+        total[g & 1] = _mm512_fmadd_ps(acc, _mm512_set1_ps(scales[g % 16]), total[g & 1]);
     }
-    _mm512_reduce_add_ps(total)
+    _mm512_reduce_add_ps(_mm512_add_ps(total[0], total[1]))
 }
 
 /// [`matmul_4rows`] with 16 lanes and 4 × 4 tiles.
