@@ -55,7 +55,8 @@ impl CpuDevice {
 /// Lets the JavaScript host run its queued tasks (an abort message, a UI update) between CPU
 /// steps: the WebGPU backend awaits the GPU every step, but CPU steps would otherwise run back
 /// to back without ever returning to the event loop. In browsers a `MessageChannel` round trip
-/// is a task without `setTimeout`'s 4 ms clamp, so this yields after 2 ms of work; in Node, Deno
+/// is a task without `setTimeout`'s 4 ms clamp (tens of µs), so this yields after 0.5 ms of
+/// work; in Node, Deno
 /// and Bun (where an active port would hold the process open) a `setTimeout(0)` after 30 ms.
 /// Natively there is nothing to do.
 pub async fn yield_to_host() {
@@ -82,7 +83,7 @@ pub async fn yield_to_host() {
             .clone()
         });
         let now = js_sys::Date::now();
-        if now - LAST.get() < if ports.is_some() { 2.0 } else { 30.0 } {
+        if now - LAST.get() < if ports.is_some() { 0.5 } else { 30.0 } {
             return;
         }
         let promise = js_sys::Promise::new(&mut |resolve, _| {
