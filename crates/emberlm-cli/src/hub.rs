@@ -100,7 +100,9 @@ pub fn hub_folder(hub: &str) -> String {
 /// Whether `s` names a Hub repo (`owner/name`, optionally `@revision`) rather than a local path.
 pub fn looks_like_repo(s: &str) -> bool {
     let name = s.split_once('@').map_or(s, |(n, _)| n);
-    !Path::new(s).exists() && check_repo_id(name).is_ok()
+    // A mistyped local file (`models/nope.gguf`, `./x`) is "no such file", not a Hub lookup.
+    let file_like = s.starts_with('.') || [".gguf", ".safetensors", ".json"].iter().any(|ext| name.to_ascii_lowercase().ends_with(ext));
+    !Path::new(s).exists() && !file_like && check_repo_id(name).is_ok()
 }
 
 /// `$EMBERLM_CACHE`, else `$XDG_CACHE_HOME/emberlm`, else `~/.cache/emberlm` (as the npm package).
@@ -666,6 +668,7 @@ mod tests {
     fn repo_ids_quant_names_and_shards() {
         assert!(looks_like_repo("HuggingFaceTB/SmolLM2-135M-Instruct-GGUF@main"));
         assert!(!looks_like_repo("../x") && !looks_like_repo("model.gguf") && !looks_like_repo("a/b/c"));
+        assert!(!looks_like_repo("models/nope.gguf") && !looks_like_repo("./a/b") && !looks_like_repo("owner/weights.safetensors"));
         assert_eq!(quant_of("SmolLM2-135M-Instruct.Q4_K_M.gguf").as_deref(), Some("Q4_K_M"));
         assert_eq!(quant_of("qwen2.5-7b-instruct-q4_k_m-00001-of-00002.gguf").as_deref(), Some("Q4_K_M"));
         assert_eq!(quant_of("m-BF16.gguf").as_deref(), Some("BF16"));

@@ -92,6 +92,10 @@ fn bad_inputs_are_clear_errors() {
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("/nonexistent/model.gguf") && err.contains("No such file"), "{err}");
+    // A relative path that is also a valid `owner/name` is still a missing file, not a Hub repo.
+    let out = emberlm(&["generate", "--model", "models/nope.gguf", "--prompt", "x"]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success() && err.contains("models/nope.gguf") && err.contains("No such file") && !err.contains("@main"), "{err}");
     // Token ids past the vocabulary.
     let dir = fixture("gemma3");
     let out = emberlm(&["generate", "--model", dir.to_str().unwrap(), "--prompt-ids", "1,99999"]);
