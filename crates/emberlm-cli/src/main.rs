@@ -63,7 +63,8 @@ struct ModelArgs {
     /// Weight dtype: f32, f16, q8, q4, or `auto` (GGUF: as stored; safetensors: q4).
     #[arg(long, default_value = "auto")]
     dtype: String,
-    /// KV cache capacity in tokens (default: prompt + new tokens, at most the model's context).
+    /// KV cache capacity in tokens (default: prompt + new tokens, at most the model's context;
+    /// larger only when asked, with a warning).
     #[arg(long)]
     context: Option<usize>,
     /// Where the model runs: `auto` uses a hardware GPU through WebGPU when there is one and
@@ -241,7 +242,17 @@ fn run_loaded(args: &ModelArgs, local: LocalModel, needed_context: usize, job: i
         "auto" => Some(DType::Q4),
         other => Some(other.parse::<DType>()?),
     };
-    let options = LoadOptions { dtype, context: args.context.unwrap_or(needed_context.min(local.config.context_length.max(4096))) };
+    // The model's own context bounds the KV cache unless --context asks past it (with a warning).
+    let model_context = local.config.context_length.max(1);
+    let context = match args.context {
+        Some(c) if c > model_context => {
+            eprintln!("warning: --context {c} is past the {model_context} positions this model was trained for; expect worse text past them");
+            c
+        }
+        Some(c) => c,
+        None => needed_context.min(model_context),
+    };
+    let options = LoadOptions { dtype, context };
     fn go<B: Backend>(dev: &B, local: &LocalModel, options: &LoadOptions, device_reason: &str, job: impl Job) -> Result<()> {
         let start = std::time::Instant::now();
         let model = local.load(dev, options).map_err(err)?;

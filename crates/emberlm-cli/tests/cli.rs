@@ -126,6 +126,15 @@ fn generation_edge_cases_end_cleanly() {
     let ids: Vec<u64> = got["generated_ids"].as_array().unwrap().iter().map(|v| v.as_u64().unwrap()).collect();
     assert_eq!(ids, want[..5], "the tokens that fit, as transformers generates them");
 
+    // Without --context the model's own context (256 positions here) ends generation.
+    let out = run(&["--ignore-eos", "--max-new-tokens", "400"]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let got: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(got["finish_reason"], "length");
+    assert_eq!(got["generated_ids"].as_array().unwrap().len(), 256 - n_prompt, "positions stop at the model's context");
+    let out = run(&["--context", "300", "--max-new-tokens", "1"]);
+    assert!(out.status.success() && String::from_utf8_lossy(&out.stderr).contains("past the 256 positions"), "{}", String::from_utf8_lossy(&out.stderr));
+
     let out = run(&["--stop", ""]);
     assert!(!out.status.success() && String::from_utf8_lossy(&out.stderr).contains("--stop needs a non-empty text"));
 
