@@ -86,9 +86,19 @@ fn dot4(w: &[f32], x: [&[f32]; 4]) -> [f32; 4] {
     out
 }
 
-/// Σx over each group of 32 (Q4's min term: `Σ (q·s + m)·x = s·Σ q·x + m·Σx`).
-pub fn group_sums(x: &[f32]) -> Vec<f32> {
-    x.chunks_exact(GROUP_SIZE).map(|g| g.iter().sum()).collect()
+/// One token's activations as the chosen Q4 kernel reads them, prepared once per matvec (not per
+/// thread's share of the rows): in [`nibble_order`] where the kernel widens a group's bytes at
+/// once, and Σx per group for Q4's min term (`Σ (q·s + m)·x = s·Σ q·x + m·Σx`).
+#[derive(Default)]
+pub struct Q4Activations {
+    ordered: Option<Vec<f32>>,
+    group_sums: Vec<f32>,
+}
+
+impl Q4Activations {
+    pub fn new(kernels: &RowKernels, x: &[f32]) -> Self {
+        Self { ordered: kernels.q4_nibble_order.then(|| nibble_order(x)), group_sums: x.chunks_exact(GROUP_SIZE).map(|g| g.iter().sum()).collect() }
+    }
 }
 
 #[inline(always)]
@@ -345,22 +355,16 @@ impl RowKernels {
     }
 }
 
-fn row_words(dtype: DType, k: usize) -> (usize, usize) {
+/// u32 words of one row's value and scale segments.
+pub(crate) fn row_words(dtype: DType, k: usize) -> (usize, usize) {
     ((dtype.qs_row_bytes(k) / 4) as usize, (dtype.scale_row_bytes(k) / 4) as usize)
 }
 
 /// `out[i] = W[row0 + i] · x` for `out.len()` rows of a `k`-wide matrix whose segments are
-/// `qs`/`sc`; `group_sums` is [`group_sums`] of `x` for Q4 (empty otherwise).
+/// `qs`/`sc`, with the kernels `kern`; `q4` is `x` prepared for them when W is Q4 (empty otherwise).
 #[allow(clippy::too_many_arguments)]
-pub fn matvec_rows(dtype: DType, qs: &[u32], sc: &[u32], k: usize, x: &[f32], group_sums: &[f32], row0: usize, out: &mut [f32]) {
-    let kern = RowKernels::get();
-    let ordered;
-    let x_q4 = if dtype == DType::Q4 && kern.q4_nibble_order {
-        ordered = nibble_order(x);
-        &ordered[..]
-    } else {
-        x
-    };
+pub fn matvec_rows(kern: &RowKernels, dtype: DType, qs: &[u32], sc: &[u32], k: usize, x: &[f32], q4: &Q4Activations, row0: usize, out: &mut [f32]) {
+    let x_q4 = q4.ordered.as_deref().unwrap_or(x);
     let (qw, sw) = row_words(dtype, k);
     let mut scratch = Vec::new();
     for (i, o) in out.iter_mut().enumerate() {
@@ -370,7 +374,7 @@ pub fn matvec_rows(dtype: DType, qs: &[u32], sc: &[u32], k: usize, x: &[f32], gr
         *o = unsafe {
             match dtype {
                 DType::F32 => (kern.dot)(bytemuck::cast_slice(q), x),
-                DType::Q4 => (kern.dot_q4)(q, s, x_q4, group_sums),
+                DType::Q4 => (kern.dot_q4)(q, s, x_q4, &q4.group_sums),
                 DType::Q8 => (kern.dot_q8)(q, s, x),
                 _ => {
                     scratch.resize(k, 0f32);
@@ -409,5 +413,19 @@ pub fn matmul_rows(dtype: DType, qs: &[u32], sc: &[u32], k: usize, x: &[f32], m:
             }
         }
         r += n;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    /// The hand-written conversion (kept for the hot loops: no table, no F16C) against the `half`
+    /// crate on every one of the 65,536 f16 values, subnormals, infinities and NaNs included.
+    #[test]
+    fn f16_to_f32_agrees_with_half_on_every_value() {
+        for bits in 0..=u16::MAX {
+            let want = half::f16::from_bits(bits).to_f32();
+            let got = super::f16_to_f32(bits as u32);
+            assert!(got.to_bits() == want.to_bits() || (got.is_nan() && want.is_nan()), "{bits:#06x}: {got} vs {want}");
+        }
     }
 }

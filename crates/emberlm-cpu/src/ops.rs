@@ -5,7 +5,7 @@
 use emberlm_core::ops::{Activation, AttentionParams, RopeLayout};
 use emberlm_core::{DType, Error, Result};
 
-use crate::matvec::{group_sums, matmul_rows, matvec_rows};
+use crate::matvec::{matmul_rows, matvec_rows, row_words, Q4Activations, RowKernels};
 use crate::parallel::{for_parts, map_ranges};
 use crate::tensor::CpuTensor;
 
@@ -20,7 +20,7 @@ pub fn embedding(ids: &CpuTensor, table: &CpuTensor, out: &CpuTensor, tokens: us
     out.expect_f32("embedding", tokens * k)?;
     let ids = ids.words();
     let (qs, sc) = (table.words(), table.scale_words());
-    let (qw, sw) = ((table.dtype.qs_row_bytes(k) / 4) as usize, (table.dtype.scale_row_bytes(k) / 4) as usize);
+    let (qw, sw) = row_words(table.dtype, k);
     let mut out = out.f32s_mut();
     for (t, row) in out[..tokens * k].chunks_exact_mut(k).enumerate() {
         let id = ids[t] as usize;
@@ -50,13 +50,14 @@ pub fn matvec_into(w: &CpuTensor, x: &CpuTensor, x_row: usize, bias: Option<&Cpu
     x.expect_distinct("matvec", y)?;
     let x = x.f32s();
     let x = &x[x_row * k..(x_row + 1) * k];
-    let sums = if w.dtype == DType::Q4 { group_sums(x) } else { Vec::new() };
+    let kernels = RowKernels::get();
+    let q4 = if w.dtype == DType::Q4 { Q4Activations::new(kernels, x) } else { Q4Activations::default() };
     let (qs, sc) = (w.words(), w.scale_words());
     let (qs, sc) = (&*qs, &*sc);
     let mut y = y.f32s_mut();
     let y = &mut y[y_offset..y_offset + rows];
     let dtype = w.dtype;
-    for_parts(y, 16, |start, part| matvec_rows(dtype, qs, sc, k, x, &sums, start, part));
+    for_parts(y, 16, |start, part| matvec_rows(kernels, dtype, qs, sc, k, x, &q4, start, part));
     add_bias(bias, y, 1, rows, 0)
 }
 

@@ -30,10 +30,15 @@ pub fn threads() -> usize {
     }
 }
 
+/// Items per task: about `n / (threads · 4)` (some slack for uneven threads), at least `min_chunk`.
+fn chunk_len(n: usize, min_chunk: usize) -> usize {
+    n.div_ceil(threads() * 4).max(min_chunk).max(1)
+}
+
 /// Runs `f` on consecutive ranges of `0..n` of about `n / (threads · 4)` items (at least
 /// `min_chunk`) and returns the results in range order.
 pub fn map_ranges<R: Send>(n: usize, min_chunk: usize, f: impl Fn(Range<usize>) -> R + Sync + Send) -> Vec<R> {
-    let chunk = n.div_ceil(threads() * 4).max(min_chunk).max(1);
+    let chunk = chunk_len(n, min_chunk);
     let ranges = (0..n.div_ceil(chunk)).map(move |i| i * chunk..((i + 1) * chunk).min(n));
     #[cfg(not(target_arch = "wasm32"))]
     {
@@ -52,7 +57,7 @@ pub fn map_ranges<R: Send>(n: usize, min_chunk: usize, f: impl Fn(Range<usize>) 
 /// Runs `f(start, part)` on consecutive parts of `out` (about `len / (threads · 4)` items, at
 /// least `min_chunk`); `part` is `out[start..start + part.len()]`.
 pub fn for_parts(out: &mut [f32], min_chunk: usize, f: impl Fn(usize, &mut [f32]) + Sync + Send) {
-    let chunk = out.len().div_ceil(threads() * 4).max(min_chunk).max(1);
+    let chunk = chunk_len(out.len(), min_chunk);
     #[cfg(not(target_arch = "wasm32"))]
     {
         use rayon::prelude::*;

@@ -95,8 +95,7 @@ impl CpuTensor {
                 ),
             });
         }
-        let qw = (self.dtype.qs_row_bytes(k) / 4) as usize;
-        let sw = (self.dtype.scale_row_bytes(k) / 4) as usize;
+        let (qw, sw) = crate::matvec::row_words(self.dtype, k);
         self.qs.borrow_mut()[row0 * qw..(row0 + packed.rows) * qw].copy_from_slice(&packed.qs);
         self.scales.borrow_mut()[row0 * sw..(row0 + packed.rows) * sw].copy_from_slice(&packed.scales);
         Ok(())
