@@ -4,7 +4,8 @@ import { EmberError } from './errors.js';
 import { IS_SERVER_RUNTIME, runtimeName } from './runtime.js';
 
 type AdapterInfo = { vendor?: string; architecture?: string; device?: string; description?: string; isFallbackAdapter?: boolean };
-type Gpu = { requestAdapter(o?: object): Promise<{ info?: AdapterInfo; isFallbackAdapter?: boolean } | null> };
+type Adapter = { info?: AdapterInfo; isFallbackAdapter?: boolean };
+type Gpu = { requestAdapter(o?: object): Promise<Adapter | null> };
 const g = globalThis as Record<string, unknown> & { navigator?: { gpu?: Gpu } };
 
 let shimmed: Promise<void> | undefined;
@@ -35,11 +36,12 @@ export function ensureWebGpu(): Promise<void> {
   return shimmed;
 }
 
-/** Throws a clear error when no adapter is available (blocklisted GPU, headless without a driver). */
-export async function requireAdapter(): Promise<void> {
+/** The adapter, or a clear error when none is available (blocklisted GPU, headless without a driver). */
+export async function requireAdapter(): Promise<Adapter> {
   await ensureWebGpu();
   const adapter = await g.navigator!.gpu!.requestAdapter();
   if (!adapter) throw new EmberError('no-webgpu', `${runtimeName()} offers WebGPU but no adapter (no usable GPU or driver)`);
+  return adapter;
 }
 
 export type DeviceChoice = 'auto' | 'webgpu' | 'cpu';
@@ -69,12 +71,10 @@ export async function pickDevice(choice: DeviceChoice = 'auto'): Promise<PickedD
   }
   let adapter;
   try {
-    await ensureWebGpu();
-    adapter = await g.navigator!.gpu!.requestAdapter();
+    adapter = await requireAdapter();
   } catch (e) {
-    return { device: 'cpu', reason: `auto: no WebGPU here (${e instanceof Error ? e.message : String(e)})` };
+    return { device: 'cpu', reason: `auto: ${e instanceof Error ? e.message : String(e)}` };
   }
-  if (!adapter) return { device: 'cpu', reason: 'auto: WebGPU offers no adapter' };
   const info = adapter.info ?? {};
   const named = [info.vendor, info.architecture, info.device, info.description].filter(Boolean).join(' ');
   if (adapter.isFallbackAdapter || info.isFallbackAdapter || SOFTWARE_ADAPTER.test(named)) {

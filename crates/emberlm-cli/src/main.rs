@@ -313,86 +313,75 @@ struct GenerateJob<'a> {
 
 impl Job for GenerateJob<'_> {
     fn run<B: Backend>(self, loaded: &Loaded<B>) -> Result<()> {
-        let GenerateJob { a, prompt_ids } = self;
-        let Loaded { dev, local, model, load_s, device_reason } = loaded;
-        generate_with(a, &prompt_ids, *dev, local, model, *load_s, device_reason)
-    }
-}
-
-fn generate_with<B: Backend>(
-    a: &GenerateArgs,
-    prompt_ids: &[u32],
-    dev: &B,
-    local: &LocalModel,
-    model: &Model<B>,
-    load_s: f64,
-    device_reason: &str,
-) -> Result<()> {
-    let mut session = Session::new(dev, model).map_err(err)?;
-    let options = GenerateOptions { want_prompt_logits: a.dump_logits.is_some(), ..a.sampling.options(model, prompt_ids.len())? };
-    let mut stream = StreamDecoder::new(true);
-    let mut text = String::new();
-    let mut stdout = std::io::stdout();
-    let tok = local.text.tokenizer.as_ref();
-    let mut stream_err = None;
-    let mut stopped_by_text = false;
-    let out = pollster::block_on(generate(dev, model, &mut session, prompt_ids, &options, |id| {
-        let Some(tok) = tok else { return true };
-        match stream.push(tok, id) {
-            Ok(piece) => {
-                text.push_str(&piece);
-                if !a.json {
-                    let _ = write!(stdout, "{piece}");
-                    let _ = stdout.flush();
+        let a = self.a;
+        let prompt_ids = &self.prompt_ids[..];
+        let &Loaded { dev, local, ref model, load_s, device_reason } = loaded;
+        let mut session = Session::new(dev, model).map_err(err)?;
+        let options = GenerateOptions { want_prompt_logits: a.dump_logits.is_some(), ..a.sampling.options(model, prompt_ids.len())? };
+        let mut stream = StreamDecoder::new(true);
+        let mut text = String::new();
+        let mut stdout = std::io::stdout();
+        let tok = local.text.tokenizer.as_ref();
+        let mut stream_err = None;
+        let mut stopped_by_text = false;
+        let out = pollster::block_on(generate(dev, model, &mut session, prompt_ids, &options, |id| {
+            let Some(tok) = tok else { return true };
+            match stream.push(tok, id) {
+                Ok(piece) => {
+                    text.push_str(&piece);
+                    if !a.json {
+                        let _ = write!(stdout, "{piece}");
+                        let _ = stdout.flush();
+                    }
                 }
+                Err(e) => stream_err = Some(e),
             }
-            Err(e) => stream_err = Some(e),
+            stopped_by_text = a.sampling.stop.iter().any(|s| text.contains(s.as_str()));
+            !stopped_by_text
+        }))
+        .map_err(err)?;
+        if let Some(e) = stream_err {
+            return Err(e.to_string());
         }
-        stopped_by_text = a.sampling.stop.iter().any(|s| text.contains(s.as_str()));
-        !stopped_by_text
-    }))
-    .map_err(err)?;
-    if let Some(e) = stream_err {
-        return Err(e.to_string());
-    }
-    for s in &a.sampling.stop {
-        if let Some(i) = text.find(s.as_str()) {
-            text.truncate(i);
+        for s in &a.sampling.stop {
+            if let Some(i) = text.find(s.as_str()) {
+                text.truncate(i);
+            }
         }
+        if let (Some(path), Some(logits)) = (&a.dump_logits, &out.prompt_logits) {
+            write_npy(path, logits)?;
+        }
+        if a.json {
+            let obj = json!({
+                "model": a.model.model.display().to_string(),
+                "architecture": model.config.arch.name(),
+                "prompt_ids": out.prompt_ids,
+                "generated_ids": out.generated_ids,
+                "text": text,
+                "stopped_by_eos": out.stopped,
+                "finish_reason": if out.stopped || stopped_by_text { "stop" } else { "length" },
+                "load_s": load_s,
+                "ttft_ms": out.ttft_ms,
+                "prefill_tok_s": out.prefill_tok_s,
+                "decode_tok_s": out.decode_tok_s,
+                "device": dev.describe(),
+                "device_reason": device_reason,
+            });
+            println!("{obj}");
+        } else {
+            println!();
+            eprintln!(
+                "[{} prompt tokens, {} generated; ttft {:.0} ms, prefill {:.1} tok/s, decode {:.1} tok/s; {} ({device_reason})]",
+                out.prompt_ids.len(),
+                out.generated_ids.len(),
+                out.ttft_ms,
+                out.prefill_tok_s,
+                out.decode_tok_s,
+                dev.describe()
+            );
+        }
+        Ok(())
     }
-    if let (Some(path), Some(logits)) = (&a.dump_logits, &out.prompt_logits) {
-        write_npy(path, logits)?;
-    }
-    if a.json {
-        let obj = json!({
-            "model": a.model.model.display().to_string(),
-            "architecture": model.config.arch.name(),
-            "prompt_ids": out.prompt_ids,
-            "generated_ids": out.generated_ids,
-            "text": text,
-            "stopped_by_eos": out.stopped,
-            "finish_reason": if out.stopped || stopped_by_text { "stop" } else { "length" },
-            "load_s": load_s,
-            "ttft_ms": out.ttft_ms,
-            "prefill_tok_s": out.prefill_tok_s,
-            "decode_tok_s": out.decode_tok_s,
-            "device": dev.describe(),
-            "device_reason": device_reason,
-        });
-        println!("{obj}");
-    } else {
-        println!();
-        eprintln!(
-            "[{} prompt tokens, {} generated; ttft {:.0} ms, prefill {:.1} tok/s, decode {:.1} tok/s; {} ({device_reason})]",
-            out.prompt_ids.len(),
-            out.generated_ids.len(),
-            out.ttft_ms,
-            out.prefill_tok_s,
-            out.decode_tok_s,
-            dev.describe()
-        );
-    }
-    Ok(())
 }
 
 fn run_chat(a: ChatArgs) -> Result<()> {
@@ -401,66 +390,64 @@ fn run_chat(a: ChatArgs) -> Result<()> {
 
 impl Job for &ChatArgs {
     fn run<B: Backend>(self, loaded: &Loaded<B>) -> Result<()> {
-        chat_with(self, loaded.dev, loaded.local, &loaded.model, loaded.device_reason)
-    }
-}
-
-fn chat_with<B: Backend>(a: &ChatArgs, dev: &B, local: &LocalModel, model: &Model<B>, device_reason: &str) -> Result<()> {
-    let tok = local.text.tokenizer().map_err(err)?;
-    local.text.chat_template().map_err(err)?;
-    eprintln!("{} on {} ({device_reason}) — type a message, empty line to quit", a.model.model.display(), dev.describe());
-    let mut messages = Vec::new();
-    if let Some(s) = &a.system {
-        messages.push(json!({"role": "system", "content": s}));
-    }
-    let mut session = Session::new(dev, model).map_err(err)?;
-    let stdin = std::io::stdin();
-    let mut stdout = std::io::stdout();
-    loop {
-        eprint!("> ");
-        let mut line = String::new();
-        if stdin.lock().read_line(&mut line).map_err(err)? == 0 || line.trim().is_empty() {
-            return Ok(());
+        let a = self;
+        let &Loaded { dev, local, ref model, device_reason, .. } = loaded;
+        let tok = local.text.tokenizer().map_err(err)?;
+        local.text.chat_template().map_err(err)?;
+        eprintln!("{} on {} ({device_reason}) — type a message, empty line to quit", a.model.model.display(), dev.describe());
+        let mut messages = Vec::new();
+        if let Some(s) = &a.system {
+            messages.push(json!({"role": "system", "content": s}));
         }
-        messages.push(json!({"role": "user", "content": line.trim_end()}));
-        // Past the context, the oldest turns go (the system message stays), leaving room for a
-        // reply of a quarter of the context.
-        let room = (model.context / 4).clamp(1, a.sampling.max_new_tokens.max(1));
-        let first_turn = usize::from(a.system.is_some());
-        let mut ids = local.text.chat_prompt_ids(&json!(messages)).map_err(err)?;
-        while ids.len() + room > model.context && messages.len() > first_turn + 1 {
-            messages.drain(first_turn..(first_turn + 2).min(messages.len() - 1));
-            ids = local.text.chat_prompt_ids(&json!(messages)).map_err(err)?;
-            eprintln!("[the conversation outgrew the {}-token context: the oldest turn was dropped]", model.context);
-        }
-        if ids.len() >= model.context {
-            messages.pop();
-            eprintln!("[that message is {} tokens, more than the {}-token context holds; pass a larger --context]", ids.len(), model.context);
-            continue;
-        }
-        // The session keeps the conversation's keys and values: only what this turn adds (the
-        // new message and the template around it) is prefilled.
-        let options = a.sampling.options(model, ids.len())?;
-        let mut stream = StreamDecoder::new(true);
-        let mut reply = String::new();
-        let out = pollster::block_on(generate(dev, model, &mut session, &ids, &options, |id| {
-            if let Ok(piece) = stream.push(tok, id) {
-                reply.push_str(&piece);
-                let _ = write!(stdout, "{piece}");
-                let _ = stdout.flush();
+        let mut session = Session::new(dev, model).map_err(err)?;
+        let stdin = std::io::stdin();
+        let mut stdout = std::io::stdout();
+        loop {
+            eprint!("> ");
+            let mut line = String::new();
+            if stdin.lock().read_line(&mut line).map_err(err)? == 0 || line.trim().is_empty() {
+                return Ok(());
             }
-            true
-        }))
-        .map_err(err)?;
-        println!();
-        eprintln!(
-            "[{} prompt tokens, {} reused from the last turn; ttft {:.0} ms, decode {:.1} tok/s]",
-            out.prompt_ids.len(),
-            out.reused_tokens,
-            out.ttft_ms,
-            out.decode_tok_s
-        );
-        messages.push(json!({"role": "assistant", "content": reply.trim()}));
+            messages.push(json!({"role": "user", "content": line.trim_end()}));
+            // Past the context, the oldest turns go (the system message stays), leaving room for a
+            // reply of a quarter of the context.
+            let room = (model.context / 4).clamp(1, a.sampling.max_new_tokens.max(1));
+            let first_turn = usize::from(a.system.is_some());
+            let mut ids = local.text.chat_prompt_ids(&json!(messages)).map_err(err)?;
+            while ids.len() + room > model.context && messages.len() > first_turn + 1 {
+                messages.drain(first_turn..(first_turn + 2).min(messages.len() - 1));
+                ids = local.text.chat_prompt_ids(&json!(messages)).map_err(err)?;
+                eprintln!("[the conversation outgrew the {}-token context: the oldest turn was dropped]", model.context);
+            }
+            if ids.len() >= model.context {
+                messages.pop();
+                eprintln!("[that message is {} tokens, more than the {}-token context holds; pass a larger --context]", ids.len(), model.context);
+                continue;
+            }
+            // The session keeps the conversation's keys and values: only what this turn adds (the
+            // new message and the template around it) is prefilled.
+            let options = a.sampling.options(model, ids.len())?;
+            let mut stream = StreamDecoder::new(true);
+            let mut reply = String::new();
+            let out = pollster::block_on(generate(dev, model, &mut session, &ids, &options, |id| {
+                if let Ok(piece) = stream.push(tok, id) {
+                    reply.push_str(&piece);
+                    let _ = write!(stdout, "{piece}");
+                    let _ = stdout.flush();
+                }
+                true
+            }))
+            .map_err(err)?;
+            println!();
+            eprintln!(
+                "[{} prompt tokens, {} reused from the last turn; ttft {:.0} ms, decode {:.1} tok/s]",
+                out.prompt_ids.len(),
+                out.reused_tokens,
+                out.ttft_ms,
+                out.decode_tok_s
+            );
+            messages.push(json!({"role": "assistant", "content": reply.trim()}));
+        }
     }
 }
 
@@ -476,77 +463,75 @@ fn run_bench(a: BenchArgs) -> Result<()> {
 
 impl Job for &BenchArgs {
     fn run<B: Backend>(self, loaded: &Loaded<B>) -> Result<()> {
-        bench_with(self, loaded.dev, &loaded.model, loaded.load_s, loaded.device_reason)
-    }
-}
-
-fn bench_with<B: Backend>(a: &BenchArgs, dev: &B, model: &Model<B>, load_s: f64, device_reason: &str) -> Result<()> {
-    let c = &model.config;
-    // Deterministic pseudo-random tokens, like llama-bench.
-    let tokens: Vec<u32> = (0..a.n_prompt.max(1)).map(|i| ((i as u64 * 2_654_435_761) % c.vocab as u64) as u32).collect();
-    let mut session = Session::new(dev, model).map_err(err)?;
-    // Warm-up: compiles every pipeline variant once.
-    pollster::block_on(session.step(dev, model, &tokens[..a.n_prompt.clamp(1, 8)], false)).map_err(err)?;
-    pollster::block_on(session.step(dev, model, &[tokens[0]], false)).map_err(err)?;
-    let mut pp = Vec::new();
-    let mut tg = Vec::new();
-    let mut profiles = Vec::new();
-    for rep in 0..a.repetitions.max(1) {
-        eprintln!("repetition {} of {}", rep + 1, a.repetitions.max(1));
-        let profiling = a.profile && rep == 0 && dev.set_profiling(true);
-        if a.n_prompt > 0 {
-            session.reset();
-            let t = std::time::Instant::now();
-            pollster::block_on(session.step(dev, model, &tokens, false)).map_err(err)?;
-            pp.push(a.n_prompt as f64 / t.elapsed().as_secs_f64());
+        let a = self;
+        let &Loaded { dev, ref model, load_s, device_reason, .. } = loaded;
+        let c = &model.config;
+        // Deterministic pseudo-random tokens, like llama-bench.
+        let tokens: Vec<u32> = (0..a.n_prompt.max(1)).map(|i| ((i as u64 * 2_654_435_761) % c.vocab as u64) as u32).collect();
+        let mut session = Session::new(dev, model).map_err(err)?;
+        // Warm-up: compiles every pipeline variant once.
+        pollster::block_on(session.step(dev, model, &tokens[..a.n_prompt.clamp(1, 8)], false)).map_err(err)?;
+        pollster::block_on(session.step(dev, model, &[tokens[0]], false)).map_err(err)?;
+        let mut pp = Vec::new();
+        let mut tg = Vec::new();
+        let mut profiles = Vec::new();
+        for rep in 0..a.repetitions.max(1) {
+            eprintln!("repetition {} of {}", rep + 1, a.repetitions.max(1));
+            let profiling = a.profile && rep == 0 && dev.set_profiling(true);
+            if a.n_prompt > 0 {
+                session.reset();
+                let t = std::time::Instant::now();
+                pollster::block_on(session.step(dev, model, &tokens, false)).map_err(err)?;
+                pp.push(a.n_prompt as f64 / t.elapsed().as_secs_f64());
+                if profiling {
+                    profiles.push((format!("pp{}", a.n_prompt), a.n_prompt, dev.profile_report()));
+                    dev.set_profiling(true);
+                }
+            }
+            if a.n_gen > 0 {
+                session.reset();
+                let mut next = tokens[0];
+                let t = std::time::Instant::now();
+                for _ in 0..a.n_gen {
+                    next = pollster::block_on(session.step(dev, model, &[next], false)).map_err(err)?.argmax;
+                }
+                tg.push(a.n_gen as f64 / t.elapsed().as_secs_f64());
+                if profiling {
+                    profiles.push((format!("tg{}", a.n_gen), a.n_gen, dev.profile_report()));
+                }
+            }
             if profiling {
-                profiles.push((format!("pp{}", a.n_prompt), a.n_prompt, dev.profile_report()));
-                dev.set_profiling(true);
+                dev.set_profiling(false);
             }
         }
-        if a.n_gen > 0 {
-            session.reset();
-            let mut next = tokens[0];
-            let t = std::time::Instant::now();
-            for _ in 0..a.n_gen {
-                next = pollster::block_on(session.step(dev, model, &[next], false)).map_err(err)?.argmax;
+        if a.profile && profiles.is_empty() {
+            eprintln!("--profile: {} cannot time its ops yet", dev.describe());
+        }
+        for (label, tokens, ops) in &profiles {
+            let total: f64 = ops.iter().map(|o| o.2).sum();
+            println!("profile {label}: {:.3} ms of ops per token", total * 1e3 / *tokens as f64);
+            for (op, calls, secs) in ops {
+                println!(
+                    "  {op:<18} {:>8.3} ms/token {:>5.1}%  {:>6.1} calls/token",
+                    secs * 1e3 / *tokens as f64,
+                    100.0 * secs / total,
+                    *calls as f64 / *tokens as f64
+                );
             }
-            tg.push(a.n_gen as f64 / t.elapsed().as_secs_f64());
-            if profiling {
-                profiles.push((format!("tg{}", a.n_gen), a.n_gen, dev.profile_report()));
+        }
+        let name = a.model.model.file_name().map(|n| n.to_string_lossy().to_string()).unwrap_or_default();
+        let size = format!("{:.2} MiB", model.weight_bytes as f64 / (1 << 20) as f64);
+        println!("device: {} ({device_reason}), load {load_s:.2} s", dev.describe());
+        println!("| model | arch | size | test | t/s |");
+        println!("| --- | --- | ---: | --- | ---: |");
+        for (label, v) in [(format!("pp{}", a.n_prompt), &pp), (format!("tg{}", a.n_gen), &tg)] {
+            if !v.is_empty() {
+                let (m, sd) = mean_sd(v);
+                println!("| {name} | {} | {size} | {label} | {m:.2} ± {sd:.2} |", c.arch.name());
             }
         }
-        if profiling {
-            dev.set_profiling(false);
-        }
+        Ok(())
     }
-    if a.profile && profiles.is_empty() {
-        eprintln!("--profile: {} cannot time its ops yet", dev.describe());
-    }
-    for (label, tokens, ops) in &profiles {
-        let total: f64 = ops.iter().map(|o| o.2).sum();
-        println!("profile {label}: {:.3} ms of ops per token", total * 1e3 / *tokens as f64);
-        for (op, calls, secs) in ops {
-            println!(
-                "  {op:<18} {:>8.3} ms/token {:>5.1}%  {:>6.1} calls/token",
-                secs * 1e3 / *tokens as f64,
-                100.0 * secs / total,
-                *calls as f64 / *tokens as f64
-            );
-        }
-    }
-    let name = a.model.model.file_name().map(|n| n.to_string_lossy().to_string()).unwrap_or_default();
-    let size = format!("{:.2} MiB", model.weight_bytes as f64 / (1 << 20) as f64);
-    println!("device: {} ({device_reason}), load {load_s:.2} s", dev.describe());
-    println!("| model | arch | size | test | t/s |");
-    println!("| --- | --- | ---: | --- | ---: |");
-    for (label, v) in [(format!("pp{}", a.n_prompt), &pp), (format!("tg{}", a.n_gen), &tg)] {
-        if !v.is_empty() {
-            let (m, sd) = mean_sd(v);
-            println!("| {name} | {} | {size} | {label} | {m:.2} ± {sd:.2} |", c.arch.name());
-        }
-    }
-    Ok(())
 }
 
 fn main() -> ExitCode {

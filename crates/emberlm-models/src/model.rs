@@ -96,6 +96,12 @@ struct Loader<'a, B: Backend> {
     bytes: u64,
 }
 
+/// Bytes of one layer's key (or value) cache: f32 × kv_heads × head_dim × positions. In u64: on
+/// wasm32 the product of config sizes (each up to 2^24) overflows a usize.
+fn kv_layer_bytes(c: &ModelConfig, context: usize) -> u64 {
+    c.kv_heads as u64 * c.head_dim as u64 * context as u64 * 4
+}
+
 /// The dtype a matrix loads as: the requested one, else the file's own; f32 when the row
 /// length does not fit the format's groups.
 fn load_dtype(store: &dyn WeightStore, requested: Option<DType>, name: &str, k: usize) -> Result<DType> {
@@ -237,7 +243,7 @@ impl<B: Backend> Model<B> {
     /// Bytes a load with `options` will hold: every tensor at the dtype it loads as (vectors in
     /// f32) plus both KV caches. Checked against [`Backend::memory_budget`] before loading.
     pub fn memory_needed(c: &ModelConfig, store: &dyn WeightStore, options: &LoadOptions) -> Result<u64> {
-        let mut need = 2 * c.layers as u64 * c.kv_heads as u64 * c.head_dim as u64 * options.context as u64 * 4;
+        let mut need = 2 * c.layers as u64 * kv_layer_bytes(c, options.context);
         for name in store.names() {
             let Some((rows, k)) = store.shape(&name) else { continue };
             let dtype = if rows == 1 { DType::F32 } else { load_dtype(store, options.dtype, &name, k)? };
@@ -253,8 +259,7 @@ impl<B: Backend> Model<B> {
         if options.context == 0 || options.context > MAX_CONTEXT {
             return Err(ModelError::Config(format!("a context of {} positions is out of range (1 to {MAX_CONTEXT})", options.context)));
         }
-        // In u64: on wasm32 the product of config sizes (each up to 2^24) overflows a usize.
-        let kv_layer_bytes = c.kv_heads as u64 * c.head_dim as u64 * options.context as u64 * 4;
+        let kv_layer_bytes = kv_layer_bytes(c, options.context);
         if kv_layer_bytes > dev.max_tensor_bytes() {
             return Err(ModelError::Config(format!(
                 "a context of {} positions needs {} MiB of KV cache per layer; this device binds at most {} MiB: load with a smaller context",

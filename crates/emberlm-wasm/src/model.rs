@@ -137,6 +137,16 @@ enum Runner {
     Cpu(OnBackend<CpuDevice>),
 }
 
+/// `$body` with `$b` bound to the runner's `OnBackend`, whichever backend it is.
+macro_rules! on_backend {
+    ($runner:expr, $b:ident => $body:expr) => {
+        match $runner {
+            Runner::WebGpu($b) => $body,
+            Runner::Cpu($b) => $body,
+        }
+    };
+}
+
 /// Loads weights onto whichever backend it is given (GGUF or safetensors).
 trait WeightLoad {
     fn load<B: Backend>(&self, dev: &B, options: &LoadOptions) -> emberlm_models::Result<Model<B>>;
@@ -179,38 +189,23 @@ impl Runner {
     }
 
     fn config(&self) -> &ModelConfig {
-        match self {
-            Runner::WebGpu(b) => &b.model.config,
-            Runner::Cpu(b) => &b.model.config,
-        }
+        on_backend!(self, b => &b.model.config)
     }
 
     fn context(&self) -> usize {
-        match self {
-            Runner::WebGpu(b) => b.model.context,
-            Runner::Cpu(b) => b.model.context,
-        }
+        on_backend!(self, b => b.model.context)
     }
 
     fn weight_bytes(&self) -> u64 {
-        match self {
-            Runner::WebGpu(b) => b.model.weight_bytes,
-            Runner::Cpu(b) => b.model.weight_bytes,
-        }
+        on_backend!(self, b => b.model.weight_bytes)
     }
 
     fn describe(&self) -> String {
-        match self {
-            Runner::WebGpu(b) => b.dev.describe(),
-            Runner::Cpu(b) => b.dev.describe(),
-        }
+        on_backend!(self, b => b.dev.describe())
     }
 
     async fn generate(&self, prompt_ids: &[u32], opts: &GenerateOptions, on_token: impl FnMut(u32) -> bool) -> Result<Generation, JsValue> {
-        match self {
-            Runner::WebGpu(b) => b.generate(prompt_ids, opts, on_token).await,
-            Runner::Cpu(b) => b.generate(prompt_ids, opts, on_token).await,
-        }
+        on_backend!(self, b => b.generate(prompt_ids, opts, on_token).await)
     }
 }
 
@@ -346,10 +341,7 @@ impl EmberModel {
     /// The backend the model runs on: `webgpu` or `cpu`.
     #[wasm_bindgen(getter)]
     pub fn backend(&self) -> String {
-        match self.runner {
-            Runner::WebGpu(_) => "webgpu".into(),
-            Runner::Cpu(_) => "cpu".into(),
-        }
+        on_backend!(&self.runner, b => b.dev.kind().name().into())
     }
 
     /// The backend and what runs it: `webgpu (adapter, backend)` or `cpu (1 thread, simd128)`.
