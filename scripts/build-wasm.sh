@@ -1,13 +1,47 @@
 #!/usr/bin/env bash
-# Builds crates/emberlm-wasm for wasm32 and runs wasm-bindgen into npm/wasm (the npm package's
-# engine; the browser tests load it from there too).
+# Builds crates/emberlm-wasm for wasm32 twice and runs wasm-bindgen on each (the npm package's
+# engine; the browser tests load it from there too):
+#   npm/wasm          the plain build (stable Rust): WebGPU, the CPU backend on one thread; used
+#                     in Node, Deno, Bun, on a page's main thread and where the page is not
+#                     cross-origin isolated;
+#   npm/wasm-threads  the threads build (nightly: std rebuilt with atomics, one shared memory):
+#                     the CPU backend on rayon over Web Workers, for cross-origin isolated pages.
 # Prints the bundle sizes (raw and gzipped).
+# Usage: build-wasm.sh [plain-out-dir [threads-out-dir]]
 set -euo pipefail
 cd "$(dirname "$0")/.."
 out=${1:-npm/wasm}
+threads_out=${2:-npm/wasm-threads}
+
+sizes() {
+  local wasm="$1/emberlm_wasm_bg.wasm" js="$1/emberlm_wasm.js"
+  printf '%s: wasm %s bytes raw, %s gzipped; js glue: %s bytes raw, %s gzipped\n' "$1" \
+    "$(wc -c <"$wasm")" "$(gzip -9 -c "$wasm" | wc -c)" "$(wc -c <"$js")" "$(gzip -9 -c "$js" | wc -c)"
+}
+
+echo "build-wasm: plain build (a few minutes the first time)"
 cargo build -q -p emberlm-wasm --target wasm32-unknown-unknown --profile wasm-release
 wasm-bindgen --target web --out-dir "$out" target/wasm32-unknown-unknown/wasm-release/emberlm_wasm.wasm
-wasm="$out/emberlm_wasm_bg.wasm"
-js="$out/emberlm_wasm.js"
-printf 'wasm: %s bytes raw, %s gzipped; js glue: %s bytes raw, %s gzipped\n' \
-  "$(wc -c <"$wasm")" "$(gzip -9 -c "$wasm" | wc -c)" "$(wc -c <"$js")" "$(gzip -9 -c "$js" | wc -c)"
+sizes "$out"
+
+# RUSTFLAGS replaces .cargo/config.toml's flags for the target, so simd128 is repeated here.
+# The linker is told to make the memory shared and imported (wasm-bindgen hands it to every
+# worker) and to export the thread-local storage hooks wasm-bindgen's thread start calls. A
+# shared memory needs a declared maximum: 4 GiB, the wasm32 limit the loader checks against.
+echo "build-wasm: threads build (nightly, std rebuilt with atomics: a few minutes the first time)"
+link=""
+for arg in --shared-memory --import-memory --max-memory=4294967296 \
+  --export=__wasm_init_tls --export=__tls_size --export=__tls_align --export=__tls_base; do
+  link="$link -C link-arg=$arg"
+done
+# rustc warns once per crate that `atomics` is unstable: its log is shown only if the build fails
+# (the code's own warnings show in the plain build above).
+mkdir -p target/wasm-threads
+if ! RUSTFLAGS="-C target-feature=+simd128,+atomics,+bulk-memory,+mutable-globals$link" \
+  cargo +nightly build -q -p emberlm-wasm --target wasm32-unknown-unknown --profile wasm-release \
+  -Z build-std=panic_abort,std --target-dir target/wasm-threads 2>target/wasm-threads/build.log; then
+  cat target/wasm-threads/build.log >&2
+  exit 1
+fi
+wasm-bindgen --target web --out-dir "$threads_out" target/wasm-threads/wasm32-unknown-unknown/wasm-release/emberlm_wasm.wasm
+sizes "$threads_out"

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Installs everything the build, the demo and the tests need on a fresh Debian machine:
 # software Vulkan drivers (lavapipe, SwiftShader via Chromium), Chromium for browser tests,
-# the wasm32 target, wasm-bindgen-cli pinned to the crate version in Cargo.lock, npm packages.
+# the wasm32 target (and a nightly with rust-src for the wasm threads build), wasm-bindgen-cli pinned to the crate version in Cargo.lock, npm packages.
 # Idempotent: steps already done are skipped.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -38,6 +38,15 @@ fi
 if ! rustup target list --installed | grep -qx wasm32-unknown-unknown; then
   rustup target add wasm32-unknown-unknown
 fi
+
+# The wasm threads build (scripts/build-wasm.sh) rebuilds std with atomics: a nightly toolchain
+# with rust-src. Any recent nightly does; an installed one is kept as it is.
+if ! rustup run nightly rustc --version >/dev/null 2>&1; then
+  echo "setup: installing a nightly Rust toolchain for the wasm threads build (a few minutes)"
+  rustup toolchain install nightly --profile minimal
+fi
+rustup component list --toolchain nightly --installed | grep -q '^rust-src' || rustup component add rust-src --toolchain nightly
+rustup target list --toolchain nightly --installed | grep -qx wasm32-unknown-unknown || rustup target add wasm32-unknown-unknown --toolchain nightly
 
 # The CLI must equal the wasm-bindgen crate version exactly.
 [ -f Cargo.lock ] || cargo generate-lockfile

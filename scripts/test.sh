@@ -5,9 +5,11 @@
 #      safetensors parsing, tiny models of every architecture and SmolLM2 against transformers,
 #      tokenizers and chat templates against Python, the `emberlm` CLI,
 #   2. the kernel and tiny-model tests again on SwiftShader (no shader-f16; the browsers' adapter),
-#   3. the wasm32 build and the npm package (TypeScript), its unit tests against the mock Hub,
-#   4. in headless Chromium through WebGPU: every kernel, tiny models, the npm package, the chat
-#      page (www/, screenshots in tests/browser/screenshots/) and the Vite example,
+#   3. the wasm32 builds (plain, and threads on nightly) and the npm package (TypeScript), its
+#      unit tests against the mock Hub,
+#   4. in headless Chromium through WebGPU: every kernel, tiny models, the npm package (with
+#      WebAssembly threads on a cross-origin isolated page too), the chat page (www/,
+#      screenshots in tests/browser/screenshots/) and the Vite example,
 #   5. the npm package and the terminal examples in Node, Deno and Bun.
 set -euo pipefail
 cd "$(dirname "$0")/.."

@@ -14,6 +14,11 @@ import { startMockHub } from '../tests/mock-hub/server.mjs';
 
 const WWW = fileURLToPath(new URL('.', import.meta.url));
 
+/**
+ * Cross-origin isolation (COOP + COEP), so the page gets SharedArrayBuffer and the CPU backend
+ * its threads. Every response carries them: the service worker replays them offline.
+ */
+const ISOLATION = { 'cross-origin-opener-policy': 'same-origin', 'cross-origin-embedder-policy': 'require-corp' };
 /** The page's Content-Security-Policy, from its meta tag, sent as a header on every response too. */
 const CSP = readFileSync(join(WWW, 'index.html'), 'utf8').match(/http-equiv="Content-Security-Policy" content="([^"]+)"/)[1];
 const ROOT = join(WWW, '..');
@@ -35,6 +40,7 @@ function fileFor(path) {
   for (const [prefix, dir] of [
     ['/emberlm/dist/', join(ROOT, 'npm', 'dist')],
     ['/emberlm/wasm/', join(ROOT, 'npm', 'wasm')],
+    ['/emberlm/wasm-threads/', join(ROOT, 'npm', 'wasm-threads')],
   ]) {
     if (path.startsWith(prefix)) return inside(dir, path.slice(prefix.length));
   }
@@ -72,7 +78,7 @@ export async function startChatServer({ port = 0, host = '127.0.0.1', hubPort = 
       return;
     }
     if (path === '/config.json') {
-      res.writeHead(200, { 'content-type': TYPES['.json'], 'cache-control': 'no-store' });
+      res.writeHead(200, { 'content-type': TYPES['.json'], 'cache-control': 'no-store', ...ISOLATION });
       res.end(JSON.stringify({ localHub: hub?.url ?? hubUrl, bundled: bundledModels() }));
       return;
     }
@@ -80,7 +86,7 @@ export async function startChatServer({ port = 0, host = '127.0.0.1', hubPort = 
     try {
       if (!file) throw new Error('not served');
       const body = await readFile(file);
-      res.writeHead(200, { 'content-type': TYPES[extname(file)] ?? 'application/octet-stream', 'cache-control': 'no-cache', 'content-security-policy': CSP });
+      res.writeHead(200, { 'content-type': TYPES[extname(file)] ?? 'application/octet-stream', 'cache-control': 'no-cache', 'content-security-policy': CSP, ...ISOLATION });
       res.end(body);
     } catch {
       res.writeHead(404, { 'content-type': 'text/plain' }).end('not found');

@@ -1,7 +1,7 @@
 // Offline-first app shell: the page, its scripts, the engine's wasm and the vendored libraries
 // are cached at install and served from the cache (refreshed in the background when online).
 // Model files are not handled here: the emberlm package keeps them in OPFS / the Cache API.
-const VERSION = 'emberlm-shell-v1';
+const VERSION = 'emberlm-shell-v2';
 const SHELL = [
   './',
   'index.html',
@@ -16,9 +16,12 @@ const SHELL = [
   'emberlm/dist/worker.js',
   'emberlm/wasm/emberlm_wasm.js',
   'emberlm/wasm/emberlm_wasm_bg.wasm',
+  // The threads build: the CPU backend on Web Workers (the page is served cross-origin isolated).
+  'emberlm/wasm-threads/emberlm_wasm.js',
+  'emberlm/wasm-threads/emberlm_wasm_bg.wasm',
 ];
 // The package's modules, imported by index.js and worker.js.
-const PACKAGE = ['backend-local', 'backend-worker', 'backend', 'download', 'engine', 'errors', 'gpu', 'hub', 'model-files', 'protocol', 'runtime', 'select', 'types', 'wasm']
+const PACKAGE = ['backend-local', 'backend-worker', 'backend', 'cpu-thread', 'cpu-threads', 'download', 'engine', 'errors', 'gpu', 'hub', 'model-files', 'protocol', 'runtime', 'select', 'types', 'wasm']
   .map((m) => `emberlm/dist/${m}.js`)
   .concat(['index', 'cache-api', 'fs', 'memory', 'opfs', 'types'].map((m) => `emberlm/dist/cache/${m}.js`));
 

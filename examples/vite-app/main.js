@@ -10,6 +10,8 @@ const engine = await createEngine(params.get('model') ?? 'HuggingFaceTB/SmolLM2-
   onProgress: (p) => (status.textContent = `${p.phase}: ${(p.loaded / 1e6).toFixed(1)} of ${(p.total / 1e6).toFixed(1)} MB`),
 });
 status.textContent = 'Ready';
+// What runs it: `webgpu (adapter, …)`, or `cpu (N threads, simd128)` and why.
+document.getElementById('device').textContent = `${engine.info.device.name}: ${engine.info.device.reason}`;
 
 document.getElementById('form').addEventListener('submit', async (ev) => {
   ev.preventDefault();

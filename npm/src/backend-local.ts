@@ -9,13 +9,29 @@ import { pickDevice } from './gpu.js';
 import { modelRef } from './hub.js';
 import { fetchModelFiles, type LoadProgress } from './model-files.js';
 import type { EngineInfo, EngineOptions, LoadStats } from './types.js';
-import { loadWasm, wasmHashers, type Wasm } from './wasm.js';
+import { cpuThreadPlan } from './cpu-threads.js';
+import { loadThreadedWasm, loadWasm, wasmHashers, type Wasm } from './wasm.js';
 
 type EmberModel = Wasm['EmberModel']['prototype'];
 interface WasmSource {
   name: string;
   length: number;
   read(offset: number, length: number): Uint8Array;
+}
+
+/**
+ * The wasm build for `device`: the threads build when the CPU backend can have threads here
+ * (see cpu-threads.ts), else the plain one; `threadsWhy` says why the CPU runs on one thread.
+ */
+async function loadEngineWasm(device: 'webgpu' | 'cpu', o: EngineOptions): Promise<{ wasm: Wasm; threadsWhy?: string }> {
+  if (device !== 'cpu') return { wasm: await loadWasm(o.wasmUrl) };
+  const plan = cpuThreadPlan(o.threads);
+  if (plan.threads === 1) return { wasm: await loadWasm(o.wasmUrl), threadsWhy: plan.why };
+  try {
+    return { wasm: await loadThreadedWasm(plan.threads, o.wasmThreadsUrl) };
+  } catch (e) {
+    return { wasm: await loadWasm(o.wasmUrl), threadsWhy: `the threads build did not start (${e instanceof Error ? e.message : String(e)})` };
+  }
 }
 
 /** Errors thrown by the wasm engine are strings; give them a code. */
@@ -94,7 +110,7 @@ export class LocalBackend implements Backend {
     const ref = modelRef(repo, { hub: o.hub, revision: o.revision });
     // Picked before downloading: `device: 'webgpu'` without an adapter fails before any bytes move.
     const picked = await pickDevice(o.device);
-    const wasm = await loadWasm(o.wasmUrl);
+    const { wasm, threadsWhy } = await loadEngineWasm(picked.device, o);
     const cache = await openCache(o.cache, o.cacheDir);
     const fetchStarted = now();
     const files = await fetchModelFiles(ref, { file: o.file, quant: o.quant }, {
@@ -165,7 +181,7 @@ export class LocalBackend implements Backend {
       fromCache: files.fromCache,
       loadMs: now() - started,
       load: { reader: sources[0]?.via ?? 'memory', filesMs, ...(model.loadStats() as Omit<LoadStats, 'reader' | 'filesMs' | 'compileMs'>), compileMs: now() - compileStarted },
-      device: { backend: picked.device, name: model.deviceName, reason: picked.reason },
+      device: { backend: picked.device, name: model.deviceName, reason: threadsWhy ? `${picked.reason}; one thread: ${threadsWhy}` : picked.reason },
     };
     progress({ phase: 'ready', loaded: total, total });
     return new LocalBackend(model, info);

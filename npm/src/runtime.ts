@@ -5,7 +5,7 @@ const g = globalThis as Record<string, unknown> & { process?: { versions?: { nod
 /** Node, Deno or Bun: files on disk, Node built-ins, no DOM. */
 export const IS_SERVER_RUNTIME = typeof g.process?.versions?.node === 'string' || typeof g.Deno !== 'undefined';
 /** A browser's worker (only named in messages). */
-const IS_BROWSER_WORKER = !IS_SERVER_RUNTIME && typeof g.WorkerGlobalScope !== 'undefined' && typeof g.importScripts === 'function';
+export const IS_BROWSER_WORKER = !IS_SERVER_RUNTIME && typeof g.WorkerGlobalScope !== 'undefined' && typeof g.importScripts === 'function';
 /** A browser page. */
 export const IS_BROWSER_WINDOW = !IS_SERVER_RUNTIME && typeof g.window !== 'undefined';
 

@@ -119,6 +119,15 @@ export interface EngineOptions {
   worker?: boolean;
   /** Where the engine's `.wasm` is served from (default: beside this package's JS). */
   wasmUrl?: string;
+  /** Where the threads build's `.wasm` is served from (default: `wasm-threads/` beside this package's JS). */
+  wasmThreadsUrl?: string;
+  /**
+   * Threads for the CPU backend in a browser (default: `navigator.hardwareConcurrency`, at most
+   * 16). Threads need a cross-origin isolated page (COOP/COEP headers) and the engine worker;
+   * elsewhere the CPU backend runs on one thread and `engine.info.device.reason` says why.
+   * Natively (Node, Deno, Bun) the wasm CPU backend runs on one thread.
+   */
+  threads?: number;
   /** A fetch to use for the Hub (default: the global fetch). Not available with `worker: true`. */
   fetch?: typeof fetch;
   /** Run one token after loading so shaders are compiled before the first request (default true). */

@@ -2,11 +2,12 @@
 // GGUF (SmolLM2-135M-Instruct Q4_1), the same prompt, greedy decoding of a fixed number of
 // tokens (EOS ignored). Not a test: it prints a table (medians) and the ratios the speed issues
 // set targets for.
-//   - in headless Chromium (page not cross-origin isolated, so one thread for both):
+//   - in headless Chromium, on a cross-origin isolated page (COOP/COEP, so wasm threads):
 //     emberlm's npm package with `device: 'auto'` (the CPU backend on SwiftShader) and wllama
 //     (llama.cpp compiled to wasm); `--webgpu` adds emberlm with WebGPU forced (slow there);
 //   - natively: the emberlm CLI with `--device cpu` and llama.cpp's CPU backend through
-//     node-llama-cpp's prebuilt binary, both with `--threads` threads (default: all cores).
+//     node-llama-cpp's prebuilt binary.
+// Every engine gets `--threads` threads (default: all cores); `--threads 1` compares one thread.
 //
 //   node tests/bench/peers.mjs [--runs 3] [--tokens 64] [--threads N] [--webgpu]
 //
@@ -53,14 +54,15 @@ if (!existsSync(join(peers, 'node_modules', '@wllama', 'wllama')) || !existsSync
 }
 
 const hub = await startMockHub({ repos: fixtureRepos() });
-const session = await openTestPage(root, '/tests/browser/npm.html', 'emberlm');
+const session = await openTestPage(root, '/tests/browser/npm.html', 'emberlm', { isolated: true });
+const THREADS = Number(args.threads);
 const page = session.page;
 
 const emberlmBrowser = (device) =>
   page.evaluate(
-    async ({ repo, hubUrl, prompt, n, device }) => {
+    async ({ repo, hubUrl, prompt, n, device, threads }) => {
       const t0 = performance.now();
-      const engine = await window.emberlm.createEngine(repo, { hub: hubUrl, context: 512, device });
+      const engine = await window.emberlm.createEngine(repo, { hub: hubUrl, context: 512, device, threads });
       const loadMs = performance.now() - t0;
       const r = await engine.generate(prompt, { temperature: 0, max_tokens: n, ignore_eos: true });
       const info = engine.info;
@@ -68,22 +70,23 @@ const emberlmBrowser = (device) =>
       const x = r.usage.extra;
       return { loadMs, promptTokens: r.usage.prompt_tokens, ttftMs: x.time_to_first_token_ms, prefillTokS: x.prefill_tokens_per_s, decodeTokS: x.decode_tokens_per_s, device: info.device.name };
     },
-    { repo: REPO, hubUrl: hub.url, prompt: PROMPT, n: N, device },
+    { repo: REPO, hubUrl: hub.url, prompt: PROMPT, n: N, device, threads: THREADS },
   );
 
 const wllamaBrowser = () =>
   page.evaluate(
-    async ({ url, prompt, n }) => {
+    async ({ url, prompt, n, threads }) => {
       const base = '/tests/bench/peers/node_modules/@wllama/wllama/esm';
       const { Wllama } = await import(`${base}/index.js`);
       const w = new Wllama({ default: `${base}/wasm/wllama.wasm` }, { suppressNativeLog: true });
       const t0 = performance.now();
-      await w.loadModelFromUrl(url, { n_ctx: 512, useCache: true });
+      await w.loadModelFromUrl(url, { n_ctx: 512, useCache: true, n_threads: threads });
       const loadMs = performance.now() - t0;
       const start = performance.now();
       let first;
       const r = await w.createCompletion({ prompt, max_tokens: n, temperature: 0, ignore_eos: true, stream: false });
       first = r.timings;
+      const used = w.getNumThreads();
       await w.exit();
       return {
         loadMs,
@@ -92,10 +95,10 @@ const wllamaBrowser = () =>
         prefillTokS: first.prompt_per_second,
         decodeTokS: first.predicted_per_second,
         wallMs: performance.now() - start,
-        device: 'wasm cpu (wllama, 1 thread)',
+        device: `wasm cpu (wllama, ${used} thread${used === 1 ? '' : 's'})`,
       };
     },
-    { url: `${hub.url}/${REPO}/resolve/main/${FILE}`, prompt: PROMPT, n: N },
+    { url: `${hub.url}/${REPO}/resolve/main/${FILE}`, prompt: PROMPT, n: N, threads: THREADS },
   );
 
 function emberlmNative() {

@@ -27,9 +27,10 @@ export async function launchPersistentChromium(dir) {
 /**
  * Serves `root` on 127.0.0.1, opens `pagePath` in headless Chromium (browser console echoed)
  * and waits until the page defines `window[readyGlobal]`. Resolves to { page, close }.
+ * `serve`: options of `serveDirectory` (`isolated` for a cross-origin isolated page).
  */
-export async function openTestPage(root, pagePath, readyGlobal) {
-  const server = await serveDirectory(root);
+export async function openTestPage(root, pagePath, readyGlobal, serve = {}) {
+  const server = await serveDirectory(root, serve);
   const browser = await launchChromium();
   const page = await browser.newPage();
   page.on('console', (msg) => console.log(`[browser] ${msg.text()}`));

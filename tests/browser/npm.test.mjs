@@ -7,16 +7,13 @@ import { existsSync } from 'node:fs';
 import { dirname, join } from 'node:path';
 import { after, before, test } from 'node:test';
 import { fileURLToPath } from 'node:url';
-import { fixtureRepos, reference } from '../mock-hub/repos.mjs';
+import { fixtureRepos } from '../mock-hub/repos.mjs';
 import { startMockHub } from '../mock-hub/server.mjs';
 import { openTestPage } from './chromium.mjs';
+import { GGUF, LLAMA, assertStreamAbortUnload, loadAndGenerate as loadInPage, llama, qwen, streamAbortUnload } from './engine-checks.mjs';
 
 const here = dirname(fileURLToPath(import.meta.url));
 const root = join(here, '..', '..');
-const GGUF = 'emberlm-test/tiny-qwen2-GGUF';
-const LLAMA = 'emberlm-test/tiny-llama';
-const qwen = reference('qwen2').cases[0];
-const llama = reference('llama').cases[1];
 let session;
 let hub;
 let port;
@@ -37,23 +34,7 @@ after(async () => {
 });
 
 /** Loads `repo` in the page, generates greedily from `prompt`, returns what the test checks. */
-function loadAndGenerate(repo, prompt, maxTokens, options = {}) {
-  return session.page.evaluate(
-    async ({ repo, prompt, maxTokens, options, hubUrl }) => {
-      const phases = [];
-      try {
-        const engine = await window.emberlm.createEngine(repo, { hub: hubUrl, context: 128, ...options, onProgress: (p) => phases.includes(p.phase) || phases.push(p.phase) });
-        const r = await engine.generate(prompt, { temperature: 0, max_tokens: maxTokens });
-        const ids = await engine.tokenizer.encode(prompt);
-        await engine.unload();
-        return { info: engine.info, tokens: r.tokens, ids, phases };
-      } catch (e) {
-        return { error: { code: e.code, message: e.message }, phases };
-      }
-    },
-    { repo, prompt, maxTokens, options, hubUrl: hub.url },
-  );
-}
+const loadAndGenerate = (repo, prompt, maxTokens, options = {}) => loadInPage(session.page, { repo, hubUrl: hub.url, prompt, maxTokens, options });
 
 const cachedRepos = () => session.page.evaluate(async () => (await window.emberlm.listCachedModels()).map((m) => `${m.repo}@${m.revision}:${m.bytes}`));
 
@@ -66,6 +47,7 @@ test('worker + OPFS: a GGUF from the mock Hub generates transformers\' greedy to
   assert.equal(r.info.device.backend, 'cpu', JSON.stringify(r.info.device));
   assert.match(r.info.device.reason, /software/i);
   assert.match(r.info.device.name, /^cpu \(1 thread, simd128\)$/);
+  assert.match(r.info.device.reason, /one thread: the page is not cross-origin isolated/, 'the one-thread reason is given');
   assert.deepEqual(r.phases, ['download', 'upload', 'compile', 'ready']);
   assert.deepEqual(await cachedRepos(), [`${GGUF}@main:444096`]);
   assert.equal(await session.page.evaluate(async () => (await window.emberlm.openCache()).kind), 'opfs');
@@ -138,50 +120,7 @@ test('worker + OPFS: a GGUF with a 60k-token vocabulary is parsed from a few lar
 });
 
 test('worker streaming: chunks arrive one by one, an AbortSignal stops the reply and the engine stays usable', async () => {
-  const r = await session.page.evaluate(
-    async ({ repo, hubUrl }) => {
-      const engine = await window.emberlm.createEngine(repo, { hub: hubUrl, context: 128 });
-      const messages = [{ role: 'user', content: 'Hello world, this is a tiny model.' }];
-      const full = [];
-      for await (const c of await engine.chat.completions.create({ messages, stream: true, max_tokens: 12, temperature: 0 })) full.push(c);
-      const ctl = new AbortController();
-      const cut = [];
-      // Aborted at the first chunk: on the CPU backend this tiny model makes a token in well
-      // under a millisecond, so the abort must not wait for a later chunk to reach the worker.
-      for await (const c of await engine.chat.completions.create({ messages, stream: true, max_tokens: 90, temperature: 0 }, { signal: ctl.signal })) {
-        cut.push(c);
-        if (cut.length === 1) ctl.abort();
-      }
-      const after = await engine.chat.completions.create({ messages, max_tokens: 12, temperature: 0 });
-      await engine.unload();
-      let unloaded;
-      try {
-        await engine.generate('x');
-      } catch (e) {
-        unloaded = e.code;
-      }
-      const text = (cs) => cs.map((c) => c.choices[0].delta.content ?? '').join('');
-      return {
-        fullText: text(full),
-        fullFinish: full.at(-1).choices[0].finish_reason,
-        usage: full.at(-1).usage,
-        firstRole: full[0].choices[0].delta.role,
-        cutFinish: cut.at(-1).choices[0].finish_reason,
-        cutTokens: cut.at(-1).usage.completion_tokens,
-        after: after.choices[0].message.content,
-        unloaded,
-      };
-    },
-    { repo: GGUF, hubUrl: hub.url },
-  );
-  assert.equal(r.firstRole, 'assistant');
-  assert.equal(r.fullFinish, 'length');
-  assert.equal(r.usage.completion_tokens, 12);
-  assert.ok(r.usage.extra.time_to_first_token_ms > 0);
-  assert.equal(r.cutFinish, 'abort');
-  assert.ok(r.cutTokens < 90, `stopped after ${r.cutTokens} tokens`);
-  assert.equal(r.after, r.fullText, 'the next request after an abort is unaffected');
-  assert.equal(r.unloaded, 'unloaded');
+  assertStreamAbortUnload(assert, await streamAbortUnload(session.page, { repo: GGUF, hubUrl: hub.url }));
 });
 
 test('multi-turn chat: the next turn prefills only what it adds, a regenerate only its last token, and both reply as a fresh engine does', async () => {

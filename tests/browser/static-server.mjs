@@ -11,8 +11,15 @@ const TYPES = {
   '.json': 'application/json',
 };
 
-/** Serves `root` on a free port; resolves to { url, close }. */
-export async function serveDirectory(root) {
+/** What a page needs to be cross-origin isolated (SharedArrayBuffer, so wasm threads). */
+export const ISOLATION_HEADERS = { 'cross-origin-opener-policy': 'same-origin', 'cross-origin-embedder-policy': 'require-corp' };
+
+/**
+ * Serves `root` on a free port; resolves to { url, close }. `isolated`: every response carries
+ * the COOP/COEP headers, as a page that wants the CPU backend's threads is served.
+ */
+export async function serveDirectory(root, { isolated = false } = {}) {
+  const extra = isolated ? ISOLATION_HEADERS : {};
   const server = createServer(async (req, res) => {
     let path;
     try {
@@ -28,7 +35,7 @@ export async function serveDirectory(root) {
     }
     try {
       const body = await readFile(file);
-      res.writeHead(200, { 'content-type': TYPES[extname(file)] ?? 'application/octet-stream' });
+      res.writeHead(200, { 'content-type': TYPES[extname(file)] ?? 'application/octet-stream', ...extra });
       res.end(body);
     } catch {
       res.writeHead(404).end();

@@ -12,7 +12,8 @@
 //!   every token.
 //! - [`attention`] and [`ops`]: the rest of a transformer step.
 //!
-//! Work is split over rows with rayon natively ([`parallel`]); the wasm build runs on one thread.
+//! Work is split over rows with rayon ([`parallel`]): natively, and in the wasm threads build on
+//! Web Workers sharing the memory; the plain wasm build runs on one thread.
 //! Hot loops are written so LLVM vectorises them (explicit lane accumulators), and natively
 //! the row kernels are compiled a second time for AVX2+FMA and chosen at run time ([`simd`]).
 
@@ -41,7 +42,8 @@ pub struct CpuDevice {
 }
 
 impl CpuDevice {
-    /// `threads`: `None` for one per core (natively); the wasm build always uses one.
+    /// `threads`: `None` for one per core (natively); in wasm the pool the host started (one
+    /// thread in the plain build).
     pub fn new(threads: Option<usize>) -> Self {
         Self { threads: parallel::init(threads), simd: simd::level() }
     }

@@ -1,30 +1,29 @@
-//! Splitting work across threads: rayon's pool natively, the calling thread in wasm.
+//! Splitting work across threads: rayon's pool natively and in the wasm threads build (Web
+//! Workers on one shared memory, started by the npm package), the calling thread in plain wasm.
 
 use std::ops::Range;
 
 /// Sizes the global pool once (later calls keep the first size) and returns the thread count.
+/// In a wasm threads build the pool is started from JavaScript (Web Workers sharing the
+/// memory) before any model loads, so `threads` is not used there.
 pub fn init(threads: Option<usize>) -> usize {
     #[cfg(not(target_arch = "wasm32"))]
-    {
-        if let Some(n) = threads {
-            // Fails only if the pool already exists, which keeps its size: reported below.
-            let _ = rayon::ThreadPoolBuilder::new().num_threads(n.max(1)).build_global();
-        }
-        rayon::current_num_threads()
+    if let Some(n) = threads {
+        // Fails only if the pool already exists, which keeps its size: reported below.
+        let _ = rayon::ThreadPoolBuilder::new().num_threads(n.max(1)).build_global();
     }
-    #[cfg(target_arch = "wasm32")]
-    {
-        let _ = threads;
-        1
-    }
+    let _ = threads;
+    self::threads()
 }
 
+/// Threads the kernels split work over: rayon's pool natively and in a wasm threads build
+/// (`+atomics`), one in a plain wasm build.
 pub fn threads() -> usize {
-    #[cfg(not(target_arch = "wasm32"))]
+    #[cfg(any(not(target_arch = "wasm32"), target_feature = "atomics"))]
     {
         rayon::current_num_threads()
     }
-    #[cfg(target_arch = "wasm32")]
+    #[cfg(all(target_arch = "wasm32", not(target_feature = "atomics")))]
     {
         1
     }
@@ -40,7 +39,7 @@ fn chunk_len(n: usize, min_chunk: usize) -> usize {
 pub fn map_ranges<R: Send>(n: usize, min_chunk: usize, f: impl Fn(Range<usize>) -> R + Sync + Send) -> Vec<R> {
     let chunk = chunk_len(n, min_chunk);
     let ranges = (0..n.div_ceil(chunk)).map(move |i| i * chunk..((i + 1) * chunk).min(n));
-    #[cfg(not(target_arch = "wasm32"))]
+    #[cfg(any(not(target_arch = "wasm32"), target_feature = "atomics"))]
     {
         use rayon::prelude::*;
         if n <= chunk {
@@ -48,7 +47,7 @@ pub fn map_ranges<R: Send>(n: usize, min_chunk: usize, f: impl Fn(Range<usize>) 
         }
         ranges.collect::<Vec<_>>().into_par_iter().map(f).collect()
     }
-    #[cfg(target_arch = "wasm32")]
+    #[cfg(all(target_arch = "wasm32", not(target_feature = "atomics")))]
     {
         ranges.map(f).collect()
     }
@@ -58,7 +57,7 @@ pub fn map_ranges<R: Send>(n: usize, min_chunk: usize, f: impl Fn(Range<usize>) 
 /// least `min_chunk`); `part` is `out[start..start + part.len()]`.
 pub fn for_parts(out: &mut [f32], min_chunk: usize, f: impl Fn(usize, &mut [f32]) + Sync + Send) {
     let chunk = chunk_len(out.len(), min_chunk);
-    #[cfg(not(target_arch = "wasm32"))]
+    #[cfg(any(not(target_arch = "wasm32"), target_feature = "atomics"))]
     {
         use rayon::prelude::*;
         if out.len() > chunk {

@@ -4,6 +4,8 @@
 
 mod hash;
 mod model;
+#[cfg(target_feature = "atomics")]
+mod threads;
 
 pub use hash::ContentHasher;
 pub use model::EmberModel;

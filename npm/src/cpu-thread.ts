@@ -1,0 +1,17 @@
+// One thread of the CPU backend's pool (see cpu-threads.ts): instantiates the threads build on
+// the engine's shared memory, says so, then runs the rayon thread it is handed, for good.
+import init, { runCpuThread } from '../wasm-threads/emberlm_wasm.js';
+
+const scope = globalThis as unknown as { onmessage: ((ev: MessageEvent) => void) | null; postMessage(m: unknown): void };
+
+scope.onmessage = async ({ data }) => {
+  scope.onmessage = null;
+  try {
+    await init({ module_or_path: data.module, memory: data.memory });
+  } catch (e) {
+    scope.postMessage({ error: e instanceof Error ? e.message : String(e) });
+    return;
+  }
+  scope.postMessage({ ready: true });
+  runCpuThread();
+};

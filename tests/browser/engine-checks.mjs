@@ -1,0 +1,88 @@
+// Page-side checks of the npm package shared by npm.test.mjs and threads.test.mjs: a greedy
+// generation, and a streamed reply, a second one aborted at its first chunk, a plain request
+// after it, then unload.
+import { reference } from '../mock-hub/repos.mjs';
+
+/** The fixture repos the package tests load, and the transformers cases they compare with. */
+export const GGUF = 'emberlm-test/tiny-qwen2-GGUF';
+export const LLAMA = 'emberlm-test/tiny-llama';
+export const qwen = reference('qwen2').cases[0];
+export const llama = reference('llama').cases[1];
+
+/**
+ * Loads `repo` in `page` (mock Hub, a 128-token context, then `options`), generates greedily
+ * from `prompt`, and returns what the tests check (or `{ error }`).
+ */
+export function loadAndGenerate(page, { repo, hubUrl, prompt, maxTokens, options = {} }) {
+  return page.evaluate(
+    async ({ repo, prompt, maxTokens, options, hubUrl }) => {
+      const phases = [];
+      try {
+        const engine = await window.emberlm.createEngine(repo, { hub: hubUrl, context: 128, ...options, onProgress: (p) => phases.includes(p.phase) || phases.push(p.phase) });
+        const r = await engine.generate(prompt, { temperature: 0, max_tokens: maxTokens });
+        const ids = await engine.tokenizer.encode(prompt);
+        await engine.unload();
+        return { info: engine.info, tokens: r.tokens, ids, phases, cores: navigator.hardwareConcurrency, isolated: crossOriginIsolated };
+      } catch (e) {
+        return { error: { code: e.code, message: e.message }, phases };
+      }
+    },
+    { repo, prompt, maxTokens, options, hubUrl },
+  );
+}
+
+/**
+ * Runs the check in `page` on `repo` (engine options `options` on top of the mock Hub and a
+ * 128-token context) and returns what the tests assert on.
+ */
+export function streamAbortUnload(page, { repo, hubUrl, options = {} }) {
+  return page.evaluate(
+    async ({ repo, hubUrl, options }) => {
+      const engine = await window.emberlm.createEngine(repo, { hub: hubUrl, context: 128, ...options });
+      const messages = [{ role: 'user', content: 'Hello world, this is a tiny model.' }];
+      const full = [];
+      for await (const c of await engine.chat.completions.create({ messages, stream: true, max_tokens: 12, temperature: 0 })) full.push(c);
+      const ctl = new AbortController();
+      const cut = [];
+      // Aborted at the first chunk: on the CPU backend this tiny model makes a token in well
+      // under a millisecond, so the abort must not wait for a later chunk to reach the worker.
+      for await (const c of await engine.chat.completions.create({ messages, stream: true, max_tokens: 90, temperature: 0 }, { signal: ctl.signal })) {
+        cut.push(c);
+        if (cut.length === 1) ctl.abort();
+      }
+      const after = await engine.chat.completions.create({ messages, max_tokens: 12, temperature: 0 });
+      await engine.unload();
+      let unloaded;
+      try {
+        await engine.generate('x');
+      } catch (e) {
+        unloaded = e.code;
+      }
+      const text = (cs) => cs.map((c) => c.choices[0].delta.content ?? '').join('');
+      return {
+        device: engine.info.device.name,
+        fullText: text(full),
+        fullFinish: full.at(-1).choices[0].finish_reason,
+        usage: full.at(-1).usage,
+        firstRole: full[0].choices[0].delta.role,
+        cutFinish: cut.at(-1).choices[0].finish_reason,
+        cutTokens: cut.at(-1).usage.completion_tokens,
+        after: after.choices[0].message.content,
+        unloaded,
+      };
+    },
+    { repo, hubUrl, options },
+  );
+}
+
+/** The assertions both callers make on `streamAbortUnload`'s result. */
+export function assertStreamAbortUnload(assert, r) {
+  assert.equal(r.firstRole, 'assistant');
+  assert.equal(r.fullFinish, 'length');
+  assert.equal(r.usage.completion_tokens, 12);
+  assert.ok(r.usage.extra.time_to_first_token_ms > 0);
+  assert.equal(r.cutFinish, 'abort');
+  assert.ok(r.cutTokens < 90, `stopped after ${r.cutTokens} tokens`);
+  assert.equal(r.after, r.fullText, 'the next request after an abort is unaffected');
+  assert.equal(r.unloaded, 'unloaded');
+}
