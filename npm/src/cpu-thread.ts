@@ -1,5 +1,5 @@
 // One thread of the CPU backend's pool (see cpu-threads.ts): instantiates the threads build on
-// the engine's shared memory, says so, then runs the rayon thread it is handed, for good.
+// the engine's shared memory, says so, then works for the pool for good.
 import init, { runCpuThread } from '../wasm-threads/emberlm_wasm.js';
 
 const scope = globalThis as unknown as { onmessage: ((ev: MessageEvent) => void) | null; postMessage(m: unknown): void };

@@ -1,9 +1,10 @@
 // The CPU backend's threads in browsers: WebAssembly threads need a shared memory, which a page
 // gets only when it is cross-origin isolated (served with COOP `same-origin` and COEP
 // `require-corp` or `credentialless`). Then the engine loads the threads build
-// (`wasm-threads/`) and starts rayon's pool on Web Workers (`cpu-thread.js`) sharing its memory.
-// Threads block while they wait, which only a worker may do: the engine's own worker is where
-// this runs (a page's main thread keeps the one-thread build).
+// (`wasm-threads/`), makes its thread pool, and starts `threads - 1` Web Workers
+// (`cpu-thread.js`) on its memory; the engine's worker is the pool's last thread. Threads
+// block while they wait, which only a worker may do: the engine's own worker is where this
+// runs (a page's main thread keeps the one-thread build).
 import { EmberError } from './errors.js';
 import { IS_BROWSER_WORKER, IS_SERVER_RUNTIME } from './runtime.js';
 
@@ -33,16 +34,20 @@ type ThreadsWasm = {
 };
 
 let started: Promise<number> | undefined;
-/** Kept so the workers are not collected while they run (Firefox collects unreferenced ones). */
+/**
+ * Kept so the workers are not collected while they run (Firefox collects unreferenced ones).
+ * If one fails to start, the rest are stopped and the engine falls back to the plain build.
+ */
 const workers: Worker[] = [];
 
 /** Starts the pool once per realm; later calls get the first pool's size. */
 export function startCpuThreads(wasm: ThreadsWasm, threads: number): Promise<number> {
   started ??= (async () => {
+    const size = wasm.buildCpuThreadPool(threads);
     const init = { module: wasm.sharedModule(), memory: wasm.sharedMemory() };
     await Promise.all(
       Array.from(
-        { length: threads },
+        { length: size - 1 },
         () =>
           new Promise<void>((resolve, reject) => {
             const worker = new Worker(new URL('./cpu-thread.js', import.meta.url), { type: 'module', name: 'emberlm-cpu-thread' });
@@ -61,8 +66,8 @@ export function startCpuThreads(wasm: ThreadsWasm, threads: number): Promise<num
           }),
       ),
     );
-    // Every worker now waits in runCpuThread; rayon blocks here until each has taken its thread.
-    return wasm.buildCpuThreadPool(threads);
+    // Every worker now works for the pool (runCpuThread never returns).
+    return size;
   })();
   started.catch(() => {
     for (const w of workers.splice(0)) w.terminate();

@@ -12,8 +12,9 @@
 //!   every token.
 //! - [`attention`] and [`ops`]: the rest of a transformer step.
 //!
-//! Work is split over rows with rayon ([`parallel`]): natively, and in the wasm threads build on
-//! Web Workers sharing the memory; the plain wasm build runs on one thread.
+//! Work is split over rows ([`parallel`]) on a [`pool`] whose idle threads spin between a
+//! token's regions: std threads natively, Web Workers sharing the memory in the wasm threads
+//! build; the plain wasm build runs on one thread.
 //! Hot loops are written so LLVM vectorises them (explicit lane accumulators), and natively
 //! the row kernels are compiled a second time for AVX2+FMA and chosen at run time ([`simd`]).
 
@@ -23,6 +24,7 @@ pub mod checks;
 pub mod matvec;
 pub mod ops;
 pub mod parallel;
+pub mod pool;
 pub mod profile;
 pub mod simd;
 pub mod tensor;

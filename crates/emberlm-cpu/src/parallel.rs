@@ -1,27 +1,45 @@
-//! Splitting work across threads: rayon's pool natively and in the wasm threads build (Web
-//! Workers on one shared memory, started by the npm package), the calling thread in plain wasm.
+//! Splitting work across threads: one [`Pool`] per process (natively: the caller and
+//! `threads - 1` std threads; in the wasm threads build: the engine's worker and `threads - 1`
+//! Web Workers on the shared memory, started by the npm package), whose idle threads spin
+//! between a token's regions; the calling thread alone in the plain wasm build.
 
 use std::ops::Range;
 
-/// Sizes the global pool once (later calls keep the first size) and returns the thread count.
-/// In a wasm threads build the pool is started from JavaScript (Web Workers sharing the
-/// memory) before any model loads, so `threads` is not used there.
+#[cfg(any(not(target_arch = "wasm32"), target_feature = "atomics"))]
+use crate::pool::Pool;
+
+/// The process's pool, once made.
+#[cfg(any(not(target_arch = "wasm32"), target_feature = "atomics"))]
+static POOL: std::sync::OnceLock<&'static Pool> = std::sync::OnceLock::new();
+
+/// Makes the pool once (later calls keep the first size) and returns the thread count:
+/// natively `threads` (default: one per core) with its worker threads started; in a wasm
+/// threads build the pool is made by [`init_wasm_pool`] before any model loads, so `threads`
+/// is not used there.
 pub fn init(threads: Option<usize>) -> usize {
     #[cfg(not(target_arch = "wasm32"))]
-    if let Some(n) = threads {
-        // Fails only if the pool already exists, which keeps its size: reported below.
-        let _ = rayon::ThreadPoolBuilder::new().num_threads(n.max(1)).build_global();
-    }
+    POOL.get_or_init(|| {
+        let n = threads.unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get())).max(1);
+        let pool: &'static Pool = Box::leak(Box::new(Pool::new(n)));
+        for i in 1..n {
+            // Detached for the life of the process, as rayon's global pool is.
+            let spawned = std::thread::Builder::new().name(format!("emberlm-cpu-{i}")).spawn(move || pool.work());
+            if spawned.is_err() {
+                // Fewer workers: their chunks go to whoever is there, the caller included.
+                break;
+            }
+        }
+        pool
+    });
     let _ = threads;
     self::threads()
 }
 
-/// Threads the kernels split work over: rayon's pool natively and in a wasm threads build
-/// (`+atomics`), one in a plain wasm build.
+/// Threads the kernels split work over (one in the plain wasm build, and before the pool is made).
 pub fn threads() -> usize {
     #[cfg(any(not(target_arch = "wasm32"), target_feature = "atomics"))]
     {
-        rayon::current_num_threads()
+        POOL.get().map_or(1, |p| p.threads())
     }
     #[cfg(all(target_arch = "wasm32", not(target_feature = "atomics")))]
     {
@@ -29,8 +47,40 @@ pub fn threads() -> usize {
     }
 }
 
+/// Makes the wasm threads build's pool for `threads` threads: the caller (the engine's worker)
+/// and `threads - 1` Web Workers, each of which then calls [`wasm_pool_work`]. Once per module
+/// instance; returns the pool's size.
+#[cfg(all(target_arch = "wasm32", target_feature = "atomics"))]
+pub fn init_wasm_pool(threads: usize) -> usize {
+    POOL.get_or_init(|| Box::leak(Box::new(Pool::new(threads)))).threads()
+}
+
+/// A pool worker's life (never returns); `None` when the pool has not been made.
+#[cfg(all(target_arch = "wasm32", target_feature = "atomics"))]
+pub fn wasm_pool_work() -> Option<std::convert::Infallible> {
+    POOL.get().map(|pool| pool.work())
+}
+
+/// The pool, when there is one and a job of `chunks` chunks is worth splitting.
+fn pool_for(chunks: usize) -> Option<&'static crate::pool::Pool> {
+    // Natively the pool is made on first use (one thread per core) when no device made it.
+    #[cfg(not(target_arch = "wasm32"))]
+    init(None);
+    #[cfg(any(not(target_arch = "wasm32"), target_feature = "atomics"))]
+    {
+        POOL.get().copied().filter(|p| chunks > 1 && p.threads() > 1)
+    }
+    #[cfg(all(target_arch = "wasm32", not(target_feature = "atomics")))]
+    {
+        let _ = chunks;
+        None
+    }
+}
+
 /// Items per task: about `n / (threads · 4)` (some slack for uneven threads), at least `min_chunk`.
 fn chunk_len(n: usize, min_chunk: usize) -> usize {
+    #[cfg(not(target_arch = "wasm32"))]
+    init(None);
     n.div_ceil(threads() * 4).max(min_chunk).max(1)
 }
 
@@ -38,34 +88,35 @@ fn chunk_len(n: usize, min_chunk: usize) -> usize {
 /// `min_chunk`) and returns the results in range order.
 pub fn map_ranges<R: Send>(n: usize, min_chunk: usize, f: impl Fn(Range<usize>) -> R + Sync + Send) -> Vec<R> {
     let chunk = chunk_len(n, min_chunk);
-    let ranges = (0..n.div_ceil(chunk)).map(move |i| i * chunk..((i + 1) * chunk).min(n));
-    #[cfg(any(not(target_arch = "wasm32"), target_feature = "atomics"))]
-    {
-        use rayon::prelude::*;
-        if n <= chunk {
-            return ranges.map(f).collect();
-        }
-        ranges.collect::<Vec<_>>().into_par_iter().map(f).collect()
-    }
-    #[cfg(all(target_arch = "wasm32", not(target_feature = "atomics")))]
-    {
-        ranges.map(f).collect()
-    }
+    let ranges: Vec<_> = (0..n.div_ceil(chunk)).map(move |i| i * chunk..((i + 1) * chunk).min(n)).collect();
+    let Some(pool) = pool_for(ranges.len()) else { return ranges.into_iter().map(f).collect() };
+    let slots: Vec<std::sync::Mutex<Option<R>>> = ranges.iter().map(|_| std::sync::Mutex::new(None)).collect();
+    pool.run(ranges.len(), &|i| *slots[i].lock().unwrap_or_else(|p| p.into_inner()) = Some(f(ranges[i].clone())));
+    slots.into_iter().map(|s| s.into_inner().unwrap_or_else(|p| p.into_inner()).expect("every chunk ran")).collect()
 }
 
 /// Runs `f(start, part)` on consecutive parts of `out` (about `len / (threads · 4)` items, at
 /// least `min_chunk`); `part` is `out[start..start + part.len()]`.
 pub fn for_parts(out: &mut [f32], min_chunk: usize, f: impl Fn(usize, &mut [f32]) + Sync + Send) {
     let chunk = chunk_len(out.len(), min_chunk);
-    #[cfg(any(not(target_arch = "wasm32"), target_feature = "atomics"))]
-    {
-        use rayon::prelude::*;
-        if out.len() > chunk {
-            out.par_chunks_mut(chunk).enumerate().for_each(|(i, part)| f(i * chunk, part));
-            return;
+    let Some(pool) = pool_for(out.len().div_ceil(chunk)) else {
+        for (i, part) in out.chunks_mut(chunk).enumerate() {
+            f(i * chunk, part);
+        }
+        return;
+    };
+    /// The output's address, shared with the pool's threads; each chunk index is run once, so
+    /// the parts they make are disjoint.
+    struct Out(*mut f32, usize);
+    unsafe impl Sync for Out {}
+    impl Out {
+        /// SAFETY: each `i` is asked for once while the output is borrowed.
+        unsafe fn part(&self, i: usize, chunk: usize) -> &mut [f32] {
+            let start = i * chunk;
+            unsafe { std::slice::from_raw_parts_mut(self.0.add(start), chunk.min(self.1 - start)) }
         }
     }
-    for (i, part) in out.chunks_mut(chunk).enumerate() {
-        f(i * chunk, part);
-    }
+    let whole = Out(out.as_mut_ptr(), out.len());
+    // SAFETY: the pool runs every chunk index once, and `out` stays borrowed until it returns.
+    pool.run(out.len().div_ceil(chunk), &|i| f(i * chunk, unsafe { whole.part(i, chunk) }));
 }

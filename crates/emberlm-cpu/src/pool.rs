@@ -1,0 +1,219 @@
+//! A fork/join pool whose idle threads spin before they sleep: the wasm threads build's pool.
+//!
+//! A decode token is ~120 parallel regions (one per projection), each a few tens of µs of work.
+//! rayon's idle threads go to sleep almost at once in wasm (`yield_now` is a no-op there, so
+//! its spin rounds take no time), and waking one through `Atomics.notify` costs 100–170 µs in
+//! Chromium: measured, that is 12–20 ms of every token. Here idle threads spin for about a
+//! millisecond before sleeping, so consecutive regions find them awake (llama.cpp's threads do
+//! the same), and the caller works too, so `n` threads means the caller and `n - 1` workers.
+//!
+//! A job is `chunks` calls of one closure, `f(0) … f(chunks - 1)`, in any order on any thread.
+//! Claiming is lock-free: `state` packs (epoch, chunks, next chunk) into one word, and a chunk is
+//! taken by a compare-and-swap of that word, so a thread that wakes late can never take a chunk
+//! of a job that has ended (the epoch differs). A job ends when all its chunks have run; the
+//! caller waits for that before its closure goes out of scope.
+
+use std::cell::Cell;
+use std::sync::atomic::{AtomicPtr, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Condvar, Mutex};
+
+thread_local! {
+    /// Set while this thread runs a chunk: a region started inside one runs serially (a
+    /// nested job would wait for the pool its own job holds).
+    static IN_TASK: Cell<bool> = const { Cell::new(false) };
+}
+
+/// Spin iterations (a load and a pause each, a few ns) before an idle worker sleeps: ~1 ms.
+const SPINS_BEFORE_SLEEP: u32 = 200_000;
+const CHUNK_BITS: u32 = 20;
+const CHUNK_MASK: u64 = (1 << CHUNK_BITS) - 1;
+/// Most chunks one job may have.
+pub const MAX_CHUNKS: usize = CHUNK_MASK as usize;
+
+/// The job's closure, with its lifetime erased: valid while the job has unfinished chunks.
+type Task = dyn Fn(usize) + Sync;
+
+pub struct Pool {
+    threads: usize,
+    /// epoch (high 24 bits) | chunks (20 bits) | next chunk to take (low 20 bits).
+    state: AtomicU64,
+    /// Points at the running job's `&Task` (a fat pointer, so one more indirection).
+    task: AtomicPtr<&'static Task>,
+    /// Chunks of the current job that have finished.
+    done: AtomicUsize,
+    sleepers: AtomicUsize,
+    lock: Mutex<()>,
+    wake: Condvar,
+    /// One job at a time: a second caller waits (the engine is one caller in practice).
+    caller: Mutex<()>,
+}
+
+fn pack(epoch: u64, chunks: u64, next: u64) -> u64 {
+    (epoch << (2 * CHUNK_BITS)) | (chunks << CHUNK_BITS) | next
+}
+
+fn unpack(s: u64) -> (u64, u64, u64) {
+    (s >> (2 * CHUNK_BITS), (s >> CHUNK_BITS) & CHUNK_MASK, s & CHUNK_MASK)
+}
+
+impl Pool {
+    /// A pool for `threads` threads in all: the caller of [`Pool::run`] and `threads - 1`
+    /// workers, each of which must call [`Pool::work`].
+    pub fn new(threads: usize) -> Self {
+        Self {
+            threads: threads.max(1),
+            state: AtomicU64::new(0),
+            task: AtomicPtr::new(std::ptr::null_mut()),
+            done: AtomicUsize::new(0),
+            sleepers: AtomicUsize::new(0),
+            lock: Mutex::new(()),
+            wake: Condvar::new(),
+            caller: Mutex::new(()),
+        }
+    }
+
+    pub fn threads(&self) -> usize {
+        self.threads
+    }
+
+    /// Takes the next chunk of the job that `state` shows, if it has one left.
+    fn claim(&self) -> Option<usize> {
+        let mut s = self.state.load(Ordering::Acquire);
+        loop {
+            let (epoch, chunks, next) = unpack(s);
+            if next >= chunks {
+                return None;
+            }
+            match self.state.compare_exchange_weak(s, pack(epoch, chunks, next + 1), Ordering::AcqRel, Ordering::Acquire) {
+                Ok(_) => return Some(next as usize),
+                Err(now) => s = now,
+            }
+        }
+    }
+
+    /// Runs chunks of the current job until none is left.
+    fn help(&self) {
+        while let Some(i) = self.claim() {
+            // SAFETY: a claimed chunk keeps its job unfinished (`done` < chunks), and the caller
+            // of `run` keeps the closure alive until the job is finished.
+            let task = unsafe { &**self.task.load(Ordering::Acquire) };
+            IN_TASK.with(|t| t.set(true));
+            task(i);
+            IN_TASK.with(|t| t.set(false));
+            self.done.fetch_add(1, Ordering::AcqRel);
+        }
+    }
+
+    fn has_work(&self) -> bool {
+        let (_, chunks, next) = unpack(self.state.load(Ordering::SeqCst));
+        next < chunks
+    }
+
+    /// A worker's life: take chunks of whatever job runs; spin when there is none, then sleep.
+    pub fn work(&self) -> ! {
+        loop {
+            self.help();
+            let mut spins = 0;
+            while !self.has_work() {
+                if spins < SPINS_BEFORE_SLEEP {
+                    spins += 1;
+                    std::hint::spin_loop();
+                    continue;
+                }
+                // Counted before the last look, so `run` either sees the sleeper and wakes it
+                // or published its job before that look (both SeqCst).
+                self.sleepers.fetch_add(1, Ordering::SeqCst);
+                let mut guard = self.lock.lock().unwrap_or_else(|p| p.into_inner());
+                while !self.has_work() {
+                    guard = self.wake.wait(guard).unwrap_or_else(|p| p.into_inner());
+                }
+                drop(guard);
+                self.sleepers.fetch_sub(1, Ordering::SeqCst);
+            }
+        }
+    }
+
+    /// Calls `task(i)` for every `i` in `0..chunks`, spread over the pool's threads (this one
+    /// included), and returns when all have run.
+    pub fn run(&self, chunks: usize, task: &(dyn Fn(usize) + Sync)) {
+        assert!(chunks <= MAX_CHUNKS, "a pool job has at most {MAX_CHUNKS} chunks");
+        if chunks <= 1 || self.threads == 1 || IN_TASK.with(Cell::get) {
+            (0..chunks).for_each(task);
+            return;
+        }
+        let _one_job = self.caller.lock().unwrap_or_else(|p| p.into_inner());
+        // SAFETY: the lifetime is erased only for the time this call waits below: every chunk
+        // has run (`done == chunks`) before it returns, and no thread reads the pointer after
+        // claiming nothing.
+        let task: &'static Task = unsafe { std::mem::transmute::<&(dyn Fn(usize) + Sync), &'static Task>(task) };
+        let mut slot = task;
+        self.task.store(&mut slot, Ordering::Release);
+        self.done.store(0, Ordering::Release);
+        let (epoch, _, _) = unpack(self.state.load(Ordering::Acquire));
+        self.state.store(pack((epoch + 1) & ((1 << 24) - 1), chunks as u64, 0), Ordering::SeqCst);
+        if self.sleepers.load(Ordering::SeqCst) > 0 {
+            let _g = self.lock.lock().unwrap_or_else(|p| p.into_inner());
+            self.wake.notify_all();
+        }
+        self.help();
+        while self.done.load(Ordering::Acquire) < chunks {
+            std::hint::spin_loop();
+        }
+        self.task.store(std::ptr::null_mut(), Ordering::Release);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::Arc;
+
+    /// Many small jobs back to back, with gaps that let the workers fall asleep, on more
+    /// threads than cores: every chunk runs exactly once per job and results are complete.
+    #[test]
+    fn every_chunk_runs_once_per_job() {
+        let pool = Arc::new(Pool::new(4));
+        for _ in 0..3 {
+            let p = pool.clone();
+            std::thread::spawn(move || p.work());
+        }
+        for job in 0..3000usize {
+            let chunks = 1 + job % 37;
+            let hits: Vec<AtomicUsize> = (0..chunks).map(|_| AtomicUsize::new(0)).collect();
+            pool.run(chunks, &|i| {
+                hits[i].fetch_add(job + 1, Ordering::Relaxed);
+            });
+            for (i, h) in hits.iter().enumerate() {
+                assert_eq!(h.load(Ordering::Relaxed), job + 1, "job {job} chunk {i}");
+            }
+            if job % 500 == 0 {
+                // Long enough for the workers to go to sleep, so the wake path runs too.
+                std::thread::sleep(std::time::Duration::from_millis(20));
+            }
+        }
+    }
+
+    #[test]
+    fn a_region_inside_a_chunk_runs_serially() {
+        let pool = Arc::new(Pool::new(2));
+        let p = pool.clone();
+        std::thread::spawn(move || p.work());
+        let sum = AtomicUsize::new(0);
+        pool.run(4, &|i| {
+            pool.run(3, &|j| {
+                sum.fetch_add(i * 3 + j, Ordering::Relaxed);
+            })
+        });
+        assert_eq!(sum.into_inner(), (0..12).sum::<usize>());
+    }
+
+    #[test]
+    fn a_pool_without_workers_runs_everything_on_the_caller() {
+        let pool = Pool::new(3);
+        let sum = AtomicUsize::new(0);
+        pool.run(10, &|i| {
+            sum.fetch_add(i, Ordering::Relaxed);
+        });
+        assert_eq!(sum.into_inner(), 45);
+    }
+}
