@@ -62,10 +62,8 @@ pub fn wasm_pool_work() -> Option<std::convert::Infallible> {
 }
 
 /// The pool, when there is one and a job of `chunks` chunks is worth splitting.
+/// Called after [`chunk_len`], which has made the pool natively.
 fn pool_for(chunks: usize) -> Option<&'static crate::pool::Pool> {
-    // Natively the pool is made on first use (one thread per core) when no device made it.
-    #[cfg(not(target_arch = "wasm32"))]
-    init(None);
     #[cfg(any(not(target_arch = "wasm32"), target_feature = "atomics"))]
     {
         POOL.get().copied().filter(|p| chunks > 1 && p.threads() > 1)
@@ -79,6 +77,7 @@ fn pool_for(chunks: usize) -> Option<&'static crate::pool::Pool> {
 
 /// Items per task: about `n / (threads · 4)` (some slack for uneven threads), at least `min_chunk`.
 fn chunk_len(n: usize, min_chunk: usize) -> usize {
+    // Natively the pool is made on first use (one thread per core) when no device made it.
     #[cfg(not(target_arch = "wasm32"))]
     init(None);
     n.div_ceil(threads() * 4).max(min_chunk).max(1)

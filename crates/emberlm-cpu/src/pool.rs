@@ -1,4 +1,5 @@
-//! A fork/join pool whose idle threads spin before they sleep: the wasm threads build's pool.
+//! A fork/join pool whose idle threads spin before they sleep: the CPU backend's threads,
+//! natively and in the wasm threads build.
 //!
 //! A decode token is ~120 parallel regions (one per projection), each a few tens of µs of work.
 //! rayon's idle threads go to sleep almost at once in wasm (`yield_now` is a no-op there, so
@@ -11,9 +12,13 @@
 //! Claiming is lock-free: `state` packs (epoch, chunks, next chunk) into one word, and a chunk is
 //! taken by a compare-and-swap of that word, so a thread that wakes late can never take a chunk
 //! of a job that has ended (the epoch differs). A job ends when all its chunks have run; the
-//! caller waits for that before its closure goes out of scope.
+//! caller waits for that before its closure goes out of scope. A chunk that panics still
+//! counts as run; the caller re-raises the first panic once the job is over (natively; wasm
+//! aborts on panic), so a panic neither hangs the caller nor outlives the closure.
 
+use std::any::Any;
 use std::cell::Cell;
+use std::panic::{catch_unwind, resume_unwind, AssertUnwindSafe};
 use std::sync::atomic::{AtomicPtr, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Condvar, Mutex};
 
@@ -46,6 +51,8 @@ pub struct Pool {
     wake: Condvar,
     /// One job at a time: a second caller waits (the engine is one caller in practice).
     caller: Mutex<()>,
+    /// The first panic of the current job's chunks, re-raised by `run`.
+    panic: Mutex<Option<Box<dyn Any + Send>>>,
 }
 
 fn pack(epoch: u64, chunks: u64, next: u64) -> u64 {
@@ -69,6 +76,7 @@ impl Pool {
             lock: Mutex::new(()),
             wake: Condvar::new(),
             caller: Mutex::new(()),
+            panic: Mutex::new(None),
         }
     }
 
@@ -98,8 +106,11 @@ impl Pool {
             // of `run` keeps the closure alive until the job is finished.
             let task = unsafe { &**self.task.load(Ordering::Acquire) };
             IN_TASK.with(|t| t.set(true));
-            task(i);
+            let outcome = catch_unwind(AssertUnwindSafe(|| task(i)));
             IN_TASK.with(|t| t.set(false));
+            if let Err(payload) = outcome {
+                self.panic.lock().unwrap_or_else(|p| p.into_inner()).get_or_insert(payload);
+            }
             self.done.fetch_add(1, Ordering::AcqRel);
         }
     }
@@ -160,6 +171,9 @@ impl Pool {
             std::hint::spin_loop();
         }
         self.task.store(std::ptr::null_mut(), Ordering::Release);
+        if let Some(payload) = self.panic.lock().unwrap_or_else(|p| p.into_inner()).take() {
+            resume_unwind(payload);
+        }
     }
 }
 
@@ -205,6 +219,30 @@ mod tests {
             })
         });
         assert_eq!(sum.into_inner(), (0..12).sum::<usize>());
+    }
+
+    /// A panicking chunk reaches the caller after the job, and the pool keeps working.
+    #[test]
+    fn a_panic_in_a_chunk_reaches_the_caller_and_the_pool_goes_on() {
+        let pool = Arc::new(Pool::new(3));
+        for _ in 0..2 {
+            let p = pool.clone();
+            std::thread::spawn(move || p.work());
+        }
+        let ran = AtomicUsize::new(0);
+        let caught = catch_unwind(AssertUnwindSafe(|| {
+            pool.run(16, &|i| {
+                ran.fetch_add(1, Ordering::Relaxed);
+                assert_ne!(i, 5, "chunk 5 fails");
+            })
+        }));
+        assert!(caught.is_err(), "the panic is re-raised in the caller");
+        assert_eq!(ran.load(Ordering::Relaxed), 16, "every chunk still ran");
+        let sum = AtomicUsize::new(0);
+        pool.run(8, &|i| {
+            sum.fetch_add(i, Ordering::Relaxed);
+        });
+        assert_eq!(sum.into_inner(), 28);
     }
 
     #[test]
