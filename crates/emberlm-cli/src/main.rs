@@ -20,7 +20,7 @@ use clap::{Args, Parser, Subcommand, ValueEnum};
 use emberlm_core::{DType, DeviceOptions, GpuDevice};
 use emberlm_models::files::LocalModel;
 use emberlm_models::tokenizer::StreamDecoder;
-use emberlm_models::{generate, Backend, CpuDevice, GenerateOptions, LoadOptions, Model, SamplingOptions, Session};
+use emberlm_models::{generate, Backend, CpuActivations, CpuDevice, GenerateOptions, LoadOptions, Model, SamplingOptions, Session};
 use serde_json::json;
 
 #[derive(Parser)]
@@ -74,6 +74,10 @@ struct ModelArgs {
     /// CPU backend: worker threads (default: one per core).
     #[arg(long)]
     threads: Option<usize>,
+    /// CPU backend: decode Q4/Q8 weights against f32 activations, as the GPU does (slower; the
+    /// default rounds activations to 8 bits for integer dot products, as llama.cpp does).
+    #[arg(long)]
+    exact_activations: bool,
 }
 
 #[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -260,7 +264,10 @@ fn run_loaded(args: &ModelArgs, local: LocalModel, needed_context: usize, job: i
     }
     match pick_device(args)? {
         (Some(gpu), why) => go(&gpu, &local, &options, &why, job),
-        (None, why) => go(&CpuDevice::new(args.threads), &local, &options, &why, job),
+        (None, why) => {
+            let activations = if args.exact_activations { CpuActivations::Exact } else { CpuActivations::Int8 };
+            go(&CpuDevice::new(args.threads).with_activations(activations), &local, &options, &why, job)
+        }
     }
 }
 

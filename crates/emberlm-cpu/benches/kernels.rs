@@ -1,16 +1,22 @@
 //! CPU kernel speed on SmolLM2-135M's shapes (hidden 576, ffn 1536, vocab 49152): matvec
 //! (decode) and matmul (a 60-token prefill) per weight dtype, in GFLOP/s and weight GB/s.
-//! Not a test: it prints figures.   cargo bench -p emberlm-cpu --bench kernels
+//! Not a test: it prints figures.   cargo bench -p emberlm-cpu --bench kernels [-- q4 q8 …]
 use std::time::Instant;
 
 use emberlm_core::{DType, PackedMatrix};
+use emberlm_cpu::int8::Activations;
 use emberlm_cpu::{ops, CpuDevice, CpuTensor};
 
 fn main() {
     let cpu = CpuDevice::new(None);
     println!("{}", cpu.describe());
     let shapes = [(576usize, 576usize, "q/o"), (3072, 576, "gate|up"), (576, 1536, "down"), (49152, 576, "lm head")];
+    // `cargo bench … -- q4 q8` times those dtypes only.
+    let only: Vec<String> = std::env::args().skip(1).filter(|a| !a.starts_with('-')).collect();
     for dtype in [DType::Q4, DType::Q8, DType::Q4K, DType::F16, DType::F32] {
+        if !only.is_empty() && !only.iter().any(|o| o == dtype.name()) {
+            continue;
+        }
         for &(rows, k, what) in &shapes {
             if k % dtype.k_multiple() != 0 {
                 continue;
@@ -32,18 +38,24 @@ fn main() {
                 }
                 t.elapsed().as_secs_f64() / reps as f64
             };
-            let tv = time(&|| ops::matvec_into(&w, &x, 0, None, &y, 0).unwrap());
-            let tm = time(&|| ops::matmul_into(&x, &w, None, &y, m, rows, 0).unwrap());
-            let flop = 2.0 * rows as f64 * k as f64;
-            println!(
-                "{:>4} {what:>8} {rows}x{k}: matvec {:7.1} µs {:6.1} GB/s {:5.1} GFLOP/s | matmul m={m} {:8.1} µs {:6.1} GFLOP/s",
-                dtype.name(),
-                tv * 1e6,
-                bytes / tv / 1e9,
-                flop / tv / 1e9,
-                tm * 1e6,
-                flop * m as f64 / tm / 1e9
-            );
+            for activations in [Activations::Exact, Activations::Int8] {
+                if activations == Activations::Int8 && !activations.rounds(dtype) {
+                    continue;
+                }
+                let tv = time(&|| ops::matvec_into(&w, &x, 0, None, &y, 0, activations).unwrap());
+                let tm = time(&|| ops::matmul_into(&x, &w, None, &y, m, rows, 0, activations).unwrap());
+                let flop = 2.0 * rows as f64 * k as f64;
+                println!(
+                    "{:>4} {:>5} {what:>8} {rows}x{k}: matvec {:7.1} µs {:6.1} GB/s {:5.1} GFLOP/s | matmul m={m} {:8.1} µs {:6.1} GFLOP/s",
+                    dtype.name(),
+                    if activations == Activations::Int8 { "x int8" } else { "x f32" },
+                    tv * 1e6,
+                    bytes / tv / 1e9,
+                    flop / tv / 1e9,
+                    tm * 1e6,
+                    flop * m as f64 / tm / 1e9
+                );
+            }
         }
     }
 }

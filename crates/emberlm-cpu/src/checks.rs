@@ -8,6 +8,7 @@
 use emberlm_core::ops::{Activation, AttentionParams, RopeLayout};
 use emberlm_core::{reference, DType, PackedMatrix};
 
+use crate::int8::{Activations, Int8Activations};
 use crate::matvec::RowKernels;
 use crate::{ops, CpuTensor};
 
@@ -25,8 +26,9 @@ macro_rules! ensure {
 /// Every check, by name, once per set of row kernels this CPU can run (AVX-512, AVX2,
 /// simd128, portable), each named by its level.
 pub fn run_all() -> Vec<(String, Check)> {
-    let checks: [(&str, fn() -> Check); 4] = [
+    let checks: [(&str, fn() -> Check); 5] = [
         ("matvec and matmul, every dtype, odd sizes", matvec_and_matmul_every_dtype_odd_sizes),
+        ("matvec and matmul with 8-bit activations (Q4, Q8)", matvec_and_matmul_with_8_bit_activations),
         ("embedding rows of every dtype", embedding_rows_decode_exactly),
         ("rms_norm, head_rms_norm, rope, activations, softcap, argmax", norms_rope_activation_softcap_argmax),
         ("attention: prefill, decode, window, soft-cap, GQA", attention_prefill_and_decode_with_window_softcap_gqa),
@@ -69,36 +71,64 @@ fn close(what: &str, got: &[f32], want: &[f64], scale: &[f64]) -> Check {
 }
 
 pub fn matvec_and_matmul_every_dtype_odd_sizes() -> Check {
+    matvec_and_matmul(Activations::Exact)
+}
+
+/// With 8-bit activations the kernels compute Σ w̃·x̃ (dequantised weights against dequantised
+/// activations): the reference gets x̃, and x̃ is checked against x (each value within half a
+/// step of 8-bit rounding).
+pub fn matvec_and_matmul_with_8_bit_activations() -> Check {
+    matvec_and_matmul(Activations::Int8)
+}
+
+fn matvec_and_matmul(activations: Activations) -> Check {
     let mut rng = Rng(7);
+    // What the reference multiplies by: x, or x rounded as the kernels round it.
+    let seen = |rounds: bool, dtype: DType, x: &[f32]| -> Result<Vec<f32>, Box<dyn std::error::Error>> {
+        if !rounds {
+            return Ok(x.to_vec());
+        }
+        let rounded = Int8Activations::new(x, RowKernels::get().int8_layout(dtype)).dequantize();
+        for (group, (xg, rg)) in x.chunks(32).zip(rounded.chunks(32)).enumerate() {
+            let step = xg.iter().fold(0f32, |m, v| m.max(v.abs())) / 127.0;
+            for (a, b) in xg.iter().zip(rg) {
+                ensure!((a - b).abs() <= step * 0.5001, "8-bit activations of group {group}: {b} for {a} (step {step})");
+            }
+        }
+        Ok(rounded)
+    };
     for dtype in DType::ALL {
-        let k = if dtype.k_multiple() == 256 { 512 } else { 96 };
+        // Q4/Q8 at 608: 19 groups, two chunks of 16 and odd tails for the kernels that take
+        // 2, 4 or 16 groups at a time.
+        let k = if dtype.k_multiple() == 256 { 512 } else { 608 };
         let rows = 37;
         let (w, dense) = weight(dtype, rows, k, &rng.vec(rows * k))?;
         let bias = rng.vec(rows);
         let b = CpuTensor::from_f32("b", &[rows], &bias)?;
+        let name = format!("{} ({activations:?} activations)", dtype.name());
         // Decode: one row of a 3-row x, written at an offset into a wider y.
         let xs = rng.vec(3 * k);
         let x = CpuTensor::from_f32("x", &[3, k], &xs)?;
         let y = CpuTensor::zeroed("y", &[rows + 5], DType::F32)?;
-        ops::matvec_into(&w, &x, 2, Some(&b), &y, 5)?;
-        let xrow = &xs[2 * k..3 * k];
-        let want = reference::matvec(&dense, xrow, Some(&bias), rows);
-        let scale = reference::abs_dot(&dense, xrow, rows);
-        close(&format!("matvec {}", dtype.name()), &y.f32s()[5..], &want, &scale)?;
-        ensure!(y.f32s()[..5].iter().all(|v| *v == 0.0), "matvec {} wrote before its offset", dtype.name());
+        ops::matvec_into(&w, &x, 2, Some(&b), &y, 5, activations)?;
+        let xrow = seen(activations.rounds(dtype), dtype, &xs[2 * k..3 * k])?;
+        let want = reference::matvec(&dense, &xrow, Some(&bias), rows);
+        let scale = reference::abs_dot(&dense, &xrow, rows);
+        close(&format!("matvec {name}"), &y.f32s()[5..], &want, &scale)?;
+        ensure!(y.f32s()[..5].iter().all(|v| *v == 0.0), "matvec {name} wrote before its offset");
         // Prefill: m = 7 tokens (not a multiple of the 4-token block) into columns 3.. of rows of rows + 4.
         let m = 7;
         let xm = rng.vec(m * k);
         let x = CpuTensor::from_f32("x", &[m, k], &xm)?;
         let cols = rows + 4;
         let y = CpuTensor::zeroed("y", &[m, cols], DType::F32)?;
-        ops::matmul_into(&x, &w, Some(&b), &y, m, cols, 3)?;
+        ops::matmul_into(&x, &w, Some(&b), &y, m, cols, 3, activations)?;
         let got = y.f32s();
         for t in 0..m {
-            let xt = &xm[t * k..(t + 1) * k];
-            let want = reference::matvec(&dense, xt, Some(&bias), rows);
-            let scale = reference::abs_dot(&dense, xt, rows);
-            close(&format!("matmul {} token {t}", dtype.name()), &got[t * cols + 3..t * cols + 3 + rows], &want, &scale)?;
+            let xt = seen(ops::matmul_rounds(dtype, activations), dtype, &xm[t * k..(t + 1) * k])?;
+            let want = reference::matvec(&dense, &xt, Some(&bias), rows);
+            let scale = reference::abs_dot(&dense, &xt, rows);
+            close(&format!("matmul {name} token {t}"), &got[t * cols + 3..t * cols + 3 + rows], &want, &scale)?;
         }
     }
     Ok(())

@@ -6,8 +6,8 @@
 //! `emberlm-models` and runs on either. Weights stay in the packed formats of
 //! [`emberlm_core::dtype`] (no f32 widening); the row dots decode them in registers:
 //! - [`matvec`]: one token (decode); Q4 and Q8 fused dot products, the K formats and f16
-//!   decoded a row at a time into a small scratch, all in f32 like the GPU kernels, so the
-//!   backends agree to rounding.
+//!   decoded a row at a time into a small scratch, in f32 like the GPU kernels; by default Q4
+//!   and Q8 meet activations rounded to 8 bits in integer dot products instead ([`int8`]).
 //! - [`matvec::matmul`]: many tokens (prefill); each weight row is decoded once and dotted with
 //!   every token.
 //! - [`attention`] and [`ops`]: the rest of a transformer step.
@@ -21,6 +21,7 @@
 pub mod attention;
 #[cfg(feature = "reference")]
 pub mod checks;
+pub mod int8;
 pub mod matvec;
 pub mod ops;
 pub mod parallel;
@@ -35,24 +36,33 @@ pub mod x86;
 
 pub use tensor::CpuTensor;
 
-/// The CPU "device": how many threads the kernels use and what the CPU offers.
+/// The CPU "device": how many threads the kernels use, what the CPU offers, and how decode
+/// meets Q4/Q8 weights.
 #[derive(Debug, Clone)]
 pub struct CpuDevice {
     pub threads: usize,
     /// The SIMD level the row kernels run with, e.g. `avx2+fma` or `simd128`.
     pub simd: &'static str,
+    /// 8-bit activations for one-token matvecs over Q4/Q8 weights (the default), or exact f32.
+    pub activations: int8::Activations,
 }
 
 impl CpuDevice {
     /// `threads`: `None` for one per core (natively); in wasm the pool the host started (one
     /// thread in the plain build).
     pub fn new(threads: Option<usize>) -> Self {
-        Self { threads: parallel::init(threads), simd: simd::level() }
+        Self { threads: parallel::init(threads), simd: simd::level(), activations: int8::Activations::default() }
     }
 
-    /// A short description for reports: `cpu (2 threads, avx2+fma)`.
+    /// The same device with `activations` chosen.
+    pub fn with_activations(self, activations: int8::Activations) -> Self {
+        Self { activations, ..self }
+    }
+
+    /// A short description for reports: `cpu (2 threads, avx2+fma)`, `…, f32 activations)` when exact.
     pub fn describe(&self) -> String {
-        format!("cpu ({} thread{}, {})", self.threads, if self.threads == 1 { "" } else { "s" }, self.simd)
+        let exact = if self.activations == int8::Activations::Exact { ", f32 activations" } else { "" };
+        format!("cpu ({} thread{}, {}{exact})", self.threads, if self.threads == 1 { "" } else { "s" }, self.simd)
     }
 }
 

@@ -1,5 +1,6 @@
 //! Row dot products over packed weights: [`matvec_rows`] for one token (decode) and
-//! [`matmul_rows`] for many (prefill). Both accumulate in f32 like the GPU kernels.
+//! [`matmul_rows`] for many (prefill). Both accumulate in f32 like the GPU kernels; decode's
+//! Q4/Q8 rows can instead meet 8-bit activations in integer dots ([`crate::int8`]).
 //!
 //! Q4 and Q8 are dotted straight from their words; Q4's `min` term factors out as `min · Σx` per
 //! group. The K formats and f16 are decoded a row at a time into a scratch row
@@ -12,6 +13,7 @@
 use emberlm_core::dtype::{k_scale_min, GROUP_SIZE, SUPER_BLOCK};
 use emberlm_core::DType;
 
+use crate::int8::{self, Activations, Int8Activations, Int8Layout};
 use crate::multiversion;
 
 /// f16 bits (the low half of `h`) to f32, exactly, without a table or F16C.
@@ -86,18 +88,30 @@ fn dot4(w: &[f32], x: [&[f32]; 4]) -> [f32; 4] {
     out
 }
 
-/// One token's activations as the chosen Q4 kernel reads them, prepared once per matvec (not per
-/// thread's share of the rows): in [`nibble_order`] where the kernel widens a group's bytes at
-/// once, and Σx per group for Q4's min term (`Σ (q·s + m)·x = s·Σ q·x + m·Σx`).
-#[derive(Default)]
-pub struct Q4Activations {
-    ordered: Option<Vec<f32>>,
-    group_sums: Vec<f32>,
+/// One token's activations as the chosen kernels read them, prepared once per matvec (not per
+/// thread's share of the rows).
+pub enum RowActivations {
+    /// As they are (f32, f16, the K formats, Q8 exact).
+    Plain,
+    /// Q4 exact: in [`nibble_order`] where the kernel widens a group's bytes at once, and Σx per
+    /// group for Q4's min term (`Σ (q·s + m)·x = s·Σ q·x + m·Σx`).
+    Q4 { ordered: Option<Vec<f32>>, group_sums: Vec<f32> },
+    /// Rounded to 8 bits for the integer kernels ([`crate::int8`]).
+    Int8(Int8Activations),
 }
 
-impl Q4Activations {
-    pub fn new(kernels: &RowKernels, x: &[f32]) -> Self {
-        Self { ordered: kernels.q4_nibble_order.then(|| nibble_order(x)), group_sums: x.chunks_exact(GROUP_SIZE).map(|g| g.iter().sum()).collect() }
+impl RowActivations {
+    pub fn new(kernels: &RowKernels, dtype: DType, x: &[f32], activations: Activations) -> Self {
+        if activations.rounds(dtype) {
+            RowActivations::Int8(Int8Activations::new(x, kernels.int8_layout(dtype)))
+        } else if dtype == DType::Q4 {
+            RowActivations::Q4 {
+                ordered: kernels.q4_nibble_order.then(|| nibble_order(x)),
+                group_sums: x.chunks_exact(GROUP_SIZE).map(|g| g.iter().sum()).collect(),
+            }
+        } else {
+            RowActivations::Plain
+        }
     }
 }
 
@@ -268,10 +282,27 @@ pub struct RowKernels {
     /// (row qs, row scales, x, Σx per group).
     dot_q4: unsafe fn(&[u32], &[u32], &[f32], &[f32]) -> f32,
     dot_q8: unsafe fn(&[u32], &[u32], &[f32]) -> f32,
+    /// (row qs, row scales, 8-bit activations in the dtype's order).
+    dot_q4_int8: unsafe fn(&[u32], &[u32], &Int8Activations) -> f32,
+    dot_q8_int8: unsafe fn(&[u32], &[u32], &Int8Activations) -> f32,
+    /// How the Q4 integer kernels want activations laid out.
+    q4_int8_layout: Int8Layout,
+    /// Q4 rows against many tokens' 8-bit activations, where it beats f32 (row qs, row scales,
+    /// one per token, out [rows, tokens]).
+    matmul_q4_int8: Option<unsafe fn(&[u32], &[u32], &[Int8Activations], &mut [f32])>,
     /// (4 decoded rows, x, k, m, out [4, m]).
     matmul_4rows: unsafe fn(&[f32], &[f32], usize, usize, &mut [f32]),
 }
 
+#[cfg(target_arch = "x86_64")]
+static AVX512_VNNI: RowKernels = RowKernels {
+    level: "avx512+vnni",
+    dot_q4_int8: crate::x86::dot_q4_int8_vnni,
+    dot_q8_int8: crate::x86::dot_q8_int8_vnni,
+    q4_int8_layout: Int8Layout::NibbleBlocks,
+    matmul_q4_int8: Some(crate::x86::matmul_q4_int8_vnni),
+    ..AVX512
+};
 #[cfg(target_arch = "x86_64")]
 static AVX512: RowKernels = {
     use crate::x86;
@@ -281,18 +312,44 @@ static AVX512: RowKernels = {
         dot: x86::dot_512,
         dot_q4: x86::dot_q4_512,
         dot_q8: x86::dot_q8_512,
+        dot_q4_int8: x86::dot_q4_int8,
+        dot_q8_int8: x86::dot_q8_int8,
+        q4_int8_layout: Int8Layout::Nibbles,
+        matmul_q4_int8: None,
         matmul_4rows: x86::matmul_4rows_512,
     }
 };
 #[cfg(target_arch = "x86_64")]
 static AVX2: RowKernels = {
     use crate::x86;
-    RowKernels { level: "avx2+fma", q4_nibble_order: false, dot: x86::dot, dot_q4: x86::dot_q4, dot_q8: x86::dot_q8, matmul_4rows: x86::matmul_4rows }
+    RowKernels {
+        level: "avx2+fma",
+        q4_nibble_order: false,
+        dot: x86::dot,
+        dot_q4: x86::dot_q4,
+        dot_q8: x86::dot_q8,
+        dot_q4_int8: x86::dot_q4_int8,
+        dot_q8_int8: x86::dot_q8_int8,
+        q4_int8_layout: Int8Layout::Nibbles,
+        matmul_q4_int8: None,
+        matmul_4rows: x86::matmul_4rows,
+    }
 };
 #[cfg(all(target_arch = "wasm32", target_feature = "simd128"))]
 static SIMD128: RowKernels = {
     use crate::wasm;
-    RowKernels { level: "simd128", q4_nibble_order: true, dot: wasm::dot, dot_q4: wasm::dot_q4, dot_q8: wasm::dot_q8, matmul_4rows: wasm::matmul_4rows }
+    RowKernels {
+        level: "simd128",
+        q4_nibble_order: true,
+        dot: wasm::dot,
+        dot_q4: wasm::dot_q4,
+        dot_q8: wasm::dot_q8,
+        dot_q4_int8: wasm::dot_q4_int8,
+        dot_q8_int8: wasm::dot_q8_int8,
+        q4_int8_layout: Int8Layout::Nibbles,
+        matmul_q4_int8: None,
+        matmul_4rows: wasm::matmul_4rows,
+    }
 };
 static PORTABLE: RowKernels = RowKernels {
     level: if cfg!(target_arch = "aarch64") {
@@ -306,6 +363,10 @@ static PORTABLE: RowKernels = RowKernels {
     dot,
     dot_q4,
     dot_q8,
+    dot_q4_int8: int8::dot_q4,
+    dot_q8_int8: int8::dot_q8,
+    q4_int8_layout: Int8Layout::Nibbles,
+    matmul_q4_int8: None,
     matmul_4rows,
 };
 
@@ -318,6 +379,9 @@ impl RowKernels {
         let mut out = Vec::new();
         #[cfg(target_arch = "x86_64")]
         {
+            if crate::simd::has_avx512_vnni() {
+                out.push(&AVX512_VNNI);
+            }
             if crate::simd::has_avx512() {
                 out.push(&AVX512);
             }
@@ -348,6 +412,20 @@ impl RowKernels {
         FORCED.store(kernels.map_or(std::ptr::null_mut(), |k| k as *const RowKernels as *mut RowKernels), std::sync::atomic::Ordering::Relaxed);
     }
 
+    /// The layout the integer kernels want 8-bit activations in for `dtype` weights.
+    pub fn int8_layout(&self, dtype: DType) -> Int8Layout {
+        if dtype == DType::Q4 {
+            self.q4_int8_layout
+        } else {
+            Int8Layout::Natural
+        }
+    }
+
+    /// The integer Q4 matmul, where these kernels have one that beats f32.
+    pub fn matmul_q4_int8(&self) -> Option<unsafe fn(&[u32], &[u32], &[Int8Activations], &mut [f32])> {
+        self.matmul_q4_int8
+    }
+
     /// Σ a[i]·b[i] with the chosen kernel.
     pub fn dot(&self, a: &[f32], b: &[f32]) -> f32 {
         // SAFETY: `get` chose kernels this CPU runs; the kernels check their slice lengths.
@@ -361,10 +439,9 @@ pub(crate) fn row_words(dtype: DType, k: usize) -> (usize, usize) {
 }
 
 /// `out[i] = W[row0 + i] · x` for `out.len()` rows of a `k`-wide matrix whose segments are
-/// `qs`/`sc`, with the kernels `kern`; `q4` is `x` prepared for them when W is Q4 (empty otherwise).
+/// `qs`/`sc`, with the kernels `kern`; `prepared` is `x` as [`RowActivations::new`] made it for them.
 #[allow(clippy::too_many_arguments)]
-pub fn matvec_rows(kern: &RowKernels, dtype: DType, qs: &[u32], sc: &[u32], k: usize, x: &[f32], q4: &Q4Activations, row0: usize, out: &mut [f32]) {
-    let x_q4 = q4.ordered.as_deref().unwrap_or(x);
+pub fn matvec_rows(kern: &RowKernels, dtype: DType, qs: &[u32], sc: &[u32], k: usize, x: &[f32], prepared: &RowActivations, row0: usize, out: &mut [f32]) {
     let (qw, sw) = row_words(dtype, k);
     let mut scratch = Vec::new();
     for (i, o) in out.iter_mut().enumerate() {
@@ -372,10 +449,12 @@ pub fn matvec_rows(kern: &RowKernels, dtype: DType, qs: &[u32], sc: &[u32], k: u
         let (q, s) = (&qs[r * qw..(r + 1) * qw], &sc[r * sw..(r + 1) * sw]);
         // SAFETY: `get` chose kernels this CPU runs; the kernels check their slice lengths.
         *o = unsafe {
-            match dtype {
-                DType::F32 => (kern.dot)(bytemuck::cast_slice(q), x),
-                DType::Q4 => (kern.dot_q4)(q, s, x_q4, &q4.group_sums),
-                DType::Q8 => (kern.dot_q8)(q, s, x),
+            match (dtype, prepared) {
+                (DType::F32, _) => (kern.dot)(bytemuck::cast_slice(q), x),
+                (DType::Q4, RowActivations::Int8(a)) => (kern.dot_q4_int8)(q, s, a),
+                (DType::Q8, RowActivations::Int8(a)) => (kern.dot_q8_int8)(q, s, a),
+                (DType::Q4, RowActivations::Q4 { ordered, group_sums }) => (kern.dot_q4)(q, s, ordered.as_deref().unwrap_or(x), group_sums),
+                (DType::Q8, _) => (kern.dot_q8)(q, s, x),
                 _ => {
                     scratch.resize(k, 0f32);
                     dequantize_row_fast(dtype, q, s, &mut scratch);

@@ -5,7 +5,8 @@
 use emberlm_core::ops::{Activation, AttentionParams, RopeLayout};
 use emberlm_core::{DType, Error, Result};
 
-use crate::matvec::{matmul_rows, matvec_rows, row_words, Q4Activations, RowKernels};
+use crate::int8::{Activations, Int8Activations};
+use crate::matvec::{matmul_rows, matvec_rows, row_words, RowActivations, RowKernels};
 use crate::parallel::{for_parts, map_ranges};
 use crate::tensor::CpuTensor;
 
@@ -33,8 +34,18 @@ pub fn embedding(ids: &CpuTensor, table: &CpuTensor, out: &CpuTensor, tokens: us
     Ok(())
 }
 
-/// y[y_offset..] = W · x[x_row] (+ bias): one token.
-pub fn matvec_into(w: &CpuTensor, x: &CpuTensor, x_row: usize, bias: Option<&CpuTensor>, y: &CpuTensor, y_offset: usize) -> Result<()> {
+/// y[y_offset..] = W · x[x_row] (+ bias): one token; `activations` says whether x is rounded to
+/// 8 bits for Q4/Q8 weights.
+#[allow(clippy::too_many_arguments)]
+pub fn matvec_into(
+    w: &CpuTensor,
+    x: &CpuTensor,
+    x_row: usize,
+    bias: Option<&CpuTensor>,
+    y: &CpuTensor,
+    y_offset: usize,
+    activations: Activations,
+) -> Result<()> {
     let _time = crate::profile::scope(match w.dtype {
         DType::F32 => "matvec f32",
         DType::F16 => "matvec f16",
@@ -51,18 +62,36 @@ pub fn matvec_into(w: &CpuTensor, x: &CpuTensor, x_row: usize, bias: Option<&Cpu
     let x = x.f32s();
     let x = &x[x_row * k..(x_row + 1) * k];
     let kernels = RowKernels::get();
-    let q4 = if w.dtype == DType::Q4 { Q4Activations::new(kernels, x) } else { Q4Activations::default() };
+    let prepared = RowActivations::new(kernels, w.dtype, x, activations);
     let (qs, sc) = (w.words(), w.scale_words());
     let (qs, sc) = (&*qs, &*sc);
     let mut y = y.f32s_mut();
     let y = &mut y[y_offset..y_offset + rows];
     let dtype = w.dtype;
-    for_parts(y, 16, |start, part| matvec_rows(kernels, dtype, qs, sc, k, x, &q4, start, part));
+    for_parts(y, 16, |start, part| matvec_rows(kernels, dtype, qs, sc, k, x, &prepared, start, part));
     add_bias(bias, y, 1, rows, 0)
 }
 
+/// Whether [`matmul_into`] rounds activations to 8 bits for `dtype` weights on this CPU: only
+/// where the kernels have an integer matmul that beats f32 (Q4 with AVX-512 VNNI). Elsewhere a
+/// row decoded once for every token makes f32 FMAs as cheap per product as 8-bit dots scaled
+/// per group of 32 (an untiled integer version measured 3× slower).
+pub fn matmul_rounds(dtype: DType, activations: Activations) -> bool {
+    activations.rounds(dtype) && dtype == DType::Q4 && RowKernels::get().matmul_q4_int8().is_some()
+}
+
 /// Y[:, y_offset..] = X · Wᵀ (+ bias) for `m` tokens; `y` rows are `y_cols` wide.
-pub fn matmul_into(x: &CpuTensor, w: &CpuTensor, bias: Option<&CpuTensor>, y: &CpuTensor, m: usize, y_cols: usize, y_offset: usize) -> Result<()> {
+#[allow(clippy::too_many_arguments)]
+pub fn matmul_into(
+    x: &CpuTensor,
+    w: &CpuTensor,
+    bias: Option<&CpuTensor>,
+    y: &CpuTensor,
+    m: usize,
+    y_cols: usize,
+    y_offset: usize,
+    activations: Activations,
+) -> Result<()> {
     let _time = crate::profile::scope("matmul");
     let (rows, k) = (w.rows(), w.k());
     if y_offset + rows > y_cols {
@@ -76,17 +105,42 @@ pub fn matmul_into(x: &CpuTensor, w: &CpuTensor, bias: Option<&CpuTensor>, y: &C
     let (qs, sc) = (w.words(), w.scale_words());
     let (qs, sc) = (&*qs, &*sc);
     let dtype = w.dtype;
+    let kernels = RowKernels::get();
+    let integer = kernels.matmul_q4_int8().filter(|_| matmul_rounds(dtype, activations));
+    let rounded: Vec<Int8Activations> = match integer {
+        // Rounded on the pool too: serially it cost a small matmul as much as its products.
+        Some(_) => {
+            let layout = kernels.int8_layout(dtype);
+            map_ranges(m, 4, |tokens| tokens.map(|t| Int8Activations::new(&x[t * k..(t + 1) * k], layout)).collect::<Vec<_>>()).into_iter().flatten().collect()
+        }
+        None => Vec::new(),
+    };
+    let (qw, sw) = row_words(dtype, k);
+    // Each part comes back token-major: [m, its rows].
     let parts = map_ranges(rows, 4, |r| {
         let mut out = vec![0f32; r.len() * m];
+        if let Some(matmul) = integer {
+            // SAFETY: `get` chose kernels this CPU runs; the kernel checks its slice lengths.
+            unsafe { matmul(&qs[r.start * qw..r.end * qw], &sc[r.start * sw..r.end * sw], &rounded, &mut out) };
+            return (r.start, out);
+        }
         matmul_rows(dtype, qs, sc, k, x, m, r.start, r.len(), &mut out);
-        (r.start, out)
+        // Token-major here, on the pool's threads, so that the caller's copy into y below is
+        // one contiguous run per token (an element-wise strided scatter there was serial and
+        // cost more than the integer kernel itself).
+        let mut by_token = vec![0f32; out.len()];
+        for (i, per_token) in out.chunks_exact(m).enumerate() {
+            for (t, v) in per_token.iter().enumerate() {
+                by_token[t * r.len() + i] = *v;
+            }
+        }
+        (r.start, by_token)
     });
     let mut y = y.f32s_mut();
     for (r0, part) in parts {
-        for (i, per_token) in part.chunks_exact(m).enumerate() {
-            for (t, v) in per_token.iter().enumerate() {
-                y[t * y_cols + y_offset + r0 + i] = *v;
-            }
+        let n = part.len() / m.max(1);
+        for (t, per_row) in part.chunks_exact(n.max(1)).enumerate() {
+            y[t * y_cols + y_offset + r0..][..n].copy_from_slice(per_row);
         }
     }
     add_bias(bias, &mut y, m, y_cols, y_offset)

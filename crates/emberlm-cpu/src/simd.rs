@@ -15,6 +15,12 @@ pub fn has_avx512() -> bool {
     has_avx2() && std::is_x86_feature_detected!("avx512f")
 }
 
+/// AVX-512 VNNI (with BW and VL): byte dot products for the 8-bit activation kernels.
+#[cfg(target_arch = "x86_64")]
+pub fn has_avx512_vnni() -> bool {
+    has_avx512() && std::is_x86_feature_detected!("avx512bw") && std::is_x86_feature_detected!("avx512vl") && std::is_x86_feature_detected!("avx512vnni")
+}
+
 /// The SIMD level the row kernels run with ([`crate::matvec::RowKernels`]).
 pub fn level() -> &'static str {
     crate::matvec::RowKernels::get().level

@@ -1,5 +1,5 @@
 //! wasm `simd128` versions of the hot row kernels (the browser's CPU path). Same arithmetic as
-//! the portable code in [`crate::matvec`] (f32 products and sums), four lanes wide. Q4 groups
+//! the portable code in [`crate::matvec`] and [`crate::int8`], four lanes wide. Q4 groups
 //! are widened 16 bytes at once, so activations come in [`crate::matvec::nibble_order`] as in
 //! the AVX-512 kernel.
 
@@ -7,6 +7,7 @@ use core::arch::wasm32::*;
 
 use emberlm_core::dtype::GROUP_SIZE;
 
+use crate::int8::Int8Activations;
 use crate::matvec::f16_to_f32;
 
 #[inline(always)]
@@ -72,25 +73,35 @@ unsafe fn bytes_dot(v: v128, x: *const f32, signed: bool) -> v128 {
     f32x4_add(a, b)
 }
 
-/// One Q4 row against `x_nibble` ([`crate::matvec::nibble_order`] of x); `group_sums[g]` = Σ x over group g.
-pub fn dot_q4(qs: &[u32], sc: &[u32], x_nibble: &[f32], group_sums: &[f32]) -> f32 {
+/// Σ_g scale_g · group(g, low nibbles, high nibbles) + min_g · sums[g] over a Q4 row: the loop
+/// both Q4 kernels share; `group` returns the group's four partial dot products as f32.
+#[inline(always)]
+fn q4_row(qs: &[u32], sc: &[u32], sums: &[f32], group: impl Fn(usize, v128, v128) -> v128) -> f32 {
     let groups = sc.len();
-    assert!(qs.len() >= groups * 4 && x_nibble.len() >= groups * GROUP_SIZE && group_sums.len() >= groups);
+    assert!(qs.len() >= groups * 4 && sums.len() >= groups);
     let mut total = f32x4_splat(0.0);
     let mut mins = 0f32;
     let low = u8x16_splat(15);
-    for g in 0..groups {
-        // SAFETY: the assert above bounds every read.
-        unsafe {
-            let bytes = v128_load(qs.as_ptr().add(4 * g) as *const v128);
-            let xg = x_nibble.as_ptr().add(GROUP_SIZE * g);
-            let acc = f32x4_add(bytes_dot(v128_and(bytes, low), xg, false), bytes_dot(u8x16_shr(bytes, 4), xg.add(16), false));
-            let s = *sc.get_unchecked(g);
-            total = f32x4_add(total, f32x4_mul(acc, f32x4_splat(f16_to_f32(s & 0xffff))));
-            mins += f16_to_f32(s >> 16) * *group_sums.get_unchecked(g);
-        }
+    for (g, (&s, &sum)) in sc.iter().zip(sums).enumerate() {
+        // SAFETY: the assert above bounds the read.
+        let bytes = unsafe { v128_load(qs.as_ptr().add(4 * g) as *const v128) };
+        let acc = group(g, v128_and(bytes, low), u8x16_shr(bytes, 4));
+        total = f32x4_add(total, f32x4_mul(acc, f32x4_splat(f16_to_f32(s & 0xffff))));
+        mins += f16_to_f32(s >> 16) * sum;
     }
     hsum(total) + mins
+}
+
+/// One Q4 row against `x_nibble` ([`crate::matvec::nibble_order`] of x); `group_sums[g]` = Σ x over group g.
+pub fn dot_q4(qs: &[u32], sc: &[u32], x_nibble: &[f32], group_sums: &[f32]) -> f32 {
+    assert!(x_nibble.len() >= sc.len() * GROUP_SIZE);
+    q4_row(qs, sc, group_sums, |g, low, high| {
+        // SAFETY: the assert above bounds the reads.
+        unsafe {
+            let xg = x_nibble.as_ptr().add(GROUP_SIZE * g);
+            f32x4_add(bytes_dot(low, xg, false), bytes_dot(high, xg.add(16), false))
+        }
+    })
 }
 
 /// One Q8 row against `x`.
@@ -106,6 +117,45 @@ pub fn dot_q8(qs: &[u32], sc: &[u32], x: &[f32]) -> f32 {
             let acc = f32x4_add(bytes_dot(v128_load(p), xg, true), bytes_dot(v128_load(p.add(1)), xg.add(16), true));
             let scale = f16_to_f32((*sc.get_unchecked(g / 2) >> (16 * (g % 2))) & 0xffff);
             total = f32x4_add(total, f32x4_mul(acc, f32x4_splat(scale)));
+        }
+    }
+    hsum(total)
+}
+
+/// Σ over 16 weight bytes `w` (signed for Q8, unsigned nibbles for Q4) times 16 signed
+/// activation bytes `a`, exact, in four i32 lanes: widened to i16 and multiplied in pairs.
+#[inline(always)]
+fn bytes_dot_i8(w: v128, a: v128, signed: bool) -> v128 {
+    let (wl, wh) = if signed { (i16x8_extend_low_i8x16(w), i16x8_extend_high_i8x16(w)) } else { (u16x8_extend_low_u8x16(w), u16x8_extend_high_u8x16(w)) };
+    i32x4_add(i32x4_dot_i16x8(wl, i16x8_extend_low_i8x16(a)), i32x4_dot_i16x8(wh, i16x8_extend_high_i8x16(a)))
+}
+
+/// One Q4 row against 8-bit activations ([`crate::int8`], nibble order).
+pub fn dot_q4_int8(qs: &[u32], sc: &[u32], x: &Int8Activations) -> f32 {
+    assert!(x.q.len() >= sc.len() * GROUP_SIZE && x.d.len() >= sc.len());
+    q4_row(qs, sc, &x.sum, |g, low, high| {
+        // SAFETY: the assert above bounds the reads.
+        unsafe {
+            let a = x.q.as_ptr().add(GROUP_SIZE * g) as *const v128;
+            let dot = i32x4_add(bytes_dot_i8(low, v128_load(a), false), bytes_dot_i8(high, v128_load(a.add(1)), false));
+            f32x4_mul(f32x4_convert_i32x4(dot), f32x4_splat(*x.d.get_unchecked(g)))
+        }
+    })
+}
+
+/// One Q8 row against 8-bit activations (natural order).
+pub fn dot_q8_int8(qs: &[u32], sc: &[u32], x: &Int8Activations) -> f32 {
+    let groups = x.d.len();
+    assert!(qs.len() >= groups * 8 && sc.len() * 2 >= groups && x.q.len() >= groups * GROUP_SIZE);
+    let mut total = f32x4_splat(0.0);
+    for g in 0..groups {
+        // SAFETY: the assert above bounds every read.
+        unsafe {
+            let p = qs.as_ptr().add(8 * g) as *const v128;
+            let a = x.q.as_ptr().add(GROUP_SIZE * g) as *const v128;
+            let dot = i32x4_add(bytes_dot_i8(v128_load(p), v128_load(a), true), bytes_dot_i8(v128_load(p.add(1)), v128_load(a.add(1)), true));
+            let scale = f16_to_f32((*sc.get_unchecked(g / 2) >> (16 * (g % 2))) & 0xffff) * *x.d.get_unchecked(g);
+            total = f32x4_add(total, f32x4_mul(f32x4_convert_i32x4(dot), f32x4_splat(scale)));
         }
     }
     hsum(total)

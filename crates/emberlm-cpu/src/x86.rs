@@ -309,3 +309,264 @@ pub unsafe fn matmul_4rows_512(w: &[f32], x: &[f32], k: usize, m: usize, out: &m
         }
     }
 }
+
+// ---- 8-bit activations ([`crate::int8`]) -----------------------------------------------------
+//
+// A group's 32 byte products are summed exactly in 32-bit lanes (AVX2: `maddubs` into 16-bit
+// pairs, then `madd`; VNNI: `dpbusd`, four products per lane), converted to f32 once per group
+// and scaled by d_w·d_x. Both instructions multiply unsigned bytes by signed ones: Q4 nibbles
+// are unsigned already; Q8 weights are made unsigned by `sign` (AVX2: |w| against x·sign(w)) or
+// by +128 (VNNI: the offset 128·Σq_x comes off per group through `sum`).
+
+use crate::int8::Int8Activations;
+
+/// One Q4 row against 8-bit activations (nibble order), one group per step.
+#[target_feature(enable = "avx2,fma,f16c")]
+pub unsafe fn dot_q4_int8(qs: &[u32], sc: &[u32], x: &Int8Activations) -> f32 {
+    let groups = sc.len();
+    assert!(qs.len() >= groups * 4 && x.q.len() >= groups * GROUP_SIZE && x.d.len() >= groups && x.sum.len() >= groups);
+    let low = _mm_set1_epi8(15);
+    let ones = _mm256_set1_epi16(1);
+    let mut total = [_mm256_setzero_ps(); 2];
+    let mut mins = 0f32;
+    for g in 0..groups {
+        let bytes = _mm_loadu_si128(qs.as_ptr().add(4 * g) as *const __m128i);
+        let w = _mm256_set_m128i(_mm_and_si128(_mm_srli_epi16(bytes, 4), low), _mm_and_si128(bytes, low));
+        let a = _mm256_loadu_si256(x.q.as_ptr().add(GROUP_SIZE * g) as *const __m256i);
+        let dot = _mm256_cvtepi32_ps(_mm256_madd_epi16(_mm256_maddubs_epi16(w, a), ones));
+        let s = sc[g];
+        total[g & 1] = _mm256_fmadd_ps(dot, _mm256_set1_ps(f16_to_f32(s & 0xffff) * x.d[g]), total[g & 1]);
+        mins += f16_to_f32(s >> 16) * x.sum[g];
+    }
+    hsum(_mm256_add_ps(total[0], total[1])) + mins
+}
+
+/// One Q8 row against 8-bit activations (natural order), one group per step.
+#[target_feature(enable = "avx2,fma,f16c")]
+pub unsafe fn dot_q8_int8(qs: &[u32], sc: &[u32], x: &Int8Activations) -> f32 {
+    let groups = x.d.len();
+    assert!(qs.len() >= groups * 8 && sc.len() * 2 >= groups && x.q.len() >= groups * GROUP_SIZE);
+    let ones = _mm256_set1_epi16(1);
+    let mut total = [_mm256_setzero_ps(); 2];
+    for g in 0..groups {
+        let w = _mm256_loadu_si256(qs.as_ptr().add(8 * g) as *const __m256i);
+        let a = _mm256_loadu_si256(x.q.as_ptr().add(GROUP_SIZE * g) as *const __m256i);
+        // |w| ≤ 128 and |x| ≤ 127: a pair sums to at most 32512, inside maddubs' i16.
+        let pairs = _mm256_maddubs_epi16(_mm256_sign_epi8(w, w), _mm256_sign_epi8(a, w));
+        let dot = _mm256_cvtepi32_ps(_mm256_madd_epi16(pairs, ones));
+        let scale = f16_to_f32((sc[g / 2] >> (16 * (g % 2))) & 0xffff) * x.d[g];
+        total[g & 1] = _mm256_fmadd_ps(dot, _mm256_set1_ps(scale), total[g & 1]);
+    }
+    hsum(_mm256_add_ps(total[0], total[1]))
+}
+
+/// Up to 16 groups' d_w·d_x from their f16 scales (`halves[j]`, already f32) into `out`.
+#[inline]
+#[target_feature(enable = "avx512f,avx2,fma,f16c")]
+unsafe fn group_scales(d_w: __m512, x: &Int8Activations, g: usize, n: usize, out: &mut [f32; 16]) {
+    if n == 16 {
+        _mm512_storeu_ps(out.as_mut_ptr(), _mm512_mul_ps(d_w, _mm512_loadu_ps(x.d.as_ptr().add(g))));
+    } else {
+        let mut dw = [0f32; 16];
+        _mm512_storeu_ps(dw.as_mut_ptr(), d_w);
+        for j in 0..n {
+            out[j] = dw[j] * x.d[g + j];
+        }
+    }
+}
+
+/// Adds two groups' 32 products each to `total`, summed per group into lanes 0–7 and 8–15 and
+/// scaled by `scales[j]` and `scales[j + 1]` (0 past the row: the tail's odd group).
+#[inline]
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
+unsafe fn add_scaled_pair(total: &mut __m512, w: __m512i, a: __m512i, scales: &[f32; 16], j: usize, second: bool) {
+    let dot = _mm512_cvtepi32_ps(_mm512_dpbusd_epi32(_mm512_setzero_si512(), w, a));
+    let s = _mm512_mask_blend_ps(0xff00, _mm512_set1_ps(scales[j]), _mm512_set1_ps(if second { scales[j + 1] } else { 0.0 }));
+    *total = _mm512_fmadd_ps(dot, s, *total);
+}
+
+/// Lanes 4j..4j+3 ← lane 4·block + j of a 16-group register: a block's four group scales
+/// spread over the lanes where its groups' integer sums land.
+#[inline]
+#[target_feature(enable = "avx512f")]
+unsafe fn block_lanes(block: usize) -> __m512i {
+    _mm512_add_epi32(_mm512_setr_epi32(0, 0, 0, 0, 1, 1, 1, 1, 2, 2, 2, 2, 3, 3, 3, 3), _mm512_set1_epi32(4 * block as i32))
+}
+
+/// One block of 4 Q4 groups (64 bytes at `w`, `groups` of them real) as unsigned nibbles: (low, high).
+#[inline]
+#[target_feature(enable = "avx512f,avx512bw,avx512vl")]
+unsafe fn q4_block(w: *const u32, groups: usize) -> (__m512i, __m512i) {
+    let bytes = if groups >= 4 { _mm512_loadu_si512(w as *const __m512i) } else { _mm512_maskz_loadu_epi8((1u64 << (16 * groups)) - 1, w as *const i8) };
+    let low = _mm512_set1_epi8(15);
+    (_mm512_and_si512(bytes, low), _mm512_and_si512(_mm512_srli_epi16(bytes, 4), low))
+}
+
+/// A block's 128 products with activations `a` ([`crate::int8::Int8Layout::NibbleBlocks`]): group j's sum
+/// spread over lanes 4j..4j+3.
+#[inline]
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni")]
+unsafe fn q4_block_dot(w: (__m512i, __m512i), a: *const i8) -> __m512i {
+    let low = _mm512_dpbusd_epi32(_mm512_setzero_si512(), w.0, _mm512_loadu_si512(a as *const __m512i));
+    _mm512_dpbusd_epi32(low, w.1, _mm512_loadu_si512(a.add(64) as *const __m512i))
+}
+
+/// [`dot_q4_int8`] with AVX-512 VNNI, a block of 4 groups per step (activations in
+/// [`crate::int8::Int8Layout::NibbleBlocks`]).
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
+pub unsafe fn dot_q4_int8_vnni(qs: &[u32], sc: &[u32], x: &Int8Activations) -> f32 {
+    let groups = sc.len();
+    let chunks = groups.div_ceil(16);
+    assert!(qs.len() >= groups * 4 && x.q.len() >= groups.div_ceil(4) * 128 && x.d.len() >= chunks * 16 && x.sum.len() >= chunks * 16);
+    let mut total = [_mm512_setzero_ps(); 2];
+    for c in 0..chunks {
+        let g = 16 * c;
+        let n = (groups - g).min(16);
+        let words = _mm512_maskz_loadu_epi32(((1u32 << n) - 1) as u16, sc.as_ptr().add(g) as *const i32);
+        let d_w = _mm512_cvtph_ps(_mm512_cvtepi32_epi16(words));
+        let m_w = _mm512_cvtph_ps(_mm512_cvtepi32_epi16(_mm512_srli_epi32(words, 16)));
+        // The min term: 16 groups' min·Σx̃ at once (x's padding is zero).
+        total[1] = _mm512_fmadd_ps(m_w, _mm512_loadu_ps(x.sum.as_ptr().add(g)), total[1]);
+        let scales = _mm512_mul_ps(d_w, _mm512_loadu_ps(x.d.as_ptr().add(g)));
+        for b in 0..n.div_ceil(4) {
+            let gb = g + 4 * b;
+            let dot = q4_block_dot(q4_block(qs.as_ptr().add(4 * gb), groups - gb), x.q.as_ptr().add(GROUP_SIZE * gb));
+            total[b & 1] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(dot), _mm512_permutexvar_ps(block_lanes(b), scales), total[b & 1]);
+        }
+    }
+    _mm512_reduce_add_ps(_mm512_add_ps(total[0], total[1]))
+}
+
+/// Q4 rows (`qs`/`sc`: `out.len() / x.len()` whole rows) against every token's 8-bit
+/// activations (`x`, [`crate::int8::Int8Layout::NibbleBlocks`]) with AVX-512 VNNI: `out` is
+/// [tokens, rows] (token-major, as the matmul's output is).
+/// Tiles of 4 rows × 3 tokens: a block's weight bytes are split into nibbles once for three
+/// tokens, and each (row, token) pair costs two `dpbusd`, a convert and two multiply-adds per
+/// 128 products.
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
+pub unsafe fn matmul_q4_int8_vnni(qs: &[u32], sc: &[u32], x: &[Int8Activations], out: &mut [f32]) {
+    let m = x.len();
+    let rows = if m == 0 { 0 } else { out.len() / m };
+    let groups = if rows == 0 { 0 } else { sc.len() / rows };
+    let (blocks, chunks) = (groups.div_ceil(4), groups.div_ceil(16));
+    assert!(qs.len() >= rows * groups * 4 && sc.len() >= rows * groups);
+    for xt in x {
+        assert!(xt.q.len() >= blocks * 128 && xt.d_lanes.len() >= blocks * 16 && xt.sum.len() >= chunks * 16);
+    }
+    // Per row: d_w spread like `d_lanes`, and min_w per group padded to whole chunks.
+    let mut d_lanes = vec![0f32; rows * blocks * 16];
+    let mut mins = vec![0f32; rows * chunks * 16];
+    for r in 0..rows {
+        for g in 0..groups {
+            let s = sc[r * groups + g];
+            d_lanes[(r * blocks + g / 4) * 16 + 4 * (g % 4)..][..4].fill(f16_to_f32(s & 0xffff));
+            mins[r * chunks * 16 + g] = f16_to_f32(s >> 16);
+        }
+    }
+    let tile = TileArgs { qs: qs.as_ptr(), x, groups, blocks, chunks, d_lanes: d_lanes.as_ptr(), mins: mins.as_ptr(), rows };
+    let mut r = 0;
+    while r < rows {
+        let nr = (rows - r).min(4);
+        let mut t = 0;
+        while t < m {
+            let nt = (m - t).min(TILE_TOKENS);
+            match (nr, nt) {
+                (4, TILE_TOKENS) => q4_tile::<4, TILE_TOKENS>(&tile, r, t, out),
+                (4, _) => (t..t + nt).for_each(|t| q4_tile::<4, 1>(&tile, r, t, out)),
+                (_, TILE_TOKENS) => (r..r + nr).for_each(|r| q4_tile::<1, TILE_TOKENS>(&tile, r, t, out)),
+                _ => (r..r + nr).for_each(|r| (t..t + nt).for_each(|t| q4_tile::<1, 1>(&tile, r, t, out))),
+            }
+            t += nt;
+        }
+        r += nr;
+    }
+}
+
+/// Tokens per tile: 4 rows × 3 tokens keeps 12 accumulators, 8 nibble registers and 4 row
+/// scales in the 32 registers (4 × 4 spilled).
+const TILE_TOKENS: usize = 3;
+
+struct TileArgs<'a> {
+    qs: *const u32,
+    x: &'a [Int8Activations],
+    groups: usize,
+    blocks: usize,
+    chunks: usize,
+    d_lanes: *const f32,
+    mins: *const f32,
+    rows: usize,
+}
+
+/// `out[(t0 + j)·rows + r0 + i]` for an R × T tile of [`matmul_q4_int8_vnni`].
+#[inline]
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
+unsafe fn q4_tile<const R: usize, const T: usize>(a: &TileArgs, r0: usize, t0: usize, out: &mut [f32]) {
+    let mut acc = [[_mm512_setzero_ps(); T]; R];
+    let mut q_x = [std::ptr::null(); T];
+    let mut d_x = [std::ptr::null(); T];
+    for j in 0..T {
+        q_x[j] = a.x[t0 + j].q.as_ptr();
+        d_x[j] = a.x[t0 + j].d_lanes.as_ptr();
+    }
+    for b in 0..a.blocks {
+        let real = (a.groups - 4 * b).min(4);
+        // Plain loops, not `array::from_fn`: a closure does not inherit target features, so
+        // the intrinsics would stay calls and the tile would live in memory.
+        let mut w = [(_mm512_setzero_si512(), _mm512_setzero_si512()); R];
+        let mut d_w = [_mm512_setzero_ps(); R];
+        for i in 0..R {
+            w[i] = q4_block(a.qs.add(((r0 + i) * a.groups + 4 * b) * 4), real);
+            d_w[i] = _mm512_loadu_ps(a.d_lanes.add(((r0 + i) * a.blocks + b) * 16));
+        }
+        for j in 0..T {
+            let d_x = _mm512_loadu_ps(d_x[j].add(16 * b));
+            let q = q_x[j].add(128 * b);
+            for i in 0..R {
+                let dot = _mm512_cvtepi32_ps(q4_block_dot(w[i], q));
+                acc[i][j] = _mm512_fmadd_ps(dot, _mm512_mul_ps(d_w[i], d_x), acc[i][j]);
+            }
+        }
+    }
+    for (i, acc_i) in acc.iter_mut().enumerate() {
+        for (j, acc_ij) in acc_i.iter_mut().enumerate() {
+            let sum = a.x[t0 + j].sum.as_ptr();
+            for c in 0..a.chunks {
+                *acc_ij = _mm512_fmadd_ps(_mm512_loadu_ps(a.mins.add((r0 + i) * a.chunks * 16 + 16 * c)), _mm512_loadu_ps(sum.add(16 * c)), *acc_ij);
+            }
+            out[(t0 + j) * a.rows + r0 + i] = _mm512_reduce_add_ps(*acc_ij);
+        }
+    }
+}
+
+/// [`dot_q8_int8`] with AVX-512 VNNI: two groups per `dpbusd`, weights offset by +128.
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
+pub unsafe fn dot_q8_int8_vnni(qs: &[u32], sc: &[u32], x: &Int8Activations) -> f32 {
+    let groups = x.d.len();
+    assert!(qs.len() >= groups * 8 && sc.len() * 2 >= groups && x.q.len() >= groups * GROUP_SIZE && x.sum.len() >= groups);
+    let flip = _mm512_set1_epi8(-128);
+    let mut total = [_mm512_setzero_ps(); 2];
+    let mut offset = _mm512_setzero_ps();
+    let mut scales = [0f32; 16];
+    let mut g = 0;
+    while g < groups {
+        let n = (groups - g).min(16);
+        let keep = (1u32 << n).wrapping_sub(1) as u16;
+        // Sixteen f16 scales are eight words; masked by halves.
+        let halves = _mm256_maskz_loadu_epi16(keep, sc.as_ptr().add(g / 2) as *const i16);
+        let d_w = _mm512_cvtph_ps(halves);
+        offset = _mm512_fmadd_ps(d_w, _mm512_maskz_loadu_ps(keep, x.sum.as_ptr().add(g)), offset);
+        group_scales(d_w, x, g, n, &mut scales);
+        let mut j = 0;
+        while j < n {
+            let second = j + 1 < n;
+            let mask = if second { u64::MAX } else { 0xffff_ffff };
+            let w = _mm512_xor_si512(_mm512_maskz_loadu_epi8(mask, qs.as_ptr().add(8 * (g + j)) as *const i8), flip);
+            let a = _mm512_maskz_loadu_epi8(mask, x.q.as_ptr().add(GROUP_SIZE * (g + j)));
+            // Masked-off bytes became 128 by the flip, but meet zero activations.
+            add_scaled_pair(&mut total[(j / 2) & 1], w, a, &scales, j, second);
+            j += 2;
+        }
+        g += n;
+    }
+    _mm512_reduce_add_ps(_mm512_add_ps(total[0], total[1])) - 128.0 * _mm512_reduce_add_ps(offset)
+}

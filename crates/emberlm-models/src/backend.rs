@@ -293,8 +293,11 @@ pub struct CpuRope {
     table: Vec<f32>,
 }
 
-/// CPU ops run as they are called; the pass only marks a step's extent.
-pub struct CpuPass;
+/// CPU ops run as they are called; the pass only marks a step's extent and carries the
+/// device's choice of activations for the matvecs and matmuls.
+pub struct CpuPass {
+    activations: emberlm_cpu::int8::Activations,
+}
 
 impl Backend for CpuDevice {
     type Tensor = CpuTensor;
@@ -365,7 +368,7 @@ impl Backend for CpuDevice {
     }
 
     fn pass(&self) -> CpuPass {
-        CpuPass
+        CpuPass { activations: self.activations }
     }
 
     fn embedding(_: &mut CpuPass, ids: &CpuTensor, table: &CpuTensor, out: &CpuTensor, tokens: usize, scale: f32) -> Result<()> {
@@ -385,12 +388,12 @@ impl Backend for CpuDevice {
         emberlm_cpu::ops::rms_norm(x, w, residual, out, rows, eps, offset)
     }
 
-    fn matvec_into(_: &mut CpuPass, w: &CpuTensor, x: &CpuTensor, x_row: usize, bias: Option<&CpuTensor>, y: &CpuTensor, y_offset: usize) -> Result<()> {
-        emberlm_cpu::ops::matvec_into(w, x, x_row, bias, y, y_offset)
+    fn matvec_into(pass: &mut CpuPass, w: &CpuTensor, x: &CpuTensor, x_row: usize, bias: Option<&CpuTensor>, y: &CpuTensor, y_offset: usize) -> Result<()> {
+        emberlm_cpu::ops::matvec_into(w, x, x_row, bias, y, y_offset, pass.activations)
     }
 
     fn matmul_into(
-        _: &mut CpuPass,
+        pass: &mut CpuPass,
         x: &CpuTensor,
         w: &CpuTensor,
         bias: Option<&CpuTensor>,
@@ -399,7 +402,7 @@ impl Backend for CpuDevice {
         y_cols: usize,
         y_offset: usize,
     ) -> Result<()> {
-        emberlm_cpu::ops::matmul_into(x, w, bias, y, m, y_cols, y_offset)
+        emberlm_cpu::ops::matmul_into(x, w, bias, y, m, y_cols, y_offset, pass.activations)
     }
 
     fn head_rms_norm(

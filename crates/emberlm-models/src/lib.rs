@@ -19,6 +19,7 @@ pub mod weights;
 
 pub use backend::{Backend, BackendKind};
 pub use config::{Architecture, ModelConfig};
+pub use emberlm_cpu::int8::Activations as CpuActivations;
 pub use emberlm_cpu::CpuDevice;
 pub use error::{ModelError, Result};
 pub use generate::{generate, GenerateOptions, Generation};

@@ -15,7 +15,9 @@
 //!   (misses only at margins < 0.1), q4 ≥ 0.92 / ≥ 48%.
 //!
 //! Every check runs on both backends, the WebGPU one (lavapipe here) and the CPU one, with the
-//! same thresholds: both decode the packed weights exactly and accumulate in f32.
+//! same thresholds: both decode the packed weights exactly and accumulate in f32, except that
+//! the CPU's decode rounds activations to 8 bits against q8/q4 weights (its default,
+//! `CpuActivations::Int8`), which the q8/q4 thresholds absorb.
 //! `EMBERLM_TEST_BACKENDS=webgpu` skips the CPU half (scripts/test.sh's second run, on
 //! SwiftShader, changes only the GPU adapter).
 
