@@ -2,8 +2,8 @@
 //! on the CPU backend (`--device`; `auto` takes the CPU when the only adapter is a software one).
 //!
 //! ```text
-//! emberlm generate --model PATH (--prompt TEXT | --prompt-ids 1,2,3) [--chat] [--json] ...
-//! emberlm chat     --model PATH            interactive, one line per turn
+//! emberlm generate -m PATH (-p TEXT | -f FILE | --prompt-ids 1,2,3) [--chat] [--json] ...
+//! emberlm chat     -m PATH                 interactive, one line per turn (Ctrl-C stops a reply)
 //! emberlm bench    --model PATH [-p 512] [-n 128]   llama-bench style pp/tg rows
 //! ```
 //! PATH is a `.gguf` file (any shard of a split model), a Hugging Face model directory, or a Hub
@@ -33,8 +33,11 @@ struct Cli {
 #[derive(Subcommand)]
 enum Command {
     /// Generate a continuation of a prompt.
+    // Negative numbers are values: `--temperature -1` gets the range check's message, not "unexpected argument".
+    #[command(allow_negative_numbers = true)]
     Generate(GenerateArgs),
-    /// Chat interactively (stdin lines are user turns; an empty line or EOF ends).
+    /// Chat interactively: each stdin line is a user turn; Ctrl-C stops a reply, Ctrl-D (end of input) or a second Ctrl-C quits.
+    #[command(allow_negative_numbers = true)]
     Chat(ChatArgs),
     /// Prompt-processing and token-generation speed (llama-bench style).
     Bench(BenchArgs),
@@ -43,7 +46,7 @@ enum Command {
 #[derive(Args)]
 struct ModelArgs {
     /// A .gguf file, a Hugging Face model directory, or a Hub repo `owner/name[@revision]`.
-    #[arg(long)]
+    #[arg(short = 'm', long)]
     model: PathBuf,
     /// Hub repos: the .gguf file to use (the first shard of a split model).
     #[arg(long, conflicts_with = "quant")]
@@ -60,7 +63,7 @@ struct ModelArgs {
     /// Hub repos: use the cache only, never the network.
     #[arg(long)]
     offline: bool,
-    /// Weight dtype: f32, f16, q8, q4, or `auto` (GGUF: as stored; safetensors: q4).
+    /// Weight dtype: f32, f16, q8, q4, q4k, q5k, q6k, or `auto` (GGUF: as stored; safetensors: q4).
     #[arg(long, default_value = "auto")]
     dtype: String,
     /// KV cache capacity in tokens (default: prompt + new tokens, at most the model's context;
@@ -89,20 +92,26 @@ enum DeviceChoice {
 
 #[derive(Args)]
 struct SamplingArgs {
-    /// 0 = greedy (never stops early unless EOS is produced).
+    /// Sampling temperature, ≥ 0; 0 is greedy (the most likely token every step).
     #[arg(long, default_value_t = 0.0)]
     temperature: f32,
+    /// Sample among the k most likely tokens only (0: no limit).
     #[arg(long, default_value_t = 0)]
     top_k: usize,
+    /// Nucleus sampling: the smallest set of tokens whose probability adds up to p, in (0, 1].
     #[arg(long, default_value_t = 1.0)]
     top_p: f32,
+    /// Drop tokens less likely than min-p × the most likely one's probability, in [0, 1].
     #[arg(long, default_value_t = 0.0)]
     min_p: f32,
+    /// Penalise tokens already in the prompt or reply (> 1 discourages repeats; 1: off).
     #[arg(long, default_value_t = 1.0)]
     repetition_penalty: f32,
+    /// Random seed for sampling: the same seed, prompt and options give the same text.
     #[arg(long, default_value_t = 0)]
     seed: u64,
-    #[arg(long, default_value_t = 256)]
+    /// At most this many new tokens (generation also ends at EOS, a --stop text or the context's end).
+    #[arg(short = 'n', long, default_value_t = 256)]
     max_new_tokens: usize,
     /// Stop when the output contains this text (repeatable).
     #[arg(long = "stop")]
@@ -113,11 +122,30 @@ struct SamplingArgs {
 }
 
 impl SamplingArgs {
-    /// Options as the model generates with them; refuses what would misbehave silently.
-    fn options<B: Backend>(&self, model: &Model<B>, prompt_len: usize) -> Result<GenerateOptions> {
+    /// Refuses out-of-range sampling options by name, before anything loads.
+    fn check(&self) -> Result<()> {
+        let bad = |name: &str, value: f32, range: &str| Err(format!("--{name} {value} is out of range: it must be {range}"));
+        if !(self.temperature.is_finite() && self.temperature >= 0.0) {
+            return bad("temperature", self.temperature, "0 (greedy) or more");
+        }
+        if !(self.top_p > 0.0 && self.top_p <= 1.0) {
+            return bad("top-p", self.top_p, "in (0, 1]");
+        }
+        if !(0.0..=1.0).contains(&self.min_p) {
+            return bad("min-p", self.min_p, "in [0, 1]");
+        }
+        if !(self.repetition_penalty.is_finite() && self.repetition_penalty > 0.0) {
+            return bad("repetition-penalty", self.repetition_penalty, "more than 0 (1 is off)");
+        }
         if self.stop.iter().any(String::is_empty) {
             return Err("--stop needs a non-empty text (an empty one would stop after the first token)".into());
         }
+        Ok(())
+    }
+
+    /// Options as the model generates with them; refuses what would misbehave silently.
+    fn options<B: Backend>(&self, model: &Model<B>, prompt_len: usize) -> Result<GenerateOptions> {
+        self.check()?;
         if prompt_len >= model.context {
             return Err(format!("the prompt is {prompt_len} tokens but the context holds {}; pass a larger --context", model.context));
         }
@@ -132,14 +160,18 @@ impl SamplingArgs {
 }
 
 #[derive(Args)]
+#[group(id = "prompt_source", required = true, multiple = false, args = ["prompt", "prompt_file", "prompt_ids"])]
 struct GenerateArgs {
     #[command(flatten)]
     model: ModelArgs,
     #[command(flatten)]
     sampling: SamplingArgs,
     /// Prompt text.
-    #[arg(long, conflicts_with = "prompt_ids", required_unless_present = "prompt_ids")]
+    #[arg(short = 'p', long)]
     prompt: Option<String>,
+    /// Read the prompt from FILE (`-`: standard input).
+    #[arg(short = 'f', long, value_name = "FILE")]
+    prompt_file: Option<PathBuf>,
     /// Prompt as token ids, e.g. 1,2,3 (no tokenizer involved).
     #[arg(long, value_delimiter = ',')]
     prompt_ids: Option<Vec<u32>>,
@@ -291,9 +323,23 @@ fn write_npy(path: &Path, values: &[f32]) -> Result<()> {
     std::fs::write(path, bytes).map_err(|e| format!("{}: {e}", path.display()))
 }
 
+/// The prompt text of --prompt or --prompt-file (`-`: stdin), if either was given.
+fn prompt_text(a: &GenerateArgs) -> Result<Option<String>> {
+    let Some(path) = &a.prompt_file else { return Ok(a.prompt.clone()) };
+    let text = if path.as_os_str() == "-" {
+        std::io::read_to_string(std::io::stdin()).map_err(|e| format!("--prompt-file -: reading standard input: {e}"))?
+    } else {
+        std::fs::read_to_string(path).map_err(|e| format!("--prompt-file {}: {e}", path.display()))?
+    };
+    // A file's (or a pipe's) final newline is not part of the prompt.
+    Ok(Some(text.strip_suffix('\n').map(|t| t.strip_suffix('\r').unwrap_or(t)).unwrap_or(&text).to_string()))
+}
+
 fn run_generate(a: GenerateArgs) -> Result<()> {
+    a.sampling.check()?;
+    let text = prompt_text(&a)?;
     let local = open(&a.model)?;
-    let prompt_ids: Vec<u32> = match (&a.prompt_ids, &a.prompt) {
+    let prompt_ids: Vec<u32> = match (&a.prompt_ids, &text) {
         (Some(ids), _) => ids.clone(),
         (None, Some(text)) if a.chat => {
             let mut messages = Vec::new();
@@ -304,7 +350,7 @@ fn run_generate(a: GenerateArgs) -> Result<()> {
             local.text.chat_prompt_ids(&json!(messages)).map_err(|e| format!("{e}; drop --chat or pass --prompt-ids"))?
         }
         (None, Some(text)) => local.text.prompt_ids(text, local.config.bos_token_id).map_err(|e| format!("{e}; pass --prompt-ids"))?,
-        (None, None) => return Err("give --prompt or --prompt-ids".into()),
+        (None, None) => return Err("give --prompt, --prompt-file or --prompt-ids".into()),
     };
     if prompt_ids.is_empty() {
         return Err("the prompt is empty".into());
@@ -401,7 +447,8 @@ impl Job for &ChatArgs {
         let &Loaded { dev, local, ref model, device_reason, .. } = loaded;
         let tok = local.text.tokenizer().map_err(err)?;
         local.text.chat_template().map_err(err)?;
-        eprintln!("{} on {} ({device_reason}) — type a message, empty line to quit", a.model.model.display(), dev.describe());
+        eprintln!("{} on {} ({device_reason}) — type a message; Ctrl-C stops a reply, Ctrl-D quits", a.model.model.display(), dev.describe());
+        interrupt::install();
         let mut messages = Vec::new();
         if let Some(s) = &a.system {
             messages.push(json!({"role": "system", "content": s}));
@@ -412,8 +459,11 @@ impl Job for &ChatArgs {
         loop {
             eprint!("> ");
             let mut line = String::new();
-            if stdin.lock().read_line(&mut line).map_err(err)? == 0 || line.trim().is_empty() {
+            if stdin.lock().read_line(&mut line).map_err(err)? == 0 {
                 return Ok(());
+            }
+            if line.trim().is_empty() {
+                continue;
             }
             messages.push(json!({"role": "user", "content": line.trim_end()}));
             // Past the context, the oldest turns go (the system message stays), leaving room for a
@@ -436,16 +486,22 @@ impl Job for &ChatArgs {
             let options = a.sampling.options(model, ids.len())?;
             let mut stream = StreamDecoder::new(true);
             let mut reply = String::new();
+            interrupt::replying(true);
             let out = pollster::block_on(generate(dev, model, &mut session, &ids, &options, |id| {
                 if let Ok(piece) = stream.push(tok, id) {
                     reply.push_str(&piece);
                     let _ = write!(stdout, "{piece}");
                     let _ = stdout.flush();
                 }
-                true
-            }))
-            .map_err(err)?;
+                !interrupt::stop_requested()
+            }));
+            let stopped = interrupt::stop_requested();
+            interrupt::replying(false);
+            let out = out.map_err(err)?;
             println!();
+            if stopped {
+                eprintln!("[stopped]");
+            }
             eprintln!(
                 "[{} prompt tokens, {} reused from the last turn; ttft {:.0} ms, decode {:.1} tok/s]",
                 out.prompt_ids.len(),
@@ -455,6 +511,37 @@ impl Job for &ChatArgs {
             );
             messages.push(json!({"role": "assistant", "content": reply.trim()}));
         }
+    }
+}
+
+/// Ctrl-C in `chat`: during a reply it stops the reply (the conversation goes on, the partial
+/// reply kept); at the prompt, or again before the reply has stopped, it quits.
+mod interrupt {
+    use std::sync::atomic::{AtomicBool, Ordering};
+
+    static REPLYING: AtomicBool = AtomicBool::new(false);
+    static STOP: AtomicBool = AtomicBool::new(false);
+
+    pub fn install() {
+        let quit = || {
+            eprintln!();
+            std::process::exit(130)
+        };
+        // Without a handler (one set already, or no signals here) Ctrl-C keeps its default: quit.
+        let _ = ctrlc::set_handler(move || {
+            if !REPLYING.load(Ordering::SeqCst) || STOP.swap(true, Ordering::SeqCst) {
+                quit();
+            }
+        });
+    }
+
+    pub fn replying(on: bool) {
+        STOP.store(false, Ordering::SeqCst);
+        REPLYING.store(on, Ordering::SeqCst);
+    }
+
+    pub fn stop_requested() -> bool {
+        STOP.load(Ordering::SeqCst)
     }
 }
 

@@ -147,3 +147,110 @@ fn generation_edge_cases_end_cleanly() {
     assert_eq!(got["generated_ids"].as_array().unwrap().len(), 30);
     assert_eq!(got["generated_ids"].as_array().unwrap()[..24].iter().map(|v| v.as_u64().unwrap()).collect::<Vec<_>>(), want, "1e-40 is greedy");
 }
+
+/// Option mistakes are named: a negative number reaches the range check (not "unexpected
+/// argument"), and a directory that is not a model says what one holds.
+#[test]
+fn option_errors_name_the_option() {
+    let dir = fixture("llama");
+    for (args, want) in [
+        (vec!["--temperature", "-1"], "--temperature -1 is out of range"),
+        (vec!["--temperature=-1"], "--temperature -1 is out of range"),
+        (vec!["--top-p", "0"], "--top-p 0 is out of range"),
+        (vec!["--min-p", "2"], "--min-p 2 is out of range"),
+        (vec!["--repetition-penalty", "-0.5"], "--repetition-penalty -0.5 is out of range"),
+    ] {
+        let mut all = vec!["generate", "-m", dir.to_str().unwrap(), "-p", "x"];
+        all.extend(args);
+        let out = emberlm(&all);
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success() && err.contains(want), "{all:?}: {err}");
+    }
+    let empty = std::env::temp_dir().join(format!("emberlm-not-a-model-{}", std::process::id()));
+    std::fs::create_dir_all(&empty).unwrap();
+    std::fs::write(empty.join("weights.gguf"), b"").unwrap();
+    let out = emberlm(&["generate", "-m", empty.to_str().unwrap(), "-p", "x"]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success() && err.contains("not a model directory") && err.contains("config.json") && err.contains("weights.gguf"), "{err}");
+    std::fs::remove_dir_all(&empty).unwrap();
+    let out = emberlm(&["generate", "-m", dir.to_str().unwrap()]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success() && err.contains("--prompt") && err.contains("--prompt-file"), "a prompt is required: {err}");
+    let help = String::from_utf8_lossy(&emberlm(&["generate", "--help"]).stdout).into_owned();
+    let lines: Vec<&str> = help.lines().collect();
+    for option in ["--top-k", "--top-p", "--min-p", "--repetition-penalty", "--seed", "--max-new-tokens"] {
+        // The description follows on the option's line or, in clap's long layout, the next one.
+        let i = lines.iter().position(|l| l.contains(option)).unwrap_or_else(|| panic!("{option} is in --help"));
+        let text = format!("{} {}", lines[i], lines.get(i + 1).filter(|l| !l.trim_start().starts_with('-')).unwrap_or(&""));
+        assert!(text.split_whitespace().count() >= 6, "{option} has a description in --help: {text:?}");
+    }
+    assert!(help.contains("q4k, q5k, q6k"), "--dtype lists the K formats");
+}
+
+/// llama.cpp-style short flags, and the prompt from a file or standard input, give what
+/// `--prompt` gives.
+#[test]
+fn short_flags_and_prompt_files() {
+    let case = &reference("llama")["cases"][0];
+    let dir = fixture("llama");
+    let prompt = case["text"].as_str().unwrap();
+    let ids = |out: &std::process::Output| {
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        serde_json::from_slice::<Value>(&out.stdout).unwrap()["generated_ids"].clone()
+    };
+    let want = ids(&emberlm(&["generate", "--model", dir.to_str().unwrap(), "--prompt", prompt, "--max-new-tokens", "8", "--dtype", "f32", "--json"]));
+    assert_eq!(want.as_array().unwrap().len(), 8);
+    assert_eq!(ids(&emberlm(&["generate", "-m", dir.to_str().unwrap(), "-p", prompt, "-n", "8", "--dtype", "f32", "--json"])), want);
+    let file = std::env::temp_dir().join(format!("emberlm-prompt-{}.txt", std::process::id()));
+    std::fs::write(&file, format!("{prompt}\n")).unwrap();
+    assert_eq!(ids(&emberlm(&["generate", "-m", dir.to_str().unwrap(), "-f", file.to_str().unwrap(), "-n", "8", "--dtype", "f32", "--json"])), want);
+    std::fs::remove_file(&file).unwrap();
+    let mut child = Command::new(env!("CARGO_BIN_EXE_emberlm"))
+        .args(["generate", "-m", dir.to_str().unwrap(), "-f", "-", "-n", "8", "--dtype", "f32", "--json"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    std::io::Write::write_all(&mut child.stdin.take().unwrap(), format!("{prompt}\n").as_bytes()).unwrap();
+    assert_eq!(ids(&child.wait_with_output().unwrap()), want);
+    let out = emberlm(&["generate", "-m", dir.to_str().unwrap(), "-f", "/nonexistent/prompt.txt"]);
+    assert!(!out.status.success() && String::from_utf8_lossy(&out.stderr).contains("--prompt-file /nonexistent/prompt.txt"));
+}
+
+/// `chat`: an empty line is not the end (only end of input is), and Ctrl-C during a reply stops
+/// that reply and the chat goes on.
+#[test]
+fn chat_goes_on_past_empty_lines_and_a_ctrl_c() {
+    use std::io::{BufRead, Read, Write};
+    let dir = fixture("llama");
+    // A long reply (the context past the model's 256, allowed with a warning) to interrupt.
+    let mut child = Command::new(env!("CARGO_BIN_EXE_emberlm"))
+        .args(["chat", "-m", dir.to_str().unwrap(), "--dtype", "f32", "--context", "8192", "--ignore-eos", "-n", "100000"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stdin = child.stdin.take().unwrap();
+    stdin.write_all(b"\n\nhello\n").unwrap();
+    stdin.flush().unwrap();
+    // Wait for the reply to stream, then interrupt it.
+    let mut stdout = std::io::BufReader::new(child.stdout.take().unwrap());
+    let mut first = [0u8; 1];
+    stdout.read_exact(&mut first).expect("a reply streams after the empty lines");
+    let kill = Command::new("kill").args(["-INT", &child.id().to_string()]).status().unwrap();
+    assert!(kill.success());
+    // Then a second turn, and end of input.
+    stdin.write_all(b"again\n").unwrap();
+    drop(stdin);
+    let status = child.wait().unwrap();
+    let mut rest = String::new();
+    stdout.read_to_string(&mut rest).unwrap();
+    let mut err = String::new();
+    child.stderr.take().unwrap().read_to_string(&mut err).unwrap();
+    assert!(status.success(), "exit {status:?}: {err}");
+    assert!(err.contains("[stopped]"), "{err}");
+    assert_eq!(err.lines().filter(|l| l.contains("prompt tokens")).count(), 2, "two turns answered: {err}");
+    let _ = stdout.fill_buf();
+}

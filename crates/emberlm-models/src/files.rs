@@ -51,6 +51,21 @@ pub struct HfModelDir {
 }
 
 pub fn open_hf_dir(dir: &Path) -> Result<HfModelDir> {
+    if !dir.join("config.json").is_file() {
+        // Say what a model directory is, and point at a GGUF file when the directory holds one.
+        let mut ggufs: Vec<String> = std::fs::read_dir(dir)
+            .map(|entries| entries.filter_map(|e| e.ok()?.file_name().into_string().ok()).filter(|n| n.ends_with(".gguf")).collect())
+            .unwrap_or_default();
+        ggufs.sort();
+        let hint = match ggufs.first() {
+            Some(name) => format!("; it holds {name}: pass that file as the model"),
+            None => String::new(),
+        };
+        return Err(file_err(
+            dir,
+            format!("not a model directory: a Hugging Face model directory holds config.json and model.safetensors (or model.safetensors.index.json and its shards){hint}"),
+        ));
+    }
     let config_json = read_json(&dir.join("config.json"))?;
     let gen_path = dir.join("generation_config.json");
     let generation = if gen_path.exists() { Some(read_json(&gen_path)?) } else { None };
