@@ -47,7 +47,7 @@ pub fn attention(q: &[f32], k_cache: &[f32], v_cache: &[f32], out: &mut [f32], p
             }
             let mut sum = 0f32;
             for s in scores.iter_mut() {
-                *s = (*s - max).exp();
+                *s = crate::math::exp(*s - max);
                 sum += *s;
             }
             for (j, &w) in (lo..=pos).zip(&scores) {

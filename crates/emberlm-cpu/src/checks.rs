@@ -116,8 +116,9 @@ fn matvec_and_matmul(activations: Activations) -> Check {
         let scale = reference::abs_dot(&dense, &xrow, rows);
         close(&format!("matvec {name}"), &y.f32s()[5..], &want, &scale)?;
         ensure!(y.f32s()[..5].iter().all(|v| *v == 0.0), "matvec {name} wrote before its offset");
-        // Prefill: m = 7 tokens (not a multiple of the 4-token block) into columns 3.. of rows of rows + 4.
-        let m = 7;
+        // Prefill: m = 13 tokens (tiles of 8, 4 and 1 tokens; not a multiple of the 4-token
+        // block) into columns 3.. of rows of rows + 4.
+        let m = 13;
         let xm = rng.vec(m * k);
         let x = CpuTensor::from_f32("x", &[m, k], &xm)?;
         let cols = rows + 4;
@@ -185,12 +186,20 @@ pub fn norms_rope_activation_softcap_argmax() -> Check {
         ensure!(ops::rope(&q, &table, rot, layout, rows, 3, d, 1, stride, 14).is_err(), "positions past the table");
     }
 
-    let inter = 23;
-    let gu = rng.vec(rows * 2 * inter).iter().map(|v| v * 4.0).collect::<Vec<_>>();
+    // 300 rows of 23: split over threads in the middle of a row (parts of 4096 values), and
+    // gate values far into exp's clamped range.
+    let (act_rows, inter) = (300, 23);
+    let mut gu = rng.vec(act_rows * 2 * inter).iter().map(|v| v * 4.0).collect::<Vec<_>>();
+    gu[5] = 95.0;
+    gu[7] = -95.0;
+    gu[2 * inter + 1] = -30.0;
     for act in [Activation::Silu, Activation::GeluTanh] {
-        let out = CpuTensor::zeroed("act", &[rows, inter], DType::F32)?;
-        ops::gated_activation(&CpuTensor::from_f32("gu", &[rows, 2 * inter], &gu)?, &out, rows, inter, act)?;
-        close("gated_activation", &out.f32s(), &reference::gated_activation(&gu, inter, act), &[])?;
+        let out = CpuTensor::zeroed("act", &[act_rows, inter], DType::F32)?;
+        ops::gated_activation(&CpuTensor::from_f32("gu", &[act_rows, 2 * inter], &gu)?, &out, act_rows, inter, act)?;
+        let want = reference::gated_activation(&gu, inter, act);
+        // Relative: f32 itself rounds 337.2 to within 2e-5.
+        let scale: Vec<f64> = want.iter().map(|w| w.abs().max(1.0)).collect();
+        close("gated_activation", &out.f32s(), &want, &scale)?;
     }
 
     let mut logits = rng.vec(33).iter().map(|v| v * 50.0).collect::<Vec<_>>();

@@ -22,6 +22,7 @@ pub mod attention;
 #[cfg(feature = "reference")]
 pub mod checks;
 pub mod int8;
+pub mod math;
 pub mod matvec;
 pub mod ops;
 pub mod parallel;

@@ -271,6 +271,16 @@ fn matmul_4rows(w: &[f32], x: &[f32], k: usize, m: usize, out: &mut [f32]) {
     }
 }
 
+/// An integer Q4 matmul: rows' segments against every token's 8-bit activations (in `layout`),
+/// out [tokens, rows]; it works on panels of `panel_rows` rows, so a thread's share of the rows
+/// should be a multiple of that.
+#[derive(Clone, Copy)]
+pub struct IntegerMatmul {
+    pub kernel: unsafe fn(&[u32], &[u32], &[Int8Activations], &mut [f32]),
+    pub layout: Int8Layout,
+    pub panel_rows: usize,
+}
+
 /// The row kernels this CPU runs, chosen once ([`RowKernels::get`]): AVX-512, AVX2+FMA, wasm
 /// `simd128`, or the portable loops above. [`matvec_rows`] and [`matmul_rows`] are written once
 /// over them.
@@ -287,9 +297,8 @@ pub struct RowKernels {
     dot_q8_int8: unsafe fn(&[u32], &[u32], &Int8Activations) -> f32,
     /// How the Q4 integer kernels want activations laid out.
     q4_int8_layout: Int8Layout,
-    /// Q4 rows against many tokens' 8-bit activations, where it beats f32 (row qs, row scales,
-    /// one per token, out [rows, tokens]).
-    matmul_q4_int8: Option<unsafe fn(&[u32], &[u32], &[Int8Activations], &mut [f32])>,
+    /// Q4 rows against many tokens' 8-bit activations, where it beats f32.
+    matmul_q4_int8: Option<IntegerMatmul>,
     /// (4 decoded rows, x, k, m, out [4, m]).
     matmul_4rows: unsafe fn(&[f32], &[f32], usize, usize, &mut [f32]),
 }
@@ -300,7 +309,7 @@ static AVX512_VNNI: RowKernels = RowKernels {
     dot_q4_int8: crate::x86::dot_q4_int8_vnni,
     dot_q8_int8: crate::x86::dot_q8_int8_vnni,
     q4_int8_layout: Int8Layout::NibbleBlocks,
-    matmul_q4_int8: Some(crate::x86::matmul_q4_int8_vnni),
+    matmul_q4_int8: Some(IntegerMatmul { kernel: crate::x86::matmul_q4_int8_vnni, layout: Int8Layout::Natural, panel_rows: crate::x86::PANEL_ROWS }),
     ..AVX512
 };
 #[cfg(target_arch = "x86_64")]
@@ -422,7 +431,7 @@ impl RowKernels {
     }
 
     /// The integer Q4 matmul, where these kernels have one that beats f32.
-    pub fn matmul_q4_int8(&self) -> Option<unsafe fn(&[u32], &[u32], &[Int8Activations], &mut [f32])> {
+    pub fn matmul_q4_int8(&self) -> Option<IntegerMatmul> {
         self.matmul_q4_int8
     }
 

@@ -7,6 +7,7 @@ use emberlm_core::{DType, Error, Result};
 
 use crate::int8::{Activations, Int8Activations};
 use crate::matvec::{matmul_rows, matvec_rows, row_words, RowActivations, RowKernels};
+use crate::math;
 use crate::parallel::{for_parts, map_ranges};
 use crate::tensor::CpuTensor;
 
@@ -109,19 +110,19 @@ pub fn matmul_into(
     let integer = kernels.matmul_q4_int8().filter(|_| matmul_rounds(dtype, activations));
     let rounded: Vec<Int8Activations> = match integer {
         // Rounded on the pool too: serially it cost a small matmul as much as its products.
-        Some(_) => {
-            let layout = kernels.int8_layout(dtype);
-            map_ranges(m, 4, |tokens| tokens.map(|t| Int8Activations::new(&x[t * k..(t + 1) * k], layout)).collect::<Vec<_>>()).into_iter().flatten().collect()
-        }
+        Some(int) => map_ranges(m, 4, |tokens| tokens.map(|t| Int8Activations::new(&x[t * k..(t + 1) * k], int.layout)).collect::<Vec<_>>()).into_iter().flatten().collect(),
         None => Vec::new(),
     };
     let (qw, sw) = row_words(dtype, k);
+    // Threads take whole panels of the integer kernel (4 rows for the f32 one).
+    let unit = integer.map_or(4, |int| int.panel_rows);
     // Each part comes back token-major: [m, its rows].
-    let parts = map_ranges(rows, 4, |r| {
+    let parts = map_ranges(rows.div_ceil(unit), 1, |units| {
+        let r = units.start * unit..(units.end * unit).min(rows);
         let mut out = vec![0f32; r.len() * m];
-        if let Some(matmul) = integer {
+        if let Some(int) = integer {
             // SAFETY: `get` chose kernels this CPU runs; the kernel checks its slice lengths.
-            unsafe { matmul(&qs[r.start * qw..r.end * qw], &sc[r.start * sw..r.end * sw], &rounded, &mut out) };
+            unsafe { (int.kernel)(&qs[r.start * qw..r.end * qw], &sc[r.start * sw..r.end * sw], &rounded, &mut out) };
             return (r.start, out);
         }
         matmul_rows(dtype, qs, sc, k, x, m, r.start, r.len(), &mut out);
@@ -319,17 +320,28 @@ pub fn gated_activation(gate_up: &CpuTensor, out: &CpuTensor, rows: usize, inter
     out.expect_f32("gated_activation", rows * inter)?;
     gate_up.expect_distinct("gated_activation", out)?;
     let gu = gate_up.f32s();
+    let gu: &[f32] = &gu;
     let mut o = out.f32s_mut();
-    for (row, or) in gu.chunks_exact(2 * inter).zip(o.chunks_exact_mut(inter)).take(rows) {
-        let (g, u) = row.split_at(inter);
-        for ((o, &g), &u) in or.iter_mut().zip(g).zip(u) {
-            let a = match act {
-                Activation::Silu => g / (1.0 + (-g).exp()),
-                Activation::GeluTanh => 0.5 * g * (1.0 + (0.797_884_6 * (g + 0.044715 * g * g * g)).tanh()),
-            };
-            *o = a * u;
+    // Element-wise, so any split works; small ones (a decode step) stay on the caller.
+    for_parts(&mut o[..rows * inter], 4096, |start, part| {
+        let mut i = start;
+        while i < start + part.len() {
+            let (row, col) = (i / inter, i % inter);
+            let n = (inter - col).min(start + part.len() - i);
+            let g = &gu[row * 2 * inter + col..][..n];
+            let u = &gu[row * 2 * inter + inter + col..][..n];
+            let o = &mut part[i - start..][..n];
+            match act {
+                Activation::Silu => o.iter_mut().zip(g).zip(u).for_each(|((o, &g), &u)| *o = g / (1.0 + math::exp(-g)) * u),
+                Activation::GeluTanh => o
+                    .iter_mut()
+                    .zip(g)
+                    .zip(u)
+                    .for_each(|((o, &g), &u)| *o = 0.5 * g * (1.0 + math::tanh(0.797_884_6 * (g + 0.044715 * g * g * g))) * u),
+            }
+            i += n;
         }
-    }
+    });
     Ok(())
 }
 

@@ -437,105 +437,115 @@ pub unsafe fn dot_q4_int8_vnni(qs: &[u32], sc: &[u32], x: &Int8Activations) -> f
     _mm512_reduce_add_ps(_mm512_add_ps(total[0], total[1]))
 }
 
+/// Rows per panel of [`matmul_q4_int8_vnni`]: one per 32-bit lane of a 512-bit register.
+pub const PANEL_ROWS: usize = 16;
+
 /// Q4 rows (`qs`/`sc`: `out.len() / x.len()` whole rows) against every token's 8-bit
-/// activations (`x`, [`crate::int8::Int8Layout::NibbleBlocks`]) with AVX-512 VNNI: `out` is
+/// activations (`x`, [`crate::int8::Int8Layout::Natural`]) with AVX-512 VNNI: `out` is
 /// [tokens, rows] (token-major, as the matmul's output is).
-/// Tiles of 4 rows × 3 tokens: a block's weight bytes are split into nibbles once for three
-/// tokens, and each (row, token) pair costs two `dpbusd`, a convert and two multiply-adds per
-/// 128 products.
+///
+/// Rows go in panels of 16, one per 32-bit lane (llama.cpp's repacked Q4_0 kernels do the
+/// same): a panel is first unpacked into bytes laid out [group][quad of weights][row], so one
+/// `dpbusd` multiplies four consecutive weights of all 16 rows by the same four activation
+/// bytes, broadcast straight from memory. A group of 32 is then 8 `dpbusd` per token into one
+/// integer sum per row, converted and scaled once (d_w·d_x and the min term as two FMAs), for
+/// 512 products; the nibbles are split once per panel instead of once per token, and no lane
+/// sums are needed at the end. Tokens go 8 at a time, so 8 independent `dpbusd` chains hide
+/// its latency and each weight register is loaded once for 8 tokens.
 #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
 pub unsafe fn matmul_q4_int8_vnni(qs: &[u32], sc: &[u32], x: &[Int8Activations], out: &mut [f32]) {
     let m = x.len();
     let rows = if m == 0 { 0 } else { out.len() / m };
     let groups = if rows == 0 { 0 } else { sc.len() / rows };
-    let (blocks, chunks) = (groups.div_ceil(4), groups.div_ceil(16));
     assert!(qs.len() >= rows * groups * 4 && sc.len() >= rows * groups);
     for xt in x {
-        assert!(xt.q.len() >= blocks * 128 && xt.d_lanes.len() >= blocks * 16 && xt.sum.len() >= chunks * 16);
+        assert!(xt.q.len() >= groups * GROUP_SIZE && xt.d.len() >= groups && xt.sum.len() >= groups);
     }
-    // Per row: d_w spread like `d_lanes`, and min_w per group padded to whole chunks.
-    let mut d_lanes = vec![0f32; rows * blocks * 16];
-    let mut mins = vec![0f32; rows * chunks * 16];
-    for r in 0..rows {
-        for g in 0..groups {
-            let s = sc[r * groups + g];
-            d_lanes[(r * blocks + g / 4) * 16 + 4 * (g % 4)..][..4].fill(f16_to_f32(s & 0xffff));
-            mins[r * chunks * 16 + g] = f16_to_f32(s >> 16);
-        }
-    }
-    let tile = TileArgs { qs: qs.as_ptr(), x, groups, blocks, chunks, d_lanes: d_lanes.as_ptr(), mins: mins.as_ptr(), rows };
-    let mut r = 0;
-    while r < rows {
-        let nr = (rows - r).min(4);
+    let mut panel = Q4Panel { words: vec![0u32; groups * 8 * PANEL_ROWS], d: vec![0f32; groups * PANEL_ROWS], min: vec![0f32; groups * PANEL_ROWS], groups };
+    for r0 in (0..rows).step_by(PANEL_ROWS) {
+        let n = (rows - r0).min(PANEL_ROWS);
+        panel.fill(&qs[r0 * groups * 4..(r0 + n) * groups * 4], &sc[r0 * groups..(r0 + n) * groups], n);
+        let keep = ((1u32 << n) - 1) as u16;
         let mut t = 0;
         while t < m {
-            let nt = (m - t).min(TILE_TOKENS);
-            match (nr, nt) {
-                (4, TILE_TOKENS) => q4_tile::<4, TILE_TOKENS>(&tile, r, t, out),
-                (4, _) => (t..t + nt).for_each(|t| q4_tile::<4, 1>(&tile, r, t, out)),
-                (_, TILE_TOKENS) => (r..r + nr).for_each(|r| q4_tile::<1, TILE_TOKENS>(&tile, r, t, out)),
-                _ => (r..r + nr).for_each(|r| (t..t + nt).for_each(|t| q4_tile::<1, 1>(&tile, r, t, out))),
-            }
-            t += nt;
+            let dst = out.as_mut_ptr().add(t * rows + r0);
+            t += match m - t {
+                left if left >= 8 => q4_panel_tile::<8>(&panel, &x[t..t + 8], dst, rows, keep),
+                left if left >= 4 => q4_panel_tile::<4>(&panel, &x[t..t + 4], dst, rows, keep),
+                _ => q4_panel_tile::<1>(&panel, &x[t..t + 1], dst, rows, keep),
+            };
         }
-        r += nr;
     }
 }
 
-/// Tokens per tile: 4 rows × 3 tokens keeps 12 accumulators, 8 nibble registers and 4 row
-/// scales in the 32 registers (4 × 4 spilled).
-const TILE_TOKENS: usize = 3;
-
-struct TileArgs<'a> {
-    qs: *const u32,
-    x: &'a [Int8Activations],
+/// Up to 16 Q4 rows unpacked for [`matmul_q4_int8_vnni`]: `words[(g·8 + quad)·16 + row]` holds
+/// the row's weights 4·quad..4·quad+3 of group g as four bytes 0–15; `d`/`min` per [group][row]
+/// as f32. Missing rows are zeros (every slot is written on each fill).
+struct Q4Panel {
+    words: Vec<u32>,
+    d: Vec<f32>,
+    min: Vec<f32>,
     groups: usize,
-    blocks: usize,
-    chunks: usize,
-    d_lanes: *const f32,
-    mins: *const f32,
-    rows: usize,
 }
 
-/// `out[(t0 + j)·rows + r0 + i]` for an R × T tile of [`matmul_q4_int8_vnni`].
+impl Q4Panel {
+    /// From `n` rows' segments, gathering each group's words of the 16 rows (a Q4 word holds
+    /// weights 0–3 of its pair of quads in its low nibbles and 4–7 in its high ones, so word w
+    /// of a group gives quads 2w and 2w + 1). Scalar, this cost the kernel as much as its
+    /// products on a 60-token prefill.
+    #[target_feature(enable = "avx512f,avx512bw,avx512vl,f16c")]
+    unsafe fn fill(&mut self, qs: &[u32], sc: &[u32], n: usize) {
+        let groups = self.groups;
+        assert!(n <= PANEL_ROWS && qs.len() >= n * groups * 4 && sc.len() >= n * groups);
+        let keep = ((1u32 << n) - 1) as u16;
+        let row = _mm512_mullo_epi32(_mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15), _mm512_set1_epi32(groups as i32));
+        let nibbles = _mm512_set1_epi32(0x0f0f_0f0f);
+        let out = self.words.as_mut_ptr() as *mut __m512i;
+        for g in 0..groups {
+            for w in 0..4 {
+                // Masked-off lanes read nothing and stay zero.
+                let words = _mm512_mask_i32gather_epi32::<4>(_mm512_setzero_si512(), keep, _mm512_slli_epi32(row, 2), qs.as_ptr().add(g * 4 + w) as *const i32);
+                _mm512_storeu_si512(out.add(g * 8 + 2 * w), _mm512_and_si512(words, nibbles));
+                _mm512_storeu_si512(out.add(g * 8 + 2 * w + 1), _mm512_and_si512(_mm512_srli_epi32(words, 4), nibbles));
+            }
+            let s = _mm512_mask_i32gather_epi32::<4>(_mm512_setzero_si512(), keep, row, sc.as_ptr().add(g) as *const i32);
+            _mm512_storeu_ps(self.d.as_mut_ptr().add(g * PANEL_ROWS), _mm512_cvtph_ps(_mm512_cvtepi32_epi16(s)));
+            _mm512_storeu_ps(self.min.as_mut_ptr().add(g * PANEL_ROWS), _mm512_cvtph_ps(_mm512_cvtepi32_epi16(_mm512_srli_epi32(s, 16))));
+        }
+    }
+}
+
+/// A panel against `T` tokens: `dst[j·rows + i]` ← row i · token j for the rows in `keep`.
+/// Returns `T`.
 #[inline]
 #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
-unsafe fn q4_tile<const R: usize, const T: usize>(a: &TileArgs, r0: usize, t0: usize, out: &mut [f32]) {
-    let mut acc = [[_mm512_setzero_ps(); T]; R];
-    let mut q_x = [std::ptr::null(); T];
-    let mut d_x = [std::ptr::null(); T];
+unsafe fn q4_panel_tile<const T: usize>(p: &Q4Panel, x: &[Int8Activations], dst: *mut f32, rows: usize, keep: u16) -> usize {
+    let mut acc = [_mm512_setzero_ps(); T];
+    let mut q = [std::ptr::null::<i32>(); T];
     for j in 0..T {
-        q_x[j] = a.x[t0 + j].q.as_ptr();
-        d_x[j] = a.x[t0 + j].d_lanes.as_ptr();
+        q[j] = x[j].q.as_ptr() as *const i32;
     }
-    for b in 0..a.blocks {
-        let real = (a.groups - 4 * b).min(4);
-        // Plain loops, not `array::from_fn`: a closure does not inherit target features, so
-        // the intrinsics would stay calls and the tile would live in memory.
-        let mut w = [(_mm512_setzero_si512(), _mm512_setzero_si512()); R];
-        let mut d_w = [_mm512_setzero_ps(); R];
-        for i in 0..R {
-            w[i] = q4_block(a.qs.add(((r0 + i) * a.groups + 4 * b) * 4), real);
-            d_w[i] = _mm512_loadu_ps(a.d_lanes.add(((r0 + i) * a.blocks + b) * 16));
+    let w = p.words.as_ptr() as *const __m512i;
+    for g in 0..p.groups {
+        let mut sums = [_mm512_setzero_si512(); T];
+        for quad in 0..8 {
+            let wq = _mm512_loadu_si512(w.add(g * 8 + quad));
+            for j in 0..T {
+                sums[j] = _mm512_dpbusd_epi32(sums[j], wq, _mm512_set1_epi32(*q[j].add(g * 8 + quad)));
+            }
         }
+        let d_w = _mm512_loadu_ps(p.d.as_ptr().add(g * PANEL_ROWS));
+        let min_w = _mm512_loadu_ps(p.min.as_ptr().add(g * PANEL_ROWS));
         for j in 0..T {
-            let d_x = _mm512_loadu_ps(d_x[j].add(16 * b));
-            let q = q_x[j].add(128 * b);
-            for i in 0..R {
-                let dot = _mm512_cvtepi32_ps(q4_block_dot(w[i], q));
-                acc[i][j] = _mm512_fmadd_ps(dot, _mm512_mul_ps(d_w[i], d_x), acc[i][j]);
-            }
+            let scale = _mm512_mul_ps(d_w, _mm512_set1_ps(*x[j].d.get_unchecked(g)));
+            acc[j] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(sums[j]), scale, acc[j]);
+            acc[j] = _mm512_fmadd_ps(min_w, _mm512_set1_ps(*x[j].sum.get_unchecked(g)), acc[j]);
         }
     }
-    for (i, acc_i) in acc.iter_mut().enumerate() {
-        for (j, acc_ij) in acc_i.iter_mut().enumerate() {
-            let sum = a.x[t0 + j].sum.as_ptr();
-            for c in 0..a.chunks {
-                *acc_ij = _mm512_fmadd_ps(_mm512_loadu_ps(a.mins.add((r0 + i) * a.chunks * 16 + 16 * c)), _mm512_loadu_ps(sum.add(16 * c)), *acc_ij);
-            }
-            out[(t0 + j) * a.rows + r0 + i] = _mm512_reduce_add_ps(*acc_ij);
-        }
+    for j in 0..T {
+        _mm512_mask_storeu_ps(dst.add(j * rows), keep, acc[j]);
     }
+    T
 }
 
 /// [`dot_q8_int8`] with AVX-512 VNNI: two groups per `dpbusd`, weights offset by +128.
