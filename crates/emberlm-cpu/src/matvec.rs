@@ -297,8 +297,9 @@ pub struct RowKernels {
     dot_q8_int8: unsafe fn(&[u32], &[u32], &Int8Activations) -> f32,
     /// How the Q4 integer kernels want activations laid out.
     q4_int8_layout: Int8Layout,
-    /// Q4 rows against many tokens' 8-bit activations, where it beats f32.
+    /// Q4 and Q8 rows against many tokens' 8-bit activations, where it beats f32.
     matmul_q4_int8: Option<IntegerMatmul>,
+    matmul_q8_int8: Option<IntegerMatmul>,
     /// (4 decoded rows, x, k, m, out [4, m]).
     matmul_4rows: unsafe fn(&[f32], &[f32], usize, usize, &mut [f32]),
 }
@@ -310,6 +311,7 @@ static AVX512_VNNI: RowKernels = RowKernels {
     dot_q8_int8: crate::x86::dot_q8_int8_vnni,
     q4_int8_layout: Int8Layout::NibbleBlocks,
     matmul_q4_int8: Some(IntegerMatmul { kernel: crate::x86::matmul_q4_int8_vnni, layout: Int8Layout::Natural, panel_rows: crate::x86::PANEL_ROWS }),
+    matmul_q8_int8: Some(IntegerMatmul { kernel: crate::x86::matmul_q8_int8_vnni, layout: Int8Layout::Natural, panel_rows: crate::x86::PANEL_ROWS }),
     ..AVX512
 };
 #[cfg(target_arch = "x86_64")]
@@ -325,6 +327,7 @@ static AVX512: RowKernels = {
         dot_q8_int8: x86::dot_q8_int8,
         q4_int8_layout: Int8Layout::Nibbles,
         matmul_q4_int8: None,
+        matmul_q8_int8: None,
         matmul_4rows: x86::matmul_4rows_512,
     }
 };
@@ -341,6 +344,7 @@ static AVX2: RowKernels = {
         dot_q8_int8: x86::dot_q8_int8,
         q4_int8_layout: Int8Layout::Nibbles,
         matmul_q4_int8: None,
+        matmul_q8_int8: None,
         matmul_4rows: x86::matmul_4rows,
     }
 };
@@ -357,6 +361,7 @@ static SIMD128: RowKernels = {
         dot_q8_int8: wasm::dot_q8_int8,
         q4_int8_layout: Int8Layout::Nibbles,
         matmul_q4_int8: None,
+        matmul_q8_int8: None,
         matmul_4rows: wasm::matmul_4rows,
     }
 };
@@ -376,6 +381,7 @@ static PORTABLE: RowKernels = RowKernels {
     dot_q8_int8: int8::dot_q8,
     q4_int8_layout: Int8Layout::Nibbles,
     matmul_q4_int8: None,
+    matmul_q8_int8: None,
     matmul_4rows,
 };
 
@@ -430,9 +436,13 @@ impl RowKernels {
         }
     }
 
-    /// The integer Q4 matmul, where these kernels have one that beats f32.
-    pub fn matmul_q4_int8(&self) -> Option<IntegerMatmul> {
-        self.matmul_q4_int8
+    /// The integer matmul for `dtype` weights, where these kernels have one that beats f32.
+    pub fn matmul_int8(&self, dtype: DType) -> Option<IntegerMatmul> {
+        match dtype {
+            DType::Q4 => self.matmul_q4_int8,
+            DType::Q8 => self.matmul_q8_int8,
+            _ => None,
+        }
     }
 
     /// Σ a[i]·b[i] with the chosen kernel.

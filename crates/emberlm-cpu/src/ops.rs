@@ -74,11 +74,11 @@ pub fn matvec_into(
 }
 
 /// Whether [`matmul_into`] rounds activations to 8 bits for `dtype` weights on this CPU: only
-/// where the kernels have an integer matmul that beats f32 (Q4 with AVX-512 VNNI). Elsewhere a
+/// where the kernels have an integer matmul that beats f32 (Q4 and Q8 with AVX-512 VNNI). Elsewhere a
 /// row decoded once for every token makes f32 FMAs as cheap per product as 8-bit dots scaled
 /// per group of 32 (an untiled integer version measured 3× slower).
 pub fn matmul_rounds(dtype: DType, activations: Activations) -> bool {
-    activations.rounds(dtype) && dtype == DType::Q4 && RowKernels::get().matmul_q4_int8().is_some()
+    activations.rounds(dtype) && RowKernels::get().matmul_int8(dtype).is_some()
 }
 
 /// Y[:, y_offset..] = X · Wᵀ (+ bias) for `m` tokens; `y` rows are `y_cols` wide.
@@ -107,7 +107,7 @@ pub fn matmul_into(
     let (qs, sc) = (&*qs, &*sc);
     let dtype = w.dtype;
     let kernels = RowKernels::get();
-    let integer = kernels.matmul_q4_int8().filter(|_| matmul_rounds(dtype, activations));
+    let integer = kernels.matmul_int8(dtype).filter(|_| matmul_rounds(dtype, activations));
     let rounded: Vec<Int8Activations> = match integer {
         // Rounded on the pool too: serially it cost a small matmul as much as its products.
         Some(int) => map_ranges(m, 4, |tokens| tokens.map(|t| Int8Activations::new(&x[t * k..(t + 1) * k], int.layout)).collect::<Vec<_>>()).into_iter().flatten().collect(),

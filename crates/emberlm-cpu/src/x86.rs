@@ -437,7 +437,7 @@ pub unsafe fn dot_q4_int8_vnni(qs: &[u32], sc: &[u32], x: &Int8Activations) -> f
     _mm512_reduce_add_ps(_mm512_add_ps(total[0], total[1]))
 }
 
-/// Rows per panel of [`matmul_q4_int8_vnni`]: one per 32-bit lane of a 512-bit register.
+/// Rows per panel of the integer matmuls: one per 32-bit lane of a 512-bit register.
 pub const PANEL_ROWS: usize = 16;
 
 /// Q4 rows (`qs`/`sc`: `out.len() / x.len()` whole rows) against every token's 8-bit
@@ -454,63 +454,117 @@ pub const PANEL_ROWS: usize = 16;
 /// its latency and each weight register is loaded once for 8 tokens.
 #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
 pub unsafe fn matmul_q4_int8_vnni(qs: &[u32], sc: &[u32], x: &[Int8Activations], out: &mut [f32]) {
+    matmul_panels(qs, sc, x, out, 4, |panel, qs, sc, n| panel.fill_q4(qs, sc, n))
+}
+
+/// [`matmul_q4_int8_vnni`] for Q8 rows: `dpbusd` wants unsigned weights, so the panel holds
+/// q + 128 and the min term takes the offset back out (−128·d_w per group against Σx̃).
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
+pub unsafe fn matmul_q8_int8_vnni(qs: &[u32], sc: &[u32], x: &[Int8Activations], out: &mut [f32]) {
+    matmul_panels(qs, sc, x, out, 8, |panel, qs, sc, n| panel.fill_q8(qs, sc, n))
+}
+
+/// The integer matmuls' common part: `qs` has `group_words` words per group and row; `fill`
+/// unpacks `n` rows' segments into the panel.
+#[inline]
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
+unsafe fn matmul_panels(qs: &[u32], sc: &[u32], x: &[Int8Activations], out: &mut [f32], group_words: usize, fill: impl Fn(&mut Panel, &[u32], &[u32], usize)) {
     let m = x.len();
     let rows = if m == 0 { 0 } else { out.len() / m };
-    let groups = if rows == 0 { 0 } else { sc.len() / rows };
-    assert!(qs.len() >= rows * groups * 4 && sc.len() >= rows * groups);
+    let groups = x.first().map_or(0, |x| x.d.len());
+    let (qw, sw) = (groups * group_words, if rows == 0 { 0 } else { sc.len() / rows });
+    assert!(qs.len() >= rows * qw && out.len() == rows * m);
     for xt in x {
-        assert!(xt.q.len() >= groups * GROUP_SIZE && xt.d.len() >= groups && xt.sum.len() >= groups);
+        assert!(xt.q.len() >= groups * GROUP_SIZE && xt.d.len() == groups && xt.sum.len() >= groups);
     }
-    let mut panel = Q4Panel { words: vec![0u32; groups * 8 * PANEL_ROWS], d: vec![0f32; groups * PANEL_ROWS], min: vec![0f32; groups * PANEL_ROWS], groups };
+    let mut panel = Panel { words: vec![0u32; groups * 8 * PANEL_ROWS], d: vec![0f32; groups * PANEL_ROWS], min: vec![0f32; groups * PANEL_ROWS], groups };
     for r0 in (0..rows).step_by(PANEL_ROWS) {
         let n = (rows - r0).min(PANEL_ROWS);
-        panel.fill(&qs[r0 * groups * 4..(r0 + n) * groups * 4], &sc[r0 * groups..(r0 + n) * groups], n);
+        fill(&mut panel, &qs[r0 * qw..(r0 + n) * qw], &sc[r0 * sw..(r0 + n) * sw], n);
         let keep = ((1u32 << n) - 1) as u16;
         let mut t = 0;
         while t < m {
             let dst = out.as_mut_ptr().add(t * rows + r0);
             t += match m - t {
-                left if left >= 8 => q4_panel_tile::<8>(&panel, &x[t..t + 8], dst, rows, keep),
-                left if left >= 4 => q4_panel_tile::<4>(&panel, &x[t..t + 4], dst, rows, keep),
-                _ => q4_panel_tile::<1>(&panel, &x[t..t + 1], dst, rows, keep),
+                left if left >= 8 => panel_tile::<8>(&panel, &x[t..t + 8], dst, rows, keep),
+                left if left >= 4 => panel_tile::<4>(&panel, &x[t..t + 4], dst, rows, keep),
+                _ => panel_tile::<1>(&panel, &x[t..t + 1], dst, rows, keep),
             };
         }
     }
 }
 
-/// Up to 16 Q4 rows unpacked for [`matmul_q4_int8_vnni`]: `words[(g·8 + quad)·16 + row]` holds
-/// the row's weights 4·quad..4·quad+3 of group g as four bytes 0–15; `d`/`min` per [group][row]
-/// as f32. Missing rows are zeros (every slot is written on each fill).
-struct Q4Panel {
+/// Up to 16 rows unpacked for the integer matmuls: `words[(g·8 + quad)·16 + row]` holds the
+/// row's weights 4·quad..4·quad+3 of group g as four unsigned bytes; per [group][row], the
+/// f32 scale `d` and the term `min` that meets Σx̃. Missing rows are zeros (every slot is
+/// written on each fill).
+struct Panel {
     words: Vec<u32>,
     d: Vec<f32>,
     min: Vec<f32>,
     groups: usize,
 }
 
-impl Q4Panel {
-    /// From `n` rows' segments, gathering each group's words of the 16 rows (a Q4 word holds
-    /// weights 0–3 of its pair of quads in its low nibbles and 4–7 in its high ones, so word w
-    /// of a group gives quads 2w and 2w + 1). Scalar, this cost the kernel as much as its
-    /// products on a 60-token prefill.
+impl Panel {
+    /// The panel's lanes: row i of the panel in lane i, `stride` words apart in the source.
+    #[inline]
+    #[target_feature(enable = "avx512f")]
+    unsafe fn row_offsets(stride: usize) -> __m512i {
+        _mm512_mullo_epi32(_mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15), _mm512_set1_epi32(stride as i32))
+    }
+
+    /// Word `at` of each of the `keep` rows, `rows` apart (masked-off lanes read nothing, stay 0).
+    #[inline]
+    #[target_feature(enable = "avx512f")]
+    unsafe fn gather(rows: __m512i, keep: u16, at: *const u32) -> __m512i {
+        _mm512_mask_i32gather_epi32::<4>(_mm512_setzero_si512(), keep, rows, at as *const i32)
+    }
+
+    /// From `n` Q4 rows, gathering each group's words of the 16 rows (a Q4 word holds weights
+    /// 0–3 of its pair of quads in its low nibbles and 4–7 in its high ones, so word w of a
+    /// group gives quads 2w and 2w + 1). Scalar, this cost the kernel as much as its products
+    /// on a 60-token prefill.
     #[target_feature(enable = "avx512f,avx512bw,avx512vl,f16c")]
-    unsafe fn fill(&mut self, qs: &[u32], sc: &[u32], n: usize) {
+    unsafe fn fill_q4(&mut self, qs: &[u32], sc: &[u32], n: usize) {
         let groups = self.groups;
         assert!(n <= PANEL_ROWS && qs.len() >= n * groups * 4 && sc.len() >= n * groups);
         let keep = ((1u32 << n) - 1) as u16;
-        let row = _mm512_mullo_epi32(_mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15), _mm512_set1_epi32(groups as i32));
+        let (words, scales) = (Self::row_offsets(groups * 4), Self::row_offsets(groups));
         let nibbles = _mm512_set1_epi32(0x0f0f_0f0f);
         let out = self.words.as_mut_ptr() as *mut __m512i;
         for g in 0..groups {
             for w in 0..4 {
-                // Masked-off lanes read nothing and stay zero.
-                let words = _mm512_mask_i32gather_epi32::<4>(_mm512_setzero_si512(), keep, _mm512_slli_epi32(row, 2), qs.as_ptr().add(g * 4 + w) as *const i32);
-                _mm512_storeu_si512(out.add(g * 8 + 2 * w), _mm512_and_si512(words, nibbles));
-                _mm512_storeu_si512(out.add(g * 8 + 2 * w + 1), _mm512_and_si512(_mm512_srli_epi32(words, 4), nibbles));
+                let v = Self::gather(words, keep, qs.as_ptr().add(g * 4 + w));
+                _mm512_storeu_si512(out.add(g * 8 + 2 * w), _mm512_and_si512(v, nibbles));
+                _mm512_storeu_si512(out.add(g * 8 + 2 * w + 1), _mm512_and_si512(_mm512_srli_epi32(v, 4), nibbles));
             }
-            let s = _mm512_mask_i32gather_epi32::<4>(_mm512_setzero_si512(), keep, row, sc.as_ptr().add(g) as *const i32);
+            let s = Self::gather(scales, keep, sc.as_ptr().add(g));
             _mm512_storeu_ps(self.d.as_mut_ptr().add(g * PANEL_ROWS), _mm512_cvtph_ps(_mm512_cvtepi32_epi16(s)));
             _mm512_storeu_ps(self.min.as_mut_ptr().add(g * PANEL_ROWS), _mm512_cvtph_ps(_mm512_cvtepi32_epi16(_mm512_srli_epi32(s, 16))));
+        }
+    }
+
+    /// From `n` Q8 rows (8 words per group, word w = quad w; f16 scales two to a word),
+    /// bytes offset by +128 (missing rows stay 0 with d = 0, so they add nothing).
+    #[target_feature(enable = "avx512f,avx512bw,avx512vl,f16c")]
+    unsafe fn fill_q8(&mut self, qs: &[u32], sc: &[u32], n: usize) {
+        let groups = self.groups;
+        let sw = groups.div_ceil(2);
+        assert!(n <= PANEL_ROWS && qs.len() >= n * groups * 8 && sc.len() >= n * sw);
+        let keep = ((1u32 << n) - 1) as u16;
+        let (words, scales) = (Self::row_offsets(groups * 8), Self::row_offsets(sw));
+        let flip = _mm512_set1_epi8(-128);
+        let out = self.words.as_mut_ptr() as *mut __m512i;
+        for g in 0..groups {
+            for w in 0..8 {
+                let v = Self::gather(words, keep, qs.as_ptr().add(g * 8 + w));
+                _mm512_storeu_si512(out.add(g * 8 + w), _mm512_xor_si512(v, flip));
+            }
+            let s = Self::gather(scales, keep, sc.as_ptr().add(g / 2));
+            let half = if g % 2 == 0 { s } else { _mm512_srli_epi32(s, 16) };
+            let d = _mm512_cvtph_ps(_mm512_cvtepi32_epi16(half));
+            _mm512_storeu_ps(self.d.as_mut_ptr().add(g * PANEL_ROWS), d);
+            _mm512_storeu_ps(self.min.as_mut_ptr().add(g * PANEL_ROWS), _mm512_mul_ps(d, _mm512_set1_ps(-128.0)));
         }
     }
 }
@@ -519,7 +573,7 @@ impl Q4Panel {
 /// Returns `T`.
 #[inline]
 #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
-unsafe fn q4_panel_tile<const T: usize>(p: &Q4Panel, x: &[Int8Activations], dst: *mut f32, rows: usize, keep: u16) -> usize {
+unsafe fn panel_tile<const T: usize>(p: &Panel, x: &[Int8Activations], dst: *mut f32, rows: usize, keep: u16) -> usize {
     let mut acc = [_mm512_setzero_ps(); T];
     let mut q = [std::ptr::null::<i32>(); T];
     for j in 0..T {
