@@ -6,8 +6,8 @@ use emberlm_core::ops::{Activation, AttentionParams, RopeLayout};
 use emberlm_core::{DType, Error, Result};
 
 use crate::int8::{Activations, Int8Activations};
-use crate::matvec::{matmul_rows, matvec_rows, row_words, RowActivations, RowKernels};
 use crate::math;
+use crate::matvec::{matmul_rows, matvec_rows, row_words, RowActivations, RowKernels};
 use crate::parallel::{for_parts, map_ranges};
 use crate::tensor::CpuTensor;
 
@@ -110,7 +110,10 @@ pub fn matmul_into(
     let integer = kernels.matmul_int8(dtype).filter(|_| matmul_rounds(dtype, activations));
     let rounded: Vec<Int8Activations> = match integer {
         // Rounded on the pool too: serially it cost a small matmul as much as its products.
-        Some(int) => map_ranges(m, 4, |tokens| tokens.map(|t| Int8Activations::new(&x[t * k..(t + 1) * k], int.layout)).collect::<Vec<_>>()).into_iter().flatten().collect(),
+        Some(int) => map_ranges(m, 4, |tokens| tokens.map(|t| Int8Activations::new(&x[t * k..(t + 1) * k], int.layout)).collect::<Vec<_>>())
+            .into_iter()
+            .flatten()
+            .collect(),
         None => Vec::new(),
     };
     let (qw, sw) = row_words(dtype, k);
@@ -333,11 +336,9 @@ pub fn gated_activation(gate_up: &CpuTensor, out: &CpuTensor, rows: usize, inter
             let o = &mut part[i - start..][..n];
             match act {
                 Activation::Silu => o.iter_mut().zip(g).zip(u).for_each(|((o, &g), &u)| *o = g / (1.0 + math::exp(-g)) * u),
-                Activation::GeluTanh => o
-                    .iter_mut()
-                    .zip(g)
-                    .zip(u)
-                    .for_each(|((o, &g), &u)| *o = 0.5 * g * (1.0 + math::tanh(0.797_884_6 * (g + 0.044715 * g * g * g))) * u),
+                Activation::GeluTanh => {
+                    o.iter_mut().zip(g).zip(u).for_each(|((o, &g), &u)| *o = 0.5 * g * (1.0 + math::tanh(0.797_884_6 * (g + 0.044715 * g * g * g))) * u)
+                }
             }
             i += n;
         }
