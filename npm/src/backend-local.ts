@@ -7,6 +7,7 @@ import type { StoredFile } from './cache/types.js';
 import { EmberError, throwIfAborted } from './errors.js';
 import { pickDevice } from './gpu.js';
 import { modelRef } from './hub.js';
+import { isLocalModelPath, openLocalGguf } from './local-file.js';
 import { fetchModelFiles, type LoadProgress } from './model-files.js';
 import type { EngineInfo, EngineOptions, LoadStats } from './types.js';
 import { cpuThreadPlan } from './cpu-threads.js';
@@ -107,20 +108,23 @@ export class LocalBackend implements Backend {
   static async load(repo: string, o: EngineOptions = {}): Promise<LocalBackend> {
     const started = now();
     const progress = (p: LoadProgress) => o.onProgress?.(p);
-    const ref = modelRef(repo, { hub: o.hub, revision: o.revision });
+    // A .gguf on disk is read in place; anything else is a Hub repo.
+    const localFile = isLocalModelPath(repo) ? await openLocalGguf(repo) : null;
+    const ref = localFile?.ref ?? modelRef(repo, { hub: o.hub, revision: o.revision });
     // Picked before downloading: `device: 'webgpu'` without an adapter fails before any bytes move.
     const picked = await pickDevice(o.device);
     const { wasm, threadsWhy } = await loadEngineWasm(picked.device, o);
-    const cache = await openCache(o.cache, o.cacheDir);
     const fetchStarted = now();
-    const files = await fetchModelFiles(ref, { file: o.file, quant: o.quant }, {
-      cache,
-      fetch: o.fetch ?? globalThis.fetch.bind(globalThis),
-      hasher: wasmHashers(wasm),
-      signal: o.signal,
-      offline: o.offline,
-      onProgress: progress,
-    });
+    const files =
+      localFile ??
+      (await fetchModelFiles(ref, { file: o.file, quant: o.quant }, {
+        cache: await openCache(o.cache, o.cacheDir),
+        fetch: o.fetch ?? globalThis.fetch.bind(globalThis),
+        hasher: wasmHashers(wasm),
+        signal: o.signal,
+        offline: o.offline,
+        onProgress: progress,
+      }));
     throwIfAborted(o.signal);
     const filesMs = now() - fetchStarted;
 

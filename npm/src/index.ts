@@ -23,8 +23,10 @@ export { requestPersistentStorage, storageEstimate };
 
 /**
  * Loads `repo` (a Hub id such as `HuggingFaceTB/SmolLM2-360M-Instruct`, optionally `@revision`)
- * from the cache, downloading it first when needed, and returns a ready engine. In a browser
- * page the engine runs in a dedicated Web Worker unless `worker: false`.
+ * from the cache, downloading it first when needed, and returns a ready engine. In Node, Deno
+ * and Bun `repo` may instead be a path to a .gguf file (absolute, `./…`, or ending in `.gguf`),
+ * read in place with no network. In a browser page the engine runs in a dedicated Web Worker
+ * unless `worker: false`.
  */
 export async function createEngine(repo: string, options: EngineOptions = {}): Promise<Engine> {
   const inWorker = options.worker ?? (IS_BROWSER_WINDOW && typeof Worker !== 'undefined');

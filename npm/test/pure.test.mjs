@@ -101,3 +101,10 @@ test('request parameters: out-of-range seeds and top_k are bad requests, ignore_
   assert.equal(seen.seed, 2 ** 53 - 1);
   assert.equal(r.usage.prompt_tokens_details.cached_tokens, 0);
 });
+
+test('a .gguf path or file: URL is a local model, an owner/name is a Hub repo', async () => {
+  const { isLocalModelPath } = await import('../dist/local-file.js');
+  for (const local of ['/models/x.gguf', './x.gguf', '../m/x.GGUF', 'file:///m/x.gguf', 'C:\\models\\x.gguf', 'models/x.gguf', 'x.gguf', './some-dir'])
+    assert.ok(isLocalModelPath(local), local);
+  for (const hub of ['HuggingFaceTB/SmolLM2-360M-Instruct', 'a/b@v1.0', 'a/b-GGUF', 'owner/name.v2']) assert.ok(!isLocalModelPath(hub), hub);
+});
