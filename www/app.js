@@ -7,11 +7,11 @@ import { DEFAULT_HUB_MODEL, formatBytes, HUB_MODELS } from './models.js';
 
 const $ = (id) => document.getElementById(id);
 const ui = {
-  model: $('model'), custom: $('custom-model'), load: $('load'), banner: $('banner'), progress: $('progress'),
+  model: $('model'), custom: $('custom-model'), load: $('load'), banner: $('banner'), bannerText: $('banner-text'), progress: $('progress'),
   chat: $('chat'), prompt: $('prompt'), send: $('send'), stop: $('stop'), figures: $('figures'), composer: $('composer'),
   settings: $('settings'), cache: $('cache'), cached: $('cached'), estimate: $('estimate'), persist: $('persist'),
 };
-const state = { engine: null, config: { localHub: null, bundled: [] }, messages: [], abort: null, modelLabel: '' };
+const state = { engine: null, config: { localHub: null, bundled: [] }, messages: [], abort: null, modelLabel: '', loadedChoice: null };
 
 function setState(s) {
   document.body.dataset.state = s;
@@ -24,22 +24,31 @@ function setState(s) {
   ui.chat.querySelectorAll('button.regenerate').forEach((b) => (b.disabled = !ready));
 }
 
-function banner(message, kind = 'error') {
+/** A message above the chat (closable); `detail` (the technical cause) shows on hover. */
+function banner(message, kind = 'error', detail = '') {
   ui.banner.hidden = !message;
   ui.banner.className = kind;
-  ui.banner.textContent = message ?? '';
+  ui.bannerText.textContent = message ?? '';
+  ui.banner.title = detail;
 }
+$('banner-close').addEventListener('click', () => banner(null));
 
-/** A user-facing explanation per error code. */
+/** A user-facing explanation per error code: `{ text, detail }`, the error's own message as detail. */
 function explain(e) {
+  const unreachable = navigator.onLine
+    ? 'The Hugging Face Hub cannot be reached, and this model is not downloaded yet. Pick a bundled or downloaded model, or try again later.'
+    : 'You are offline, and this model is not downloaded yet. Pick a bundled or downloaded model.';
   const hints = {
     'no-webgpu': 'This browser cannot run WebGPU here. Use a recent Chrome, Edge or Safari on a device with a supported GPU.',
-    quota: 'Not enough storage for this model. Delete cached models in Storage, or pick a smaller one.',
-    offline: 'You are offline and this model is not cached yet. Pick a cached or bundled model.',
-    'not-found': 'The Hub does not have that model (or it is gated/private).',
-    model: 'The model could not be loaded on this device (unsupported architecture, a corrupt file, or it exceeds the GPU limits).',
+    quota: 'Not enough storage for this model. Delete downloaded models in Storage, or pick a smaller one.',
+    offline: unreachable,
+    network: unreachable,
+    'not-found': 'The Hub does not have that model (or it is gated or private).',
+    model: 'The model could not be loaded on this device (an unsupported architecture, a corrupt file, or it exceeds the device limits).',
   };
-  return `${hints[e?.code] ? `${hints[e.code]} ` : ''}(${e?.message ?? e})`;
+  const detail = String(e?.message ?? e);
+  if (hints[e?.code]) console.info('emberlm:', detail);
+  return { text: hints[e?.code] ?? detail, detail };
 }
 
 // ---- models ----------------------------------------------------------------------------------
@@ -68,16 +77,6 @@ function fillPicker(defaultValue) {
   ui.custom.hidden = ui.model.value !== 'custom';
 }
 
-async function hubReachable() {
-  if (!navigator.onLine) return false;
-  try {
-    const res = await fetch(`https://huggingface.co/api/models/${DEFAULT_HUB_MODEL}`, { method: 'HEAD', signal: AbortSignal.timeout(2500) });
-    return res.ok;
-  } catch {
-    return false;
-  }
-}
-
 function selectedModel() {
   const v = ui.model.value;
   if (v === 'custom') return { id: ui.custom.value.trim(), hub: undefined };
@@ -85,26 +84,51 @@ function selectedModel() {
   return { id: rest.join(':'), hub: where === 'local' ? state.config.localHub : undefined };
 }
 
+/** Empties the conversation (a new chat). */
+function newConversation() {
+  state.messages = [];
+  ui.chat.replaceChildren();
+}
+
+/**
+ * Loads the picked model. The model in use stays loaded until the new one is ready: a load
+ * that fails leaves the page as it was, with a message.
+ */
 async function loadModel() {
   const { id, hub } = selectedModel();
   if (!id) return banner('Type a Hub repo id such as HuggingFaceTB/SmolLM2-360M-Instruct.');
   banner(null);
+  const previous = state.engine ? { engine: state.engine, label: state.modelLabel, choice: state.loadedChoice } : null;
   setState('loading');
-  await state.engine?.unload();
-  state.engine = null;
   ui.progress.hidden = false;
   const bar = ui.progress.querySelector('span');
   const text = ui.progress.querySelector('p');
-  const phases = { download: 'Downloading', upload: 'Uploading to the GPU', compile: 'Compiling shaders', ready: 'Ready' };
+  bar.style.width = '0%';
+  text.textContent = `Starting ${id}…`;
+  const phases = { download: 'Downloading', upload: 'Loading the weights', ready: 'Ready' };
   try {
-    state.engine = await createEngine(id, {
+    const engine = await createEngine(id, {
       hub,
       onProgress(p) {
+        if (p.phase === 'compile') {
+          // One warm-up token: no bytes to count.
+          bar.style.width = '100%';
+          text.textContent = 'Getting the model ready…';
+          return;
+        }
         bar.style.width = `${p.total ? Math.round((100 * p.loaded) / p.total) : 0}%`;
         const file = p.file ? ` ${p.file}` : '';
         text.textContent = `${phases[p.phase]}${file} — ${formatBytes(p.loaded)} of ${formatBytes(p.total)}`;
       },
     });
+    await previous?.engine.unload();
+    state.engine = engine;
+    state.loadedChoice = ui.model.value;
+    if (previous && previous.label !== id && state.messages.length) {
+      // The old model's conversation is not this one's.
+      newConversation();
+      banner(`New conversation with ${id}.`, 'info');
+    }
     const i = state.engine.info;
     state.modelLabel = id;
     const l = i.load;
@@ -121,8 +145,17 @@ async function loadModel() {
     ui.prompt.focus();
   } catch (e) {
     ui.progress.hidden = true;
-    banner(explain(e));
-    setState('idle');
+    const { text: why, detail } = explain(e);
+    if (previous) {
+      // Back to the model that still runs.
+      banner(`${id} could not be loaded: ${why} Still using ${previous.label}.`, 'error', detail);
+      if (previous.choice) ui.model.value = previous.choice;
+      ui.custom.hidden = ui.model.value !== 'custom';
+      setState('ready');
+    } else {
+      banner(why, 'error', detail);
+      setState('idle');
+    }
   }
   refreshCache();
 }
@@ -139,6 +172,12 @@ function bubble(role, text) {
   ui.chat.append(div);
   ui.chat.scrollTop = ui.chat.scrollHeight;
   return div;
+}
+
+/** Whether the chat is scrolled to (nearly) its end: new text then keeps it there. */
+const atEnd = () => ui.chat.scrollHeight - ui.chat.scrollTop - ui.chat.clientHeight < 48;
+function follow(wasAtEnd) {
+  if (wasAtEnd) ui.chat.scrollTop = ui.chat.scrollHeight;
 }
 
 /** Markdown for replies, sanitised: no forms, inputs or media, no attributes that send requests. */
@@ -197,14 +236,17 @@ async function reply() {
         pending = true;
         requestAnimationFrame(() => {
           pending = false;
+          const stick = atEnd();
           render(body, 'assistant', text);
-          ui.chat.scrollTop = ui.chat.scrollHeight;
+          follow(stick);
         });
       }
     }
   } catch (e) {
-    banner(explain(e));
+    const { text: why, detail } = explain(e);
+    banner(why, 'error', detail);
   }
+  const stick = atEnd();
   render(body, 'assistant', text);
   div.classList.remove('streaming');
   state.messages.push({ role: 'assistant', content: text });
@@ -230,15 +272,24 @@ async function reply() {
   ui.chat.querySelectorAll('button.regenerate').forEach((b) => b.remove());
   meta.append(again);
   div.append(meta);
+  follow(stick);
   state.abort = null;
   setState('ready');
 }
+
+/** The message box grows with its text, up to its CSS max-height (then it scrolls). */
+function fitPrompt() {
+  ui.prompt.style.height = 'auto';
+  ui.prompt.style.height = `${ui.prompt.scrollHeight + ui.prompt.offsetHeight - ui.prompt.clientHeight}px`;
+}
+ui.prompt.addEventListener('input', fitPrompt);
 
 ui.composer.addEventListener('submit', (ev) => {
   ev.preventDefault();
   const text = ui.prompt.value.trim();
   if (!text || !state.engine) return;
   ui.prompt.value = '';
+  fitPrompt();
   state.messages.push({ role: 'user', content: text });
   bubble('user', text);
   reply();
@@ -309,8 +360,8 @@ async function start() {
   }
   const saved = localStorage.getItem('emberlm.model');
   const firstBundled = state.config.localHub && state.config.bundled[0] ? `local:${state.config.bundled[0].id}` : null;
-  let initial = saved && !saved.startsWith('custom:') ? saved : null;
-  if (!initial) initial = (await hubReachable()) || !firstBundled ? `hub:${DEFAULT_HUB_MODEL}` : firstBundled;
+  // The bundled model when there is one: no Hub probe (offline it only logged network errors).
+  const initial = (saved && !saved.startsWith('custom:') ? saved : null) ?? firstBundled ?? `hub:${DEFAULT_HUB_MODEL}`;
   fillPicker(initial);
   if (ui.model.value !== initial) ui.model.selectedIndex = 0;
   document.body.dataset.started = 'true';

@@ -53,8 +53,11 @@ function inside(dir, rel) {
   return file.startsWith(normalize(dir + sep)) ? file : null;
 }
 
-/** The bundled models the picker offers, as served by the local model server. */
-export function bundledModels() {
+/**
+ * The bundled models the picker offers, as served by the local model server; `testModels`
+ * adds the tiny random test model (for the page's tests: it babbles, so users never see it).
+ */
+export function bundledModels({ testModels = false } = {}) {
   const repos = fixtureRepos();
   const out = [];
   if (repos['HuggingFaceTB/SmolLM2-135M-Instruct-GGUF']) {
@@ -62,11 +65,11 @@ export function bundledModels() {
     // Q4_1 stays 4-bit on the GPU; plus a 2048-token f32 KV cache (30 layers × 2 × 3 × 64 × 4 B per token).
     out.push({ id: 'HuggingFaceTB/SmolLM2-135M-Instruct-GGUF', label: 'SmolLM2 135M Instruct (Q4_1, bundled)', download: size, memory: size + 2048 * 30 * 2 * 3 * 64 * 4 });
   }
-  out.push({ id: 'emberlm-test/tiny-qwen2-GGUF', label: 'Tiny random Qwen2 (test model, babbles)', download: 444_096, memory: 4_000_000 });
+  if (testModels) out.push({ id: 'emberlm-test/tiny-qwen2-GGUF', label: 'Tiny random Qwen2 (test model, babbles)', download: 444_096, memory: 4_000_000 });
   return out;
 }
 
-export async function startChatServer({ port = 0, host = '127.0.0.1', hubPort = 0 } = {}) {
+export async function startChatServer({ port = 0, host = '127.0.0.1', hubPort = 0, testModels = false } = {}) {
   let hub = await startMockHub({ repos: fixtureRepos(), port: hubPort });
   const server = createServer(async (req, res) => {
     let path;
@@ -79,7 +82,7 @@ export async function startChatServer({ port = 0, host = '127.0.0.1', hubPort = 
     }
     if (path === '/config.json') {
       res.writeHead(200, { 'content-type': TYPES['.json'], 'cache-control': 'no-store', ...ISOLATION });
-      res.end(JSON.stringify({ localHub: hub?.url ?? hubUrl, bundled: bundledModels() }));
+      res.end(JSON.stringify({ localHub: hub?.url ?? hubUrl, bundled: bundledModels({ testModels }) }));
       return;
     }
     const file = fileFor(path);

@@ -8,7 +8,7 @@ import { tmpdir } from 'node:os';
 import { dirname, join } from 'node:path';
 import { after, before, test } from 'node:test';
 import { fileURLToPath } from 'node:url';
-import { startChatServer } from '../../www/serve.mjs';
+import { bundledModels, startChatServer } from '../../www/serve.mjs';
 import { launchChromium, launchPersistentChromium } from './chromium.mjs';
 
 const here = dirname(fileURLToPath(import.meta.url));
@@ -21,7 +21,8 @@ let page;
 
 before(async () => {
   mkdirSync(shots, { recursive: true });
-  server = await startChatServer();
+  // The tiny random model is offered here only: users never see it in the picker.
+  server = await startChatServer({ testModels: true });
   browser = await launchChromium();
   context = await browser.newContext({ viewport: { width: 1200, height: 800 } });
   page = await context.newPage();
@@ -64,6 +65,7 @@ test('pick the bundled model, send a message, see a streamed reply with figures'
   assert.match(await page.title(), /emberlm/);
   const options = await page.$$eval('#model option', (os) => os.map((o) => o.value));
   assert.ok(options.includes(TINY) && options.includes('hub:HuggingFaceTB/SmolLM2-360M-Instruct') && options.includes('custom'));
+  assert.ok(!bundledModels().some((m) => m.id.startsWith('emberlm-test/')), 'the page as users get it offers no test model');
   await loadTiny();
   // The page is served cross-origin isolated, so the CPU backend has a thread per core.
   const cores = await page.evaluate(() => (crossOriginIsolated ? Math.min(navigator.hardwareConcurrency, 16) : 0));
@@ -110,6 +112,74 @@ test('stop ends a long reply early; regenerate replaces the last reply', async (
   );
   assert.equal(await page.locator('.msg.assistant').count(), count, 'the reply was replaced, not added');
   assert.match(await page.locator('.msg.assistant').last().locator('.meta').textContent(), /^8 tokens/);
+});
+
+test('the chat area keeps the newest reply in view, and the message box grows with its text', async () => {
+  await page.setViewportSize({ width: 1200, height: 500 });
+  try {
+    await setting('max-tokens', '60');
+    await page.click('#toggle-settings'); // closed again: the chat gets the room
+    for (let i = 0; i < 8 && !(await page.evaluate(() => document.getElementById('chat').scrollHeight > document.getElementById('chat').clientHeight * 1.5)); i++) {
+      await send(`Message ${i}`);
+      await page.waitForSelector('body[data-state="ready"]', { timeout: 120_000 });
+    }
+    const at = await page.evaluate(() => { const chat = document.getElementById('chat'); return {
+      chat: chat.scrollHeight - chat.scrollTop - chat.clientHeight,
+      overflows: chat.scrollHeight > chat.clientHeight,
+      page: document.documentElement.scrollHeight - document.documentElement.clientHeight,
+    }; });
+    assert.ok(at.overflows, 'enough replies to scroll');
+    assert.ok(at.chat <= 2, `the newest reply is in view (${at.chat}px below)`);
+    assert.ok(at.page <= 0, `the chat scrolls, not the page (${at.page}px)`);
+    assert.ok(await page.isVisible('#composer'), 'the message box stays on screen');
+
+    const height = () => page.$eval('#prompt', (t) => t.getBoundingClientRect().height);
+    const one = await height();
+    // `fill` types as a paste does (Enter would send): one input event.
+    await page.fill('#prompt', 'one\ntwo\nthree\nfour');
+    const four = await height();
+    assert.ok(four > one * 2, `four lines make the box taller (${one}px → ${four}px)`);
+    await page.fill('#prompt', 'more\n'.repeat(20));
+    assert.ok((await height()) <= 10 * 16 + 1, 'up to its maximum, then it scrolls');
+    await page.fill('#prompt', '');
+    assert.ok((await height()) <= one + 1, 'and shrinks again');
+  } finally {
+    await page.setViewportSize({ width: 1200, height: 800 });
+  }
+});
+
+test('a model that fails to load leaves the one in use loaded, and says so in a banner that closes', async () => {
+  // A bundled-looking choice the local model server does not have.
+  await page.evaluate(() => document.querySelector('#model optgroup').append(new Option('Missing', 'local:emberlm-test/missing-GGUF')));
+  await page.selectOption('#model', 'local:emberlm-test/missing-GGUF');
+  await page.click('#load');
+  await page.waitForSelector('#banner:not([hidden])', { timeout: 120_000 });
+  await page.waitForSelector('body[data-state="ready"]');
+  assert.match(await page.textContent('#banner-text'), /emberlm-test\/missing-GGUF could not be loaded: .*Still using emberlm-test\/tiny-qwen2-GGUF\./);
+  assert.equal(await page.inputValue('#model'), TINY, 'the picker shows the model in use again');
+  assert.equal(await page.isEnabled('#prompt'), true);
+  await setting('max-tokens', '4');
+  await send('Still working?');
+  await page.waitForSelector('body[data-state="ready"]', { timeout: 120_000 });
+  await page.click('#banner-close');
+  assert.equal(await page.isHidden('#banner'), true);
+});
+
+test('with the Hub unreachable, a Hub model gets a plain message, not a technical one', async () => {
+  await page.route(/huggingface\.co/, (route) => route.abort('internetdisconnected'));
+  try {
+    await page.selectOption('#model', 'hub:HuggingFaceTB/SmolLM2-135M-Instruct');
+    await page.click('#load');
+    await page.waitForSelector('#banner:not([hidden])', { timeout: 180_000 });
+    await page.waitForSelector('body[data-state="ready"]');
+    const text = await page.textContent('#banner-text');
+    assert.match(text, /The Hugging Face Hub cannot be reached, and this model is not downloaded yet\./);
+    assert.doesNotMatch(text, /\(|fetch|TypeError/, 'no nested technical detail');
+    assert.ok((await page.getAttribute('#banner', 'title')).length > 0, 'the cause is still there on hover');
+  } finally {
+    await page.unroute(/huggingface\.co/);
+    await page.click('#banner-close');
+  }
 });
 
 test('the page is an installable PWA (manifest, icon, service worker)', async () => {
