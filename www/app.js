@@ -3,7 +3,7 @@
 import { createEngine, deleteCachedModel, listCachedModels, requestPersistentStorage, storageEstimate } from './emberlm/dist/index.js';
 import { marked } from './vendor/marked.js';
 import DOMPurify from './vendor/purify.js';
-import { DEFAULT_HUB_MODEL, formatBytes, HUB_MODELS } from './models.js';
+import { DEFAULT_HUB_MODEL, formatBytes, HUB_MODELS, samplingFor } from './models.js';
 
 const $ = (id) => document.getElementById(id);
 const ui = {
@@ -131,6 +131,10 @@ async function loadModel() {
     }
     const i = state.engine.info;
     state.modelLabel = id;
+    const defaults = samplingFor(id);
+    $('temperature').value = defaults.temperature;
+    $('top-p').value = defaults.top_p;
+    $('top-k').value = defaults.top_k;
     const l = i.load;
     const s = (ms) => (ms / 1000).toFixed(1);
     const phases = `files ${s(l.filesMs)} · header ${s(l.headerMs)} · tokenizer ${s(l.tokenizerMs)} · upload ${s(l.uploadMs)} · compile ${s(l.compileMs)} s`;

@@ -13,6 +13,26 @@ export const HUB_MODELS = [
   { id: 'microsoft/Phi-3.5-mini-instruct', label: 'Phi-3.5 mini instruct', download: 7.64e9, memory: 2.6e9 },
 ];
 
+/**
+ * Sampling defaults per model family, from each model's generation_config.json or card (GGUF
+ * repos carry none): applied to the Settings when a model loads. SmolLM2's card asks for 0.2,
+ * and at the page's old 0.7 its 135M model named "L'Étoile" the capital of France.
+ */
+const SAMPLING = [
+  [/SmolLM2/i, { temperature: 0.2, top_p: 0.9, top_k: 0 }],
+  [/Qwen3/i, { temperature: 0.6, top_p: 0.95, top_k: 20 }],
+  [/Qwen2\.5/i, { temperature: 0.7, top_p: 0.8, top_k: 20 }],
+  [/Llama-3/i, { temperature: 0.6, top_p: 0.9, top_k: 0 }],
+  [/gemma-3/i, { temperature: 1.0, top_p: 0.95, top_k: 64 }],
+  [/^emberlm-test\//, { temperature: 0, top_p: 1, top_k: 0 }],
+];
+export const DEFAULT_SAMPLING = { temperature: 0.7, top_p: 0.95, top_k: 0 };
+
+/** The sampling defaults for a repo id. */
+export function samplingFor(id) {
+  return SAMPLING.find(([pattern]) => pattern.test(id))?.[1] ?? DEFAULT_SAMPLING;
+}
+
 /** The default with Hub access. */
 export const DEFAULT_HUB_MODEL = 'HuggingFaceTB/SmolLM2-360M-Instruct';
 

@@ -67,6 +67,10 @@ test('pick the bundled model, send a message, see a streamed reply with figures'
   assert.ok(options.includes(TINY) && options.includes('hub:HuggingFaceTB/SmolLM2-360M-Instruct') && options.includes('custom'));
   assert.ok(!bundledModels().some((m) => m.id.startsWith('emberlm-test/')), 'the page as users get it offers no test model');
   await loadTiny();
+  // Sampling defaults follow the model (SmolLM2: its card's 0.2; the tiny model: greedy).
+  assert.equal(await page.inputValue('#temperature'), '0');
+  const smol = await page.evaluate(async () => (await import('./models.js')).samplingFor('HuggingFaceTB/SmolLM2-135M-Instruct-GGUF'));
+  assert.deepEqual(smol, { temperature: 0.2, top_p: 0.9, top_k: 0 });
   // The page is served cross-origin isolated, so the CPU backend has a thread per core.
   const cores = await page.evaluate(() => (crossOriginIsolated ? Math.min(navigator.hardwareConcurrency, 16) : 0));
   assert.ok(cores > 0, 'the chat page is cross-origin isolated');
@@ -94,8 +98,17 @@ test('pick the bundled model, send a message, see a streamed reply with figures'
 test('stop ends a long reply early; regenerate replaces the last reply', async () => {
   await setting('max-tokens', '400');
   const reply = await send('Tell me everything.');
-  await page.waitForFunction(() => (document.querySelector('.msg.assistant:last-child .body')?.textContent ?? '').length > 0, null, { timeout: 120_000 });
-  await page.click('#stop');
+  // Stop as soon as text appears, from inside the page: the tiny model on the CPU can finish
+  // 400 tokens within one Playwright round trip.
+  await page.waitForFunction(
+    () => {
+      if ((document.querySelector('.msg.assistant:last-child .body')?.textContent ?? '').length === 0) return false;
+      document.getElementById('stop').click();
+      return true;
+    },
+    null,
+    { timeout: 120_000 },
+  );
   await page.waitForSelector('body[data-state="ready"]', { timeout: 60_000 });
   const meta = await reply.locator('.meta').textContent();
   assert.match(meta, /stopped/);
