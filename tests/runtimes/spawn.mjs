@@ -21,10 +21,14 @@ export function runtimeEnv(runtime, extra = {}) {
   return env;
 }
 
-/** Runs `cmd args` to the end (killed after `timeoutMs`); resolves to { status, stdout, stderr }. */
-export function run(cmd, args, { cwd, env, timeoutMs = 240_000 } = {}) {
+/**
+ * Runs `cmd args` to the end (killed after `timeoutMs`), with `input` as its standard input
+ * (closed after it); resolves to { status, stdout, stderr }.
+ */
+export function run(cmd, args, { cwd, env, timeoutMs = 240_000, input } = {}) {
   return new Promise((resolve) => {
     const child = spawn(cmd, args, { cwd, env });
+    if (input !== undefined) child.stdin.end(input);
     let stdout = '';
     let stderr = '';
     child.stdout.on('data', (d) => (stdout += d));
