@@ -47,7 +47,7 @@ pub enum Int8Layout {
     /// Per block of 4 groups: their four low-nibble halves, then their four high-nibble halves, so
     /// a block's 64 weight bytes meet 64 activation bytes per instruction once split into low and
     /// high nibbles (Q4 with AVX-512 VNNI). Padded with zeros to whole blocks, and `d`/`sum` to
-    /// whole 16-group chunks; `d_lanes` holds each group's d four times (one per 32-bit lane).
+    /// whole 16-group chunks.
     NibbleBlocks,
 }
 
@@ -58,9 +58,6 @@ pub struct Int8Activations {
     pub d: Vec<f32>,
     /// Per group: Σ x̃ᵢ = d·Σqᵢ (Q4's min term; Q8's +128 offset in the VNNI kernel).
     pub sum: Vec<f32>,
-    /// [`Int8Layout::NibbleBlocks`] only: per block of 4 groups, 16 lanes of d (group j of the
-    /// block in lanes 4j..4j+3, where its integer sums land).
-    pub d_lanes: Vec<f32>,
     layout: Int8Layout,
     groups: usize,
 }
@@ -73,7 +70,7 @@ impl Int8Activations {
             Int8Layout::NibbleBlocks => (groups.next_multiple_of(4), groups.next_multiple_of(16)),
             _ => (groups, groups),
         };
-        let mut out = Self { q: vec![0; q_groups * GROUP_SIZE], d: vec![0.0; d_groups], sum: vec![0.0; d_groups], d_lanes: Vec::new(), layout, groups };
+        let mut out = Self { q: vec![0; q_groups * GROUP_SIZE], d: vec![0.0; d_groups], sum: vec![0.0; d_groups], layout, groups };
         for (g, src) in x.chunks_exact(GROUP_SIZE).enumerate() {
             // Eight running maxima and a natural-order pass vectorise; the layout's order is a
             // fixed shuffle afterwards.
@@ -96,9 +93,6 @@ impl Int8Activations {
             }
             out.d[g] = d;
             out.sum[g] = d * total as f32;
-        }
-        if layout == Int8Layout::NibbleBlocks {
-            out.d_lanes = (0..q_groups * 4).map(|lane| out.d[lane / 4]).collect();
         }
         out
     }
