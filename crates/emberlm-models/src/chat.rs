@@ -5,7 +5,7 @@
 //! what Python's `json.dumps` writes.
 //!
 //! Templates come from model files, so they are hostile input: rendering is bounded in steps
-//! (minijinja fuel), output size, and the widths that filters pad to, and every bound broken
+//! and bytes built (minijinja fuel), output size, and the widths that filters pad to, and every bound broken
 //! is a template error, never a hang or an allocation failure.
 
 use minijinja::{Environment, Error, ErrorKind, Value};
@@ -20,9 +20,11 @@ pub struct ChatTemplate {
     pub eos_token: Option<String>,
 }
 
-/// Template instructions one render may run: real templates with long tool lists take well
-/// under 1% of it; nested `range(100000)` loops stop within a second.
-pub const TEMPLATE_FUEL: u64 = 20_000_000;
+/// Fuel for one render. minijinja charges a unit per instruction and per ~64 bytes of any
+/// string or list a template builds (output, `~`, `+`, `replace`, ...), so this bounds both
+/// time (nested `range(100000)` loops stop within a second) and memory (a string doubled in a
+/// loop stops near 5M × 64 B = 320 MB). A 2,000-message, 2 MB conversation fits in 6% of it.
+pub const TEMPLATE_FUEL: u64 = 5_000_000;
 /// The longest prompt text a template may write (a million-token conversation is ~4 MiB).
 pub const TEMPLATE_MAX_OUTPUT: usize = 16 << 20;
 /// The widest indent or padding a template may ask of `tojson`, `indent` or `format`.
@@ -67,7 +69,11 @@ fn bounded_indent(
 }
 
 /// minijinja's `format` filter with the widths bounded.
-fn bounded_format(state: &minijinja::State, format: &Value, args: minijinja::value::Rest<Value>) -> std::result::Result<Value, Error> {
+fn bounded_format(
+    state: &mut minijinja::State,
+    format: &Value,
+    args: minijinja::value::Rest<minijinja::value::ValueOrKwargs>,
+) -> std::result::Result<Value, Error> {
     check_format_widths(format.as_str().unwrap_or_default())?;
     minijinja::filters::format(state, format, args)
 }
@@ -175,8 +181,9 @@ impl ChatTemplate {
     /// to the template context (`tools`, `date_string`, ...).
     pub fn render(&self, messages: &Json, add_generation_prompt: bool, extra: Option<&Json>) -> Result<String> {
         let mut env = Environment::new();
-        env.set_trim_blocks(true);
-        env.set_lstrip_blocks(true);
+        env.set_syntax(
+            minijinja::syntax::SyntaxConfig::builder().trim_blocks(true).lstrip_blocks(true).build().map_err(|e| ModelError::ChatTemplate(format!("{e:#}")))?,
+        );
         env.set_fuel(Some(TEMPLATE_FUEL));
         env.set_unknown_method_callback(|state, value, method, args| {
             if method == "format" || method == "center" || method == "ljust" || method == "rjust" || method == "zfill" {
@@ -205,10 +212,10 @@ impl ChatTemplate {
         ctx.insert("bos_token".into(), self.bos_token.clone().map_or(Json::String(String::new()), Json::String));
         ctx.insert("eos_token".into(), self.eos_token.clone().map_or(Json::String(String::new()), Json::String));
         let mut out = CappedOutput(Vec::new());
-        template.render_captured_to(Value::from_serialize(&ctx), &mut out).map_err(|e| {
+        template.render_captured_to(Value::from(minijinja::value::Serde(&ctx)), &mut out).map_err(|e| {
             // Out of fuel or past the output cap: say which bound, not only "rendering failed".
             let bound = match e.kind() {
-                ErrorKind::OutOfFuel => format!(" (more than {TEMPLATE_FUEL} steps)"),
+                ErrorKind::OutOfFuel => format!(" (past its budget of {TEMPLATE_FUEL} steps or {} MB built)", TEMPLATE_FUEL * 64 / 1_000_000),
                 ErrorKind::WriteFailure => format!(" (more than {} MiB of output)", TEMPLATE_MAX_OUTPUT >> 20),
                 _ => String::new(),
             };
@@ -243,6 +250,11 @@ mod tests {
         let started = web_time::Instant::now();
         let cases = [
             ("{% for a in range(100000) %}{% for b in range(100000) %}{% endfor %}{% endfor %}", "steps"),
+            // Strings and lists that double or square each round: fuel pays for their bytes.
+            ("{% set ns = namespace(s='x') %}{% for i in range(64) %}{% set ns.s = ns.s ~ ns.s %}{% endfor %}{{ ns.s | length }}", "steps"),
+            ("{% set ns = namespace(s='x') %}{% for i in range(64) %}{% set ns.s = ns.s + ns.s %}{% endfor %}{{ ns.s | length }}", "steps"),
+            ("{% set ns = namespace(s='xx') %}{% for i in range(64) %}{% set ns.s = ns.s | replace('x', ns.s) %}{% endfor %}", "steps"),
+            ("{% macro grow(s, n) %}{% if n %}{{ grow(s ~ s, n - 1) }}{% else %}{{ s | length }}{% endif %}{% endmacro %}{{ grow('x', 64) }}", "steps"),
             ("{% for a in range(100000) %}{{ 'x' * 10000 }}{% endfor %}", "MiB of output"),
             ("{{ messages | tojson(indent=4611686018427387904) }}", "wider than"),
             ("{{ 'a\nb' | indent(1000000000000) }}", "wider than"),

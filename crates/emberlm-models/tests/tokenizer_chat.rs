@@ -85,6 +85,23 @@ fn chat_templates_render_like_transformers() {
     }
 }
 
+/// The template bounds (fuel for steps and bytes built, output size) leave room for real use:
+/// every fixture template renders a 2,000-message, 2 MB conversation.
+#[test]
+fn long_conversations_render_within_the_template_bounds() {
+    let all = read_json(&fixtures().join("tiny/chat_templates.json")).unwrap();
+    let turn = "lorem ipsum dolor sit amet ".repeat(38);
+    let messages: Vec<Value> =
+        (0..2000).map(|i| serde_json::json!({"role": if i % 2 == 0 { "user" } else { "assistant" }, "content": format!("{i}: {turn}")})).collect();
+    let messages = Value::Array(messages);
+    for t in all.as_array().unwrap() {
+        let template =
+            ChatTemplate { source: t["template"].as_str().unwrap().to_string(), bos_token: t["bos_token"].as_str().map(String::from), eos_token: None };
+        let got = template.render(&messages, true, Some(&t["extra_context"])).unwrap_or_else(|e| panic!("{}: {e}", t["name"]));
+        assert!(got.len() > 2_000_000 && got.contains("1999: lorem"), "{}: {} bytes", t["name"], got.len());
+    }
+}
+
 #[test]
 fn template_errors_are_reported() {
     let gemma = read_json(&fixtures().join("tiny/chat_templates.json")).unwrap().as_array().unwrap().iter().find(|t| t["name"] == "gemma-2").unwrap().clone();
