@@ -45,6 +45,7 @@ function explain(e) {
     network: unreachable,
     'not-found': 'The Hub does not have that model (or it is gated or private).',
     model: 'The model could not be loaded on this device (an unsupported architecture, a corrupt file, or it exceeds the device limits).',
+    crashed: 'The engine crashed on this model (a bug, or a broken model file). Loading it again…',
   };
   const detail = String(e?.message ?? e);
   if (hints[e?.code]) console.info('emberlm:', detail);
@@ -94,10 +95,11 @@ function newConversation() {
  * Loads the picked model. The model in use stays loaded until the new one is ready: a load
  * that fails leaves the page as it was, with a message.
  */
-async function loadModel() {
+async function loadModel({ afterCrash = false } = {}) {
+  if (afterCrash && state.loadedChoice) ui.model.value = state.loadedChoice;
   const { id, hub } = selectedModel();
   if (!id) return banner('Type a Hub repo id such as HuggingFaceTB/SmolLM2-360M-Instruct.');
-  banner(null);
+  if (!afterCrash) banner(null);
   const previous = state.engine ? { engine: state.engine, label: state.modelLabel, choice: state.loadedChoice } : null;
   setState('loading');
   ui.progress.hidden = false;
@@ -137,16 +139,17 @@ async function loadModel() {
     $('top-k').value = defaults.top_k;
     const l = i.load;
     const s = (ms) => (ms / 1000).toFixed(1);
-    const phases = `files ${s(l.filesMs)} · header ${s(l.headerMs)} · tokenizer ${s(l.tokenizerMs)} · upload ${s(l.uploadMs)} · compile ${s(l.compileMs)} s`;
+    const took = `files ${s(l.filesMs)} · header ${s(l.headerMs)} · tokenizer ${s(l.tokenizerMs)} · upload ${s(l.uploadMs)} · compile ${s(l.compileMs)} s`;
     // Which backend runs the model, and why (auto takes the CPU on software WebGPU adapters).
     state.deviceLabel = i.device.name;
-    ui.figures.textContent = `${id} · ${i.architecture} · ${formatBytes(i.weightBytes)} · ${i.device.name}, ${i.device.reason} · loaded in ${s(i.loadMs)} s${i.fromCache ? ' from cache' : ''} (${phases})`;
+    ui.figures.textContent = `${id} · ${i.architecture} · ${formatBytes(i.weightBytes)} · ${i.device.name}, ${i.device.reason} · loaded in ${s(i.loadMs)} s${i.fromCache ? ' from cache' : ''} (${took})`;
     ui.figures.title = i.device.reason;
     ui.progress.hidden = true;
     localStorage.setItem('emberlm.model', ui.model.value === 'custom' ? `custom:${id}` : ui.model.value);
     setState('ready');
     ui.prompt.placeholder = 'Message';
     ui.prompt.focus();
+    if (afterCrash) banner(`The engine crashed on ${id} (a bug, or a broken model file) and was loaded again.`, 'error', ui.banner.title);
   } catch (e) {
     ui.progress.hidden = true;
     const { text: why, detail } = explain(e);
@@ -183,6 +186,11 @@ const atEnd = () => ui.chat.scrollHeight - ui.chat.scrollTop - ui.chat.clientHei
 function follow(wasAtEnd) {
   if (wasAtEnd) ui.chat.scrollTop = ui.chat.scrollHeight;
 }
+// The chat box itself changes size too (the figures line wraps, the message box grows, buttons
+// swap when a reply ends): stay at the end across that when the reader was there.
+let pinned = true;
+ui.chat.addEventListener('scroll', () => (pinned = atEnd()));
+new ResizeObserver(() => follow(pinned)).observe(ui.chat);
 
 /** Markdown for replies, sanitised: no forms, inputs or media, no attributes that send requests. */
 const PURIFY = {
@@ -229,6 +237,7 @@ async function reply() {
   let usage;
   let finish;
   let pending = false;
+  let crashed = false;
   try {
     const stream = await state.engine.chat.completions.create({ messages: history(), stream: true, ...sampling() }, { signal: state.abort.signal });
     for await (const chunk of stream) {
@@ -249,6 +258,8 @@ async function reply() {
   } catch (e) {
     const { text: why, detail } = explain(e);
     banner(why, 'error', detail);
+    // A crashed engine cannot go on; a fresh one (from the cache: seconds) can.
+    crashed = e?.code === 'crashed';
   }
   const stick = atEnd();
   render(body, 'assistant', text);
@@ -279,6 +290,7 @@ async function reply() {
   follow(stick);
   state.abort = null;
   setState('ready');
+  if (crashed) await loadModel({ afterCrash: true });
 }
 
 /** The message box grows with its text, up to its CSS max-height (then it scrolls). */
@@ -305,7 +317,7 @@ ui.prompt.addEventListener('keydown', (ev) => {
   }
 });
 ui.stop.addEventListener('click', () => state.abort?.abort());
-ui.load.addEventListener('click', loadModel);
+ui.load.addEventListener('click', () => loadModel());
 ui.model.addEventListener('change', () => (ui.custom.hidden = ui.model.value !== 'custom'));
 
 // ---- panels ------------------------------------------------------------------------------------

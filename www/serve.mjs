@@ -69,8 +69,8 @@ export function bundledModels({ testModels = false } = {}) {
   return out;
 }
 
-export async function startChatServer({ port = 0, host = '127.0.0.1', hubPort = 0, testModels = false } = {}) {
-  let hub = await startMockHub({ repos: fixtureRepos(), port: hubPort });
+export async function startChatServer({ port = 0, host = '127.0.0.1', hubPort = 0, testModels = false, extraRepos = {} } = {}) {
+  let hub = await startMockHub({ repos: { ...fixtureRepos(), ...extraRepos }, port: hubPort });
   const server = createServer(async (req, res) => {
     let path;
     try {
@@ -109,7 +109,7 @@ export async function startChatServer({ port = 0, host = '127.0.0.1', hubPort = 
       hub = null;
     },
     async startModels() {
-      hub ??= await startMockHub({ repos: fixtureRepos(), port: Number(new URL(hubUrl).port) });
+      hub ??= await startMockHub({ repos: { ...fixtureRepos(), ...extraRepos }, port: Number(new URL(hubUrl).port) });
     },
     async close() {
       await hub?.close();

@@ -11,7 +11,7 @@ import { isLocalModelPath, openLocalGguf } from './local-file.js';
 import { fetchModelFiles, type LoadProgress } from './model-files.js';
 import type { EngineInfo, EngineOptions, LoadStats } from './types.js';
 import { cpuThreadPlan } from './cpu-threads.js';
-import { loadThreadedWasm, loadWasm, wasmHashers, type Wasm } from './wasm.js';
+import { discardWasm, isWasmTrap, loadThreadedWasm, loadWasm, wasmHashers, type Wasm } from './wasm.js';
 
 type EmberModel = Wasm['EmberModel']['prototype'];
 interface WasmSource {
@@ -35,9 +35,10 @@ async function loadEngineWasm(device: 'webgpu' | 'cpu', o: EngineOptions): Promi
   }
 }
 
-/** Errors thrown by the wasm engine are strings; give them a code. */
-function engineError(e: unknown): EmberError {
+/** Errors thrown by the wasm engine are strings; give them a code. A trap while loading: the model file is what made it. */
+function engineError(e: unknown, wasm?: Wasm): EmberError {
   if (e instanceof EmberError) return e;
+  if (wasm && isWasmTrap(e)) return new EmberError('model', `the engine crashed while loading this model: ${discardWasm(wasm, e)}`, { cause: e });
   const message = typeof e === 'string' ? e : e instanceof Error ? e.message : String(e);
   return new EmberError(/device|adapter|WebGPU/i.test(message) && /lost|no adapter|not supported/i.test(message) ? 'no-webgpu' : 'model', message);
 }
@@ -97,10 +98,13 @@ export class LocalBackend implements Backend {
   private model: EmberModel | null;
   /** Set by `unload()`: a generation in progress stops at its next token. */
   private unloading = false;
+  /** Set when the module trapped: every later call fails with it. */
+  private crashed: EmberError | null = null;
 
   private constructor(
     model: EmberModel,
     readonly info: EngineInfo,
+    private readonly wasm: Wasm,
   ) {
     this.model = model;
   }
@@ -158,7 +162,7 @@ export class LocalBackend implements Backend {
         );
       }
     } catch (e) {
-      throw engineError(e);
+      throw engineError(e, wasm);
     } finally {
       for (const s of sources) s.close();
       for (const w of files.weights.slice(sources.length)) w.file.close?.();
@@ -170,8 +174,8 @@ export class LocalBackend implements Backend {
       try {
         await model.generate(new Uint32Array([0]), { maxNewTokens: 1, temperature: 0 }, undefined);
       } catch (e) {
-        model.free();
-        throw engineError(e);
+        if (!isWasmTrap(e)) model.free();
+        throw engineError(e, wasm);
       }
       progress({ phase: 'compile', loaded: 1, total: 1 });
     }
@@ -188,12 +192,35 @@ export class LocalBackend implements Backend {
       device: { backend: picked.device, name: model.deviceName, reason: threadsWhy ? `${picked.reason}; one thread: ${threadsWhy}` : picked.reason },
     };
     progress({ phase: 'ready', loaded: total, total });
-    return new LocalBackend(model, info);
+    return new LocalBackend(model, info, wasm);
   }
 
   private get loaded(): EmberModel {
+    if (this.crashed) throw this.crashed;
     if (!this.model) throw new EmberError('unloaded', 'the engine was unloaded');
     return this.model;
+  }
+
+  /**
+   * The module trapped (a panic in wasm aborts; or it ran out of memory): nothing in it can be
+   * trusted, so this engine fails every later call with the same error, and the next engine
+   * in this realm gets a fresh instance of the module.
+   */
+  private crash(trap: unknown): EmberError {
+    if (!this.crashed) {
+      this.crashed = new EmberError('crashed', `the engine crashed: ${discardWasm(this.wasm, trap)}. This engine can no longer be used: load the model again`, { cause: trap });
+      this.model = null;
+    }
+    return this.crashed;
+  }
+
+  /** `call`, with a trap turned into the engine's crash and any other error into `otherwise`'s. */
+  private async guard<T>(call: () => T | Promise<T>, otherwise: (e: unknown) => EmberError = engineError): Promise<T> {
+    try {
+      return await call();
+    } catch (e) {
+      throw isWasmTrap(e) ? this.crash(e) : otherwise(e);
+    }
   }
 
   /** Runs `task` after every earlier one: the GPU session serves one generation at a time. */
@@ -208,12 +235,10 @@ export class LocalBackend implements Backend {
     return this.exclusive(async () => {
       throwIfAborted(signal);
       const model = this.loaded;
-      let ids: Uint32Array;
-      try {
-        ids = input.messages ? model.chatPromptIds(input.messages) : model.promptIds(input.prompt ?? '');
-      } catch (e) {
-        throw new EmberError('bad-request', String(e));
-      }
+      const ids = await this.guard(
+        () => (input.messages ? model.chatPromptIds(input.messages) : model.promptIds(input.prompt ?? '')),
+        (e) => new EmberError('bad-request', String(e)),
+      );
       const room = model.contextLength - ids.length;
       if (ids.length === 0) throw new EmberError('bad-request', 'the prompt is empty');
       if (room <= 0) {
@@ -223,9 +248,8 @@ export class LocalBackend implements Backend {
       const filter = new StopStringFilter(p.stop);
       let firstAt = 0;
       let aborted = false;
-      let out: { generatedIds: number[]; reusedTokens: number; stoppedByEos: boolean; prefillTokS: number; decodeTokS: number };
-      try {
-        out = await model.generate(
+      const out: { generatedIds: number[]; reusedTokens: number; stoppedByEos: boolean; prefillTokS: number; decodeTokS: number } = await this.guard(() =>
+        model.generate(
           ids,
           {
             maxNewTokens: maxNew,
@@ -244,10 +268,8 @@ export class LocalBackend implements Backend {
             if (signal?.aborted || this.unloading) aborted = true;
             return !filter.stopped && !aborted;
           },
-        );
-      } catch (e) {
-        throw engineError(e);
-      }
+        ),
+      );
       if (!filter.stopped) {
         const rest = filter.flush();
         if (rest) onPiece(rest);
@@ -267,16 +289,19 @@ export class LocalBackend implements Backend {
   }
 
   async encode(text: string): Promise<number[]> {
-    return Array.from(this.loaded.encode(text));
+    const model = this.loaded;
+    return this.guard(() => Array.from(model.encode(text)));
   }
 
   async decode(ids: number[]): Promise<string> {
-    return this.loaded.decode(new Uint32Array(ids));
+    const model = this.loaded;
+    return this.guard(() => model.decode(new Uint32Array(ids)));
   }
 
   async unload(): Promise<void> {
     this.unloading = true;
     await this.busy;
+    // After a crash the model is not freed: its instance is not to be called into again.
     this.model?.free();
     this.model = null;
   }

@@ -18,11 +18,14 @@ const UNLOAD_TIMEOUT_MS = 5000;
 export class WorkerBackend implements Backend {
   private next = 1;
   private readonly pending = new Map<number, Pending>();
+  /** Set when the engine in the worker crashed: later calls fail with it. */
+  private crashed: EmberError | null = null;
   info!: EngineInfo;
 
   private constructor(private worker: Worker | null) {
     worker!.onmessage = ({ data }: MessageEvent<FromWorker>) => this.receive(data);
-    worker!.onerror = (ev) => this.failAll(new EmberError('model', `the engine worker failed: ${ev.message}`));
+    // An error nothing in the worker caught: its state is unknown, so it goes.
+    worker!.onerror = (ev) => this.crash(new EmberError('crashed', `the engine worker failed: ${ev.message}`));
   }
 
   static async load(repo: string, o: EngineOptions, worker?: Worker): Promise<WorkerBackend> {
@@ -54,10 +57,22 @@ export class WorkerBackend implements Backend {
         this.pending.delete(m.id);
         p.resolve(m.value);
         return;
-      case 'error':
+      case 'error': {
         this.pending.delete(m.id);
-        p.reject(new EmberError(m.code as EmberErrorCode, m.message));
+        const e = new EmberError(m.code as EmberErrorCode, m.message);
+        p.reject(e);
+        // The module in the worker trapped: the worker (and its CPU threads) goes, and the
+        // next engine starts in a fresh one.
+        if (e.code === 'crashed') this.crash(e);
+      }
     }
+  }
+
+  private crash(e: EmberError): void {
+    this.crashed ??= e;
+    this.worker?.terminate();
+    this.worker = null;
+    this.failAll(this.crashed);
   }
 
   private failAll(e: EmberError): void {
@@ -66,7 +81,7 @@ export class WorkerBackend implements Backend {
   }
 
   private call(msg: Request, hooks: Partial<Pending> = {}, signal?: AbortSignal): Promise<unknown> {
-    if (!this.worker) return Promise.reject(new EmberError('unloaded', 'the engine was unloaded'));
+    if (!this.worker) return Promise.reject(this.crashed ?? new EmberError('unloaded', 'the engine was unloaded'));
     const id = this.next++;
     const worker = this.worker;
     return new Promise((resolve, reject) => {

@@ -9,6 +9,7 @@ export type EmberErrorCode =
   | 'aborted' // an AbortSignal fired
   | 'bad-request' // invalid options or messages
   | 'model' // the engine refused the model (unknown architecture, corrupt file, device limits)
+  | 'crashed' // the engine's WebAssembly module trapped (a bug, or a hostile model file): load the model again
   | 'unloaded'; // the engine was unloaded
 
 export class EmberError extends Error {

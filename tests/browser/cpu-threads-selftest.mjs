@@ -3,11 +3,17 @@
 // so the row splits across threads are what is checked.
 import { loadThreadedWasm } from '/npm/dist/wasm.js';
 
-onmessage = async ({ data: { threads } }) => {
+// With `crash`, runs a job whose chunks trap on the pool's workers instead and reports how
+// this thread's call ended (it must throw, not hang) and the panics the module recorded.
+onmessage = async ({ data: { threads, crash } }) => {
+  let wasm;
   try {
-    const wasm = await loadThreadedWasm(threads);
-    postMessage(wasm.cpuSelfTest());
+    wasm = await loadThreadedWasm(threads);
+    if (!crash) return postMessage(wasm.cpuSelfTest());
+    wasm.selfTestCrashInCpuThread();
+    postMessage({ error: 'the job returned' });
   } catch (e) {
+    if (crash && wasm) return postMessage({ threw: e?.constructor?.name, panics: wasm.takePanics() });
     postMessage({ error: e instanceof Error ? e.message : String(e) });
   }
 };

@@ -7,7 +7,8 @@ import { existsSync } from 'node:fs';
 import { dirname, join } from 'node:path';
 import { after, before, test } from 'node:test';
 import { fileURLToPath } from 'node:url';
-import { fixtureRepos } from '../mock-hub/repos.mjs';
+import { rmSync } from 'node:fs';
+import { CRASHING_REPO, crashingTokenizerRepo, fixtureRepos } from '../mock-hub/repos.mjs';
 import { startMockHub } from '../mock-hub/server.mjs';
 import { openTestPage } from './chromium.mjs';
 import { GGUF, LLAMA, assertStreamAbortUnload, loadAndGenerate as loadInPage, llama, qwen, streamAbortUnload } from './engine-checks.mjs';
@@ -17,9 +18,10 @@ const root = join(here, '..', '..');
 let session;
 let hub;
 let port;
+const crashing = crashingTokenizerRepo();
 
 async function hubUp() {
-  hub = await startMockHub({ repos: fixtureRepos(), port });
+  hub = await startMockHub({ repos: { ...fixtureRepos(), ...crashing.repos }, port });
   port = Number(new URL(hub.url).port);
 }
 
@@ -31,6 +33,7 @@ before(async () => {
 after(async () => {
   await session?.close();
   await hub?.close();
+  rmSync(crashing.dir, { recursive: true, force: true });
 });
 
 /** Loads `repo` in the page, generates greedily from `prompt`, returns what the test checks. */
@@ -178,4 +181,33 @@ test('unload() during a generation stops it at the next token instead of waiting
   );
   assert.ok(r.chunks < 100, JSON.stringify(r));
   assert.ok(['abort', 'unloaded'].includes(r.finish), JSON.stringify(r));
+});
+
+test('worker: a trap in the engine\'s wasm fails that engine with `crashed` (its worker ended) and the next engine works', async () => {
+  const r = await session.page.evaluate(
+    async ({ bad, good, hubUrl, prompt, maxTokens }) => {
+      const outcome = async (call) => {
+        try {
+          await call();
+          return { code: 'none' };
+        } catch (e) {
+          return { code: e.code, message: e.message };
+        }
+      };
+      const engine = await window.emberlm.createEngine(bad, { hub: hubUrl, context: 64 });
+      const first = await outcome(() => engine.generate(prompt, { max_tokens: 4 }));
+      const again = await outcome(() => engine.chat.completions.create({ messages: [{ role: 'user', content: prompt }], max_tokens: 4 }));
+      const unload = await outcome(() => engine.unload());
+      const next = await window.emberlm.createEngine(good, { hub: hubUrl, context: 64 });
+      const greedy = await next.generate(prompt, { temperature: 0, max_tokens: maxTokens });
+      await next.unload();
+      return { first, again, unload, tokens: greedy.tokens };
+    },
+    { bad: CRASHING_REPO, good: GGUF, hubUrl: hub.url, prompt: qwen.text, maxTokens: qwen.generated_ids.length },
+  );
+  assert.equal(r.first.code, 'crashed', JSON.stringify(r.first));
+  assert.match(r.first.message, /index out of bounds/, 'the panic inside the tokenizers crate is named');
+  assert.equal(r.again.code, 'crashed', JSON.stringify(r.again));
+  assert.equal(r.unload.code, 'none');
+  assert.deepEqual(r.tokens, qwen.generated_ids);
 });

@@ -71,6 +71,27 @@ test('every CPU-backend op matches the f64 reference with its rows split over th
   assert.deepEqual(failed, [], JSON.stringify(failed));
 });
 
+test('a trap on a pool worker in the middle of a chunk fails the job in the engine\'s thread (a trap there too), instead of a wait for good', async () => {
+  const report = await session.page.evaluate(
+    () =>
+      new Promise((resolve) => {
+        const w = new Worker('/tests/browser/cpu-threads-selftest.mjs', { type: 'module' });
+        const timer = setTimeout(() => resolve({ error: 'no answer within 30 s: the engine thread hangs' }), 30_000);
+        w.onmessage = ({ data }) => {
+          clearTimeout(timer);
+          w.terminate();
+          resolve(data);
+        };
+        w.onerror = (e) => resolve({ error: e.message });
+        w.postMessage({ threads: 3, crash: true });
+      }),
+  );
+  assert.equal(report.error, undefined, report.error);
+  assert.equal(report.threw, 'RuntimeError', JSON.stringify(report));
+  assert.ok(report.panics.some((p) => /a test panic on a CPU thread/.test(p)), JSON.stringify(report));
+  assert.ok(report.panics.some((p) => /a CPU thread crashed/.test(p)), JSON.stringify(report));
+});
+
 test('with threads, an abort stops a streamed reply, the engine stays usable, and unload ends it', async () => {
   const r = await streamAbortUnload(session.page, { repo: GGUF, hubUrl: hub.url, options: { threads: 2 } });
   assert.equal(r.device, 'cpu (2 threads, simd128)');

@@ -1,6 +1,7 @@
 // The repos the tests and examples serve: tiny fixture models under Hub-like names, and the
 // SmolLM2 GGUF when scripts/setup.sh has fetched it.
-import { existsSync, readFileSync } from 'node:fs';
+import { copyFileSync, existsSync, mkdtempSync, readFileSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
 import { dirname, join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 
@@ -37,3 +38,22 @@ export function fixtureRepos() {
 }
 
 export const reference = (arch) => JSON.parse(readFileSync(join(tiny(arch), 'reference.json'), 'utf8'));
+
+/** The repo `crashingTokenizerRepo` serves. */
+export const CRASHING_REPO = 'emberlm-test/tiny-llama-crashing-tokenizer';
+
+/**
+ * The tiny safetensors llama with a tokenizer.json whose normalizer makes the tokenizers crate
+ * panic on any text (a `Precompiled` charsmap with an empty trie; natively that is an error,
+ * crates/emberlm-models/tests/tokenizer_chat.rs; in wasm a trap), as the repo CRASHING_REPO,
+ * its files in a new temporary folder (returned as `dir`, for the caller to remove).
+ */
+export function crashingTokenizerRepo() {
+  const good = fixtureRepos()['emberlm-test/tiny-llama'];
+  const dir = mkdtempSync(join(tmpdir(), 'emberlm-crash-'));
+  for (const f of Object.keys(good.files)) copyFileSync(join(good.dir, f), join(dir, f));
+  const tokenizer = JSON.parse(readFileSync(join(good.dir, 'tokenizer.json'), 'utf8'));
+  tokenizer.normalizer = { type: 'Precompiled', precompiled_charsmap: 'AAAAAA==' };
+  writeFileSync(join(dir, 'tokenizer.json'), JSON.stringify(tokenizer));
+  return { dir, repos: { [CRASHING_REPO]: { dir, files: good.files } } };
+}

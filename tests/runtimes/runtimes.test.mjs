@@ -9,7 +9,7 @@ import { tmpdir } from 'node:os';
 import { dirname, join } from 'node:path';
 import { after, test } from 'node:test';
 import { fileURLToPath } from 'node:url';
-import { fixtureRepos, reference, ROOT } from '../mock-hub/repos.mjs';
+import { CRASHING_REPO, crashingTokenizerRepo, fixtureRepos, reference, ROOT } from '../mock-hub/repos.mjs';
 import { startMockHub } from '../mock-hub/server.mjs';
 import { BUN, DENO, NODE, run as runProcess, runtimeEnv } from './spawn.mjs';
 
@@ -87,5 +87,29 @@ for (const runtime of Object.keys(RUNTIMES)) {
     assert.match(report.device, /simd128/);
     assert.ok(report.checks.length >= 4, JSON.stringify(report));
     assert.deepEqual(report.checks.filter((c) => !c.passed), []);
+  });
+}
+
+for (const runtime of Object.keys(RUNTIMES)) {
+  test(`${runtime}: a trap in the engine's wasm fails that engine cleanly ('crashed'), and the next engine works`, async () => {
+    const cacheDir = mkdtempSync(join(tmpdir(), `emberlm-crash-${runtime}-`));
+    dirs.push(cacheDir);
+    const crashing = crashingTokenizerRepo();
+    dirs.push(crashing.dir);
+    const hub = await startMockHub({ repos: { ...fixtureRepos(), ...crashing.repos } });
+    let r;
+    try {
+      r = await run(runtime, [hub.url, CRASHING_REPO, 'emberlm-test/tiny-qwen2-GGUF', cacheDir, want.text, String(want.generated_ids.length)], { script: 'crash.mjs' });
+    } finally {
+      await hub.close();
+    }
+    assert.equal(r.first.code, 'crashed', JSON.stringify(r.first));
+    // The panic's own message, from inside the tokenizers crate, reaches the error.
+    assert.match(r.first.message, /index out of bounds|out of range/i, r.first.message);
+    assert.match(r.first.message, /load the model again/);
+    assert.equal(r.again.code, 'crashed');
+    assert.equal(r.encode.code, 'crashed');
+    assert.equal(r.unload.code, 'none', 'unload still resolves');
+    assert.deepEqual(r.tokens, want.generated_ids, 'the next engine runs on a fresh module and matches transformers');
   });
 }

@@ -61,6 +61,40 @@ pub fn wasm_pool_work() -> Option<std::convert::Infallible> {
     POOL.get().map(|pool| pool.work())
 }
 
+/// Called by a pool worker's JavaScript after its call into the module trapped (see
+/// [`Pool::thread_lost`]), on that worker's thread.
+#[cfg(all(target_arch = "wasm32", target_feature = "atomics"))]
+pub fn wasm_pool_thread_lost() {
+    if let Some(pool) = POOL.get() {
+        pool.thread_lost();
+    }
+}
+
+/// For the browser tests of the above: a job whose chunks panic on the pool's workers (a trap
+/// in wasm) while the caller waits for one to. The caller must then panic too, not hang.
+#[cfg(all(target_arch = "wasm32", target_feature = "atomics", feature = "reference"))]
+pub fn wasm_pool_crash_a_worker() {
+    use std::sync::atomic::{AtomicBool, Ordering};
+    thread_local!(static CALLER: std::cell::Cell<bool> = const { std::cell::Cell::new(false) });
+    let Some(pool) = POOL.get().filter(|p| p.threads() > 1) else { panic!("the pool has no workers") };
+    CALLER.with(|c| c.set(true));
+    let trapped = AtomicBool::new(false);
+    pool.run(64, &|_| {
+        if CALLER.with(|c| c.get()) {
+            // Leaves the chunks to the workers; gives up after a few seconds of spinning.
+            for _ in 0..4_000_000_000u64 {
+                if trapped.load(Ordering::Acquire) {
+                    break;
+                }
+                std::hint::spin_loop();
+            }
+        } else {
+            trapped.store(true, Ordering::Release);
+            panic!("a test panic on a CPU thread");
+        }
+    });
+}
+
 /// The pool, when there is one and a job of `chunks` chunks is worth splitting.
 /// Called after [`chunk_len`], which has made the pool natively.
 fn pool_for(chunks: usize) -> Option<&'static crate::pool::Pool> {

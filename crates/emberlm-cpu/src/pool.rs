@@ -15,11 +15,16 @@
 //! caller waits for that before its closure goes out of scope. A chunk that panics still
 //! counts as run; the caller re-raises the first panic once the job is over (natively; wasm
 //! aborts on panic), so a panic neither hangs the caller nor outlives the closure.
+//!
+//! In wasm a panic is a trap that ends the worker's call into the module mid-chunk, so that
+//! chunk never counts as run. The worker's JavaScript then calls [`Pool::thread_lost`], and
+//! the caller, instead of waiting for good, panics once every other chunk is over (which traps
+//! the engine's worker in turn, and the npm package fails the engine cleanly).
 
 use std::any::Any;
 use std::cell::Cell;
 use std::panic::{catch_unwind, resume_unwind, AssertUnwindSafe};
-use std::sync::atomic::{AtomicPtr, AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicPtr, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Condvar, Mutex};
 
 thread_local! {
@@ -53,6 +58,10 @@ pub struct Pool {
     caller: Mutex<()>,
     /// The first panic of the current job's chunks, re-raised by `run`.
     panic: Mutex<Option<Box<dyn Any + Send>>>,
+    /// A thread died (see [`Pool::thread_lost`]): no job can be trusted to finish any more.
+    lost: AtomicBool,
+    /// Chunks that died with their thread: claimed, never to count as run.
+    abandoned: AtomicUsize,
 }
 
 fn pack(epoch: u64, chunks: u64, next: u64) -> u64 {
@@ -77,6 +86,26 @@ impl Pool {
             wake: Condvar::new(),
             caller: Mutex::new(()),
             panic: Mutex::new(None),
+            lost: AtomicBool::new(false),
+            abandoned: AtomicUsize::new(0),
+        }
+    }
+
+    /// Called on a thread whose work for the pool ended abnormally (a wasm trap, caught by the
+    /// worker's JavaScript, which calls this on the same thread): its chunk, if it held one,
+    /// will never finish. The job's caller panics rather than wait for it, and so does every
+    /// later job.
+    pub fn thread_lost(&self) {
+        // A trap skips the reset after the chunk, so the flag says whether one was held.
+        if IN_TASK.with(|t| t.replace(false)) {
+            self.abandoned.fetch_add(1, Ordering::AcqRel);
+        }
+        self.lost.store(true, Ordering::SeqCst);
+    }
+
+    fn check_not_lost(&self) {
+        if self.lost.load(Ordering::Acquire) {
+            panic!("a CPU thread crashed in the middle of its work; this engine cannot go on");
         }
     }
 
@@ -153,6 +182,7 @@ impl Pool {
             return;
         }
         let _one_job = self.caller.lock().unwrap_or_else(|p| p.into_inner());
+        self.check_not_lost();
         // SAFETY: the lifetime is erased only for the time this call waits below: every chunk
         // has run (`done == chunks`) before it returns, and no thread reads the pointer after
         // claiming nothing.
@@ -167,7 +197,17 @@ impl Pool {
             self.wake.notify_all();
         }
         self.help();
-        while self.done.load(Ordering::Acquire) < chunks {
+        loop {
+            let done = self.done.load(Ordering::Acquire);
+            if done >= chunks {
+                break;
+            }
+            // A chunk that died with its thread never counts: once every other one is over
+            // (so no thread still uses the closure), give up on the job.
+            if self.lost.load(Ordering::Acquire) && done + self.abandoned.load(Ordering::Acquire) >= chunks {
+                self.task.store(std::ptr::null_mut(), Ordering::Release);
+                self.check_not_lost();
+            }
             std::hint::spin_loop();
         }
         self.task.store(std::ptr::null_mut(), Ordering::Release);
@@ -243,6 +283,39 @@ mod tests {
             sum.fetch_add(i, Ordering::Relaxed);
         });
         assert_eq!(sum.into_inner(), 28);
+    }
+
+    /// A worker that dies in the middle of a chunk (a wasm trap: its JavaScript then calls
+    /// `thread_lost`) makes the caller panic once the other chunks are over, not wait for good;
+    /// later jobs refuse to start.
+    #[test]
+    fn a_thread_lost_mid_chunk_fails_the_job_instead_of_hanging_it() {
+        let pool = Arc::new(Pool::new(3));
+        for _ in 0..2 {
+            let p = pool.clone();
+            std::thread::spawn(move || p.work());
+        }
+        let caller = std::thread::current().id();
+        let died = AtomicUsize::new(0);
+        let caught = catch_unwind(AssertUnwindSafe(|| {
+            pool.run(64, &|_| {
+                if std::thread::current().id() == caller {
+                    // Leave chunks for the workers until one of them has died.
+                    while died.load(Ordering::Acquire) == 0 {
+                        std::hint::spin_loop();
+                    }
+                } else if died.fetch_add(1, Ordering::AcqRel) == 0 {
+                    // Dies here for good, as a trapped wasm worker does.
+                    pool.thread_lost();
+                    loop {
+                        std::thread::park();
+                    }
+                }
+            })
+        }));
+        let message = caught.expect_err("the job fails").downcast::<&str>().map(|m| m.to_string()).unwrap_or_default();
+        assert!(message.contains("CPU thread crashed"), "{message}");
+        assert!(catch_unwind(AssertUnwindSafe(|| pool.run(4, &|_| {}))).is_err(), "a later job refuses to start");
     }
 
     #[test]

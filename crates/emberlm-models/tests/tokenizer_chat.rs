@@ -39,6 +39,18 @@ fn tokenizer_json_truncation_and_padding_are_ignored() {
     check_cases(&tok, &read_json(&fixtures().join("tiny/tokenizer_cases.json")).unwrap());
 }
 
+/// A tokenizer.json whose normalizer makes the tokenizers crate panic (a `Precompiled`
+/// charsmap with an empty trie: it indexes past the end on any text) is an error natively.
+/// (In wasm the panic is a trap; the npm package fails that engine cleanly: tests/runtimes.)
+#[test]
+fn a_panic_inside_the_tokenizers_crate_is_an_error() {
+    let mut doc: Value = serde_json::from_slice(&std::fs::read(fixtures().join("tiny/tokenizer.json")).unwrap()).unwrap();
+    doc["normalizer"] = serde_json::json!({"type": "Precompiled", "precompiled_charsmap": "AAAAAA=="});
+    let tok = TextTokenizer::from_json_bytes(doc.to_string().as_bytes()).unwrap();
+    let e = tok.encode("hello").unwrap_err().to_string();
+    assert!(e.contains("failed while encoding"), "{e}");
+}
+
 #[test]
 fn tokenizer_json_round_trips_like_python_tokenizers() {
     let tok = TextTokenizer::from_json_bytes(&std::fs::read(fixtures().join("tiny/tokenizer.json")).unwrap()).unwrap();

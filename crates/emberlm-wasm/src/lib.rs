@@ -14,9 +14,31 @@ use emberlm_core::{DeviceOptions, GpuDevice};
 use serde::Serialize;
 use wasm_bindgen::prelude::*;
 
+/// Panic messages since the last [`take_panics`], at most a few: in wasm a panic aborts (a
+/// trap, which JavaScript sees as `RuntimeError: unreachable`), so the npm package reads the
+/// message here to say what went wrong.
+static PANICS: std::sync::Mutex<Vec<String>> = std::sync::Mutex::new(Vec::new());
+
 #[wasm_bindgen(start)]
 pub fn start() {
-    console_error_panic_hook::set_once();
+    std::panic::set_hook(Box::new(|info| {
+        let message = match info.payload().downcast_ref::<&str>() {
+            Some(s) => s.to_string(),
+            None => info.payload().downcast_ref::<String>().cloned().unwrap_or_else(|| "a panic".into()),
+        };
+        if let Ok(mut panics) = PANICS.lock() {
+            if panics.len() < 4 {
+                panics.push(message);
+            }
+        }
+        console_error_panic_hook::hook(info);
+    }));
+}
+
+/// The panic messages since the last call (see [`PANICS`]), oldest first.
+#[wasm_bindgen(js_name = takePanics)]
+pub fn take_panics() -> Vec<String> {
+    PANICS.lock().map(|mut p| std::mem::take(&mut *p)).unwrap_or_default()
 }
 
 #[derive(Serialize)]

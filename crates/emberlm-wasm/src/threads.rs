@@ -27,6 +27,21 @@ pub fn run_cpu_thread() -> Result<(), JsValue> {
     }
 }
 
+/// Called by a pool worker whose `runCpuThread` threw (a trap: a panic, or running out of
+/// memory, inside a chunk): the engine's worker stops waiting for that chunk and fails.
+#[wasm_bindgen(js_name = cpuThreadCrashed)]
+pub fn cpu_thread_crashed() {
+    emberlm_cpu::parallel::wasm_pool_thread_lost();
+}
+
+/// For the browser tests: a job whose chunks trap on the pool's workers; this call must then
+/// trap too (not hang).
+#[cfg(feature = "selftest")]
+#[wasm_bindgen(js_name = selfTestCrashInCpuThread)]
+pub fn self_test_crash_in_cpu_thread() {
+    emberlm_cpu::parallel::wasm_pool_crash_a_worker();
+}
+
 /// This module and its shared memory, for the pool workers to instantiate.
 #[wasm_bindgen(js_name = sharedModule)]
 pub fn shared_module() -> JsValue {
