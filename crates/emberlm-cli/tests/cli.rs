@@ -86,6 +86,29 @@ fn bench_prints_pp_and_tg_rows() {
     assert!(text.contains("| pp32 |") && text.contains("| tg8 |"), "{text}");
 }
 
+/// `--profile` times every op kind on both backends: on WebGPU from timestamp queries (lavapipe
+/// has them), one dispatch per op, so a decoded token shows one embedding and one argmax.
+#[test]
+fn bench_profile_times_ops_on_webgpu_and_the_cpu() {
+    let dir = fixture("llama");
+    for device in ["webgpu", "cpu"] {
+        let out = emberlm(&["bench", "--model", dir.to_str().unwrap(), "--device", device, "-p", "8", "-n", "4", "-r", "1", "--profile"]);
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        let text = String::from_utf8(out.stdout).unwrap();
+        let tg = text.split("profile tg4:").nth(1).unwrap_or_else(|| panic!("{device}: no decode profile in {text}"));
+        let line = |op: &str| tg.lines().find(|l| l.trim_start().starts_with(op)).unwrap_or_else(|| panic!("{device}: no {op} line in {tg}"));
+        for op in ["embedding", "rms_norm", "attention", "argmax"] {
+            assert!(line(op).contains("ms/token"), "{tg}");
+        }
+        let matvec_ms: f64 = line("matvec").split_whitespace().rev().nth(4).unwrap().parse().unwrap();
+        assert!(matvec_ms > 0.0, "{device}: the matvec took no time: {tg}");
+        if device == "webgpu" {
+            assert!(line("argmax").contains(" 1.0 calls/token"), "{tg}");
+            assert!(line("(cpu) encode").contains("ms/token"), "{tg}");
+        }
+    }
+}
+
 #[test]
 fn bad_inputs_are_clear_errors() {
     let out = emberlm(&["generate", "--model", "/nonexistent/model.gguf", "--prompt", "x"]);

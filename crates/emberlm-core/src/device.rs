@@ -72,6 +72,8 @@ pub struct GpuDevice {
     buffers_created: AtomicU64,
     lost: Arc<AtomicBool>,
     lost_reason: Arc<Mutex<Option<String>>>,
+    /// Set while `emberlm bench --profile` times kernels (see `profile`).
+    profiler: Mutex<Option<Arc<crate::profile::GpuProfiler>>>,
 }
 
 impl GpuDevice {
@@ -172,7 +174,26 @@ impl GpuDevice {
             buffers_created: AtomicU64::new(0),
             lost,
             lost_reason,
+            profiler: Mutex::new(None),
         })
+    }
+
+    /// Starts (afresh) or stops timing kernels with timestamp queries; false where the adapter
+    /// has none, or in wasm (where reading them back would need the event loop mid-step).
+    pub fn set_profiling(&self, on: bool) -> bool {
+        let can = self.caps.timestamp_query && cfg!(not(target_arch = "wasm32"));
+        let profiler = (on && can).then(|| Arc::new(crate::profile::GpuProfiler::new(self)));
+        *self.profiler.lock().unwrap() = profiler;
+        can
+    }
+
+    pub fn profiler(&self) -> Option<Arc<crate::profile::GpuProfiler>> {
+        self.profiler.lock().unwrap().clone()
+    }
+
+    /// `(kernel, dispatches, seconds)` since profiling started, slowest first.
+    pub fn profile_report(&self) -> Vec<(&'static str, u64, f64)> {
+        self.profiler().map(|p| p.report()).unwrap_or_default()
     }
 
     /// Fails with `DeviceLost` once the device is gone, so callers get a clear error instead of

@@ -15,6 +15,7 @@ pub mod error;
 pub mod ops;
 pub mod pipeline_cache;
 pub mod plan;
+pub mod profile;
 pub mod rope_table;
 pub mod shader;
 pub mod tensor;

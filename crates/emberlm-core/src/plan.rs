@@ -157,7 +157,7 @@ impl<'d> Plan<'d> {
                 layout: &pipeline.get_bind_group_layout(0),
                 entries: &entries,
             });
-            ops.push(CompiledOp { label: op.label, pipeline, bind_group, workgroups: op.workgroups, uniform_offset: op.uniform_offset });
+            ops.push(CompiledOp { label: op.label, kernel: op.key.kernel, pipeline, bind_group, workgroups: op.workgroups, uniform_offset: op.uniform_offset });
         }
         if let Some(Some(err)) = crate::device::poll_now(scope.pop()) {
             return Err(Error::Validation { context: "building an execution plan".into(), message: err.to_string() });
@@ -168,6 +168,7 @@ impl<'d> Plan<'d> {
 
 pub struct CompiledOp {
     pub label: String,
+    kernel: &'static str,
     pipeline: wgpu::ComputePipeline,
     bind_group: wgpu::BindGroup,
     workgroups: [u32; 3],
@@ -208,30 +209,52 @@ impl Executable {
         self.ops[op.0].workgroups = workgroups;
     }
 
-    /// Records every dispatch into one compute pass of `encoder`.
+    /// Records every dispatch into one compute pass of `encoder` (one pass per dispatch, each
+    /// timestamped, while the device is profiling).
     pub fn encode(&mut self, dev: &GpuDevice, encoder: &mut wgpu::CommandEncoder) {
         if self.arena_dirty {
             dev.queue.write_buffer(&self.uniforms, 0, &self.arena);
             self.arena_dirty = false;
         }
-        let mut pass = encoder.begin_compute_pass(&wgpu::ComputePassDescriptor { label: Some("emberlm step"), timestamp_writes: None });
-        for op in &self.ops {
-            if op.workgroups.contains(&0) {
-                continue;
+        let live = self.ops.iter().filter(|op| !op.workgroups.contains(&0));
+        if let Some(profiler) = dev.profiler() {
+            let mut kernels = Vec::new();
+            for (i, op) in live.enumerate() {
+                let mut pass =
+                    encoder.begin_compute_pass(&wgpu::ComputePassDescriptor { label: Some(&op.label), timestamp_writes: profiler.timestamp_writes(i) });
+                op.dispatch(&mut pass);
+                kernels.push(op.kernel);
             }
-            pass.set_pipeline(&op.pipeline);
-            pass.set_bind_group(0, &op.bind_group, &[]);
-            pass.dispatch_workgroups(op.workgroups[0], op.workgroups[1], op.workgroups[2]);
+            profiler.finish_step(encoder, kernels);
+            return;
+        }
+        let mut pass = encoder.begin_compute_pass(&wgpu::ComputePassDescriptor { label: Some("emberlm step"), timestamp_writes: None });
+        for op in live {
+            op.dispatch(&mut pass);
         }
     }
 
-    /// Encodes and submits the whole step.
+    /// Encodes and submits the whole step (and, while profiling, waits for it to time it).
     pub fn run(&mut self, dev: &GpuDevice) -> Result<()> {
         dev.check_alive()?;
+        let profiler = dev.profiler();
+        let started = profiler.as_ref().map(|_| std::time::Instant::now());
         let mut encoder = dev.device.create_command_encoder(&wgpu::CommandEncoderDescriptor { label: Some("emberlm step") });
         self.encode(dev, &mut encoder);
         dev.queue.submit([encoder.finish()]);
+        if let (Some(profiler), Some(started)) = (profiler, started) {
+            profiler.add(crate::profile::CPU_ENCODE, 1, started.elapsed().as_secs_f64());
+            profiler.collect(dev)?;
+        }
         Ok(())
+    }
+}
+
+impl CompiledOp {
+    fn dispatch(&self, pass: &mut wgpu::ComputePass<'_>) {
+        pass.set_pipeline(&self.pipeline);
+        pass.set_bind_group(0, &self.bind_group, &[]);
+        pass.dispatch_workgroups(self.workgroups[0], self.workgroups[1], self.workgroups[2]);
     }
 }
 

@@ -134,7 +134,7 @@ pub trait Backend {
     fn argmax(pass: &mut Self::Pass<'_>, x: &Self::Tensor, out: &Self::Tensor, rows: usize, cols: usize) -> Result<()>;
 
     /// Starts collecting time per op kind (clearing earlier totals), or stops; false when this
-    /// backend cannot (the WebGPU one, until timestamp queries land).
+    /// backend cannot (in wasm; on WebGPU, an adapter without timestamp queries).
     fn set_profiling(&self, _on: bool) -> bool {
         false
     }
@@ -159,6 +159,14 @@ impl Backend for GpuDevice {
 
     fn describe(&self) -> String {
         format!("webgpu ({}, {})", self.caps.adapter_name, self.caps.backend)
+    }
+
+    fn set_profiling(&self, on: bool) -> bool {
+        GpuDevice::set_profiling(self, on)
+    }
+
+    fn profile_report(&self) -> Vec<(&'static str, u64, f64)> {
+        GpuDevice::profile_report(self)
     }
 
     fn max_tensor_bytes(&self) -> u64 {
@@ -277,7 +285,12 @@ impl Backend for GpuDevice {
     }
 
     async fn run<'a>(&'a self, plan: Plan<'a>, next: &Tensor, logits: Option<&Tensor>) -> Result<(u32, Option<Vec<f32>>)> {
-        plan.finish()?.run(self)?;
+        let started = self.profiler().map(|_| std::time::Instant::now());
+        let mut step = plan.finish()?;
+        if let (Some(profiler), Some(started)) = (self.profiler(), started) {
+            profiler.add(emberlm_core::profile::CPU_ENCODE, 0, started.elapsed().as_secs_f64());
+        }
+        step.run(self)?;
         let argmax = self.read_u32(next.buffer()?, 0, 1).await?[0];
         let logits = match logits {
             Some(t) => Some(t.read_f32(self).await?),
