@@ -222,15 +222,21 @@ mod tests {
     use super::*;
     use std::sync::Arc;
 
+    /// A pool of `threads` with its `threads - 1` workers started (detached, as in the engine).
+    fn pool_with_workers(threads: usize) -> Arc<Pool> {
+        let pool = Arc::new(Pool::new(threads));
+        for _ in 1..threads {
+            let p = pool.clone();
+            std::thread::spawn(move || p.work());
+        }
+        pool
+    }
+
     /// Many small jobs back to back, with gaps that let the workers fall asleep, on more
     /// threads than cores: every chunk runs exactly once per job and results are complete.
     #[test]
     fn every_chunk_runs_once_per_job() {
-        let pool = Arc::new(Pool::new(4));
-        for _ in 0..3 {
-            let p = pool.clone();
-            std::thread::spawn(move || p.work());
-        }
+        let pool = pool_with_workers(4);
         for job in 0..3000usize {
             let chunks = 1 + job % 37;
             let hits: Vec<AtomicUsize> = (0..chunks).map(|_| AtomicUsize::new(0)).collect();
@@ -249,9 +255,7 @@ mod tests {
 
     #[test]
     fn a_region_inside_a_chunk_runs_serially() {
-        let pool = Arc::new(Pool::new(2));
-        let p = pool.clone();
-        std::thread::spawn(move || p.work());
+        let pool = pool_with_workers(2);
         let sum = AtomicUsize::new(0);
         pool.run(4, &|i| {
             pool.run(3, &|j| {
@@ -264,11 +268,7 @@ mod tests {
     /// A panicking chunk reaches the caller after the job, and the pool keeps working.
     #[test]
     fn a_panic_in_a_chunk_reaches_the_caller_and_the_pool_goes_on() {
-        let pool = Arc::new(Pool::new(3));
-        for _ in 0..2 {
-            let p = pool.clone();
-            std::thread::spawn(move || p.work());
-        }
+        let pool = pool_with_workers(3);
         let ran = AtomicUsize::new(0);
         let caught = catch_unwind(AssertUnwindSafe(|| {
             pool.run(16, &|i| {
@@ -290,11 +290,7 @@ mod tests {
     /// later jobs refuse to start.
     #[test]
     fn a_thread_lost_mid_chunk_fails_the_job_instead_of_hanging_it() {
-        let pool = Arc::new(Pool::new(3));
-        for _ in 0..2 {
-            let p = pool.clone();
-            std::thread::spawn(move || p.work());
-        }
+        let pool = pool_with_workers(3);
         let caller = std::thread::current().id();
         let died = AtomicUsize::new(0);
         let caught = catch_unwind(AssertUnwindSafe(|| {
