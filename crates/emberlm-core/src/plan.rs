@@ -128,6 +128,8 @@ impl<'d> Plan<'d> {
     pub fn finish(self) -> Result<Executable> {
         let dev = self.dev;
         dev.check_alive()?;
+        // While profiling, building the bind groups counts as the step's CPU encode time.
+        let profiling = dev.profiler().map(|p| (p, std::time::Instant::now()));
         let arena_size = (self.arena.len() as u64).max(UNIFORM_SLOT);
         // Pooled like the scratch buffers, so a plan rebuilt every step allocates nothing.
         let uniforms = dev.pooled_buffer("uniform arena", arena_size, wgpu::BufferUsages::UNIFORM | wgpu::BufferUsages::COPY_DST)?;
@@ -161,6 +163,9 @@ impl<'d> Plan<'d> {
         }
         if let Some(Some(err)) = crate::device::poll_now(scope.pop()) {
             return Err(Error::Validation { context: "building an execution plan".into(), message: err.to_string() });
+        }
+        if let Some((profiler, started)) = profiling {
+            profiler.add(crate::profile::CPU_ENCODE, 0, started.elapsed().as_secs_f64());
         }
         Ok(Executable { ops, arena: self.arena, arena_dirty: true, uniforms, scratch, pool: dev.pool.clone() })
     }
@@ -237,12 +242,11 @@ impl Executable {
     /// Encodes and submits the whole step (and, while profiling, waits for it to time it).
     pub fn run(&mut self, dev: &GpuDevice) -> Result<()> {
         dev.check_alive()?;
-        let profiler = dev.profiler();
-        let started = profiler.as_ref().map(|_| std::time::Instant::now());
+        let profiling = dev.profiler().map(|p| (p, std::time::Instant::now()));
         let mut encoder = dev.device.create_command_encoder(&wgpu::CommandEncoderDescriptor { label: Some("emberlm step") });
         self.encode(dev, &mut encoder);
         dev.queue.submit([encoder.finish()]);
-        if let (Some(profiler), Some(started)) = (profiler, started) {
+        if let Some((profiler, started)) = profiling {
             profiler.add(crate::profile::CPU_ENCODE, 1, started.elapsed().as_secs_f64());
             profiler.collect(dev)?;
         }

@@ -285,12 +285,7 @@ impl Backend for GpuDevice {
     }
 
     async fn run<'a>(&'a self, plan: Plan<'a>, next: &Tensor, logits: Option<&Tensor>) -> Result<(u32, Option<Vec<f32>>)> {
-        let started = self.profiler().map(|_| std::time::Instant::now());
-        let mut step = plan.finish()?;
-        if let (Some(profiler), Some(started)) = (self.profiler(), started) {
-            profiler.add(emberlm_core::profile::CPU_ENCODE, 0, started.elapsed().as_secs_f64());
-        }
-        step.run(self)?;
+        plan.finish()?.run(self)?;
         let argmax = self.read_u32(next.buffer()?, 0, 1).await?[0];
         let logits = match logits {
             Some(t) => Some(t.read_f32(self).await?),
