@@ -1,7 +1,10 @@
 // Y[m, n] = dot(X[m, :], W[n, :]) (+ bias[n]) for one chunk of W's rows: the prefill matmul.
-// 32×32 output tiles, K walked in steps of 32 (one quantisation group), both operands staged in
-// workgroup memory (8.4 KiB, under the 16 KiB portable floor); each of 256 threads owns a 2×2
-// block of outputs. Weights are decoded once per tile load (weights.wgsl); sums are f32.
+// Register-tiled: 64 threads (8 × 8), each owning TM tokens × 8 rows of outputs, so a workgroup
+// computes (8·TM) tokens × 64 rows. K is walked one quantisation group (32) at a time: both
+// operands are staged in workgroup memory k-major as vec4s, so per k a thread reads one vec4
+// (or vec2, or scalar) of X and two vec4s of W for 8·TM multiply-adds (the previous 2×2 tile read
+// 4 values per 4). Weights are decoded once per tile load (weights.wgsl); sums are f32.
+// TM (1, 2 or 4) follows the prompt length so a short prompt does not pad to 32 tokens.
 
 struct Params {
     m: u32,          // rows of X (tokens)
@@ -27,68 +30,105 @@ struct Params {
 
 #include "lib/weights.wgsl"
 
-const TILE: u32 = 32u;
-// +1 column keeps threads of a row from hitting the same bank.
-var<workgroup> x_tile: array<array<f32, 33>, 32>;
-var<workgroup> w_tile: array<array<f32, 33>, 32>;
+const KSTEP: u32 = 32u;
+const BN: u32 = 64u;      // W rows per workgroup
+const BM: u32 = 8u * TM;  // tokens per workgroup
 
-@compute @workgroup_size(16, 16)
+// x_tile[kk][t]: token t's value at k0 + kk, tokens packed TM to an element. w_tile[kk][j]:
+// rows 4j..4j+3 at k0 + kk. Thread (tx, ty) reads x_tile[kk][ty], w_tile[kk][tx] and
+// w_tile[kk][8 + tx]: adjacent threads, adjacent elements.
+var<workgroup> x_tile: array<array<XVec, 8>, KSTEP>;
+var<workgroup> w_tile: array<array<vec4<f32>, 16>, KSTEP>;
+
+@compute @workgroup_size(8, 8)
 fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id) local: vec3<u32>) {
-    let n0 = wid.x * TILE;
-    let m0 = wid.y * TILE;
-    let lid = local.y * 16u + local.x;
-    var acc = array<vec2<f32>, 2>(vec2<f32>(0.0), vec2<f32>(0.0));
+    let n0 = wid.x * BN;
+    let m0 = wid.y * BM;
+    let lid = local.y * 8u + local.x;
+    // acc[i][h]: token ty·TM + i, rows 4·tx + (0..3) (h = 0) and 32 + 4·tx + (0..3) (h = 1).
+    var acc: array<array<vec4<f32>, 2>, TM>;
 
-    for (var k0 = 0u; k0 < params.k; k0 += TILE) {
-        // X: 32 rows × 8 vec4s, one vec4 per thread.
-        {
-            let r = lid / 8u;
-            let c = (lid % 8u) * 4u;
+    for (var k0 = 0u; k0 < params.k; k0 += KSTEP) {
+        // X: BM tokens × 8 vec4s of k; thread lid loads vec4s lid, lid + 64, ...
+        for (var e = lid; e < BM * 8u; e += 64u) {
+            let t = e / 8u;
+            let c = (e % 8u) * 4u;
             var v = vec4<f32>(0.0);
-            if (m0 + r < params.m && k0 + c < params.k) {
-                v = x[((m0 + r) * params.k + k0 + c) / 4u];
+            if (m0 + t < params.m && k0 + c < params.k) {
+                v = x[((m0 + t) * params.k + k0 + c) / 4u];
             }
-            x_tile[r][c] = v.x;
-            x_tile[r][c + 1u] = v.y;
-            x_tile[r][c + 2u] = v.z;
-            x_tile[r][c + 3u] = v.w;
+            for (var i = 0u; i < 4u; i++) {
+                set_x(c + i, t, v[i]);
+            }
         }
-        // W: 32 rows × 4 octets, one octet each for the first 128 threads.
-        if (lid < 128u) {
-            let r = lid / 4u;
-            let c = (lid % 4u) * 8u;
+        // W: 64 rows × 4 octets, four octets per thread.
+        for (var e = lid; e < BN * 4u; e += 64u) {
+            let r = e / 4u;
+            let c = (e % 4u) * 8u;
             var w = Octet(vec4<f32>(0.0), vec4<f32>(0.0));
             if (n0 + r < params.n && k0 + c < params.k) {
                 w = weight_octet(n0 + r, (k0 + c) / 8u, params.k);
             }
             for (var i = 0u; i < 4u; i++) {
-                w_tile[r][c + i] = w.lo[i];
-                w_tile[r][c + 4u + i] = w.hi[i];
+                w_tile[c + i][r / 4u][r % 4u] = w.lo[i];
+                w_tile[c + 4u + i][r / 4u][r % 4u] = w.hi[i];
             }
         }
         workgroupBarrier();
-        let steps = min(TILE, params.k - k0);
+        let steps = min(KSTEP, params.k - k0);
         for (var kk = 0u; kk < steps; kk++) {
-            let a = vec2<f32>(x_tile[local.y * 2u][kk], x_tile[local.y * 2u + 1u][kk]);
-            let b = vec2<f32>(w_tile[local.x * 2u][kk], w_tile[local.x * 2u + 1u][kk]);
-            acc[0] += a.x * b;
-            acc[1] += a.y * b;
+            let a = x_tile[kk][local.y];
+            let b0 = w_tile[kk][local.x];
+            let b1 = w_tile[kk][8u + local.x];
+            for (var i = 0u; i < TM; i++) {
+                let ai = x_component(a, i);
+                acc[i][0] += ai * b0;
+                acc[i][1] += ai * b1;
+            }
         }
         workgroupBarrier();
     }
 
-    for (var i = 0u; i < 2u; i++) {
-        let m = m0 + local.y * 2u + i;
-        for (var j = 0u; j < 2u; j++) {
-            let n = n0 + local.x * 2u + j;
-            if (m < params.m && n < params.n) {
-                let col = params.row_offset + n;
+    for (var i = 0u; i < TM; i++) {
+        let m = m0 + local.y * TM + i;
+        if (m >= params.m) {
+            break;
+        }
+        for (var h = 0u; h < 2u; h++) {
+            for (var j = 0u; j < 4u; j++) {
+                let n = n0 + h * 32u + local.x * 4u + j;
+                if (n < params.n) {
+                    let col = params.row_offset + n;
 #if BIAS
-                y[m * params.ldy + params.y_offset + col] = acc[i][j] + bias[col];
+                    y[m * params.ldy + params.y_offset + col] = acc[i][h][j] + bias[col];
 #else
-                y[m * params.ldy + params.y_offset + col] = acc[i][j];
+                    y[m * params.ldy + params.y_offset + col] = acc[i][h][j];
 #endif
+                }
             }
         }
     }
 }
+
+// Token t of the tile sits in element t / TM, component t % TM.
+#if TM_1
+alias XVec = f32;
+fn set_x(kk: u32, t: u32, v: f32) {
+    x_tile[kk][t] = v;
+}
+fn x_component(a: XVec, i: u32) -> f32 {
+    return a;
+}
+#else
+#if TM_2
+alias XVec = vec2<f32>;
+#else
+alias XVec = vec4<f32>;
+#endif
+fn set_x(kk: u32, t: u32, v: f32) {
+    x_tile[kk][t / TM][t % TM] = v;
+}
+fn x_component(a: XVec, i: u32) -> f32 {
+    return a[i];
+}
+#endif

@@ -1,12 +1,12 @@
 // y[row] = dot(W[row, :], x) (+ bias[row]) for one chunk of W's rows: the decode-time matmul.
-// Memory-bound, so each workgroup computes ROWS rows and every thread reuses the x it loads
-// for all of them; threads walk a row in 8-weight octets, so adjacent threads read adjacent
-// words. Weights are decoded in registers (weights.wgsl) and never written out; sums are f32.
-// Reduction: subgroupAdd then one slot per subgroup when SUBGROUPS, a shared-memory tree otherwise.
-#if ENABLE_SUBGROUPS_DIRECTIVE
-enable subgroups; // browsers (Tint) require the directive; naga, natively, rejects it
-#endif
-
+// Memory-bound. TPR threads share a row, walking it in 8-weight octets (adjacent threads read
+// adjacent words), so a 64-thread workgroup reduces WG / TPR rows side by side, each thread
+// RB rows apart reusing the x it loads for all of them: ROWS = RB · WG / TPR rows per workgroup.
+// TPR follows k (8 for k = 576, 64 for k >= 4096) so every thread has several octets per row:
+// with a fixed 64 threads per row a small model's rows gave each thread one octet, and the
+// workgroup count and per-workgroup reduction dominated (SwiftShader: ~27 µs per workgroup).
+// Weights are decoded in registers (weights.wgsl) and never written out; sums are f32; one
+// barrier, then one thread per row adds its TPR partial sums.
 struct Params {
     k: u32,          // row length (multiple of 8)
     rows: u32,       // rows in this chunk
@@ -31,67 +31,43 @@ struct Params {
 
 #include "lib/weights.wgsl"
 
-var<workgroup> partial: array<array<f32, ROWS>, WG>;
+const LANES: u32 = WG / TPR; // rows reduced side by side
+const ROWS: u32 = RB * LANES; // rows per workgroup
+
+var<workgroup> partial: array<array<f32, RB>, WG>;
 
 @compute @workgroup_size(WG)
-fn main(
-    @builtin(workgroup_id) wid: vec3<u32>,
-    @builtin(num_workgroups) nwg: vec3<u32>,
-    @builtin(local_invocation_index) lid: u32,
-#if SUBGROUPS
-    @builtin(subgroup_size) sg_size: u32,
-    @builtin(subgroup_invocation_id) sg_lane: u32,
-#endif
-) {
+fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
     let row0 = (wid.y * nwg.x + wid.x) * ROWS;
     if (row0 >= params.rows) {
         return; // whole workgroup: uniform
     }
     let octets = params.k / 8u;
-    var acc: array<f32, ROWS>;
-    for (var o = lid; o < octets; o += WG) {
+    let lane = lid / TPR; // this thread's rows: row0 + lane + rb · LANES
+    var acc: array<f32, RB>;
+    for (var o = lid % TPR; o < octets; o += TPR) {
         let xa = x[params.x_offset + 2u * o];
         let xb = x[params.x_offset + 2u * o + 1u];
-        for (var r = 0u; r < ROWS; r++) {
-            let row = min(row0 + r, params.rows - 1u); // clamped rows are computed, never stored
+        for (var rb = 0u; rb < RB; rb++) {
+            let row = min(row0 + lane + rb * LANES, params.rows - 1u); // clamped rows are computed, never stored
             let w = weight_octet(row, o, params.k);
-            acc[r] += dot(w.lo, xa) + dot(w.hi, xb);
+            acc[rb] += dot(w.lo, xa) + dot(w.hi, xb);
         }
     }
-
-#if SUBGROUPS
-    // Subgroups are numbered by lid / sg_size (linear layout, as on every known driver).
-    for (var r = 0u; r < ROWS; r++) {
-        let s = subgroupAdd(acc[r]);
-        if (sg_lane == 0u) {
-            partial[lid / sg_size][r] = s;
-        }
+    for (var rb = 0u; rb < RB; rb++) {
+        partial[lid][rb] = acc[rb];
     }
     workgroupBarrier();
+    // Thread i < ROWS finishes row row0 + i = row0 + lane' + rb' · LANES.
     if (lid < ROWS && row0 + lid < params.rows) {
+        let first = (lid % LANES) * TPR;
+        let rb = lid / LANES;
         var total = 0.0;
-        for (var i = 0u; i < WG / sg_size; i++) {
-            total += partial[i][lid];
+        for (var t = 0u; t < TPR; t++) {
+            total += partial[first + t][rb];
         }
         store(row0 + lid, total);
     }
-#else
-    for (var r = 0u; r < ROWS; r++) {
-        partial[lid][r] = acc[r];
-    }
-    workgroupBarrier();
-    for (var stride = WG / 2u; stride > 0u; stride /= 2u) {
-        if (lid < stride) {
-            for (var r = 0u; r < ROWS; r++) {
-                partial[lid][r] += partial[lid + stride][r];
-            }
-        }
-        workgroupBarrier();
-    }
-    if (lid < ROWS && row0 + lid < params.rows) {
-        store(row0 + lid, partial[0][lid]);
-    }
-#endif
 }
 
 fn store(row: u32, value: f32) {

@@ -18,6 +18,7 @@ shaders!(
     "matvec",
     "matmul",
     "attention",
+    "attention_prefill",
     "attention_reduce",
     "rms_norm",
     "head_rms_norm",

@@ -23,12 +23,6 @@ fn dev() -> &'static GpuDevice {
     })
 }
 
-/// Subgroups off: the shared-memory reduction path every adapter can run.
-fn dev_no_subgroups() -> &'static GpuDevice {
-    static DEV: OnceLock<GpuDevice> = OnceLock::new();
-    DEV.get_or_init(|| device_with(DeviceOptions { allow_subgroups: false, allow_shader_f16: false, ..Default::default() }))
-}
-
 /// Bindings capped at 8 KiB, so test-sized weights split into many chunks.
 fn dev_small_bindings() -> &'static GpuDevice {
     static DEV: OnceLock<GpuDevice> = OnceLock::new();
@@ -44,17 +38,13 @@ fn assert_pass(result: emberlm_core::Result<CheckResult>) {
 const DTYPES: [DType; 7] = DType::ALL;
 
 #[test]
-fn matvec_all_dtypes_both_reduction_paths() {
-    for device in [dev(), dev_no_subgroups()] {
-        for (i, dtype) in DTYPES.into_iter().enumerate() {
-            // Rows not a multiple of ROWS_PER_WORKGROUP; k below, at and above the workgroup span.
-            for (n, k) in [(1, 32), (37, 96), (130, 544), (9, 2080)] {
-                assert_pass(pollster::block_on(checks::check_matvec(device, dtype, n, k, i % 2 == 0, (n * k + i) as u64)));
-            }
+fn matvec_all_dtypes_every_row_split() {
+    for (i, dtype) in DTYPES.into_iter().enumerate() {
+        // Rows not a multiple of a workgroup's; k giving 8, 16, 32 and 64 threads per row
+        // (K formats round k up to 256), with and without a ragged last octet stride.
+        for (n, k) in [(1, 32), (37, 96), (130, 544), (20, 1600), (9, 2080), (5, 8200)] {
+            assert_pass(pollster::block_on(checks::check_matvec(dev(), dtype, n, k, i % 2 == 0, (n * k + i) as u64)));
         }
-    }
-    if !dev().caps.subgroups {
-        eprintln!("note: this adapter has no subgroups; only the shared-memory path ran");
     }
 }
 
@@ -88,7 +78,8 @@ fn projections_write_side_by_side_into_fused_rows() {
 #[test]
 fn matmul_all_dtypes_odd_sizes() {
     for (i, dtype) in DTYPES.into_iter().enumerate() {
-        for (m, n, k) in [(1, 37, 96), (33, 65, 96), (70, 31, 160)] {
+        // One, two and four tokens per thread (1, 12, 33+), several row tiles, a k tail.
+        for (m, n, k) in [(1, 37, 96), (12, 130, 96), (33, 65, 96), (70, 31, 160)] {
             assert_pass(pollster::block_on(checks::check_matmul(dev(), dtype, m, n, k, i % 2 == 1, (m * n + k) as u64)));
         }
     }
@@ -109,6 +100,7 @@ fn attention_prefill_decode_window_softcap_gqa() {
         AttentionCase { tokens: 1, pos0: 700, ..base },               // decode, three key splits
         AttentionCase { tokens: 1, pos0: 700, window: 300, ..base },  // decode, window, empty splits
         AttentionCase { tokens: 70, pos0: 3, hq: 2, hkv: 1, ..base }, // several key blocks per query
+        AttentionCase { tokens: 20, pos0: 100, window: 70, ..base },  // windows that differ within a query tile
     ];
     for (i, case) in cases.into_iter().enumerate() {
         assert_pass(pollster::block_on(checks::check_attention(dev(), case, 100 + i as u64)));

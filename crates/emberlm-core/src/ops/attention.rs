@@ -1,6 +1,7 @@
-//! `attention` (+ `attention_reduce`): causal grouped-query attention over a KV cache.
-//! Prefill (many tokens) runs one workgroup per (token, head). A single decode token would give
-//! only `hq` workgroups, so its keys are split flash-decoding style and the partials merged.
+//! `attention` (+ `attention_reduce`), `attention_prefill`: causal grouped-query attention over
+//! a KV cache. Prefill (several tokens) runs one workgroup per (tile of 8 tokens, head), the
+//! tile sharing every key and value it reads. A single decode token would give only `hq`
+//! workgroups, so its keys are split flash-decoding style and the partials merged.
 
 use bytemuck::{Pod, Zeroable};
 
@@ -13,6 +14,8 @@ use crate::tensor::Tensor;
 pub const MAX_HEAD_DIM: usize = 256;
 /// Keys per workgroup when decoding; also the granularity of the split count.
 pub const DECODE_SPLIT_LEN: u32 = 256;
+/// Query tokens per workgroup in `attention_prefill` (its QT).
+const PREFILL_QUERY_TILE: u32 = 8;
 
 #[derive(Debug, Clone, Copy)]
 pub struct AttentionParams {
@@ -96,6 +99,11 @@ pub fn attention(plan: &mut Plan, q: &Tensor, k_cache: &Tensor, v_cache: &Tensor
         softcap: p.softcap,
     };
     let rows = uniforms.tokens * uniforms.hq;
+    if p.tokens > 1 {
+        let storage = vec![Some(Binding::tensor(q)?), Some(Binding::tensor(k_cache)?), Some(Binding::tensor(v_cache)?), Some(Binding::tensor(out)?)];
+        let grid = plan.grid(uniforms.tokens.div_ceil(PREFILL_QUERY_TILE) * uniforms.hq);
+        return Ok(vec![plan.dispatch("attention", key("attention_prefill", Variant::default()), &uniforms, storage, grid)?]);
+    }
     let partial = n_splits > 1;
     let variant = Variant::default().flag_if(partial, "PARTIAL").with("WG", WG);
     let target = if partial { plan.scratch_f32("attention partials", (rows * n_splits * (uniforms.d + 2)) as usize)? } else { Binding::tensor(out)? };

@@ -7,7 +7,18 @@ use crate::error::Result;
 use crate::plan::{Binding, OpId, Plan};
 use crate::tensor::Tensor;
 
-const TILE: u32 = 32;
+/// W rows per workgroup (shaders/matmul.wgsl's BN).
+const ROWS_PER_WORKGROUP: u32 = 64;
+
+/// Tokens per thread (1, 2 or 4; a workgroup takes 8 threads' worth): the smallest that covers
+/// the prompt in one tile, else 4, so short prompts do not pad to 32 tokens.
+fn tokens_per_thread(m: usize) -> u32 {
+    match m {
+        0..=8 => 1,
+        9..=16 => 2,
+        _ => 4,
+    }
+}
 
 #[repr(C)]
 #[derive(Clone, Copy, Pod, Zeroable)]
@@ -42,7 +53,15 @@ pub fn matmul_into(plan: &mut Plan, x: &Tensor, w: &Tensor, bias: Option<&Tensor
     if let Some(b) = bias {
         expect_f32(OP, "bias", b, n)?;
     }
-    let variant = weight_variant(w.dtype).flag_if(bias.is_some(), "BIAS");
+    let tm = tokens_per_thread(m);
+    let variant = weight_variant(w.dtype)
+        .flag_if(bias.is_some(), "BIAS")
+        .flag(match tm {
+            1 => "TM_1",
+            2 => "TM_2",
+            _ => "TM_4",
+        })
+        .with("TM", tm);
     let mut ops = Vec::new();
     for chunk in &w.chunks {
         let rows = chunk.rows.len() as u32;
@@ -62,7 +81,7 @@ pub fn matmul_into(plan: &mut Plan, x: &Tensor, w: &Tensor, bias: Option<&Tensor
             w.dtype.is_quantized().then(|| Binding::scales(chunk)),
             bias.map(Binding::tensor).transpose()?,
         ];
-        let grid = [rows.div_ceil(TILE), (m as u32).div_ceil(TILE), 1];
+        let grid = [rows.div_ceil(ROWS_PER_WORKGROUP), (m as u32).div_ceil(8 * tm), 1];
         ops.push(plan.dispatch(format!("matmul {}", w.name), key("matmul", variant.clone()), &params, storage, grid)?);
     }
     Ok(ops)

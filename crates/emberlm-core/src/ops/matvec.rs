@@ -7,8 +7,14 @@ use crate::error::Result;
 use crate::plan::{Binding, OpId, Plan};
 use crate::tensor::Tensor;
 
-/// Output rows per workgroup; each thread reuses its x loads across them.
-pub const ROWS_PER_WORKGROUP: u32 = 4;
+/// Rows each thread works on (RB in shaders/matvec.wgsl), reusing its x loads across them.
+const ROWS_PER_THREAD: u32 = 4;
+
+/// Threads sharing one row (TPR): enough that no thread walks more than ~16 octets, at least 8
+/// so a row's threads read 32 contiguous bytes, at most the workgroup.
+fn threads_per_row(k: usize) -> u32 {
+    ((k / 8).div_ceil(16) as u32).next_power_of_two().clamp(8, WG)
+}
 
 #[repr(C)]
 #[derive(Clone, Copy, Pod, Zeroable)]
@@ -39,12 +45,9 @@ pub fn matvec_into(plan: &mut Plan, w: &Tensor, x: &Tensor, x_row: usize, bias: 
     if let Some(b) = bias {
         expect_f32(OP, "bias", b, n)?;
     }
-    let variant = weight_variant(w.dtype)
-        .flag_if(bias.is_some(), "BIAS")
-        .flag_if(plan.dev.caps.subgroups, "SUBGROUPS")
-        .flag_if(plan.dev.caps.subgroups && cfg!(target_arch = "wasm32"), "ENABLE_SUBGROUPS_DIRECTIVE")
-        .with("WG", WG)
-        .with("ROWS", ROWS_PER_WORKGROUP);
+    let tpr = threads_per_row(k);
+    let rows_per_workgroup = ROWS_PER_THREAD * WG / tpr;
+    let variant = weight_variant(w.dtype).flag_if(bias.is_some(), "BIAS").with("WG", WG).with("TPR", tpr).with("RB", ROWS_PER_THREAD);
     let mut ops = Vec::new();
     for chunk in &w.chunks {
         let rows = chunk.rows.len() as u32;
@@ -63,7 +66,7 @@ pub fn matvec_into(plan: &mut Plan, w: &Tensor, x: &Tensor, x_row: usize, bias: 
             w.dtype.is_quantized().then(|| Binding::scales(chunk)),
             bias.map(Binding::tensor).transpose()?,
         ];
-        let grid = plan.grid(rows.div_ceil(ROWS_PER_WORKGROUP));
+        let grid = plan.grid(rows.div_ceil(rows_per_workgroup));
         ops.push(plan.dispatch(format!("matvec {}", w.name), key("matvec", variant.clone()), &params, storage, grid)?);
     }
     Ok(ops)

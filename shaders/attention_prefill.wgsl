@@ -1,0 +1,152 @@
+// Causal attention for several query tokens (prefill), flash-attention style: one workgroup per
+// (tile of QT query tokens, query head). The tile's queries share every key and value the
+// workgroup reads, so K/V traffic is 1/QT of one workgroup per (token, head); softmax is online
+// (running max and sum per query), so scores never leave workgroup memory.
+// Threads: one per key of a KT-key block for the scores, one per head dimension (strided) for
+// the weighted sum of values. Grouped-query: query head h reads kv head h / (hq / hkv). Key j is
+// visible to the query at absolute position p when j <= p and, with a window w > 0, p - j < w.
+// Optional tanh soft-capping of the scores (Gemma 2). Single-token decode uses `attention`.
+
+struct Params {
+    tokens: u32,
+    hq: u32,
+    hkv: u32,
+    d: u32,         // head dim, <= MAX_D
+    s_max: u32,     // KV cache capacity (positions)
+    pos0: u32,      // absolute position of query token 0
+    window: u32,    // sliding window, 0 = none
+    n_splits: u32,  // unused (always one split)
+    split_len: u32, // unused
+    q_stride: u32,  // floats between query tokens
+    scale: f32,
+    softcap: f32,   // 0 = none
+}
+
+@group(0) @binding(0) var<uniform> params: Params;
+@group(0) @binding(1) var<storage, read> q: array<f32>;
+@group(0) @binding(2) var<storage, read> k_cache: array<f32>; // [hkv, s_max, d]
+@group(0) @binding(3) var<storage, read> v_cache: array<f32>; // [hkv, s_max, d]
+@group(0) @binding(4) var<storage, read_write> out: array<f32>; // [tokens, hq, d]
+
+const MAX_D: u32 = 256u;
+const QT: u32 = 8u;  // query tokens per workgroup
+const KT: u32 = 64u; // keys per block = threads
+const DIMS_PER_THREAD: u32 = MAX_D / KT;
+const NEG_BIG: f32 = -1e30; // finite: exp(NEG_BIG - m) is 0, never NaN
+
+var<workgroup> q_s: array<array<f32, MAX_D>, QT>; // scaled queries
+var<workgroup> p_s: array<array<f32, KT>, QT>;    // a block's scores, then probabilities
+var<workgroup> m_s: array<f32, QT>;               // running max per query
+var<workgroup> l_s: array<f32, QT>;               // running sum per query
+var<workgroup> correction_s: array<f32, QT>;      // exp(old max - new max) for this block
+
+@compute @workgroup_size(64)
+fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
+    let id = wid.y * nwg.x + wid.x;
+    let tiles = (params.tokens + QT - 1u) / QT;
+    if (id >= tiles * params.hq) {
+        return; // whole workgroup: uniform
+    }
+    let h = id % params.hq;
+    let t0 = (id / params.hq) * QT;
+    let nq = min(QT, params.tokens - t0);
+    let d = params.d;
+    let kv_base = (h / (params.hq / params.hkv)) * params.s_max;
+
+    for (var e = lid; e < QT * d; e += KT) {
+        let qi = e / d;
+        let i = e % d;
+        var v = 0.0;
+        if (qi < nq) {
+            v = q[(t0 + qi) * params.q_stride + h * d + i] * params.scale;
+        }
+        q_s[qi][i] = v;
+    }
+    if (lid < QT) {
+        m_s[lid] = NEG_BIG;
+        l_s[lid] = 0.0;
+    }
+    workgroupBarrier();
+
+    // Keys any query of the tile sees: from the first query's window start to the last query.
+    let p_first = params.pos0 + t0;
+    var lo = 0u;
+    if (params.window > 0u && p_first + 1u > params.window) {
+        lo = p_first + 1u - params.window;
+    }
+    let end = p_first + nq;
+    var acc: array<array<f32, DIMS_PER_THREAD>, QT>;
+
+    for (var j0 = lo; j0 < end; j0 += KT) {
+        // Scores of key j0 + lid against every query of the tile.
+        let j = j0 + lid;
+        var s: array<f32, QT>;
+        if (j < end) {
+            let k_row = (kv_base + j) * d;
+            for (var i = 0u; i < d; i++) {
+                let kv = k_cache[k_row + i];
+                for (var qi = 0u; qi < QT; qi++) {
+                    s[qi] += q_s[qi][i] * kv;
+                }
+            }
+        }
+        for (var qi = 0u; qi < QT; qi++) {
+            let p = p_first + qi;
+            let visible = j < end && qi < nq && j <= p && (params.window == 0u || p - j < params.window);
+            var score = s[qi];
+            if (params.softcap > 0.0) {
+                score = params.softcap * tanh(clamp(score / params.softcap, -15.0, 15.0));
+            }
+            p_s[qi][lid] = select(NEG_BIG, score, visible);
+        }
+        workgroupBarrier();
+        if (lid < QT) {
+            var block_max = NEG_BIG;
+            for (var jj = 0u; jj < KT; jj++) {
+                block_max = max(block_max, p_s[lid][jj]);
+            }
+            let m_new = max(m_s[lid], block_max);
+            correction_s[lid] = exp(m_s[lid] - m_new);
+            m_s[lid] = m_new;
+        }
+        workgroupBarrier();
+        for (var qi = 0u; qi < QT; qi++) {
+            let score = p_s[qi][lid];
+            // Masked keys count 0 even while a query has seen no visible key yet (max NEG_BIG).
+            p_s[qi][lid] = select(0.0, exp(score - m_s[qi]), score > 0.5 * NEG_BIG);
+        }
+        workgroupBarrier();
+        if (lid < QT) {
+            var block_sum = 0.0;
+            for (var jj = 0u; jj < KT; jj++) {
+                block_sum += p_s[lid][jj];
+            }
+            l_s[lid] = l_s[lid] * correction_s[lid] + block_sum;
+        }
+        let count = min(KT, end - j0);
+        for (var c = 0u; c < DIMS_PER_THREAD; c++) {
+            let i = lid + c * KT;
+            if (i < d) {
+                for (var qi = 0u; qi < QT; qi++) {
+                    acc[qi][c] *= correction_s[qi];
+                }
+                for (var jj = 0u; jj < count; jj++) {
+                    let v = v_cache[(kv_base + j0 + jj) * d + i];
+                    for (var qi = 0u; qi < QT; qi++) {
+                        acc[qi][c] += p_s[qi][jj] * v;
+                    }
+                }
+            }
+        }
+        workgroupBarrier(); // p_s and correction_s are rewritten by the next block
+    }
+
+    for (var qi = 0u; qi < nq; qi++) {
+        for (var c = 0u; c < DIMS_PER_THREAD; c++) {
+            let i = lid + c * KT;
+            if (i < d) {
+                out[((t0 + qi) * params.hq + h) * d + i] = acc[qi][c] / l_s[qi];
+            }
+        }
+    }
+}
