@@ -117,7 +117,9 @@ fn main() {
                         let want = reference::matvec(&wr, xt, None, 1)[0];
                         let scale = reference::abs_dot(&wr, xt, 1)[0];
                         let v = got[t * n + r] as f64;
-                        if std::env::var("NOCHECK").is_err() { assert!((v - want).abs() <= (k + 2) as f64 * 6e-8 * scale, "token {t}, row {r}: {v} vs {want}"); }
+                        if std::env::var("NOCHECK").is_err() {
+                            assert!((v - want).abs() <= (k + 2) as f64 * 6e-8 * scale, "token {t}, row {r}: {v} vs {want}");
+                        }
                     }
                 }
                 assert!(got.iter().any(|v| *v != 0.0), "the kernel wrote nothing");

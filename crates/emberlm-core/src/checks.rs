@@ -313,21 +313,27 @@ pub async fn check_rope(dev: &GpuDevice, case: RopeCase, seed: u64) -> Result<Ch
 
 pub async fn check_kv_cache_append(dev: &GpuDevice, tokens: usize, heads: usize, d: usize, head_offset: usize, pos0: usize, seed: u64) -> Result<CheckResult> {
     let mut rng = Rng::new(seed);
-    let row_stride = (head_offset + heads + 1) * d;
+    let row_stride = (head_offset + 2 * heads + 1) * d;
     let s_max = pos0 + tokens + 2;
     let src_host = rng.vec(tokens * row_stride, -1.0, 1.0);
-    let cache_host = rng.vec(heads * s_max * d, -1.0, 1.0);
+    let k_host = rng.vec(heads * s_max * d, -1.0, 1.0);
+    let v_host = rng.vec(heads * s_max * d, -1.0, 1.0);
     let src = Tensor::from_f32(dev, "src", &[tokens, row_stride], &src_host)?;
-    let cache = Tensor::from_f32(dev, "cache", &[heads * s_max * d], &cache_host)?;
+    let k_cache = Tensor::from_f32(dev, "k cache", &[heads * s_max * d], &k_host)?;
+    let v_cache = Tensor::from_f32(dev, "v cache", &[heads * s_max * d], &v_host)?;
     let mut plan = Plan::new(dev);
-    ops::kv_cache_append(&mut plan, &src, &cache, tokens, heads, d, head_offset, row_stride, pos0)?;
+    ops::kv_cache_append(&mut plan, &src, &k_cache, &v_cache, tokens, heads, d, head_offset, row_stride, pos0)?;
     run(plan).await?;
-    let got = cache.read_f32(dev).await?;
-    let mut want: Vec<f64> = cache_host.iter().map(|&v| v as f64).collect();
+    let mut got = k_cache.read_f32(dev).await?;
+    got.extend(v_cache.read_f32(dev).await?);
+    let mut want: Vec<f64> = k_host.iter().chain(&v_host).map(|&v| v as f64).collect();
+    let v_base = heads * s_max * d;
     for t in 0..tokens {
         for h in 0..heads {
             for i in 0..d {
-                want[(h * s_max + pos0 + t) * d + i] = src_host[t * row_stride + (head_offset + h) * d + i] as f64;
+                let slot = (h * s_max + pos0 + t) * d + i;
+                want[slot] = src_host[t * row_stride + (head_offset + h) * d + i] as f64;
+                want[v_base + slot] = src_host[t * row_stride + (head_offset + heads + h) * d + i] as f64;
             }
         }
     }

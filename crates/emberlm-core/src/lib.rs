@@ -28,5 +28,5 @@ pub mod reference;
 pub use device::{Capabilities, DeviceOptions, GpuDevice};
 pub use dtype::{DType, PackedMatrix};
 pub use error::{Error, Result};
-pub use plan::{Executable, Plan};
+pub use plan::{Executable, Plan, StepCache};
 pub use tensor::Tensor;

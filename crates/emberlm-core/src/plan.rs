@@ -2,6 +2,9 @@
 //! dispatch of a forward step in one command encoder and one compute pass, with all uniforms
 //! in one arena buffer written by a single `write_buffer`. An executable is built once and run
 //! many times; between runs only the uniforms that change (a decode position) are rewritten.
+//! A [`StepCache`] does that for code that records a fresh plan every step: a plan that records
+//! the same dispatches over the same buffers as the cached one reuses its pipelines and bind
+//! groups, so a decode step creates no wgpu objects.
 
 use std::sync::Arc;
 
@@ -49,6 +52,38 @@ struct RecordedOp {
     uniform_size: u64,
     bindings: Vec<Option<Binding>>,
     workgroups: [u32; 3],
+}
+
+/// What a bind group depends on: the buffer range bound, with a plan's own scratch buffers
+/// named by their place in the plan (each plan draws different ones from the pool).
+#[derive(PartialEq, Eq)]
+enum BoundBuffer {
+    Scratch(usize),
+    Buffer(wgpu::Buffer),
+}
+
+/// Everything of a recorded op but its uniform values and workgroup counts.
+#[derive(PartialEq, Eq)]
+struct OpShape {
+    key: KernelKey,
+    uniform_offset: u64,
+    uniform_size: u64,
+    bindings: Vec<Option<(BoundBuffer, u64, u64)>>,
+}
+
+/// The last executable built through [`Plan::finish_cached`] and the shape of its plan.
+#[derive(Default)]
+pub struct StepCache {
+    last: Option<(Vec<OpShape>, Executable)>,
+    built: u64,
+    reused: u64,
+}
+
+impl StepCache {
+    /// `(executables built, executables reused)` through this cache.
+    pub fn counts(&self) -> (u64, u64) {
+        (self.built, self.reused)
+    }
 }
 
 /// Records dispatches. Uniform structs are at most `UNIFORM_SLOT` bytes each.
@@ -124,6 +159,50 @@ impl<'d> Plan<'d> {
         }
     }
 
+    fn shape(&self) -> Vec<OpShape> {
+        let bound = |b: &Binding| match self.scratch.iter().position(|s| *s == b.buffer) {
+            Some(i) => BoundBuffer::Scratch(i),
+            None => BoundBuffer::Buffer(b.buffer.clone()),
+        };
+        let shape = |op: &RecordedOp| OpShape {
+            key: op.key.clone(),
+            uniform_offset: op.uniform_offset,
+            uniform_size: op.uniform_size,
+            bindings: op.bindings.iter().map(|b| b.as_ref().map(|b| (bound(b), b.offset, b.size))).collect(),
+        };
+        self.ops.iter().map(shape).collect()
+    }
+
+    /// As [`Plan::finish`], reusing `cache`'s executable when this plan has the same shape (only
+    /// uniform values and workgroup counts differ: the next decode step): its pipelines, bind
+    /// groups and scratch buffers stay, the new uniforms are written at the next run. Otherwise
+    /// builds a new executable and caches it.
+    pub fn finish_cached(self, cache: &mut StepCache) -> Result<&mut Executable> {
+        let shape = self.shape();
+        let reusable = matches!(&cache.last, Some((cached, exe)) if *cached == shape && exe.arena.len() == self.arena.len());
+        if !reusable {
+            cache.last = None; // its uniform buffer goes back to the pool for the new one
+            let exe = self.finish()?;
+            cache.built += 1;
+            return Ok(&mut cache.last.insert((shape, exe)).1);
+        }
+        cache.reused += 1;
+        let exe = &mut cache.last.as_mut().expect("checked above").1;
+        let profiling = self.dev.profiler().map(|p| (p, std::time::Instant::now()));
+        exe.arena.copy_from_slice(&self.arena);
+        exe.arena_dirty = true;
+        for (op, recorded) in exe.ops.iter_mut().zip(&self.ops) {
+            op.workgroups = recorded.workgroups;
+        }
+        for buffer in self.scratch {
+            self.dev.pool.give_back(buffer);
+        }
+        if let Some((profiler, started)) = profiling {
+            profiler.add(crate::profile::CPU_BUILD, 1, started.elapsed().as_secs_f64());
+        }
+        Ok(exe)
+    }
+
     /// Compiles pipelines (cached per device) and bind groups.
     pub fn finish(self) -> Result<Executable> {
         let dev = self.dev;
@@ -165,7 +244,7 @@ impl<'d> Plan<'d> {
             return Err(Error::Validation { context: "building an execution plan".into(), message: err.to_string() });
         }
         if let Some((profiler, started)) = profiling {
-            profiler.add(crate::profile::CPU_ENCODE, 0, started.elapsed().as_secs_f64());
+            profiler.add(crate::profile::CPU_BUILD, 1, started.elapsed().as_secs_f64());
         }
         Ok(Executable { ops, arena: self.arena, arena_dirty: true, uniforms, scratch, pool: dev.pool.clone() })
     }

@@ -16,7 +16,10 @@ use crate::error::{Error, Result};
 /// Dispatches timed per step (two queries each); later ones in a step run untimed.
 pub const MAX_TIMED_DISPATCHES: u32 = 2048;
 
-/// The CPU-side entry of the report: building a step's bind groups, encoding and submitting it.
+/// The CPU-side entries of the report: building (or, from a `StepCache`, updating) a step's
+/// executable — pipelines looked up, bind groups created —, and encoding and submitting it.
+/// While profiling, every dispatch gets its own timestamped pass, so encoding reads high.
+pub const CPU_BUILD: &str = "(cpu) build";
 pub const CPU_ENCODE: &str = "(cpu) encode";
 
 pub struct GpuProfiler {

@@ -233,3 +233,46 @@ fn bad_shapes_and_limits_are_clear_errors() {
     let err = ops::attention(&mut Plan::new(d), &q, &cache, &cache, &q, &params).unwrap_err();
     assert!(err.to_string().contains("exceed the KV cache capacity 4"), "{err}");
 }
+
+/// A decode loop records a new plan per step; `finish_cached` must reuse the last executable
+/// when only uniforms change (here x's row and the attention position, whose key splits use
+/// pooled scratch) and give exactly what a freshly built executable gives.
+#[test]
+fn a_plan_of_the_same_shape_reuses_the_cached_executable() {
+    use emberlm_core::ops::AttentionParams;
+    use emberlm_core::StepCache;
+    let d = dev();
+    let (n, k) = (70, 256);
+    let mut rng = checks::Rng::new(21);
+    let w = Tensor::from_packed(d, "w", &[n, k], &PackedMatrix::pack(DType::Q4, n, k, &rng.vec(n * k, -1.0, 1.0))).unwrap();
+    let x = Tensor::from_f32(d, "x", &[3, k], &rng.vec(3 * k, -1.0, 1.0)).unwrap();
+    let (hq, hkv, hd, s_max) = (4, 2, 64, 1024);
+    let q = Tensor::from_f32(d, "q", &[hq * hd], &rng.vec(hq * hd, -1.0, 1.0)).unwrap();
+    let kc = Tensor::from_f32(d, "k", &[hkv * s_max * hd], &rng.vec(hkv * s_max * hd, -1.0, 1.0)).unwrap();
+    let vc = Tensor::from_f32(d, "v", &[hkv * s_max * hd], &rng.vec(hkv * s_max * hd, -1.0, 1.0)).unwrap();
+    let y = Tensor::new_zeroed(d, "y", &[n], DType::F32).unwrap();
+    let out = Tensor::new_zeroed(d, "out", &[hq * hd], DType::F32).unwrap();
+    let record = |x_row: usize, pos0: usize, y: &Tensor| {
+        let mut plan = Plan::new(d);
+        ops::matvec_into(&mut plan, &w, &x, x_row, None, y, 0).unwrap();
+        let p = AttentionParams { tokens: 1, heads_q: hq, heads_kv: hkv, head_dim: hd, pos0, window: 0, scale: 0.125, softcap: 0.0, q_stride: hq * hd };
+        ops::attention(&mut plan, &q, &kc, &vc, &out, &p).unwrap();
+        plan
+    };
+    let read = |t: &Tensor| pollster::block_on(t.read_f32(d)).unwrap();
+
+    let mut cache = StepCache::default();
+    for (step, (x_row, pos0)) in [(0, 600), (1, 601), (2, 700)].into_iter().enumerate() {
+        record(x_row, pos0, &y).finish_cached(&mut cache).unwrap().run(d).unwrap();
+        let (got_y, got_out) = (read(&y), read(&out));
+        record(x_row, pos0, &y).finish().unwrap().run(d).unwrap();
+        assert_eq!(got_y, read(&y), "step {step}: matvec from the cached executable");
+        assert_eq!(got_out, read(&out), "step {step}: attention from the cached executable");
+        assert_eq!(cache.counts(), (1, step as u64), "step {step}: built once, then reused");
+    }
+    // Another output buffer is another shape: built anew.
+    let y2 = Tensor::new_zeroed(d, "y2", &[n], DType::F32).unwrap();
+    record(0, 600, &y2).finish_cached(&mut cache).unwrap().run(d).unwrap();
+    assert_eq!(cache.counts(), (2, 2));
+    assert!(read(&y2).iter().any(|v| *v != 0.0));
+}

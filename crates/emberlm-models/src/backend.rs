@@ -10,7 +10,7 @@
 
 use emberlm_core::ops::{self, Activation, AttentionParams, RopeLayout};
 use emberlm_core::rope_table::RopeTable;
-use emberlm_core::{DType, GpuDevice, PackedMatrix, Plan, Result, Tensor};
+use emberlm_core::{DType, GpuDevice, PackedMatrix, Plan, Result, StepCache, Tensor};
 use emberlm_cpu::{CpuDevice, CpuTensor};
 
 /// Which backend ran a step, for reports.
@@ -38,6 +38,9 @@ pub trait Backend {
     type Pass<'a>
     where
         Self: 'a;
+    /// What a session keeps from one decode step to the next so the next one costs less to
+    /// set up (WebGPU: the executable with its bind groups).
+    type StepCache: Default;
 
     fn kind(&self) -> BackendKind;
     /// One line naming the backend and what runs it (adapter, threads, SIMD level).
@@ -117,10 +120,13 @@ pub trait Backend {
         row_stride: usize,
         pos0: usize,
     ) -> Result<()>;
+    /// Keys: heads `head_offset..head_offset + kv_heads` of each row; values: the next
+    /// `kv_heads` heads.
     fn kv_cache_append(
         pass: &mut Self::Pass<'_>,
         qkv: &Self::Tensor,
-        cache: &Self::Tensor,
+        k_cache: &Self::Tensor,
+        v_cache: &Self::Tensor,
         tokens: usize,
         kv_heads: usize,
         d: usize,
@@ -145,13 +151,20 @@ pub trait Backend {
     }
 
     /// Finishes the step: returns `next[0]` and, if given, the values of `logits`.
-    async fn run<'a>(&'a self, pass: Self::Pass<'a>, next: &Self::Tensor, logits: Option<&Self::Tensor>) -> Result<(u32, Option<Vec<f32>>)>;
+    async fn run<'a>(
+        &'a self,
+        pass: Self::Pass<'a>,
+        cache: &mut Self::StepCache,
+        next: &Self::Tensor,
+        logits: Option<&Self::Tensor>,
+    ) -> Result<(u32, Option<Vec<f32>>)>;
 }
 
 impl Backend for GpuDevice {
     type Tensor = Tensor;
     type Rope = RopeTable;
     type Pass<'a> = Plan<'a>;
+    type StepCache = StepCache;
 
     fn kind(&self) -> BackendKind {
         BackendKind::WebGpu
@@ -257,7 +270,8 @@ impl Backend for GpuDevice {
     fn kv_cache_append(
         plan: &mut Plan,
         qkv: &Tensor,
-        cache: &Tensor,
+        k_cache: &Tensor,
+        v_cache: &Tensor,
         tokens: usize,
         kv_heads: usize,
         d: usize,
@@ -265,7 +279,7 @@ impl Backend for GpuDevice {
         stride: usize,
         pos0: usize,
     ) -> Result<()> {
-        ops::kv_cache_append(plan, qkv, cache, tokens, kv_heads, d, head_offset, stride, pos0).map(drop)
+        ops::kv_cache_append(plan, qkv, k_cache, v_cache, tokens, kv_heads, d, head_offset, stride, pos0).map(drop)
     }
 
     fn attention(plan: &mut Plan, q: &Tensor, k: &Tensor, v: &Tensor, out: &Tensor, p: &AttentionParams) -> Result<()> {
@@ -284,8 +298,8 @@ impl Backend for GpuDevice {
         ops::argmax(plan, x, out, rows, cols).map(drop)
     }
 
-    async fn run<'a>(&'a self, plan: Plan<'a>, next: &Tensor, logits: Option<&Tensor>) -> Result<(u32, Option<Vec<f32>>)> {
-        plan.finish()?.run(self)?;
+    async fn run<'a>(&'a self, plan: Plan<'a>, cache: &mut StepCache, next: &Tensor, logits: Option<&Tensor>) -> Result<(u32, Option<Vec<f32>>)> {
+        plan.finish_cached(cache)?.run(self)?;
         let argmax = self.read_u32(next.buffer()?, 0, 1).await?[0];
         let logits = match logits {
             Some(t) => Some(t.read_f32(self).await?),
@@ -311,6 +325,7 @@ impl Backend for CpuDevice {
     type Tensor = CpuTensor;
     type Rope = CpuRope;
     type Pass<'a> = CpuPass;
+    type StepCache = ();
 
     fn kind(&self) -> BackendKind {
         BackendKind::Cpu
@@ -445,7 +460,8 @@ impl Backend for CpuDevice {
     fn kv_cache_append(
         _: &mut CpuPass,
         qkv: &CpuTensor,
-        cache: &CpuTensor,
+        k_cache: &CpuTensor,
+        v_cache: &CpuTensor,
         tokens: usize,
         kv_heads: usize,
         d: usize,
@@ -453,7 +469,8 @@ impl Backend for CpuDevice {
         stride: usize,
         pos0: usize,
     ) -> Result<()> {
-        emberlm_cpu::ops::kv_cache_append(qkv, cache, tokens, kv_heads, d, head_offset, stride, pos0)
+        emberlm_cpu::ops::kv_cache_append(qkv, k_cache, tokens, kv_heads, d, head_offset, stride, pos0)?;
+        emberlm_cpu::ops::kv_cache_append(qkv, v_cache, tokens, kv_heads, d, head_offset + kv_heads, stride, pos0)
     }
 
     fn attention(_: &mut CpuPass, q: &CpuTensor, k: &CpuTensor, v: &CpuTensor, out: &CpuTensor, p: &AttentionParams) -> Result<()> {
@@ -472,7 +489,7 @@ impl Backend for CpuDevice {
         emberlm_cpu::ops::argmax(x, out, rows, cols)
     }
 
-    async fn run<'a>(&'a self, _: CpuPass, next: &CpuTensor, logits: Option<&CpuTensor>) -> Result<(u32, Option<Vec<f32>>)> {
+    async fn run<'a>(&'a self, _: CpuPass, _: &mut (), next: &CpuTensor, logits: Option<&CpuTensor>) -> Result<(u32, Option<Vec<f32>>)> {
         emberlm_cpu::yield_to_host().await;
         Ok((next.words()[0], logits.map(|t| t.f32s().to_vec())))
     }

@@ -392,6 +392,8 @@ pub struct Session<B: Backend = GpuDevice> {
     /// The tokens at positions `0..tokens.len()` of the cache.
     tokens: Vec<u32>,
     decode: Option<Workspace<B>>,
+    /// Kept across decode steps, which record the same ops over `decode` every time.
+    decode_cache: B::StepCache,
 }
 
 impl<B: Backend> Session<B> {
@@ -404,7 +406,7 @@ impl<B: Backend> Session<B> {
             k.push(dev.activation(&format!("k cache {i}"), &[len])?);
             v.push(dev.activation(&format!("v cache {i}"), &[len])?);
         }
-        Ok(Self { cache: KvCache { k, v, capacity: model.context }, tokens: Vec::new(), decode: None })
+        Ok(Self { cache: KvCache { k, v, capacity: model.context }, tokens: Vec::new(), decode: None, decode_cache: Default::default() })
     }
 
     /// The next position: how many tokens the cache holds.
@@ -462,7 +464,10 @@ impl<B: Backend> Session<B> {
         dev.write_u32(&ws.ids, tokens)?;
         let mut pass = dev.pass();
         self.record(model, &mut pass, ws, position)?;
-        let (argmax, logits) = dev.run(pass, &ws.next, want_logits.then_some(&ws.logits)).await?;
+        // A prefill's workspace is new every time, so only decode steps keep what `run` builds.
+        let mut prefill_cache = B::StepCache::default();
+        let cache = if tokens.len() == 1 { &mut self.decode_cache } else { &mut prefill_cache };
+        let (argmax, logits) = dev.run(pass, cache, &ws.next, want_logits.then_some(&ws.logits)).await?;
         // Counted only once the step has run: a failed step leaves the session as it was.
         self.tokens.extend_from_slice(tokens);
         Ok(StepOutput { argmax, logits })
@@ -513,10 +518,9 @@ impl<B: Backend> Session<B> {
                 (Some(local), true) => local,
                 _ => &m.rope,
             };
-            B::rope(plan, &ws.qkv, rope, c.rope_layout, t, c.heads, d, 0, qkv_w, pos0)?;
-            B::rope(plan, &ws.qkv, rope, c.rope_layout, t, c.kv_heads, d, c.heads, qkv_w, pos0)?;
-            B::kv_cache_append(plan, &ws.qkv, &self.cache.k[i], t, c.kv_heads, d, c.heads, qkv_w, pos0)?;
-            B::kv_cache_append(plan, &ws.qkv, &self.cache.v[i], t, c.kv_heads, d, c.heads + c.kv_heads, qkv_w, pos0)?;
+            // q and k heads sit side by side in the fused rows: one rotation covers both.
+            B::rope(plan, &ws.qkv, rope, c.rope_layout, t, c.heads + c.kv_heads, d, 0, qkv_w, pos0)?;
+            B::kv_cache_append(plan, &ws.qkv, &self.cache.k[i], &self.cache.v[i], t, c.kv_heads, d, c.heads, qkv_w, pos0)?;
             let params = AttentionParams {
                 tokens: t,
                 heads_q: c.heads,

@@ -1,4 +1,4 @@
-//! `kv_cache_append`: writes this step's keys or values into the [heads, s_max, d] cache.
+//! `kv_cache_append`: writes this step's keys and values into the [heads, s_max, d] caches.
 
 use bytemuck::{Pod, Zeroable};
 
@@ -21,13 +21,15 @@ pub struct KvAppendParams {
     pub _pad: u32,
 }
 
-/// Copies heads `head_offset..head_offset + heads` of `tokens` rows of `src` (stride
-/// `row_stride`) into `cache` at positions `pos0..`.
+/// Copies heads `head_offset..head_offset + heads` (keys) of `tokens` rows of `src` (stride
+/// `row_stride`) into `k_cache`, and the next `heads` heads (values) into `v_cache`, at
+/// positions `pos0..`.
 #[allow(clippy::too_many_arguments)]
 pub fn kv_cache_append(
     plan: &mut Plan,
     src: &Tensor,
-    cache: &Tensor,
+    k_cache: &Tensor,
+    v_cache: &Tensor,
     tokens: usize,
     heads: usize,
     head_dim: usize,
@@ -36,12 +38,13 @@ pub fn kv_cache_append(
     pos0: usize,
 ) -> Result<OpId> {
     const OP: &str = "kv_cache_append";
-    let s_max = cache.numel() / (heads * head_dim).max(1);
+    let s_max = k_cache.numel() / (heads * head_dim).max(1);
+    expect_f32(OP, "v cache", v_cache, k_cache.numel())?;
     if pos0 + tokens > s_max {
         return shape_err(OP, format!("positions up to {} exceed the KV cache capacity {s_max}", pos0 + tokens));
     }
     if tokens > 0 {
-        expect_f32(OP, "source", src, (tokens - 1) * row_stride + (head_offset + heads) * head_dim)?;
+        expect_f32(OP, "source", src, (tokens - 1) * row_stride + (head_offset + 2 * heads) * head_dim)?;
     }
     let params = KvAppendParams {
         tokens: u32_of(OP, "tokens", tokens)?,
@@ -53,7 +56,7 @@ pub fn kv_cache_append(
         head_offset: head_offset as u32,
         _pad: 0,
     };
-    let storage = vec![Some(Binding::tensor(src)?), Some(Binding::tensor(cache)?)];
+    let storage = vec![Some(Binding::tensor(src)?), Some(Binding::tensor(k_cache)?), Some(Binding::tensor(v_cache)?)];
     let grid = plan.grid((params.tokens * params.heads * params.d).div_ceil(WG));
     plan.dispatch("kv_cache_append", key("kv_cache_append", Variant::default().with("WG", WG)), &params, storage, grid)
 }
