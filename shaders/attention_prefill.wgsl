@@ -80,7 +80,9 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec
     for (var j0 = lo; j0 < end; j0 += KT) {
         // Scores of key j0 + lid against every query of the tile.
         let j = j0 + lid;
-        var s: array<f32, QT>;
+        // Zeroed by an explicit constructor: Dawn on SwiftShader kept a declaration-only
+        // `var s: array<f32, QT>;` from the previous block instead of zeroing it each iteration.
+        var s = array<f32, QT>();
         if (j < end) {
             let k_row = (kv_base + j) * d;
             for (var i = 0u; i < d; i++) {
