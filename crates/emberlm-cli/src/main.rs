@@ -631,6 +631,18 @@ impl Job for &BenchArgs {
                 println!("| {name} | {} | {size} | {label} | {m:.2} ± {sd:.2} |", c.arch.name());
             }
         }
+        if !tg.is_empty() {
+            // The physical yardstick: decode streams the weights once per token, so its
+            // weight bytes per second against what a plain copy moves on the same backend.
+            let bytes = model.decode_weight_bytes();
+            let gbs = bytes as f64 * mean_sd(&tg).0 / 1e9;
+            let mib = |b: u64| b as f64 / (1 << 20) as f64;
+            print!("decode reads {:.2} MiB of weights per token (of {:.2} MiB loaded): {gbs:.2} GB/s", mib(bytes), mib(model.weight_bytes));
+            match dev.copy_bandwidth() {
+                Some(copy) => println!(", {:.2}x the copy bandwidth ({:.2} GB/s read + write)", gbs * 1e9 / copy, copy / 1e9),
+                None => println!(),
+            }
+        }
         Ok(())
     }
 }

@@ -84,6 +84,10 @@ fn bench_prints_pp_and_tg_rows() {
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     let text = String::from_utf8(out.stdout).unwrap();
     assert!(text.contains("| pp32 |") && text.contains("| tg8 |"), "{text}");
+    // The yardstick line: decode's weight bytes per second against the copy bandwidth.
+    let line = text.lines().find(|l| l.starts_with("decode reads ")).unwrap_or_else(|| panic!("no weight-bytes line in {text}"));
+    let number_before = |unit: &str| -> f64 { line.split(unit).next().unwrap().split_whitespace().last().unwrap().trim_start_matches('(').parse().unwrap() };
+    assert!(number_before(" GB/s,") > 0.0 && number_before("x the copy bandwidth") > 0.0, "{line}");
 }
 
 /// `--profile` times every op kind on both backends: on WebGPU from timestamp queries (lavapipe

@@ -57,32 +57,13 @@ fn time_runs(dev: &GpuDevice, exe: &mut emberlm_core::Executable, reps: usize) -
     start.elapsed().as_secs_f64() / reps as f64
 }
 
-fn copy_bandwidth(dev: &GpuDevice, bytes: u64, reps: usize) -> f64 {
-    let usage = wgpu::BufferUsages::COPY_SRC | wgpu::BufferUsages::COPY_DST | wgpu::BufferUsages::STORAGE;
-    let src = dev.create_buffer("copy src", bytes, usage).unwrap();
-    let dst = dev.create_buffer("copy dst", bytes, usage).unwrap();
-    let submit = || {
-        let mut enc = dev.device.create_command_encoder(&Default::default());
-        enc.copy_buffer_to_buffer(&src, 0, &dst, 0, bytes);
-        dev.queue.submit([enc.finish()]);
-    };
-    submit();
-    dev.poll_wait().unwrap();
-    let start = Instant::now();
-    for _ in 0..reps {
-        submit();
-    }
-    dev.poll_wait().unwrap();
-    2.0 * bytes as f64 * reps as f64 / start.elapsed().as_secs_f64()
-}
-
 fn main() {
     let args = parse_args();
     let dev = pollster::block_on(GpuDevice::new(DeviceOptions::default())).expect("a WebGPU adapter");
     let c = &dev.caps;
     println!("adapter: {} ({}, {}), subgroups: {}, shader-f16: {}", c.adapter_name, c.backend, c.device_type, c.subgroups, c.shader_f16);
     let copy_bytes = 64u64 << 20;
-    let copy = copy_bandwidth(&dev, copy_bytes, args.iters.max(5));
+    let copy = dev.copy_bandwidth(copy_bytes, args.iters.max(5)).unwrap();
     println!("copy bandwidth (copy_buffer_to_buffer, 64 MiB, read + write): {:.2} GB/s", copy / 1e9);
     println!();
     println!("| K x N | dtype | tokens | weight MiB | time/call | GB/s (weights) | vs copy | GFLOP/s |");

@@ -257,6 +257,30 @@ impl GpuDevice {
         Ok(())
     }
 
+    /// Bytes per second the adapter moves with `copy_buffer_to_buffer` (read + write counted),
+    /// over two `bytes`-sized buffers, `reps` copies: the yardstick a bandwidth-bound kernel's
+    /// GB/s is held against. Native only (it waits on the queue).
+    #[cfg(not(target_arch = "wasm32"))]
+    pub fn copy_bandwidth(&self, bytes: u64, reps: usize) -> Result<f64> {
+        let usage = wgpu::BufferUsages::COPY_SRC | wgpu::BufferUsages::COPY_DST;
+        let src = self.create_buffer("copy bandwidth src", bytes, usage)?;
+        let dst = self.create_buffer("copy bandwidth dst", bytes, usage)?;
+        let submit = || {
+            let mut encoder = self.device.create_command_encoder(&Default::default());
+            encoder.copy_buffer_to_buffer(&src, 0, &dst, 0, bytes);
+            self.queue.submit([encoder.finish()]);
+        };
+        // The first copy pays for first touches.
+        submit();
+        self.poll_wait()?;
+        let start = std::time::Instant::now();
+        for _ in 0..reps.max(1) {
+            submit();
+        }
+        self.poll_wait()?;
+        Ok(2.0 * bytes as f64 * reps.max(1) as f64 / start.elapsed().as_secs_f64())
+    }
+
     /// Copies `size` bytes from `src` at `offset` into CPU memory. The only way data leaves the
     /// GPU, so callers read back just what they need (a token id, not the logits).
     pub async fn read_bytes(&self, src: &wgpu::Buffer, offset: u64, size: u64) -> Result<Vec<u8>> {

@@ -60,6 +60,23 @@ impl CpuDevice {
         Self { activations, ..self }
     }
 
+    /// Bytes per second a copy between two `bytes`-sized arrays moves on the kernels' threads
+    /// (read + write counted), `reps` copies: the yardstick decode's weight GB/s is held against.
+    #[cfg(not(target_arch = "wasm32"))]
+    pub fn copy_bandwidth(&self, bytes: u64, reps: usize) -> f64 {
+        let n = (bytes / 4) as usize;
+        let src: Vec<f32> = (0..n).map(|i| i as f32).collect();
+        let mut dst = vec![0f32; n];
+        let copy = |dst: &mut [f32]| parallel::for_parts(dst, 1 << 16, |start, part| part.copy_from_slice(&src[start..start + part.len()]));
+        copy(&mut dst);
+        let t = std::time::Instant::now();
+        for _ in 0..reps.max(1) {
+            copy(&mut dst);
+        }
+        std::hint::black_box(&dst);
+        2.0 * (n * 4) as f64 * reps.max(1) as f64 / t.elapsed().as_secs_f64()
+    }
+
     /// A short description for reports: `cpu (2 threads, avx2+fma)`, `…, f32 activations)` when exact.
     pub fn describe(&self) -> String {
         let exact = if self.activations == int8::Activations::Exact { ", f32 activations" } else { "" };

@@ -29,6 +29,10 @@ impl BackendKind {
     }
 }
 
+/// Buffer size for [`Backend::copy_bandwidth`]: well past any cache.
+#[cfg(not(target_arch = "wasm32"))]
+const COPY_BANDWIDTH_BYTES: u64 = 64 << 20;
+
 #[allow(async_fn_in_trait, clippy::too_many_arguments)]
 pub trait Backend {
     type Tensor;
@@ -50,6 +54,13 @@ pub trait Backend {
     /// The most bytes a model's weights and KV cache may take in all on this backend, when it is
     /// known before loading (the CPU backend in wasm32: 4 GiB of address space); `None` otherwise.
     fn memory_budget(&self) -> Option<u64> {
+        None
+    }
+
+    /// Bytes per second this backend copies memory (read + write counted; 64 MiB buffers), the
+    /// yardstick decode's weight bytes per second are held against; `None` where it cannot be
+    /// timed (wasm32).
+    fn copy_bandwidth(&self) -> Option<f64> {
         None
     }
 
@@ -172,6 +183,11 @@ impl Backend for GpuDevice {
 
     fn describe(&self) -> String {
         format!("webgpu ({}, {})", self.caps.adapter_name, self.caps.backend)
+    }
+
+    #[cfg(not(target_arch = "wasm32"))]
+    fn copy_bandwidth(&self) -> Option<f64> {
+        GpuDevice::copy_bandwidth(self, COPY_BANDWIDTH_BYTES, 10).ok()
     }
 
     fn set_profiling(&self, on: bool) -> bool {
@@ -333,6 +349,11 @@ impl Backend for CpuDevice {
 
     fn describe(&self) -> String {
         CpuDevice::describe(self)
+    }
+
+    #[cfg(not(target_arch = "wasm32"))]
+    fn copy_bandwidth(&self) -> Option<f64> {
+        Some(CpuDevice::copy_bandwidth(self, COPY_BANDWIDTH_BYTES, 10))
     }
 
     fn max_tensor_bytes(&self) -> u64 {

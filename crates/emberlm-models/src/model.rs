@@ -221,6 +221,16 @@ impl<B: Backend> Loader<'_, B> {
 }
 
 impl<B: Backend> Model<B> {
+    /// Weight bytes one decode step reads: every projection, norm and bias once, the output
+    /// head (the whole embedding when tied) and one embedding row. For a dense model this is
+    /// about `weight_bytes`; the figure `emberlm bench` turns into GB/s.
+    pub fn decode_weight_bytes(&self) -> u64 {
+        let embed = B::tensor_bytes(&self.embed);
+        let row = embed / self.config.vocab.max(1) as u64;
+        let untied_embed = if self.output.is_some() { embed } else { 0 };
+        self.weight_bytes - untied_embed + row
+    }
+
     /// Loads a GGUF model (one file or split shards); tensor data is streamed piece by piece.
     pub fn load_gguf<S: ByteSource>(dev: &B, store: &GgufStore<S>, options: &LoadOptions) -> Result<Self> {
         let meta = store.metadata();

@@ -240,3 +240,39 @@ fn llama_k_quants_from_gguf() {
         check_exact(cpu(), "llama-kquant", Source::Gguf, None);
     }
 }
+
+/// Parameters in an HF directory's safetensors files, counted from their headers alone.
+fn safetensors_params(dir: &std::path::Path) -> u64 {
+    let mut total = 0;
+    for entry in std::fs::read_dir(dir).unwrap() {
+        let path = entry.unwrap().path();
+        if path.extension().is_some_and(|e| e == "safetensors") {
+            let bytes = std::fs::read(&path).unwrap();
+            let len = u64::from_le_bytes(bytes[..8].try_into().unwrap()) as usize;
+            let header: Value = serde_json::from_slice(&bytes[8..8 + len]).unwrap();
+            for (name, t) in header.as_object().unwrap() {
+                if name != "__metadata__" {
+                    total += t["shape"].as_array().unwrap().iter().map(|d| d.as_u64().unwrap()).product::<u64>();
+                }
+            }
+        }
+    }
+    total
+}
+
+/// The weight bytes `emberlm bench` says a decode step reads: every parameter once at f32,
+/// except that an untied embedding is read one row at a time (a tied one is the output head).
+#[test]
+fn decode_reads_every_weight_once_and_one_embedding_row() {
+    for (arch, tied) in [("llama", false), ("qwen2", true)] {
+        let dir = fixture(arch);
+        let hf = open_hf_dir(&dir).unwrap();
+        let c = hf.config.clone();
+        let model = Model::load(cpu(), hf.config, &hf.store, &LoadOptions { dtype: Some(DType::F32), context: 16 }).unwrap();
+        let params = safetensors_params(&dir);
+        let (embed, row) = ((c.vocab * c.hidden) as u64, c.hidden as u64);
+        let want = 4 * if tied { params + row } else { params - embed + row };
+        assert_eq!(model.weight_bytes, 4 * params, "{arch}: every parameter held once at f32");
+        assert_eq!(model.decode_weight_bytes(), want, "{arch}");
+    }
+}
