@@ -586,11 +586,9 @@ impl Job for &BenchArgs {
             }
             if a.n_gen > 0 {
                 session.reset();
-                let mut next = tokens[0];
+                // As `generate` decodes greedily: steps queued ahead of the token read-back.
                 let t = std::time::Instant::now();
-                for _ in 0..a.n_gen {
-                    next = pollster::block_on(session.step(dev, model, &[next], false)).map_err(err)?.argmax;
-                }
+                pollster::block_on(session.decode_greedy(dev, model, tokens[0], a.n_gen, |_| true)).map_err(err)?;
                 tg.push(a.n_gen as f64 / t.elapsed().as_secs_f64());
                 if profiling {
                     profiles.push((format!("tg{}", a.n_gen), a.n_gen, dev.profile_report()));

@@ -285,19 +285,40 @@ impl GpuDevice {
     /// GPU, so callers read back just what they need (a token id, not the logits).
     pub async fn read_bytes(&self, src: &wgpu::Buffer, offset: u64, size: u64) -> Result<Vec<u8>> {
         self.check_alive()?;
+        let encoder = self.device.create_command_encoder(&wgpu::CommandEncoderDescriptor { label: Some("read-back") });
+        let pending = self.submit_with_read(encoder, src, offset, size)?;
+        self.finish_read(pending).await
+    }
+
+    /// Appends a copy of `size` bytes of `src` into a staging buffer to `encoder`, submits it
+    /// and asks for the staging buffer's mapping, without waiting: [`GpuDevice::finish_read`]
+    /// waits. Work submitted in between runs while the read-back travels (a decode step queued
+    /// behind the one whose token is read).
+    pub fn submit_with_read(&self, mut encoder: wgpu::CommandEncoder, src: &wgpu::Buffer, offset: u64, size: u64) -> Result<PendingRead> {
         let padded = size.next_multiple_of(4);
         let staging = self.pooled_buffer("read-back staging", padded, wgpu::BufferUsages::MAP_READ | wgpu::BufferUsages::COPY_DST)?;
-        let mut encoder = self.device.create_command_encoder(&wgpu::CommandEncoderDescriptor { label: Some("read-back") });
         encoder.copy_buffer_to_buffer(src, offset, &staging, 0, padded);
-        self.queue.submit([encoder.finish()]);
-
-        let (sender, receiver) = futures_channel::oneshot::channel();
+        let submission = self.queue.submit([encoder.finish()]);
+        let (sender, mapped) = futures_channel::oneshot::channel();
         staging.slice(..padded).map_async(wgpu::MapMode::Read, move |result| {
             let _ = sender.send(result);
         });
-        self.poll_wait()?;
+        Ok(PendingRead { staging, size, padded, submission, mapped })
+    }
+
+    /// Waits for a read-back [`GpuDevice::submit_with_read`] started (natively, for its own
+    /// submission only, not for work queued after it) and returns its bytes.
+    pub async fn finish_read(&self, pending: PendingRead) -> Result<Vec<u8>> {
+        let PendingRead { staging, size, padded, submission, mapped } = pending;
+        #[cfg(not(target_arch = "wasm32"))]
+        {
+            let wait = wgpu::PollType::Wait { submission_index: Some(submission), timeout: None };
+            self.device.poll(wait).map_err(|e| Error::DeviceLost(e.to_string()))?;
+        }
+        #[cfg(target_arch = "wasm32")]
+        let _ = submission;
         // Awaiting a channel (not spinning) lets the browser's event loop run the map callback.
-        match receiver.await {
+        match mapped.await {
             Ok(Ok(())) => {}
             Ok(Err(e)) => return Err(Error::ReadBack(e.to_string())),
             Err(_) => return Err(Error::ReadBack("the map callback was dropped (device lost?)".into())),
@@ -318,6 +339,16 @@ impl GpuDevice {
         let bytes = self.read_bytes(src, offset_elems * 4, len as u64 * 4).await?;
         Ok(bytemuck::pod_collect_to_vec(&bytes))
     }
+}
+
+/// A read-back in flight: its copy submitted, the staging buffer's mapping asked for. Dropping
+/// it abandons the read (the staging buffer is freed once the GPU is done with it).
+pub struct PendingRead {
+    staging: wgpu::Buffer,
+    size: u64,
+    padded: u64,
+    submission: wgpu::SubmissionIndex,
+    mapped: futures_channel::oneshot::Receiver<std::result::Result<(), wgpu::BufferAsyncError>>,
 }
 
 /// Error scopes on native resolve immediately; on the web the future is pending until the

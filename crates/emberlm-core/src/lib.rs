@@ -25,7 +25,7 @@ pub mod checks;
 #[cfg(feature = "reference")]
 pub mod reference;
 
-pub use device::{Capabilities, DeviceOptions, GpuDevice};
+pub use device::{Capabilities, DeviceOptions, GpuDevice, PendingRead};
 pub use dtype::{DType, PackedMatrix};
 pub use error::{Error, Result};
 pub use plan::{Executable, Plan, StepCache};

@@ -9,7 +9,7 @@
 use std::sync::Arc;
 
 use crate::buffer_pool::BufferPool;
-use crate::device::GpuDevice;
+use crate::device::{GpuDevice, PendingRead};
 use crate::error::{Error, Result};
 use crate::pipeline_cache::KernelKey;
 use crate::tensor::{Tensor, TensorChunk};
@@ -320,16 +320,31 @@ impl Executable {
 
     /// Encodes and submits the whole step (and, while profiling, waits for it to time it).
     pub fn run(&mut self, dev: &GpuDevice) -> Result<()> {
+        self.submit(dev, |dev, encoder| {
+            dev.queue.submit([encoder.finish()]);
+            Ok(())
+        })
+    }
+
+    /// Like [`Executable::run`], and the same submission copies `size` bytes of `src` (the
+    /// step's token) out for a read-back that is not waited for here.
+    pub fn run_with_read(&mut self, dev: &GpuDevice, src: &wgpu::Buffer, offset: u64, size: u64) -> Result<PendingRead> {
+        self.submit(dev, |dev, encoder| dev.submit_with_read(encoder, src, offset, size))
+    }
+
+    /// Encodes the step and hands the encoder to `submit`; while profiling, counts both as the
+    /// CPU's encode time and waits for the step to time its kernels.
+    fn submit<T>(&mut self, dev: &GpuDevice, submit: impl FnOnce(&GpuDevice, wgpu::CommandEncoder) -> Result<T>) -> Result<T> {
         dev.check_alive()?;
         let profiling = dev.profiler().map(|p| (p, std::time::Instant::now()));
         let mut encoder = dev.device.create_command_encoder(&wgpu::CommandEncoderDescriptor { label: Some("emberlm step") });
         self.encode(dev, &mut encoder);
-        dev.queue.submit([encoder.finish()]);
+        let out = submit(dev, encoder)?;
         if let Some((profiler, started)) = profiling {
             profiler.add(crate::profile::CPU_ENCODE, 1, started.elapsed().as_secs_f64());
             profiler.collect(dev)?;
         }
-        Ok(())
+        Ok(out)
     }
 }
 

@@ -10,7 +10,7 @@
 
 use emberlm_core::ops::{self, Activation, AttentionParams, RopeLayout};
 use emberlm_core::rope_table::RopeTable;
-use emberlm_core::{DType, GpuDevice, PackedMatrix, Plan, Result, StepCache, Tensor};
+use emberlm_core::{DType, GpuDevice, PackedMatrix, PendingRead, Plan, Result, StepCache, Tensor};
 use emberlm_cpu::{CpuDevice, CpuTensor};
 
 /// Which backend ran a step, for reports.
@@ -45,6 +45,8 @@ pub trait Backend {
     /// What a session keeps from one decode step to the next so the next one costs less to
     /// set up (WebGPU: the executable with its bind groups).
     type StepCache: Default;
+    /// A step's token on its way back to the CPU ([`Backend::submit`]).
+    type PendingToken;
 
     fn kind(&self) -> BackendKind;
     /// One line naming the backend and what runs it (adapter, threads, SIMD level).
@@ -169,6 +171,15 @@ pub trait Backend {
         next: &Self::Tensor,
         logits: Option<&Self::Tensor>,
     ) -> Result<(u32, Option<Vec<f32>>)>;
+
+    /// Whether a step submitted behind another runs while the first one's token is read back,
+    /// so greedy decoding gains by queueing the next step first (WebGPU); the CPU backend runs
+    /// each step when it is submitted, so queueing ahead would only waste a step at the end.
+    fn overlaps_steps(&self) -> bool;
+    /// Finishes the step like [`Backend::run`] without waiting for its token.
+    fn submit<'a>(&'a self, pass: Self::Pass<'a>, cache: &mut Self::StepCache, next: &Self::Tensor) -> Result<Self::PendingToken>;
+    /// Waits for a submitted step's token.
+    async fn token(&self, pending: Self::PendingToken) -> Result<u32>;
 }
 
 impl Backend for GpuDevice {
@@ -176,6 +187,7 @@ impl Backend for GpuDevice {
     type Rope = RopeTable;
     type Pass<'a> = Plan<'a>;
     type StepCache = StepCache;
+    type PendingToken = PendingRead;
 
     fn kind(&self) -> BackendKind {
         BackendKind::WebGpu
@@ -315,13 +327,26 @@ impl Backend for GpuDevice {
     }
 
     async fn run<'a>(&'a self, plan: Plan<'a>, cache: &mut StepCache, next: &Tensor, logits: Option<&Tensor>) -> Result<(u32, Option<Vec<f32>>)> {
-        plan.finish_cached(cache)?.run(self)?;
-        let argmax = self.read_u32(next.buffer()?, 0, 1).await?[0];
+        let pending = self.submit(plan, cache, next)?;
+        let argmax = self.token(pending).await?;
         let logits = match logits {
             Some(t) => Some(t.read_f32(self).await?),
             None => None,
         };
         Ok((argmax, logits))
+    }
+
+    fn overlaps_steps(&self) -> bool {
+        true
+    }
+
+    fn submit<'a>(&'a self, plan: Plan<'a>, cache: &mut StepCache, next: &Tensor) -> Result<PendingRead> {
+        plan.finish_cached(cache)?.run_with_read(self, next.buffer()?, 0, 4)
+    }
+
+    async fn token(&self, pending: PendingRead) -> Result<u32> {
+        let bytes = self.finish_read(pending).await?;
+        Ok(u32::from_le_bytes(bytes[..4].try_into().expect("4 bytes read")))
     }
 }
 
@@ -342,6 +367,8 @@ impl Backend for CpuDevice {
     type Rope = CpuRope;
     type Pass<'a> = CpuPass;
     type StepCache = ();
+    /// The token itself: a CPU step has run by the time it is submitted.
+    type PendingToken = u32;
 
     fn kind(&self) -> BackendKind {
         BackendKind::Cpu
@@ -513,5 +540,18 @@ impl Backend for CpuDevice {
     async fn run<'a>(&'a self, _: CpuPass, _: &mut (), next: &CpuTensor, logits: Option<&CpuTensor>) -> Result<(u32, Option<Vec<f32>>)> {
         emberlm_cpu::yield_to_host().await;
         Ok((next.words()[0], logits.map(|t| t.f32s().to_vec())))
+    }
+
+    fn overlaps_steps(&self) -> bool {
+        false
+    }
+
+    fn submit<'a>(&'a self, _: CpuPass, _: &mut (), next: &CpuTensor) -> Result<u32> {
+        Ok(next.words()[0])
+    }
+
+    async fn token(&self, token: u32) -> Result<u32> {
+        emberlm_cpu::yield_to_host().await;
+        Ok(token)
     }
 }

@@ -1,13 +1,13 @@
 //! Generation loop: prefill the prompt, then decode one token per step until EOS, a stop
 //! token, the caller's callback or the token budget, with the figures users ask for (time to
 //! first token, prefill and decode tok/s), on any [`Backend`]. Greedy decoding keeps the argmax on
-//! the backend (4 bytes read back per token on the GPU); sampling reads the logits back and
+//! the backend (4 bytes read back per token on the GPU, the next step queued before they arrive); sampling reads the logits back and
 //! samples on the CPU.
 
 use web_time::Instant;
 
 use crate::backend::Backend;
-use crate::error::Result;
+use crate::error::{ModelError, Result};
 use crate::model::{Model, Session};
 use crate::sampling::{Sampler, SamplingOptions};
 
@@ -78,22 +78,32 @@ pub async fn generate<B: Backend>(
         _ => first.argmax,
     };
     let decode_start = Instant::now();
-    loop {
-        out.generated_ids.push(next);
-        history.push(next);
-        let go_on = on_token(next);
-        if options.stop_tokens.contains(&next) {
+    // Takes a new token; false when generation ends with it.
+    let mut accept = |out: &mut Generation, history: &mut Vec<u32>, token: u32| {
+        out.generated_ids.push(token);
+        history.push(token);
+        let go_on = on_token(token);
+        if options.stop_tokens.contains(&token) {
             out.stopped = true;
-            break;
+            return false;
         }
-        if !go_on || out.generated_ids.len() >= options.max_new_tokens {
-            break;
+        go_on && out.generated_ids.len() < options.max_new_tokens
+    };
+    if accept(&mut out, &mut history, next) {
+        if need_logits {
+            loop {
+                let step = session.step(dev, model, &[next], true).await?;
+                let mut logits = step.logits.ok_or_else(|| ModelError::Config("the backend returned no logits".into()))?;
+                next = sampler.sample(&mut logits, &history);
+                if !accept(&mut out, &mut history, next) {
+                    break;
+                }
+            }
+        } else {
+            // Greedy: the backend keeps the token and may queue steps ahead of the read-back.
+            let budget = options.max_new_tokens - out.generated_ids.len();
+            session.decode_greedy(dev, model, next, budget, |token| accept(&mut out, &mut history, token)).await?;
         }
-        let step = session.step(dev, model, &[next], need_logits).await?;
-        next = match step.logits {
-            Some(mut logits) => sampler.sample(&mut logits, &history),
-            None => step.argmax,
-        };
     }
     let decoded = out.generated_ids.len().saturating_sub(1);
     out.decode_tok_s = decoded as f64 / decode_start.elapsed().as_secs_f64().max(1e-9);

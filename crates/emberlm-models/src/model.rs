@@ -365,7 +365,10 @@ struct Workspace<B: Backend> {
     gate_up: B::Tensor,
     act: B::Tensor,
     logits: B::Tensor,
-    next: B::Tensor,
+    /// A prefill's greedy token. A decode step (`None` here) writes its token over its own
+    /// input id instead, where the next decode step reads it: greedy decoding can then queue a
+    /// step before the previous token has reached the CPU.
+    next: Option<B::Tensor>,
 }
 
 impl<B: Backend> Workspace<B> {
@@ -383,8 +386,12 @@ impl<B: Backend> Workspace<B> {
             gate_up: f32t("gate|up", 2 * c.ffn)?,
             act: f32t("activation", c.ffn)?,
             logits: dev.activation("logits", &[c.vocab])?,
-            next: dev.activation("next token", &[1])?,
+            next: if t == 1 { None } else { Some(dev.activation("next token", &[1])?) },
         })
+    }
+
+    fn next(&self) -> &B::Tensor {
+        self.next.as_ref().unwrap_or(&self.ids)
     }
 }
 
@@ -448,6 +455,74 @@ impl<B: Backend> Session<B> {
     /// Runs `tokens` at the next positions and returns the greedy next token; reads the last
     /// position's logits back only when `want_logits`.
     pub async fn step(&mut self, dev: &B, model: &Model<B>, tokens: &[u32], want_logits: bool) -> Result<StepOutput> {
+        self.check_step(model, tokens)?;
+        let position = self.position();
+        let ws = if tokens.len() == 1 {
+            self.decode_workspace(dev, model)?;
+            None
+        } else {
+            Some(Workspace::new(dev, &model.config, tokens.len())?)
+        };
+        let ws = ws.as_ref().unwrap_or_else(|| self.decode.as_ref().expect("decode workspace"));
+        dev.write_u32(&ws.ids, tokens)?;
+        let mut pass = dev.pass();
+        self.record(model, &mut pass, ws, position)?;
+        // A prefill's workspace is new every time, so only decode steps keep what `run` builds.
+        let mut prefill_cache = B::StepCache::default();
+        let cache = if tokens.len() == 1 { &mut self.decode_cache } else { &mut prefill_cache };
+        let (argmax, logits) = dev.run(pass, cache, ws.next(), want_logits.then_some(&ws.logits)).await?;
+        // Counted only once the step has run: a failed step leaves the session as it was.
+        self.tokens.extend_from_slice(tokens);
+        Ok(StepOutput { argmax, logits })
+    }
+
+    /// Greedy decoding from `first`, the last token produced (not yet run): runs steps and
+    /// hands each new token to `on_token` until it returns `false` or `max_tokens` are made;
+    /// returns how many were. On a backend whose steps overlap the read-back
+    /// ([`Backend::overlaps_steps`]), each step is queued before the previous token is read: it
+    /// takes that token on the GPU, so the GPU is not idle while a token travels to the CPU
+    /// (one step is computed in vain when `on_token` stops). Every token is read back, so
+    /// stop tokens and stop strings act as soon as they appear.
+    pub async fn decode_greedy(&mut self, dev: &B, model: &Model<B>, first: u32, max_tokens: usize, mut on_token: impl FnMut(u32) -> bool) -> Result<usize> {
+        self.check_step(model, &[first])?;
+        self.decode_workspace(dev, model)?;
+        let depth = if dev.overlaps_steps() { 2 } else { 1 };
+        // Steps submitted and not yet read, oldest first; the oldest one's input is `input`,
+        // each later one's the token of the step before it.
+        let mut queued = std::collections::VecDeque::with_capacity(depth);
+        let mut input = first;
+        let mut made = 0;
+        while made < max_tokens {
+            while queued.len() < depth && made + queued.len() < max_tokens {
+                if self.position() + queued.len() >= self.cache.capacity {
+                    if queued.is_empty() {
+                        self.check_step(model, &[input])?;
+                    }
+                    break;
+                }
+                let ws = self.decode.as_ref().expect("decode workspace");
+                if queued.is_empty() {
+                    dev.write_u32(&ws.ids, &[input])?;
+                }
+                let mut pass = dev.pass();
+                self.record(model, &mut pass, ws, self.position() + queued.len())?;
+                queued.push_back(dev.submit(pass, &mut self.decode_cache, ws.next())?);
+            }
+            let token = dev.token(queued.pop_front().expect("a step was queued")).await?;
+            self.tokens.push(input);
+            input = token;
+            made += 1;
+            if !on_token(token) {
+                break;
+            }
+        }
+        // A step still queued ran ahead in vain: its cache writes lie past `position()`, where
+        // the next step overwrites them.
+        Ok(made)
+    }
+
+    /// Checks a step of `tokens` at the next position.
+    fn check_step(&self, model: &Model<B>, tokens: &[u32]) -> Result<()> {
         let c = &model.config;
         if self.cache.k.len() != c.layers || self.cache.capacity != model.context {
             return Err(ModelError::Config("this session was made for another model".into()));
@@ -458,29 +533,18 @@ impl<B: Backend> Session<B> {
         if let Some(&id) = tokens.iter().find(|&&id| id as usize >= c.vocab) {
             return Err(ModelError::TokenOutOfRange { id, vocab: c.vocab });
         }
-        let position = self.position();
-        if position + tokens.len() > self.cache.capacity {
-            return Err(ModelError::ContextFull { needed: position + tokens.len(), capacity: self.cache.capacity });
+        let needed = self.position() + tokens.len();
+        if needed > self.cache.capacity {
+            return Err(ModelError::ContextFull { needed, capacity: self.cache.capacity });
         }
-        let ws = if tokens.len() == 1 {
-            if self.decode.is_none() {
-                self.decode = Some(Workspace::new(dev, c, 1)?);
-            }
-            None
-        } else {
-            Some(Workspace::new(dev, c, tokens.len())?)
-        };
-        let ws = ws.as_ref().unwrap_or_else(|| self.decode.as_ref().expect("decode workspace"));
-        dev.write_u32(&ws.ids, tokens)?;
-        let mut pass = dev.pass();
-        self.record(model, &mut pass, ws, position)?;
-        // A prefill's workspace is new every time, so only decode steps keep what `run` builds.
-        let mut prefill_cache = B::StepCache::default();
-        let cache = if tokens.len() == 1 { &mut self.decode_cache } else { &mut prefill_cache };
-        let (argmax, logits) = dev.run(pass, cache, &ws.next, want_logits.then_some(&ws.logits)).await?;
-        // Counted only once the step has run: a failed step leaves the session as it was.
-        self.tokens.extend_from_slice(tokens);
-        Ok(StepOutput { argmax, logits })
+        Ok(())
+    }
+
+    fn decode_workspace(&mut self, dev: &B, model: &Model<B>) -> Result<()> {
+        if self.decode.is_none() {
+            self.decode = Some(Workspace::new(dev, &model.config, 1)?);
+        }
+        Ok(())
     }
 
     fn record(&self, m: &Model<B>, plan: &mut B::Pass<'_>, ws: &Workspace<B>, pos0: usize) -> Result<()> {
@@ -560,7 +624,7 @@ impl<B: Backend> Session<B> {
         if c.final_softcap > 0.0 {
             B::logit_softcap(plan, &ws.logits, c.vocab, c.final_softcap)?;
         }
-        B::argmax(plan, &ws.logits, &ws.next, 1, c.vocab)?;
+        B::argmax(plan, &ws.logits, ws.next(), 1, c.vocab)?;
         Ok(())
     }
 }

@@ -276,3 +276,56 @@ fn decode_reads_every_weight_once_and_one_embedding_row() {
         assert_eq!(model.decode_weight_bytes(), want, "{arch}");
     }
 }
+
+/// Greedy decoding that queues each step before the previous token is read back (WebGPU)
+/// makes transformers' tokens, and stopping early leaves the session as if the step queued in
+/// vain never ran: a different token after the stop gives the logits a fresh session gives.
+fn check_greedy_queued_ahead<B: Backend>(dev: &B) {
+    let dir = fixture("llama");
+    let hf = open_hf_dir(&dir).unwrap();
+    let model = Model::load(dev, hf.config, &hf.store, &LoadOptions { dtype: None, context: 64 }).unwrap();
+    let reference: Value = serde_json::from_str(&std::fs::read_to_string(dir.join("reference.json")).unwrap()).unwrap();
+    let case = &reference["cases"][0];
+    let (prompt, want) = (ids(&case["input_ids"]), ids(&case["generated_ids"]));
+    assert!(want.len() >= 5, "the reference continuation is too short for this test");
+    let mut session = Session::new(dev, &model).unwrap();
+    let first = pollster::block_on(session.step(dev, &model, &prompt, false)).unwrap().argmax;
+    assert_eq!(first, want[0]);
+    let mut got = vec![first];
+    let made = pollster::block_on(session.decode_greedy(dev, &model, first, 10, |t| {
+        got.push(t);
+        got.len() < 4
+    }))
+    .unwrap();
+    assert_eq!((made, &got[..]), (3, &want[..4]));
+    assert_eq!(session.position(), prompt.len() + 3, "a step queued past the stop is not counted");
+    let other = (want[3] + 1) % model.config.vocab as u32;
+    let after_stop = pollster::block_on(session.step(dev, &model, &[other], true)).unwrap().logits.unwrap();
+    let mut fresh = Session::new(dev, &model).unwrap();
+    let history: Vec<u32> = prompt.iter().chain(&want[..3]).copied().chain([other]).collect();
+    let expected = pollster::block_on(fresh.step(dev, &model, &history, true)).unwrap().logits.unwrap();
+    let worst = after_stop.iter().zip(&expected).map(|(a, b)| (a - b).abs()).fold(0f32, f32::max);
+    assert!(worst < 1e-4, "logits after a stop differ from a fresh session's by {worst}");
+    // The budget ends decoding too, and the context's end is an error, not a hang.
+    session.reset();
+    let first = pollster::block_on(session.step(dev, &model, &prompt, false)).unwrap().argmax;
+    let mut got = vec![first];
+    let made = pollster::block_on(session.decode_greedy(dev, &model, first, want.len() - 1, |t| {
+        got.push(t);
+        true
+    }))
+    .unwrap();
+    assert_eq!((made, got), (want.len() - 1, want.clone()));
+    let room = 64 - session.position();
+    let result = pollster::block_on(session.decode_greedy(dev, &model, first, room + 5, |_| true));
+    assert!(matches!(result, Err(emberlm_models::ModelError::ContextFull { .. })), "{:?}", result.err());
+    assert_eq!(session.position(), 64);
+}
+
+#[test]
+fn greedy_decoding_queued_ahead_matches_step_by_step() {
+    check_greedy_queued_ahead(dev());
+    if on_cpu_too() {
+        check_greedy_queued_ahead(cpu());
+    }
+}
