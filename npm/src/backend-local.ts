@@ -248,7 +248,14 @@ export class LocalBackend implements Backend {
       const filter = new StopStringFilter(p.stop);
       let firstAt = 0;
       let aborted = false;
-      const out: { generatedIds: number[]; reusedTokens: number; stoppedByEos: boolean; prefillTokS: number; decodeTokS: number } = await this.guard(() =>
+      const out: {
+        generatedIds: number[];
+        reusedTokens: number;
+        stoppedByEos: boolean;
+        prefillTokS: number;
+        decodeTokS: number;
+        profile?: RunResult['profile'] | null;
+      } = await this.guard(() =>
         model.generate(
           ids,
           {
@@ -260,6 +267,7 @@ export class LocalBackend implements Backend {
             repetitionPenalty: p.repetition_penalty,
             seed: p.seed,
             ignoreEos: p.ignore_eos,
+            profile: p.profile,
           },
           (_id: number, piece: string) => {
             firstAt ||= now();
@@ -284,6 +292,7 @@ export class LocalBackend implements Backend {
         ttft_ms: (firstAt || now()) - asked,
         prefill_tok_s: out.prefillTokS,
         decode_tok_s: out.decodeTokS,
+        ...(out.profile ? { profile: out.profile } : {}),
       };
     });
   }

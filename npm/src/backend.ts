@@ -1,6 +1,6 @@
 // The engine below the public API: one generation at a time on a loaded model, streaming text
 // pieces. `LocalBackend` runs the wasm in this thread; `WorkerBackend` forwards to a worker.
-import type { ChatMessage, EngineInfo, FinishReason } from './types.js';
+import type { ChatMessage, EngineInfo, FinishReason, PhaseProfile } from './types.js';
 
 export interface RunInput {
   /** Chat messages for the template, or a raw prompt. */
@@ -18,6 +18,7 @@ export interface RunParams {
   seed: number;
   stop: string[];
   ignore_eos: boolean;
+  profile: boolean;
 }
 
 export interface RunResult {
@@ -30,6 +31,7 @@ export interface RunResult {
   ttft_ms: number;
   prefill_tok_s: number;
   decode_tok_s: number;
+  profile?: { prefill: PhaseProfile; decode: PhaseProfile };
 }
 
 export interface Backend {

@@ -15,9 +15,9 @@ import type {
   SamplingParams,
 } from './types.js';
 
-function ignoreEos(v: unknown): boolean {
+function flag(v: unknown, name: string): boolean {
   if (v === undefined || v === null) return false;
-  if (typeof v !== 'boolean') throw new EmberError('bad-request', `ignore_eos must be a boolean (got ${String(v)})`);
+  if (typeof v !== 'boolean') throw new EmberError('bad-request', `${name} must be a boolean (got ${String(v)})`);
   return v;
 }
 
@@ -39,7 +39,8 @@ function params(r: SamplingParams & { max_completion_tokens?: number }): RunPara
     // Integers past 2^53 are not exact in JavaScript: refused rather than silently rounded.
     seed: num(r.seed, 'seed', (x) => Number.isSafeInteger(x) && x >= 0) ?? Math.floor(Math.random() * 2 ** 32),
     stop,
-    ignore_eos: ignoreEos(r.ignore_eos),
+    ignore_eos: flag(r.ignore_eos, 'ignore_eos'),
+    profile: flag(r.profile, 'profile'),
   };
 }
 
@@ -49,7 +50,12 @@ function usage(r: RunResult): CompletionUsage {
     prompt_tokens_details: { cached_tokens: r.cached_tokens },
     completion_tokens: r.tokens.length,
     total_tokens: r.prompt_tokens + r.tokens.length,
-    extra: { time_to_first_token_ms: r.ttft_ms, prefill_tokens_per_s: r.prefill_tok_s, decode_tokens_per_s: r.decode_tok_s },
+    extra: {
+      time_to_first_token_ms: r.ttft_ms,
+      prefill_tokens_per_s: r.prefill_tok_s,
+      decode_tokens_per_s: r.decode_tok_s,
+      ...(r.profile ? { profile: r.profile } : {}),
+    },
   };
 }
 

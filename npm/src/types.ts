@@ -27,7 +27,20 @@ export interface SamplingParams {
   stop?: string | string[];
   /** Keep generating past end-of-sequence tokens, to `max_tokens` (fixed-length benchmarks). */
   ignore_eos?: boolean;
+  /**
+   * Time every op kind of this request (WebGPU timestamp queries, where the adapter has them,
+   * or CPU time per op) and report it as `usage.extra.profile`. Slows the request down.
+   */
+  profile?: boolean;
   signal?: AbortSignal;
+}
+
+/** Where one phase of a request spent its time (`profile: true`). */
+export interface PhaseProfile {
+  /** Tokens the phase ran: the prompt tokens prefilled, or the decode steps. */
+  tokens: number;
+  /** Slowest first. `calls` are dispatches on WebGPU; `(cpu) …` entries are CPU-side work. */
+  ops: { op: string; calls: number; ms: number }[];
 }
 
 export interface ChatCompletionRequest extends SamplingParams {
@@ -57,6 +70,8 @@ export interface CompletionUsage {
     time_to_first_token_ms: number;
     prefill_tokens_per_s: number;
     decode_tokens_per_s: number;
+    /** With `profile: true`, where the time went; absent where the backend cannot time its ops. */
+    profile?: { prefill: PhaseProfile; decode: PhaseProfile };
   };
 }
 

@@ -101,6 +101,37 @@ test('in the page (Cache API), WebGPU forced: sharded safetensors generate the r
   assert.equal(await session.page.evaluate(async () => (await (await caches.open('emberlm')).keys()).length), 9);
 });
 
+test('profile: true reports the time per op kind of the prefill and of the decode, on WebGPU and on the CPU', async () => {
+  for (const device of ['webgpu', 'cpu']) {
+    const r = await session.page.evaluate(
+      async ({ repo, hubUrl, prompt, device }) => {
+        const engine = await window.emberlm.createEngine(repo, { hub: hubUrl, context: 128, device });
+        const profiled = await engine.generate(prompt, { temperature: 0, max_tokens: 4, ignore_eos: true, profile: true });
+        const plain = await engine.generate(prompt, { temperature: 0, max_tokens: 4, ignore_eos: true });
+        await engine.unload();
+        return { profiled, plain };
+      },
+      { repo: GGUF, hubUrl: hub.url, prompt: qwen.text, device },
+    );
+    const { profiled, plain } = r;
+    assert.deepEqual(profiled.tokens, qwen.generated_ids.slice(0, 4), `${device}: profiling changes no token`);
+    assert.deepEqual(plain.tokens, profiled.tokens);
+    assert.equal(plain.usage.extra.profile, undefined, 'no profile unless asked for');
+    const p = profiled.usage.extra.profile;
+    assert.ok(p, `${device}: a profile`);
+    assert.equal(p.prefill.tokens, qwen.input_ids.length);
+    assert.equal(p.decode.tokens, 3);
+    const op = (phase, name) => phase.ops.find((o) => o.op === name) ?? assert.fail(`${device}: no ${name} in ${JSON.stringify(phase.ops)}`);
+    // The CPU names its matvecs by weight format (`matvec q8`), WebGPU has one kernel.
+    const matvecMs = p.decode.ops.filter((o) => o.op.startsWith('matvec')).reduce((sum, o) => sum + o.ms, 0);
+    assert.ok(op(p.prefill, 'matmul').ms > 0 && matvecMs > 0, JSON.stringify(p));
+    // One argmax per step: the prefill's, then one per decoded token.
+    assert.equal(op(p.prefill, 'argmax').calls, 1);
+    assert.equal(op(p.decode, 'argmax').calls, 3);
+    if (device === 'webgpu') assert.ok(op(p.decode, '(cpu) encode').calls >= 3, JSON.stringify(p.decode));
+  }
+});
+
 test('worker + OPFS: a GGUF with a 60k-token vocabulary is parsed from a few large reads, through a sync access handle', async () => {
   const BIG = 'emberlm-test/tiny-llama-bigvocab-GGUF';
   for (const fromCache of [false, true]) {

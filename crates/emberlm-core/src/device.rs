@@ -179,9 +179,9 @@ impl GpuDevice {
     }
 
     /// Starts (afresh) or stops timing kernels with timestamp queries; false where the adapter
-    /// has none, or in wasm (where reading them back would need the event loop mid-step).
+    /// has none. A step's times are collected once its result is read back.
     pub fn set_profiling(&self, on: bool) -> bool {
-        let can = self.caps.timestamp_query && cfg!(not(target_arch = "wasm32"));
+        let can = self.caps.timestamp_query;
         let profiler = (on && can).then(|| Arc::new(crate::profile::GpuProfiler::new(self)));
         *self.profiler.lock().unwrap() = profiler;
         can

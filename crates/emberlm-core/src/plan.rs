@@ -188,7 +188,7 @@ impl<'d> Plan<'d> {
         }
         cache.reused += 1;
         let exe = &mut cache.last.as_mut().expect("checked above").1;
-        let profiling = self.dev.profiler().map(|p| (p, std::time::Instant::now()));
+        let profiling = self.dev.profiler().map(|p| (p, web_time::Instant::now()));
         exe.arena.copy_from_slice(&self.arena);
         exe.arena_dirty = true;
         for (op, recorded) in exe.ops.iter_mut().zip(&self.ops) {
@@ -208,7 +208,7 @@ impl<'d> Plan<'d> {
         let dev = self.dev;
         dev.check_alive()?;
         // While profiling, building the bind groups counts as the step's CPU encode time.
-        let profiling = dev.profiler().map(|p| (p, std::time::Instant::now()));
+        let profiling = dev.profiler().map(|p| (p, web_time::Instant::now()));
         let arena_size = (self.arena.len() as u64).max(UNIFORM_SLOT);
         // Pooled like the scratch buffers, so a plan rebuilt every step allocates nothing.
         let uniforms = dev.pooled_buffer("uniform arena", arena_size, wgpu::BufferUsages::UNIFORM | wgpu::BufferUsages::COPY_DST)?;
@@ -333,16 +333,16 @@ impl Executable {
     }
 
     /// Encodes the step and hands the encoder to `submit`; while profiling, counts both as the
-    /// CPU's encode time and waits for the step to time its kernels.
+    /// CPU's encode time (the kernels' times are collected once the step is done:
+    /// `GpuProfiler::collect`).
     fn submit<T>(&mut self, dev: &GpuDevice, submit: impl FnOnce(&GpuDevice, wgpu::CommandEncoder) -> Result<T>) -> Result<T> {
         dev.check_alive()?;
-        let profiling = dev.profiler().map(|p| (p, std::time::Instant::now()));
+        let profiling = dev.profiler().map(|p| (p, web_time::Instant::now()));
         let mut encoder = dev.device.create_command_encoder(&wgpu::CommandEncoderDescriptor { label: Some("emberlm step") });
         self.encode(dev, &mut encoder);
         let out = submit(dev, encoder)?;
         if let Some((profiler, started)) = profiling {
             profiler.add(crate::profile::CPU_ENCODE, 1, started.elapsed().as_secs_f64());
-            profiler.collect(dev)?;
         }
         Ok(out)
     }

@@ -1,5 +1,6 @@
-//! GPU time per kernel from timestamp queries, for `emberlm bench --profile` (natively, on
-//! adapters with `TIMESTAMP_QUERY`: lavapipe and SwiftShader have it, as most GPUs do).
+//! GPU time per kernel from timestamp queries, for `emberlm bench --profile` and the npm
+//! package's `profile: true` (on adapters with `TIMESTAMP_QUERY`: lavapipe and SwiftShader have
+//! it, as most GPUs do; browsers round the timestamps, Chromium to 100 µs).
 //!
 //! While profiling, a step's dispatches each get a compute pass of their own whose start and
 //! end are timestamped (WebGPU allows timestamps only at pass boundaries), the queries are
@@ -67,15 +68,24 @@ impl GpuProfiler {
     }
 
     /// After the step's submit: waits for it, reads its timestamps and adds them up per kernel.
-    pub fn collect(&self, dev: &GpuDevice) -> Result<()> {
+    /// Awaits the mapping (not a blocking poll), so it works in browsers too.
+    pub async fn collect(&self, dev: &GpuDevice) -> Result<()> {
         let kernels = std::mem::take(&mut *self.step.lock().unwrap());
         let n = kernels.len().min(MAX_TIMED_DISPATCHES as usize);
         if n == 0 {
             return Ok(());
         }
         let slice = self.readback.slice(..16 * n as u64);
-        slice.map_async(wgpu::MapMode::Read, |_| {});
+        let (sender, mapped) = futures_channel::oneshot::channel();
+        slice.map_async(wgpu::MapMode::Read, move |r| {
+            let _ = sender.send(r);
+        });
         dev.poll_wait()?;
+        match mapped.await {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => return Err(Error::ReadBack(e.to_string())),
+            Err(_) => return Err(Error::ReadBack("the profile's map callback was dropped (device lost?)".into())),
+        }
         let ticks: Vec<u64> = bytemuck::pod_collect_to_vec(&slice.get_mapped_range().map_err(|e| Error::ReadBack(e.to_string()))?);
         self.readback.unmap();
         let seconds_per_tick = f64::from(dev.queue.get_timestamp_period()) * 1e-9;

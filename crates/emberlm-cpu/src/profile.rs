@@ -1,9 +1,11 @@
-//! Time per op kind, when asked for (`emberlm bench --profile`): each op holds a [`Scope`] while
-//! it runs. Off by default (one relaxed atomic load per op); not available in wasm, whose
-//! `std::time::Instant` does not work.
+//! Time per op kind, when asked for (`emberlm bench --profile`, the npm package's `profile:
+//! true`): each op holds a [`Scope`] while it runs. Off by default (one relaxed atomic load per
+//! op); timed with `web_time`, which is `performance.now()` in wasm.
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Mutex;
+
+use web_time::Instant;
 
 static ON: AtomicBool = AtomicBool::new(false);
 static TOTALS: Mutex<Vec<(&'static str, u64, f64)>> = Mutex::new(Vec::new());
@@ -11,7 +13,7 @@ static TOTALS: Mutex<Vec<(&'static str, u64, f64)>> = Mutex::new(Vec::new());
 /// Starts (or restarts) collecting: clears the totals.
 pub fn enable(on: bool) {
     TOTALS.lock().unwrap().clear();
-    ON.store(on && cfg!(not(target_arch = "wasm32")), Ordering::Relaxed);
+    ON.store(on, Ordering::Relaxed);
 }
 
 /// `(op, calls, seconds)` since [`enable`], slowest first.
@@ -23,25 +25,15 @@ pub fn report() -> Vec<(&'static str, u64, f64)> {
 
 /// Adds its lifetime to `op`'s total when dropped (if profiling is on).
 pub struct Scope {
-    #[cfg(not(target_arch = "wasm32"))]
-    started: Option<(&'static str, std::time::Instant)>,
+    started: Option<(&'static str, Instant)>,
 }
 
 pub fn scope(op: &'static str) -> Scope {
-    #[cfg(not(target_arch = "wasm32"))]
-    {
-        Scope { started: ON.load(Ordering::Relaxed).then(|| (op, std::time::Instant::now())) }
-    }
-    #[cfg(target_arch = "wasm32")]
-    {
-        let _ = op;
-        Scope {}
-    }
+    Scope { started: ON.load(Ordering::Relaxed).then(|| (op, Instant::now())) }
 }
 
 impl Drop for Scope {
     fn drop(&mut self) {
-        #[cfg(not(target_arch = "wasm32"))]
         if let Some((op, t)) = self.started {
             let secs = t.elapsed().as_secs_f64();
             let mut totals = TOTALS.lock().unwrap();

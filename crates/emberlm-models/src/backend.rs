@@ -153,7 +153,7 @@ pub trait Backend {
     fn argmax(pass: &mut Self::Pass<'_>, x: &Self::Tensor, out: &Self::Tensor, rows: usize, cols: usize) -> Result<()>;
 
     /// Starts collecting time per op kind (clearing earlier totals), or stops; false when this
-    /// backend cannot (in wasm; on WebGPU, an adapter without timestamp queries).
+    /// backend cannot (on WebGPU, an adapter without timestamp queries).
     fn set_profiling(&self, _on: bool) -> bool {
         false
     }
@@ -337,7 +337,8 @@ impl Backend for GpuDevice {
     }
 
     fn overlaps_steps(&self) -> bool {
-        true
+        // While profiling, one query set times one step at a time.
+        self.profiler().is_none()
     }
 
     fn submit<'a>(&'a self, plan: Plan<'a>, cache: &mut StepCache, next: &Tensor) -> Result<PendingRead> {
@@ -346,6 +347,9 @@ impl Backend for GpuDevice {
 
     async fn token(&self, pending: PendingRead) -> Result<u32> {
         let bytes = self.finish_read(pending).await?;
+        if let Some(profiler) = self.profiler() {
+            profiler.collect(self).await?;
+        }
         Ok(u32::from_le_bytes(bytes[..4].try_into().expect("4 bytes read")))
     }
 }
@@ -431,7 +435,7 @@ impl Backend for CpuDevice {
 
     fn set_profiling(&self, on: bool) -> bool {
         emberlm_cpu::profile::enable(on);
-        cfg!(not(target_arch = "wasm32"))
+        true
     }
 
     fn profile_report(&self) -> Vec<(&'static str, u64, f64)> {

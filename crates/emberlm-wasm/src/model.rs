@@ -204,6 +204,16 @@ impl Runner {
         on_backend!(self, b => b.dev.describe())
     }
 
+    fn set_profiling(&self, on: bool) -> bool {
+        on_backend!(self, b => b.dev.set_profiling(on))
+    }
+
+    /// Time per op kind since profiling (re)started, over `tokens` tokens.
+    fn profile(&self, tokens: usize) -> JsProfile {
+        let ops = on_backend!(self, b => b.dev.profile_report());
+        JsProfile { tokens, ops: ops.into_iter().map(|(op, calls, secs)| JsProfileOp { op: op.to_string(), calls, ms: secs * 1e3 }).collect() }
+    }
+
     async fn generate(&self, prompt_ids: &[u32], opts: &GenerateOptions, on_token: impl FnMut(u32) -> bool) -> Result<Generation, JsValue> {
         on_backend!(self, b => b.generate(prompt_ids, opts, on_token).await)
     }
@@ -232,6 +242,8 @@ struct JsGenerateOptions {
     seed: u64,
     stop: Vec<String>,
     ignore_eos: bool,
+    /// Time every op kind (GPU timestamps, or CPU time per op), prefill and decode apart.
+    profile: bool,
 }
 
 impl Default for JsGenerateOptions {
@@ -247,6 +259,7 @@ impl Default for JsGenerateOptions {
             seed: s.seed,
             stop: vec![],
             ignore_eos: false,
+            profile: false,
         }
     }
 }
@@ -263,6 +276,30 @@ struct JsGeneration {
     ttft_ms: f64,
     prefill_tok_s: f64,
     decode_tok_s: f64,
+    /// With `profile`: where the prefill's and the decode's time went (`None` where the backend
+    /// cannot time its ops: an adapter without timestamp queries).
+    profile: Option<JsProfiles>,
+}
+
+#[derive(Serialize)]
+struct JsProfiles {
+    prefill: JsProfile,
+    decode: JsProfile,
+}
+
+#[derive(Serialize)]
+struct JsProfile {
+    tokens: usize,
+    ops: Vec<JsProfileOp>,
+}
+
+/// One op kind: its calls (dispatches on WebGPU; `(cpu) …` entries are CPU-side work) and
+/// milliseconds in all.
+#[derive(Serialize)]
+struct JsProfileOp {
+    op: String,
+    calls: u64,
+    ms: f64,
 }
 
 #[wasm_bindgen]
@@ -411,9 +448,16 @@ impl EmberModel {
         };
         let mut stream = StreamDecoder::new(true);
         let mut text = String::new();
-        let out = self
+        let profiling = o.profile && self.runner.set_profiling(true);
+        let mut prefill_profile = None;
+        let result = self
             .runner
             .generate(&prompt_ids, &opts, |id| {
+                // The first token ends the prefill: its times are kept, the decode's start anew.
+                if profiling && prefill_profile.is_none() {
+                    prefill_profile = Some(self.runner.profile(prompt_ids.len()));
+                    self.runner.set_profiling(true);
+                }
                 let piece = self.text.tokenizer.as_ref().and_then(|t| stream.push(t, id).ok()).unwrap_or_default();
                 text.push_str(&piece);
                 let keep = match &on_token {
@@ -422,7 +466,17 @@ impl EmberModel {
                 };
                 keep && !o.stop.iter().any(|s| text.contains(s.as_str()))
             })
-            .await?;
+            .await;
+        let profile = prefill_profile.map(|prefill| JsProfiles { prefill, decode: self.runner.profile(0) });
+        if profiling {
+            self.runner.set_profiling(false);
+        }
+        let out = result?;
+        let profile = profile.map(|mut p| {
+            p.prefill.tokens = out.prompt_ids.len() - out.reused_tokens;
+            p.decode.tokens = out.generated_ids.len().saturating_sub(1);
+            p
+        });
         for s in &o.stop {
             if let Some(i) = text.find(s.as_str()) {
                 text.truncate(i);
@@ -437,6 +491,7 @@ impl EmberModel {
             ttft_ms: out.ttft_ms,
             prefill_tok_s: out.prefill_tok_s,
             decode_tok_s: out.decode_tok_s,
+            profile,
         })
     }
 }
