@@ -270,7 +270,7 @@ async function reply() {
   if (usage) {
     const x = usage.extra;
     const cached = usage.prompt_tokens_details?.cached_tokens ? ` (${usage.prompt_tokens_details.cached_tokens} of ${usage.prompt_tokens} prompt tokens cached)` : '';
-    const figures = `${usage.completion_tokens} tokens · first token ${Math.round(x.time_to_first_token_ms)} ms${cached} · prefill ${x.prefill_tokens_per_s.toFixed(1)} tok/s · decode ${x.decode_tokens_per_s.toFixed(1)} tok/s · ${state.deviceLabel}${finish === 'abort' ? ' · stopped' : ''}`;
+    const figures = `${usage.completion_tokens} tokens · first token ${humanDuration(x.time_to_first_token_ms)}${cached} · prefill ${x.prefill_tokens_per_s.toFixed(1)} tok/s · decode ${x.decode_tokens_per_s.toFixed(1)} tok/s · ${state.deviceLabel}${finish === 'abort' ? ' · stopped' : ''}`;
     meta.append(figures);
     ui.figures.textContent = `${state.modelLabel} · ${figures}`;
   }
@@ -383,3 +383,12 @@ async function start() {
   document.body.dataset.started = 'true';
 }
 start();
+
+/** "0.31 s", "12.4 s", "1 min 34 s": the figures in units people read. */
+function humanDuration(ms) {
+  const s = ms / 1000;
+  if (s < 1) return `${s.toFixed(2)} s`;
+  if (s < 60) return `${s.toFixed(1)} s`;
+  const whole = Math.round(s);
+  return `${Math.floor(whole / 60)} min ${whole % 60} s`;
+}
