@@ -5,6 +5,8 @@
 // (or vec2, or scalar) of X and two vec4s of W for 8·TM multiply-adds (the previous 2×2 tile read
 // 4 values per 4). Weights are decoded once per tile load (weights.wgsl); sums are f32.
 // TM (1, 2 or 4) follows the prompt length so a short prompt does not pad to 32 tokens.
+// The sums live in named variables, not an array indexed in a loop: software adapters keep such
+// an array in memory (SwiftShader ran this kernel 3.4× slower, lavapipe 2×).
 
 struct Params {
     m: u32,          // rows of X (tokens)
@@ -45,8 +47,18 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id) loc
     let n0 = wid.x * BN;
     let m0 = wid.y * BM;
     let lid = local.y * 8u + local.x;
-    // acc[i][h]: token ty·TM + i, rows 4·tx + (0..3) (h = 0) and 32 + 4·tx + (0..3) (h = 1).
+    // Sums for token ty·TM + i, rows 4·tx + (0..3) and 32 + 4·tx + (0..3): r(2i) and r(2i + 1)
+    // while k is walked (the TM < 4 variants leave the later ones unused), acc[i][0..1] for the
+    // stores.
     var acc: array<array<vec4<f32>, 2>, TM>;
+    var r0 = vec4<f32>(0.0);
+    var r1 = vec4<f32>(0.0);
+    var r2 = vec4<f32>(0.0);
+    var r3 = vec4<f32>(0.0);
+    var r4 = vec4<f32>(0.0);
+    var r5 = vec4<f32>(0.0);
+    var r6 = vec4<f32>(0.0);
+    var r7 = vec4<f32>(0.0);
 
     for (var k0 = 0u; k0 < params.k; k0 += KSTEP) {
         // X: BM tokens × 8 vec4s of k; thread lid loads vec4s lid, lid + 64, ...
@@ -80,14 +92,37 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id) loc
             let a = x_tile[kk][local.y];
             let b0 = w_tile[kk][local.x];
             let b1 = w_tile[kk][8u + local.x];
-            for (var i = 0u; i < TM; i++) {
-                let ai = x_component(a, i);
-                acc[i][0] += ai * b0;
-                acc[i][1] += ai * b1;
-            }
+            // Named accumulators, not acc[i]: an array indexed in a loop stays in memory on
+            // software adapters (SwiftShader), named ones stay in registers.
+            r0 += x_component(a, 0u) * b0;
+            r1 += x_component(a, 0u) * b1;
+#if TM_1
+#else
+            r2 += x_component(a, 1u) * b0;
+            r3 += x_component(a, 1u) * b1;
+#endif
+#if TM_4
+            r4 += a.z * b0;
+            r5 += a.z * b1;
+            r6 += a.w * b0;
+            r7 += a.w * b1;
+#endif
         }
         workgroupBarrier();
     }
+    acc[0][0] = r0;
+    acc[0][1] = r1;
+#if TM_1
+#else
+    acc[1][0] = r2;
+    acc[1][1] = r3;
+#endif
+#if TM_4
+    acc[2][0] = r4;
+    acc[2][1] = r5;
+    acc[3][0] = r6;
+    acc[3][1] = r7;
+#endif
 
     for (var i = 0u; i < TM; i++) {
         let m = m0 + local.y * TM + i;

@@ -34,6 +34,8 @@ struct Params {
 const LANES: u32 = WG / TPR; // rows reduced side by side
 const ROWS: u32 = RB * LANES; // rows per workgroup
 
+// The body below is unrolled for RB = 4 rows per thread (ROWS_PER_THREAD in ops/matvec.rs).
+const_assert RB == 4u;
 var<workgroup> partial: array<array<f32, RB>, WG>;
 
 @compute @workgroup_size(WG)
@@ -44,19 +46,25 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec
     }
     let octets = params.k / 8u;
     let lane = lid / TPR; // this thread's rows: row0 + lane + rb · LANES
-    var acc: array<f32, RB>;
+    // Named accumulators, unrolled over the RB = 4 rows: an array indexed in a loop stays in
+    // memory on software adapters (SwiftShader, lavapipe), named ones stay in registers.
+    var acc0 = 0.0;
+    var acc1 = 0.0;
+    var acc2 = 0.0;
+    var acc3 = 0.0;
+    let first_row = row0 + lane;
     for (var o = lid % TPR; o < octets; o += TPR) {
         let xa = x[params.x_offset + 2u * o];
         let xb = x[params.x_offset + 2u * o + 1u];
-        for (var rb = 0u; rb < RB; rb++) {
-            let row = min(row0 + lane + rb * LANES, params.rows - 1u); // clamped rows are computed, never stored
-            let w = weight_octet(row, o, params.k);
-            acc[rb] += dot(w.lo, xa) + dot(w.hi, xb);
-        }
+        acc0 += row_dot(first_row, o, xa, xb);
+        acc1 += row_dot(first_row + LANES, o, xa, xb);
+        acc2 += row_dot(first_row + 2u * LANES, o, xa, xb);
+        acc3 += row_dot(first_row + 3u * LANES, o, xa, xb);
     }
-    for (var rb = 0u; rb < RB; rb++) {
-        partial[lid][rb] = acc[rb];
-    }
+    partial[lid][0] = acc0;
+    partial[lid][1] = acc1;
+    partial[lid][2] = acc2;
+    partial[lid][3] = acc3;
     workgroupBarrier();
     // Thread i < ROWS finishes row row0 + i = row0 + lane' + rb' · LANES.
     if (lid < ROWS && row0 + lid < params.rows) {
@@ -68,6 +76,12 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec
         }
         store(row0 + lid, total);
     }
+}
+
+// One octet of a row's dot product; rows past the end are clamped (computed, never stored).
+fn row_dot(row: u32, o: u32, xa: vec4<f32>, xb: vec4<f32>) -> f32 {
+    let w = weight_octet(min(row, params.rows - 1u), o, params.k);
+    return dot(w.lo, xa) + dot(w.hi, xb);
 }
 
 fn store(row: u32, value: f32) {
