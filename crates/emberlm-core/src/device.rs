@@ -299,10 +299,7 @@ impl GpuDevice {
         let staging = self.pooled_buffer("read-back staging", padded, wgpu::BufferUsages::MAP_READ | wgpu::BufferUsages::COPY_DST)?;
         encoder.copy_buffer_to_buffer(src, offset, &staging, 0, padded);
         let submission = self.queue.submit([encoder.finish()]);
-        let (sender, mapped) = futures_channel::oneshot::channel();
-        staging.slice(..padded).map_async(wgpu::MapMode::Read, move |result| {
-            let _ = sender.send(result);
-        });
+        let mapped = request_map(staging.slice(..padded));
         Ok(PendingRead { staging, size, padded, submission, mapped })
     }
 
@@ -310,24 +307,30 @@ impl GpuDevice {
     /// submission only, not for work queued after it) and returns its bytes.
     pub async fn finish_read(&self, pending: PendingRead) -> Result<Vec<u8>> {
         let PendingRead { staging, size, padded, submission, mapped } = pending;
+        self.await_mapped(mapped, Some(submission)).await?;
+        self.check_alive()?;
+        let data = staging.slice(..padded).get_mapped_range().map_err(|e| Error::ReadBack(e.to_string()))?[..size as usize].to_vec();
+        staging.unmap();
+        self.pool.give_back(staging);
+        Ok(data)
+    }
+
+    /// Waits for a mapping [`request_map`] asked for: natively by polling until `submission`
+    /// (or, if `None`, everything submitted) is done, in browsers by letting the event loop run.
+    pub(crate) async fn await_mapped(&self, mapped: MapReceiver, submission: Option<wgpu::SubmissionIndex>) -> Result<()> {
         #[cfg(not(target_arch = "wasm32"))]
         {
-            let wait = wgpu::PollType::Wait { submission_index: Some(submission), timeout: None };
+            let wait = wgpu::PollType::Wait { submission_index: submission, timeout: None };
             self.device.poll(wait).map_err(|e| Error::DeviceLost(e.to_string()))?;
         }
         #[cfg(target_arch = "wasm32")]
         let _ = submission;
         // Awaiting a channel (not spinning) lets the browser's event loop run the map callback.
         match mapped.await {
-            Ok(Ok(())) => {}
-            Ok(Err(e)) => return Err(Error::ReadBack(e.to_string())),
-            Err(_) => return Err(Error::ReadBack("the map callback was dropped (device lost?)".into())),
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(e)) => Err(Error::ReadBack(e.to_string())),
+            Err(_) => Err(Error::ReadBack("the map callback was dropped (device lost?)".into())),
         }
-        self.check_alive()?;
-        let data = staging.slice(..padded).get_mapped_range().map_err(|e| Error::ReadBack(e.to_string()))?[..size as usize].to_vec();
-        staging.unmap();
-        self.pool.give_back(staging);
-        Ok(data)
     }
 
     pub async fn read_f32(&self, src: &wgpu::Buffer, offset_elems: u64, len: usize) -> Result<Vec<f32>> {
@@ -348,7 +351,19 @@ pub struct PendingRead {
     size: u64,
     padded: u64,
     submission: wgpu::SubmissionIndex,
-    mapped: futures_channel::oneshot::Receiver<std::result::Result<(), wgpu::BufferAsyncError>>,
+    mapped: MapReceiver,
+}
+
+/// Where a buffer mapping's outcome arrives.
+pub(crate) type MapReceiver = futures_channel::oneshot::Receiver<std::result::Result<(), wgpu::BufferAsyncError>>;
+
+/// Asks for `slice` to be mapped for reading; [`GpuDevice::await_mapped`] waits for it.
+pub(crate) fn request_map(slice: wgpu::BufferSlice<'_>) -> MapReceiver {
+    let (sender, mapped) = futures_channel::oneshot::channel();
+    slice.map_async(wgpu::MapMode::Read, move |result| {
+        let _ = sender.send(result);
+    });
+    mapped
 }
 
 /// Error scopes on native resolve immediately; on the web the future is pending until the

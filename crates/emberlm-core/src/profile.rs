@@ -76,16 +76,7 @@ impl GpuProfiler {
             return Ok(());
         }
         let slice = self.readback.slice(..16 * n as u64);
-        let (sender, mapped) = futures_channel::oneshot::channel();
-        slice.map_async(wgpu::MapMode::Read, move |r| {
-            let _ = sender.send(r);
-        });
-        dev.poll_wait()?;
-        match mapped.await {
-            Ok(Ok(())) => {}
-            Ok(Err(e)) => return Err(Error::ReadBack(e.to_string())),
-            Err(_) => return Err(Error::ReadBack("the profile's map callback was dropped (device lost?)".into())),
-        }
+        dev.await_mapped(crate::device::request_map(slice), None).await?;
         let ticks: Vec<u64> = bytemuck::pod_collect_to_vec(&slice.get_mapped_range().map_err(|e| Error::ReadBack(e.to_string()))?);
         self.readback.unmap();
         let seconds_per_tick = f64::from(dev.queue.get_timestamp_period()) * 1e-9;

@@ -1,8 +1,8 @@
 //! Generation loop: prefill the prompt, then decode one token per step until EOS, a stop
 //! token, the caller's callback or the token budget, with the figures users ask for (time to
-//! first token, prefill and decode tok/s), on any [`Backend`]. Greedy decoding keeps the argmax on
-//! the backend (4 bytes read back per token on the GPU, the next step queued before they arrive); sampling reads the logits back and
-//! samples on the CPU.
+//! first token, prefill and decode tok/s), on any [`Backend`]. Greedy decoding keeps the argmax
+//! on the backend (4 bytes read back per token on the GPU, the next step queued before they
+//! arrive); sampling reads the logits back and samples on the CPU.
 
 use web_time::Instant;
 

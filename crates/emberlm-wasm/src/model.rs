@@ -208,10 +208,10 @@ impl Runner {
         on_backend!(self, b => b.dev.set_profiling(on))
     }
 
-    /// Time per op kind since profiling (re)started, over `tokens` tokens.
-    fn profile(&self, tokens: usize) -> JsProfile {
+    /// Time per op kind since profiling (re)started.
+    fn profile_ops(&self) -> Vec<JsProfileOp> {
         let ops = on_backend!(self, b => b.dev.profile_report());
-        JsProfile { tokens, ops: ops.into_iter().map(|(op, calls, secs)| JsProfileOp { op: op.to_string(), calls, ms: secs * 1e3 }).collect() }
+        ops.into_iter().map(|(op, calls, secs)| JsProfileOp { op: op.to_string(), calls, ms: secs * 1e3 }).collect()
     }
 
     async fn generate(&self, prompt_ids: &[u32], opts: &GenerateOptions, on_token: impl FnMut(u32) -> bool) -> Result<Generation, JsValue> {
@@ -449,13 +449,13 @@ impl EmberModel {
         let mut stream = StreamDecoder::new(true);
         let mut text = String::new();
         let profiling = o.profile && self.runner.set_profiling(true);
-        let mut prefill_profile = None;
+        let mut prefill_ops = None;
         let result = self
             .runner
             .generate(&prompt_ids, &opts, |id| {
                 // The first token ends the prefill: its times are kept, the decode's start anew.
-                if profiling && prefill_profile.is_none() {
-                    prefill_profile = Some(self.runner.profile(prompt_ids.len()));
+                if profiling && prefill_ops.is_none() {
+                    prefill_ops = Some(self.runner.profile_ops());
                     self.runner.set_profiling(true);
                 }
                 let piece = self.text.tokenizer.as_ref().and_then(|t| stream.push(t, id).ok()).unwrap_or_default();
@@ -467,15 +467,14 @@ impl EmberModel {
                 keep && !o.stop.iter().any(|s| text.contains(s.as_str()))
             })
             .await;
-        let profile = prefill_profile.map(|prefill| JsProfiles { prefill, decode: self.runner.profile(0) });
+        let decode_ops = prefill_ops.as_ref().map(|_| self.runner.profile_ops());
         if profiling {
             self.runner.set_profiling(false);
         }
         let out = result?;
-        let profile = profile.map(|mut p| {
-            p.prefill.tokens = out.prompt_ids.len() - out.reused_tokens;
-            p.decode.tokens = out.generated_ids.len().saturating_sub(1);
-            p
+        let profile = prefill_ops.zip(decode_ops).map(|(prefill, decode)| JsProfiles {
+            prefill: JsProfile { tokens: out.prompt_ids.len() - out.reused_tokens, ops: prefill },
+            decode: JsProfile { tokens: out.generated_ids.len().saturating_sub(1), ops: decode },
         });
         for s in &o.stop {
             if let Some(i) = text.find(s.as_str()) {
