@@ -48,9 +48,7 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id) loc
     let m0 = wid.y * BM;
     let lid = local.y * 8u + local.x;
     // Sums for token ty·TM + i, rows 4·tx + (0..3) and 32 + 4·tx + (0..3): r(2i) and r(2i + 1)
-    // while k is walked (the TM < 4 variants leave the later ones unused), acc[i][0..1] for the
-    // stores.
-    var acc: array<array<vec4<f32>, 2>, TM>;
+    // (the TM < 4 variants leave the later ones unused).
     var r0 = vec4<f32>(0.0);
     var r1 = vec4<f32>(0.0);
     var r2 = vec4<f32>(0.0);
@@ -92,8 +90,6 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id) loc
             let a = x_tile[kk][local.y];
             let b0 = w_tile[kk][local.x];
             let b1 = w_tile[kk][8u + local.x];
-            // Named accumulators, not acc[i]: an array indexed in a loop stays in memory on
-            // software adapters (SwiftShader), named ones stay in registers.
             r0 += x_component(a, 0u) * b0;
             r1 += x_component(a, 0u) * b1;
 #if TM_1
@@ -110,38 +106,38 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id) loc
         }
         workgroupBarrier();
     }
-    acc[0][0] = r0;
-    acc[0][1] = r1;
+    let m = m0 + local.y * TM;
+    let n = n0 + local.x * 4u;
+    store_token(m, n, r0, r1);
 #if TM_1
 #else
-    acc[1][0] = r2;
-    acc[1][1] = r3;
+    store_token(m + 1u, n, r2, r3);
 #endif
 #if TM_4
-    acc[2][0] = r4;
-    acc[2][1] = r5;
-    acc[3][0] = r6;
-    acc[3][1] = r7;
+    store_token(m + 2u, n, r4, r5);
+    store_token(m + 3u, n, r6, r7);
 #endif
+}
 
-    for (var i = 0u; i < TM; i++) {
-        let m = m0 + local.y * TM + i;
-        if (m >= params.m) {
-            break;
-        }
-        for (var h = 0u; h < 2u; h++) {
-            for (var j = 0u; j < 4u; j++) {
-                let n = n0 + h * 32u + local.x * 4u + j;
-                if (n < params.n) {
-                    let col = params.row_offset + n;
+// Token m's sums for rows n..n+3 (lo) and n+32..n+35 (hi).
+fn store_token(m: u32, n: u32, lo: vec4<f32>, hi: vec4<f32>) {
+    if (m >= params.m) {
+        return;
+    }
+    for (var j = 0u; j < 4u; j++) {
+        store(m, n + j, lo[j]);
+        store(m, n + 32u + j, hi[j]);
+    }
+}
+
+fn store(m: u32, n: u32, value: f32) {
+    if (n < params.n) {
+        let col = params.row_offset + n;
 #if BIAS
-                    y[m * params.ldy + params.y_offset + col] = acc[i][h][j] + bias[col];
+        y[m * params.ldy + params.y_offset + col] = value + bias[col];
 #else
-                    y[m * params.ldy + params.y_offset + col] = acc[i][h][j];
+        y[m * params.ldy + params.y_offset + col] = value;
 #endif
-                }
-            }
-        }
     }
 }
 
