@@ -13,16 +13,7 @@ struct Params {
 @group(0) @binding(1) var<storage, read> gate_up: array<f32>;
 @group(0) @binding(2) var<storage, read_write> out: array<f32>;
 
-fn activation(g: f32) -> f32 {
-#if GELU_TANH
-    // 0.5·g·(1 + tanh(u)) written as g·sigmoid(2u): the same function, without the
-    // cancellation in 1 + tanh(u) for negative g that costs f32 most of its digits.
-    let u = 0.7978845608028654 * (g + 0.044715 * g * g * g); // sqrt(2/pi)
-    return g / (1.0 + exp(-2.0 * u));
-#else
-    return g / (1.0 + exp(-g));
-#endif
-}
+#include "lib/activation.wgsl"
 
 @compute @workgroup_size(WG)
 fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>, @builtin(local_invocation_index) lid: u32) {

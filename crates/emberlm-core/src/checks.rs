@@ -123,6 +123,39 @@ pub async fn check_matvec(dev: &GpuDevice, dtype: DType, n: usize, k: usize, bia
     Ok(compare(name, &got, &want, |i| dot_tolerance(k, scale[i] + if bias { b_host[i].abs() as f64 } else { 0.0 })))
 }
 
+/// `gated_matvec` on fused [gate | up] weights: each output is act(g)·u for two dot products
+/// within [`dot_tolerance`], through the activation (relative 1e-5, as `gated_activation`):
+/// |d(act(g)·u)| ≤ |act'(g)|·|u|·δg + |act(g)|·δu, with |act'| ≤ 1.2 for SiLU and GELU.
+pub async fn check_gated_matvec(dev: &GpuDevice, dtype: DType, act: Activation, inter: usize, k: usize, bias: bool, seed: u64) -> Result<CheckResult> {
+    let k = k.next_multiple_of(dtype.k_multiple());
+    let mut rng = Rng::new(seed);
+    let w = PackedMatrix::pack(dtype, 2 * inter, k, &rng.vec(2 * inter * k, -1.0, 1.0));
+    let x_host = rng.vec(2 * k, -1.0, 1.0);
+    let b_host = rng.vec(2 * inter, -1.0, 1.0);
+    let wt = Tensor::from_packed(dev, "gate|up", &[2 * inter, k], &w)?;
+    let x = Tensor::from_f32(dev, "x", &[2, k], &x_host)?;
+    let out = Tensor::new_zeroed(dev, "out", &[inter], DType::F32)?;
+    let b = Tensor::from_f32(dev, "bias", &[2 * inter], &b_host)?;
+    let mut plan = Plan::new(dev);
+    // The second token row: exercises x_row.
+    ops::gated_matvec(&mut plan, &wt, &x, 1, bias.then_some(&b), &out, act)?;
+    run(plan).await?;
+    let got = out.read_f32(dev).await?;
+    let wd = w.dequantize();
+    let xi = &x_host[k..];
+    let gate_up = reference::matvec(&wd, xi, bias.then_some(&b_host[..]), 2 * inter);
+    let scale = reference::abs_dot(&wd, xi, 2 * inter);
+    let gate_up_f32: Vec<f32> = gate_up.iter().map(|&v| v as f32).collect();
+    let want = reference::gated_activation(&gate_up_f32, inter, act);
+    let name = format!("gated_matvec {act:?} {} {inter}x{k}{}", dtype.name(), if bias { " +bias" } else { "" });
+    Ok(compare(name, &got, &want, |i| {
+        let (g, u) = (gate_up[i], gate_up[inter + i]);
+        let bias_of = |r: usize| if bias { b_host[r].abs() as f64 } else { 0.0 };
+        let (dg, du) = (dot_tolerance(k, scale[i] + bias_of(i)), dot_tolerance(k, scale[inter + i] + bias_of(inter + i)));
+        1.2 * u.abs() * dg + reference::activation(act, g).abs() * du + 1e-5 * want[i].abs() + 1e-7
+    }))
+}
+
 pub async fn check_matmul(dev: &GpuDevice, dtype: DType, m: usize, n: usize, k: usize, bias: bool, seed: u64) -> Result<CheckResult> {
     let k = k.next_multiple_of(dtype.k_multiple());
     let mut rng = Rng::new(seed);
@@ -284,61 +317,55 @@ pub async fn check_logit_softcap(dev: &GpuDevice, len: usize, cap: f32, seed: u6
 pub struct RopeCase {
     pub layout: RopeLayout,
     pub tokens: usize,
-    pub heads: usize,
+    pub heads_q: usize,
+    pub heads_kv: usize,
     pub d: usize,
     pub rot_dims: usize,
-    pub head_offset: usize,
-    pub row_stride: usize,
     pub pos0: usize,
 }
 
-/// Each output is a·c ∓ b·s from table values: three roundings, so 3u·(|a·c| + |b·s|) ≤ 3u·(|a|+|b|).
-pub async fn check_rope(dev: &GpuDevice, case: RopeCase, seed: u64) -> Result<CheckResult> {
-    let RopeCase { layout, tokens, heads, d, rot_dims, head_offset, row_stride, pos0 } = case;
+/// Rows of [q | k | v] heads plus one spare head (which must stay as it was). Each rotated
+/// value is a·c ∓ b·s from table values: three roundings, so 3u·(|a·c| + |b·s|) ≤ 3u·(|a|+|b|);
+/// the cache slots past this step's positions, the k and v heads left in the rows and the
+/// copied values must be bit-exact.
+pub async fn check_rope_kv_append(dev: &GpuDevice, case: RopeCase, seed: u64) -> Result<CheckResult> {
+    let RopeCase { layout, tokens, heads_q, heads_kv, d, rot_dims, pos0 } = case;
     let mut rng = Rng::new(seed);
-    let x_host = rng.vec(tokens * row_stride, -2.0, 2.0);
-    let positions = pos0 + tokens;
-    let freqs = rope_table::inv_freq(rot_dims, 10_000.0, RopeScaling::None);
-    let table = RopeTable::new(dev, &freqs, positions, 1.0)?;
-    let table_host = rope_table::cos_sin(&freqs, positions, 1.0);
-    let x = Tensor::from_f32(dev, "x", &[tokens, row_stride], &x_host)?;
-    let mut plan = Plan::new(dev);
-    ops::rope(&mut plan, &x, &table, layout, tokens, heads, d, head_offset, row_stride, pos0)?;
-    run(plan).await?;
-    let got = x.read_f32(dev).await?;
-    let want = reference::rope(&x_host, &table_host, rot_dims, layout, tokens, heads, d, head_offset, row_stride, pos0);
-    let name = format!("rope {layout:?} t={tokens} heads={heads} d={d} rot={rot_dims} offset={head_offset} pos0={pos0}");
-    Ok(compare(name, &got, &want, |_| 3.0 * U * 4.0 + 1e-7))
-}
-
-pub async fn check_kv_cache_append(dev: &GpuDevice, tokens: usize, heads: usize, d: usize, head_offset: usize, pos0: usize, seed: u64) -> Result<CheckResult> {
-    let mut rng = Rng::new(seed);
-    let row_stride = (head_offset + 2 * heads + 1) * d;
+    let row_stride = (heads_q + 2 * heads_kv + 1) * d;
     let s_max = pos0 + tokens + 2;
-    let src_host = rng.vec(tokens * row_stride, -1.0, 1.0);
-    let k_host = rng.vec(heads * s_max * d, -1.0, 1.0);
-    let v_host = rng.vec(heads * s_max * d, -1.0, 1.0);
-    let src = Tensor::from_f32(dev, "src", &[tokens, row_stride], &src_host)?;
-    let k_cache = Tensor::from_f32(dev, "k cache", &[heads * s_max * d], &k_host)?;
-    let v_cache = Tensor::from_f32(dev, "v cache", &[heads * s_max * d], &v_host)?;
+    let qkv_host = rng.vec(tokens * row_stride, -2.0, 2.0);
+    let k_host = rng.vec(heads_kv * s_max * d, -1.0, 1.0);
+    let v_host = rng.vec(heads_kv * s_max * d, -1.0, 1.0);
+    let freqs = rope_table::inv_freq(rot_dims, 10_000.0, RopeScaling::None);
+    let table = RopeTable::new(dev, &freqs, pos0 + tokens, 1.0)?;
+    let table_host = rope_table::cos_sin(&freqs, pos0 + tokens, 1.0);
+    let qkv = Tensor::from_f32(dev, "qkv", &[tokens, row_stride], &qkv_host)?;
+    let k_cache = Tensor::from_f32(dev, "k cache", &[heads_kv * s_max * d], &k_host)?;
+    let v_cache = Tensor::from_f32(dev, "v cache", &[heads_kv * s_max * d], &v_host)?;
     let mut plan = Plan::new(dev);
-    ops::kv_cache_append(&mut plan, &src, &k_cache, &v_cache, tokens, heads, d, head_offset, row_stride, pos0)?;
+    ops::rope_kv_append(&mut plan, &qkv, &table, layout, tokens, heads_q, heads_kv, d, row_stride, &k_cache, &v_cache, pos0)?;
     run(plan).await?;
-    let mut got = k_cache.read_f32(dev).await?;
+    let mut got = qkv.read_f32(dev).await?;
+    got.extend(k_cache.read_f32(dev).await?);
     got.extend(v_cache.read_f32(dev).await?);
-    let mut want: Vec<f64> = k_host.iter().chain(&v_host).map(|&v| v as f64).collect();
-    let v_base = heads * s_max * d;
+    // q heads rotated in place, the rest of the rows untouched; k rotated into the cache.
+    let mut want = reference::rope(&qkv_host, &table_host, rot_dims, layout, tokens, heads_q, d, 0, row_stride, pos0);
+    let rotated_k = reference::rope(&qkv_host, &table_host, rot_dims, layout, tokens, heads_kv, d, heads_q, row_stride, pos0);
+    let k_base = want.len();
+    let v_base = k_base + k_host.len();
+    want.extend(k_host.iter().chain(&v_host).map(|&v| v as f64));
     for t in 0..tokens {
-        for h in 0..heads {
+        for h in 0..heads_kv {
             for i in 0..d {
                 let slot = (h * s_max + pos0 + t) * d + i;
-                want[slot] = src_host[t * row_stride + (head_offset + h) * d + i] as f64;
-                want[v_base + slot] = src_host[t * row_stride + (head_offset + heads + h) * d + i] as f64;
+                let k_at = t * row_stride + (heads_q + h) * d + i;
+                want[k_base + slot] = rotated_k[k_at];
+                want[v_base + slot] = qkv_host[k_at + heads_kv * d] as f64;
             }
         }
     }
-    let name = format!("kv_cache_append t={tokens} heads={heads} d={d} offset={head_offset} pos0={pos0}");
-    Ok(compare(name, &got, &want, |_| 1e-30)) // a copy: bit-exact, untouched slots unchanged
+    let name = format!("rope_kv_append {layout:?} t={tokens} q/kv heads={heads_q}/{heads_kv} d={d} rot={rot_dims} pos0={pos0}");
+    Ok(compare(name, &got, &want, |_| 3.0 * U * 4.0 + 1e-7))
 }
 
 /// WGSL's exp is within (3 + 2|x|) ulp; |x| ≤ 2·0.8·(8 + 0.045·8³) ≈ 50 here, so ≤ 103 ulp
@@ -462,6 +489,8 @@ pub async fn run_suite(dev: &GpuDevice) -> Vec<(String, Result<CheckResult>)> {
         check!(format!("matmul {}", dtype.name()), check_matmul(dev, dtype, 40, 37, 96, i % 2 == 1, 11 + i as u64));
         check!(format!("embedding {}", dtype.name()), check_embedding(dev, dtype, 53, 64, 1.5, 21 + i as u64));
         check!(format!("fused projections {}", dtype.name()), check_fused_projections(dev, dtype, 3, i % 2 == 0, 25 + i as u64));
+        let act = if i % 2 == 0 { Activation::Silu } else { Activation::GeluTanh };
+        check!(format!("gated_matvec {}", dtype.name()), check_gated_matvec(dev, dtype, act, 37, 96, i % 3 == 0, 28 + i as u64));
     }
     // Three query tiles, and two key blocks for the last (a WGSL compiler once kept one block's
     // scores into the next).
@@ -474,10 +503,9 @@ pub async fn run_suite(dev: &GpuDevice) -> Vec<(String, Result<CheckResult>)> {
     check!("rms_norm", check_rms_norm(dev, 3, 1000, true, 0.0, 41));
     check!("head_rms_norm", check_head_rms_norm(dev, 3, 4, 32, 2, 1.0, 42));
     check!("logit_softcap", check_logit_softcap(dev, 1001, 30.0, 43));
-    let rope = RopeCase { layout: RopeLayout::Neox, tokens: 3, heads: 2, d: 64, rot_dims: 64, head_offset: 1, row_stride: 4 * 64, pos0: 100 };
-    check!("rope neox", check_rope(dev, rope, 51));
-    check!("rope interleaved", check_rope(dev, RopeCase { layout: RopeLayout::Interleaved, rot_dims: 32, ..rope }, 52));
-    check!("kv_cache_append", check_kv_cache_append(dev, 3, 2, 16, 1, 4, 61));
+    let rope = RopeCase { layout: RopeLayout::Neox, tokens: 3, heads_q: 4, heads_kv: 2, d: 64, rot_dims: 64, pos0: 100 };
+    check!("rope_kv_append neox", check_rope_kv_append(dev, rope, 51));
+    check!("rope_kv_append interleaved, partial", check_rope_kv_append(dev, RopeCase { layout: RopeLayout::Interleaved, rot_dims: 32, ..rope }, 52));
     check!("gated_activation silu", check_gated_activation(dev, Activation::Silu, 3, 173, 71));
     check!("gated_activation gelu", check_gated_activation(dev, Activation::GeluTanh, 3, 173, 72));
     check!("softmax", check_softmax(dev, 2, 1001, 0.7, 81));

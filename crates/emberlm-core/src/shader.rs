@@ -22,14 +22,13 @@ shaders!(
     "attention_reduce",
     "rms_norm",
     "head_rms_norm",
-    "rope",
+    "rope_kv_append",
     "gated_activation",
     "embedding",
     "softmax",
     "logit_softcap",
     "argmax",
     "top_k",
-    "kv_cache_append",
 );
 
 /// Helper files shared by several kernels (not kernels themselves), pulled in by `#include`.
@@ -37,6 +36,7 @@ pub const INCLUDES: &[(&str, &str)] = &[
     ("lib/weights.wgsl", include_str!("../../../shaders/lib/weights.wgsl")),
     ("lib/ranking.wgsl", include_str!("../../../shaders/lib/ranking.wgsl")),
     ("lib/row_reduce.wgsl", include_str!("../../../shaders/lib/row_reduce.wgsl")),
+    ("lib/activation.wgsl", include_str!("../../../shaders/lib/activation.wgsl")),
 ];
 
 pub fn kernel_source(name: &str) -> Option<&'static str> {

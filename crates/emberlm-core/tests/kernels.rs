@@ -49,6 +49,29 @@ fn matvec_all_dtypes_every_row_split() {
 }
 
 #[test]
+fn gated_matvec_all_dtypes_both_activations() {
+    for (i, dtype) in DTYPES.into_iter().enumerate() {
+        // Outputs not a multiple of a workgroup's (with a partial last pair), k giving 8 to 64
+        // threads per row.
+        for (inter, k) in [(1, 32), (37, 96), (130, 544), (9, 2080), (5, 8200)] {
+            let act = if (i + inter) % 2 == 0 { Activation::Silu } else { Activation::GeluTanh };
+            assert_pass(pollster::block_on(checks::check_gated_matvec(dev(), dtype, act, inter, k, i % 2 == 1, (inter * k + i) as u64)));
+        }
+    }
+}
+
+#[test]
+fn gated_matvec_refuses_weights_split_over_bindings() {
+    let d = dev_small_bindings();
+    let w = emberlm_core::Tensor::new_weight(d, "gate|up", &[600, 256], DType::F32).unwrap();
+    assert!(w.chunks.len() > 1 && !ops::gated_matvec_fits(&w));
+    let x = emberlm_core::Tensor::new_zeroed(d, "x", &[256], DType::F32).unwrap();
+    let out = emberlm_core::Tensor::new_zeroed(d, "out", &[300], DType::F32).unwrap();
+    let mut plan = emberlm_core::Plan::new(d);
+    assert!(ops::gated_matvec(&mut plan, &w, &x, 0, None, &out, Activation::Silu).is_err());
+}
+
+#[test]
 fn matvec_with_bias_and_f32_rows_of_any_multiple_of_8() {
     assert_pass(pollster::block_on(checks::check_matvec(dev(), DType::F32, 11, 40, true, 5)));
     assert_pass(pollster::block_on(checks::check_matvec(dev(), DType::F16, 11, 200, true, 6)));
@@ -125,24 +148,20 @@ fn head_rms_norm_inside_fused_rows_and_softcap() {
 }
 
 #[test]
-fn rope_layouts_partial_rotary_and_fused_rows() {
-    let base = RopeCase { layout: RopeLayout::Neox, tokens: 3, heads: 2, d: 64, rot_dims: 64, head_offset: 0, row_stride: 128, pos0: 0 };
+fn rope_kv_append_layouts_partial_rotary_and_gqa() {
+    let base = RopeCase { layout: RopeLayout::Neox, tokens: 3, heads_q: 2, heads_kv: 2, d: 64, rot_dims: 64, pos0: 0 };
     let cases = [
         base,
         RopeCase { layout: RopeLayout::Interleaved, ..base },
         RopeCase { rot_dims: 32, ..base },                                   // partial rotary
-        RopeCase { head_offset: 3, row_stride: 6 * 64, pos0: 4000, ..base }, // k heads inside fused QKV rows
-        RopeCase { layout: RopeLayout::Interleaved, d: 80, rot_dims: 80, row_stride: 160, pos0: 17, ..base },
+        RopeCase { layout: RopeLayout::Interleaved, rot_dims: 16, ..base },  // partial, interleaved
+        RopeCase { heads_q: 9, heads_kv: 3, tokens: 1, pos0: 4000, ..base }, // GQA decode step
+        RopeCase { layout: RopeLayout::Interleaved, d: 80, rot_dims: 80, pos0: 17, ..base },
+        RopeCase { tokens: 70, heads_q: 3, heads_kv: 1, d: 16, rot_dims: 16, pos0: 5, ..base }, // many workgroups
     ];
     for (i, case) in cases.into_iter().enumerate() {
-        assert_pass(pollster::block_on(checks::check_rope(dev(), case, 200 + i as u64)));
+        assert_pass(pollster::block_on(checks::check_rope_kv_append(dev(), case, 200 + i as u64)));
     }
-}
-
-#[test]
-fn kv_cache_append_copies_into_place() {
-    assert_pass(pollster::block_on(checks::check_kv_cache_append(dev(), 1, 2, 64, 0, 0, 1)));
-    assert_pass(pollster::block_on(checks::check_kv_cache_append(dev(), 5, 3, 16, 2, 7, 2)));
 }
 
 #[test]

@@ -121,34 +121,43 @@ pub trait Backend {
         eps: f32,
         offset: f32,
     ) -> Result<()>;
-    fn rope(
+    /// Rotates the q heads (the first `heads_q` of each `qkv` row) in place and the k heads (the
+    /// next `kv_heads`) on their way into `k_cache`, and copies the v heads (the next
+    /// `kv_heads`) into `v_cache`, at positions `pos0..`. The rows' k heads may be left
+    /// unrotated: nothing reads them afterwards.
+    fn rope_kv_append(
         pass: &mut Self::Pass<'_>,
-        x: &Self::Tensor,
+        qkv: &Self::Tensor,
         table: &Self::Rope,
         layout: RopeLayout,
         tokens: usize,
-        heads: usize,
-        d: usize,
-        head_offset: usize,
-        row_stride: usize,
-        pos0: usize,
-    ) -> Result<()>;
-    /// Keys: heads `head_offset..head_offset + kv_heads` of each row; values: the next
-    /// `kv_heads` heads.
-    fn kv_cache_append(
-        pass: &mut Self::Pass<'_>,
-        qkv: &Self::Tensor,
-        k_cache: &Self::Tensor,
-        v_cache: &Self::Tensor,
-        tokens: usize,
+        heads_q: usize,
         kv_heads: usize,
         d: usize,
-        head_offset: usize,
         row_stride: usize,
+        k_cache: &Self::Tensor,
+        v_cache: &Self::Tensor,
         pos0: usize,
     ) -> Result<()>;
     fn attention(pass: &mut Self::Pass<'_>, q: &Self::Tensor, k: &Self::Tensor, v: &Self::Tensor, out: &Self::Tensor, p: &AttentionParams) -> Result<()>;
     fn gated_activation(pass: &mut Self::Pass<'_>, gate_up: &Self::Tensor, out: &Self::Tensor, rows: usize, inter: usize, act: Activation) -> Result<()>;
+    /// Whether [`Backend::gated_matvec`] takes this fused [gate | up] weight.
+    fn fuses_gated_matvec(_gate_up: &Self::Tensor) -> bool {
+        false
+    }
+    /// One token's `act(gate·x) · (up·x)` over fused [gate | up] rows (`x` row `x_row`), where
+    /// [`Backend::fuses_gated_matvec`] says so: the projection and the activation as one op.
+    fn gated_matvec(
+        _pass: &mut Self::Pass<'_>,
+        _gate_up: &Self::Tensor,
+        _x: &Self::Tensor,
+        _x_row: usize,
+        _bias: Option<&Self::Tensor>,
+        _out: &Self::Tensor,
+        _act: Activation,
+    ) -> Result<()> {
+        Err(emberlm_core::Error::InvalidArgument("this backend has no fused gate/up matvec (fuses_gated_matvec is false)".into()))
+    }
     fn logit_softcap(pass: &mut Self::Pass<'_>, x: &Self::Tensor, len: usize, cap: f32) -> Result<()>;
     fn argmax(pass: &mut Self::Pass<'_>, x: &Self::Tensor, out: &Self::Tensor, rows: usize, cols: usize) -> Result<()>;
 
@@ -280,34 +289,21 @@ impl Backend for GpuDevice {
         ops::head_rms_norm(plan, x, w, rows, heads, head_offset, stride, eps, offset).map(drop)
     }
 
-    fn rope(
+    fn rope_kv_append(
         plan: &mut Plan,
-        x: &Tensor,
+        qkv: &Tensor,
         table: &RopeTable,
         layout: RopeLayout,
         tokens: usize,
-        heads: usize,
-        d: usize,
-        head_offset: usize,
-        stride: usize,
-        pos0: usize,
-    ) -> Result<()> {
-        ops::rope(plan, x, table, layout, tokens, heads, d, head_offset, stride, pos0).map(drop)
-    }
-
-    fn kv_cache_append(
-        plan: &mut Plan,
-        qkv: &Tensor,
-        k_cache: &Tensor,
-        v_cache: &Tensor,
-        tokens: usize,
+        heads_q: usize,
         kv_heads: usize,
         d: usize,
-        head_offset: usize,
         stride: usize,
+        k_cache: &Tensor,
+        v_cache: &Tensor,
         pos0: usize,
     ) -> Result<()> {
-        ops::kv_cache_append(plan, qkv, k_cache, v_cache, tokens, kv_heads, d, head_offset, stride, pos0).map(drop)
+        ops::rope_kv_append(plan, qkv, table, layout, tokens, heads_q, kv_heads, d, stride, k_cache, v_cache, pos0).map(drop)
     }
 
     fn attention(plan: &mut Plan, q: &Tensor, k: &Tensor, v: &Tensor, out: &Tensor, p: &AttentionParams) -> Result<()> {
@@ -316,6 +312,14 @@ impl Backend for GpuDevice {
 
     fn gated_activation(plan: &mut Plan, gate_up: &Tensor, out: &Tensor, rows: usize, inter: usize, act: Activation) -> Result<()> {
         ops::gated_activation(plan, gate_up, out, rows, inter, act).map(drop)
+    }
+
+    fn fuses_gated_matvec(gate_up: &Tensor) -> bool {
+        ops::gated_matvec_fits(gate_up)
+    }
+
+    fn gated_matvec(plan: &mut Plan, gate_up: &Tensor, x: &Tensor, x_row: usize, bias: Option<&Tensor>, out: &Tensor, act: Activation) -> Result<()> {
+        ops::gated_matvec(plan, gate_up, x, x_row, bias, out, act).map(drop)
     }
 
     fn logit_softcap(plan: &mut Plan, x: &Tensor, len: usize, cap: f32) -> Result<()> {
@@ -494,35 +498,24 @@ impl Backend for CpuDevice {
         emberlm_cpu::ops::head_rms_norm(x, w, rows, heads, head_offset, stride, eps, offset)
     }
 
-    fn rope(
+    fn rope_kv_append(
         _: &mut CpuPass,
-        x: &CpuTensor,
+        qkv: &CpuTensor,
         t: &CpuRope,
         layout: RopeLayout,
         tokens: usize,
-        heads: usize,
-        d: usize,
-        head_offset: usize,
-        stride: usize,
-        pos0: usize,
-    ) -> Result<()> {
-        emberlm_cpu::ops::rope(x, &t.table, t.rot_dims, layout, tokens, heads, d, head_offset, stride, pos0)
-    }
-
-    fn kv_cache_append(
-        _: &mut CpuPass,
-        qkv: &CpuTensor,
-        k_cache: &CpuTensor,
-        v_cache: &CpuTensor,
-        tokens: usize,
+        heads_q: usize,
         kv_heads: usize,
         d: usize,
-        head_offset: usize,
         stride: usize,
+        k_cache: &CpuTensor,
+        v_cache: &CpuTensor,
         pos0: usize,
     ) -> Result<()> {
-        emberlm_cpu::ops::kv_cache_append(qkv, k_cache, tokens, kv_heads, d, head_offset, stride, pos0)?;
-        emberlm_cpu::ops::kv_cache_append(qkv, v_cache, tokens, kv_heads, d, head_offset + kv_heads, stride, pos0)
+        // q and k heads sit side by side in the rows: one rotation covers both.
+        emberlm_cpu::ops::rope(qkv, &t.table, t.rot_dims, layout, tokens, heads_q + kv_heads, d, 0, stride, pos0)?;
+        emberlm_cpu::ops::kv_cache_append(qkv, k_cache, tokens, kv_heads, d, heads_q, stride, pos0)?;
+        emberlm_cpu::ops::kv_cache_append(qkv, v_cache, tokens, kv_heads, d, heads_q + kv_heads, stride, pos0)
     }
 
     fn attention(_: &mut CpuPass, q: &CpuTensor, k: &CpuTensor, v: &CpuTensor, out: &CpuTensor, p: &AttentionParams) -> Result<()> {

@@ -6,11 +6,12 @@
 //! normed = rms_norm(residual += previous output)          (first layer: rms_norm(embedding·scale))
 //! qkv    = normed·[Wq | Wk | Wv]ᵀ (+ biases)               one fused row per token
 //! q, k   = head_rms_norm(q), head_rms_norm(k)             Qwen3, Gemma 3
-//! rope(q heads), rope(k heads); append k, v to the cache
+//! rope(q heads) in place, rope(k heads) into the cache, v into the cache   one op
 //! attn   = attention(q, cache)                            causal, per-layer window, soft-cap
 //! out    = attn·Woᵀ;  out = rms_norm(out)                 Gemma's post-attention norm
 //! normed = rms_norm(residual += out)
-//! out    = (act(normed·Wgateᵀ) · normed·Wupᵀ)·Wdownᵀ;  out = rms_norm(out)   Gemma's post-MLP norm
+//! act    = act(normed·Wgateᵀ) · normed·Wupᵀ                 one op when decoding (gated_matvec)
+//! out    = act·Wdownᵀ;  out = rms_norm(out)                 Gemma's post-MLP norm
 //! ```
 //! then `logits = rms_norm(residual += out)[last]·Woutᵀ`, Gemma 2's soft-cap, and the argmax
 //! on the GPU.
@@ -592,9 +593,7 @@ impl<B: Backend> Session<B> {
                 (Some(local), true) => local,
                 _ => &m.rope,
             };
-            // q and k heads sit side by side in the fused rows: one rotation covers both.
-            B::rope(plan, &ws.qkv, rope, c.rope_layout, t, c.heads + c.kv_heads, d, 0, qkv_w, pos0)?;
-            B::kv_cache_append(plan, &ws.qkv, &self.cache.k[i], &self.cache.v[i], t, c.kv_heads, d, c.heads, qkv_w, pos0)?;
+            B::rope_kv_append(plan, &ws.qkv, rope, c.rope_layout, t, c.heads, c.kv_heads, d, qkv_w, &self.cache.k[i], &self.cache.v[i], pos0)?;
             let params = AttentionParams {
                 tokens: t,
                 heads_q: c.heads,
@@ -611,8 +610,14 @@ impl<B: Backend> Session<B> {
             post_norm(plan, &ws.out, layer.post_attn_norm.as_ref())?;
             let attn_out = block_out(layer.post_attn_norm.as_ref());
             B::rms_norm(plan, attn_out, &layer.ffn_norm, Some(&ws.residual), &ws.normed, t, c.rms_eps, c.norm_offset)?;
-            project(plan, &ws.normed, &layer.gate_up, &ws.gate_up, 2 * c.ffn)?;
-            B::gated_activation(plan, &ws.gate_up, &ws.act, t, c.ffn, c.activation)?;
+            match layer.gate_up.parts.as_slice() {
+                // Decode: the projection and the activation in one op where the backend fuses them.
+                [p] if t == 1 && B::fuses_gated_matvec(&p.weight) => B::gated_matvec(plan, &p.weight, &ws.normed, 0, p.bias.as_ref(), &ws.act, c.activation)?,
+                _ => {
+                    project(plan, &ws.normed, &layer.gate_up, &ws.gate_up, 2 * c.ffn)?;
+                    B::gated_activation(plan, &ws.gate_up, &ws.act, t, c.ffn, c.activation)?;
+                }
+            }
             project(plan, &ws.act, &layer.down, &ws.out, c.hidden)?;
             post_norm(plan, &ws.out, layer.post_ffw_norm.as_ref())?;
             pending = Some(block_out(layer.post_ffw_norm.as_ref()));

@@ -1,9 +1,10 @@
-//! `matvec`: y = W·x (+ bias) for one token — the decode step's matmul, memory-bound.
+//! `matvec`: y = W·x (+ bias) for one token — the decode step's matmul, memory-bound; and
+//! `gated_matvec`, its GATED variant: the MLP's gate and up projections and activation at once.
 
 use bytemuck::{Pod, Zeroable};
 
-use super::{expect_f32, key, u32_of, weight_variant, WG};
-use crate::error::Result;
+use super::{expect_f32, key, u32_of, weight_variant, Activation, WG};
+use crate::error::{shape_err, Result};
 use crate::plan::{Binding, OpId, Plan};
 use crate::tensor::Tensor;
 
@@ -70,4 +71,53 @@ pub fn matvec_into(plan: &mut Plan, w: &Tensor, x: &Tensor, x_row: usize, bias: 
         ops.push(plan.dispatch(format!("matvec {}", w.name), key("matvec", variant.clone()), &params, storage, grid)?);
     }
     Ok(ops)
+}
+
+/// Whether [`gated_matvec`] takes `w`: it needs the gate and up rows in one binding.
+pub fn gated_matvec_fits(w: &Tensor) -> bool {
+    w.chunks.len() == 1 && w.rows() % 2 == 0 && w.k() % 8 == 0
+}
+
+/// `out[i] = act(W[i]·x + b[i]) · (W[inter + i]·x + b[inter + i])` for fused [gate | up]
+/// weights `w` ([2·inter, k], one chunk: [`gated_matvec_fits`]), reading `x[x_row * k..]`:
+/// the decode step's gate and up projections and the activation in one dispatch, with no
+/// gate|up vector written to memory and read back.
+pub fn gated_matvec(plan: &mut Plan, w: &Tensor, x: &Tensor, x_row: usize, bias: Option<&Tensor>, out: &Tensor, act: Activation) -> Result<OpId> {
+    const OP: &str = "gated_matvec";
+    if !gated_matvec_fits(w) {
+        return shape_err(OP, format!("`{}` ({} rows, {} chunks) is not one binding of paired gate and up rows", w.name, w.rows(), w.chunks.len()));
+    }
+    let (inter, k) = (w.rows() / 2, w.k());
+    expect_f32(OP, "input", x, (x_row + 1) * k)?;
+    expect_f32(OP, "output", out, inter)?;
+    if let Some(b) = bias {
+        expect_f32(OP, "bias", b, 2 * inter)?;
+    }
+    let tpr = threads_per_row(k);
+    let outputs_per_workgroup = ROWS_PER_THREAD / 2 * WG / tpr;
+    let variant = weight_variant(w.dtype)
+        .flag("GATED")
+        .flag_if(act == Activation::GeluTanh, "GELU_TANH")
+        .flag_if(bias.is_some(), "BIAS")
+        .with("WG", WG)
+        .with("TPR", tpr)
+        .with("RB", ROWS_PER_THREAD);
+    let chunk = &w.chunks[0];
+    let params = MatvecParams {
+        k: u32_of(OP, "k", k)?,
+        rows: u32_of(OP, "inter", inter)?,
+        row_offset: 0,
+        y_offset: 0,
+        x_offset: u32_of(OP, "x_offset", x_row * k / 4)?,
+        _pad: [0; 3],
+    };
+    let storage = vec![
+        Some(Binding::tensor(x)?),
+        Some(Binding::tensor(out)?),
+        Some(Binding::qs(chunk)),
+        w.dtype.is_quantized().then(|| Binding::scales(chunk)),
+        bias.map(Binding::tensor).transpose()?,
+    ];
+    let grid = plan.grid(params.rows.div_ceil(outputs_per_workgroup));
+    plan.dispatch(format!("gated_matvec {}", w.name), key("matvec", variant), &params, storage, grid)
 }

@@ -7,12 +7,11 @@ pub mod attention;
 pub mod embedding;
 pub mod gated_activation;
 pub mod head_rms_norm;
-pub mod kv_cache_append;
 pub mod logit_softcap;
 pub mod matmul;
 pub mod matvec;
 pub mod rms_norm;
-pub mod rope;
+pub mod rope_kv_append;
 pub mod softmax;
 pub mod top_k;
 
@@ -21,12 +20,11 @@ pub use attention::{attention, AttentionParams};
 pub use embedding::embedding;
 pub use gated_activation::{gated_activation, Activation};
 pub use head_rms_norm::head_rms_norm;
-pub use kv_cache_append::kv_cache_append;
 pub use logit_softcap::logit_softcap;
 pub use matmul::{matmul, matmul_into};
-pub use matvec::{matvec, matvec_into};
+pub use matvec::{gated_matvec, gated_matvec_fits, matvec, matvec_into};
 pub use rms_norm::rms_norm;
-pub use rope::{rope, RopeLayout};
+pub use rope_kv_append::{rope_kv_append, RopeLayout};
 pub use softmax::softmax;
 pub use top_k::top_k;
 
