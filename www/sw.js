@@ -1,7 +1,7 @@
 // Offline-first app shell: the page, its scripts, the engine's wasm and the vendored libraries
 // are cached at install and served from the cache (refreshed in the background when online).
 // Model files are not handled here: the emberlm package keeps them in OPFS / the Cache API.
-const VERSION = 'emberlm-shell-v2';
+const VERSION = 'emberlm-shell-v3';
 const SHELL = [
   './',
   'index.html',
@@ -15,11 +15,21 @@ const SHELL = [
   'emberlm/dist/index.js',
   'emberlm/dist/worker.js',
   'emberlm/wasm/emberlm_wasm.js',
-  'emberlm/wasm/emberlm_wasm_bg.wasm',
   // The threads build: the CPU backend on Web Workers (the page is served cross-origin isolated).
   'emberlm/wasm-threads/emberlm_wasm.js',
-  'emberlm/wasm-threads/emberlm_wasm_bg.wasm',
 ];
+// Of each build's two .wasm files, the one the package loads in this browser: the relaxed-SIMD
+// build where the engine validates this one-instruction module (the package's
+// RELAXED_SIMD_PROBE in npm/src/wasm.ts, in base64).
+const RELAXED_SIMD_PROBE = 'AGFzbQEAAAABBQFgAAF7AwIBAAo9ATsA/QwAAAAAAAAAAAAAAAAAAAAA/QwAAAAAAAAAAAAAAAAAAAAA/QwAAAAAAAAAAAAAAAAAAAAA/ZMCCw==';
+const relaxed = (() => {
+  try {
+    return WebAssembly.validate(Uint8Array.from(atob(RELAXED_SIMD_PROBE), (c) => c.charCodeAt(0)));
+  } catch {
+    return false;
+  }
+})();
+for (const build of ['wasm', 'wasm-threads']) SHELL.push(`emberlm/${build}/emberlm_wasm${relaxed ? '_relaxed' : ''}_bg.wasm`);
 // The package's modules, imported by index.js and worker.js.
 const PACKAGE = ['backend-local', 'backend-worker', 'backend', 'cpu-thread', 'cpu-threads', 'download', 'engine', 'errors', 'gpu', 'hub', 'model-files', 'protocol', 'runtime', 'select', 'types', 'wasm']
   .map((m) => `emberlm/dist/${m}.js`)

@@ -132,9 +132,9 @@ export interface EngineOptions {
   signal?: AbortSignal;
   /** Browser pages: run the engine in a dedicated Web Worker (default true where workers exist). */
   worker?: boolean;
-  /** Where the engine's `.wasm` is served from (default: beside this package's JS). */
+  /** Where the engine's `.wasm` is served from (default: beside this package's JS, the relaxed-SIMD build where the engine has relaxed SIMD). */
   wasmUrl?: string;
-  /** Where the threads build's `.wasm` is served from (default: `wasm-threads/` beside this package's JS). */
+  /** Where the threads build's `.wasm` is served from (default: `wasm-threads/` beside this package's JS, relaxed SIMD as for `wasmUrl`). */
   wasmThreadsUrl?: string;
   /**
    * Threads for the CPU backend in a browser (default: `navigator.hardwareConcurrency`, at most

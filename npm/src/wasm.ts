@@ -3,6 +3,9 @@
 // disk outside browsers.
 // Two builds: the plain one, and the threads one (shared memory, the CPU backend on Web
 // Workers; see cpu-threads.ts), loaded only in a cross-origin isolated page's engine worker.
+// Each comes as two .wasm files sharing one JS glue: `emberlm_wasm_relaxed_bg.wasm` (relaxed
+// SIMD: the CPU backend's Q4 dot products in one instruction per 16 bytes) where this engine
+// validates relaxed SIMD, else `emberlm_wasm_bg.wasm`.
 import * as engine from '../wasm/emberlm_wasm.js';
 import { startCpuThreads } from './cpu-threads.js';
 import { EmberError } from './errors.js';
@@ -34,10 +37,41 @@ async function plainGlue(): Promise<Wasm> {
   }
 }
 
+/**
+ * A module whose one function is `i32x4.relaxed_dot_i8x16_i7x16_add_s` of three zero vectors
+ * (the instruction the relaxed builds use): an engine that validates it runs relaxed SIMD.
+ * www/sw.js keeps the same bytes in base64 (checked by npm/test/pure.test.mjs).
+ */
+export const RELAXED_SIMD_PROBE: Uint8Array<ArrayBuffer> = (() => {
+  const zero = [0xfd, 0x0c, ...new Array<number>(16).fill(0)]; // v128.const 0
+  const body = [0x00, ...zero, ...zero, ...zero, 0xfd, 0x93, 0x02, 0x0b]; // no locals; dot; end
+  const bytes = [0x00, 0x61, 0x73, 0x6d, 0x01, 0x00, 0x00, 0x00];
+  bytes.push(0x01, 0x05, 0x01, 0x60, 0x00, 0x01, 0x7b); // type: () -> v128
+  bytes.push(0x03, 0x02, 0x01, 0x00); // one function of that type
+  bytes.push(0x0a, body.length + 2, 0x01, body.length, ...body);
+  return new Uint8Array(bytes);
+})();
+
+/** Whether this JavaScript engine runs relaxed SIMD. */
+export const HAS_RELAXED_SIMD: boolean = (() => {
+  try {
+    return typeof WebAssembly !== 'undefined' && WebAssembly.validate(RELAXED_SIMD_PROBE);
+  } catch {
+    return false;
+  }
+})();
+
+/** The default .wasm of a build folder (`wasm` or `wasm-threads`) for this engine. */
+function defaultWasmUrl(folder: 'wasm' | 'wasm-threads'): URL {
+  // Written out twice, not built from `folder`: bundlers only copy literal `new URL` paths.
+  if (folder === 'wasm') return HAS_RELAXED_SIMD ? new URL('../wasm/emberlm_wasm_relaxed_bg.wasm', import.meta.url) : new URL('../wasm/emberlm_wasm_bg.wasm', import.meta.url);
+  return HAS_RELAXED_SIMD ? new URL('../wasm-threads/emberlm_wasm_relaxed_bg.wasm', import.meta.url) : new URL('../wasm-threads/emberlm_wasm_bg.wasm', import.meta.url);
+}
+
 export function loadWasm(wasmUrl?: string | URL): Promise<Wasm> {
   plain ??= (async () => {
     const glue = await plainGlue();
-    const url = wasmUrl ?? new URL('../wasm/emberlm_wasm_bg.wasm', import.meta.url);
+    const url = wasmUrl ?? defaultWasmUrl('wasm');
     if (IS_SERVER_RUNTIME && String(url).startsWith('file:')) {
       const { readFile } = await import(/* @vite-ignore */ 'node:fs/promises' as string);
       await glue.default({ module_or_path: await readFile(new URL(String(url))) });
@@ -80,7 +114,7 @@ export function loadThreadedWasm(threads: number, wasmUrl?: string | URL): Promi
   if (threadsCrashed) return Promise.reject(new Error('it crashed earlier in this worker'));
   threaded ??= (async () => {
     const glue = await import('../wasm-threads/emberlm_wasm.js');
-    await glue.default({ module_or_path: wasmUrl ?? new URL('../wasm-threads/emberlm_wasm_bg.wasm', import.meta.url) });
+    await glue.default({ module_or_path: wasmUrl ?? defaultWasmUrl('wasm-threads') });
     await startCpuThreads(glue, threads);
     threadedReady = glue as unknown as Wasm;
     return threadedReady;

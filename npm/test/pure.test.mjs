@@ -108,3 +108,16 @@ test('a .gguf path or file: URL is a local model, an owner/name is a Hub repo', 
     assert.ok(isLocalModelPath(local), local);
   for (const hub of ['HuggingFaceTB/SmolLM2-360M-Instruct', 'a/b@v1.0', 'a/b-GGUF', 'owner/name.v2']) assert.ok(!isLocalModelPath(hub), hub);
 });
+
+test('the relaxed-SIMD probe is a valid module where relaxed SIMD runs, and the service worker has the same bytes', async () => {
+  const { RELAXED_SIMD_PROBE, HAS_RELAXED_SIMD } = await import('../dist/wasm.js');
+  const { readFileSync } = await import('node:fs');
+  const sw = readFileSync(new URL('../../www/sw.js', import.meta.url), 'utf8');
+  assert.equal(sw.match(/const RELAXED_SIMD_PROBE = '([^']+)'/)?.[1], Buffer.from(RELAXED_SIMD_PROBE).toString('base64'));
+  // Node 20 keeps relaxed SIMD behind a flag: the probe must say no there, and yes with it.
+  const { execFileSync } = await import('node:child_process');
+  const probe = (flags) => execFileSync(process.execPath, [...flags, '--input-type=module', '-e', `import('${new URL('../dist/wasm.js', import.meta.url)}').then((m) => console.log(m.HAS_RELAXED_SIMD))`]).toString().trim();
+  assert.equal(probe(['--experimental-wasm-relaxed-simd']), 'true');
+  assert.equal(String(HAS_RELAXED_SIMD), probe([]));
+  assert.equal(WebAssembly.validate(RELAXED_SIMD_PROBE.slice(0, -1)), false, 'a truncated probe is not a module');
+});

@@ -50,8 +50,23 @@ for (const allowSubgroups of [true, false]) {
 test('every CPU-backend op (wasm simd128) matches the reference in the browser', async () => {
   const report = await page.evaluate(async () => (await window.emberlm).cpuSelfTest());
   console.log(`cpu backend: ${report.device}`);
-  assert.match(report.device, /simd128/);
+  assert.match(report.device, /simd128\)$/);
   assert.ok(report.checks.length >= 4, JSON.stringify(report));
   const failed = report.checks.filter((c) => !c.passed);
   assert.deepEqual(failed, [], JSON.stringify(failed));
+});
+
+test('the relaxed-SIMD build shares the glue and its CPU ops match the reference too', async () => {
+  const relaxed = await page.context().browser().newPage();
+  try {
+    await relaxed.goto(page.url() + '?relaxed');
+    const report = await relaxed.evaluate(async () => (await window.emberlm).cpuSelfTest());
+    console.log(`cpu backend (relaxed build): ${report.device}`);
+    assert.match(report.device, /simd128\+relaxed\)$/);
+    assert.ok(report.checks.length >= 4, JSON.stringify(report));
+    const failed = report.checks.filter((c) => !c.passed);
+    assert.deepEqual(failed, [], JSON.stringify(failed));
+  } finally {
+    await relaxed.close();
+  }
 });

@@ -33,7 +33,7 @@ test('an isolated page runs the CPU backend on one thread per core and generates
   assert.equal(r.isolated, true);
   const threads = Math.min(r.cores, 16);
   assert.equal(r.info.device.backend, 'cpu');
-  assert.equal(r.info.device.name, `cpu (${threads} thread${threads === 1 ? '' : 's'}, simd128)`, JSON.stringify(r.info.device));
+  assert.equal(r.info.device.name, `cpu (${threads} thread${threads === 1 ? '' : 's'}, simd128+relaxed)`, JSON.stringify(r.info.device));
   assert.doesNotMatch(r.info.device.reason, /one thread/, 'no reason to fall back to one thread here');
   assert.deepEqual(r.tokens, qwen.generated_ids);
 });
@@ -46,7 +46,7 @@ test('three threads (more than this machine has cores): GGUF and safetensors sti
   ]) {
     const r = await generate(repo, c.text, c.generated_ids.length, { threads: 3, dtype });
     assert.equal(r.error, undefined, JSON.stringify(r.error));
-    assert.equal(r.info.device.name, 'cpu (3 threads, simd128)');
+    assert.equal(r.info.device.name, 'cpu (3 threads, simd128+relaxed)');
     assert.deepEqual(r.tokens, c.generated_ids, repo);
   }
 });
@@ -65,7 +65,7 @@ test('every CPU-backend op matches the f64 reference with its rows split over th
       }),
   );
   assert.equal(report.error, undefined, report.error);
-  assert.match(report.device, /^cpu \(3 threads, simd128\)$/);
+  assert.match(report.device, /^cpu \(3 threads, simd128\+relaxed\)$/);
   assert.ok(report.checks.length >= 4, JSON.stringify(report));
   const failed = report.checks.filter((c) => !c.passed);
   assert.deepEqual(failed, [], JSON.stringify(failed));
@@ -94,6 +94,6 @@ test('a trap on a pool worker in the middle of a chunk fails the job in the engi
 
 test('with threads, an abort stops a streamed reply, the engine stays usable, and unload ends it', async () => {
   const r = await streamAbortUnload(session.page, { repo: GGUF, hubUrl: hub.url, options: { threads: 2 } });
-  assert.equal(r.device, 'cpu (2 threads, simd128)');
+  assert.equal(r.device, 'cpu (2 threads, simd128+relaxed)');
   assertStreamAbortUnload(assert, r);
 });

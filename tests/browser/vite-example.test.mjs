@@ -31,7 +31,7 @@ test('the Vite app, served cross-origin isolated as its config says, streams an 
   await page.waitForFunction(() => document.getElementById('status').textContent === 'Ready', null, { timeout: 120_000 });
   // Vite bundled the package's thread workers and the threads build: more than one thread runs.
   const cores = await page.evaluate(() => Math.min(navigator.hardwareConcurrency, 16));
-  if (cores > 1) assert.match(await page.textContent('#device'), new RegExp(`^cpu \\(${cores} threads, simd128\\): auto: `));
+  if (cores > 1) assert.match(await page.textContent('#device'), new RegExp(`^cpu \\(${cores} threads, simd128\\+relaxed\\): auto: `));
   await page.click('button');
   await page.waitForFunction(() => document.getElementById('status').textContent.startsWith('Done'), null, { timeout: 120_000 });
   assert.match(await page.textContent('#status'), /^Done: 8 tokens at [\d.]+ tok\/s$/);

@@ -83,7 +83,7 @@ test('pick the bundled model, send a message, see a streamed reply with figures'
   // The page is served cross-origin isolated, so the CPU backend has a thread per core.
   const cores = await page.evaluate(() => (crossOriginIsolated ? Math.min(navigator.hardwareConcurrency, 16) : 0));
   assert.ok(cores > 0, 'the chat page is cross-origin isolated');
-  const cpu = `cpu \\(${cores} thread${cores === 1 ? '' : 's'}, simd128\\)`;
+  const cpu = `cpu \\(${cores} thread${cores === 1 ? '' : 's'}, simd128\\+relaxed\\)`;
   assert.match(await page.textContent('#figures'), new RegExp(`${cpu}, auto: the only WebGPU adapter .* is a software one`));
   if (cores > 1) assert.doesNotMatch(await page.textContent('#figures'), /one thread/);
   await setting('max-tokens', '24');

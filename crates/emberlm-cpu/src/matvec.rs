@@ -352,7 +352,8 @@ static AVX2: RowKernels = {
 static SIMD128: RowKernels = {
     use crate::wasm;
     RowKernels {
-        level: "simd128",
+        // The relaxed build's Q4 × int8 dot product is one relaxed instruction (wasm.rs).
+        level: if cfg!(target_feature = "relaxed-simd") { "simd128+relaxed" } else { "simd128" },
         q4_nibble_order: true,
         dot: wasm::dot,
         dot_q4: wasm::dot_q4,

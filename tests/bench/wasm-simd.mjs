@@ -1,0 +1,72 @@
+// The browser CPU backend's two wasm builds against each other: the plain simd128 build and the
+// relaxed-SIMD one (what the npm package loads where the engine validates relaxed SIMD), on one
+// thread and on all cores, interleaved and repeated, in headless Chromium on a cross-origin
+// isolated page, on SmolLM2-135M-Instruct Q4_1 from the local mock Hub. Not a test: it prints
+// a table (medians) of prefill and decode tok/s.
+//   node tests/bench/wasm-simd.mjs [--runs 3] [--tokens 64]
+import { existsSync } from 'node:fs';
+import { availableParallelism } from 'node:os';
+import { dirname, join } from 'node:path';
+import { fileURLToPath } from 'node:url';
+import { parseArgs } from 'node:util';
+import { openTestPage } from '../browser/chromium.mjs';
+import { fixtureRepos } from '../mock-hub/repos.mjs';
+import { startMockHub } from '../mock-hub/server.mjs';
+
+const here = dirname(fileURLToPath(import.meta.url));
+const root = join(here, '..', '..');
+const { values: args } = parseArgs({ options: { runs: { type: 'string', default: '3' }, tokens: { type: "string", default: "64" }, threads: { type: "string" } } });
+for (const f of ['npm/dist/index.js', 'npm/wasm/emberlm_wasm_relaxed_bg.wasm', 'npm/wasm-threads/emberlm_wasm_relaxed_bg.wasm', 'models/SmolLM2-135M-Instruct.Q4_1.gguf']) {
+  if (!existsSync(join(root, f))) throw new Error(`${f} is missing: run scripts/setup.sh, scripts/build-wasm.sh and (cd npm && npm run build)`);
+}
+const REPO = 'HuggingFaceTB/SmolLM2-135M-Instruct-GGUF';
+const PROMPT =
+  'The history of the printing press begins in the fifteenth century, when Johannes Gutenberg combined movable metal type, oil-based ink and a wooden press adapted from wine making. Within fifty years, printers across Europe had produced millions of books, and the way people';
+
+const hub = await startMockHub({ repos: fixtureRepos() });
+const session = await openTestPage(root, '/tests/browser/npm.html', 'emberlm', { isolated: true });
+const run = (build, threads) =>
+  session.page.evaluate(
+    async ({ repo, hubUrl, prompt, n, build, threads }) => {
+      const file = build === 'relaxed' ? 'emberlm_wasm_relaxed_bg.wasm' : 'emberlm_wasm_bg.wasm';
+      const engine = await window.emberlm.createEngine(repo, {
+        hub: hubUrl,
+        context: 512,
+        device: 'cpu',
+        threads,
+        wasmUrl: `/npm/wasm/${file}`,
+        wasmThreadsUrl: `/npm/wasm-threads/${file}`,
+      });
+      const r = await engine.generate(prompt, { temperature: 0, max_tokens: n, ignore_eos: true });
+      const device = engine.info.device.name;
+      await engine.unload();
+      return { device, prefill: r.usage.extra.prefill_tokens_per_s, decode: r.usage.extra.decode_tokens_per_s };
+    },
+    { repo: REPO, hubUrl: hub.url, prompt: PROMPT, n: Number(args.tokens), build, threads },
+  );
+
+const results = new Map();
+const configs = [...new Set(args.threads ? [Number(args.threads)] : [1, availableParallelism()])].flatMap((t) => ['plain', 'relaxed'].map((b) => [b, t]));
+for (let i = 0; i < Number(args.runs); i++) {
+  for (const [build, threads] of configs) {
+    const r = await run(build, threads);
+    console.log(`run ${i + 1}: ${build}, ${r.device}: prefill ${r.prefill.toFixed(1)} tok/s, decode ${r.decode.toFixed(1)} tok/s`);
+    const key = `${build}|${threads}`;
+    results.set(key, [...(results.get(key) ?? []), r]);
+  }
+}
+await session.close();
+await hub.close();
+
+const median = (xs) => {
+  const s = [...xs].sort((a, b) => a - b);
+  const m = s.length >> 1;
+  return s.length % 2 ? s[m] : (s[m - 1] + s[m]) / 2;
+};
+console.log('\n| build | runs on | prefill tok/s | decode tok/s | decode / plain |\n|---|---|---:|---:|---:|');
+for (const [build, threads] of configs) {
+  const rs = results.get(`${build}|${threads}`);
+  const plain = median(results.get(`plain|${threads}`).map((r) => r.decode));
+  const decode = median(rs.map((r) => r.decode));
+  console.log(`| ${build} | ${rs[0].device} | ${median(rs.map((r) => r.prefill)).toFixed(1)} | ${decode.toFixed(1)} | ${(decode / plain).toFixed(2)} |`);
+}
