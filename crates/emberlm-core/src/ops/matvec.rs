@@ -6,7 +6,7 @@ use bytemuck::{Pod, Zeroable};
 use super::{expect_f32, key, u32_of, weight_variant, Activation, WG};
 use crate::error::{shape_err, Result};
 use crate::plan::{Binding, OpId, Plan};
-use crate::tensor::Tensor;
+use crate::tensor::{Tensor, TensorChunk};
 
 /// Rows each thread works on (RB in shaders/matvec.wgsl), reusing its x loads across them.
 const ROWS_PER_THREAD: u32 = 4;
@@ -60,17 +60,22 @@ pub fn matvec_into(plan: &mut Plan, w: &Tensor, x: &Tensor, x_row: usize, bias: 
             x_offset: u32_of(OP, "x_offset", x_row * k / 4)?,
             _pad: [0; 3],
         };
-        let storage = vec![
-            Some(Binding::tensor(x)?),
-            Some(Binding::tensor(y)?),
-            Some(Binding::qs(chunk)),
-            w.dtype.is_quantized().then(|| Binding::scales(chunk)),
-            bias.map(Binding::tensor).transpose()?,
-        ];
+        let storage = bindings(x, y, w, chunk, bias)?;
         let grid = plan.grid(rows.div_ceil(rows_per_workgroup));
         ops.push(plan.dispatch(format!("matvec {}", w.name), key("matvec", variant.clone()), &params, storage, grid)?);
     }
     Ok(ops)
+}
+
+/// The kernel's storage bindings, in `shaders/matvec.wgsl`'s order.
+fn bindings(x: &Tensor, y: &Tensor, w: &Tensor, chunk: &TensorChunk, bias: Option<&Tensor>) -> Result<Vec<Option<Binding>>> {
+    Ok(vec![
+        Some(Binding::tensor(x)?),
+        Some(Binding::tensor(y)?),
+        Some(Binding::qs(chunk)),
+        w.dtype.is_quantized().then(|| Binding::scales(chunk)),
+        bias.map(Binding::tensor).transpose()?,
+    ])
 }
 
 /// Whether [`gated_matvec`] takes `w`: it needs the gate and up rows in one binding.
@@ -111,13 +116,7 @@ pub fn gated_matvec(plan: &mut Plan, w: &Tensor, x: &Tensor, x_row: usize, bias:
         x_offset: u32_of(OP, "x_offset", x_row * k / 4)?,
         _pad: [0; 3],
     };
-    let storage = vec![
-        Some(Binding::tensor(x)?),
-        Some(Binding::tensor(out)?),
-        Some(Binding::qs(chunk)),
-        w.dtype.is_quantized().then(|| Binding::scales(chunk)),
-        bias.map(Binding::tensor).transpose()?,
-    ];
+    let storage = bindings(x, out, w, chunk, bias)?;
     let grid = plan.grid(params.rows.div_ceil(outputs_per_workgroup));
     plan.dispatch(format!("gated_matvec {}", w.name), key("matvec", variant), &params, storage, grid)
 }
