@@ -89,9 +89,11 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec
         let first = (lid % LANES) * TPR;
         let slot = lid / LANES;
 #if GATED
-        let gate = partial_sum(first, 2u * slot) + bias_of(row0 + lid);
-        let up = partial_sum(first, 2u * slot + 1u) + bias_of(params.rows + row0 + lid);
-        y[params.y_offset + params.row_offset + row0 + lid] = activation(gate) * up;
+        // One chunk holds all the rows (row_offset 0): gate row r pairs with up row rows + r.
+        let r = row0 + lid;
+        let gate = partial_sum(first, 2u * slot) + bias_of(r);
+        let up = partial_sum(first, 2u * slot + 1u) + bias_of(params.rows + r);
+        y[params.y_offset + r] = activation(gate) * up;
 #else
         let r = params.row_offset + row0 + lid;
         y[params.y_offset + r] = partial_sum(first, slot) + bias_of(r);

@@ -15,7 +15,7 @@ import { startMockHub } from '../mock-hub/server.mjs';
 
 const here = dirname(fileURLToPath(import.meta.url));
 const root = join(here, '..', '..');
-const { values: args } = parseArgs({ options: { runs: { type: 'string', default: '3' }, tokens: { type: "string", default: "64" }, threads: { type: "string" } } });
+const { values: args } = parseArgs({ options: { runs: { type: 'string', default: '3' }, tokens: { type: 'string', default: '64' }, threads: { type: 'string' } } });
 for (const f of ['npm/dist/index.js', 'npm/wasm/emberlm_wasm_relaxed_bg.wasm', 'npm/wasm-threads/emberlm_wasm_relaxed_bg.wasm', 'models/SmolLM2-135M-Instruct.Q4_1.gguf']) {
   if (!existsSync(join(root, f))) throw new Error(`${f} is missing: run scripts/setup.sh, scripts/build-wasm.sh and (cd npm && npm run build)`);
 }
