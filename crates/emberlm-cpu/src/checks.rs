@@ -34,6 +34,8 @@ pub fn run_all() -> Vec<(String, Check)> {
         ("attention: prefill, decode, window, soft-cap, GQA", attention_prefill_and_decode_with_window_softcap_gqa),
     ];
     let mut out = Vec::new();
+    #[cfg(all(target_arch = "wasm32", target_feature = "simd128"))]
+    out.push(("simd128: f16 scales four at a time, every value".to_string(), f16_scales_four_at_a_time()));
     for kernels in RowKernels::available() {
         RowKernels::force(Some(kernels));
         out.extend(checks.iter().map(|(name, check)| (format!("{}: {name}", kernels.level), check())));
@@ -130,6 +132,20 @@ fn matvec_and_matmul(activations: Activations) -> Check {
             let want = reference::matvec(&dense, &xt, Some(&bias), rows);
             let scale = reference::abs_dot(&dense, &xt, rows);
             close(&format!("matmul {name} token {t}"), &got[t * cols + 3..t * cols + 3 + rows], &want, &scale)?;
+        }
+    }
+    Ok(())
+}
+
+/// The wasm kernels convert four f16 weight scales at once: bit for bit what the scalar
+/// conversion (itself checked against the `half` crate natively) gives, on all 65,536 values.
+#[cfg(all(target_arch = "wasm32", target_feature = "simd128"))]
+pub fn f16_scales_four_at_a_time() -> Check {
+    for first in (0..=u16::MAX as u32).step_by(4) {
+        let h = [first, first + 1, first + 2, first + 3];
+        for (bits, got) in h.iter().zip(crate::wasm::f16s_to_f32(h)) {
+            let want = crate::matvec::f16_to_f32(*bits);
+            ensure!(got.to_bits() == want.to_bits() || (got.is_nan() && want.is_nan()), "f16 {bits:#06x}: {got} vs {want}");
         }
     }
     Ok(())

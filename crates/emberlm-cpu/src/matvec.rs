@@ -361,8 +361,8 @@ static SIMD128: RowKernels = {
         dot_q4_int8: wasm::dot_q4_int8,
         dot_q8_int8: wasm::dot_q8_int8,
         q4_int8_layout: Int8Layout::Nibbles,
-        matmul_q4_int8: None,
-        matmul_q8_int8: None,
+        matmul_q4_int8: Some(IntegerMatmul { kernel: wasm::matmul_q4_int8, layout: Int8Layout::Natural, panel_rows: wasm::PANEL_ROWS }),
+        matmul_q8_int8: Some(IntegerMatmul { kernel: wasm::matmul_q8_int8, layout: Int8Layout::Natural, panel_rows: wasm::PANEL_ROWS }),
         matmul_4rows: wasm::matmul_4rows,
     }
 };
