@@ -2,8 +2,11 @@
 // relaxed-SIMD one (what the npm package loads where the engine validates relaxed SIMD), on one
 // thread and on all cores, interleaved and repeated, in headless Chromium on a cross-origin
 // isolated page, on SmolLM2-135M-Instruct Q4_1 from the local mock Hub. Not a test: it prints
-// a table (medians) of prefill and decode tok/s.
-//   node tests/bench/wasm-simd.mjs [--runs 3] [--tokens 64]
+// a table (medians) of prefill and decode tok/s and a two-turn chat's second TTFT over its first.
+// `--baseline DIR` (a folder under the repo holding `wasm/` and `wasm-threads/` as
+// scripts/build-wasm.sh made them at another commit) runs those builds too, interleaved, for a
+// before/after of a kernel change.
+//   node tests/bench/wasm-simd.mjs [--runs 3] [--tokens 64] [--threads N] [--baseline DIR]
 import { existsSync } from 'node:fs';
 import { availableParallelism } from 'node:os';
 import { dirname, join } from 'node:path';
@@ -15,9 +18,12 @@ import { startMockHub } from '../mock-hub/server.mjs';
 
 const here = dirname(fileURLToPath(import.meta.url));
 const root = join(here, '..', '..');
-const { values: args } = parseArgs({ options: { runs: { type: 'string', default: '3' }, tokens: { type: 'string', default: '64' }, threads: { type: 'string' } } });
+const { values: args } = parseArgs({ options: { runs: { type: 'string', default: '3' }, tokens: { type: 'string', default: '64' }, threads: { type: 'string' }, baseline: { type: 'string' } } });
 for (const f of ['npm/dist/index.js', 'npm/wasm/emberlm_wasm_relaxed_bg.wasm', 'npm/wasm-threads/emberlm_wasm_relaxed_bg.wasm', 'models/SmolLM2-135M-Instruct.Q4_1.gguf']) {
   if (!existsSync(join(root, f))) throw new Error(`${f} is missing: run scripts/setup.sh, scripts/build-wasm.sh and (cd npm && npm run build)`);
+}
+if (args.baseline && !existsSync(join(root, args.baseline, 'wasm-threads', 'emberlm_wasm_relaxed_bg.wasm'))) {
+  throw new Error(`--baseline ${args.baseline}: no wasm-threads/emberlm_wasm_relaxed_bg.wasm there (copy npm/wasm and npm/wasm-threads from a build of the other commit)`);
 }
 const REPO = 'HuggingFaceTB/SmolLM2-135M-Instruct-GGUF';
 const PROMPT =
@@ -27,31 +33,43 @@ const hub = await startMockHub({ repos: fixtureRepos() });
 const session = await openTestPage(root, '/tests/browser/npm.html', 'emberlm', { isolated: true });
 const run = (build, threads) =>
   session.page.evaluate(
-    async ({ repo, hubUrl, prompt, n, build, threads }) => {
-      const file = build === 'relaxed' ? 'emberlm_wasm_relaxed_bg.wasm' : 'emberlm_wasm_bg.wasm';
+    async ({ repo, hubUrl, prompt, n, dir, file, threads }) => {
       const engine = await window.emberlm.createEngine(repo, {
         hub: hubUrl,
         context: 512,
         device: 'cpu',
         threads,
-        wasmUrl: `/npm/wasm/${file}`,
-        wasmThreadsUrl: `/npm/wasm-threads/${file}`,
+        wasmUrl: `/${dir}/wasm/${file}`,
+        wasmThreadsUrl: `/${dir}/wasm-threads/${file}`,
       });
       const r = await engine.generate(prompt, { temperature: 0, max_tokens: n, ignore_eos: true });
+      // A chat of two turns: the second (a short follow-up) prefills only what is new.
+      const messages = [{ role: 'user', content: prompt }];
+      const turn1 = await engine.chat.completions.create({ messages, temperature: 0, max_tokens: 16 });
+      messages.push(turn1.choices[0].message, { role: 'user', content: 'Say that again in one sentence.' });
+      const turn2 = await engine.chat.completions.create({ messages, temperature: 0, max_tokens: 2 });
       const device = engine.info.device.name;
       await engine.unload();
-      return { device, prefill: r.usage.extra.prefill_tokens_per_s, decode: r.usage.extra.decode_tokens_per_s };
+      const ttft = (x) => x.usage.extra.time_to_first_token_ms;
+      return { device, prefill: r.usage.extra.prefill_tokens_per_s, decode: r.usage.extra.decode_tokens_per_s, turn1: ttft(turn1), turn2: ttft(turn2) };
     },
-    { repo: REPO, hubUrl: hub.url, prompt: PROMPT, n: Number(args.tokens), build, threads },
+    { repo: REPO, hubUrl: hub.url, prompt: PROMPT, n: Number(args.tokens), dir: build.dir, file: build.file, threads },
   );
 
 const results = new Map();
-const configs = [...new Set(args.threads ? [Number(args.threads)] : [1, availableParallelism()])].flatMap((t) => ['plain', 'relaxed'].map((b) => [b, t]));
+const builds = [
+  ...(args.baseline ? [{ name: 'baseline plain', dir: args.baseline, file: 'emberlm_wasm_bg.wasm' }, { name: 'baseline relaxed', dir: args.baseline, file: 'emberlm_wasm_relaxed_bg.wasm' }] : []),
+  { name: 'plain', dir: 'npm', file: 'emberlm_wasm_bg.wasm' },
+  { name: 'relaxed', dir: 'npm', file: 'emberlm_wasm_relaxed_bg.wasm' },
+];
+const configs = [...new Set(args.threads ? [Number(args.threads)] : [1, availableParallelism()])].flatMap((t) => builds.map((b) => [b, t]));
 for (let i = 0; i < Number(args.runs); i++) {
   for (const [build, threads] of configs) {
     const r = await run(build, threads);
-    console.log(`run ${i + 1}: ${build}, ${r.device}: prefill ${r.prefill.toFixed(1)} tok/s, decode ${r.decode.toFixed(1)} tok/s`);
-    const key = `${build}|${threads}`;
+    console.log(
+      `run ${i + 1}: ${build.name}, ${r.device}: prefill ${r.prefill.toFixed(1)} tok/s, decode ${r.decode.toFixed(1)} tok/s, chat TTFT ${r.turn1.toFixed(0)} then ${r.turn2.toFixed(0)} ms`,
+    );
+    const key = `${build.name}|${threads}`;
     results.set(key, [...(results.get(key) ?? []), r]);
   }
 }
@@ -63,10 +81,13 @@ const median = (xs) => {
   const m = s.length >> 1;
   return s.length % 2 ? s[m] : (s[m - 1] + s[m]) / 2;
 };
-console.log('\n| build | runs on | prefill tok/s | decode tok/s | decode / plain |\n|---|---|---:|---:|---:|');
+console.log('\n| build | runs on | prefill tok/s | decode tok/s | decode / plain | chat turn 1 TTFT ms | turn 2 TTFT ms | turn 2 / turn 1 |\n|---|---|---:|---:|---:|---:|---:|---:|');
 for (const [build, threads] of configs) {
-  const rs = results.get(`${build}|${threads}`);
+  const rs = results.get(`${build.name}|${threads}`);
   const plain = median(results.get(`plain|${threads}`).map((r) => r.decode));
   const decode = median(rs.map((r) => r.decode));
-  console.log(`| ${build} | ${rs[0].device} | ${median(rs.map((r) => r.prefill)).toFixed(1)} | ${decode.toFixed(1)} | ${(decode / plain).toFixed(2)} |`);
+  const [turn1, turn2] = [median(rs.map((r) => r.turn1)), median(rs.map((r) => r.turn2))];
+  console.log(
+    `| ${build.name} | ${rs[0].device} | ${median(rs.map((r) => r.prefill)).toFixed(1)} | ${decode.toFixed(1)} | ${(decode / plain).toFixed(2)} | ${turn1.toFixed(0)} | ${turn2.toFixed(0)} | ${median(rs.map((r) => r.turn2 / r.turn1)).toFixed(2)} |`,
+  );
 }
