@@ -1,7 +1,7 @@
 // The engine in this thread: files from the cache (downloaded first when needed), weights read
 // synchronously by the wasm loader, generation on WebGPU or the CPU backend (`device`).
-import type { Backend, RunInput, RunParams, RunResult } from './backend.js';
-import { StopStringFilter } from './backend.js';
+import type { Backend, OnPiece, RunInput, RunParams, RunResult } from './backend.js';
+import { LogprobTracker, StopStringFilter } from './backend.js';
 import { openCache } from './cache/index.js';
 import type { StoredFile } from './cache/types.js';
 import { EmberError, throwIfAborted } from './errors.js';
@@ -230,7 +230,7 @@ export class LocalBackend implements Backend {
     return run;
   }
 
-  run(input: RunInput, p: RunParams, onPiece: (piece: string) => void, signal?: AbortSignal): Promise<RunResult> {
+  run(input: RunInput, p: RunParams, onPiece: OnPiece, signal?: AbortSignal): Promise<RunResult> {
     const asked = now();
     return this.exclusive(async () => {
       throwIfAborted(signal);
@@ -246,6 +246,7 @@ export class LocalBackend implements Backend {
       }
       const maxNew = Math.min(p.max_tokens ?? room, room);
       const filter = new StopStringFilter(p.stop);
+      const logprobs = p.logprobs === undefined ? null : new LogprobTracker();
       let firstAt = 0;
       let aborted = false;
       const out: {
@@ -268,11 +269,13 @@ export class LocalBackend implements Backend {
             seed: p.seed,
             ignoreEos: p.ignore_eos,
             profile: p.profile,
+            logprobs: p.logprobs,
           },
-          (_id: number, piece: string) => {
+          (_id: number, piece: string, entry?: Parameters<LogprobTracker['add']>[1]) => {
             firstAt ||= now();
+            logprobs?.add(piece, entry);
             const shown = filter.push(piece);
-            if (shown) onPiece(shown);
+            if (shown) onPiece(shown, logprobs?.release(filter.shown));
             if (signal?.aborted || this.unloading) aborted = true;
             return !filter.stopped && !aborted;
           },
@@ -280,7 +283,7 @@ export class LocalBackend implements Backend {
       );
       if (!filter.stopped) {
         const rest = filter.flush();
-        if (rest) onPiece(rest);
+        if (rest) onPiece(rest, logprobs?.release(filter.shown));
       }
       const finish = aborted ? 'abort' : filter.stopped || out.stoppedByEos ? 'stop' : 'length';
       return {
@@ -293,6 +296,7 @@ export class LocalBackend implements Backend {
         prefill_tok_s: out.prefillTokS,
         decode_tok_s: out.decodeTokS,
         ...(out.profile ? { profile: out.profile } : {}),
+        ...(logprobs ? { logprobs: logprobs.content } : {}),
       };
     });
   }

@@ -1,5 +1,5 @@
 // The page side of the worker engine: the same Backend, each call a message to the worker.
-import type { Backend, RunInput, RunParams, RunResult } from './backend.js';
+import type { Backend, OnPiece, RunInput, RunParams, RunResult } from './backend.js';
 import { EmberError, type EmberErrorCode } from './errors.js';
 import type { LoadProgress } from './model-files.js';
 import type { FromWorker, Request, ToWorker, WorkerLoadOptions } from './protocol.js';
@@ -8,7 +8,7 @@ import type { EngineInfo, EngineOptions } from './types.js';
 interface Pending {
   resolve(v: unknown): void;
   reject(e: unknown): void;
-  onPiece?: (piece: string) => void;
+  onPiece?: OnPiece;
   onProgress?: (p: LoadProgress) => void;
 }
 
@@ -51,7 +51,7 @@ export class WorkerBackend implements Backend {
         p.onProgress?.(m.progress);
         return;
       case 'piece':
-        p.onPiece?.(m.piece);
+        p.onPiece?.(m.piece, m.logprobs);
         return;
       case 'done':
         this.pending.delete(m.id);
@@ -92,7 +92,7 @@ export class WorkerBackend implements Backend {
     });
   }
 
-  async run(input: RunInput, params: RunParams, onPiece: (piece: string) => void, signal?: AbortSignal): Promise<RunResult> {
+  async run(input: RunInput, params: RunParams, onPiece: OnPiece, signal?: AbortSignal): Promise<RunResult> {
     if (signal?.aborted) throw new EmberError('aborted', 'the operation was aborted');
     return (await this.call({ type: 'run', input, params }, { onPiece }, signal)) as RunResult;
   }

@@ -1,6 +1,6 @@
 // The engine below the public API: one generation at a time on a loaded model, streaming text
 // pieces. `LocalBackend` runs the wasm in this thread; `WorkerBackend` forwards to a worker.
-import type { ChatMessage, EngineInfo, FinishReason, PhaseProfile } from './types.js';
+import type { ChatMessage, EngineInfo, FinishReason, PhaseProfile, TokenLogprob } from './types.js';
 
 export interface RunInput {
   /** Chat messages for the template, or a raw prompt. */
@@ -19,6 +19,8 @@ export interface RunParams {
   stop: string[];
   ignore_eos: boolean;
   profile: boolean;
+  /** Each token's log-probability and this many alternatives'; absent: none. */
+  logprobs?: number;
 }
 
 export interface RunResult {
@@ -32,11 +34,16 @@ export interface RunResult {
   prefill_tok_s: number;
   decode_tok_s: number;
   profile?: { prefill: PhaseProfile; decode: PhaseProfile };
+  /** With `logprobs`: one entry per token of `text`. */
+  logprobs?: TokenLogprob[];
 }
+
+/** Text as it is released, with the log-probabilities of the tokens it completes (if asked). */
+export type OnPiece = (piece: string, logprobs?: TokenLogprob[]) => void;
 
 export interface Backend {
   readonly info: EngineInfo;
-  run(input: RunInput, params: RunParams, onPiece: (piece: string) => void, signal?: AbortSignal): Promise<RunResult>;
+  run(input: RunInput, params: RunParams, onPiece: OnPiece, signal?: AbortSignal): Promise<RunResult>;
   encode(text: string): Promise<number[]>;
   decode(ids: number[]): Promise<string>;
   unload(): Promise<void>;
@@ -79,6 +86,11 @@ export class StopStringFilter {
     return this.text;
   }
 
+  /** How much of the text has been released so far. */
+  get shown(): number {
+    return this.released;
+  }
+
   private take(upTo: number): string {
     const out = this.text.slice(this.released, Math.max(this.released, upTo));
     this.released = Math.max(this.released, upTo);
@@ -98,4 +110,49 @@ export class StopStringFilter {
     }
     return n;
   }
+}
+
+/** A token's entry as the wasm engine reports it. */
+interface WasmLogprob {
+  token: string;
+  logprob: number;
+  bytes: number[];
+  top_logprobs?: WasmLogprob[];
+}
+
+/**
+ * Token log-probabilities lined up with the text a `StopStringFilter` releases: each token is
+ * placed where its text starts in the generated text, released with the text that reaches past
+ * that point, and kept in the result only if it starts inside the final text (a stop string's
+ * tokens and the end-of-turn token are not part of the content, as in OpenAI's responses).
+ */
+export class LogprobTracker {
+  private pending: { start: number; entry: TokenLogprob }[] = [];
+  private kept: TokenLogprob[] = [];
+  private length = 0;
+
+  /** A generated token: its text piece and (when asked for) its entry. */
+  add(piece: string, entry: WasmLogprob | undefined): void {
+    if (entry) this.pending.push({ start: this.length, entry: toLogprob(entry) });
+    this.length += piece.length;
+  }
+
+  /** The entries of tokens starting before `shown` characters, once each. */
+  release(shown: number): TokenLogprob[] {
+    let n = 0;
+    while (n < this.pending.length && this.pending[n].start < shown) n++;
+    const out = this.pending.splice(0, n).map((p) => p.entry);
+    this.kept.push(...out);
+    return out;
+  }
+
+  /** Every entry released, for the whole response. */
+  get content(): TokenLogprob[] {
+    return this.kept;
+  }
+}
+
+function toLogprob(e: WasmLogprob): TokenLogprob {
+  const alt = (a: WasmLogprob) => ({ token: a.token, logprob: a.logprob, bytes: Array.from(a.bytes) });
+  return { ...alt(e), top_logprobs: (e.top_logprobs ?? []).map(alt) };
 }

@@ -7,12 +7,14 @@ import type {
   ChatCompletionChunk,
   ChatCompletionRequest,
   ChatCompletions,
+  ChoiceLogprobs,
   CompletionUsage,
   Engine,
   EngineInfo,
   GenerateOptions,
   GenerateResult,
   SamplingParams,
+  TokenLogprob,
 } from './types.js';
 
 function flag(v: unknown, name: string): boolean {
@@ -29,6 +31,9 @@ function params(r: SamplingParams & { max_completion_tokens?: number }): RunPara
   };
   const stop = r.stop === undefined || r.stop === null ? [] : Array.isArray(r.stop) ? r.stop : [r.stop];
   if (stop.some((s) => typeof s !== 'string' || s === '')) throw new EmberError('bad-request', 'stop must be a non-empty string or an array of them');
+  const logprobs = flag(r.logprobs, 'logprobs');
+  const top = num(r.top_logprobs, 'top_logprobs', (x) => Number.isInteger(x) && x >= 0 && x <= 20);
+  if (top !== undefined && !logprobs) throw new EmberError('bad-request', 'top_logprobs needs logprobs: true');
   return {
     max_tokens: num(r.max_completion_tokens ?? r.max_tokens, 'max_tokens', (x) => Number.isInteger(x) && x >= 1),
     temperature: num(r.temperature, 'temperature', (x) => x >= 0) ?? 0.7,
@@ -41,7 +46,13 @@ function params(r: SamplingParams & { max_completion_tokens?: number }): RunPara
     stop,
     ignore_eos: flag(r.ignore_eos, 'ignore_eos'),
     profile: flag(r.profile, 'profile'),
+    ...(logprobs ? { logprobs: top ?? 0 } : {}),
   };
+}
+
+/** A choice's `logprobs`: the entries when they were asked for, else null (OpenAI's shape). */
+function choiceLogprobs(p: RunParams, entries: TokenLogprob[] | undefined): ChoiceLogprobs | null {
+  return p.logprobs === undefined ? null : { content: entries ?? [], refusal: null };
 }
 
 function usage(r: RunResult): CompletionUsage {
@@ -144,20 +155,24 @@ export class EmberEngine implements Engine {
         object: 'chat.completion',
         created,
         model,
-        choices: [{ index: 0, message: { role: 'assistant', content: r.text }, finish_reason: r.finish_reason, logprobs: null }],
+        choices: [{ index: 0, message: { role: 'assistant', content: r.text }, finish_reason: r.finish_reason, logprobs: choiceLogprobs(p, r.logprobs) }],
         usage: usage(r),
       };
     }
     const chunks = new Channel<ChatCompletionChunk>();
-    const chunk = (delta: ChatCompletionChunk['choices'][0]['delta'], finish: ChatCompletionChunk['choices'][0]['finish_reason'] = null): ChatCompletionChunk => ({
+    const chunk = (
+      delta: ChatCompletionChunk['choices'][0]['delta'],
+      finish: ChatCompletionChunk['choices'][0]['finish_reason'] = null,
+      logprobs: TokenLogprob[] | undefined = undefined,
+    ): ChatCompletionChunk => ({
       id,
       object: 'chat.completion.chunk',
       created,
       model,
-      choices: [{ index: 0, delta, finish_reason: finish, logprobs: null }],
+      choices: [{ index: 0, delta, finish_reason: finish, logprobs: logprobs?.length ? choiceLogprobs(p, logprobs) : null }],
     });
     chunks.push(chunk({ role: 'assistant', content: '' }));
-    this.backend.run(input, p, (piece) => chunks.push(chunk({ content: piece })), signal).then(
+    this.backend.run(input, p, (piece, logprobs) => chunks.push(chunk({ content: piece }, null, logprobs)), signal).then(
       (r) => {
         chunks.push({ ...chunk({}, r.finish_reason), usage: usage(r) });
         chunks.end();
@@ -171,7 +186,7 @@ export class EmberEngine implements Engine {
     if (typeof prompt !== 'string') throw new EmberError('bad-request', 'prompt must be a string');
     const input: RunInput = options.chat ? { messages: [{ role: 'user', content: prompt }] } : { prompt };
     const r = await this.backend.run(input, params(options), options.onText ?? (() => {}), options.signal);
-    return { text: r.text, tokens: r.tokens, finish_reason: r.finish_reason, usage: usage(r) };
+    return { text: r.text, tokens: r.tokens, finish_reason: r.finish_reason, usage: usage(r), ...(r.logprobs ? { logprobs: r.logprobs } : {}) };
   }
 
   unload(): Promise<void> {

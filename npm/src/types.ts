@@ -28,6 +28,13 @@ export interface SamplingParams {
   /** Keep generating past end-of-sequence tokens, to `max_tokens` (fixed-length benchmarks). */
   ignore_eos?: boolean;
   /**
+   * Report each generated token's log-probability (OpenAI's `logprobs`): the log-softmax of the
+   * model's logits at its position, before temperature, penalties and truncation.
+   */
+  logprobs?: boolean;
+  /** With `logprobs`: also the likeliest tokens at each position, 0–20 of them. Default 0. */
+  top_logprobs?: number;
+  /**
    * Time every op kind of this request (WebGPU timestamp queries, where the adapter has them,
    * or CPU time per op) and report it as `usage.extra.profile`. Slows the request down.
    */
@@ -75,12 +82,29 @@ export interface CompletionUsage {
   };
 }
 
+/** One token in OpenAI's `logprobs.content` shape. */
+export interface TokenLogprob {
+  /** The token's text (a partial UTF-8 character shows as U+FFFD; `bytes` are exact). */
+  token: string;
+  /** −9999 for a token the model rules out. */
+  logprob: number;
+  bytes: number[];
+  /** The likeliest tokens at this position, best first (`top_logprobs` of them). */
+  top_logprobs: { token: string; logprob: number; bytes: number[] }[];
+}
+
+/** With `logprobs: true`, one entry per token of the content (not the end-of-turn token). */
+export interface ChoiceLogprobs {
+  content: TokenLogprob[];
+  refusal: null;
+}
+
 export interface ChatCompletion {
   id: string;
   object: 'chat.completion';
   created: number;
   model: string;
-  choices: { index: number; message: { role: 'assistant'; content: string }; finish_reason: FinishReason; logprobs: null }[];
+  choices: { index: number; message: { role: 'assistant'; content: string }; finish_reason: FinishReason; logprobs: ChoiceLogprobs | null }[];
   usage: CompletionUsage;
 }
 
@@ -89,7 +113,8 @@ export interface ChatCompletionChunk {
   object: 'chat.completion.chunk';
   created: number;
   model: string;
-  choices: { index: number; delta: { role?: 'assistant'; content?: string }; finish_reason: FinishReason | null; logprobs: null }[];
+  /** `logprobs`: the entries of the tokens whose text this chunk carries. */
+  choices: { index: number; delta: { role?: 'assistant'; content?: string }; finish_reason: FinishReason | null; logprobs: ChoiceLogprobs | null }[];
   /** On the last chunk only. */
   usage?: CompletionUsage;
 }
@@ -107,6 +132,8 @@ export interface GenerateResult {
   tokens: number[];
   finish_reason: FinishReason;
   usage: CompletionUsage;
+  /** With `logprobs: true`: one entry per token of `text`. */
+  logprobs?: TokenLogprob[];
 }
 
 export interface EngineOptions {

@@ -1,7 +1,7 @@
 // Unit tests of the pure parts: Hub ids and URLs, file selection, stop-string streaming.
 import assert from 'node:assert/strict';
 import { test } from 'node:test';
-import { StopStringFilter } from '../dist/backend.js';
+import { LogprobTracker, StopStringFilter } from '../dist/backend.js';
 import { modelRef, resolveUrl, treeUrl } from '../dist/hub.js';
 import { indexShards, quantOf, selectFiles } from '../dist/select.js';
 
@@ -79,6 +79,40 @@ test('stop strings never reach the stream, even split across pieces', () => {
   assert.equal(s.push('# two'), '## two');
 });
 
+test('token logprobs are released with their text; a stop string\'s tokens and a trailing partial character are left out', () => {
+  // As LocalBackend.run drives them: each token's piece and entry, then the filter's release.
+  const run = (stops, tokens) => {
+    const filter = new StopStringFilter(stops);
+    const tracker = new LogprobTracker();
+    const chunks = [];
+    for (const [piece, lp] of tokens) {
+      tracker.add(piece, { token: piece, logprob: lp, bytes: [...Buffer.from(piece)], top_logprobs: [] });
+      const shown = filter.push(piece);
+      if (shown) chunks.push([shown, tracker.release(filter.shown).map((e) => e.logprob)]);
+      if (filter.stopped) break;
+    }
+    if (!filter.stopped) {
+      const rest = filter.flush();
+      if (rest) chunks.push([rest, tracker.release(filter.shown).map((e) => e.logprob)]);
+    }
+    return { chunks, content: tracker.content.map((e) => e.logprob), text: filter.output };
+  };
+  // '\nUs' is held back until it cannot start the stop string; the stop's tokens are dropped.
+  assert.deepEqual(run(['\nUser:'], [['Hi', -1], [' there', -2], ['\nUs', -3], ['er:', -4], ['!', -5]]), {
+    chunks: [['Hi', [-1]], [' there', [-2]]],
+    content: [-1, -2],
+    text: 'Hi there',
+  });
+  // A token whose text straddles the cut keeps its entry (its start is in the content).
+  assert.deepEqual(run(['END'], [['ab', -1], ['cEN', -2], ['D', -3]]).content, [-1, -2]);
+  // A token with no text yet (the first bytes of a character) goes out with the next text; a
+  // trailing one, and an end-of-turn token (empty piece), never does.
+  assert.deepEqual(run([], [['a', -1], ['', -2], ['é', -3], ['', -4]]), { chunks: [['a', [-1]], ['é', [-2, -3]]], content: [-1, -2, -3], text: 'aé' });
+  const e = new LogprobTracker();
+  e.add('x', { token: 'x', logprob: -0.5, bytes: [120], top_logprobs: [{ token: 'x', logprob: -0.5, bytes: [120], id: 7 }], id: 7 });
+  assert.deepEqual(e.release(1), [{ token: 'x', logprob: -0.5, bytes: [120], top_logprobs: [{ token: 'x', logprob: -0.5, bytes: [120] }] }], 'OpenAI\'s fields only');
+});
+
 test('request parameters: out-of-range seeds and top_k are bad requests, ignore_eos reaches the backend', async () => {
   const { EmberEngine } = await import('../dist/engine.js');
   let seen;
@@ -93,13 +127,31 @@ test('request parameters: out-of-range seeds and top_k are bad requests, ignore_
   };
   const engine = new EmberEngine(backend);
   const messages = [{ role: 'user', content: 'hi' }];
-  for (const bad of [{ seed: 2 ** 70 }, { seed: 2 ** 53 }, { seed: -1 }, { top_k: 2 ** 40 }, { ignore_eos: 'yes' }, { temperature: -1 }]) {
+  for (const bad of [
+    { seed: 2 ** 70 },
+    { seed: 2 ** 53 },
+    { seed: -1 },
+    { top_k: 2 ** 40 },
+    { ignore_eos: 'yes' },
+    { temperature: -1 },
+    { logprobs: 1 },
+    { logprobs: true, top_logprobs: 21 },
+    { logprobs: true, top_logprobs: 1.5 },
+    { top_logprobs: 3 },
+  ]) {
     await assert.rejects(engine.chat.completions.create({ messages, ...bad }), { code: 'bad-request' }, JSON.stringify(bad));
   }
   const r = await engine.chat.completions.create({ messages, ignore_eos: true, seed: 2 ** 53 - 1, max_tokens: 3 });
   assert.equal(seen.ignore_eos, true);
   assert.equal(seen.seed, 2 ** 53 - 1);
   assert.equal(r.usage.prompt_tokens_details.cached_tokens, 0);
+  assert.equal(seen.logprobs, undefined);
+  assert.equal(r.choices[0].logprobs, null);
+  const withLogprobs = await engine.chat.completions.create({ messages, logprobs: true, top_logprobs: 5 });
+  assert.equal(seen.logprobs, 5);
+  assert.deepEqual(withLogprobs.choices[0].logprobs, { content: [], refusal: null });
+  await engine.chat.completions.create({ messages, logprobs: true });
+  assert.equal(seen.logprobs, 0);
 });
 
 test('a .gguf path or file: URL is a local model, an owner/name is a Hub repo', async () => {

@@ -188,6 +188,35 @@ test('multi-turn chat: the next turn prefills only what it adds, a regenerate on
   assert.equal(r.regenerated.text, r.fromScratch.text);
 });
 
+test('worker: logprobs ride with the streamed text and equal the non-streamed response\'s; the first is transformers\' log-softmax', async () => {
+  const r = await session.page.evaluate(
+    async ({ repo, hubUrl, prompt }) => {
+      const engine = await window.emberlm.createEngine(repo, { hub: hubUrl, context: 128 });
+      const request = { messages: [{ role: 'user', content: prompt }], max_tokens: 6, temperature: 0, logprobs: true, top_logprobs: 2 };
+      const chunks = [];
+      for await (const c of await engine.chat.completions.create({ ...request, stream: true })) {
+        chunks.push({ text: c.choices[0].delta.content ?? '', logprobs: c.choices[0].logprobs });
+      }
+      const whole = await engine.chat.completions.create(request);
+      const raw = await engine.generate(prompt, { temperature: 0, max_tokens: 2, ignore_eos: true, logprobs: true });
+      await engine.unload();
+      return { chunks, whole: whole.choices[0], raw: { logprobs: raw.logprobs, tokens: raw.tokens } };
+    },
+    { repo: GGUF, hubUrl: hub.url, prompt: qwen.text },
+  );
+  const streamed = r.chunks.flatMap((c) => c.logprobs?.content ?? []);
+  assert.ok(streamed.length > 0 && r.chunks.every((c) => c.logprobs === null || c.text !== ''), 'entries arrive with text');
+  const round = (entries) => JSON.parse(JSON.stringify(entries, (k, v) => (k === 'logprob' ? Math.round(v * 1e4) / 1e4 : v)));
+  assert.deepEqual(round(streamed), round(r.whole.logprobs.content));
+  assert.ok(r.whole.logprobs.content.every((e) => e.top_logprobs.length === 2));
+  const logits = qwen.last_logits;
+  const max = Math.max(...logits);
+  const logTotal = max + Math.log(logits.reduce((sum, v) => sum + Math.exp(v - max), 0));
+  assert.equal(r.raw.tokens[0], qwen.generated_ids[0]);
+  assert.ok(Math.abs(r.raw.logprobs[0].logprob - (logits[r.raw.tokens[0]] - logTotal)) < 1e-3, JSON.stringify(r.raw.logprobs[0]));
+  assert.deepEqual(r.raw.logprobs[0].top_logprobs, []);
+});
+
 test('unload() during a generation stops it at the next token instead of waiting for the whole reply', async () => {
   const r = await session.page.evaluate(
     async ({ repo, hubUrl }) => {

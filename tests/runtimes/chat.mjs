@@ -19,11 +19,32 @@ for await (const chunk of stream) {
   usage = chunk.usage ?? usage;
 }
 const reply = await engine.chat.completions.create({ messages: [{ role: 'user', content: prompt }], max_tokens: 8, temperature: 0 });
+// Log-probabilities: of the raw prompt's continuation, and of a chat reply streamed and not.
+const withLogprobs = await engine.generate(prompt, { temperature: 0, max_tokens: 3, ignore_eos: true, logprobs: true, top_logprobs: 3 });
+const logprobRequest = { messages: [{ role: 'user', content: prompt }], max_tokens: 8, temperature: 0, logprobs: true, top_logprobs: 2 };
+const streamedLogprobs = [];
+for await (const chunk of await engine.chat.completions.create({ ...logprobRequest, stream: true })) {
+  streamedLogprobs.push(...(chunk.choices[0].logprobs?.content ?? []));
+}
+const logprobReply = await engine.chat.completions.create(logprobRequest);
 const cached = await isModelCached(repo, { hub, cacheDir });
 const listed = (await listCachedModels({ cacheDir })).map((m) => m.repo);
 await engine.unload();
 console.log(
-  JSON.stringify({ info: engine.info, phases: [...phases], ids, tokens: greedy.tokens, finish: greedy.finish_reason, streamed, chunks, usage, reply: reply.choices[0].message.content, cached, listed }),
+  JSON.stringify({
+    info: engine.info,
+    phases: [...phases],
+    ids,
+    tokens: greedy.tokens,
+    finish: greedy.finish_reason,
+    streamed,
+    chunks,
+    usage,
+    reply: reply.choices[0].message.content,
+    cached,
+    listed,
+    logprobs: { generated: withLogprobs.logprobs, tokens: withLogprobs.tokens, streamed: streamedLogprobs, reply: logprobReply.choices[0] },
+  }),
 );
 // Dawn keeps Node's event loop alive after the device is gone.
 if (typeof process !== 'undefined' && typeof Deno === 'undefined') process.exit(0);

@@ -33,6 +33,33 @@ async function run(runtime, args, { script = 'chat.mjs', icd } = {}) {
 }
 
 const want = reference('qwen2').cases[0];
+
+/**
+ * `logprobs: true`: the first generated token's log-probability is the log-softmax of
+ * transformers' last-prompt logits (within 1e-3, as the Rust tests hold it); greedy tokens are
+ * their positions' likeliest; the streamed entries equal the non-streamed ones (to 1e-4), and
+ * their bytes spell the reply.
+ */
+function checkLogprobs({ generated, tokens, streamed, reply }) {
+  const logits = want.last_logits;
+  const max = Math.max(...logits);
+  const logTotal = max + Math.log(logits.reduce((s, v) => s + Math.exp(v - max), 0));
+  assert.equal(generated.length, 3);
+  assert.equal(tokens[0], want.generated_ids[0]);
+  assert.ok(Math.abs(generated[0].logprob - (logits[tokens[0]] - logTotal)) < 1e-3, JSON.stringify(generated[0]));
+  for (const e of generated) {
+    assert.equal(e.top_logprobs.length, 3);
+    assert.equal(e.top_logprobs[0].logprob, e.logprob, JSON.stringify(e));
+    assert.deepEqual(Object.keys(e).sort(), ['bytes', 'logprob', 'token', 'top_logprobs']);
+  }
+  // The same tokens; the second request reuses the first one's prompt cache (its last prompt
+  // token runs as a decode step, not in the prefill matmul), so values agree to f32 rounding.
+  const round = (entries) => JSON.parse(JSON.stringify(entries, (k, v) => (k === 'logprob' ? Math.round(v * 1e4) / 1e4 : v)));
+  assert.deepEqual(round(streamed), round(reply.logprobs.content));
+  assert.equal(reply.logprobs.refusal, null);
+  const spelled = new TextDecoder().decode(Uint8Array.from(reply.logprobs.content.flatMap((e) => e.bytes)));
+  assert.ok(spelled.startsWith(reply.message.content) && reply.message.content.length > 0, `${spelled} / ${reply.message.content}`);
+}
 const DEVICE = { node: 'webgpu', deno: 'auto', bun: 'auto' };
 
 for (const runtime of Object.keys(RUNTIMES)) {
@@ -62,6 +89,7 @@ for (const runtime of Object.keys(RUNTIMES)) {
     assert.ok(first.usage.extra.decode_tokens_per_s > 0);
     assert.equal(first.cached, true);
     assert.deepEqual(first.listed, ['emberlm-test/tiny-qwen2-GGUF']);
+    checkLogprobs(first.logprobs);
 
     // The Hub is gone now; the same URL must not be needed.
     const second = await run(runtime, args);

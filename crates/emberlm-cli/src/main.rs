@@ -19,7 +19,7 @@ use std::process::ExitCode;
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use emberlm_core::{DType, DeviceOptions, GpuDevice};
 use emberlm_models::files::LocalModel;
-use emberlm_models::tokenizer::StreamDecoder;
+use emberlm_models::tokenizer::{StreamDecoder, TextTokenizer};
 use emberlm_models::{generate, Backend, CpuActivations, CpuDevice, GenerateOptions, LoadOptions, Model, SamplingOptions, Session};
 use serde_json::json;
 
@@ -154,7 +154,7 @@ impl SamplingArgs {
             max_new_tokens: self.max_new_tokens.min(model.context - prompt_len),
             stop_tokens: if self.ignore_eos { vec![] } else { model.config.eos_token_ids.clone() },
             sampling: sampling(self),
-            want_prompt_logits: false,
+            ..Default::default()
         })
     }
 }
@@ -187,6 +187,10 @@ struct GenerateArgs {
     /// Write the last prompt position's logits to FILE as a float32 .npy array.
     #[arg(long)]
     dump_logits: Option<PathBuf>,
+    /// With --json: each generated token's log-probability and the N likeliest tokens' at its
+    /// position (0-20; OpenAI's `logprobs` / `top_logprobs`).
+    #[arg(long, value_name = "N", requires = "json", value_parser = clap::value_parser!(u8).range(0..=emberlm_models::MAX_TOP_LOGPROBS as i64))]
+    logprobs: Option<u8>,
 }
 
 #[derive(Args)]
@@ -370,14 +374,18 @@ impl Job for GenerateJob<'_> {
         let prompt_ids = &self.prompt_ids[..];
         let &Loaded { dev, local, ref model, load_s, device_reason } = loaded;
         let mut session = Session::new(dev, model).map_err(err)?;
-        let options = GenerateOptions { want_prompt_logits: a.dump_logits.is_some(), ..a.sampling.options(model, prompt_ids.len())? };
+        let options = GenerateOptions {
+            want_prompt_logits: a.dump_logits.is_some(),
+            logprobs: a.logprobs.map(usize::from),
+            ..a.sampling.options(model, prompt_ids.len())?
+        };
         let mut stream = StreamDecoder::new(true);
         let mut text = String::new();
         let mut stdout = std::io::stdout();
         let tok = local.text.tokenizer.as_ref();
         let mut stream_err = None;
         let mut stopped_by_text = false;
-        let out = pollster::block_on(generate(dev, model, &mut session, prompt_ids, &options, |id| {
+        let out = pollster::block_on(generate(dev, model, &mut session, prompt_ids, &options, |id, _| {
             let Some(tok) = tok else { return true };
             match stream.push(tok, id) {
                 Ok(piece) => {
@@ -405,7 +413,7 @@ impl Job for GenerateJob<'_> {
             write_npy(path, logits)?;
         }
         if a.json {
-            let obj = json!({
+            let mut obj = json!({
                 "model": a.model.model.display().to_string(),
                 "architecture": model.config.arch.name(),
                 "prompt_ids": out.prompt_ids,
@@ -420,6 +428,9 @@ impl Job for GenerateJob<'_> {
                 "device": dev.describe(),
                 "device_reason": device_reason,
             });
+            if a.logprobs.is_some() {
+                obj["logprobs"] = json!({ "content": out.logprobs.iter().map(|l| logprob_json(tok, l)).collect::<Vec<_>>() });
+            }
             println!("{obj}");
         } else {
             println!();
@@ -435,6 +446,18 @@ impl Job for GenerateJob<'_> {
         }
         Ok(())
     }
+}
+
+/// One token's entry in OpenAI's `logprobs.content` shape: its text (invalid UTF-8 of a partial
+/// character replaced; `bytes` are exact), log-probability and top alternatives.
+fn logprob_json(tok: Option<&TextTokenizer>, l: &emberlm_models::TokenLogprobs) -> serde_json::Value {
+    let entry = |id: u32, logprob: f32| {
+        let bytes = tok.and_then(|t| t.token_bytes(id)).unwrap_or_default();
+        json!({ "id": id, "token": String::from_utf8_lossy(&bytes), "bytes": bytes, "logprob": emberlm_models::reported_logprob(logprob) })
+    };
+    let mut out = entry(l.id, l.logprob);
+    out["top_logprobs"] = l.top.iter().map(|&(id, lp)| entry(id, lp)).collect();
+    out
 }
 
 fn run_chat(a: ChatArgs) -> Result<()> {
@@ -487,7 +510,7 @@ impl Job for &ChatArgs {
             let mut stream = StreamDecoder::new(true);
             let mut reply = String::new();
             interrupt::replying(true);
-            let out = pollster::block_on(generate(dev, model, &mut session, &ids, &options, |id| {
+            let out = pollster::block_on(generate(dev, model, &mut session, &ids, &options, |id, _| {
                 if let Ok(piece) = stream.push(tok, id) {
                     reply.push_str(&piece);
                     let _ = write!(stdout, "{piece}");

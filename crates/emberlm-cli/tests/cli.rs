@@ -281,3 +281,43 @@ fn chat_goes_on_past_empty_lines_and_a_ctrl_c() {
     assert_eq!(err.lines().filter(|l| l.contains("prompt tokens")).count(), 2, "two turns answered: {err}");
     let _ = stdout.fill_buf();
 }
+
+/// `--logprobs N` (with --json): OpenAI's `logprobs.content` shape, one entry per token, the
+/// first token's log-probability that of transformers' last-prompt logits, the entries' bytes
+/// adding up to the text; N past 20 or without --json is refused by name.
+#[test]
+fn generate_json_with_logprobs() {
+    let case = &reference("llama")["cases"][0];
+    let dir = fixture("llama");
+    let model = dir.to_str().unwrap();
+    let ids = case["input_ids"].as_array().unwrap().iter().map(|v| v.to_string()).collect::<Vec<_>>().join(",");
+    let out = emberlm(&["generate", "--model", model, "--prompt-ids", &ids, "--dtype", "f32", "-n", "5", "--ignore-eos", "--json", "--logprobs", "3"]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let got: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let content = got["logprobs"]["content"].as_array().expect("logprobs.content");
+    assert_eq!(content.len(), 5);
+    let logits: Vec<f64> = case["last_logits"].as_array().unwrap().iter().map(|v| v.as_f64().unwrap()).collect();
+    let max = logits.iter().copied().fold(f64::NEG_INFINITY, f64::max);
+    let log_total = max + logits.iter().map(|v| (v - max).exp()).sum::<f64>().ln();
+    let first = &content[0];
+    let id = first["id"].as_u64().unwrap() as usize;
+    assert_eq!(first["id"], got["generated_ids"][0]);
+    assert!((first["logprob"].as_f64().unwrap() - (logits[id] - log_total)).abs() < 1e-3, "{first}");
+    let mut bytes = Vec::new();
+    for entry in content {
+        assert_eq!(entry["top_logprobs"].as_array().unwrap().len(), 3, "{entry}");
+        assert_eq!(entry["top_logprobs"][0]["logprob"], entry["logprob"], "greedy picks the likeliest: {entry}");
+        let b: Vec<u8> = entry["bytes"].as_array().unwrap().iter().map(|v| v.as_u64().unwrap() as u8).collect();
+        assert_eq!(entry["token"].as_str().unwrap(), String::from_utf8_lossy(&b));
+        bytes.extend(b);
+    }
+    // The text holds back a trailing partial character; the bytes have it.
+    let joined = String::from_utf8_lossy(&bytes);
+    let text = got["text"].as_str().unwrap();
+    assert!(joined.starts_with(text) && joined[text.len()..].chars().all(|c| c == '\u{fffd}'), "{joined:?} vs {text:?}");
+    for (args, named) in [(&["--json", "--logprobs", "21"][..], "--logprobs"), (&["--logprobs", "2"][..], "--json")] {
+        let out = emberlm(&[&["generate", "--model", model, "--prompt-ids", "1,2"][..], args].concat());
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success() && err.contains(named), "{err}");
+    }
+}

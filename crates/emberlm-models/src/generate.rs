@@ -2,7 +2,8 @@
 //! token, the caller's callback or the token budget, with the figures users ask for (time to
 //! first token, prefill and decode tok/s), on any [`Backend`]. Greedy decoding keeps the argmax
 //! on the backend (4 bytes read back per token on the GPU, the next step queued before they
-//! arrive); sampling reads the logits back and samples on the CPU.
+//! arrive); sampling reads the logits back and samples on the CPU, as do log-probabilities
+//! ([`GenerateOptions::logprobs`]), whatever the sampling.
 
 use web_time::Instant;
 
@@ -20,11 +21,61 @@ pub struct GenerateOptions {
     pub sampling: SamplingOptions,
     /// Also return the logits of the last prompt position.
     pub want_prompt_logits: bool,
+    /// `Some(n)`: each generated token's log-probability and the `n` (at most
+    /// [`MAX_TOP_LOGPROBS`]) likeliest tokens' at its position ([`TokenLogprobs`]).
+    pub logprobs: Option<usize>,
+}
+
+/// The most alternatives [`GenerateOptions::logprobs`] asks for (OpenAI's limit).
+pub const MAX_TOP_LOGPROBS: usize = 20;
+
+/// A generated token's log-probability under the model: the log-softmax of the logits at its
+/// position, before temperature, penalties or top-k/p/min-p truncation (what the model
+/// predicted, not what the sampler drew from), and the likeliest tokens there, best first
+/// (ties: the lower id first).
+#[derive(Debug, Clone, PartialEq)]
+pub struct TokenLogprobs {
+    pub id: u32,
+    pub logprob: f32,
+    pub top: Vec<(u32, f32)>,
+}
+
+/// A log-probability as the OpenAI-style APIs report it: a token the model rules out (−∞, which
+/// JSON cannot hold) as −9999, as OpenAI does.
+pub fn reported_logprob(logprob: f32) -> f32 {
+    if logprob.is_finite() {
+        logprob
+    } else {
+        -9999.0
+    }
+}
+
+impl TokenLogprobs {
+    /// `id`'s entry from the logits it was picked from, with the `top` likeliest alternatives.
+    /// Non-finite logits count as impossible (−∞); all of them non-finite gives −∞ everywhere.
+    pub fn from_logits(logits: &[f32], id: u32, top: usize) -> Self {
+        let max = logits.iter().copied().filter(|v| v.is_finite()).fold(f32::NEG_INFINITY, f32::max);
+        let sum: f64 = logits.iter().filter(|v| v.is_finite()).map(|&v| ((v - max) as f64).exp()).sum();
+        let log_total = max as f64 + sum.ln();
+        let logprob = |v: f32| if v.is_finite() && max.is_finite() { (v as f64 - log_total) as f32 } else { f32::NEG_INFINITY };
+        // The `top` largest finite logits, kept sorted (best first, lower id first on ties).
+        let mut best: Vec<(u32, f32)> = Vec::with_capacity(top + 1);
+        for (i, &v) in logits.iter().enumerate() {
+            if top == 0 || !v.is_finite() || (best.len() == top && v <= best[top - 1].1) {
+                continue;
+            }
+            let at = best.partition_point(|&(_, b)| b >= v);
+            best.insert(at, (i as u32, v));
+            best.truncate(top);
+        }
+        let chosen = logits.get(id as usize).copied().unwrap_or(f32::NEG_INFINITY);
+        Self { id, logprob: logprob(chosen), top: best.into_iter().map(|(i, v)| (i, logprob(v))).collect() }
+    }
 }
 
 impl Default for GenerateOptions {
     fn default() -> Self {
-        Self { max_new_tokens: 128, stop_tokens: Vec::new(), sampling: SamplingOptions::default(), want_prompt_logits: false }
+        Self { max_new_tokens: 128, stop_tokens: Vec::new(), sampling: SamplingOptions::default(), want_prompt_logits: false, logprobs: None }
     }
 }
 
@@ -37,6 +88,8 @@ pub struct Generation {
     /// True when a stop token ended generation (it is included in `generated_ids`).
     pub stopped: bool,
     pub prompt_logits: Option<Vec<f32>>,
+    /// One per generated token when [`GenerateOptions::logprobs`] asked for them.
+    pub logprobs: Vec<TokenLogprobs>,
     pub ttft_ms: f64,
     pub prefill_tok_s: f64,
     pub decode_tok_s: f64,
@@ -44,21 +97,35 @@ pub struct Generation {
 
 /// Generates after `prompt`, the whole conversation so far: the part the session already holds
 /// (its longest common prefix with what the session ran before) is not prefilled again.
-/// `on_token` sees every new token and returns `false` to stop (stop strings, a cancelled request).
+/// `on_token` sees every new token (and its log-probabilities when asked for) and returns
+/// `false` to stop (stop strings, a cancelled request).
 pub async fn generate<B: Backend>(
     dev: &B,
     model: &Model<B>,
     session: &mut Session<B>,
     prompt: &[u32],
     options: &GenerateOptions,
-    mut on_token: impl FnMut(u32) -> bool,
+    mut on_token: impl FnMut(u32, Option<&TokenLogprobs>) -> bool,
 ) -> Result<Generation> {
     let mut out = Generation { prompt_ids: prompt.to_vec(), ..Default::default() };
     if options.max_new_tokens == 0 && !options.want_prompt_logits {
         return Ok(out);
     }
+    if options.logprobs.is_some_and(|n| n > MAX_TOP_LOGPROBS) {
+        return Err(ModelError::Config(format!("top logprobs: at most {MAX_TOP_LOGPROBS} alternatives")));
+    }
     let mut sampler = Sampler::new(&options.sampling)?;
-    let need_logits = !sampler.is_greedy();
+    let need_logits = !sampler.is_greedy() || options.logprobs.is_some();
+    // Samples from the step's logits, noting the model's log-probabilities first (the sampler
+    // rewrites the logits).
+    let mut pick = |logits: &mut [f32], history: &[u32], out: &mut Generation| {
+        let snapshot = options.logprobs.map(|_| logits.to_vec());
+        let id = sampler.sample(logits, history);
+        if let (Some(top), Some(raw)) = (options.logprobs, snapshot) {
+            out.logprobs.push(TokenLogprobs::from_logits(&raw, id, top));
+        }
+        id
+    };
     let mut history = prompt.to_vec();
     let start = Instant::now();
     out.reused_tokens = session.reuse_prefix(prompt);
@@ -74,7 +141,7 @@ pub async fn generate<B: Backend>(
         return Ok(out);
     }
     let mut next = match first.logits {
-        Some(mut logits) if need_logits => sampler.sample(&mut logits, &history),
+        Some(mut logits) if need_logits => pick(&mut logits, &history, &mut out),
         _ => first.argmax,
     };
     let decode_start = Instant::now();
@@ -82,7 +149,7 @@ pub async fn generate<B: Backend>(
     let mut accept = |out: &mut Generation, history: &mut Vec<u32>, token: u32| {
         out.generated_ids.push(token);
         history.push(token);
-        let go_on = on_token(token);
+        let go_on = on_token(token, out.logprobs.last().filter(|l| l.id == token && out.logprobs.len() == out.generated_ids.len()));
         if options.stop_tokens.contains(&token) {
             out.stopped = true;
             return false;
@@ -94,7 +161,7 @@ pub async fn generate<B: Backend>(
             loop {
                 let step = session.step(dev, model, &[next], true).await?;
                 let mut logits = step.logits.ok_or_else(|| ModelError::Config("the backend returned no logits".into()))?;
-                next = sampler.sample(&mut logits, &history);
+                next = pick(&mut logits, &history, &mut out);
                 if !accept(&mut out, &mut history, next) {
                     break;
                 }
@@ -108,4 +175,24 @@ pub async fn generate<B: Backend>(
     let decoded = out.generated_ids.len().saturating_sub(1);
     out.decode_tok_s = decoded as f64 / decode_start.elapsed().as_secs_f64().max(1e-9);
     Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn logprobs_from_logits_skip_non_finite_values_and_break_ties_by_id() {
+        let logits = [1.0, f32::NAN, 3.0, f32::INFINITY, 3.0, f32::NEG_INFINITY, 2.0];
+        let l = TokenLogprobs::from_logits(&logits, 4, 3);
+        // Finite values only: log(e^1 + 2e^3 + e^2).
+        let log_total = (1f64.exp() + 2.0 * 3f64.exp() + 2f64.exp()).ln();
+        assert!((l.logprob as f64 - (3.0 - log_total)).abs() < 1e-6, "{l:?}");
+        assert_eq!(l.top.iter().map(|t| t.0).collect::<Vec<_>>(), [2, 4, 6]);
+        assert_eq!(TokenLogprobs::from_logits(&logits, 1, 0), TokenLogprobs { id: 1, logprob: f32::NEG_INFINITY, top: vec![] });
+        assert_eq!(TokenLogprobs::from_logits(&logits, 99, 1).logprob, f32::NEG_INFINITY);
+        let none = TokenLogprobs::from_logits(&[f32::NAN, f32::NEG_INFINITY], 0, 2);
+        assert!(none.logprob == f32::NEG_INFINITY && none.top.is_empty());
+        assert_eq!(reported_logprob(f32::NEG_INFINITY), -9999.0);
+    }
 }

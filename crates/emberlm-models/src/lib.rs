@@ -22,6 +22,6 @@ pub use config::{Architecture, ModelConfig};
 pub use emberlm_cpu::int8::Activations as CpuActivations;
 pub use emberlm_cpu::CpuDevice;
 pub use error::{ModelError, Result};
-pub use generate::{generate, GenerateOptions, Generation};
+pub use generate::{generate, reported_logprob, GenerateOptions, Generation, TokenLogprobs, MAX_TOP_LOGPROBS};
 pub use model::{LoadOptions, Model, Session};
 pub use sampling::SamplingOptions;

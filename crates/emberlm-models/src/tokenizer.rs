@@ -9,6 +9,42 @@ use crate::gguf::{GgufFile, Value};
 
 pub struct TextTokenizer {
     inner: tokenizers::Tokenizer,
+    /// How vocabulary strings spell bytes, read from the decoder once.
+    spelling: Spelling,
+}
+
+/// How a vocabulary string maps to the bytes it stands for ([`TextTokenizer::token_bytes`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Spelling {
+    /// GPT-2's byte-level alphabet: one character per byte ([`byte_to_char`]).
+    ByteLevel,
+    /// SentencePiece: "▁" is a space; with byte fallback, `<0xHH>` pieces are single bytes.
+    Metaspace { byte_fallback: bool },
+    /// Anything else: the string's own UTF-8.
+    Plain,
+}
+
+impl Spelling {
+    /// Read from the `decoder` of a tokenizer.json document (a `Sequence`'s parts too).
+    fn of(decoder: &Json) -> Self {
+        let mut parts = Vec::new();
+        let mut stack = vec![decoder];
+        while let Some(d) = stack.pop() {
+            parts.push(d.get("type").and_then(Json::as_str).unwrap_or(""));
+            stack.extend(d.get("decoders").and_then(Json::as_array).into_iter().flatten());
+        }
+        let metaspace = parts.contains(&"Metaspace")
+            || decoder.get("decoders").and_then(Json::as_array).is_some_and(|ds| {
+                ds.iter().any(|d| d.get("type").and_then(Json::as_str) == Some("Replace") && d["pattern"]["String"].as_str() == Some("\u{2581}"))
+            });
+        if parts.contains(&"ByteLevel") {
+            Spelling::ByteLevel
+        } else if metaspace {
+            Spelling::Metaspace { byte_fallback: parts.contains(&"ByteFallback") }
+        } else {
+            Spelling::Plain
+        }
+    }
 }
 
 fn tok_err(e: impl std::fmt::Display) -> ModelError {
@@ -122,7 +158,8 @@ impl TextTokenizer {
         // prompt to 4 tokens, nor padding add tokens to it.
         inner.with_padding(None);
         inner.with_truncation(None).map_err(tok_err)?;
-        Ok(Self { inner })
+        let doc: Json = serde_json::from_slice(bytes).map_err(|e| ModelError::Tokenizer(format!("tokenizer.json is not valid JSON: {e}")))?;
+        Ok(Self { inner, spelling: Spelling::of(&doc["decoder"]) })
     }
 
     /// From GGUF metadata: byte-level BPE (`gpt2`: Llama 3, Qwen, SmolLM2, ...) or SentencePiece
@@ -262,6 +299,41 @@ impl TextTokenizer {
     pub fn vocab_size(&self) -> usize {
         self.inner.get_vocab_size(true)
     }
+
+    /// The bytes token `id` stands for in the output (an added or special token: its text), as
+    /// the decoder would write them before joining tokens: a byte-level token may be part of a
+    /// UTF-8 character, a SentencePiece word piece keeps its leading space. `None` past the
+    /// vocabulary.
+    pub fn token_bytes(&self, id: u32) -> Option<Vec<u8>> {
+        if let Some(added) = self.inner.get_added_vocabulary().get_added_tokens_decoder().get(&id) {
+            return Some(added.content.clone().into_bytes());
+        }
+        let piece = self.inner.id_to_token(id)?;
+        Some(match self.spelling {
+            Spelling::ByteLevel => {
+                let table = byte_to_char();
+                let mut out = Vec::with_capacity(piece.len());
+                for c in piece.chars() {
+                    match table.iter().position(|&t| t == c) {
+                        Some(b) => out.push(b as u8),
+                        None => out.extend_from_slice(c.encode_utf8(&mut [0; 4]).as_bytes()),
+                    }
+                }
+                out
+            }
+            Spelling::Metaspace { byte_fallback } => match byte_fallback.then(|| fallback_byte(&piece)).flatten() {
+                Some(b) => vec![b],
+                None => piece.replace('\u{2581}', " ").into_bytes(),
+            },
+            Spelling::Plain => piece.into_bytes(),
+        })
+    }
+}
+
+/// The byte of a SentencePiece byte-fallback piece `<0xHH>`.
+fn fallback_byte(piece: &str) -> Option<u8> {
+    let hex = piece.strip_prefix("<0x")?.strip_suffix('>')?;
+    (hex.len() == 2).then(|| u8::from_str_radix(hex, 16).ok()).flatten()
 }
 
 /// Turns a stream of ids into text pieces as soon as they are whole characters (a multi-byte

@@ -110,7 +110,7 @@ fn matches_transformers<B: Backend>(dev: &B, allocations: &mut dyn FnMut() -> u6
 
         session.reset();
         let options = GenerateOptions { max_new_tokens: reference["new_tokens"].as_u64().unwrap() as usize, stop_tokens: vec![eos], ..Default::default() };
-        let out = pollster::block_on(generate(dev, &model, &mut session, &prompt, &options, |_| true)).unwrap();
+        let out = pollster::block_on(generate(dev, &model, &mut session, &prompt, &options, |_, _| true)).unwrap();
         assert_eq!(out.generated_ids, want, "greedy tokens differ from transformers for {:?}", case["text"]);
         long_cases += usize::from(want.len() >= 32);
         // Warm decode steps reuse pooled and workspace buffers: no GPU allocation per token.

@@ -26,7 +26,7 @@ use std::sync::OnceLock;
 
 use emberlm_core::{DType, DeviceOptions, GpuDevice};
 use emberlm_models::files::{open_gguf, open_hf_dir};
-use emberlm_models::{generate, Backend, CpuDevice, GenerateOptions, LoadOptions, Model, Session};
+use emberlm_models::{generate, Backend, CpuDevice, GenerateOptions, LoadOptions, Model, SamplingOptions, Session};
 use serde_json::Value;
 
 fn dev() -> &'static GpuDevice {
@@ -110,7 +110,7 @@ fn run<B: Backend>(dev: &B, arch: &str, source: Source, dtype: Option<DType>) ->
         session.reset();
         let want = ids(&case["generated_ids"]);
         let opts = GenerateOptions { max_new_tokens: want.len().max(1), stop_tokens: model.config.eos_token_ids.clone(), ..Default::default() };
-        let got = pollster::block_on(generate(dev, &model, &mut session, &prompt, &opts, |_| true)).unwrap();
+        let got = pollster::block_on(generate(dev, &model, &mut session, &prompt, &opts, |_, _| true)).unwrap();
         out.greedy_equal &= got.generated_ids == want;
 
         // Later chat turns: the session holds an earlier, shorter conversation (the first half
@@ -120,9 +120,9 @@ fn run<B: Backend>(dev: &B, arch: &str, source: Source, dtype: Option<DType>) ->
             session.reset();
             let half = prompt.len() / 2;
             let turn1 = GenerateOptions { max_new_tokens: 3, ..opts.clone() };
-            pollster::block_on(generate(dev, &model, &mut session, &prompt[..half], &turn1, |_| true)).unwrap();
-            let turn2 = pollster::block_on(generate(dev, &model, &mut session, &prompt, &opts, |_| true)).unwrap();
-            let turn3 = pollster::block_on(generate(dev, &model, &mut session, &prompt, &opts, |_| true)).unwrap();
+            pollster::block_on(generate(dev, &model, &mut session, &prompt[..half], &turn1, |_, _| true)).unwrap();
+            let turn2 = pollster::block_on(generate(dev, &model, &mut session, &prompt, &opts, |_, _| true)).unwrap();
+            let turn3 = pollster::block_on(generate(dev, &model, &mut session, &prompt, &opts, |_, _| true)).unwrap();
             assert!(turn2.reused_tokens >= half && turn2.reused_tokens < prompt.len(), "reused {} of {}", turn2.reused_tokens, prompt.len());
             assert_eq!(turn3.reused_tokens, prompt.len() - 1);
             out.greedy_equal &= turn2.generated_ids == want && turn3.generated_ids == want;
@@ -327,5 +327,90 @@ fn greedy_decoding_queued_ahead_matches_step_by_step() {
     check_greedy_queued_ahead(dev());
     if on_cpu_too() {
         check_greedy_queued_ahead(cpu());
+    }
+}
+
+/// log-softmax in f64, the reference side of the logprob checks.
+fn log_softmax(logits: &[f64]) -> Vec<f64> {
+    let max = logits.iter().copied().fold(f64::NEG_INFINITY, f64::max);
+    let log_total = max + logits.iter().map(|v| (v - max).exp()).sum::<f64>().ln();
+    logits.iter().map(|v| v - log_total).collect()
+}
+
+/// `logprobs` against transformers: the first generated token's entry is the log-softmax of
+/// transformers' last-prompt logits (within 1e-3, the logit threshold above), its top 5 are
+/// transformers' top 5 wherever their order is decisive; greedy with logprobs (which reads the
+/// logits back instead of keeping the argmax on the backend) still gives transformers' tokens,
+/// each the top alternative of its own position; a sampled token's entry is its own; the stream
+/// sees the entries the result holds.
+fn logprobs_match_transformers_on<B: Backend>(dev: &B, arch: &str) {
+    let hf = open_hf_dir(&fixture(arch)).unwrap();
+    let model = Model::load(dev, hf.config, &hf.store, &LoadOptions { dtype: Some(DType::F32), context: 64 }).unwrap();
+    let reference: Value = serde_json::from_str(&std::fs::read_to_string(fixture(arch).join("reference.json")).unwrap()).unwrap();
+    let on = dev.kind().name();
+    for case in reference["cases"].as_array().unwrap() {
+        let prompt = ids(&case["input_ids"]);
+        let want_ids = ids(&case["generated_ids"]);
+        let want: Vec<f64> = log_softmax(&case["last_logits"].as_array().unwrap().iter().map(|v| v.as_f64().unwrap()).collect::<Vec<_>>());
+        let mut ranked: Vec<usize> = (0..want.len()).collect();
+        ranked.sort_by(|&a, &b| want[b].total_cmp(&want[a]).then(a.cmp(&b)));
+
+        let n = want_ids.len().min(4);
+        let opts = GenerateOptions { max_new_tokens: n, logprobs: Some(5), ..Default::default() };
+        let mut session = Session::new(dev, &model).unwrap();
+        let mut streamed = Vec::new();
+        let got = pollster::block_on(generate(dev, &model, &mut session, &prompt, &opts, |_, l| {
+            streamed.push(l.cloned());
+            true
+        }))
+        .unwrap();
+        assert_eq!(got.generated_ids, want_ids[..n], "{on} {arch}: greedy with logprobs");
+        assert_eq!(got.logprobs.len(), n);
+        assert_eq!(streamed, got.logprobs.iter().cloned().map(Some).collect::<Vec<_>>(), "{on} {arch}: streamed entries");
+        let first = &got.logprobs[0];
+        assert!((first.logprob as f64 - want[first.id as usize]).abs() < 1e-3, "{on} {arch}: {} vs {}", first.logprob, want[first.id as usize]);
+        assert_eq!(first.top.len(), 5);
+        for (i, &(id, lp)) in first.top.iter().enumerate() {
+            assert!((lp as f64 - want[id as usize]).abs() < 1e-3, "{on} {arch}: top {i} id {id}: {lp} vs {}", want[id as usize]);
+            let decisive = (i == 0 || want[ranked[i - 1]] - want[ranked[i]] > 1e-3) && want[ranked[i]] - want[ranked[i + 1]] > 1e-3;
+            if decisive {
+                assert_eq!(id as usize, ranked[i], "{on} {arch}: top {i}");
+            }
+        }
+        for (l, &id) in got.logprobs.iter().zip(&got.generated_ids) {
+            assert_eq!(l.id, id);
+            assert!(l.logprob <= 0.0 && l.top.windows(2).all(|w| w[0].1 >= w[1].1), "{on} {arch}: {l:?}");
+            assert_eq!(l.logprob, l.top[0].1, "{on} {arch}: a greedy token is its position's likeliest: {l:?}");
+        }
+
+        // Sampled: whatever is drawn, its entry is the model's log-probability of it.
+        session.reset();
+        let sampled = GenerateOptions {
+            max_new_tokens: 3,
+            logprobs: Some(20),
+            sampling: SamplingOptions { temperature: 1.5, seed: 7, ..Default::default() },
+            ..Default::default()
+        };
+        let got = pollster::block_on(generate(dev, &model, &mut session, &prompt, &sampled, |_, _| true)).unwrap();
+        let first = &got.logprobs[0];
+        assert_eq!(first.id, got.generated_ids[0]);
+        assert!((first.logprob as f64 - want[first.id as usize]).abs() < 1e-3, "{on} {arch} sampled: {} vs {}", first.logprob, want[first.id as usize]);
+        let mass: f64 = first.top.iter().map(|&(_, lp)| (lp as f64).exp()).sum();
+        assert!(first.top.len() == 20 && mass <= 1.0 + 1e-4, "{on} {arch}: top-20 mass {mass}");
+    }
+    // More alternatives than OpenAI allows is an error, not a silent cap.
+    let mut session = Session::new(dev, &model).unwrap();
+    let too_many = GenerateOptions { logprobs: Some(21), ..Default::default() };
+    assert!(pollster::block_on(generate(dev, &model, &mut session, &[1, 2], &too_many, |_, _| true)).is_err());
+}
+
+#[test]
+fn logprobs_match_transformers_log_softmax() {
+    // Llama, and Gemma 2 for its final logit soft-capping (applied before the log-softmax).
+    for arch in ["llama", "gemma2"] {
+        logprobs_match_transformers_on(dev(), arch);
+        if on_cpu_too() {
+            logprobs_match_transformers_on(cpu(), arch);
+        }
     }
 }

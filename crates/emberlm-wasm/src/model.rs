@@ -12,9 +12,11 @@ use emberlm_models::gguf::GgufFile;
 use emberlm_models::safetensors::SafetensorsStore;
 use emberlm_models::source::{checked_end, ByteSource, SourceError};
 use emberlm_models::text::TextSetup;
-use emberlm_models::tokenizer::StreamDecoder;
+use emberlm_models::tokenizer::{StreamDecoder, TextTokenizer};
 use emberlm_models::weights::GgufStore;
-use emberlm_models::{generate, Backend, CpuDevice, GenerateOptions, Generation, LoadOptions, Model, ModelConfig, SamplingOptions, Session};
+use emberlm_models::{
+    generate, reported_logprob, Backend, CpuDevice, GenerateOptions, Generation, LoadOptions, Model, ModelConfig, SamplingOptions, Session, TokenLogprobs,
+};
 use serde::{Deserialize, Serialize};
 use wasm_bindgen::prelude::*;
 
@@ -214,13 +216,23 @@ impl Runner {
         ops.into_iter().map(|(op, calls, secs)| JsProfileOp { op: op.to_string(), calls, ms: secs * 1e3 }).collect()
     }
 
-    async fn generate(&self, prompt_ids: &[u32], opts: &GenerateOptions, on_token: impl FnMut(u32) -> bool) -> Result<Generation, JsValue> {
+    async fn generate(
+        &self,
+        prompt_ids: &[u32],
+        opts: &GenerateOptions,
+        on_token: impl FnMut(u32, Option<&TokenLogprobs>) -> bool,
+    ) -> Result<Generation, JsValue> {
         on_backend!(self, b => b.generate(prompt_ids, opts, on_token).await)
     }
 }
 
 impl<B: Backend> OnBackend<B> {
-    async fn generate(&self, prompt_ids: &[u32], opts: &GenerateOptions, on_token: impl FnMut(u32) -> bool) -> Result<Generation, JsValue> {
+    async fn generate(
+        &self,
+        prompt_ids: &[u32],
+        opts: &GenerateOptions,
+        on_token: impl FnMut(u32, Option<&TokenLogprobs>) -> bool,
+    ) -> Result<Generation, JsValue> {
         let mut slot = self.session.try_borrow_mut().map_err(|_| js_err("a generation is already running on this model"))?;
         let session = match &mut *slot {
             Some(s) => s,
@@ -244,6 +256,8 @@ struct JsGenerateOptions {
     ignore_eos: bool,
     /// Time every op kind (GPU timestamps, or CPU time per op), prefill and decode apart.
     profile: bool,
+    /// Each token's log-probability and this many alternatives' (0–20); absent: none.
+    logprobs: Option<usize>,
 }
 
 impl Default for JsGenerateOptions {
@@ -260,6 +274,7 @@ impl Default for JsGenerateOptions {
             stop: vec![],
             ignore_eos: false,
             profile: false,
+            logprobs: None,
         }
     }
 }
@@ -279,6 +294,30 @@ struct JsGeneration {
     /// With `profile`: where the prefill's and the decode's time went (`None` where the backend
     /// cannot time its ops: an adapter without timestamp queries).
     profile: Option<JsProfiles>,
+    /// With `logprobs`: one entry per generated token.
+    logprobs: Option<Vec<JsLogprob>>,
+}
+
+/// A token's log-probability in OpenAI's `logprobs.content` shape (its text with a partial
+/// character's bytes replaced; `bytes` exact).
+#[derive(Serialize)]
+struct JsLogprob {
+    id: u32,
+    token: String,
+    bytes: Vec<u8>,
+    logprob: f32,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    top_logprobs: Option<Vec<JsLogprob>>,
+}
+
+impl JsLogprob {
+    fn new(tok: Option<&TextTokenizer>, l: &TokenLogprobs) -> Self {
+        let entry = |id: u32, logprob: f32| {
+            let bytes = tok.and_then(|t| t.token_bytes(id)).unwrap_or_default();
+            JsLogprob { id, token: String::from_utf8_lossy(&bytes).into_owned(), bytes, logprob: reported_logprob(logprob), top_logprobs: None }
+        };
+        JsLogprob { top_logprobs: Some(l.top.iter().map(|&(id, lp)| entry(id, lp)).collect()), ..entry(l.id, l.logprob) }
+    }
 }
 
 #[derive(Serialize)]
@@ -428,8 +467,8 @@ impl EmberModel {
         self.runner.weight_bytes() as f64
     }
 
-    /// Generates after `promptIds`; `onToken(id, textPiece)` is called per token and may return
-    /// `false` to stop.
+    /// Generates after `promptIds`; `onToken(id, textPiece, logprob)` is called per token
+    /// (`logprob`: with the `logprobs` option, the token's entry) and may return `false` to stop.
     pub async fn generate(&self, prompt_ids: Vec<u32>, options: JsValue, on_token: Option<js_sys::Function>) -> Result<JsValue, JsValue> {
         let o: JsGenerateOptions =
             if options.is_undefined() || options.is_null() { JsGenerateOptions::default() } else { serde_wasm_bindgen::from_value(options)? };
@@ -445,6 +484,7 @@ impl EmberModel {
                 seed: o.seed,
             },
             want_prompt_logits: false,
+            logprobs: o.logprobs,
         };
         let mut stream = StreamDecoder::new(true);
         let mut text = String::new();
@@ -452,7 +492,7 @@ impl EmberModel {
         let mut prefill_ops = None;
         let result = self
             .runner
-            .generate(&prompt_ids, &opts, |id| {
+            .generate(&prompt_ids, &opts, |id, logprobs| {
                 // The first token ends the prefill: its times are kept, the decode's start anew.
                 if profiling && prefill_ops.is_none() {
                     prefill_ops = Some(self.runner.profile_ops());
@@ -460,8 +500,12 @@ impl EmberModel {
                 }
                 let piece = self.text.tokenizer.as_ref().and_then(|t| stream.push(t, id).ok()).unwrap_or_default();
                 text.push_str(&piece);
+                let entry = logprobs.map(|l| to_js(&JsLogprob::new(self.text.tokenizer.as_ref(), l)).unwrap_or(JsValue::UNDEFINED));
                 let keep = match &on_token {
-                    Some(f) => f.call2(&JsValue::NULL, &JsValue::from(id), &JsValue::from_str(&piece)).map(|r| r.as_bool() != Some(false)).unwrap_or(false),
+                    Some(f) => f
+                        .call3(&JsValue::NULL, &JsValue::from(id), &JsValue::from_str(&piece), entry.as_ref().unwrap_or(&JsValue::UNDEFINED))
+                        .map(|r| r.as_bool() != Some(false))
+                        .unwrap_or(false),
                     None => true,
                 };
                 keep && !o.stop.iter().any(|s| text.contains(s.as_str()))
@@ -491,6 +535,7 @@ impl EmberModel {
             prefill_tok_s: out.prefill_tok_s,
             decode_tok_s: out.decode_tok_s,
             profile,
+            logprobs: o.logprobs.map(|_| out.logprobs.iter().map(|l| JsLogprob::new(self.text.tokenizer.as_ref(), l)).collect()),
         })
     }
 }
