@@ -270,6 +270,7 @@ export class LocalBackend implements Backend {
             ignoreEos: p.ignore_eos,
             profile: p.profile,
             logprobs: p.logprobs,
+            grammar: p.grammar,
           },
           (_id: number, piece: string, entry?: Parameters<LogprobTracker['add']>[1]) => {
             firstAt ||= now();

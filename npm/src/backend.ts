@@ -21,6 +21,8 @@ export interface RunParams {
   profile: boolean;
   /** Each token's log-probability and this many alternatives'; absent: none. */
   logprobs?: number;
+  /** The output constraint, as the wasm engine takes it; absent: free text. */
+  grammar?: { type: 'json_object' } | { type: 'json_schema'; schema: Record<string, unknown> } | { type: 'lark'; grammar: string } | { type: 'regex'; regex: string };
 }
 
 export interface RunResult {

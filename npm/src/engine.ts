@@ -47,7 +47,37 @@ function params(r: SamplingParams & { max_completion_tokens?: number }): RunPara
     ignore_eos: flag(r.ignore_eos, 'ignore_eos'),
     profile: flag(r.profile, 'profile'),
     ...(logprobs ? { logprobs: top ?? 0 } : {}),
+    ...grammarOf(r.response_format),
   };
+}
+
+/** `response_format` as the engine's output constraint (none for `text` or absent). */
+function grammarOf(f: unknown): { grammar?: RunParams['grammar'] } {
+  if (f === undefined || f === null) return {};
+  const bad = (why: string) => new EmberError('bad-request', `response_format: ${why}`);
+  if (typeof f !== 'object' || typeof (f as { type?: unknown }).type !== 'string') throw bad('must be an object with a `type`');
+  const r = f as Record<string, unknown>;
+  const text = (key: string) => {
+    if (typeof r[key] !== 'string' || r[key] === '') throw bad(`type ${String(r.type)} needs a non-empty string \`${key}\``);
+    return r[key] as string;
+  };
+  switch (r.type) {
+    case 'text':
+      return {};
+    case 'json_object':
+      return { grammar: { type: 'json_object' } };
+    case 'json_schema': {
+      const schema = (r.json_schema as { schema?: unknown } | undefined)?.schema;
+      if (!schema || typeof schema !== 'object' || Array.isArray(schema)) throw bad('json_schema needs `json_schema.schema`, a JSON schema object');
+      return { grammar: { type: 'json_schema', schema: schema as Record<string, unknown> } };
+    }
+    case 'grammar':
+      return { grammar: { type: 'lark', grammar: text('grammar') } };
+    case 'regex':
+      return { grammar: { type: 'regex', regex: text('regex') } };
+    default:
+      throw bad(`unknown type ${JSON.stringify(r.type)} (text, json_object, json_schema, grammar, regex)`);
+  }
 }
 
 /** A choice's `logprobs`: the entries when they were asked for, else null (OpenAI's shape). */

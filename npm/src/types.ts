@@ -35,12 +35,25 @@ export interface SamplingParams {
   /** With `logprobs`: also the likeliest tokens at each position, 0–20 of them. Default 0. */
   top_logprobs?: number;
   /**
+   * What the output must be (constrained decoding: every token is picked among those the
+   * grammar allows, so the output always parses). OpenAI's `json_object` and `json_schema`, and
+   * two extensions: a Lark grammar (llguidance's dialect) and a regex for the whole output.
+   */
+  response_format?: ResponseFormat;
+  /**
    * Time every op kind of this request (WebGPU timestamp queries, where the adapter has them,
    * or CPU time per op) and report it as `usage.extra.profile`. Slows the request down.
    */
   profile?: boolean;
   signal?: AbortSignal;
 }
+
+export type ResponseFormat =
+  | { type: 'text' }
+  | { type: 'json_object' }
+  | { type: 'json_schema'; json_schema: { name?: string; description?: string; schema: Record<string, unknown>; strict?: boolean } }
+  | { type: 'grammar'; grammar: string }
+  | { type: 'regex'; regex: string };
 
 /** Where one phase of a request spent its time (`profile: true`). */
 export interface PhaseProfile {

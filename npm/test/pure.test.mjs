@@ -138,6 +138,12 @@ test('request parameters: out-of-range seeds and top_k are bad requests, ignore_
     { logprobs: true, top_logprobs: 21 },
     { logprobs: true, top_logprobs: 1.5 },
     { top_logprobs: 3 },
+    { response_format: 'json' },
+    { response_format: { type: 'xml' } },
+    { response_format: { type: 'json_schema' } },
+    { response_format: { type: 'json_schema', json_schema: { schema: [] } } },
+    { response_format: { type: 'regex' } },
+    { response_format: { type: 'grammar', grammar: '' } },
   ]) {
     await assert.rejects(engine.chat.completions.create({ messages, ...bad }), { code: 'bad-request' }, JSON.stringify(bad));
   }
@@ -152,6 +158,19 @@ test('request parameters: out-of-range seeds and top_k are bad requests, ignore_
   assert.deepEqual(withLogprobs.choices[0].logprobs, { content: [], refusal: null });
   await engine.chat.completions.create({ messages, logprobs: true });
   assert.equal(seen.logprobs, 0);
+  // response_format reaches the engine as its output constraint.
+  assert.equal(seen.grammar, undefined);
+  const schema = { type: 'object' };
+  for (const [format, grammar] of [
+    [{ type: 'text' }, undefined],
+    [{ type: 'json_object' }, { type: 'json_object' }],
+    [{ type: 'json_schema', json_schema: { name: 'x', schema, strict: true } }, { type: 'json_schema', schema }],
+    [{ type: 'grammar', grammar: 'start: "a"' }, { type: 'lark', grammar: 'start: "a"' }],
+    [{ type: 'regex', regex: 'a+' }, { type: 'regex', regex: 'a+' }],
+  ]) {
+    await engine.chat.completions.create({ messages, response_format: format });
+    assert.deepEqual(seen.grammar, grammar, JSON.stringify(format));
+  }
 });
 
 test('a .gguf path or file: URL is a local model, an owner/name is a Hub repo', async () => {

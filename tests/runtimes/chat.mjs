@@ -27,6 +27,22 @@ for await (const chunk of await engine.chat.completions.create({ ...logprobReque
   streamedLogprobs.push(...(chunk.choices[0].logprobs?.content ?? []));
 }
 const logprobReply = await engine.chat.completions.create(logprobRequest);
+// Constrained output: a JSON schema (sampled, so the noise model wanders), streamed and not, and a regex.
+const schema = {
+  type: 'object',
+  properties: { name: { type: 'string', maxLength: 6 }, n: { type: 'integer', minimum: 0, maximum: 9 }, tags: { type: 'array', items: { enum: ['a', 'b'] }, maxItems: 3 } },
+  required: ['name', 'n', 'tags'],
+  additionalProperties: false,
+};
+const structured = [];
+for (const seed of [1, 2, 3]) {
+  const request = { messages: [{ role: 'user', content: prompt }], temperature: 1, seed, max_tokens: 120, response_format: { type: 'json_schema', json_schema: { name: 'card', schema } } };
+  const whole = await engine.chat.completions.create(request);
+  let streamedText = '';
+  for await (const chunk of await engine.chat.completions.create({ ...request, stream: true })) streamedText += chunk.choices[0].delta.content ?? '';
+  structured.push({ text: whole.choices[0].message.content, finish: whole.choices[0].finish_reason, streamed: streamedText });
+}
+const regex = await engine.chat.completions.create({ messages: [{ role: 'user', content: prompt }], temperature: 1, seed: 5, response_format: { type: 'regex', regex: '(cat|dog)-[0-9]{2}' } });
 const cached = await isModelCached(repo, { hub, cacheDir });
 const listed = (await listCachedModels({ cacheDir })).map((m) => m.repo);
 await engine.unload();
@@ -44,6 +60,7 @@ console.log(
     cached,
     listed,
     logprobs: { generated: withLogprobs.logprobs, tokens: withLogprobs.tokens, streamed: streamedLogprobs, reply: logprobReply.choices[0] },
+    constrained: { schema, structured, regex: regex.choices[0].message.content },
   }),
 );
 // Dawn keeps Node's event loop alive after the device is gone.

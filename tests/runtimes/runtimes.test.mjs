@@ -40,6 +40,24 @@ const want = reference('qwen2').cases[0];
  * their positions' likeliest; the streamed entries equal the non-streamed ones (to 1e-4), and
  * their bytes spell the reply.
  */
+/**
+ * `response_format`: a tiny random-weight model writes noise unconstrained; under a JSON schema
+ * every sampled reply parses, has exactly the schema's keys with values in range, and streams
+ * the same text; under a regex the reply matches it whole.
+ */
+function checkConstrained({ schema, structured, regex }) {
+  for (const { text, finish, streamed } of structured) {
+    assert.equal(finish, 'stop', text);
+    assert.equal(streamed, text);
+    const v = JSON.parse(text);
+    assert.deepEqual(Object.keys(v).sort(), ['n', 'name', 'tags'], text);
+    assert.ok(typeof v.name === 'string' && [...v.name].length <= schema.properties.name.maxLength, text);
+    assert.ok(Number.isInteger(v.n) && v.n >= 0 && v.n <= 9, text);
+    assert.ok(Array.isArray(v.tags) && v.tags.length <= 3 && v.tags.every((t) => t === 'a' || t === 'b'), text);
+  }
+  assert.match(regex, /^(cat|dog)-[0-9]{2}$/);
+}
+
 function checkLogprobs({ generated, tokens, streamed, reply }) {
   const logits = want.last_logits;
   const max = Math.max(...logits);
@@ -90,6 +108,7 @@ for (const runtime of Object.keys(RUNTIMES)) {
     assert.equal(first.cached, true);
     assert.deepEqual(first.listed, ['emberlm-test/tiny-qwen2-GGUF']);
     checkLogprobs(first.logprobs);
+    checkConstrained(first.constrained);
 
     // The Hub is gone now; the same URL must not be needed.
     const second = await run(runtime, args);

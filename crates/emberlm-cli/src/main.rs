@@ -18,9 +18,10 @@ use std::process::ExitCode;
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use emberlm_core::{DType, DeviceOptions, GpuDevice};
+use emberlm_models::constraint::{Constrainer, Grammar};
 use emberlm_models::files::LocalModel;
 use emberlm_models::tokenizer::{StreamDecoder, TextTokenizer};
-use emberlm_models::{generate, Backend, CpuActivations, CpuDevice, GenerateOptions, LoadOptions, Model, SamplingOptions, Session};
+use emberlm_models::{generate, generate_constrained, Backend, CpuActivations, CpuDevice, GenerateOptions, LoadOptions, Model, SamplingOptions, Session};
 use serde_json::json;
 
 #[derive(Parser)]
@@ -187,10 +188,54 @@ struct GenerateArgs {
     /// Write the last prompt position's logits to FILE as a float32 .npy array.
     #[arg(long)]
     dump_logits: Option<PathBuf>,
+    #[command(flatten)]
+    constraint: ConstraintArgs,
     /// With --json: each generated token's log-probability and the N likeliest tokens' at its
     /// position (0-20; OpenAI's `logprobs` / `top_logprobs`).
     #[arg(long, value_name = "N", requires = "json", value_parser = clap::value_parser!(u8).range(0..=emberlm_models::MAX_TOP_LOGPROBS as i64))]
     logprobs: Option<u8>,
+}
+
+/// Output constraints (constrained decoding, `emberlm_models::constraint`): at most one.
+#[derive(Args)]
+#[group(id = "output_constraint", multiple = false)]
+struct ConstraintArgs {
+    /// The output is JSON valid against this JSON schema (a file, or the schema itself).
+    #[arg(long, value_name = "SCHEMA")]
+    json_schema: Option<String>,
+    /// The output is a JSON object.
+    #[arg(long)]
+    json_object: bool,
+    /// The output follows this Lark grammar (a file, or the grammar itself; llguidance's dialect).
+    #[arg(long, value_name = "GRAMMAR")]
+    grammar: Option<String>,
+    /// The whole output matches this regex.
+    #[arg(long, value_name = "REGEX")]
+    regex: Option<String>,
+}
+
+impl ConstraintArgs {
+    /// The grammar asked for, if any; a file's contents where the value names a file.
+    fn grammar(&self) -> Result<Option<Grammar>> {
+        let text = |v: &str, what: &str| -> Result<String> {
+            let path = Path::new(v);
+            if path.is_file() {
+                std::fs::read_to_string(path).map_err(|e| format!("{what} {v}: {e}"))
+            } else {
+                Ok(v.to_string())
+            }
+        };
+        Ok(if let Some(s) = &self.json_schema {
+            let schema = serde_json::from_str(&text(s, "--json-schema")?).map_err(|e| format!("--json-schema: not JSON (nor a file): {e}"))?;
+            Some(Grammar::JsonSchema(schema))
+        } else if self.json_object {
+            Some(Grammar::JsonObject)
+        } else if let Some(g) = &self.grammar {
+            Some(Grammar::Lark(text(g, "--grammar")?))
+        } else {
+            self.regex.clone().map(Grammar::Regex)
+        })
+    }
 }
 
 #[derive(Args)]
@@ -385,7 +430,15 @@ impl Job for GenerateJob<'_> {
         let tok = local.text.tokenizer.as_ref();
         let mut stream_err = None;
         let mut stopped_by_text = false;
-        let out = pollster::block_on(generate(dev, model, &mut session, prompt_ids, &options, |id, _| {
+        let mut constraint = match a.constraint.grammar()? {
+            Some(grammar) => {
+                let tok = tok.ok_or("this model has no tokenizer to constrain the output with")?;
+                let eos = *options.stop_tokens.first().ok_or("an output constraint needs the model's end token (drop --ignore-eos)")?;
+                Some(Constrainer::new(tok, eos).map_err(err)?.start(&grammar).map_err(err)?)
+            }
+            None => None,
+        };
+        let out = pollster::block_on(generate_constrained(dev, model, &mut session, prompt_ids, &options, constraint.as_mut(), |id, _| {
             let Some(tok) = tok else { return true };
             match stream.push(tok, id) {
                 Ok(piece) => {

@@ -321,3 +321,52 @@ fn generate_json_with_logprobs() {
         assert!(!out.status.success() && err.contains(named), "{err}");
     }
 }
+
+/// Constrained output: a schema (inline or a file), a regex; a bad grammar and two constraints
+/// at once are refused by name.
+#[test]
+fn generate_with_an_output_constraint() {
+    let dir = fixture("llama");
+    let model = dir.to_str().unwrap();
+    let schema = r#"{"type":"object","properties":{"id":{"type":"integer","minimum":1,"maximum":99},"ok":{"type":"boolean"}},"required":["id","ok"],"additionalProperties":false}"#;
+    let file = std::env::temp_dir().join(format!("emberlm-cli-schema-{}.json", std::process::id()));
+    std::fs::write(&file, schema).unwrap();
+    for (seed, source) in [("1", schema.to_string()), ("2", file.display().to_string())] {
+        let out = emberlm(&[
+            "generate",
+            "--model",
+            model,
+            "--prompt",
+            "JSON:",
+            "--dtype",
+            "f32",
+            "--temperature",
+            "1",
+            "--seed",
+            seed,
+            "--json",
+            "--json-schema",
+            &source,
+        ]);
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        let got: Value = serde_json::from_slice(&out.stdout).unwrap();
+        assert_eq!(got["finish_reason"], "stop", "{got}");
+        let value: Value = serde_json::from_str(got["text"].as_str().unwrap()).unwrap_or_else(|e| panic!("{e}: {got}"));
+        let id = value["id"].as_i64().unwrap();
+        assert!((1..=99).contains(&id) && value["ok"].is_boolean() && value.as_object().unwrap().len() == 2, "{value}");
+    }
+    std::fs::remove_file(&file).ok();
+    let out = emberlm(&["generate", "--model", model, "--prompt", "x", "--dtype", "f32", "--temperature", "1", "--json", "--regex", "[ab]{3}-[0-9]{2}"]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let text = serde_json::from_slice::<Value>(&out.stdout).unwrap()["text"].as_str().unwrap().to_string();
+    assert!(text.len() == 6 && text[..3].bytes().all(|b| b == b'a' || b == b'b') && &text[3..4] == "-", "{text:?}");
+    for (args, named) in [
+        (&["--json-schema", r#"{"type":"frobnicate"}"#][..], "output constraint"),
+        (&["--json-schema", "{not json"][..], "--json-schema"),
+        (&["--regex", "a", "--json-object"][..], "cannot be used with"),
+    ] {
+        let out = emberlm(&[&["generate", "--model", model, "--prompt", "x"][..], args].concat());
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success() && err.contains(named), "{args:?}: {err}");
+    }
+}

@@ -14,6 +14,8 @@ pub enum ModelError {
     Tokenizer(String),
     #[error("chat template: {0}")]
     ChatTemplate(String),
+    #[error("output constraint: {0}")]
+    Constraint(String),
     #[error("{path}: {reason}")]
     File { path: String, reason: String },
     #[error("unsupported architecture `{name}`; supported: {supported}")]

@@ -8,6 +8,7 @@
 use web_time::Instant;
 
 use crate::backend::Backend;
+use crate::constraint::Constraint;
 use crate::error::{ModelError, Result};
 use crate::model::{Model, Session};
 use crate::sampling::{Sampler, SamplingOptions};
@@ -105,6 +106,22 @@ pub async fn generate<B: Backend>(
     session: &mut Session<B>,
     prompt: &[u32],
     options: &GenerateOptions,
+    on_token: impl FnMut(u32, Option<&TokenLogprobs>) -> bool,
+) -> Result<Generation> {
+    generate_constrained(dev, model, session, prompt, options, None, on_token).await
+}
+
+/// [`generate`] whose output follows `constraint` ([`crate::constraint`]): each step's logits
+/// are masked to the tokens the grammar allows before sampling (greedy too), a stop token is
+/// allowed only where the grammar may end, and generation stops once the grammar is complete
+/// (`stopped`, as at a stop token). Log-probabilities stay the model's own, before the mask.
+pub async fn generate_constrained<B: Backend>(
+    dev: &B,
+    model: &Model<B>,
+    session: &mut Session<B>,
+    prompt: &[u32],
+    options: &GenerateOptions,
+    mut constraint: Option<&mut Constraint>,
     mut on_token: impl FnMut(u32, Option<&TokenLogprobs>) -> bool,
 ) -> Result<Generation> {
     let mut out = Generation { prompt_ids: prompt.to_vec(), ..Default::default() };
@@ -115,16 +132,24 @@ pub async fn generate<B: Backend>(
         return Err(ModelError::Config(format!("top logprobs: at most {MAX_TOP_LOGPROBS} alternatives")));
     }
     let mut sampler = Sampler::new(&options.sampling)?;
-    let need_logits = !sampler.is_greedy() || options.logprobs.is_some();
-    // Samples from the step's logits, noting the model's log-probabilities first (the sampler
-    // rewrites the logits).
-    let mut pick = |logits: &mut [f32], history: &[u32], out: &mut Generation| {
+    let need_logits = !sampler.is_greedy() || options.logprobs.is_some() || constraint.is_some();
+    // Samples from the step's logits, noting the model's log-probabilities first (the mask and
+    // the sampler rewrite the logits).
+    let mut pick = |logits: &mut [f32], history: &[u32], out: &mut Generation, constraint: &mut Option<&mut Constraint>| -> Result<u32> {
         let snapshot = options.logprobs.map(|_| logits.to_vec());
+        if let Some(c) = constraint {
+            c.mask(logits, &options.stop_tokens)?;
+        }
         let id = sampler.sample(logits, history);
         if let (Some(top), Some(raw)) = (options.logprobs, snapshot) {
             out.logprobs.push(TokenLogprobs::from_logits(&raw, id, top));
         }
-        id
+        if let Some(c) = constraint {
+            if !options.stop_tokens.contains(&id) {
+                c.accept(id)?;
+            }
+        }
+        Ok(id)
     };
     let mut history = prompt.to_vec();
     let start = Instant::now();
@@ -141,35 +166,36 @@ pub async fn generate<B: Backend>(
         return Ok(out);
     }
     let mut next = match first.logits {
-        Some(mut logits) if need_logits => pick(&mut logits, &history, &mut out),
+        Some(mut logits) if need_logits => pick(&mut logits, &history, &mut out, &mut constraint)?,
         _ => first.argmax,
     };
     let decode_start = Instant::now();
     // Takes a new token; false when generation ends with it.
-    let mut accept = |out: &mut Generation, history: &mut Vec<u32>, token: u32| {
+    let mut accept = |out: &mut Generation, history: &mut Vec<u32>, token: u32, complete: bool| {
         out.generated_ids.push(token);
         history.push(token);
         let go_on = on_token(token, out.logprobs.last().filter(|l| l.id == token && out.logprobs.len() == out.generated_ids.len()));
-        if options.stop_tokens.contains(&token) {
+        if options.stop_tokens.contains(&token) || complete {
             out.stopped = true;
             return false;
         }
         go_on && out.generated_ids.len() < options.max_new_tokens
     };
-    if accept(&mut out, &mut history, next) {
+    let complete = |c: &Option<&mut Constraint>| c.as_ref().is_some_and(|c| c.is_complete());
+    if accept(&mut out, &mut history, next, complete(&constraint)) {
         if need_logits {
             loop {
                 let step = session.step(dev, model, &[next], true).await?;
                 let mut logits = step.logits.ok_or_else(|| ModelError::Config("the backend returned no logits".into()))?;
-                next = pick(&mut logits, &history, &mut out);
-                if !accept(&mut out, &mut history, next) {
+                next = pick(&mut logits, &history, &mut out, &mut constraint)?;
+                if !accept(&mut out, &mut history, next, complete(&constraint)) {
                     break;
                 }
             }
         } else {
             // Greedy: the backend keeps the token and may queue steps ahead of the read-back.
             let budget = options.max_new_tokens - out.generated_ids.len();
-            session.decode_greedy(dev, model, next, budget, |token| accept(&mut out, &mut history, token)).await?;
+            session.decode_greedy(dev, model, next, budget, |token| accept(&mut out, &mut history, token, false)).await?;
         }
     }
     let decoded = out.generated_ids.len().saturating_sub(1);

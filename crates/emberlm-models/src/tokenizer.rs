@@ -300,6 +300,11 @@ impl TextTokenizer {
         self.inner.get_vocab_size(true)
     }
 
+    /// Whether `id` is a special token (end of turn, BOS, ...: control, not text).
+    pub fn is_special(&self, id: u32) -> bool {
+        self.inner.get_added_vocabulary().get_added_tokens_decoder().get(&id).is_some_and(|t| t.special)
+    }
+
     /// The bytes token `id` stands for in the output (an added or special token: its text), as
     /// the decoder would write them before joining tokens: a byte-level token may be part of a
     /// UTF-8 character, a SentencePiece word piece keeps its leading space. `None` past the

@@ -123,3 +123,40 @@ fn matches_transformers<B: Backend>(dev: &B, allocations: &mut dyn FnMut() -> u6
     }
     assert!(long_cases >= 3, "at least three prompts must check 32 or more greedy tokens");
 }
+
+/// Constrained decoding on the real model: contact cards extracted from sentences under a JSON
+/// schema parse, validate and hold the sentence's values (greedy, CPU backend).
+#[test]
+fn json_schema_extraction_parses_and_holds_the_facts() {
+    use emberlm_models::constraint::{Constrainer, Grammar};
+    use emberlm_models::generate_constrained;
+    use emberlm_models::text::TextSetup;
+    let store = open_gguf(&model_path()).unwrap();
+    let text = TextSetup::from_gguf(store.metadata()).unwrap();
+    let dev = CpuDevice::new(None);
+    let model = Model::load_gguf(&dev, &store, &LoadOptions { dtype: None, context: 512 }).unwrap();
+    let tok = text.tokenizer().unwrap();
+    let constrainer = Constrainer::new(tok, model.config.eos_token_ids[0]).unwrap();
+    let schema = serde_json::json!({
+        "type": "object",
+        "properties": {"name": {"type": "string", "maxLength": 40}, "city": {"type": "string", "maxLength": 40}, "age": {"type": "integer", "minimum": 0, "maximum": 130}},
+        "required": ["name", "city", "age"],
+        "additionalProperties": false
+    });
+    let cases = [("Maria Lopez is 34 and lives in Madrid.", "Maria", "Madrid", 34), ("Tom Baker, aged 61, moved to Glasgow last year.", "Tom", "Glasgow", 61)];
+    for (sentence, name, city, age) in cases {
+        let messages = serde_json::json!([{"role": "user", "content": format!("Extract the person's name, city and age as JSON.\n{sentence}")}]);
+        let prompt = text.chat_prompt_ids(&messages).unwrap();
+        let opts = GenerateOptions { max_new_tokens: 80, stop_tokens: model.config.eos_token_ids.clone(), ..Default::default() };
+        let mut constraint = constrainer.start(&Grammar::JsonSchema(schema.clone())).unwrap();
+        let mut session = Session::new(&dev, &model).unwrap();
+        let out = pollster::block_on(generate_constrained(&dev, &model, &mut session, &prompt, &opts, Some(&mut constraint), |_, _| true)).unwrap();
+        let ids: Vec<u32> = out.generated_ids.iter().copied().filter(|id| !opts.stop_tokens.contains(id)).collect();
+        let reply = tok.decode(&ids, true).unwrap();
+        eprintln!("{sentence} -> {reply}");
+        assert!(out.stopped, "unfinished: {reply}");
+        let v: serde_json::Value = serde_json::from_str(&reply).unwrap_or_else(|e| panic!("{e}: {reply}"));
+        assert_eq!(v.as_object().unwrap().len(), 3, "{reply}");
+        assert!(v["name"].as_str().unwrap().contains(name) && v["city"].as_str().unwrap().contains(city) && v["age"] == age, "{reply}");
+    }
+}

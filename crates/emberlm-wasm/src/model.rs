@@ -6,8 +6,10 @@
 //! `auto` from the adapter it finds).
 
 use std::cell::{Cell, RefCell};
+use std::rc::Rc;
 
 use emberlm_core::{DType, GpuDevice};
+use emberlm_models::constraint::{Constrainer, Constraint, Grammar};
 use emberlm_models::gguf::GgufFile;
 use emberlm_models::safetensors::SafetensorsStore;
 use emberlm_models::source::{checked_end, ByteSource, SourceError};
@@ -15,7 +17,8 @@ use emberlm_models::text::TextSetup;
 use emberlm_models::tokenizer::{StreamDecoder, TextTokenizer};
 use emberlm_models::weights::GgufStore;
 use emberlm_models::{
-    generate, reported_logprob, Backend, CpuDevice, GenerateOptions, Generation, LoadOptions, Model, ModelConfig, SamplingOptions, Session, TokenLogprobs,
+    generate_constrained, reported_logprob, Backend, CpuDevice, GenerateOptions, Generation, LoadOptions, Model, ModelConfig, SamplingOptions, Session,
+    TokenLogprobs,
 };
 use serde::{Deserialize, Serialize};
 use wasm_bindgen::prelude::*;
@@ -220,9 +223,10 @@ impl Runner {
         &self,
         prompt_ids: &[u32],
         opts: &GenerateOptions,
+        constraint: Option<&mut Constraint>,
         on_token: impl FnMut(u32, Option<&TokenLogprobs>) -> bool,
     ) -> Result<Generation, JsValue> {
-        on_backend!(self, b => b.generate(prompt_ids, opts, on_token).await)
+        on_backend!(self, b => b.generate(prompt_ids, opts, constraint, on_token).await)
     }
 }
 
@@ -231,6 +235,7 @@ impl<B: Backend> OnBackend<B> {
         &self,
         prompt_ids: &[u32],
         opts: &GenerateOptions,
+        constraint: Option<&mut Constraint>,
         on_token: impl FnMut(u32, Option<&TokenLogprobs>) -> bool,
     ) -> Result<Generation, JsValue> {
         let mut slot = self.session.try_borrow_mut().map_err(|_| js_err("a generation is already running on this model"))?;
@@ -238,7 +243,7 @@ impl<B: Backend> OnBackend<B> {
             Some(s) => s,
             empty => empty.insert(Session::new(&self.dev, &self.model).map_err(js_err)?),
         };
-        generate(&self.dev, &self.model, session, prompt_ids, opts, on_token).await.map_err(js_err)
+        generate_constrained(&self.dev, &self.model, session, prompt_ids, opts, constraint, on_token).await.map_err(js_err)
     }
 }
 
@@ -258,6 +263,29 @@ struct JsGenerateOptions {
     profile: bool,
     /// Each token's log-probability and this many alternatives' (0–20); absent: none.
     logprobs: Option<usize>,
+    /// What the output must be (constrained decoding); absent: free text.
+    grammar: Option<JsGrammar>,
+}
+
+/// An output constraint as the npm package passes it.
+#[derive(Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+enum JsGrammar {
+    JsonObject,
+    JsonSchema { schema: serde_json::Value },
+    Lark { grammar: String },
+    Regex { regex: String },
+}
+
+impl From<JsGrammar> for Grammar {
+    fn from(g: JsGrammar) -> Self {
+        match g {
+            JsGrammar::JsonObject => Grammar::JsonObject,
+            JsGrammar::JsonSchema { schema } => Grammar::JsonSchema(schema),
+            JsGrammar::Lark { grammar } => Grammar::Lark(grammar),
+            JsGrammar::Regex { regex } => Grammar::Regex(regex),
+        }
+    }
 }
 
 impl Default for JsGenerateOptions {
@@ -275,6 +303,7 @@ impl Default for JsGenerateOptions {
             ignore_eos: false,
             profile: false,
             logprobs: None,
+            grammar: None,
         }
     }
 }
@@ -346,6 +375,8 @@ pub struct EmberModel {
     runner: Runner,
     text: TextSetup,
     load_stats: LoadStats,
+    /// The vocabulary for constrained decoding, made on the first request that asks for it.
+    constrainer: RefCell<Option<Rc<Constrainer>>>,
 }
 
 #[wasm_bindgen]
@@ -369,7 +400,7 @@ impl EmberModel {
         stats.tokenizer_ms = now_ms() - parsed;
         let runner = Runner::load(&options, FromGguf(&store), &mut stats).await?;
         (stats.reads, stats.read_bytes) = read_totals(store.sources());
-        Ok(Self { runner, text, load_stats: stats })
+        Ok(Self { runner, text, load_stats: stats, constrainer: RefCell::new(None) })
     }
 
     /// Loads a Hugging Face model: the text of `config.json` (and of `generation_config.json`,
@@ -401,10 +432,22 @@ impl EmberModel {
         stats.header_ms = now_ms() - tokenized;
         let runner = Runner::load(&options, FromSafetensors(config, &store), &mut stats).await?;
         (stats.reads, stats.read_bytes) = read_totals(store.sources());
-        Ok(Self { runner, text, load_stats: stats })
+        Ok(Self { runner, text, load_stats: stats, constrainer: RefCell::new(None) })
     }
 
     /// `{headerMs, headerReads, tokenizerMs, deviceMs, uploadMs, reads, readBytes}` of the load.
+    /// The model's constrainer, made once (the vocabulary as bytes in llguidance's token trie).
+    fn constrainer(&self) -> Result<Rc<Constrainer>, JsValue> {
+        if let Some(c) = self.constrainer.borrow().as_ref() {
+            return Ok(c.clone());
+        }
+        let tok = self.text.tokenizer().map_err(js_err)?;
+        let eos = *self.runner.config().eos_token_ids.first().ok_or_else(|| js_err("an output constraint needs the model's end token"))?;
+        let made = Rc::new(Constrainer::new(tok, eos).map_err(js_err)?);
+        *self.constrainer.borrow_mut() = Some(made.clone());
+        Ok(made)
+    }
+
     #[wasm_bindgen(js_name = loadStats)]
     pub fn load_stats(&self) -> Result<JsValue, JsValue> {
         to_js(&self.load_stats)
@@ -486,13 +529,17 @@ impl EmberModel {
             want_prompt_logits: false,
             logprobs: o.logprobs,
         };
+        let mut constraint = match o.grammar {
+            Some(grammar) => Some(self.constrainer()?.start(&grammar.into()).map_err(js_err)?),
+            None => None,
+        };
         let mut stream = StreamDecoder::new(true);
         let mut text = String::new();
         let profiling = o.profile && self.runner.set_profiling(true);
         let mut prefill_ops = None;
         let result = self
             .runner
-            .generate(&prompt_ids, &opts, |id, logprobs| {
+            .generate(&prompt_ids, &opts, constraint.as_mut(), |id, logprobs| {
                 // The first token ends the prefill: its times are kept, the decode's start anew.
                 if profiling && prefill_ops.is_none() {
                     prefill_ops = Some(self.runner.profile_ops());
