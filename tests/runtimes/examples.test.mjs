@@ -62,3 +62,15 @@ for (const [name, [cmd, ...args]] of Object.entries(EXAMPLES)) {
     assert.doesNotMatch(missing.stderr, /^\s+at /m, 'a stack trace');
   });
 }
+
+test('examples/node extract.mjs pulls a contact card out of a sentence as schema-valid JSON, on the bundled model', async () => {
+  const model = join(ROOT, 'models', 'SmolLM2-135M-Instruct.Q4_1.gguf');
+  assert.ok(existsSync(model), 'run scripts/setup.sh (the bundled model)');
+  const dir = await installed('node');
+  const env = runtimeEnv('node', { EMBERLM_HUB: NO_HUB, EMBERLM_CACHE: cacheDir });
+  const r = await run(NODE, ['extract.mjs', 'Tom Baker, aged 61, moved to Glasgow last year.'], { cwd: dir, env });
+  assert.equal(r.status, 0, r.stderr.slice(-2000));
+  const card = JSON.parse(r.stdout);
+  assert.deepEqual(Object.keys(card).sort(), ['age', 'city', 'name'], r.stdout);
+  assert.ok(card.name.includes('Tom') && card.city.includes('Glasgow') && card.age === 61, r.stdout);
+});
