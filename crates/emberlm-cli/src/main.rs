@@ -264,6 +264,10 @@ struct BenchArgs {
     /// Also print where the time goes: time per op kind per pp and tg token (CPU backend).
     #[arg(long)]
     profile: bool,
+    /// Also time greedy decoding constrained to a JSON object (after a short chat prompt):
+    /// tok/s and the constraint's milliseconds per token (llguidance's mask and state update).
+    #[arg(long)]
+    json_object: bool,
 }
 
 type Result<T> = std::result::Result<T, String>;
@@ -634,7 +638,7 @@ fn run_bench(a: BenchArgs) -> Result<()> {
 impl Job for &BenchArgs {
     fn run<B: Backend>(self, loaded: &Loaded<B>) -> Result<()> {
         let a = self;
-        let &Loaded { dev, ref model, load_s, device_reason, .. } = loaded;
+        let &Loaded { dev, local, ref model, load_s, device_reason } = loaded;
         let c = &model.config;
         // Deterministic pseudo-random tokens, like llama-bench.
         let tokens: Vec<u32> = (0..a.n_prompt.max(1)).map(|i| ((i as u64 * 2_654_435_761) % c.vocab as u64) as u32).collect();
@@ -704,6 +708,26 @@ impl Job for &BenchArgs {
                 let (m, sd) = mean_sd(v);
                 println!("| {name} | {} | {size} | {label} | {m:.2} ± {sd:.2} |", c.arch.name());
             }
+        }
+        if a.json_object {
+            let tok = local.text.tokenizer().map_err(err)?;
+            let eos = *c.eos_token_ids.first().ok_or("--json-object needs the model's end token")?;
+            let constrainer = Constrainer::new(tok, eos).map_err(err)?;
+            let prompt = local.text.prompt_ids("A JSON object describing a city:", c.bos_token_id).map_err(err)?;
+            let room = model.context.saturating_sub(prompt.len()).max(1);
+            let options = GenerateOptions { max_new_tokens: a.n_gen.clamp(1, room), stop_tokens: c.eos_token_ids.clone(), ..Default::default() };
+            let (mut rates, mut costs) = (Vec::new(), Vec::new());
+            for _ in 0..a.repetitions.max(1) {
+                let mut constraint = constrainer.start(&Grammar::JsonObject).map_err(err)?;
+                session.reset();
+                let out =
+                    pollster::block_on(generate_constrained(dev, model, &mut session, &prompt, &options, Some(&mut constraint), |_, _| true)).map_err(err)?;
+                rates.push(out.decode_tok_s);
+                costs.push(constraint.ms_per_token());
+            }
+            let ((r, r_sd), (ms, ms_sd)) = (mean_sd(&rates), mean_sd(&costs));
+            println!("| {name} | {} | {size} | tg (JSON object, constrained) | {r:.2} ± {r_sd:.2} |", c.arch.name());
+            println!("the constraint took {ms:.3} ± {ms_sd:.3} ms per token (mask + state update, on the CPU)");
         }
         if !tg.is_empty() {
             // The physical yardstick: decode streams the weights once per token, so its

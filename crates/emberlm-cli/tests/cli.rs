@@ -77,13 +77,17 @@ fn prompt_ids_and_dump_logits_npy() {
     assert!(worst < 1e-3, "dumped logits differ from transformers by {worst}");
 }
 
+/// Also `--json-object`: a constrained decode row and the constraint's milliseconds per token.
 #[test]
 fn bench_prints_pp_and_tg_rows() {
     let dir = fixture("phi3");
-    let out = emberlm(&["bench", "--model", dir.to_str().unwrap(), "-p", "32", "-n", "8", "-r", "1"]);
+    let out = emberlm(&["bench", "--model", dir.to_str().unwrap(), "-p", "32", "-n", "8", "-r", "1", "--json-object"]);
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     let text = String::from_utf8(out.stdout).unwrap();
-    assert!(text.contains("| pp32 |") && text.contains("| tg8 |"), "{text}");
+    assert!(text.contains("| pp32 |") && text.contains("| tg8 |") && text.contains("| tg (JSON object, constrained) |"), "{text}");
+    // --json-object: the constraint's own cost per token.
+    let cost = text.lines().find_map(|l| l.strip_prefix("the constraint took ")).unwrap_or_else(|| panic!("no constraint line in {text}"));
+    assert!(cost.split_whitespace().next().unwrap().parse::<f64>().unwrap() > 0.0, "{cost}");
     // The yardstick line: decode's weight bytes per second against the copy bandwidth.
     let line = text.lines().find(|l| l.starts_with("decode reads ")).unwrap_or_else(|| panic!("no weight-bytes line in {text}"));
     let number_before = |unit: &str| -> f64 { line.split(unit).next().unwrap().split_whitespace().last().unwrap().trim_start_matches('(').parse().unwrap() };

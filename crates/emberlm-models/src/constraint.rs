@@ -121,7 +121,7 @@ impl Constrainer {
         if let Some(e) = matcher.get_error() {
             return Err(constraint_error(e));
         }
-        Ok(Constraint { matcher, eos: self.eos })
+        Ok(Constraint { matcher, eos: self.eos, seconds: 0.0, masks: 0 })
     }
 }
 
@@ -129,12 +129,17 @@ impl Constrainer {
 pub struct Constraint {
     matcher: Matcher,
     eos: u32,
+    /// Time spent computing masks and following tokens, and masks computed.
+    seconds: f64,
+    masks: usize,
 }
 
 impl Constraint {
     /// Sets every logit the grammar does not allow next to −∞; where it allows ending, every
     /// token in `stop_tokens` stays allowed.
     pub fn mask(&mut self, logits: &mut [f32], stop_tokens: &[u32]) -> Result<()> {
+        let started = web_time::Instant::now();
+        self.masks += 1;
         let allowed = self.matcher.compute_mask().map_err(constraint_error)?;
         let may_end = allowed.is_allowed(self.eos);
         for (id, l) in logits.iter_mut().enumerate() {
@@ -144,12 +149,21 @@ impl Constraint {
                 *l = f32::NEG_INFINITY;
             }
         }
+        self.seconds += started.elapsed().as_secs_f64();
         Ok(())
+    }
+
+    /// Milliseconds of constraint work (masks and state updates) per generated token so far.
+    pub fn ms_per_token(&self) -> f64 {
+        self.seconds * 1e3 / self.masks.max(1) as f64
     }
 
     /// Follows a token the generation took (not a stop token).
     pub fn accept(&mut self, token: u32) -> Result<()> {
-        self.matcher.consume_token(token).map_err(constraint_error)
+        let started = web_time::Instant::now();
+        let out = self.matcher.consume_token(token).map_err(constraint_error);
+        self.seconds += started.elapsed().as_secs_f64();
+        out
     }
 
     /// The grammar allows nothing more: the output is complete.
