@@ -40,6 +40,8 @@ function engineError(e: unknown, wasm?: Wasm): EmberError {
   if (e instanceof EmberError) return e;
   if (wasm && isWasmTrap(e)) return new EmberError('model', `the engine crashed while loading this model: ${discardWasm(wasm, e)}`, { cause: e });
   const message = typeof e === 'string' ? e : e instanceof Error ? e.message : String(e);
+  // The request's own schema, grammar or regex was refused (checked before any token).
+  if (message.startsWith('output constraint:')) return new EmberError('bad-request', message);
   return new EmberError(/device|adapter|WebGPU/i.test(message) && /lost|no adapter|not supported/i.test(message) ? 'no-webgpu' : 'model', message);
 }
 

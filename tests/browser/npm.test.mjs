@@ -217,6 +217,41 @@ test('worker: logprobs ride with the streamed text and equal the non-streamed re
   assert.deepEqual(r.raw.logprobs[0].top_logprobs, []);
 });
 
+test('worker: response_format json_schema makes a noise model\'s sampled replies parse and fit the schema; a bad schema is a clear error', async () => {
+  const r = await session.page.evaluate(
+    async ({ repo, hubUrl }) => {
+      const engine = await window.emberlm.createEngine(repo, { hub: hubUrl, context: 256 });
+      const schema = { type: 'object', properties: { ok: { type: 'boolean' }, n: { type: 'integer', minimum: 1, maximum: 3 } }, required: ['ok', 'n'], additionalProperties: false };
+      const replies = [];
+      for (const seed of [1, 2]) {
+        const c = await engine.chat.completions.create({
+          messages: [{ role: 'user', content: 'Hello world, this is a tiny model.' }],
+          temperature: 1,
+          seed,
+          max_tokens: 60,
+          response_format: { type: 'json_schema', json_schema: { name: 'x', schema } },
+        });
+        replies.push({ text: c.choices[0].message.content, finish: c.choices[0].finish_reason });
+      }
+      let error;
+      try {
+        await engine.chat.completions.create({ messages: [{ role: 'user', content: 'x' }], response_format: { type: 'json_schema', json_schema: { schema: { type: 'frobnicate' } } } });
+      } catch (e) {
+        error = `${e.code}: ${e.message}`;
+      }
+      await engine.unload();
+      return { replies, error };
+    },
+    { repo: GGUF, hubUrl: hub.url },
+  );
+  for (const { text, finish } of r.replies) {
+    assert.equal(finish, 'stop', text);
+    const v = JSON.parse(text);
+    assert.ok(typeof v.ok === 'boolean' && [1, 2, 3].includes(v.n) && Object.keys(v).length === 2, text);
+  }
+  assert.match(r.error ?? '', /^bad-request: output constraint/);
+});
+
 test('unload() during a generation stops it at the next token instead of waiting for the whole reply', async () => {
   const r = await session.page.evaluate(
     async ({ repo, hubUrl }) => {
