@@ -224,8 +224,28 @@ function history() {
 
 function sampling() {
   const num = (id) => ($(id).value === '' ? undefined : Number($(id).value));
-  return { temperature: num('temperature'), top_p: num('top-p'), top_k: num('top-k'), max_tokens: num('max-tokens'), seed: num('seed') };
+  return { temperature: num('temperature'), top_p: num('top-p'), top_k: num('top-k'), max_tokens: num('max-tokens'), seed: num('seed'), ...jsonMode() };
 }
+
+/**
+ * JSON mode (Settings): replies constrained to a JSON object, or to the schema given there.
+ * Throws a plain message when the schema is not JSON.
+ */
+function jsonMode() {
+  if (!$('json-mode').checked) return {};
+  const text = $('json-schema').value.trim();
+  if (!text) return { response_format: { type: 'json_object' } };
+  let schema;
+  try {
+    schema = JSON.parse(text);
+  } catch (e) {
+    throw new Error(`The JSON schema in Settings is not valid JSON: ${e.message}`);
+  }
+  return { response_format: { type: 'json_schema', json_schema: { name: 'reply', schema } } };
+}
+
+/** A JSON-mode reply shows as a JSON code block. */
+const shown = (text, json) => (json && text ? `\`\`\`json\n${text}\n\`\`\`` : text);
 
 async function reply() {
   setState('generating');
@@ -238,6 +258,7 @@ async function reply() {
   let finish;
   let pending = false;
   let crashed = false;
+  const json = $('json-mode').checked;
   try {
     const stream = await state.engine.chat.completions.create({ messages: history(), stream: true, ...sampling() }, { signal: state.abort.signal });
     for await (const chunk of stream) {
@@ -250,7 +271,7 @@ async function reply() {
         requestAnimationFrame(() => {
           pending = false;
           const stick = atEnd();
-          render(body, 'assistant', text);
+          render(body, 'assistant', shown(text, json));
           follow(stick);
         });
       }
@@ -262,7 +283,7 @@ async function reply() {
     crashed = e?.code === 'crashed';
   }
   const stick = atEnd();
-  render(body, 'assistant', text);
+  render(body, 'assistant', shown(text, json));
   div.classList.remove('streaming');
   state.messages.push({ role: 'assistant', content: text });
   const meta = document.createElement('div');
@@ -322,6 +343,7 @@ ui.model.addEventListener('change', () => (ui.custom.hidden = ui.model.value !==
 
 // ---- panels ------------------------------------------------------------------------------------
 
+$('json-mode').addEventListener('change', () => ($('json-schema').disabled = !$('json-mode').checked));
 for (const [button, panel] of [[$('toggle-settings'), ui.settings], [$('toggle-cache'), ui.cache]]) {
   button.addEventListener('click', () => {
     panel.hidden = !panel.hidden;

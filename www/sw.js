@@ -1,7 +1,7 @@
 // Offline-first app shell: the page, its scripts, the engine's wasm and the vendored libraries
 // are cached at install and served from the cache (refreshed in the background when online).
 // Model files are not handled here: the emberlm package keeps them in OPFS / the Cache API.
-const VERSION = 'emberlm-shell-v3';
+const VERSION = 'emberlm-shell-v4';
 const SHELL = [
   './',
   'index.html',

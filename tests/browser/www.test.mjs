@@ -104,6 +104,29 @@ test('pick the bundled model, send a message, see a streamed reply with figures'
   await page.setViewportSize({ width: 1200, height: 800 });
 });
 
+test('JSON mode: replies follow the schema in Settings (any JSON object without one); a schema that is not JSON is a plain message', async () => {
+  await open();
+  await loadTiny();
+  await setting('max-tokens', '80');
+  await setting('temperature', '1');
+  await page.check('#json-mode');
+  const schema = { type: 'object', properties: { city: { type: 'string', maxLength: 12 }, rank: { type: 'integer', minimum: 1, maximum: 5 } }, required: ['city', 'rank'], additionalProperties: false };
+  await setting('json-schema', JSON.stringify(schema));
+  const reply = await send('Name a city.');
+  await page.waitForSelector('body[data-state="ready"]', { timeout: 120_000 });
+  // Shown as a JSON code block; the text inside parses and fits the schema.
+  const json = JSON.parse(await reply.locator('.body pre code').textContent());
+  assert.ok(typeof json.city === 'string' && [...json.city].length <= 12 && json.rank >= 1 && json.rank <= 5 && Object.keys(json).length === 2, JSON.stringify(json));
+  await page.screenshot({ path: join(shots, 'chat-json-mode.png'), fullPage: true });
+  await setting('json-schema', '{not json');
+  await send('Again.');
+  await page.waitForSelector('body[data-state="ready"]', { timeout: 120_000 });
+  assert.match(await page.textContent('#banner'), /JSON schema in Settings is not valid JSON/);
+  await page.click('#banner-close');
+  await page.uncheck('#json-mode');
+  assert.equal(await page.isDisabled('#json-schema'), true);
+});
+
 test('stop ends a long reply early; regenerate replaces the last reply', async () => {
   await setting('max-tokens', '1500');
   const reply = await send('Tell me everything.');
