@@ -103,36 +103,36 @@ fn broadcast(v: v128, i: usize) -> v128 {
     }
 }
 
-/// Σ_g d_g · x_scales[g] · dot(g) (+ Σ_g min_g · sums[g] where `mins` has them) over one row
+/// Σ_g d_g · x_scales[g] · dot(g) (+ Σ_g min_g · sums[g] where `sums` is given) over one row
 /// of `groups` groups: the loop every quantised row dot here shares. `dot` returns group g's
-/// four partial products as f32; `scales(g)` the f16 weight scales of groups g..g+4, one per
-/// u32 lane, and `scale(g)` one group's (the tail). Four groups' scales are converted at once
-/// in SIMD: converted one by one in scalar code they cost about as many instructions as the
+/// four partial products as f32; `words(g)` the scale words of groups g..g+4, one per u32 lane,
+/// and `word(g)` one group's (the tail): the f16 scale d in the low half, the f16 min in the
+/// high half (zero where the format has none). Four groups' scales are converted at once in
+/// SIMD: converted one by one in scalar code they cost about as many instructions as the
 /// products of their groups.
 #[inline(always)]
-#[allow(clippy::too_many_arguments)]
 fn scaled_row(
     groups: usize,
     x_scales: Option<&[f32]>,
-    mins: Option<(&[u32], &[f32])>,
-    scales: impl Fn(usize) -> v128,
-    scale: impl Fn(usize) -> f32,
+    sums: Option<&[f32]>,
+    words: impl Fn(usize) -> v128,
+    word: impl Fn(usize) -> u32,
     dot: impl Fn(usize) -> v128,
 ) -> f32 {
-    assert!(x_scales.is_none_or(|d| d.len() >= groups) && mins.is_none_or(|(sc, sums)| sc.len() >= groups && sums.len() >= groups));
+    assert!(x_scales.is_none_or(|d| d.len() >= groups) && sums.is_none_or(|s| s.len() >= groups));
     let mut total = [f32x4_splat(0.0); 2];
     let mut min_total = f32x4_splat(0.0);
     let mut g = 0;
     while g + 4 <= groups {
-        let mut s = f16x4_to_f32(scales(g));
+        let w = words(g);
+        let mut s = f16x4_to_f32(v128_and(w, u32x4_splat(0xffff)));
         // SAFETY: the assert above bounds the per-group reads (g + 4 ≤ groups).
         unsafe {
             if let Some(d) = x_scales {
                 s = f32x4_mul(s, v128_load(d.as_ptr().add(g) as *const v128));
             }
-            if let Some((sc, sums)) = mins {
-                let m = f16x4_to_f32(u32x4_shr(v128_load(sc.as_ptr().add(g) as *const v128), 16));
-                min_total = f32x4_add(min_total, f32x4_mul(m, v128_load(sums.as_ptr().add(g) as *const v128)));
+            if let Some(sums) = sums {
+                min_total = f32x4_add(min_total, f32x4_mul(f16x4_to_f32(u32x4_shr(w, 16)), v128_load(sums.as_ptr().add(g) as *const v128)));
             }
         }
         for i in 0..4 {
@@ -142,10 +142,11 @@ fn scaled_row(
     }
     let mut tail = 0f32;
     for g in g..groups {
-        let s = scale(g) * x_scales.map_or(1.0, |d| d[g]);
+        let w = word(g);
+        let s = f16_to_f32(w & 0xffff) * x_scales.map_or(1.0, |d| d[g]);
         total[0] = f32x4_add(total[0], f32x4_mul(dot(g), f32x4_splat(s)));
-        if let Some((sc, sums)) = mins {
-            tail += f16_to_f32(sc[g] >> 16) * sums[g];
+        if let Some(sums) = sums {
+            tail += f16_to_f32(w >> 16) * sums[g];
         }
     }
     hsum(f32x4_add(total[0], total[1])) + hsum(min_total) + tail
@@ -161,10 +162,10 @@ fn q4_row(qs: &[u32], sc: &[u32], sums: &[f32], x_scales: Option<&[f32]>, group:
     scaled_row(
         groups,
         x_scales,
-        Some((sc, sums)),
+        Some(sums),
         // SAFETY (both): scaled_row asks for groups below `groups` (four at a time: g + 4 ≤ groups).
-        |g| unsafe { v128_and(v128_load(sc.as_ptr().add(g) as *const v128), u32x4_splat(0xffff)) },
-        |g| f16_to_f32(sc[g] & 0xffff),
+        |g| unsafe { v128_load(sc.as_ptr().add(g) as *const v128) },
+        |g| sc[g],
         |g| {
             let bytes = unsafe { v128_load(qs.as_ptr().add(4 * g) as *const v128) };
             group(g, v128_and(bytes, low), u8x16_shr(bytes, 4))
@@ -183,7 +184,7 @@ fn q8_row(qs: &[u32], sc: &[u32], groups: usize, x_scales: Option<&[f32]>, group
         None,
         // SAFETY (both): g is a multiple of 4 with g + 4 ≤ groups, so words g/2 and g/2 + 1 exist.
         |g| unsafe { u32x4_extend_low_u16x8(v128_load64_zero(sc.as_ptr().add(g / 2) as *const u64)) },
-        |g| f16_to_f32((sc[g / 2] >> (16 * (g % 2))) & 0xffff),
+        |g| (sc[g / 2] >> (16 * (g % 2))) & 0xffff,
         |g| unsafe {
             let p = qs.as_ptr().add(8 * g) as *const v128;
             group(g, v128_load(p), v128_load(p.add(1)))
