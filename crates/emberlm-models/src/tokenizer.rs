@@ -25,18 +25,18 @@ enum Spelling {
 }
 
 impl Spelling {
-    /// Read from the `decoder` of a tokenizer.json document (a `Sequence`'s parts too).
+    /// Read from the `decoder` of a tokenizer.json document (a `Sequence`'s parts too): a
+    /// `Metaspace` decoder, or a `Replace` of "▁", means SentencePiece spelling.
     fn of(decoder: &Json) -> Self {
         let mut parts = Vec::new();
+        let mut metaspace = false;
         let mut stack = vec![decoder];
         while let Some(d) = stack.pop() {
-            parts.push(d.get("type").and_then(Json::as_str).unwrap_or(""));
+            let kind = d.get("type").and_then(Json::as_str).unwrap_or("");
+            metaspace |= kind == "Metaspace" || (kind == "Replace" && d["pattern"]["String"].as_str() == Some("\u{2581}"));
+            parts.push(kind);
             stack.extend(d.get("decoders").and_then(Json::as_array).into_iter().flatten());
         }
-        let metaspace = parts.contains(&"Metaspace")
-            || decoder.get("decoders").and_then(Json::as_array).is_some_and(|ds| {
-                ds.iter().any(|d| d.get("type").and_then(Json::as_str) == Some("Replace") && d["pattern"]["String"].as_str() == Some("\u{2581}"))
-            });
         if parts.contains(&"ByteLevel") {
             Spelling::ByteLevel
         } else if metaspace {
@@ -65,6 +65,20 @@ fn byte_to_char() -> [char; 256] {
         };
     }
     table
+}
+
+/// [`byte_to_char`] inverted, made once: indexed by a byte-level character (all below U+0144),
+/// the byte it spells. `token_bytes` looks up every character of every token through it.
+fn char_to_byte() -> &'static [Option<u8>] {
+    static TABLE: std::sync::OnceLock<Vec<Option<u8>>> = std::sync::OnceLock::new();
+    TABLE.get_or_init(|| {
+        let chars = byte_to_char();
+        let mut table = vec![None; chars.iter().map(|&c| c as usize + 1).max().unwrap_or(0)];
+        for (b, &c) in chars.iter().enumerate() {
+            table[c as usize] = Some(b as u8);
+        }
+        table
+    })
 }
 
 /// llama.cpp `tokenizer.ggml.pre` names whose split regex differs from GPT-2's.
@@ -151,15 +165,20 @@ impl TextTokenizer {
     pub fn from_json_bytes(bytes: &[u8]) -> Result<Self> {
         // tokenizers re-parses parts of the document and unwraps the result (a control character
         // in a decoder's string panicked in the fuzzer): strict JSON first, so that is an error
-        // in wasm too, where a panic cannot be caught.
-        serde_json::from_slice::<serde::de::IgnoredAny>(bytes).map_err(|e| ModelError::Tokenizer(format!("tokenizer.json is not valid JSON: {e}")))?;
+        // in wasm too, where a panic cannot be caught. The same pass keeps the decoder (the rest
+        // is skipped), which says how the vocabulary spells bytes.
+        #[derive(serde::Deserialize)]
+        struct Document {
+            #[serde(default)]
+            decoder: Json,
+        }
+        let doc: Document = serde_json::from_slice(bytes).map_err(|e| ModelError::Tokenizer(format!("tokenizer.json is not valid JSON: {e}")))?;
         let mut inner = guarded("reading tokenizer.json", || tokenizers::Tokenizer::from_bytes(bytes).map_err(tok_err))?;
         // transformers' chat path ignores these: a `truncation.max_length` of 4 must not cut a
         // prompt to 4 tokens, nor padding add tokens to it.
         inner.with_padding(None);
         inner.with_truncation(None).map_err(tok_err)?;
-        let doc: Json = serde_json::from_slice(bytes).map_err(|e| ModelError::Tokenizer(format!("tokenizer.json is not valid JSON: {e}")))?;
-        Ok(Self { inner, spelling: Spelling::of(&doc["decoder"]) })
+        Ok(Self { inner, spelling: Spelling::of(&doc.decoder) })
     }
 
     /// From GGUF metadata: byte-level BPE (`gpt2`: Llama 3, Qwen, SmolLM2, ...) or SentencePiece
@@ -316,11 +335,11 @@ impl TextTokenizer {
         let piece = self.inner.id_to_token(id)?;
         Some(match self.spelling {
             Spelling::ByteLevel => {
-                let table = byte_to_char();
+                let bytes = char_to_byte();
                 let mut out = Vec::with_capacity(piece.len());
                 for c in piece.chars() {
-                    match table.iter().position(|&t| t == c) {
-                        Some(b) => out.push(b as u8),
+                    match bytes.get(c as usize).copied().flatten() {
+                        Some(b) => out.push(b),
                         None => out.extend_from_slice(c.encode_utf8(&mut [0; 4]).as_bytes()),
                     }
                 }
