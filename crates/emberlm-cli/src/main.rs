@@ -20,7 +20,7 @@ use clap::{Args, Parser, Subcommand, ValueEnum};
 use emberlm_core::{DType, DeviceOptions, GpuDevice};
 use emberlm_models::constraint::{Constrainer, Grammar};
 use emberlm_models::files::LocalModel;
-use emberlm_models::tokenizer::{StreamDecoder, TextTokenizer};
+use emberlm_models::tokenizer::StreamDecoder;
 use emberlm_models::{generate, generate_constrained, Backend, CpuActivations, CpuDevice, GenerateOptions, LoadOptions, Model, SamplingOptions, Session};
 use serde_json::json;
 
@@ -486,7 +486,7 @@ impl Job for GenerateJob<'_> {
                 "device_reason": device_reason,
             });
             if a.logprobs.is_some() {
-                obj["logprobs"] = json!({ "content": out.logprobs.iter().map(|l| logprob_json(tok, l)).collect::<Vec<_>>() });
+                obj["logprobs"] = json!({ "content": out.logprobs.iter().map(|l| l.entry(tok)).collect::<Vec<_>>() });
             }
             println!("{obj}");
         } else {
@@ -503,18 +503,6 @@ impl Job for GenerateJob<'_> {
         }
         Ok(())
     }
-}
-
-/// One token's entry in OpenAI's `logprobs.content` shape: its text (invalid UTF-8 of a partial
-/// character replaced; `bytes` are exact), log-probability and top alternatives.
-fn logprob_json(tok: Option<&TextTokenizer>, l: &emberlm_models::TokenLogprobs) -> serde_json::Value {
-    let entry = |id: u32, logprob: f32| {
-        let bytes = tok.and_then(|t| t.token_bytes(id)).unwrap_or_default();
-        json!({ "id": id, "token": String::from_utf8_lossy(&bytes), "bytes": bytes, "logprob": emberlm_models::reported_logprob(logprob) })
-    };
-    let mut out = entry(l.id, l.logprob);
-    out["top_logprobs"] = l.top.iter().map(|&(id, lp)| entry(id, lp)).collect();
-    out
 }
 
 fn run_chat(a: ChatArgs) -> Result<()> {

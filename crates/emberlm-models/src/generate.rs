@@ -12,6 +12,7 @@ use crate::constraint::Constraint;
 use crate::error::{ModelError, Result};
 use crate::model::{Model, Session};
 use crate::sampling::{Sampler, SamplingOptions};
+use crate::tokenizer::TextTokenizer;
 
 #[derive(Debug, Clone)]
 pub struct GenerateOptions {
@@ -51,6 +52,19 @@ pub fn reported_logprob(logprob: f32) -> f32 {
     }
 }
 
+/// A token's entry in OpenAI's `logprobs.content` shape (plus its id), as the CLI's JSON and the
+/// wasm API give it: its text (a partial UTF-8 character's bytes replaced; `bytes` exact), its
+/// reported log-probability and, for the generated token, the top alternatives.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct LogprobEntry {
+    pub id: u32,
+    pub token: String,
+    pub bytes: Vec<u8>,
+    pub logprob: f32,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub top_logprobs: Option<Vec<LogprobEntry>>,
+}
+
 impl TokenLogprobs {
     /// `id`'s entry from the logits it was picked from, with the `top` likeliest alternatives.
     /// Non-finite logits count as impossible (−∞); all of them non-finite gives −∞ everywhere.
@@ -71,6 +85,15 @@ impl TokenLogprobs {
         }
         let chosen = logits.get(id as usize).copied().unwrap_or(f32::NEG_INFINITY);
         Self { id, logprob: logprob(chosen), top: best.into_iter().map(|(i, v)| (i, logprob(v))).collect() }
+    }
+
+    /// This token's [`LogprobEntry`], spelled by `tokenizer` (no text without one).
+    pub fn entry(&self, tokenizer: Option<&TextTokenizer>) -> LogprobEntry {
+        let one = |id: u32, logprob: f32| {
+            let bytes = tokenizer.and_then(|t| t.token_bytes(id)).unwrap_or_default();
+            LogprobEntry { id, token: String::from_utf8_lossy(&bytes).into_owned(), bytes, logprob: reported_logprob(logprob), top_logprobs: None }
+        };
+        LogprobEntry { top_logprobs: Some(self.top.iter().map(|&(id, lp)| one(id, lp)).collect()), ..one(self.id, self.logprob) }
     }
 }
 

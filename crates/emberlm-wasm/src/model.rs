@@ -14,10 +14,10 @@ use emberlm_models::gguf::GgufFile;
 use emberlm_models::safetensors::SafetensorsStore;
 use emberlm_models::source::{checked_end, ByteSource, SourceError};
 use emberlm_models::text::TextSetup;
-use emberlm_models::tokenizer::{StreamDecoder, TextTokenizer};
+use emberlm_models::tokenizer::StreamDecoder;
 use emberlm_models::weights::GgufStore;
 use emberlm_models::{
-    generate_constrained, reported_logprob, Backend, CpuDevice, GenerateOptions, Generation, LoadOptions, Model, ModelConfig, SamplingOptions, Session,
+    generate_constrained, Backend, CpuDevice, GenerateOptions, Generation, LoadOptions, LogprobEntry, Model, ModelConfig, SamplingOptions, Session,
     TokenLogprobs,
 };
 use serde::{Deserialize, Serialize};
@@ -324,29 +324,7 @@ struct JsGeneration {
     /// cannot time its ops: an adapter without timestamp queries).
     profile: Option<JsProfiles>,
     /// With `logprobs`: one entry per generated token.
-    logprobs: Option<Vec<JsLogprob>>,
-}
-
-/// A token's log-probability in OpenAI's `logprobs.content` shape (its text with a partial
-/// character's bytes replaced; `bytes` exact).
-#[derive(Serialize)]
-struct JsLogprob {
-    id: u32,
-    token: String,
-    bytes: Vec<u8>,
-    logprob: f32,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    top_logprobs: Option<Vec<JsLogprob>>,
-}
-
-impl JsLogprob {
-    fn new(tok: Option<&TextTokenizer>, l: &TokenLogprobs) -> Self {
-        let entry = |id: u32, logprob: f32| {
-            let bytes = tok.and_then(|t| t.token_bytes(id)).unwrap_or_default();
-            JsLogprob { id, token: String::from_utf8_lossy(&bytes).into_owned(), bytes, logprob: reported_logprob(logprob), top_logprobs: None }
-        };
-        JsLogprob { top_logprobs: Some(l.top.iter().map(|&(id, lp)| entry(id, lp)).collect()), ..entry(l.id, l.logprob) }
-    }
+    logprobs: Option<Vec<LogprobEntry>>,
 }
 
 #[derive(Serialize)]
@@ -535,6 +513,8 @@ impl EmberModel {
         };
         let mut stream = StreamDecoder::new(true);
         let mut text = String::new();
+        // Each token's logprob entry, spelled once: streamed to `onToken` and returned.
+        let mut entries = Vec::new();
         let profiling = o.profile && self.runner.set_profiling(true);
         let mut prefill_ops = None;
         let result = self
@@ -547,7 +527,12 @@ impl EmberModel {
                 }
                 let piece = self.text.tokenizer.as_ref().and_then(|t| stream.push(t, id).ok()).unwrap_or_default();
                 text.push_str(&piece);
-                let entry = logprobs.map(|l| to_js(&JsLogprob::new(self.text.tokenizer.as_ref(), l)).unwrap_or(JsValue::UNDEFINED));
+                let entry = logprobs.map(|l| {
+                    let entry = l.entry(self.text.tokenizer.as_ref());
+                    let js = to_js(&entry).unwrap_or(JsValue::UNDEFINED);
+                    entries.push(entry);
+                    js
+                });
                 let keep = match &on_token {
                     Some(f) => f
                         .call3(&JsValue::NULL, &JsValue::from(id), &JsValue::from_str(&piece), entry.as_ref().unwrap_or(&JsValue::UNDEFINED))
@@ -582,7 +567,7 @@ impl EmberModel {
             prefill_tok_s: out.prefill_tok_s,
             decode_tok_s: out.decode_tok_s,
             profile,
-            logprobs: o.logprobs.map(|_| out.logprobs.iter().map(|l| JsLogprob::new(self.text.tokenizer.as_ref(), l)).collect()),
+            logprobs: o.logprobs.map(|_| entries),
         })
     }
 }
