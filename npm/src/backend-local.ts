@@ -1,7 +1,7 @@
 // The engine in this thread: files from the cache (downloaded first when needed), weights read
 // synchronously by the wasm loader, generation on WebGPU or the CPU backend (`device`).
-import type { Backend, OnPiece, RunInput, RunParams, RunResult } from './backend.js';
-import { LogprobTracker, StopStringFilter } from './backend.js';
+import type { Backend, OnPiece, RunInput, RunParams, RunResult, WasmToolCall } from './backend.js';
+import { LogprobTracker, StopStringFilter, toToolCall } from './backend.js';
 import { openCache } from './cache/index.js';
 import type { StoredFile } from './cache/types.js';
 import { EmberError, throwIfAborted } from './errors.js';
@@ -9,7 +9,7 @@ import { pickDevice } from './gpu.js';
 import { modelRef } from './hub.js';
 import { isLocalModelPath, openLocalGguf } from './local-file.js';
 import { fetchModelFiles, type LoadProgress } from './model-files.js';
-import type { EngineInfo, EngineOptions, LoadStats } from './types.js';
+import type { EngineInfo, EngineOptions, LoadStats, ToolCall } from './types.js';
 import { cpuThreadPlan } from './cpu-threads.js';
 import { discardWasm, isWasmTrap, loadThreadedWasm, loadWasm, wasmHashers, type Wasm } from './wasm.js';
 
@@ -238,7 +238,7 @@ export class LocalBackend implements Backend {
       throwIfAborted(signal);
       const model = this.loaded;
       const ids = await this.guard(
-        () => (input.messages ? model.chatPromptIds(input.messages) : model.promptIds(input.prompt ?? '')),
+        () => (input.messages ? model.chatPromptIds(input.messages, input.tools ?? null) : model.promptIds(input.prompt ?? '')),
         (e) => new EmberError('bad-request', String(e)),
       );
       const room = model.contextLength - ids.length;
@@ -249,6 +249,7 @@ export class LocalBackend implements Backend {
       const maxNew = Math.min(p.max_tokens ?? room, room);
       const filter = new StopStringFilter(p.stop);
       const logprobs = p.logprobs === undefined ? null : new LogprobTracker();
+      const toolCalls: ToolCall[] = [];
       let firstAt = 0;
       let aborted = false;
       const out: {
@@ -273,12 +274,16 @@ export class LocalBackend implements Backend {
             profile: p.profile,
             logprobs: p.logprobs,
             grammar: p.grammar,
+            tools: input.tools,
           },
-          (_id: number, piece: string, entry?: Parameters<LogprobTracker['add']>[1]) => {
+          // `id` is undefined for the last piece, what the tool-call parser held to the end.
+          (_id: number | undefined, piece: string, entry?: Parameters<LogprobTracker['add']>[1], calls?: WasmToolCall[]) => {
             firstAt ||= now();
             logprobs?.add(piece, entry);
             const shown = filter.push(piece);
-            if (shown) onPiece(shown, logprobs?.release(filter.shown));
+            const made = calls?.map(toToolCall);
+            if (made) toolCalls.push(...made);
+            if (shown || made) onPiece(shown, logprobs?.release(filter.shown), made);
             if (signal?.aborted || this.unloading) aborted = true;
             return !filter.stopped && !aborted;
           },
@@ -288,7 +293,7 @@ export class LocalBackend implements Backend {
         const rest = filter.flush();
         if (rest) onPiece(rest, logprobs?.release(filter.shown));
       }
-      const finish = aborted ? 'abort' : filter.stopped || out.stoppedByEos ? 'stop' : 'length';
+      const finish = aborted ? 'abort' : filter.stopped || out.stoppedByEos ? (toolCalls.length ? 'tool_calls' : 'stop') : 'length';
       return {
         text: filter.output,
         tokens: Array.from(out.generatedIds),
@@ -300,6 +305,7 @@ export class LocalBackend implements Backend {
         decode_tok_s: out.decodeTokS,
         ...(out.profile ? { profile: out.profile } : {}),
         ...(logprobs ? { logprobs: logprobs.content } : {}),
+        ...(input.tools ? { tool_calls: toolCalls } : {}),
       };
     });
   }

@@ -1,11 +1,13 @@
 // The engine below the public API: one generation at a time on a loaded model, streaming text
 // pieces. `LocalBackend` runs the wasm in this thread; `WorkerBackend` forwards to a worker.
-import type { ChatMessage, EngineInfo, FinishReason, PhaseProfile, TokenLogprob } from './types.js';
+import type { ChatMessage, EngineInfo, FinishReason, PhaseProfile, TokenLogprob, Tool, ToolCall, ToolChoice } from './types.js';
 
 export interface RunInput {
   /** Chat messages for the template, or a raw prompt. */
   messages?: ChatMessage[];
   prompt?: string;
+  /** With `messages`: functions offered to the model, and how it must use them. */
+  tools?: { tools: Tool[]; tool_choice?: ToolChoice };
 }
 
 export interface RunParams {
@@ -38,10 +40,26 @@ export interface RunResult {
   profile?: { prefill: PhaseProfile; decode: PhaseProfile };
   /** With `logprobs`: one entry per token of `text`. */
   logprobs?: TokenLogprob[];
+  /** With `tools`: the calls the reply made (`text` is the rest of it). */
+  tool_calls?: ToolCall[];
 }
 
-/** Text as it is released, with the log-probabilities of the tokens it completes (if asked). */
-export type OnPiece = (piece: string, logprobs?: TokenLogprob[]) => void;
+/**
+ * Text as it is released, with the log-probabilities of the tokens it completes (if asked), and
+ * the tool calls completed since the last piece.
+ */
+export type OnPiece = (piece: string, logprobs?: TokenLogprob[], toolCalls?: ToolCall[]) => void;
+
+/** A call as the wasm engine reports it. */
+export interface WasmToolCall {
+  id: string;
+  name: string;
+  arguments: string;
+}
+
+export function toToolCall(c: WasmToolCall): ToolCall {
+  return { id: c.id, type: 'function', function: { name: c.name, arguments: c.arguments } };
+}
 
 export interface Backend {
   readonly info: EngineInfo;

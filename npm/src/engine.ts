@@ -7,6 +7,7 @@ import type {
   ChatCompletionChunk,
   ChatCompletionRequest,
   ChatCompletions,
+  ChatMessage,
   ChoiceLogprobs,
   CompletionUsage,
   Engine,
@@ -15,6 +16,7 @@ import type {
   GenerateResult,
   SamplingParams,
   TokenLogprob,
+  ToolCall,
 } from './types.js';
 
 function flag(v: unknown, name: string): boolean {
@@ -80,6 +82,12 @@ function grammarOf(f: unknown): { grammar?: RunParams['grammar'] } {
   }
 }
 
+/** The reply as an assistant message: its calls, and null content when it only called tools. */
+function assistantMessage(r: RunResult): ChatCompletion['choices'][0]['message'] {
+  if (!r.tool_calls?.length) return { role: 'assistant', content: r.text };
+  return { role: 'assistant', content: r.text === '' ? null : r.text, tool_calls: r.tool_calls };
+}
+
 /** A choice's `logprobs`: the entries when they were asked for, else null (OpenAI's shape). */
 function choiceLogprobs(p: RunParams, entries: TokenLogprob[] | undefined): ChoiceLogprobs | null {
   return p.logprobs === undefined ? null : { content: entries ?? [], refusal: null };
@@ -103,10 +111,39 @@ function usage(r: RunResult): CompletionUsage {
 function checkMessages(messages: unknown): void {
   if (!Array.isArray(messages) || messages.length === 0) throw new EmberError('bad-request', 'messages must be a non-empty array');
   for (const m of messages) {
-    if (!m || typeof m.role !== 'string' || typeof m.content !== 'string') {
+    const calls = m?.tool_calls;
+    if (calls !== undefined && calls !== null && (!Array.isArray(calls) || calls.some((c) => typeof c?.function?.name !== 'string'))) {
+      throw new EmberError('bad-request', 'tool_calls must be an array of {id, type, function: {name, arguments}}');
+    }
+    // An assistant message that only calls tools may have no content.
+    const contentOk = typeof m?.content === 'string' || (m?.role === 'assistant' && (m.content === null || m.content === undefined) && Array.isArray(calls));
+    if (!m || typeof m.role !== 'string' || !contentOk) {
       throw new EmberError('bad-request', 'each message needs a string `role` and a string `content`');
     }
   }
+}
+
+/** A message as the template takes it: OpenAI's fields, nothing else the caller attached. */
+function templateMessage(m: ChatMessage): ChatMessage {
+  const out: ChatMessage = { role: m.role, content: m.content ?? null };
+  if (m.tool_calls) out.tool_calls = m.tool_calls.map((c) => ({ id: c.id, type: 'function', function: { name: c.function.name, arguments: c.function.arguments } }));
+  if (typeof m.tool_call_id === 'string') out.tool_call_id = m.tool_call_id;
+  if (typeof m.name === 'string') out.name = m.name;
+  return out;
+}
+
+/** `tools` and `tool_choice`, checked in shape (the engine checks the rest). */
+function toolsOf(r: ChatCompletionRequest): RunInput['tools'] {
+  if (r.tools === undefined || r.tools === null) {
+    if (r.tool_choice !== undefined && r.tool_choice !== null) throw new EmberError('bad-request', 'tool_choice needs tools');
+    return undefined;
+  }
+  if (!Array.isArray(r.tools)) throw new EmberError('bad-request', 'tools must be an array of {type: "function", function: {name, parameters}}');
+  const forced = r.tool_choice === 'required' || (typeof r.tool_choice === 'object' && r.tool_choice !== null);
+  if (forced && r.response_format && r.response_format.type !== 'text') {
+    throw new EmberError('bad-request', 'response_format cannot be combined with tool_choice "required" or a named function');
+  }
+  return { tools: r.tools, ...(r.tool_choice !== undefined && r.tool_choice !== null ? { tool_choice: r.tool_choice } : {}) };
 }
 
 /** Either signal aborts the result. */
@@ -174,7 +211,8 @@ export class EmberEngine implements Engine {
     checkMessages(request?.messages);
     const p = params(request);
     const signal = anySignal(request.signal, options?.signal);
-    const input: RunInput = { messages: request.messages.map((m) => ({ role: m.role, content: m.content })) };
+    const tools = toolsOf(request);
+    const input: RunInput = { messages: request.messages.map(templateMessage), ...(tools ? { tools } : {}) };
     const id = completionId();
     const created = Math.floor(Date.now() / 1000);
     const model = this.info.model;
@@ -185,7 +223,7 @@ export class EmberEngine implements Engine {
         object: 'chat.completion',
         created,
         model,
-        choices: [{ index: 0, message: { role: 'assistant', content: r.text }, finish_reason: r.finish_reason, logprobs: choiceLogprobs(p, r.logprobs) }],
+        choices: [{ index: 0, message: assistantMessage(r), finish_reason: r.finish_reason, logprobs: choiceLogprobs(p, r.logprobs) }],
         usage: usage(r),
       };
     }
@@ -202,7 +240,13 @@ export class EmberEngine implements Engine {
       choices: [{ index: 0, delta, finish_reason: finish, logprobs: logprobs?.length ? choiceLogprobs(p, logprobs) : null }],
     });
     chunks.push(chunk({ role: 'assistant', content: '' }));
-    this.backend.run(input, p, (piece, logprobs) => chunks.push(chunk({ content: piece }, null, logprobs)), signal).then(
+    let calls = 0;
+    const onPiece = (piece: string, logprobs?: TokenLogprob[], toolCalls?: ToolCall[]) => {
+      const delta: ChatCompletionChunk['choices'][0]['delta'] = piece ? { content: piece } : {};
+      if (toolCalls?.length) delta.tool_calls = toolCalls.map((c) => ({ index: calls++, ...c }));
+      chunks.push(chunk(delta, null, logprobs));
+    };
+    this.backend.run(input, p, onPiece, signal).then(
       (r) => {
         chunks.push({ ...chunk({}, r.finish_reason), usage: usage(r) });
         chunks.end();

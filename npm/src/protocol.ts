@@ -2,7 +2,7 @@
 import type { RunInput, RunParams, RunResult } from './backend.js';
 import type { EmberErrorCode } from './errors.js';
 import type { LoadProgress } from './model-files.js';
-import type { EngineInfo, EngineOptions, TokenLogprob } from './types.js';
+import type { EngineInfo, EngineOptions, TokenLogprob, ToolCall } from './types.js';
 
 /** Load options that survive structured cloning (no callbacks, signals or cache objects). */
 export type WorkerLoadOptions = Omit<EngineOptions, 'onProgress' | 'signal' | 'fetch' | 'cache' | 'worker'> & {
@@ -22,6 +22,6 @@ export type Request = ToWorker extends infer T ? (T extends ToWorker ? Omit<T, '
 
 export type FromWorker =
   | { id: number; type: 'progress'; progress: LoadProgress }
-  | { id: number; type: 'piece'; piece: string; logprobs?: TokenLogprob[] }
+  | { id: number; type: 'piece'; piece: string; logprobs?: TokenLogprob[]; toolCalls?: ToolCall[] }
   | { id: number; type: 'done'; value: EngineInfo | RunResult | number[] | string | null }
   | { id: number; type: 'error'; code: EmberErrorCode; message: string };

@@ -4,7 +4,30 @@ import type { LoadProgress } from './model-files.js';
 
 export interface ChatMessage {
   role: 'system' | 'user' | 'assistant' | 'tool' | (string & {});
-  content: string;
+  /** May be null on an assistant message that only calls tools. */
+  content: string | null;
+  /** An assistant message's calls, as a response gave them. */
+  tool_calls?: ToolCall[];
+  /** A `tool` message: the call it answers. */
+  tool_call_id?: string;
+  /** A `tool` message: the function's name (some templates show it). */
+  name?: string;
+}
+
+/** A function the model may call (OpenAI's `tools` entries). */
+export interface Tool {
+  type: 'function';
+  function: { name: string; description?: string; parameters?: Record<string, unknown>; strict?: boolean };
+}
+
+/** `auto` (default): the model decides; `none`: tools are not shown; `required`: at least one call; or one named function. */
+export type ToolChoice = 'auto' | 'none' | 'required' | { type: 'function'; function: { name: string } };
+
+/** A call the model made: `arguments` is a string of JSON. */
+export interface ToolCall {
+  id: string;
+  type: 'function';
+  function: { name: string; arguments: string };
 }
 
 /** Sampling shared by `chat.completions.create` and `generate` (OpenAI names). */
@@ -65,6 +88,14 @@ export interface PhaseProfile {
 
 export interface ChatCompletionRequest extends SamplingParams {
   messages: ChatMessage[];
+  /**
+   * Functions the model may call. They reach the prompt through the model's chat template as
+   * transformers' `apply_chat_template(tools=…)` passes them (a template without tool support
+   * gets them in a system prompt); the reply's calls come back as `message.tool_calls`.
+   */
+  tools?: Tool[];
+  /** `required` and a named function are enforced: the reply is a valid call. */
+  tool_choice?: ToolChoice;
   stream?: boolean;
   /** OpenAI's newer name for `max_tokens`. */
   max_completion_tokens?: number;
@@ -72,8 +103,8 @@ export interface ChatCompletionRequest extends SamplingParams {
   model?: string;
 }
 
-/** `stop`: end of turn or a stop string; `length`: max_tokens or the context; `abort`: the signal fired. */
-export type FinishReason = 'stop' | 'length' | 'abort';
+/** `stop`: end of turn or a stop string; `length`: max_tokens or the context; `abort`: the signal fired; `tool_calls`: the reply called tools. */
+export type FinishReason = 'stop' | 'length' | 'abort' | 'tool_calls';
 
 export interface CompletionUsage {
   prompt_tokens: number;
@@ -117,7 +148,7 @@ export interface ChatCompletion {
   object: 'chat.completion';
   created: number;
   model: string;
-  choices: { index: number; message: { role: 'assistant'; content: string }; finish_reason: FinishReason; logprobs: ChoiceLogprobs | null }[];
+  choices: { index: number; message: { role: 'assistant'; content: string | null; tool_calls?: ToolCall[] }; finish_reason: FinishReason; logprobs: ChoiceLogprobs | null }[];
   usage: CompletionUsage;
 }
 
@@ -127,7 +158,8 @@ export interface ChatCompletionChunk {
   created: number;
   model: string;
   /** `logprobs`: the entries of the tokens whose text this chunk carries. */
-  choices: { index: number; delta: { role?: 'assistant'; content?: string }; finish_reason: FinishReason | null; logprobs: ChoiceLogprobs | null }[];
+  /** `delta.tool_calls`: each call whole, in one chunk, once the model has finished writing it. */
+  choices: { index: number; delta: { role?: 'assistant'; content?: string; tool_calls?: (ToolCall & { index: number })[] }; finish_reason: FinishReason | null; logprobs: ChoiceLogprobs | null }[];
   /** On the last chunk only. */
   usage?: CompletionUsage;
 }

@@ -252,6 +252,45 @@ test('worker: response_format json_schema makes a noise model\'s sampled replies
   assert.match(r.error ?? '', /^bad-request: output constraint/);
 });
 
+test('worker: tools with tool_choice required give message.tool_calls (streamed as delta.tool_calls), and the call and its result go back into the template', async () => {
+  const r = await session.page.evaluate(
+    async ({ repo, hubUrl }) => {
+      // Qwen2.5's template (in the tiny GGUF) writes ~850 tiny-vocabulary tokens of tool preamble.
+      const engine = await window.emberlm.createEngine(repo, { hub: hubUrl, context: 1280 });
+      const tools = [{ type: 'function', function: { name: 'get_weather', parameters: { type: 'object', properties: { city: { type: 'string', maxLength: 8 } }, required: ['city'], additionalProperties: false } } }];
+      const messages = [{ role: 'user', content: 'Weather in Paris?' }];
+      const request = { messages, tools, tool_choice: 'required', temperature: 1, seed: 4, max_tokens: 100 };
+      const whole = (await engine.chat.completions.create(request)).choices[0];
+      const deltas = [];
+      let finish;
+      for await (const c of await engine.chat.completions.create({ ...request, stream: true })) {
+        deltas.push(...(c.choices[0].delta.tool_calls ?? []));
+        finish = c.choices[0].finish_reason ?? finish;
+      }
+      const call = whole.message.tool_calls[0];
+      const next = await engine.chat.completions.create({
+        messages: [...messages, whole.message, { role: 'tool', tool_call_id: call.id, content: '21 C' }],
+        tools,
+        temperature: 0,
+        max_tokens: 3,
+      });
+      await engine.unload();
+      return { whole, deltas, finish, next: next.choices[0].finish_reason };
+    },
+    { repo: GGUF, hubUrl: hub.url },
+  );
+  const calls = r.whole.message.tool_calls;
+  assert.equal(r.whole.finish_reason, 'tool_calls', JSON.stringify(r.whole));
+  assert.equal(r.whole.message.content, null);
+  assert.equal(calls.length, 1, JSON.stringify(calls));
+  assert.equal(calls[0].function.name, 'get_weather');
+  const args = JSON.parse(calls[0].function.arguments);
+  assert.ok(typeof args.city === 'string' && [...args.city].length <= 8, calls[0].function.arguments);
+  assert.deepEqual(r.deltas.map((d) => [d.index, d.function.name, d.function.arguments]), [[0, 'get_weather', calls[0].function.arguments]]);
+  assert.equal(r.finish, 'tool_calls');
+  assert.ok(['stop', 'length', 'tool_calls'].includes(r.next), r.next);
+});
+
 test('unload() during a generation stops it at the next token instead of waiting for the whole reply', async () => {
   const r = await session.page.evaluate(
     async ({ repo, hubUrl }) => {

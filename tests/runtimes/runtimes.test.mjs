@@ -78,6 +78,34 @@ function checkLogprobs({ generated, tokens, streamed, reply }) {
   const spelled = new TextDecoder().decode(Uint8Array.from(reply.logprobs.content.flatMap((e) => e.bytes)));
   assert.ok(spelled.startsWith(reply.message.content) && reply.message.content.length > 0, `${spelled} / ${reply.message.content}`);
 }
+function checkTools({ runs, followUp, refused }) {
+  for (const { tool_choice, whole, deltas, streamedContent, lastFinish } of runs) {
+    const calls = whole.message.tool_calls;
+    assert.equal(whole.finish_reason, 'tool_calls', JSON.stringify(whole));
+    assert.equal(whole.message.content, null);
+    assert.ok(calls.length >= 1, JSON.stringify(whole));
+    for (const c of calls) {
+      assert.match(c.id, /^[A-Za-z0-9]{9}$/);
+      assert.equal(c.type, 'function');
+      const args = JSON.parse(c.function.arguments);
+      if (c.function.name === 'get_weather') assert.ok(typeof args.city === 'string' && [...args.city].length <= 8 && Object.keys(args).length === 1, c.function.arguments);
+      else assert.ok(c.function.name === 'add' && Number.isInteger(args.a) && Number.isInteger(args.b), c.function.arguments);
+    }
+    if (typeof tool_choice === 'object') assert.ok(calls.every((c) => c.function.name === tool_choice.function.name));
+    // The stream carries the same calls (same seed, same tokens), each whole with its index.
+    assert.deepEqual(deltas.map((d) => d.index), calls.map((_, i) => i));
+    assert.deepEqual(deltas.map((d) => [d.function.name, d.function.arguments]), calls.map((c) => [c.function.name, c.function.arguments]));
+    assert.equal(streamedContent, '');
+    assert.equal(lastFinish, 'tool_calls');
+  }
+  assert.ok(['stop', 'length', 'tool_calls'].includes(followUp.finish_reason), JSON.stringify(followUp));
+  assert.ok(followUp.message.content !== undefined);
+  assert.equal(refused.length, 3);
+  for (const r of refused) assert.equal(r?.code, 'bad-request', JSON.stringify(r));
+  assert.match(refused[1].message, /function name/);
+  assert.match(refused[2].message, /not among the tools/);
+}
+
 const DEVICE = { node: 'webgpu', deno: 'auto', bun: 'auto' };
 
 for (const runtime of Object.keys(RUNTIMES)) {
@@ -109,6 +137,7 @@ for (const runtime of Object.keys(RUNTIMES)) {
     assert.deepEqual(first.listed, ['emberlm-test/tiny-qwen2-GGUF']);
     checkLogprobs(first.logprobs);
     checkConstrained(first.constrained);
+    checkTools(first.tools);
 
     // The Hub is gone now; the same URL must not be needed.
     const second = await run(runtime, args);

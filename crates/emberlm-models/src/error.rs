@@ -16,6 +16,8 @@ pub enum ModelError {
     ChatTemplate(String),
     #[error("output constraint: {0}")]
     Constraint(String),
+    #[error("tools: {0}")]
+    Tools(String),
     #[error("{path}: {reason}")]
     File { path: String, reason: String },
     #[error("unsupported architecture `{name}`; supported: {supported}")]

@@ -16,6 +16,7 @@ pub mod sampling;
 pub mod source;
 pub mod text;
 pub mod tokenizer;
+pub mod tools;
 pub mod weights;
 
 pub use backend::{Backend, BackendKind};

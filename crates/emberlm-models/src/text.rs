@@ -10,6 +10,7 @@ use crate::config::ModelConfig;
 use crate::error::{ModelError, Result};
 use crate::gguf::GgufFile;
 use crate::tokenizer::TextTokenizer;
+use crate::tools::{with_object_arguments, ToolPrompt, Tools};
 
 pub struct TextSetup {
     pub tokenizer: Option<TextTokenizer>,
@@ -74,7 +75,22 @@ impl TextSetup {
     /// Token ids of `messages` (`[{role, content}]`) rendered with the chat template and a
     /// generation prompt; the template writes any BOS itself.
     pub fn chat_prompt_ids(&self, messages: &Json) -> Result<Vec<u32>> {
-        let prompt = self.chat_template()?.render(messages, true, None)?;
+        self.chat_prompt_ids_with_tools(messages, None)
+    }
+
+    /// As [`TextSetup::chat_prompt_ids`], with tools offered to the model ([`ToolPrompt`]);
+    /// calls and results in `messages` may be in OpenAI's shape either way.
+    pub fn chat_prompt_ids_with_tools(&self, messages: &Json, tools: Option<&ToolPrompt>) -> Result<Vec<u32>> {
+        let template = self.chat_template()?;
+        let prompt = match tools {
+            Some(tools) => tools.render(template, messages, true, None)?,
+            None => template.render(&with_object_arguments(messages), true, None)?,
+        };
         self.tokenizer()?.encode(&prompt)
+    }
+
+    /// `tools` and `tool_choice` for this model's template: `None` with `tool_choice: "none"`.
+    pub fn tool_prompt(&self, tools: &Json, tool_choice: &Json) -> Result<Option<ToolPrompt>> {
+        Ok(ToolPrompt::new(self.chat_template()?, Tools::new(tools, tool_choice)?))
     }
 }

@@ -15,6 +15,7 @@ use emberlm_models::safetensors::SafetensorsStore;
 use emberlm_models::source::{checked_end, ByteSource, SourceError};
 use emberlm_models::text::TextSetup;
 use emberlm_models::tokenizer::StreamDecoder;
+use emberlm_models::tools::{ToolCall, ToolEvent, ToolPrompt};
 use emberlm_models::weights::GgufStore;
 use emberlm_models::{
     generate_constrained, Backend, CpuDevice, GenerateOptions, Generation, LoadOptions, LogprobEntry, Model, ModelConfig, SamplingOptions, Session,
@@ -27,6 +28,15 @@ use crate::{device, to_js};
 
 fn js_err(e: impl std::fmt::Display) -> JsValue {
     JsValue::from_str(&e.to_string())
+}
+
+/// An optional argument: `undefined` or `null` is `None`.
+fn from_js_opt<T: serde::de::DeserializeOwned>(v: JsValue) -> Result<Option<T>, JsValue> {
+    if v.is_undefined() || v.is_null() {
+        Ok(None)
+    } else {
+        Ok(Some(serde_wasm_bindgen::from_value(v)?))
+    }
 }
 
 /// A model file as JavaScript hands it over: `{ name, length, read(offset, length) }`. Each
@@ -265,6 +275,17 @@ struct JsGenerateOptions {
     logprobs: Option<usize>,
     /// What the output must be (constrained decoding); absent: free text.
     grammar: Option<JsGrammar>,
+    /// Tools offered to the model (the same as given to `chatPromptIds`): its reply is parsed
+    /// into calls, and a required call is enforced.
+    tools: Option<JsTools>,
+}
+
+/// `tools` and `tool_choice` as OpenAI's API takes them.
+#[derive(Deserialize)]
+struct JsTools {
+    tools: serde_json::Value,
+    #[serde(default)]
+    tool_choice: serde_json::Value,
 }
 
 /// An output constraint as the npm package passes it.
@@ -304,6 +325,7 @@ impl Default for JsGenerateOptions {
             profile: false,
             logprobs: None,
             grammar: None,
+            tools: None,
         }
     }
 }
@@ -325,6 +347,8 @@ struct JsGeneration {
     profile: Option<JsProfiles>,
     /// With `logprobs`: one entry per generated token.
     logprobs: Option<Vec<LogprobEntry>>,
+    /// With `tools`: the calls the reply made (`text` is the rest of the reply).
+    tool_calls: Vec<ToolCall>,
 }
 
 #[derive(Serialize)]
@@ -469,11 +493,16 @@ impl EmberModel {
     }
 
     /// Token ids of `messages` rendered with the chat template and a generation prompt (the
-    /// template writes any BOS itself).
+    /// template writes any BOS itself); `tools`: `{tools, tool_choice}` offered to the model.
     #[wasm_bindgen(js_name = chatPromptIds)]
-    pub fn chat_prompt_ids(&self, messages: JsValue) -> Result<Vec<u32>, JsValue> {
+    pub fn chat_prompt_ids(&self, messages: JsValue, tools: JsValue) -> Result<Vec<u32>, JsValue> {
         let messages: serde_json::Value = serde_wasm_bindgen::from_value(messages)?;
-        self.text.chat_prompt_ids(&messages).map_err(js_err)
+        let tools = self.tool_prompt(from_js_opt(tools)?.as_ref())?;
+        self.text.chat_prompt_ids_with_tools(&messages, tools.as_ref()).map_err(js_err)
+    }
+
+    fn tool_prompt(&self, tools: Option<&JsTools>) -> Result<Option<ToolPrompt>, JsValue> {
+        tools.map(|t| self.text.tool_prompt(&t.tools, &t.tool_choice)).transpose().map(Option::flatten).map_err(js_err)
     }
 
     /// The most tokens (prompt + generated) one generation can hold.
@@ -507,9 +536,42 @@ impl EmberModel {
             want_prompt_logits: false,
             logprobs: o.logprobs,
         };
-        let mut constraint = match o.grammar {
-            Some(grammar) => Some(self.constrainer()?.start(&grammar.into()).map_err(js_err)?),
+        let tools = self.tool_prompt(o.tools.as_ref())?;
+        let forced_call = match (&tools, self.text.tokenizer.as_ref()) {
+            (Some(t), Some(tok)) => t.forced_call(tok),
+            _ => None,
+        };
+        let grammar = match (o.grammar, forced_call) {
+            (Some(_), Some(_)) => return Err(js_err("a response format cannot be combined with a required tool call")),
+            (Some(g), None) => Some(g.into()),
+            (None, forced) => forced,
+        };
+        let mut constraint = match grammar {
+            Some(grammar) => Some(self.constrainer()?.start(&grammar).map_err(js_err)?),
             None => None,
+        };
+        let mut tool_stream = tools.as_ref().map(|t| t.stream(self.text.tokenizer.as_ref(), o.seed));
+        let mut tool_calls = Vec::new();
+        // A token's text and the calls it completes, as `onToken` gets them: the reply's text
+        // goes out as it comes, a call once whole (its syntax never shows as text).
+        let mut split = |id: u32, piece: String, calls: &mut Vec<ToolCall>| -> String {
+            let Some(stream) = tool_stream.as_mut() else { return piece };
+            let events = if id == u32::MAX { stream.finish() } else { stream.push_token(id, &piece) };
+            let mut text = String::new();
+            for e in events {
+                match e {
+                    ToolEvent::Text(t) => text.push_str(&t),
+                    ToolEvent::Call(c) => calls.push(c),
+                }
+            }
+            text
+        };
+        let call_js = |f: &js_sys::Function, id: JsValue, piece: &str, entry: Option<&JsValue>, calls: &[ToolCall]| {
+            let args = js_sys::Array::of3(&id, &JsValue::from_str(piece), entry.unwrap_or(&JsValue::UNDEFINED));
+            if !calls.is_empty() {
+                args.push(&to_js(&calls).unwrap_or(JsValue::UNDEFINED));
+            }
+            f.apply(&JsValue::NULL, &args)
         };
         let mut stream = StreamDecoder::new(true);
         let mut text = String::new();
@@ -526,6 +588,8 @@ impl EmberModel {
                     self.runner.set_profiling(true);
                 }
                 let piece = self.text.tokenizer.as_ref().and_then(|t| stream.push(t, id).ok()).unwrap_or_default();
+                let mut calls = Vec::new();
+                let piece = split(id, piece, &mut calls);
                 text.push_str(&piece);
                 let entry = logprobs.map(|l| {
                     let entry = l.entry(self.text.tokenizer.as_ref());
@@ -534,12 +598,10 @@ impl EmberModel {
                     js
                 });
                 let keep = match &on_token {
-                    Some(f) => f
-                        .call3(&JsValue::NULL, &JsValue::from(id), &JsValue::from_str(&piece), entry.as_ref().unwrap_or(&JsValue::UNDEFINED))
-                        .map(|r| r.as_bool() != Some(false))
-                        .unwrap_or(false),
+                    Some(f) => call_js(f, JsValue::from(id), &piece, entry.as_ref(), &calls).map(|r| r.as_bool() != Some(false)).unwrap_or(false),
                     None => true,
                 };
+                tool_calls.append(&mut calls);
                 keep && !o.stop.iter().any(|s| text.contains(s.as_str()))
             })
             .await;
@@ -548,6 +610,18 @@ impl EmberModel {
             self.runner.set_profiling(false);
         }
         let out = result?;
+        // What the tool-call parser still held: text or calls, handed on as one last piece.
+        if tools.is_some() {
+            let mut calls = Vec::new();
+            let piece = split(u32::MAX, String::new(), &mut calls);
+            if !piece.is_empty() || !calls.is_empty() {
+                text.push_str(&piece);
+                if let Some(f) = &on_token {
+                    call_js(f, JsValue::UNDEFINED, &piece, None, &calls)?;
+                }
+                tool_calls.append(&mut calls);
+            }
+        }
         let profile = prefill_ops.zip(decode_ops).map(|(prefill, decode)| JsProfiles {
             prefill: JsProfile { tokens: out.prompt_ids.len() - out.reused_tokens, ops: prefill },
             decode: JsProfile { tokens: out.generated_ids.len().saturating_sub(1), ops: decode },
@@ -568,6 +642,7 @@ impl EmberModel {
             decode_tok_s: out.decode_tok_s,
             profile,
             logprobs: o.logprobs.map(|_| entries),
+            tool_calls,
         })
     }
 }
