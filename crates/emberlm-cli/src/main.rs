@@ -21,6 +21,7 @@ use emberlm_core::{DType, DeviceOptions, GpuDevice};
 use emberlm_models::constraint::{Constrainer, Grammar};
 use emberlm_models::files::LocalModel;
 use emberlm_models::tokenizer::StreamDecoder;
+use emberlm_models::tools::{self, ToolCall, ToolEvent, ToolPrompt};
 use emberlm_models::{generate, generate_constrained, Backend, CpuActivations, CpuDevice, GenerateOptions, LoadOptions, Model, SamplingOptions, Session};
 use serde_json::json;
 
@@ -194,6 +195,23 @@ struct GenerateArgs {
     /// position (0-20; OpenAI's `logprobs` / `top_logprobs`).
     #[arg(long, value_name = "N", requires = "json", value_parser = clap::value_parser!(u8).range(0..=emberlm_models::MAX_TOP_LOGPROBS as i64))]
     logprobs: Option<u8>,
+    /// With --chat: functions the model may call, OpenAI's `tools` array (a file, or the JSON
+    /// itself). Calls are printed as `[tool call NAME ARGUMENTS]` lines, or as `tool_calls` with --json.
+    #[arg(long, value_name = "TOOLS", requires = "chat")]
+    tools: Option<String>,
+    /// With --tools: `auto` (default), `none`, `required`, or a function's name (a call of it).
+    #[arg(long, value_name = "CHOICE", requires = "tools")]
+    tool_choice: Option<String>,
+}
+
+/// A flag's value, or the contents of the file it names.
+fn file_or_value(v: &str, what: &str) -> Result<String> {
+    let path = Path::new(v);
+    if path.is_file() {
+        std::fs::read_to_string(path).map_err(|e| format!("{what} {v}: {e}"))
+    } else {
+        Ok(v.to_string())
+    }
 }
 
 /// Output constraints (constrained decoding, `emberlm_models::constraint`): at most one.
@@ -217,14 +235,7 @@ struct ConstraintArgs {
 impl ConstraintArgs {
     /// The grammar asked for, if any; a file's contents where the value names a file.
     fn grammar(&self) -> Result<Option<Grammar>> {
-        let text = |v: &str, what: &str| -> Result<String> {
-            let path = Path::new(v);
-            if path.is_file() {
-                std::fs::read_to_string(path).map_err(|e| format!("{what} {v}: {e}"))
-            } else {
-                Ok(v.to_string())
-            }
-        };
+        let text = file_or_value;
         Ok(if let Some(s) = &self.json_schema {
             let schema = serde_json::from_str(&text(s, "--json-schema")?).map_err(|e| format!("--json-schema: not JSON (nor a file): {e}"))?;
             Some(Grammar::JsonSchema(schema))
@@ -392,6 +403,18 @@ fn run_generate(a: GenerateArgs) -> Result<()> {
     a.sampling.check()?;
     let text = prompt_text(&a)?;
     let local = open(&a.model)?;
+    let tools = match &a.tools {
+        Some(t) => {
+            let tools: serde_json::Value = serde_json::from_str(&file_or_value(t, "--tools")?).map_err(|e| format!("--tools: not JSON (nor a file): {e}"))?;
+            let choice = match a.tool_choice.as_deref() {
+                None => serde_json::Value::Null,
+                Some(c @ ("auto" | "none" | "required")) => json!(c),
+                Some(name) => json!({"type": "function", "function": {"name": name}}),
+            };
+            local.text.tool_prompt(&tools, &choice).map_err(err)?
+        }
+        None => None,
+    };
     let prompt_ids: Vec<u32> = match (&a.prompt_ids, &text) {
         (Some(ids), _) => ids.clone(),
         (None, Some(text)) if a.chat => {
@@ -400,7 +423,7 @@ fn run_generate(a: GenerateArgs) -> Result<()> {
                 messages.push(json!({"role": "system", "content": s}));
             }
             messages.push(json!({"role": "user", "content": text}));
-            local.text.chat_prompt_ids(&json!(messages)).map_err(|e| format!("{e}; drop --chat or pass --prompt-ids"))?
+            local.text.chat_prompt_ids_with_tools(&json!(messages), tools.as_ref()).map_err(|e| format!("{e}; drop --chat or pass --prompt-ids"))?
         }
         (None, Some(text)) => local.text.prompt_ids(text, local.config.bos_token_id).map_err(|e| format!("{e}; pass --prompt-ids"))?,
         (None, None) => return Err("give --prompt, --prompt-file or --prompt-ids".into()),
@@ -409,12 +432,13 @@ fn run_generate(a: GenerateArgs) -> Result<()> {
         return Err("the prompt is empty".into());
     }
     let needed = prompt_ids.len().saturating_add(a.sampling.max_new_tokens);
-    run_loaded(&a.model, local, needed, GenerateJob { a: &a, prompt_ids })
+    run_loaded(&a.model, local, needed, GenerateJob { a: &a, prompt_ids, tools })
 }
 
 struct GenerateJob<'a> {
     a: &'a GenerateArgs,
     prompt_ids: Vec<u32>,
+    tools: Option<ToolPrompt>,
 }
 
 impl Job for GenerateJob<'_> {
@@ -434,7 +458,35 @@ impl Job for GenerateJob<'_> {
         let tok = local.text.tokenizer.as_ref();
         let mut stream_err = None;
         let mut stopped_by_text = false;
-        let mut constraint = match a.constraint.grammar()? {
+        let forced_call = self.tools.as_ref().zip(tok).and_then(|(t, tok)| t.forced_call(tok));
+        let grammar = match (a.constraint.grammar()?, forced_call) {
+            (Some(_), Some(_)) => return Err("an output constraint cannot be combined with a required tool call".into()),
+            (g, forced) => g.or(forced),
+        };
+        let mut tool_stream = self.tools.as_ref().map(|t| t.stream(tok, a.sampling.seed));
+        let mut tool_calls = Vec::new();
+        // A token's text for the output, with any tool call it completes kept aside.
+        let mut split = |id: Option<u32>, piece: &str, calls: &mut Vec<ToolCall>| -> String {
+            let Some(stream) = tool_stream.as_mut() else { return piece.to_string() };
+            let mut shown = String::new();
+            let events = match id {
+                Some(id) => stream.push_token(id, piece),
+                None => stream.finish(),
+            };
+            for event in events {
+                match event {
+                    ToolEvent::Text(t) => shown.push_str(&t),
+                    ToolEvent::Call(c) => calls.push(c),
+                }
+            }
+            shown
+        };
+        let print_calls = |calls: &[ToolCall]| {
+            for c in calls {
+                println!("[tool call {} {}]", c.name, c.arguments);
+            }
+        };
+        let mut constraint = match grammar {
             Some(grammar) => {
                 let tok = tok.ok_or("this model has no tokenizer to constrain the output with")?;
                 let eos = *options.stop_tokens.first().ok_or("an output constraint needs the model's end token (drop --ignore-eos)")?;
@@ -446,11 +498,15 @@ impl Job for GenerateJob<'_> {
             let Some(tok) = tok else { return true };
             match stream.push(tok, id) {
                 Ok(piece) => {
+                    let mut calls = Vec::new();
+                    let piece = split(Some(id), &piece, &mut calls);
                     text.push_str(&piece);
                     if !a.json {
                         let _ = write!(stdout, "{piece}");
                         let _ = stdout.flush();
+                        print_calls(&calls);
                     }
+                    tool_calls.append(&mut calls);
                 }
                 Err(e) => stream_err = Some(e),
             }
@@ -460,6 +516,16 @@ impl Job for GenerateJob<'_> {
         .map_err(err)?;
         if let Some(e) = stream_err {
             return Err(e.to_string());
+        }
+        if self.tools.is_some() {
+            let mut calls = Vec::new();
+            let rest = split(None, "", &mut calls);
+            text.push_str(&rest);
+            if !a.json {
+                print!("{rest}");
+                print_calls(&calls);
+            }
+            tool_calls.append(&mut calls);
         }
         for s in &a.sampling.stop {
             if let Some(i) = text.find(s.as_str()) {
@@ -477,7 +543,11 @@ impl Job for GenerateJob<'_> {
                 "generated_ids": out.generated_ids,
                 "text": text,
                 "stopped_by_eos": out.stopped,
-                "finish_reason": if out.stopped || stopped_by_text { "stop" } else { "length" },
+                "finish_reason": match (out.stopped || stopped_by_text, tool_calls.is_empty()) {
+                    (true, false) => "tool_calls",
+                    (true, true) => "stop",
+                    _ => "length",
+                },
                 "load_s": load_s,
                 "ttft_ms": out.ttft_ms,
                 "prefill_tok_s": out.prefill_tok_s,
@@ -485,6 +555,12 @@ impl Job for GenerateJob<'_> {
                 "device": dev.describe(),
                 "device_reason": device_reason,
             });
+            if self.tools.is_some() {
+                obj["tool_calls"] = tools::assistant_message("", &tool_calls)["tool_calls"].take();
+                if obj["tool_calls"].is_null() {
+                    obj["tool_calls"] = json!([]);
+                }
+            }
             if a.logprobs.is_some() {
                 obj["logprobs"] = json!({ "content": out.logprobs.iter().map(|l| l.entry(tok)).collect::<Vec<_>>() });
             }

@@ -328,6 +328,52 @@ fn generate_json_with_logprobs() {
 
 /// Constrained output: a schema (inline or a file), a regex; a bad grammar and two constraints
 /// at once are refused by name.
+/// `--tools` on the tiny llama (Llama-3.2's template: calls are bare JSON objects): a required
+/// call is printed as `tool_calls` with --json and as a `[tool call …]` line without; bad tools
+/// are clear errors.
+#[test]
+fn generate_with_tools() {
+    let dir = fixture("llama");
+    let model = dir.to_str().unwrap();
+    let tools = r#"[{"type":"function","function":{"name":"add","parameters":{"type":"object","properties":{"a":{"type":"integer","minimum":0,"maximum":9},"b":{"type":"integer","minimum":0,"maximum":9}},"required":["a","b"],"additionalProperties":false}}}]"#;
+    let base = [
+        "generate",
+        "--model",
+        model,
+        "--chat",
+        "--prompt",
+        "2+3?",
+        "--dtype",
+        "f32",
+        "--context",
+        "1024",
+        "--temperature",
+        "1",
+        "--tools",
+        tools,
+        "--tool-choice",
+    ];
+    let out = emberlm(&[&base[..], &["required", "--json"]].concat());
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let got: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(got["finish_reason"], "tool_calls", "{got}");
+    assert_eq!(got["text"], "", "{got}");
+    let call = &got["tool_calls"][0];
+    assert_eq!(call["function"]["name"], "add", "{got}");
+    let args: Value = serde_json::from_str(call["function"]["arguments"].as_str().unwrap()).unwrap();
+    assert!(args["a"].as_i64().is_some_and(|a| (0..=9).contains(&a)) && args["b"].as_i64().is_some_and(|b| (0..=9).contains(&b)), "{args}");
+    assert!(call["id"].as_str().unwrap().len() == 9);
+    let out = emberlm(&[&base[..], &["add"]].concat());
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(stdout.lines().any(|l| l.starts_with("[tool call add {\"a\":")), "{stdout}");
+    for (tools, choice, named) in [("[]", "auto", "1 to 128"), (tools, "nope", "not among the tools"), ("{bad", "auto", "--tools")] {
+        let out = emberlm(&["generate", "--model", model, "--chat", "--prompt", "x", "--tools", tools, "--tool-choice", choice]);
+        assert!(!out.status.success());
+        assert!(String::from_utf8_lossy(&out.stderr).contains(named), "{}", String::from_utf8_lossy(&out.stderr));
+    }
+}
+
 #[test]
 fn generate_with_an_output_constraint() {
     let dir = fixture("llama");

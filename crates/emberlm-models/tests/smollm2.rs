@@ -160,3 +160,57 @@ fn json_schema_extraction_parses_and_holds_the_facts() {
         assert!(v["name"].as_str().unwrap().contains(name) && v["city"].as_str().unwrap().contains(city) && v["age"] == age, "{reply}");
     }
 }
+
+/// Tool calling on the real model, whose template has no tool support (the tools go in a
+/// Hermes-style system prompt): with `tool_choice: "required"` the greedy reply is a call of the
+/// right function with the city from the question; a follow-up with the call and its result
+/// renders and answers in text.
+#[test]
+fn a_required_tool_call_carries_the_question_s_facts() {
+    use emberlm_models::constraint::Constrainer;
+    use emberlm_models::generate_constrained;
+    use emberlm_models::text::TextSetup;
+    use emberlm_models::tools::{assistant_message, ToolEvent};
+    let store = open_gguf(&model_path()).unwrap();
+    let text = TextSetup::from_gguf(store.metadata()).unwrap();
+    let dev = CpuDevice::new(None);
+    let model = Model::load_gguf(&dev, &store, &LoadOptions { dtype: None, context: 1024 }).unwrap();
+    let tok = text.tokenizer().unwrap();
+    let tools = serde_json::json!([
+        {"type": "function", "function": {"name": "get_weather", "description": "Current weather in a city.", "parameters": {"type": "object", "properties": {"city": {"type": "string", "maxLength": 40}}, "required": ["city"]}}},
+        {"type": "function", "function": {"name": "get_time", "description": "Local time in a time zone.", "parameters": {"type": "object", "properties": {"zone": {"type": "string"}}, "required": ["zone"]}}},
+    ]);
+    let prompt = text.tool_prompt(&tools, &serde_json::json!("required")).unwrap().unwrap();
+    assert!(!prompt.native);
+    let mut messages = serde_json::json!([{"role": "user", "content": "What is the weather like in Lisbon today?"}]);
+    let ids = text.chat_prompt_ids_with_tools(&messages, Some(&prompt)).unwrap();
+    let constrainer = Constrainer::new(tok, model.config.eos_token_ids[0]).unwrap();
+    let mut constraint = constrainer.start(&prompt.forced_call(tok).unwrap()).unwrap();
+    let opts = GenerateOptions { max_new_tokens: 80, stop_tokens: model.config.eos_token_ids.clone(), ..Default::default() };
+    let mut session = Session::new(&dev, &model).unwrap();
+    let mut stream = prompt.stream(Some(tok), 0);
+    let mut decoder = emberlm_models::tokenizer::StreamDecoder::new(true);
+    let mut events = Vec::new();
+    let out = pollster::block_on(generate_constrained(&dev, &model, &mut session, &ids, &opts, Some(&mut constraint), |id, _| {
+        events.extend(stream.push_token(id, &decoder.push(tok, id).unwrap()));
+        true
+    }))
+    .unwrap();
+    events.extend(stream.finish());
+    eprintln!("{:?}", events);
+    assert!(out.stopped);
+    let [ToolEvent::Call(call)] = events.as_slice() else { panic!("{events:?}") };
+    assert_eq!(call.name, "get_weather");
+    assert_eq!(serde_json::from_str::<serde_json::Value>(&call.arguments).unwrap()["city"], "Lisbon", "{}", call.arguments);
+    // The call and its result go back; the model answers (auto: free text or another call).
+    messages.as_array_mut().unwrap().push(assistant_message("", std::slice::from_ref(call)));
+    messages.as_array_mut().unwrap().push(serde_json::json!({"role": "tool", "tool_call_id": call.id, "content": "{\"temp_c\": 19, \"sky\": \"sunny\"}"}));
+    let auto = text.tool_prompt(&tools, &serde_json::Value::Null).unwrap().unwrap();
+    let ids = text.chat_prompt_ids_with_tools(&messages, Some(&auto)).unwrap();
+    let rendered = tok.decode(&ids, false).unwrap();
+    assert!(rendered.contains("<tool_call>\n{\"name\":\"get_weather\"") && rendered.contains("<tool_response>\n{\"temp_c\": 19"), "{rendered}");
+    let mut session = Session::new(&dev, &model).unwrap();
+    let opts = GenerateOptions { max_new_tokens: 24, ..opts };
+    let out = pollster::block_on(emberlm_models::generate(&dev, &model, &mut session, &ids, &opts, |_, _| true)).unwrap();
+    assert!(!out.generated_ids.is_empty());
+}
