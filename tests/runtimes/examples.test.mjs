@@ -74,3 +74,14 @@ test('examples/node extract.mjs pulls a contact card out of a sentence as schema
   assert.deepEqual(Object.keys(card).sort(), ['age', 'city', 'name'], r.stdout);
   assert.ok(card.name.includes('Tom') && card.city.includes('Glasgow') && card.age === 61, r.stdout);
 });
+
+test('examples/node tools.mjs: the bundled model calls the weather function (a required call) and gets its result back', async () => {
+  const dir = await installed('node');
+  const env = runtimeEnv('node', { EMBERLM_HUB: NO_HUB, EMBERLM_CACHE: cacheDir });
+  // Its default question, about Lisbon (the 135M model picks `add` for some other cities).
+  const r = await run(NODE, ['tools.mjs'], { cwd: dir, env });
+  assert.equal(r.status, 0, r.stderr.slice(-2000));
+  const lines = r.stdout.trim().split('\n');
+  assert.equal(lines[0], '→ get_weather({"city":"Lisbon"}) = {"temp_c":19,"sky":"sunny"}', r.stdout);
+  assert.ok(lines.length >= 2, r.stdout);
+});

@@ -10,7 +10,7 @@ use crate::config::ModelConfig;
 use crate::error::{ModelError, Result};
 use crate::gguf::GgufFile;
 use crate::tokenizer::TextTokenizer;
-use crate::tools::{with_object_arguments, ToolPrompt, Tools};
+use crate::tools::{messages_for, ToolPrompt, Tools};
 
 pub struct TextSetup {
     pub tokenizer: Option<TextTokenizer>,
@@ -84,7 +84,7 @@ impl TextSetup {
         let template = self.chat_template()?;
         let prompt = match tools {
             Some(tools) => tools.render(template, messages, true, None)?,
-            None => template.render(&with_object_arguments(messages), true, None)?,
+            None => template.render(&messages_for(template, messages), true, None)?,
         };
         self.tokenizer()?.encode(&prompt)
     }

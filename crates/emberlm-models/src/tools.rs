@@ -222,7 +222,7 @@ impl ToolPrompt {
             return template.render(&with_object_arguments(messages), add_generation_prompt, Some(&Json::Object(ctx)));
         }
         let ctx = Json::Object(ctx);
-        let plain = self.as_plain_chat(messages);
+        let plain = plain_chat(messages);
         let prompt = hermes_system_prompt(&self.tools);
         // The tools as (part of) a system message; a template without a system role gets them
         // at the start of the first user message.
@@ -237,43 +237,6 @@ impl ToolPrompt {
             first["content"] = Json::String(format!("{prompt}\n\n{}", content_of(first)));
             template.render(&Json::Array(in_user), add_generation_prompt, Some(&ctx))
         })
-    }
-
-    /// A conversation with calls and results, for a template that knows neither: calls as the
-    /// assistant's text in the Hermes syntax, results as user turns in `<tool_response>` tags
-    /// (one turn for consecutive results, so roles still alternate).
-    fn as_plain_chat(&self, messages: &Json) -> Vec<Json> {
-        let mut out: Vec<Json> = Vec::new();
-        for m in with_object_arguments(messages).as_array().into_iter().flatten() {
-            let role = m.get("role").and_then(Json::as_str).unwrap_or_default();
-            if role == "tool" {
-                let response = format!("<tool_response>\n{}\n</tool_response>", content_of(m));
-                match out.last_mut() {
-                    Some(last) if last["role"] == "user" && content_of(last).starts_with("<tool_response>") => {
-                        last["content"] = Json::String(format!("{}\n{response}", content_of(last)));
-                    }
-                    _ => out.push(json!({"role": "user", "content": response})),
-                }
-                continue;
-            }
-            let calls = m.get("tool_calls").and_then(Json::as_array).filter(|c| !c.is_empty());
-            match calls {
-                Some(calls) if role == "assistant" => {
-                    let mut text = content_of(m).to_string();
-                    for call in calls {
-                        let f = &call["function"];
-                        let body = json!({"name": f["name"], "arguments": f["arguments"]});
-                        if !text.is_empty() {
-                            text.push('\n');
-                        }
-                        text.push_str(&format!("{TOOL_CALL_OPEN}\n{body}\n{TOOL_CALL_CLOSE}"));
-                    }
-                    out.push(json!({"role": "assistant", "content": text}));
-                }
-                _ => out.push(json!({"role": role, "content": content_of(m)})),
-            }
-        }
-        out
     }
 
     /// The grammar that forces a call (`tool_choice` `required` or a function), in this
@@ -337,6 +300,53 @@ impl ToolPrompt {
             seed,
         }
     }
+}
+
+/// `messages` as `template` takes them when no tools are offered: calls' arguments as objects
+/// for a template with tool support, calls and results as plain turns for one without.
+pub(crate) fn messages_for(template: &ChatTemplate, messages: &Json) -> Json {
+    match ToolSyntax::of_template(&template.source) {
+        Some(_) => with_object_arguments(messages),
+        None => Json::Array(plain_chat(messages)),
+    }
+}
+
+/// A conversation with calls and results, for a template that knows neither: calls as the
+/// assistant's text in the Hermes syntax, results as user turns in `<tool_response>` tags
+/// (one turn for consecutive results, so roles still alternate). Other messages pass as
+/// they are.
+fn plain_chat(messages: &Json) -> Vec<Json> {
+    let mut out: Vec<Json> = Vec::new();
+    for m in with_object_arguments(messages).as_array().into_iter().flatten() {
+        let role = m.get("role").and_then(Json::as_str).unwrap_or_default();
+        if role == "tool" {
+            let response = format!("<tool_response>\n{}\n</tool_response>", content_of(m));
+            match out.last_mut() {
+                Some(last) if last["role"] == "user" && content_of(last).starts_with("<tool_response>") => {
+                    last["content"] = Json::String(format!("{}\n{response}", content_of(last)));
+                }
+                _ => out.push(json!({"role": "user", "content": response})),
+            }
+            continue;
+        }
+        let calls = m.get("tool_calls").and_then(Json::as_array).filter(|c| !c.is_empty());
+        match calls {
+            Some(calls) if role == "assistant" => {
+                let mut text = content_of(m).to_string();
+                for call in calls {
+                    let f = &call["function"];
+                    let body = json!({"name": f["name"], "arguments": f["arguments"]});
+                    if !text.is_empty() {
+                        text.push('\n');
+                    }
+                    text.push_str(&format!("{TOOL_CALL_OPEN}\n{body}\n{TOOL_CALL_CLOSE}"));
+                }
+                out.push(json!({"role": "assistant", "content": text}));
+            }
+            _ => out.push(m.clone()),
+        }
+    }
+    out
 }
 
 /// What the reply stream hands on.

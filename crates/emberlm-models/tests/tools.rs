@@ -106,8 +106,14 @@ fn templates_without_tools_get_them_in_a_system_prompt() {
     let p = ToolPrompt::new(&gemma, Tools::new(&tools, &Value::Null).unwrap()).unwrap();
     let got = p.render(&gemma, &json!([{"role": "user", "content": "Hi"}]), true, None).unwrap();
     assert!(got.starts_with("<bos><start_of_turn>user\n# Tools\n") && got.contains("</tool_call>\n\nHi<end_of_turn>"), "{got}");
-    // tool_choice none: no tools in the prompt at all.
+    // tool_choice none: no tools in the prompt at all; calls and results already in the
+    // conversation still render, as plain turns (SmolLM2's template would fail on a null content).
     assert!(ToolPrompt::new(&chatml, Tools::new(&tools, &json!("none")).unwrap()).is_none());
+    let mut config = emberlm_models::ModelConfig::from_hf(&serde_json::from_str(&std::fs::read_to_string(fixtures().join("qwen2/config.json")).unwrap()).unwrap(), None).unwrap();
+    let setup = TextSetup::from_hf(Some(&std::fs::read(fixtures().join("tokenizer.json")).unwrap()), Some(&json!({"chat_template": CHATML})), None, &mut config).unwrap();
+    let ids = setup.chat_prompt_ids_with_tools(&messages, None).unwrap();
+    let text = setup.tokenizer().unwrap().decode(&ids, false).unwrap();
+    assert!(text.starts_with("<|im_start|>user\nWeather in Paris and 2+3?<|im_end|>\n<|im_start|>assistant\n<tool_call>\n{\"name\":\"get_weather\""), "{text}");
 }
 
 #[test]
