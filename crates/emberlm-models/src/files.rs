@@ -7,6 +7,7 @@ use std::path::{Path, PathBuf};
 use serde_json::Value as Json;
 
 use crate::config::ModelConfig;
+use crate::embed::EmbeddingSpec;
 use crate::error::{ModelError, Result};
 use crate::gguf::{FileSource, GgufFile};
 use crate::model::{LoadOptions, Model};
@@ -117,7 +118,26 @@ impl LocalModel {
             let cfg_path = path.join("tokenizer_config.json");
             let tokenizer_config = if cfg_path.exists() { Some(read_json(&cfg_path)?) } else { None };
             let jinja = read_if_exists(&path.join("chat_template.jinja"))?.map(|b| String::from_utf8_lossy(&b).into_owned());
-            let text = TextSetup::from_hf(tokenizer_json.as_deref(), tokenizer_config.as_ref(), jinja, &mut config)?;
+            let mut text = TextSetup::from_hf(tokenizer_json.as_deref(), tokenizer_config.as_ref(), jinja, &mut config)?;
+            // A sentence-transformers model: its pooling makes it an embedding model.
+            let modules = path.join("modules.json");
+            if modules.is_file() {
+                let modules = read_json(&modules)?;
+                let pooling_dir = modules.as_array().into_iter().flatten().find(|m| m["type"].as_str().is_some_and(|t| t.ends_with(".Pooling")));
+                let pooling_cfg = match pooling_dir.and_then(|m| m["path"].as_str()) {
+                    // Only a plain folder name: the path comes from the model's files.
+                    Some(dir) if !dir.is_empty() && dir.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-') => {
+                        let p = path.join(dir).join("config.json");
+                        if p.is_file() {
+                            Some(read_json(&p)?)
+                        } else {
+                            None
+                        }
+                    }
+                    _ => None,
+                };
+                text.embedding = EmbeddingSpec::from_sentence_transformers(&modules, pooling_cfg.as_ref())?;
+            }
             Ok(Self { weights: LocalWeights::Safetensors(hf.store), config, text })
         } else {
             let store = open_gguf(path)?;

@@ -4,6 +4,7 @@ pub mod backend;
 pub mod chat;
 pub mod config;
 pub mod constraint;
+pub mod embed;
 pub mod error;
 #[cfg(not(target_arch = "wasm32"))]
 pub mod files;

@@ -467,7 +467,7 @@ impl<B: Backend> Session<B> {
         let ws = ws.as_ref().unwrap_or_else(|| self.decode.as_ref().expect("decode workspace"));
         dev.write_u32(&ws.ids, tokens)?;
         let mut pass = dev.pass();
-        self.record(model, &mut pass, ws, position)?;
+        self.record(model, &mut pass, ws, position, true)?;
         // A prefill's workspace is new every time, so only decode steps keep what `run` builds.
         let mut prefill_cache = B::StepCache::default();
         let cache = if tokens.len() == 1 { &mut self.decode_cache } else { &mut prefill_cache };
@@ -506,7 +506,7 @@ impl<B: Backend> Session<B> {
                     dev.write_u32(&ws.ids, &[input])?;
                 }
                 let mut pass = dev.pass();
-                self.record(model, &mut pass, ws, self.position() + queued.len())?;
+                self.record(model, &mut pass, ws, self.position() + queued.len(), true)?;
                 queued.push_back(dev.submit(pass, &mut self.decode_cache, ws.next())?);
             }
             let token = dev.token(queued.pop_front().expect("a step was queued")).await?;
@@ -520,6 +520,23 @@ impl<B: Backend> Session<B> {
         // A step still queued ran ahead in vain: its cache writes lie past `position()`, where
         // the next step overwrites them.
         Ok(made)
+    }
+
+    /// The final hidden states (after the output norm; the LM head is not run) of `tokens`,
+    /// run from position 0: `tokens × hidden` values, for embeddings. The session then holds
+    /// these tokens.
+    pub async fn hidden_states(&mut self, dev: &B, model: &Model<B>, tokens: &[u32]) -> Result<Vec<f32>> {
+        self.reset();
+        self.check_step(model, tokens)?;
+        let ws = Workspace::new(dev, &model.config, tokens.len())?;
+        dev.write_u32(&ws.ids, tokens)?;
+        let mut pass = dev.pass();
+        self.record(model, &mut pass, &ws, 0, false)?;
+        let (_, hidden) = dev.run(pass, &mut B::StepCache::default(), ws.next(), Some(&ws.normed)).await?;
+        self.tokens.extend_from_slice(tokens);
+        let mut hidden = hidden.ok_or_else(|| ModelError::Config("the backend returned no hidden states".into()))?;
+        hidden.truncate(tokens.len() * model.config.hidden);
+        Ok(hidden)
     }
 
     /// Checks a step of `tokens` at the next position.
@@ -548,7 +565,9 @@ impl<B: Backend> Session<B> {
         Ok(())
     }
 
-    fn record(&self, m: &Model<B>, plan: &mut B::Pass<'_>, ws: &Workspace<B>, pos0: usize) -> Result<()> {
+    /// Records a forward step of `ws.tokens` tokens at `pos0`; with `head`, the LM head and the
+    /// greedy token after the output norm, else only the norm (hidden states in `ws.normed`).
+    fn record(&self, m: &Model<B>, plan: &mut B::Pass<'_>, ws: &Workspace<B>, pos0: usize, head: bool) -> Result<()> {
         let c = &m.config;
         let t = ws.tokens;
         let (d, qkv_w) = (c.head_dim, c.qkv_width());
@@ -624,6 +643,9 @@ impl<B: Backend> Session<B> {
         }
         let last = pending.unwrap_or(&ws.out);
         B::rms_norm(plan, last, &m.output_norm, Some(&ws.residual), &ws.normed, t, c.rms_eps, c.norm_offset)?;
+        if !head {
+            return Ok(());
+        }
         let head = m.output.as_ref().unwrap_or(&m.embed);
         B::matvec_into(plan, head, &ws.normed, t - 1, None, &ws.logits, 0)?;
         if c.final_softcap > 0.0 {

@@ -7,6 +7,7 @@ use serde_json::Value as Json;
 
 use crate::chat::ChatTemplate;
 use crate::config::ModelConfig;
+use crate::embed::EmbeddingSpec;
 use crate::error::{ModelError, Result};
 use crate::gguf::GgufFile;
 use crate::tokenizer::TextTokenizer;
@@ -17,6 +18,13 @@ pub struct TextSetup {
     pub chat_template: Option<ChatTemplate>,
     /// Whether raw prompts start with BOS (`add_bos_token`).
     pub add_bos: bool,
+    /// GGUF `add_eos_token`: embedding inputs end with EOS.
+    pub add_eos: bool,
+    /// The tokenizer is a tokenizer.json, whose post-processor says what an input is made of
+    /// (GGUF metadata says it with `add_bos` / `add_eos`).
+    pub post_processed: bool,
+    /// The model is an embedding model: how its hidden states become a vector.
+    pub embedding: Option<EmbeddingSpec>,
 }
 
 /// A token named in `tokenizer_config.json`: a string, or an AddedToken object's `content`.
@@ -37,7 +45,8 @@ impl TextSetup {
         // llama.cpp adds BOS to a SentencePiece vocabulary that does not say otherwise.
         let spm = meta.get_str("tokenizer.ggml.model").is_ok_and(|m| m == "llama");
         let add_bos = meta.get_u64("tokenizer.ggml.add_bos_token").map(|v| v != 0).unwrap_or(spm);
-        Ok(Self { tokenizer, chat_template, add_bos })
+        let add_eos = meta.get_u64("tokenizer.ggml.add_eos_token").is_ok_and(|v| v != 0);
+        Ok(Self { tokenizer, chat_template, add_bos, add_eos, post_processed: false, embedding: EmbeddingSpec::from_gguf(meta) })
     }
 
     /// From the contents of `tokenizer.json` and `tokenizer_config.json` (either may be absent);
@@ -52,7 +61,7 @@ impl TextSetup {
             config.add_stop_token(id);
         }
         let add_bos = cfg.get("add_bos_token").and_then(Json::as_bool).unwrap_or(false);
-        Ok(Self { tokenizer, chat_template, add_bos })
+        Ok(Self { tokenizer, chat_template, add_bos, add_eos: false, post_processed: true, embedding: None })
     }
 
     pub fn tokenizer(&self) -> Result<&TextTokenizer> {
@@ -68,6 +77,19 @@ impl TextSetup {
         let mut ids = self.tokenizer()?.encode(text)?;
         if let (true, Some(bos)) = (self.add_bos, bos_token_id) {
             ids.insert(0, bos);
+        }
+        Ok(ids)
+    }
+
+    /// Token ids of an input to embed: what the model's inputs are made of, as its
+    /// tokenizer.json's post-processor (or GGUF's `add_bos_token` / `add_eos_token`) says.
+    pub fn embedding_ids(&self, text: &str, bos_token_id: Option<u32>, eos_token_id: Option<u32>) -> Result<Vec<u32>> {
+        if self.post_processed {
+            return self.tokenizer()?.encode_with_specials(text);
+        }
+        let mut ids = self.prompt_ids(text, bos_token_id)?;
+        if let (true, Some(eos)) = (self.add_eos, eos_token_id) {
+            ids.push(eos);
         }
         Ok(ids)
     }

@@ -303,6 +303,12 @@ impl TextTokenizer {
         guarded("encoding", || Ok(self.inner.encode(text, false).map_err(tok_err)?.get_ids().to_vec()))
     }
 
+    /// As [`TextTokenizer::encode`], with the special tokens tokenizer.json's post-processor
+    /// adds to an input (none for a tokenizer rebuilt from GGUF metadata).
+    pub fn encode_with_specials(&self, text: &str) -> Result<Vec<u32>> {
+        guarded("encoding", || Ok(self.inner.encode(text, true).map_err(tok_err)?.get_ids().to_vec()))
+    }
+
     pub fn decode(&self, ids: &[u32], skip_special: bool) -> Result<String> {
         guarded("decoding", || self.inner.decode(ids, skip_special).map_err(tok_err))
     }

@@ -109,8 +109,12 @@ fn templates_without_tools_get_them_in_a_system_prompt() {
     // tool_choice none: no tools in the prompt at all; calls and results already in the
     // conversation still render, as plain turns (SmolLM2's template would fail on a null content).
     assert!(ToolPrompt::new(&chatml, Tools::new(&tools, &json!("none")).unwrap()).is_none());
-    let mut config = emberlm_models::ModelConfig::from_hf(&serde_json::from_str(&std::fs::read_to_string(fixtures().join("qwen2/config.json")).unwrap()).unwrap(), None).unwrap();
-    let setup = TextSetup::from_hf(Some(&std::fs::read(fixtures().join("tokenizer.json")).unwrap()), Some(&json!({"chat_template": CHATML})), None, &mut config).unwrap();
+    let mut config =
+        emberlm_models::ModelConfig::from_hf(&serde_json::from_str(&std::fs::read_to_string(fixtures().join("qwen2/config.json")).unwrap()).unwrap(), None)
+            .unwrap();
+    let setup =
+        TextSetup::from_hf(Some(&std::fs::read(fixtures().join("tokenizer.json")).unwrap()), Some(&json!({"chat_template": CHATML})), None, &mut config)
+            .unwrap();
     let ids = setup.chat_prompt_ids_with_tools(&messages, None).unwrap();
     let text = setup.tokenizer().unwrap().decode(&ids, false).unwrap();
     assert!(text.starts_with("<|im_start|>user\nWeather in Paris and 2+3?<|im_end|>\n<|im_start|>assistant\n<tool_call>\n{\"name\":\"get_weather\""), "{text}");
