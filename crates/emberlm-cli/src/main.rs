@@ -5,6 +5,7 @@
 //! emberlm generate -m PATH (-p TEXT | -f FILE | --prompt-ids 1,2,3) [--chat] [--json] ...
 //! emberlm chat     -m PATH                 interactive, one line per turn (Ctrl-C stops a reply)
 //! emberlm bench    --model PATH [-p 512] [-n 128]   llama-bench style pp/tg rows
+//! emberlm embed    -m PATH -p TEXT [-p TEXT ...] [--json]   an embedding model's vectors
 //! ```
 //! PATH is a `.gguf` file (any shard of a split model), a Hugging Face model directory, or a Hub
 //! repo `owner/name[@revision]` (`--file NAME.gguf` or `--quant Q4_K_M` picks a GGUF; downloads
@@ -43,6 +44,21 @@ enum Command {
     Chat(ChatArgs),
     /// Prompt-processing and token-generation speed (llama-bench style).
     Bench(BenchArgs),
+    /// Embed texts with an embedding model (Qwen3-Embedding and the like): one vector per text.
+    Embed(EmbedArgs),
+}
+
+#[derive(Args)]
+struct EmbedArgs {
+    #[command(flatten)]
+    model: ModelArgs,
+    /// A text to embed (repeat for several).
+    #[arg(short = 'p', long = "text", required = true)]
+    texts: Vec<String>,
+    /// Print OpenAI's embeddings response (`data[i].embedding`, `usage`) instead of one JSON
+    /// array per line.
+    #[arg(long)]
+    json: bool,
 }
 
 #[derive(Args)]
@@ -581,6 +597,55 @@ impl Job for GenerateJob<'_> {
     }
 }
 
+fn run_embed(a: EmbedArgs) -> Result<()> {
+    let local = open(&a.model)?;
+    if local.text.embedding.is_none() {
+        return Err(format!(
+            "{} is not an embedding model (no sentence-transformers pooling module, no GGUF pooling_type); embed takes models such as Qwen3-Embedding",
+            a.model.model.display()
+        ));
+    }
+    let mut inputs = Vec::with_capacity(a.texts.len());
+    for t in &a.texts {
+        inputs.push(local.text.embedding_ids(t, local.config.bos_token_id, local.config.eos_token_ids.first().copied()).map_err(err)?);
+    }
+    let longest = inputs.iter().map(Vec::len).max().unwrap_or(1);
+    if inputs.iter().any(Vec::is_empty) {
+        return Err("a text to embed is empty".into());
+    }
+    run_loaded(&a.model, local, longest, EmbedJob { a: &a, inputs })
+}
+
+struct EmbedJob<'a> {
+    a: &'a EmbedArgs,
+    inputs: Vec<Vec<u32>>,
+}
+
+impl Job for EmbedJob<'_> {
+    fn run<B: Backend>(self, loaded: &Loaded<B>) -> Result<()> {
+        let &Loaded { dev, local, ref model, .. } = loaded;
+        let spec = local.text.embedding.ok_or("not an embedding model")?;
+        let mut session = Session::new(dev, model).map_err(err)?;
+        let mut vectors = Vec::with_capacity(self.inputs.len());
+        for ids in &self.inputs {
+            vectors.push(pollster::block_on(emberlm_models::embed::embed(dev, model, &mut session, ids, &spec)).map_err(err)?);
+        }
+        if self.a.json {
+            let tokens: usize = self.inputs.iter().map(Vec::len).sum();
+            let data: Vec<_> = vectors.iter().enumerate().map(|(i, v)| json!({"object": "embedding", "index": i, "embedding": v})).collect();
+            println!(
+                "{}",
+                json!({"object": "list", "data": data, "model": self.a.model.model.display().to_string(), "usage": {"prompt_tokens": tokens, "total_tokens": tokens}})
+            );
+        } else {
+            for v in &vectors {
+                println!("{}", json!(v));
+            }
+        }
+        Ok(())
+    }
+}
+
 fn run_chat(a: ChatArgs) -> Result<()> {
     run_loaded(&a.model, open(&a.model)?, a.model.context.unwrap_or(4096), &a)
 }
@@ -815,6 +880,7 @@ fn main() -> ExitCode {
         Command::Generate(a) => run_generate(a),
         Command::Chat(a) => run_chat(a),
         Command::Bench(a) => run_bench(a),
+        Command::Embed(a) => run_embed(a),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

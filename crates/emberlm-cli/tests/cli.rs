@@ -374,6 +374,35 @@ fn generate_with_tools() {
     }
 }
 
+/// `embed` on the tiny Qwen3-Embedding-style fixture: sentence-transformers' vectors (cosine ≥
+/// 0.9999 at f32), from the directory and its GGUF; a generative model is a clear error.
+#[test]
+fn embed_matches_sentence_transformers() {
+    let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../tests/fixtures/tiny/qwen3-embedding");
+    let reference: Value = serde_json::from_str(&std::fs::read_to_string(dir.join("reference.json")).unwrap()).unwrap();
+    let cases = reference["cases"].as_array().unwrap();
+    for model in [dir.clone(), dir.join("model.gguf")] {
+        let mut args = vec!["embed".to_string(), "-m".into(), model.display().to_string(), "--dtype".into(), "f32".into(), "--json".into()];
+        for c in cases {
+            args.extend(["-p".to_string(), c["text"].as_str().unwrap().to_string()]);
+        }
+        let out = emberlm(&args.iter().map(String::as_str).collect::<Vec<_>>());
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        let got: Value = serde_json::from_slice(&out.stdout).unwrap();
+        let data = got["data"].as_array().unwrap();
+        assert_eq!(data.len(), cases.len());
+        for (d, c) in data.iter().zip(cases) {
+            let (a, b) = (d["embedding"].as_array().unwrap(), c["embedding"].as_array().unwrap());
+            let dot: f64 = a.iter().zip(b).map(|(x, y)| x.as_f64().unwrap() * y.as_f64().unwrap()).sum();
+            assert!(dot >= 0.9999, "{}: cosine {dot} for {}", model.display(), c["text"]);
+        }
+        assert_eq!(got["usage"]["prompt_tokens"].as_u64().unwrap() as usize, cases.iter().map(|c| c["ids"].as_array().unwrap().len()).sum::<usize>());
+    }
+    let out = emberlm(&["embed", "-m", fixture("llama").to_str().unwrap(), "-p", "x"]);
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("not an embedding model"), "{}", String::from_utf8_lossy(&out.stderr));
+}
+
 #[test]
 fn generate_with_an_output_constraint() {
     let dir = fixture("llama");
