@@ -1,6 +1,6 @@
 // The engine in this thread: files from the cache (downloaded first when needed), weights read
 // synchronously by the wasm loader, generation on WebGPU or the CPU backend (`device`).
-import type { Backend, OnPiece, RunInput, RunParams, RunResult, WasmToolCall } from './backend.js';
+import type { Backend, Embedded, OnPiece, RunInput, RunParams, RunResult, WasmToolCall } from './backend.js';
 import { LogprobTracker, StopStringFilter, toToolCall } from './backend.js';
 import { openCache } from './cache/index.js';
 import type { StoredFile } from './cache/types.js';
@@ -160,7 +160,7 @@ export class LocalBackend implements Backend {
           t['tokenizer.json'],
           t['tokenizer_config.json'],
           sources,
-          options,
+          { ...options, modulesJson: t['modules.json'], poolingJson: t['1_Pooling/config.json'] },
         );
       }
     } catch (e) {
@@ -307,6 +307,18 @@ export class LocalBackend implements Backend {
         ...(logprobs ? { logprobs: logprobs.content } : {}),
         ...(input.tools ? { tool_calls: toolCalls } : {}),
       };
+    });
+  }
+
+  embed(texts: string[], signal?: AbortSignal): Promise<Embedded> {
+    return this.exclusive(async () => {
+      throwIfAborted(signal);
+      const model = this.loaded;
+      const out = await this.guard(
+        () => model.embed(texts),
+        (e) => new EmberError('bad-request', String(e)),
+      );
+      return { vectors: out.vectors, promptTokens: out.promptTokens };
     });
   }
 

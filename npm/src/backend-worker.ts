@@ -1,5 +1,5 @@
 // The page side of the worker engine: the same Backend, each call a message to the worker.
-import type { Backend, OnPiece, RunInput, RunParams, RunResult } from './backend.js';
+import type { Backend, Embedded, OnPiece, RunInput, RunParams, RunResult } from './backend.js';
 import { EmberError, type EmberErrorCode } from './errors.js';
 import type { LoadProgress } from './model-files.js';
 import type { FromWorker, Request, ToWorker, WorkerLoadOptions } from './protocol.js';
@@ -95,6 +95,11 @@ export class WorkerBackend implements Backend {
   async run(input: RunInput, params: RunParams, onPiece: OnPiece, signal?: AbortSignal): Promise<RunResult> {
     if (signal?.aborted) throw new EmberError('aborted', 'the operation was aborted');
     return (await this.call({ type: 'run', input, params }, { onPiece }, signal)) as RunResult;
+  }
+
+  async embed(texts: string[], signal?: AbortSignal): Promise<Embedded> {
+    if (signal?.aborted) throw new EmberError('aborted', 'the operation was aborted');
+    return (await this.call({ type: 'embed', texts }, {}, signal)) as Embedded;
   }
 
   async encode(text: string): Promise<number[]> {

@@ -61,9 +61,16 @@ export function toToolCall(c: WasmToolCall): ToolCall {
   return { id: c.id, type: 'function', function: { name: c.name, arguments: c.arguments } };
 }
 
+/** An embedding model's vectors, one per text, and the tokens they took. */
+export interface Embedded {
+  vectors: number[][];
+  promptTokens: number;
+}
+
 export interface Backend {
   readonly info: EngineInfo;
   run(input: RunInput, params: RunParams, onPiece: OnPiece, signal?: AbortSignal): Promise<RunResult>;
+  embed(texts: string[], signal?: AbortSignal): Promise<Embedded>;
   encode(text: string): Promise<number[]>;
   decode(ids: number[]): Promise<string>;
   unload(): Promise<void>;

@@ -10,6 +10,8 @@ import type {
   ChatMessage,
   ChoiceLogprobs,
   CompletionUsage,
+  EmbeddingsRequest,
+  EmbeddingsResponse,
   Engine,
   EngineInfo,
   GenerateOptions,
@@ -196,10 +198,12 @@ const completionId = () => `chatcmpl-${Date.now().toString(36)}${(counter++).toS
 
 export class EmberEngine implements Engine {
   readonly chat: { completions: ChatCompletions };
+  readonly embeddings: Engine['embeddings'];
   readonly tokenizer: Engine['tokenizer'];
 
   constructor(private readonly backend: Backend) {
     this.chat = { completions: { create: this.createCompletion.bind(this) as ChatCompletions['create'] } };
+    this.embeddings = { create: this.createEmbeddings.bind(this) };
     this.tokenizer = { encode: (t) => backend.encode(t), decode: (ids) => backend.decode(ids) };
   }
 
@@ -254,6 +258,30 @@ export class EmberEngine implements Engine {
       (e) => chunks.end(e),
     );
     return chunks;
+  }
+
+  private async createEmbeddings(request: EmbeddingsRequest, options?: { signal?: AbortSignal }): Promise<EmbeddingsResponse> {
+    const input = typeof request?.input === 'string' ? [request.input] : request?.input;
+    if (!Array.isArray(input) || input.length === 0 || input.some((t) => typeof t !== 'string' || t === '')) {
+      throw new EmberError('bad-request', 'input must be a non-empty string or a non-empty array of them');
+    }
+    const dims = request.dimensions;
+    if (dims !== undefined && (!Number.isInteger(dims) || dims < 1)) throw new EmberError('bad-request', `dimensions must be a positive integer (got ${String(dims)})`);
+    if (request.encoding_format !== undefined && request.encoding_format !== 'float') throw new EmberError('bad-request', 'encoding_format: only float is supported');
+    const out = await this.backend.embed(input, options?.signal);
+    const shorten = (v: number[]) => {
+      if (dims === undefined || dims >= v.length) return v;
+      // Matryoshka: the leading dimensions, scaled back to unit length.
+      const head = v.slice(0, dims);
+      const norm = Math.hypot(...head) || 1;
+      return head.map((x) => x / norm);
+    };
+    return {
+      object: 'list',
+      data: out.vectors.map((v, index) => ({ object: 'embedding', index, embedding: shorten(v) })),
+      model: this.info.model,
+      usage: { prompt_tokens: out.promptTokens, total_tokens: out.promptTokens },
+    };
   }
 
   async generate(prompt: string, options: GenerateOptions = {}): Promise<GenerateResult> {

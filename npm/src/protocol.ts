@@ -1,5 +1,5 @@
 // Messages between the page (`WorkerBackend`) and the engine's worker (`worker.ts`).
-import type { RunInput, RunParams, RunResult } from './backend.js';
+import type { Embedded, RunInput, RunParams, RunResult } from './backend.js';
 import type { EmberErrorCode } from './errors.js';
 import type { LoadProgress } from './model-files.js';
 import type { EngineInfo, EngineOptions, TokenLogprob, ToolCall } from './types.js';
@@ -12,6 +12,7 @@ export type WorkerLoadOptions = Omit<EngineOptions, 'onProgress' | 'signal' | 'f
 export type ToWorker =
   | { id: number; type: 'load'; repo: string; options: WorkerLoadOptions }
   | { id: number; type: 'run'; input: RunInput; params: RunParams }
+  | { id: number; type: 'embed'; texts: string[] }
   | { id: number; type: 'encode'; text: string }
   | { id: number; type: 'decode'; ids: number[] }
   | { id: number; type: 'unload' }
@@ -23,5 +24,5 @@ export type Request = ToWorker extends infer T ? (T extends ToWorker ? Omit<T, '
 export type FromWorker =
   | { id: number; type: 'progress'; progress: LoadProgress }
   | { id: number; type: 'piece'; piece: string; logprobs?: TokenLogprob[]; toolCalls?: ToolCall[] }
-  | { id: number; type: 'done'; value: EngineInfo | RunResult | number[] | string | null }
+  | { id: number; type: 'done'; value: EngineInfo | RunResult | Embedded | number[] | string | null }
   | { id: number; type: 'error'; code: EmberErrorCode; message: string };

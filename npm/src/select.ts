@@ -17,7 +17,7 @@ export interface FileChoice {
 export interface Selection {
   format: ModelFormat;
   weights: RepoFile[];
-  /** safetensors only: config.json, generation_config.json, tokenizer.json, tokenizer_config.json, index. */
+  /** safetensors only: config.json, generation_config.json, tokenizer.json, tokenizer_config.json, modules.json, 1_Pooling/config.json, index. */
   text: RepoFile[];
 }
 
@@ -79,7 +79,8 @@ export function selectFiles(repo: string, files: RepoFile[], choice: FileChoice 
   const single = byPath.get('model.safetensors');
   const index = byPath.get('model.safetensors.index.json');
   if (config && (single || index)) {
-    const text = ['config.json', 'generation_config.json', 'tokenizer.json', 'tokenizer_config.json'].flatMap((p) => byPath.get(p) ?? []);
+    // sentence-transformers' modules and pooling config make an embedding model (Qwen3-Embedding).
+    const text = ['config.json', 'generation_config.json', 'tokenizer.json', 'tokenizer_config.json', 'modules.json', '1_Pooling/config.json'].flatMap((p) => byPath.get(p) ?? []);
     if (index) text.push(index);
     // Shards of an index are resolved once the index is read (see `indexShards`).
     return { format: 'safetensors', weights: single && !index ? [single] : [], text };

@@ -274,9 +274,33 @@ export interface ChatCompletions {
   create(request: ChatCompletionRequest, options?: { signal?: AbortSignal }): Promise<ChatCompletion | AsyncIterable<ChatCompletionChunk>>;
 }
 
+/** OpenAI's embeddings request. */
+export interface EmbeddingsRequest {
+  /** One text or several (each embedded on its own). Token-id inputs are not taken. */
+  input: string | string[];
+  /** Keep the first N dimensions (Matryoshka models such as Qwen3-Embedding), renormalised. */
+  dimensions?: number;
+  /** Only `float` (default). */
+  encoding_format?: 'float';
+  model?: string;
+}
+
+export interface EmbeddingsResponse {
+  object: 'list';
+  data: { object: 'embedding'; index: number; embedding: number[] }[];
+  model: string;
+  usage: { prompt_tokens: number; total_tokens: number };
+}
+
 export interface Engine {
   readonly info: EngineInfo;
   readonly chat: { completions: ChatCompletions };
+  /**
+   * Embedding models (Qwen3-Embedding and the like: sentence-transformers' last-token, mean or
+   * CLS pooling, or a GGUF's pooling_type): one normalised vector per input. A `bad-request`
+   * error on a generative model.
+   */
+  readonly embeddings: { create(request: EmbeddingsRequest, options?: { signal?: AbortSignal }): Promise<EmbeddingsResponse> };
   /** Continues `prompt` (raw text, or a user message with `chat: true`). */
   generate(prompt: string, options?: GenerateOptions): Promise<GenerateResult>;
   readonly tokenizer: {

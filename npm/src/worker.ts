@@ -40,6 +40,9 @@ scope.onmessage = async ({ data: m }) => {
       case 'run':
         value = { id: m.id, type: 'done', value: await engine().run(m.input, m.params, (piece, logprobs, toolCalls) => scope.postMessage({ id: m.id, type: 'piece', piece, ...(logprobs ? { logprobs } : {}), ...(toolCalls ? { toolCalls } : {}) }), ctl.signal) };
         break;
+      case 'embed':
+        value = { id: m.id, type: 'done', value: await engine().embed(m.texts, ctl.signal) };
+        break;
       case 'encode':
         value = { id: m.id, type: 'done', value: await engine().encode(m.text) };
         break;

@@ -3,12 +3,12 @@
 // and generate in the Web Worker (OPFS cache) and in the page (Cache API), reload and load from
 // the cache with the Hub stopped, delete, recover from injected faults, stream, abort.
 import assert from 'node:assert/strict';
-import { existsSync } from 'node:fs';
+import { existsSync, readFileSync } from 'node:fs';
 import { dirname, join } from 'node:path';
 import { after, before, test } from 'node:test';
 import { fileURLToPath } from 'node:url';
 import { rmSync } from 'node:fs';
-import { CRASHING_REPO, crashingTokenizerRepo, fixtureRepos } from '../mock-hub/repos.mjs';
+import { CRASHING_REPO, crashingTokenizerRepo, fixtureRepos, ROOT } from '../mock-hub/repos.mjs';
 import { startMockHub } from '../mock-hub/server.mjs';
 import { openTestPage } from './chromium.mjs';
 import { GGUF, LLAMA, assertStreamAbortUnload, loadAndGenerate as loadInPage, llama, qwen, streamAbortUnload } from './engine-checks.mjs';
@@ -289,6 +289,34 @@ test('worker: tools with tool_choice required give message.tool_calls (streamed 
   assert.deepEqual(r.deltas.map((d) => [d.index, d.function.name, d.function.arguments]), [[0, 'get_weather', calls[0].function.arguments]]);
   assert.equal(r.finish, 'tool_calls');
   assert.ok(['stop', 'length', 'tool_calls'].includes(r.next), r.next);
+});
+
+test('worker: embeddings.create on a Qwen3-Embedding-style model gives sentence-transformers\' vectors (safetensors with its modules, from the mock Hub)', async () => {
+  const ref = JSON.parse(readFileSync(join(ROOT, 'tests', 'fixtures', 'tiny', 'qwen3-embedding', 'reference.json'), 'utf8'));
+  const r = await session.page.evaluate(
+    async ({ hubUrl, texts }) => {
+      const engine = await window.emberlm.createEngine('emberlm-test/tiny-qwen3-embedding', { hub: hubUrl, context: 128, dtype: 'f32' });
+      const out = await engine.embeddings.create({ input: texts });
+      let refused;
+      try {
+        const chatModel = await window.emberlm.createEngine('emberlm-test/tiny-qwen2-GGUF', { hub: hubUrl, context: 64 });
+        try {
+          await chatModel.embeddings.create({ input: 'x' });
+        } finally {
+          await chatModel.unload();
+        }
+      } catch (e) {
+        refused = `${e.code}: ${e.message}`;
+      }
+      await engine.unload();
+      return { out, refused };
+    },
+    { hubUrl: hub.url, texts: ref.cases.map((c) => c.text) },
+  );
+  const cosine = (a, b) => a.reduce((s, x, i) => s + x * b[i], 0) / Math.hypot(...a) / Math.hypot(...b);
+  assert.equal(r.out.data.length, ref.cases.length);
+  r.out.data.forEach((d, i) => assert.ok(cosine(d.embedding, ref.cases[i].embedding) >= 0.9999, `${i}: ${cosine(d.embedding, ref.cases[i].embedding)}`));
+  assert.match(r.refused ?? '', /^bad-request: .*not an embedding model/);
 });
 
 test('unload() during a generation stops it at the next token instead of waiting for the whole reply', async () => {

@@ -29,6 +29,15 @@ export function fixtureRepos() {
       ),
       revisions: ['main', 'v1.0'],
     },
+    // An embedding model as Qwen publishes Qwen3-Embedding (sentence-transformers modules, last-token
+    // pooling), and as llama.cpp's converter writes its GGUF (fixtures/tiny/make_tiny_embedding.py).
+    'emberlm-test/tiny-qwen3-embedding': {
+      dir: tiny('qwen3-embedding'),
+      files: Object.fromEntries(
+        ['config.json', 'tokenizer.json', 'tokenizer_config.json', 'model.safetensors', 'modules.json', '1_Pooling/config.json', 'sentence_bert_config.json'].map((f) => [f, f]),
+      ),
+    },
+    'emberlm-test/tiny-qwen3-embedding-GGUF': { dir: tiny('qwen3-embedding'), files: { 'tiny-qwen3-embedding-F32.gguf': 'model.gguf' } },
   };
   const smol = join(ROOT, 'models', 'SmolLM2-135M-Instruct.Q4_1.gguf');
   if (existsSync(smol)) {

@@ -4,7 +4,7 @@
 // Node runs with `device: 'webgpu'` forced (the WebGPU path through Dawn); Deno and Bun with
 // `auto`, which takes the CPU backend on these software adapters.
 import assert from 'node:assert/strict';
-import { existsSync, mkdtempSync, rmSync } from 'node:fs';
+import { existsSync, mkdtempSync, readFileSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { dirname, join } from 'node:path';
 import { after, test } from 'node:test';
@@ -144,6 +144,33 @@ for (const runtime of Object.keys(RUNTIMES)) {
     assert.equal(second.info.fromCache, true);
     assert.deepEqual(second.tokens, want.generated_ids);
     assert.deepEqual(second.phases, ['upload', 'compile', 'ready']);
+  });
+}
+
+const embedRef = JSON.parse(readFileSync(join(ROOT, 'tests', 'fixtures', 'tiny', 'qwen3-embedding', 'reference.json'), 'utf8'));
+const cosine = (a, b) => a.reduce((s, x, i) => s + x * b[i], 0) / Math.hypot(...a) / Math.hypot(...b);
+
+for (const runtime of Object.keys(RUNTIMES)) {
+  test(`${runtime}: embeddings.create gives sentence-transformers' vectors, from safetensors and GGUF`, async () => {
+    const hub = await startMockHub({ repos: fixtureRepos() });
+    const cacheDir = mkdtempSync(join(tmpdir(), `emberlm-embed-${runtime}-`));
+    dirs.push(cacheDir);
+    const texts = embedRef.cases.map((c) => c.text);
+    try {
+      for (const repo of ['emberlm-test/tiny-qwen3-embedding', 'emberlm-test/tiny-qwen3-embedding-GGUF']) {
+        const r = await run(runtime, [hub.url, repo, cacheDir, DEVICE[runtime], ...texts], { script: 'embed.mjs' });
+        assert.equal(r.all.object, 'list');
+        assert.deepEqual(r.all.data.map((d) => d.index), texts.map((_, i) => i));
+        r.all.data.forEach((d, i) => assert.ok(cosine(d.embedding, embedRef.cases[i].embedding) >= 0.9999, `${repo} ${i}: ${cosine(d.embedding, embedRef.cases[i].embedding)}`));
+        assert.equal(r.all.usage.prompt_tokens, embedRef.cases.reduce((s, c) => s + c.ids.length, 0));
+        const short = r.short.data[0].embedding;
+        assert.equal(short.length, 16);
+        assert.ok(Math.abs(Math.hypot(...short) - 1) < 1e-6 && cosine(short, embedRef.cases[0].embedding.slice(0, 16)) > 0.9999);
+        assert.equal(r.refused, 'bad-request');
+      }
+    } finally {
+      await hub.close();
+    }
   });
 }
 

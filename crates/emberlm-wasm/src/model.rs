@@ -10,6 +10,7 @@ use std::rc::Rc;
 
 use emberlm_core::{DType, GpuDevice};
 use emberlm_models::constraint::{Constrainer, Constraint, Grammar};
+use emberlm_models::embed::{embed, EmbeddingSpec};
 use emberlm_models::gguf::GgufFile;
 use emberlm_models::safetensors::SafetensorsStore;
 use emberlm_models::source::{checked_end, ByteSource, SourceError};
@@ -116,6 +117,10 @@ struct JsLoadOptions {
     context: Option<usize>,
     /// `webgpu` (default) or `cpu`.
     device: Option<String>,
+    /// safetensors: the text of sentence-transformers' `modules.json` and of its pooling
+    /// module's `config.json`, which make the model an embedding model.
+    modules_json: Option<String>,
+    pooling_json: Option<String>,
 }
 
 /// The parsed load options: weight dtype, context, and whether to run on the CPU backend.
@@ -123,6 +128,8 @@ struct ParsedLoadOptions {
     dtype: Option<DType>,
     context: usize,
     cpu: bool,
+    /// From sentence-transformers' files (a GGUF says it in its metadata).
+    embedding: Option<EmbeddingSpec>,
 }
 
 impl JsLoadOptions {
@@ -134,7 +141,12 @@ impl JsLoadOptions {
             Some("cpu") => true,
             Some(other) => return Err(js_err(format!("device `{other}`: expected `webgpu` or `cpu`"))),
         };
-        Ok(ParsedLoadOptions { dtype, context: o.context.unwrap_or(2048), cpu })
+        let parse = |text: Option<String>, what: &str| text.map(|t| serde_json::from_str::<serde_json::Value>(&t).map_err(|e| js_err(format!("{what}: {e}")))).transpose();
+        let embedding = match parse(o.modules_json, "modules.json")? {
+            Some(modules) => EmbeddingSpec::from_sentence_transformers(&modules, parse(o.pooling_json, "1_Pooling/config.json")?.as_ref()).map_err(js_err)?,
+            None => None,
+        };
+        Ok(ParsedLoadOptions { dtype, context: o.context.unwrap_or(2048), cpu, embedding })
     }
 }
 
@@ -238,9 +250,32 @@ impl Runner {
     ) -> Result<Generation, JsValue> {
         on_backend!(self, b => b.generate(prompt_ids, opts, constraint, on_token).await)
     }
+
+    async fn embed(&self, inputs: &[Vec<u32>], spec: &EmbeddingSpec) -> Result<Vec<Vec<f32>>, JsValue> {
+        on_backend!(self, b => b.embed(inputs, spec).await)
+    }
 }
 
 impl<B: Backend> OnBackend<B> {
+    /// The session, made on first use; an error while another call holds it.
+    fn session(&self) -> Result<std::cell::RefMut<'_, Option<Session<B>>>, JsValue> {
+        let mut slot = self.session.try_borrow_mut().map_err(|_| js_err("a generation is already running on this model"))?;
+        if slot.is_none() {
+            *slot = Some(Session::new(&self.dev, &self.model).map_err(js_err)?);
+        }
+        Ok(slot)
+    }
+
+    async fn embed(&self, inputs: &[Vec<u32>], spec: &EmbeddingSpec) -> Result<Vec<Vec<f32>>, JsValue> {
+        let mut slot = self.session()?;
+        let session = slot.as_mut().expect("made above");
+        let mut out = Vec::with_capacity(inputs.len());
+        for ids in inputs {
+            out.push(embed(&self.dev, &self.model, session, ids, spec).await.map_err(js_err)?);
+        }
+        Ok(out)
+    }
+
     async fn generate(
         &self,
         prompt_ids: &[u32],
@@ -248,11 +283,8 @@ impl<B: Backend> OnBackend<B> {
         constraint: Option<&mut Constraint>,
         on_token: impl FnMut(u32, Option<&TokenLogprobs>) -> bool,
     ) -> Result<Generation, JsValue> {
-        let mut slot = self.session.try_borrow_mut().map_err(|_| js_err("a generation is already running on this model"))?;
-        let session = match &mut *slot {
-            Some(s) => s,
-            empty => empty.insert(Session::new(&self.dev, &self.model).map_err(js_err)?),
-        };
+        let mut slot = self.session()?;
+        let session = slot.as_mut().expect("made above");
         generate_constrained(&self.dev, &self.model, session, prompt_ids, opts, constraint, on_token).await.map_err(js_err)
     }
 }
@@ -426,7 +458,8 @@ impl EmberModel {
         let generation = generation_config_json.as_deref().map(|s| parse(s, "generation_config.json")).transpose()?;
         let mut config = ModelConfig::from_hf(&config, generation.as_ref()).map_err(js_err)?;
         let tok_cfg = tokenizer_config_json.as_deref().map(|s| parse(s, "tokenizer_config.json")).transpose()?;
-        let text = TextSetup::from_hf(tokenizer_json.as_deref().map(str::as_bytes), tok_cfg.as_ref(), None, &mut config).map_err(js_err)?;
+        let mut text = TextSetup::from_hf(tokenizer_json.as_deref().map(str::as_bytes), tok_cfg.as_ref(), None, &mut config).map_err(js_err)?;
+        text.embedding = options.embedding;
         let tokenized = now_ms();
         stats.tokenizer_ms = tokenized - started;
         let store = SafetensorsStore::new(sources(&files)?, config.arch).map_err(js_err)?;
@@ -503,6 +536,38 @@ impl EmberModel {
 
     fn tool_prompt(&self, tools: Option<&JsTools>) -> Result<Option<ToolPrompt>, JsValue> {
         tools.map(|t| self.text.tool_prompt(&t.tools, &t.tool_choice)).transpose().map(Option::flatten).map_err(js_err)
+    }
+
+    /// Whether this is an embedding model (pooling from sentence-transformers' modules or GGUF
+    /// metadata), which `embed` takes.
+    #[wasm_bindgen(getter, js_name = isEmbedding)]
+    pub fn is_embedding(&self) -> bool {
+        self.text.embedding.is_some()
+    }
+
+    /// One vector per text (`{vectors: number[][], promptTokens}`), each text run on its own.
+    pub async fn embed(&self, texts: Vec<String>) -> Result<JsValue, JsValue> {
+        let spec = self.text.embedding.ok_or_else(|| js_err("this is not an embedding model (no sentence-transformers pooling module, no GGUF pooling_type)"))?;
+        let config = self.runner.config();
+        let mut inputs = Vec::with_capacity(texts.len());
+        for t in &texts {
+            let ids = self.text.embedding_ids(t, config.bos_token_id, config.eos_token_ids.first().copied()).map_err(js_err)?;
+            if ids.is_empty() {
+                return Err(js_err("a text to embed is empty"));
+            }
+            if ids.len() > self.runner.context() {
+                return Err(js_err(format!("a text is {} tokens but the context holds {}; load with a larger `context`", ids.len(), self.runner.context())));
+            }
+            inputs.push(ids);
+        }
+        let vectors = self.runner.embed(&inputs, &spec).await?;
+        #[derive(Serialize)]
+        #[serde(rename_all = "camelCase")]
+        struct Embedded {
+            vectors: Vec<Vec<f32>>,
+            prompt_tokens: usize,
+        }
+        to_js(&Embedded { vectors, prompt_tokens: inputs.iter().map(Vec::len).sum() })
     }
 
     /// The most tokens (prompt + generated) one generation can hold.
