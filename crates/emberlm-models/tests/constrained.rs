@@ -12,67 +12,15 @@ use emberlm_models::tokenizer::TextTokenizer;
 use emberlm_models::{generate_constrained, Backend, CpuDevice, GenerateOptions, LoadOptions, Model, SamplingOptions, Session};
 use serde_json::{json, Value};
 
+mod common;
+use common::schemas::{random_object, validate, Rng};
+
 fn fixture(arch: &str) -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../tests/fixtures/tiny").join(arch)
 }
 
 fn tokenizer(dir: &std::path::Path) -> TextTokenizer {
     TextTokenizer::from_json_bytes(&std::fs::read(dir.join("tokenizer.json")).unwrap()).unwrap()
-}
-
-/// The schema subset these tests use, checked by hand: type, properties, required,
-/// additionalProperties false, enum, min/max, min/maxLength, items, min/maxItems.
-fn validate(v: &Value, s: &Value, at: &str) -> Result<(), String> {
-    let fail = |what: &str| Err(format!("{at}: {what} ({v})"));
-    if let Some(options) = s.get("enum").and_then(Value::as_array) {
-        return if options.contains(v) { Ok(()) } else { fail("not in enum") };
-    }
-    match s["type"].as_str() {
-        Some("object") => {
-            let Some(o) = v.as_object() else { return fail("not an object") };
-            let props = s["properties"].as_object().cloned().unwrap_or_default();
-            for r in s["required"].as_array().into_iter().flatten() {
-                if !o.contains_key(r.as_str().unwrap()) {
-                    return fail(&format!("missing {r}"));
-                }
-            }
-            for (k, val) in o {
-                match props.get(k) {
-                    Some(ps) => validate(val, ps, &format!("{at}.{k}"))?,
-                    None if s["additionalProperties"] == json!(false) => return fail(&format!("extra key {k}")),
-                    None => {}
-                }
-            }
-            Ok(())
-        }
-        Some("array") => {
-            let Some(a) = v.as_array() else { return fail("not an array") };
-            if s.get("minItems").is_some_and(|m| (a.len() as u64) < m.as_u64().unwrap())
-                || s.get("maxItems").is_some_and(|m| a.len() as u64 > m.as_u64().unwrap())
-            {
-                return fail("item count");
-            }
-            a.iter().enumerate().try_for_each(|(i, x)| validate(x, &s["items"], &format!("{at}[{i}]")))
-        }
-        Some("string") => {
-            let Some(t) = v.as_str() else { return fail("not a string") };
-            let n = t.chars().count() as u64;
-            if s.get("minLength").is_some_and(|m| n < m.as_u64().unwrap()) || s.get("maxLength").is_some_and(|m| n > m.as_u64().unwrap()) {
-                return fail("length");
-            }
-            Ok(())
-        }
-        Some("integer") => {
-            let Some(i) = v.as_i64() else { return fail("not an integer") };
-            if s.get("minimum").is_some_and(|m| i < m.as_i64().unwrap()) || s.get("maximum").is_some_and(|m| i > m.as_i64().unwrap()) {
-                return fail("out of range");
-            }
-            Ok(())
-        }
-        Some("number") => v.as_f64().map(|_| ()).ok_or(format!("{at}: not a number")),
-        Some("boolean") => v.as_bool().map(|_| ()).ok_or(format!("{at}: not a boolean")),
-        other => Err(format!("{at}: schema type {other:?} not covered by this validator")),
-    }
 }
 
 fn schemas() -> Vec<Value> {
@@ -177,4 +125,38 @@ fn invalid_grammars_are_errors_before_generation() {
         assert!(e.to_string().starts_with("output constraint:") && e.to_string().len() < 2000, "{e}");
         assert!(started.elapsed().as_secs() < 10, "{:.80?} took {:?}", bad, started.elapsed());
     }
+}
+
+/// Schemas drawn at random (seeded): nested objects, arrays, enums, integers, bounded numbers,
+/// booleans, strings with lengths or formats, required and optional fields. Every sampled
+/// output of the tiny fixtures under them parses and validates; an output may stop only
+/// because the grammar is complete (`stopped`), never part-way with tokens to spare.
+#[test]
+fn random_schemas_hold_on_random_models() {
+    let cpu = CpuDevice::new(None);
+    let mut rng = Rng(0x5eed_1234_abcd);
+    let schemas: Vec<Value> = (0..60).map(|_| random_object(&mut rng, 0)).collect();
+    let mut outputs = 0;
+    for arch in ["llama", "qwen2"] {
+        let dir = fixture(arch);
+        let hf = open_hf_dir(&dir).unwrap();
+        let tok = &tokenizer(&dir);
+        let model = Model::load(&cpu, hf.config, &hf.store, &LoadOptions { dtype: Some(DType::F32), context: 512 }).unwrap();
+        let constrainer = Constrainer::new(tok, model.config.eos_token_ids[0]).unwrap();
+        let prompt = tok.encode("Data:").unwrap();
+        for (i, schema) in schemas.iter().enumerate() {
+            let sampling = SamplingOptions { temperature: 1.0, seed: i as u64, ..Default::default() };
+            let opts = GenerateOptions { max_new_tokens: 400, stop_tokens: model.config.eos_token_ids.clone(), sampling, ..Default::default() };
+            let mut constraint = constrainer.start(&Grammar::JsonSchema(schema.clone())).unwrap_or_else(|e| panic!("schema {i} {schema}: {e}"));
+            let mut session = Session::new(&cpu, &model).unwrap();
+            let out = pollster::block_on(generate_constrained(&cpu, &model, &mut session, &prompt, &opts, Some(&mut constraint), |_, _| true)).unwrap();
+            let ids: Vec<u32> = out.generated_ids.iter().copied().filter(|id| !opts.stop_tokens.contains(id)).collect();
+            let text = tok.decode(&ids, false).unwrap();
+            assert!(out.stopped, "{arch} schema {i}: unfinished after {} tokens: {text:?}\n{schema}", out.generated_ids.len());
+            let value: Value = serde_json::from_str(&text).unwrap_or_else(|e| panic!("{arch} schema {i}: {e}: {text:?}\n{schema}"));
+            validate(&value, schema, "$").unwrap_or_else(|e| panic!("{arch} schema {i}: {e}: {text:?}\n{schema}"));
+            outputs += 1;
+        }
+    }
+    assert_eq!(outputs, 120);
 }
