@@ -4,7 +4,8 @@
 // (running max and sum per query), so scores never leave workgroup memory.
 // Threads: one per key of a KT-key block for the scores, one per head dimension (strided) for
 // the weighted sum of values. Grouped-query: query head h reads kv head h / (hq / hkv). Key j is
-// visible to the query at absolute position p when j <= p and, with a window w > 0, p - j < w.
+// visible to the query at absolute position p when j <= p and, with a window w > 0, p - j < w;
+// BIDIRECTIONAL (embedding models): every key of the input, within w / 2 either side.
 // Optional tanh soft-capping of the scores (Gemma 2). Single-token decode uses `attention`.
 
 struct Params {
@@ -68,13 +69,23 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec
     }
     workgroupBarrier();
 
-    // Keys any query of the tile sees: from the first query's window start to the last query.
+    // Keys any query of the tile sees: from the first query's window start to the last query
+    // (bidirectional: to the last key of the input, or the last query's window end).
     let p_first = params.pos0 + t0;
     var lo = 0u;
+#if BIDIRECTIONAL
+    let half = params.window / 2u;
+    var end = params.pos0 + params.tokens;
+    if (params.window > 0u) {
+        lo = p_first - min(p_first, half);
+        end = min(end, p_first + nq + half);
+    }
+#else
     if (params.window > 0u && p_first + 1u > params.window) {
         lo = p_first + 1u - params.window;
     }
     let end = p_first + nq;
+#endif
     var acc: array<array<f32, DIMS_PER_THREAD>, QT>;
 
     for (var j0 = lo; j0 < end; j0 += KT) {
@@ -94,7 +105,11 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec
         }
         for (var qi = 0u; qi < QT; qi++) {
             let p = p_first + qi;
+#if BIDIRECTIONAL
+            let visible = j < end && qi < nq && (params.window == 0u || max(p, j) - min(p, j) <= half);
+#else
             let visible = j < end && qi < nq && j <= p && (params.window == 0u || p - j < params.window);
+#endif
             var score = s[qi];
             if (params.softcap > 0.0) {
                 score = params.softcap * tanh(clamp(score / params.softcap, -15.0, 15.0));

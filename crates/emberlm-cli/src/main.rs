@@ -624,7 +624,7 @@ struct EmbedJob<'a> {
 impl Job for EmbedJob<'_> {
     fn run<B: Backend>(self, loaded: &Loaded<B>) -> Result<()> {
         let &Loaded { dev, local, ref model, .. } = loaded;
-        let spec = local.text.embedding.ok_or("not an embedding model")?;
+        let spec = local.text.embedding.clone().ok_or("not an embedding model")?;
         let mut session = Session::new(dev, model).map_err(err)?;
         let mut vectors = Vec::with_capacity(self.inputs.len());
         for ids in &self.inputs {

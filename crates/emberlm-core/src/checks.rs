@@ -226,6 +226,7 @@ pub struct AttentionCase {
     pub pos0: usize,
     pub window: usize,
     pub softcap: f32,
+    pub causal: bool,
 }
 
 /// Keys for positions `0..pos0 + tokens` are random; the queries are the last `tokens`.
@@ -233,7 +234,7 @@ pub struct AttentionCase {
 /// by a factor e^δ, and δ ≤ γ_d·Σ|q·k| ≈ 1e-5 here; WGSL's exp is within (3 + 2|x|) ulp
 /// (≈ 1e-5 relative for |x| ≤ 40); the running rescaling adds a few roundings per key block.
 pub async fn check_attention(dev: &GpuDevice, case: AttentionCase, seed: u64) -> Result<CheckResult> {
-    let AttentionCase { tokens, hq, hkv, d, pos0, window, softcap } = case;
+    let AttentionCase { tokens, hq, hkv, d, pos0, window, softcap, causal } = case;
     let s_max = pos0 + tokens + 3; // spare capacity: the kernel must not read past the length
     let mut rng = Rng::new(seed);
     let q_host = rng.vec(tokens * hq * d, -1.0, 1.0);
@@ -244,14 +245,15 @@ pub async fn check_attention(dev: &GpuDevice, case: AttentionCase, seed: u64) ->
     let vc = Tensor::from_f32(dev, "v cache", &[hkv * s_max * d], &v_host)?;
     let out = Tensor::new_zeroed(dev, "out", &[tokens, hq * d], DType::F32)?;
     let scale = 1.0 / (d as f32).sqrt();
-    let params = AttentionParams { tokens, heads_q: hq, heads_kv: hkv, head_dim: d, pos0, window, scale, softcap, q_stride: hq * d };
+    let params = AttentionParams { tokens, heads_q: hq, heads_kv: hkv, head_dim: d, pos0, window, causal, scale, softcap, q_stride: hq * d };
     let mut plan = Plan::new(dev);
     let op_count = ops::attention(&mut plan, &q, &kc, &vc, &out, &params)?.len();
     run(plan).await?;
     let got = out.read_f32(dev).await?;
-    let shape = reference::AttentionShape { tokens, hq, hkv, d, s_max, pos0, window, scale: scale as f64, softcap: softcap as f64, q_stride: hq * d };
+    let shape = reference::AttentionShape { tokens, hq, hkv, d, s_max, pos0, window, causal, scale: scale as f64, softcap: softcap as f64, q_stride: hq * d };
     let want = reference::attention(&q_host, &k_host, &v_host, &shape);
     let mode = if op_count > 1 { "split decode" } else { "single pass" };
+    let mode = if causal { mode } else { "bidirectional" };
     let name = format!("attention t={tokens} hq={hq} hkv={hkv} d={d} pos0={pos0} window={window} softcap={softcap} ({mode})");
     Ok(compare(name, &got, &want, |_| 2e-5))
 }
@@ -494,12 +496,14 @@ pub async fn run_suite(dev: &GpuDevice) -> Vec<(String, Result<CheckResult>)> {
     }
     // Three query tiles, and two key blocks for the last (a WGSL compiler once kept one block's
     // scores into the next).
-    let prefill = AttentionCase { tokens: 20, hq: 4, hkv: 2, d: 64, pos0: 60, window: 0, softcap: 0.0 };
+    let prefill = AttentionCase { tokens: 20, hq: 4, hkv: 2, d: 64, pos0: 60, window: 0, softcap: 0.0, causal: true };
     check!("attention prefill", check_attention(dev, prefill, 31));
-    let decode = AttentionCase { tokens: 1, hq: 4, hkv: 1, d: 32, pos0: 600, window: 0, softcap: 0.0 };
+    let decode = AttentionCase { tokens: 1, hq: 4, hkv: 1, d: 32, pos0: 600, window: 0, softcap: 0.0, causal: true };
     check!("attention decode", check_attention(dev, decode, 32));
-    let windowed = AttentionCase { tokens: 5, hq: 2, hkv: 2, d: 16, pos0: 9, window: 4, softcap: 30.0 };
+    let windowed = AttentionCase { tokens: 5, hq: 2, hkv: 2, d: 16, pos0: 9, window: 4, softcap: 30.0, causal: true };
     check!("attention window+softcap", check_attention(dev, windowed, 33));
+    let bidirectional = AttentionCase { tokens: 20, hq: 4, hkv: 2, d: 64, pos0: 0, window: 8, softcap: 0.0, causal: false };
+    check!("attention bidirectional, symmetric window", check_attention(dev, bidirectional, 34));
     check!("rms_norm", check_rms_norm(dev, 3, 1000, true, 0.0, 41));
     check!("head_rms_norm", check_head_rms_norm(dev, 3, 4, 32, 2, 1.0, 42));
     check!("logit_softcap", check_logit_softcap(dev, 1001, 30.0, 43));

@@ -38,22 +38,23 @@ pub struct AttentionShape {
     pub s_max: usize,
     pub pos0: usize,
     pub window: usize,
+    pub causal: bool,
     pub scale: f64,
     pub softcap: f64,
     pub q_stride: usize,
 }
 
-/// Softmax(q·kᵀ·scale, causal + window, optional soft-cap)·v; q: [tokens, q_stride], caches
+/// Softmax(q·kᵀ·scale, masked as `ops::visible_keys` says, optional soft-cap)·v; q: [tokens, q_stride], caches
 /// [hkv, s_max, d]; returns [tokens, hq, d].
 pub fn attention(q: &[f32], k_cache: &[f32], v_cache: &[f32], s: &AttentionShape) -> Vec<f64> {
     let mut out = vec![0f64; s.tokens * s.hq * s.d];
     for t in 0..s.tokens {
-        let p = s.pos0 + t;
-        let lo = if s.window > 0 && p + 1 > s.window { p + 1 - s.window } else { 0 };
+        let keys = crate::ops::visible_keys(s.causal, s.window, s.pos0 + t, s.pos0 + s.tokens - 1);
         for h in 0..s.hq {
             let kvh = h / (s.hq / s.hkv);
             let qv = &q[t * s.q_stride + h * s.d..t * s.q_stride + (h + 1) * s.d];
-            let scores: Vec<f64> = (lo..=p)
+            let scores: Vec<f64> = keys
+                .clone()
                 .map(|j| {
                     let k = &k_cache[(kvh * s.s_max + j) * s.d..][..s.d];
                     let mut v: f64 = qv.iter().zip(k).map(|(a, b)| *a as f64 * *b as f64).sum::<f64>() * s.scale;
@@ -64,7 +65,7 @@ pub fn attention(q: &[f32], k_cache: &[f32], v_cache: &[f32], s: &AttentionShape
                 })
                 .collect();
             let probs = softmax_row(&scores);
-            for (pj, j) in probs.iter().zip(lo..=p) {
+            for (pj, j) in probs.iter().zip(keys.clone()) {
                 let v = &v_cache[(kvh * s.s_max + j) * s.d..][..s.d];
                 for i in 0..s.d {
                     out[(t * s.hq + h) * s.d + i] += pj * v[i] as f64;

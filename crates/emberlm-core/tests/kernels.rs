@@ -111,19 +111,23 @@ fn matmul_all_dtypes_odd_sizes() {
 
 #[test]
 fn attention_prefill_decode_window_softcap_gqa() {
-    let base = AttentionCase { tokens: 7, hq: 4, hkv: 2, d: 64, pos0: 0, window: 0, softcap: 0.0 };
+    let base = AttentionCase { tokens: 7, hq: 4, hkv: 2, d: 64, pos0: 0, window: 0, softcap: 0.0, causal: true };
     let cases = [
         base,
-        AttentionCase { pos0: 11, tokens: 5, ..base },                // prefill after a cached prefix
-        AttentionCase { hq: 3, hkv: 3, d: 80, ..base },               // multi-head, d not a power of two
-        AttentionCase { hq: 8, hkv: 1, d: 256, tokens: 2, ..base },   // multi-query, largest head
-        AttentionCase { window: 4, pos0: 9, ..base },                 // sliding window
-        AttentionCase { softcap: 5.0, ..base },                       // Gemma 2 soft-capping
-        AttentionCase { tokens: 1, pos0: 0, ..base },                 // decode, one key
-        AttentionCase { tokens: 1, pos0: 700, ..base },               // decode, three key splits
-        AttentionCase { tokens: 1, pos0: 700, window: 300, ..base },  // decode, window, empty splits
-        AttentionCase { tokens: 70, pos0: 3, hq: 2, hkv: 1, ..base }, // several key blocks per query
-        AttentionCase { tokens: 20, pos0: 100, window: 70, ..base },  // windows that differ within a query tile
+        AttentionCase { pos0: 11, tokens: 5, ..base },                      // prefill after a cached prefix
+        AttentionCase { hq: 3, hkv: 3, d: 80, ..base },                     // multi-head, d not a power of two
+        AttentionCase { hq: 8, hkv: 1, d: 256, tokens: 2, ..base },         // multi-query, largest head
+        AttentionCase { window: 4, pos0: 9, ..base },                       // sliding window
+        AttentionCase { softcap: 5.0, ..base },                             // Gemma 2 soft-capping
+        AttentionCase { tokens: 1, pos0: 0, ..base },                       // decode, one key
+        AttentionCase { tokens: 1, pos0: 700, ..base },                     // decode, three key splits
+        AttentionCase { tokens: 1, pos0: 700, window: 300, ..base },        // decode, window, empty splits
+        AttentionCase { tokens: 70, pos0: 3, hq: 2, hkv: 1, ..base },       // several key blocks per query
+        AttentionCase { tokens: 20, pos0: 100, window: 70, ..base },        // windows that differ within a query tile
+        AttentionCase { causal: false, ..base },                            // bidirectional (embedding models)
+        AttentionCase { causal: false, tokens: 70, hq: 2, hkv: 1, ..base }, // bidirectional, several key blocks
+        AttentionCase { causal: false, tokens: 40, window: 8, ..base },     // bidirectional symmetric window, tiles see ahead
+        AttentionCase { causal: false, tokens: 1, ..base },                 // one token
     ];
     for (i, case) in cases.into_iter().enumerate() {
         assert_pass(pollster::block_on(checks::check_attention(dev(), case, 100 + i as u64)));
@@ -248,7 +252,8 @@ fn bad_shapes_and_limits_are_clear_errors() {
 
     let q = Tensor::new_zeroed(d, "q", &[1, 64], DType::F32).unwrap();
     let cache = Tensor::new_zeroed(d, "cache", &[4 * 64], DType::F32).unwrap();
-    let params = ops::AttentionParams { tokens: 1, heads_q: 1, heads_kv: 1, head_dim: 64, pos0: 4, window: 0, scale: 1.0, softcap: 0.0, q_stride: 64 };
+    let params =
+        ops::AttentionParams { tokens: 1, heads_q: 1, heads_kv: 1, head_dim: 64, pos0: 4, window: 0, causal: true, scale: 1.0, softcap: 0.0, q_stride: 64 };
     let err = ops::attention(&mut Plan::new(d), &q, &cache, &cache, &q, &params).unwrap_err();
     assert!(err.to_string().contains("exceed the KV cache capacity 4"), "{err}");
 }
@@ -274,7 +279,18 @@ fn a_plan_of_the_same_shape_reuses_the_cached_executable() {
     let record = |x_row: usize, pos0: usize, y: &Tensor| {
         let mut plan = Plan::new(d);
         ops::matvec_into(&mut plan, &w, &x, x_row, None, y, 0).unwrap();
-        let p = AttentionParams { tokens: 1, heads_q: hq, heads_kv: hkv, head_dim: hd, pos0, window: 0, scale: 0.125, softcap: 0.0, q_stride: hq * hd };
+        let p = AttentionParams {
+            tokens: 1,
+            heads_q: hq,
+            heads_kv: hkv,
+            head_dim: hd,
+            pos0,
+            window: 0,
+            causal: true,
+            scale: 0.125,
+            softcap: 0.0,
+            q_stride: hq * hd,
+        };
         ops::attention(&mut plan, &q, &kc, &vc, &out, &p).unwrap();
         plan
     };

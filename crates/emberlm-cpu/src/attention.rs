@@ -1,4 +1,4 @@
-//! Causal grouped-query attention over a KV cache (the CPU twin of `shaders/attention.wgsl`):
+//! Grouped-query attention over a KV cache, causal or bidirectional (`visible_keys`) (the CPU twin of `shaders/attention.wgsl`):
 //! one task per (token, head), scores in f32, softmax with the running maximum subtracted.
 
 use emberlm_core::ops::AttentionParams;
@@ -31,13 +31,12 @@ pub fn attention(q: &[f32], k_cache: &[f32], v_cache: &[f32], out: &mut [f32], p
         let mut scores = Vec::new();
         for (idx, oh) in range.zip(o.chunks_exact_mut(d)) {
             let (tok, h) = (idx / hq, idx % hq);
-            let pos = p.pos0 + tok;
-            let lo = if p.window > 0 && pos + 1 > p.window { pos + 1 - p.window } else { 0 };
+            let keys = emberlm_core::ops::visible_keys(p.causal, p.window, p.pos0 + tok, last - 1);
             let qh = &q[tok * p.q_stride + h * d..][..d];
             let base = (h / group) * s_max;
             scores.clear();
             let mut max = f32::NEG_INFINITY;
-            for j in lo..=pos {
+            for j in keys.clone() {
                 let mut s = kern.dot(qh, &k_cache[(base + j) * d..][..d]) * p.scale;
                 if p.softcap > 0.0 {
                     s = p.softcap * (s / p.softcap).tanh();
@@ -50,7 +49,7 @@ pub fn attention(q: &[f32], k_cache: &[f32], v_cache: &[f32], out: &mut [f32], p
                 *s = crate::math::exp(*s - max);
                 sum += *s;
             }
-            for (j, &w) in (lo..=pos).zip(&scores) {
+            for (j, &w) in keys.zip(&scores) {
                 let v = &v_cache[(base + j) * d..][..d];
                 for (a, b) in oh.iter_mut().zip(v) {
                     *a += w * b;

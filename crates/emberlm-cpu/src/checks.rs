@@ -235,17 +235,19 @@ pub fn norms_rope_activation_softcap_argmax() -> Check {
 pub fn attention_prefill_and_decode_with_window_softcap_gqa() -> Check {
     let mut rng = Rng(5);
     let (hq, hkv, d, s_max) = (6, 2, 12, 40);
-    for (tokens, pos0, window, softcap) in [(7, 0, 0, 0.0), (1, 30, 0, 0.0), (5, 20, 8, 0.0), (3, 9, 0, 20.0)] {
+    for (tokens, pos0, window, softcap, causal) in
+        [(7, 0, 0, 0.0, true), (1, 30, 0, 0.0, true), (5, 20, 8, 0.0, true), (3, 9, 0, 20.0, true), (9, 0, 0, 0.0, false), (12, 0, 6, 0.0, false)]
+    {
         let stride = (hq + 2 * hkv) * d + 4;
         let q = rng.vec(tokens * stride);
         let k = rng.vec(hkv * s_max * d);
         let v = rng.vec(hkv * s_max * d);
-        let p = AttentionParams { tokens, heads_q: hq, heads_kv: hkv, head_dim: d, pos0, window, scale: 0.3, softcap, q_stride: stride };
+        let p = AttentionParams { tokens, heads_q: hq, heads_kv: hkv, head_dim: d, pos0, window, causal, scale: 0.3, softcap, q_stride: stride };
         let out = CpuTensor::zeroed("o", &[tokens, hq * d], DType::F32)?;
         let t = |n: &str, x: &[f32]| CpuTensor::from_f32(n, &[x.len()], x);
         ops::attention(&t("q", &q)?, &t("k", &k)?, &t("v", &v)?, &out, &p)?;
-        let shape = reference::AttentionShape { tokens, hq, hkv, d, s_max, pos0, window, scale: 0.3, softcap: softcap as f64, q_stride: stride };
-        close(&format!("attention t={tokens} pos0={pos0}"), &out.f32s(), &reference::attention(&q, &k, &v, &shape), &[])?;
+        let shape = reference::AttentionShape { tokens, hq, hkv, d, s_max, pos0, window, causal, scale: 0.3, softcap: softcap as f64, q_stride: stride };
+        close(&format!("attention t={tokens} pos0={pos0} causal={causal}"), &out.f32s(), &reference::attention(&q, &k, &v, &shape), &[])?;
     }
     Ok(())
 }

@@ -155,6 +155,9 @@ pub struct ModelConfig {
     pub context_length: usize,
     pub bos_token_id: Option<u32>,
     pub eos_token_ids: Vec<u32>,
+    /// Every token attends to every other (EmbeddingGemma's `use_bidirectional_attention`;
+    /// sliding windows then reach `window / 2` either side), not only to earlier ones.
+    pub bidirectional: bool,
 }
 
 /// The largest size (hidden, ffn, vocab, heads, ...) a config may state, and the most layers:
@@ -212,7 +215,8 @@ impl ModelConfig {
             "qwen3" => Architecture::Qwen3,
             "phi3" => Architecture::Phi3,
             "gemma2" => Architecture::Gemma2,
-            "gemma3" => Architecture::Gemma3,
+            // llama.cpp's name for EmbeddingGemma: Gemma 3 with bidirectional attention.
+            "gemma3" | "gemma-embedding" => Architecture::Gemma3,
             other => return Err(Architecture::unsupported(other)),
         };
         let key = |k: &str| format!("{arch_name}.{k}");
@@ -296,6 +300,7 @@ impl ModelConfig {
             context_length: get("context_length")?,
             bos_token_id: f.get_u64("tokenizer.ggml.bos_token_id").ok().map(|v| v as u32),
             eos_token_ids: eos.into_iter().collect(),
+            bidirectional: arch_name == "gemma-embedding",
         }
         .check()
     }
@@ -434,6 +439,7 @@ impl ModelConfig {
             context_length: max_pos,
             bos_token_id: bos,
             eos_token_ids: eos,
+            bidirectional: c.get("use_bidirectional_attention").and_then(Json::as_bool).unwrap_or(false),
         }
         .check()?;
         for id in ids(c.get("eos_token_id")) {

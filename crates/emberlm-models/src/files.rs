@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 use serde_json::Value as Json;
 
 use crate::config::ModelConfig;
-use crate::embed::EmbeddingSpec;
+use crate::embed::{Dense, EmbeddingSpec};
 use crate::error::{ModelError, Result};
 use crate::gguf::{FileSource, GgufFile};
 use crate::model::{LoadOptions, Model};
@@ -108,6 +108,42 @@ fn read_if_exists(path: &Path) -> Result<Option<Vec<u8>>> {
     }
 }
 
+/// A sentence-transformers model's pooling and Dense modules (`None` without a pooling module):
+/// what makes it an embedding model. Module folders are taken only as plain names inside `dir`.
+fn sentence_transformers(dir: &Path, modules: &Json) -> Result<Option<EmbeddingSpec>> {
+    let folder = |m: &Json| -> Result<PathBuf> {
+        match m["path"].as_str() {
+            Some(name) if !name.is_empty() && name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-') => Ok(dir.join(name)),
+            other => Err(file_err(&dir.join("modules.json"), format!("module path {other:?} is not a folder name"))),
+        }
+    };
+    let of_type = |suffix: &'static str| modules.as_array().into_iter().flatten().filter(move |m| m["type"].as_str().is_some_and(|t| t.ends_with(suffix)));
+    let pooling = match of_type(".Pooling").next() {
+        Some(m) => {
+            let p = folder(m)?.join("config.json");
+            if p.is_file() {
+                Some(read_json(&p)?)
+            } else {
+                None
+            }
+        }
+        None => None,
+    };
+    let mut dense = Vec::new();
+    for m in of_type(".Dense") {
+        let dir = folder(m)?;
+        let weights = dir.join("model.safetensors");
+        // A projection holds at most MAX_DENSE_VALUES f32 values: a larger file is not read.
+        let size = std::fs::metadata(&weights).map_err(|e| file_err(&weights, e))?.len();
+        if size > (crate::embed::MAX_DENSE_VALUES as u64) * 4 + (1 << 20) {
+            return Err(file_err(&weights, format!("{size} bytes is more than a dense projection may hold")));
+        }
+        let bytes = std::fs::read(&weights).map_err(|e| file_err(&weights, e))?;
+        dense.push(Dense::from_sentence_transformers(&read_json(&dir.join("config.json"))?, &bytes).map_err(|e| file_err(&dir, e))?);
+    }
+    EmbeddingSpec::from_sentence_transformers(modules, pooling.as_ref(), dense)
+}
+
 impl LocalModel {
     /// `path`: a `.gguf` file (any shard of a split model) or a Hugging Face model directory.
     pub fn open(path: &Path) -> Result<Self> {
@@ -122,27 +158,16 @@ impl LocalModel {
             // A sentence-transformers model: its pooling makes it an embedding model.
             let modules = path.join("modules.json");
             if modules.is_file() {
-                let modules = read_json(&modules)?;
-                let pooling_dir = modules.as_array().into_iter().flatten().find(|m| m["type"].as_str().is_some_and(|t| t.ends_with(".Pooling")));
-                let pooling_cfg = match pooling_dir.and_then(|m| m["path"].as_str()) {
-                    // Only a plain folder name: the path comes from the model's files.
-                    Some(dir) if !dir.is_empty() && dir.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-') => {
-                        let p = path.join(dir).join("config.json");
-                        if p.is_file() {
-                            Some(read_json(&p)?)
-                        } else {
-                            None
-                        }
-                    }
-                    _ => None,
-                };
-                text.embedding = EmbeddingSpec::from_sentence_transformers(&modules, pooling_cfg.as_ref())?;
+                text.embedding = sentence_transformers(path, &read_json(&modules)?)?;
             }
             Ok(Self { weights: LocalWeights::Safetensors(hf.store), config, text })
         } else {
             let store = open_gguf(path)?;
             let config = ModelConfig::from_gguf(store.metadata())?;
-            let text = TextSetup::from_gguf(store.metadata())?;
+            let mut text = TextSetup::from_gguf(store.metadata())?;
+            if let Some(spec) = &mut text.embedding {
+                spec.dense = Dense::from_gguf(&store)?;
+            }
             Ok(Self { weights: LocalWeights::Gguf(store), config, text })
         }
     }

@@ -620,6 +620,7 @@ impl<B: Backend> Session<B> {
                 head_dim: d,
                 pos0,
                 window,
+                causal: !c.bidirectional,
                 scale: c.attn_scale,
                 softcap: c.attn_softcap,
                 q_stride: qkv_w,

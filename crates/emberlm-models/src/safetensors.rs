@@ -208,13 +208,22 @@ impl<S: ByteSource> SafetensorsStore<S> {
         let mut bytes = vec![0u8; rows.len() * k * size as usize];
         src.read_at(t.bytes.start + (rows.start * k) as u64 * size, &mut bytes)
             .map_err(|e| ModelError::Tensor { tensor: format!("{name} ({})", t.name), reason: e.to_string() })?;
-        let values = match t.dtype {
-            StDType::F32 => bytes.chunks_exact(4).map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]])).collect(),
-            StDType::F16 => bytes.chunks_exact(2).map(|b| f16::from_le_bytes([b[0], b[1]]).to_f32()).collect(),
-            StDType::BF16 => bytes.chunks_exact(2).map(|b| bf16::from_le_bytes([b[0], b[1]]).to_f32()).collect(),
-        };
-        Ok((k, values))
+        Ok((k, decode(t.dtype, &bytes)))
     }
+}
+
+fn decode(dtype: StDType, bytes: &[u8]) -> Vec<f32> {
+    match dtype {
+        StDType::F32 => bytes.chunks_exact(4).map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]])).collect(),
+        StDType::F16 => bytes.chunks_exact(2).map(|b| f16::from_le_bytes([b[0], b[1]]).to_f32()).collect(),
+        StDType::BF16 => bytes.chunks_exact(2).map(|b| bf16::from_le_bytes([b[0], b[1]]).to_f32()).collect(),
+    }
+}
+
+/// One tensor of a small safetensors file held in memory (a header already read by
+/// [`read_header`], so its byte range lies inside `file`), as f32.
+pub fn tensor_f32(file: &[u8], t: &StTensor) -> Vec<f32> {
+    decode(t.dtype, &file[t.bytes.start as usize..t.bytes.end as usize])
 }
 
 impl<S: ByteSource> WeightStore for SafetensorsStore<S> {

@@ -10,7 +10,7 @@ use std::rc::Rc;
 
 use emberlm_core::{DType, GpuDevice};
 use emberlm_models::constraint::{Constrainer, Constraint, Grammar};
-use emberlm_models::embed::{embed, EmbeddingSpec};
+use emberlm_models::embed::{embed, Dense, EmbeddingSpec};
 use emberlm_models::gguf::GgufFile;
 use emberlm_models::safetensors::SafetensorsStore;
 use emberlm_models::source::{checked_end, ByteSource, SourceError};
@@ -141,9 +141,14 @@ impl JsLoadOptions {
             Some("cpu") => true,
             Some(other) => return Err(js_err(format!("device `{other}`: expected `webgpu` or `cpu`"))),
         };
-        let parse = |text: Option<String>, what: &str| text.map(|t| serde_json::from_str::<serde_json::Value>(&t).map_err(|e| js_err(format!("{what}: {e}")))).transpose();
+        let parse = |text: Option<String>, what: &str| {
+            text.map(|t| serde_json::from_str::<serde_json::Value>(&t).map_err(|e| js_err(format!("{what}: {e}")))).transpose()
+        };
         let embedding = match parse(o.modules_json, "modules.json")? {
-            Some(modules) => EmbeddingSpec::from_sentence_transformers(&modules, parse(o.pooling_json, "1_Pooling/config.json")?.as_ref()).map_err(js_err)?,
+            // Dense modules' weights are not fetched: such a model runs from its GGUF.
+            Some(modules) => {
+                EmbeddingSpec::from_sentence_transformers(&modules, parse(o.pooling_json, "1_Pooling/config.json")?.as_ref(), Vec::new()).map_err(js_err)?
+            }
             None => None,
         };
         Ok(ParsedLoadOptions { dtype, context: o.context.unwrap_or(2048), cpu, embedding })
@@ -430,7 +435,10 @@ impl EmberModel {
         let store = GgufStore::new(shards).map_err(js_err)?;
         let parsed = now_ms();
         stats.header_ms = parsed - started;
-        let text = TextSetup::from_gguf(store.metadata()).map_err(js_err)?;
+        let mut text = TextSetup::from_gguf(store.metadata()).map_err(js_err)?;
+        if let Some(spec) = &mut text.embedding {
+            spec.dense = Dense::from_gguf(&store).map_err(js_err)?;
+        }
         stats.tokenizer_ms = now_ms() - parsed;
         let runner = Runner::load(&options, FromGguf(&store), &mut stats).await?;
         (stats.reads, stats.read_bytes) = read_totals(store.sources());
@@ -459,7 +467,7 @@ impl EmberModel {
         let mut config = ModelConfig::from_hf(&config, generation.as_ref()).map_err(js_err)?;
         let tok_cfg = tokenizer_config_json.as_deref().map(|s| parse(s, "tokenizer_config.json")).transpose()?;
         let mut text = TextSetup::from_hf(tokenizer_json.as_deref().map(str::as_bytes), tok_cfg.as_ref(), None, &mut config).map_err(js_err)?;
-        text.embedding = options.embedding;
+        text.embedding = options.embedding.take();
         let tokenized = now_ms();
         stats.tokenizer_ms = tokenized - started;
         let store = SafetensorsStore::new(sources(&files)?, config.arch).map_err(js_err)?;
@@ -547,7 +555,11 @@ impl EmberModel {
 
     /// One vector per text (`{vectors: number[][], promptTokens}`), each text run on its own.
     pub async fn embed(&self, texts: Vec<String>) -> Result<JsValue, JsValue> {
-        let spec = self.text.embedding.ok_or_else(|| js_err("this is not an embedding model (no sentence-transformers pooling module, no GGUF pooling_type)"))?;
+        let spec = self
+            .text
+            .embedding
+            .clone()
+            .ok_or_else(|| js_err("this is not an embedding model (no sentence-transformers pooling module, no GGUF pooling_type)"))?;
         let config = self.runner.config();
         let mut inputs = Vec::with_capacity(texts.len());
         for t in &texts {

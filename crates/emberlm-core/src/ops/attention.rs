@@ -26,8 +26,11 @@ pub struct AttentionParams {
     /// Absolute position of the first query token; the cache must already hold keys up to
     /// `pos0 + tokens - 1`.
     pub pos0: usize,
-    /// Sliding window in positions, 0 for full causal attention.
+    /// Sliding window in positions, 0 for none (see [`visible_keys`]).
     pub window: usize,
+    /// Causal (generation), or bidirectional: every query sees every key of the input
+    /// (embedding models such as EmbeddingGemma).
+    pub causal: bool,
     pub scale: f32,
     /// Gemma 2's attention logit soft-cap, 0 for none.
     pub softcap: f32,
@@ -59,6 +62,19 @@ pub struct AttentionReduceUniforms {
     pub d: u32,
     pub n_splits: u32,
     pub _pad: u32,
+}
+
+/// The keys the query at absolute position `pos` sees, `last` being the input's last position.
+/// Causal: itself and the keys before it, at most `window` of them all told. Bidirectional:
+/// every key of the input, within `window / 2` on either side (llama.cpp's symmetric window,
+/// and transformers' for EmbeddingGemma, which reads `window / 2 + 1` as an exclusive bound).
+pub fn visible_keys(causal: bool, window: usize, pos: usize, last: usize) -> std::ops::RangeInclusive<usize> {
+    match (causal, window) {
+        (true, 0) => 0..=pos,
+        (true, w) => (pos + 1).saturating_sub(w)..=pos,
+        (false, 0) => 0..=last,
+        (false, w) => pos.saturating_sub(w / 2)..=(pos + w / 2).min(last),
+    }
 }
 
 /// `q`: [tokens, q_stride]; `k_cache`/`v_cache`: [heads_kv, s_max, head_dim];
@@ -102,7 +118,8 @@ pub fn attention(plan: &mut Plan, q: &Tensor, k_cache: &Tensor, v_cache: &Tensor
     if p.tokens > 1 {
         let storage = vec![Some(Binding::tensor(q)?), Some(Binding::tensor(k_cache)?), Some(Binding::tensor(v_cache)?), Some(Binding::tensor(out)?)];
         let grid = plan.grid(uniforms.tokens.div_ceil(PREFILL_QUERY_TILE) * uniforms.hq);
-        return Ok(vec![plan.dispatch("attention", key("attention_prefill", Variant::default()), &uniforms, storage, grid)?]);
+        let variant = Variant::default().flag_if(!p.causal, "BIDIRECTIONAL");
+        return Ok(vec![plan.dispatch("attention", key("attention_prefill", variant), &uniforms, storage, grid)?]);
     }
     let partial = n_splits > 1;
     let variant = Variant::default().flag_if(partial, "PARTIAL").with("WG", WG);

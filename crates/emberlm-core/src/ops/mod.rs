@@ -16,7 +16,7 @@ pub mod softmax;
 pub mod top_k;
 
 pub use argmax::argmax;
-pub use attention::{attention, AttentionParams};
+pub use attention::{attention, visible_keys, AttentionParams};
 pub use embedding::embedding;
 pub use gated_activation::{gated_activation, Activation};
 pub use head_rms_norm::head_rms_norm;
