@@ -291,12 +291,23 @@ test('worker: tools with tool_choice required give message.tool_calls (streamed 
   assert.ok(['stop', 'length', 'tool_calls'].includes(r.next), r.next);
 });
 
-test('worker: embeddings.create on a Qwen3-Embedding-style model gives sentence-transformers\' vectors (safetensors with its modules, from the mock Hub)', async () => {
-  const ref = JSON.parse(readFileSync(join(ROOT, 'tests', 'fixtures', 'tiny', 'qwen3-embedding', 'reference.json'), 'utf8'));
+test('worker: embeddings.create gives sentence-transformers\' vectors: Qwen3-Embedding style (safetensors with its modules) and EmbeddingGemma style (GGUF: bidirectional, dense projections)', async () => {
+  const refOf = (name) => JSON.parse(readFileSync(join(ROOT, 'tests', 'fixtures', 'tiny', name, 'reference.json'), 'utf8'));
+  const [qwen, gemma] = [refOf('qwen3-embedding'), refOf('gemma-embedding')];
   const r = await session.page.evaluate(
-    async ({ hubUrl, texts }) => {
+    async ({ hubUrl, texts, gemmaTexts }) => {
       const engine = await window.emberlm.createEngine('emberlm-test/tiny-qwen3-embedding', { hub: hubUrl, context: 128, dtype: 'f32' });
       const out = await engine.embeddings.create({ input: texts });
+      const gemmaEngine = await window.emberlm.createEngine('emberlm-test/tiny-embeddinggemma-GGUF', { hub: hubUrl, context: 128 });
+      const gemmaOut = await gemmaEngine.embeddings.create({ input: gemmaTexts });
+      await gemmaEngine.unload();
+      // Its safetensors: the Dense modules' weights are not fetched, so a clear error, not wrong vectors.
+      let denseRefused;
+      try {
+        await window.emberlm.createEngine('emberlm-test/tiny-embeddinggemma', { hub: hubUrl, context: 128 });
+      } catch (e) {
+        denseRefused = `${e.code}: ${e.message}`;
+      }
       let refused;
       try {
         const chatModel = await window.emberlm.createEngine('emberlm-test/tiny-qwen2-GGUF', { hub: hubUrl, context: 64 });
@@ -309,13 +320,16 @@ test('worker: embeddings.create on a Qwen3-Embedding-style model gives sentence-
         refused = `${e.code}: ${e.message}`;
       }
       await engine.unload();
-      return { out, refused };
+      return { out, gemmaOut, denseRefused, refused };
     },
-    { hubUrl: hub.url, texts: ref.cases.map((c) => c.text) },
+    { hubUrl: hub.url, texts: qwen.cases.map((c) => c.text), gemmaTexts: gemma.cases.map((c) => c.text) },
   );
   const cosine = (a, b) => a.reduce((s, x, i) => s + x * b[i], 0) / Math.hypot(...a) / Math.hypot(...b);
-  assert.equal(r.out.data.length, ref.cases.length);
-  r.out.data.forEach((d, i) => assert.ok(cosine(d.embedding, ref.cases[i].embedding) >= 0.9999, `${i}: ${cosine(d.embedding, ref.cases[i].embedding)}`));
+  for (const [out, ref] of [[r.out, qwen], [r.gemmaOut, gemma]]) {
+    assert.equal(out.data.length, ref.cases.length);
+    out.data.forEach((d, i) => assert.ok(cosine(d.embedding, ref.cases[i].embedding) >= 0.9999, `${i}: ${cosine(d.embedding, ref.cases[i].embedding)}`));
+  }
+  assert.match(r.denseRefused ?? '', /Dense modules/);
   assert.match(r.refused ?? '', /^bad-request: .*not an embedding model/);
 });
 

@@ -38,6 +38,14 @@ export function fixtureRepos() {
       ),
     },
     'emberlm-test/tiny-qwen3-embedding-GGUF': { dir: tiny('qwen3-embedding'), files: { 'tiny-qwen3-embedding-F32.gguf': 'model.gguf' } },
+    // EmbeddingGemma style (bidirectional, mean pooling, two dense projections: fixtures/tiny/
+    // make_tiny_embeddinggemma.py), as llama.cpp's gemma-embedding GGUF and as safetensors with
+    // its sentence-transformers modules (whose Dense weights the npm package does not fetch).
+    'emberlm-test/tiny-embeddinggemma-GGUF': { dir: tiny('gemma-embedding'), files: { 'tiny-embeddinggemma-F32.gguf': 'model.gguf' } },
+    'emberlm-test/tiny-embeddinggemma': {
+      dir: tiny('gemma-embedding'),
+      files: Object.fromEntries(['config.json', 'tokenizer.json', 'tokenizer_config.json', 'model.safetensors', 'modules.json', '1_Pooling/config.json'].map((f) => [f, f])),
+    },
   };
   const smol = join(ROOT, 'models', 'SmolLM2-135M-Instruct.Q4_1.gguf');
   if (existsSync(smol)) {

@@ -147,25 +147,30 @@ for (const runtime of Object.keys(RUNTIMES)) {
   });
 }
 
-const embedRef = JSON.parse(readFileSync(join(ROOT, 'tests', 'fixtures', 'tiny', 'qwen3-embedding', 'reference.json'), 'utf8'));
+const embedRef = (name) => JSON.parse(readFileSync(join(ROOT, 'tests', 'fixtures', 'tiny', name, 'reference.json'), 'utf8'));
 const cosine = (a, b) => a.reduce((s, x, i) => s + x * b[i], 0) / Math.hypot(...a) / Math.hypot(...b);
 
 for (const runtime of Object.keys(RUNTIMES)) {
-  test(`${runtime}: embeddings.create gives sentence-transformers' vectors, from safetensors and GGUF`, async () => {
+  test(`${runtime}: embeddings.create gives sentence-transformers' vectors (Qwen3-Embedding style from safetensors and GGUF, EmbeddingGemma style from GGUF)`, async () => {
     const hub = await startMockHub({ repos: fixtureRepos() });
     const cacheDir = mkdtempSync(join(tmpdir(), `emberlm-embed-${runtime}-`));
     dirs.push(cacheDir);
-    const texts = embedRef.cases.map((c) => c.text);
     try {
-      for (const repo of ['emberlm-test/tiny-qwen3-embedding', 'emberlm-test/tiny-qwen3-embedding-GGUF']) {
+      for (const [repo, fixture] of [
+        ['emberlm-test/tiny-qwen3-embedding', 'qwen3-embedding'],
+        ['emberlm-test/tiny-qwen3-embedding-GGUF', 'qwen3-embedding'],
+        ['emberlm-test/tiny-embeddinggemma-GGUF', 'gemma-embedding'],
+      ]) {
+        const ref = embedRef(fixture);
+        const texts = ref.cases.map((c) => c.text);
         const r = await run(runtime, [hub.url, repo, cacheDir, DEVICE[runtime], ...texts], { script: 'embed.mjs' });
         assert.equal(r.all.object, 'list');
         assert.deepEqual(r.all.data.map((d) => d.index), texts.map((_, i) => i));
-        r.all.data.forEach((d, i) => assert.ok(cosine(d.embedding, embedRef.cases[i].embedding) >= 0.9999, `${repo} ${i}: ${cosine(d.embedding, embedRef.cases[i].embedding)}`));
-        assert.equal(r.all.usage.prompt_tokens, embedRef.cases.reduce((s, c) => s + c.ids.length, 0));
+        r.all.data.forEach((d, i) => assert.ok(cosine(d.embedding, ref.cases[i].embedding) >= 0.9999, `${repo} ${i}: ${cosine(d.embedding, ref.cases[i].embedding)}`));
+        assert.equal(r.all.usage.prompt_tokens, ref.cases.reduce((s, c) => s + c.ids.length, 0));
         const short = r.short.data[0].embedding;
         assert.equal(short.length, 16);
-        assert.ok(Math.abs(Math.hypot(...short) - 1) < 1e-6 && cosine(short, embedRef.cases[0].embedding.slice(0, 16)) > 0.9999);
+        assert.ok(Math.abs(Math.hypot(...short) - 1) < 1e-6 && cosine(short, ref.cases[0].embedding.slice(0, 16)) > 0.9999);
         assert.equal(r.refused, 'bad-request');
       }
     } finally {
