@@ -170,7 +170,6 @@ fn json_schema_extraction_parses_and_holds_the_facts() {
 #[test]
 fn a_required_tool_call_carries_the_question_s_facts() {
     use emberlm_models::constraint::Constrainer;
-    use emberlm_models::generate_constrained;
     use emberlm_models::text::TextSetup;
     use emberlm_models::tools::{assistant_message, ToolEvent};
     let store = open_gguf(&model_path()).unwrap();
@@ -189,16 +188,7 @@ fn a_required_tool_call_carries_the_question_s_facts() {
     let constrainer = Constrainer::new(tok, model.config.eos_token_ids[0]).unwrap();
     let mut constraint = constrainer.start(&prompt.forced_call(tok).unwrap()).unwrap();
     let opts = GenerateOptions { max_new_tokens: 80, stop_tokens: model.config.eos_token_ids.clone(), ..Default::default() };
-    let mut session = Session::new(&dev, &model).unwrap();
-    let mut stream = prompt.stream(Some(tok), 0);
-    let mut decoder = emberlm_models::tokenizer::StreamDecoder::new(true);
-    let mut events = Vec::new();
-    let out = pollster::block_on(generate_constrained(&dev, &model, &mut session, &ids, &opts, Some(&mut constraint), |id, _| {
-        events.extend(stream.push_token(id, &decoder.push(tok, id).unwrap()));
-        true
-    }))
-    .unwrap();
-    events.extend(stream.finish());
+    let (events, out) = common::tools::generate_events(&dev, &model, &ids, &opts, Some(&mut constraint), &prompt, tok, 0);
     eprintln!("{:?}", events);
     assert!(out.stopped);
     let [ToolEvent::Call(call)] = events.as_slice() else { panic!("{events:?}") };

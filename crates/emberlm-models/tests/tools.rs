@@ -13,8 +13,10 @@ use emberlm_models::files::open_hf_dir;
 use emberlm_models::text::TextSetup;
 use emberlm_models::tokenizer::TextTokenizer;
 use emberlm_models::tools::{parse_reply, ToolEvent, ToolPrompt, ToolSyntax, Tools};
-use emberlm_models::{generate_constrained, CpuDevice, GenerateOptions, LoadOptions, Model, SamplingOptions, Session};
+use emberlm_models::{CpuDevice, GenerateOptions, LoadOptions, Model, SamplingOptions};
 use serde_json::{json, Value};
+
+mod common;
 
 fn fixtures() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../tests/fixtures/tiny")
@@ -265,16 +267,7 @@ fn forced_tool_calls_hold_on_a_random_model() {
             let sampling = SamplingOptions { temperature: 1.0, seed, ..Default::default() };
             let opts = GenerateOptions { max_new_tokens: 200, stop_tokens: model.config.eos_token_ids.clone(), sampling, ..Default::default() };
             let mut constraint = constrainer.start(&Grammar::Lark(lark.clone())).unwrap();
-            let mut session = Session::new(&dev, &model).unwrap();
-            let mut stream = prompt.stream(Some(tok), seed);
-            let mut decoder = emberlm_models::tokenizer::StreamDecoder::new(true);
-            let mut events = Vec::new();
-            let out = pollster::block_on(generate_constrained(&dev, &model, &mut session, &ids, &opts, Some(&mut constraint), |id, _| {
-                events.extend(stream.push_token(id, &decoder.push(tok, id).unwrap()));
-                true
-            }))
-            .unwrap();
-            events.extend(stream.finish());
+            let (events, out) = common::tools::generate_events(&dev, &model, &ids, &opts, Some(&mut constraint), &prompt, tok, seed);
             let text = tok.decode(&out.generated_ids, true).unwrap();
             assert!(out.stopped, "{choice} seed {seed}: unfinished: {text:?}");
             let [ToolEvent::Call(call)] = events.as_slice() else { panic!("{choice} seed {seed}: {events:?} from {text:?}") };
