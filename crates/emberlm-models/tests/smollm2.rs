@@ -18,6 +18,15 @@ fn repo() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../..")
 }
 
+/// The model with its tokenizer and template, on the CPU backend with a KV cache of `context`.
+fn on_cpu(context: usize) -> (emberlm_models::text::TextSetup, CpuDevice, Model<CpuDevice>) {
+    let store = open_gguf(&model_path()).unwrap();
+    let text = emberlm_models::text::TextSetup::from_gguf(store.metadata()).unwrap();
+    let dev = CpuDevice::new(None);
+    let model = Model::load_gguf(&dev, &store, &LoadOptions { dtype: None, context }).unwrap();
+    (text, dev, model)
+}
+
 fn model_path() -> PathBuf {
     std::env::var_os("EMBERLM_SMOLLM2_GGUF").map(PathBuf::from).unwrap_or_else(|| repo().join("models/SmolLM2-135M-Instruct.Q4_1.gguf"))
 }
@@ -132,11 +141,7 @@ fn matches_transformers<B: Backend>(dev: &B, allocations: &mut dyn FnMut() -> u6
 fn json_schema_extraction_parses_and_holds_the_facts() {
     use emberlm_models::constraint::{Constrainer, Grammar};
     use emberlm_models::generate_constrained;
-    use emberlm_models::text::TextSetup;
-    let store = open_gguf(&model_path()).unwrap();
-    let text = TextSetup::from_gguf(store.metadata()).unwrap();
-    let dev = CpuDevice::new(None);
-    let model = Model::load_gguf(&dev, &store, &LoadOptions { dtype: None, context: 512 }).unwrap();
+    let (text, dev, model) = on_cpu(512);
     let tok = text.tokenizer().unwrap();
     let constrainer = Constrainer::new(tok, model.config.eos_token_ids[0]).unwrap();
     let schema = serde_json::json!({
@@ -170,12 +175,8 @@ fn json_schema_extraction_parses_and_holds_the_facts() {
 #[test]
 fn a_required_tool_call_carries_the_question_s_facts() {
     use emberlm_models::constraint::Constrainer;
-    use emberlm_models::text::TextSetup;
     use emberlm_models::tools::{assistant_message, ToolEvent};
-    let store = open_gguf(&model_path()).unwrap();
-    let text = TextSetup::from_gguf(store.metadata()).unwrap();
-    let dev = CpuDevice::new(None);
-    let model = Model::load_gguf(&dev, &store, &LoadOptions { dtype: None, context: 1024 }).unwrap();
+    let (text, dev, model) = on_cpu(1024);
     let tok = text.tokenizer().unwrap();
     let tools = serde_json::json!([
         {"type": "function", "function": {"name": "get_weather", "description": "Current weather in a city.", "parameters": {"type": "object", "properties": {"city": {"type": "string", "maxLength": 40}}, "required": ["city"]}}},
@@ -214,12 +215,8 @@ fn a_required_tool_call_carries_the_question_s_facts() {
 fn random_schemas_hold_on_the_real_model() {
     use emberlm_models::constraint::{Constrainer, Grammar};
     use emberlm_models::generate_constrained;
-    use emberlm_models::text::TextSetup;
     use emberlm_models::SamplingOptions;
-    let store = open_gguf(&model_path()).unwrap();
-    let text = TextSetup::from_gguf(store.metadata()).unwrap();
-    let dev = CpuDevice::new(None);
-    let model = Model::load_gguf(&dev, &store, &LoadOptions { dtype: None, context: 512 }).unwrap();
+    let (text, dev, model) = on_cpu(512);
     let tok = text.tokenizer().unwrap();
     let constrainer = Constrainer::new(tok, model.config.eos_token_ids[0]).unwrap();
     let mut rng = common::schemas::Rng(0xfeed_beef);
