@@ -474,29 +474,9 @@ impl Job for GenerateJob<'_> {
         let tok = local.text.tokenizer.as_ref();
         let mut stream_err = None;
         let mut stopped_by_text = false;
-        let forced_call = self.tools.as_ref().zip(tok).and_then(|(t, tok)| t.forced_call(tok));
-        let grammar = match (a.constraint.grammar()?, forced_call) {
-            (Some(_), Some(_)) => return Err("an output constraint cannot be combined with a required tool call".into()),
-            (g, forced) => g.or(forced),
-        };
+        let grammar = tools::output_grammar(self.tools.as_ref(), tok, a.constraint.grammar()?).map_err(err)?;
         let mut tool_stream = self.tools.as_ref().map(|t| t.stream(tok, a.sampling.seed));
         let mut tool_calls = Vec::new();
-        // A token's text for the output, with any tool call it completes kept aside.
-        let mut split = |id: Option<u32>, piece: &str, calls: &mut Vec<ToolCall>| -> String {
-            let Some(stream) = tool_stream.as_mut() else { return piece.to_string() };
-            let mut shown = String::new();
-            let events = match id {
-                Some(id) => stream.push_token(id, piece),
-                None => stream.finish(),
-            };
-            for event in events {
-                match event {
-                    ToolEvent::Text(t) => shown.push_str(&t),
-                    ToolEvent::Call(c) => calls.push(c),
-                }
-            }
-            shown
-        };
         let print_calls = |calls: &[ToolCall]| {
             for c in calls {
                 println!("[tool call {} {}]", c.name, c.arguments);
@@ -514,8 +494,11 @@ impl Job for GenerateJob<'_> {
             let Some(tok) = tok else { return true };
             match stream.push(tok, id) {
                 Ok(piece) => {
-                    let mut calls = Vec::new();
-                    let piece = split(Some(id), &piece, &mut calls);
+                    // The reply's text for the output, with any tool call it completes kept aside.
+                    let (piece, mut calls) = match tool_stream.as_mut() {
+                        Some(s) => ToolEvent::split(s.push_token(id, &piece)),
+                        None => (piece, Vec::new()),
+                    };
                     text.push_str(&piece);
                     if !a.json {
                         let _ = write!(stdout, "{piece}");
@@ -533,9 +516,8 @@ impl Job for GenerateJob<'_> {
         if let Some(e) = stream_err {
             return Err(e.to_string());
         }
-        if self.tools.is_some() {
-            let mut calls = Vec::new();
-            let rest = split(None, "", &mut calls);
+        if let Some(s) = tool_stream.as_mut() {
+            let (rest, mut calls) = ToolEvent::split(s.finish());
             text.push_str(&rest);
             if !a.json {
                 print!("{rest}");
@@ -572,10 +554,7 @@ impl Job for GenerateJob<'_> {
                 "device_reason": device_reason,
             });
             if self.tools.is_some() {
-                obj["tool_calls"] = tools::assistant_message("", &tool_calls)["tool_calls"].take();
-                if obj["tool_calls"].is_null() {
-                    obj["tool_calls"] = json!([]);
-                }
+                obj["tool_calls"] = tool_calls.iter().map(ToolCall::to_openai).collect();
             }
             if a.logprobs.is_some() {
                 obj["logprobs"] = json!({ "content": out.logprobs.iter().map(|l| l.entry(tok)).collect::<Vec<_>>() });

@@ -93,6 +93,13 @@ pub struct ToolCall {
     pub arguments: String,
 }
 
+impl ToolCall {
+    /// The call in OpenAI's shape (`message.tool_calls` entries).
+    pub fn to_openai(&self) -> Json {
+        json!({"id": self.id, "type": "function", "function": {"name": self.name, "arguments": self.arguments}})
+    }
+}
+
 /// The tools of one request, checked.
 #[derive(Debug, Clone)]
 pub struct Tools {
@@ -368,6 +375,20 @@ enum State {
     Rest,
 }
 
+impl ToolEvent {
+    /// Events as the text they release and the calls they complete, each in order.
+    pub fn split(events: Vec<ToolEvent>) -> (String, Vec<ToolCall>) {
+        let (mut text, mut calls) = (String::new(), Vec::new());
+        for e in events {
+            match e {
+                ToolEvent::Text(t) => text.push_str(&t),
+                ToolEvent::Call(c) => calls.push(c),
+            }
+        }
+        (text, calls)
+    }
+}
+
 /// Follows a reply as it is generated: text is released as it comes (all but a tail that
 /// could still become a call marker, and whitespace until something follows it), each call
 /// once complete. Text that looked like a call but does not parse is released as text.
@@ -564,19 +585,22 @@ fn mistral_named_calls(body: &str) -> Option<Vec<Json>> {
     Some(out)
 }
 
+/// A request's output constraint: the one it asks for, or the call its `tool_choice` requires
+/// (`forced_call`); both at once is an error.
+pub fn output_grammar(tools: Option<&ToolPrompt>, tokenizer: Option<&TextTokenizer>, requested: Option<Grammar>) -> Result<Option<Grammar>> {
+    let forced = tools.zip(tokenizer).and_then(|(t, tok)| t.forced_call(tok));
+    match (requested, forced) {
+        (Some(_), Some(_)) => Err(bad("an output constraint (response format) cannot be combined with a required tool call")),
+        (requested, forced) => Ok(requested.or(forced)),
+    }
+}
+
 /// A whole reply's text and calls.
 pub fn parse_reply(prompt: &ToolPrompt, reply: &str) -> (String, Vec<ToolCall>) {
     let mut stream = prompt.stream(None, 0);
     let mut events = stream.push(reply);
     events.extend(stream.finish());
-    let (mut text, mut calls) = (String::new(), Vec::new());
-    for e in events {
-        match e {
-            ToolEvent::Text(t) => text.push_str(&t),
-            ToolEvent::Call(c) => calls.push(c),
-        }
-    }
-    (text, calls)
+    ToolEvent::split(events)
 }
 
 /// The assistant message a reply makes, as OpenAI's API returns it and templates take it back.
@@ -585,8 +609,7 @@ pub fn assistant_message(text: &str, calls: &[ToolCall]) -> Json {
     m.insert("role".into(), json!("assistant"));
     m.insert("content".into(), if text.is_empty() && !calls.is_empty() { Json::Null } else { json!(text) });
     if !calls.is_empty() {
-        let calls: Vec<Json> = calls.iter().map(|c| json!({"id": c.id, "type": "function", "function": {"name": c.name, "arguments": c.arguments}})).collect();
-        m.insert("tool_calls".into(), Json::Array(calls));
+        m.insert("tool_calls".into(), calls.iter().map(ToolCall::to_openai).collect());
     }
     Json::Object(m)
 }

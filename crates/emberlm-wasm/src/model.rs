@@ -16,7 +16,7 @@ use emberlm_models::safetensors::SafetensorsStore;
 use emberlm_models::source::{checked_end, ByteSource, SourceError};
 use emberlm_models::text::TextSetup;
 use emberlm_models::tokenizer::StreamDecoder;
-use emberlm_models::tools::{ToolCall, ToolEvent, ToolPrompt};
+use emberlm_models::tools::{self, ToolCall, ToolEvent, ToolPrompt};
 use emberlm_models::weights::GgufStore;
 use emberlm_models::{
     generate_constrained, Backend, CpuDevice, GenerateOptions, Generation, LoadOptions, LogprobEntry, Model, ModelConfig, SamplingOptions, Session,
@@ -614,35 +614,13 @@ impl EmberModel {
             logprobs: o.logprobs,
         };
         let tools = self.tool_prompt(o.tools.as_ref())?;
-        let forced_call = match (&tools, self.text.tokenizer.as_ref()) {
-            (Some(t), Some(tok)) => t.forced_call(tok),
-            _ => None,
-        };
-        let grammar = match (o.grammar, forced_call) {
-            (Some(_), Some(_)) => return Err(js_err("a response format cannot be combined with a required tool call")),
-            (Some(g), None) => Some(g.into()),
-            (None, forced) => forced,
-        };
+        let grammar = tools::output_grammar(tools.as_ref(), self.text.tokenizer.as_ref(), o.grammar.map(Grammar::from)).map_err(js_err)?;
         let mut constraint = match grammar {
             Some(grammar) => Some(self.constrainer()?.start(&grammar).map_err(js_err)?),
             None => None,
         };
         let mut tool_stream = tools.as_ref().map(|t| t.stream(self.text.tokenizer.as_ref(), o.seed));
         let mut tool_calls = Vec::new();
-        // A token's text and the calls it completes, as `onToken` gets them: the reply's text
-        // goes out as it comes, a call once whole (its syntax never shows as text).
-        let mut split = |id: u32, piece: String, calls: &mut Vec<ToolCall>| -> String {
-            let Some(stream) = tool_stream.as_mut() else { return piece };
-            let events = if id == u32::MAX { stream.finish() } else { stream.push_token(id, &piece) };
-            let mut text = String::new();
-            for e in events {
-                match e {
-                    ToolEvent::Text(t) => text.push_str(&t),
-                    ToolEvent::Call(c) => calls.push(c),
-                }
-            }
-            text
-        };
         let call_js = |f: &js_sys::Function, id: JsValue, piece: &str, entry: Option<&JsValue>, calls: &[ToolCall]| {
             let args = js_sys::Array::of3(&id, &JsValue::from_str(piece), entry.unwrap_or(&JsValue::UNDEFINED));
             if !calls.is_empty() {
@@ -665,8 +643,12 @@ impl EmberModel {
                     self.runner.set_profiling(true);
                 }
                 let piece = self.text.tokenizer.as_ref().and_then(|t| stream.push(t, id).ok()).unwrap_or_default();
-                let mut calls = Vec::new();
-                let piece = split(id, piece, &mut calls);
+                // The reply's text goes out as it comes, a call once whole (its syntax never
+                // shows as text).
+                let (piece, mut calls) = match tool_stream.as_mut() {
+                    Some(s) => ToolEvent::split(s.push_token(id, &piece)),
+                    None => (piece, Vec::new()),
+                };
                 text.push_str(&piece);
                 let entry = logprobs.map(|l| {
                     let entry = l.entry(self.text.tokenizer.as_ref());
@@ -688,9 +670,8 @@ impl EmberModel {
         }
         let out = result?;
         // What the tool-call parser still held: text or calls, handed on as one last piece.
-        if tools.is_some() {
-            let mut calls = Vec::new();
-            let piece = split(u32::MAX, String::new(), &mut calls);
+        if let Some(s) = tool_stream.as_mut() {
+            let (piece, mut calls) = ToolEvent::split(s.finish());
             if !piece.is_empty() || !calls.is_empty() {
                 text.push_str(&piece);
                 if let Some(f) = &on_token {
