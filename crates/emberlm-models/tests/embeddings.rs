@@ -104,3 +104,33 @@ fn pooling_configs_are_read_or_refused() {
         assert!(e.contains(named), "{key}: {e}");
     }
 }
+
+/// A hostile modules.json: module folders that leave the model directory, or a projection far
+/// larger than any real one, are errors before anything outside or oversized is read.
+#[test]
+fn hostile_sentence_transformers_modules_are_refused() {
+    let src = fixture("gemma-embedding");
+    let dir = std::env::temp_dir().join(format!("emberlm-hostile-modules-{}", std::process::id()));
+    std::fs::create_dir_all(dir.join("2_Dense")).unwrap();
+    for f in ["config.json", "model.safetensors", "tokenizer.json", "tokenizer_config.json"] {
+        std::fs::copy(src.join(f), dir.join(f)).unwrap();
+    }
+    std::fs::create_dir_all(dir.join("1_Pooling")).unwrap();
+    std::fs::copy(src.join("1_Pooling/config.json"), dir.join("1_Pooling/config.json")).unwrap();
+    let modules = |dense_path: &str| {
+        serde_json::json!([
+            {"type": "sentence_transformers.models.Transformer", "path": ""},
+            {"type": "sentence_transformers.models.Pooling", "path": "1_Pooling"},
+            {"type": "sentence_transformers.models.Dense", "path": dense_path},
+        ])
+    };
+    for (path, named) in [("../gemma-embedding/2_Dense", "not a folder name"), ("/etc", "not a folder name"), ("2_Dense", "dense projection may hold")] {
+        std::fs::write(dir.join("modules.json"), modules(path).to_string()).unwrap();
+        // An oversized (sparse) weights file in the plain folder: refused by its size, unread.
+        let big = std::fs::File::create(dir.join("2_Dense/model.safetensors")).unwrap();
+        big.set_len(1 << 40).unwrap();
+        let e = LocalModel::open(&dir).err().unwrap_or_else(|| panic!("{path}: accepted")).to_string();
+        assert!(e.contains(named), "{path}: {e}");
+    }
+    std::fs::remove_dir_all(&dir).ok();
+}
