@@ -33,22 +33,29 @@ export function loadAndGenerate(page, { repo, hubUrl, prompt, maxTokens, options
 
 /**
  * Runs the check in `page` on `repo` (engine options `options` on top of the mock Hub and a
- * 128-token context) and returns what the tests assert on.
+ * 256-token context) and returns what the tests assert on.
  */
 export function streamAbortUnload(page, { repo, hubUrl, options = {} }) {
   return page.evaluate(
     async ({ repo, hubUrl, options }) => {
-      const engine = await window.emberlm.createEngine(repo, { hub: hubUrl, context: 128, ...options });
+      const engine = await window.emberlm.createEngine(repo, { hub: hubUrl, context: 256, ...options });
       const messages = [{ role: 'user', content: 'Hello world, this is a tiny model.' }];
       const full = [];
       for await (const c of await engine.chat.completions.create({ messages, stream: true, max_tokens: 12, temperature: 0 })) full.push(c);
-      const ctl = new AbortController();
-      const cut = [];
       // Aborted at the first chunk: on the CPU backend this tiny model makes a token in well
       // under a millisecond, so the abort must not wait for a later chunk to reach the worker.
-      for await (const c of await engine.chat.completions.create({ messages, stream: true, max_tokens: 90, temperature: 0 }, { signal: ctl.signal })) {
-        cut.push(c);
-        if (cut.length === 1) ctl.abort();
+      // On a loaded 2-core machine the page's thread may still not run before the whole reply
+      // is made: up to three tries, each with room for 200 tokens.
+      let cut = [];
+      let tries = 0;
+      while (tries < 3 && cut.at(-1)?.choices[0].finish_reason !== 'abort') {
+        tries += 1;
+        cut = [];
+        const ctl = new AbortController();
+        for await (const c of await engine.chat.completions.create({ messages, stream: true, max_tokens: 200, ignore_eos: true, temperature: 0 }, { signal: ctl.signal })) {
+          cut.push(c);
+          if (cut.length === 1) ctl.abort();
+        }
       }
       const after = await engine.chat.completions.create({ messages, max_tokens: 12, temperature: 0 });
       await engine.unload();
@@ -67,6 +74,7 @@ export function streamAbortUnload(page, { repo, hubUrl, options = {} }) {
         firstRole: full[0].choices[0].delta.role,
         cutFinish: cut.at(-1).choices[0].finish_reason,
         cutTokens: cut.at(-1).usage.completion_tokens,
+        tries,
         after: after.choices[0].message.content,
         unloaded,
       };
@@ -81,8 +89,8 @@ export function assertStreamAbortUnload(assert, r) {
   assert.equal(r.fullFinish, 'length');
   assert.equal(r.usage.completion_tokens, 12);
   assert.ok(r.usage.extra.time_to_first_token_ms > 0);
-  assert.equal(r.cutFinish, 'abort');
-  assert.ok(r.cutTokens < 90, `stopped after ${r.cutTokens} tokens`);
+  assert.equal(r.cutFinish, 'abort', `${r.tries} tries`);
+  assert.ok(r.cutTokens < 100, `stopped after ${r.cutTokens} of 200 tokens`);
   assert.equal(r.after, r.fullText, 'the next request after an abort is unaffected');
   assert.equal(r.unloaded, 'unloaded');
 }
