@@ -72,11 +72,17 @@ pub fn cos_sin(inv_freq: &[f32], positions: usize, attention_factor: f32) -> Vec
 }
 
 impl RopeTable {
+    /// No frequencies: a table that rotates nothing (NoPE layers), `rope_kv_append` then only
+    /// copies k and v into the cache.
     pub fn new(dev: &GpuDevice, inv_freq: &[f32], positions: usize, attention_factor: f32) -> Result<Self> {
-        if inv_freq.is_empty() || positions == 0 {
-            return Err(Error::InvalidArgument("a rope table needs at least one frequency and one position".into()));
+        if positions == 0 {
+            return Err(Error::InvalidArgument("a rope table needs at least one position".into()));
         }
-        let values = cos_sin(inv_freq, positions, attention_factor);
+        let mut values = cos_sin(inv_freq, positions, attention_factor);
+        if values.is_empty() {
+            // Never read (no pair is rotated), but a binding cannot be empty.
+            values = vec![1.0, 0.0];
+        }
         let gpu = Tensor::from_f32(dev, "rope cos/sin", &[values.len()], &values)?;
         Ok(Self { rot_dims: inv_freq.len() * 2, positions, gpu })
     }

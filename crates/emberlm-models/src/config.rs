@@ -26,6 +26,8 @@ pub enum Architecture {
     Gemma2,
     /// Gemma 3 text: Gemma 2 without soft-caps, plus q/k norms and local/global RoPE.
     Gemma3,
+    /// SmolLM3: Llama with NoPE layers (no RoPE on every 4th layer by default).
+    SmolLM3,
 }
 
 /// `(config.json model_type, GGUF general.architecture, architecture)`.
@@ -37,10 +39,11 @@ const NAMES: &[(&str, &str, Architecture)] = &[
     ("phi3", "phi3", Architecture::Phi3),
     ("gemma2", "gemma2", Architecture::Gemma2),
     ("gemma3_text", "gemma3", Architecture::Gemma3),
+    ("smollm3", "smollm3", Architecture::SmolLM3),
 ];
 
 fn supported_list() -> String {
-    "llama, mistral, qwen2, qwen3, phi3, gemma2, gemma3 (gemma3_text)".to_string()
+    "llama, mistral, qwen2, qwen3, phi3, gemma2, gemma3 (gemma3_text), smollm3".to_string()
 }
 
 impl Architecture {
@@ -75,6 +78,12 @@ impl Architecture {
     /// Gemma's extra norms on the attention and MLP outputs before they join the residual.
     pub fn has_post_norms(self) -> bool {
         self.is_gemma()
+    }
+
+    /// Which layers rotate q and k when the model does not list them: all but SmolLM3's every
+    /// `period`-th (its NoPE layers; llama.cpp hard-codes period 4 and GGUF stores none).
+    fn default_layer_rope(self, layers: usize, period: usize) -> Vec<bool> {
+        (0..layers).map(|i| self != Self::SmolLM3 || (i + 1) % period.max(1) != 0).collect()
     }
 }
 
@@ -142,6 +151,8 @@ pub struct ModelConfig {
     pub rope_layout: RopeLayout,
     /// Sliding window per layer in positions, 0 for full attention.
     pub layer_windows: Vec<usize>,
+    /// Per layer: whether q and k are rotated (false: a NoPE layer, positions only implicit).
+    pub layer_rope: Vec<bool>,
     pub attn_scale: f32,
     pub attn_softcap: f32,
     pub final_softcap: f32,
@@ -217,6 +228,7 @@ impl ModelConfig {
             "gemma2" => Architecture::Gemma2,
             // llama.cpp's name for EmbeddingGemma: Gemma 3 with bidirectional attention.
             "gemma3" | "gemma-embedding" => Architecture::Gemma3,
+            "smollm3" => Architecture::SmolLM3,
             other => return Err(Architecture::unsupported(other)),
         };
         let key = |k: &str| format!("{arch_name}.{k}");
@@ -288,8 +300,10 @@ impl ModelConfig {
             rope,
             // llama.cpp permutes llama-arch Q/K rows so that its "normal" RoPE rotates adjacent
             // pairs; the interleaved rotation on those rows equals HF's rotate_half on the originals.
-            rope_layout: if arch == Architecture::Llama { RopeLayout::Interleaved } else { RopeLayout::Neox },
+            // SmolLM3 goes through the same converter code as Llama.
+            rope_layout: if matches!(arch, Architecture::Llama | Architecture::SmolLM3) { RopeLayout::Interleaved } else { RopeLayout::Neox },
             layer_windows,
+            layer_rope: arch.default_layer_rope(layers, 4),
             attn_scale,
             attn_softcap: optf("attn_logit_softcapping").unwrap_or(0.0),
             final_softcap: optf("final_logit_softcapping").unwrap_or(0.0),
@@ -399,6 +413,21 @@ impl ModelConfig {
                 })
                 .collect(),
         };
+        // SmolLM3's `no_rope_layers`: 1 where the layer uses RoPE, 0 for NoPE.
+        let layer_rope = match c.get("no_rope_layers").and_then(Json::as_array) {
+            Some(flags) if arch == Architecture::SmolLM3 => {
+                if flags.len() != layers {
+                    return Err(ModelError::Config(format!("{} no_rope_layers for {layers} layers", flags.len())));
+                }
+                let flag = |f: &Json| match f {
+                    Json::Bool(b) => Some(*b),
+                    Json::Number(n) => n.as_u64().filter(|&v| v <= 1).map(|v| v == 1),
+                    _ => None,
+                };
+                flags.iter().map(|f| flag(f).ok_or_else(|| ModelError::Config(format!("no_rope_layers holds {f}, not 0 or 1")))).collect::<Result<_>>()?
+            }
+            _ => arch.default_layer_rope(layers, usize_of("no_rope_layer_interval").unwrap_or(4)),
+        };
         let act = c.get("hidden_activation").or_else(|| c.get("hidden_act")).and_then(Json::as_str).unwrap_or("silu");
         let activation = match act {
             "silu" | "swish" => Activation::Silu,
@@ -429,6 +458,7 @@ impl ModelConfig {
             rope_local,
             rope_layout: RopeLayout::Neox,
             layer_windows,
+            layer_rope,
             attn_scale: 1.0 / qpas.sqrt(),
             attn_softcap: f32_of("attn_logit_softcapping").unwrap_or(0.0),
             final_softcap: f32_of("final_logit_softcapping").unwrap_or(0.0),
@@ -477,6 +507,26 @@ mod tests {
         assert_eq!(hf("llama", serde_json::json!({})).layer_windows, [0; 7]);
         assert_eq!(hf("qwen2", serde_json::json!({"use_sliding_window": true, "max_window_layers": 5})).layer_windows, [0, 0, 0, 0, 0, 8, 8]);
         assert_eq!(hf("qwen2", serde_json::json!({})).layer_windows, [0; 7]);
+    }
+
+    /// SmolLM3's NoPE layers: listed in `no_rope_layers`, else every `no_rope_layer_interval`-th
+    /// (4 by default, and always 4 in GGUF, as llama.cpp has it); other families rotate every layer.
+    #[test]
+    fn nope_layers() {
+        assert_eq!(hf("smollm3", serde_json::json!({})).layer_rope, [true, true, true, false, true, true, true]);
+        assert_eq!(hf("smollm3", serde_json::json!({"no_rope_layer_interval": 3})).layer_rope, [true, true, false, true, true, false, true]);
+        let listed = hf("smollm3", serde_json::json!({"no_rope_layers": [0, 1, 1, 1, 1, 1, true]}));
+        assert_eq!(listed.layer_rope, [false, true, true, true, true, true, true]);
+        assert_eq!(hf("llama", serde_json::json!({"no_rope_layers": [0, 0, 0, 0, 0, 0, 0]})).layer_rope, [true; 7], "only SmolLM3 reads it");
+        let bad = |flags: Json| {
+            let mut c = serde_json::json!({"model_type": "smollm3", "hidden_size": 64, "num_attention_heads": 4, "num_hidden_layers": 7,
+                "intermediate_size": 128, "vocab_size": 512});
+            c["no_rope_layers"] = flags;
+            ModelConfig::from_hf(&c, None).unwrap_err().to_string()
+        };
+        assert!(bad(serde_json::json!([1, 1])).contains("2 no_rope_layers for 7 layers"));
+        assert!(bad(serde_json::json!([1, 1, 1, 2, 1, 1, 1])).contains("not 0 or 1"));
+        assert!(bad(serde_json::json!([1, 1, 1, "x", 1, 1, 1])).contains("not 0 or 1"));
     }
 
     /// Sizes are checked before anything is allocated by them (2^40 layers aborted the process).

@@ -1,5 +1,5 @@
-//! A decoder-only transformer on emberlm-core, covering Llama, Mistral, Qwen2/3, Phi-3 and
-//! Gemma 2/3 with the switches in [`ModelConfig`]. Weights come from any [`WeightStore`]
+//! A decoder-only transformer on emberlm-core, covering Llama, Mistral, Qwen2/3, Phi-3,
+//! Gemma 2/3 and SmolLM3 with the switches in [`ModelConfig`]. Weights come from any [`WeightStore`]
 //! (GGUF or safetensors). Per layer:
 //!
 //! ```text
@@ -7,6 +7,7 @@
 //! qkv    = normed·[Wq | Wk | Wv]ᵀ (+ biases)               one fused row per token
 //! q, k   = head_rms_norm(q), head_rms_norm(k)             Qwen3, Gemma 3
 //! rope(q heads) in place, rope(k heads) into the cache, v into the cache   one op
+//!                                                         (NoPE layers: no rotation, a copy)
 //! attn   = attention(q, cache)                            causal, per-layer window, soft-cap
 //! out    = attn·Woᵀ;  out = rms_norm(out)                 Gemma's post-attention norm
 //! normed = rms_norm(residual += out)
@@ -88,6 +89,8 @@ pub struct Model<B: Backend = GpuDevice> {
     layers: Vec<Layer<B>>,
     rope: B::Rope,
     rope_local: Option<B::Rope>,
+    /// A table that rotates nothing, for NoPE layers (SmolLM3).
+    rope_none: Option<B::Rope>,
 }
 
 struct Loader<'a, B: Backend> {
@@ -340,8 +343,9 @@ impl<B: Backend> Model<B> {
         let table = |r: &RopeConfig| -> Result<B::Rope> { Ok(dev.rope_table(&r.inv_freq(options.context)?, options.context, r.attention_factor)?) };
         let rope = table(&c.rope)?;
         let rope_local = c.rope_local.as_ref().map(table).transpose()?;
+        let rope_none = if c.layer_rope.contains(&false) { Some(dev.rope_table(&[], options.context, 1.0)?) } else { None };
         let weight_bytes = ld.bytes;
-        Ok(Self { context: options.context, weight_bytes, embed, output, output_norm, layers, rope, rope_local, config })
+        Ok(Self { context: options.context, weight_bytes, embed, output, output_norm, layers, rope, rope_local, rope_none, config })
     }
 }
 
@@ -608,8 +612,9 @@ impl<B: Backend> Session<B> {
                 B::head_rms_norm(plan, &ws.qkv, kn, t, c.kv_heads, c.heads, qkv_w, c.rms_eps, c.norm_offset)?;
             }
             let window = c.layer_windows[i];
-            let rope = match (&m.rope_local, window > 0) {
-                (Some(local), true) => local,
+            let rope = match (&m.rope_none, &m.rope_local) {
+                (Some(none), _) if !c.layer_rope[i] => none,
+                (_, Some(local)) if window > 0 => local,
                 _ => &m.rope,
             };
             B::rope_kv_append(plan, &ws.qkv, rope, c.rope_layout, t, c.heads, c.kv_heads, d, qkv_w, &self.cache.k[i], &self.cache.v[i], pos0)?;

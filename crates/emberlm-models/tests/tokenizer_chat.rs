@@ -88,10 +88,17 @@ fn tiny_gguf_tokenizer_equals_its_tokenizer_json() {
     assert_eq!(gguf_tok.vocab_size(), json_tok.vocab_size());
 }
 
+/// The real chat templates with transformers' renders: tiny/chat_templates.json and SmolLM3's
+/// (with and without `enable_thinking`).
+fn template_fixtures() -> Vec<Value> {
+    let mut all = read_json(&fixtures().join("tiny/chat_templates.json")).unwrap().as_array().unwrap().clone();
+    all.extend(read_json(&fixtures().join("tiny/smollm3/chat_template_cases.json")).unwrap().as_array().unwrap().iter().cloned());
+    all
+}
+
 #[test]
 fn chat_templates_render_like_transformers() {
-    let all = read_json(&fixtures().join("tiny/chat_templates.json")).unwrap();
-    for t in all.as_array().unwrap() {
+    for t in &template_fixtures() {
         let template = ChatTemplate {
             source: t["template"].as_str().unwrap().to_string(),
             bos_token: t["bos_token"].as_str().map(String::from),
@@ -108,12 +115,11 @@ fn chat_templates_render_like_transformers() {
 /// every fixture template renders a 2,000-message, 2 MB conversation.
 #[test]
 fn long_conversations_render_within_the_template_bounds() {
-    let all = read_json(&fixtures().join("tiny/chat_templates.json")).unwrap();
     let turn = "lorem ipsum dolor sit amet ".repeat(38);
     let messages: Vec<Value> =
         (0..2000).map(|i| serde_json::json!({"role": if i % 2 == 0 { "user" } else { "assistant" }, "content": format!("{i}: {turn}")})).collect();
     let messages = Value::Array(messages);
-    for t in all.as_array().unwrap() {
+    for t in &template_fixtures() {
         let template =
             ChatTemplate { source: t["template"].as_str().unwrap().to_string(), bos_token: t["bos_token"].as_str().map(String::from), eos_token: None };
         let got = template.render(&messages, true, Some(&t["extra_context"])).unwrap_or_else(|e| panic!("{}: {e}", t["name"]));
