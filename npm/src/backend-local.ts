@@ -238,7 +238,7 @@ export class LocalBackend implements Backend {
       throwIfAborted(signal);
       const model = this.loaded;
       const ids = await this.guard(
-        () => (input.messages ? model.chatPromptIds(input.messages, input.tools ?? null) : model.promptIds(input.prompt ?? '')),
+        () => (input.messages ? model.chatPromptIds(input.messages, input.tools ?? null, input.templateKwargs ?? null) : model.promptIds(input.prompt ?? '')),
         (e) => new EmberError('bad-request', String(e)),
       );
       const room = model.contextLength - ids.length;

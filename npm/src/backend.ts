@@ -8,6 +8,8 @@ export interface RunInput {
   prompt?: string;
   /** With `messages`: functions offered to the model, and how it must use them. */
   tools?: { tools: Tool[]; tool_choice?: ToolChoice };
+  /** With `messages`: more chat-template variables (`chat_template_kwargs`). */
+  templateKwargs?: Record<string, unknown>;
 }
 
 export interface RunParams {

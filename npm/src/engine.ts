@@ -148,6 +148,13 @@ function toolsOf(r: ChatCompletionRequest): RunInput['tools'] {
   return { tools: r.tools, ...(r.tool_choice !== undefined && r.tool_choice !== null ? { tool_choice: r.tool_choice } : {}) };
 }
 
+/** `chat_template_kwargs`: a plain object (its names are checked against the template's own by the engine). */
+function templateKwargsOf(k: unknown): Record<string, unknown> | undefined {
+  if (k === undefined || k === null) return undefined;
+  if (typeof k !== 'object' || Array.isArray(k)) throw new EmberError('bad-request', 'chat_template_kwargs must be an object, e.g. { enable_thinking: false }');
+  return k as Record<string, unknown>;
+}
+
 /** Either signal aborts the result. */
 function anySignal(a?: AbortSignal, b?: AbortSignal): AbortSignal | undefined {
   if (!a || !b) return a ?? b;
@@ -216,7 +223,8 @@ export class EmberEngine implements Engine {
     const p = params(request);
     const signal = anySignal(request.signal, options?.signal);
     const tools = toolsOf(request);
-    const input: RunInput = { messages: request.messages.map(templateMessage), ...(tools ? { tools } : {}) };
+    const templateKwargs = templateKwargsOf(request.chat_template_kwargs);
+    const input: RunInput = { messages: request.messages.map(templateMessage), ...(tools ? { tools } : {}), ...(templateKwargs ? { templateKwargs } : {}) };
     const id = completionId();
     const created = Math.floor(Date.now() / 1000);
     const model = this.info.model;

@@ -96,6 +96,11 @@ export interface ChatCompletionRequest extends SamplingParams {
   tools?: Tool[];
   /** `required` and a named function are enforced: the reply is a valid call. */
   tool_choice?: ToolChoice;
+  /**
+   * More variables for the model's chat template, as vLLM's and llama-server's
+   * `chat_template_kwargs`: `{ enable_thinking: false }` turns Qwen3's and SmolLM3's thinking off.
+   */
+  chat_template_kwargs?: Record<string, unknown>;
   stream?: boolean;
   /** OpenAI's newer name for `max_tokens`. */
   max_completion_tokens?: number;

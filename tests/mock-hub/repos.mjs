@@ -21,6 +21,8 @@ export function fixtureRepos() {
     // The tiny llama with 60k unused tokens appended to its GGUF vocabulary (fixtures/tiny/
     // make_big_vocab_gguf.mjs): a header as large as a real model's, the llama reference.
     'emberlm-test/tiny-llama-bigvocab-GGUF': { dir: tiny('llama-bigvocab'), files: { 'tiny-llama-bigvocab-F16.gguf': 'model.gguf' } },
+    // SmolLM3 (NoPE layers) as llama.cpp's converter writes it (fixtures/tiny/make_tiny_smollm3.py).
+    'emberlm-test/tiny-smollm3-GGUF': { dir: tiny('smollm3'), files: { 'tiny-smollm3-F16.gguf': 'model.gguf' } },
     // A transformers repo with sharded safetensors.
     'emberlm-test/tiny-llama': {
       dir: tiny('llama'),

@@ -147,6 +147,35 @@ for (const runtime of Object.keys(RUNTIMES)) {
   });
 }
 
+/**
+ * SmolLM3 in Node on WebGPU (Dawn) and on the CPU backend: transformers' greedy tokens (its
+ * NoPE layer included), and `chat_template_kwargs: { enable_thinking: false }` renders the
+ * prompt transformers renders with it (fixtures/tiny/smollm3/chat_template_cases.json).
+ */
+test('node: SmolLM3 (NoPE layers) gives transformers\' tokens on WebGPU and the CPU; chat_template_kwargs reaches its template', async () => {
+  const smol = reference('smollm3').cases[0];
+  const templates = JSON.parse(readFileSync(join(ROOT, 'tests', 'fixtures', 'tiny', 'smollm3', 'chat_template_cases.json'), 'utf8'));
+  const idsOf = (entry) => templates[entry].cases.find((c) => c.messages.length === 2 && c.messages[0].role === 'system' && c.add_generation_prompt).ids;
+  const hub = await startMockHub({ repos: fixtureRepos() });
+  const cacheDir = mkdtempSync(join(tmpdir(), 'emberlm-smollm3-'));
+  dirs.push(cacheDir);
+  try {
+    for (const device of ['webgpu', 'cpu']) {
+      const r = await run('node', [hub.url, 'emberlm-test/tiny-smollm3-GGUF', cacheDir, device, smol.text, String(smol.generated_ids.length)], { script: 'smollm3.mjs' });
+      assert.equal(r.info.architecture, 'smollm3');
+      assert.equal(r.info.device.backend, device);
+      assert.deepEqual(r.tokens, smol.generated_ids, device);
+      assert.equal(r.thinking, idsOf(0).length);
+      assert.equal(r.noThinking, idsOf(1).length);
+      assert.notEqual(r.thinking, r.noThinking);
+      assert.deepEqual(r.refused.map((e) => e?.code), ['bad-request', 'bad-request', 'bad-request'], JSON.stringify(r.refused));
+      assert.match(r.refused[2].message, /may not set `messages`/);
+    }
+  } finally {
+    await hub.close();
+  }
+});
+
 const embedRef = (name) => JSON.parse(readFileSync(join(ROOT, 'tests', 'fixtures', 'tiny', name, 'reference.json'), 'utf8'));
 const cosine = (a, b) => a.reduce((s, x, i) => s + x * b[i], 0) / Math.hypot(...a) / Math.hypot(...b);
 

@@ -218,6 +218,17 @@ struct GenerateArgs {
     /// With --tools: `auto` (default), `none`, `required`, or a function's name (a call of it).
     #[arg(long, value_name = "CHOICE", requires = "tools")]
     tool_choice: Option<String>,
+    /// With --chat: more chat-template variables, a JSON object (a file, or the JSON itself),
+    /// e.g. '{"enable_thinking": false}' for Qwen3 and SmolLM3.
+    #[arg(long, value_name = "JSON", requires = "chat")]
+    chat_template_kwargs: Option<String>,
+}
+
+/// `--chat-template-kwargs`: parsed (the library checks it is an object of free names).
+fn template_kwargs(v: &Option<String>) -> Result<Option<serde_json::Value>> {
+    v.as_deref()
+        .map(|v| serde_json::from_str(&file_or_value(v, "--chat-template-kwargs")?).map_err(|e| format!("--chat-template-kwargs: not JSON (nor a file): {e}")))
+        .transpose()
 }
 
 /// A flag's value, or the contents of the file it names.
@@ -273,6 +284,10 @@ struct ChatArgs {
     sampling: SamplingArgs,
     #[arg(long)]
     system: Option<String>,
+    /// More chat-template variables, a JSON object (a file, or the JSON itself), e.g.
+    /// '{"enable_thinking": false}' for Qwen3 and SmolLM3.
+    #[arg(long, value_name = "JSON")]
+    chat_template_kwargs: Option<String>,
 }
 
 #[derive(Args)]
@@ -439,7 +454,8 @@ fn run_generate(a: GenerateArgs) -> Result<()> {
                 messages.push(json!({"role": "system", "content": s}));
             }
             messages.push(json!({"role": "user", "content": text}));
-            local.text.chat_prompt_ids_with_tools(&json!(messages), tools.as_ref()).map_err(|e| format!("{e}; drop --chat or pass --prompt-ids"))?
+            let kwargs = template_kwargs(&a.chat_template_kwargs)?;
+            local.text.chat_prompt_ids_with(&json!(messages), tools.as_ref(), kwargs.as_ref()).map_err(|e| format!("{e}; drop --chat or pass --prompt-ids"))?
         }
         (None, Some(text)) => local.text.prompt_ids(text, local.config.bos_token_id).map_err(|e| format!("{e}; pass --prompt-ids"))?,
         (None, None) => return Err("give --prompt, --prompt-file or --prompt-ids".into()),
@@ -641,6 +657,8 @@ impl Job for &ChatArgs {
         if let Some(s) = &a.system {
             messages.push(json!({"role": "system", "content": s}));
         }
+        let kwargs = template_kwargs(&a.chat_template_kwargs)?;
+        let render = |messages: &[serde_json::Value]| local.text.chat_prompt_ids_with(&json!(messages), None, kwargs.as_ref()).map_err(err);
         let mut session = Session::new(dev, model).map_err(err)?;
         let stdin = std::io::stdin();
         let mut stdout = std::io::stdout();
@@ -658,10 +676,10 @@ impl Job for &ChatArgs {
             // reply of a quarter of the context.
             let room = (model.context / 4).clamp(1, a.sampling.max_new_tokens.max(1));
             let first_turn = usize::from(a.system.is_some());
-            let mut ids = local.text.chat_prompt_ids(&json!(messages)).map_err(err)?;
+            let mut ids = render(&messages)?;
             while ids.len() + room > model.context && messages.len() > first_turn + 1 {
                 messages.drain(first_turn..(first_turn + 2).min(messages.len() - 1));
-                ids = local.text.chat_prompt_ids(&json!(messages)).map_err(err)?;
+                ids = render(&messages)?;
                 eprintln!("[the conversation outgrew the {}-token context: the oldest turn was dropped]", model.context);
             }
             if ids.len() >= model.context {

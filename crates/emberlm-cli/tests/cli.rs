@@ -449,3 +449,39 @@ fn generate_with_an_output_constraint() {
         assert!(!out.status.success() && err.contains(named), "{args:?}: {err}");
     }
 }
+
+/// `--chat-template-kwargs` reaches the template: SmolLM3's with `enable_thinking` false gives
+/// transformers' ids for the same conversation (fixtures/tiny/smollm3/chat_template_cases.json),
+/// without it the thinking render's; a non-object or a variable the renderer sets is an error.
+#[test]
+fn generate_with_chat_template_kwargs() {
+    let dir = fixture("smollm3");
+    let cases: Value = serde_json::from_str(&std::fs::read_to_string(dir.join("chat_template_cases.json")).unwrap()).unwrap();
+    let want = |entry: usize| {
+        let case = cases[entry]["cases"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|c| c["messages"].as_array().unwrap().len() == 2 && c["messages"][0]["role"] == "system" && c["add_generation_prompt"] == true)
+            .unwrap();
+        assert_eq!(case["messages"][1]["content"], "Name a colour.");
+        case["ids"].clone()
+    };
+    let model = dir.to_str().unwrap();
+    let run = |extra: &[&str]| {
+        let base = ["generate", "--model", model, "--chat", "--system", "  You are terse.  ", "--prompt", "Name a colour.", "-n", "1", "--json"];
+        emberlm(&[&base[..], extra].concat())
+    };
+    for (extra, entry) in [(&[][..], 0), (&["--chat-template-kwargs", r#"{"enable_thinking": false}"#][..], 1)] {
+        let out = run(extra);
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        let got: Value = serde_json::from_slice(&out.stdout).unwrap();
+        assert_eq!(got["prompt_ids"], want(entry), "{extra:?}");
+    }
+    assert_ne!(want(0), want(1));
+    for (kwargs, named) in [("[1]", "must be an object"), (r#"{"messages": []}"#, "may not set `messages`"), ("{bad", "--chat-template-kwargs")] {
+        let out = run(&["--chat-template-kwargs", kwargs]);
+        assert!(!out.status.success());
+        assert!(String::from_utf8_lossy(&out.stderr).contains(named), "{}", String::from_utf8_lossy(&out.stderr));
+    }
+}

@@ -97,16 +97,19 @@ impl TextSetup {
     /// Token ids of `messages` (`[{role, content}]`) rendered with the chat template and a
     /// generation prompt; the template writes any BOS itself.
     pub fn chat_prompt_ids(&self, messages: &Json) -> Result<Vec<u32>> {
-        self.chat_prompt_ids_with_tools(messages, None)
+        self.chat_prompt_ids_with(messages, None, None)
     }
 
     /// As [`TextSetup::chat_prompt_ids`], with tools offered to the model ([`ToolPrompt`]);
-    /// calls and results in `messages` may be in OpenAI's shape either way.
-    pub fn chat_prompt_ids_with_tools(&self, messages: &Json, tools: Option<&ToolPrompt>) -> Result<Vec<u32>> {
+    /// calls and results in `messages` may be in OpenAI's shape either way. `template_kwargs`
+    /// (a JSON object, as vLLM's and llama-server's `chat_template_kwargs`) adds variables to
+    /// the template, such as `{"enable_thinking": false}` for Qwen3 and SmolLM3.
+    pub fn chat_prompt_ids_with(&self, messages: &Json, tools: Option<&ToolPrompt>, template_kwargs: Option<&Json>) -> Result<Vec<u32>> {
         let template = self.chat_template()?;
+        let extra = template_kwargs.map(check_template_kwargs).transpose()?;
         let prompt = match tools {
-            Some(tools) => tools.render(template, messages, true, None)?,
-            None => template.render(&messages_for(template, messages), true, None)?,
+            Some(tools) => tools.render(template, messages, true, extra)?,
+            None => template.render(&messages_for(template, messages), true, extra)?,
         };
         self.tokenizer()?.encode(&prompt)
     }
@@ -115,4 +118,19 @@ impl TextSetup {
     pub fn tool_prompt(&self, tools: &Json, tool_choice: &Json) -> Result<Option<ToolPrompt>> {
         Ok(ToolPrompt::new(self.chat_template()?, Tools::new(tools, tool_choice)?))
     }
+}
+
+/// Variables the renderer sets itself: a request may not replace them.
+const RESERVED_TEMPLATE_VARIABLES: &[&str] = &["messages", "add_generation_prompt", "bos_token", "eos_token", "tools"];
+
+/// `chat_template_kwargs` as the template gets them: an object that names no variable the
+/// renderer sets (`tools` comes with the request's tools, the others from the model).
+fn check_template_kwargs(kwargs: &Json) -> Result<&Json> {
+    let Json::Object(map) = kwargs else {
+        return Err(ModelError::ChatTemplate(format!("chat_template_kwargs must be an object, not {kwargs}")));
+    };
+    if let Some(k) = map.keys().find(|k| RESERVED_TEMPLATE_VARIABLES.contains(&k.as_str())) {
+        return Err(ModelError::ChatTemplate(format!("chat_template_kwargs may not set `{k}`: the request or the model gives it")));
+    }
+    Ok(kwargs)
 }

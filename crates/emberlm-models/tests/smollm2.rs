@@ -185,7 +185,7 @@ fn a_required_tool_call_carries_the_question_s_facts() {
     let prompt = text.tool_prompt(&tools, &serde_json::json!("required")).unwrap().unwrap();
     assert!(!prompt.native);
     let mut messages = serde_json::json!([{"role": "user", "content": "What is the weather like in Lisbon today?"}]);
-    let ids = text.chat_prompt_ids_with_tools(&messages, Some(&prompt)).unwrap();
+    let ids = text.chat_prompt_ids_with(&messages, Some(&prompt), None).unwrap();
     let constrainer = Constrainer::new(tok, model.config.eos_token_ids[0]).unwrap();
     let mut constraint = constrainer.start(&prompt.forced_call(tok).unwrap()).unwrap();
     let opts = GenerateOptions { max_new_tokens: 80, stop_tokens: model.config.eos_token_ids.clone(), ..Default::default() };
@@ -199,7 +199,7 @@ fn a_required_tool_call_carries_the_question_s_facts() {
     messages.as_array_mut().unwrap().push(assistant_message("", std::slice::from_ref(call)));
     messages.as_array_mut().unwrap().push(serde_json::json!({"role": "tool", "tool_call_id": call.id, "content": "{\"temp_c\": 19, \"sky\": \"sunny\"}"}));
     let auto = text.tool_prompt(&tools, &serde_json::Value::Null).unwrap().unwrap();
-    let ids = text.chat_prompt_ids_with_tools(&messages, Some(&auto)).unwrap();
+    let ids = text.chat_prompt_ids_with(&messages, Some(&auto), None).unwrap();
     let rendered = tok.decode(&ids, false).unwrap();
     assert!(rendered.contains("<tool_call>\n{\"name\":\"get_weather\"") && rendered.contains("<tool_response>\n{\"temp_c\": 19"), "{rendered}");
     let mut session = Session::new(&dev, &model).unwrap();

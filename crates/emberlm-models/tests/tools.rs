@@ -117,7 +117,7 @@ fn templates_without_tools_get_them_in_a_system_prompt() {
     let setup =
         TextSetup::from_hf(Some(&std::fs::read(fixtures().join("tokenizer.json")).unwrap()), Some(&json!({"chat_template": CHATML})), None, &mut config)
             .unwrap();
-    let ids = setup.chat_prompt_ids_with_tools(&messages, None).unwrap();
+    let ids = setup.chat_prompt_ids_with(&messages, None, None).unwrap();
     let text = setup.tokenizer().unwrap().decode(&ids, false).unwrap();
     assert!(text.starts_with("<|im_start|>user\nWeather in Paris and 2+3?<|im_end|>\n<|im_start|>assistant\n<tool_call>\n{\"name\":\"get_weather\""), "{text}");
 }
@@ -261,7 +261,7 @@ fn forced_tool_calls_hold_on_a_random_model() {
     for (choice, seeds) in [(json!("required"), 0..6u64), (json!({"type": "function", "function": {"name": "add"}}), 0..3)] {
         let prompt = setup.tool_prompt(&tools, &choice).unwrap().unwrap();
         assert_eq!(prompt.syntax, ToolSyntax::Hermes);
-        let ids = setup.chat_prompt_ids_with_tools(&messages, Some(&prompt)).unwrap();
+        let ids = setup.chat_prompt_ids_with(&messages, Some(&prompt), None).unwrap();
         let Some(Grammar::Lark(lark)) = prompt.forced_call(tok) else { panic!("no grammar for {choice}") };
         for seed in seeds {
             let sampling = SamplingOptions { temperature: 1.0, seed, ..Default::default() };

@@ -534,12 +534,14 @@ impl EmberModel {
     }
 
     /// Token ids of `messages` rendered with the chat template and a generation prompt (the
-    /// template writes any BOS itself); `tools`: `{tools, tool_choice}` offered to the model.
+    /// template writes any BOS itself); `tools`: `{tools, tool_choice}` offered to the model;
+    /// `templateKwargs`: more template variables (`{enable_thinking: false}`), or undefined.
     #[wasm_bindgen(js_name = chatPromptIds)]
-    pub fn chat_prompt_ids(&self, messages: JsValue, tools: JsValue) -> Result<Vec<u32>, JsValue> {
+    pub fn chat_prompt_ids(&self, messages: JsValue, tools: JsValue, template_kwargs: JsValue) -> Result<Vec<u32>, JsValue> {
         let messages: serde_json::Value = serde_wasm_bindgen::from_value(messages)?;
         let tools = self.tool_prompt(from_js_opt(tools)?.as_ref())?;
-        self.text.chat_prompt_ids_with_tools(&messages, tools.as_ref()).map_err(js_err)
+        let kwargs: Option<serde_json::Value> = from_js_opt(template_kwargs)?;
+        self.text.chat_prompt_ids_with(&messages, tools.as_ref(), kwargs.as_ref()).map_err(js_err)
     }
 
     fn tool_prompt(&self, tools: Option<&JsTools>) -> Result<Option<ToolPrompt>, JsValue> {
