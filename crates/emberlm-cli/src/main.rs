@@ -853,7 +853,9 @@ impl Job for &BenchArgs {
             }
             let ((r, r_sd), (ms, ms_sd)) = (mean_sd(&rates), mean_sd(&costs));
             println!("| {name} | {} | {size} | tg (JSON object, constrained) | {r:.2} ± {r_sd:.2} |", c.arch.name());
-            println!("the constraint took {ms:.3} ± {ms_sd:.3} ms per token (mask + state update, on the CPU)");
+            println!(
+                "the constraint took {ms:.3} ± {ms_sd:.3} ms per token (mask + state update, on the CPU; the mask is computed while the backend runs the step)"
+            );
         }
         if !tg.is_empty() {
             // The physical yardstick: decode streams the weights once per token, so its

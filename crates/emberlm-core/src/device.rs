@@ -294,10 +294,26 @@ impl GpuDevice {
     /// and asks for the staging buffer's mapping, without waiting: [`GpuDevice::finish_read`]
     /// waits. Work submitted in between runs while the read-back travels (a decode step queued
     /// behind the one whose token is read).
-    pub fn submit_with_read(&self, mut encoder: wgpu::CommandEncoder, src: &wgpu::Buffer, offset: u64, size: u64) -> Result<PendingRead> {
+    pub fn submit_with_read(&self, encoder: wgpu::CommandEncoder, src: &wgpu::Buffer, offset: u64, size: u64) -> Result<PendingRead> {
+        self.submit_with_reads(encoder, &[(src, offset, size)])
+    }
+
+    /// [`GpuDevice::submit_with_read`] of several `(buffer, offset, size)` ranges (offsets and
+    /// sizes multiples of 4) into one staging buffer, read back as their bytes end to end: one
+    /// round trip for a step's token and its logits.
+    pub fn submit_with_reads(&self, mut encoder: wgpu::CommandEncoder, ranges: &[(&wgpu::Buffer, u64, u64)]) -> Result<PendingRead> {
+        let size: u64 = ranges.iter().map(|r| r.2).sum();
         let padded = size.next_multiple_of(4);
-        let staging = self.pooled_buffer("read-back staging", padded, wgpu::BufferUsages::MAP_READ | wgpu::BufferUsages::COPY_DST)?;
-        encoder.copy_buffer_to_buffer(src, offset, &staging, 0, padded);
+        if ranges.iter().any(|&(_, offset, size)| offset % 4 != 0 || (size % 4 != 0 && ranges.len() > 1)) {
+            return Err(Error::InvalidArgument("read-back ranges must be 4-byte aligned".into()));
+        }
+        let staging = self.pooled_buffer("read-back staging", padded.max(4), wgpu::BufferUsages::MAP_READ | wgpu::BufferUsages::COPY_DST)?;
+        let mut at = 0;
+        for &(src, offset, size) in ranges {
+            let copied = size.next_multiple_of(4);
+            encoder.copy_buffer_to_buffer(src, offset, &staging, at, copied);
+            at += copied;
+        }
         let submission = self.queue.submit([encoder.finish()]);
         let mapped = request_map(staging.slice(..padded));
         Ok(PendingRead { staging, size, padded, submission, mapped })

@@ -329,7 +329,13 @@ impl Executable {
     /// Like [`Executable::run`], and the same submission copies `size` bytes of `src` (the
     /// step's token) out for a read-back that is not waited for here.
     pub fn run_with_read(&mut self, dev: &GpuDevice, src: &wgpu::Buffer, offset: u64, size: u64) -> Result<PendingRead> {
-        self.submit(dev, |dev, encoder| dev.submit_with_read(encoder, src, offset, size))
+        self.run_with_reads(dev, &[(src, offset, size)])
+    }
+
+    /// [`Executable::run_with_read`] of several ranges, read back end to end in one round trip
+    /// ([`GpuDevice::submit_with_reads`]).
+    pub fn run_with_reads(&mut self, dev: &GpuDevice, ranges: &[(&wgpu::Buffer, u64, u64)]) -> Result<PendingRead> {
+        self.submit(dev, |dev, encoder| dev.submit_with_reads(encoder, ranges))
     }
 
     /// Encodes the step and hands the encoder to `submit`; while profiling, counts both as the

@@ -45,8 +45,9 @@ pub trait Backend {
     /// What a session keeps from one decode step to the next so the next one costs less to
     /// set up (WebGPU: the executable with its bind groups).
     type StepCache: Default;
-    /// A step's token on its way back to the CPU ([`Backend::submit`]).
-    type PendingToken;
+    /// A submitted step's token (and logits, if asked for) on their way back to the CPU
+    /// ([`Backend::submit`]).
+    type PendingStep;
 
     fn kind(&self) -> BackendKind;
     /// One line naming the backend and what runs it (adapter, threads, SIMD level).
@@ -179,16 +180,22 @@ pub trait Backend {
         cache: &mut Self::StepCache,
         next: &Self::Tensor,
         logits: Option<&Self::Tensor>,
-    ) -> Result<(u32, Option<Vec<f32>>)>;
+    ) -> Result<(u32, Option<Vec<f32>>)> {
+        let pending = self.submit(pass, cache, next, logits)?;
+        self.finish(pending).await
+    }
 
     /// Whether a step submitted behind another runs while the first one's token is read back,
     /// so greedy decoding gains by queueing the next step first (WebGPU); the CPU backend runs
     /// each step when it is submitted, so queueing ahead would only waste a step at the end.
     fn overlaps_steps(&self) -> bool;
-    /// Finishes the step like [`Backend::run`] without waiting for its token.
-    fn submit<'a>(&'a self, pass: Self::Pass<'a>, cache: &mut Self::StepCache, next: &Self::Tensor) -> Result<Self::PendingToken>;
-    /// Waits for a submitted step's token.
-    async fn token(&self, pending: Self::PendingToken) -> Result<u32>;
+    /// Finishes the step like [`Backend::run`] without waiting for it: the CPU may work on
+    /// something else (the next token's constraint mask) while the GPU computes. The token and
+    /// the logits come back together, in one read-back.
+    fn submit<'a>(&'a self, pass: Self::Pass<'a>, cache: &mut Self::StepCache, next: &Self::Tensor, logits: Option<&Self::Tensor>)
+        -> Result<Self::PendingStep>;
+    /// Waits for a submitted step's token and logits.
+    async fn finish(&self, pending: Self::PendingStep) -> Result<(u32, Option<Vec<f32>>)>;
 }
 
 impl Backend for GpuDevice {
@@ -196,7 +203,7 @@ impl Backend for GpuDevice {
     type Rope = RopeTable;
     type Pass<'a> = Plan<'a>;
     type StepCache = StepCache;
-    type PendingToken = PendingRead;
+    type PendingStep = (PendingRead, bool);
 
     fn kind(&self) -> BackendKind {
         BackendKind::WebGpu
@@ -330,31 +337,26 @@ impl Backend for GpuDevice {
         ops::argmax(plan, x, out, rows, cols).map(drop)
     }
 
-    async fn run<'a>(&'a self, plan: Plan<'a>, cache: &mut StepCache, next: &Tensor, logits: Option<&Tensor>) -> Result<(u32, Option<Vec<f32>>)> {
-        let pending = self.submit(plan, cache, next)?;
-        let argmax = self.token(pending).await?;
-        let logits = match logits {
-            Some(t) => Some(t.read_f32(self).await?),
-            None => None,
-        };
-        Ok((argmax, logits))
-    }
-
     fn overlaps_steps(&self) -> bool {
         // While profiling, one query set times one step at a time.
         self.profiler().is_none()
     }
 
-    fn submit<'a>(&'a self, plan: Plan<'a>, cache: &mut StepCache, next: &Tensor) -> Result<PendingRead> {
-        plan.finish_cached(cache)?.run_with_read(self, next.buffer()?, 0, 4)
+    fn submit<'a>(&'a self, plan: Plan<'a>, cache: &mut StepCache, next: &Tensor, logits: Option<&Tensor>) -> Result<(PendingRead, bool)> {
+        let mut ranges = vec![(next.buffer()?, 0, 4)];
+        if let Some(t) = logits {
+            ranges.push((t.buffer()?, 0, t.numel() as u64 * 4));
+        }
+        Ok((plan.finish_cached(cache)?.run_with_reads(self, &ranges)?, logits.is_some()))
     }
 
-    async fn token(&self, pending: PendingRead) -> Result<u32> {
+    async fn finish(&self, (pending, with_logits): (PendingRead, bool)) -> Result<(u32, Option<Vec<f32>>)> {
         let bytes = self.finish_read(pending).await?;
         if let Some(profiler) = self.profiler() {
             profiler.collect(self).await?;
         }
-        Ok(u32::from_le_bytes(bytes[..4].try_into().expect("4 bytes read")))
+        let token = u32::from_le_bytes(bytes[..4].try_into().expect("4 bytes read"));
+        Ok((token, with_logits.then(|| bytemuck::pod_collect_to_vec(&bytes[4..]))))
     }
 }
 
@@ -376,7 +378,7 @@ impl Backend for CpuDevice {
     type Pass<'a> = CpuPass;
     type StepCache = ();
     /// The token itself: a CPU step has run by the time it is submitted.
-    type PendingToken = u32;
+    type PendingStep = (u32, Option<Vec<f32>>);
 
     fn kind(&self) -> BackendKind {
         BackendKind::Cpu
@@ -534,21 +536,17 @@ impl Backend for CpuDevice {
         emberlm_cpu::ops::argmax(x, out, rows, cols)
     }
 
-    async fn run<'a>(&'a self, _: CpuPass, _: &mut (), next: &CpuTensor, logits: Option<&CpuTensor>) -> Result<(u32, Option<Vec<f32>>)> {
-        emberlm_cpu::yield_to_host().await;
-        Ok((next.words()[0], logits.map(|t| t.f32s().to_vec())))
-    }
-
     fn overlaps_steps(&self) -> bool {
         false
     }
 
-    fn submit<'a>(&'a self, _: CpuPass, _: &mut (), next: &CpuTensor) -> Result<u32> {
-        Ok(next.words()[0])
+    /// The step has run as it was recorded: its results are copied out now.
+    fn submit<'a>(&'a self, _: CpuPass, _: &mut (), next: &CpuTensor, logits: Option<&CpuTensor>) -> Result<(u32, Option<Vec<f32>>)> {
+        Ok((next.words()[0], logits.map(|t| t.f32s().to_vec())))
     }
 
-    async fn token(&self, token: u32) -> Result<u32> {
+    async fn finish(&self, step: (u32, Option<Vec<f32>>)) -> Result<(u32, Option<Vec<f32>>)> {
         emberlm_cpu::yield_to_host().await;
-        Ok(token)
+        Ok(step)
     }
 }

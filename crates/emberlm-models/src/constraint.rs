@@ -12,7 +12,7 @@ use std::sync::Arc;
 
 use llguidance::api::TopLevelGrammar;
 use llguidance::{Matcher, ParserFactory};
-use toktrie::{TokEnv, TokRxInfo, TokTrie, TokenizerEnv};
+use toktrie::{SimpleVob, TokEnv, TokRxInfo, TokTrie, TokenizerEnv};
 
 use crate::error::{ModelError, Result};
 use crate::tokenizer::TextTokenizer;
@@ -121,7 +121,7 @@ impl Constrainer {
         if let Some(e) = matcher.get_error() {
             return Err(constraint_error(e));
         }
-        Ok(Constraint { matcher, eos: self.eos, seconds: 0.0, masks: 0 })
+        Ok(Constraint { matcher, eos: self.eos, prepared: None, seconds: 0.0, masks: 0 })
     }
 }
 
@@ -129,6 +129,8 @@ impl Constrainer {
 pub struct Constraint {
     matcher: Matcher,
     eos: u32,
+    /// The next token's mask, computed ahead ([`Constraint::prepare`]).
+    prepared: Option<SimpleVob>,
     /// Time spent computing masks and following tokens, and masks computed.
     seconds: f64,
     masks: usize,
@@ -138,9 +140,11 @@ impl Constraint {
     /// Sets every logit the grammar does not allow next to −∞; where it allows ending, every
     /// token in `stop_tokens` stays allowed.
     pub fn mask(&mut self, logits: &mut [f32], stop_tokens: &[u32]) -> Result<()> {
+        let allowed = match self.prepared.take() {
+            Some(allowed) => allowed,
+            None => self.compute()?,
+        };
         let started = web_time::Instant::now();
-        self.masks += 1;
-        let allowed = self.matcher.compute_mask().map_err(constraint_error)?;
         let may_end = allowed.is_allowed(self.eos);
         for (id, l) in logits.iter_mut().enumerate() {
             let id = id as u32;
@@ -153,6 +157,23 @@ impl Constraint {
         Ok(())
     }
 
+    /// Computes the next token's mask now, for [`Constraint::mask`]: called while the GPU runs
+    /// the step whose logits it will mask, so the two overlap.
+    pub fn prepare(&mut self) -> Result<()> {
+        if self.prepared.is_none() && !self.is_complete() {
+            self.prepared = Some(self.compute()?);
+        }
+        Ok(())
+    }
+
+    fn compute(&mut self) -> Result<SimpleVob> {
+        let started = web_time::Instant::now();
+        self.masks += 1;
+        let allowed = self.matcher.compute_mask().map_err(constraint_error);
+        self.seconds += started.elapsed().as_secs_f64();
+        allowed
+    }
+
     /// Milliseconds of constraint work (masks and state updates) per generated token so far.
     pub fn ms_per_token(&self) -> f64 {
         self.seconds * 1e3 / self.masks.max(1) as f64
@@ -160,6 +181,7 @@ impl Constraint {
 
     /// Follows a token the generation took (not a stop token).
     pub fn accept(&mut self, token: u32) -> Result<()> {
+        self.prepared = None;
         let started = web_time::Instant::now();
         let out = self.matcher.consume_token(token).map_err(constraint_error);
         self.seconds += started.elapsed().as_secs_f64();

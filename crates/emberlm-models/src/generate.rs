@@ -178,7 +178,13 @@ pub async fn generate_constrained<B: Backend>(
     let start = Instant::now();
     out.reused_tokens = session.reuse_prefix(prompt);
     let new = &prompt[out.reused_tokens..];
-    let first = session.step(dev, model, new, need_logits || options.want_prompt_logits).await?;
+    // Each step is submitted first and the constraint's mask for the token it will give is
+    // computed while the GPU runs it (on the CPU backend the step has run by then).
+    let pending = session.submit_step(dev, model, new, need_logits || options.want_prompt_logits)?;
+    if let Some(c) = constraint.as_mut() {
+        c.prepare()?;
+    }
+    let first = session.finish_step(dev, pending).await?;
     let prefill = start.elapsed().as_secs_f64();
     out.ttft_ms = prefill * 1e3;
     out.prefill_tok_s = new.len() as f64 / prefill.max(1e-9);
@@ -208,7 +214,11 @@ pub async fn generate_constrained<B: Backend>(
     if accept(&mut out, &mut history, next, complete(&constraint)) {
         if need_logits {
             loop {
-                let step = session.step(dev, model, &[next], true).await?;
+                let pending = session.submit_step(dev, model, &[next], true)?;
+                if let Some(c) = constraint.as_mut() {
+                    c.prepare()?;
+                }
+                let step = session.finish_step(dev, pending).await?;
                 let mut logits = step.logits.ok_or_else(|| ModelError::Config("the backend returned no logits".into()))?;
                 next = pick(&mut logits, &history, &mut out, &mut constraint)?;
                 if !accept(&mut out, &mut history, next, complete(&constraint)) {

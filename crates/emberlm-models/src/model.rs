@@ -406,6 +406,13 @@ pub struct StepOutput {
     pub logits: Option<Vec<f32>>,
 }
 
+/// A step [`Session::submit_step`] handed to the backend, for [`Session::finish_step`].
+#[must_use = "a submitted step is finished with Session::finish_step"]
+pub struct PendingStep<B: Backend> {
+    read: B::PendingStep,
+    tokens: Vec<u32>,
+}
+
 /// One conversation's state: the KV cache and the tokens whose keys and values it holds. It
 /// borrows no model, so an engine can keep it between requests and prefill only what a new
 /// prompt adds ([`Session::reuse_prefix`]); each step takes the model it was made for.
@@ -416,6 +423,8 @@ pub struct Session<B: Backend = GpuDevice> {
     decode: Option<Workspace<B>>,
     /// Kept across decode steps, which record the same ops over `decode` every time.
     decode_cache: B::StepCache,
+    /// A step is submitted and not yet finished.
+    in_flight: bool,
 }
 
 impl<B: Backend> Session<B> {
@@ -428,7 +437,7 @@ impl<B: Backend> Session<B> {
             k.push(dev.activation(&format!("k cache {i}"), &[len])?);
             v.push(dev.activation(&format!("v cache {i}"), &[len])?);
         }
-        Ok(Self { cache: KvCache { k, v, capacity: model.context }, tokens: Vec::new(), decode: None, decode_cache: Default::default() })
+        Ok(Self { cache: KvCache { k, v, capacity: model.context }, tokens: Vec::new(), decode: None, decode_cache: Default::default(), in_flight: false })
     }
 
     /// The next position: how many tokens the cache holds.
@@ -460,6 +469,17 @@ impl<B: Backend> Session<B> {
     /// Runs `tokens` at the next positions and returns the greedy next token; reads the last
     /// position's logits back only when `want_logits`.
     pub async fn step(&mut self, dev: &B, model: &Model<B>, tokens: &[u32], want_logits: bool) -> Result<StepOutput> {
+        let pending = self.submit_step(dev, model, tokens, want_logits)?;
+        self.finish_step(dev, pending).await
+    }
+
+    /// [`Session::step`] without waiting: the GPU runs the step while the caller works (on
+    /// the next token's constraint mask); [`Session::finish_step`] waits for it. One step at a
+    /// time.
+    pub fn submit_step(&mut self, dev: &B, model: &Model<B>, tokens: &[u32], want_logits: bool) -> Result<PendingStep<B>> {
+        if self.in_flight {
+            return Err(ModelError::Config("a step is already submitted on this session".into()));
+        }
         self.check_step(model, tokens)?;
         let position = self.position();
         let ws = if tokens.len() == 1 {
@@ -475,9 +495,17 @@ impl<B: Backend> Session<B> {
         // A prefill's workspace is new every time, so only decode steps keep what `run` builds.
         let mut prefill_cache = B::StepCache::default();
         let cache = if tokens.len() == 1 { &mut self.decode_cache } else { &mut prefill_cache };
-        let (argmax, logits) = dev.run(pass, cache, ws.next(), want_logits.then_some(&ws.logits)).await?;
+        let read = dev.submit(pass, cache, ws.next(), want_logits.then_some(&ws.logits))?;
+        self.in_flight = true;
+        Ok(PendingStep { read, tokens: tokens.to_vec() })
+    }
+
+    /// Waits for a step [`Session::submit_step`] submitted: its token and, if asked for, logits.
+    pub async fn finish_step(&mut self, dev: &B, pending: PendingStep<B>) -> Result<StepOutput> {
+        self.in_flight = false;
+        let (argmax, logits) = dev.finish(pending.read).await?;
         // Counted only once the step has run: a failed step leaves the session as it was.
-        self.tokens.extend_from_slice(tokens);
+        self.tokens.extend(pending.tokens);
         Ok(StepOutput { argmax, logits })
     }
 
@@ -511,9 +539,9 @@ impl<B: Backend> Session<B> {
                 }
                 let mut pass = dev.pass();
                 self.record(model, &mut pass, ws, self.position() + queued.len(), true)?;
-                queued.push_back(dev.submit(pass, &mut self.decode_cache, ws.next())?);
+                queued.push_back(dev.submit(pass, &mut self.decode_cache, ws.next(), None)?);
             }
-            let token = dev.token(queued.pop_front().expect("a step was queued")).await?;
+            let (token, _) = dev.finish(queued.pop_front().expect("a step was queued")).await?;
             self.tokens.push(input);
             input = token;
             made += 1;

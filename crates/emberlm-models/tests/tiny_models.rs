@@ -337,6 +337,36 @@ fn greedy_decoding_queued_ahead_matches_step_by_step() {
     }
 }
 
+/// A step submitted and finished later (the constrained loop computes its mask in between)
+/// gives transformers' logits and the argmax with them, in one read-back; a second submit before
+/// the first is finished is refused and leaves the session as it was.
+fn check_submitted_steps<B: Backend>(dev: &B) {
+    let hf = open_hf_dir(&fixture("qwen2")).unwrap();
+    let model = Model::load(dev, hf.config, &hf.store, &LoadOptions { dtype: Some(DType::F32), context: 64 }).unwrap();
+    let reference: Value = serde_json::from_str(&std::fs::read_to_string(fixture("qwen2").join("reference.json")).unwrap()).unwrap();
+    let case = &reference["cases"][0];
+    let prompt = ids(&case["input_ids"]);
+    let mut session = Session::new(dev, &model).unwrap();
+    let pending = session.submit_step(dev, &model, &prompt, true).unwrap();
+    let again = session.submit_step(dev, &model, &prompt, true).err().expect("a second submit is refused");
+    assert!(again.to_string().contains("already submitted"), "{again}");
+    let out = pollster::block_on(session.finish_step(dev, pending)).unwrap();
+    assert_eq!(session.position(), prompt.len());
+    let logits = out.logits.unwrap();
+    let want: Vec<f64> = case["last_logits"].as_array().unwrap().iter().map(|v| v.as_f64().unwrap()).collect();
+    let err = logits.iter().zip(&want).map(|(a, b)| (*a as f64 - b).abs()).fold(0.0, f64::max);
+    assert!(err < 1e-3, "{}: logits {err} off", dev.kind().name());
+    assert_eq!(out.argmax, ids(&case["generated_ids"])[0]);
+}
+
+#[test]
+fn submitted_steps_read_token_and_logits_together() {
+    check_submitted_steps(dev());
+    if on_cpu_too() {
+        check_submitted_steps(cpu());
+    }
+}
+
 /// log-softmax in f64, the reference side of the logprob checks.
 fn log_softmax(logits: &[f64]) -> Vec<f64> {
     let max = logits.iter().copied().fold(f64::NEG_INFINITY, f64::max);
