@@ -8,7 +8,7 @@ import { EmberError, throwIfAborted } from './errors.js';
 import { pickDevice } from './gpu.js';
 import { modelRef } from './hub.js';
 import { isLocalModelPath, openLocalGguf } from './local-file.js';
-import { fetchModelFiles, type LoadProgress } from './model-files.js';
+import { fetchModelFiles, type LoadProgress, type ModelFiles } from './model-files.js';
 import type { EngineInfo, EngineOptions, LoadStats, ToolCall } from './types.js';
 import { cpuThreadPlan } from './cpu-threads.js';
 import { discardWasm, isWasmTrap, loadThreadedWasm, loadWasm, wasmHashers, type Wasm } from './wasm.js';
@@ -93,6 +93,15 @@ async function wasmSource(name: string, f: StoredFile, onRead: (n: number) => vo
   };
 }
 
+/** sentence-transformers Dense modules as the engine takes them: folder, config.json text, weights. */
+function denseModules(files: ModelFiles): { path: string; config: string; weights: Uint8Array }[] {
+  return Object.entries(files.modules).flatMap(([path, weights]) => {
+    const folder = path.slice(0, path.indexOf('/'));
+    const config = files.text[`${folder}/config.json`];
+    return config === undefined ? [] : [{ path: folder, config, weights }];
+  });
+}
+
 const now = () => (typeof performance !== 'undefined' ? performance.now() : Date.now());
 
 export class LocalBackend implements Backend {
@@ -160,7 +169,7 @@ export class LocalBackend implements Backend {
           t['tokenizer.json'],
           t['tokenizer_config.json'],
           sources,
-          { ...options, modulesJson: t['modules.json'], poolingJson: t['1_Pooling/config.json'] },
+          { ...options, modulesJson: t['modules.json'], poolingJson: t['1_Pooling/config.json'], denseModules: denseModules(files) },
         );
       }
     } catch (e) {

@@ -37,6 +37,7 @@ export async function openLocalGguf(model: string): Promise<ModelFiles> {
     format: 'gguf',
     weights: [{ path: path.basename(absolute), file }],
     text: {},
+    modules: {},
     fromCache: true,
   };
 }

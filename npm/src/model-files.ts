@@ -26,6 +26,8 @@ export interface ModelFiles {
   weights: { path: string; file: StoredFile }[];
   /** Contents of the small JSON files (config.json, tokenizer.json, ...), by path. */
   text: Record<string, string>;
+  /** Small binary files read whole (sentence-transformers Dense modules' weights), by path. */
+  modules: Record<string, Uint8Array>;
   /** Whether the files came from the cache without any network request. */
   fromCache: boolean;
 }
@@ -39,6 +41,8 @@ interface Manifest {
   format: ModelFormat;
   weights: RepoFile[];
   text: RepoFile[];
+  /** Absent in manifests written before Dense modules were fetched. */
+  modules?: RepoFile[];
   savedAt: string;
 }
 
@@ -61,7 +65,7 @@ async function readManifest(cache: ModelCache, key: string, ref?: ModelRef): Pro
   if (!f) return null;
   try {
     const m = JSON.parse(await f.text()) as Manifest;
-    if (m.version !== 1 || !Array.isArray(m.weights) || !Array.isArray(m.text)) return null;
+    if (m.version !== 1 || !Array.isArray(m.weights) || !Array.isArray(m.text) || (m.modules !== undefined && !Array.isArray(m.modules))) return null;
     if (ref && (m.hub !== ref.hub || m.repo !== ref.repo || m.revision !== ref.revision)) return null;
     return m;
   } catch {
@@ -90,12 +94,29 @@ async function openAll(cache: ModelCache, ref: ModelRef, m: Manifest): Promise<M
     if (!file) return null;
     text[t.path] = await file.text();
   }
-  return { ref, format: m.format, weights, text, fromCache: true };
+  const modules: Record<string, Uint8Array> = {};
+  for (const f of m.modules ?? []) {
+    const file = await openExpected(cache, ref, f);
+    if (!file) return null;
+    modules[f.path] = await readWhole(file);
+  }
+  return { ref, format: m.format, weights, text, modules, fromCache: true };
+}
+
+/** A small cached file's bytes. */
+async function readWhole(file: StoredFile): Promise<Uint8Array> {
+  try {
+    if (file.readSync) return file.readSync(0, file.size).slice();
+    if (file.blob) return new Uint8Array(await file.blob.arrayBuffer());
+    throw new EmberError('integrity', 'a cached file cannot be read whole');
+  } finally {
+    file.close?.();
+  }
 }
 
 /** Whether every file of a manifest is cached at its size (nothing read). */
 async function isComplete(cache: ModelCache, ref: ModelRef, m: Manifest): Promise<boolean> {
-  for (const f of [...m.text, ...m.weights]) {
+  for (const f of [...m.text, ...m.weights, ...(m.modules ?? [])]) {
     const file = await openExpected(cache, ref, f);
     if (!file) return false;
     file.close?.();
@@ -142,7 +163,7 @@ export async function fetchModelFiles(ref: ModelRef, choice: FileChoice, o: Fetc
   const prefix = cachePrefix(ref);
 
   let done = 0;
-  const allFiles = () => [...sel.text, ...sel.weights];
+  const allFiles = () => [...sel.text, ...(sel.modules ?? []), ...sel.weights];
   const total = () => allFiles().reduce((n, f) => n + f.size, 0);
   const report = (file?: RepoFile, fileLoaded?: number) =>
     o.onProgress?.({ phase: 'download', file: file?.path, fileLoaded, fileTotal: file?.size, loaded: done, total: total() });
@@ -173,7 +194,7 @@ export async function fetchModelFiles(ref: ModelRef, choice: FileChoice, o: Fetc
     });
   };
 
-  for (const f of sel.text) await get(f);
+  for (const f of [...sel.text, ...(sel.modules ?? [])]) await get(f);
   const index = sel.text.find((f) => f.path === 'model.safetensors.index.json');
   if (index) sel.weights = indexShards(ref.repo, await (await o.cache.open(prefix + index.path))!.text(), listing);
 
@@ -196,6 +217,7 @@ export async function fetchModelFiles(ref: ModelRef, choice: FileChoice, o: Fetc
     format: sel.format,
     weights: sel.weights,
     text: sel.text,
+    modules: sel.modules ?? [],
     savedAt: new Date().toISOString(),
   };
   await o.cache.put(mKey, new TextEncoder().encode(JSON.stringify(manifest, null, 1)));

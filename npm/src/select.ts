@@ -1,6 +1,6 @@
 // Which files of a repo make up the model: a GGUF (one file or its split shards, picked by name
 // or quantisation) or Hugging Face safetensors with config and tokenizer.
-import { EmberError } from './errors.js';
+import { EmberError, formatBytes } from './errors.js';
 import { checkRepoPath } from './hub.js';
 import type { RepoFile } from './hub.js';
 
@@ -17,9 +17,14 @@ export interface FileChoice {
 export interface Selection {
   format: ModelFormat;
   weights: RepoFile[];
-  /** safetensors only: config.json, generation_config.json, tokenizer.json, tokenizer_config.json, modules.json, 1_Pooling/config.json, index. */
+  /** safetensors only: config.json, generation_config.json, tokenizer.json, tokenizer_config.json, modules.json, 1_Pooling/config.json, Dense modules' config.json, index. */
   text: RepoFile[];
+  /** safetensors only: sentence-transformers Dense modules' `model.safetensors`, read whole (small projections). */
+  modules?: RepoFile[];
 }
+
+/** The largest Dense module file fetched: 2^26 f32 values (the engine's bound) and a header. */
+export const MAX_DENSE_FILE_BYTES = 2 ** 26 * 4 + 2 ** 20;
 
 /**
  * Preferred quantisations when a GGUF repo is given without a choice: 4-bit first (the engine
@@ -81,9 +86,17 @@ export function selectFiles(repo: string, files: RepoFile[], choice: FileChoice 
   if (config && (single || index)) {
     // sentence-transformers' modules and pooling config make an embedding model (Qwen3-Embedding).
     const text = ['config.json', 'generation_config.json', 'tokenizer.json', 'tokenizer_config.json', 'modules.json', '1_Pooling/config.json'].flatMap((p) => byPath.get(p) ?? []);
+    // Dense projections after the pooling (EmbeddingGemma's `2_Dense`, `3_Dense`), named as
+    // sentence-transformers saves them; which of them count is modules.json's say, in the engine.
+    const dense = files.filter((f) => /^[0-9]+_Dense\/(config\.json|model\.safetensors)$/.test(f.path));
+    const modules = dense.filter((f) => f.path.endsWith('.safetensors'));
+    for (const f of modules) {
+      if (f.size > MAX_DENSE_FILE_BYTES) throw new EmberError('model', `${repo}: ${f.path} is ${formatBytes(f.size)}, more than a Dense projection may hold`);
+    }
+    text.push(...dense.filter((f) => f.path.endsWith('.json')));
     if (index) text.push(index);
     // Shards of an index are resolved once the index is read (see `indexShards`).
-    return { format: 'safetensors', weights: single && !index ? [single] : [], text };
+    return { format: 'safetensors', weights: single && !index ? [single] : [], text, modules };
   }
   if (ggufs.length) {
     const ranked = [...ggufs].sort((a, b) => rank(a) - rank(b) || a.size - b.size);

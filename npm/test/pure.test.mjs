@@ -192,3 +192,24 @@ test('the relaxed-SIMD probe is a valid module where relaxed SIMD runs, and the 
   assert.equal(String(HAS_RELAXED_SIMD), probe([]));
   assert.equal(WebAssembly.validate(RELAXED_SIMD_PROBE.slice(0, -1)), false, 'a truncated probe is not a module');
 });
+
+test('a sentence-transformers repo brings its N_Dense modules: config as text, weights whole; an oversized one is refused before download', () => {
+  const files = [
+    f('config.json'),
+    f('model.safetensors', 1000),
+    f('modules.json'),
+    f('1_Pooling/config.json'),
+    f('2_Dense/config.json'),
+    f('2_Dense/model.safetensors', 4096),
+    f('3_Dense/config.json'),
+    f('3_Dense/model.safetensors', 4096),
+    f('2_Dense/other.bin'),
+    f('x/2_Dense/model.safetensors'),
+    f('Dense/model.safetensors'),
+  ];
+  const sel = selectFiles('r', files);
+  assert.deepEqual(sel.modules.map((x) => x.path), ['2_Dense/model.safetensors', '3_Dense/model.safetensors']);
+  assert.deepEqual(sel.text.map((x) => x.path), ['config.json', 'modules.json', '1_Pooling/config.json', '2_Dense/config.json', '3_Dense/config.json']);
+  const huge = files.map((x) => (x.path === '3_Dense/model.safetensors' ? f(x.path, 2 ** 30) : x));
+  assert.throws(() => selectFiles('r', huge), (e) => e.code === 'model' && /3_Dense\/model\.safetensors is .* more than a Dense projection may hold/.test(e.message));
+});

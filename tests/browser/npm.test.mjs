@@ -291,7 +291,7 @@ test('worker: tools with tool_choice required give message.tool_calls (streamed 
   assert.ok(['stop', 'length', 'tool_calls'].includes(r.next), r.next);
 });
 
-test('worker: embeddings.create gives sentence-transformers\' vectors: Qwen3-Embedding style (safetensors with its modules) and EmbeddingGemma style (GGUF: bidirectional, dense projections)', async () => {
+test('worker: embeddings.create gives sentence-transformers\' vectors: Qwen3-Embedding style (safetensors with its modules) and EmbeddingGemma style (GGUF, and safetensors with its Dense modules: bidirectional, dense projections)', async () => {
   const refOf = (name) => JSON.parse(readFileSync(join(ROOT, 'tests', 'fixtures', 'tiny', name, 'reference.json'), 'utf8'));
   const [qwen, gemma] = [refOf('qwen3-embedding'), refOf('gemma-embedding')];
   const r = await session.page.evaluate(
@@ -301,10 +301,14 @@ test('worker: embeddings.create gives sentence-transformers\' vectors: Qwen3-Emb
       const gemmaEngine = await window.emberlm.createEngine('emberlm-test/tiny-embeddinggemma-GGUF', { hub: hubUrl, context: 128 });
       const gemmaOut = await gemmaEngine.embeddings.create({ input: gemmaTexts });
       await gemmaEngine.unload();
-      // Its safetensors: the Dense modules' weights are not fetched, so a clear error, not wrong vectors.
+      // Its safetensors with the sentence-transformers modules, Dense projections fetched.
+      const stEngine = await window.emberlm.createEngine('emberlm-test/tiny-embeddinggemma', { hub: hubUrl, context: 128, dtype: 'f32' });
+      const stOut = await stEngine.embeddings.create({ input: gemmaTexts });
+      await stEngine.unload();
+      // A Dense module without its weights: a clear error, not vectors that skip it.
       let denseRefused;
       try {
-        await window.emberlm.createEngine('emberlm-test/tiny-embeddinggemma', { hub: hubUrl, context: 128 });
+        await window.emberlm.createEngine('emberlm-test/tiny-embeddinggemma-no-dense-weights', { hub: hubUrl, context: 128 });
       } catch (e) {
         denseRefused = `${e.code}: ${e.message}`;
       }
@@ -320,16 +324,16 @@ test('worker: embeddings.create gives sentence-transformers\' vectors: Qwen3-Emb
         refused = `${e.code}: ${e.message}`;
       }
       await engine.unload();
-      return { out, gemmaOut, denseRefused, refused };
+      return { out, gemmaOut, stOut, denseRefused, refused };
     },
     { hubUrl: hub.url, texts: qwen.cases.map((c) => c.text), gemmaTexts: gemma.cases.map((c) => c.text) },
   );
   const cosine = (a, b) => a.reduce((s, x, i) => s + x * b[i], 0) / Math.hypot(...a) / Math.hypot(...b);
-  for (const [out, ref] of [[r.out, qwen], [r.gemmaOut, gemma]]) {
+  for (const [out, ref] of [[r.out, qwen], [r.gemmaOut, gemma], [r.stOut, gemma]]) {
     assert.equal(out.data.length, ref.cases.length);
     out.data.forEach((d, i) => assert.ok(cosine(d.embedding, ref.cases[i].embedding) >= 0.9999, `${i}: ${cosine(d.embedding, ref.cases[i].embedding)}`));
   }
-  assert.match(r.denseRefused ?? '', /Dense modules/);
+  assert.match(r.denseRefused ?? '', /the Dense module 3_Dense's files were not given/);
   assert.match(r.refused ?? '', /^bad-request: .*not an embedding model/);
 });
 

@@ -8,6 +8,19 @@ import { fileURLToPath } from 'node:url';
 export const ROOT = join(dirname(fileURLToPath(import.meta.url)), '..', '..');
 const tiny = (arch) => join(ROOT, 'tests', 'fixtures', 'tiny', arch);
 
+const GEMMA_EMBEDDING_FILES = [
+  'config.json',
+  'tokenizer.json',
+  'tokenizer_config.json',
+  'model.safetensors',
+  'modules.json',
+  '1_Pooling/config.json',
+  '2_Dense/config.json',
+  '2_Dense/model.safetensors',
+  '3_Dense/config.json',
+  '3_Dense/model.safetensors',
+];
+
 export function fixtureRepos() {
   const repos = {
     // A GGUF repo as llama.cpp users publish them: several quantisations side by side.
@@ -42,11 +55,12 @@ export function fixtureRepos() {
     'emberlm-test/tiny-qwen3-embedding-GGUF': { dir: tiny('qwen3-embedding'), files: { 'tiny-qwen3-embedding-F32.gguf': 'model.gguf' } },
     // EmbeddingGemma style (bidirectional, mean pooling, two dense projections: fixtures/tiny/
     // make_tiny_embeddinggemma.py), as llama.cpp's gemma-embedding GGUF and as safetensors with
-    // its sentence-transformers modules (whose Dense weights the npm package does not fetch).
+    // its sentence-transformers modules; and that repo with one Dense module's weights missing.
     'emberlm-test/tiny-embeddinggemma-GGUF': { dir: tiny('gemma-embedding'), files: { 'tiny-embeddinggemma-F32.gguf': 'model.gguf' } },
-    'emberlm-test/tiny-embeddinggemma': {
+    'emberlm-test/tiny-embeddinggemma': { dir: tiny('gemma-embedding'), files: Object.fromEntries(GEMMA_EMBEDDING_FILES.map((f) => [f, f])) },
+    'emberlm-test/tiny-embeddinggemma-no-dense-weights': {
       dir: tiny('gemma-embedding'),
-      files: Object.fromEntries(['config.json', 'tokenizer.json', 'tokenizer_config.json', 'model.safetensors', 'modules.json', '1_Pooling/config.json'].map((f) => [f, f])),
+      files: Object.fromEntries(GEMMA_EMBEDDING_FILES.filter((f) => f !== '3_Dense/model.safetensors').map((f) => [f, f])),
     },
   };
   const smol = join(ROOT, 'models', 'SmolLM2-135M-Instruct.Q4_1.gguf');

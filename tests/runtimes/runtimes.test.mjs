@@ -180,7 +180,7 @@ const embedRef = (name) => JSON.parse(readFileSync(join(ROOT, 'tests', 'fixtures
 const cosine = (a, b) => a.reduce((s, x, i) => s + x * b[i], 0) / Math.hypot(...a) / Math.hypot(...b);
 
 for (const runtime of Object.keys(RUNTIMES)) {
-  test(`${runtime}: embeddings.create gives sentence-transformers' vectors (Qwen3-Embedding style from safetensors and GGUF, EmbeddingGemma style from GGUF)`, async () => {
+  test(`${runtime}: embeddings.create gives sentence-transformers' vectors (Qwen3-Embedding and EmbeddingGemma styles, each from safetensors and GGUF)`, async () => {
     const hub = await startMockHub({ repos: fixtureRepos() });
     const cacheDir = mkdtempSync(join(tmpdir(), `emberlm-embed-${runtime}-`));
     dirs.push(cacheDir);
@@ -189,6 +189,7 @@ for (const runtime of Object.keys(RUNTIMES)) {
         ['emberlm-test/tiny-qwen3-embedding', 'qwen3-embedding'],
         ['emberlm-test/tiny-qwen3-embedding-GGUF', 'qwen3-embedding'],
         ['emberlm-test/tiny-embeddinggemma-GGUF', 'gemma-embedding'],
+        ['emberlm-test/tiny-embeddinggemma', 'gemma-embedding'],
       ]) {
         const ref = embedRef(fixture);
         const texts = ref.cases.map((c) => c.text);

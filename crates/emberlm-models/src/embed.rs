@@ -127,6 +127,21 @@ impl EmbeddingSpec {
         Some(Self { pooling, dense: Vec::new(), normalize: true })
     }
 
+    /// The folders of `modules.json`'s Dense modules, in order: plain names (letters, digits,
+    /// `_`, `-`), never a path that could leave the model's directory.
+    pub fn dense_folders(modules: &Json) -> Result<Vec<String>> {
+        let list = modules.as_array().map(Vec::as_slice).unwrap_or_default();
+        list.iter()
+            .filter(|m| m["type"].as_str().is_some_and(|t| t.ends_with(".Dense")))
+            .map(|m| match m["path"].as_str() {
+                Some(name) if !name.is_empty() && name.len() <= 64 && name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-') => {
+                    Ok(name.to_string())
+                }
+                other => Err(ModelError::Config(format!("sentence-transformers modules.json: module path {other:?} is not a folder name"))),
+            })
+            .collect()
+    }
+
     /// sentence-transformers' `modules.json`, its pooling module's `config.json` and its Dense
     /// modules, read in order; `None` without a pooling module. Pooling modes other than last,
     /// mean and CLS, other modules, and Dense modules without their weights are errors rather

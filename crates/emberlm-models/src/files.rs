@@ -130,8 +130,8 @@ fn sentence_transformers(dir: &Path, modules: &Json) -> Result<Option<EmbeddingS
         None => None,
     };
     let mut dense = Vec::new();
-    for m in of_type(".Dense") {
-        let dir = folder(m)?;
+    for name in EmbeddingSpec::dense_folders(modules).map_err(|e| file_err(&dir.join("modules.json"), e))? {
+        let dir = dir.join(name);
         let weights = dir.join("model.safetensors");
         // A projection holds at most MAX_DENSE_VALUES f32 values: a larger file is not read.
         let size = std::fs::metadata(&weights).map_err(|e| file_err(&weights, e))?.len();

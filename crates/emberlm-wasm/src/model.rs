@@ -118,9 +118,31 @@ struct JsLoadOptions {
     /// `webgpu` (default) or `cpu`.
     device: Option<String>,
     /// safetensors: the text of sentence-transformers' `modules.json` and of its pooling
-    /// module's `config.json`, which make the model an embedding model.
+    /// module's `config.json`, which make the model an embedding model; its Dense modules come
+    /// as `denseModules: [{ path, config, weights: Uint8Array }]` (read by [`dense_modules`]).
     modules_json: Option<String>,
     pooling_json: Option<String>,
+}
+
+/// `options.denseModules`: each Dense module's folder name, `config.json` text and
+/// `model.safetensors` bytes, by folder.
+fn dense_modules(options: &JsValue) -> Result<Vec<(String, String, Vec<u8>)>, JsValue> {
+    let list = match js_sys::Reflect::get(options, &"denseModules".into()) {
+        Ok(v) if v.is_object() => js_sys::Array::from(&v),
+        _ => return Ok(Vec::new()),
+    };
+    let field = |m: &JsValue, k: &str| js_sys::Reflect::get(m, &k.into()).ok().filter(|v| !v.is_undefined() && !v.is_null());
+    list.iter()
+        .map(|m| {
+            let path = field(&m, "path").and_then(|v| v.as_string());
+            let config = field(&m, "config").and_then(|v| v.as_string());
+            let weights = field(&m, "weights").filter(|v| v.is_instance_of::<js_sys::Uint8Array>()).map(|v| js_sys::Uint8Array::from(v).to_vec());
+            match (path, config, weights) {
+                (Some(p), Some(c), Some(w)) => Ok((p, c, w)),
+                _ => Err(js_err("denseModules: each entry needs a path, its config text and its weights as a Uint8Array")),
+            }
+        })
+        .collect()
 }
 
 /// The parsed load options: weight dtype, context, and whether to run on the CPU backend.
@@ -134,6 +156,7 @@ struct ParsedLoadOptions {
 
 impl JsLoadOptions {
     fn parse(v: JsValue) -> Result<ParsedLoadOptions, JsValue> {
+        let dense = if v.is_object() { dense_modules(&v)? } else { Vec::new() };
         let o: Self = if v.is_undefined() || v.is_null() { Self::default() } else { serde_wasm_bindgen::from_value(v)? };
         let dtype = o.dtype.filter(|d| d != "auto").map(|d| d.parse::<DType>()).transpose().map_err(js_err)?;
         let cpu = match o.device.as_deref() {
@@ -145,9 +168,17 @@ impl JsLoadOptions {
             text.map(|t| serde_json::from_str::<serde_json::Value>(&t).map_err(|e| js_err(format!("{what}: {e}")))).transpose()
         };
         let embedding = match parse(o.modules_json, "modules.json")? {
-            // Dense modules' weights are not fetched: such a model runs from its GGUF.
             Some(modules) => {
-                EmbeddingSpec::from_sentence_transformers(&modules, parse(o.pooling_json, "1_Pooling/config.json")?.as_ref(), Vec::new()).map_err(js_err)?
+                let mut projections = Vec::new();
+                for folder in EmbeddingSpec::dense_folders(&modules).map_err(js_err)? {
+                    let (_, config, weights) = dense
+                        .iter()
+                        .find(|d| d.0 == folder)
+                        .ok_or_else(|| js_err(format!("sentence-transformers modules.json: the Dense module {folder}'s files were not given")))?;
+                    let config = parse(Some(config.clone()), &format!("{folder}/config.json"))?.expect("given");
+                    projections.push(Dense::from_sentence_transformers(&config, weights).map_err(|e| js_err(format!("{folder}: {e}")))?);
+                }
+                EmbeddingSpec::from_sentence_transformers(&modules, parse(o.pooling_json, "1_Pooling/config.json")?.as_ref(), projections).map_err(js_err)?
             }
             None => None,
         };
