@@ -220,16 +220,11 @@ impl ModelConfig {
 
     pub fn from_gguf(f: &GgufFile) -> Result<Self> {
         let arch_name = f.get_str("general.architecture")?;
+        // `llama` finds Llama (listed before Mistral, which llama.cpp also writes as `llama`);
+        // `gemma-embedding` is llama.cpp's name for EmbeddingGemma: Gemma 3, bidirectional.
         let arch = match arch_name {
-            "llama" => Architecture::Llama,
-            "qwen2" => Architecture::Qwen2,
-            "qwen3" => Architecture::Qwen3,
-            "phi3" => Architecture::Phi3,
-            "gemma2" => Architecture::Gemma2,
-            // llama.cpp's name for EmbeddingGemma: Gemma 3 with bidirectional attention.
-            "gemma3" | "gemma-embedding" => Architecture::Gemma3,
-            "smollm3" => Architecture::SmolLM3,
-            other => return Err(Architecture::unsupported(other)),
+            "gemma-embedding" => Architecture::Gemma3,
+            name => NAMES.iter().find(|n| n.1 == name).map(|n| n.2).ok_or_else(|| Architecture::unsupported(name))?,
         };
         let key = |k: &str| format!("{arch_name}.{k}");
         let get = |k: &str| -> Result<usize> { Ok(clamp_size(f.get_u64(&key(k))?)) };

@@ -113,6 +113,15 @@ impl Dense {
     }
 }
 
+/// A `modules.json` entry's folder: a plain name (letters, digits, `_`, `-`; at most 64 bytes),
+/// never a path that could leave the model's directory.
+pub fn module_folder(module: &Json) -> Result<String> {
+    match module["path"].as_str() {
+        Some(name) if !name.is_empty() && name.len() <= 64 && name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-') => Ok(name.to_string()),
+        other => Err(ModelError::Config(format!("sentence-transformers modules.json: module path {other:?} is not a folder name"))),
+    }
+}
+
 impl EmbeddingSpec {
     /// llama.cpp's `{arch}.pooling_type` (1 mean, 2 cls, 3 last; its converter writes it for
     /// embedding models, which llama.cpp normalises); `None` for a generative model.
@@ -131,15 +140,7 @@ impl EmbeddingSpec {
     /// `_`, `-`), never a path that could leave the model's directory.
     pub fn dense_folders(modules: &Json) -> Result<Vec<String>> {
         let list = modules.as_array().map(Vec::as_slice).unwrap_or_default();
-        list.iter()
-            .filter(|m| m["type"].as_str().is_some_and(|t| t.ends_with(".Dense")))
-            .map(|m| match m["path"].as_str() {
-                Some(name) if !name.is_empty() && name.len() <= 64 && name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-') => {
-                    Ok(name.to_string())
-                }
-                other => Err(ModelError::Config(format!("sentence-transformers modules.json: module path {other:?} is not a folder name"))),
-            })
-            .collect()
+        list.iter().filter(|m| m["type"].as_str().is_some_and(|t| t.ends_with(".Dense"))).map(module_folder).collect()
     }
 
     /// sentence-transformers' `modules.json`, its pooling module's `config.json` and its Dense

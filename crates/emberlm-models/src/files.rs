@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 use serde_json::Value as Json;
 
 use crate::config::ModelConfig;
-use crate::embed::{Dense, EmbeddingSpec};
+use crate::embed::{module_folder, Dense, EmbeddingSpec};
 use crate::error::{ModelError, Result};
 use crate::gguf::{FileSource, GgufFile};
 use crate::model::{LoadOptions, Model};
@@ -111,12 +111,7 @@ fn read_if_exists(path: &Path) -> Result<Option<Vec<u8>>> {
 /// A sentence-transformers model's pooling and Dense modules (`None` without a pooling module):
 /// what makes it an embedding model. Module folders are taken only as plain names inside `dir`.
 fn sentence_transformers(dir: &Path, modules: &Json) -> Result<Option<EmbeddingSpec>> {
-    let folder = |m: &Json| -> Result<PathBuf> {
-        match m["path"].as_str() {
-            Some(name) if !name.is_empty() && name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-') => Ok(dir.join(name)),
-            other => Err(file_err(&dir.join("modules.json"), format!("module path {other:?} is not a folder name"))),
-        }
-    };
+    let folder = |m: &Json| -> Result<PathBuf> { Ok(dir.join(module_folder(m).map_err(|e| file_err(&dir.join("modules.json"), e))?)) };
     let of_type = |suffix: &'static str| modules.as_array().into_iter().flatten().filter(move |m| m["type"].as_str().is_some_and(|t| t.ends_with(suffix)));
     let pooling = match of_type(".Pooling").next() {
         Some(m) => {

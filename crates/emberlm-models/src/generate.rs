@@ -10,7 +10,7 @@ use web_time::Instant;
 use crate::backend::Backend;
 use crate::constraint::Constraint;
 use crate::error::{ModelError, Result};
-use crate::model::{Model, Session};
+use crate::model::{Model, Session, StepOutput};
 use crate::sampling::{Sampler, SamplingOptions};
 use crate::tokenizer::TextTokenizer;
 
@@ -178,13 +178,7 @@ pub async fn generate_constrained<B: Backend>(
     let start = Instant::now();
     out.reused_tokens = session.reuse_prefix(prompt);
     let new = &prompt[out.reused_tokens..];
-    // Each step is submitted first and the constraint's mask for the token it will give is
-    // computed while the GPU runs it (on the CPU backend the step has run by then).
-    let pending = session.submit_step(dev, model, new, need_logits || options.want_prompt_logits)?;
-    if let Some(c) = constraint.as_mut() {
-        c.prepare()?;
-    }
-    let first = session.finish_step(dev, pending).await?;
+    let first = step_masking(dev, model, session, new, need_logits || options.want_prompt_logits, &mut constraint).await?;
     let prefill = start.elapsed().as_secs_f64();
     out.ttft_ms = prefill * 1e3;
     out.prefill_tok_s = new.len() as f64 / prefill.max(1e-9);
@@ -214,11 +208,7 @@ pub async fn generate_constrained<B: Backend>(
     if accept(&mut out, &mut history, next, complete(&constraint)) {
         if need_logits {
             loop {
-                let pending = session.submit_step(dev, model, &[next], true)?;
-                if let Some(c) = constraint.as_mut() {
-                    c.prepare()?;
-                }
-                let step = session.finish_step(dev, pending).await?;
+                let step = step_masking(dev, model, session, &[next], true, &mut constraint).await?;
                 let mut logits = step.logits.ok_or_else(|| ModelError::Config("the backend returned no logits".into()))?;
                 next = pick(&mut logits, &history, &mut out, &mut constraint)?;
                 if !accept(&mut out, &mut history, next, complete(&constraint)) {
@@ -234,6 +224,23 @@ pub async fn generate_constrained<B: Backend>(
     let decoded = out.generated_ids.len().saturating_sub(1);
     out.decode_tok_s = decoded as f64 / decode_start.elapsed().as_secs_f64().max(1e-9);
     Ok(out)
+}
+
+/// One step, submitted first: the constraint's mask for the token it will give is computed
+/// while the GPU runs it (on the CPU backend the step has run by then).
+async fn step_masking<B: Backend>(
+    dev: &B,
+    model: &Model<B>,
+    session: &mut Session<B>,
+    tokens: &[u32],
+    want_logits: bool,
+    constraint: &mut Option<&mut Constraint>,
+) -> Result<StepOutput> {
+    let pending = session.submit_step(dev, model, tokens, want_logits)?;
+    if let Some(c) = constraint {
+        c.prepare()?;
+    }
+    session.finish_step(dev, pending).await
 }
 
 #[cfg(test)]

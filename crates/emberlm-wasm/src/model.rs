@@ -164,9 +164,8 @@ impl JsLoadOptions {
             Some("cpu") => true,
             Some(other) => return Err(js_err(format!("device `{other}`: expected `webgpu` or `cpu`"))),
         };
-        let parse = |text: Option<String>, what: &str| {
-            text.map(|t| serde_json::from_str::<serde_json::Value>(&t).map_err(|e| js_err(format!("{what}: {e}")))).transpose()
-        };
+        let parse_one = |text: &str, what: &str| serde_json::from_str::<serde_json::Value>(text).map_err(|e| js_err(format!("{what}: {e}")));
+        let parse = |text: Option<String>, what: &str| text.map(|t| parse_one(&t, what)).transpose();
         let embedding = match parse(o.modules_json, "modules.json")? {
             Some(modules) => {
                 let mut projections = Vec::new();
@@ -175,7 +174,7 @@ impl JsLoadOptions {
                         .iter()
                         .find(|d| d.0 == folder)
                         .ok_or_else(|| js_err(format!("sentence-transformers modules.json: the Dense module {folder}'s files were not given")))?;
-                    let config = parse(Some(config.clone()), &format!("{folder}/config.json"))?.expect("given");
+                    let config = parse_one(config, &format!("{folder}/config.json"))?;
                     projections.push(Dense::from_sentence_transformers(&config, weights).map_err(|e| js_err(format!("{folder}: {e}")))?);
                 }
                 EmbeddingSpec::from_sentence_transformers(&modules, parse(o.pooling_json, "1_Pooling/config.json")?.as_ref(), projections).map_err(js_err)?
