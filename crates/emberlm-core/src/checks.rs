@@ -479,6 +479,49 @@ pub async fn check_top_k(dev: &GpuDevice, cols: usize, k: usize, seed: u64) -> R
     Ok(exact(format!("top_k {n}x{cols} k={k}"), ok, format!("gpu {got_idx:?} vs reference {want_idx:?}")))
 }
 
+/// A `short_conv` case: `from_state` starts from random state in slot 1 (else zeros); the
+/// step writes slot 0 and its checkpoint to slot 2.
+#[derive(Debug, Clone, Copy)]
+pub struct ShortConvCase {
+    pub tokens: usize,
+    pub channels: usize,
+    pub kernel: usize,
+    pub from_state: bool,
+    pub bias: bool,
+}
+
+/// Outputs: a sum of `kernel + 1` terms times the gate, all below 1 in magnitude:
+/// γ_(kernel+2) · Σ|terms| ≤ (kernel + 2)² · U. The states are products copied: exact.
+pub async fn check_short_conv(dev: &GpuDevice, case: ShortConvCase, seed: u64) -> Result<CheckResult> {
+    let ShortConvCase { tokens, channels, kernel, from_state, bias } = case;
+    let mut rng = Rng::new(seed);
+    let bcx = rng.vec(tokens * 3 * channels, -1.0, 1.0);
+    let weight = rng.vec(channels * kernel, -1.0, 1.0);
+    let bias_host = rng.vec(channels, -0.5, 0.5);
+    let slot = (kernel - 1) * channels;
+    let state_host = rng.vec(3 * slot, -1.0, 1.0);
+    let p = ops::ShortConvParams { tokens, channels, kernel, src_slot: from_state.then_some(1), dst_slot: 0, snap_slot: Some(2) };
+    let x = Tensor::from_f32(dev, "bcx", &[tokens, 3 * channels], &bcx)?;
+    let w = Tensor::from_f32(dev, "conv", &[channels, kernel], &weight)?;
+    let b = Tensor::from_f32(dev, "bias", &[channels], &bias_host)?;
+    let state = Tensor::from_f32(dev, "state", &[3 * slot], &state_host)?;
+    let out = Tensor::new_zeroed(dev, "out", &[tokens, channels], DType::F32)?;
+    let mut plan = Plan::new(dev);
+    ops::short_conv(&mut plan, &x, &w, bias.then_some(&b), &state, &out, &p)?;
+    run(plan).await?;
+    let (want, after, before_last) =
+        reference::short_conv(&bcx, &weight, bias.then_some(&bias_host[..]), from_state.then(|| &state_host[slot..2 * slot]), tokens, channels, kernel);
+    let mut got = out.read_f32(dev).await?;
+    got.extend(state.read_f32(dev).await?);
+    let mut want_all = want;
+    // Slot 1 (the source) is left as it was.
+    want_all.extend(after.iter().chain(&state_host[slot..2 * slot]).chain(&before_last).map(|&v| v as f64));
+    let n_out = tokens * channels;
+    let tol = ((kernel + 2) * (kernel + 2)) as f64 * U;
+    let name = format!("short_conv t={tokens} channels={channels} kernel={kernel} state={from_state} bias={bias}");
+    Ok(compare(name, &got, &want_all, |i| if i < n_out { tol } else { 1e-30 }))
+}
+
 /// The suite the browser runs: every kernel and weight format once, at odd sizes.
 pub async fn run_suite(dev: &GpuDevice) -> Vec<(String, Result<CheckResult>)> {
     let mut results = Vec::new();
@@ -513,6 +556,10 @@ pub async fn run_suite(dev: &GpuDevice) -> Vec<(String, Result<CheckResult>)> {
     check!("rope_kv_append interleaved, partial", check_rope_kv_append(dev, RopeCase { layout: RopeLayout::Interleaved, rot_dims: 32, ..rope }, 52));
     check!("gated_activation silu", check_gated_activation(dev, Activation::Silu, 3, 173, 71));
     check!("gated_activation gelu", check_gated_activation(dev, Activation::GeluTanh, 3, 173, 72));
+    let conv = ShortConvCase { tokens: 5, channels: 70, kernel: 3, from_state: true, bias: true };
+    check!("short_conv prefill from a state", check_short_conv(dev, conv, 61));
+    check!("short_conv decode", check_short_conv(dev, ShortConvCase { tokens: 1, bias: false, ..conv }, 62));
+    check!("short_conv from zeros", check_short_conv(dev, ShortConvCase { tokens: 2, from_state: false, kernel: 4, ..conv }, 63));
     check!("softmax", check_softmax(dev, 2, 1001, 0.7, 81));
     check!("argmax", check_argmax(dev, 1001, 91));
     check!("top_k", check_top_k(dev, 1001, 40, 92));

@@ -178,3 +178,35 @@ pub fn top_k(x: &[f32], k: usize) -> Vec<(u32, f32)> {
     idx.sort_by(|&a, &b| x[b as usize].partial_cmp(&x[a as usize]).unwrap().then(a.cmp(&b)));
     idx.into_iter().take(k).map(|i| (i, x[i as usize])).collect()
 }
+
+/// LFM2's gated short convolution over rows [B | C | x] of `3 · channels`: per token and
+/// channel, `C · (bias + Σ_j w[c, j] · bx[t - (kernel-1) + j])` with `bx = B · x`, the inputs
+/// before the first token taken from `state` (`[kernel-1][channels]`, oldest first; zeros when
+/// `None`). Returns the outputs, the state after every token and the state after all but the last.
+pub fn short_conv(
+    bcx: &[f32],
+    weight: &[f32],
+    bias: Option<&[f32]>,
+    state: Option<&[f32]>,
+    tokens: usize,
+    channels: usize,
+    kernel: usize,
+) -> (Vec<f64>, Vec<f32>, Vec<f32>) {
+    let past = kernel - 1;
+    // history[i][c]: the state's inputs, then each token's bx.
+    let mut history: Vec<Vec<f32>> = (0..past).map(|j| (0..channels).map(|c| state.map_or(0.0, |s| s[j * channels + c])).collect()).collect();
+    for t in 0..tokens {
+        let row = &bcx[t * 3 * channels..][..3 * channels];
+        history.push((0..channels).map(|c| row[c] * row[2 * channels + c]).collect());
+    }
+    let mut out = Vec::with_capacity(tokens * channels);
+    for t in 0..tokens {
+        let gate = &bcx[t * 3 * channels + channels..][..channels];
+        for c in 0..channels {
+            let conv: f64 = (0..kernel).map(|j| weight[c * kernel + j] as f64 * history[t + j][c] as f64).sum();
+            out.push(gate[c] as f64 * (conv + bias.map_or(0.0, |b| b[c] as f64)));
+        }
+    }
+    let state_at = |n: usize| history[n..n + past].concat();
+    (out, state_at(tokens), state_at(tokens - 1))
+}

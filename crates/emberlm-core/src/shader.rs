@@ -24,6 +24,7 @@ shaders!(
     "head_rms_norm",
     "rope_kv_append",
     "gated_activation",
+    "short_conv",
     "embedding",
     "softmax",
     "logit_softcap",

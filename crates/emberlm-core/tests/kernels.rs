@@ -169,6 +169,21 @@ fn rope_kv_append_layouts_partial_rotary_and_gqa() {
 }
 
 #[test]
+fn short_convolutions() {
+    use checks::ShortConvCase;
+    let mut seed = 300;
+    // One token (decode), two (the checkpoint is the source state), many; the widest kernel;
+    // channels past one workgroup.
+    for (tokens, kernel) in [(1, 3), (2, 3), (17, 3), (6, 8), (3, 2)] {
+        for (from_state, bias) in [(false, false), (true, true), (true, false)] {
+            seed += 1;
+            let case = ShortConvCase { tokens, channels: 131, kernel, from_state, bias };
+            assert_pass(pollster::block_on(checks::check_short_conv(dev(), case, seed)));
+        }
+    }
+}
+
+#[test]
 fn gated_activations() {
     for act in [Activation::Silu, Activation::GeluTanh] {
         for (rows, inter) in [(1, 64), (3, 173)] {

@@ -5,7 +5,7 @@
 //! where they run. Bound for dot products: |got − want| ≤ 1e-5 · Σ|w·x| + 1e-6 (f32
 //! rounding over the sum); other ops 1e-6 absolute on O(1) values.
 
-use emberlm_core::ops::{Activation, AttentionParams, RopeLayout};
+use emberlm_core::ops::{Activation, AttentionParams, RopeLayout, ShortConvParams};
 use emberlm_core::{reference, DType, PackedMatrix};
 
 use crate::int8::{Activations, Int8Activations};
@@ -26,12 +26,13 @@ macro_rules! ensure {
 /// Every check, by name, once per set of row kernels this CPU can run (AVX-512, AVX2,
 /// simd128, portable), each named by its level.
 pub fn run_all() -> Vec<(String, Check)> {
-    let checks: [(&str, fn() -> Check); 5] = [
+    let checks: [(&str, fn() -> Check); 6] = [
         ("matvec and matmul, every dtype, odd sizes", matvec_and_matmul_every_dtype_odd_sizes),
         ("matvec and matmul with 8-bit activations (Q4, Q8)", matvec_and_matmul_with_8_bit_activations),
         ("embedding rows of every dtype", embedding_rows_decode_exactly),
         ("rms_norm, head_rms_norm, rope, activations, softcap, argmax", norms_rope_activation_softcap_argmax),
         ("attention: prefill, decode, window, soft-cap, GQA", attention_prefill_and_decode_with_window_softcap_gqa),
+        ("short_conv: prefill, decode, checkpoint, from zeros", short_conv_with_state_slots),
     ];
     let mut out = Vec::new();
     #[cfg(all(target_arch = "wasm32", target_feature = "simd128"))]
@@ -248,6 +249,31 @@ pub fn attention_prefill_and_decode_with_window_softcap_gqa() -> Check {
         ops::attention(&t("q", &q)?, &t("k", &k)?, &t("v", &v)?, &out, &p)?;
         let shape = reference::AttentionShape { tokens, hq, hkv, d, s_max, pos0, window, causal, scale: 0.3, softcap: softcap as f64, q_stride: stride };
         close(&format!("attention t={tokens} pos0={pos0} causal={causal}"), &out.f32s(), &reference::attention(&q, &k, &v, &shape), &[])?;
+    }
+    Ok(())
+}
+
+/// The rolling state through its slots: slot 1 is the source, slot 0 the destination, slot 2 the
+/// checkpoint; the states are copied inputs, so they must match exactly.
+pub fn short_conv_with_state_slots() -> Check {
+    let mut rng = Rng(7);
+    let ch = 37;
+    for (tokens, kernel, from_state, bias) in [(1, 3, true, false), (2, 3, true, true), (9, 3, false, true), (4, 8, true, false)] {
+        let slot = (kernel - 1) * ch;
+        let (bcx, w, b, st) = (rng.vec(tokens * 3 * ch), rng.vec(ch * kernel), rng.vec(ch), rng.vec(3 * slot));
+        let p = ShortConvParams { tokens, channels: ch, kernel, src_slot: from_state.then_some(1), dst_slot: 0, snap_slot: Some(2) };
+        let state = CpuTensor::from_f32("state", &[3 * slot], &st)?;
+        let out = CpuTensor::zeroed("out", &[tokens, ch], DType::F32)?;
+        let t = |n: &str, x: &[f32]| CpuTensor::from_f32(n, &[x.len()], x);
+        let bias_t = t("bias", &b)?;
+        ops::short_conv(&t("bcx", &bcx)?, &t("w", &w)?, bias.then_some(&bias_t), &state, &out, &p)?;
+        let (want, after, before_last) = reference::short_conv(&bcx, &w, bias.then_some(&b[..]), from_state.then(|| &st[slot..2 * slot]), tokens, ch, kernel);
+        let what = format!("short_conv t={tokens} kernel={kernel}");
+        close(&what, &out.f32s(), &want, &[])?;
+        let got = state.f32s();
+        ensure!(got[..slot] == after[..], "{what}: the state after the step differs");
+        ensure!(got[slot..2 * slot] == st[slot..2 * slot], "{what}: the source slot changed");
+        ensure!(got[2 * slot..] == before_last[..], "{what}: the checkpoint differs");
     }
     Ok(())
 }

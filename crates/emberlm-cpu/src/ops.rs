@@ -2,7 +2,7 @@
 //! twins in `emberlm_core::ops` (see each for the semantics); the model code calls one or the
 //! other through the backend trait in `emberlm-models`.
 
-use emberlm_core::ops::{Activation, AttentionParams, RopeLayout};
+use emberlm_core::ops::{Activation, AttentionParams, RopeLayout, ShortConvParams};
 use emberlm_core::{DType, Error, Result};
 
 use crate::int8::{Activations, Int8Activations};
@@ -343,6 +343,53 @@ pub fn gated_activation(gate_up: &CpuTensor, out: &CpuTensor, rows: usize, inter
             i += n;
         }
     });
+    Ok(())
+}
+
+/// LFM2's gated short convolution with its rolling state (`emberlm_core::ops::short_conv`).
+pub fn short_conv(bcx: &CpuTensor, weight: &CpuTensor, bias: Option<&CpuTensor>, state: &CpuTensor, out: &CpuTensor, p: &ShortConvParams) -> Result<()> {
+    const OP: &str = "short_conv";
+    let _time = crate::profile::scope(OP);
+    p.check(OP, state.numel())?;
+    let (t_n, ch, kernel) = (p.tokens, p.channels, p.kernel);
+    bcx.expect_f32(OP, t_n * 3 * ch)?;
+    weight.expect_f32(OP, ch * kernel)?;
+    state.expect_f32(OP, p.slot_len())?;
+    out.expect_f32(OP, t_n * ch)?;
+    for other in [Some(bcx), Some(weight), bias, Some(out)].into_iter().flatten() {
+        state.expect_distinct(OP, other)?;
+    }
+    bcx.expect_distinct(OP, out)?;
+    let (x, w) = (bcx.f32s(), weight.f32s());
+    let b = bias.map(|b| b.f32s());
+    let mut st = state.f32s_mut();
+    let mut o = out.f32s_mut();
+    let past = kernel - 1;
+    let slot_len = p.slot_len();
+    // history[j][c]: the state's inputs (oldest first), then one row per token.
+    let mut history = vec![0f32; (past + t_n) * ch];
+    if let Some(src) = p.src_slot {
+        history[..slot_len].copy_from_slice(&st[src * slot_len..][..slot_len]);
+    }
+    for t in 0..t_n {
+        let row = &x[t * 3 * ch..][..3 * ch];
+        let bx = &mut history[(past + t) * ch..][..ch];
+        bx.iter_mut().enumerate().for_each(|(c, v)| *v = row[c] * row[2 * ch + c]);
+    }
+    for t in 0..t_n {
+        let gate = &x[t * 3 * ch + ch..][..ch];
+        for c in 0..ch {
+            let mut acc = b.as_ref().map_or(0.0, |b| b[c]);
+            for j in 0..kernel {
+                acc += w[c * kernel + j] * history[(t + j) * ch + c];
+            }
+            o[t * ch + c] = gate[c] * acc;
+        }
+    }
+    if let Some(snap) = p.snap_slot {
+        st[snap * slot_len..][..slot_len].copy_from_slice(&history[(t_n - 1) * ch..][..slot_len]);
+    }
+    st[p.dst_slot * slot_len..][..slot_len].copy_from_slice(&history[t_n * ch..][..slot_len]);
     Ok(())
 }
 

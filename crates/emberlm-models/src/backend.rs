@@ -8,7 +8,7 @@
 //! Tensors, RoPE tables and the per-step recording context are the backend's own types; the
 //! model, [`crate::Session`], generation, the npm engine and the CLI are generic over it.
 
-use emberlm_core::ops::{self, Activation, AttentionParams, RopeLayout};
+use emberlm_core::ops::{self, Activation, AttentionParams, RopeLayout, ShortConvParams};
 use emberlm_core::rope_table::RopeTable;
 use emberlm_core::{DType, GpuDevice, PackedMatrix, PendingRead, Plan, Result, StepCache, Tensor};
 use emberlm_cpu::{CpuDevice, CpuTensor};
@@ -142,6 +142,17 @@ pub trait Backend {
     ) -> Result<()>;
     fn attention(pass: &mut Self::Pass<'_>, q: &Self::Tensor, k: &Self::Tensor, v: &Self::Tensor, out: &Self::Tensor, p: &AttentionParams) -> Result<()>;
     fn gated_activation(pass: &mut Self::Pass<'_>, gate_up: &Self::Tensor, out: &Self::Tensor, rows: usize, inter: usize, act: Activation) -> Result<()>;
+    /// LFM2's gated short convolution over [B | C | x] rows, reading and writing the rolling
+    /// state slots `p` names.
+    fn short_conv(
+        pass: &mut Self::Pass<'_>,
+        bcx: &Self::Tensor,
+        weight: &Self::Tensor,
+        bias: Option<&Self::Tensor>,
+        state: &Self::Tensor,
+        out: &Self::Tensor,
+        p: &ShortConvParams,
+    ) -> Result<()>;
     /// Whether [`Backend::gated_matvec`] takes this fused [gate | up] weight.
     fn fuses_gated_matvec(_gate_up: &Self::Tensor) -> bool {
         false
@@ -319,6 +330,10 @@ impl Backend for GpuDevice {
 
     fn gated_activation(plan: &mut Plan, gate_up: &Tensor, out: &Tensor, rows: usize, inter: usize, act: Activation) -> Result<()> {
         ops::gated_activation(plan, gate_up, out, rows, inter, act).map(drop)
+    }
+
+    fn short_conv(plan: &mut Plan, bcx: &Tensor, weight: &Tensor, bias: Option<&Tensor>, state: &Tensor, out: &Tensor, p: &ShortConvParams) -> Result<()> {
+        ops::short_conv(plan, bcx, weight, bias, state, out, p).map(drop)
     }
 
     fn fuses_gated_matvec(gate_up: &Tensor) -> bool {
@@ -526,6 +541,18 @@ impl Backend for CpuDevice {
 
     fn gated_activation(_: &mut CpuPass, gate_up: &CpuTensor, out: &CpuTensor, rows: usize, inter: usize, act: Activation) -> Result<()> {
         emberlm_cpu::ops::gated_activation(gate_up, out, rows, inter, act)
+    }
+
+    fn short_conv(
+        _: &mut CpuPass,
+        bcx: &CpuTensor,
+        weight: &CpuTensor,
+        bias: Option<&CpuTensor>,
+        state: &CpuTensor,
+        out: &CpuTensor,
+        p: &ShortConvParams,
+    ) -> Result<()> {
+        emberlm_cpu::ops::short_conv(bcx, weight, bias, state, out, p)
     }
 
     fn logit_softcap(_: &mut CpuPass, x: &CpuTensor, len: usize, cap: f32) -> Result<()> {

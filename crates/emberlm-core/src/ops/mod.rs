@@ -12,6 +12,7 @@ pub mod matmul;
 pub mod matvec;
 pub mod rms_norm;
 pub mod rope_kv_append;
+pub mod short_conv;
 pub mod softmax;
 pub mod top_k;
 
@@ -25,6 +26,7 @@ pub use matmul::{matmul, matmul_into};
 pub use matvec::{gated_matvec, gated_matvec_fits, matvec, matvec_into};
 pub use rms_norm::rms_norm;
 pub use rope_kv_append::{rope_kv_append, RopeLayout};
+pub use short_conv::{short_conv, ShortConvParams, MAX_CONV_KERNEL};
 pub use softmax::softmax;
 pub use top_k::top_k;
 
