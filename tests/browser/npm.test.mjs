@@ -8,7 +8,7 @@ import { dirname, join } from 'node:path';
 import { after, before, test } from 'node:test';
 import { fileURLToPath } from 'node:url';
 import { rmSync } from 'node:fs';
-import { CRASHING_REPO, crashingTokenizerRepo, fixtureRepos, ROOT } from '../mock-hub/repos.mjs';
+import { CRASHING_REPO, crashingTokenizerRepo, fixtureRepos, reference, ROOT } from '../mock-hub/repos.mjs';
 import { startMockHub } from '../mock-hub/server.mjs';
 import { openTestPage } from './chromium.mjs';
 import { GGUF, LLAMA, assertStreamAbortUnload, loadAndGenerate as loadInPage, llama, qwen, streamAbortUnload } from './engine-checks.mjs';
@@ -184,6 +184,52 @@ test('multi-turn chat: the next turn prefills only what it adds, a regenerate on
   // The whole first prompt is shared (the reply and the new message follow it).
   assert.ok(r.turn2.cached >= r.turn1.prompt && r.turn2.cached < r.turn2.prompt, JSON.stringify(r));
   assert.equal(r.regenerated.cached, r.turn2.prompt - 1);
+  assert.equal(r.turn2.text, r.fromScratch.text);
+  assert.equal(r.regenerated.text, r.fromScratch.text);
+});
+
+/**
+ * LFM2 (short convolutions with a rolling state, between attention layers) through the npm
+ * package: transformers' greedy tokens from its GGUF on the CPU backend (auto) and from its
+ * safetensors on WebGPU (SwiftShader); a chat follow-up reuses the conversation (the rolling
+ * state at its end, or the checkpoint before the last prompt's end), a regenerate all but the
+ * last token, and both reply as a fresh engine does.
+ */
+test('worker: LFM2 gives transformers\' tokens on the CPU and WebGPU; a follow-up and a regenerate reuse its rolling state', async () => {
+  const lfm2 = reference('lfm2').cases[0];
+  const cpu = await loadAndGenerate('emberlm-test/tiny-lfm2-GGUF', lfm2.text, lfm2.generated_ids.length);
+  assert.equal(cpu.error, undefined, JSON.stringify(cpu.error));
+  assert.equal(cpu.info.architecture, 'lfm2');
+  assert.equal(cpu.info.device.backend, 'cpu');
+  assert.deepEqual(cpu.ids, lfm2.input_ids);
+  assert.deepEqual(cpu.tokens, lfm2.generated_ids);
+  const gpu = await loadAndGenerate('emberlm-test/tiny-lfm2', lfm2.text, lfm2.generated_ids.length, { device: 'webgpu', dtype: 'f32' });
+  assert.equal(gpu.error, undefined, JSON.stringify(gpu.error));
+  assert.equal(gpu.info.device.backend, 'webgpu');
+  assert.deepEqual(gpu.tokens, lfm2.generated_ids);
+  const r = await session.page.evaluate(
+    async ({ repo, hubUrl }) => {
+      const opts = { hub: hubUrl, context: 256 };
+      const ask = async (engine, messages) => {
+        const c = await engine.chat.completions.create({ messages, max_tokens: 8, temperature: 0 });
+        return { text: c.choices[0].message.content, prompt: c.usage.prompt_tokens, cached: c.usage.prompt_tokens_details.cached_tokens };
+      };
+      const engine = await window.emberlm.createEngine(repo, opts);
+      const m1 = [{ role: 'user', content: 'Hello world, this is a tiny model.' }];
+      const turn1 = await ask(engine, m1);
+      const m2 = [...m1, { role: 'assistant', content: turn1.text }, { role: 'user', content: 'Tell me more about it, please.' }];
+      const turn2 = await ask(engine, m2);
+      const regenerated = await ask(engine, m2);
+      await engine.unload();
+      const fresh = await window.emberlm.createEngine(repo, opts);
+      const fromScratch = await ask(fresh, m2);
+      await fresh.unload();
+      return { turn1, turn2, regenerated, fromScratch };
+    },
+    { repo: 'emberlm-test/tiny-lfm2-GGUF', hubUrl: hub.url },
+  );
+  assert.ok(r.turn2.cached >= r.turn1.prompt - 1 && r.turn2.cached < r.turn2.prompt, JSON.stringify(r));
+  assert.equal(r.regenerated.cached, r.turn2.prompt - 1, JSON.stringify(r));
   assert.equal(r.turn2.text, r.fromScratch.text);
   assert.equal(r.regenerated.text, r.fromScratch.text);
 });

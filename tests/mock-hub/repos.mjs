@@ -36,6 +36,13 @@ export function fixtureRepos() {
     'emberlm-test/tiny-llama-bigvocab-GGUF': { dir: tiny('llama-bigvocab'), files: { 'tiny-llama-bigvocab-F16.gguf': 'model.gguf' } },
     // SmolLM3 (NoPE layers) as llama.cpp's converter writes it (fixtures/tiny/make_tiny_smollm3.py).
     'emberlm-test/tiny-smollm3-GGUF': { dir: tiny('smollm3'), files: { 'tiny-smollm3-F16.gguf': 'model.gguf' } },
+    // LFM2 (short convolutions + attention, fixtures/tiny/make_tiny_lfm2.py): as llama.cpp's
+    // converter writes it, and as a transformers repo.
+    'emberlm-test/tiny-lfm2-GGUF': { dir: tiny('lfm2'), files: { 'tiny-lfm2-F16.gguf': 'model.gguf' } },
+    'emberlm-test/tiny-lfm2': {
+      dir: tiny('lfm2'),
+      files: Object.fromEntries(['config.json', 'generation_config.json', 'tokenizer.json', 'tokenizer_config.json', 'model.safetensors'].map((f) => [f, f])),
+    },
     // A transformers repo with sharded safetensors.
     'emberlm-test/tiny-llama': {
       dir: tiny('llama'),

@@ -28,6 +28,19 @@ pub enum Architecture {
     Gemma3,
     /// SmolLM3: Llama with NoPE layers (no RoPE on every 4th layer by default).
     SmolLM3,
+    /// LFM2 (LiquidAI): gated short-convolution layers between GQA attention layers with q/k
+    /// norms.
+    Lfm2,
+}
+
+/// What mixes information across positions in a layer, and so what the layer keeps between
+/// steps (see `model::LayerState`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LayerKind {
+    /// Attention over a KV cache of every position.
+    Attention,
+    /// LFM2's gated short convolution over the last `conv_kernel` positions: a rolling state.
+    ShortConv,
 }
 
 /// `(config.json model_type, GGUF general.architecture, architecture)`.
@@ -40,10 +53,11 @@ const NAMES: &[(&str, &str, Architecture)] = &[
     ("gemma2", "gemma2", Architecture::Gemma2),
     ("gemma3_text", "gemma3", Architecture::Gemma3),
     ("smollm3", "smollm3", Architecture::SmolLM3),
+    ("lfm2", "lfm2", Architecture::Lfm2),
 ];
 
 fn supported_list() -> String {
-    "llama, mistral, qwen2, qwen3, phi3, gemma2, gemma3 (gemma3_text), smollm3".to_string()
+    "llama, mistral, qwen2, qwen3, phi3, gemma2, gemma3 (gemma3_text), smollm3, lfm2".to_string()
 }
 
 impl Architecture {
@@ -61,7 +75,7 @@ impl Architecture {
 
     /// Per-head RMSNorm of q and k before RoPE.
     pub fn has_qk_norm(self) -> bool {
-        matches!(self, Self::Qwen3 | Self::Gemma3)
+        matches!(self, Self::Qwen3 | Self::Gemma3 | Self::Lfm2)
     }
 
     /// Whether Gemma layer `layer` uses the sliding window when the model does not list its
@@ -153,6 +167,10 @@ pub struct ModelConfig {
     pub layer_windows: Vec<usize>,
     /// Per layer: whether q and k are rotated (false: a NoPE layer, positions only implicit).
     pub layer_rope: Vec<bool>,
+    /// Per layer: attention or a short convolution (LFM2).
+    pub layer_kinds: Vec<LayerKind>,
+    /// Positions a short convolution spans (LFM2's `conv_L_cache`); 0 without conv layers.
+    pub conv_kernel: usize,
     pub attn_scale: f32,
     pub attn_softcap: f32,
     pub final_softcap: f32,
@@ -196,6 +214,10 @@ impl ModelConfig {
         (self.heads + 2 * self.kv_heads) * self.head_dim
     }
 
+    pub fn has_conv_layers(&self) -> bool {
+        self.layer_kinds.contains(&LayerKind::ShortConv)
+    }
+
     fn check(self) -> Result<Self> {
         let bad = |m: String| Err(ModelError::Config(m));
         if self.heads == 0 || self.kv_heads == 0 || self.heads % self.kv_heads != 0 {
@@ -215,6 +237,12 @@ impl ModelConfig {
         if !(self.rms_eps > 0.0 && self.rope.theta > 0.0) {
             return bad(format!("rms eps {} and rope theta {} must be positive", self.rms_eps, self.rope.theta));
         }
+        if self.layer_kinds.len() != self.layers {
+            return bad(format!("{} layer kinds for {} layers", self.layer_kinds.len(), self.layers));
+        }
+        if self.has_conv_layers() && !(2..=emberlm_core::ops::MAX_CONV_KERNEL).contains(&self.conv_kernel) {
+            return bad(format!("a short convolution over {} positions is not supported (2 to {})", self.conv_kernel, emberlm_core::ops::MAX_CONV_KERNEL));
+        }
         Ok(self)
     }
 
@@ -232,9 +260,27 @@ impl ModelConfig {
         let optf = |k: &str| f.get_f64(&key(k)).ok().map(|v| v as f32);
         let hidden = get("embedding_length")?;
         let heads = get("attention.head_count")?;
-        let kv_heads = opt("attention.head_count_kv").unwrap_or(heads);
-        let head_dim = opt("attention.key_length").unwrap_or(if heads > 0 { hidden / heads } else { 0 });
         let layers = check_layers(get("block_count")?)?;
+        // One kv head count, or one per layer: LFM2 marks its conv layers with 0.
+        let (kv_heads, layer_kinds) = match f.get(&key("attention.head_count_kv")) {
+            Ok(crate::gguf::Value::Array(per_layer)) => {
+                let counts: Vec<usize> = per_layer.iter().map(|v| v.as_u64().map_or(MAX_SIZE as usize + 1, clamp_size)).collect();
+                if counts.len() != layers {
+                    return Err(ModelError::Config(format!("{} kv head counts for {layers} layers", counts.len())));
+                }
+                let kv = counts.iter().copied().max().unwrap_or(0);
+                if arch != Architecture::Lfm2 && counts.iter().any(|&n| n != kv) {
+                    return Err(ModelError::Config("kv head counts that differ per layer are not supported".into()));
+                }
+                if counts.iter().any(|&n| n != kv && n != 0) {
+                    return Err(ModelError::Config("attention layers with different kv head counts are not supported".into()));
+                }
+                (kv, counts.iter().map(|&n| if n == 0 { LayerKind::ShortConv } else { LayerKind::Attention }).collect())
+            }
+            Ok(v) => (v.as_u64().map_or(MAX_SIZE as usize + 1, clamp_size), vec![LayerKind::Attention; layers]),
+            Err(_) => (heads, vec![LayerKind::Attention; layers]),
+        };
+        let head_dim = opt("attention.key_length").unwrap_or(if heads > 0 { hidden / heads } else { 0 });
         let vocab = match f.get_u64(&key("vocab_size")) {
             Ok(v) => clamp_size(v),
             Err(_) => f.get_array("tokenizer.ggml.tokens")?.len(),
@@ -299,6 +345,8 @@ impl ModelConfig {
             rope_layout: if matches!(arch, Architecture::Llama | Architecture::SmolLM3) { RopeLayout::Interleaved } else { RopeLayout::Neox },
             layer_windows,
             layer_rope: arch.default_layer_rope(layers, 4),
+            layer_kinds,
+            conv_kernel: if arch == Architecture::Lfm2 { get("shortconv.l_cache")? } else { 0 },
             attn_scale,
             attn_softcap: optf("attn_logit_softcapping").unwrap_or(0.0),
             final_softcap: optf("final_logit_softcapping").unwrap_or(0.0),
@@ -384,6 +432,7 @@ impl ModelConfig {
         });
 
         let window = usize_of("sliding_window").unwrap_or(0);
+        let layer_kinds = if arch == Architecture::Lfm2 { lfm2_layer_kinds(c, layers)? } else { vec![LayerKind::Attention; layers] };
         let layer_windows: Vec<usize> = match c.get("layer_types").and_then(Json::as_array) {
             Some(types) => {
                 if types.len() != layers {
@@ -446,21 +495,27 @@ impl ModelConfig {
             heads,
             kv_heads,
             head_dim,
-            ffn: need("intermediate_size")?,
+            ffn: if arch == Architecture::Lfm2 { lfm2_ffn(c, &need)? } else { need("intermediate_size")? },
             vocab: need("vocab_size")?,
-            rms_eps: f32_of("rms_norm_eps").unwrap_or(1e-6),
+            rms_eps: f32_of("rms_norm_eps").or_else(|| f32_of("norm_eps")).unwrap_or(1e-6),
             rope,
             rope_local,
             rope_layout: RopeLayout::Neox,
             layer_windows,
             layer_rope,
+            layer_kinds,
+            conv_kernel: if arch == Architecture::Lfm2 { usize_of("conv_L_cache").unwrap_or(3) } else { 0 },
             attn_scale: 1.0 / qpas.sqrt(),
             attn_softcap: f32_of("attn_logit_softcapping").unwrap_or(0.0),
             final_softcap: f32_of("final_logit_softcapping").unwrap_or(0.0),
             embed_scale: if arch.is_gemma() { (hidden as f32).sqrt() } else { 1.0 },
             norm_offset: if arch.is_gemma() { 1.0 } else { 0.0 },
             activation,
-            tie_embeddings: c.get("tie_word_embeddings").and_then(Json::as_bool).unwrap_or(arch.is_gemma()),
+            tie_embeddings: c
+                .get("tie_word_embeddings")
+                .or_else(|| c.get("tie_embedding"))
+                .and_then(Json::as_bool)
+                .unwrap_or(arch.is_gemma() || arch == Architecture::Lfm2),
             context_length: max_pos,
             bos_token_id: bos,
             eos_token_ids: eos,
@@ -479,6 +534,53 @@ impl ModelConfig {
             self.eos_token_ids.push(id);
         }
     }
+}
+
+/// LFM2's layer kinds: `layer_types` ("conv" or "full_attention"), else the layers
+/// `full_attn_idxs` lists attend and the rest convolve, else every layer attends (transformers'
+/// defaults).
+fn lfm2_layer_kinds(c: &Json, layers: usize) -> Result<Vec<LayerKind>> {
+    if let Some(types) = c.get("layer_types").and_then(Json::as_array) {
+        if types.len() != layers {
+            return Err(ModelError::Config(format!("{} layer_types for {layers} layers", types.len())));
+        }
+        return types
+            .iter()
+            .map(|t| match t.as_str() {
+                Some("conv") => Ok(LayerKind::ShortConv),
+                Some("full_attention") => Ok(LayerKind::Attention),
+                _ => Err(ModelError::Config(format!("layer type {t} is not supported (conv, full_attention)"))),
+            })
+            .collect();
+    }
+    match c.get("full_attn_idxs").and_then(Json::as_array) {
+        Some(idxs) => {
+            let idxs: Vec<u64> = idxs.iter().filter_map(Json::as_u64).collect();
+            Ok((0..layers as u64).map(|i| if idxs.contains(&i) { LayerKind::Attention } else { LayerKind::ShortConv }).collect())
+        }
+        None => Ok(vec![LayerKind::Attention; layers]),
+    }
+}
+
+/// LFM2's MLP width as transformers' `Lfm2MLP` derives it: with `block_auto_adjust_ff_dim`
+/// (the default), 2/3 of `intermediate_size` (or `block_ff_dim`), then, when
+/// `block_ffn_dim_multiplier` is set, times it and rounded up to `block_multiple_of`.
+fn lfm2_ffn(c: &Json, need: &dyn Fn(&str) -> Result<usize>) -> Result<usize> {
+    let base = match c.get("block_ff_dim").and_then(Json::as_u64) {
+        Some(v) => clamp_size(v),
+        None => need("intermediate_size")?,
+    };
+    if c.get("block_auto_adjust_ff_dim").and_then(Json::as_bool) == Some(false) {
+        return Ok(base);
+    }
+    let mut ff = 2 * base / 3;
+    if let Some(m) = c.get("block_ffn_dim_multiplier").and_then(Json::as_f64) {
+        // A hostile multiplier (negative, NaN, huge) ends as 0 or past MAX_SIZE: refused by check().
+        ff = clamp_size((m * ff as f64).max(0.0) as u64);
+        let multiple = c.get("block_multiple_of").and_then(Json::as_u64).map_or(256, clamp_size).max(1);
+        ff = ff.div_ceil(multiple).saturating_mul(multiple);
+    }
+    Ok(ff)
 }
 
 #[cfg(test)]
@@ -522,6 +624,38 @@ mod tests {
         assert!(bad(serde_json::json!([1, 1])).contains("2 no_rope_layers for 7 layers"));
         assert!(bad(serde_json::json!([1, 1, 1, 2, 1, 1, 1])).contains("not 0 or 1"));
         assert!(bad(serde_json::json!([1, 1, 1, "x", 1, 1, 1])).contains("not 0 or 1"));
+    }
+
+    /// LFM2: which layers convolve, its MLP width rule (as transformers' `Lfm2MLP`), its norm eps
+    /// key; hostile values are errors.
+    #[test]
+    fn lfm2_layers_and_mlp_width() {
+        let kinds = |extra: Json| hf("lfm2", extra).layer_kinds;
+        use LayerKind::{Attention as A, ShortConv as C};
+        let types = serde_json::json!({"layer_types": ["conv", "conv", "full_attention", "conv", "conv", "full_attention", "conv"]});
+        assert_eq!(kinds(types), [C, C, A, C, C, A, C]);
+        assert_eq!(kinds(serde_json::json!({"full_attn_idxs": [1, 6]})), [C, A, C, C, C, C, A]);
+        assert_eq!(hf("llama", serde_json::json!({})).layer_kinds, [A; 7]);
+        let c = hf("lfm2", serde_json::json!({"norm_eps": 3e-5, "conv_L_cache": 4}));
+        assert_eq!((c.rms_eps, c.conv_kernel, c.tie_embeddings), (3e-5, 4, true));
+        // LFM2-350M: block_ff_dim 6656 → 4437 → ×1.0 → 4608 (multiple of 256).
+        let ffn = |extra: Json| hf("lfm2", extra).ffn;
+        assert_eq!(ffn(serde_json::json!({"block_ff_dim": 6656, "block_ffn_dim_multiplier": 1.0, "block_multiple_of": 256})), 4608);
+        assert_eq!(ffn(serde_json::json!({"intermediate_size": 200, "block_ffn_dim_multiplier": 1.0, "block_multiple_of": 32})), 160);
+        assert_eq!(ffn(serde_json::json!({"intermediate_size": 200, "block_ffn_dim_multiplier": null})), 133, "no multiplier: no rounding");
+        assert_eq!(ffn(serde_json::json!({"intermediate_size": 200, "block_auto_adjust_ff_dim": false})), 200);
+        let bad = |extra: Json| {
+            let mut c = serde_json::json!({"model_type": "lfm2", "hidden_size": 64, "num_attention_heads": 4, "num_hidden_layers": 2,
+                "intermediate_size": 128, "vocab_size": 512});
+            c.as_object_mut().unwrap().extend(extra.as_object().unwrap().clone());
+            ModelConfig::from_hf(&c, None).unwrap_err().to_string()
+        };
+        assert!(bad(serde_json::json!({"layer_types": ["conv", "mamba"]})).contains("not supported"));
+        assert!(bad(serde_json::json!({"layer_types": ["conv"]})).contains("1 layer_types for 2 layers"));
+        assert!(bad(serde_json::json!({"layer_types": ["conv", "conv"], "conv_L_cache": 99})).contains("99 positions"));
+        assert!(bad(serde_json::json!({"layer_types": ["conv", "conv"], "conv_L_cache": 1})).contains("1 positions"));
+        assert!(bad(serde_json::json!({"block_ffn_dim_multiplier": -2.0})).contains("intermediate size 0"));
+        assert!(bad(serde_json::json!({"block_ffn_dim_multiplier": 1e30})).contains("out of range"));
     }
 
     /// Sizes are checked before anything is allocated by them (2^40 layers aborted the process).

@@ -1,6 +1,6 @@
 //! A decoder-only transformer on emberlm-core, covering Llama, Mistral, Qwen2/3, Phi-3,
-//! Gemma 2/3 and SmolLM3 with the switches in [`ModelConfig`]. Weights come from any [`WeightStore`]
-//! (GGUF or safetensors). Per layer:
+//! Gemma 2/3, SmolLM3 and LFM2 with the switches in [`ModelConfig`]. Weights come from any
+//! [`WeightStore`] (GGUF or safetensors). Per layer, an attention layer:
 //!
 //! ```text
 //! normed = rms_norm(residual += previous output)          (first layer: rms_norm(embedding·scale))
@@ -15,14 +15,23 @@
 //! out    = act·Wdownᵀ;  out = rms_norm(out)                 Gemma's post-MLP norm
 //! ```
 //! then `logits = rms_norm(residual += out)[last]·Woutᵀ`, Gemma 2's soft-cap, and the argmax
-//! on the GPU.
+//! on the GPU. An LFM2 short-convolution layer replaces the attention lines with
+//!
+//! ```text
+//! bcx    = normed·Win_projᵀ                                 [B | C | x] per token
+//! conv   = C · conv1d(B · x) over the last conv_kernel positions   one op, rolling state
+//! out    = conv·Wout_projᵀ
+//! ```
+//!
+//! What each layer keeps between steps — a KV cache or a rolling convolution state — is its
+//! [`LayerState`]; a [`Session`] holds one per layer.
 
-use emberlm_core::ops::AttentionParams;
+use emberlm_core::ops::{AttentionParams, ShortConvParams};
 use emberlm_core::{DType, GpuDevice};
 
 use crate::backend::Backend;
 
-use crate::config::{LongRope, ModelConfig, RopeConfig};
+use crate::config::{LayerKind, LongRope, ModelConfig, RopeConfig};
 use crate::error::{ModelError, Result};
 use crate::gguf::ByteSource;
 use crate::weights::{GgufStore, WeightStore};
@@ -61,13 +70,30 @@ struct Linear<B: Backend> {
     parts: Vec<LinearPart<B>>,
 }
 
+/// What mixes positions in a layer.
+enum Mixer<B: Backend> {
+    Attention {
+        /// Writes [q | k | v].
+        qkv: Linear<B>,
+        q_norm: Option<B::Tensor>,
+        k_norm: Option<B::Tensor>,
+        o: Linear<B>,
+    },
+    /// LFM2's gated short convolution.
+    ShortConv {
+        /// Writes [B | C | x].
+        in_proj: Linear<B>,
+        /// [hidden, conv_kernel] f32.
+        conv: B::Tensor,
+        conv_bias: Option<B::Tensor>,
+        out_proj: Linear<B>,
+    },
+}
+
 struct Layer<B: Backend> {
-    attn_norm: B::Tensor,
-    /// Writes [q | k | v].
-    qkv: Linear<B>,
-    q_norm: Option<B::Tensor>,
-    k_norm: Option<B::Tensor>,
-    o: Linear<B>,
+    /// The norm before the mixer (attention or convolution).
+    mixer_norm: B::Tensor,
+    mixer: Mixer<B>,
     post_attn_norm: Option<B::Tensor>,
     ffn_norm: B::Tensor,
     /// Writes [gate | up].
@@ -104,6 +130,28 @@ struct Loader<'a, B: Backend> {
 /// wasm32 the product of config sizes (each up to 2^24) overflows a usize.
 fn kv_layer_bytes(c: &ModelConfig, context: usize) -> u64 {
     c.kv_heads as u64 * c.head_dim as u64 * context as u64 * 4
+}
+
+/// Slots of a rolling convolution state: two that steps alternate between by position parity,
+/// and a checkpoint (see [`RollingSlots`]).
+const CONV_STATE_SLOTS: usize = 3;
+const CONV_CHECKPOINT_SLOT: usize = 2;
+
+/// f32 values of one conv layer's state: every slot of `[conv_kernel - 1][hidden]`.
+fn conv_state_len(c: &ModelConfig) -> usize {
+    CONV_STATE_SLOTS * c.conv_kernel.saturating_sub(1) * c.hidden
+}
+
+/// Bytes a session's per-layer state takes: both KV caches of each attention layer, the
+/// rolling state of each convolution layer.
+pub fn state_bytes(c: &ModelConfig, context: usize) -> u64 {
+    c.layer_kinds
+        .iter()
+        .map(|kind| match kind {
+            LayerKind::Attention => 2 * kv_layer_bytes(c, context),
+            LayerKind::ShortConv => conv_state_len(c) as u64 * 4,
+        })
+        .sum()
 }
 
 /// The dtype a matrix loads as: the requested one, else the file's own; f32 when the row
@@ -257,7 +305,7 @@ impl<B: Backend> Model<B> {
     /// Bytes a load with `options` will hold: every tensor at the dtype it loads as (vectors in
     /// f32) plus both KV caches. Checked against [`Backend::memory_budget`] before loading.
     pub fn memory_needed(c: &ModelConfig, store: &dyn WeightStore, options: &LoadOptions) -> Result<u64> {
-        let mut need = 2 * c.layers as u64 * kv_layer_bytes(c, options.context);
+        let mut need = state_bytes(c, options.context);
         for name in store.names() {
             let Some((rows, k)) = store.shape(&name) else { continue };
             let dtype = if rows == 1 { DType::F32 } else { load_dtype(store, options.dtype, &name, k)? };
@@ -299,15 +347,12 @@ impl<B: Backend> Model<B> {
         let (q_rows, kv_rows) = (c.heads * d, c.kv_heads * d);
         let embed = ld.matrix("token_embd.weight", c.vocab, h)?;
         let output = if store.shape("output.weight").is_some() { Some(ld.matrix("output.weight", c.vocab, h)?) } else { None };
-        let output_norm = ld.vector("output_norm.weight", h)?;
+        // LFM2's final norm keeps the name of its checkpoint's `embedding_norm`.
+        let output_norm = ld.vector(if c.arch == crate::config::Architecture::Lfm2 { "token_embd_norm.weight" } else { "output_norm.weight" }, h)?;
         let mut layers = Vec::with_capacity(c.layers);
         for i in 0..c.layers {
             let n = |s: &str| format!("blk.{i}.{s}");
-            let qkv_parts = if store.shape(&n("attn_qkv.weight")).is_some() {
-                vec![(n("attn_qkv.weight"), c.qkv_width())]
-            } else {
-                vec![(n("attn_q.weight"), q_rows), (n("attn_k.weight"), kv_rows), (n("attn_v.weight"), kv_rows)]
-            };
+
             let gate_up_parts = if store.shape(&n("ffn_gate.weight")).is_some() {
                 vec![(n("ffn_gate.weight"), c.ffn), (n("ffn_up.weight"), c.ffn)]
             } else {
@@ -327,12 +372,33 @@ impl<B: Backend> Model<B> {
                     Ok(None)
                 }
             };
+            let mixer = match c.layer_kinds[i] {
+                LayerKind::Attention => {
+                    let qkv_parts = if store.shape(&n("attn_qkv.weight")).is_some() {
+                        vec![(n("attn_qkv.weight"), c.qkv_width())]
+                    } else {
+                        vec![(n("attn_q.weight"), q_rows), (n("attn_k.weight"), kv_rows), (n("attn_v.weight"), kv_rows)]
+                    };
+                    Mixer::Attention {
+                        qkv: ld.linear(&qkv_parts, h)?,
+                        q_norm: qk_norm(&mut ld, "attn_q_norm.weight")?,
+                        k_norm: qk_norm(&mut ld, "attn_k_norm.weight")?,
+                        o: ld.linear(&[(n("attn_output.weight"), h)], q_rows)?,
+                    }
+                }
+                LayerKind::ShortConv => {
+                    ld.expect_shape(&n("shortconv.conv.weight"), h, c.conv_kernel)?;
+                    Mixer::ShortConv {
+                        in_proj: ld.linear(&[(n("shortconv.in_proj.weight"), 3 * h)], h)?,
+                        conv: ld.vector(&n("shortconv.conv.weight"), h * c.conv_kernel)?,
+                        conv_bias: ld.optional_vector(&n("shortconv.conv.bias"), h)?,
+                        out_proj: ld.linear(&[(n("shortconv.out_proj.weight"), h)], h)?,
+                    }
+                }
+            };
             layers.push(Layer {
-                attn_norm: ld.vector(&n("attn_norm.weight"), h)?,
-                qkv: ld.linear(&qkv_parts, h)?,
-                q_norm: qk_norm(&mut ld, "attn_q_norm.weight")?,
-                k_norm: qk_norm(&mut ld, "attn_k_norm.weight")?,
-                o: ld.linear(&[(n("attn_output.weight"), h)], q_rows)?,
+                mixer_norm: ld.vector(&n("attn_norm.weight"), h)?,
+                mixer,
                 post_attn_norm: post(&mut ld, "post_attention_norm.weight")?,
                 ffn_norm: ld.vector(&n("ffn_norm.weight"), h)?,
                 gate_up: ld.linear(&gate_up_parts, h)?,
@@ -349,11 +415,93 @@ impl<B: Backend> Model<B> {
     }
 }
 
-/// Per-layer key and value caches, [kv_heads, capacity, head_dim] f32 each.
-pub struct KvCache<B: Backend> {
-    k: Vec<B::Tensor>,
-    v: Vec<B::Tensor>,
+/// What one layer keeps from step to step.
+pub enum LayerState<B: Backend> {
+    /// Attention: the keys and values of every position, [kv_heads, capacity, head_dim] f32 each.
+    /// Any prefix of it stays valid: later positions are simply overwritten.
+    Kv { k: B::Tensor, v: B::Tensor },
+    /// A short convolution: its last `conv_kernel - 1` inputs, in [`CONV_STATE_SLOTS`] slots of
+    /// `[conv_kernel - 1][hidden]` f32. Only the state at the end (and a checkpoint) exists: see
+    /// [`RollingSlots`].
+    Conv { slots: B::Tensor },
+}
+
+/// Where the rolling states (every conv layer's, which advance together) are. A step at
+/// position `p` of `t` tokens reads the slot holding the state at `p` and writes the state at
+/// `p + t` to slot `(p + t) % 2`, so a step queued ahead and run in vain (greedy decoding stopped
+/// by its caller) never overwrites the state the session is at. A step of several tokens also
+/// writes the state before its last token to the checkpoint slot: a regenerated reply, whose
+/// prompt is all but the last token of what the cache holds, restarts from there.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+struct RollingSlots {
+    /// The slot holding the state at the session's position; `None`: zeros (position 0).
+    current: Option<usize>,
+    /// The position whose state the checkpoint slot holds.
+    checkpoint: Option<usize>,
+}
+
+impl RollingSlots {
+    /// The slots a step of `tokens` at `pos0` reads and writes, the session being at `position`
+    /// (a queued step's `pos0` lies past it: it reads what the step before it writes).
+    fn params(&self, pos0: usize, tokens: usize, position: usize) -> (Option<usize>, usize, Option<usize>) {
+        let src = if pos0 == position { self.current } else { Some(pos0 % 2) };
+        (src, (pos0 + tokens) % 2, (tokens > 1).then_some(CONV_CHECKPOINT_SLOT))
+    }
+
+    /// A step of `tokens` at `pos0` has run.
+    fn advance(&mut self, pos0: usize, tokens: usize) {
+        self.current = Some((pos0 + tokens) % 2);
+        if tokens > 1 {
+            self.checkpoint = Some(pos0 + tokens - 1);
+        }
+    }
+
+    /// Moves back from `position` to the latest state at or before `keep`; returns its position.
+    fn rewind(&mut self, keep: usize, position: usize) -> usize {
+        if keep >= position {
+            return position;
+        }
+        match self.checkpoint {
+            Some(c) if c <= keep => {
+                self.current = Some(CONV_CHECKPOINT_SLOT);
+                c
+            }
+            _ => {
+                *self = Self::default();
+                0
+            }
+        }
+    }
+}
+
+/// A conversation's per-layer state and what its rolling layers' slots hold.
+pub struct GenerationState<B: Backend> {
+    layers: Vec<LayerState<B>>,
+    /// Positions the KV caches hold.
     pub capacity: usize,
+    rolling: RollingSlots,
+    /// Whether any layer's state rolls (LFM2's convolutions): only then is a prefix not free.
+    has_rolling: bool,
+}
+
+impl<B: Backend> GenerationState<B> {
+    fn new(dev: &B, c: &ModelConfig, capacity: usize) -> Result<Self> {
+        let kv_len = c.kv_heads * capacity * c.head_dim;
+        let layers = c
+            .layer_kinds
+            .iter()
+            .enumerate()
+            .map(|(i, kind)| {
+                Ok(match kind {
+                    LayerKind::Attention => {
+                        LayerState::Kv { k: dev.activation(&format!("k cache {i}"), &[kv_len])?, v: dev.activation(&format!("v cache {i}"), &[kv_len])? }
+                    }
+                    LayerKind::ShortConv => LayerState::Conv { slots: dev.activation(&format!("conv state {i}"), &[conv_state_len(c)])? },
+                })
+            })
+            .collect::<Result<Vec<_>>>()?;
+        Ok(Self { layers, capacity, rolling: RollingSlots::default(), has_rolling: c.has_conv_layers() })
+    }
 }
 
 /// Activation buffers for steps of `tokens` tokens; reused across decode steps.
@@ -369,6 +517,9 @@ struct Workspace<B: Backend> {
     post: Option<B::Tensor>,
     gate_up: B::Tensor,
     act: B::Tensor,
+    /// LFM2's conv layers: the [B | C | x] rows and the convolution's output.
+    bcx: Option<B::Tensor>,
+    conv_out: Option<B::Tensor>,
     logits: B::Tensor,
     /// A prefill's greedy token. A decode step (`None` here) writes its token over its own
     /// input id instead, where the next decode step reads it: greedy decoding can then queue a
@@ -390,6 +541,8 @@ impl<B: Backend> Workspace<B> {
             post: if c.arch.has_post_norms() { Some(f32t("post-norm out", c.hidden)?) } else { None },
             gate_up: f32t("gate|up", 2 * c.ffn)?,
             act: f32t("activation", c.ffn)?,
+            bcx: if c.has_conv_layers() { Some(f32t("conv in", 3 * c.hidden)?) } else { None },
+            conv_out: if c.has_conv_layers() { Some(f32t("conv out", c.hidden)?) } else { None },
             logits: dev.activation("logits", &[c.vocab])?,
             next: if t == 1 { None } else { Some(dev.activation("next token", &[1])?) },
         })
@@ -417,7 +570,7 @@ pub struct PendingStep<B: Backend> {
 /// borrows no model, so an engine can keep it between requests and prefill only what a new
 /// prompt adds ([`Session::reuse_prefix`]); each step takes the model it was made for.
 pub struct Session<B: Backend = GpuDevice> {
-    cache: KvCache<B>,
+    state: GenerationState<B>,
     /// The tokens at positions `0..tokens.len()` of the cache.
     tokens: Vec<u32>,
     decode: Option<Workspace<B>>,
@@ -429,15 +582,8 @@ pub struct Session<B: Backend = GpuDevice> {
 
 impl<B: Backend> Session<B> {
     pub fn new(dev: &B, model: &Model<B>) -> Result<Self> {
-        let c = &model.config;
-        let len = c.kv_heads * model.context * c.head_dim;
-        let mut k = Vec::with_capacity(c.layers);
-        let mut v = Vec::with_capacity(c.layers);
-        for i in 0..c.layers {
-            k.push(dev.activation(&format!("k cache {i}"), &[len])?);
-            v.push(dev.activation(&format!("v cache {i}"), &[len])?);
-        }
-        Ok(Self { cache: KvCache { k, v, capacity: model.context }, tokens: Vec::new(), decode: None, decode_cache: Default::default(), in_flight: false })
+        let state = GenerationState::new(dev, &model.config, model.context)?;
+        Ok(Self { state, tokens: Vec::new(), decode: None, decode_cache: Default::default(), in_flight: false })
     }
 
     /// The next position: how many tokens the cache holds.
@@ -453,17 +599,29 @@ impl<B: Backend> Session<B> {
     /// Forgets the conversation (the cache is overwritten from position 0).
     pub fn reset(&mut self) {
         self.tokens.clear();
+        self.state.rolling = RollingSlots::default();
     }
 
     /// Keeps the longest prefix of the cache that `prompt` starts with — all but at least its
     /// last token, which the next step must run to produce logits — and forgets the rest.
     /// Returns how many tokens of `prompt` need no prefill. Positions past the kept prefix are
-    /// simply overwritten: every layer's cache is full-length, sliding-window ones included.
+    /// simply overwritten: every layer's KV cache is full-length, sliding-window ones included.
+    /// A model with rolling states (LFM2) keeps the whole cache (a follow-up), the checkpoint
+    /// (a regenerated reply), or nothing.
     pub fn reuse_prefix(&mut self, prompt: &[u32]) -> usize {
         let shared = self.tokens.iter().zip(prompt).take_while(|(a, b)| a == b).count();
-        let keep = shared.min(prompt.len().saturating_sub(1));
+        let mut keep = shared.min(prompt.len().saturating_sub(1));
+        if self.state.has_rolling {
+            keep = self.state.rolling.rewind(keep, self.position());
+        }
         self.tokens.truncate(keep);
         keep
+    }
+
+    /// `tokens` ran at the next positions.
+    fn commit(&mut self, tokens: &[u32]) {
+        self.state.rolling.advance(self.position(), tokens.len());
+        self.tokens.extend_from_slice(tokens);
     }
 
     /// Runs `tokens` at the next positions and returns the greedy next token; reads the last
@@ -503,9 +661,19 @@ impl<B: Backend> Session<B> {
     /// Waits for a step [`Session::submit_step`] submitted: its token and, if asked for, logits.
     pub async fn finish_step(&mut self, dev: &B, pending: PendingStep<B>) -> Result<StepOutput> {
         self.in_flight = false;
-        let (argmax, logits) = dev.finish(pending.read).await?;
-        // Counted only once the step has run: a failed step leaves the session as it was.
-        self.tokens.extend(pending.tokens);
+        let (argmax, logits) = match dev.finish(pending.read).await {
+            Ok(done) => done,
+            Err(e) => {
+                // A KV cache keeps its prefix, but a step that failed on the device may have
+                // rolled a convolution state part way: start over then.
+                if self.state.has_rolling {
+                    self.reset();
+                }
+                return Err(e.into());
+            }
+        };
+        // Counted only once the step has run.
+        self.commit(&pending.tokens);
         Ok(StepOutput { argmax, logits })
     }
 
@@ -527,7 +695,7 @@ impl<B: Backend> Session<B> {
         let mut made = 0;
         while made < max_tokens {
             while queued.len() < depth && made + queued.len() < max_tokens {
-                if self.position() + queued.len() >= self.cache.capacity {
+                if self.position() + queued.len() >= self.state.capacity {
                     if queued.is_empty() {
                         self.check_step(model, &[input])?;
                     }
@@ -542,7 +710,7 @@ impl<B: Backend> Session<B> {
                 queued.push_back(dev.submit(pass, &mut self.decode_cache, ws.next(), None)?);
             }
             let (token, _) = dev.finish(queued.pop_front().expect("a step was queued")).await?;
-            self.tokens.push(input);
+            self.commit(&[input]);
             input = token;
             made += 1;
             if !on_token(token) {
@@ -550,7 +718,7 @@ impl<B: Backend> Session<B> {
             }
         }
         // A step still queued ran ahead in vain: its cache writes lie past `position()`, where
-        // the next step overwrites them.
+        // the next step overwrites them, and its rolling state went to the other slot.
         Ok(made)
     }
 
@@ -565,7 +733,7 @@ impl<B: Backend> Session<B> {
         let mut pass = dev.pass();
         self.record(model, &mut pass, &ws, 0, false)?;
         let (_, hidden) = dev.run(pass, &mut B::StepCache::default(), ws.next(), Some(&ws.normed)).await?;
-        self.tokens.extend_from_slice(tokens);
+        self.commit(tokens);
         let mut hidden = hidden.ok_or_else(|| ModelError::Config("the backend returned no hidden states".into()))?;
         hidden.truncate(tokens.len() * model.config.hidden);
         Ok(hidden)
@@ -574,7 +742,7 @@ impl<B: Backend> Session<B> {
     /// Checks a step of `tokens` at the next position.
     fn check_step(&self, model: &Model<B>, tokens: &[u32]) -> Result<()> {
         let c = &model.config;
-        if self.cache.k.len() != c.layers || self.cache.capacity != model.context {
+        if self.state.layers.len() != c.layers || self.state.capacity != model.context {
             return Err(ModelError::Config("this session was made for another model".into()));
         }
         if tokens.is_empty() {
@@ -584,8 +752,8 @@ impl<B: Backend> Session<B> {
             return Err(ModelError::TokenOutOfRange { id, vocab: c.vocab });
         }
         let needed = self.position() + tokens.len();
-        if needed > self.cache.capacity {
-            return Err(ModelError::ContextFull { needed, capacity: self.cache.capacity });
+        if needed > self.state.capacity {
+            return Err(ModelError::ContextFull { needed, capacity: self.state.capacity });
         }
         Ok(())
     }
@@ -628,38 +796,52 @@ impl<B: Backend> Session<B> {
             }
         };
         B::embedding(plan, &ws.ids, &m.embed, &ws.residual, t, c.embed_scale)?;
+        let (conv_src, conv_dst, conv_snap) = self.state.rolling.params(pos0, t, self.position());
         let mut pending: Option<&B::Tensor> = None;
-        for (i, layer) in m.layers.iter().enumerate() {
+        for (i, (layer, state)) in m.layers.iter().zip(&self.state.layers).enumerate() {
             match pending {
-                None => B::rms_norm(plan, &ws.residual, &layer.attn_norm, None, &ws.normed, t, c.rms_eps, c.norm_offset)?,
-                Some(x) => B::rms_norm(plan, x, &layer.attn_norm, Some(&ws.residual), &ws.normed, t, c.rms_eps, c.norm_offset)?,
+                None => B::rms_norm(plan, &ws.residual, &layer.mixer_norm, None, &ws.normed, t, c.rms_eps, c.norm_offset)?,
+                Some(x) => B::rms_norm(plan, x, &layer.mixer_norm, Some(&ws.residual), &ws.normed, t, c.rms_eps, c.norm_offset)?,
             };
-            project(plan, &ws.normed, &layer.qkv, &ws.qkv, qkv_w)?;
-            if let (Some(qn), Some(kn)) = (&layer.q_norm, &layer.k_norm) {
-                B::head_rms_norm(plan, &ws.qkv, qn, t, c.heads, 0, qkv_w, c.rms_eps, c.norm_offset)?;
-                B::head_rms_norm(plan, &ws.qkv, kn, t, c.kv_heads, c.heads, qkv_w, c.rms_eps, c.norm_offset)?;
+            match (&layer.mixer, state) {
+                (Mixer::Attention { qkv, q_norm, k_norm, o }, LayerState::Kv { k: k_cache, v: v_cache }) => {
+                    project(plan, &ws.normed, qkv, &ws.qkv, qkv_w)?;
+                    if let (Some(qn), Some(kn)) = (q_norm, k_norm) {
+                        B::head_rms_norm(plan, &ws.qkv, qn, t, c.heads, 0, qkv_w, c.rms_eps, c.norm_offset)?;
+                        B::head_rms_norm(plan, &ws.qkv, kn, t, c.kv_heads, c.heads, qkv_w, c.rms_eps, c.norm_offset)?;
+                    }
+                    let window = c.layer_windows[i];
+                    let rope = match (&m.rope_none, &m.rope_local) {
+                        (Some(none), _) if !c.layer_rope[i] => none,
+                        (_, Some(local)) if window > 0 => local,
+                        _ => &m.rope,
+                    };
+                    B::rope_kv_append(plan, &ws.qkv, rope, c.rope_layout, t, c.heads, c.kv_heads, d, qkv_w, k_cache, v_cache, pos0)?;
+                    let params = AttentionParams {
+                        tokens: t,
+                        heads_q: c.heads,
+                        heads_kv: c.kv_heads,
+                        head_dim: d,
+                        pos0,
+                        window,
+                        causal: !c.bidirectional,
+                        scale: c.attn_scale,
+                        softcap: c.attn_softcap,
+                        q_stride: qkv_w,
+                    };
+                    B::attention(plan, &ws.qkv, k_cache, v_cache, &ws.attn, &params)?;
+                    project(plan, &ws.attn, o, &ws.out, c.hidden)?;
+                }
+                (Mixer::ShortConv { in_proj, conv, conv_bias, out_proj }, LayerState::Conv { slots }) => {
+                    let (bcx, conv_out) = (ws.bcx.as_ref().expect("conv buffers"), ws.conv_out.as_ref().expect("conv buffers"));
+                    project(plan, &ws.normed, in_proj, bcx, 3 * c.hidden)?;
+                    let params =
+                        ShortConvParams { tokens: t, channels: c.hidden, kernel: c.conv_kernel, src_slot: conv_src, dst_slot: conv_dst, snap_slot: conv_snap };
+                    B::short_conv(plan, bcx, conv, conv_bias.as_ref(), slots, conv_out, &params)?;
+                    project(plan, conv_out, out_proj, &ws.out, c.hidden)?;
+                }
+                _ => return Err(ModelError::Config(format!("layer {i}'s state does not match its kind"))),
             }
-            let window = c.layer_windows[i];
-            let rope = match (&m.rope_none, &m.rope_local) {
-                (Some(none), _) if !c.layer_rope[i] => none,
-                (_, Some(local)) if window > 0 => local,
-                _ => &m.rope,
-            };
-            B::rope_kv_append(plan, &ws.qkv, rope, c.rope_layout, t, c.heads, c.kv_heads, d, qkv_w, &self.cache.k[i], &self.cache.v[i], pos0)?;
-            let params = AttentionParams {
-                tokens: t,
-                heads_q: c.heads,
-                heads_kv: c.kv_heads,
-                head_dim: d,
-                pos0,
-                window,
-                causal: !c.bidirectional,
-                scale: c.attn_scale,
-                softcap: c.attn_softcap,
-                q_stride: qkv_w,
-            };
-            B::attention(plan, &ws.qkv, &self.cache.k[i], &self.cache.v[i], &ws.attn, &params)?;
-            project(plan, &ws.attn, &layer.o, &ws.out, c.hidden)?;
             post_norm(plan, &ws.out, layer.post_attn_norm.as_ref())?;
             let attn_out = block_out(layer.post_attn_norm.as_ref());
             B::rms_norm(plan, attn_out, &layer.ffn_norm, Some(&ws.residual), &ws.normed, t, c.rms_eps, c.norm_offset)?;

@@ -134,6 +134,8 @@ pub fn canonical_name(hf: &str, arch: Architecture) -> Option<String> {
     match hf {
         "embed_tokens.weight" => return Some("token_embd.weight".into()),
         "norm.weight" => return Some("output_norm.weight".into()),
+        // LFM2's final norm (llama.cpp keeps the name as token_embd_norm).
+        "embedding_norm.weight" => return Some("token_embd_norm.weight".into()),
         "lm_head.weight" | "language_model.lm_head.weight" => return Some("output.weight".into()),
         _ => {}
     }
@@ -159,6 +161,18 @@ pub fn canonical_name(hf: &str, arch: Architecture) -> Option<String> {
         // Phi-3's fused [gate; up] is llama.cpp's 2·ffn-row `ffn_up`.
         "mlp.up_proj" | "mlp.gate_up_proj" => "ffn_up",
         "mlp.down_proj" => "ffn_down",
+        // LFM2.
+        "operator_norm" => "attn_norm",
+        "ffn_norm" => "ffn_norm",
+        "self_attn.out_proj" => "attn_output",
+        "self_attn.q_layernorm" => "attn_q_norm",
+        "self_attn.k_layernorm" => "attn_k_norm",
+        "conv.in_proj" => "shortconv.in_proj",
+        "conv.conv" => "shortconv.conv",
+        "conv.out_proj" => "shortconv.out_proj",
+        "feed_forward.w1" => "ffn_gate",
+        "feed_forward.w3" => "ffn_up",
+        "feed_forward.w2" => "ffn_down",
         _ => return None,
     };
     Some(format!("blk.{layer}.{name}.{suffix}"))

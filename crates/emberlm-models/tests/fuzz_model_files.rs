@@ -251,4 +251,22 @@ fn mutated_model_files_end_in_clean_errors_within_bounds() {
         t.run(&format!("tokenizer bytes #{i}"), || load_hf(&config, &raw, &tokenizer_config));
     }
     t.report("config.json / tokenizer.json / tokenizer_config.json");
+
+    // LFM2's own keys: per-layer kv head counts (0 marks a conv layer), the conv length,
+    // layer_types and the MLP width rule.
+    let lfm2 = fixture("lfm2/model.gguf");
+    load_gguf(&lfm2).unwrap();
+    let lfm2_header = GgufFile::read(lfm2.as_slice()).unwrap().data_offset as usize;
+    let lfm2_config: Value = serde_json::from_slice(&fixture("lfm2/config.json")).unwrap();
+    let lfm2_tok = fixture("lfm2/tokenizer.json");
+    let lfm2_tok_cfg: Value = serde_json::from_slice(&fixture("lfm2/tokenizer_config.json")).unwrap();
+    load_hf(&lfm2_config, &lfm2_tok, &lfm2_tok_cfg).unwrap();
+    let mut t = Tally::default();
+    for i in 0..n / 2 {
+        let bytes = mutate_bytes(&mut rng, &lfm2, lfm2_header);
+        t.run(&format!("lfm2 gguf #{i}"), || load_gguf(&bytes));
+        let config = mutate_json(&mut rng, &lfm2_config);
+        t.run(&format!("lfm2 config #{i}"), || load_hf(&config, &lfm2_tok, &lfm2_tok_cfg));
+    }
+    t.report("LFM2 GGUF / config.json");
 }

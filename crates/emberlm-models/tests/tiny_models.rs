@@ -123,7 +123,10 @@ fn run<B: Backend>(dev: &B, arch: &str, source: Source, dtype: Option<DType>) ->
             pollster::block_on(generate(dev, &model, &mut session, &prompt[..half], &turn1, |_, _| true)).unwrap();
             let turn2 = pollster::block_on(generate(dev, &model, &mut session, &prompt, &opts, |_, _| true)).unwrap();
             let turn3 = pollster::block_on(generate(dev, &model, &mut session, &prompt, &opts, |_, _| true)).unwrap();
-            assert!(turn2.reused_tokens >= half && turn2.reused_tokens < prompt.len(), "reused {} of {}", turn2.reused_tokens, prompt.len());
+            // A rolling convolution state exists only at the end and at the checkpoint before a
+            // prefill's last token: LFM2 rewinds there.
+            let least = if model.config.has_conv_layers() { half - 1 } else { half };
+            assert!(turn2.reused_tokens >= least && turn2.reused_tokens < prompt.len(), "reused {} of {}", turn2.reused_tokens, prompt.len());
             assert_eq!(turn3.reused_tokens, prompt.len() - 1);
             out.greedy_equal &= turn2.generated_ids == want && turn3.generated_ids == want;
         }
@@ -161,8 +164,14 @@ fn check_arch_on<B: Backend>(dev: &B, arch: &str) {
     check_exact(dev, arch, Source::Safetensors, None);
     check_exact(dev, arch, Source::Safetensors, Some(DType::F32));
     check_exact(dev, arch, Source::Gguf, None);
-    check_quantized(dev, arch, Source::Safetensors, DType::Q8, 0.999, 0.85);
-    check_quantized(dev, arch, Source::Safetensors, DType::Q4, 0.9, 0.4);
+    // LFM2's conv layers multiply three projections of one input (B · x · C), so weight
+    // rounding costs more: transformers itself, with every matrix rounded to Q8_0 (Q4_1) blocks
+    // of 32, gives the fixture's second prompt a logit cosine of 0.9983 (0.761) against its f32
+    // logits; emberlm's are 0.9983 (0.758) on WebGPU, 0.9973 on the CPU backend, which also
+    // rounds the activations to 8 bits.
+    let (q8_cosine, q4_cosine, q4_agree) = if arch == "lfm2" { (0.996, 0.7, 0.15) } else { (0.999, 0.9, 0.4) };
+    check_quantized(dev, arch, Source::Safetensors, DType::Q8, q8_cosine, 0.85);
+    check_quantized(dev, arch, Source::Safetensors, DType::Q4, q4_cosine, q4_agree);
 }
 
 /// Whether the CPU half runs (see the module docs).
@@ -222,6 +231,71 @@ fn gemma3_qk_norm_local_global_rope() {
 #[test]
 fn smollm3_nope_layers() {
     check_arch("smollm3");
+}
+
+/// LFM2: short-convolution layers (rolling state) between attention layers with q/k norms; the
+/// MLP width from its auto-adjust rule; GGUF with per-layer kv head counts.
+#[test]
+fn lfm2_short_convolutions() {
+    check_arch("lfm2");
+}
+
+/// The last prompt position's logits of one LFM2 prompt run in different step splits.
+fn lfm2_logits_by_steps<B: Backend>(dev: &B, model: &Model<B>, prompt: &[u32], chunks: &[usize]) -> Vec<f32> {
+    let mut session = Session::new(dev, model).unwrap();
+    let mut at = 0;
+    let mut logits = None;
+    for &n in chunks.iter().cycle() {
+        let end = (at + n).min(prompt.len());
+        logits = pollster::block_on(session.step(dev, model, &prompt[at..end], end == prompt.len())).unwrap().logits;
+        at = end;
+        if at == prompt.len() {
+            break;
+        }
+    }
+    logits.unwrap()
+}
+
+/// The rolling convolution state carries across steps of any size: the whole prompt at once,
+/// one token at a time, a two-token prefill then single tokens (as transformers' own cached
+/// run in the fixture), and chunks of 3 (each step's state slot read from the one before it)
+/// give the same logits, all within 1e-3 of transformers'.
+fn check_lfm2_step_splits<B: Backend>(dev: &B, source: Source) {
+    let dir = fixture("lfm2");
+    let options = LoadOptions { dtype: None, context: 64 };
+    let model = match source {
+        Source::Safetensors => {
+            let hf = open_hf_dir(&dir).unwrap();
+            Model::load(dev, hf.config, &hf.store, &options).unwrap()
+        }
+        Source::Gguf => Model::load_gguf(dev, &open_gguf(&dir.join("model.gguf")).unwrap(), &options).unwrap(),
+    };
+    let reference: Value = serde_json::from_str(&std::fs::read_to_string(dir.join("reference.json")).unwrap()).unwrap();
+    let floats = |v: &Value| -> Vec<f64> { v.as_array().unwrap().iter().map(|x| x.as_f64().unwrap()).collect() };
+    for case in reference["cases"].as_array().unwrap() {
+        let prompt = ids(&case["input_ids"]);
+        let (full, stepwise) = (floats(&case["last_logits"]), floats(&case["stepwise_logits"]));
+        let whole = lfm2_logits_by_steps(dev, &model, &prompt, &[prompt.len()]);
+        for chunks in [&[1][..], &[2, 1, 1, 1], &[3], &[5, 2]] {
+            let split = lfm2_logits_by_steps(dev, &model, &prompt, chunks);
+            let same = split.iter().zip(&whole).map(|(a, b)| (a - b).abs()).fold(0f32, f32::max);
+            assert!(same < 1e-4, "{} {source:?} steps {chunks:?}: logits {same} off the one-step prefill's", dev.kind().name());
+            for (want, what) in [(&full, "full forward"), (&stepwise, "cached steps")] {
+                let err = split.iter().zip(want).map(|(a, b)| (*a as f64 - b).abs()).fold(0f64, f64::max);
+                assert!(err < 1e-3, "{} {source:?} steps {chunks:?}: logits {err} off transformers' {what}", dev.kind().name());
+            }
+        }
+    }
+}
+
+#[test]
+fn lfm2_prefill_then_decode_equals_one_token_steps() {
+    for source in [Source::Safetensors, Source::Gguf] {
+        check_lfm2_step_splits(dev(), source);
+        if on_cpu_too() {
+            check_lfm2_step_splits(cpu(), source);
+        }
+    }
 }
 
 /// K-quant GGUF (Q4_K/Q5_K/Q6_K, as in Q4_K_M files) against transformers on the same file:
@@ -287,8 +361,8 @@ fn decode_reads_every_weight_once_and_one_embedding_row() {
 /// Greedy decoding that queues each step before the previous token is read back (WebGPU)
 /// makes transformers' tokens, and stopping early leaves the session as if the step queued in
 /// vain never ran: a different token after the stop gives the logits a fresh session gives.
-fn check_greedy_queued_ahead<B: Backend>(dev: &B) {
-    let dir = fixture("llama");
+fn check_greedy_queued_ahead<B: Backend>(dev: &B, arch: &str) {
+    let dir = fixture(arch);
     let hf = open_hf_dir(&dir).unwrap();
     let model = Model::load(dev, hf.config, &hf.store, &LoadOptions { dtype: None, context: 64 }).unwrap();
     let reference: Value = serde_json::from_str(&std::fs::read_to_string(dir.join("reference.json")).unwrap()).unwrap();
@@ -331,9 +405,12 @@ fn check_greedy_queued_ahead<B: Backend>(dev: &B) {
 
 #[test]
 fn greedy_decoding_queued_ahead_matches_step_by_step() {
-    check_greedy_queued_ahead(dev());
-    if on_cpu_too() {
-        check_greedy_queued_ahead(cpu());
+    // LFM2: the step run in vain must not have rolled the convolution state on.
+    for arch in ["llama", "lfm2"] {
+        check_greedy_queued_ahead(dev(), arch);
+        if on_cpu_too() {
+            check_greedy_queued_ahead(cpu(), arch);
+        }
     }
 }
 

@@ -89,10 +89,12 @@ fn tiny_gguf_tokenizer_equals_its_tokenizer_json() {
 }
 
 /// The real chat templates with transformers' renders: tiny/chat_templates.json and SmolLM3's
-/// (with and without `enable_thinking`).
+/// (with and without `enable_thinking`) and LFM2.5-Instruct's.
 fn template_fixtures() -> Vec<Value> {
     let mut all = read_json(&fixtures().join("tiny/chat_templates.json")).unwrap().as_array().unwrap().clone();
-    all.extend(read_json(&fixtures().join("tiny/smollm3/chat_template_cases.json")).unwrap().as_array().unwrap().iter().cloned());
+    for family in ["smollm3", "lfm2"] {
+        all.extend(read_json(&fixtures().join(format!("tiny/{family}/chat_template_cases.json"))).unwrap().as_array().unwrap().iter().cloned());
+    }
     all
 }
 
