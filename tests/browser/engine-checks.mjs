@@ -94,3 +94,31 @@ export function assertStreamAbortUnload(assert, r) {
   assert.equal(r.after, r.fullText, 'the next request after an abort is unaffected');
   assert.equal(r.unloaded, 'unloaded');
 }
+
+/**
+ * A two-turn chat on `repo` in `page`, the second turn asked again (regenerate) and once more on
+ * a fresh engine: each answer's text, prompt tokens and cached (reused) tokens.
+ */
+export function multiTurnChat(page, { repo, hubUrl }) {
+  return page.evaluate(
+    async ({ repo, hubUrl }) => {
+      const opts = { hub: hubUrl, context: 256 };
+      const ask = async (engine, messages) => {
+        const c = await engine.chat.completions.create({ messages, max_tokens: 8, temperature: 0 });
+        return { text: c.choices[0].message.content, prompt: c.usage.prompt_tokens, cached: c.usage.prompt_tokens_details.cached_tokens };
+      };
+      const engine = await window.emberlm.createEngine(repo, opts);
+      const m1 = [{ role: 'user', content: 'Hello world, this is a tiny model.' }];
+      const turn1 = await ask(engine, m1);
+      const m2 = [...m1, { role: 'assistant', content: turn1.text }, { role: 'user', content: 'Tell me more about it, please.' }];
+      const turn2 = await ask(engine, m2);
+      const regenerated = await ask(engine, m2);
+      await engine.unload();
+      const fresh = await window.emberlm.createEngine(repo, opts);
+      const fromScratch = await ask(fresh, m2);
+      await fresh.unload();
+      return { turn1, turn2, regenerated, fromScratch };
+    },
+    { repo, hubUrl },
+  );
+}

@@ -11,7 +11,7 @@ import { rmSync } from 'node:fs';
 import { CRASHING_REPO, crashingTokenizerRepo, fixtureRepos, reference, ROOT } from '../mock-hub/repos.mjs';
 import { startMockHub } from '../mock-hub/server.mjs';
 import { openTestPage } from './chromium.mjs';
-import { GGUF, LLAMA, assertStreamAbortUnload, loadAndGenerate as loadInPage, llama, qwen, streamAbortUnload } from './engine-checks.mjs';
+import { GGUF, LLAMA, assertStreamAbortUnload, loadAndGenerate as loadInPage, llama, multiTurnChat, qwen, streamAbortUnload } from './engine-checks.mjs';
 
 const here = dirname(fileURLToPath(import.meta.url));
 const root = join(here, '..', '..');
@@ -158,27 +158,7 @@ test('worker streaming: chunks arrive one by one, an AbortSignal stops the reply
 });
 
 test('multi-turn chat: the next turn prefills only what it adds, a regenerate only its last token, and both reply as a fresh engine does', async () => {
-  const r = await session.page.evaluate(
-    async ({ repo, hubUrl }) => {
-      const opts = { hub: hubUrl, context: 256 };
-      const ask = async (engine, messages) => {
-        const c = await engine.chat.completions.create({ messages, max_tokens: 8, temperature: 0 });
-        return { text: c.choices[0].message.content, prompt: c.usage.prompt_tokens, cached: c.usage.prompt_tokens_details.cached_tokens };
-      };
-      const engine = await window.emberlm.createEngine(repo, opts);
-      const m1 = [{ role: 'user', content: 'Hello world, this is a tiny model.' }];
-      const turn1 = await ask(engine, m1);
-      const m2 = [...m1, { role: 'assistant', content: turn1.text }, { role: 'user', content: 'Tell me more about it, please.' }];
-      const turn2 = await ask(engine, m2);
-      const regenerated = await ask(engine, m2);
-      await engine.unload();
-      const fresh = await window.emberlm.createEngine(repo, opts);
-      const fromScratch = await ask(fresh, m2);
-      await fresh.unload();
-      return { turn1, turn2, regenerated, fromScratch };
-    },
-    { repo: GGUF, hubUrl: hub.url },
-  );
+  const r = await multiTurnChat(session.page, { repo: GGUF, hubUrl: hub.url });
   assert.equal(r.turn1.cached, 0);
   assert.equal(r.fromScratch.cached, 0);
   // The whole first prompt is shared (the reply and the new message follow it).
@@ -207,27 +187,7 @@ test('worker: LFM2 gives transformers\' tokens on the CPU and WebGPU; a follow-u
   assert.equal(gpu.error, undefined, JSON.stringify(gpu.error));
   assert.equal(gpu.info.device.backend, 'webgpu');
   assert.deepEqual(gpu.tokens, lfm2.generated_ids);
-  const r = await session.page.evaluate(
-    async ({ repo, hubUrl }) => {
-      const opts = { hub: hubUrl, context: 256 };
-      const ask = async (engine, messages) => {
-        const c = await engine.chat.completions.create({ messages, max_tokens: 8, temperature: 0 });
-        return { text: c.choices[0].message.content, prompt: c.usage.prompt_tokens, cached: c.usage.prompt_tokens_details.cached_tokens };
-      };
-      const engine = await window.emberlm.createEngine(repo, opts);
-      const m1 = [{ role: 'user', content: 'Hello world, this is a tiny model.' }];
-      const turn1 = await ask(engine, m1);
-      const m2 = [...m1, { role: 'assistant', content: turn1.text }, { role: 'user', content: 'Tell me more about it, please.' }];
-      const turn2 = await ask(engine, m2);
-      const regenerated = await ask(engine, m2);
-      await engine.unload();
-      const fresh = await window.emberlm.createEngine(repo, opts);
-      const fromScratch = await ask(fresh, m2);
-      await fresh.unload();
-      return { turn1, turn2, regenerated, fromScratch };
-    },
-    { repo: 'emberlm-test/tiny-lfm2-GGUF', hubUrl: hub.url },
-  );
+  const r = await multiTurnChat(session.page, { repo: 'emberlm-test/tiny-lfm2-GGUF', hubUrl: hub.url });
   assert.ok(r.turn2.cached >= r.turn1.prompt - 1 && r.turn2.cached < r.turn2.prompt, JSON.stringify(r));
   assert.equal(r.regenerated.cached, r.turn2.prompt - 1, JSON.stringify(r));
   assert.equal(r.turn2.text, r.fromScratch.text);

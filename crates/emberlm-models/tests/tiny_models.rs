@@ -69,7 +69,8 @@ struct Outcome {
     greedy_equal: bool,
 }
 
-fn run<B: Backend>(dev: &B, arch: &str, source: Source, dtype: Option<DType>) -> Outcome {
+/// A fixture's model (64 positions of context) from `source`, and its reference.json.
+fn load_fixture<B: Backend>(dev: &B, arch: &str, source: Source, dtype: Option<DType>) -> (Model<B>, Value) {
     let dir = fixture(arch);
     let options = LoadOptions { dtype, context: 64 };
     let model = match source {
@@ -80,6 +81,11 @@ fn run<B: Backend>(dev: &B, arch: &str, source: Source, dtype: Option<DType>) ->
         Source::Gguf => Model::load_gguf(dev, &open_gguf(&dir.join("model.gguf")).unwrap(), &options).unwrap(),
     };
     let reference: Value = serde_json::from_str(&std::fs::read_to_string(dir.join("reference.json")).unwrap()).unwrap();
+    (model, reference)
+}
+
+fn run<B: Backend>(dev: &B, arch: &str, source: Source, dtype: Option<DType>) -> Outcome {
+    let (model, reference) = load_fixture(dev, arch, source, dtype);
     let mut out = Outcome { max_logit_err: 0.0, min_cosine: 1.0, forced_agree: 0, forced_total: 0, forced_mismatch_with_margin: vec![], greedy_equal: true };
     for case in reference["cases"].as_array().unwrap() {
         let prompt = ids(&case["input_ids"]);
@@ -261,16 +267,7 @@ fn lfm2_logits_by_steps<B: Backend>(dev: &B, model: &Model<B>, prompt: &[u32], c
 /// run in the fixture), and chunks of 3 (each step's state slot read from the one before it)
 /// give the same logits, all within 1e-3 of transformers'.
 fn check_lfm2_step_splits<B: Backend>(dev: &B, source: Source) {
-    let dir = fixture("lfm2");
-    let options = LoadOptions { dtype: None, context: 64 };
-    let model = match source {
-        Source::Safetensors => {
-            let hf = open_hf_dir(&dir).unwrap();
-            Model::load(dev, hf.config, &hf.store, &options).unwrap()
-        }
-        Source::Gguf => Model::load_gguf(dev, &open_gguf(&dir.join("model.gguf")).unwrap(), &options).unwrap(),
-    };
-    let reference: Value = serde_json::from_str(&std::fs::read_to_string(dir.join("reference.json")).unwrap()).unwrap();
+    let (model, reference) = load_fixture(dev, "lfm2", source, None);
     let floats = |v: &Value| -> Vec<f64> { v.as_array().unwrap().iter().map(|x| x.as_f64().unwrap()).collect() };
     for case in reference["cases"].as_array().unwrap() {
         let prompt = ids(&case["input_ids"]);
