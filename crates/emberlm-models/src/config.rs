@@ -262,9 +262,11 @@ impl ModelConfig {
         let heads = get("attention.head_count")?;
         let layers = check_layers(get("block_count")?)?;
         // One kv head count, or one per layer: LFM2 marks its conv layers with 0.
+        // A count that is not an integer becomes MAX_SIZE + 1, which check() refuses.
+        let count = |v: &crate::gguf::Value| v.as_u64().map_or(MAX_SIZE as usize + 1, clamp_size);
         let (kv_heads, layer_kinds) = match f.get(&key("attention.head_count_kv")) {
             Ok(crate::gguf::Value::Array(per_layer)) => {
-                let counts: Vec<usize> = per_layer.iter().map(|v| v.as_u64().map_or(MAX_SIZE as usize + 1, clamp_size)).collect();
+                let counts: Vec<usize> = per_layer.iter().map(count).collect();
                 if counts.len() != layers {
                     return Err(ModelError::Config(format!("{} kv head counts for {layers} layers", counts.len())));
                 }
@@ -277,7 +279,7 @@ impl ModelConfig {
                 }
                 (kv, counts.iter().map(|&n| if n == 0 { LayerKind::ShortConv } else { LayerKind::Attention }).collect())
             }
-            Ok(v) => (v.as_u64().map_or(MAX_SIZE as usize + 1, clamp_size), vec![LayerKind::Attention; layers]),
+            Ok(v) => (count(v), vec![LayerKind::Attention; layers]),
             Err(_) => (heads, vec![LayerKind::Attention; layers]),
         };
         let head_dim = opt("attention.key_length").unwrap_or(if heads > 0 { hidden / heads } else { 0 });
@@ -432,14 +434,14 @@ impl ModelConfig {
         });
 
         let window = usize_of("sliding_window").unwrap_or(0);
-        let layer_kinds = if arch == Architecture::Lfm2 { lfm2_layer_kinds(c, layers)? } else { vec![LayerKind::Attention; layers] };
-        let layer_windows: Vec<usize> = match c.get("layer_types").and_then(Json::as_array) {
-            Some(types) => {
-                if types.len() != layers {
-                    return Err(ModelError::Config(format!("{} layer_types for {layers} layers", types.len())));
-                }
-                types.iter().map(|t| if t.as_str() == Some("sliding_attention") { window } else { 0 }).collect()
-            }
+        // One entry per layer: which slide (Gemma 3, Qwen) and, for LFM2, which convolve.
+        let layer_types = c.get("layer_types").and_then(Json::as_array);
+        if let Some(types) = layer_types.filter(|t| t.len() != layers) {
+            return Err(ModelError::Config(format!("{} layer_types for {layers} layers", types.len())));
+        }
+        let layer_kinds = if arch == Architecture::Lfm2 { lfm2_layer_kinds(c, layer_types, layers)? } else { vec![LayerKind::Attention; layers] };
+        let layer_windows: Vec<usize> = match layer_types {
+            Some(types) => types.iter().map(|t| if t.as_str() == Some("sliding_attention") { window } else { 0 }).collect(),
             None => (0..layers)
                 .map(|i| {
                     let slides = arch.gemma_layer_slides(i, usize_of("sliding_window_pattern").unwrap_or(6)).unwrap_or(match arch {
@@ -536,14 +538,11 @@ impl ModelConfig {
     }
 }
 
-/// LFM2's layer kinds: `layer_types` ("conv" or "full_attention"), else the layers
-/// `full_attn_idxs` lists attend and the rest convolve, else every layer attends (transformers'
-/// defaults).
-fn lfm2_layer_kinds(c: &Json, layers: usize) -> Result<Vec<LayerKind>> {
-    if let Some(types) = c.get("layer_types").and_then(Json::as_array) {
-        if types.len() != layers {
-            return Err(ModelError::Config(format!("{} layer_types for {layers} layers", types.len())));
-        }
+/// LFM2's layer kinds: `layer_types` ("conv" or "full_attention"; its length already checked),
+/// else the layers `full_attn_idxs` lists attend and the rest convolve, else every layer attends
+/// (transformers' defaults).
+fn lfm2_layer_kinds(c: &Json, layer_types: Option<&Vec<Json>>, layers: usize) -> Result<Vec<LayerKind>> {
+    if let Some(types) = layer_types {
         return types
             .iter()
             .map(|t| match t.as_str() {

@@ -31,7 +31,7 @@ use emberlm_core::{DType, GpuDevice};
 
 use crate::backend::Backend;
 
-use crate::config::{LayerKind, LongRope, ModelConfig, RopeConfig};
+use crate::config::{Architecture, LayerKind, LongRope, ModelConfig, RopeConfig};
 use crate::error::{ModelError, Result};
 use crate::gguf::ByteSource;
 use crate::weights::{GgufStore, WeightStore};
@@ -348,11 +348,10 @@ impl<B: Backend> Model<B> {
         let embed = ld.matrix("token_embd.weight", c.vocab, h)?;
         let output = if store.shape("output.weight").is_some() { Some(ld.matrix("output.weight", c.vocab, h)?) } else { None };
         // LFM2's final norm keeps the name of its checkpoint's `embedding_norm`.
-        let output_norm = ld.vector(if c.arch == crate::config::Architecture::Lfm2 { "token_embd_norm.weight" } else { "output_norm.weight" }, h)?;
+        let output_norm = ld.vector(if c.arch == Architecture::Lfm2 { "token_embd_norm.weight" } else { "output_norm.weight" }, h)?;
         let mut layers = Vec::with_capacity(c.layers);
         for i in 0..c.layers {
             let n = |s: &str| format!("blk.{i}.{s}");
-
             let gate_up_parts = if store.shape(&n("ffn_gate.weight")).is_some() {
                 vec![(n("ffn_gate.weight"), c.ffn), (n("ffn_up.weight"), c.ffn)]
             } else {
@@ -480,8 +479,6 @@ pub struct GenerationState<B: Backend> {
     /// Positions the KV caches hold.
     pub capacity: usize,
     rolling: RollingSlots,
-    /// Whether any layer's state rolls (LFM2's convolutions): only then is a prefix not free.
-    has_rolling: bool,
 }
 
 impl<B: Backend> GenerationState<B> {
@@ -500,7 +497,12 @@ impl<B: Backend> GenerationState<B> {
                 })
             })
             .collect::<Result<Vec<_>>>()?;
-        Ok(Self { layers, capacity, rolling: RollingSlots::default(), has_rolling: c.has_conv_layers() })
+        Ok(Self { layers, capacity, rolling: RollingSlots::default() })
+    }
+
+    /// Whether any layer's state rolls (LFM2's convolutions): only then is a prefix not free.
+    fn has_rolling(&self) -> bool {
+        self.layers.iter().any(|l| matches!(l, LayerState::Conv { .. }))
     }
 }
 
@@ -566,9 +568,10 @@ pub struct PendingStep<B: Backend> {
     tokens: Vec<u32>,
 }
 
-/// One conversation's state: the KV cache and the tokens whose keys and values it holds. It
-/// borrows no model, so an engine can keep it between requests and prefill only what a new
-/// prompt adds ([`Session::reuse_prefix`]); each step takes the model it was made for.
+/// One conversation's state: each layer's state (KV cache or rolling state, [`GenerationState`])
+/// and the tokens it covers. It borrows no model, so an engine can keep it between requests and
+/// prefill only what a new prompt adds ([`Session::reuse_prefix`]); each step takes the model it
+/// was made for.
 pub struct Session<B: Backend = GpuDevice> {
     state: GenerationState<B>,
     /// The tokens at positions `0..tokens.len()` of the cache.
@@ -611,7 +614,7 @@ impl<B: Backend> Session<B> {
     pub fn reuse_prefix(&mut self, prompt: &[u32]) -> usize {
         let shared = self.tokens.iter().zip(prompt).take_while(|(a, b)| a == b).count();
         let mut keep = shared.min(prompt.len().saturating_sub(1));
-        if self.state.has_rolling {
+        if self.state.has_rolling() {
             keep = self.state.rolling.rewind(keep, self.position());
         }
         self.tokens.truncate(keep);
@@ -666,7 +669,7 @@ impl<B: Backend> Session<B> {
             Err(e) => {
                 // A KV cache keeps its prefix, but a step that failed on the device may have
                 // rolled a convolution state part way: start over then.
-                if self.state.has_rolling {
+                if self.state.has_rolling() {
                     self.reset();
                 }
                 return Err(e.into());
