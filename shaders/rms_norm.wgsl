@@ -1,12 +1,18 @@
 // out = x / rms(x) * (weight + weight_offset), one workgroup per row. With RESIDUAL the row is
 // first added into the residual stream in place (residual += x) and the sum is normalised:
 // the pre-norm transformer's "add then norm" in one pass. weight_offset = 1 gives Gemma's (1 + w).
+// With groups > 1 each model row is `groups` rows here, normalised apart, each with its own part
+// of the weight (Mamba2's grouped norm).
 
 struct Params {
     cols: u32,
     rows: u32,
     eps: f32,
     weight_offset: f32,
+    groups: u32,
+    _pad0: u32,
+    _pad1: u32,
+    _pad2: u32,
 }
 
 @group(0) @binding(0) var<uniform> params: Params;
@@ -38,12 +44,13 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec
     }
     let total = workgroup_sum(lid, sum_sq);
     let inv_rms = inverseSqrt(total / f32(params.cols) + params.eps);
+    let w_base = (row % params.groups) * params.cols;
     for (var i = lid; i < params.cols; i += WG) {
 #if RESIDUAL
         let h = residual[base + i]; // written by this same thread above
 #else
         let h = x[base + i];
 #endif
-        out[base + i] = h * inv_rms * (weight[i] + params.weight_offset);
+        out[base + i] = h * inv_rms * (weight[w_base + i] + params.weight_offset);
     }
 }

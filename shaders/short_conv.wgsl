@@ -1,7 +1,10 @@
-// LFM2's gated short convolution, one thread per channel c over all the step's tokens:
-//   bx[t] = B[t, c] · x[t, c]
-//   out[t, c] = C[t, c] · (bias[c] + Σ_j w[c, j] · bx[t - (KERNEL-1) + j])
-// reading rows [B | C | x] of width 3·channels (the in-projection's output). The inputs before
+// A causal depthwise convolution over the last KERNEL positions, one thread per channel c over
+// all the step's tokens, in one of two styles:
+//   LFM2's gated short convolution (default), over [B | C | x] blocks of the input rows:
+//     bx[t] = B[t, c] · x[t, c];  out[t, c] = C[t, c] · (bias[c] + Σ_j w[c, j] · bx[t - (KERNEL-1) + j])
+//   Mamba2's (SILU), over one block of the input rows:
+//     out[t, c] = silu(bias[c] + Σ_j w[c, j] · x[t - (KERNEL-1) + j, c])
+// The blocks start at column in_offset of rows in_stride wide (an in-projection's output). The inputs before
 // the step come from a rolling state of the last KERNEL-1 inputs, which the thread updates:
 // `state` holds slots of [KERNEL-1][channels] (oldest input first). The step reads slot
 // src_slot (NONE: zeros, the start of a sequence), writes the state after its last token to
@@ -16,12 +19,12 @@ struct Params {
     src_slot: u32,
     dst_slot: u32,
     snap_slot: u32,
-    _pad0: u32,
-    _pad1: u32,
+    in_stride: u32,
+    in_offset: u32,
 }
 
 @group(0) @binding(0) var<uniform> params: Params;
-@group(0) @binding(1) var<storage, read> bcx: array<f32>;
+@group(0) @binding(1) var<storage, read> input: array<f32>;
 @group(0) @binding(2) var<storage, read> weight: array<f32>;
 @group(0) @binding(3) var<storage, read_write> state: array<f32>;
 @group(0) @binding(4) var<storage, read_write> out: array<f32>;
@@ -67,13 +70,21 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec
         write_state(params.snap_slot, &win, c);
     }
     for (var t = 0u; t < params.tokens; t++) {
-        let row = t * 3u * ch;
-        win[past] = bcx[row + c] * bcx[row + 2u * ch + c];
+        let row = t * params.in_stride + params.in_offset;
+#if SILU
+        win[past] = input[row + c];
+#else
+        win[past] = input[row + c] * input[row + 2u * ch + c];
+#endif
         var acc = b;
         for (var j = 0u; j < params.kernel; j++) {
             acc += w[j] * win[j];
         }
-        out[t * ch + c] = bcx[row + ch + c] * acc;
+#if SILU
+        out[t * ch + c] = acc / (1.0 + exp(-acc));
+#else
+        out[t * ch + c] = input[row + ch + c] * acc;
+#endif
         for (var j = 0u; j < past; j++) {
             win[j] = win[j + 1u];
         }

@@ -169,30 +169,36 @@ test('multi-turn chat: the next turn prefills only what it adds, a regenerate on
 });
 
 /**
- * LFM2 (short convolutions with a rolling state, between attention layers) through the npm
- * package: transformers' greedy tokens from its GGUF on the CPU backend (auto) and from its
- * safetensors on WebGPU (SwiftShader); a chat follow-up reuses the conversation (the rolling
- * state at its end, or the checkpoint before the last prompt's end), a regenerate all but the
- * last token, and both reply as a fresh engine does.
+ * A family with rolling states through the npm package: transformers' greedy tokens from its
+ * GGUF on the CPU backend (auto) and from its safetensors on WebGPU (SwiftShader); a chat
+ * follow-up reuses the conversation (the state at its end, or the checkpoint before the last
+ * prompt's end), a regenerate all but the last token, and both reply as a fresh engine does.
  */
-test('worker: LFM2 gives transformers\' tokens on the CPU and WebGPU; a follow-up and a regenerate reuse its rolling state', async () => {
-  const lfm2 = reference('lfm2').cases[0];
-  const cpu = await loadAndGenerate('emberlm-test/tiny-lfm2-GGUF', lfm2.text, lfm2.generated_ids.length);
+async function rollingStateFamily(family) {
+  const ref = reference(family).cases[0];
+  const cpu = await loadAndGenerate(`emberlm-test/tiny-${family}-GGUF`, ref.text, ref.generated_ids.length);
   assert.equal(cpu.error, undefined, JSON.stringify(cpu.error));
-  assert.equal(cpu.info.architecture, 'lfm2');
+  assert.equal(cpu.info.architecture, family);
   assert.equal(cpu.info.device.backend, 'cpu');
-  assert.deepEqual(cpu.ids, lfm2.input_ids);
-  assert.deepEqual(cpu.tokens, lfm2.generated_ids);
-  const gpu = await loadAndGenerate('emberlm-test/tiny-lfm2', lfm2.text, lfm2.generated_ids.length, { device: 'webgpu', dtype: 'f32' });
+  assert.deepEqual(cpu.ids, ref.input_ids);
+  assert.deepEqual(cpu.tokens, ref.generated_ids);
+  const gpu = await loadAndGenerate(`emberlm-test/tiny-${family}`, ref.text, ref.generated_ids.length, { device: 'webgpu', dtype: 'f32' });
   assert.equal(gpu.error, undefined, JSON.stringify(gpu.error));
   assert.equal(gpu.info.device.backend, 'webgpu');
-  assert.deepEqual(gpu.tokens, lfm2.generated_ids);
-  const r = await multiTurnChat(session.page, { repo: 'emberlm-test/tiny-lfm2-GGUF', hubUrl: hub.url });
+  assert.deepEqual(gpu.tokens, ref.generated_ids);
+  const r = await multiTurnChat(session.page, { repo: `emberlm-test/tiny-${family}-GGUF`, hubUrl: hub.url });
   assert.ok(r.turn2.cached >= r.turn1.prompt - 1 && r.turn2.cached < r.turn2.prompt, JSON.stringify(r));
   assert.equal(r.regenerated.cached, r.turn2.prompt - 1, JSON.stringify(r));
   assert.equal(r.turn2.text, r.fromScratch.text);
   assert.equal(r.regenerated.text, r.fromScratch.text);
-});
+}
+
+// LFM2: short convolutions between attention layers.
+test('worker: LFM2 gives transformers\' tokens on the CPU and WebGPU; a follow-up and a regenerate reuse its rolling state', () => rollingStateFamily('lfm2'));
+
+// Mamba2: state-space layers only (a convolution state and a scan state per layer; a WebGPU
+// prefill runs the chunked scan).
+test('worker: Mamba2 gives transformers\' tokens on the CPU and WebGPU; a follow-up and a regenerate reuse its scan state', () => rollingStateFamily('mamba2'));
 
 test('worker: logprobs ride with the streamed text and equal the non-streamed response\'s; the first is transformers\' log-softmax', async () => {
   const r = await session.page.evaluate(

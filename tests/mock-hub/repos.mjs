@@ -43,6 +43,13 @@ export function fixtureRepos() {
       dir: tiny('lfm2'),
       files: Object.fromEntries(['config.json', 'generation_config.json', 'tokenizer.json', 'tokenizer_config.json', 'model.safetensors'].map((f) => [f, f])),
     },
+    // Mamba2 (state-space layers only, fixtures/tiny/make_tiny_mamba2.py): as llama.cpp's
+    // converter writes it, and as a transformers repo (its config.json holds `Infinity`).
+    'emberlm-test/tiny-mamba2-GGUF': { dir: tiny('mamba2'), files: { 'tiny-mamba2-F16.gguf': 'model.gguf' } },
+    'emberlm-test/tiny-mamba2': {
+      dir: tiny('mamba2'),
+      files: Object.fromEntries(['config.json', 'generation_config.json', 'tokenizer.json', 'tokenizer_config.json', 'model.safetensors'].map((f) => [f, f])),
+    },
     // A transformers repo with sharded safetensors.
     'emberlm-test/tiny-llama': {
       dir: tiny('llama'),

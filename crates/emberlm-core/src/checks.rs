@@ -480,28 +480,42 @@ pub async fn check_top_k(dev: &GpuDevice, cols: usize, k: usize, seed: u64) -> R
 }
 
 /// A `short_conv` case: `from_state` starts from random state in slot 1 (else zeros); the
-/// step writes slot 0 and its checkpoint to slot 2.
+/// step writes slot 0 and its checkpoint to slot 2. The input blocks sit at column 3 of rows
+/// 5 wider than they need (as in an in-projection's output).
 #[derive(Debug, Clone, Copy)]
 pub struct ShortConvCase {
     pub tokens: usize,
     pub channels: usize,
     pub kernel: usize,
+    pub style: ops::ConvStyle,
     pub from_state: bool,
     pub bias: bool,
 }
 
 /// Outputs: a sum of `kernel + 1` terms times the gate, all below 1 in magnitude:
-/// γ_(kernel+2) · Σ|terms| ≤ (kernel + 2)² · U. The states are products copied: exact.
+/// γ_(kernel+2) · Σ|terms| ≤ (kernel + 2)² · U; SiLU's slope stays below 1.1 and its exp adds a
+/// few U. The states are products copied: exact.
 pub async fn check_short_conv(dev: &GpuDevice, case: ShortConvCase, seed: u64) -> Result<CheckResult> {
-    let ShortConvCase { tokens, channels, kernel, from_state, bias } = case;
+    let ShortConvCase { tokens, channels, kernel, style, from_state, bias } = case;
     let mut rng = Rng::new(seed);
-    let bcx = rng.vec(tokens * 3 * channels, -1.0, 1.0);
+    let mut p = ops::ShortConvParams {
+        tokens,
+        channels,
+        kernel,
+        style,
+        in_stride: 0,
+        in_offset: 3,
+        src_slot: from_state.then_some(1),
+        dst_slot: 0,
+        snap_slot: Some(2),
+    };
+    p.in_stride = p.in_width() + 5;
+    let bcx = rng.vec(tokens * p.in_stride, -1.0, 1.0);
     let weight = rng.vec(channels * kernel, -1.0, 1.0);
     let bias_host = rng.vec(channels, -0.5, 0.5);
     let slot = (kernel - 1) * channels;
     let state_host = rng.vec(3 * slot, -1.0, 1.0);
-    let p = ops::ShortConvParams { tokens, channels, kernel, src_slot: from_state.then_some(1), dst_slot: 0, snap_slot: Some(2) };
-    let x = Tensor::from_f32(dev, "bcx", &[tokens, 3 * channels], &bcx)?;
+    let x = Tensor::from_f32(dev, "conv in", &[tokens, p.in_stride], &bcx)?;
     let w = Tensor::from_f32(dev, "conv", &[channels, kernel], &weight)?;
     let b = Tensor::from_f32(dev, "bias", &[channels], &bias_host)?;
     let state = Tensor::from_f32(dev, "state", &[3 * slot], &state_host)?;
@@ -509,17 +523,87 @@ pub async fn check_short_conv(dev: &GpuDevice, case: ShortConvCase, seed: u64) -
     let mut plan = Plan::new(dev);
     ops::short_conv(&mut plan, &x, &w, bias.then_some(&b), &state, &out, &p)?;
     run(plan).await?;
-    let (want, after, before_last) =
-        reference::short_conv(&bcx, &weight, bias.then_some(&bias_host[..]), from_state.then(|| &state_host[slot..2 * slot]), tokens, channels, kernel);
+    let (want, after, before_last) = reference::short_conv(&bcx, &weight, bias.then_some(&bias_host[..]), from_state.then(|| &state_host[slot..2 * slot]), &p);
     let mut got = out.read_f32(dev).await?;
     got.extend(state.read_f32(dev).await?);
     let mut want_all = want;
     // Slot 1 (the source) is left as it was.
     want_all.extend(after.iter().chain(&state_host[slot..2 * slot]).chain(&before_last).map(|&v| v as f64));
     let n_out = tokens * channels;
-    let tol = ((kernel + 2) * (kernel + 2)) as f64 * U;
-    let name = format!("short_conv t={tokens} channels={channels} kernel={kernel} state={from_state} bias={bias}");
+    let tol = ((kernel + 2) * (kernel + 2)) as f64 * U * if style == ops::ConvStyle::Silu { 1.1 } else { 1.0 } + 4.0 * U;
+    let name = format!("short_conv {style:?} t={tokens} channels={channels} kernel={kernel} state={from_state} bias={bias}");
     Ok(compare(name, &got, &want_all, |i| if i < n_out { tol } else { 1e-30 }))
+}
+
+/// An `ssm_scan` case: `from_state` starts from a random state in slot 1 (else zeros); the
+/// step writes slot 0 and, with several tokens, its checkpoint to slot 2. z and dt sit in
+/// in-projection rows with other columns around them, as in Mamba2's.
+#[derive(Debug, Clone, Copy)]
+pub struct SsmCase {
+    pub tokens: usize,
+    pub heads: usize,
+    pub head_dim: usize,
+    pub state: usize,
+    pub groups: usize,
+    pub from_state: bool,
+}
+
+/// Values as in trained Mamba2 layers: A = -exp(A_log) in [-8, -0.5], dt biases putting
+/// softplus(dt) around 0.01 to 1, inputs in [-1, 1]. Tolerance per output: its terms' absolute
+/// sum (`reference::ssm_scan`'s magnitude) times 4·(tokens + state + 16)·U — the recurrence
+/// rounds once per token and the dot products once per state value — plus the chunked form's
+/// exp(Σ dt·A) differences, each a sum of up to a chunk's products: 2·chunk·U more.
+pub async fn check_ssm_scan(dev: &GpuDevice, case: SsmCase, seed: u64) -> Result<CheckResult> {
+    let SsmCase { tokens, heads, head_dim, state, groups, from_state } = case;
+    let mut rng = Rng::new(seed);
+    let inner = heads * head_dim;
+    let p = ops::SsmScanParams {
+        tokens,
+        heads,
+        head_dim,
+        state,
+        groups,
+        proj_stride: inner + heads + 5,
+        dt_offset: inner + 3,
+        dt_min: 0.0,
+        dt_max: f32::MAX,
+        src_slot: from_state.then_some(1),
+        dst_slot: 0,
+        snap_slot: (tokens > 1).then_some(2),
+    };
+    let xbc_host = rng.vec(tokens * p.xbc_stride(), -1.0, 1.0);
+    let proj_host = rng.vec(tokens * p.proj_stride, -1.0, 1.0);
+    let mut heads_host = rng.vec(heads, -8.0, -0.5);
+    heads_host.extend(rng.vec(heads, -1.0, 1.0));
+    heads_host.extend(rng.vec(heads, -4.0, 0.0));
+    let slot = p.slot_len();
+    let state_host = rng.vec(3 * slot, -1.0, 1.0);
+    let xbc = Tensor::from_f32(dev, "x|B|C", &[tokens, p.xbc_stride()], &xbc_host)?;
+    let proj = Tensor::from_f32(dev, "in-projection", &[tokens, p.proj_stride], &proj_host)?;
+    let head_params = Tensor::from_f32(dev, "A|D|dt_bias", &[3 * heads], &heads_host)?;
+    let state_t = Tensor::from_f32(dev, "state", &[3 * slot], &state_host)?;
+    let out = Tensor::new_zeroed(dev, "out", &[tokens, inner], DType::F32)?;
+    let chunk_states = Tensor::new_zeroed(dev, "chunk states", &[p.chunk_states_len().max(1)], DType::F32)?;
+    let dt_cum = Tensor::new_zeroed(dev, "dt", &[p.dt_cum_len()], DType::F32)?;
+    let mut plan = Plan::new(dev);
+    let scratch = ops::SsmScratch { chunk_states: &chunk_states, dt_cum: &dt_cum };
+    ops::ssm_scan(&mut plan, &xbc, &proj, &head_params, &state_t, &out, Some(scratch), &p)?;
+    run(plan).await?;
+    let [want, mag, after, before_last] = reference::ssm_scan(&xbc_host, &proj_host, &heads_host, from_state.then(|| &state_host[slot..2 * slot]), &p);
+    let mut got = out.read_f32(dev).await?;
+    got.extend(state_t.read_f32(dev).await?);
+    let n_out = want.len();
+    let mut want_all = want;
+    let old = |range: std::ops::Range<usize>| state_host[range].iter().map(|&v| v as f64).collect::<Vec<_>>();
+    want_all.extend(after);
+    want_all.extend(old(slot..2 * slot));
+    want_all.extend(if tokens > 1 { before_last } else { old(2 * slot..3 * slot) });
+    let chunk = if tokens > 1 { p.chunk_len() } else { 1 };
+    let per_term = (4 * (tokens + state + 16) + 2 * chunk) as f64 * U;
+    let name = format!("ssm_scan t={tokens} heads={heads} head_dim={head_dim} state={state} groups={groups} from_state={from_state}");
+    // States: each a sum over tokens of terms below 1 (and the old state, decayed).
+    let state_tol = per_term * (tokens as f64 + 1.0);
+    Ok(compare(name, &got, &want_all, |i| if i < n_out { per_term * mag[i].max(1e-3) } else { state_tol }))
 }
 
 /// The suite the browser runs: every kernel and weight format once, at odd sizes.
@@ -556,10 +640,16 @@ pub async fn run_suite(dev: &GpuDevice) -> Vec<(String, Result<CheckResult>)> {
     check!("rope_kv_append interleaved, partial", check_rope_kv_append(dev, RopeCase { layout: RopeLayout::Interleaved, rot_dims: 32, ..rope }, 52));
     check!("gated_activation silu", check_gated_activation(dev, Activation::Silu, 3, 173, 71));
     check!("gated_activation gelu", check_gated_activation(dev, Activation::GeluTanh, 3, 173, 72));
-    let conv = ShortConvCase { tokens: 5, channels: 70, kernel: 3, from_state: true, bias: true };
+    let conv = ShortConvCase { tokens: 5, channels: 70, kernel: 3, style: ops::ConvStyle::GatedBcx, from_state: true, bias: true };
     check!("short_conv prefill from a state", check_short_conv(dev, conv, 61));
     check!("short_conv decode", check_short_conv(dev, ShortConvCase { tokens: 1, bias: false, ..conv }, 62));
     check!("short_conv from zeros", check_short_conv(dev, ShortConvCase { tokens: 2, from_state: false, kernel: 4, ..conv }, 63));
+    let silu = ShortConvCase { kernel: 4, style: ops::ConvStyle::Silu, ..conv };
+    check!("short_conv silu (Mamba2) prefill", check_short_conv(dev, silu, 64));
+    check!("short_conv silu (Mamba2) decode", check_short_conv(dev, ShortConvCase { tokens: 1, ..silu }, 65));
+    let ssm = SsmCase { tokens: 70, heads: 4, head_dim: 24, state: 16, groups: 2, from_state: true };
+    check!("ssm_scan prefill (two chunks)", check_ssm_scan(dev, ssm, 66));
+    check!("ssm_scan decode", check_ssm_scan(dev, SsmCase { tokens: 1, ..ssm }, 67));
     check!("softmax", check_softmax(dev, 2, 1001, 0.7, 81));
     check!("argmax", check_argmax(dev, 1001, 91));
     check!("top_k", check_top_k(dev, 1001, 40, 92));

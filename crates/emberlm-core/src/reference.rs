@@ -2,7 +2,7 @@
 //! shaders beyond the documented weight formats (weights arrive already dequantised by
 //! `PackedMatrix::dequantize`). Only tests, the wasm self-test and benchmarks use it.
 
-use crate::ops::{Activation, RopeLayout};
+use crate::ops::{Activation, ConvStyle, RopeLayout, ShortConvParams, SsmScanParams};
 
 /// y[r] = Σ_j w[r, j] · x[j] (+ bias[r]).
 pub fn matvec(w: &[f32], x: &[f32], bias: Option<&[f32]>, rows: usize) -> Vec<f64> {
@@ -179,34 +179,79 @@ pub fn top_k(x: &[f32], k: usize) -> Vec<(u32, f32)> {
     idx.into_iter().take(k).map(|i| (i, x[i as usize])).collect()
 }
 
-/// LFM2's gated short convolution over rows [B | C | x] of `3 · channels`: per token and
-/// channel, `C · (bias + Σ_j w[c, j] · bx[t - (kernel-1) + j])` with `bx = B · x`, the inputs
+/// The `short_conv` op ([`ShortConvParams`] says where the blocks lie in the input rows): per
+/// token and channel, LFM2's `C · (bias + Σ_j w[c, j] · bx[t - (kernel-1) + j])` with
+/// `bx = B · x`, or Mamba2's `silu(bias + Σ_j w[c, j] · x[t - (kernel-1) + j])`, the inputs
 /// before the first token taken from `state` (`[kernel-1][channels]`, oldest first; zeros when
 /// `None`). Returns the outputs, the state after every token and the state after all but the last.
-pub fn short_conv(
-    bcx: &[f32],
-    weight: &[f32],
-    bias: Option<&[f32]>,
-    state: Option<&[f32]>,
-    tokens: usize,
-    channels: usize,
-    kernel: usize,
-) -> (Vec<f64>, Vec<f32>, Vec<f32>) {
+pub fn short_conv(input: &[f32], weight: &[f32], bias: Option<&[f32]>, state: Option<&[f32]>, p: &ShortConvParams) -> (Vec<f64>, Vec<f32>, Vec<f32>) {
+    let (tokens, channels, kernel) = (p.tokens, p.channels, p.kernel);
     let past = kernel - 1;
-    // history[i][c]: the state's inputs, then each token's bx.
+    let row = |t: usize| &input[t * p.in_stride + p.in_offset..][..p.in_width()];
+    // history[i][c]: the state's inputs, then each token's convolved input.
     let mut history: Vec<Vec<f32>> = (0..past).map(|j| (0..channels).map(|c| state.map_or(0.0, |s| s[j * channels + c])).collect()).collect();
     for t in 0..tokens {
-        let row = &bcx[t * 3 * channels..][..3 * channels];
-        history.push((0..channels).map(|c| row[c] * row[2 * channels + c]).collect());
+        let r = row(t);
+        history.push(match p.style {
+            ConvStyle::GatedBcx => (0..channels).map(|c| r[c] * r[2 * channels + c]).collect(),
+            ConvStyle::Silu => r.to_vec(),
+        });
     }
     let mut out = Vec::with_capacity(tokens * channels);
     for t in 0..tokens {
-        let gate = &bcx[t * 3 * channels + channels..][..channels];
         for c in 0..channels {
-            let conv: f64 = (0..kernel).map(|j| weight[c * kernel + j] as f64 * history[t + j][c] as f64).sum();
-            out.push(gate[c] as f64 * (conv + bias.map_or(0.0, |b| b[c] as f64)));
+            let conv: f64 = (0..kernel).map(|j| weight[c * kernel + j] as f64 * history[t + j][c] as f64).sum::<f64>() + bias.map_or(0.0, |b| b[c] as f64);
+            out.push(match p.style {
+                ConvStyle::GatedBcx => row(t)[channels + c] as f64 * conv,
+                ConvStyle::Silu => conv / (1.0 + (-conv).exp()),
+            });
         }
     }
     let state_at = |n: usize| history[n..n + past].concat();
     (out, state_at(tokens), state_at(tokens - 1))
+}
+
+/// The `ssm_scan` op (Mamba2's selective scan and gate) token by token, in f64: per head h,
+/// `dt = clamp(softplus(dt_raw + dt_bias))`, `s = exp(dt·A)·s + dt·x ⊗ B`,
+/// `y = (s·C + D·x) · silu(z)`, from `state` (`[heads][state][head_dim]`, zeros when `None`).
+/// Returns the outputs, a magnitude per output (the same sums over absolute values, for
+/// tolerances), the state after every token and the state before the last.
+pub fn ssm_scan(xbc: &[f32], proj: &[f32], head_params: &[f32], state: Option<&[f32]>, p: &SsmScanParams) -> [Vec<f64>; 4] {
+    let (hs, pd, ns) = (p.heads, p.head_dim, p.state);
+    let xs = p.xbc_stride();
+    let mut s: Vec<f64> = state.map_or(vec![0.0; p.slot_len()], |st| st[..p.slot_len()].iter().map(|&v| v as f64).collect());
+    let mut s_abs: Vec<f64> = s.iter().map(|v| v.abs()).collect();
+    let (mut out, mut mag) = (Vec::with_capacity(p.tokens * p.inner()), Vec::with_capacity(p.tokens * p.inner()));
+    let mut before_last = s.clone();
+    for t in 0..p.tokens {
+        if t + 1 == p.tokens {
+            before_last = s.clone();
+        }
+        let row = &xbc[t * xs..][..xs];
+        let prow = &proj[t * p.proj_stride..][..p.proj_stride];
+        for h in 0..hs {
+            let g = h / (hs / p.groups);
+            let (b, c) = (&row[p.inner() + g * ns..][..ns], &row[p.inner() + (p.groups + g) * ns..][..ns]);
+            let raw = prow[p.dt_offset + h] as f64 + head_params[2 * hs + h] as f64;
+            let dt = (if raw > 20.0 { raw } else { raw.exp().ln_1p() }).clamp(p.dt_min as f64, p.dt_max as f64);
+            let decay = (dt * head_params[h] as f64).exp();
+            for ch in 0..pd {
+                let x = row[h * pd + ch] as f64;
+                let (mut y, mut y_abs) = (0.0, 0.0);
+                for n in 0..ns {
+                    let i = (h * ns + n) * pd + ch;
+                    s[i] = decay * s[i] + dt * x * b[n] as f64;
+                    s_abs[i] = decay * s_abs[i] + dt * (x * b[n] as f64).abs();
+                    y += s[i] * c[n] as f64;
+                    y_abs += s_abs[i] * (c[n] as f64).abs();
+                }
+                let d = head_params[hs + h] as f64;
+                let z = prow[h * pd + ch] as f64;
+                let gate = z / (1.0 + (-z).exp());
+                out.push((y + d * x) * gate);
+                mag.push((y_abs + (d * x).abs()) * gate.abs());
+            }
+        }
+    }
+    [out, mag, s, before_last]
 }

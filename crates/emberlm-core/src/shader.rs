@@ -25,6 +25,9 @@ shaders!(
     "rope_kv_append",
     "gated_activation",
     "short_conv",
+    "ssm_scan_step",
+    "ssm_scan_states",
+    "ssm_scan_output",
     "embedding",
     "softmax",
     "logit_softcap",
@@ -38,6 +41,7 @@ pub const INCLUDES: &[(&str, &str)] = &[
     ("lib/ranking.wgsl", include_str!("../../../shaders/lib/ranking.wgsl")),
     ("lib/row_reduce.wgsl", include_str!("../../../shaders/lib/row_reduce.wgsl")),
     ("lib/activation.wgsl", include_str!("../../../shaders/lib/activation.wgsl")),
+    ("lib/ssm.wgsl", include_str!("../../../shaders/lib/ssm.wgsl")),
 ];
 
 pub fn kernel_source(name: &str) -> Option<&'static str> {

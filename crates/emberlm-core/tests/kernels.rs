@@ -174,12 +174,38 @@ fn short_convolutions() {
     let mut seed = 300;
     // One token (decode), two (the checkpoint is the source state), many; the widest kernel;
     // channels past one workgroup.
-    for (tokens, kernel) in [(1, 3), (2, 3), (17, 3), (6, 8), (3, 2)] {
-        for (from_state, bias) in [(false, false), (true, true), (true, false)] {
-            seed += 1;
-            let case = ShortConvCase { tokens, channels: 131, kernel, from_state, bias };
-            assert_pass(pollster::block_on(checks::check_short_conv(dev(), case, seed)));
+    // Both styles: LFM2's gated one and Mamba2's with SiLU.
+    for style in [ops::ConvStyle::GatedBcx, ops::ConvStyle::Silu] {
+        for (tokens, kernel) in [(1, 3), (2, 3), (17, 3), (6, 8), (3, 2), (9, 4)] {
+            for (from_state, bias) in [(false, false), (true, true), (true, false)] {
+                seed += 1;
+                let case = ShortConvCase { tokens, channels: 131, kernel, style, from_state, bias };
+                assert_pass(pollster::block_on(checks::check_short_conv(dev(), case, seed)));
+            }
         }
+    }
+}
+
+/// Mamba2's scan: decode (one dispatch) and prefill (chunk states, then outputs) against the
+/// token-by-token recurrence: one chunk, several (a chunk start at the last token too), from
+/// zeros and from a state; groups of heads sharing B and C; heads wider than a workgroup.
+#[test]
+fn ssm_scans() {
+    use checks::SsmCase;
+    let base = SsmCase { tokens: 1, heads: 4, head_dim: 16, state: 32, groups: 1, from_state: true };
+    let cases = [
+        base,
+        SsmCase { from_state: false, ..base },
+        SsmCase { tokens: 2, ..base },
+        SsmCase { tokens: 13, groups: 2, ..base },
+        SsmCase { tokens: 65, groups: 4, from_state: false, ..base },
+        SsmCase { tokens: 129, heads: 2, head_dim: 80, state: 8, groups: 1, from_state: true },
+        SsmCase { tokens: 7, heads: 3, head_dim: 200, state: 5, groups: 3, from_state: true },
+        // Past 32 chunks of 64: 128-token chunks.
+        SsmCase { tokens: 2100, heads: 1, head_dim: 8, state: 4, groups: 1, from_state: true },
+    ];
+    for (i, case) in cases.into_iter().enumerate() {
+        assert_pass(pollster::block_on(checks::check_ssm_scan(dev(), case, 400 + i as u64)));
     }
 }
 

@@ -5,7 +5,7 @@
 //! where they run. Bound for dot products: |got − want| ≤ 1e-5 · Σ|w·x| + 1e-6 (f32
 //! rounding over the sum); other ops 1e-6 absolute on O(1) values.
 
-use emberlm_core::ops::{Activation, AttentionParams, RopeLayout, ShortConvParams};
+use emberlm_core::ops::{Activation, AttentionParams, ConvStyle, RopeLayout, ShortConvParams, SsmScanParams};
 use emberlm_core::{reference, DType, PackedMatrix};
 
 use crate::int8::{Activations, Int8Activations};
@@ -26,13 +26,15 @@ macro_rules! ensure {
 /// Every check, by name, once per set of row kernels this CPU can run (AVX-512, AVX2,
 /// simd128, portable), each named by its level.
 pub fn run_all() -> Vec<(String, Check)> {
-    let checks: [(&str, fn() -> Check); 6] = [
+    let checks: [(&str, fn() -> Check); 8] = [
         ("matvec and matmul, every dtype, odd sizes", matvec_and_matmul_every_dtype_odd_sizes),
         ("matvec and matmul with 8-bit activations (Q4, Q8)", matvec_and_matmul_with_8_bit_activations),
         ("embedding rows of every dtype", embedding_rows_decode_exactly),
         ("rms_norm, head_rms_norm, rope, activations, softcap, argmax", norms_rope_activation_softcap_argmax),
         ("attention: prefill, decode, window, soft-cap, GQA", attention_prefill_and_decode_with_window_softcap_gqa),
         ("short_conv: prefill, decode, checkpoint, from zeros", short_conv_with_state_slots),
+        ("ssm_scan: prefill, decode, checkpoint, groups", ssm_scan_with_state_slots),
+        ("rms_norm in groups", group_rms_norm_parts),
     ];
     let mut out = Vec::new();
     #[cfg(all(target_arch = "wasm32", target_feature = "simd128"))]
@@ -258,22 +260,103 @@ pub fn attention_prefill_and_decode_with_window_softcap_gqa() -> Check {
 pub fn short_conv_with_state_slots() -> Check {
     let mut rng = Rng(7);
     let ch = 37;
-    for (tokens, kernel, from_state, bias) in [(1, 3, true, false), (2, 3, true, true), (9, 3, false, true), (4, 8, true, false)] {
-        let slot = (kernel - 1) * ch;
-        let (bcx, w, b, st) = (rng.vec(tokens * 3 * ch), rng.vec(ch * kernel), rng.vec(ch), rng.vec(3 * slot));
-        let p = ShortConvParams { tokens, channels: ch, kernel, src_slot: from_state.then_some(1), dst_slot: 0, snap_slot: Some(2) };
-        let state = CpuTensor::from_f32("state", &[3 * slot], &st)?;
-        let out = CpuTensor::zeroed("out", &[tokens, ch], DType::F32)?;
-        let t = |n: &str, x: &[f32]| CpuTensor::from_f32(n, &[x.len()], x);
-        let bias_t = t("bias", &b)?;
-        ops::short_conv(&t("bcx", &bcx)?, &t("w", &w)?, bias.then_some(&bias_t), &state, &out, &p)?;
-        let (want, after, before_last) = reference::short_conv(&bcx, &w, bias.then_some(&b[..]), from_state.then(|| &st[slot..2 * slot]), tokens, ch, kernel);
-        let what = format!("short_conv t={tokens} kernel={kernel}");
-        close(&what, &out.f32s(), &want, &[])?;
-        let got = state.f32s();
-        ensure!(got[..slot] == after[..], "{what}: the state after the step differs");
-        ensure!(got[slot..2 * slot] == st[slot..2 * slot], "{what}: the source slot changed");
-        ensure!(got[2 * slot..] == before_last[..], "{what}: the checkpoint differs");
+    let cases = [(1, 3, true, false), (2, 3, true, true), (9, 3, false, true), (4, 8, true, false)];
+    for style in [ConvStyle::GatedBcx, ConvStyle::Silu] {
+        for (tokens, kernel, from_state, bias) in cases {
+            let slot = (kernel - 1) * ch;
+            let mut p = ShortConvParams {
+                tokens,
+                channels: ch,
+                kernel,
+                style,
+                in_stride: 0,
+                in_offset: 2,
+                src_slot: from_state.then_some(1),
+                dst_slot: 0,
+                snap_slot: Some(2),
+            };
+            p.in_stride = p.in_width() + 3;
+            let (input, w, b, st) = (rng.vec(tokens * p.in_stride), rng.vec(ch * kernel), rng.vec(ch), rng.vec(3 * slot));
+            let state = CpuTensor::from_f32("state", &[3 * slot], &st)?;
+            let out = CpuTensor::zeroed("out", &[tokens, ch], DType::F32)?;
+            let t = |n: &str, x: &[f32]| CpuTensor::from_f32(n, &[x.len()], x);
+            let bias_t = t("bias", &b)?;
+            ops::short_conv(&t("input", &input)?, &t("w", &w)?, bias.then_some(&bias_t), &state, &out, &p)?;
+            let (want, after, before_last) = reference::short_conv(&input, &w, bias.then_some(&b[..]), from_state.then(|| &st[slot..2 * slot]), &p);
+            let what = format!("short_conv {style:?} t={tokens} kernel={kernel}");
+            close(&what, &out.f32s(), &want, &[])?;
+            let got = state.f32s();
+            ensure!(got[..slot] == after[..], "{what}: the state after the step differs");
+            ensure!(got[slot..2 * slot] == st[slot..2 * slot], "{what}: the source slot changed");
+            ensure!(got[2 * slot..] == before_last[..], "{what}: the checkpoint differs");
+        }
     }
     Ok(())
+}
+
+/// Mamba2's scan against the f64 recurrence: outputs scaled by their terms' magnitudes, the
+/// state after the step, the checkpoint (several tokens) and the untouched source slot.
+pub fn ssm_scan_with_state_slots() -> Check {
+    let mut rng = Rng(11);
+    for (tokens, heads, head_dim, state_n, groups, from_state) in
+        [(1, 4, 8, 16, 2, true), (1, 2, 8, 4, 1, false), (9, 4, 6, 8, 2, true), (20, 3, 5, 7, 1, false)]
+    {
+        let inner = heads * head_dim;
+        let p = SsmScanParams {
+            tokens,
+            heads,
+            head_dim,
+            state: state_n,
+            groups,
+            proj_stride: inner + heads + 3,
+            dt_offset: inner + 1,
+            dt_min: 0.0,
+            dt_max: f32::MAX,
+            src_slot: from_state.then_some(1),
+            dst_slot: 0,
+            snap_slot: (tokens > 1).then_some(2),
+        };
+        let slot = p.slot_len();
+        let (xbc, proj, st) = (rng.vec(tokens * p.xbc_stride()), rng.vec(tokens * p.proj_stride), rng.vec(3 * slot));
+        // A in [-4.5, -0.5], D in [-1, 1], dt_bias in [-2, 0].
+        let mut hp: Vec<f32> = rng.vec(heads).iter().map(|v| v * 2.0 - 2.5).collect();
+        hp.extend(rng.vec(heads));
+        hp.extend(rng.vec(heads).iter().map(|v| v - 1.0));
+        let t = |n: &str, x: &[f32]| CpuTensor::from_f32(n, &[x.len()], x);
+        let state = t("state", &st)?;
+        let out = CpuTensor::zeroed("out", &[tokens, inner], DType::F32)?;
+        ops::ssm_scan(&t("xbc", &xbc)?, &t("proj", &proj)?, &t("heads", &hp)?, &state, &out, &p)?;
+        let [want, mag, after, before_last] = reference::ssm_scan(&xbc, &proj, &hp, from_state.then(|| &st[slot..2 * slot]), &p);
+        let what = format!("ssm_scan t={tokens} heads={heads} groups={groups}");
+        close(&what, &out.f32s(), &want, &mag)?;
+        let got = state.f32s();
+        close(&format!("{what} state after"), &got[..slot], &after, &[])?;
+        ensure!(got[slot..2 * slot] == st[slot..2 * slot], "{what}: the source slot changed");
+        if tokens > 1 {
+            close(&format!("{what} checkpoint"), &got[2 * slot..], &before_last, &[])?;
+        } else {
+            ensure!(got[2 * slot..] == st[2 * slot..], "{what}: a one-token step wrote the checkpoint");
+        }
+    }
+    Ok(())
+}
+
+/// Each row's groups normalised apart, each with its part of the weight.
+pub fn group_rms_norm_parts() -> Check {
+    let mut rng = Rng(13);
+    let (rows, groups, cols) = (3, 4, 10);
+    let (x, w) = (rng.vec(rows * groups * cols), rng.vec(groups * cols));
+    let out = CpuTensor::zeroed("out", &[rows, groups * cols], DType::F32)?;
+    ops::group_rms_norm(&CpuTensor::from_f32("x", &[x.len()], &x)?, &CpuTensor::from_f32("w", &[w.len()], &w)?, &out, rows, groups, 1e-5)?;
+    let want: Vec<f64> = x
+        .chunks(cols)
+        .enumerate()
+        .flat_map(|(i, part)| {
+            let rms = (part.iter().map(|&v| v as f64 * v as f64).sum::<f64>() / cols as f64 + 1e-5).sqrt();
+            let wp = &w[(i % groups) * cols..][..cols];
+            part.iter().zip(wp).map(move |(&v, &wv)| v as f64 / rms * wv as f64).collect::<Vec<_>>()
+        })
+        .collect();
+    let got = out.f32s().to_vec();
+    close("group_rms_norm", &got, &want, &[])
 }

@@ -31,6 +31,22 @@ pub fn tanh(x: f32) -> f32 {
     1.0 - 2.0 / (exp(2.0 * x) + 1.0)
 }
 
+/// x · sigmoid(x), with [`exp`].
+#[inline(always)]
+pub fn silu(x: f32) -> f32 {
+    x / (1.0 + exp(-x))
+}
+
+/// ln(1 + e^x) as torch has it (x itself past 20); `ln_1p` keeps the digits when e^x is tiny.
+#[inline(always)]
+pub fn softplus(x: f32) -> f32 {
+    if x > 20.0 {
+        x
+    } else {
+        x.exp().ln_1p()
+    }
+}
+
 #[cfg(test)]
 mod tests {
     /// Against f64 over the whole clamped range and beyond, edge cases included.

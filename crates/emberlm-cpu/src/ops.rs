@@ -2,7 +2,7 @@
 //! twins in `emberlm_core::ops` (see each for the semantics); the model code calls one or the
 //! other through the backend trait in `emberlm-models`.
 
-use emberlm_core::ops::{Activation, AttentionParams, RopeLayout, ShortConvParams};
+use emberlm_core::ops::{Activation, AttentionParams, ConvStyle, RopeLayout, ShortConvParams, SsmScanParams};
 use emberlm_core::{DType, Error, Result};
 
 use crate::int8::{Activations, Int8Activations};
@@ -214,6 +214,25 @@ pub fn rms_norm(x: &CpuTensor, weight: &CpuTensor, residual: Option<&CpuTensor>,
     Ok(())
 }
 
+/// out = rms_norm of each of a row's `groups` equal parts, part g with weight part g.
+pub fn group_rms_norm(x: &CpuTensor, weight: &CpuTensor, out: &CpuTensor, rows: usize, groups: usize, eps: f32) -> Result<()> {
+    let _time = crate::profile::scope("rms_norm");
+    let width = weight.numel();
+    if groups == 0 || width % groups != 0 {
+        return shape("rms_norm", format!("{width} columns do not split into {groups} groups"));
+    }
+    x.expect_f32("rms_norm", rows * width)?;
+    out.expect_f32("rms_norm", rows * width)?;
+    x.expect_distinct("rms_norm", out)?;
+    let (x, w) = (x.f32s(), weight.f32s());
+    let mut o = out.f32s_mut();
+    let cols = width / groups;
+    for (i, (xr, or)) in x.chunks_exact(cols).zip(o.chunks_exact_mut(cols)).take(rows * groups).enumerate() {
+        normalize(xr, &w[(i % groups) * cols..][..cols], or, eps, 0.0);
+    }
+    Ok(())
+}
+
 /// In place: RMS-normalises heads `head_offset..head_offset + heads` of every row.
 #[allow(clippy::too_many_arguments)]
 pub fn head_rms_norm(x: &CpuTensor, weight: &CpuTensor, rows: usize, heads: usize, head_offset: usize, row_stride: usize, eps: f32, offset: f32) -> Result<()> {
@@ -347,20 +366,21 @@ pub fn gated_activation(gate_up: &CpuTensor, out: &CpuTensor, rows: usize, inter
 }
 
 /// LFM2's gated short convolution with its rolling state (`emberlm_core::ops::short_conv`).
-pub fn short_conv(bcx: &CpuTensor, weight: &CpuTensor, bias: Option<&CpuTensor>, state: &CpuTensor, out: &CpuTensor, p: &ShortConvParams) -> Result<()> {
+pub fn short_conv(input: &CpuTensor, weight: &CpuTensor, bias: Option<&CpuTensor>, state: &CpuTensor, out: &CpuTensor, p: &ShortConvParams) -> Result<()> {
     const OP: &str = "short_conv";
     let _time = crate::profile::scope(OP);
     p.check(OP, state.numel())?;
     let (t_n, ch, kernel) = (p.tokens, p.channels, p.kernel);
-    bcx.expect_f32(OP, t_n * 3 * ch)?;
+    input.expect_f32(OP, p.in_len())?;
     weight.expect_f32(OP, ch * kernel)?;
     state.expect_f32(OP, p.slot_len())?;
     out.expect_f32(OP, t_n * ch)?;
-    for other in [Some(bcx), Some(weight), bias, Some(out)].into_iter().flatten() {
+    for other in [Some(input), Some(weight), bias, Some(out)].into_iter().flatten() {
         state.expect_distinct(OP, other)?;
     }
-    bcx.expect_distinct(OP, out)?;
-    let (x, w) = (bcx.f32s(), weight.f32s());
+    input.expect_distinct(OP, out)?;
+    let (x, w) = (input.f32s(), weight.f32s());
+    let row = |t: usize| &x[t * p.in_stride + p.in_offset..][..p.in_width()];
     let b = bias.map(|b| b.f32s());
     let mut st = state.f32s_mut();
     let mut o = out.f32s_mut();
@@ -372,24 +392,102 @@ pub fn short_conv(bcx: &CpuTensor, weight: &CpuTensor, bias: Option<&CpuTensor>,
         history[..slot_len].copy_from_slice(&st[src * slot_len..][..slot_len]);
     }
     for t in 0..t_n {
-        let row = &x[t * 3 * ch..][..3 * ch];
-        let bx = &mut history[(past + t) * ch..][..ch];
-        bx.iter_mut().enumerate().for_each(|(c, v)| *v = row[c] * row[2 * ch + c]);
+        let (r, h) = (row(t), &mut history[(past + t) * ch..][..ch]);
+        match p.style {
+            ConvStyle::GatedBcx => h.iter_mut().enumerate().for_each(|(c, v)| *v = r[c] * r[2 * ch + c]),
+            ConvStyle::Silu => h.copy_from_slice(&r[..ch]),
+        }
     }
     for t in 0..t_n {
-        let gate = &x[t * 3 * ch + ch..][..ch];
+        let r = row(t);
         for c in 0..ch {
             let mut acc = b.as_ref().map_or(0.0, |b| b[c]);
             for j in 0..kernel {
                 acc += w[c * kernel + j] * history[(t + j) * ch + c];
             }
-            o[t * ch + c] = gate[c] * acc;
+            o[t * ch + c] = match p.style {
+                ConvStyle::GatedBcx => r[ch + c] * acc,
+                ConvStyle::Silu => math::silu(acc),
+            };
         }
     }
     if let Some(snap) = p.snap_slot {
         st[snap * slot_len..][..slot_len].copy_from_slice(&history[(t_n - 1) * ch..][..slot_len]);
     }
     st[p.dst_slot * slot_len..][..slot_len].copy_from_slice(&history[t_n * ch..][..slot_len]);
+    Ok(())
+}
+
+/// Mamba2's scan token by token (the recurrence; see `emberlm_core::ops::ssm_scan`), heads in
+/// parallel: each head's state values and output channels are its own.
+#[allow(clippy::too_many_arguments)]
+pub fn ssm_scan(xbc: &CpuTensor, proj: &CpuTensor, head_params: &CpuTensor, state: &CpuTensor, out: &CpuTensor, p: &SsmScanParams) -> Result<()> {
+    const OP: &str = "ssm_scan";
+    let _time = crate::profile::scope(OP);
+    p.check(OP, state.numel())?;
+    let (hs, pd, ns, xs) = (p.heads, p.head_dim, p.state, p.xbc_stride());
+    xbc.expect_f32(OP, p.tokens * xs)?;
+    proj.expect_f32(OP, p.tokens * p.proj_stride)?;
+    head_params.expect_f32(OP, 3 * hs)?;
+    out.expect_f32(OP, p.tokens * p.inner())?;
+    for other in [xbc, proj, head_params, out] {
+        state.expect_distinct(OP, other)?;
+    }
+    let (x_guard, pr_guard, hp_guard) = (xbc.f32s(), proj.f32s(), head_params.f32s());
+    let (x, pr, hp): (&[f32], &[f32], &[f32]) = (&x_guard, &pr_guard, &hp_guard);
+    let mut st = state.f32s_mut();
+    let slot = p.slot_len();
+    let (per_head, inner) = (ns * pd, p.inner());
+    let st_ref: &[f32] = &st;
+    let src = p.src_slot.map(|src| &st_ref[src * slot..][..slot]);
+    // Per head: the state after the step, the state before its last token, its output columns.
+    let heads: Vec<(Vec<f32>, Vec<f32>, Vec<f32>)> = map_ranges(hs, 1, |range| {
+        range
+            .map(|h| {
+                let g = h / (hs / p.groups);
+                let (a, d) = (hp[h], hp[hs + h]);
+                let mut s = src.map_or(vec![0.0; per_head], |src| src[h * per_head..][..per_head].to_vec());
+                let mut before_last = Vec::new();
+                let mut out = vec![0f32; p.tokens * pd];
+                let mut y = vec![0f32; pd];
+                for t in 0..p.tokens {
+                    if t + 1 == p.tokens {
+                        before_last = s.clone();
+                    }
+                    let (row, prow) = (&x[t * xs..][..xs], &pr[t * p.proj_stride..][..p.proj_stride]);
+                    let dt = math::softplus(prow[p.dt_offset + h] + hp[2 * hs + h]).clamp(p.dt_min, p.dt_max);
+                    let decay = (dt * a).exp();
+                    let (b, c) = (&row[inner + g * ns..][..ns], &row[inner + (p.groups + g) * ns..][..ns]);
+                    let xh = &row[h * pd..][..pd];
+                    y.fill(0.0);
+                    for (n, s_row) in s.chunks_exact_mut(pd).enumerate() {
+                        let (dtb, cn) = (dt * b[n], c[n]);
+                        for ((sv, &xv), yv) in s_row.iter_mut().zip(xh).zip(y.iter_mut()) {
+                            *sv = *sv * decay + dtb * xv;
+                            *yv += *sv * cn;
+                        }
+                    }
+                    for (ch, ov) in out[t * pd..][..pd].iter_mut().enumerate() {
+                        *ov = (y[ch] + d * xh[ch]) * math::silu(prow[h * pd + ch]);
+                    }
+                }
+                (s, before_last, out)
+            })
+            .collect::<Vec<_>>()
+    })
+    .into_iter()
+    .flatten()
+    .collect();
+    let mut o = out.f32s_mut();
+    for (h, (after, before_last, head_out)) in heads.iter().enumerate() {
+        if let Some(snap) = p.snap_slot {
+            st[snap * slot + h * per_head..][..per_head].copy_from_slice(before_last);
+        }
+        st[p.dst_slot * slot + h * per_head..][..per_head].copy_from_slice(after);
+        for t in 0..p.tokens {
+            o[t * inner + h * pd..][..pd].copy_from_slice(&head_out[t * pd..][..pd]);
+        }
+    }
     Ok(())
 }
 

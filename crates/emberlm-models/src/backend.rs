@@ -8,7 +8,7 @@
 //! Tensors, RoPE tables and the per-step recording context are the backend's own types; the
 //! model, [`crate::Session`], generation, the npm engine and the CLI are generic over it.
 
-use emberlm_core::ops::{self, Activation, AttentionParams, RopeLayout, ShortConvParams};
+use emberlm_core::ops::{self, Activation, AttentionParams, RopeLayout, ShortConvParams, SsmScanParams};
 use emberlm_core::rope_table::RopeTable;
 use emberlm_core::{DType, GpuDevice, PackedMatrix, PendingRead, Plan, Result, StepCache, Tensor};
 use emberlm_cpu::{CpuDevice, CpuTensor};
@@ -142,16 +142,40 @@ pub trait Backend {
     ) -> Result<()>;
     fn attention(pass: &mut Self::Pass<'_>, q: &Self::Tensor, k: &Self::Tensor, v: &Self::Tensor, out: &Self::Tensor, p: &AttentionParams) -> Result<()>;
     fn gated_activation(pass: &mut Self::Pass<'_>, gate_up: &Self::Tensor, out: &Self::Tensor, rows: usize, inter: usize, act: Activation) -> Result<()>;
-    /// LFM2's gated short convolution over [B | C | x] rows, reading and writing the rolling
-    /// state slots `p` names.
+    /// A causal depthwise convolution (LFM2's gated one, Mamba2's with SiLU) over blocks of the
+    /// input rows, reading and writing the rolling state slots `p` names.
     fn short_conv(
         pass: &mut Self::Pass<'_>,
-        bcx: &Self::Tensor,
+        input: &Self::Tensor,
         weight: &Self::Tensor,
         bias: Option<&Self::Tensor>,
         state: &Self::Tensor,
         out: &Self::Tensor,
         p: &ShortConvParams,
+    ) -> Result<()>;
+    /// Mamba2's selective scan and gate over the convolution's [x | B | C] rows and the
+    /// in-projection's z and dt, reading and writing the state slots `p` names. A prefill's
+    /// `scratch` (chunk states, dt) is what the GPU keeps between its two passes; the CPU
+    /// runs the recurrence and needs none.
+    fn ssm_scan(
+        pass: &mut Self::Pass<'_>,
+        xbc: &Self::Tensor,
+        proj: &Self::Tensor,
+        head_params: &Self::Tensor,
+        state: &Self::Tensor,
+        out: &Self::Tensor,
+        scratch: Option<(&Self::Tensor, &Self::Tensor)>,
+        p: &SsmScanParams,
+    ) -> Result<()>;
+    /// RMS norm of each row's `groups` equal parts, part g with weight part g.
+    fn group_rms_norm(
+        pass: &mut Self::Pass<'_>,
+        x: &Self::Tensor,
+        weight: &Self::Tensor,
+        out: &Self::Tensor,
+        rows: usize,
+        groups: usize,
+        eps: f32,
     ) -> Result<()>;
     /// Whether [`Backend::gated_matvec`] takes this fused [gate | up] weight.
     fn fuses_gated_matvec(_gate_up: &Self::Tensor) -> bool {
@@ -332,8 +356,26 @@ impl Backend for GpuDevice {
         ops::gated_activation(plan, gate_up, out, rows, inter, act).map(drop)
     }
 
-    fn short_conv(plan: &mut Plan, bcx: &Tensor, weight: &Tensor, bias: Option<&Tensor>, state: &Tensor, out: &Tensor, p: &ShortConvParams) -> Result<()> {
-        ops::short_conv(plan, bcx, weight, bias, state, out, p).map(drop)
+    fn short_conv(plan: &mut Plan, input: &Tensor, weight: &Tensor, bias: Option<&Tensor>, state: &Tensor, out: &Tensor, p: &ShortConvParams) -> Result<()> {
+        ops::short_conv(plan, input, weight, bias, state, out, p).map(drop)
+    }
+
+    fn ssm_scan(
+        plan: &mut Plan,
+        xbc: &Tensor,
+        proj: &Tensor,
+        head_params: &Tensor,
+        state: &Tensor,
+        out: &Tensor,
+        scratch: Option<(&Tensor, &Tensor)>,
+        p: &SsmScanParams,
+    ) -> Result<()> {
+        let scratch = scratch.map(|(chunk_states, dt_cum)| ops::SsmScratch { chunk_states, dt_cum });
+        ops::ssm_scan(plan, xbc, proj, head_params, state, out, scratch, p).map(drop)
+    }
+
+    fn group_rms_norm(plan: &mut Plan, x: &Tensor, weight: &Tensor, out: &Tensor, rows: usize, groups: usize, eps: f32) -> Result<()> {
+        ops::group_rms_norm(plan, x, weight, out, rows, groups, eps).map(drop)
     }
 
     fn fuses_gated_matvec(gate_up: &Tensor) -> bool {
@@ -545,14 +587,31 @@ impl Backend for CpuDevice {
 
     fn short_conv(
         _: &mut CpuPass,
-        bcx: &CpuTensor,
+        input: &CpuTensor,
         weight: &CpuTensor,
         bias: Option<&CpuTensor>,
         state: &CpuTensor,
         out: &CpuTensor,
         p: &ShortConvParams,
     ) -> Result<()> {
-        emberlm_cpu::ops::short_conv(bcx, weight, bias, state, out, p)
+        emberlm_cpu::ops::short_conv(input, weight, bias, state, out, p)
+    }
+
+    fn ssm_scan(
+        _: &mut CpuPass,
+        xbc: &CpuTensor,
+        proj: &CpuTensor,
+        head_params: &CpuTensor,
+        state: &CpuTensor,
+        out: &CpuTensor,
+        _scratch: Option<(&CpuTensor, &CpuTensor)>,
+        p: &SsmScanParams,
+    ) -> Result<()> {
+        emberlm_cpu::ops::ssm_scan(xbc, proj, head_params, state, out, p)
+    }
+
+    fn group_rms_norm(_: &mut CpuPass, x: &CpuTensor, weight: &CpuTensor, out: &CpuTensor, rows: usize, groups: usize, eps: f32) -> Result<()> {
+        emberlm_cpu::ops::group_rms_norm(x, weight, out, rows, groups, eps)
     }
 
     fn logit_softcap(_: &mut CpuPass, x: &CpuTensor, len: usize, cap: f32) -> Result<()> {

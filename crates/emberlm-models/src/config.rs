@@ -31,6 +31,8 @@ pub enum Architecture {
     /// LFM2 (LiquidAI): gated short-convolution layers between GQA attention layers with q/k
     /// norms.
     Lfm2,
+    /// Mamba2: state-space (SSD) mixer layers only, no attention and no MLP.
+    Mamba2,
 }
 
 /// What mixes information across positions in a layer, and so what the layer keeps between
@@ -41,6 +43,92 @@ pub enum LayerKind {
     Attention,
     /// LFM2's gated short convolution over the last `conv_kernel` positions: a rolling state.
     ShortConv,
+    /// Mamba2's mixer: a short convolution, then the selective scan over a state per head —
+    /// two rolling states.
+    Ssm,
+}
+
+/// The sizes of Mamba2 mixers ([`LayerKind::Ssm`] layers).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct SsmConfig {
+    pub heads: usize,
+    pub head_dim: usize,
+    /// State values per (head, channel): `state_size`.
+    pub state: usize,
+    /// Groups of heads sharing B and C (`n_groups`); also the gated norm's groups.
+    pub groups: usize,
+    /// transformers' `time_step_limit`: dt is clamped to it.
+    pub dt_min: f32,
+    pub dt_max: f32,
+}
+
+impl SsmConfig {
+    /// Channels of x, z and the scan's output: heads · head_dim.
+    pub fn inner(&self) -> usize {
+        self.heads * self.head_dim
+    }
+
+    /// Channels the convolution runs over: [x | B | C].
+    pub fn conv_channels(&self) -> usize {
+        self.inner() + 2 * self.groups * self.state
+    }
+
+    /// Width of the in-projection's output: [z | x | B | C | dt].
+    pub fn proj_width(&self) -> usize {
+        self.inner() + self.conv_channels() + self.heads
+    }
+
+    fn check(&self) -> Result<()> {
+        let bad = |m: String| Err(ModelError::Config(m));
+        if self.heads == 0 || self.groups == 0 || self.heads % self.groups != 0 {
+            return bad(format!("{} SSM heads do not split into {} groups", self.heads, self.groups));
+        }
+        if self.head_dim == 0 || self.head_dim > emberlm_core::ops::ssm_scan::MAX_SSM_HEAD_DIM {
+            return bad(format!("an SSM head_dim of {} is not supported (1 to {})", self.head_dim, emberlm_core::ops::ssm_scan::MAX_SSM_HEAD_DIM));
+        }
+        if self.state == 0 || self.state > emberlm_core::ops::ssm_scan::MAX_SSM_STATE {
+            return bad(format!("an SSM state of {} is not supported (1 to {})", self.state, emberlm_core::ops::ssm_scan::MAX_SSM_STATE));
+        }
+        if self.proj_width() as u64 > MAX_SIZE {
+            return bad(format!("an SSM in-projection {} wide is out of range", self.proj_width()));
+        }
+        // One state slot in u64 first: on wasm32 the product of three checked sizes can wrap.
+        let slot = self.heads as u64 * self.state as u64 * self.head_dim as u64;
+        if slot > MAX_SSM_SLOT {
+            return bad(format!("an SSM state of {slot} values per layer is out of range (at most {MAX_SSM_SLOT})"));
+        }
+        if !(self.dt_min >= 0.0 && self.dt_min <= self.dt_max) {
+            return bad(format!("time-step limits ({}, {}) are not 0 ≤ min ≤ max", self.dt_min, self.dt_max));
+        }
+        Ok(())
+    }
+}
+
+/// Parses a JSON file as Python's `json` writes it: bare `Infinity`, `-Infinity` and `NaN`
+/// (transformers writes Mamba2's `time_step_limit` as `[0.0, Infinity]`) read as null.
+pub fn parse_json(text: &str) -> serde_json::Result<Json> {
+    match serde_json::from_str(text) {
+        Err(e) if text.contains("Infinity") || text.contains("NaN") => {
+            let mut out = String::with_capacity(text.len());
+            let (mut in_string, mut escaped) = (false, false);
+            let mut rest = text;
+            while let Some(ch) = rest.chars().next() {
+                if in_string {
+                    (in_string, escaped) = (escaped || ch != '"', !escaped && ch == '\\');
+                } else if ch == '"' {
+                    in_string = true;
+                } else if let Some(word) = ["-Infinity", "Infinity", "NaN"].into_iter().find(|w| rest.starts_with(w)) {
+                    out.push_str("null");
+                    rest = &rest[word.len()..];
+                    continue;
+                }
+                out.push(ch);
+                rest = &rest[ch.len_utf8()..];
+            }
+            serde_json::from_str(&out).map_err(|_| e)
+        }
+        parsed => parsed,
+    }
 }
 
 /// `(config.json model_type, GGUF general.architecture, architecture)`.
@@ -54,10 +142,11 @@ const NAMES: &[(&str, &str, Architecture)] = &[
     ("gemma3_text", "gemma3", Architecture::Gemma3),
     ("smollm3", "smollm3", Architecture::SmolLM3),
     ("lfm2", "lfm2", Architecture::Lfm2),
+    ("mamba2", "mamba2", Architecture::Mamba2),
 ];
 
 fn supported_list() -> String {
-    "llama, mistral, qwen2, qwen3, phi3, gemma2, gemma3 (gemma3_text), smollm3, lfm2".to_string()
+    "llama, mistral, qwen2, qwen3, phi3, gemma2, gemma3 (gemma3_text), smollm3, lfm2, mamba2".to_string()
 }
 
 impl Architecture {
@@ -87,6 +176,11 @@ impl Architecture {
             Self::Gemma3 => Some((layer + 1) % gemma3_period.max(1) != 0),
             _ => None,
         }
+    }
+
+    /// Whether layers have a feed-forward block after the mixer (all but Mamba2).
+    pub fn has_ffn(self) -> bool {
+        self != Self::Mamba2
     }
 
     /// Gemma's extra norms on the attention and MLP outputs before they join the residual.
@@ -169,8 +263,11 @@ pub struct ModelConfig {
     pub layer_rope: Vec<bool>,
     /// Per layer: attention or a short convolution (LFM2).
     pub layer_kinds: Vec<LayerKind>,
-    /// Positions a short convolution spans (LFM2's `conv_L_cache`); 0 without conv layers.
+    /// Positions a layer's causal convolution spans (LFM2's `conv_L_cache`, Mamba2's
+    /// `conv_kernel`); 0 without such layers.
     pub conv_kernel: usize,
+    /// Mamba2's mixer sizes, for [`LayerKind::Ssm`] layers.
+    pub ssm: Option<SsmConfig>,
     pub attn_scale: f32,
     pub attn_softcap: f32,
     pub final_softcap: f32,
@@ -194,6 +291,9 @@ pub struct ModelConfig {
 /// before the tensors are compared with them.
 const MAX_SIZE: u64 = 1 << 24;
 const MAX_LAYERS: usize = 4096;
+/// The most values one Mamba2 layer's scan state may hold (256 MiB of f32; Codestral's 7B
+/// holds 2^20).
+const MAX_SSM_SLOT: u64 = 1 << 26;
 
 /// A size from a model file as a usize: values past [`MAX_SIZE`] (which would also truncate on
 /// wasm32) become `MAX_SIZE + 1`, which every check rejects.
@@ -214,34 +314,61 @@ impl ModelConfig {
         (self.heads + 2 * self.kv_heads) * self.head_dim
     }
 
+    /// Whether any layer is LFM2's short convolution.
     pub fn has_conv_layers(&self) -> bool {
         self.layer_kinds.contains(&LayerKind::ShortConv)
     }
 
+    /// Whether any layer keeps a rolling state (LFM2's convolutions, Mamba2's mixers) rather
+    /// than a KV cache: only the state at the end and at a checkpoint exist.
+    pub fn has_rolling_state(&self) -> bool {
+        self.layer_kinds.iter().any(|k| *k != LayerKind::Attention)
+    }
+
+    /// Whether any layer attends (a KV cache, RoPE tables).
+    pub fn has_attention_layers(&self) -> bool {
+        self.layer_kinds.contains(&LayerKind::Attention)
+    }
+
+    /// Mamba2's mixer sizes when any layer is one.
+    pub fn ssm_layers(&self) -> Option<&SsmConfig> {
+        self.ssm.as_ref().filter(|_| self.layer_kinds.contains(&LayerKind::Ssm))
+    }
+
     fn check(self) -> Result<Self> {
         let bad = |m: String| Err(ModelError::Config(m));
-        if self.heads == 0 || self.kv_heads == 0 || self.heads % self.kv_heads != 0 {
-            return bad(format!("{} attention heads cannot share {} kv heads", self.heads, self.kv_heads));
+        if self.layer_kinds.len() != self.layers {
+            return bad(format!("{} layer kinds for {} layers", self.layer_kinds.len(), self.layers));
         }
-        if self.head_dim == 0 || self.head_dim > emberlm_core::ops::attention::MAX_HEAD_DIM || self.head_dim % 2 != 0 {
-            return bad(format!("head_dim {} is not supported (even, at most {})", self.head_dim, emberlm_core::ops::attention::MAX_HEAD_DIM));
+        if self.has_attention_layers() {
+            if self.heads == 0 || self.kv_heads == 0 || self.heads % self.kv_heads != 0 {
+                return bad(format!("{} attention heads cannot share {} kv heads", self.heads, self.kv_heads));
+            }
+            if self.head_dim == 0 || self.head_dim > emberlm_core::ops::attention::MAX_HEAD_DIM || self.head_dim % 2 != 0 {
+                return bad(format!("head_dim {} is not supported (even, at most {})", self.head_dim, emberlm_core::ops::attention::MAX_HEAD_DIM));
+            }
+            if self.rope.dims == 0 || self.rope.dims > self.head_dim || self.rope.dims % 2 != 0 {
+                return bad(format!("{} rotary dims do not fit head_dim {}", self.rope.dims, self.head_dim));
+            }
+            if !(self.rope.theta > 0.0) {
+                return bad(format!("rope theta {} must be positive", self.rope.theta));
+            }
         }
-        if self.rope.dims == 0 || self.rope.dims > self.head_dim || self.rope.dims % 2 != 0 {
-            return bad(format!("{} rotary dims do not fit head_dim {}", self.rope.dims, self.head_dim));
-        }
-        for (what, v) in [("hidden size", self.hidden), ("layer count", self.layers), ("intermediate size", self.ffn), ("vocab size", self.vocab)] {
+        let ffn = if self.arch.has_ffn() { self.ffn } else { 1 };
+        for (what, v) in [("hidden size", self.hidden), ("layer count", self.layers), ("intermediate size", ffn), ("vocab size", self.vocab)] {
             if v == 0 || v as u64 > MAX_SIZE {
                 return bad(format!("{what} {v} is out of range"));
             }
         }
-        if !(self.rms_eps > 0.0 && self.rope.theta > 0.0) {
-            return bad(format!("rms eps {} and rope theta {} must be positive", self.rms_eps, self.rope.theta));
+        if !(self.rms_eps > 0.0) {
+            return bad(format!("rms eps {} must be positive", self.rms_eps));
         }
-        if self.layer_kinds.len() != self.layers {
-            return bad(format!("{} layer kinds for {} layers", self.layer_kinds.len(), self.layers));
-        }
-        if self.has_conv_layers() && !(2..=emberlm_core::ops::MAX_CONV_KERNEL).contains(&self.conv_kernel) {
+        let convolves = self.has_conv_layers() || self.layer_kinds.contains(&LayerKind::Ssm);
+        if convolves && !(2..=emberlm_core::ops::MAX_CONV_KERNEL).contains(&self.conv_kernel) {
             return bad(format!("a short convolution over {} positions is not supported (2 to {})", self.conv_kernel, emberlm_core::ops::MAX_CONV_KERNEL));
+        }
+        if self.layer_kinds.contains(&LayerKind::Ssm) {
+            self.ssm.as_ref().ok_or_else(|| ModelError::Config("SSM layers without SSM sizes".into()))?.check()?;
         }
         Ok(self)
     }
@@ -282,7 +409,18 @@ impl ModelConfig {
             Ok(v) => (count(v), vec![LayerKind::Attention; layers]),
             Err(_) => (heads, vec![LayerKind::Attention; layers]),
         };
+        let layer_kinds = if arch == Architecture::Mamba2 { vec![LayerKind::Ssm; layers] } else { layer_kinds };
         let head_dim = opt("attention.key_length").unwrap_or(if heads > 0 { hidden / heads } else { 0 });
+        let ssm = if arch == Architecture::Mamba2 {
+            let (inner, heads) = (get("ssm.inner_size")?, get("ssm.time_step_rank")?);
+            if heads == 0 || inner % heads != 0 {
+                return Err(ModelError::Config(format!("an SSM inner size of {inner} does not split into {heads} heads")));
+            }
+            // llama.cpp keeps no time-step limits (transformers' default: none).
+            Some(SsmConfig { heads, head_dim: inner / heads, state: get("ssm.state_size")?, groups: get("ssm.group_count")?, dt_min: 0.0, dt_max: f32::MAX })
+        } else {
+            None
+        };
         let vocab = match f.get_u64(&key("vocab_size")) {
             Ok(v) => clamp_size(v),
             Err(_) => f.get_array("tokenizer.ggml.tokens")?.len(),
@@ -336,7 +474,7 @@ impl ModelConfig {
             heads,
             kv_heads,
             head_dim,
-            ffn: get("feed_forward_length")?,
+            ffn: if arch.has_ffn() { get("feed_forward_length")? } else { 0 },
             vocab,
             rms_eps: f.get_f64(&key("attention.layer_norm_rms_epsilon"))? as f32,
             rope_local: (arch == Architecture::Gemma3).then(|| RopeConfig::plain(10_000.0, rope.dims)),
@@ -348,7 +486,12 @@ impl ModelConfig {
             layer_windows,
             layer_rope: arch.default_layer_rope(layers, 4),
             layer_kinds,
-            conv_kernel: if arch == Architecture::Lfm2 { get("shortconv.l_cache")? } else { 0 },
+            conv_kernel: match arch {
+                Architecture::Lfm2 => get("shortconv.l_cache")?,
+                Architecture::Mamba2 => get("ssm.conv_kernel")?,
+                _ => 0,
+            },
+            ssm,
             attn_scale,
             attn_softcap: optf("attn_logit_softcapping").unwrap_or(0.0),
             final_softcap: optf("final_logit_softcapping").unwrap_or(0.0),
@@ -378,9 +521,11 @@ impl ModelConfig {
         let f32_of = |k: &str| c.get(k).and_then(Json::as_f64).map(|v| v as f32);
         let need = |k: &str| usize_of(k).ok_or_else(|| ModelError::Config(format!("config.json has no integer `{k}`")));
         let hidden = need("hidden_size")?;
-        let heads = need("num_attention_heads")?;
+        // Mamba2 has no attention (its `head_dim` is the SSM's).
+        let attends = arch != Architecture::Mamba2;
+        let heads = if attends { need("num_attention_heads")? } else { 0 };
         let kv_heads = usize_of("num_key_value_heads").unwrap_or(heads);
-        let head_dim = usize_of("head_dim").unwrap_or(if heads > 0 { hidden / heads } else { 0 });
+        let head_dim = if attends { usize_of("head_dim").unwrap_or(if heads > 0 { hidden / heads } else { 0 }) } else { 0 };
         let layers = check_layers(need("num_hidden_layers")?)?;
 
         // transformers 5 writes `rope_parameters` (per layer type for Gemma 3); 4.x writes
@@ -439,7 +584,11 @@ impl ModelConfig {
         if let Some(types) = layer_types.filter(|t| t.len() != layers) {
             return Err(ModelError::Config(format!("{} layer_types for {layers} layers", types.len())));
         }
-        let layer_kinds = if arch == Architecture::Lfm2 { lfm2_layer_kinds(c, layer_types, layers)? } else { vec![LayerKind::Attention; layers] };
+        let layer_kinds = match arch {
+            Architecture::Lfm2 => lfm2_layer_kinds(c, layer_types, layers)?,
+            Architecture::Mamba2 => vec![LayerKind::Ssm; layers],
+            _ => vec![LayerKind::Attention; layers],
+        };
         let layer_windows: Vec<usize> = match layer_types {
             Some(types) => types.iter().map(|t| if t.as_str() == Some("sliding_attention") { window } else { 0 }).collect(),
             None => (0..layers)
@@ -497,16 +646,25 @@ impl ModelConfig {
             heads,
             kv_heads,
             head_dim,
-            ffn: if arch == Architecture::Lfm2 { lfm2_ffn(c, &need)? } else { need("intermediate_size")? },
+            ffn: match arch {
+                Architecture::Lfm2 => lfm2_ffn(c, &need)?,
+                Architecture::Mamba2 => 0,
+                _ => need("intermediate_size")?,
+            },
             vocab: need("vocab_size")?,
-            rms_eps: f32_of("rms_norm_eps").or_else(|| f32_of("norm_eps")).unwrap_or(1e-6),
+            rms_eps: f32_of("rms_norm_eps").or_else(|| f32_of("norm_eps")).or_else(|| f32_of("layer_norm_epsilon")).unwrap_or(1e-6),
             rope,
             rope_local,
             rope_layout: RopeLayout::Neox,
             layer_windows,
             layer_rope,
             layer_kinds,
-            conv_kernel: if arch == Architecture::Lfm2 { usize_of("conv_L_cache").unwrap_or(3) } else { 0 },
+            conv_kernel: match arch {
+                Architecture::Lfm2 => usize_of("conv_L_cache").unwrap_or(3),
+                Architecture::Mamba2 => usize_of("conv_kernel").unwrap_or(4),
+                _ => 0,
+            },
+            ssm: if arch == Architecture::Mamba2 { Some(mamba2_ssm(c, &need)?) } else { None },
             attn_scale: 1.0 / qpas.sqrt(),
             attn_softcap: f32_of("attn_logit_softcapping").unwrap_or(0.0),
             final_softcap: f32_of("final_logit_softcapping").unwrap_or(0.0),
@@ -536,6 +694,22 @@ impl ModelConfig {
             self.eos_token_ids.push(id);
         }
     }
+}
+
+/// Mamba2's mixer sizes from its config.json (transformers' `Mamba2Config` defaults where a
+/// key is missing). `time_step_limit` as written by Python may hold `Infinity`, read as null:
+/// no limit.
+fn mamba2_ssm(c: &Json, need: &dyn Fn(&str) -> Result<usize>) -> Result<SsmConfig> {
+    let limit = c.get("time_step_limit").and_then(Json::as_array);
+    let bound = |i: usize, default: f32| limit.and_then(|l| l.get(i)).and_then(Json::as_f64).map_or(default, |v| v.min(f32::MAX as f64) as f32);
+    Ok(SsmConfig {
+        heads: need("num_heads")?,
+        head_dim: need("head_dim")?,
+        state: c.get("state_size").and_then(Json::as_u64).map_or(128, clamp_size),
+        groups: c.get("n_groups").and_then(Json::as_u64).map_or(8, clamp_size),
+        dt_min: bound(0, 0.0),
+        dt_max: bound(1, f32::MAX),
+    })
 }
 
 /// LFM2's layer kinds: `layer_types` ("conv" or "full_attention"; its length already checked),
@@ -655,6 +829,39 @@ mod tests {
         assert!(bad(serde_json::json!({"layer_types": ["conv", "conv"], "conv_L_cache": 1})).contains("1 positions"));
         assert!(bad(serde_json::json!({"block_ffn_dim_multiplier": -2.0})).contains("intermediate size 0"));
         assert!(bad(serde_json::json!({"block_ffn_dim_multiplier": 1e30})).contains("out of range"));
+    }
+
+    /// Mamba2: the SSM sizes from config.json as transformers writes it (`Infinity` included)
+    /// and from llama.cpp's GGUF keys' names; no attention or MLP sizes needed; hostile sizes
+    /// are errors.
+    #[test]
+    fn mamba2_sizes() {
+        let text = r#"{"model_type": "mamba2", "hidden_size": 64, "num_hidden_layers": 3, "vocab_size": 512, "num_heads": 8,
+            "head_dim": 16, "state_size": 16, "n_groups": 2, "conv_kernel": 4, "layer_norm_epsilon": 1e-5,
+            "time_step_limit": [0.001, Infinity], "note": "NaN and Infinity in a string stay"}"#;
+        let json = parse_json(text).unwrap();
+        assert_eq!(json["note"], "NaN and Infinity in a string stay");
+        let c = ModelConfig::from_hf(&json, None).unwrap();
+        assert_eq!(c.layer_kinds, [LayerKind::Ssm; 3]);
+        assert_eq!((c.ffn, c.heads, c.conv_kernel, c.rms_eps, c.tie_embeddings), (0, 0, 4, 1e-5, false));
+        let s = c.ssm.unwrap();
+        assert_eq!((s.inner(), s.conv_channels(), s.proj_width(), s.dt_min, s.dt_max), (128, 192, 328, 0.001, f32::MAX));
+        assert!(parse_json(r#"{"a": Infinityx}"#).is_err(), "only the bare literal");
+        let bad = |extra: Json| {
+            let mut c = json.clone();
+            c.as_object_mut().unwrap().extend(extra.as_object().unwrap().clone());
+            ModelConfig::from_hf(&c, None).unwrap_err().to_string()
+        };
+        assert!(bad(serde_json::json!({"n_groups": 3})).contains("do not split into 3 groups"));
+        assert!(bad(serde_json::json!({"n_groups": 0})).contains("groups"));
+        assert!(bad(serde_json::json!({"head_dim": 100000})).contains("head_dim"));
+        assert!(bad(serde_json::json!({"state_size": 1u64 << 40})).contains("state"));
+        assert!(bad(serde_json::json!({"conv_kernel": 1})).contains("1 positions"));
+        assert!(bad(serde_json::json!({"time_step_limit": [0.5, 0.1]})).contains("time-step limits"));
+        assert!(bad(serde_json::json!({"time_step_limit": [-1.0, 0.1]})).contains("time-step limits"));
+        assert!(bad(serde_json::json!({"num_heads": null})).contains("num_heads"));
+        let e = bad(serde_json::json!({"num_heads": 1 << 16, "head_dim": 256, "state_size": 1024, "n_groups": 1}));
+        assert!(e.contains("out of range"), "{e}");
     }
 
     /// Sizes are checked before anything is allocated by them (2^40 layers aborted the process).

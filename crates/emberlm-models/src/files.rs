@@ -21,7 +21,7 @@ fn file_err(path: &Path, reason: impl std::fmt::Display) -> ModelError {
 
 pub fn read_json(path: &Path) -> Result<Json> {
     let text = std::fs::read_to_string(path).map_err(|e| file_err(path, e))?;
-    serde_json::from_str(&text).map_err(|e| file_err(path, format!("invalid JSON: {e}")))
+    crate::config::parse_json(&text).map_err(|e| file_err(path, format!("invalid JSON: {e}")))
 }
 
 fn open_source(path: &Path) -> Result<FileSource> {

@@ -23,15 +23,25 @@
 //! out    = conv·Wout_projᵀ
 //! ```
 //!
-//! What each layer keeps between steps — a KV cache or a rolling convolution state — is its
-//! [`LayerState`]; a [`Session`] holds one per layer.
+//! A Mamba2 layer (no MLP after it) mixes with
+//!
+//! ```text
+//! proj   = normed·Win_projᵀ                                 [z | x | B | C | dt] per token
+//! xbc    = silu(conv1d([x | B | C]) + bias)                 one op, rolling state
+//! y      = ssm_scan(x, B, C, dt) · silu(z)                  one op (decode) or two (prefill)
+//! out    = group_rms_norm(y)·Wout_projᵀ
+//! ```
+//!
+//! What each layer keeps between steps — a KV cache, a rolling convolution state, or
+//! Mamba2's convolution and scan states — is its [`LayerState`]; a [`Session`] holds one per
+//! layer.
 
-use emberlm_core::ops::{AttentionParams, ShortConvParams};
+use emberlm_core::ops::{AttentionParams, ConvStyle, ShortConvParams, SsmScanParams};
 use emberlm_core::{DType, GpuDevice};
 
 use crate::backend::Backend;
 
-use crate::config::{Architecture, LayerKind, LongRope, ModelConfig, RopeConfig};
+use crate::config::{Architecture, LayerKind, LongRope, ModelConfig, RopeConfig, SsmConfig};
 use crate::error::{ModelError, Result};
 use crate::gguf::ByteSource;
 use crate::weights::{GgufStore, WeightStore};
@@ -88,6 +98,28 @@ enum Mixer<B: Backend> {
         conv_bias: Option<B::Tensor>,
         out_proj: Linear<B>,
     },
+    /// Mamba2's state-space mixer.
+    Ssm {
+        /// Writes [z | x | B | C | dt].
+        in_proj: Linear<B>,
+        /// [x | B | C channels, conv_kernel] f32.
+        conv: B::Tensor,
+        conv_bias: Option<B::Tensor>,
+        /// [A | D | dt_bias], one value per head each (A = -exp(A_log)).
+        head_params: B::Tensor,
+        /// The gated norm's weight, heads·head_dim.
+        norm: B::Tensor,
+        out_proj: Linear<B>,
+    },
+}
+
+/// The gated MLP after the mixer.
+struct FeedForward<B: Backend> {
+    norm: B::Tensor,
+    /// Writes [gate | up].
+    gate_up: Linear<B>,
+    down: Linear<B>,
+    post_norm: Option<B::Tensor>,
 }
 
 struct Layer<B: Backend> {
@@ -95,11 +127,8 @@ struct Layer<B: Backend> {
     mixer_norm: B::Tensor,
     mixer: Mixer<B>,
     post_attn_norm: Option<B::Tensor>,
-    ffn_norm: B::Tensor,
-    /// Writes [gate | up].
-    gate_up: Linear<B>,
-    down: Linear<B>,
-    post_ffw_norm: Option<B::Tensor>,
+    /// `None` in Mamba2, whose layers are a mixer only.
+    ffn: Option<FeedForward<B>>,
 }
 
 /// A loaded model on backend `B` (the GPU unless said otherwise).
@@ -137,19 +166,26 @@ fn kv_layer_bytes(c: &ModelConfig, context: usize) -> u64 {
 const CONV_STATE_SLOTS: usize = 3;
 const CONV_CHECKPOINT_SLOT: usize = 2;
 
-/// f32 values of one conv layer's state: every slot of `[conv_kernel - 1][hidden]`.
-fn conv_state_len(c: &ModelConfig) -> usize {
-    CONV_STATE_SLOTS * c.conv_kernel.saturating_sub(1) * c.hidden
+/// f32 values of a convolution state over `channels`: every slot of `[conv_kernel - 1][channels]`.
+fn conv_state_len(c: &ModelConfig, channels: usize) -> usize {
+    CONV_STATE_SLOTS * c.conv_kernel.saturating_sub(1) * channels
+}
+
+/// f32 values of a Mamba2 scan state: every slot of `[heads][state][head_dim]`.
+fn ssm_state_len(s: &SsmConfig) -> usize {
+    CONV_STATE_SLOTS * s.heads * s.state * s.head_dim
 }
 
 /// Bytes a session's per-layer state takes: both KV caches of each attention layer, the
-/// rolling state of each convolution layer.
+/// rolling states of each convolution and Mamba2 layer.
 pub fn state_bytes(c: &ModelConfig, context: usize) -> u64 {
     c.layer_kinds
         .iter()
-        .map(|kind| match kind {
-            LayerKind::Attention => 2 * kv_layer_bytes(c, context),
-            LayerKind::ShortConv => conv_state_len(c) as u64 * 4,
+        .map(|kind| match (kind, c.ssm_layers()) {
+            (LayerKind::Attention, _) => 2 * kv_layer_bytes(c, context),
+            (LayerKind::ShortConv, _) => conv_state_len(c, c.hidden) as u64 * 4,
+            (LayerKind::Ssm, Some(s)) => (conv_state_len(c, s.conv_channels()) + ssm_state_len(s)) as u64 * 4,
+            (LayerKind::Ssm, None) => 0,
         })
         .sum()
 }
@@ -213,6 +249,27 @@ impl<B: Backend> Loader<'_, B> {
         let values = self.store.read_f32(name)?;
         self.bytes += len as u64 * 4;
         Ok(self.dev.from_f32(name, &[len], &values)?)
+    }
+
+    /// Mamba2's per-head [A | D | dt_bias] of layer `i`, A from llama.cpp's `ssm_a` or as
+    /// -exp of a checkpoint's `A_log`.
+    fn ssm_head_params(&mut self, i: usize, heads: usize) -> Result<B::Tensor> {
+        let n = |s: &str| format!("blk.{i}.{s}");
+        let read = |name: &str| -> Result<Vec<f32>> {
+            let found = self.store.shape(name).ok_or_else(|| ModelError::MissingTensor(name.to_string()))?;
+            if found.0 * found.1 != heads {
+                return Err(ModelError::ShapeMismatch { tensor: name.into(), expected: vec![heads], found: vec![found.0 * found.1] });
+            }
+            self.store.read_f32(name)
+        };
+        let mut values = match self.store.shape(&n("ssm_a")) {
+            Some(_) => read(&n("ssm_a"))?,
+            None => read(&n("ssm_a_log"))?.iter().map(|v| -v.exp()).collect(),
+        };
+        values.extend(read(&n("ssm_d"))?);
+        values.extend(read(&n("ssm_dt.bias"))?);
+        self.bytes += values.len() as u64 * 4;
+        Ok(self.dev.from_f32(&n("ssm A|D|dt_bias"), &[values.len()], &values)?)
     }
 
     fn optional_vector(&mut self, name: &str, len: usize) -> Result<Option<B::Tensor>> {
@@ -394,16 +451,31 @@ impl<B: Backend> Model<B> {
                         out_proj: ld.linear(&[(n("shortconv.out_proj.weight"), h)], h)?,
                     }
                 }
+                LayerKind::Ssm => {
+                    let s = c.ssm_layers().ok_or_else(|| ModelError::Config("SSM layers without SSM sizes".into()))?;
+                    let channels = s.conv_channels();
+                    ld.expect_shape(&n("ssm_conv1d.weight"), channels, c.conv_kernel)?;
+                    Mixer::Ssm {
+                        in_proj: ld.linear(&[(n("ssm_in.weight"), s.proj_width())], h)?,
+                        conv: ld.vector(&n("ssm_conv1d.weight"), channels * c.conv_kernel)?,
+                        conv_bias: ld.optional_vector(&n("ssm_conv1d.bias"), channels)?,
+                        head_params: ld.ssm_head_params(i, s.heads)?,
+                        norm: ld.vector(&n("ssm_norm.weight"), s.inner())?,
+                        out_proj: ld.linear(&[(n("ssm_out.weight"), h)], s.inner())?,
+                    }
+                }
             };
-            layers.push(Layer {
-                mixer_norm: ld.vector(&n("attn_norm.weight"), h)?,
-                mixer,
-                post_attn_norm: post(&mut ld, "post_attention_norm.weight")?,
-                ffn_norm: ld.vector(&n("ffn_norm.weight"), h)?,
-                gate_up: ld.linear(&gate_up_parts, h)?,
-                down: ld.linear(&[(n("ffn_down.weight"), h)], c.ffn)?,
-                post_ffw_norm: post(&mut ld, "post_ffw_norm.weight")?,
-            });
+            let ffn = if c.arch.has_ffn() {
+                Some(FeedForward {
+                    norm: ld.vector(&n("ffn_norm.weight"), h)?,
+                    gate_up: ld.linear(&gate_up_parts, h)?,
+                    down: ld.linear(&[(n("ffn_down.weight"), h)], c.ffn)?,
+                    post_norm: post(&mut ld, "post_ffw_norm.weight")?,
+                })
+            } else {
+                None
+            };
+            layers.push(Layer { mixer_norm: ld.vector(&n("attn_norm.weight"), h)?, mixer, post_attn_norm: post(&mut ld, "post_attention_norm.weight")?, ffn });
         }
         let table = |r: &RopeConfig| -> Result<B::Rope> { Ok(dev.rope_table(&r.inv_freq(options.context)?, options.context, r.attention_factor)?) };
         let rope = table(&c.rope)?;
@@ -423,6 +495,10 @@ pub enum LayerState<B: Backend> {
     /// `[conv_kernel - 1][hidden]` f32. Only the state at the end (and a checkpoint) exists: see
     /// [`RollingSlots`].
     Conv { slots: B::Tensor },
+    /// Mamba2: its convolution's last inputs (slots of `[conv_kernel - 1][x | B | C channels]`)
+    /// and its scan state (slots of `[heads][state][head_dim]`), rolling like `Conv`'s, in the
+    /// same slots.
+    Ssm { conv: B::Tensor, scan: B::Tensor },
 }
 
 /// Where the rolling states (every conv layer's, which advance together) are. A step at
@@ -493,16 +569,24 @@ impl<B: Backend> GenerationState<B> {
                     LayerKind::Attention => {
                         LayerState::Kv { k: dev.activation(&format!("k cache {i}"), &[kv_len])?, v: dev.activation(&format!("v cache {i}"), &[kv_len])? }
                     }
-                    LayerKind::ShortConv => LayerState::Conv { slots: dev.activation(&format!("conv state {i}"), &[conv_state_len(c)])? },
+                    LayerKind::ShortConv => LayerState::Conv { slots: dev.activation(&format!("conv state {i}"), &[conv_state_len(c, c.hidden)])? },
+                    LayerKind::Ssm => {
+                        let s = c.ssm_layers().ok_or_else(|| ModelError::Config("SSM layers without SSM sizes".into()))?;
+                        LayerState::Ssm {
+                            conv: dev.activation(&format!("ssm conv state {i}"), &[conv_state_len(c, s.conv_channels())])?,
+                            scan: dev.activation(&format!("ssm scan state {i}"), &[ssm_state_len(s)])?,
+                        }
+                    }
                 })
             })
             .collect::<Result<Vec<_>>>()?;
         Ok(Self { layers, capacity, rolling: RollingSlots::default() })
     }
 
-    /// Whether any layer's state rolls (LFM2's convolutions): only then is a prefix not free.
+    /// Whether any layer's state rolls (LFM2's convolutions, Mamba2's mixers): only then is a
+    /// prefix not free.
     fn has_rolling(&self) -> bool {
-        self.layers.iter().any(|l| matches!(l, LayerState::Conv { .. }))
+        self.layers.iter().any(|l| matches!(l, LayerState::Conv { .. } | LayerState::Ssm { .. }))
     }
 }
 
@@ -522,6 +606,7 @@ struct Workspace<B: Backend> {
     /// LFM2's conv layers: the [B | C | x] rows and the convolution's output.
     bcx: Option<B::Tensor>,
     conv_out: Option<B::Tensor>,
+    ssm: Option<SsmWorkspace<B>>,
     logits: B::Tensor,
     /// A prefill's greedy token. A decode step (`None` here) writes its token over its own
     /// input id instead, where the next decode step reads it: greedy decoding can then queue a
@@ -529,22 +614,72 @@ struct Workspace<B: Backend> {
     next: Option<B::Tensor>,
 }
 
+/// A Mamba2 mixer's activations for a step of `tokens` tokens.
+struct SsmWorkspace<B: Backend> {
+    /// [z | x | B | C | dt] rows.
+    proj: B::Tensor,
+    /// The convolution's output: [x | B | C] rows.
+    xbc: B::Tensor,
+    /// The gated scan output, and it normalised.
+    y: B::Tensor,
+    y_normed: B::Tensor,
+    /// A prefill's chunk states and dt (see `ssm_scan`); `None` for one token.
+    scratch: Option<(B::Tensor, B::Tensor)>,
+}
+
+impl<B: Backend> SsmWorkspace<B> {
+    fn new(dev: &B, s: &SsmConfig, t: usize) -> Result<Self> {
+        let f32t = |name: &str, cols: usize| dev.activation(name, &[t, cols]);
+        let p = scan_params(s, t, None, 0, None);
+        let scratch =
+            if t > 1 { Some((dev.activation("ssm chunk states", &[p.chunk_states_len()])?, dev.activation("ssm dt", &[p.dt_cum_len()])?)) } else { None };
+        Ok(Self {
+            proj: f32t("ssm in", s.proj_width())?,
+            xbc: f32t("ssm x|B|C", s.conv_channels())?,
+            y: f32t("ssm y", s.inner())?,
+            y_normed: f32t("ssm y normed", s.inner())?,
+            scratch,
+        })
+    }
+}
+
+/// The scan of a step of `tokens` over Mamba2 sizes `s`, with the slots the rolling state uses.
+fn scan_params(s: &SsmConfig, tokens: usize, src_slot: Option<usize>, dst_slot: usize, snap_slot: Option<usize>) -> SsmScanParams {
+    SsmScanParams {
+        tokens,
+        heads: s.heads,
+        head_dim: s.head_dim,
+        state: s.state,
+        groups: s.groups,
+        proj_stride: s.proj_width(),
+        dt_offset: s.inner() + s.conv_channels(),
+        dt_min: s.dt_min,
+        dt_max: s.dt_max,
+        src_slot,
+        dst_slot,
+        snap_slot,
+    }
+}
+
 impl<B: Backend> Workspace<B> {
     fn new(dev: &B, c: &ModelConfig, t: usize) -> Result<Self> {
         let f32t = |name: &str, cols: usize| dev.activation(name, &[t, cols]);
+        // A model without attention layers or MLPs (Mamba2) still gets (one-column) buffers
+        // for them: nothing reads them.
         Ok(Self {
             tokens: t,
             ids: dev.activation("token ids", &[t])?,
             residual: f32t("residual", c.hidden)?,
             normed: f32t("normed", c.hidden)?,
-            qkv: f32t("qkv", c.qkv_width())?,
-            attn: f32t("attention out", c.heads * c.head_dim)?,
+            qkv: f32t("qkv", c.qkv_width().max(1))?,
+            attn: f32t("attention out", (c.heads * c.head_dim).max(1))?,
             out: f32t("block out", c.hidden)?,
             post: if c.arch.has_post_norms() { Some(f32t("post-norm out", c.hidden)?) } else { None },
-            gate_up: f32t("gate|up", 2 * c.ffn)?,
-            act: f32t("activation", c.ffn)?,
+            gate_up: f32t("gate|up", (2 * c.ffn).max(1))?,
+            act: f32t("activation", c.ffn.max(1))?,
             bcx: if c.has_conv_layers() { Some(f32t("conv in", 3 * c.hidden)?) } else { None },
             conv_out: if c.has_conv_layers() { Some(f32t("conv out", c.hidden)?) } else { None },
+            ssm: c.ssm_layers().map(|s| SsmWorkspace::new(dev, s, t)).transpose()?,
             logits: dev.activation("logits", &[c.vocab])?,
             next: if t == 1 { None } else { Some(dev.activation("next token", &[1])?) },
         })
@@ -838,27 +973,61 @@ impl<B: Backend> Session<B> {
                 (Mixer::ShortConv { in_proj, conv, conv_bias, out_proj }, LayerState::Conv { slots }) => {
                     let (bcx, conv_out) = (ws.bcx.as_ref().expect("conv buffers"), ws.conv_out.as_ref().expect("conv buffers"));
                     project(plan, &ws.normed, in_proj, bcx, 3 * c.hidden)?;
-                    let params =
-                        ShortConvParams { tokens: t, channels: c.hidden, kernel: c.conv_kernel, src_slot: conv_src, dst_slot: conv_dst, snap_slot: conv_snap };
+                    let params = ShortConvParams {
+                        tokens: t,
+                        channels: c.hidden,
+                        kernel: c.conv_kernel,
+                        style: ConvStyle::GatedBcx,
+                        in_stride: 3 * c.hidden,
+                        in_offset: 0,
+                        src_slot: conv_src,
+                        dst_slot: conv_dst,
+                        snap_slot: conv_snap,
+                    };
                     B::short_conv(plan, bcx, conv, conv_bias.as_ref(), slots, conv_out, &params)?;
                     project(plan, conv_out, out_proj, &ws.out, c.hidden)?;
+                }
+                (Mixer::Ssm { in_proj, conv, conv_bias, head_params, norm, out_proj }, LayerState::Ssm { conv: conv_state, scan }) => {
+                    let (s, sw) = (c.ssm_layers().expect("checked at load"), ws.ssm.as_ref().expect("ssm buffers"));
+                    project(plan, &ws.normed, in_proj, &sw.proj, s.proj_width())?;
+                    let conv_params = ShortConvParams {
+                        tokens: t,
+                        channels: s.conv_channels(),
+                        kernel: c.conv_kernel,
+                        style: ConvStyle::Silu,
+                        in_stride: s.proj_width(),
+                        in_offset: s.inner(),
+                        src_slot: conv_src,
+                        dst_slot: conv_dst,
+                        snap_slot: conv_snap,
+                    };
+                    B::short_conv(plan, &sw.proj, conv, conv_bias.as_ref(), conv_state, &sw.xbc, &conv_params)?;
+                    let scratch = sw.scratch.as_ref().map(|(chunks, dt)| (chunks, dt));
+                    B::ssm_scan(plan, &sw.xbc, &sw.proj, head_params, scan, &sw.y, scratch, &scan_params(s, t, conv_src, conv_dst, conv_snap))?;
+                    B::group_rms_norm(plan, &sw.y, norm, &sw.y_normed, t, s.groups, c.rms_eps)?;
+                    project(plan, &sw.y_normed, out_proj, &ws.out, c.hidden)?;
                 }
                 _ => return Err(ModelError::Config(format!("layer {i}'s state does not match its kind"))),
             }
             post_norm(plan, &ws.out, layer.post_attn_norm.as_ref())?;
             let attn_out = block_out(layer.post_attn_norm.as_ref());
-            B::rms_norm(plan, attn_out, &layer.ffn_norm, Some(&ws.residual), &ws.normed, t, c.rms_eps, c.norm_offset)?;
-            match layer.gate_up.parts.as_slice() {
+            let Some(ffn) = &layer.ffn else {
+                // A mixer-only layer (Mamba2): its output joins the residual at the next norm.
+                pending = Some(attn_out);
+                continue;
+            };
+            B::rms_norm(plan, attn_out, &ffn.norm, Some(&ws.residual), &ws.normed, t, c.rms_eps, c.norm_offset)?;
+            match ffn.gate_up.parts.as_slice() {
                 // Decode: the projection and the activation in one op where the backend fuses them.
                 [p] if t == 1 && B::fuses_gated_matvec(&p.weight) => B::gated_matvec(plan, &p.weight, &ws.normed, 0, p.bias.as_ref(), &ws.act, c.activation)?,
                 _ => {
-                    project(plan, &ws.normed, &layer.gate_up, &ws.gate_up, 2 * c.ffn)?;
+                    project(plan, &ws.normed, &ffn.gate_up, &ws.gate_up, 2 * c.ffn)?;
                     B::gated_activation(plan, &ws.gate_up, &ws.act, t, c.ffn, c.activation)?;
                 }
             }
-            project(plan, &ws.act, &layer.down, &ws.out, c.hidden)?;
-            post_norm(plan, &ws.out, layer.post_ffw_norm.as_ref())?;
-            pending = Some(block_out(layer.post_ffw_norm.as_ref()));
+            project(plan, &ws.act, &ffn.down, &ws.out, c.hidden)?;
+            post_norm(plan, &ws.out, ffn.post_norm.as_ref())?;
+            pending = Some(block_out(ffn.post_norm.as_ref()));
         }
         let last = pending.unwrap_or(&ws.out);
         B::rms_norm(plan, last, &m.output_norm, Some(&ws.residual), &ws.normed, t, c.rms_eps, c.norm_offset)?;

@@ -130,10 +130,10 @@ pub fn read_header<S: ByteSource + ?Sized>(file: &str, src: &S) -> Result<Vec<St
 
 /// The llama.cpp name for a Hugging Face tensor name, `None` for tensors the model does not use.
 pub fn canonical_name(hf: &str, arch: Architecture) -> Option<String> {
-    let hf = ["model.language_model.", "language_model.model.", "model."].iter().find_map(|p| hf.strip_prefix(p)).unwrap_or(hf);
+    let hf = ["model.language_model.", "language_model.model.", "model.", "backbone."].iter().find_map(|p| hf.strip_prefix(p)).unwrap_or(hf);
     match hf {
-        "embed_tokens.weight" => return Some("token_embd.weight".into()),
-        "norm.weight" => return Some("output_norm.weight".into()),
+        "embed_tokens.weight" | "embeddings.weight" => return Some("token_embd.weight".into()),
+        "norm.weight" | "norm_f.weight" => return Some("output_norm.weight".into()),
         // LFM2's final norm (llama.cpp keeps the name as token_embd_norm).
         "embedding_norm.weight" => return Some("token_embd_norm.weight".into()),
         "lm_head.weight" | "language_model.lm_head.weight" => return Some("output.weight".into()),
@@ -143,6 +143,14 @@ pub fn canonical_name(hf: &str, arch: Architecture) -> Option<String> {
     let (layer, rest) = rest.split_once('.')?;
     let layer: usize = layer.parse().ok()?;
     let (module, suffix) = rest.rsplit_once('.')?;
+    // Mamba2's per-head parameters, named as llama.cpp names them. llama.cpp stores
+    // A = -exp(A_log); the checkpoint's A_log keeps a name of its own (the loader converts it).
+    match (module, suffix) {
+        ("mixer", "dt_bias") => return Some(format!("blk.{layer}.ssm_dt.bias")),
+        ("mixer", "A_log") => return Some(format!("blk.{layer}.ssm_a_log")),
+        ("mixer", "D") => return Some(format!("blk.{layer}.ssm_d")),
+        _ => {}
+    }
     let name = match module {
         "input_layernorm" => "attn_norm",
         "self_attn.q_proj" => "attn_q",
@@ -173,6 +181,12 @@ pub fn canonical_name(hf: &str, arch: Architecture) -> Option<String> {
         "feed_forward.w1" => "ffn_gate",
         "feed_forward.w3" => "ffn_up",
         "feed_forward.w2" => "ffn_down",
+        // Mamba2.
+        "norm" => "attn_norm",
+        "mixer.in_proj" => "ssm_in",
+        "mixer.conv1d" => "ssm_conv1d",
+        "mixer.norm" => "ssm_norm",
+        "mixer.out_proj" => "ssm_out",
         _ => return None,
     };
     Some(format!("blk.{layer}.{name}.{suffix}"))

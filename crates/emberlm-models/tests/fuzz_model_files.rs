@@ -252,21 +252,24 @@ fn mutated_model_files_end_in_clean_errors_within_bounds() {
     }
     t.report("config.json / tokenizer.json / tokenizer_config.json");
 
-    // LFM2's own keys: per-layer kv head counts (0 marks a conv layer), the conv length,
-    // layer_types and the MLP width rule.
-    let lfm2 = fixture("lfm2/model.gguf");
-    load_gguf(&lfm2).unwrap();
-    let lfm2_header = GgufFile::read(lfm2.as_slice()).unwrap().data_offset as usize;
-    let lfm2_config: Value = serde_json::from_slice(&fixture("lfm2/config.json")).unwrap();
-    let lfm2_tok = fixture("lfm2/tokenizer.json");
-    let lfm2_tok_cfg: Value = serde_json::from_slice(&fixture("lfm2/tokenizer_config.json")).unwrap();
-    load_hf(&lfm2_config, &lfm2_tok, &lfm2_tok_cfg).unwrap();
-    let mut t = Tally::default();
-    for i in 0..n / 2 {
-        let bytes = mutate_bytes(&mut rng, &lfm2, lfm2_header);
-        t.run(&format!("lfm2 gguf #{i}"), || load_gguf(&bytes));
-        let config = mutate_json(&mut rng, &lfm2_config);
-        t.run(&format!("lfm2 config #{i}"), || load_hf(&config, &lfm2_tok, &lfm2_tok_cfg));
+    // The rolling-state families' own keys. LFM2: per-layer kv head counts (0 marks a conv
+    // layer), the conv length, layer_types and the MLP width rule. Mamba2: the SSM sizes,
+    // groups, the conv kernel, time-step limits (`Infinity` in config.json), A as -exp(A_log).
+    for family in ["lfm2", "mamba2"] {
+        let file = fixture(&format!("{family}/model.gguf"));
+        load_gguf(&file).unwrap();
+        let header = GgufFile::read(file.as_slice()).unwrap().data_offset as usize;
+        let config = emberlm_models::config::parse_json(std::str::from_utf8(&fixture(&format!("{family}/config.json"))).unwrap()).unwrap();
+        let tok = fixture(&format!("{family}/tokenizer.json"));
+        let tok_cfg: Value = serde_json::from_slice(&fixture(&format!("{family}/tokenizer_config.json"))).unwrap();
+        load_hf(&config, &tok, &tok_cfg).unwrap();
+        let mut t = Tally::default();
+        for i in 0..n / 2 {
+            let bytes = mutate_bytes(&mut rng, &file, header);
+            t.run(&format!("{family} gguf #{i}"), || load_gguf(&bytes));
+            let mutated = mutate_json(&mut rng, &config);
+            t.run(&format!("{family} config #{i}"), || load_hf(&mutated, &tok, &tok_cfg));
+        }
+        t.report(&format!("{family} GGUF / config.json"));
     }
-    t.report("LFM2 GGUF / config.json");
 }

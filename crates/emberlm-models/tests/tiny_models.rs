@@ -129,9 +129,9 @@ fn run<B: Backend>(dev: &B, arch: &str, source: Source, dtype: Option<DType>) ->
             pollster::block_on(generate(dev, &model, &mut session, &prompt[..half], &turn1, |_, _| true)).unwrap();
             let turn2 = pollster::block_on(generate(dev, &model, &mut session, &prompt, &opts, |_, _| true)).unwrap();
             let turn3 = pollster::block_on(generate(dev, &model, &mut session, &prompt, &opts, |_, _| true)).unwrap();
-            // A rolling convolution state exists only at the end and at the checkpoint before a
-            // prefill's last token: LFM2 rewinds there.
-            let least = if model.config.has_conv_layers() { half - 1 } else { half };
+            // A rolling state exists only at the end and at the checkpoint before a prefill's
+            // last token: LFM2 and Mamba2 rewind there.
+            let least = if model.config.has_rolling_state() { half - 1 } else { half };
             assert!(turn2.reused_tokens >= least && turn2.reused_tokens < prompt.len(), "reused {} of {}", turn2.reused_tokens, prompt.len());
             assert_eq!(turn3.reused_tokens, prompt.len() - 1);
             out.greedy_equal &= turn2.generated_ids == want && turn3.generated_ids == want;
@@ -246,8 +246,16 @@ fn lfm2_short_convolutions() {
     check_arch("lfm2");
 }
 
-/// The last prompt position's logits of one LFM2 prompt run in different step splits.
-fn lfm2_logits_by_steps<B: Backend>(dev: &B, model: &Model<B>, prompt: &[u32], chunks: &[usize]) -> Vec<f32> {
+/// Mamba2: state-space mixer layers only (conv1d + SiLU, the selective scan, the grouped gated
+/// norm), no attention and no MLP; config.json's `Infinity` time-step limit; GGUF in llama.cpp's
+/// layout (A stored as -exp(A_log)).
+#[test]
+fn mamba2_state_space_layers() {
+    check_arch("mamba2");
+}
+
+/// The last prompt position's logits of one prompt run in different step splits.
+fn logits_by_steps<B: Backend>(dev: &B, model: &Model<B>, prompt: &[u32], chunks: &[usize]) -> Vec<f32> {
     let mut session = Session::new(dev, model).unwrap();
     let mut at = 0;
     let mut logits = None;
@@ -262,35 +270,37 @@ fn lfm2_logits_by_steps<B: Backend>(dev: &B, model: &Model<B>, prompt: &[u32], c
     logits.unwrap()
 }
 
-/// The rolling convolution state carries across steps of any size: the whole prompt at once,
-/// one token at a time, a two-token prefill then single tokens (as transformers' own cached
-/// run in the fixture), and chunks of 3 (each step's state slot read from the one before it)
-/// give the same logits, all within 1e-3 of transformers'.
-fn check_lfm2_step_splits<B: Backend>(dev: &B, source: Source) {
-    let (model, reference) = load_fixture(dev, "lfm2", source, None);
+/// A rolling state (LFM2's convolutions, Mamba2's convolution and scan) carries across steps
+/// of any size: the whole prompt at once, one token at a time, a two-token prefill then single
+/// tokens (as transformers' own cached run in the fixture), and chunks of 3 (each step's state
+/// slot read from the one before it) give the same logits, all within 1e-3 of transformers'.
+fn check_step_splits<B: Backend>(dev: &B, arch: &str, source: Source) {
+    let (model, reference) = load_fixture(dev, arch, source, None);
     let floats = |v: &Value| -> Vec<f64> { v.as_array().unwrap().iter().map(|x| x.as_f64().unwrap()).collect() };
     for case in reference["cases"].as_array().unwrap() {
         let prompt = ids(&case["input_ids"]);
         let (full, stepwise) = (floats(&case["last_logits"]), floats(&case["stepwise_logits"]));
-        let whole = lfm2_logits_by_steps(dev, &model, &prompt, &[prompt.len()]);
+        let whole = logits_by_steps(dev, &model, &prompt, &[prompt.len()]);
         for chunks in [&[1][..], &[2, 1, 1, 1], &[3], &[5, 2]] {
-            let split = lfm2_logits_by_steps(dev, &model, &prompt, chunks);
+            let split = logits_by_steps(dev, &model, &prompt, chunks);
             let same = split.iter().zip(&whole).map(|(a, b)| (a - b).abs()).fold(0f32, f32::max);
-            assert!(same < 1e-4, "{} {source:?} steps {chunks:?}: logits {same} off the one-step prefill's", dev.kind().name());
+            assert!(same < 1e-4, "{} {arch} {source:?} steps {chunks:?}: logits {same} off the one-step prefill's", dev.kind().name());
             for (want, what) in [(&full, "full forward"), (&stepwise, "cached steps")] {
                 let err = split.iter().zip(want).map(|(a, b)| (*a as f64 - b).abs()).fold(0f64, f64::max);
-                assert!(err < 1e-3, "{} {source:?} steps {chunks:?}: logits {err} off transformers' {what}", dev.kind().name());
+                assert!(err < 1e-3, "{} {arch} {source:?} steps {chunks:?}: logits {err} off transformers' {what}", dev.kind().name());
             }
         }
     }
 }
 
 #[test]
-fn lfm2_prefill_then_decode_equals_one_token_steps() {
-    for source in [Source::Safetensors, Source::Gguf] {
-        check_lfm2_step_splits(dev(), source);
-        if on_cpu_too() {
-            check_lfm2_step_splits(cpu(), source);
+fn rolling_states_prefill_then_decode_equals_one_token_steps() {
+    for arch in ["lfm2", "mamba2"] {
+        for source in [Source::Safetensors, Source::Gguf] {
+            check_step_splits(dev(), arch, source);
+            if on_cpu_too() {
+                check_step_splits(cpu(), arch, source);
+            }
         }
     }
 }
@@ -402,8 +412,8 @@ fn check_greedy_queued_ahead<B: Backend>(dev: &B, arch: &str) {
 
 #[test]
 fn greedy_decoding_queued_ahead_matches_step_by_step() {
-    // LFM2: the step run in vain must not have rolled the convolution state on.
-    for arch in ["llama", "lfm2"] {
+    // LFM2, Mamba2: the step run in vain must not have rolled the convolution or scan state on.
+    for arch in ["llama", "lfm2", "mamba2"] {
         check_greedy_queued_ahead(dev(), arch);
         if on_cpu_too() {
             check_greedy_queued_ahead(cpu(), arch);

@@ -491,7 +491,7 @@ impl EmberModel {
         options.dtype = options.dtype.or(Some(DType::Q4));
         let mut stats = LoadStats::default();
         let started = now_ms();
-        let parse = |s: &str, what: &str| serde_json::from_str::<serde_json::Value>(s).map_err(|e| js_err(format!("{what}: {e}")));
+        let parse = |s: &str, what: &str| emberlm_models::config::parse_json(s).map_err(|e| js_err(format!("{what}: {e}")));
         let config = parse(&config_json, "config.json")?;
         let generation = generation_config_json.as_deref().map(|s| parse(s, "generation_config.json")).transpose()?;
         let mut config = ModelConfig::from_hf(&config, generation.as_ref()).map_err(js_err)?;

@@ -14,6 +14,7 @@ pub mod rms_norm;
 pub mod rope_kv_append;
 pub mod short_conv;
 pub mod softmax;
+pub mod ssm_scan;
 pub mod top_k;
 
 pub use argmax::argmax;
@@ -24,10 +25,11 @@ pub use head_rms_norm::head_rms_norm;
 pub use logit_softcap::logit_softcap;
 pub use matmul::{matmul, matmul_into};
 pub use matvec::{gated_matvec, gated_matvec_fits, matvec, matvec_into};
-pub use rms_norm::rms_norm;
+pub use rms_norm::{group_rms_norm, rms_norm};
 pub use rope_kv_append::{rope_kv_append, RopeLayout};
-pub use short_conv::{short_conv, ShortConvParams, MAX_CONV_KERNEL};
+pub use short_conv::{short_conv, ConvStyle, ShortConvParams, MAX_CONV_KERNEL};
 pub use softmax::softmax;
+pub use ssm_scan::{ssm_scan, SsmScanParams, SsmScratch};
 pub use top_k::top_k;
 
 use crate::dtype::DType;
@@ -68,6 +70,14 @@ pub(crate) fn expect_f32(op: &'static str, what: &str, t: &Tensor, len: usize) -
         return Err(Error::Shape { op, detail: format!("{what} `{}` has {} elements, needs {len}", t.name, t.numel()) });
     }
     Ok(())
+}
+
+/// Fails unless every slot named is below `slots` (a rolling state's slots in one buffer).
+pub(crate) fn check_slots(op: &'static str, slots: usize, named: [Option<usize>; 3]) -> Result<()> {
+    match named.into_iter().flatten().find(|&s| s >= slots) {
+        Some(slot) => Err(Error::Shape { op, detail: format!("state slot {slot} of {slots}") }),
+        None => Ok(()),
+    }
 }
 
 pub(crate) fn u32_of(op: &'static str, what: &str, v: usize) -> Result<u32> {

@@ -1,4 +1,5 @@
-//! `rms_norm`: out = x / rms(x) · (w + offset), optionally adding x into the residual stream first.
+//! `rms_norm`: out = x / rms(x) · (w + offset), optionally adding x into the residual stream
+//! first; `group_rms_norm`: the same over equal groups of each row, each with its part of w.
 
 use bytemuck::{Pod, Zeroable};
 
@@ -15,6 +16,9 @@ pub struct RmsNormParams {
     pub rows: u32,
     pub eps: f32,
     pub weight_offset: f32,
+    /// Consecutive rows that share a model row: row r uses weight part r % groups.
+    pub groups: u32,
+    pub _pad: [u32; 3],
 }
 
 /// `x`, `out` (and `residual`): [rows, cols]; `weight`: cols. With `residual`, computes
@@ -37,9 +41,34 @@ pub fn rms_norm(
     if let Some(r) = residual {
         expect_f32(OP, "residual", r, rows * cols)?;
     }
-    let params = RmsNormParams { cols: u32_of(OP, "cols", cols)?, rows: u32_of(OP, "rows", rows)?, eps, weight_offset };
+    let params = RmsNormParams { cols: u32_of(OP, "cols", cols)?, rows: u32_of(OP, "rows", rows)?, eps, weight_offset, groups: 1, _pad: [0; 3] };
     let variant = Variant::default().flag_if(residual.is_some(), "RESIDUAL").with("WG", WG_ROW);
     let storage = vec![Some(Binding::tensor(x)?), Some(Binding::tensor(out)?), Some(Binding::tensor(weight)?), residual.map(Binding::tensor).transpose()?];
     let grid = plan.grid(params.rows);
     plan.dispatch("rms_norm", key("rms_norm", variant), &params, storage, grid)
+}
+
+/// `x`, `out`: [rows, width]; `weight`: width, in `groups` equal parts: each row's parts are
+/// normalised apart, part g with weight part g (Mamba2's gated norm after its gate).
+pub fn group_rms_norm(plan: &mut Plan, x: &Tensor, weight: &Tensor, out: &Tensor, rows: usize, groups: usize, eps: f32) -> Result<OpId> {
+    const OP: &str = "rms_norm";
+    let width = weight.numel();
+    if groups == 0 || width % groups != 0 {
+        return Err(crate::error::Error::Shape { op: OP, detail: format!("{width} columns do not split into {groups} groups") });
+    }
+    expect_f32(OP, "weight", weight, width)?;
+    expect_f32(OP, "input", x, rows * width)?;
+    expect_f32(OP, "output", out, rows * width)?;
+    let params = RmsNormParams {
+        cols: u32_of(OP, "cols", width / groups)?,
+        rows: u32_of(OP, "rows", rows * groups)?,
+        eps,
+        weight_offset: 0.0,
+        groups: u32_of(OP, "groups", groups)?,
+        _pad: [0; 3],
+    };
+    let variant = Variant::default().with("WG", WG_ROW);
+    let storage = vec![Some(Binding::tensor(x)?), Some(Binding::tensor(out)?), Some(Binding::tensor(weight)?), None];
+    let grid = plan.grid(params.rows);
+    plan.dispatch(OP, key(OP, variant), &params, storage, grid)
 }

@@ -1,16 +1,26 @@
-//! `short_conv`: LFM2's gated short convolution over [B | C | x] rows, with a rolling state of
-//! the last `kernel - 1` inputs per channel kept in slots of one buffer (see the shader).
+//! `short_conv`: a causal depthwise convolution over the last few positions — LFM2's gated
+//! one over [B | C | x] blocks, or Mamba2's followed by SiLU — with a rolling state of the last
+//! `kernel - 1` inputs per channel kept in slots of one buffer (see the shader).
 
 use bytemuck::{Pod, Zeroable};
 
-use super::{expect_f32, key, u32_of, WG};
+use super::{check_slots, expect_f32, key, u32_of, WG};
 use crate::error::{Error, Result};
 use crate::plan::{Binding, OpId, Plan};
 use crate::shader::Variant;
 use crate::tensor::Tensor;
 
-/// The longest convolution the kernel takes (LFM2 uses 3).
+/// The longest convolution the kernel takes (LFM2 uses 3, Mamba2 4).
 pub const MAX_CONV_KERNEL: usize = 8;
+
+/// What the convolution reads and what it applies after.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ConvStyle {
+    /// LFM2: blocks [B | C | x]; `C · conv(B · x)`.
+    GatedBcx,
+    /// Mamba2: one block x; `silu(conv(x) + bias)`.
+    Silu,
+}
 
 /// Where a step's rolling state comes from and goes to: slots of `[kernel - 1][channels]` f32.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -18,6 +28,10 @@ pub struct ShortConvParams {
     pub tokens: usize,
     pub channels: usize,
     pub kernel: usize,
+    pub style: ConvStyle,
+    /// Width of an input row and the column where its blocks start.
+    pub in_stride: usize,
+    pub in_offset: usize,
     /// The slot holding the state before the first token; `None`: zeros (a sequence's start).
     pub src_slot: Option<usize>,
     /// The slot that receives the state after the last token.
@@ -32,6 +46,19 @@ impl ShortConvParams {
         (self.kernel - 1) * self.channels
     }
 
+    /// The blocks `style` reads, side by side in each input row.
+    pub fn in_width(&self) -> usize {
+        match self.style {
+            ConvStyle::GatedBcx => 3 * self.channels,
+            ConvStyle::Silu => self.channels,
+        }
+    }
+
+    /// f32 values the input must hold.
+    pub fn in_len(&self) -> usize {
+        (self.tokens - 1) * self.in_stride + self.in_offset + self.in_width()
+    }
+
     /// Checks the sizes, and that `state` (of `state_len` values) holds every slot named.
     pub fn check(&self, op: &'static str, state_len: usize) -> Result<()> {
         let bad = |detail: String| Err(Error::Shape { op, detail });
@@ -41,13 +68,10 @@ impl ShortConvParams {
         if self.tokens == 0 || self.channels == 0 {
             return bad("no tokens or no channels".into());
         }
-        let slots = state_len / self.slot_len();
-        for slot in [self.src_slot, Some(self.dst_slot), self.snap_slot].into_iter().flatten() {
-            if slot >= slots {
-                return bad(format!("state slot {slot} of {slots}"));
-            }
+        if self.in_offset + self.in_width() > self.in_stride {
+            return bad(format!("input blocks of {} at column {} overflow rows of {}", self.in_width(), self.in_offset, self.in_stride));
         }
-        Ok(())
+        check_slots(op, state_len / self.slot_len(), [self.src_slot, Some(self.dst_slot), self.snap_slot])
     }
 }
 
@@ -60,17 +84,18 @@ struct Uniforms {
     src_slot: u32,
     dst_slot: u32,
     snap_slot: u32,
-    _pad: [u32; 2],
+    in_stride: u32,
+    in_offset: u32,
 }
 
 const NONE: u32 = u32::MAX;
 
-/// `bcx`: [tokens, 3·channels]; `weight`: [channels, kernel] f32; `bias`: channels f32;
+/// `input`: [tokens, in_stride]; `weight`: [channels, kernel] f32; `bias`: channels f32;
 /// `state`: slots of [kernel - 1][channels]; `out`: [tokens, channels].
-pub fn short_conv(plan: &mut Plan, bcx: &Tensor, weight: &Tensor, bias: Option<&Tensor>, state: &Tensor, out: &Tensor, p: &ShortConvParams) -> Result<OpId> {
+pub fn short_conv(plan: &mut Plan, input: &Tensor, weight: &Tensor, bias: Option<&Tensor>, state: &Tensor, out: &Tensor, p: &ShortConvParams) -> Result<OpId> {
     const OP: &str = "short_conv";
     p.check(OP, state.numel())?;
-    expect_f32(OP, "input", bcx, p.tokens * 3 * p.channels)?;
+    expect_f32(OP, "input", input, p.in_len())?;
     expect_f32(OP, "weight", weight, p.channels * p.kernel)?;
     expect_f32(OP, "state", state, p.slot_len())?;
     expect_f32(OP, "output", out, p.tokens * p.channels)?;
@@ -85,11 +110,12 @@ pub fn short_conv(plan: &mut Plan, bcx: &Tensor, weight: &Tensor, bias: Option<&
         src_slot: slot(p.src_slot)?,
         dst_slot: slot(Some(p.dst_slot))?,
         snap_slot: slot(p.snap_slot)?,
-        _pad: [0; 2],
+        in_stride: u32_of(OP, "in_stride", p.in_stride)?,
+        in_offset: u32_of(OP, "in_offset", p.in_offset)?,
     };
-    let variant = Variant::default().flag_if(bias.is_some(), "BIAS").with("WG", WG);
+    let variant = Variant::default().flag_if(bias.is_some(), "BIAS").flag_if(p.style == ConvStyle::Silu, "SILU").with("WG", WG);
     let storage = vec![
-        Some(Binding::tensor(bcx)?),
+        Some(Binding::tensor(input)?),
         Some(Binding::tensor(weight)?),
         Some(Binding::tensor(state)?),
         Some(Binding::tensor(out)?),
