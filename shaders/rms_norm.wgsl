@@ -1,5 +1,6 @@
 // out = x / rms(x) * (weight + weight_offset), one workgroup per row. With RESIDUAL the row is
-// first added into the residual stream in place (residual += x) and the sum is normalised:
+// first added into the residual stream in place (residual += residual_scale · x; Granite scales
+// its blocks' outputs) and the sum is normalised:
 // the pre-norm transformer's "add then norm" in one pass. weight_offset = 1 gives Gemma's (1 + w).
 // With groups > 1 each model row is `groups` rows here, normalised apart, each with its own part
 // of the weight (Mamba2's grouped norm).
@@ -10,9 +11,9 @@ struct Params {
     eps: f32,
     weight_offset: f32,
     groups: u32,
+    residual_scale: f32,
     _pad0: u32,
     _pad1: u32,
-    _pad2: u32,
 }
 
 @group(0) @binding(0) var<uniform> params: Params;
@@ -35,7 +36,7 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec
     var sum_sq = 0.0;
     for (var i = lid; i < params.cols; i += WG) {
 #if RESIDUAL
-        let h = residual[base + i] + x[base + i];
+        let h = residual[base + i] + params.residual_scale * x[base + i];
         residual[base + i] = h;
 #else
         let h = x[base + i];

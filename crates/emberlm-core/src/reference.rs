@@ -84,10 +84,10 @@ pub fn softmax_row(x: &[f64]) -> Vec<f64> {
 }
 
 /// Returns (normalised rows, new residual if any).
-pub fn rms_norm(x: &[f32], weight: &[f32], residual: Option<&[f32]>, eps: f64, offset: f64) -> (Vec<f64>, Vec<f64>) {
+pub fn rms_norm(x: &[f32], weight: &[f32], residual: Option<(&[f32], f32)>, eps: f64, offset: f64) -> (Vec<f64>, Vec<f64>) {
     let cols = weight.len();
     let h: Vec<f64> = match residual {
-        Some(r) => x.iter().zip(r).map(|(a, b)| *a as f64 + *b as f64).collect(),
+        Some((r, scale)) => x.iter().zip(r).map(|(a, b)| scale as f64 * *a as f64 + *b as f64).collect(),
         None => x.iter().map(|&a| a as f64).collect(),
     };
     let mut out = Vec::with_capacity(h.len());

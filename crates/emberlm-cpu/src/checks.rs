@@ -181,8 +181,8 @@ pub fn norms_rope_activation_softcap_argmax() -> Check {
     let ws = rng.vec(cols);
     let (x, r, w) = (CpuTensor::from_f32("x", &[rows, cols], &xs)?, CpuTensor::from_f32("r", &[rows, cols], &rs)?, CpuTensor::from_f32("w", &[cols], &ws)?);
     let out = CpuTensor::zeroed("out", &[rows, cols], DType::F32)?;
-    ops::rms_norm(&x, &w, Some(&r), &out, rows, 1e-6, 1.0)?;
-    let (want, h) = reference::rms_norm(&xs, &ws, Some(&rs), 1e-6, 1.0);
+    ops::rms_norm(&x, &w, Some((&r, 0.5)), &out, rows, 1e-6, 1.0)?;
+    let (want, h) = reference::rms_norm(&xs, &ws, Some((&rs, 0.5)), 1e-6, 1.0);
     close("rms_norm", &out.f32s(), &want, &[])?;
     close("rms_norm residual", &r.f32s(), &h, &[])?;
     ensure!(ops::rms_norm(&x, &w, None, &x, rows, 1e-6, 0.0).is_err(), "aliasing input and output is an error, not a panic");

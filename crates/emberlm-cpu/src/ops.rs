@@ -182,9 +182,10 @@ fn normalize(x: &[f32], w: &[f32], out: &mut [f32], eps: f32, offset: f32) {
     }
 }
 
-/// With `residual`: residual += x, then out = rms_norm(residual); else out = rms_norm(x).
+/// With `residual` (the stream and a scale): residual += scale · x, then out =
+/// rms_norm(residual); else out = rms_norm(x).
 #[allow(clippy::too_many_arguments)]
-pub fn rms_norm(x: &CpuTensor, weight: &CpuTensor, residual: Option<&CpuTensor>, out: &CpuTensor, rows: usize, eps: f32, offset: f32) -> Result<()> {
+pub fn rms_norm(x: &CpuTensor, weight: &CpuTensor, residual: Option<(&CpuTensor, f32)>, out: &CpuTensor, rows: usize, eps: f32, offset: f32) -> Result<()> {
     let _time = crate::profile::scope("rms_norm");
     let cols = weight.numel();
     x.expect_f32("rms_norm", rows * cols)?;
@@ -193,14 +194,14 @@ pub fn rms_norm(x: &CpuTensor, weight: &CpuTensor, residual: Option<&CpuTensor>,
     let w = weight.f32s();
     let mut o = out.f32s_mut();
     match residual {
-        Some(r) => {
+        Some((r, scale)) => {
             r.expect_f32("rms_norm", rows * cols)?;
             r.expect_distinct("rms_norm", x)?;
             r.expect_distinct("rms_norm", out)?;
             let x = x.f32s();
             let mut r = r.f32s_mut();
             for ((rr, xr), or) in r.chunks_exact_mut(cols).zip(x.chunks_exact(cols)).zip(o.chunks_exact_mut(cols)).take(rows) {
-                rr.iter_mut().zip(xr).for_each(|(a, b)| *a += b);
+                rr.iter_mut().zip(xr).for_each(|(a, b)| *a += scale * b);
                 normalize(rr, &w, or, eps, offset);
             }
         }

@@ -81,12 +81,13 @@ pub trait Backend {
     fn rope_table(&self, inv_freq: &[f32], positions: usize, attention_factor: f32) -> Result<Self::Rope>;
 
     fn pass(&self) -> Self::Pass<'_>;
+    // rms_norm's `residual`: the stream and the scale its input joins with (`residual += s·x`).
     fn embedding(pass: &mut Self::Pass<'_>, ids: &Self::Tensor, table: &Self::Tensor, out: &Self::Tensor, tokens: usize, scale: f32) -> Result<()>;
     fn rms_norm(
         pass: &mut Self::Pass<'_>,
         x: &Self::Tensor,
         weight: &Self::Tensor,
-        residual: Option<&Self::Tensor>,
+        residual: Option<(&Self::Tensor, f32)>,
         out: &Self::Tensor,
         rows: usize,
         eps: f32,
@@ -305,7 +306,7 @@ impl Backend for GpuDevice {
         ops::embedding(plan, ids, table, out, tokens, scale).map(drop)
     }
 
-    fn rms_norm(plan: &mut Plan, x: &Tensor, w: &Tensor, residual: Option<&Tensor>, out: &Tensor, rows: usize, eps: f32, offset: f32) -> Result<()> {
+    fn rms_norm(plan: &mut Plan, x: &Tensor, w: &Tensor, residual: Option<(&Tensor, f32)>, out: &Tensor, rows: usize, eps: f32, offset: f32) -> Result<()> {
         ops::rms_norm(plan, x, w, residual, out, rows, eps, offset).map(drop)
     }
 
@@ -517,7 +518,7 @@ impl Backend for CpuDevice {
         _: &mut CpuPass,
         x: &CpuTensor,
         w: &CpuTensor,
-        residual: Option<&CpuTensor>,
+        residual: Option<(&CpuTensor, f32)>,
         out: &CpuTensor,
         rows: usize,
         eps: f32,

@@ -33,6 +33,10 @@ pub enum Architecture {
     Lfm2,
     /// Mamba2: state-space (SSD) mixer layers only, no attention and no MLP.
     Mamba2,
+    /// Granite 4.0 hybrids (IBM Granite-4.0-H): Mamba2 layers and NoPE GQA attention layers,
+    /// each with an MLP; multipliers on the embedding, the blocks' outputs, the attention scores
+    /// and the logits. Its mixture-of-experts variants wait for MoE layers.
+    GraniteHybrid,
 }
 
 /// What mixes information across positions in a layer, and so what the layer keeps between
@@ -143,10 +147,11 @@ const NAMES: &[(&str, &str, Architecture)] = &[
     ("smollm3", "smollm3", Architecture::SmolLM3),
     ("lfm2", "lfm2", Architecture::Lfm2),
     ("mamba2", "mamba2", Architecture::Mamba2),
+    ("granitemoehybrid", "granitehybrid", Architecture::GraniteHybrid),
 ];
 
 fn supported_list() -> String {
-    "llama, mistral, qwen2, qwen3, phi3, gemma2, gemma3 (gemma3_text), smollm3, lfm2, mamba2".to_string()
+    "llama, mistral, qwen2, qwen3, phi3, gemma2, gemma3 (gemma3_text), smollm3, lfm2, mamba2, granitemoehybrid (dense)".to_string()
 }
 
 impl Architecture {
@@ -271,8 +276,14 @@ pub struct ModelConfig {
     pub attn_scale: f32,
     pub attn_softcap: f32,
     pub final_softcap: f32,
-    /// Multiplies the embedding (Gemma: √hidden).
+    /// Multiplies the embedding (Gemma: √hidden; Granite's `embedding_multiplier`).
     pub embed_scale: f32,
+    /// Multiplies each block's output on its way into the residual stream (Granite's
+    /// `residual_multiplier`; 1 elsewhere).
+    pub residual_scale: f32,
+    /// Multiplies the logits (1 / Granite's `logits_scaling`; 1 elsewhere): folded into the
+    /// output norm's weight at load.
+    pub logit_scale: f32,
     /// Added to norm weights: 1 for Gemma checkpoints (`1 + w`); 0 for GGUF, which stores `1 + w`.
     pub norm_offset: f32,
     pub activation: Activation,
@@ -363,6 +374,11 @@ impl ModelConfig {
         if !(self.rms_eps > 0.0) {
             return bad(format!("rms eps {} must be positive", self.rms_eps));
         }
+        for (what, v) in [("embedding", self.embed_scale), ("residual", self.residual_scale), ("logit", self.logit_scale), ("attention", self.attn_scale)] {
+            if !v.is_finite() && (what != "attention" || self.has_attention_layers()) {
+                return bad(format!("the {what} scale {v} is not a finite number"));
+            }
+        }
         let convolves = self.has_conv_layers() || self.layer_kinds.contains(&LayerKind::Ssm);
         if convolves && !(2..=emberlm_core::ops::MAX_CONV_KERNEL).contains(&self.conv_kernel) {
             return bad(format!("a short convolution over {} positions is not supported (2 to {})", self.conv_kernel, emberlm_core::ops::MAX_CONV_KERNEL));
@@ -398,20 +414,28 @@ impl ModelConfig {
                     return Err(ModelError::Config(format!("{} kv head counts for {layers} layers", counts.len())));
                 }
                 let kv = counts.iter().copied().max().unwrap_or(0);
-                if arch != Architecture::Lfm2 && counts.iter().any(|&n| n != kv) {
-                    return Err(ModelError::Config("kv head counts that differ per layer are not supported".into()));
-                }
+                // LFM2 and Granite's hybrids mark their other layers (convolutions, Mamba2) by 0.
+                let other = match arch {
+                    Architecture::Lfm2 => Some(LayerKind::ShortConv),
+                    Architecture::GraniteHybrid => Some(LayerKind::Ssm),
+                    _ => None,
+                };
+                let other = match other {
+                    Some(kind) => kind,
+                    None if counts.iter().all(|&n| n == kv) => LayerKind::Attention,
+                    None => return Err(ModelError::Config("kv head counts that differ per layer are not supported".into())),
+                };
                 if counts.iter().any(|&n| n != kv && n != 0) {
                     return Err(ModelError::Config("attention layers with different kv head counts are not supported".into()));
                 }
-                (kv, counts.iter().map(|&n| if n == 0 { LayerKind::ShortConv } else { LayerKind::Attention }).collect())
+                (kv, counts.iter().map(|&n| if n == 0 { other } else { LayerKind::Attention }).collect())
             }
             Ok(v) => (count(v), vec![LayerKind::Attention; layers]),
             Err(_) => (heads, vec![LayerKind::Attention; layers]),
         };
         let layer_kinds = if arch == Architecture::Mamba2 { vec![LayerKind::Ssm; layers] } else { layer_kinds };
         let head_dim = opt("attention.key_length").unwrap_or(if heads > 0 { hidden / heads } else { 0 });
-        let ssm = if arch == Architecture::Mamba2 {
+        let ssm = if matches!(arch, Architecture::Mamba2 | Architecture::GraniteHybrid) {
             let (inner, heads) = (get("ssm.inner_size")?, get("ssm.time_step_rank")?);
             if heads == 0 || inner % heads != 0 {
                 return Err(ModelError::Config(format!("an SSM inner size of {inner} does not split into {heads} heads")));
@@ -474,7 +498,12 @@ impl ModelConfig {
             heads,
             kv_heads,
             head_dim,
-            ffn: if arch.has_ffn() { get("feed_forward_length")? } else { 0 },
+            ffn: match arch {
+                Architecture::Mamba2 => 0,
+                // The MLP every Granite hybrid layer has (its experts' width is another).
+                Architecture::GraniteHybrid => opt("expert_shared_feed_forward_length").map_or_else(|| get("feed_forward_length"), Ok)?,
+                _ => get("feed_forward_length")?,
+            },
             vocab,
             rms_eps: f.get_f64(&key("attention.layer_norm_rms_epsilon"))? as f32,
             rope_local: (arch == Architecture::Gemma3).then(|| RopeConfig::plain(10_000.0, rope.dims)),
@@ -482,20 +511,30 @@ impl ModelConfig {
             // llama.cpp permutes llama-arch Q/K rows so that its "normal" RoPE rotates adjacent
             // pairs; the interleaved rotation on those rows equals HF's rotate_half on the originals.
             // SmolLM3 goes through the same converter code as Llama.
-            rope_layout: if matches!(arch, Architecture::Llama | Architecture::SmolLM3) { RopeLayout::Interleaved } else { RopeLayout::Neox },
+            rope_layout: if matches!(arch, Architecture::Llama | Architecture::SmolLM3 | Architecture::GraniteHybrid) {
+                RopeLayout::Interleaved
+            } else {
+                RopeLayout::Neox
+            },
             layer_windows,
-            layer_rope: arch.default_layer_rope(layers, 4),
+            // Granite's hybrids: llama.cpp reads `rope.scaling.finetuned` = false as NoPE.
+            layer_rope: match f.get(&key("rope.scaling.finetuned")) {
+                Ok(crate::gguf::Value::Bool(false)) if arch == Architecture::GraniteHybrid => vec![false; layers],
+                _ => arch.default_layer_rope(layers, 4),
+            },
             layer_kinds,
             conv_kernel: match arch {
                 Architecture::Lfm2 => get("shortconv.l_cache")?,
-                Architecture::Mamba2 => get("ssm.conv_kernel")?,
+                Architecture::Mamba2 | Architecture::GraniteHybrid => get("ssm.conv_kernel")?,
                 _ => 0,
             },
             ssm,
-            attn_scale,
+            attn_scale: optf("attention.scale").unwrap_or(attn_scale),
             attn_softcap: optf("attn_logit_softcapping").unwrap_or(0.0),
             final_softcap: optf("final_logit_softcapping").unwrap_or(0.0),
-            embed_scale: if arch.is_gemma() { (hidden as f32).sqrt() } else { 1.0 },
+            embed_scale: if arch.is_gemma() { (hidden as f32).sqrt() } else { optf("embedding_scale").unwrap_or(1.0) },
+            residual_scale: optf("residual_scale").unwrap_or(1.0),
+            logit_scale: 1.0 / optf("logit_scale").unwrap_or(1.0),
             norm_offset: 0.0,
             activation: if arch.is_gemma() { Activation::GeluTanh } else { Activation::Silu },
             tie_embeddings: f.tensor("output.weight").is_none(),
@@ -521,11 +560,19 @@ impl ModelConfig {
         let f32_of = |k: &str| c.get(k).and_then(Json::as_f64).map(|v| v as f32);
         let need = |k: &str| usize_of(k).ok_or_else(|| ModelError::Config(format!("config.json has no integer `{k}`")));
         let hidden = need("hidden_size")?;
-        // Mamba2 has no attention (its `head_dim` is the SSM's).
+        // Mamba2 has no attention (its `head_dim` is the SSM's); Granite's heads are hidden/heads
+        // wide whatever `head_dim` says (as in transformers).
         let attends = arch != Architecture::Mamba2;
         let heads = if attends { need("num_attention_heads")? } else { 0 };
         let kv_heads = usize_of("num_key_value_heads").unwrap_or(heads);
-        let head_dim = if attends { usize_of("head_dim").unwrap_or(if heads > 0 { hidden / heads } else { 0 }) } else { 0 };
+        let head_dim = match arch {
+            Architecture::Mamba2 => 0,
+            Architecture::GraniteHybrid => hidden.checked_div(heads).unwrap_or(0),
+            _ => usize_of("head_dim").unwrap_or(if heads > 0 { hidden / heads } else { 0 }),
+        };
+        if arch == Architecture::GraniteHybrid && usize_of("num_local_experts").unwrap_or(0) > 0 {
+            return Err(ModelError::Config("Granite's mixture-of-experts layers are not supported yet (its dense models are)".into()));
+        }
         let layers = check_layers(need("num_hidden_layers")?)?;
 
         // transformers 5 writes `rope_parameters` (per layer type for Gemma 3); 4.x writes
@@ -587,6 +634,7 @@ impl ModelConfig {
         let layer_kinds = match arch {
             Architecture::Lfm2 => lfm2_layer_kinds(c, layer_types, layers)?,
             Architecture::Mamba2 => vec![LayerKind::Ssm; layers],
+            Architecture::GraniteHybrid => granite_layer_kinds(layer_types, layers)?,
             _ => vec![LayerKind::Attention; layers],
         };
         let layer_windows: Vec<usize> = match layer_types {
@@ -608,8 +656,10 @@ impl ModelConfig {
                 })
                 .collect(),
         };
-        // SmolLM3's `no_rope_layers`: 1 where the layer uses RoPE, 0 for NoPE.
+        // SmolLM3's `no_rope_layers`: 1 where the layer uses RoPE, 0 for NoPE; Granite's
+        // hybrids rotate only with `position_embedding_type: "rope"`.
         let layer_rope = match c.get("no_rope_layers").and_then(Json::as_array) {
+            _ if arch == Architecture::GraniteHybrid => vec![c.get("position_embedding_type").and_then(Json::as_str) == Some("rope"); layers],
             Some(flags) if arch == Architecture::SmolLM3 => {
                 if flags.len() != layers {
                     return Err(ModelError::Config(format!("{} no_rope_layers for {layers} layers", flags.len())));
@@ -649,6 +699,7 @@ impl ModelConfig {
             ffn: match arch {
                 Architecture::Lfm2 => lfm2_ffn(c, &need)?,
                 Architecture::Mamba2 => 0,
+                Architecture::GraniteHybrid => need("shared_intermediate_size")?,
                 _ => need("intermediate_size")?,
             },
             vocab: need("vocab_size")?,
@@ -662,13 +713,20 @@ impl ModelConfig {
             conv_kernel: match arch {
                 Architecture::Lfm2 => usize_of("conv_L_cache").unwrap_or(3),
                 Architecture::Mamba2 => usize_of("conv_kernel").unwrap_or(4),
+                Architecture::GraniteHybrid => usize_of("mamba_d_conv").unwrap_or(4),
                 _ => 0,
             },
-            ssm: if arch == Architecture::Mamba2 { Some(mamba2_ssm(c, &need)?) } else { None },
-            attn_scale: 1.0 / qpas.sqrt(),
+            ssm: match arch {
+                Architecture::Mamba2 => Some(mamba2_ssm(c, &need)?),
+                Architecture::GraniteHybrid => Some(granite_ssm(c, hidden, &need)?),
+                _ => None,
+            },
+            attn_scale: if arch == Architecture::GraniteHybrid { f32_of("attention_multiplier").unwrap_or(1.0) } else { 1.0 / qpas.sqrt() },
             attn_softcap: f32_of("attn_logit_softcapping").unwrap_or(0.0),
             final_softcap: f32_of("final_logit_softcapping").unwrap_or(0.0),
-            embed_scale: if arch.is_gemma() { (hidden as f32).sqrt() } else { 1.0 },
+            embed_scale: if arch.is_gemma() { (hidden as f32).sqrt() } else { f32_of("embedding_multiplier").unwrap_or(1.0) },
+            residual_scale: f32_of("residual_multiplier").unwrap_or(1.0),
+            logit_scale: 1.0 / f32_of("logits_scaling").unwrap_or(1.0),
             norm_offset: if arch.is_gemma() { 1.0 } else { 0.0 },
             activation,
             tie_embeddings: c
@@ -710,6 +768,34 @@ fn mamba2_ssm(c: &Json, need: &dyn Fn(&str) -> Result<usize>) -> Result<SsmConfi
         dt_min: bound(0, 0.0),
         dt_max: bound(1, f32::MAX),
     })
+}
+
+/// Granite 4.0 hybrids' Mamba2 sizes (`mamba_*` keys, transformers' defaults where missing;
+/// no time-step limits, as transformers has it).
+fn granite_ssm(c: &Json, hidden: usize, need: &dyn Fn(&str) -> Result<usize>) -> Result<SsmConfig> {
+    let size = |k: &str, default: usize| c.get(k).and_then(Json::as_u64).map_or(default, clamp_size);
+    let heads = need("mamba_n_heads")?;
+    // "auto" (or absent): the inner width (expand · hidden) over the heads.
+    let inner = size("mamba_expand", 2).saturating_mul(hidden);
+    let head_dim = c.get("mamba_d_head").and_then(Json::as_u64).map_or_else(|| inner.checked_div(heads).unwrap_or(0), clamp_size);
+    if heads.saturating_mul(head_dim) != inner {
+        return Err(ModelError::Config(format!("{heads} SSM heads of {head_dim} do not make the inner width {inner} (mamba_expand · hidden)")));
+    }
+    Ok(SsmConfig { heads, head_dim, state: size("mamba_d_state", 256), groups: size("mamba_n_groups", 1), dt_min: 0.0, dt_max: f32::MAX })
+}
+
+/// Granite 4.0 hybrids' `layer_types` ("mamba" or "attention"; its length already checked),
+/// else every layer Mamba2 (transformers' default).
+fn granite_layer_kinds(layer_types: Option<&Vec<Json>>, layers: usize) -> Result<Vec<LayerKind>> {
+    let Some(types) = layer_types else { return Ok(vec![LayerKind::Ssm; layers]) };
+    types
+        .iter()
+        .map(|t| match t.as_str() {
+            Some("mamba") => Ok(LayerKind::Ssm),
+            Some("attention") => Ok(LayerKind::Attention),
+            _ => Err(ModelError::Config(format!("layer type {t} is not supported (mamba, attention)"))),
+        })
+        .collect()
 }
 
 /// LFM2's layer kinds: `layer_types` ("conv" or "full_attention"; its length already checked),
@@ -862,6 +948,37 @@ mod tests {
         assert!(bad(serde_json::json!({"num_heads": null})).contains("num_heads"));
         let e = bad(serde_json::json!({"num_heads": 1 << 16, "head_dim": 256, "state_size": 1024, "n_groups": 1}));
         assert!(e.contains("out of range"), "{e}");
+    }
+
+    /// Granite 4.0's dense hybrid: layer kinds, the shared MLP's width, its multipliers,
+    /// hidden/heads-wide attention heads, NoPE unless `position_embedding_type` is "rope";
+    /// its mixture-of-experts variants and unknown layer types are refused.
+    #[test]
+    fn granite_hybrid_config() {
+        let base = serde_json::json!({"model_type": "granitemoehybrid", "hidden_size": 64, "num_attention_heads": 4, "num_key_value_heads": 2,
+            "head_dim": 99, "num_hidden_layers": 4, "vocab_size": 512, "intermediate_size": 1000, "shared_intermediate_size": 96,
+            "num_local_experts": 0, "layer_types": ["mamba", "attention", "mamba", "mamba"], "embedding_multiplier": 12.0,
+            "residual_multiplier": 0.22, "attention_multiplier": 0.015625, "logits_scaling": 8.0, "position_embedding_type": "nope",
+            "mamba_n_heads": 8, "mamba_d_head": "auto", "mamba_d_state": 16, "mamba_n_groups": 1, "mamba_d_conv": 4, "mamba_expand": 2});
+        let with = |extra: Json| {
+            let mut c = base.clone();
+            c.as_object_mut().unwrap().extend(extra.as_object().unwrap().clone());
+            ModelConfig::from_hf(&c, None)
+        };
+        let c = with(serde_json::json!({})).unwrap();
+        use LayerKind::{Attention as A, Ssm as S};
+        assert_eq!(c.layer_kinds, [S, A, S, S]);
+        assert_eq!((c.ffn, c.head_dim, c.conv_kernel), (96, 16, 4));
+        assert_eq!((c.embed_scale, c.residual_scale, c.logit_scale, c.attn_scale), (12.0, 0.22, 0.125, 0.015625));
+        assert_eq!(c.layer_rope, [false; 4]);
+        let s = c.ssm.unwrap();
+        assert_eq!((s.heads, s.head_dim, s.state, s.groups), (8, 16, 16, 1));
+        assert_eq!(with(serde_json::json!({"position_embedding_type": "rope"})).unwrap().layer_rope, [true; 4]);
+        assert_eq!(with(serde_json::json!({"layer_types": null})).unwrap().layer_kinds, [S; 4]);
+        let err = |extra: Json| with(extra).unwrap_err().to_string();
+        assert!(err(serde_json::json!({"num_local_experts": 8})).contains("mixture-of-experts"));
+        assert!(err(serde_json::json!({"layer_types": ["mamba", "conv", "mamba", "mamba"]})).contains("not supported"));
+        assert!(err(serde_json::json!({"mamba_n_heads": 7})).contains("SSM"));
     }
 
     /// Sizes are checked before anything is allocated by them (2^40 layers aborted the process).

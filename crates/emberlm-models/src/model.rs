@@ -242,13 +242,18 @@ impl<B: Backend> Loader<'_, B> {
 
     /// A vector (norm weights, biases), always f32.
     fn vector(&mut self, name: &str, len: usize) -> Result<B::Tensor> {
+        let values = self.vector_values(name, len)?;
+        Ok(self.dev.from_f32(name, &[len], &values)?)
+    }
+
+    /// A vector's values, its size checked (and counted as loaded).
+    fn vector_values(&mut self, name: &str, len: usize) -> Result<Vec<f32>> {
         let found = self.store.shape(name).ok_or_else(|| ModelError::MissingTensor(name.to_string()))?;
         if found.0 * found.1 != len {
             return Err(ModelError::ShapeMismatch { tensor: name.into(), expected: vec![len], found: vec![found.0 * found.1] });
         }
-        let values = self.store.read_f32(name)?;
         self.bytes += len as u64 * 4;
-        Ok(self.dev.from_f32(name, &[len], &values)?)
+        self.store.read_f32(name)
     }
 
     /// Mamba2's per-head [A | D | dt_bias] of layer `i`, A from llama.cpp's `ssm_a` or as
@@ -404,8 +409,15 @@ impl<B: Backend> Model<B> {
         let (q_rows, kv_rows) = (c.heads * d, c.kv_heads * d);
         let embed = ld.matrix("token_embd.weight", c.vocab, h)?;
         let output = if store.shape("output.weight").is_some() { Some(ld.matrix("output.weight", c.vocab, h)?) } else { None };
-        // LFM2's final norm keeps the name of its checkpoint's `embedding_norm`.
-        let output_norm = ld.vector(if c.arch == Architecture::Lfm2 { "token_embd_norm.weight" } else { "output_norm.weight" }, h)?;
+        // LFM2's final norm keeps the name of its checkpoint's `embedding_norm`. Granite's logit
+        // multiplier is folded into its weight: (w + offset)·s scales every logit by s.
+        let output_norm_name = if c.arch == Architecture::Lfm2 { "token_embd_norm.weight" } else { "output_norm.weight" };
+        let output_norm = if c.logit_scale == 1.0 {
+            ld.vector(output_norm_name, h)?
+        } else {
+            let w: Vec<f32> = ld.vector_values(output_norm_name, h)?.iter().map(|w| (w + c.norm_offset) * c.logit_scale - c.norm_offset).collect();
+            dev.from_f32(output_norm_name, &[h], &w)?
+        };
         let mut layers = Vec::with_capacity(c.layers);
         for i in 0..c.layers {
             let n = |s: &str| format!("blk.{i}.{s}");
@@ -939,7 +951,7 @@ impl<B: Backend> Session<B> {
         for (i, (layer, state)) in m.layers.iter().zip(&self.state.layers).enumerate() {
             match pending {
                 None => B::rms_norm(plan, &ws.residual, &layer.mixer_norm, None, &ws.normed, t, c.rms_eps, c.norm_offset)?,
-                Some(x) => B::rms_norm(plan, x, &layer.mixer_norm, Some(&ws.residual), &ws.normed, t, c.rms_eps, c.norm_offset)?,
+                Some(x) => B::rms_norm(plan, x, &layer.mixer_norm, Some((&ws.residual, c.residual_scale)), &ws.normed, t, c.rms_eps, c.norm_offset)?,
             };
             match (&layer.mixer, state) {
                 (Mixer::Attention { qkv, q_norm, k_norm, o }, LayerState::Kv { k: k_cache, v: v_cache }) => {
@@ -1016,7 +1028,7 @@ impl<B: Backend> Session<B> {
                 pending = Some(attn_out);
                 continue;
             };
-            B::rms_norm(plan, attn_out, &ffn.norm, Some(&ws.residual), &ws.normed, t, c.rms_eps, c.norm_offset)?;
+            B::rms_norm(plan, attn_out, &ffn.norm, Some((&ws.residual, c.residual_scale)), &ws.normed, t, c.rms_eps, c.norm_offset)?;
             match ffn.gate_up.parts.as_slice() {
                 // Decode: the projection and the activation in one op where the backend fuses them.
                 [p] if t == 1 && B::fuses_gated_matvec(&p.weight) => B::gated_matvec(plan, &p.weight, &ws.normed, 0, p.bias.as_ref(), &ws.act, c.activation)?,
@@ -1030,7 +1042,7 @@ impl<B: Backend> Session<B> {
             pending = Some(block_out(ffn.post_norm.as_ref()));
         }
         let last = pending.unwrap_or(&ws.out);
-        B::rms_norm(plan, last, &m.output_norm, Some(&ws.residual), &ws.normed, t, c.rms_eps, c.norm_offset)?;
+        B::rms_norm(plan, last, &m.output_norm, Some((&ws.residual, c.residual_scale)), &ws.normed, t, c.rms_eps, c.norm_offset)?;
         if !head {
             return Ok(());
         }

@@ -145,10 +145,11 @@ pub fn canonical_name(hf: &str, arch: Architecture) -> Option<String> {
     let (module, suffix) = rest.rsplit_once('.')?;
     // Mamba2's per-head parameters, named as llama.cpp names them. llama.cpp stores
     // A = -exp(A_log); the checkpoint's A_log keeps a name of its own (the loader converts it).
+    // (Granite's hybrids call the mixer `mamba`.)
     match (module, suffix) {
-        ("mixer", "dt_bias") => return Some(format!("blk.{layer}.ssm_dt.bias")),
-        ("mixer", "A_log") => return Some(format!("blk.{layer}.ssm_a_log")),
-        ("mixer", "D") => return Some(format!("blk.{layer}.ssm_d")),
+        ("mixer" | "mamba", "dt_bias") => return Some(format!("blk.{layer}.ssm_dt.bias")),
+        ("mixer" | "mamba", "A_log") => return Some(format!("blk.{layer}.ssm_a_log")),
+        ("mixer" | "mamba", "D") => return Some(format!("blk.{layer}.ssm_d")),
         _ => {}
     }
     let name = match module {
@@ -183,10 +184,13 @@ pub fn canonical_name(hf: &str, arch: Architecture) -> Option<String> {
         "feed_forward.w2" => "ffn_down",
         // Mamba2.
         "norm" => "attn_norm",
-        "mixer.in_proj" => "ssm_in",
-        "mixer.conv1d" => "ssm_conv1d",
-        "mixer.norm" => "ssm_norm",
-        "mixer.out_proj" => "ssm_out",
+        "mixer.in_proj" | "mamba.in_proj" => "ssm_in",
+        "mixer.conv1d" | "mamba.conv1d" => "ssm_conv1d",
+        "mixer.norm" | "mamba.norm" => "ssm_norm",
+        "mixer.out_proj" | "mamba.out_proj" => "ssm_out",
+        // Granite's hybrids: the MLP every layer has, [gate | up] fused as Phi-3's.
+        "shared_mlp.input_linear" => "ffn_up",
+        "shared_mlp.output_linear" => "ffn_down",
         _ => return None,
     };
     Some(format!("blk.{layer}.{name}.{suffix}"))

@@ -255,7 +255,8 @@ fn mutated_model_files_end_in_clean_errors_within_bounds() {
     // The rolling-state families' own keys. LFM2: per-layer kv head counts (0 marks a conv
     // layer), the conv length, layer_types and the MLP width rule. Mamba2: the SSM sizes,
     // groups, the conv kernel, time-step limits (`Infinity` in config.json), A as -exp(A_log).
-    for family in ["lfm2", "mamba2"] {
+    // Granite's hybrid: Mamba2 and attention layers by per-layer kv counts, its multipliers.
+    for family in ["lfm2", "mamba2", "granitehybrid"] {
         let file = fixture(&format!("{family}/model.gguf"));
         load_gguf(&file).unwrap();
         let header = GgufFile::read(file.as_slice()).unwrap().data_offset as usize;

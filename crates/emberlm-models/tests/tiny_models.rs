@@ -254,6 +254,14 @@ fn mamba2_state_space_layers() {
     check_arch("mamba2");
 }
 
+/// Granite 4.0's dense hybrid: Mamba2 layers and NoPE attention layers, each with an MLP; the
+/// embedding, residual, attention and logit multipliers; GGUF in llama.cpp's `granitehybrid`
+/// layout (per-layer kv head counts, `rope.scaling.finetuned` = false for NoPE).
+#[test]
+fn granite_hybrid_mamba2_and_attention() {
+    check_arch("granitehybrid");
+}
+
 /// The last prompt position's logits of one prompt run in different step splits.
 fn logits_by_steps<B: Backend>(dev: &B, model: &Model<B>, prompt: &[u32], chunks: &[usize]) -> Vec<f32> {
     let mut session = Session::new(dev, model).unwrap();
@@ -295,7 +303,7 @@ fn check_step_splits<B: Backend>(dev: &B, arch: &str, source: Source) {
 
 #[test]
 fn rolling_states_prefill_then_decode_equals_one_token_steps() {
-    for arch in ["lfm2", "mamba2"] {
+    for arch in ["lfm2", "mamba2", "granitehybrid"] {
         for source in [Source::Safetensors, Source::Gguf] {
             check_step_splits(dev(), arch, source);
             if on_cpu_too() {
@@ -413,7 +421,7 @@ fn check_greedy_queued_ahead<B: Backend>(dev: &B, arch: &str) {
 #[test]
 fn greedy_decoding_queued_ahead_matches_step_by_step() {
     // LFM2, Mamba2: the step run in vain must not have rolled the convolution or scan state on.
-    for arch in ["llama", "lfm2", "mamba2"] {
+    for arch in ["llama", "lfm2", "mamba2", "granitehybrid"] {
         check_greedy_queued_ahead(dev(), arch);
         if on_cpu_too() {
             check_greedy_queued_ahead(cpu(), arch);

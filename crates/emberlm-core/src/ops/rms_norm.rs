@@ -18,16 +18,19 @@ pub struct RmsNormParams {
     pub weight_offset: f32,
     /// Consecutive rows that share a model row: row r uses weight part r % groups.
     pub groups: u32,
-    pub _pad: [u32; 3],
+    /// What the input is multiplied by on its way into the residual stream.
+    pub residual_scale: f32,
+    pub _pad: [u32; 2],
 }
 
-/// `x`, `out` (and `residual`): [rows, cols]; `weight`: cols. With `residual`, computes
-/// `residual += x; out = norm(residual)`. `weight_offset` is 1.0 for Gemma's (1 + w) norms.
+/// `x`, `out` (and `residual`): [rows, cols]; `weight`: cols. With `residual` (the stream and a
+/// scale), computes `residual += scale · x; out = norm(residual)`. `weight_offset` is 1.0 for
+/// Gemma's (1 + w) norms.
 pub fn rms_norm(
     plan: &mut Plan,
     x: &Tensor,
     weight: &Tensor,
-    residual: Option<&Tensor>,
+    residual: Option<(&Tensor, f32)>,
     out: &Tensor,
     rows: usize,
     eps: f32,
@@ -38,12 +41,21 @@ pub fn rms_norm(
     expect_f32(OP, "weight", weight, cols)?;
     expect_f32(OP, "input", x, rows * cols)?;
     expect_f32(OP, "output", out, rows * cols)?;
-    if let Some(r) = residual {
+    if let Some((r, _)) = residual {
         expect_f32(OP, "residual", r, rows * cols)?;
     }
-    let params = RmsNormParams { cols: u32_of(OP, "cols", cols)?, rows: u32_of(OP, "rows", rows)?, eps, weight_offset, groups: 1, _pad: [0; 3] };
+    let params = RmsNormParams {
+        cols: u32_of(OP, "cols", cols)?,
+        rows: u32_of(OP, "rows", rows)?,
+        eps,
+        weight_offset,
+        groups: 1,
+        residual_scale: residual.map_or(1.0, |r| r.1),
+        _pad: [0; 2],
+    };
     let variant = Variant::default().flag_if(residual.is_some(), "RESIDUAL").with("WG", WG_ROW);
-    let storage = vec![Some(Binding::tensor(x)?), Some(Binding::tensor(out)?), Some(Binding::tensor(weight)?), residual.map(Binding::tensor).transpose()?];
+    let storage =
+        vec![Some(Binding::tensor(x)?), Some(Binding::tensor(out)?), Some(Binding::tensor(weight)?), residual.map(|r| Binding::tensor(r.0)).transpose()?];
     let grid = plan.grid(params.rows);
     plan.dispatch("rms_norm", key("rms_norm", variant), &params, storage, grid)
 }
@@ -65,7 +77,8 @@ pub fn group_rms_norm(plan: &mut Plan, x: &Tensor, weight: &Tensor, out: &Tensor
         eps,
         weight_offset: 0.0,
         groups: u32_of(OP, "groups", groups)?,
-        _pad: [0; 3],
+        residual_scale: 1.0,
+        _pad: [0; 2],
     };
     let variant = Variant::default().with("WG", WG_ROW);
     let storage = vec![Some(Binding::tensor(x)?), Some(Binding::tensor(out)?), Some(Binding::tensor(weight)?), None];
