@@ -1,23 +1,25 @@
 // The chat page: pick a model, watch it download, chat with streamed markdown replies. The
 // engine runs in the emberlm package's Web Worker, so this thread only renders.
-import { createEngine, deleteCachedModel, listCachedModels, requestPersistentStorage, storageEstimate } from './emberlm/dist/index.js';
+import { createEngine, deleteCachedModel, isModelCached, listCachedModels, requestPersistentStorage, storageEstimate } from './emberlm/dist/index.js';
 import { marked } from './vendor/marked.js';
 import DOMPurify from './vendor/purify.js';
-import { DEFAULT_HUB_MODEL, formatBytes, HUB_MODELS, samplingFor } from './models.js';
+import { cardFor, DEFAULT_HUB_MODEL, EXAMPLE_PROMPTS, formatBytes, HUB_MODELS, samplingFor } from './models.js';
 
 const $ = (id) => document.getElementById(id);
 const ui = {
   model: $('model'), custom: $('custom-model'), load: $('load'), banner: $('banner'), bannerText: $('banner-text'), progress: $('progress'),
   chat: $('chat'), prompt: $('prompt'), send: $('send'), stop: $('stop'), figures: $('figures'), composer: $('composer'),
   settings: $('settings'), cache: $('cache'), cached: $('cached'), estimate: $('estimate'), persist: $('persist'),
+  welcome: $('welcome'),
 };
 const state = { engine: null, config: { localHub: null, bundled: [] }, messages: [], abort: null, modelLabel: '', loadedChoice: null };
 
 function setState(s) {
   document.body.dataset.state = s;
   const ready = s === 'ready';
-  ui.prompt.disabled = !ready;
-  ui.send.disabled = !ready;
+  // Before any model is loaded a message can be typed and sent too: the picked model loads first.
+  ui.prompt.disabled = !ready && s !== 'idle';
+  ui.send.disabled = !ready && s !== 'idle';
   ui.send.hidden = s === 'generating';
   ui.stop.hidden = s !== 'generating';
   ui.load.disabled = s === 'loading' || s === 'generating';
@@ -85,10 +87,51 @@ function selectedModel() {
   return { id: rest.join(':'), hub: where === 'local' ? state.config.localHub : undefined };
 }
 
-/** Empties the conversation (a new chat). */
+/** Empties the conversation (a new chat): the welcome screen again. */
 function newConversation() {
   state.messages = [];
-  ui.chat.replaceChildren();
+  ui.chat.replaceChildren(ui.welcome);
+  ui.welcome.hidden = false;
+  showCard();
+}
+
+/** The picked model's entry: its label and sizes (bundled or curated), or null. */
+function pickedEntry() {
+  const v = ui.model.value;
+  if (v.startsWith('local:')) return state.config.bundled.find((m) => `local:${m.id}` === v) ?? null;
+  return HUB_MODELS.find((m) => `hub:${m.id}` === v) ?? null;
+}
+
+/** The welcome screen's card for the picked model: what it is, what it downloads, whether it is ready. */
+async function showCard() {
+  const { id, hub } = selectedModel();
+  const entry = pickedEntry();
+  const card = cardFor(id);
+  $('card-name').textContent = entry?.label ?? (id || 'Any Hub model');
+  $('card-about').textContent = card?.about ?? 'A model from the Hugging Face Hub; its card there says what it is good at.';
+  $('card-download').textContent = entry ? formatBytes(entry.download) : 'as listed on the Hub';
+  $('card-memory').textContent = entry ? `about ${formatBytes(entry.memory)}` : 'depends on the model';
+  $('card-languages').textContent = card?.languages ?? 'see its card';
+  const licence = $('card-licence');
+  const [name, url] = card?.licence ?? ['see its card', id ? `https://huggingface.co/${id}` : 'https://huggingface.co/models'];
+  licence.textContent = name;
+  licence.href = url;
+  let status = 'Downloads once, then runs offline.';
+  if (state.engine && state.loadedChoice === ui.model.value) status = 'Loaded: ask away.';
+  else if (id && (await isModelCached(id, { hub }).catch(() => false))) status = 'Already downloaded: loads in seconds.';
+  $('card-status').textContent = status;
+}
+
+/** Sends `text` as the next user message, loading the picked model first when needed. */
+async function ask(text) {
+  if (!state.engine || state.loadedChoice !== ui.model.value) {
+    await loadModel();
+    if (!state.engine) return;
+  }
+  state.messages.push({ role: 'user', content: text });
+  ui.welcome.hidden = true;
+  bubble('user', text);
+  reply();
 }
 
 /**
@@ -126,6 +169,7 @@ async function loadModel({ afterCrash = false } = {}) {
     await previous?.engine.unload();
     state.engine = engine;
     state.loadedChoice = ui.model.value;
+    document.body.dataset.loaded = ui.model.value;
     if (previous && previous.label !== id && state.messages.length) {
       // The old model's conversation is not this one's.
       newConversation();
@@ -150,6 +194,7 @@ async function loadModel({ afterCrash = false } = {}) {
     ui.prompt.placeholder = 'Message';
     ui.prompt.focus();
     if (afterCrash) banner(`The engine crashed on ${id} (a bug, or a broken model file) and was loaded again.`, 'error', ui.banner.title);
+    if (!state.messages.length) showCard();
   } catch (e) {
     ui.progress.hidden = true;
     const { text: why, detail } = explain(e);
@@ -327,9 +372,7 @@ ui.composer.addEventListener('submit', (ev) => {
   if (!text || !state.engine) return;
   ui.prompt.value = '';
   fitPrompt();
-  state.messages.push({ role: 'user', content: text });
-  bubble('user', text);
-  reply();
+  ask(text);
 });
 ui.prompt.addEventListener('keydown', (ev) => {
   if (ev.key === 'Enter' && !ev.shiftKey) {
@@ -338,8 +381,31 @@ ui.prompt.addEventListener('keydown', (ev) => {
   }
 });
 ui.stop.addEventListener('click', () => state.abort?.abort());
+// Esc stops a reply, wherever the focus is.
+document.addEventListener('keydown', (ev) => {
+  if (ev.key === 'Escape' && state.abort) {
+    ev.preventDefault();
+    state.abort.abort();
+  }
+});
 ui.load.addEventListener('click', () => loadModel());
-ui.model.addEventListener('change', () => (ui.custom.hidden = ui.model.value !== 'custom'));
+ui.model.addEventListener('change', () => {
+  ui.custom.hidden = ui.model.value !== 'custom';
+  if (!state.messages.length) showCard();
+});
+ui.custom.addEventListener('change', () => !state.messages.length && showCard());
+$('new-chat').addEventListener('click', () => {
+  state.abort?.abort();
+  newConversation();
+  ui.prompt.focus();
+});
+for (const text of EXAMPLE_PROMPTS) {
+  const b = document.createElement('button');
+  b.type = 'button';
+  b.textContent = text;
+  b.addEventListener('click', () => document.body.dataset.state !== 'loading' && document.body.dataset.state !== 'generating' && ask(text));
+  $('examples').append(b);
+}
 
 // ---- panels ------------------------------------------------------------------------------------
 
@@ -402,7 +468,16 @@ async function start() {
   const initial = (saved && !saved.startsWith('custom:') ? saved : null) ?? firstBundled ?? `hub:${DEFAULT_HUB_MODEL}`;
   fillPicker(initial);
   if (ui.model.value !== initial) ui.model.selectedIndex = 0;
+  if (saved?.startsWith('custom:')) {
+    ui.model.value = 'custom';
+    ui.custom.hidden = false;
+    ui.custom.value = saved.slice('custom:'.length);
+  }
+  newConversation();
   document.body.dataset.started = 'true';
+  // The last model used loads by itself when it is downloaded (no network needed).
+  const { id, hub } = selectedModel();
+  if (saved && id && (await isModelCached(id, { hub }).catch(() => false))) await loadModel();
 }
 start();
 

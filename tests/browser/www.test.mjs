@@ -48,9 +48,13 @@ async function open() {
   await page.waitForSelector('body[data-started="true"]');
 }
 
+/** Loads the tiny model, unless the page already has (it loads the last one used by itself). */
 async function loadTiny() {
-  await page.selectOption('#model', TINY);
-  await page.click('#load');
+  await page.waitForFunction(() => document.body.dataset.state !== 'loading', null, { timeout: 120_000 });
+  if ((await page.getAttribute('body', 'data-loaded')) !== TINY) {
+    await page.selectOption('#model', TINY);
+    await page.click('#load');
+  }
   await page.waitForSelector('body[data-state="ready"]', { timeout: 120_000 });
   assert.equal(await page.isHidden('#banner'), true, await page.textContent('#banner'));
 }
@@ -68,6 +72,36 @@ async function send(text) {
   await page.waitForFunction((n) => document.querySelectorAll('.msg.assistant').length > n, before);
   return page.locator('.msg.assistant').nth(before);
 }
+
+test('first visit: a welcome screen says what this is and what the model is; an example prompt loads it and gets an answer', async () => {
+  await open();
+  assert.equal(await page.isVisible('#welcome'), true);
+  assert.match(await page.textContent('#welcome'), /on your own device/);
+  assert.match(await page.textContent('#welcome'), /never leaves this device/);
+  assert.equal(await page.getAttribute('body', 'data-loaded'), null, 'nothing loads on a first visit');
+  // The card follows the picker: a curated Hub model's essentials, then the bundled tiny one.
+  await page.selectOption('#model', 'hub:Qwen/Qwen2.5-0.5B-Instruct');
+  await page.waitForFunction(() => document.getElementById('card-name').textContent.includes('Qwen2.5 0.5B'));
+  assert.match(await page.textContent('#model-card'), /988 MB/);
+  assert.match(await page.textContent('#model-card'), /Apache 2\.0/);
+  await page.selectOption('#model', TINY);
+  await page.waitForFunction(() => document.getElementById('card-name').textContent.includes('Tiny random Qwen2'));
+  assert.match(await page.textContent('#card-status'), /Downloads once/);
+  const examples = await page.locator('#examples button').allTextContents();
+  assert.ok(examples.length >= 3, JSON.stringify(examples));
+  await page.screenshot({ path: join(shots, 'welcome-desktop.png'), fullPage: true });
+  await page.click('#examples button >> nth=0');
+  await page.waitForSelector('.msg.assistant .meta', { timeout: 120_000 });
+  await page.waitForSelector('body[data-state="ready"]', { timeout: 120_000 });
+  assert.equal(await page.getAttribute('body', 'data-loaded'), TINY);
+  assert.equal(await page.locator('.msg.user .body').first().textContent(), examples[0]);
+  assert.equal(await page.isHidden('#welcome'), true);
+  // New chat: the welcome screen again, the model still loaded.
+  await page.click('#new-chat');
+  assert.equal(await page.locator('.msg').count(), 0);
+  assert.equal(await page.isVisible('#welcome'), true);
+  assert.match(await page.textContent('#card-status'), /Loaded/);
+});
 
 test('pick the bundled model, send a message, see a streamed reply with figures', async () => {
   await open();
@@ -137,13 +171,15 @@ test('stop ends a long reply early; regenerate replaces the last reply', async (
   let meta = '';
   for (let attempt = 0; attempt < 5 && !/stopped/.test(meta); attempt++) {
     reply = await send('Tell me everything.');
+    // Esc, or the Stop button (alternately).
     await page.waitForFunction(
-      () => {
+      (esc) => {
         if ((document.querySelector('.msg.assistant:last-child .body')?.textContent ?? '').length === 0) return false;
-        document.getElementById('stop').click();
+        if (esc) document.dispatchEvent(new KeyboardEvent('keydown', { key: 'Escape', bubbles: true }));
+        else document.getElementById('stop').click();
         return true;
       },
-      null,
+      attempt % 2 === 0,
       { timeout: 120_000 },
     );
     await page.waitForSelector('body[data-state="ready"]', { timeout: 60_000 });
@@ -289,9 +325,11 @@ test('the storage panel lists the cached model with its size', async () => {
   assert.match(await page.textContent('#cached'), /emberlm-test\/tiny-qwen2-GGUF · 444 kB/);
 });
 
-test('with the model server down, a reload still loads the model from the cache and chats', async () => {
+test('with the model server down, a reload loads the last model used from the cache by itself, and chats', async () => {
   await server.stopModels();
   await open();
+  await page.waitForSelector('body[data-state="ready"]', { timeout: 120_000 });
+  assert.equal(await page.getAttribute('body', 'data-loaded'), TINY, 'loaded without a click');
   await loadTiny();
   assert.match(await page.textContent('#figures'), /from cache/);
   await setting('max-tokens', '4');
