@@ -4,15 +4,17 @@ import { createEngine, deleteCachedModel, isModelCached, listCachedModels, reque
 import { marked } from './vendor/marked.js';
 import DOMPurify from './vendor/purify.js';
 import { cardFor, DEFAULT_HUB_MODEL, EXAMPLE_PROMPTS, formatBytes, HUB_MODELS, samplingFor } from './models.js';
+import * as store from './conversations.js';
 
 const $ = (id) => document.getElementById(id);
 const ui = {
   model: $('model'), custom: $('custom-model'), load: $('load'), banner: $('banner'), bannerText: $('banner-text'), progress: $('progress'),
   chat: $('chat'), prompt: $('prompt'), send: $('send'), stop: $('stop'), figures: $('figures'), composer: $('composer'),
   settings: $('settings'), cache: $('cache'), cached: $('cached'), estimate: $('estimate'), persist: $('persist'),
-  welcome: $('welcome'),
+  welcome: $('welcome'), chats: $('chats'), chatList: $('chat-list'),
 };
-const state = { engine: null, config: { localHub: null, bundled: [] }, messages: [], abort: null, modelLabel: '', loadedChoice: null };
+// `conversation`: the one on screen (its `messages` are `state.messages`), stored from its first message.
+const state = { engine: null, config: { localHub: null, bundled: [] }, messages: [], conversation: null, abort: null, modelLabel: '', loadedChoice: null };
 
 function setState(s) {
   document.body.dataset.state = s;
@@ -90,9 +92,122 @@ function selectedModel() {
 /** Empties the conversation (a new chat): the welcome screen again. */
 function newConversation() {
   state.messages = [];
+  state.conversation = null;
+  localStorage.removeItem('emberlm.conversation');
   ui.chat.replaceChildren(ui.welcome);
   ui.welcome.hidden = false;
   showCard();
+  refreshChats();
+}
+
+/** Stores the conversation on screen (from its first message on). */
+async function saveConversation() {
+  if (!state.messages.length) return;
+  state.conversation ??= store.newConversation(state.modelLabel);
+  state.conversation.messages = state.messages;
+  state.conversation.model = state.modelLabel || state.conversation.model;
+  localStorage.setItem('emberlm.conversation', state.conversation.id);
+  try {
+    await store.saveConversation(state.conversation);
+  } catch (e) {
+    banner(`This conversation could not be stored in the browser: ${e.message}`, 'error');
+  }
+  refreshChats();
+}
+
+/** Shows a stored conversation (the loaded model answers from here on). */
+async function openConversation(id) {
+  const c = await store.loadConversation(id).catch(() => undefined);
+  if (!c) return false;
+  state.abort?.abort();
+  state.conversation = c;
+  state.messages = c.messages;
+  localStorage.setItem('emberlm.conversation', id);
+  ui.chat.replaceChildren(ui.welcome);
+  ui.welcome.hidden = true;
+  state.messages.forEach((m, i) => finishBubble(bubble(m.role, shown(m.content, m.format === 'json')), i, i === state.messages.length - 1));
+  refreshChats();
+  return true;
+}
+
+/** Offers `text` as a file download named `name`. */
+function download(name, text, type) {
+  const url = URL.createObjectURL(new Blob([text], { type }));
+  const a = Object.assign(document.createElement('a'), { href: url, download: name });
+  a.click();
+  setTimeout(() => URL.revokeObjectURL(url), 10_000);
+}
+
+function smallButton(text, className, onClick, label) {
+  const b = Object.assign(document.createElement('button'), { type: 'button', className, textContent: text });
+  if (label) b.setAttribute('aria-label', label);
+  b.addEventListener('click', onClick);
+  return b;
+}
+
+/** The conversation list: open, rename, export (Markdown, JSON), delete. */
+async function refreshChats() {
+  if (ui.chats.hidden) return;
+  let list = [];
+  try {
+    list = await store.listConversations();
+  } catch (e) {
+    ui.chatList.replaceChildren(Object.assign(document.createElement('li'), { textContent: `Conversations cannot be stored here: ${e.message}` }));
+    return;
+  }
+  ui.chatList.replaceChildren(
+    ...list.map((c) => {
+      const li = document.createElement('li');
+      li.classList.toggle('current', c.id === state.conversation?.id);
+      const title = store.titleOf(c);
+      const open = smallButton(title, 'open', async () => {
+        await openConversation(c.id);
+        if (matchMedia('(max-width: 520px)').matches) toggleChats(false);
+      });
+      open.title = `${c.model ?? ''} · ${new Date(c.updated).toLocaleString()}`;
+      const rename = smallButton('Rename', 'rename', () => {
+        const input = Object.assign(document.createElement('input'), { type: 'text', value: title });
+        input.setAttribute('aria-label', 'New name');
+        const done = async (keep) => {
+          if (keep && input.value.trim()) {
+            Object.assign(c, { title: input.value.trim(), renamed: true });
+            if (c.id === state.conversation?.id) Object.assign(state.conversation, { title: c.title, renamed: true });
+            await store.saveConversation(c);
+          }
+          refreshChats();
+        };
+        input.addEventListener('keydown', (ev) => {
+          if (ev.key === 'Enter') done(true);
+          if (ev.key === 'Escape') {
+            ev.stopPropagation();
+            done(false);
+          }
+        });
+        input.addEventListener('blur', () => done(true), { once: true });
+        open.replaceWith(input);
+        input.select();
+      }, `Rename “${title}”`);
+      const md = smallButton('Markdown', 'export-md', () => download(`${title}.md`, store.toMarkdown(c), 'text/markdown'), `Export “${title}” as Markdown`);
+      const json = smallButton('JSON', 'export-json', () => download(`${title}.json`, store.toJson(c), 'application/json'), `Export “${title}” as JSON`);
+      const del = smallButton('Delete', 'delete', async () => {
+        await store.deleteConversation(c.id);
+        if (c.id === state.conversation?.id) newConversation();
+        else refreshChats();
+      }, `Delete “${title}”`);
+      const actions = document.createElement('div');
+      actions.className = 'actions';
+      actions.append(rename, md, json, del);
+      li.append(open, actions);
+      return li;
+    }),
+  );
+  if (!list.length) ui.chatList.replaceChildren(Object.assign(document.createElement('li'), { textContent: 'No conversations yet.' }));
+}
+
+function toggleChats(open = ui.chats.hidden) {
+  ui.chats.hidden = !open;
+  $('toggle-chats').setAttribute('aria-expanded', String(open));
+  if (open) refreshChats();
 }
 
 /** The picked model's entry: its label and sizes (bundled or curated), or null. */
@@ -130,8 +245,65 @@ async function ask(text) {
   }
   state.messages.push({ role: 'user', content: text });
   ui.welcome.hidden = true;
-  bubble('user', text);
+  finishBubble(bubble('user', text), state.messages.length - 1, false);
+  saveConversation();
   reply();
+}
+
+/** Copies `text` to the clipboard; the button says it did. */
+async function copyText(button, text) {
+  try {
+    await navigator.clipboard.writeText(text);
+    button.textContent = 'Copied';
+  } catch {
+    button.textContent = 'Copy failed';
+  }
+  setTimeout(() => (button.textContent = button.dataset.label), 1500);
+}
+
+/**
+ * A message's actions under it: Copy; Edit for the user's (its text back into the message box,
+ * the conversation cut there); Regenerate on the last reply. Code blocks get a Copy button.
+ * `figures` (a finished reply's) go first.
+ */
+function finishBubble(div, index, last, figures = '') {
+  div.dataset.index = String(index);
+  div.querySelector('.meta')?.remove();
+  const meta = document.createElement('div');
+  meta.className = 'meta';
+  if (figures) meta.append(figures);
+  const content = () => state.messages[index]?.content ?? '';
+  const copy = smallButton('Copy', 'copy', (ev) => copyText(ev.currentTarget, content()), 'Copy this message');
+  copy.dataset.label = 'Copy';
+  meta.append(copy);
+  if (div.classList.contains('user')) {
+    meta.append(smallButton('Edit', 'edit', () => {
+      if (document.body.dataset.state === 'generating') return;
+      ui.prompt.value = content();
+      state.messages.splice(index);
+      ui.chat.querySelectorAll('.msg').forEach((m) => Number(m.dataset.index) >= index && m.remove());
+      if (!state.messages.length) ui.welcome.hidden = false;
+      saveConversation();
+      fitPrompt();
+      ui.prompt.focus();
+    }, 'Edit this message and send it again'));
+  } else {
+    for (const pre of div.querySelectorAll('.body pre')) {
+      const b = smallButton('Copy', 'copy-code', (ev) => copyText(ev.currentTarget, pre.querySelector('code')?.textContent ?? pre.textContent), 'Copy this code');
+      b.dataset.label = 'Copy';
+      pre.append(b);
+    }
+    if (last) {
+      ui.chat.querySelectorAll('button.regenerate').forEach((b) => b.remove());
+      meta.append(smallButton('Regenerate', 'regenerate', () => {
+        if (state.messages.at(-1)?.role !== 'assistant' || document.body.dataset.state !== 'ready') return;
+        state.messages.pop();
+        div.remove();
+        reply();
+      }));
+    }
+  }
+  div.append(meta);
 }
 
 /**
@@ -264,7 +436,8 @@ window.emberlmRenderReply = (text) => {
 
 function history() {
   const system = $('system').value.trim();
-  return [...(system ? [{ role: 'system', content: system }] : []), ...state.messages];
+  // Only role and content: a stored reply also says how it is shown (`format`).
+  return [...(system ? [{ role: 'system', content: system }] : []), ...state.messages.map(({ role, content }) => ({ role, content }))];
 }
 
 function sampling() {
@@ -301,7 +474,8 @@ async function reply() {
   let text = '';
   let usage;
   let finish;
-  let pending = false;
+  // The frame that re-renders the streamed text, if one is pending.
+  let frame = 0;
   let crashed = false;
   const json = $('json-mode').checked;
   try {
@@ -310,11 +484,10 @@ async function reply() {
       text += chunk.choices[0].delta.content ?? '';
       usage = chunk.usage ?? usage;
       finish = chunk.choices[0].finish_reason ?? finish;
-      if (!pending) {
+      if (!frame) {
         // Re-render once per frame, not per token.
-        pending = true;
-        requestAnimationFrame(() => {
-          pending = false;
+        frame = requestAnimationFrame(() => {
+          frame = 0;
           const stick = atEnd();
           render(body, 'assistant', shown(text, json));
           follow(stick);
@@ -327,32 +500,21 @@ async function reply() {
     // A crashed engine cannot go on; a fresh one (from the cache: seconds) can.
     crashed = e?.code === 'crashed';
   }
+  // The last render is this one: a frame still pending would undo the code blocks' buttons.
+  cancelAnimationFrame(frame);
   const stick = atEnd();
   render(body, 'assistant', shown(text, json));
   div.classList.remove('streaming');
-  state.messages.push({ role: 'assistant', content: text });
-  const meta = document.createElement('div');
-  meta.className = 'meta';
+  state.messages.push({ role: 'assistant', content: text, ...(json ? { format: 'json' } : {}) });
+  let figures = '';
   if (usage) {
     const x = usage.extra;
     const cached = usage.prompt_tokens_details?.cached_tokens ? ` (${usage.prompt_tokens_details.cached_tokens} of ${usage.prompt_tokens} prompt tokens cached)` : '';
-    const figures = `${usage.completion_tokens} tokens · first token ${humanDuration(x.time_to_first_token_ms)}${cached} · prefill ${x.prefill_tokens_per_s.toFixed(1)} tok/s · decode ${x.decode_tokens_per_s.toFixed(1)} tok/s · ${state.deviceLabel}${finish === 'abort' ? ' · stopped' : ''}`;
-    meta.append(figures);
+    figures = `${usage.completion_tokens} tokens · first token ${humanDuration(x.time_to_first_token_ms)}${cached} · prefill ${x.prefill_tokens_per_s.toFixed(1)} tok/s · decode ${x.decode_tokens_per_s.toFixed(1)} tok/s · ${state.deviceLabel}${finish === 'abort' ? ' · stopped' : ''}`;
     ui.figures.textContent = `${state.modelLabel} · ${figures}`;
   }
-  const again = document.createElement('button');
-  again.type = 'button';
-  again.className = 'regenerate';
-  again.textContent = 'Regenerate';
-  again.addEventListener('click', () => {
-    if (state.messages.at(-1)?.role !== 'assistant') return;
-    state.messages.pop();
-    div.remove();
-    reply();
-  });
-  ui.chat.querySelectorAll('button.regenerate').forEach((b) => b.remove());
-  meta.append(again);
-  div.append(meta);
+  finishBubble(div, state.messages.length - 1, true, figures);
+  saveConversation();
   follow(stick);
   state.abort = null;
   setState('ready');
@@ -369,7 +531,7 @@ ui.prompt.addEventListener('input', fitPrompt);
 ui.composer.addEventListener('submit', (ev) => {
   ev.preventDefault();
   const text = ui.prompt.value.trim();
-  if (!text || !state.engine) return;
+  if (!text || document.body.dataset.state === 'loading' || document.body.dataset.state === 'generating') return;
   ui.prompt.value = '';
   fitPrompt();
   ask(text);
@@ -399,6 +561,8 @@ $('new-chat').addEventListener('click', () => {
   newConversation();
   ui.prompt.focus();
 });
+$('toggle-chats').addEventListener('click', () => toggleChats());
+$('close-chats').addEventListener('click', () => toggleChats(false));
 for (const text of EXAMPLE_PROMPTS) {
   const b = document.createElement('button');
   b.type = 'button';
@@ -473,7 +637,9 @@ async function start() {
     ui.custom.hidden = false;
     ui.custom.value = saved.slice('custom:'.length);
   }
-  newConversation();
+  // The conversation open before the reload, else the welcome screen.
+  const last = localStorage.getItem('emberlm.conversation');
+  if (!last || !(await openConversation(last))) newConversation();
   document.body.dataset.started = 'true';
   // The last model used loads by itself when it is downloaded (no network needed).
   const { id, hub } = selectedModel();

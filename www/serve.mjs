@@ -33,9 +33,13 @@ const TYPES = {
   '.wasm': 'application/wasm',
 };
 
-/** URL path → file, for the page, the package and two vendored libraries; null = not served. */
+/** URL path → file, for the page, the package and the vendored libraries; null = not served. */
 function fileFor(path) {
-  const vendor = { '/vendor/marked.js': 'node_modules/marked/lib/marked.esm.js', '/vendor/purify.js': 'node_modules/dompurify/dist/purify.es.mjs' };
+  const vendor = {
+    '/vendor/marked.js': 'node_modules/marked/lib/marked.esm.js',
+    '/vendor/purify.js': 'node_modules/dompurify/dist/purify.es.mjs',
+    '/vendor/idb-keyval.js': 'node_modules/idb-keyval/dist/index.js',
+  };
   if (vendor[path]) return join(WWW, vendor[path]);
   for (const [prefix, dir] of [
     ['/emberlm/dist/', join(ROOT, 'npm', 'dist')],

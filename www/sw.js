@@ -1,17 +1,19 @@
 // Offline-first app shell: the page, its scripts, the engine's wasm and the vendored libraries
 // are cached at install and served from the cache (refreshed in the background when online).
 // Model files are not handled here: the emberlm package keeps them in OPFS / the Cache API.
-const VERSION = 'emberlm-shell-v4';
+const VERSION = 'emberlm-shell-v5';
 const SHELL = [
   './',
   'index.html',
   'app.js',
   'models.js',
+  'conversations.js',
   'style.css',
   'manifest.webmanifest',
   'icon.svg',
   'vendor/marked.js',
   'vendor/purify.js',
+  'vendor/idb-keyval.js',
   'emberlm/dist/index.js',
   'emberlm/dist/worker.js',
   'emberlm/wasm/emberlm_wasm.js',

@@ -3,7 +3,7 @@
 // model comes from the cache), go offline and reload (the service worker serves the shell).
 // Screenshots at desktop and phone sizes land in tests/browser/screenshots/.
 import assert from 'node:assert/strict';
-import { mkdirSync, mkdtempSync, rmSync } from 'node:fs';
+import { mkdirSync, mkdtempSync, readFileSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { dirname, join } from 'node:path';
 import { after, before, test } from 'node:test';
@@ -233,6 +233,85 @@ test('the chat area keeps the newest reply in view, and the message box grows wi
   } finally {
     await page.setViewportSize({ width: 1200, height: 800 });
   }
+});
+
+test('conversations are kept: a reload restores the one on screen; the list opens, renames, exports and deletes them', async () => {
+  await page.waitForSelector('body[data-state="ready"]');
+  const texts = () => page.locator('.msg .body').allTextContents();
+  const before = await texts();
+  assert.ok(before.length >= 2, 'the earlier tests left a conversation');
+  await open();
+  await page.waitForFunction((n) => document.querySelectorAll('.msg').length === n, before.length);
+  assert.deepEqual(await texts(), before, 'the reload restored the conversation');
+  assert.equal(await page.isHidden('#welcome'), true);
+  await loadTiny();
+
+  await page.click('#toggle-chats');
+  await page.waitForSelector('#chat-list li.current');
+  await page.click('#chat-list li.current .rename');
+  await page.fill('#chat-list li.current input', 'My test chat');
+  await page.press('#chat-list li.current input', 'Enter');
+  await page.waitForFunction(() => document.querySelector('#chat-list li.current .open')?.textContent === 'My test chat');
+  const exported = async (button) => {
+    const [file] = await Promise.all([page.waitForEvent('download'), page.click(`#chat-list li.current ${button}`)]);
+    return { name: file.suggestedFilename(), text: readFileSync(await file.path(), 'utf8') };
+  };
+  const md = await exported('.export-md');
+  assert.equal(md.name, 'My test chat.md');
+  assert.match(md.text, /^# My test chat\n/);
+  assert.ok(md.text.includes(`**You:**\n\n${before[0]}`), md.text.slice(0, 300));
+  const json = await exported('.export-json');
+  assert.equal(JSON.parse(json.text).messages.length, before.length);
+
+  // A new chat is listed once it has a message; the renamed one opens again from the list.
+  const listed = await page.locator('#chat-list li').count();
+  await page.click('#close-chats');
+  await page.click('#new-chat');
+  await setting('max-tokens', '4');
+  await send('A second conversation');
+  await page.waitForSelector('body[data-state="ready"]', { timeout: 120_000 });
+  await page.click('#toggle-chats');
+  await page.waitForFunction((n) => document.querySelectorAll('#chat-list li').length === n, listed + 1);
+  assert.match(await page.textContent('#chat-list li.current .open'), /A second conversation/);
+  await page.click('#chat-list li .open >> text=My test chat');
+  await page.waitForFunction((n) => document.querySelectorAll('.msg').length === n, before.length);
+  assert.deepEqual(await texts(), before);
+  await page.screenshot({ path: join(shots, 'chats-desktop.png') });
+  // Deleting the conversation on screen leaves the welcome screen and the others.
+  await page.click('#chat-list li.current .delete');
+  await page.waitForFunction((n) => document.querySelectorAll('#chat-list li').length === n, listed);
+  assert.equal(await page.isVisible('#welcome'), true);
+  assert.doesNotMatch(await page.textContent('#chat-list'), /My test chat/);
+  assert.match(await page.textContent('#chat-list'), /A second conversation/);
+  await page.click('#close-chats');
+});
+
+test('Copy puts a message, or a code block of a reply, on the clipboard; Edit puts a message back in the box and cuts the conversation there', async () => {
+  await context.grantPermissions(['clipboard-read', 'clipboard-write'], { origin: server.url });
+  await setting('max-tokens', '12');
+  await page.check('#json-mode');
+  await send('Some JSON please');
+  await page.waitForSelector('body[data-state="ready"]', { timeout: 120_000 });
+  await page.uncheck('#json-mode');
+  const clipboard = () => page.evaluate(() => navigator.clipboard.readText());
+  // A JSON-mode reply shows as a code block: its own Copy takes the code only.
+  const code = await page.locator('.msg.assistant').last().locator('pre code').textContent();
+  await page.locator('.msg.assistant').last().locator('pre .copy-code').click();
+  assert.equal(await clipboard(), code);
+  await page.locator('.msg.user').last().locator('.meta .copy').click();
+  assert.equal(await clipboard(), 'Some JSON please');
+
+  await send('First question');
+  await page.waitForSelector('body[data-state="ready"]', { timeout: 120_000 });
+  const count = await page.locator('.msg').count();
+  await page.locator('.msg.user').last().locator('.edit').click();
+  assert.equal(await page.inputValue('#prompt'), 'First question');
+  assert.equal(await page.locator('.msg').count(), count - 2, 'the message and its reply are gone');
+  await page.fill('#prompt', 'Second question');
+  await page.click('#send');
+  await page.waitForSelector('body[data-state="ready"]', { timeout: 120_000 });
+  await page.waitForFunction((n) => document.querySelectorAll('.msg').length === n, count);
+  assert.equal(await page.locator('.msg.user .body').last().textContent(), 'Second question');
 });
 
 test('a model that fails to load leaves the one in use loaded, and says so in a banner that closes', async () => {
