@@ -14,7 +14,9 @@ const ui = {
   welcome: $('welcome'), chats: $('chats'), chatList: $('chat-list'),
 };
 // `conversation`: the one on screen (its `messages` are `state.messages`), stored from its first message.
-const state = { engine: null, config: { localHub: null, bundled: [] }, messages: [], conversation: null, abort: null, modelLabel: '', loadedChoice: null };
+// `skip`: leading messages left out of what the model reads (the context filled up);
+// `used`: tokens the conversation took at its last reply.
+const state = { engine: null, config: { localHub: null, bundled: [] }, messages: [], conversation: null, abort: null, modelLabel: '', loadedChoice: null, skip: 0, used: 0 };
 
 function setState(s) {
   document.body.dataset.state = s;
@@ -93,6 +95,9 @@ function selectedModel() {
 function newConversation() {
   state.messages = [];
   state.conversation = null;
+  state.skip = 0;
+  state.used = 0;
+  showContextUse();
   localStorage.removeItem('emberlm.conversation');
   ui.chat.replaceChildren(ui.welcome);
   ui.welcome.hidden = false;
@@ -105,6 +110,7 @@ async function saveConversation() {
   if (!state.messages.length) return;
   state.conversation ??= store.newConversation(state.modelLabel);
   state.conversation.messages = state.messages;
+  state.conversation.skip = state.skip;
   state.conversation.model = state.modelLabel || state.conversation.model;
   localStorage.setItem('emberlm.conversation', state.conversation.id);
   try {
@@ -122,10 +128,14 @@ async function openConversation(id) {
   state.abort?.abort();
   state.conversation = c;
   state.messages = c.messages;
+  state.skip = c.skip ?? 0;
+  state.used = 0;
+  showContextUse();
   localStorage.setItem('emberlm.conversation', id);
   ui.chat.replaceChildren(ui.welcome);
   ui.welcome.hidden = true;
   state.messages.forEach((m, i) => finishBubble(bubble(m.role, shown(m.content, m.format === 'json')), i, i === state.messages.length - 1));
+  markTrimmed();
   refreshChats();
   return true;
 }
@@ -323,9 +333,15 @@ async function loadModel({ afterCrash = false } = {}) {
   bar.style.width = '0%';
   text.textContent = `Starting ${id}…`;
   const phases = { download: 'Downloading', upload: 'Loading the weights', ready: 'Ready' };
+  const cancel = new AbortController();
+  state.cancelLoad = cancel;
+  const rate = rateMeter();
+  const context = Number($('context').value) || undefined;
   try {
     const engine = await createEngine(id, {
       hub,
+      context,
+      signal: cancel.signal,
       onProgress(p) {
         if (p.phase === 'compile') {
           // One warm-up token: no bytes to count.
@@ -335,7 +351,9 @@ async function loadModel({ afterCrash = false } = {}) {
         }
         bar.style.width = `${p.total ? Math.round((100 * p.loaded) / p.total) : 0}%`;
         const file = p.file ? ` ${p.file}` : '';
-        text.textContent = `${phases[p.phase]}${file} — ${formatBytes(p.loaded)} of ${formatBytes(p.total)}`;
+        // Downloads: the rate over the last seconds and the time left at it.
+        const speed = p.phase === 'download' ? rate(p.loaded, p.total) : '';
+        text.textContent = `${phases[p.phase]}${file} — ${formatBytes(p.loaded)} of ${formatBytes(p.total)}${speed}`;
       },
     });
     await previous?.engine.unload();
@@ -367,9 +385,10 @@ async function loadModel({ afterCrash = false } = {}) {
     ui.prompt.focus();
     if (afterCrash) banner(`The engine crashed on ${id} (a bug, or a broken model file) and was loaded again.`, 'error', ui.banner.title);
     if (!state.messages.length) showCard();
+    showContextUse();
   } catch (e) {
     ui.progress.hidden = true;
-    const { text: why, detail } = explain(e);
+    const { text: why, detail } = e?.code === 'aborted' && cancel.signal.aborted ? { text: `Loading ${id} was cancelled.`, detail: '' } : explain(e);
     if (previous) {
       // Back to the model that still runs.
       banner(`${id} could not be loaded: ${why} Still using ${previous.label}.`, 'error', detail);
@@ -381,7 +400,52 @@ async function loadModel({ afterCrash = false } = {}) {
       setState('idle');
     }
   }
+  state.cancelLoad = null;
   refreshCache();
+}
+
+/**
+ * A download's rate over its last ~5 s of progress and the time left at that rate, as
+ * " · 12.3 MB/s · about 8 s left" (empty until there is a rate).
+ */
+function rateMeter() {
+  const samples = [];
+  return (loaded, total) => {
+    const t = performance.now();
+    samples.push([t, loaded]);
+    while (samples.length > 2 && t - samples[0][0] > 5000) samples.shift();
+    const [t0, l0] = samples[0];
+    if (t - t0 < 500 || loaded <= l0) return '';
+    const perS = ((loaded - l0) * 1000) / (t - t0);
+    const left = total > loaded ? ` · about ${humanDuration(((total - loaded) / perS) * 1000)} left` : '';
+    return ` · ${formatBytes(perS)}/s${left}`;
+  };
+}
+
+/** "1,234 / 2,048 tokens": what the conversation took of the context at its last reply. */
+function showContextUse() {
+  const el = $('context-use');
+  const of = state.engine?.info.contextLength;
+  el.textContent = of && state.used ? `${state.used.toLocaleString('en')} / ${of.toLocaleString('en')} tokens` : '';
+  el.classList.toggle('full', Boolean(of && state.used > 0.9 * of));
+}
+
+/** Dims the messages the model no longer reads. */
+function markTrimmed() {
+  ui.chat.querySelectorAll('.msg').forEach((m) => m.classList.toggle('trimmed', Number(m.dataset.index) < state.skip));
+}
+
+/**
+ * Leaves the oldest exchange (a user message and what follows it up to the next one) out of
+ * what the model reads, keeping the system prompt; false when only the last message is left.
+ */
+function trimOldest() {
+  let next = state.skip + 1;
+  while (next < state.messages.length && state.messages[next].role !== 'user') next++;
+  if (next >= state.messages.length) return false;
+  state.skip = next;
+  markTrimmed();
+  return true;
 }
 
 // ---- chat ------------------------------------------------------------------------------------
@@ -437,7 +501,7 @@ window.emberlmRenderReply = (text) => {
 function history() {
   const system = $('system').value.trim();
   // Only role and content: a stored reply also says how it is shown (`format`).
-  return [...(system ? [{ role: 'system', content: system }] : []), ...state.messages.map(({ role, content }) => ({ role, content }))];
+  return [...(system ? [{ role: 'system', content: system }] : []), ...state.messages.slice(state.skip).map(({ role, content }) => ({ role, content }))];
 }
 
 function sampling() {
@@ -478,11 +542,37 @@ async function reply() {
   let frame = 0;
   let crashed = false;
   const json = $('json-mode').checked;
+  const of = state.engine.info.contextLength;
   try {
-    const stream = await state.engine.chat.completions.create({ messages: history(), stream: true, ...sampling() }, { signal: state.abort.signal });
+    // Room for the reply: when the conversation (estimated from its last count) leaves less than
+    // a quarter of the context, the oldest exchanges are left out first; a prompt still too long
+    // for the context is trimmed and tried again.
+    const want = Math.min(sampling().max_tokens ?? of, Math.floor(of / 4));
+    // Characters (plus ~16 a message for the template) scaled by the last count's tokens per character.
+    const chars = (from, to = state.messages.length) => state.messages.slice(from, to).reduce((n, m) => n + m.content.length + 16, 0);
+    const perChar = state.used / Math.max(1, chars(state.skip, state.messages.length - 1));
+    let trimmed = false;
+    while (state.used && perChar * chars(state.skip) + want > of && trimOldest()) trimmed = true;
+    let stream;
+    for (;;) {
+      try {
+        stream = await state.engine.chat.completions.create({ messages: history(), stream: true, ...sampling() }, { signal: state.abort.signal });
+        break;
+      } catch (e) {
+        if (!(e?.code === 'bad-request' && /context holds/.test(e.message) && trimOldest())) throw e;
+        trimmed = true;
+      }
+    }
+    if (trimmed) {
+      banner(`This conversation is longer than the model's context (${of.toLocaleString('en')} tokens): the oldest messages are left out of what it reads (dimmed above).`, 'info');
+    }
     for await (const chunk of stream) {
       text += chunk.choices[0].delta.content ?? '';
       usage = chunk.usage ?? usage;
+      if (chunk.usage) {
+        state.used = chunk.usage.prompt_tokens + chunk.usage.completion_tokens;
+        showContextUse();
+      }
       finish = chunk.choices[0].finish_reason ?? finish;
       if (!frame) {
         // Re-render once per frame, not per token.
@@ -562,6 +652,7 @@ $('new-chat').addEventListener('click', () => {
   ui.prompt.focus();
 });
 $('toggle-chats').addEventListener('click', () => toggleChats());
+$('cancel-load').addEventListener('click', () => state.cancelLoad?.abort());
 $('close-chats').addEventListener('click', () => toggleChats(false));
 for (const text of EXAMPLE_PROMPTS) {
   const b = document.createElement('button');

@@ -314,6 +314,33 @@ test('Copy puts a message, or a code block of a reply, on the clipboard; Edit pu
   assert.equal(await page.locator('.msg.user .body').last().textContent(), 'Second question');
 });
 
+test('the context counter rises with the conversation; when it fills, the oldest messages are left out and it says so', async () => {
+  await page.click('#new-chat');
+  await setting('context', '256');
+  await setting('max-tokens', '24');
+  await page.selectOption('#model', TINY);
+  await page.click('#load');
+  await page.waitForSelector('body[data-state="ready"]', { timeout: 120_000 });
+  const used = async () => Number((await page.textContent('#context-use')).match(/^([\d,]+) \/ 256 tokens$/)[1].replace(',', ''));
+  await send('Tell me a story.');
+  await page.waitForSelector('body[data-state="ready"]', { timeout: 120_000 });
+  const first = await used();
+  await send('And then?');
+  await page.waitForSelector('body[data-state="ready"]', { timeout: 120_000 });
+  assert.ok((await used()) > first, 'the second turn takes more of the context');
+  for (let i = 0; i < 12 && (await page.locator('.msg.trimmed').count()) === 0; i++) {
+    await send(`More, part ${i}.`);
+    await page.waitForSelector('body[data-state="ready"]', { timeout: 120_000 });
+  }
+  assert.ok((await page.locator('.msg.trimmed').count()) > 0, 'the oldest messages are marked as left out');
+  assert.match(await page.textContent('#banner'), /longer than the model's context \(256 tokens\): the oldest messages are left out/);
+  assert.ok((await used()) <= 256);
+  assert.ok((await page.locator('.msg.assistant').last().locator('.body').textContent()).length > 0, 'the model still answers');
+  await page.screenshot({ path: join(shots, 'context-full.png') });
+  await page.click('#banner-close');
+  await setting('context', '');
+});
+
 test('a model that fails to load leaves the one in use loaded, and says so in a banner that closes', async () => {
   // A bundled-looking choice the local model server does not have.
   await page.evaluate(() => document.querySelector('#model optgroup').append(new Option('Missing', 'local:emberlm-test/missing-GGUF')));
