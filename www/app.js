@@ -388,7 +388,14 @@ async function loadModel({ afterCrash = false } = {}) {
     showContextUse();
   } catch (e) {
     ui.progress.hidden = true;
-    const { text: why, detail } = e?.code === 'aborted' && cancel.signal.aborted ? { text: `Loading ${id} was cancelled.`, detail: '' } : explain(e);
+    if (e?.code === 'aborted' && cancel.signal.aborted) {
+      banner(`Loading ${id} was cancelled.${previous ? ` Still using ${previous.label}.` : ''}`, 'info');
+      if (previous?.choice) ui.model.value = previous.choice;
+      setState(previous ? 'ready' : 'idle');
+      state.cancelLoad = null;
+      return;
+    }
+    const { text: why, detail } = explain(e);
     if (previous) {
       // Back to the model that still runs.
       banner(`${id} could not be loaded: ${why} Still using ${previous.label}.`, 'error', detail);

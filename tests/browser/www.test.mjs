@@ -431,6 +431,32 @@ test('the storage panel lists the cached model with its size', async () => {
   assert.match(await page.textContent('#cached'), /emberlm-test\/tiny-qwen2-GGUF · 444 kB/);
 });
 
+test('a download shows its rate and the time left, and Cancel stops it (the model in use stays)', async () => {
+  // The tiny model out of the cache, and its file served slowly (8 KiB every 50 ms).
+  await page.evaluate(async (repo) => {
+    const { localHub } = await (await fetch('config.json')).json();
+    await (await import('./emberlm/dist/index.js')).deleteCachedModel(repo, { hub: localHub });
+  }, TINY.slice('local:'.length));
+  // (The body comes from the LFS redirect's target.)
+  server.hub.inject({ match: '/__lfs/', kind: 'slow', chunk: 8192, delayMs: 50, times: 20 });
+  try {
+    await page.selectOption('#model', TINY);
+    await page.click('#load');
+    await page.waitForFunction(() => / kB\/s · about [\d.]+ s left$/.test(document.querySelector('#progress p').textContent), null, { timeout: 60_000 });
+    await page.click('#cancel-load');
+    await page.waitForSelector('body[data-state="ready"]', { timeout: 60_000 });
+    assert.match(await page.textContent('#banner-text'), /^Loading emberlm-test\/tiny-qwen2-GGUF was cancelled\. Still using emberlm-test\/tiny-qwen2-GGUF\.$/);
+    assert.equal(await page.isHidden('#progress'), true);
+  } finally {
+    server.hub.clearFaults();
+  }
+  await page.click('#banner-close');
+  // Loaded again in full, so the tests after this one find it in the cache.
+  await page.click('#load');
+  await page.waitForSelector('body[data-state="ready"]', { timeout: 120_000 });
+  assert.equal(await page.isHidden('#banner'), true);
+});
+
 test('with the model server down, a reload loads the last model used from the cache by itself, and chats', async () => {
   await server.stopModels();
   await open();
