@@ -271,6 +271,20 @@ async function copyText(button, text) {
   setTimeout(() => (button.textContent = button.dataset.label), 1500);
 }
 
+/** Colours a reply's code blocks; the highlighter (highlight.js, ~130 kB) loads on the first one. */
+let highlighter;
+async function highlightCode(div) {
+  const blocks = div.querySelectorAll('.body pre code');
+  if (!blocks.length) return;
+  try {
+    highlighter ??= import('./vendor/highlight.js').then((m) => m.default);
+    const hljs = await highlighter;
+    for (const code of blocks) if (!code.dataset.highlighted) hljs.highlightElement(code);
+  } catch (e) {
+    console.info('emberlm: code stays plain:', e.message);
+  }
+}
+
 /**
  * A message's actions under it: Copy; Edit for the user's (its text back into the message box,
  * the conversation cut there); Regenerate on the last reply. Code blocks get a Copy button.
@@ -298,6 +312,7 @@ function finishBubble(div, index, last, figures = '') {
       ui.prompt.focus();
     }, 'Edit this message and send it again'));
   } else {
+    highlightCode(div);
     for (const pre of div.querySelectorAll('.body pre')) {
       const b = smallButton('Copy', 'copy-code', (ev) => copyText(ev.currentTarget, pre.querySelector('code')?.textContent ?? pre.textContent), 'Copy this code');
       b.dataset.label = 'Copy';

@@ -39,6 +39,7 @@ function fileFor(path) {
     '/vendor/marked.js': 'node_modules/marked/lib/marked.esm.js',
     '/vendor/purify.js': 'node_modules/dompurify/dist/purify.es.mjs',
     '/vendor/idb-keyval.js': 'node_modules/idb-keyval/dist/index.js',
+    '/vendor/highlight.js': 'node_modules/@highlightjs/cdn-assets/es/highlight.min.js',
   };
   if (vendor[path]) return join(WWW, vendor[path]);
   for (const [prefix, dir] of [

@@ -1,7 +1,7 @@
 // Offline-first app shell: the page, its scripts, the engine's wasm and the vendored libraries
 // are cached at install and served from the cache (refreshed in the background when online).
 // Model files are not handled here: the emberlm package keeps them in OPFS / the Cache API.
-const VERSION = 'emberlm-shell-v5';
+const VERSION = 'emberlm-shell-v6';
 const SHELL = [
   './',
   'index.html',
@@ -14,6 +14,8 @@ const SHELL = [
   'vendor/marked.js',
   'vendor/purify.js',
   'vendor/idb-keyval.js',
+  // Loaded only when a reply has code, but kept for offline use.
+  'vendor/highlight.js',
   'emberlm/dist/index.js',
   'emberlm/dist/worker.js',
   'emberlm/wasm/emberlm_wasm.js',

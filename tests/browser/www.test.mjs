@@ -515,6 +515,46 @@ test('replies cannot reach other origins or break the page: CSP (meta and header
   assert.equal(r.state, 'ready');
 });
 
+test('accessibility: axe finds no serious violations in the dark and the light theme, on the welcome screen and in a chat with highlighted code; screenshots of each', async () => {
+  const axeSource = readFileSync(join(here, '..', 'node_modules', 'axe-core', 'axe.min.js'), 'utf8');
+  for (const colorScheme of ['dark', 'light']) {
+    // axe is injected as a script: this context lets it past the page's CSP.
+    const ctx = await browser.newContext({ viewport: { width: 1280, height: 800 }, colorScheme, bypassCSP: true });
+    const p = await ctx.newPage();
+    try {
+      await p.goto(server.url);
+      await p.waitForSelector('body[data-started="true"]');
+      const scan = async (where) => {
+        await p.evaluate(axeSource);
+        const result = await p.evaluate(() => window.axe.run(document, { resultTypes: ['violations'] }));
+        assert.ok(result.passes.length > 10, `axe ran its rules (${result.passes.length} passed)`);
+        const serious = result.violations.filter((v) => v.impact === 'serious' || v.impact === 'critical');
+        assert.deepEqual(serious.map((v) => `${v.id} (${v.impact}): ${v.nodes.map((n) => n.target.join(' ')).join(', ')}`), [], `${colorScheme}, ${where}`);
+      };
+      await scan('welcome screen');
+      await p.screenshot({ path: join(shots, `welcome-${colorScheme}-1280x800.png`) });
+      await p.selectOption('#model', TINY);
+      await p.click('#toggle-settings');
+      await p.fill('#max-tokens', '16');
+      await p.check('#json-mode');
+      await p.click('#toggle-settings');
+      await p.fill('#prompt', 'Hello');
+      await p.click('#send');
+      await p.waitForSelector('.msg.assistant .meta', { timeout: 120_000 });
+      await p.waitForSelector('body[data-state="ready"]');
+      // The JSON reply is a code block, coloured once the highlighter has loaded.
+      await p.waitForSelector('.msg.assistant pre code[data-highlighted="yes"]', { timeout: 30_000 });
+      await scan('chat');
+      await p.screenshot({ path: join(shots, `chat-${colorScheme}-1280x800.png`) });
+      await p.setViewportSize({ width: 390, height: 844 });
+      await scan('chat on a phone');
+      await p.screenshot({ path: join(shots, `chat-${colorScheme}-390x844.png`) });
+    } finally {
+      await ctx.close();
+    }
+  }
+});
+
 test('nothing above threw an uncaught error on the page', () => {
   assert.deepEqual([...new Set(pageErrors)], []);
 });
