@@ -565,6 +565,9 @@ async function reply() {
   let crashed = false;
   const json = $('json-mode').checked;
   const of = state.engine.info.contextLength;
+  // Until the first token: how long the model has been reading the prompt (shown by CSS).
+  const asked = performance.now();
+  const waiting = setInterval(() => (body.dataset.waiting = `· ${humanDuration(performance.now() - asked)}`), 1000);
   try {
     // Room for the reply: when the conversation (estimated from its last count) leaves less than
     // a quarter of the context, the oldest exchanges are left out first; a prompt still too long
@@ -589,6 +592,7 @@ async function reply() {
       banner(`This conversation is longer than the model's context (${of.toLocaleString('en')} tokens): the oldest messages are left out of what it reads (dimmed above).`, 'info');
     }
     for await (const chunk of stream) {
+      clearInterval(waiting);
       text += chunk.choices[0].delta.content ?? '';
       usage = chunk.usage ?? usage;
       if (chunk.usage) {
@@ -614,6 +618,7 @@ async function reply() {
   }
   // The last render is this one: a frame still pending would undo the code blocks' buttons.
   cancelAnimationFrame(frame);
+  clearInterval(waiting);
   const stick = atEnd();
   render(body, 'assistant', shown(text, json));
   div.classList.remove('streaming');
