@@ -50,6 +50,8 @@ export function fixtureRepos() {
       dir: tiny('mamba2'),
       files: Object.fromEntries(['config.json', 'generation_config.json', 'tokenizer.json', 'tokenizer_config.json', 'model.safetensors'].map((f) => [f, f])),
     },
+    // Granite-4.0-H's dense hybrid (Mamba2 and attention layers, fixtures/tiny/make_tiny_granitehybrid.py).
+    'emberlm-test/tiny-granitehybrid-GGUF': { dir: tiny('granitehybrid'), files: { 'tiny-granitehybrid-F16.gguf': 'model.gguf' } },
     // A transformers repo with sharded safetensors.
     'emberlm-test/tiny-llama': {
       dir: tiny('llama'),
