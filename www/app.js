@@ -214,10 +214,16 @@ async function refreshChats() {
   if (!list.length) ui.chatList.replaceChildren(Object.assign(document.createElement('li'), { textContent: 'No conversations yet.' }));
 }
 
+/** Opens or closes the conversation drawer; the keyboard focus goes into it, and back. */
 function toggleChats(open = ui.chats.hidden) {
   ui.chats.hidden = !open;
   $('toggle-chats').setAttribute('aria-expanded', String(open));
-  if (open) refreshChats();
+  if (open) {
+    refreshChats();
+    $('close-chats').focus();
+  } else {
+    $('toggle-chats').focus();
+  }
 }
 
 /** The picked model's entry: its label and sizes (bundled or curated), or null. */
@@ -660,11 +666,15 @@ ui.prompt.addEventListener('keydown', (ev) => {
   }
 });
 ui.stop.addEventListener('click', () => state.abort?.abort());
-// Esc stops a reply, wherever the focus is.
+// Esc stops a reply, wherever the focus is; else it closes the conversation drawer.
 document.addEventListener('keydown', (ev) => {
-  if (ev.key === 'Escape' && state.abort) {
+  if (ev.key !== 'Escape') return;
+  if (state.abort) {
     ev.preventDefault();
     state.abort.abort();
+  } else if (!ui.chats.hidden) {
+    ev.preventDefault();
+    toggleChats(false);
   }
 });
 ui.load.addEventListener('click', () => loadModel());

@@ -283,7 +283,15 @@ test('conversations are kept: a reload restores the one on screen; the list open
   assert.equal(await page.isVisible('#welcome'), true);
   assert.doesNotMatch(await page.textContent('#chat-list'), /My test chat/);
   assert.match(await page.textContent('#chat-list'), /A second conversation/);
+  // From the keyboard: the drawer takes the focus when it opens, Esc closes it and gives it back.
   await page.click('#close-chats');
+  await page.focus('#toggle-chats');
+  await page.keyboard.press('Enter');
+  await page.waitForSelector('#chats:not([hidden])');
+  assert.equal(await page.evaluate(() => document.activeElement.id), 'close-chats');
+  await page.keyboard.press('Escape');
+  assert.equal(await page.isHidden('#chats'), true);
+  assert.equal(await page.evaluate(() => document.activeElement.id), 'toggle-chats');
 });
 
 test('Copy puts a message, or a code block of a reply, on the clipboard; Edit puts a message back in the box and cuts the conversation there', async () => {
