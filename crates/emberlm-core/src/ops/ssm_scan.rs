@@ -95,6 +95,7 @@ impl SsmScanParams {
         if self.dt_offset + self.heads > self.proj_stride || self.inner() > self.proj_stride {
             return bad(format!("z and dt do not fit in-projection rows of {}", self.proj_stride));
         }
+        // Written so that a NaN limit is refused too.
         if !(self.dt_min <= self.dt_max) {
             return bad(format!("time-step limits {} > {}", self.dt_min, self.dt_max));
         }
