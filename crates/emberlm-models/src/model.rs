@@ -260,20 +260,12 @@ impl<B: Backend> Loader<'_, B> {
     /// -exp of a checkpoint's `A_log`.
     fn ssm_head_params(&mut self, i: usize, heads: usize) -> Result<B::Tensor> {
         let n = |s: &str| format!("blk.{i}.{s}");
-        let read = |name: &str| -> Result<Vec<f32>> {
-            let found = self.store.shape(name).ok_or_else(|| ModelError::MissingTensor(name.to_string()))?;
-            if found.0 * found.1 != heads {
-                return Err(ModelError::ShapeMismatch { tensor: name.into(), expected: vec![heads], found: vec![found.0 * found.1] });
-            }
-            self.store.read_f32(name)
-        };
         let mut values = match self.store.shape(&n("ssm_a")) {
-            Some(_) => read(&n("ssm_a"))?,
-            None => read(&n("ssm_a_log"))?.iter().map(|v| -v.exp()).collect(),
+            Some(_) => self.vector_values(&n("ssm_a"), heads)?,
+            None => self.vector_values(&n("ssm_a_log"), heads)?.iter().map(|v| -v.exp()).collect(),
         };
-        values.extend(read(&n("ssm_d"))?);
-        values.extend(read(&n("ssm_dt.bias"))?);
-        self.bytes += values.len() as u64 * 4;
+        values.extend(self.vector_values(&n("ssm_d"), heads)?);
+        values.extend(self.vector_values(&n("ssm_dt.bias"), heads)?);
         Ok(self.dev.from_f32(&n("ssm A|D|dt_bias"), &[values.len()], &values)?)
     }
 
