@@ -571,9 +571,15 @@ async function reply() {
   let crashed = false;
   const json = $('json-mode').checked;
   const of = state.engine.info.contextLength;
-  // Until the first token: how long the model has been reading the prompt (shown by CSS).
+  // Until the first token: how far the model has read a long prompt, and for how long (shown by CSS).
   const asked = performance.now();
-  const waiting = setInterval(() => (body.dataset.waiting = `· ${humanDuration(performance.now() - asked)}`), 1000);
+  let read = '';
+  const showWaiting = () => (body.dataset.waiting = `${read}· ${humanDuration(performance.now() - asked)}`);
+  const waiting = setInterval(showWaiting, 1000);
+  const onPrefill = (done, total) => {
+    read = `${Math.floor((100 * done) / total)}% `;
+    showWaiting();
+  };
   try {
     // Room for the reply: when the conversation (estimated from its last count) leaves less than
     // a quarter of the context, the oldest exchanges are left out first; a prompt still too long
@@ -587,7 +593,7 @@ async function reply() {
     let stream;
     for (;;) {
       try {
-        stream = await state.engine.chat.completions.create({ messages: history(), stream: true, ...sampling() }, { signal: state.abort.signal });
+        stream = await state.engine.chat.completions.create({ messages: history(), stream: true, ...sampling() }, { signal: state.abort.signal, onPrefill });
         break;
       } catch (e) {
         if (!(e?.code === 'bad-request' && /context holds/.test(e.message) && trimOldest())) throw e;

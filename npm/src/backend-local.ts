@@ -36,6 +36,9 @@ async function loadEngineWasm(device: 'webgpu' | 'cpu', o: EngineOptions): Promi
 }
 
 /** Errors thrown by the wasm engine are strings; give them a code. A trap while loading: the model file is what made it. */
+/** Tokens per piece of a prefill that reports its progress (a second or less on a CPU). */
+const PREFILL_PIECE = 128;
+
 function engineError(e: unknown, wasm?: Wasm): EmberError {
   if (e instanceof EmberError) return e;
   if (wasm && isWasmTrap(e)) return new EmberError('model', `the engine crashed while loading this model: ${discardWasm(wasm, e)}`, { cause: e });
@@ -256,6 +259,21 @@ export class LocalBackend implements Backend {
         throw new EmberError('bad-request', `the prompt is ${ids.length} tokens but the context holds ${model.contextLength}; load with a larger \`context\``);
       }
       const maxNew = Math.min(p.max_tokens ?? room, room);
+      // A long prompt asked to report its prefill runs in pieces first (the last ≥ 2 tokens are
+      // generate's): what the cache held before is the first piece's answer.
+      let held: number | undefined;
+      const prefillFrom = now();
+      if (p.prefill_progress && ids.length > 2 * PREFILL_PIECE) {
+        for (let end = PREFILL_PIECE; end + 2 <= ids.length; end += PREFILL_PIECE) {
+          throwIfAborted(signal);
+          const was = await this.guard(
+            () => model.prefillTo(ids, end),
+            (e) => new EmberError('model', String(e)),
+          );
+          held ??= was;
+          onPiece('', undefined, undefined, { done: end, total: ids.length });
+        }
+      }
       const filter = new StopStringFilter(p.stop);
       const logprobs = p.logprobs === undefined ? null : new LogprobTracker();
       const toolCalls: ToolCall[] = [];
@@ -308,9 +326,10 @@ export class LocalBackend implements Backend {
         tokens: Array.from(out.generatedIds),
         finish_reason: finish,
         prompt_tokens: ids.length,
-        cached_tokens: out.reusedTokens,
+        cached_tokens: held ?? out.reusedTokens,
         ttft_ms: (firstAt || now()) - asked,
-        prefill_tok_s: out.prefillTokS,
+        // In pieces: the prompt's new tokens over the time from the first piece to the first token.
+        prefill_tok_s: held === undefined ? out.prefillTokS : (ids.length - held) / (((firstAt || now()) - prefillFrom) / 1000),
         decode_tok_s: out.decodeTokS,
         ...(out.profile ? { profile: out.profile } : {}),
         ...(logprobs ? { logprobs: logprobs.content } : {}),

@@ -23,6 +23,8 @@ export interface RunParams {
   stop: string[];
   ignore_eos: boolean;
   profile: boolean;
+  /** Prefill a long prompt in pieces, reporting each (`OnPiece`'s `prefill`). */
+  prefill_progress?: boolean;
   /** Each token's log-probability and this many alternatives'; absent: none. */
   logprobs?: number;
   /** The output constraint, as the wasm engine takes it; absent: free text. */
@@ -50,7 +52,14 @@ export interface RunResult {
  * Text as it is released, with the log-probabilities of the tokens it completes (if asked), and
  * the tool calls completed since the last piece.
  */
-export type OnPiece = (piece: string, logprobs?: TokenLogprob[], toolCalls?: ToolCall[]) => void;
+/** How far a long prompt's prefill has come (`RunParams.prefill_progress`): tokens of `total` in the cache. */
+export interface PrefillProgress {
+  done: number;
+  total: number;
+}
+
+/** A piece of the reply; or, with `prefill` (and no text), how far the prompt has been read. */
+export type OnPiece = (piece: string, logprobs?: TokenLogprob[], toolCalls?: ToolCall[], prefill?: PrefillProgress) => void;
 
 /** A call as the wasm engine reports it. */
 export interface WasmToolCall {

@@ -1,6 +1,6 @@
 // The public engine: OpenAI-style chat completions and `generate` over a backend (this thread
 // or a worker).
-import type { Backend, RunInput, RunParams, RunResult } from './backend.js';
+import type { Backend, OnPiece, RunInput, RunParams, RunResult } from './backend.js';
 import { EmberError } from './errors.js';
 import type {
   ChatCompletion,
@@ -9,6 +9,7 @@ import type {
   ChatCompletions,
   ChatMessage,
   ChoiceLogprobs,
+  CompletionOptions,
   CompletionUsage,
   EmbeddingsRequest,
   EmbeddingsResponse,
@@ -18,7 +19,6 @@ import type {
   GenerateResult,
   SamplingParams,
   TokenLogprob,
-  ToolCall,
 } from './types.js';
 
 function flag(v: unknown, name: string): boolean {
@@ -53,6 +53,13 @@ function params(r: SamplingParams & { max_completion_tokens?: number }): RunPara
     ...(logprobs ? { logprobs: top ?? 0 } : {}),
     ...grammarOf(r.response_format),
   };
+}
+
+/** Asks the backend for prefill progress when someone listens (a long prompt then runs in pieces). */
+function withPrefillProgress(p: RunParams, onPrefill: unknown): RunParams {
+  if (onPrefill === undefined) return p;
+  if (typeof onPrefill !== 'function') throw new EmberError('bad-request', 'onPrefill must be a function');
+  return { ...p, prefill_progress: true };
 }
 
 /** `response_format` as the engine's output constraint (none for `text` or absent). */
@@ -218,9 +225,9 @@ export class EmberEngine implements Engine {
     return this.backend.info;
   }
 
-  private async createCompletion(request: ChatCompletionRequest, options?: { signal?: AbortSignal }): Promise<ChatCompletion | AsyncIterable<ChatCompletionChunk>> {
+  private async createCompletion(request: ChatCompletionRequest, options?: CompletionOptions): Promise<ChatCompletion | AsyncIterable<ChatCompletionChunk>> {
     checkMessages(request?.messages);
-    const p = params(request);
+    const p = withPrefillProgress(params(request), options?.onPrefill);
     const signal = anySignal(request.signal, options?.signal);
     const tools = toolsOf(request);
     const templateKwargs = templateKwargsOf(request.chat_template_kwargs);
@@ -228,8 +235,9 @@ export class EmberEngine implements Engine {
     const id = completionId();
     const created = Math.floor(Date.now() / 1000);
     const model = this.info.model;
+    const onPrefill = options?.onPrefill;
     if (!request.stream) {
-      const r = await this.backend.run(input, p, () => {}, signal);
+      const r = await this.backend.run(input, p, (_piece, _logprobs, _calls, prefill) => prefill && onPrefill?.(prefill.done, prefill.total), signal);
       return {
         id,
         object: 'chat.completion',
@@ -253,7 +261,8 @@ export class EmberEngine implements Engine {
     });
     chunks.push(chunk({ role: 'assistant', content: '' }));
     let calls = 0;
-    const onPiece = (piece: string, logprobs?: TokenLogprob[], toolCalls?: ToolCall[]) => {
+    const onPiece: OnPiece = (piece, logprobs, toolCalls, prefill) => {
+      if (prefill) return onPrefill?.(prefill.done, prefill.total);
       const delta: ChatCompletionChunk['choices'][0]['delta'] = piece ? { content: piece } : {};
       if (toolCalls?.length) delta.tool_calls = toolCalls.map((c) => ({ index: calls++, ...c }));
       chunks.push(chunk(delta, null, logprobs));
@@ -295,7 +304,13 @@ export class EmberEngine implements Engine {
   async generate(prompt: string, options: GenerateOptions = {}): Promise<GenerateResult> {
     if (typeof prompt !== 'string') throw new EmberError('bad-request', 'prompt must be a string');
     const input: RunInput = options.chat ? { messages: [{ role: 'user', content: prompt }] } : { prompt };
-    const r = await this.backend.run(input, params(options), options.onText ?? (() => {}), options.signal);
+    const onText = options.onText;
+    const r = await this.backend.run(
+      input,
+      withPrefillProgress(params(options), options.onPrefill),
+      (piece, _logprobs, _calls, prefill) => (prefill ? options.onPrefill?.(prefill.done, prefill.total) : onText?.(piece)),
+      options.signal,
+    );
     return { text: r.text, tokens: r.tokens, finish_reason: r.finish_reason, usage: usage(r), ...(r.logprobs ? { logprobs: r.logprobs } : {}) };
   }
 

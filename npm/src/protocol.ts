@@ -1,5 +1,5 @@
 // Messages between the page (`WorkerBackend`) and the engine's worker (`worker.ts`).
-import type { Embedded, RunInput, RunParams, RunResult } from './backend.js';
+import type { Embedded, PrefillProgress, RunInput, RunParams, RunResult } from './backend.js';
 import type { EmberErrorCode } from './errors.js';
 import type { LoadProgress } from './model-files.js';
 import type { EngineInfo, EngineOptions, TokenLogprob, ToolCall } from './types.js';
@@ -23,6 +23,6 @@ export type Request = ToWorker extends infer T ? (T extends ToWorker ? Omit<T, '
 
 export type FromWorker =
   | { id: number; type: 'progress'; progress: LoadProgress }
-  | { id: number; type: 'piece'; piece: string; logprobs?: TokenLogprob[]; toolCalls?: ToolCall[] }
+  | { id: number; type: 'piece'; piece: string; logprobs?: TokenLogprob[]; toolCalls?: ToolCall[]; prefill?: PrefillProgress }
   | { id: number; type: 'done'; value: EngineInfo | RunResult | Embedded | number[] | string | null }
   | { id: number; type: 'error'; code: EmberErrorCode; message: string };

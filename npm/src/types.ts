@@ -174,6 +174,8 @@ export interface GenerateOptions extends SamplingParams {
   onText?: (piece: string) => void;
   /** Treat `prompt` as raw text (default) or as a user message for the chat template. */
   chat?: boolean;
+  /** See `CompletionOptions.onPrefill`. */
+  onPrefill?: (done: number, total: number) => void;
 }
 
 export interface GenerateResult {
@@ -273,10 +275,20 @@ export interface EngineInfo {
   device: { backend: 'webgpu' | 'cpu'; name: string; reason: string };
 }
 
+/** `chat.completions.create`'s second argument. */
+export interface CompletionOptions {
+  signal?: AbortSignal;
+  /**
+   * Reading a long prompt (over 256 new tokens) in pieces of 128 and calling this after each
+   * with how many of its `total` tokens are in the cache: a progress bar before the first token.
+   */
+  onPrefill?: (done: number, total: number) => void;
+}
+
 export interface ChatCompletions {
-  create(request: ChatCompletionRequest & { stream: true }, options?: { signal?: AbortSignal }): Promise<AsyncIterable<ChatCompletionChunk>>;
-  create(request: ChatCompletionRequest & { stream?: false }, options?: { signal?: AbortSignal }): Promise<ChatCompletion>;
-  create(request: ChatCompletionRequest, options?: { signal?: AbortSignal }): Promise<ChatCompletion | AsyncIterable<ChatCompletionChunk>>;
+  create(request: ChatCompletionRequest & { stream: true }, options?: CompletionOptions): Promise<AsyncIterable<ChatCompletionChunk>>;
+  create(request: ChatCompletionRequest & { stream?: false }, options?: CompletionOptions): Promise<ChatCompletion>;
+  create(request: ChatCompletionRequest, options?: CompletionOptions): Promise<ChatCompletion | AsyncIterable<ChatCompletionChunk>>;
 }
 
 /** OpenAI's embeddings request. */

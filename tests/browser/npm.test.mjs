@@ -200,6 +200,51 @@ test('worker: LFM2 gives transformers\' tokens on the CPU and WebGPU; a follow-u
 // prefill runs the chunked scan).
 test('worker: Mamba2 gives transformers\' tokens on the CPU and WebGPU; a follow-up and a regenerate reuse its scan state', () => rollingStateFamily('mamba2'));
 
+/**
+ * A long prompt with `onPrefill`: read in pieces of 128 tokens, each reported (in order, short of
+ * the whole), and the reply is the one the same prompt gets in one step; the usage counts no
+ * cached tokens for a fresh conversation, and the whole prompt as cached for a regenerate.
+ * On the CPU backend (auto) and WebGPU, Qwen2-style (attention) and Mamba2 (rolling state).
+ */
+test('worker: onPrefill reports a long prompt\'s prefill in pieces, and the reply is the one-step reply', async () => {
+  for (const [repo, device] of [[GGUF, 'auto'], ['emberlm-test/tiny-mamba2-GGUF', 'webgpu']]) {
+    const r = await session.page.evaluate(
+      async ({ repo, hubUrl, device }) => {
+        const text = Array.from({ length: 60 }, (_, i) => `Line ${i}: the quick brown fox jumps over the lazy dog.`).join('\n');
+        const request = { messages: [{ role: 'user', content: text }], max_tokens: 8, temperature: 0 };
+        const once = await window.emberlm.createEngine(repo, { hub: hubUrl, context: 2048, device, dtype: 'f32' });
+        const plain = await once.chat.completions.create(request);
+        await once.unload();
+        const engine = await window.emberlm.createEngine(repo, { hub: hubUrl, context: 2048, device, dtype: 'f32' });
+        const events = [];
+        const pieces = await engine.chat.completions.create(request, { onPrefill: (done, total) => events.push([done, total]) });
+        const again = [];
+        const regenerated = await engine.chat.completions.create(request, { onPrefill: (done, total) => again.push([done, total]) });
+        let refused = null;
+        try {
+          await engine.chat.completions.create(request, { onPrefill: 'yes' });
+        } catch (e) {
+          refused = e.code;
+        }
+        await engine.unload();
+        const reply = (c) => c.choices[0].message.content;
+        return { plain: reply(plain), pieces: reply(pieces), regenerated: reply(regenerated), events, again, usage: [pieces.usage, regenerated.usage], refused };
+      },
+      { repo, hubUrl: hub.url, device },
+    );
+    const total = r.usage[0].prompt_tokens;
+    assert.ok(total > 256, `a long prompt (${total} tokens)`);
+    assert.deepEqual(r.events.map((e) => e[1]), r.events.map(() => total));
+    assert.deepEqual(r.events.map((e) => e[0]), Array.from({ length: Math.floor((total - 2) / 128) }, (_, i) => 128 * (i + 1)), JSON.stringify(r.events));
+    assert.equal(r.pieces, r.plain, `${repo}: the reply read in pieces is the one-step reply`);
+    assert.equal(r.usage[0].prompt_tokens_details.cached_tokens, 0);
+    // The regenerate finds all but the last token cached (a rolling state's checkpoint too).
+    assert.equal(r.usage[1].prompt_tokens_details.cached_tokens, total - 1, JSON.stringify(r.usage[1]));
+    assert.equal(r.regenerated, r.plain);
+    assert.equal(r.refused, 'bad-request');
+  }
+});
+
 test('worker: logprobs ride with the streamed text and equal the non-streamed response\'s; the first is transformers\' log-softmax', async () => {
   const r = await session.page.evaluate(
     async ({ repo, hubUrl, prompt }) => {

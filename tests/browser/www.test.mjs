@@ -322,6 +322,17 @@ test('Copy puts a message, or a code block of a reply, on the clipboard; Edit pu
   assert.equal(await page.locator('.msg.user .body').last().textContent(), 'Second question');
 });
 
+test('a long message: the reply bubble says how much of it the model has read before the first token', async () => {
+  await setting('max-tokens', '4');
+  const long = Array.from({ length: 60 }, (_, i) => `Line ${i}: the quick brown fox jumps over the lazy dog.`).join('\n');
+  await send(long);
+  await page.waitForSelector('body[data-state="ready"]', { timeout: 120_000 });
+  // What "Reading your prompt…" showed last (the text is gone once the reply comes).
+  const shown = await page.locator('.msg.assistant').last().locator('.body').getAttribute('data-waiting');
+  assert.match(shown, /^\d+% · \d+\.\d+ s$/, shown);
+  assert.ok(Number(shown.match(/^(\d+)%/)[1]) >= 50, shown);
+});
+
 test('the context counter rises with the conversation; when it fills, the oldest messages are left out and it says so', async () => {
   await page.click('#new-chat');
   await setting('context', '256');

@@ -760,6 +760,23 @@ impl<B: Backend> Session<B> {
         keep
     }
 
+    /// Makes the session hold `ids[..end]` of prompt `ids` (`end` short of its end): keeps
+    /// what generation on the whole prompt would keep ([`Session::reuse_prefix`], a rolling
+    /// state rewound as it would be) and runs the rest up to `end` as one step without reading
+    /// logits. Returns how many tokens were kept — on a request's first piece, what generation
+    /// would report as reused. A long prompt run this way in pieces can report progress between
+    /// them; generation on the whole prompt then runs only what follows.
+    pub async fn prefill_to(&mut self, dev: &B, model: &Model<B>, ids: &[u32], end: usize) -> Result<usize> {
+        if end == 0 || end >= ids.len() {
+            return Err(ModelError::Config(format!("a prefill to {end} of {} tokens must leave the last ones to generate from", ids.len())));
+        }
+        let held = self.reuse_prefix(ids);
+        if held < end {
+            self.step(dev, model, &ids[held..end], false).await?;
+        }
+        Ok(held)
+    }
+
     /// `tokens` ran at the next positions.
     fn commit(&mut self, tokens: &[u32]) {
         self.state.rolling.advance(self.position(), tokens.len());

@@ -543,3 +543,37 @@ fn logprobs_match_transformers_log_softmax() {
         }
     }
 }
+
+/// A prompt run into the session in pieces (`Session::prefill_to`, what a caller showing
+/// prefill progress does) and then generated from gives transformers' greedy tokens, and the
+/// generation reuses every piece: an attention family, and Mamba2's rolling state. A piece that
+/// would leave nothing to generate from is refused.
+fn check_prefill_in_pieces<B: Backend>(dev: &B, arch: &str) {
+    let (model, reference) = load_fixture(dev, arch, Source::Gguf, None);
+    for case in reference["cases"].as_array().unwrap() {
+        let (prompt, want) = (ids(&case["input_ids"]), ids(&case["generated_ids"]));
+        let mut session = Session::new(dev, &model).unwrap();
+        let mut held = 0;
+        for end in (2..prompt.len() - 1).step_by(2) {
+            assert_eq!(pollster::block_on(session.prefill_to(dev, &model, &prompt, end)).unwrap(), held);
+            held = end;
+        }
+        assert!(pollster::block_on(session.prefill_to(dev, &model, &prompt, prompt.len())).is_err());
+        // A piece it holds already runs nothing and reports all it holds of the prompt.
+        assert_eq!(pollster::block_on(session.prefill_to(dev, &model, &prompt, 2)).unwrap(), held);
+        let opts = GenerateOptions { max_new_tokens: want.len(), stop_tokens: model.config.eos_token_ids.clone(), ..Default::default() };
+        let got = pollster::block_on(generate(dev, &model, &mut session, &prompt, &opts, |_, _| true)).unwrap();
+        assert_eq!(got.reused_tokens, held, "{arch}: the pieces are reused");
+        assert_eq!(got.generated_ids, want, "{arch} on {}", dev.kind().name());
+    }
+}
+
+#[test]
+fn prefill_in_pieces_then_generate() {
+    for arch in ["qwen2", "mamba2"] {
+        check_prefill_in_pieces(dev(), arch);
+        if on_cpu_too() {
+            check_prefill_in_pieces(cpu(), arch);
+        }
+    }
+}

@@ -289,6 +289,10 @@ impl Runner {
     async fn embed(&self, inputs: &[Vec<u32>], spec: &EmbeddingSpec) -> Result<Vec<Vec<f32>>, JsValue> {
         on_backend!(self, b => b.embed(inputs, spec).await)
     }
+
+    async fn prefill_to(&self, ids: &[u32], end: usize) -> Result<usize, JsValue> {
+        on_backend!(self, b => b.prefill_to(ids, end).await)
+    }
 }
 
 impl<B: Backend> OnBackend<B> {
@@ -309,6 +313,12 @@ impl<B: Backend> OnBackend<B> {
             out.push(embed(&self.dev, &self.model, session, ids, spec).await.map_err(js_err)?);
         }
         Ok(out)
+    }
+
+    async fn prefill_to(&self, ids: &[u32], end: usize) -> Result<usize, JsValue> {
+        let mut slot = self.session()?;
+        let session = slot.as_mut().expect("made above");
+        session.prefill_to(&self.dev, &self.model, ids, end).await.map_err(js_err)
     }
 
     async fn generate(
@@ -624,6 +634,17 @@ impl EmberModel {
     #[wasm_bindgen(getter, js_name = weightBytes)]
     pub fn weight_bytes(&self) -> f64 {
         self.runner.weight_bytes() as f64
+    }
+
+    /// Runs `promptIds[..end]` into the conversation's cache (keeping what it already holds):
+    /// a long prompt in pieces, so that progress can be shown between them; `generate` on the
+    /// whole prompt then runs only the rest. Resolves to how many tokens were already held.
+    #[wasm_bindgen(js_name = prefillTo)]
+    pub async fn prefill_to(&self, prompt_ids: Vec<u32>, end: usize) -> Result<usize, JsValue> {
+        if prompt_ids.len() > self.runner.context() {
+            return Err(js_err(format!("the prompt is {} tokens but the context holds {}", prompt_ids.len(), self.runner.context())));
+        }
+        self.runner.prefill_to(&prompt_ids, end).await
     }
 
     /// Generates after `promptIds`; `onToken(id, textPiece, logprob)` is called per token
