@@ -488,12 +488,16 @@ test('with the model server down, a reload loads the last model used from the ca
   await page.waitForSelector('body[data-state="ready"]', { timeout: 120_000 });
 });
 
-test('offline, the service worker serves the page and the cached model still runs', async () => {
+test('offline, the service worker serves the page, the conversation comes back and the cached model still runs', async () => {
   await page.evaluate(() => navigator.serviceWorker.ready);
+  const before = await page.locator('.msg .body').allTextContents();
+  assert.ok(before.includes('Still there?'), 'the last test left a conversation');
   await context.setOffline(true);
   try {
     await open();
     assert.match(await page.title(), /emberlm/);
+    await page.waitForFunction((n) => document.querySelectorAll('.msg').length === n, before.length);
+    assert.deepEqual(await page.locator('.msg .body').allTextContents(), before);
     await loadTiny();
     await setting('max-tokens', '4');
     await send('Offline?');
