@@ -217,6 +217,7 @@ async function refreshChats() {
 /** Opens or closes the conversation drawer; the keyboard focus goes into it, and back. */
 function toggleChats(open = ui.chats.hidden) {
   ui.chats.hidden = !open;
+  document.body.classList.toggle('chats-open', open);
   $('toggle-chats').setAttribute('aria-expanded', String(open));
   if (open) {
     refreshChats();

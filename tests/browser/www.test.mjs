@@ -277,6 +277,9 @@ test('conversations are kept: a reload restores the one on screen; the list open
   await page.waitForFunction((n) => document.querySelectorAll('.msg').length === n, before.length);
   assert.deepEqual(await texts(), before);
   await page.screenshot({ path: join(shots, 'chats-desktop.png') });
+  // On a wide screen the list sits beside the chat instead of over it.
+  const right = await page.evaluate(() => document.getElementById('chats').getBoundingClientRect().right);
+  assert.ok((await page.evaluate(() => document.getElementById('chat').getBoundingClientRect().left)) >= right - 1);
   // Deleting the conversation on screen leaves the welcome screen and the others.
   await page.click('#chat-list li.current .delete');
   await page.waitForFunction((n) => document.querySelectorAll('#chat-list li').length === n, listed);
