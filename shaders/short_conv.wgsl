@@ -32,6 +32,8 @@ struct Params {
 @group(0) @binding(5) var<storage, read> bias: array<f32>;
 #endif
 
+#include "lib/activation.wgsl"
+
 const NONE: u32 = 0xffffffffu;
 const MAX_KERNEL: u32 = 8u;
 
@@ -81,7 +83,7 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec
             acc += w[j] * win[j];
         }
 #if SILU
-        out[t * ch + c] = acc / (1.0 + exp(-acc));
+        out[t * ch + c] = silu(acc);
 #else
         out[t * ch + c] = input[row + ch + c] * acc;
 #endif

@@ -1,5 +1,7 @@
 // Shared by the ssm_scan kernels: the step parameters, the per-head values and the time step.
 
+#include "lib/activation.wgsl"
+
 struct Params {
     tokens: u32,
     heads: u32,
@@ -43,10 +45,6 @@ fn time_step(raw: f32, h: u32) -> f32 {
         dt = select(log(w) * u / (w - 1.0), u, w == 1.0);
     }
     return clamp(dt, params.dt_min, params.dt_max);
-}
-
-fn silu(v: f32) -> f32 {
-    return v / (1.0 + exp(-v));
 }
 
 // Row layout of the convolution's output: [x (heads·head_dim) | B (groups·state) | C (groups·state)].
