@@ -36,33 +36,28 @@ pub fn rms_norm(
     eps: f32,
     weight_offset: f32,
 ) -> Result<OpId> {
-    const OP: &str = "rms_norm";
-    let cols = weight.numel();
-    expect_f32(OP, "weight", weight, cols)?;
-    expect_f32(OP, "input", x, rows * cols)?;
-    expect_f32(OP, "output", out, rows * cols)?;
-    if let Some((r, _)) = residual {
-        expect_f32(OP, "residual", r, rows * cols)?;
-    }
-    let params = RmsNormParams {
-        cols: u32_of(OP, "cols", cols)?,
-        rows: u32_of(OP, "rows", rows)?,
-        eps,
-        weight_offset,
-        groups: 1,
-        residual_scale: residual.map_or(1.0, |r| r.1),
-        _pad: [0; 2],
-    };
-    let variant = Variant::default().flag_if(residual.is_some(), "RESIDUAL").with("WG", WG_ROW);
-    let storage =
-        vec![Some(Binding::tensor(x)?), Some(Binding::tensor(out)?), Some(Binding::tensor(weight)?), residual.map(|r| Binding::tensor(r.0)).transpose()?];
-    let grid = plan.grid(params.rows);
-    plan.dispatch("rms_norm", key("rms_norm", variant), &params, storage, grid)
+    norm_rows(plan, x, weight, residual, out, rows, 1, eps, weight_offset)
 }
 
 /// `x`, `out`: [rows, width]; `weight`: width, in `groups` equal parts: each row's parts are
 /// normalised apart, part g with weight part g (Mamba2's gated norm after its gate).
 pub fn group_rms_norm(plan: &mut Plan, x: &Tensor, weight: &Tensor, out: &Tensor, rows: usize, groups: usize, eps: f32) -> Result<OpId> {
+    norm_rows(plan, x, weight, None, out, rows, groups, eps, 0.0)
+}
+
+/// Both of the above: `rows` rows of `weight.numel()` values, each split into `groups`.
+#[allow(clippy::too_many_arguments)]
+fn norm_rows(
+    plan: &mut Plan,
+    x: &Tensor,
+    weight: &Tensor,
+    residual: Option<(&Tensor, f32)>,
+    out: &Tensor,
+    rows: usize,
+    groups: usize,
+    eps: f32,
+    weight_offset: f32,
+) -> Result<OpId> {
     const OP: &str = "rms_norm";
     let width = weight.numel();
     if groups == 0 || width % groups != 0 {
@@ -71,17 +66,21 @@ pub fn group_rms_norm(plan: &mut Plan, x: &Tensor, weight: &Tensor, out: &Tensor
     expect_f32(OP, "weight", weight, width)?;
     expect_f32(OP, "input", x, rows * width)?;
     expect_f32(OP, "output", out, rows * width)?;
+    if let Some((r, _)) = residual {
+        expect_f32(OP, "residual", r, rows * width)?;
+    }
     let params = RmsNormParams {
         cols: u32_of(OP, "cols", width / groups)?,
         rows: u32_of(OP, "rows", rows * groups)?,
         eps,
-        weight_offset: 0.0,
+        weight_offset,
         groups: u32_of(OP, "groups", groups)?,
-        residual_scale: 1.0,
+        residual_scale: residual.map_or(1.0, |r| r.1),
         _pad: [0; 2],
     };
-    let variant = Variant::default().with("WG", WG_ROW);
-    let storage = vec![Some(Binding::tensor(x)?), Some(Binding::tensor(out)?), Some(Binding::tensor(weight)?), None];
+    let variant = Variant::default().flag_if(residual.is_some(), "RESIDUAL").with("WG", WG_ROW);
+    let storage =
+        vec![Some(Binding::tensor(x)?), Some(Binding::tensor(out)?), Some(Binding::tensor(weight)?), residual.map(|r| Binding::tensor(r.0)).transpose()?];
     let grid = plan.grid(params.rows);
     plan.dispatch(OP, key(OP, variant), &params, storage, grid)
 }
