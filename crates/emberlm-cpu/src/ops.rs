@@ -355,7 +355,7 @@ pub fn gated_activation(gate_up: &CpuTensor, out: &CpuTensor, rows: usize, inter
             let u = &gu[row * 2 * inter + inter + col..][..n];
             let o = &mut part[i - start..][..n];
             match act {
-                Activation::Silu => o.iter_mut().zip(g).zip(u).for_each(|((o, &g), &u)| *o = g / (1.0 + math::exp(-g)) * u),
+                Activation::Silu => o.iter_mut().zip(g).zip(u).for_each(|((o, &g), &u)| *o = math::silu(g) * u),
                 Activation::GeluTanh => {
                     o.iter_mut().zip(g).zip(u).for_each(|((o, &g), &u)| *o = 0.5 * g * (1.0 + math::tanh(0.797_884_6 * (g + 0.044715 * g * g * g))) * u)
                 }
@@ -448,11 +448,12 @@ pub fn ssm_scan(xbc: &CpuTensor, proj: &CpuTensor, head_params: &CpuTensor, stat
                 let g = h / (hs / p.groups);
                 let (a, d) = (hp[h], hp[hs + h]);
                 let mut s = src.map_or(vec![0.0; per_head], |src| src[h * per_head..][..per_head].to_vec());
+                // Kept only for a checkpoint slot (a prefill), not on every decode step.
                 let mut before_last = Vec::new();
                 let mut out = vec![0f32; p.tokens * pd];
                 let mut y = vec![0f32; pd];
                 for t in 0..p.tokens {
-                    if t + 1 == p.tokens {
+                    if t + 1 == p.tokens && p.snap_slot.is_some() {
                         before_last = s.clone();
                     }
                     let (row, prow) = (&x[t * xs..][..xs], &pr[t * p.proj_stride..][..p.proj_stride]);
