@@ -346,6 +346,12 @@ impl ModelConfig {
         self.ssm.as_ref().filter(|_| self.layer_kinds.contains(&LayerKind::Ssm))
     }
 
+    /// Mamba2's mixer sizes, for code that has an SSM layer in hand (an error if the config
+    /// lacks them: `check` refuses that, but the fields are public).
+    pub fn ssm_sizes(&self) -> Result<&SsmConfig> {
+        self.ssm.as_ref().ok_or_else(|| ModelError::Config("SSM layers without SSM sizes".into()))
+    }
+
     fn check(self) -> Result<Self> {
         let bad = |m: String| Err(ModelError::Config(m));
         if self.layer_kinds.len() != self.layers {
@@ -364,6 +370,9 @@ impl ModelConfig {
             if !(self.rope.theta > 0.0) {
                 return bad(format!("rope theta {} must be positive", self.rope.theta));
             }
+            if !self.attn_scale.is_finite() {
+                return bad(format!("the attention scale {} is not a finite number", self.attn_scale));
+            }
         }
         let ffn = if self.arch.has_ffn() { self.ffn } else { 1 };
         for (what, v) in [("hidden size", self.hidden), ("layer count", self.layers), ("intermediate size", ffn), ("vocab size", self.vocab)] {
@@ -374,8 +383,8 @@ impl ModelConfig {
         if !(self.rms_eps > 0.0) {
             return bad(format!("rms eps {} must be positive", self.rms_eps));
         }
-        for (what, v) in [("embedding", self.embed_scale), ("residual", self.residual_scale), ("logit", self.logit_scale), ("attention", self.attn_scale)] {
-            if !v.is_finite() && (what != "attention" || self.has_attention_layers()) {
+        for (what, v) in [("embedding", self.embed_scale), ("residual", self.residual_scale), ("logit", self.logit_scale)] {
+            if !v.is_finite() {
                 return bad(format!("the {what} scale {v} is not a finite number"));
             }
         }
@@ -384,7 +393,7 @@ impl ModelConfig {
             return bad(format!("a short convolution over {} positions is not supported (2 to {})", self.conv_kernel, emberlm_core::ops::MAX_CONV_KERNEL));
         }
         if self.layer_kinds.contains(&LayerKind::Ssm) {
-            self.ssm.as_ref().ok_or_else(|| ModelError::Config("SSM layers without SSM sizes".into()))?.check()?;
+            self.ssm_sizes()?.check()?;
         }
         Ok(self)
     }
@@ -846,11 +855,17 @@ fn lfm2_ffn(c: &Json, need: &dyn Fn(&str) -> Result<usize>) -> Result<usize> {
 mod tests {
     use super::*;
 
-    fn hf(model_type: &str, extra: Json) -> ModelConfig {
-        let mut c = serde_json::json!({"model_type": model_type, "hidden_size": 64, "num_attention_heads": 4, "num_hidden_layers": 7,
-            "intermediate_size": 128, "vocab_size": 512, "sliding_window": 8});
+    /// `base`'s config with `extra`'s keys set over it, parsed.
+    fn with_keys(base: &Json, extra: Json) -> Result<ModelConfig> {
+        let mut c = base.clone();
         c.as_object_mut().unwrap().extend(extra.as_object().unwrap().clone());
-        ModelConfig::from_hf(&c, None).unwrap()
+        ModelConfig::from_hf(&c, None)
+    }
+
+    fn hf(model_type: &str, extra: Json) -> ModelConfig {
+        let base = serde_json::json!({"model_type": model_type, "hidden_size": 64, "num_attention_heads": 4, "num_hidden_layers": 7,
+            "intermediate_size": 128, "vocab_size": 512, "sliding_window": 8});
+        with_keys(&base, extra).unwrap()
     }
 
     /// Hub configs written before transformers 5 list no `layer_types`: the per-architecture
@@ -903,12 +918,9 @@ mod tests {
         assert_eq!(ffn(serde_json::json!({"intermediate_size": 200, "block_ffn_dim_multiplier": 1.0, "block_multiple_of": 32})), 160);
         assert_eq!(ffn(serde_json::json!({"intermediate_size": 200, "block_ffn_dim_multiplier": null})), 133, "no multiplier: no rounding");
         assert_eq!(ffn(serde_json::json!({"intermediate_size": 200, "block_auto_adjust_ff_dim": false})), 200);
-        let bad = |extra: Json| {
-            let mut c = serde_json::json!({"model_type": "lfm2", "hidden_size": 64, "num_attention_heads": 4, "num_hidden_layers": 2,
-                "intermediate_size": 128, "vocab_size": 512});
-            c.as_object_mut().unwrap().extend(extra.as_object().unwrap().clone());
-            ModelConfig::from_hf(&c, None).unwrap_err().to_string()
-        };
+        let lfm2 = serde_json::json!({"model_type": "lfm2", "hidden_size": 64, "num_attention_heads": 4, "num_hidden_layers": 2,
+            "intermediate_size": 128, "vocab_size": 512});
+        let bad = |extra: Json| with_keys(&lfm2, extra).unwrap_err().to_string();
         assert!(bad(serde_json::json!({"layer_types": ["conv", "mamba"]})).contains("not supported"));
         assert!(bad(serde_json::json!({"layer_types": ["conv"]})).contains("1 layer_types for 2 layers"));
         assert!(bad(serde_json::json!({"layer_types": ["conv", "conv"], "conv_L_cache": 99})).contains("99 positions"));
@@ -933,11 +945,7 @@ mod tests {
         let s = c.ssm.unwrap();
         assert_eq!((s.inner(), s.conv_channels(), s.proj_width(), s.dt_min, s.dt_max), (128, 192, 328, 0.001, f32::MAX));
         assert!(parse_json(r#"{"a": Infinityx}"#).is_err(), "only the bare literal");
-        let bad = |extra: Json| {
-            let mut c = json.clone();
-            c.as_object_mut().unwrap().extend(extra.as_object().unwrap().clone());
-            ModelConfig::from_hf(&c, None).unwrap_err().to_string()
-        };
+        let bad = |extra: Json| with_keys(&json, extra).unwrap_err().to_string();
         assert!(bad(serde_json::json!({"n_groups": 3})).contains("do not split into 3 groups"));
         assert!(bad(serde_json::json!({"n_groups": 0})).contains("groups"));
         assert!(bad(serde_json::json!({"head_dim": 100000})).contains("head_dim"));
@@ -960,11 +968,7 @@ mod tests {
             "num_local_experts": 0, "layer_types": ["mamba", "attention", "mamba", "mamba"], "embedding_multiplier": 12.0,
             "residual_multiplier": 0.22, "attention_multiplier": 0.015625, "logits_scaling": 8.0, "position_embedding_type": "nope",
             "mamba_n_heads": 8, "mamba_d_head": "auto", "mamba_d_state": 16, "mamba_n_groups": 1, "mamba_d_conv": 4, "mamba_expand": 2});
-        let with = |extra: Json| {
-            let mut c = base.clone();
-            c.as_object_mut().unwrap().extend(extra.as_object().unwrap().clone());
-            ModelConfig::from_hf(&c, None)
-        };
+        let with = |extra: Json| with_keys(&base, extra);
         let c = with(serde_json::json!({})).unwrap();
         use LayerKind::{Attention as A, Ssm as S};
         assert_eq!(c.layer_kinds, [S, A, S, S]);

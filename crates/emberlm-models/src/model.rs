@@ -456,7 +456,7 @@ impl<B: Backend> Model<B> {
                     }
                 }
                 LayerKind::Ssm => {
-                    let s = c.ssm_layers().ok_or_else(|| ModelError::Config("SSM layers without SSM sizes".into()))?;
+                    let s = c.ssm_sizes()?;
                     let channels = s.conv_channels();
                     ld.expect_shape(&n("ssm_conv1d.weight"), channels, c.conv_kernel)?;
                     Mixer::Ssm {
@@ -575,7 +575,7 @@ impl<B: Backend> GenerationState<B> {
                     }
                     LayerKind::ShortConv => LayerState::Conv { slots: dev.activation(&format!("conv state {i}"), &[conv_state_len(c, c.hidden)])? },
                     LayerKind::Ssm => {
-                        let s = c.ssm_layers().ok_or_else(|| ModelError::Config("SSM layers without SSM sizes".into()))?;
+                        let s = c.ssm_sizes()?;
                         LayerState::Ssm {
                             conv: dev.activation(&format!("ssm conv state {i}"), &[conv_state_len(c, s.conv_channels())])?,
                             scan: dev.activation(&format!("ssm scan state {i}"), &[ssm_state_len(s)])?,
@@ -1009,7 +1009,7 @@ impl<B: Backend> Session<B> {
                     project(plan, conv_out, out_proj, &ws.out, c.hidden)?;
                 }
                 (Mixer::Ssm { in_proj, conv, conv_bias, head_params, norm, out_proj }, LayerState::Ssm { conv: conv_state, scan }) => {
-                    let (s, sw) = (c.ssm_layers().expect("checked at load"), ws.ssm.as_ref().expect("ssm buffers"));
+                    let (s, sw) = (c.ssm_sizes()?, ws.ssm.as_ref().expect("ssm buffers"));
                     project(plan, &ws.normed, in_proj, &sw.proj, s.proj_width())?;
                     let conv_params = ShortConvParams {
                         tokens: t,
