@@ -91,18 +91,26 @@ function selectedModel() {
   return { id: rest.join(':'), hub: where === 'local' ? state.config.localHub : undefined };
 }
 
-/** Empties the conversation (a new chat): the welcome screen again. */
-function newConversation() {
-  state.messages = [];
-  state.conversation = null;
-  state.skip = 0;
+/** Puts conversation `c` on screen, its messages and how many the model skips; none: a new chat (the welcome screen). */
+function showConversation(c) {
+  state.conversation = c;
+  state.messages = c?.messages ?? [];
+  state.skip = c?.skip ?? 0;
   state.used = 0;
   showContextUse();
-  localStorage.removeItem('emberlm.conversation');
+  if (c) localStorage.setItem('emberlm.conversation', c.id);
+  else localStorage.removeItem('emberlm.conversation');
   ui.chat.replaceChildren(ui.welcome);
-  ui.welcome.hidden = false;
-  showCard();
+  ui.welcome.hidden = Boolean(c);
+  state.messages.forEach((m, i) => finishBubble(bubble(m.role, shown(m.content, m.format === 'json')), i, i === state.messages.length - 1));
+  markTrimmed();
+  if (!c) showCard();
   refreshChats();
+}
+
+/** Empties the conversation (a new chat): the welcome screen again. */
+function newConversation() {
+  showConversation(null);
 }
 
 /** Stores the conversation on screen (from its first message on). */
@@ -126,17 +134,7 @@ async function openConversation(id) {
   const c = await store.loadConversation(id).catch(() => undefined);
   if (!c) return false;
   state.abort?.abort();
-  state.conversation = c;
-  state.messages = c.messages;
-  state.skip = c.skip ?? 0;
-  state.used = 0;
-  showContextUse();
-  localStorage.setItem('emberlm.conversation', id);
-  ui.chat.replaceChildren(ui.welcome);
-  ui.welcome.hidden = true;
-  state.messages.forEach((m, i) => finishBubble(bubble(m.role, shown(m.content, m.format === 'json')), i, i === state.messages.length - 1));
-  markTrimmed();
-  refreshChats();
+  showConversation(c);
   return true;
 }
 
@@ -172,7 +170,8 @@ async function refreshChats() {
       const title = store.titleOf(c);
       const open = smallButton(title, 'open', async () => {
         await openConversation(c.id);
-        if (matchMedia('(max-width: 520px)').matches) toggleChats(false);
+        // Out of the way where it covers the chat (style.css: beside it from 1000px).
+        if (!matchMedia('(min-width: 1000px)').matches) toggleChats(false);
       });
       open.title = `${c.model ?? ''} · ${new Date(c.updated).toLocaleString()}`;
       const rename = smallButton('Rename', 'rename', () => {
@@ -180,9 +179,10 @@ async function refreshChats() {
         input.setAttribute('aria-label', 'New name');
         const done = async (keep) => {
           if (keep && input.value.trim()) {
-            Object.assign(c, { title: input.value.trim(), renamed: true });
-            if (c.id === state.conversation?.id) Object.assign(state.conversation, { title: c.title, renamed: true });
-            await store.saveConversation(c);
+            // The one on screen is stored from its live copy (the listed one may lag a reply behind).
+            const target = c.id === state.conversation?.id ? state.conversation : c;
+            Object.assign(target, { title: input.value.trim(), renamed: true });
+            await store.saveConversation(target);
           }
           refreshChats();
         };
