@@ -10,12 +10,25 @@
 // GATED (`gated_matvec`): W is fused [gate | up] (2·rows rows) and y[row] = act(gate·x) ·
 // (up·x), the decode step's MLP input in one dispatch: each thread's four rows are two gate
 // rows and the up rows that pair with them, so no gate|up vector is written or read back.
+// EXPERTS (ops/moe.rs): W stacks a mixture's experts, `rows` rows each, and `route` holds each
+// token's top_k expert ids and weights (moe_route.wgsl), so only the chosen experts' rows are
+// read, without the choice coming back to the CPU. A chunk holds experts
+// expert_first..expert_end; picks outside it are skipped (another chunk's dispatch takes them).
+// - with GATED (`expert_gated_matvec`): workgroup z is one (token, pick) slot; each expert's rows
+//   are its [gate | up]; y[slot] = weight · act(gate·x[token]) · (up·x[token]) (+ biases).
+// - alone (`expert_matvec`, the down projection): workgroup z is one token; y[token] = the sum
+//   over its picks of W_e · x[slot] (+ weight · bias_e), so the picks meet without another pass;
+//   with ACCUMULATE (a later chunk) it adds to y.
 struct Params {
     k: u32,          // row length (multiple of 8)
-    rows: u32,       // rows in this chunk (GATED: outputs; W has twice as many rows)
+    rows: u32,       // rows in this chunk (GATED: outputs; W has twice as many rows); EXPERTS: per expert
     row_offset: u32, // W row (and bias index) of this chunk's first row
     y_offset: u32,   // where W's row 0 goes in y (q, k, v into one fused row)
     x_offset: u32,   // first x element, in vec4s (the last row of a [T, k] activation)
+    top_k: u32,      // EXPERTS: picks per token
+    expert_first: u32, // EXPERTS: this chunk's experts
+    expert_end: u32,
+    slot0: u32,      // EXPERTS: the slot (GATED) or token workgroup z = 0 stands for
     _pad0: u32,
     _pad1: u32,
     _pad2: u32,
@@ -30,6 +43,9 @@ struct Params {
 #endif
 #if BIAS
 @group(0) @binding(5) var<storage, read> bias: array<f32>;
+#endif
+#if EXPERTS
+@group(0) @binding(6) var<storage, read> route: array<u32>;
 #endif
 
 #include "lib/weights.wgsl"
@@ -54,14 +70,7 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec
     if (row0 >= params.rows) {
         return; // whole workgroup: uniform
     }
-    let octets = params.k / 8u;
     let lane = lid / TPR; // this thread's rows: row0 + lane + rb · LANES
-    // Named accumulators, unrolled over the RB = 4 rows: an array indexed in a loop stays in
-    // memory on software adapters (SwiftShader, lavapipe), named ones stay in registers.
-    var acc0 = 0.0;
-    var acc1 = 0.0;
-    var acc2 = 0.0;
-    var acc3 = 0.0;
     // The thread's rows, clamped (past the end: computed, never stored).
     let last = params.rows - 1u;
 #if GATED
@@ -71,37 +80,98 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec
 #else
     let rows = min(vec4<u32>(row0 + lane) + vec4<u32>(0u, 1u, 2u, 3u) * LANES, vec4<u32>(last));
 #endif
+#if EXPERTS && GATED
+    let slot = params.slot0 + wid.z;
+    let token = slot / params.top_k;
+    let pick = route_base(token) + slot % params.top_k;
+    let expert = route[pick];
+    if (expert < params.expert_first || expert >= params.expert_end) {
+        return; // uniform: one slot per workgroup
+    }
+    let expert_row = (expert - params.expert_first) * 2u * params.rows;
+    let acc = dot_rows(rows + vec4<u32>(expert_row), token * params.k / 4u, lid);
+#endif
+#if EXPERTS && !GATED
+    let token = params.slot0 + wid.z;
+    var acc = vec4<f32>(0.0);
+    for (var j = 0u; j < params.top_k; j++) {
+        let expert = route[route_base(token) + j];
+        if (expert >= params.expert_first && expert < params.expert_end) {
+            let expert_row = (expert - params.expert_first) * params.rows;
+            acc += dot_rows(rows + vec4<u32>(expert_row), (token * params.top_k + j) * params.k / 4u, lid);
+        }
+    }
+#endif
+#if !EXPERTS
+    let acc = dot_rows(rows, params.x_offset, lid);
+#endif
+    partial[lid][0] = acc.x;
+    partial[lid][1] = acc.y;
+    partial[lid][2] = acc.z;
+    partial[lid][3] = acc.w;
+    workgroupBarrier();
+    // Thread i < ROWS finishes output row0 + i = row0 + lane' + slot · LANES.
+    if (lid < ROWS && row0 + lid < params.rows) {
+        let first = (lid % LANES) * TPR;
+        let rb = lid / LANES;
+        let r = row0 + lid;
+#if EXPERTS && GATED
+        // Bias rows: the expert's [gate | up] biases, 2·rows per expert.
+        let b = expert * 2u * params.rows + r;
+        let gate = partial_sum(first, 2u * rb) + bias_of(b);
+        let up = partial_sum(first, 2u * rb + 1u) + bias_of(b + params.rows);
+        y[slot * params.rows + r] = bitcast<f32>(route[pick + params.top_k]) * activation(gate) * up;
+#endif
+#if EXPERTS && !GATED
+        var total = partial_sum(first, rb);
+#if BIAS
+        // The expert biases, weighted as their outputs were (x was scaled by the weights).
+        for (var j = 0u; j < params.top_k; j++) {
+            let expert = route[route_base(token) + j];
+            if (expert >= params.expert_first && expert < params.expert_end) {
+                total += bitcast<f32>(route[route_base(token) + params.top_k + j]) * bias[expert * params.rows + r];
+            }
+        }
+#endif
+#if ACCUMULATE
+        total += y[token * params.rows + r];
+#endif
+        y[token * params.rows + r] = total;
+#endif
+#if GATED && !EXPERTS
+        // One chunk holds all the rows (row_offset 0): gate row r pairs with up row rows + r.
+        let gate = partial_sum(first, 2u * rb) + bias_of(r);
+        let up = partial_sum(first, 2u * rb + 1u) + bias_of(params.rows + r);
+        y[params.y_offset + r] = activation(gate) * up;
+#endif
+#if !GATED && !EXPERTS
+        let row = params.row_offset + r;
+        y[params.y_offset + row] = partial_sum(first, rb) + bias_of(row);
+#endif
+    }
+}
+
+// The four rows' dot products with x from vec4 `xo` on, over this thread's octets. Named
+// accumulators: an array indexed in a loop stays in memory on software adapters (SwiftShader,
+// lavapipe), named ones stay in registers.
+fn dot_rows(rows: vec4<u32>, xo: u32, lid: u32) -> vec4<f32> {
+    var acc0 = 0.0;
+    var acc1 = 0.0;
+    var acc2 = 0.0;
+    var acc3 = 0.0;
+    let octets = params.k / 8u;
     for (var o = lid % TPR; o < octets; o += TPR) {
-        let xa = x[params.x_offset + 2u * o];
-        let xb = x[params.x_offset + 2u * o + 1u];
+        let xa = x[xo + 2u * o];
+        let xb = x[xo + 2u * o + 1u];
         acc0 += row_dot(rows.x, o, xa, xb);
         acc1 += row_dot(rows.y, o, xa, xb);
         acc2 += row_dot(rows.z, o, xa, xb);
         acc3 += row_dot(rows.w, o, xa, xb);
     }
-    partial[lid][0] = acc0;
-    partial[lid][1] = acc1;
-    partial[lid][2] = acc2;
-    partial[lid][3] = acc3;
-    workgroupBarrier();
-    // Thread i < ROWS finishes output row0 + i = row0 + lane' + slot · LANES.
-    if (lid < ROWS && row0 + lid < params.rows) {
-        let first = (lid % LANES) * TPR;
-        let slot = lid / LANES;
-#if GATED
-        // One chunk holds all the rows (row_offset 0): gate row r pairs with up row rows + r.
-        let r = row0 + lid;
-        let gate = partial_sum(first, 2u * slot) + bias_of(r);
-        let up = partial_sum(first, 2u * slot + 1u) + bias_of(params.rows + r);
-        y[params.y_offset + r] = activation(gate) * up;
-#else
-        let r = params.row_offset + row0 + lid;
-        y[params.y_offset + r] = partial_sum(first, slot) + bias_of(r);
-#endif
-    }
+    return vec4<f32>(acc0, acc1, acc2, acc3);
 }
 
-// Row slot `rb`'s sum over the TPR threads from `first`.
+// Row rb's sum over the TPR threads from `first`.
 fn partial_sum(first: u32, rb: u32) -> f32 {
     var total = 0.0;
     for (var t = 0u; t < TPR; t++) {
@@ -117,6 +187,13 @@ fn bias_of(r: u32) -> f32 {
     return 0.0;
 #endif
 }
+
+#if EXPERTS
+// Where token t's picks start in `route`: top_k ids, then top_k weights.
+fn route_base(t: u32) -> u32 {
+    return t * 2u * params.top_k;
+}
+#endif
 
 // One octet of a row's dot product.
 fn row_dot(row: u32, o: u32, xa: vec4<f32>, xb: vec4<f32>) -> f32 {

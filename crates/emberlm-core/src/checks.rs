@@ -607,6 +607,105 @@ pub async fn check_ssm_scan(dev: &GpuDevice, case: SsmCase, seed: u64) -> Result
     Ok(compare(name, &got, &want_all, |i| if i < n_out { per_term * mag[i].max(1e-3) } else { state_tol }))
 }
 
+#[derive(Debug, Clone, Copy)]
+pub struct MoeCase {
+    pub tokens: usize,
+    pub experts: usize,
+    pub top_k: usize,
+    pub hidden: usize,
+    pub inter: usize,
+    pub dtype: DType,
+    pub normalize: bool,
+    pub bias: bool,
+    /// Experts per weight chunk (a binding limit forced low), `None` for one chunk.
+    pub experts_per_chunk: Option<usize>,
+}
+
+/// A mixture-of-experts MLP: `moe_route` on random router logits (ids exact, weights within
+/// 8·experts·U relative: a softmax), then `expert_gated_matvec` and `expert_matvec` over the
+/// route against `reference::moe_mlp`. Tolerance per output: the two chained dot products'
+/// bound, (hidden + inter + 16)·U times the output's magnitude with the activation's error
+/// carried through: Σ_picks w·Σ_i |down_i|·(1.2·|u_i|·|gate|_i + |act(g_i)|·|up|_i).
+pub async fn check_moe(dev: &GpuDevice, case: MoeCase, seed: u64) -> Result<CheckResult> {
+    let MoeCase { tokens, experts, top_k, hidden, inter, dtype, normalize, bias, experts_per_chunk } = case;
+    let hidden = hidden.next_multiple_of(dtype.k_multiple());
+    let inter = inter.next_multiple_of(dtype.k_multiple());
+    let mut rng = Rng::new(seed);
+    let logits_host = rng.vec(tokens * experts, -2.0, 2.0);
+    let x_host = rng.vec(tokens * hidden, -1.0, 1.0);
+    let gate_up = PackedMatrix::pack(dtype, experts * 2 * inter, hidden, &rng.vec(experts * 2 * inter * hidden, -0.5, 0.5));
+    let down = PackedMatrix::pack(dtype, experts * hidden, inter, &rng.vec(experts * hidden * inter, -0.5, 0.5));
+    let (bias_gu, bias_down) = (rng.vec(experts * 2 * inter, -0.5, 0.5), rng.vec(experts * hidden, -0.5, 0.5));
+    let weight = |name: &str, rows: usize, k: usize, packed: &PackedMatrix| -> Result<Tensor> {
+        let t = match experts_per_chunk {
+            Some(per) => Tensor::new_weight_limited(dev, name, &[experts, rows, k], dtype, per as u64 * rows as u64 * (dtype.qs_row_bytes(k)))?,
+            None => Tensor::new_weight(dev, name, &[experts, rows, k], dtype)?,
+        };
+        t.write_rows(dev, 0, packed.qs_bytes(), packed.scale_bytes())?;
+        Ok(t)
+    };
+    let gate_up_t = weight("gate|up experts", 2 * inter, hidden, &gate_up)?;
+    let down_t = weight("down experts", hidden, inter, &down)?;
+    let logits = Tensor::from_f32(dev, "router logits", &[tokens, experts], &logits_host)?;
+    let x = Tensor::from_f32(dev, "x", &[tokens, hidden], &x_host)?;
+    let p = ops::MoeRouteParams { tokens, experts, top_k, normalize };
+    let route = Tensor::new_zeroed(dev, "route", &[p.route_len()], DType::F32)?;
+    let act = Tensor::new_zeroed(dev, "expert activations", &[tokens * top_k, inter], DType::F32)?;
+    let y = Tensor::new_zeroed(dev, "y", &[tokens, hidden], DType::F32)?;
+    let b_gu = Tensor::from_f32(dev, "gate|up biases", &[experts * 2 * inter], &bias_gu)?;
+    let b_down = Tensor::from_f32(dev, "down biases", &[experts * hidden], &bias_down)?;
+    let mut plan = Plan::new(dev);
+    ops::moe_route(&mut plan, &logits, &route, &p)?;
+    ops::expert_gated_matvec(&mut plan, &gate_up_t, &x, &route, bias.then_some(&b_gu), &act, tokens, top_k, Activation::Silu)?;
+    ops::expert_matvec(&mut plan, &down_t, &act, &route, bias.then_some(&b_down), &y, tokens, top_k)?;
+    run(plan).await?;
+    let name = format!(
+        "moe {} t={tokens} {top_k} of {experts} {hidden}x{inter}{}{}, {} chunks",
+        dtype.name(),
+        if normalize { " normalized" } else { "" },
+        if bias { " +bias" } else { "" },
+        gate_up_t.chunks.len()
+    );
+    let routes = reference::moe_route(&logits_host, experts, top_k, normalize);
+    let got_route = route.read_u32(dev).await?;
+    for (t, picks) in routes.iter().enumerate() {
+        for (j, &(e, w)) in picks.iter().enumerate() {
+            let (got_e, got_w) = (got_route[t * 2 * top_k + j], f32::from_bits(got_route[t * 2 * top_k + top_k + j]));
+            if got_e != e || (got_w as f64 - w).abs() > 8.0 * experts as f64 * U * w {
+                return Ok(exact(name, false, format!("token {t} pick {j}: gpu expert {got_e} weight {got_w}, reference {e} {w}")));
+            }
+        }
+    }
+    let (gu, dn) = (gate_up.dequantize(), down.dequantize());
+    let (mut want, mut tol) = (Vec::new(), Vec::new());
+    for (t, picks) in routes.iter().enumerate() {
+        let xt = &x_host[t * hidden..(t + 1) * hidden];
+        let (out, mag) = reference::moe_mlp(xt, picks, &gu, &dn, bias.then_some((&bias_gu[..], &bias_down[..])), inter, hidden, Activation::Silu);
+        // The activation's error carried through the down projection.
+        let mut carried = vec![0f64; hidden];
+        for &(e, w) in picks {
+            let e = e as usize;
+            let rows = &gu[e * 2 * inter * hidden..(e + 1) * 2 * inter * hidden];
+            let proj = reference::matvec(rows, xt, None, 2 * inter);
+            let size = reference::abs_dot(rows, xt, 2 * inter);
+            for r in 0..hidden {
+                let row = &dn[(e * hidden + r) * inter..(e * hidden + r + 1) * inter];
+                carried[r] += w
+                    * (0..inter)
+                        .map(|i| {
+                            row[i].abs() as f64
+                                * (1.2 * proj[inter + i].abs() * size[i] + reference::activation(Activation::Silu, proj[i]).abs() * size[inter + i])
+                        })
+                        .sum::<f64>();
+            }
+        }
+        tol.extend(mag.iter().zip(&carried).map(|(m, c)| (hidden + inter + 16) as f64 * U * (m + c) + 1e-7));
+        want.extend(out);
+    }
+    let got = y.read_f32(dev).await?;
+    Ok(compare(name, &got, &want, |i| tol[i]))
+}
+
 /// The suite the browser runs: every kernel and weight format once, at odd sizes.
 pub async fn run_suite(dev: &GpuDevice) -> Vec<(String, Result<CheckResult>)> {
     let mut results = Vec::new();
@@ -654,5 +753,9 @@ pub async fn run_suite(dev: &GpuDevice) -> Vec<(String, Result<CheckResult>)> {
     check!("softmax", check_softmax(dev, 2, 1001, 0.7, 81));
     check!("argmax", check_argmax(dev, 1001, 91));
     check!("top_k", check_top_k(dev, 1001, 40, 92));
+    let moe = MoeCase { tokens: 1, experts: 8, top_k: 2, hidden: 64, inter: 40, dtype: DType::Q4, normalize: true, bias: false, experts_per_chunk: None };
+    check!("moe decode", check_moe(dev, moe, 101));
+    let prefill = MoeCase { tokens: 7, experts: 6, top_k: 3, dtype: DType::Q4K, normalize: false, bias: true, experts_per_chunk: Some(4), ..moe };
+    check!("moe prefill, biases, two chunks", check_moe(dev, prefill, 102));
     results
 }

@@ -255,3 +255,54 @@ pub fn ssm_scan(xbc: &[f32], proj: &[f32], head_params: &[f32], state: Option<&[
     }
     [out, mag, s, before_last]
 }
+
+/// A mixture-of-experts router over [tokens, experts] logits: per token, the `picks_per_token` experts by
+/// logit (ties to the lower index, NaN never picked) and their weights — the softmax over all
+/// experts at the picks, divided by the picks' sum when `normalize`.
+pub fn moe_route(logits: &[f32], experts: usize, picks_per_token: usize, normalize: bool) -> Vec<Vec<(u32, f64)>> {
+    logits
+        .chunks(experts)
+        .map(|row| {
+            let top = row.iter().filter(|v| !v.is_nan()).fold(f64::NEG_INFINITY, |m, &v| m.max(v as f64));
+            let total: f64 = row.iter().map(|&v| (v as f64 - top).exp()).filter(|v| !v.is_nan()).sum();
+            let picks = top_k(row, picks_per_token);
+            let picked: f64 = picks.iter().map(|&(_, v)| (v as f64 - top).exp()).sum();
+            let denominator = if normalize { picked } else { total };
+            picks.into_iter().map(|(e, v)| (e, (v as f64 - top).exp() / denominator)).collect()
+        })
+        .collect()
+}
+
+/// A mixture's MLP for one token `x` (k values) given its picks `(expert, weight)`: the sum of
+/// weight · down_e · (act(gate_e·x + bg) · (up_e·x + bu)) + weight · bd_e, with `gate_up`
+/// `[experts, 2·inter, k]` (gate rows, then up rows, per expert), `down` `[experts, n, inter]`
+/// and biases `[experts, rows]`. Also returns each output's magnitude: its terms' absolute sum.
+#[allow(clippy::too_many_arguments)]
+pub fn moe_mlp(
+    x: &[f32],
+    picks: &[(u32, f64)],
+    gate_up: &[f32],
+    down: &[f32],
+    biases: Option<(&[f32], &[f32])>,
+    inter: usize,
+    n: usize,
+    act: Activation,
+) -> (Vec<f64>, Vec<f64>) {
+    let k = x.len();
+    let (mut out, mut mag) = (vec![0f64; n], vec![0f64; n]);
+    for &(e, w) in picks {
+        let e = e as usize;
+        let gu = &gate_up[e * 2 * inter * k..(e + 1) * 2 * inter * k];
+        let bias_gu = biases.map(|(b, _)| &b[e * 2 * inter..(e + 1) * 2 * inter]);
+        let proj = matvec(gu, x, bias_gu, 2 * inter);
+        let hidden: Vec<f64> = (0..inter).map(|i| w * activation(act, proj[i]) * proj[inter + i]).collect();
+        let dn = &down[e * n * inter..(e + 1) * n * inter];
+        for r in 0..n {
+            let row = &dn[r * inter..(r + 1) * inter];
+            let bias = biases.map_or(0.0, |(_, b)| w * b[e * n + r] as f64);
+            out[r] += row.iter().zip(&hidden).map(|(&a, &h)| a as f64 * h).sum::<f64>() + bias;
+            mag[r] += row.iter().zip(&hidden).map(|(&a, &h)| (a as f64 * h).abs()).sum::<f64>() + bias.abs();
+        }
+    }
+    (out, mag)
+}

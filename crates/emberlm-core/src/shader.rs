@@ -1,5 +1,6 @@
 //! WGSL sources (one kernel per file in `shaders/`, embedded at compile time) and the small
-//! preprocessor that makes their variants: `#if FLAG` / `#else` / `#endif` blocks,
+//! preprocessor that makes their variants: `#if FLAG` / `#else` / `#endif` blocks (a condition
+//! may join flags with `&&` and negate them with `!`),
 //! `#include "lib/..."` of shared helpers, and `const NAME: u32` values injected after the
 //! `enable` directives. A kernel's file name is its op name: `matvec` is `shaders/matvec.wgsl`.
 
@@ -33,6 +34,7 @@ shaders!(
     "logit_softcap",
     "argmax",
     "top_k",
+    "moe_route",
 );
 
 /// Helper files shared by several kernels (not kernels themselves), pulled in by `#include`.
@@ -96,6 +98,17 @@ pub fn preprocess(source: &str, variant: &Variant) -> Result<String, String> {
     Ok(out)
 }
 
+/// An `#if` condition: flags joined by `&&`, each optionally negated with `!`.
+fn condition(expr: &str, variant: &Variant) -> bool {
+    expr.split("&&").all(|term| {
+        let term = term.trim();
+        match term.strip_prefix('!') {
+            Some(flag) => !variant.has(flag.trim()),
+            None => variant.has(term),
+        }
+    })
+}
+
 fn expand(source: &str, variant: &Variant, enables: &mut String, body: &mut String, depth: usize) -> Result<(), String> {
     if depth > 4 {
         return Err("#include nested too deeply".into());
@@ -107,7 +120,7 @@ fn expand(source: &str, variant: &Variant, enables: &mut String, body: &mut Stri
         let trimmed = line.trim_start();
         if let Some(flag) = trimmed.strip_prefix("#if ") {
             let parent = active(&stack);
-            stack.push((variant.has(flag.trim()), parent));
+            stack.push((condition(flag, variant), parent));
         } else if trimmed.starts_with("#else") {
             let Some(top) = stack.last_mut() else {
                 return Err(format!("line {}: #else without #if", n + 1));
@@ -149,6 +162,10 @@ mod tests {
         let off = preprocess(src, &Variant::default().flag("C")).unwrap();
         assert_eq!(off, "fn f() {\n  b();\n  c();\n}\n");
         assert!(preprocess("#if A\n", &Variant::default()).is_err());
+        let both = "#if A && !B\nx\n#endif\n";
+        assert!(preprocess(both, &Variant::default().flag("A")).unwrap().contains('x'));
+        assert!(!preprocess(both, &Variant::default().flag("A").flag("B")).unwrap().contains('x'));
+        assert!(!preprocess(both, &Variant::default()).unwrap().contains('x'));
         assert!(preprocess("#endif\n", &Variant::default()).is_err());
     }
 

@@ -78,6 +78,13 @@ impl Tensor {
     /// A zeroed weight matrix, split into row chunks so each segment fits one binding; the
     /// weight kernels dispatch once per chunk.
     pub fn new_weight(dev: &GpuDevice, name: &str, shape: &[usize], dtype: DType) -> Result<Self> {
+        Self::new_weight_limited(dev, name, shape, dtype, dev.caps.max_storage_binding)
+    }
+
+    /// As [`Tensor::new_weight`] with chunks of at most `limit` value bytes (the checks force
+    /// small chunks to exercise the per-chunk dispatches; at most the device's binding limit).
+    pub fn new_weight_limited(dev: &GpuDevice, name: &str, shape: &[usize], dtype: DType, limit: u64) -> Result<Self> {
+        let limit = limit.min(dev.caps.max_storage_binding);
         let (rows, k) = Self::rows_k(shape);
         if k % dtype.k_multiple() != 0 {
             return Err(Error::Shape {
@@ -87,13 +94,14 @@ impl Tensor {
         }
         let qs_row = dtype.qs_row_bytes(k);
         let sc_row = dtype.scale_row_bytes(k);
-        let limit = dev.caps.max_storage_binding;
-        // One row must fit one binding; beyond that we split.
-        let rows_per_chunk = if qs_row == 0 { rows.max(1) } else { (limit / qs_row) as usize };
+        // One row must fit one binding; beyond that we split. A 3-D weight ([experts, rows, k])
+        // splits only between experts, so that each expert's rows share one binding.
+        let unit = if shape.len() == 3 { shape[1].max(1) } else { 1 };
+        let rows_per_chunk = if qs_row == 0 { rows.max(1) } else { (limit / qs_row) as usize / unit * unit };
         if rows_per_chunk == 0 {
             return Err(Error::LimitExceeded {
-                what: format!("one row of tensor `{name}` ({} × {k})", dtype.name()),
-                needed: qs_row,
+                what: format!("{} of tensor `{name}` ({} × {k})", if unit > 1 { "one expert" } else { "one row" }, dtype.name()),
+                needed: qs_row * unit as u64,
                 limit,
                 limit_name: "maxStorageBufferBindingSize",
             });

@@ -5,7 +5,7 @@
 
 use std::sync::OnceLock;
 
-use emberlm_core::checks::{self, AttentionCase, CheckResult, RopeCase};
+use emberlm_core::checks::{self, AttentionCase, CheckResult, MoeCase, RopeCase};
 use emberlm_core::ops::{self, Activation, RopeLayout};
 use emberlm_core::{DType, DeviceOptions, Error, GpuDevice, PackedMatrix, Plan, Tensor};
 
@@ -235,6 +235,64 @@ fn softmax_argmax_top_k() {
     for (cols, k) in [(1001, 1), (1001, 40), (10, 16)] {
         assert_pass(pollster::block_on(checks::check_top_k(dev(), cols, k, k as u64)));
     }
+}
+
+#[test]
+fn mixture_of_experts_every_dtype_decode_prefill_and_chunks() {
+    for (i, dtype) in DTYPES.into_iter().enumerate() {
+        let case = MoeCase { tokens: 1, experts: 8, top_k: 2, hidden: 64, inter: 48, dtype, normalize: i % 2 == 0, bias: i % 3 == 0, experts_per_chunk: None };
+        assert_pass(pollster::block_on(checks::check_moe(dev(), case, 200 + i as u64)));
+        let prefill = MoeCase { tokens: 9, experts: 5, top_k: 4, normalize: i % 2 == 1, bias: i % 3 != 0, ..case };
+        assert_pass(pollster::block_on(checks::check_moe(dev(), prefill, 210 + i as u64)));
+        // One and two experts per binding: every pick's expert in another chunk.
+        for per in [1, 2] {
+            let chunked = MoeCase { experts_per_chunk: Some(per), ..prefill };
+            assert_pass(pollster::block_on(checks::check_moe(dev(), chunked, 220 + i as u64)));
+        }
+    }
+    // Qwen3-MoE's shape of router: 128 experts, 8 picks, a prompt's worth of tokens.
+    let wide = MoeCase { tokens: 33, experts: 128, top_k: 8, hidden: 64, inter: 32, dtype: DType::Q8, normalize: true, bias: false, experts_per_chunk: None };
+    assert_pass(pollster::block_on(checks::check_moe(dev(), wide, 230)));
+}
+
+/// Router logits that are NaN pick nothing: the expert kernels skip the missing picks (no
+/// out-of-range read) and the token's output is zero; other tokens are unaffected.
+#[test]
+fn mixture_of_experts_with_nan_router_logits_picks_nothing() {
+    let d = dev();
+    let (experts, top_k, hidden, inter) = (4, 2, 16, 8);
+    let mut logits = vec![0.5f32, 2.0, -1.0, 1.0];
+    logits.extend([f32::NAN, f32::NAN, 3.0, f32::NAN]); // one candidate for two picks
+    let ones = |n: usize| vec![0.25f32; n];
+    let gate_up = Tensor::from_packed(
+        d,
+        "gate|up",
+        &[experts, 2 * inter, hidden],
+        &PackedMatrix::pack(DType::F32, experts * 2 * inter, hidden, &ones(experts * 2 * inter * hidden)),
+    )
+    .unwrap();
+    let down =
+        Tensor::from_packed(d, "down", &[experts, hidden, inter], &PackedMatrix::pack(DType::F32, experts * hidden, inter, &ones(experts * hidden * inter)))
+            .unwrap();
+    let logits_t = Tensor::from_f32(d, "logits", &[2, experts], &logits).unwrap();
+    let x = Tensor::from_f32(d, "x", &[2, hidden], &vec![1.0; 2 * hidden]).unwrap();
+    let p = ops::MoeRouteParams { tokens: 2, experts, top_k, normalize: true };
+    let route = Tensor::new_zeroed(d, "route", &[p.route_len()], DType::F32).unwrap();
+    let act = Tensor::new_zeroed(d, "act", &[2 * top_k, inter], DType::F32).unwrap();
+    let y = Tensor::new_zeroed(d, "y", &[2, hidden], DType::F32).unwrap();
+    let mut plan = Plan::new(d);
+    ops::moe_route(&mut plan, &logits_t, &route, &p).unwrap();
+    ops::expert_gated_matvec(&mut plan, &gate_up, &x, &route, None, &act, 2, top_k, Activation::Silu).unwrap();
+    ops::expert_matvec(&mut plan, &down, &act, &route, None, &y, 2, top_k).unwrap();
+    plan.finish().unwrap().run(d).unwrap();
+    let r = pollster::block_on(route.read_u32(d)).unwrap();
+    assert_eq!((r[0], r[1]), (1, 3), "token 0 picks its two largest logits");
+    assert_eq!((r[4], r[5]), (2, u32::MAX), "token 1 has one candidate; the second pick is NONE");
+    assert_eq!(f32::from_bits(r[6]), 1.0, "the one pick takes the whole weight");
+    let y = pollster::block_on(y.read_f32(d)).unwrap();
+    // gate = up = 0.25·16 = 4 per row; silu(4)·4·weight; down sums 8 of them ·0.25.
+    let per_expert = 4.0 / (1.0 + (-4.0f32).exp()) * 4.0 * 0.25 * inter as f32;
+    assert!(y.iter().all(|v| (v - per_expert).abs() < 1e-3), "{y:?}");
 }
 
 #[test]

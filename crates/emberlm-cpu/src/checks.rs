@@ -5,12 +5,12 @@
 //! where they run. Bound for dot products: |got − want| ≤ 1e-5 · Σ|w·x| + 1e-6 (f32
 //! rounding over the sum); other ops 1e-6 absolute on O(1) values.
 
-use emberlm_core::ops::{Activation, AttentionParams, ConvStyle, RopeLayout, ShortConvParams, SsmScanParams};
+use emberlm_core::ops::{Activation, AttentionParams, ConvStyle, MoeRouteParams, RopeLayout, ShortConvParams, SsmScanParams};
 use emberlm_core::{reference, DType, PackedMatrix};
 
 use crate::int8::{Activations, Int8Activations};
 use crate::matvec::RowKernels;
-use crate::{ops, CpuTensor};
+use crate::{moe, ops, CpuTensor};
 
 /// A check's outcome: the first mismatch (or op error), named.
 pub type Check = Result<(), Box<dyn std::error::Error>>;
@@ -26,7 +26,7 @@ macro_rules! ensure {
 /// Every check, by name, once per set of row kernels this CPU can run (AVX-512, AVX2,
 /// simd128, portable), each named by its level.
 pub fn run_all() -> Vec<(String, Check)> {
-    let checks: [(&str, fn() -> Check); 8] = [
+    let checks: [(&str, fn() -> Check); 9] = [
         ("matvec and matmul, every dtype, odd sizes", matvec_and_matmul_every_dtype_odd_sizes),
         ("matvec and matmul with 8-bit activations (Q4, Q8)", matvec_and_matmul_with_8_bit_activations),
         ("embedding rows of every dtype", embedding_rows_decode_exactly),
@@ -35,6 +35,7 @@ pub fn run_all() -> Vec<(String, Check)> {
         ("short_conv: prefill, decode, checkpoint, from zeros", short_conv_with_state_slots),
         ("ssm_scan: prefill, decode, checkpoint, groups", ssm_scan_with_state_slots),
         ("rms_norm in groups", group_rms_norm_parts),
+        ("mixture of experts: route, decode, prefill, biases, every dtype", mixture_of_experts),
     ];
     let mut out = Vec::new();
     #[cfg(all(target_arch = "wasm32", target_feature = "simd128"))]
@@ -359,4 +360,58 @@ pub fn group_rms_norm_parts() -> Check {
         .collect();
     let got = out.f32s().to_vec();
     close("group_rms_norm", &got, &want, &[])
+}
+
+/// `moe_route`, `expert_gated_matvec` and `expert_matvec` against `reference::moe_route` (ids
+/// exact) and `reference::moe_mlp`, one token and a prompt, with and without biases and
+/// renormalised weights; the scale is each output's magnitude (its terms' absolute sum).
+pub fn mixture_of_experts() -> Check {
+    let mut rng = Rng(17);
+    for (i, dtype) in DType::ALL.into_iter().enumerate() {
+        let (experts, top_k, hidden, inter) = (6, 2 + i % 2, 64usize.next_multiple_of(dtype.k_multiple()), 40usize.next_multiple_of(dtype.k_multiple()));
+        for tokens in [1, 7] {
+            let (normalize, bias) = ((i + tokens) % 2 == 0, i % 3 != 1);
+            let p = MoeRouteParams { tokens, experts, top_k, normalize };
+            let logits = rng.vec(tokens * experts);
+            let x = rng.vec(tokens * hidden);
+            let gate_up = PackedMatrix::pack(dtype, experts * 2 * inter, hidden, &rng.vec(experts * 2 * inter * hidden));
+            let down = PackedMatrix::pack(dtype, experts * hidden, inter, &rng.vec(experts * hidden * inter));
+            let (b_gu, b_down) = (rng.vec(experts * 2 * inter), rng.vec(experts * hidden));
+            let weight = |name: &str, rows: usize, k: usize, packed: &PackedMatrix| -> Result<CpuTensor, Box<dyn std::error::Error>> {
+                let t = CpuTensor::zeroed(name, &[experts, rows, k], dtype)?;
+                t.write_rows(0, packed)?;
+                Ok(t)
+            };
+            let (gate_up_t, down_t) = (weight("gate|up", 2 * inter, hidden, &gate_up)?, weight("down", hidden, inter, &down)?);
+            let route = CpuTensor::zeroed("route", &[p.route_len()], DType::F32)?;
+            let act = CpuTensor::zeroed("act", &[tokens * top_k, inter], DType::F32)?;
+            let y = CpuTensor::zeroed("y", &[tokens, hidden], DType::F32)?;
+            let b_gu_t = CpuTensor::from_f32("gate|up bias", &[b_gu.len()], &b_gu)?;
+            let b_down_t = CpuTensor::from_f32("down bias", &[b_down.len()], &b_down)?;
+            moe::moe_route(&CpuTensor::from_f32("logits", &[tokens, experts], &logits)?, &route, &p)?;
+            let x_t = CpuTensor::from_f32("x", &[tokens, hidden], &x)?;
+            moe::expert_gated_matvec(&gate_up_t, &x_t, &route, bias.then_some(&b_gu_t), &act, tokens, top_k, Activation::Silu, Activations::Exact)?;
+            moe::expert_matvec(&down_t, &act, &route, bias.then_some(&b_down_t), &y, tokens, top_k, Activations::Exact)?;
+            let routes = reference::moe_route(&logits, experts, top_k, normalize);
+            let got_route = route.words().to_vec();
+            let (gu, dn) = (gate_up.dequantize(), down.dequantize());
+            let (mut want, mut scale) = (Vec::new(), Vec::new());
+            for (t, picks) in routes.iter().enumerate() {
+                for (j, &(e, w)) in picks.iter().enumerate() {
+                    let (got_e, got_w) = (got_route[t * 2 * top_k + j], f32::from_bits(got_route[t * 2 * top_k + top_k + j]));
+                    ensure!(
+                        got_e == e && (got_w as f64 - w).abs() <= 1e-6,
+                        "{} token {t} pick {j}: expert {got_e} weight {got_w}, reference {e} {w}",
+                        dtype.name()
+                    );
+                }
+                let biases = bias.then_some((&b_gu[..], &b_down[..]));
+                let (out, mag) = reference::moe_mlp(&x[t * hidden..(t + 1) * hidden], picks, &gu, &dn, biases, inter, hidden, Activation::Silu);
+                want.extend(out);
+                scale.extend(mag);
+            }
+            close(&format!("moe {} tokens={tokens}", dtype.name()), &y.f32s(), &want, &scale)?;
+        }
+    }
+    Ok(())
 }

@@ -24,6 +24,7 @@ pub mod checks;
 pub mod int8;
 pub mod math;
 pub mod matvec;
+pub mod moe;
 pub mod ops;
 pub mod parallel;
 pub mod pool;

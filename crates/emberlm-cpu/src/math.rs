@@ -37,6 +37,21 @@ pub fn silu(x: f32) -> f32 {
     x / (1.0 + exp(-x))
 }
 
+/// GELU with the tanh approximation (gelu_pytorch_tanh), with [`tanh`].
+#[inline(always)]
+pub fn gelu_tanh(x: f32) -> f32 {
+    0.5 * x * (1.0 + tanh(0.797_884_6 * (x + 0.044715 * x * x * x)))
+}
+
+/// The MLP's gate activation.
+#[inline(always)]
+pub fn activation(act: emberlm_core::ops::Activation, x: f32) -> f32 {
+    match act {
+        emberlm_core::ops::Activation::Silu => silu(x),
+        emberlm_core::ops::Activation::GeluTanh => gelu_tanh(x),
+    }
+}
+
 /// ln(1 + e^x) as torch has it (x itself past 20); `ln_1p` keeps the digits when e^x is tiny.
 #[inline(always)]
 pub fn softplus(x: f32) -> f32 {

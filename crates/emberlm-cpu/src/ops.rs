@@ -356,9 +356,7 @@ pub fn gated_activation(gate_up: &CpuTensor, out: &CpuTensor, rows: usize, inter
             let o = &mut part[i - start..][..n];
             match act {
                 Activation::Silu => o.iter_mut().zip(g).zip(u).for_each(|((o, &g), &u)| *o = math::silu(g) * u),
-                Activation::GeluTanh => {
-                    o.iter_mut().zip(g).zip(u).for_each(|((o, &g), &u)| *o = 0.5 * g * (1.0 + math::tanh(0.797_884_6 * (g + 0.044715 * g * g * g))) * u)
-                }
+                Activation::GeluTanh => o.iter_mut().zip(g).zip(u).for_each(|((o, &g), &u)| *o = math::gelu_tanh(g) * u),
             }
             i += n;
         }

@@ -9,11 +9,11 @@ use crate::plan::{Binding, OpId, Plan};
 use crate::tensor::{Tensor, TensorChunk};
 
 /// Rows each thread works on (RB in shaders/matvec.wgsl), reusing its x loads across them.
-const ROWS_PER_THREAD: u32 = 4;
+pub(crate) const ROWS_PER_THREAD: u32 = 4;
 
 /// Threads sharing one row (TPR): enough that no thread walks more than ~16 octets, at least 8
 /// so a row's threads read 32 contiguous bytes, at most the workgroup.
-fn threads_per_row(k: usize) -> u32 {
+pub(crate) fn threads_per_row(k: usize) -> u32 {
     ((k / 8).div_ceil(16) as u32).next_power_of_two().clamp(8, WG)
 }
 
@@ -25,6 +25,11 @@ pub struct MatvecParams {
     pub row_offset: u32,
     pub y_offset: u32,
     pub x_offset: u32,
+    /// The EXPERTS variants' fields (ops/moe.rs); zero elsewhere.
+    pub top_k: u32,
+    pub expert_first: u32,
+    pub expert_end: u32,
+    pub slot0: u32,
     pub _pad: [u32; 3],
 }
 
@@ -58,7 +63,7 @@ pub fn matvec_into(plan: &mut Plan, w: &Tensor, x: &Tensor, x_row: usize, bias: 
             row_offset: chunk.rows.start as u32,
             y_offset: u32_of(OP, "y_offset", y_offset)?,
             x_offset: u32_of(OP, "x_offset", x_row * k / 4)?,
-            _pad: [0; 3],
+            ..Zeroable::zeroed()
         };
         let storage = bindings(x, y, w, chunk, bias)?;
         let grid = plan.grid(rows.div_ceil(rows_per_workgroup));
@@ -68,7 +73,7 @@ pub fn matvec_into(plan: &mut Plan, w: &Tensor, x: &Tensor, x_row: usize, bias: 
 }
 
 /// The kernel's storage bindings, in `shaders/matvec.wgsl`'s order.
-fn bindings(x: &Tensor, y: &Tensor, w: &Tensor, chunk: &TensorChunk, bias: Option<&Tensor>) -> Result<Vec<Option<Binding>>> {
+pub(crate) fn bindings(x: &Tensor, y: &Tensor, w: &Tensor, chunk: &TensorChunk, bias: Option<&Tensor>) -> Result<Vec<Option<Binding>>> {
     Ok(vec![
         Some(Binding::tensor(x)?),
         Some(Binding::tensor(y)?),
@@ -114,7 +119,7 @@ pub fn gated_matvec(plan: &mut Plan, w: &Tensor, x: &Tensor, x_row: usize, bias:
         row_offset: 0,
         y_offset: 0,
         x_offset: u32_of(OP, "x_offset", x_row * k / 4)?,
-        _pad: [0; 3],
+        ..Zeroable::zeroed()
     };
     let storage = bindings(x, out, w, chunk, bias)?;
     let grid = plan.grid(params.rows.div_ceil(outputs_per_workgroup));
