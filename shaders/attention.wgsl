@@ -3,7 +3,9 @@
 // the keys over many workgroups (flash-decoding) and `attention_reduce` merges the partials.
 // Grouped-query: query head h reads kv head h / (hq / hkv). Keys j are visible to the query
 // at absolute position p when j <= p and, with a sliding window w > 0, p - j < w.
-// Optional tanh soft-capping of the scores (Gemma 2).
+// Optional tanh soft-capping of the scores (Gemma 2). SINKS (GPT-OSS): each head's softmax also
+// counts a learned logit that weighs no value, added where the sum is finished (here, or in
+// attention_reduce for split decoding).
 
 struct Params {
     tokens: u32,
@@ -26,6 +28,9 @@ struct Params {
 @group(0) @binding(3) var<storage, read> v_cache: array<f32>; // [hkv, s_max, d]
 // PARTIAL: [tokens, hq, n_splits, d + 2] = (m, l, acc[d]); else [tokens, hq, d].
 @group(0) @binding(4) var<storage, read_write> out: array<f32>;
+#if SINKS && !PARTIAL
+@group(0) @binding(5) var<storage, read> sinks: array<f32>; // [hq]
+#endif
 
 const MAX_D: u32 = 256u;
 const DIMS_PER_THREAD: u32 = MAX_D / WG;
@@ -120,10 +125,18 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec
         }
     }
 #else
+    // out = acc / l, or with a sink s: acc·e^(m−M) / (l·e^(m−M) + e^(s−M)), M = max(m, s).
+    var keep = 1.0;
+    var total = l;
+#if SINKS
+    let top = max(m, sinks[h]);
+    keep = exp(m - top);
+    total = l * keep + exp(sinks[h] - top);
+#endif
     for (var c = 0u; c < DIMS_PER_THREAD; c++) {
         let i = lid + c * WG;
         if (i < d) {
-            out[(t * params.hq + h) * d + i] = acc[c] / l;
+            out[(t * params.hq + h) * d + i] = acc[c] * keep / total;
         }
     }
 #endif

@@ -6,7 +6,8 @@
 // the weighted sum of values. Grouped-query: query head h reads kv head h / (hq / hkv). Key j is
 // visible to the query at absolute position p when j <= p and, with a window w > 0, p - j < w;
 // BIDIRECTIONAL (embedding models): every key of the input, within w / 2 either side.
-// Optional tanh soft-capping of the scores (Gemma 2). Single-token decode uses `attention`.
+// Optional tanh soft-capping of the scores (Gemma 2); SINKS: each head's learned logit joins
+// the softmax's sum (GPT-OSS). Single-token decode uses `attention`.
 
 struct Params {
     tokens: u32,
@@ -28,6 +29,9 @@ struct Params {
 @group(0) @binding(2) var<storage, read> k_cache: array<f32>; // [hkv, s_max, d]
 @group(0) @binding(3) var<storage, read> v_cache: array<f32>; // [hkv, s_max, d]
 @group(0) @binding(4) var<storage, read_write> out: array<f32>; // [tokens, hq, d]
+#if SINKS
+@group(0) @binding(5) var<storage, read> sinks: array<f32>; // [hq]
+#endif
 
 const MAX_D: u32 = 256u;
 const QT: u32 = 8u;  // query tokens per workgroup
@@ -159,10 +163,18 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec
     }
 
     for (var qi = 0u; qi < nq; qi++) {
+        // acc / l, or with a sink s: acc·e^(m−M) / (l·e^(m−M) + e^(s−M)), M = max(m, s).
+        var keep = 1.0;
+        var total = l_s[qi];
+#if SINKS
+        let top = max(m_s[qi], sinks[h]);
+        keep = exp(m_s[qi] - top);
+        total = l_s[qi] * keep + exp(sinks[h] - top);
+#endif
         for (var c = 0u; c < DIMS_PER_THREAD; c++) {
             let i = lid + c * KT;
             if (i < d) {
-                out[((t0 + qi) * params.hq + h) * d + i] = acc[qi][c] / l_s[qi];
+                out[((t0 + qi) * params.hq + h) * d + i] = acc[qi][c] * keep / total;
             }
         }
     }

@@ -7,6 +7,10 @@
 // TM (1, 2 or 4) follows the prompt length so a short prompt does not pad to 32 tokens.
 // The sums live in named variables, not an array indexed in a loop: software adapters keep such
 // an array in memory (SwiftShader ran this kernel 3.4× slower, lavapipe 2×).
+// EXPERTS (`expert_matmul`, a mixture's prefill): W stacks experts of `n` rows each; workgroup z
+// is one expert of this chunk and its tokens are that expert's group of picks (moe_group.wgsl):
+// X row = slot / x_div (the token's row, or the pick's own), Y row = slot. A workgroup past its
+// group's end returns at once, so the grid is sized for the worst case without a read-back.
 
 struct Params {
     m: u32,          // rows of X (tokens)
@@ -15,8 +19,10 @@ struct Params {
     row_offset: u32, // W row (and bias index) of this chunk's first row
     ldy: u32,        // row stride of Y
     y_offset: u32,   // column of Y where W's row 0 goes (q, k, v into one fused row)
+    expert_first: u32, // EXPERTS: this chunk's first expert
+    experts: u32,    // EXPERTS: all experts (where the groups' slots start)
+    x_div: u32,      // EXPERTS: slots per X row (top_k, or 1)
     _pad0: u32,
-    _pad1: u32,
 }
 
 @group(0) @binding(0) var<uniform> params: Params;
@@ -29,8 +35,38 @@ struct Params {
 #if BIAS
 @group(0) @binding(5) var<storage, read> bias: array<f32>;
 #endif
+#if EXPERTS
+@group(0) @binding(6) var<storage, read> groups: array<u32>;
+#endif
 
 #include "lib/weights.wgsl"
+
+// The workgroup's tokens: `tile_m` of them (params.m, or its expert's group size), and for
+// EXPERTS its expert, the group's first slot index and the chunk's first row of the expert.
+var<private> tile_m: u32;
+var<private> expert: u32;
+var<private> group_first: u32;
+var<private> w_row0: u32;
+#if EXPERTS
+var<workgroup> group_range: vec2<u32>;
+#endif
+
+// X row and Y row of the workgroup's token i.
+fn x_row(i: u32) -> u32 {
+#if EXPERTS
+    return groups[params.experts + 1u + group_first + i] / params.x_div;
+#else
+    return i;
+#endif
+}
+
+fn y_row(i: u32) -> u32 {
+#if EXPERTS
+    return groups[params.experts + 1u + group_first + i];
+#else
+    return i;
+#endif
+}
 
 const KSTEP: u32 = 32u;
 const BN: u32 = 64u;      // W rows per workgroup
@@ -47,6 +83,23 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id) loc
     let n0 = wid.x * BN;
     let m0 = wid.y * BM;
     let lid = local.y * 8u + local.x;
+#if EXPERTS
+    expert = params.expert_first + wid.z;
+    // Through workgroup memory, so that the early return is uniform to the compiler too.
+    if (lid == 0u) {
+        group_range = vec2<u32>(groups[expert], groups[expert + 1u]);
+    }
+    let range = workgroupUniformLoad(&group_range);
+    group_first = range.x;
+    tile_m = range.y - range.x;
+    w_row0 = wid.z * params.n;
+    if (m0 >= range.y - range.x) {
+        return; // the expert's group ends before this tile
+    }
+#else
+    tile_m = params.m;
+    w_row0 = 0u;
+#endif
     // Sums for token ty·TM + i, rows 4·tx + (0..3) and 32 + 4·tx + (0..3): r(2i) and r(2i + 1)
     // (the TM < 4 variants leave the later ones unused).
     var r0 = vec4<f32>(0.0);
@@ -64,8 +117,8 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id) loc
             let t = e / 8u;
             let c = (e % 8u) * 4u;
             var v = vec4<f32>(0.0);
-            if (m0 + t < params.m && k0 + c < params.k) {
-                v = x[((m0 + t) * params.k + k0 + c) / 4u];
+            if (m0 + t < tile_m && k0 + c < params.k) {
+                v = x[(x_row(m0 + t) * params.k + k0 + c) / 4u];
             }
             for (var i = 0u; i < 4u; i++) {
                 set_x(c + i, t, v[i]);
@@ -77,7 +130,7 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id) loc
             let c = (e % 4u) * 8u;
             var w = Octet(vec4<f32>(0.0), vec4<f32>(0.0));
             if (n0 + r < params.n && k0 + c < params.k) {
-                w = weight_octet(n0 + r, (k0 + c) / 8u, params.k);
+                w = weight_octet(w_row0 + n0 + r, (k0 + c) / 8u, params.k);
             }
             for (var i = 0u; i < 4u; i++) {
                 w_tile[c + i][r / 4u][r % 4u] = w.lo[i];
@@ -121,20 +174,28 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id) loc
 
 // Token m's sums for rows n..n+3 (lo) and n+32..n+35 (hi).
 fn store_token(m: u32, n: u32, lo: vec4<f32>, hi: vec4<f32>) {
-    if (m >= params.m) {
+    if (m >= tile_m) {
         return;
     }
+    let row = y_row(m);
     for (var j = 0u; j < 4u; j++) {
-        store(m, n + j, lo[j]);
-        store(m, n + 32u + j, hi[j]);
+        store(row, n + j, lo[j]);
+        store(row, n + 32u + j, hi[j]);
     }
 }
 
 fn store(m: u32, n: u32, value: f32) {
     if (n < params.n) {
+#if EXPERTS
+        // Each expert's rows land at columns 0..n; its biases are `n` per expert.
+        let col = n;
+        let b = expert * params.n + n;
+#else
         let col = params.row_offset + n;
+        let b = col;
+#endif
 #if BIAS
-        y[m * params.ldy + params.y_offset + col] = value + bias[col];
+        y[m * params.ldy + params.y_offset + col] = value + bias[b];
 #else
         y[m * params.ldy + params.y_offset + col] = value;
 #endif

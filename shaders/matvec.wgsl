@@ -63,6 +63,9 @@ const ROWS: u32 = RB * LANES; // rows per workgroup
 // The body below is unrolled for RB = 4 rows per thread (ROWS_PER_THREAD in ops/matvec.rs).
 const_assert RB == 4u;
 var<workgroup> partial: array<array<f32, RB>, WG>;
+#if EXPERTS && GATED
+var<workgroup> picked_expert: u32;
+#endif
 
 @compute @workgroup_size(WG)
 fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
@@ -84,9 +87,14 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec
     let slot = params.slot0 + wid.z;
     let token = slot / params.top_k;
     let pick = route_base(token) + slot % params.top_k;
-    let expert = route[pick];
+    // Read through workgroup memory so that the early return is uniform to the compiler too
+    // (a barrier follows; browsers' WGSL compilers reject a return on a storage read there).
+    if (lid == 0u) {
+        picked_expert = route[pick];
+    }
+    let expert = workgroupUniformLoad(&picked_expert);
     if (expert < params.expert_first || expert >= params.expert_end) {
-        return; // uniform: one slot per workgroup
+        return; // one slot per workgroup: its expert is in another chunk, or missing
     }
     let expert_row = (expert - params.expert_first) * 2u * params.rows;
     let acc = dot_rows(rows + vec4<u32>(expert_row), token * params.k / 4u, lid);
@@ -120,7 +128,7 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec
         let b = expert * 2u * params.rows + r;
         let gate = partial_sum(first, 2u * rb) + bias_of(b);
         let up = partial_sum(first, 2u * rb + 1u) + bias_of(b + params.rows);
-        y[slot * params.rows + r] = bitcast<f32>(route[pick + params.top_k]) * activation(gate) * up;
+        y[slot * params.rows + r] = bitcast<f32>(route[pick + params.top_k]) * gated(gate, up);
 #endif
 #if EXPERTS && !GATED
         var total = partial_sum(first, rb);
@@ -142,7 +150,7 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec
         // One chunk holds all the rows (row_offset 0): gate row r pairs with up row rows + r.
         let gate = partial_sum(first, 2u * rb) + bias_of(r);
         let up = partial_sum(first, 2u * rb + 1u) + bias_of(params.rows + r);
-        y[params.y_offset + r] = activation(gate) * up;
+        y[params.y_offset + r] = gated(gate, up);
 #endif
 #if !GATED && !EXPERTS
         let row = params.row_offset + r;

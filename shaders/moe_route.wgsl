@@ -31,13 +31,20 @@ fn main(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) 
     let base = t * params.experts;
     let out = t * 2u * params.top_k;
     // The softmax's denominator over every expert, from the row's largest logit.
+    // NaN logits are left out (max() with a NaN is the adapter's choice: SwiftShader's is NaN).
     var top = -3.0e38;
     for (var e = 0u; e < params.experts; e++) {
-        top = max(top, logits[base + e]);
+        let v = logits[base + e];
+        if (v == v) {
+            top = max(top, v);
+        }
     }
     var total = 0.0;
     for (var e = 0u; e < params.experts; e++) {
-        total += exp(logits[base + e] - top);
+        let v = logits[base + e];
+        if (v == v) {
+            total += exp(v - top);
+        }
     }
     var prev_val = 0.0;
     var prev_idx = NONE;

@@ -1,5 +1,6 @@
 // The gate's activation of a gated MLP (gated_activation, matvec's GATED variant): SiLU, or
-// GELU with the tanh approximation when GELU_TANH (Gemma). `silu` alone serves Mamba2's
+// GELU with the tanh approximation when GELU_TANH (Gemma); `gated(gate, up)` is the MLP's
+// act(gate)·up, or with SWIGLU_OAI GPT-OSS's clamped form. `silu` alone serves Mamba2's
 // convolution and gate (short_conv, ssm_scan).
 
 fn silu(v: f32) -> f32 {
@@ -14,5 +15,17 @@ fn activation(g: f32) -> f32 {
     return g / (1.0 + exp(-2.0 * u));
 #else
     return silu(g);
+#endif
+}
+
+// act(gate) · up; SWIGLU_OAI (GPT-OSS): g = min(gate, limit), u = clamp(up, ±limit),
+// (u + 1) · g · sigmoid(alpha · g), alpha and limit as f32 bits in SWIGLU_ALPHA / SWIGLU_LIMIT.
+fn gated(g: f32, u: f32) -> f32 {
+#if SWIGLU_OAI
+    let limit = bitcast<f32>(SWIGLU_LIMIT);
+    let gc = min(g, limit);
+    return (clamp(u, -limit, limit) + 1.0) * gc / (1.0 + exp(-bitcast<f32>(SWIGLU_ALPHA) * gc));
+#else
+    return activation(g) * u;
 #endif
 }

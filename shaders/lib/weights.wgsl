@@ -45,6 +45,20 @@ fn k_scale_min(h: u32, j: u32) -> vec2<f32> {
 }
 #endif
 
+#if W_MXFP4
+// Four e2m1 codes (sign bit 3; magnitudes 0, 0.5, 1, 1.5, 2, 3, 4, 6) times 2^e, exactly:
+// magnitude = mantissa · 2^(exponent − 2) with an implicit 2 for exponents 1..3, 0.5·m at 0.
+fn e2m1(code: vec4<u32>, e: i32) -> vec4<f32> {
+    let exponent = (code >> vec4<u32>(1u)) & vec4<u32>(3u);
+    let m = vec4<f32>(code & vec4<u32>(1u));
+    let normal = exponent != vec4<u32>(0u);
+    let mantissa = select(m, 2.0 + m, normal);
+    let shift = select(vec4<i32>(-1), vec4<i32>(exponent) - 2, normal) + e;
+    let sign = select(vec4<f32>(1.0), vec4<f32>(-1.0), (code & vec4<u32>(8u)) != vec4<u32>(0u));
+    return sign * ldexp(mantissa, shift);
+}
+#endif
+
 // Octet `o` (weights 8o..8o+7) of row `row` of a [rows, k] matrix.
 fn weight_octet(row: u32, o: u32, k: u32) -> Octet {
 #if W_F32
@@ -73,6 +87,14 @@ fn weight_octet(row: u32, o: u32, k: u32) -> Octet {
     let q = nibbles(w_qs[(row * k) / 8u + o]);
     let sm = unpack2x16float(w_scales[row * (k / 32u) + o / 4u]);
     return Octet(q.lo * sm.x + sm.y, q.hi * sm.x + sm.y);
+#endif
+#if W_MXFP4
+    // e2m1 codes in the Q4 word layout; one e8m0 exponent byte per group of 32 (4 octets).
+    let w = vec4<u32>(w_qs[(row * k) / 8u + o]);
+    let lo = (w >> vec4<u32>(0u, 8u, 16u, 24u)) & vec4<u32>(0xfu);
+    let hi = (w >> vec4<u32>(4u, 12u, 20u, 28u)) & vec4<u32>(0xfu);
+    let e = i32(scale_byte(row * ((k / 32u + 3u) / 4u), o / 4u)) - 127;
+    return Octet(e2m1(lo, e), e2m1(hi, e));
 #endif
     // K formats: super-blocks of 256 weights (32 octets); layouts in dtype.rs.
 #if W_Q4K

@@ -169,16 +169,16 @@ test('multi-turn chat: the next turn prefills only what it adds, a regenerate on
 });
 
 /**
- * A family with rolling states through the npm package: transformers' greedy tokens from its
- * GGUF on the CPU backend (auto) and from its safetensors on WebGPU (SwiftShader); a chat
- * follow-up reuses the conversation (the state at its end, or the checkpoint before the last
+ * A newer family through the npm package: transformers' greedy tokens from its GGUF on the CPU
+ * backend (auto) and from its safetensors on WebGPU (SwiftShader); a chat follow-up reuses the
+ * conversation (for rolling states: the state at its end, or the checkpoint before the last
  * prompt's end), a regenerate all but the last token, and both reply as a fresh engine does.
  */
-async function rollingStateFamily(family) {
+async function familyThroughNpm(family, architecture = family) {
   const ref = reference(family).cases[0];
   const cpu = await loadAndGenerate(`emberlm-test/tiny-${family}-GGUF`, ref.text, ref.generated_ids.length);
   assert.equal(cpu.error, undefined, JSON.stringify(cpu.error));
-  assert.equal(cpu.info.architecture, family);
+  assert.equal(cpu.info.architecture, architecture);
   assert.equal(cpu.info.device.backend, 'cpu');
   assert.deepEqual(cpu.ids, ref.input_ids);
   assert.deepEqual(cpu.tokens, ref.generated_ids);
@@ -194,11 +194,15 @@ async function rollingStateFamily(family) {
 }
 
 // LFM2: short convolutions between attention layers.
-test('worker: LFM2 gives transformers\' tokens on the CPU and WebGPU; a follow-up and a regenerate reuse its rolling state', () => rollingStateFamily('lfm2'));
+test('worker: LFM2 gives transformers\' tokens on the CPU and WebGPU; a follow-up and a regenerate reuse its rolling state', () => familyThroughNpm('lfm2'));
 
 // Mamba2: state-space layers only (a convolution state and a scan state per layer; a WebGPU
 // prefill runs the chunked scan).
-test('worker: Mamba2 gives transformers\' tokens on the CPU and WebGPU; a follow-up and a regenerate reuse its scan state', () => rollingStateFamily('mamba2'));
+test('worker: Mamba2 gives transformers\' tokens on the CPU and WebGPU; a follow-up and a regenerate reuse its scan state', () => familyThroughNpm('mamba2'));
+
+// Qwen3-MoE: a mixture of experts (the router's picks stay on the GPU; the CPU backend groups
+// a prefill's tokens by expert), one dense layer among them.
+test('worker: Qwen3-MoE gives transformers\' tokens on the CPU and WebGPU; a follow-up and a regenerate reuse its KV cache', () => familyThroughNpm('qwen3moe', 'qwen3_moe'));
 
 /**
  * A long prompt with `onPrefill`: read in pieces of 128 tokens, each reported (in order, short of

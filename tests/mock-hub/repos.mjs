@@ -52,6 +52,20 @@ export function fixtureRepos() {
     },
     // Granite-4.0-H's dense hybrid (Mamba2 and attention layers, fixtures/tiny/make_tiny_granitehybrid.py).
     'emberlm-test/tiny-granitehybrid-GGUF': { dir: tiny('granitehybrid'), files: { 'tiny-granitehybrid-F16.gguf': 'model.gguf' } },
+    // Qwen3-MoE (a mixture of experts, fixtures/tiny/make_tiny_moe.py): its GGUF with the experts
+    // stacked as llama.cpp's converter writes them, and the transformers repo (one tensor per expert).
+    'emberlm-test/tiny-qwen3moe-GGUF': { dir: tiny('qwen3moe'), files: { 'tiny-qwen3moe-F16.gguf': 'model.gguf' } },
+    'emberlm-test/tiny-qwen3moe': {
+      dir: tiny('qwen3moe'),
+      files: Object.fromEntries(['config.json', 'generation_config.json', 'tokenizer.json', 'tokenizer_config.json', 'model.safetensors'].map((f) => [f, f])),
+    },
+    // GPT-OSS (sinks, YaRN, MXFP4 experts; fixtures/tiny/make_tiny_gptoss.py): its GGUF, and the
+    // transformers repo with the experts as OpenAI's MXFP4 blocks and scales.
+    'emberlm-test/tiny-gptoss-GGUF': { dir: tiny('gptoss'), files: { 'tiny-gptoss-MXFP4.gguf': 'model.gguf' } },
+    'emberlm-test/tiny-gptoss': {
+      dir: tiny('gptoss'),
+      files: Object.fromEntries(['config.json', 'generation_config.json', 'tokenizer.json', 'tokenizer_config.json', 'model.safetensors'].map((f) => [f, f])),
+    },
     // A transformers repo with sharded safetensors.
     'emberlm-test/tiny-llama': {
       dir: tiny('llama'),

@@ -177,20 +177,21 @@ test('node: SmolLM3 (NoPE layers) gives transformers\' tokens on WebGPU and the 
 });
 
 /**
- * The state-space families in Node, on WebGPU (Dawn) and on the CPU backend: Mamba2 (its layers
- * only) and Granite-4.0-H's hybrid (Mamba2 and attention layers) give transformers' greedy
- * tokens from their GGUF files.
+ * The newer families in Node, on WebGPU (Dawn) and on the CPU backend: Mamba2 (its layers
+ * only), Granite-4.0-H's hybrid (Mamba2 and attention layers), Qwen3-MoE (a mixture of experts)
+ * and GPT-OSS (sinks, YaRN, MXFP4 experts) give transformers' greedy tokens from their GGUF files.
  */
-test('node: Mamba2 and the Granite-4.0-H hybrid give transformers\' tokens on WebGPU and the CPU', async () => {
+test('node: Mamba2, the Granite-4.0-H hybrid, Qwen3-MoE and GPT-OSS give transformers\' tokens on WebGPU and the CPU', async () => {
   const hub = await startMockHub({ repos: fixtureRepos() });
   const cacheDir = mkdtempSync(join(tmpdir(), 'emberlm-ssm-'));
   dirs.push(cacheDir);
   try {
-    for (const family of ['mamba2', 'granitehybrid']) {
+    const architecture = { mamba2: 'mamba2', granitehybrid: 'granitemoehybrid', qwen3moe: 'qwen3_moe', gptoss: 'gpt_oss' };
+    for (const family of Object.keys(architecture)) {
       const want = reference(family).cases[0];
       for (const device of ['webgpu', 'cpu']) {
         const r = await run('node', [hub.url, `emberlm-test/tiny-${family}-GGUF`, cacheDir, device, want.text, String(want.generated_ids.length)], { script: 'greedy.mjs' });
-        assert.equal(r.info.architecture, family === 'granitehybrid' ? 'granitemoehybrid' : family);
+        assert.equal(r.info.architecture, architecture[family]);
         assert.equal(r.info.device.backend, device);
         assert.deepEqual(r.tokens, want.generated_ids, `${family} on ${device}`);
       }

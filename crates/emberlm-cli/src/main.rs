@@ -863,7 +863,17 @@ impl Job for &BenchArgs {
             let bytes = model.decode_weight_bytes();
             let gbs = bytes as f64 * mean_sd(&tg).0 / 1e9;
             let mib = |b: u64| b as f64 / (1 << 20) as f64;
-            print!("decode reads {:.2} MiB of weights per token (of {:.2} MiB loaded): {gbs:.2} GB/s", mib(bytes), mib(model.weight_bytes));
+            let experts = match c.moe {
+                Some(m) => format!(
+                    ", {} of {} experts per token, {:.2} of {:.2} MiB of experts",
+                    m.top_k,
+                    m.experts,
+                    mib(model.expert_bytes / m.experts as u64 * m.top_k as u64),
+                    mib(model.expert_bytes)
+                ),
+                None => String::new(),
+            };
+            print!("decode reads {:.2} MiB of weights per token (of {:.2} MiB loaded{experts}): {gbs:.2} GB/s", mib(bytes), mib(model.weight_bytes));
             match dev.copy_bandwidth() {
                 Some(copy) => println!(", {:.2}x the copy bandwidth ({:.2} GB/s read + write)", gbs * 1e9 / copy, copy / 1e9),
                 None => println!(),

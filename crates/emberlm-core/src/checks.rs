@@ -152,7 +152,9 @@ pub async fn check_gated_matvec(dev: &GpuDevice, dtype: DType, act: Activation, 
         let (g, u) = (gate_up[i], gate_up[inter + i]);
         let bias_of = |r: usize| if bias { b_host[r].abs() as f64 } else { 0.0 };
         let (dg, du) = (dot_tolerance(k, scale[i] + bias_of(i)), dot_tolerance(k, scale[inter + i] + bias_of(inter + i)));
-        1.2 * u.abs() * dg + reference::activation(act, g).abs() * du + 1e-5 * want[i].abs() + 1e-7
+        // GPT-OSS's form multiplies by up + 1 (clamped).
+        let u = if matches!(act, Activation::SwigluOai { .. }) { u.abs() + 1.0 } else { u.abs() };
+        1.2 * u * dg + reference::activation(act, g).abs() * du + 1e-5 * want[i].abs() + 1e-7
     }))
 }
 
@@ -227,6 +229,8 @@ pub struct AttentionCase {
     pub window: usize,
     pub softcap: f32,
     pub causal: bool,
+    /// GPT-OSS's per-head sink logits (random in [-2, 2]).
+    pub sinks: bool,
 }
 
 /// Keys for positions `0..pos0 + tokens` are random; the queries are the last `tokens`.
@@ -234,7 +238,7 @@ pub struct AttentionCase {
 /// by a factor e^δ, and δ ≤ γ_d·Σ|q·k| ≈ 1e-5 here; WGSL's exp is within (3 + 2|x|) ulp
 /// (≈ 1e-5 relative for |x| ≤ 40); the running rescaling adds a few roundings per key block.
 pub async fn check_attention(dev: &GpuDevice, case: AttentionCase, seed: u64) -> Result<CheckResult> {
-    let AttentionCase { tokens, hq, hkv, d, pos0, window, softcap, causal } = case;
+    let AttentionCase { tokens, hq, hkv, d, pos0, window, softcap, causal, sinks } = case;
     let s_max = pos0 + tokens + 3; // spare capacity: the kernel must not read past the length
     let mut rng = Rng::new(seed);
     let q_host = rng.vec(tokens * hq * d, -1.0, 1.0);
@@ -244,17 +248,20 @@ pub async fn check_attention(dev: &GpuDevice, case: AttentionCase, seed: u64) ->
     let kc = Tensor::from_f32(dev, "k cache", &[hkv * s_max * d], &k_host)?;
     let vc = Tensor::from_f32(dev, "v cache", &[hkv * s_max * d], &v_host)?;
     let out = Tensor::new_zeroed(dev, "out", &[tokens, hq * d], DType::F32)?;
+    let sinks_host = rng.vec(hq, -2.0, 2.0);
+    let sinks_t = Tensor::from_f32(dev, "sinks", &[hq], &sinks_host)?;
     let scale = 1.0 / (d as f32).sqrt();
     let params = AttentionParams { tokens, heads_q: hq, heads_kv: hkv, head_dim: d, pos0, window, causal, scale, softcap, q_stride: hq * d };
     let mut plan = Plan::new(dev);
-    let op_count = ops::attention(&mut plan, &q, &kc, &vc, &out, &params)?.len();
+    let op_count = ops::attention_with_sinks(&mut plan, &q, &kc, &vc, sinks.then_some(&sinks_t), &out, &params)?.len();
     run(plan).await?;
     let got = out.read_f32(dev).await?;
     let shape = reference::AttentionShape { tokens, hq, hkv, d, s_max, pos0, window, causal, scale: scale as f64, softcap: softcap as f64, q_stride: hq * d };
-    let want = reference::attention(&q_host, &k_host, &v_host, &shape);
+    let want = reference::attention_with_sinks(&q_host, &k_host, &v_host, &shape, sinks.then_some(&sinks_host[..]));
     let mode = if op_count > 1 { "split decode" } else { "single pass" };
     let mode = if causal { mode } else { "bidirectional" };
-    let name = format!("attention t={tokens} hq={hq} hkv={hkv} d={d} pos0={pos0} window={window} softcap={softcap} ({mode})");
+    let name =
+        format!("attention t={tokens} hq={hq} hkv={hkv} d={d} pos0={pos0} window={window} softcap={softcap}{} ({mode})", if sinks { " sinks" } else { "" });
     Ok(compare(name, &got, &want, |_| 2e-5))
 }
 
@@ -619,15 +626,17 @@ pub struct MoeCase {
     pub bias: bool,
     /// Experts per weight chunk (a binding limit forced low), `None` for one chunk.
     pub experts_per_chunk: Option<usize>,
+    /// A prefill's path: picks grouped by expert (`grouped_experts`), not one matvec per pick.
+    pub grouped: bool,
 }
 
 /// A mixture-of-experts MLP: `moe_route` on random router logits (ids exact, weights within
-/// 8·experts·U relative: a softmax), then `expert_gated_matvec` and `expert_matvec` over the
-/// route against `reference::moe_mlp`. Tolerance per output: the two chained dot products'
+/// 8·experts·U relative: a softmax), then `expert_gated_matvec` and `expert_matvec` (or, with
+/// `grouped`, `grouped_experts`) over the route against `reference::moe_mlp`. Tolerance per output: the two chained dot products'
 /// bound, (hidden + inter + 16)·U times the output's magnitude with the activation's error
 /// carried through: Σ_picks w·Σ_i |down_i|·(1.2·|u_i|·|gate|_i + |act(g_i)|·|up|_i).
 pub async fn check_moe(dev: &GpuDevice, case: MoeCase, seed: u64) -> Result<CheckResult> {
-    let MoeCase { tokens, experts, top_k, hidden, inter, dtype, normalize, bias, experts_per_chunk } = case;
+    let MoeCase { tokens, experts, top_k, hidden, inter, dtype, normalize, bias, experts_per_chunk, grouped } = case;
     let hidden = hidden.next_multiple_of(dtype.k_multiple());
     let inter = inter.next_multiple_of(dtype.k_multiple());
     let mut rng = Rng::new(seed);
@@ -654,13 +663,24 @@ pub async fn check_moe(dev: &GpuDevice, case: MoeCase, seed: u64) -> Result<Chec
     let y = Tensor::new_zeroed(dev, "y", &[tokens, hidden], DType::F32)?;
     let b_gu = Tensor::from_f32(dev, "gate|up biases", &[experts * 2 * inter], &bias_gu)?;
     let b_down = Tensor::from_f32(dev, "down biases", &[experts * hidden], &bias_down)?;
+    let slots = tokens * top_k;
+    let groups = Tensor::new_zeroed(dev, "groups", &[ops::moe::groups_len(experts, slots)], DType::F32)?;
+    let gate_up_out = Tensor::new_zeroed(dev, "pick gate|up", &[slots, 2 * inter], DType::F32)?;
+    let down_out = Tensor::new_zeroed(dev, "pick down", &[slots, hidden], DType::F32)?;
     let mut plan = Plan::new(dev);
     ops::moe_route(&mut plan, &logits, &route, &p)?;
-    ops::expert_gated_matvec(&mut plan, &gate_up_t, &x, &route, bias.then_some(&b_gu), &act, tokens, top_k, Activation::Silu)?;
-    ops::expert_matvec(&mut plan, &down_t, &act, &route, bias.then_some(&b_down), &y, tokens, top_k)?;
+    if grouped {
+        let weights = ops::ExpertWeights { gate_up: &gate_up_t, down: &down_t, gate_up_bias: bias.then_some(&b_gu), down_bias: bias.then_some(&b_down) };
+        let scratch = ops::GroupedScratch { groups: &groups, gate_up: &gate_up_out, act: &act, down: &down_out };
+        ops::grouped_experts(&mut plan, weights, &x, &route, &scratch, &y, tokens, top_k, Activation::Silu)?;
+    } else {
+        ops::expert_gated_matvec(&mut plan, &gate_up_t, &x, &route, bias.then_some(&b_gu), &act, tokens, top_k, Activation::Silu)?;
+        ops::expert_matvec(&mut plan, &down_t, &act, &route, bias.then_some(&b_down), &y, tokens, top_k)?;
+    }
     run(plan).await?;
     let name = format!(
-        "moe {} t={tokens} {top_k} of {experts} {hidden}x{inter}{}{}, {} chunks",
+        "moe {}{} t={tokens} {top_k} of {experts} {hidden}x{inter}{}{}, {} chunks",
+        if grouped { "grouped " } else { "" },
         dtype.name(),
         if normalize { " normalized" } else { "" },
         if bias { " +bias" } else { "" },
@@ -724,13 +744,13 @@ pub async fn run_suite(dev: &GpuDevice) -> Vec<(String, Result<CheckResult>)> {
     }
     // Three query tiles, and two key blocks for the last (a WGSL compiler once kept one block's
     // scores into the next).
-    let prefill = AttentionCase { tokens: 20, hq: 4, hkv: 2, d: 64, pos0: 60, window: 0, softcap: 0.0, causal: true };
+    let prefill = AttentionCase { tokens: 20, hq: 4, hkv: 2, d: 64, pos0: 60, window: 0, softcap: 0.0, causal: true, sinks: false };
     check!("attention prefill", check_attention(dev, prefill, 31));
-    let decode = AttentionCase { tokens: 1, hq: 4, hkv: 1, d: 32, pos0: 600, window: 0, softcap: 0.0, causal: true };
+    let decode = AttentionCase { tokens: 1, hq: 4, hkv: 1, d: 32, pos0: 600, window: 0, softcap: 0.0, causal: true, sinks: true };
     check!("attention decode", check_attention(dev, decode, 32));
-    let windowed = AttentionCase { tokens: 5, hq: 2, hkv: 2, d: 16, pos0: 9, window: 4, softcap: 30.0, causal: true };
+    let windowed = AttentionCase { tokens: 5, hq: 2, hkv: 2, d: 16, pos0: 9, window: 4, softcap: 30.0, causal: true, sinks: false };
     check!("attention window+softcap", check_attention(dev, windowed, 33));
-    let bidirectional = AttentionCase { tokens: 20, hq: 4, hkv: 2, d: 64, pos0: 0, window: 8, softcap: 0.0, causal: false };
+    let bidirectional = AttentionCase { tokens: 20, hq: 4, hkv: 2, d: 64, pos0: 0, window: 8, softcap: 0.0, causal: false, sinks: false };
     check!("attention bidirectional, symmetric window", check_attention(dev, bidirectional, 34));
     check!("rms_norm", check_rms_norm(dev, 3, 1000, true, 0.0, 41));
     check!("head_rms_norm", check_head_rms_norm(dev, 3, 4, 32, 2, 1.0, 42));
@@ -753,9 +773,21 @@ pub async fn run_suite(dev: &GpuDevice) -> Vec<(String, Result<CheckResult>)> {
     check!("softmax", check_softmax(dev, 2, 1001, 0.7, 81));
     check!("argmax", check_argmax(dev, 1001, 91));
     check!("top_k", check_top_k(dev, 1001, 40, 92));
-    let moe = MoeCase { tokens: 1, experts: 8, top_k: 2, hidden: 64, inter: 40, dtype: DType::Q4, normalize: true, bias: false, experts_per_chunk: None };
+    let moe = MoeCase {
+        tokens: 1,
+        experts: 8,
+        top_k: 2,
+        hidden: 64,
+        inter: 40,
+        dtype: DType::Q4,
+        normalize: true,
+        bias: false,
+        experts_per_chunk: None,
+        grouped: false,
+    };
     check!("moe decode", check_moe(dev, moe, 101));
     let prefill = MoeCase { tokens: 7, experts: 6, top_k: 3, dtype: DType::Q4K, normalize: false, bias: true, experts_per_chunk: Some(4), ..moe };
     check!("moe prefill, biases, two chunks", check_moe(dev, prefill, 102));
+    check!("moe grouped prefill, biases, two chunks", check_moe(dev, MoeCase { tokens: 19, grouped: true, ..prefill }, 103));
     results
 }

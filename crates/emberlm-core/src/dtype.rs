@@ -15,6 +15,7 @@
 //! | Q4K   | k/8 u32 (8 × u4)      | 4 u32 per 256: (f16 d, f16 dmin), 12 B scales    | 4.5         |
 //! | Q5K   | k/8 u32 + k/32 u32    | as Q4K                                           | 5.5         |
 //! | Q6K   | k/8 u32 + k/16 u32    | 5 u32 per 256: f16 d (low half), 16 × i8 scales  | 6.625       |
+//! | MXFP4 | k/8 u32 (8 × e2m1)    | ceil(k/128) u32: one e8m0 byte per 32            | 4.25        |
 //!
 //! Q8: w = q · scale (symmetric; GGUF Q8_0 maps onto it exactly).
 //! Q4: w = q · scale + min with q in 0..=15 (asymmetric; GGUF Q4_1 maps onto it exactly, and Q4_0's
@@ -32,6 +33,11 @@
 //! - Q6K: word 0 = d (f16, low half), words 1–4 = 16 signed 8-bit scales (sub-blocks of 16);
 //!   w = d·sc·(q − 32) with q in 0..=63. (ggml's block is 210 bytes; the padding of d to a
 //!   word is the 0.06 bits/weight difference.)
+//!
+//! MXFP4 (OCP microscaling, GPT-OSS's experts): 4-bit e2m1 codes in the Q4 word layout (sign
+//! bit 3; magnitude 0, 0.5, 1, 1.5, 2, 3, 4, 6) and one e8m0 exponent byte per group of 32,
+//! four to a word, rows padded to whole words: w = e2m1(q) · 2^(e − 127). GGUF MXFP4 and
+//! OpenAI's `*_blocks` / `*_scales` map onto it exactly.
 
 use half::{bf16, f16};
 
@@ -48,10 +54,11 @@ pub enum DType {
     Q4K,
     Q5K,
     Q6K,
+    Mxfp4,
 }
 
 impl DType {
-    pub const ALL: [DType; 7] = [DType::F32, DType::F16, DType::Q8, DType::Q4, DType::Q4K, DType::Q5K, DType::Q6K];
+    pub const ALL: [DType; 8] = [DType::F32, DType::F16, DType::Q8, DType::Q4, DType::Q4K, DType::Q5K, DType::Q6K, DType::Mxfp4];
 
     pub fn name(self) -> &'static str {
         match self {
@@ -62,6 +69,7 @@ impl DType {
             DType::Q4K => "q4k",
             DType::Q5K => "q5k",
             DType::Q6K => "q6k",
+            DType::Mxfp4 => "mxfp4",
         }
     }
 
@@ -70,7 +78,7 @@ impl DType {
         match self {
             DType::F32 => 1,
             DType::F16 => 2,
-            DType::Q8 | DType::Q4 => GROUP_SIZE,
+            DType::Q8 | DType::Q4 | DType::Mxfp4 => GROUP_SIZE,
             DType::Q4K | DType::Q5K | DType::Q6K => SUPER_BLOCK,
         }
     }
@@ -81,7 +89,7 @@ impl DType {
             DType::F32 => k * 4,
             DType::F16 => k * 2,
             DType::Q8 => k,
-            DType::Q4 | DType::Q4K => k / 2,
+            DType::Q4 | DType::Q4K | DType::Mxfp4 => k / 2,
             DType::Q5K => k / 2 + k / 8,
             DType::Q6K => k / 2 + k / 4,
         }) as u64
@@ -102,6 +110,7 @@ impl DType {
             DType::F32 | DType::F16 => 0,
             DType::Q8 => k.div_ceil(2 * GROUP_SIZE) * 4,
             DType::Q4 => k / GROUP_SIZE * 4,
+            DType::Mxfp4 => k.div_ceil(4 * GROUP_SIZE) * 4,
             DType::Q4K | DType::Q5K | DType::Q6K => k / SUPER_BLOCK * self.super_block_words() * 4,
         }) as u64
     }
@@ -122,7 +131,8 @@ impl std::str::FromStr for DType {
             "q4k" | "q4_k" => Ok(DType::Q4K),
             "q5k" | "q5_k" => Ok(DType::Q5K),
             "q6k" | "q6_k" => Ok(DType::Q6K),
-            other => Err(format!("unknown dtype `{other}` (expected f32, f16, q8, q4, q4k, q5k or q6k)")),
+            "mxfp4" => Ok(DType::Mxfp4),
+            other => Err(format!("unknown dtype `{other}` (expected f32, f16, q8, q4, q4k, q5k, q6k or mxfp4)")),
         }
     }
 }
@@ -148,6 +158,7 @@ impl PackedMatrix {
             DType::Q8 => quantize_q8(rows, k, values),
             DType::Q4 => quantize_q4(rows, k, values),
             DType::Q4K | DType::Q5K | DType::Q6K => return quantize_k(dtype, rows, k, values),
+            DType::Mxfp4 => return quantize_mxfp4(rows, k, values),
         };
         Self { dtype, rows, k, qs, scales }
     }
@@ -205,6 +216,25 @@ impl PackedMatrix {
         Self { dtype, rows, k, qs, scales: headers.to_vec() }
     }
 
+    /// MXFP4 from its codes: `q[i]` the e2m1 code (0..=15) per weight (row-major) and `e[g]` the
+    /// e8m0 exponent of each group of 32. Used to repack GGUF MXFP4 and OpenAI's blocks exactly.
+    pub fn mxfp4_from_blocks(rows: usize, k: usize, q: &[u8], e: &[u8]) -> Self {
+        let groups = k / GROUP_SIZE;
+        assert!(k % GROUP_SIZE == 0 && q.len() == rows * k && e.len() == rows * groups);
+        let mut qs = vec![0u32; rows * k / 8];
+        for (i, &v) in q.iter().enumerate() {
+            qs[i / 8] |= ((v & 0xf) as u32) << q4_shift(i % 8);
+        }
+        let sc_words = groups.div_ceil(4);
+        let mut scales = vec![0u32; rows * sc_words];
+        for r in 0..rows {
+            for g in 0..groups {
+                scales[r * sc_words + g / 4] |= (e[r * groups + g] as u32) << (8 * (g % 4));
+            }
+        }
+        Self { dtype: DType::Mxfp4, rows, k, qs, scales }
+    }
+
     /// The exact values the GPU sees (the dequantised weights).
     pub fn dequantize(&self) -> Vec<f32> {
         let mut out = vec![0f32; self.rows * self.k];
@@ -241,6 +271,13 @@ impl PackedMatrix {
                     *o = q as f32 * unpack_f16(sc[g], 0) + unpack_f16(sc[g], 1);
                 }
             }
+            DType::Mxfp4 => {
+                for (i, o) in out.iter_mut().enumerate() {
+                    let g = i / GROUP_SIZE;
+                    let q = (qs[i / 8] >> q4_shift(i % 8)) & 0xf;
+                    *o = mxfp4_value(q as u8, header_byte(sc, g));
+                }
+            }
             DType::Q4K | DType::Q5K | DType::Q6K => {
                 let hw = self.dtype.super_block_words();
                 let high = &qs[k / 8..];
@@ -271,6 +308,31 @@ impl PackedMatrix {
     pub fn scale_bytes(&self) -> &[u8] {
         bytemuck::cast_slice(&self.scales)
     }
+}
+
+/// The magnitudes of the e2m1 codes 0..=7 (code 8 + c is −E2M1[c]).
+pub const E2M1: [f32; 8] = [0.0, 0.5, 1.0, 1.5, 2.0, 3.0, 4.0, 6.0];
+
+/// An MXFP4 weight: e2m1 code `q` (0..=15) times 2^(e − 127). Exact in f32 for every code and
+/// exponent (e = 0 gives a subnormal scale, 2^−127).
+pub fn mxfp4_value(q: u8, e: u8) -> f32 {
+    let magnitude = E2M1[(q & 7) as usize] as f64 * 2f64.powi(e as i32 - 127);
+    (if q & 8 != 0 { -magnitude } else { magnitude }) as f32
+}
+
+/// MXFP4 from f32, as gguf-py's quantiser fits it: per group of 32 the exponent that puts the
+/// largest magnitude in [4, 8) (e = floor(log2 amax) − 2 + 127), then each weight's nearest code.
+fn quantize_mxfp4(rows: usize, k: usize, values: &[f32]) -> PackedMatrix {
+    let mut q = vec![0u8; rows * k];
+    let mut e = vec![0u8; rows * k / GROUP_SIZE];
+    for ((x, qg), eg) in values.chunks_exact(GROUP_SIZE).zip(q.chunks_exact_mut(GROUP_SIZE)).zip(e.iter_mut()) {
+        let amax = x.iter().fold(0f32, |m, v| m.max(v.abs()));
+        *eg = if amax > 0.0 { (amax.log2().floor() as i32 - 2 + 127).clamp(1, 254) as u8 } else { 0 };
+        for (v, qv) in x.iter().zip(qg.iter_mut()) {
+            *qv = (0..16u8).min_by(|&a, &b| (mxfp4_value(a, *eg) - v).abs().total_cmp(&(mxfp4_value(b, *eg) - v).abs())).unwrap_or(0);
+        }
+    }
+    PackedMatrix::mxfp4_from_blocks(rows, k, &q, &e)
 }
 
 /// Byte `i` of little-endian words.
@@ -485,6 +547,32 @@ mod tests {
         bytes[5] = 0b01 << 6;
         let words: Vec<u32> = bytes.chunks_exact(4).map(|b| u32::from_le_bytes([b[0], b[1], b[2], b[3]])).collect();
         assert_eq!(k_scale_min(&words, 5), (0b101101, 0b010011));
+    }
+
+    /// Every code at exponents around 1, at the subnormal end and at the top decodes to OCP's
+    /// e2m1 table times 2^(e − 127); the packed words keep codes and exponents where the
+    /// kernels look for them (the Q4 nibble order, four exponents to a word).
+    #[test]
+    fn mxfp4_codes_and_exponents() {
+        let fp4 = [0.0f32, 0.5, 1.0, 1.5, 2.0, 3.0, 4.0, 6.0, -0.0, -0.5, -1.0, -1.5, -2.0, -3.0, -4.0, -6.0];
+        for e in [0u8, 1, 120, 127, 128, 200, 254] {
+            for (q, want) in fp4.iter().enumerate() {
+                let scale = 2f64.powi(e as i32 - 127);
+                assert_eq!(mxfp4_value(q as u8, e), (*want as f64 * scale) as f32, "code {q} exponent {e}");
+            }
+        }
+        let (rows, k) = (2, 160); // five groups: exponents padded to two words a row
+        let q: Vec<u8> = (0..rows * k).map(|i| (i * 7 % 16) as u8).collect();
+        let e: Vec<u8> = (0..rows * k / 32).map(|g| 120 + g as u8).collect();
+        let packed = PackedMatrix::mxfp4_from_blocks(rows, k, &q, &e);
+        assert_eq!(packed.scales.len() * 4, rows * DType::Mxfp4.scale_row_bytes(k) as usize);
+        let back = packed.dequantize();
+        for (i, v) in back.iter().enumerate() {
+            assert_eq!(*v, mxfp4_value(q[i], e[i / 32]), "weight {i}");
+        }
+        // The quantiser: values on the grid come back exactly.
+        let grid: Vec<f32> = (0..64).map(|i| fp4[i % 16] * 0.25).collect();
+        assert_eq!(PackedMatrix::pack(DType::Mxfp4, 1, 64, &grid).dequantize(), grid);
     }
 
     #[test]

@@ -47,6 +47,12 @@ pub struct AttentionShape {
 /// Softmax(q·kᵀ·scale, masked as `ops::visible_keys` says, optional soft-cap)·v; q: [tokens, q_stride], caches
 /// [hkv, s_max, d]; returns [tokens, hq, d].
 pub fn attention(q: &[f32], k_cache: &[f32], v_cache: &[f32], s: &AttentionShape) -> Vec<f64> {
+    attention_with_sinks(q, k_cache, v_cache, s, None)
+}
+
+/// [`attention`] with GPT-OSS's sinks: head h's softmax also counts a logit `sinks[h]` that
+/// weighs no value (transformers appends it to the scores and drops its column).
+pub fn attention_with_sinks(q: &[f32], k_cache: &[f32], v_cache: &[f32], s: &AttentionShape, sinks: Option<&[f32]>) -> Vec<f64> {
     let mut out = vec![0f64; s.tokens * s.hq * s.d];
     for t in 0..s.tokens {
         let keys = crate::ops::visible_keys(s.causal, s.window, s.pos0 + t, s.pos0 + s.tokens - 1);
@@ -64,7 +70,16 @@ pub fn attention(q: &[f32], k_cache: &[f32], v_cache: &[f32], s: &AttentionShape
                     v
                 })
                 .collect();
-            let probs = softmax_row(&scores);
+            let probs = match sinks {
+                Some(sinks) => {
+                    let mut with_sink = scores.clone();
+                    with_sink.push(sinks[h] as f64);
+                    let mut p = softmax_row(&with_sink);
+                    p.pop();
+                    p
+                }
+                None => softmax_row(&scores),
+            };
             for (pj, j) in probs.iter().zip(keys.clone()) {
                 let v = &v_cache[(kvh * s.s_max + j) * s.d..][..s.d];
                 for i in 0..s.d {
@@ -152,6 +167,7 @@ pub fn rope(
     out
 }
 
+/// The gate's activation (GPT-OSS's: g · sigmoid(alpha · g) with g = min(gate, limit)).
 pub fn activation(act: Activation, g: f64) -> f64 {
     match act {
         Activation::Silu => g / (1.0 + (-g).exp()),
@@ -159,12 +175,24 @@ pub fn activation(act: Activation, g: f64) -> f64 {
             let inner = (2.0 / std::f64::consts::PI).sqrt() * (g + 0.044715 * g * g * g);
             0.5 * g * (1.0 + inner.tanh())
         }
+        Activation::SwigluOai { alpha, limit } => {
+            let g = g.min(limit as f64);
+            g / (1.0 + (-(alpha as f64) * g).exp())
+        }
+    }
+}
+
+/// The gated MLP's act(gate) · up; GPT-OSS's clamps up to ±limit and adds 1.
+pub fn gated(act: Activation, g: f64, u: f64) -> f64 {
+    match act {
+        Activation::SwigluOai { limit, .. } => activation(act, g) * (u.clamp(-(limit as f64), limit as f64) + 1.0),
+        _ => activation(act, g) * u,
     }
 }
 
 /// act(gate) · up over [rows, 2·inter] fused rows.
 pub fn gated_activation(gate_up: &[f32], inter: usize, act: Activation) -> Vec<f64> {
-    gate_up.chunks(2 * inter).flat_map(|row| (0..inter).map(move |i| activation(act, row[i] as f64) * row[inter + i] as f64)).collect()
+    gate_up.chunks(2 * inter).flat_map(|row| (0..inter).map(move |i| gated(act, row[i] as f64, row[inter + i] as f64))).collect()
 }
 
 /// Index of the largest value, lowest index on ties, NaN skipped; 0 if none.
@@ -295,7 +323,7 @@ pub fn moe_mlp(
         let gu = &gate_up[e * 2 * inter * k..(e + 1) * 2 * inter * k];
         let bias_gu = biases.map(|(b, _)| &b[e * 2 * inter..(e + 1) * 2 * inter]);
         let proj = matvec(gu, x, bias_gu, 2 * inter);
-        let hidden: Vec<f64> = (0..inter).map(|i| w * activation(act, proj[i]) * proj[inter + i]).collect();
+        let hidden: Vec<f64> = (0..inter).map(|i| w * gated(act, proj[i], proj[inter + i])).collect();
         let dn = &down[e * n * inter..(e + 1) * n * inter];
         for r in 0..n {
             let row = &dn[r * inter..(r + 1) * inter];

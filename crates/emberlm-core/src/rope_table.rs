@@ -21,6 +21,18 @@ pub enum RopeScaling {
         high_freq_factor: f32,
         original_max_position: u32,
     },
+    /// YaRN (GPT-OSS, DeepSeek): each frequency blends its interpolated (÷ `factor`) and
+    /// original values by a ramp over the dimensions whose wavelengths fall between `beta_fast`
+    /// and `beta_slow` rotations of the original context (transformers' `_compute_yarn_parameters`;
+    /// `truncate` rounds the ramp's ends to whole dimensions). Its attention factor scales the
+    /// table (`RopeConfig::attention_factor`).
+    Yarn {
+        factor: f32,
+        beta_fast: f32,
+        beta_slow: f32,
+        original_max_position: u32,
+        truncate: bool,
+    },
 }
 
 /// Inverse frequencies for `rot_dims` rotary dimensions.
@@ -44,6 +56,27 @@ pub fn inv_freq(rot_dims: usize, theta: f32, scaling: RopeScaling) -> Vec<f32> {
                         let smooth = (old / wavelen - low_freq_factor) / (high_freq_factor - low_freq_factor);
                         (1.0 - smooth) * f / factor + smooth * f
                     }
+                })
+                .collect()
+        }
+        RopeScaling::Yarn { factor, beta_fast, beta_slow, original_max_position, truncate } => {
+            let dim = rot_dims as f64;
+            // The dimension whose frequency turns `rotations` times over the original context.
+            let correction_dim =
+                |rotations: f64| dim * (original_max_position as f64 / (rotations * 2.0 * std::f64::consts::PI)).ln() / (2.0 * (theta as f64).ln());
+            let (mut low, mut high) = (correction_dim(beta_fast as f64), correction_dim(beta_slow as f64));
+            if truncate {
+                (low, high) = (low.floor(), high.ceil());
+            }
+            let (low, mut high) = (low.max(0.0) as f32, high.min(dim - 1.0) as f32);
+            if low == high {
+                high += 0.001; // no zero-width ramp
+            }
+            base.iter()
+                .enumerate()
+                .map(|(i, &f)| {
+                    let extrapolation = 1.0 - ((i as f32 - low) / (high - low)).clamp(0.0, 1.0);
+                    f / factor * (1.0 - extrapolation) + f * extrapolation
                 })
                 .collect()
         }

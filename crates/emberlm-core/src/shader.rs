@@ -35,6 +35,8 @@ shaders!(
     "argmax",
     "top_k",
     "moe_route",
+    "moe_group",
+    "moe_combine",
 );
 
 /// Helper files shared by several kernels (not kernels themselves), pulled in by `#include`.

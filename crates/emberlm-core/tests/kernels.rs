@@ -35,7 +35,10 @@ fn assert_pass(result: emberlm_core::Result<CheckResult>) {
     assert!(r.passed, "{} failed: {}", r.name, r.detail);
 }
 
-const DTYPES: [DType; 7] = DType::ALL;
+const DTYPES: [DType; 8] = DType::ALL;
+
+/// GPT-OSS's clamped SwiGLU (its limit low enough that these checks' values cross it).
+const GPT_OSS: Activation = Activation::SwigluOai { alpha: 1.702, limit: 2.0 };
 
 #[test]
 fn matvec_all_dtypes_every_row_split() {
@@ -49,12 +52,12 @@ fn matvec_all_dtypes_every_row_split() {
 }
 
 #[test]
-fn gated_matvec_all_dtypes_both_activations() {
+fn gated_matvec_all_dtypes_every_activation() {
     for (i, dtype) in DTYPES.into_iter().enumerate() {
         // Outputs not a multiple of a workgroup's (with a partial last pair), k giving 8 to 64
         // threads per row.
-        for (inter, k) in [(1, 32), (37, 96), (130, 544), (9, 2080), (5, 8200)] {
-            let act = if (i + inter) % 2 == 0 { Activation::Silu } else { Activation::GeluTanh };
+        for (j, (inter, k)) in [(1, 32), (37, 96), (130, 544), (9, 2080), (5, 8200)].into_iter().enumerate() {
+            let act = [Activation::Silu, Activation::GeluTanh, GPT_OSS][(i + j) % 3];
             assert_pass(pollster::block_on(checks::check_gated_matvec(dev(), dtype, act, inter, k, i % 2 == 1, (inter * k + i) as u64)));
         }
     }
@@ -111,23 +114,27 @@ fn matmul_all_dtypes_odd_sizes() {
 
 #[test]
 fn attention_prefill_decode_window_softcap_gqa() {
-    let base = AttentionCase { tokens: 7, hq: 4, hkv: 2, d: 64, pos0: 0, window: 0, softcap: 0.0, causal: true };
+    let base = AttentionCase { tokens: 7, hq: 4, hkv: 2, d: 64, pos0: 0, window: 0, softcap: 0.0, causal: true, sinks: false };
     let cases = [
         base,
-        AttentionCase { pos0: 11, tokens: 5, ..base },                      // prefill after a cached prefix
-        AttentionCase { hq: 3, hkv: 3, d: 80, ..base },                     // multi-head, d not a power of two
-        AttentionCase { hq: 8, hkv: 1, d: 256, tokens: 2, ..base },         // multi-query, largest head
-        AttentionCase { window: 4, pos0: 9, ..base },                       // sliding window
-        AttentionCase { softcap: 5.0, ..base },                             // Gemma 2 soft-capping
-        AttentionCase { tokens: 1, pos0: 0, ..base },                       // decode, one key
-        AttentionCase { tokens: 1, pos0: 700, ..base },                     // decode, three key splits
-        AttentionCase { tokens: 1, pos0: 700, window: 300, ..base },        // decode, window, empty splits
-        AttentionCase { tokens: 70, pos0: 3, hq: 2, hkv: 1, ..base },       // several key blocks per query
-        AttentionCase { tokens: 20, pos0: 100, window: 70, ..base },        // windows that differ within a query tile
-        AttentionCase { causal: false, ..base },                            // bidirectional (embedding models)
-        AttentionCase { causal: false, tokens: 70, hq: 2, hkv: 1, ..base }, // bidirectional, several key blocks
-        AttentionCase { causal: false, tokens: 40, window: 8, ..base },     // bidirectional symmetric window, tiles see ahead
-        AttentionCase { causal: false, tokens: 1, ..base },                 // one token
+        AttentionCase { pos0: 11, tokens: 5, ..base },                             // prefill after a cached prefix
+        AttentionCase { hq: 3, hkv: 3, d: 80, ..base },                            // multi-head, d not a power of two
+        AttentionCase { hq: 8, hkv: 1, d: 256, tokens: 2, ..base },                // multi-query, largest head
+        AttentionCase { window: 4, pos0: 9, ..base },                              // sliding window
+        AttentionCase { softcap: 5.0, ..base },                                    // Gemma 2 soft-capping
+        AttentionCase { tokens: 1, pos0: 0, ..base },                              // decode, one key
+        AttentionCase { tokens: 1, pos0: 700, ..base },                            // decode, three key splits
+        AttentionCase { tokens: 1, pos0: 700, window: 300, ..base },               // decode, window, empty splits
+        AttentionCase { tokens: 70, pos0: 3, hq: 2, hkv: 1, ..base },              // several key blocks per query
+        AttentionCase { tokens: 20, pos0: 100, window: 70, ..base },               // windows that differ within a query tile
+        AttentionCase { causal: false, ..base },                                   // bidirectional (embedding models)
+        AttentionCase { causal: false, tokens: 70, hq: 2, hkv: 1, ..base },        // bidirectional, several key blocks
+        AttentionCase { causal: false, tokens: 40, window: 8, ..base },            // bidirectional symmetric window, tiles see ahead
+        AttentionCase { causal: false, tokens: 1, ..base },                        // one token
+        AttentionCase { sinks: true, window: 4, pos0: 9, ..base },                 // GPT-OSS: sinks, window
+        AttentionCase { sinks: true, tokens: 1, pos0: 700, ..base },               // sinks, split decode
+        AttentionCase { sinks: true, tokens: 1, pos0: 3, ..base },                 // sinks, one split
+        AttentionCase { sinks: true, tokens: 70, pos0: 3, hq: 2, hkv: 1, ..base }, // sinks, key blocks
     ];
     for (i, case) in cases.into_iter().enumerate() {
         assert_pass(pollster::block_on(checks::check_attention(dev(), case, 100 + i as u64)));
@@ -211,7 +218,7 @@ fn ssm_scans() {
 
 #[test]
 fn gated_activations() {
-    for act in [Activation::Silu, Activation::GeluTanh] {
+    for act in [Activation::Silu, Activation::GeluTanh, GPT_OSS] {
         for (rows, inter) in [(1, 64), (3, 173)] {
             assert_pass(pollster::block_on(checks::check_gated_activation(dev(), act, rows, inter, (rows + inter) as u64)));
         }
@@ -240,19 +247,48 @@ fn softmax_argmax_top_k() {
 #[test]
 fn mixture_of_experts_every_dtype_decode_prefill_and_chunks() {
     for (i, dtype) in DTYPES.into_iter().enumerate() {
-        let case = MoeCase { tokens: 1, experts: 8, top_k: 2, hidden: 64, inter: 48, dtype, normalize: i % 2 == 0, bias: i % 3 == 0, experts_per_chunk: None };
+        let case = MoeCase {
+            tokens: 1,
+            experts: 8,
+            top_k: 2,
+            hidden: 64,
+            inter: 48,
+            dtype,
+            normalize: i % 2 == 0,
+            bias: i % 3 == 0,
+            experts_per_chunk: None,
+            grouped: false,
+        };
         assert_pass(pollster::block_on(checks::check_moe(dev(), case, 200 + i as u64)));
         let prefill = MoeCase { tokens: 9, experts: 5, top_k: 4, normalize: i % 2 == 1, bias: i % 3 != 0, ..case };
-        assert_pass(pollster::block_on(checks::check_moe(dev(), prefill, 210 + i as u64)));
-        // One and two experts per binding: every pick's expert in another chunk.
-        for per in [1, 2] {
-            let chunked = MoeCase { experts_per_chunk: Some(per), ..prefill };
-            assert_pass(pollster::block_on(checks::check_moe(dev(), chunked, 220 + i as u64)));
+        for grouped in [false, true] {
+            assert_pass(pollster::block_on(checks::check_moe(dev(), MoeCase { grouped, ..prefill }, 210 + i as u64)));
+            // One and two experts per binding: every pick's expert in another chunk.
+            for per in [1, 2] {
+                let chunked = MoeCase { experts_per_chunk: Some(per), grouped, ..prefill };
+                assert_pass(pollster::block_on(checks::check_moe(dev(), chunked, 220 + i as u64)));
+            }
         }
+        // Groups longer than a tile of tokens (32 with four tokens per thread).
+        let long = MoeCase { tokens: 70, experts: 3, top_k: 2, grouped: true, ..case };
+        assert_pass(pollster::block_on(checks::check_moe(dev(), long, 240 + i as u64)));
     }
     // Qwen3-MoE's shape of router: 128 experts, 8 picks, a prompt's worth of tokens.
-    let wide = MoeCase { tokens: 33, experts: 128, top_k: 8, hidden: 64, inter: 32, dtype: DType::Q8, normalize: true, bias: false, experts_per_chunk: None };
-    assert_pass(pollster::block_on(checks::check_moe(dev(), wide, 230)));
+    for grouped in [false, true] {
+        let wide = MoeCase {
+            tokens: 33,
+            experts: 128,
+            top_k: 8,
+            hidden: 64,
+            inter: 32,
+            dtype: DType::Q8,
+            normalize: true,
+            bias: false,
+            experts_per_chunk: None,
+            grouped,
+        };
+        assert_pass(pollster::block_on(checks::check_moe(dev(), wide, 230)));
+    }
 }
 
 /// Router logits that are NaN pick nothing: the expert kernels skip the missing picks (no

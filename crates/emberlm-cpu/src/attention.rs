@@ -7,8 +7,9 @@ use emberlm_core::{Error, Result};
 use crate::matvec::RowKernels;
 use crate::parallel::map_ranges;
 
-/// `q`: [tokens, q_stride]; caches: [heads_kv, s_max, head_dim]; `out`: [tokens, heads_q · head_dim].
-pub fn attention(q: &[f32], k_cache: &[f32], v_cache: &[f32], out: &mut [f32], p: &AttentionParams) -> Result<()> {
+/// `q`: [tokens, q_stride]; caches: [heads_kv, s_max, head_dim]; `out`: [tokens, heads_q · head_dim];
+/// `sinks`: one logit per query head that joins its softmax's sum and weighs no value (GPT-OSS).
+pub fn attention(q: &[f32], k_cache: &[f32], v_cache: &[f32], sinks: Option<&[f32]>, out: &mut [f32], p: &AttentionParams) -> Result<()> {
     let (t, hq, hkv, d) = (p.tokens, p.heads_q, p.heads_kv, p.head_dim);
     if hkv == 0 || d == 0 || hq % hkv != 0 {
         return Err(Error::Shape { op: "attention", detail: format!("{hq} query heads cannot share {hkv} key/value heads") });
@@ -55,7 +56,15 @@ pub fn attention(q: &[f32], k_cache: &[f32], v_cache: &[f32], out: &mut [f32], p
                     *a += w * b;
                 }
             }
-            let inv = 1.0 / sum;
+            let inv = match sinks {
+                // acc·e^(m−M) / (sum·e^(m−M) + e^(s−M)), M = max(m, s).
+                Some(s) => {
+                    let top = max.max(s[h]);
+                    let keep = crate::math::exp(max - top);
+                    keep / (sum * keep + crate::math::exp(s[h] - top))
+                }
+                None => 1.0 / sum,
+            };
             oh.iter_mut().for_each(|a| *a *= inv);
         }
         o

@@ -213,7 +213,7 @@ pub fn norms_rope_activation_softcap_argmax() -> Check {
     gu[5] = 95.0;
     gu[7] = -95.0;
     gu[2 * inter + 1] = -30.0;
-    for act in [Activation::Silu, Activation::GeluTanh] {
+    for act in [Activation::Silu, Activation::GeluTanh, Activation::SwigluOai { alpha: 1.702, limit: 7.0 }] {
         let out = CpuTensor::zeroed("act", &[act_rows, inter], DType::F32)?;
         ops::gated_activation(&CpuTensor::from_f32("gu", &[act_rows, 2 * inter], &gu)?, &out, act_rows, inter, act)?;
         let want = reference::gated_activation(&gu, inter, act);
@@ -239,9 +239,21 @@ pub fn norms_rope_activation_softcap_argmax() -> Check {
 pub fn attention_prefill_and_decode_with_window_softcap_gqa() -> Check {
     let mut rng = Rng(5);
     let (hq, hkv, d, s_max) = (6, 2, 12, 40);
-    for (tokens, pos0, window, softcap, causal) in
-        [(7, 0, 0, 0.0, true), (1, 30, 0, 0.0, true), (5, 20, 8, 0.0, true), (3, 9, 0, 20.0, true), (9, 0, 0, 0.0, false), (12, 0, 6, 0.0, false)]
+    // The last two with GPT-OSS's sinks: prefill in a window, and decode.
+    for (i, (tokens, pos0, window, softcap, causal)) in [
+        (7, 0, 0, 0.0, true),
+        (1, 30, 0, 0.0, true),
+        (5, 20, 8, 0.0, true),
+        (3, 9, 0, 20.0, true),
+        (9, 0, 0, 0.0, false),
+        (12, 0, 6, 0.0, false),
+        (6, 10, 8, 0.0, true),
+        (1, 30, 0, 0.0, true),
+    ]
+    .into_iter()
+    .enumerate()
     {
+        let sinks = (i >= 6).then(|| rng.vec(hq).iter().map(|v| 2.0 * v).collect::<Vec<f32>>());
         let stride = (hq + 2 * hkv) * d + 4;
         let q = rng.vec(tokens * stride);
         let k = rng.vec(hkv * s_max * d);
@@ -249,9 +261,11 @@ pub fn attention_prefill_and_decode_with_window_softcap_gqa() -> Check {
         let p = AttentionParams { tokens, heads_q: hq, heads_kv: hkv, head_dim: d, pos0, window, causal, scale: 0.3, softcap, q_stride: stride };
         let out = CpuTensor::zeroed("o", &[tokens, hq * d], DType::F32)?;
         let t = |n: &str, x: &[f32]| CpuTensor::from_f32(n, &[x.len()], x);
-        ops::attention(&t("q", &q)?, &t("k", &k)?, &t("v", &v)?, &out, &p)?;
+        let sinks_t = sinks.as_deref().map(|s| t("sinks", s)).transpose()?;
+        ops::attention(&t("q", &q)?, &t("k", &k)?, &t("v", &v)?, sinks_t.as_ref(), &out, &p)?;
         let shape = reference::AttentionShape { tokens, hq, hkv, d, s_max, pos0, window, causal, scale: 0.3, softcap: softcap as f64, q_stride: stride };
-        close(&format!("attention t={tokens} pos0={pos0} causal={causal}"), &out.f32s(), &reference::attention(&q, &k, &v, &shape), &[])?;
+        let want = reference::attention_with_sinks(&q, &k, &v, &shape, sinks.as_deref());
+        close(&format!("attention t={tokens} pos0={pos0} causal={causal} sinks={}", sinks.is_some()), &out.f32s(), &want, &[])?;
     }
     Ok(())
 }

@@ -43,12 +43,18 @@ pub fn gelu_tanh(x: f32) -> f32 {
     0.5 * x * (1.0 + tanh(0.797_884_6 * (x + 0.044715 * x * x * x)))
 }
 
-/// The MLP's gate activation.
+/// The gated MLP's act(gate) · up (GPT-OSS's clamped SwiGLU: min(g, limit) · sigmoid(alpha ·
+/// min(g, limit)) · (clamp(u, ±limit) + 1)).
 #[inline(always)]
-pub fn activation(act: emberlm_core::ops::Activation, x: f32) -> f32 {
+pub fn gated(act: emberlm_core::ops::Activation, g: f32, u: f32) -> f32 {
+    use emberlm_core::ops::Activation;
     match act {
-        emberlm_core::ops::Activation::Silu => silu(x),
-        emberlm_core::ops::Activation::GeluTanh => gelu_tanh(x),
+        Activation::Silu => silu(g) * u,
+        Activation::GeluTanh => gelu_tanh(g) * u,
+        Activation::SwigluOai { alpha, limit } => {
+            let g = g.min(limit);
+            g / (1.0 + exp(-alpha * g)) * (u.clamp(-limit, limit) + 1.0)
+        }
     }
 }
 

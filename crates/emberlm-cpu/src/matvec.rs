@@ -179,6 +179,13 @@ pub fn dequantize_row(dtype: DType, qs: &[u32], sc: &[u32], out: &mut [f32]) {
                 unpack_nibbles(words, o, |q, _| q as f32 * scale + min);
             }
         }
+        DType::Mxfp4 => {
+            for (g, (words, o)) in qs.chunks_exact(4).zip(out.chunks_exact_mut(GROUP_SIZE)).enumerate() {
+                // 2^(e − 127) times each code's value: both exact, and so is their product.
+                let scale = emberlm_core::dtype::mxfp4_value(2, byte_of(sc, g));
+                unpack_nibbles(words, o, |q, _| E2M1_SIGNED[q as usize] * scale);
+            }
+        }
         DType::Q4K | DType::Q5K | DType::Q6K => {
             let hw = dtype.super_block_words();
             let (low, high) = qs.split_at(k / 8);
@@ -209,6 +216,9 @@ pub fn dequantize_row(dtype: DType, qs: &[u32], sc: &[u32], out: &mut [f32]) {
         }
     }
 }
+
+/// The e2m1 codes' values, sign included (code 2 is 1.0).
+const E2M1_SIGNED: [f32; 16] = [0.0, 0.5, 1.0, 1.5, 2.0, 3.0, 4.0, 6.0, -0.0, -0.5, -1.0, -1.5, -2.0, -3.0, -4.0, -6.0];
 
 /// Calls `f(q, i)` for the 32 nibbles of four Q4 words (`i`: position in the group) and stores
 /// the results in natural order.

@@ -157,7 +157,7 @@ pub fn expert_gated_matvec(
             let b = |r: usize| bias.as_ref().map_or(0.0, |b| b[p.expert * rows + r]);
             for (c, o) in o[p.slot * inter..(p.slot + 1) * inter].iter_mut().enumerate() {
                 let (g, u) = (proj[c * m + i] + b(c), proj[(inter + c) * m + i] + b(inter + c));
-                *o = p.weight * math::activation(act, g) * u;
+                *o = p.weight * math::gated(act, g, u);
             }
         }
     }

@@ -55,6 +55,7 @@ pub fn matvec_into(
         DType::Q4K => "matvec q4k",
         DType::Q5K => "matvec q5k",
         DType::Q6K => "matvec q6k",
+        DType::Mxfp4 => "matvec mxfp4",
     });
     let (rows, k) = (w.rows(), w.k());
     x.expect_f32("matvec", (x_row + 1) * k)?;
@@ -326,14 +327,19 @@ pub fn kv_cache_append(
     Ok(())
 }
 
-pub fn attention(q: &CpuTensor, k_cache: &CpuTensor, v_cache: &CpuTensor, out: &CpuTensor, p: &AttentionParams) -> Result<()> {
+/// Attention (`emberlm_core::ops::attention`); `sinks`: GPT-OSS's per-head sink logits.
+pub fn attention(q: &CpuTensor, k_cache: &CpuTensor, v_cache: &CpuTensor, sinks: Option<&CpuTensor>, out: &CpuTensor, p: &AttentionParams) -> Result<()> {
     let _time = crate::profile::scope("attention");
     for t in [q, k_cache, v_cache] {
         out.expect_distinct("attention", t)?;
         t.expect_f32("attention", 1)?;
     }
     out.expect_f32("attention", p.tokens * p.heads_q * p.head_dim)?;
-    crate::attention::attention(&q.f32s(), &k_cache.f32s(), &v_cache.f32s(), &mut out.f32s_mut(), p)
+    if let Some(s) = sinks {
+        s.expect_f32("attention", p.heads_q)?;
+    }
+    let sinks = sinks.map(|s| s.f32s());
+    crate::attention::attention(&q.f32s(), &k_cache.f32s(), &v_cache.f32s(), sinks.as_deref(), &mut out.f32s_mut(), p)
 }
 
 /// out[r, i] = act(gate[r, i]) · up[r, i] over rows [gate | up] of 2·inter.
@@ -354,9 +360,11 @@ pub fn gated_activation(gate_up: &CpuTensor, out: &CpuTensor, rows: usize, inter
             let g = &gu[row * 2 * inter + col..][..n];
             let u = &gu[row * 2 * inter + inter + col..][..n];
             let o = &mut part[i - start..][..n];
+            // One arm per activation, so each loop is compiled (and vectorised) for its own.
             match act {
                 Activation::Silu => o.iter_mut().zip(g).zip(u).for_each(|((o, &g), &u)| *o = math::silu(g) * u),
                 Activation::GeluTanh => o.iter_mut().zip(g).zip(u).for_each(|((o, &g), &u)| *o = math::gelu_tanh(g) * u),
+                Activation::SwigluOai { .. } => o.iter_mut().zip(g).zip(u).for_each(|((o, &g), &u)| *o = math::gated(act, g, u)),
             }
             i += n;
         }

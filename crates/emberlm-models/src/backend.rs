@@ -8,7 +8,7 @@
 //! Tensors, RoPE tables and the per-step recording context are the backend's own types; the
 //! model, [`crate::Session`], generation, the npm engine and the CLI are generic over it.
 
-use emberlm_core::ops::{self, Activation, AttentionParams, RopeLayout, ShortConvParams, SsmScanParams};
+use emberlm_core::ops::{self, Activation, AttentionParams, MoeRouteParams, RopeLayout, ShortConvParams, SsmScanParams};
 use emberlm_core::rope_table::RopeTable;
 use emberlm_core::{DType, GpuDevice, PackedMatrix, PendingRead, Plan, Result, StepCache, Tensor};
 use emberlm_cpu::{CpuDevice, CpuTensor};
@@ -141,7 +141,16 @@ pub trait Backend {
         v_cache: &Self::Tensor,
         pos0: usize,
     ) -> Result<()>;
-    fn attention(pass: &mut Self::Pass<'_>, q: &Self::Tensor, k: &Self::Tensor, v: &Self::Tensor, out: &Self::Tensor, p: &AttentionParams) -> Result<()>;
+    /// Attention over a layer's KV cache; `sinks`: GPT-OSS's per-head sink logits.
+    fn attention(
+        pass: &mut Self::Pass<'_>,
+        q: &Self::Tensor,
+        k: &Self::Tensor,
+        v: &Self::Tensor,
+        sinks: Option<&Self::Tensor>,
+        out: &Self::Tensor,
+        p: &AttentionParams,
+    ) -> Result<()>;
     fn gated_activation(pass: &mut Self::Pass<'_>, gate_up: &Self::Tensor, out: &Self::Tensor, rows: usize, inter: usize, act: Activation) -> Result<()>;
     /// A causal depthwise convolution (LFM2's gated one, Mamba2's with SiLU) over blocks of the
     /// input rows, reading and writing the rolling state slots `p` names.
@@ -194,6 +203,59 @@ pub trait Backend {
         _act: Activation,
     ) -> Result<()> {
         Err(emberlm_core::Error::InvalidArgument("this backend has no fused gate/up matvec (fuses_gated_matvec is false)".into()))
+    }
+    /// A mixture's router: each token's top-k experts and weights into `route`
+    /// (`emberlm_core::ops::moe_route`), which the expert ops read where they run.
+    fn moe_route(pass: &mut Self::Pass<'_>, logits: &Self::Tensor, route: &Self::Tensor, p: &MoeRouteParams) -> Result<()>;
+    /// Per pick, weight · act(gate_e·x) · (up_e·x) over the picked expert's fused rows of a
+    /// `[experts, 2·inter, k]` weight (`emberlm_core::ops::expert_gated_matvec`).
+    fn expert_gated_matvec(
+        pass: &mut Self::Pass<'_>,
+        gate_up: &Self::Tensor,
+        x: &Self::Tensor,
+        route: &Self::Tensor,
+        bias: Option<&Self::Tensor>,
+        out: &Self::Tensor,
+        tokens: usize,
+        top_k: usize,
+        act: Activation,
+    ) -> Result<()>;
+    /// Per token, the sum over its picks of down_e · (its pick's activations)
+    /// (`emberlm_core::ops::expert_matvec`).
+    fn expert_matvec(
+        pass: &mut Self::Pass<'_>,
+        down: &Self::Tensor,
+        x: &Self::Tensor,
+        route: &Self::Tensor,
+        bias: Option<&Self::Tensor>,
+        y: &Self::Tensor,
+        tokens: usize,
+        top_k: usize,
+    ) -> Result<()>;
+    /// Whether a prefill's mixture runs with its picks grouped by expert through
+    /// [`Backend::grouped_experts`] (the GPU); otherwise `expert_gated_matvec` and
+    /// `expert_matvec` take prefills too (the CPU groups inside them).
+    fn groups_experts() -> bool {
+        false
+    }
+    /// A mixture's MLP over a prefill with the picks grouped by expert
+    /// (`emberlm_core::ops::grouped_experts`); `biases`: the experts' [gate | up] and down
+    /// biases; `scratch`: groups, each pick's [gate | up] rows, weighted activations and down
+    /// projection.
+    fn grouped_experts(
+        _pass: &mut Self::Pass<'_>,
+        _gate_up: &Self::Tensor,
+        _down: &Self::Tensor,
+        _biases: [Option<&Self::Tensor>; 2],
+        _x: &Self::Tensor,
+        _route: &Self::Tensor,
+        _scratch: [&Self::Tensor; 4],
+        _out: &Self::Tensor,
+        _tokens: usize,
+        _top_k: usize,
+        _act: Activation,
+    ) -> Result<()> {
+        Err(emberlm_core::Error::InvalidArgument("this backend does not group experts (groups_experts is false)".into()))
     }
     fn logit_softcap(pass: &mut Self::Pass<'_>, x: &Self::Tensor, len: usize, cap: f32) -> Result<()>;
     fn argmax(pass: &mut Self::Pass<'_>, x: &Self::Tensor, out: &Self::Tensor, rows: usize, cols: usize) -> Result<()>;
@@ -349,8 +411,8 @@ impl Backend for GpuDevice {
         ops::rope_kv_append(plan, qkv, table, layout, tokens, heads_q, kv_heads, d, stride, k_cache, v_cache, pos0).map(drop)
     }
 
-    fn attention(plan: &mut Plan, q: &Tensor, k: &Tensor, v: &Tensor, out: &Tensor, p: &AttentionParams) -> Result<()> {
-        ops::attention(plan, q, k, v, out, p).map(drop)
+    fn attention(plan: &mut Plan, q: &Tensor, k: &Tensor, v: &Tensor, sinks: Option<&Tensor>, out: &Tensor, p: &AttentionParams) -> Result<()> {
+        ops::attention_with_sinks(plan, q, k, v, sinks, out, p).map(drop)
     }
 
     fn gated_activation(plan: &mut Plan, gate_up: &Tensor, out: &Tensor, rows: usize, inter: usize, act: Activation) -> Result<()> {
@@ -385,6 +447,50 @@ impl Backend for GpuDevice {
 
     fn gated_matvec(plan: &mut Plan, gate_up: &Tensor, x: &Tensor, x_row: usize, bias: Option<&Tensor>, out: &Tensor, act: Activation) -> Result<()> {
         ops::gated_matvec(plan, gate_up, x, x_row, bias, out, act).map(drop)
+    }
+
+    fn moe_route(plan: &mut Plan, logits: &Tensor, route: &Tensor, p: &MoeRouteParams) -> Result<()> {
+        ops::moe_route(plan, logits, route, p).map(drop)
+    }
+
+    fn expert_gated_matvec(
+        plan: &mut Plan,
+        gate_up: &Tensor,
+        x: &Tensor,
+        route: &Tensor,
+        bias: Option<&Tensor>,
+        out: &Tensor,
+        tokens: usize,
+        top_k: usize,
+        act: Activation,
+    ) -> Result<()> {
+        ops::expert_gated_matvec(plan, gate_up, x, route, bias, out, tokens, top_k, act).map(drop)
+    }
+
+    fn expert_matvec(plan: &mut Plan, down: &Tensor, x: &Tensor, route: &Tensor, bias: Option<&Tensor>, y: &Tensor, tokens: usize, top_k: usize) -> Result<()> {
+        ops::expert_matvec(plan, down, x, route, bias, y, tokens, top_k).map(drop)
+    }
+
+    fn groups_experts() -> bool {
+        true
+    }
+
+    fn grouped_experts(
+        plan: &mut Plan,
+        gate_up: &Tensor,
+        down: &Tensor,
+        [gate_up_bias, down_bias]: [Option<&Tensor>; 2],
+        x: &Tensor,
+        route: &Tensor,
+        [groups, gate_up_out, act_out, down_out]: [&Tensor; 4],
+        out: &Tensor,
+        tokens: usize,
+        top_k: usize,
+        act: Activation,
+    ) -> Result<()> {
+        let weights = ops::ExpertWeights { gate_up, down, gate_up_bias, down_bias };
+        let scratch = ops::GroupedScratch { groups, gate_up: gate_up_out, act: act_out, down: down_out };
+        ops::grouped_experts(plan, weights, x, route, &scratch, out, tokens, top_k, act)
     }
 
     fn logit_softcap(plan: &mut Plan, x: &Tensor, len: usize, cap: f32) -> Result<()> {
@@ -578,8 +684,8 @@ impl Backend for CpuDevice {
         emberlm_cpu::ops::kv_cache_append(qkv, v_cache, tokens, kv_heads, d, heads_q + kv_heads, stride, pos0)
     }
 
-    fn attention(_: &mut CpuPass, q: &CpuTensor, k: &CpuTensor, v: &CpuTensor, out: &CpuTensor, p: &AttentionParams) -> Result<()> {
-        emberlm_cpu::ops::attention(q, k, v, out, p)
+    fn attention(_: &mut CpuPass, q: &CpuTensor, k: &CpuTensor, v: &CpuTensor, sinks: Option<&CpuTensor>, out: &CpuTensor, p: &AttentionParams) -> Result<()> {
+        emberlm_cpu::ops::attention(q, k, v, sinks, out, p)
     }
 
     fn gated_activation(_: &mut CpuPass, gate_up: &CpuTensor, out: &CpuTensor, rows: usize, inter: usize, act: Activation) -> Result<()> {
@@ -613,6 +719,37 @@ impl Backend for CpuDevice {
 
     fn group_rms_norm(_: &mut CpuPass, x: &CpuTensor, weight: &CpuTensor, out: &CpuTensor, rows: usize, groups: usize, eps: f32) -> Result<()> {
         emberlm_cpu::ops::group_rms_norm(x, weight, out, rows, groups, eps)
+    }
+
+    fn moe_route(_: &mut CpuPass, logits: &CpuTensor, route: &CpuTensor, p: &MoeRouteParams) -> Result<()> {
+        emberlm_cpu::moe::moe_route(logits, route, p)
+    }
+
+    fn expert_gated_matvec(
+        pass: &mut CpuPass,
+        gate_up: &CpuTensor,
+        x: &CpuTensor,
+        route: &CpuTensor,
+        bias: Option<&CpuTensor>,
+        out: &CpuTensor,
+        tokens: usize,
+        top_k: usize,
+        act: Activation,
+    ) -> Result<()> {
+        emberlm_cpu::moe::expert_gated_matvec(gate_up, x, route, bias, out, tokens, top_k, act, pass.activations)
+    }
+
+    fn expert_matvec(
+        pass: &mut CpuPass,
+        down: &CpuTensor,
+        x: &CpuTensor,
+        route: &CpuTensor,
+        bias: Option<&CpuTensor>,
+        y: &CpuTensor,
+        tokens: usize,
+        top_k: usize,
+    ) -> Result<()> {
+        emberlm_cpu::moe::expert_matvec(down, x, route, bias, y, tokens, top_k, pass.activations)
     }
 
     fn logit_softcap(_: &mut CpuPass, x: &CpuTensor, len: usize, cap: f32) -> Result<()> {

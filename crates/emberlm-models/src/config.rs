@@ -35,8 +35,47 @@ pub enum Architecture {
     Mamba2,
     /// Granite 4.0 hybrids (IBM Granite-4.0-H): Mamba2 layers and NoPE GQA attention layers,
     /// each with an MLP; multipliers on the embedding, the blocks' outputs, the attention scores
-    /// and the logits. Its mixture-of-experts variants wait for MoE layers.
+    /// and the logits. Its mixture-of-experts variants are not supported yet.
     GraniteHybrid,
+    /// Qwen3-MoE: Qwen3's attention, mixture-of-experts MLPs (softmax router, top-k, weights
+    /// renormalised with `norm_topk_prob`), dense MLPs on `mlp_only_layers`.
+    Qwen3Moe,
+    /// Mixtral: Mistral's attention, a mixture of experts in every layer (renormalised top-k).
+    /// llama.cpp writes it as `llama` with an expert count.
+    Mixtral,
+    /// GPT-OSS (OpenAI): attention with biases and per-head sinks, alternating sliding-window and
+    /// full layers, YaRN RoPE; a mixture of experts in every layer (router with a bias, top-k
+    /// then a softmax over the picks, experts with biases, a clamped SwiGLU), experts in MXFP4.
+    GptOss,
+}
+
+/// A mixture-of-experts MLP's sizes ([`ModelConfig::moe`]): which layers have one follows from
+/// their tensors (a router, `ffn_gate_inp`).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct MoeConfig {
+    pub experts: usize,
+    /// Experts each token uses.
+    pub top_k: usize,
+    /// Each expert's intermediate width.
+    pub expert_ffn: usize,
+    /// The picks' weights are divided by their sum (else: the softmax over all experts).
+    pub normalize: bool,
+}
+
+impl MoeConfig {
+    fn check(&self) -> Result<()> {
+        use emberlm_core::ops::moe::{MAX_EXPERTS, MAX_TOP_K};
+        if self.experts == 0 || self.experts > MAX_EXPERTS || self.top_k == 0 || self.top_k > self.experts.min(MAX_TOP_K) {
+            return Err(ModelError::Config(format!(
+                "{} of {} experts per token is not supported (at most {MAX_TOP_K} of {MAX_EXPERTS})",
+                self.top_k, self.experts
+            )));
+        }
+        if self.expert_ffn == 0 || self.expert_ffn as u64 > MAX_SIZE {
+            return Err(ModelError::Config(format!("an expert width of {} is out of range", self.expert_ffn)));
+        }
+        Ok(())
+    }
 }
 
 /// What mixes information across positions in a layer, and so what the layer keeps between
@@ -148,10 +187,14 @@ const NAMES: &[(&str, &str, Architecture)] = &[
     ("lfm2", "lfm2", Architecture::Lfm2),
     ("mamba2", "mamba2", Architecture::Mamba2),
     ("granitemoehybrid", "granitehybrid", Architecture::GraniteHybrid),
+    ("qwen3_moe", "qwen3moe", Architecture::Qwen3Moe),
+    // GGUF writes Mixtral as `llama` with an expert count (from_gguf tells them apart).
+    ("mixtral", "mixtral", Architecture::Mixtral),
+    ("gpt_oss", "gpt-oss", Architecture::GptOss),
 ];
 
 fn supported_list() -> String {
-    "llama, mistral, qwen2, qwen3, phi3, gemma2, gemma3 (gemma3_text), smollm3, lfm2, mamba2, granitemoehybrid (dense)".to_string()
+    "llama, mistral, qwen2, qwen3, phi3, gemma2, gemma3 (gemma3_text), smollm3, lfm2, mamba2, granitemoehybrid (dense), qwen3_moe, mixtral, gpt_oss".to_string()
 }
 
 impl Architecture {
@@ -169,7 +212,7 @@ impl Architecture {
 
     /// Per-head RMSNorm of q and k before RoPE.
     pub fn has_qk_norm(self) -> bool {
-        matches!(self, Self::Qwen3 | Self::Gemma3 | Self::Lfm2)
+        matches!(self, Self::Qwen3 | Self::Qwen3Moe | Self::Gemma3 | Self::Lfm2)
     }
 
     /// Whether Gemma layer `layer` uses the sliding window when the model does not list its
@@ -273,6 +316,8 @@ pub struct ModelConfig {
     pub conv_kernel: usize,
     /// Mamba2's mixer sizes, for [`LayerKind::Ssm`] layers.
     pub ssm: Option<SsmConfig>,
+    /// Mixture-of-experts sizes, for layers with a router.
+    pub moe: Option<MoeConfig>,
     pub attn_scale: f32,
     pub attn_softcap: f32,
     pub final_softcap: f32,
@@ -323,6 +368,21 @@ fn check_layers(layers: usize) -> Result<usize> {
 impl ModelConfig {
     pub fn qkv_width(&self) -> usize {
         (self.heads + 2 * self.kv_heads) * self.head_dim
+    }
+
+    /// The widest per-token row of a step's activation buffers, in f32s: a step of T tokens
+    /// holds T of them in one binding, which bounds the tokens one step may take
+    /// (`Session::max_step_tokens`).
+    pub fn widest_step_row(&self) -> usize {
+        let mut widest = [self.hidden, self.qkv_width(), self.heads * self.head_dim, 2 * self.ffn, 3 * self.hidden].into_iter().max().unwrap_or(1);
+        if let Some(s) = self.ssm_layers() {
+            widest = widest.max(s.proj_width());
+        }
+        if let Some(m) = &self.moe {
+            // Each pick's [gate | up] and down rows (a grouped prefill), the router's logits.
+            widest = widest.max(m.top_k * (2 * m.expert_ffn).max(self.hidden)).max(m.experts);
+        }
+        widest.max(1)
     }
 
     /// Whether any layer is LFM2's short convolution.
@@ -395,6 +455,14 @@ impl ModelConfig {
         if self.layer_kinds.contains(&LayerKind::Ssm) {
             self.ssm_sizes()?.check()?;
         }
+        if let Some(moe) = &self.moe {
+            moe.check()?;
+        }
+        if let Activation::SwigluOai { alpha, limit } = self.activation {
+            if !(alpha.is_finite() && limit > 0.0) {
+                return bad(format!("a clamped SwiGLU with alpha {alpha} and limit {limit} is not supported (a positive limit)"));
+            }
+        }
         Ok(self)
     }
 
@@ -402,11 +470,12 @@ impl ModelConfig {
         let arch_name = f.get_str("general.architecture")?;
         // `llama` finds Llama (listed before Mistral, which llama.cpp also writes as `llama`);
         // `gemma-embedding` is llama.cpp's name for EmbeddingGemma: Gemma 3, bidirectional.
+        let key = |k: &str| format!("{arch_name}.{k}");
         let arch = match arch_name {
             "gemma-embedding" => Architecture::Gemma3,
+            "llama" if f.get_u64(&key("expert_count")).is_ok_and(|n| n > 0) => Architecture::Mixtral,
             name => NAMES.iter().find(|n| n.1 == name).map(|n| n.2).ok_or_else(|| Architecture::unsupported(name))?,
         };
-        let key = |k: &str| format!("{arch_name}.{k}");
         let get = |k: &str| -> Result<usize> { Ok(clamp_size(f.get_u64(&key(k))?)) };
         let opt = |k: &str| f.get_u64(&key(k)).ok().map(clamp_size);
         let optf = |k: &str| f.get_f64(&key(k)).ok().map(|v| v as f32);
@@ -454,12 +523,35 @@ impl ModelConfig {
         } else {
             None
         };
+        let moe = match opt("expert_count").filter(|&n| n > 0) {
+            Some(experts) if matches!(arch, Architecture::Qwen3Moe | Architecture::Mixtral | Architecture::GptOss) => Some(MoeConfig {
+                experts,
+                top_k: get("expert_used_count")?,
+                // Mixtral's experts are feed_forward_length wide.
+                expert_ffn: opt("expert_feed_forward_length").map_or_else(|| get("feed_forward_length"), Ok)?,
+                // llama.cpp renormalises for both unless the file says otherwise.
+                normalize: !matches!(f.get(&key("expert_weights_norm")), Ok(crate::gguf::Value::Bool(false))),
+            }),
+            Some(_) => return Err(ModelError::Config(format!("{arch_name}'s mixture-of-experts layers are not supported"))),
+            None if matches!(arch, Architecture::Qwen3Moe | Architecture::GptOss) => {
+                return Err(ModelError::Config(format!("a {arch_name} model without an expert count")))
+            }
+            None => None,
+        };
         let vocab = match f.get_u64(&key("vocab_size")) {
             Ok(v) => clamp_size(v),
             Err(_) => f.get_array("tokenizer.ggml.tokens")?.len(),
         };
         let scaling = match f.get_str(&key("rope.scaling.type")) {
             Ok("linear") => RopeScaling::Linear { factor: f.get_f64(&key("rope.scaling.factor"))? as f32 },
+            Ok("yarn") => RopeScaling::Yarn {
+                factor: f.get_f64(&key("rope.scaling.factor"))? as f32,
+                beta_fast: optf("rope.scaling.yarn_beta_fast").unwrap_or(32.0),
+                beta_slow: optf("rope.scaling.yarn_beta_slow").unwrap_or(1.0),
+                original_max_position: get("rope.scaling.original_context_length")? as u32,
+                // GPT-OSS's config.json says `truncate: false` (GGUF keeps no such key).
+                truncate: arch != Architecture::GptOss,
+            },
             Ok("none") | Err(_) => RopeScaling::None,
             // Llama 3.1 scaling arrives as the `rope_freqs` tensor; Phi-3's as `rope_factors_*`.
             Ok(_) if arch == Architecture::Phi3 => RopeScaling::None,
@@ -469,6 +561,9 @@ impl ModelConfig {
         rope.scaling = scaling;
         if let Some(a) = optf("rope.scaling.attn_factor") {
             rope.attention_factor = a;
+        }
+        if let RopeScaling::Yarn { factor, .. } = rope.scaling {
+            rope.attention_factor = optf("rope.scaling.yarn_attn_factor").unwrap_or_else(|| yarn_attention_factor(factor));
         }
         // Which layers slide: `attention.sliding_window_pattern` as per-layer flags or as a
         // period n (every n-th layer global); otherwise llama.cpp's defaults (Gemma 2 every
@@ -486,6 +581,8 @@ impl ModelConfig {
             .map(|i| {
                 let slides = match &pattern {
                     Some(p) => p[i],
+                    // GPT-OSS: even layers slide (llama.cpp's swa pattern of 2).
+                    None if arch == Architecture::GptOss => i % 2 == 0,
                     None => arch.gemma_layer_slides(i, 6).unwrap_or(true),
                 };
                 if slides {
@@ -511,6 +608,8 @@ impl ModelConfig {
                 Architecture::Mamba2 => 0,
                 // The MLP every Granite hybrid layer has (its experts' width is another).
                 Architecture::GraniteHybrid => opt("expert_shared_feed_forward_length").map_or_else(|| get("feed_forward_length"), Ok)?,
+                // Qwen3-MoE's dense layers (none in llama.cpp's files): the expert width.
+                Architecture::Qwen3Moe | Architecture::GptOss => opt("feed_forward_length").map_or_else(|| get("expert_feed_forward_length"), Ok)?,
                 _ => get("feed_forward_length")?,
             },
             vocab,
@@ -520,7 +619,7 @@ impl ModelConfig {
             // llama.cpp permutes llama-arch Q/K rows so that its "normal" RoPE rotates adjacent
             // pairs; the interleaved rotation on those rows equals HF's rotate_half on the originals.
             // SmolLM3 goes through the same converter code as Llama.
-            rope_layout: if matches!(arch, Architecture::Llama | Architecture::SmolLM3 | Architecture::GraniteHybrid) {
+            rope_layout: if matches!(arch, Architecture::Llama | Architecture::Mixtral | Architecture::SmolLM3 | Architecture::GraniteHybrid) {
                 RopeLayout::Interleaved
             } else {
                 RopeLayout::Neox
@@ -538,6 +637,7 @@ impl ModelConfig {
                 _ => 0,
             },
             ssm,
+            moe,
             attn_scale: optf("attention.scale").unwrap_or(attn_scale),
             attn_softcap: optf("attn_logit_softcapping").unwrap_or(0.0),
             final_softcap: optf("final_logit_softcapping").unwrap_or(0.0),
@@ -545,7 +645,12 @@ impl ModelConfig {
             residual_scale: optf("residual_scale").unwrap_or(1.0),
             logit_scale: 1.0 / optf("logit_scale").unwrap_or(1.0),
             norm_offset: 0.0,
-            activation: if arch.is_gemma() { Activation::GeluTanh } else { Activation::Silu },
+            activation: match arch {
+                _ if arch.is_gemma() => Activation::GeluTanh,
+                // llama.cpp hard-codes GPT-OSS's alpha and limit.
+                Architecture::GptOss => Activation::SwigluOai { alpha: 1.702, limit: 7.0 },
+                _ => Activation::Silu,
+            },
             tie_embeddings: f.tensor("output.weight").is_none(),
             context_length: get("context_length")?,
             bos_token_id: f.get_u64("tokenizer.ggml.bos_token_id").ok().map(|v| v as u32),
@@ -582,6 +687,22 @@ impl ModelConfig {
         if arch == Architecture::GraniteHybrid && usize_of("num_local_experts").unwrap_or(0) > 0 {
             return Err(ModelError::Config("Granite's mixture-of-experts layers are not supported yet (its dense models are)".into()));
         }
+        let moe = match arch {
+            Architecture::Qwen3Moe => Some(MoeConfig {
+                experts: need("num_experts")?,
+                top_k: need("num_experts_per_tok")?,
+                expert_ffn: need("moe_intermediate_size")?,
+                normalize: c.get("norm_topk_prob").and_then(Json::as_bool).unwrap_or(false),
+            }),
+            Architecture::Mixtral | Architecture::GptOss => Some(MoeConfig {
+                experts: need("num_local_experts")?,
+                top_k: need("num_experts_per_tok")?,
+                expert_ffn: need("intermediate_size")?,
+                // GPT-OSS: a softmax over the picks' logits, which is the same.
+                normalize: true,
+            }),
+            _ => None,
+        };
         let layers = check_layers(need("num_hidden_layers")?)?;
 
         // transformers 5 writes `rope_parameters` (per layer type for Gemma 3); 4.x writes
@@ -602,6 +723,21 @@ impl ModelConfig {
             match kind {
                 "default" => {}
                 "linear" => rope.scaling = RopeScaling::Linear { factor: num("factor").unwrap_or(1.0) },
+                "yarn" => {
+                    let factor = num("factor").unwrap_or(1.0);
+                    rope.scaling = RopeScaling::Yarn {
+                        factor,
+                        beta_fast: num("beta_fast").unwrap_or(32.0),
+                        beta_slow: num("beta_slow").unwrap_or(1.0),
+                        original_max_position: num("original_max_position_embeddings").map_or(max_pos as u32, |v| v as u32),
+                        truncate: p.get("truncate").and_then(Json::as_bool).unwrap_or(true),
+                    };
+                    rope.attention_factor = match (num("attention_factor"), num("mscale"), num("mscale_all_dim")) {
+                        (Some(a), _, _) => a,
+                        (None, Some(m), Some(all)) if m != 0.0 && all != 0.0 => yarn_mscale(factor, m) / yarn_mscale(factor, all),
+                        _ => yarn_attention_factor(factor),
+                    };
+                }
                 "llama3" => {
                     rope.scaling = RopeScaling::Llama3 {
                         factor: num("factor").unwrap_or(1.0),
@@ -651,8 +787,8 @@ impl ModelConfig {
             None => (0..layers)
                 .map(|i| {
                     let slides = arch.gemma_layer_slides(i, usize_of("sliding_window_pattern").unwrap_or(6)).unwrap_or(match arch {
-                        Architecture::Mistral | Architecture::Phi3 => true,
-                        Architecture::Qwen2 | Architecture::Qwen3 => {
+                        Architecture::Mistral | Architecture::Mixtral | Architecture::Phi3 => true,
+                        Architecture::Qwen2 | Architecture::Qwen3 | Architecture::Qwen3Moe => {
                             c.get("use_sliding_window").and_then(Json::as_bool) == Some(true) && i >= usize_of("max_window_layers").unwrap_or(0)
                         }
                         _ => false,
@@ -684,6 +820,8 @@ impl ModelConfig {
         };
         let act = c.get("hidden_activation").or_else(|| c.get("hidden_act")).and_then(Json::as_str).unwrap_or("silu");
         let activation = match act {
+            // GPT-OSS's experts: alpha fixed in transformers, the limit from the config.
+            _ if arch == Architecture::GptOss => Activation::SwigluOai { alpha: 1.702, limit: f32_of("swiglu_limit").unwrap_or(7.0) },
             "silu" | "swish" => Activation::Silu,
             "gelu_pytorch_tanh" | "gelu_tanh" | "gelu_new" => Activation::GeluTanh,
             other => return Err(ModelError::Config(format!("activation `{other}` is not supported"))),
@@ -730,6 +868,7 @@ impl ModelConfig {
                 Architecture::GraniteHybrid => Some(granite_ssm(c, hidden, &need)?),
                 _ => None,
             },
+            moe,
             attn_scale: if arch == Architecture::GraniteHybrid { f32_of("attention_multiplier").unwrap_or(1.0) } else { 1.0 / qpas.sqrt() },
             attn_softcap: f32_of("attn_logit_softcapping").unwrap_or(0.0),
             final_softcap: f32_of("final_logit_softcapping").unwrap_or(0.0),
@@ -766,6 +905,20 @@ impl ModelConfig {
 /// Mamba2's mixer sizes from its config.json (transformers' `Mamba2Config` defaults where a
 /// key is missing). `time_step_limit` as written by Python may hold `Infinity`, read as null:
 /// no limit.
+/// YaRN's attention factor, transformers' `get_mscale`: 0.1 · mscale · ln(factor) + 1 (1 for
+/// factors up to 1).
+fn yarn_mscale(factor: f32, mscale: f32) -> f32 {
+    if factor <= 1.0 {
+        1.0
+    } else {
+        0.1 * mscale * factor.ln() + 1.0
+    }
+}
+
+fn yarn_attention_factor(factor: f32) -> f32 {
+    yarn_mscale(factor, 1.0)
+}
+
 fn mamba2_ssm(c: &Json, need: &dyn Fn(&str) -> Result<usize>) -> Result<SsmConfig> {
     let limit = c.get("time_step_limit").and_then(Json::as_array);
     let bound = |i: usize, default: f32| limit.and_then(|l| l.get(i)).and_then(Json::as_f64).map_or(default, |v| v.min(f32::MAX as f64) as f32);
@@ -983,6 +1136,29 @@ mod tests {
         assert!(err(serde_json::json!({"num_local_experts": 8})).contains("mixture-of-experts"));
         assert!(err(serde_json::json!({"layer_types": ["mamba", "conv", "mamba", "mamba"]})).contains("not supported"));
         assert!(err(serde_json::json!({"mamba_n_heads": 7})).contains("SSM"));
+    }
+
+    #[test]
+    fn mixture_of_experts_configs() {
+        let qwen = serde_json::json!({"model_type": "qwen3_moe", "hidden_size": 64, "num_attention_heads": 4, "num_key_value_heads": 2,
+            "head_dim": 32, "num_hidden_layers": 3, "vocab_size": 512, "intermediate_size": 128, "num_experts": 8,
+            "num_experts_per_tok": 2, "moe_intermediate_size": 48, "norm_topk_prob": true});
+        let c = with_keys(&qwen, serde_json::json!({})).unwrap();
+        assert_eq!(c.moe, Some(MoeConfig { experts: 8, top_k: 2, expert_ffn: 48, normalize: true }));
+        assert_eq!((c.arch, c.ffn), (Architecture::Qwen3Moe, 128));
+        assert!(c.arch.has_qk_norm());
+        // transformers' default: the softmax over all experts, not renormalised.
+        assert!(!with_keys(&qwen, serde_json::json!({"norm_topk_prob": null})).unwrap().moe.unwrap().normalize);
+        let mixtral = serde_json::json!({"model_type": "mixtral", "hidden_size": 64, "num_attention_heads": 4, "num_key_value_heads": 2,
+            "num_hidden_layers": 2, "vocab_size": 512, "intermediate_size": 64, "num_local_experts": 4, "num_experts_per_tok": 2});
+        let m = with_keys(&mixtral, serde_json::json!({})).unwrap().moe.unwrap();
+        assert_eq!(m, MoeConfig { experts: 4, top_k: 2, expert_ffn: 64, normalize: true });
+        let err = |base: &Json, extra: Json| with_keys(base, extra).unwrap_err().to_string();
+        assert!(err(&qwen, serde_json::json!({"num_experts_per_tok": 9})).contains("9 of 8 experts"));
+        assert!(err(&qwen, serde_json::json!({"num_experts_per_tok": 0})).contains("experts per token"));
+        assert!(err(&qwen, serde_json::json!({"num_experts": 1u64 << 40})).contains("experts per token"));
+        assert!(err(&qwen, serde_json::json!({"moe_intermediate_size": 0})).contains("expert width"));
+        assert!(err(&mixtral, serde_json::json!({"num_local_experts": null})).contains("num_local_experts"));
     }
 
     /// Sizes are checked before anything is allocated by them (2^40 layers aborted the process).

@@ -177,11 +177,17 @@ pub async fn generate_constrained<B: Backend>(
     let mut history = prompt.to_vec();
     let start = Instant::now();
     out.reused_tokens = session.reuse_prefix(prompt);
-    let new = &prompt[out.reused_tokens..];
+    let mut new = &prompt[out.reused_tokens..];
+    // A prompt longer than one step's buffers can hold runs in steps of the most they hold.
+    let max_step = Session::max_step_tokens(dev, model);
+    while new.len() > max_step {
+        session.step(dev, model, &new[..max_step], false).await?;
+        new = &new[max_step..];
+    }
     let first = step_masking(dev, model, session, new, need_logits || options.want_prompt_logits, &mut constraint).await?;
     let prefill = start.elapsed().as_secs_f64();
     out.ttft_ms = prefill * 1e3;
-    out.prefill_tok_s = new.len() as f64 / prefill.max(1e-9);
+    out.prefill_tok_s = (prompt.len() - out.reused_tokens) as f64 / prefill.max(1e-9);
     if options.want_prompt_logits {
         out.prompt_logits = first.logits.clone();
     }

@@ -24,6 +24,9 @@ pub enum GgmlType {
     Q6K,
     Q8K,
     BF16,
+    /// OCP microscaling FP4 (GPT-OSS's experts): an e8m0 exponent byte, then 16 bytes of e2m1
+    /// codes, value j in the low nibble of byte j and value j + 16 in the high one.
+    MXFP4,
 }
 
 impl GgmlType {
@@ -44,6 +47,7 @@ impl GgmlType {
             14 => Self::Q6K,
             15 => Self::Q8K,
             30 => Self::BF16,
+            39 => Self::MXFP4,
             _ => return None,
         })
     }
@@ -65,6 +69,7 @@ impl GgmlType {
             Self::Q6K => "Q6_K",
             Self::Q8K => "Q8_K",
             Self::BF16 => "BF16",
+            Self::MXFP4 => "MXFP4",
         }
     }
 
@@ -85,6 +90,7 @@ impl GgmlType {
             Self::Q5K => (256, 176),
             Self::Q6K => (256, 210),
             Self::Q8K => (256, 292),
+            Self::MXFP4 => (32, 17),
         }
     }
 
@@ -143,6 +149,17 @@ fn k_block_values(ty: GgmlType, b: &[u8], q: &mut [u8; 256]) {
         }
         _ => unreachable!("not a K-quant: {ty:?}"),
     }
+}
+
+/// An MXFP4 block's 32 e2m1 codes in weight order and its e8m0 exponent. ggml scales its
+/// doubled code values by 2^(e − 128), which is e2m1 · 2^(e − 127).
+fn mxfp4_block(b: &[u8]) -> ([u8; 32], u8) {
+    let mut codes = [0u8; 32];
+    for j in 0..16 {
+        codes[j] = b[1 + j] & 0xf;
+        codes[j + 16] = b[1 + j] >> 4;
+    }
+    (codes, b[0])
 }
 
 /// Dequantises whole blocks of `ty` from `data` into `out` (out.len() weights).
@@ -214,6 +231,12 @@ pub fn dequantize(ty: GgmlType, data: &[u8], out: &mut [f32]) -> Result<(), Stri
                     *y = d * (b[192 + i / 16] as i8) as f32 * (q as i32 - 32) as f32;
                 }
             }
+            GgmlType::MXFP4 => {
+                let (codes, e) = mxfp4_block(b);
+                for (y, q) in y.iter_mut().zip(codes) {
+                    *y = emberlm_core::dtype::mxfp4_value(q, e);
+                }
+            }
             GgmlType::Q8_1 | GgmlType::Q2K | GgmlType::Q3K | GgmlType::Q8K => {
                 return Err(format!("dequantising {} is not supported yet", ty.name()));
             }
@@ -230,6 +253,7 @@ pub fn exact_dtype(ty: GgmlType) -> DType {
         GgmlType::Q4K => DType::Q4K,
         GgmlType::Q5K => DType::Q5K,
         GgmlType::Q6K => DType::Q6K,
+        GgmlType::MXFP4 => DType::Mxfp4,
         GgmlType::F16 => DType::F16,
         _ => DType::F32,
     }
@@ -300,6 +324,16 @@ pub fn pack_rows(ty: GgmlType, data: &[u8], rows: usize, k: usize, dtype: DType)
                 }
             }
             Ok(PackedMatrix::k_from_blocks(dtype, rows, k, &q, &headers))
+        }
+        (GgmlType::MXFP4, DType::Mxfp4) => {
+            let mut q = vec![0u8; rows * k];
+            let mut e = Vec::with_capacity(blocks);
+            for (b, q) in data.chunks_exact(bb).zip(q.chunks_exact_mut(32)) {
+                let (codes, exponent) = mxfp4_block(b);
+                q.copy_from_slice(&codes);
+                e.push(exponent);
+            }
+            Ok(PackedMatrix::mxfp4_from_blocks(rows, k, &q, &e))
         }
         (GgmlType::F16, DType::F16) => {
             let qs = data.chunks_exact(4).map(|w| u32::from_le_bytes([w[0], w[1], w[2], w[3]])).collect();

@@ -36,12 +36,12 @@
 //! Mamba2's convolution and scan states — is its [`LayerState`]; a [`Session`] holds one per
 //! layer.
 
-use emberlm_core::ops::{AttentionParams, ConvStyle, ShortConvParams, SsmScanParams};
+use emberlm_core::ops::{AttentionParams, ConvStyle, MoeRouteParams, ShortConvParams, SsmScanParams};
 use emberlm_core::{DType, GpuDevice};
 
 use crate::backend::Backend;
 
-use crate::config::{Architecture, LayerKind, LongRope, ModelConfig, RopeConfig, SsmConfig};
+use crate::config::{Architecture, LayerKind, LongRope, ModelConfig, MoeConfig, RopeConfig, SsmConfig};
 use crate::error::{ModelError, Result};
 use crate::gguf::ByteSource;
 use crate::weights::{GgufStore, WeightStore};
@@ -87,6 +87,8 @@ enum Mixer<B: Backend> {
         qkv: Linear<B>,
         q_norm: Option<B::Tensor>,
         k_norm: Option<B::Tensor>,
+        /// GPT-OSS's per-head sink logits.
+        sinks: Option<B::Tensor>,
         o: Linear<B>,
     },
     /// LFM2's gated short convolution.
@@ -113,13 +115,32 @@ enum Mixer<B: Backend> {
     },
 }
 
-/// The gated MLP after the mixer.
+/// The MLP after the mixer: its norm, a gated MLP or a mixture of experts, Gemma's post-norm.
 struct FeedForward<B: Backend> {
     norm: B::Tensor,
-    /// Writes [gate | up].
-    gate_up: Linear<B>,
-    down: Linear<B>,
+    mlp: Mlp<B>,
     post_norm: Option<B::Tensor>,
+}
+
+enum Mlp<B: Backend> {
+    Dense {
+        /// Writes [gate | up].
+        gate_up: Linear<B>,
+        down: Linear<B>,
+    },
+    /// A mixture of experts: only the router's top-k experts run for each token.
+    Experts {
+        /// Writes one logit per expert.
+        router: Linear<B>,
+        /// `[experts, 2·expert_ffn, hidden]`: each expert's gate rows, then its up rows.
+        gate_up: B::Tensor,
+        /// `[experts, hidden, expert_ffn]`.
+        down: B::Tensor,
+        /// GPT-OSS's expert biases: `[experts · 2·expert_ffn]` ([gate | up] per expert) and
+        /// `[experts · hidden]`.
+        gate_up_bias: Option<B::Tensor>,
+        down_bias: Option<B::Tensor>,
+    },
 }
 
 struct Layer<B: Backend> {
@@ -137,6 +158,9 @@ pub struct Model<B: Backend = GpuDevice> {
     pub context: usize,
     /// Bytes of weights on the backend (GPU buffers or CPU memory).
     pub weight_bytes: u64,
+    /// Bytes of the mixtures' expert weights (within `weight_bytes`), of which a decode step
+    /// reads top_k / experts.
+    pub expert_bytes: u64,
     embed: B::Tensor,
     /// `None` when the output projection is tied to the embedding.
     output: Option<B::Tensor>,
@@ -193,9 +217,13 @@ pub fn state_bytes(c: &ModelConfig, context: usize) -> u64 {
 /// The dtype a matrix loads as: the requested one, else the file's own; f32 when the row
 /// length does not fit the format's groups.
 fn load_dtype(store: &dyn WeightStore, requested: Option<DType>, name: &str, k: usize) -> Result<DType> {
+    let exact = store.exact_dtype(name)?;
     let dtype = match requested {
+        // MXFP4 (GPT-OSS's experts) is already 4.25 bits: another quantised format would only
+        // round it again, and q4 / q8 take more room. Only f32 / f16 widen it.
+        Some(d) if exact == DType::Mxfp4 && d.is_quantized() => exact,
         Some(d) => d,
-        None => store.exact_dtype(name)?,
+        None => exact,
     };
     Ok(if k % dtype.k_multiple() == 0 { dtype } else { DType::F32 })
 }
@@ -217,15 +245,92 @@ impl<B: Backend> Loader<'_, B> {
 
     /// Streams `rows` rows of `name` into `tensor` starting at row `row0`, piece by piece.
     fn upload(&mut self, tensor: &B::Tensor, row0: usize, name: &str, rows: usize) -> Result<()> {
+        self.upload_rows(tensor, row0, name, 0..rows)
+    }
+
+    /// Streams rows `src` of `name` into `tensor` from its row `row0`, piece by piece.
+    fn upload_rows(&mut self, tensor: &B::Tensor, row0: usize, name: &str, src: std::ops::Range<usize>) -> Result<()> {
         let rows_per_piece = (LOAD_PIECE_BYTES / self.store.row_bytes(name)?.max(1)).max(1) as usize;
-        let mut r = 0;
-        while r < rows {
-            let end = (r + rows_per_piece).min(rows);
+        let mut r = src.start;
+        while r < src.end {
+            let end = (r + rows_per_piece).min(src.end);
             let packed = self.store.read_rows(name, r..end, B::dtype(tensor))?;
-            self.dev.write_rows(tensor, row0 + r, &packed)?;
+            self.dev.write_rows(tensor, row0 + r - src.start, &packed)?;
             r = end;
         }
         Ok(())
+    }
+
+    /// As [`Loader::linear`] at the file's own precision whatever dtype the load asks for: a
+    /// mixture's router, which llama.cpp's quantizer also leaves alone — it is small, and
+    /// rounding it flips the experts a token picks wherever two are close.
+    fn exact_linear(&mut self, parts: &[(String, usize)], k: usize) -> Result<Linear<B>> {
+        let requested = self.dtype.take();
+        let linear = self.linear(parts, k);
+        self.dtype = requested;
+        linear
+    }
+
+    /// A mixture's biases of `parts` (each `[experts, width]`), side by side per expert
+    /// (gate then up), or `None` when the model has none.
+    fn expert_biases(&mut self, parts: &[String], experts: usize, width: usize) -> Result<Option<B::Tensor>> {
+        if parts.iter().all(|p| self.store.shape(p).is_none()) {
+            return Ok(None);
+        }
+        let mut values = vec![0f32; experts * width * parts.len()];
+        for (j, name) in parts.iter().enumerate() {
+            let part = self.vector_values(name, experts * width)?;
+            for (e, row) in part.chunks_exact(width).enumerate() {
+                values[(e * parts.len() + j) * width..][..width].copy_from_slice(row);
+            }
+        }
+        let label = parts.join("+");
+        Ok(Some(self.dev.from_f32(&label, &[values.len()], &values)?))
+    }
+
+    /// Layer `i`'s experts of one projection (`gate`, `up`, `down`) as `[experts, rows, k]`
+    /// parts: llama.cpp's stacked `ffn_{proj}_exps` or its per-expert `ffn_{proj}.{e}`
+    /// (safetensors). Returns, per expert, the tensor and the rows to read.
+    fn expert_parts(&self, i: usize, proj: &str, experts: usize, rows: usize, k: usize) -> Result<Vec<(String, std::ops::Range<usize>)>> {
+        let stacked = format!("blk.{i}.ffn_{proj}_exps.weight");
+        if self.store.shape(&stacked).is_some() {
+            // u64: experts · rows may overflow a wasm32 usize for a hostile config.
+            let total = experts as u64 * rows as u64;
+            let found = self.store.shape(&stacked).unwrap_or_default();
+            if found.0 as u64 != total || found.1 != k {
+                return Err(ModelError::ShapeMismatch { tensor: stacked, expected: vec![experts, rows, k], found: vec![found.0, found.1] });
+            }
+            return Ok((0..experts).map(|e| (stacked.clone(), e * rows..(e + 1) * rows)).collect());
+        }
+        (0..experts)
+            .map(|e| {
+                let name = format!("blk.{i}.ffn_{proj}.{e}.weight");
+                self.expect_shape(&name, rows, k)?;
+                Ok((name, 0..rows))
+            })
+            .collect()
+    }
+
+    /// One `[experts, rows, k]` weight from `parts` per expert, each expert's parts side by
+    /// side (gate then up); its dtype is theirs, or f32 when they differ (exact either way).
+    fn experts(&mut self, label: String, parts: &[Vec<(String, std::ops::Range<usize>)>], rows: usize, k: usize) -> Result<B::Tensor> {
+        let mut dtypes = Vec::new();
+        for (name, _) in parts.iter().flat_map(|p| p.first()) {
+            dtypes.push(self.dtype_of(name, k)?);
+        }
+        let dtype = if dtypes.iter().all(|d| *d == dtypes[0]) { dtypes[0] } else { DType::F32 };
+        let experts = parts[0].len();
+        let tensor = self.dev.weight(&label, &[experts, rows, k], dtype)?;
+        for e in 0..experts {
+            let mut row0 = e * rows;
+            for part in parts {
+                let (name, src) = &part[e];
+                self.upload_rows(&tensor, row0, name, src.clone())?;
+                row0 += src.len();
+            }
+        }
+        self.count(&tensor);
+        Ok(tensor)
     }
 
     fn count(&mut self, t: &B::Tensor) {
@@ -334,7 +439,9 @@ impl<B: Backend> Model<B> {
         let embed = B::tensor_bytes(&self.embed);
         let row = embed / self.config.vocab.max(1) as u64;
         let untied_embed = if self.output.is_some() { embed } else { 0 };
-        self.weight_bytes - untied_embed + row
+        // A mixture's decode step reads its top_k experts' rows, no others.
+        let unread_experts = self.config.moe.map_or(0, |m| self.expert_bytes / m.experts as u64 * (m.experts - m.top_k) as u64);
+        self.weight_bytes - untied_embed + row - unread_experts
     }
 
     /// Loads a GGUF model (one file or split shards); tensor data is streamed piece by piece.
@@ -411,6 +518,7 @@ impl<B: Backend> Model<B> {
             dev.from_f32(output_norm_name, &[h], &w)?
         };
         let mut layers = Vec::with_capacity(c.layers);
+        let mut expert_bytes = 0;
         for i in 0..c.layers {
             let n = |s: &str| format!("blk.{i}.{s}");
             let gate_up_parts = if store.shape(&n("ffn_gate.weight")).is_some() {
@@ -443,6 +551,7 @@ impl<B: Backend> Model<B> {
                         qkv: ld.linear(&qkv_parts, h)?,
                         q_norm: qk_norm(&mut ld, "attn_q_norm.weight")?,
                         k_norm: qk_norm(&mut ld, "attn_k_norm.weight")?,
+                        sinks: ld.optional_vector(&n("attn_sinks.weight"), c.heads)?,
                         o: ld.linear(&[(n("attn_output.weight"), h)], q_rows)?,
                     }
                 }
@@ -469,15 +578,33 @@ impl<B: Backend> Model<B> {
                     }
                 }
             };
-            let ffn = if c.arch.has_ffn() {
-                Some(FeedForward {
-                    norm: ld.vector(&n("ffn_norm.weight"), h)?,
-                    gate_up: ld.linear(&gate_up_parts, h)?,
-                    down: ld.linear(&[(n("ffn_down.weight"), h)], c.ffn)?,
-                    post_norm: post(&mut ld, "post_ffw_norm.weight")?,
-                })
-            } else {
-                None
+            let mlp = match c.moe {
+                // A layer with a router is a mixture (Qwen3-MoE's `mlp_only_layers` have none).
+                Some(moe) if store.shape(&n("ffn_gate_inp.weight")).is_some() => {
+                    let (experts, inter) = (moe.experts, moe.expert_ffn);
+                    let gate_up = [ld.expert_parts(i, "gate", experts, inter, h)?, ld.expert_parts(i, "up", experts, inter, h)?];
+                    let down = [ld.expert_parts(i, "down", experts, h, inter)?];
+                    let mlp = Mlp::Experts {
+                        router: ld.exact_linear(&[(n("ffn_gate_inp.weight"), experts)], h)?,
+                        gate_up: ld.experts(n("ffn_gate_up_exps"), &gate_up, 2 * inter, h)?,
+                        down: ld.experts(n("ffn_down_exps"), &down, h, inter)?,
+                        gate_up_bias: ld.expert_biases(&[n("ffn_gate_exps.bias"), n("ffn_up_exps.bias")], experts, inter)?,
+                        down_bias: ld.expert_biases(&[n("ffn_down_exps.bias")], experts, h)?,
+                    };
+                    if let Mlp::Experts { gate_up, down, .. } = &mlp {
+                        expert_bytes += B::tensor_bytes(gate_up) + B::tensor_bytes(down);
+                    }
+                    Some(mlp)
+                }
+                _ if c.arch.has_ffn() => Some(Mlp::Dense { gate_up: ld.linear(&gate_up_parts, h)?, down: ld.linear(&[(n("ffn_down.weight"), h)], c.ffn)? }),
+                _ => None,
+            };
+            // llama.cpp names GPT-OSS's MLP norm `post_attention_norm`.
+            let ffn_norm =
+                if c.arch == Architecture::GptOss && store.shape(&n("ffn_norm.weight")).is_none() { "post_attention_norm.weight" } else { "ffn_norm.weight" };
+            let ffn = match mlp {
+                Some(mlp) => Some(FeedForward { norm: ld.vector(&n(ffn_norm), h)?, mlp, post_norm: post(&mut ld, "post_ffw_norm.weight")? }),
+                None => None,
             };
             layers.push(Layer { mixer_norm: ld.vector(&n("attn_norm.weight"), h)?, mixer, post_attn_norm: post(&mut ld, "post_attention_norm.weight")?, ffn });
         }
@@ -486,7 +613,7 @@ impl<B: Backend> Model<B> {
         let rope_local = c.rope_local.as_ref().map(table).transpose()?;
         let rope_none = if c.layer_rope.contains(&false) { Some(dev.rope_table(&[], options.context, 1.0)?) } else { None };
         let weight_bytes = ld.bytes;
-        Ok(Self { context: options.context, weight_bytes, embed, output, output_norm, layers, rope, rope_local, rope_none, config })
+        Ok(Self { context: options.context, weight_bytes, expert_bytes, embed, output, output_norm, layers, rope, rope_local, rope_none, config })
     }
 }
 
@@ -611,6 +738,7 @@ struct Workspace<B: Backend> {
     bcx: Option<B::Tensor>,
     conv_out: Option<B::Tensor>,
     ssm: Option<SsmWorkspace<B>>,
+    moe: Option<MoeWorkspace<B>>,
     logits: B::Tensor,
     /// A prefill's greedy token. A decode step (`None` here) writes its token over its own
     /// input id instead, where the next decode step reads it: greedy decoding can then queue a
@@ -629,6 +757,40 @@ struct SsmWorkspace<B: Backend> {
     y_normed: B::Tensor,
     /// A prefill's chunk states and dt (see `ssm_scan`); `None` for one token.
     scratch: Option<(B::Tensor, B::Tensor)>,
+}
+
+/// A mixture's activations for a step of `tokens` tokens.
+struct MoeWorkspace<B: Backend> {
+    /// [tokens, experts] router logits.
+    logits: B::Tensor,
+    /// Per token, top_k expert ids then weights (`MoeRouteParams::route_len`).
+    route: B::Tensor,
+    /// [tokens · top_k, expert_ffn]: each pick's weighted activations.
+    act: B::Tensor,
+    /// A prefill's grouped passes ([`Backend::groups_experts`]): the groups, each pick's
+    /// [gate | up] rows and its down projection.
+    grouped: Option<[B::Tensor; 3]>,
+}
+
+impl<B: Backend> MoeWorkspace<B> {
+    fn new(dev: &B, m: &MoeConfig, hidden: usize, t: usize) -> Result<Self> {
+        let slots = t * m.top_k;
+        let grouped = if t > 1 && B::groups_experts() {
+            Some([
+                dev.activation("expert groups", &[emberlm_core::ops::moe::groups_len(m.experts, slots)])?,
+                dev.activation("pick gate|up", &[slots, 2 * m.expert_ffn])?,
+                dev.activation("pick down", &[slots, hidden])?,
+            ])
+        } else {
+            None
+        };
+        Ok(Self {
+            logits: dev.activation("router logits", &[t, m.experts])?,
+            route: dev.activation("route", &[t * 2 * m.top_k])?,
+            act: dev.activation("expert activations", &[slots, m.expert_ffn])?,
+            grouped,
+        })
+    }
 }
 
 impl<B: Backend> SsmWorkspace<B> {
@@ -684,6 +846,7 @@ impl<B: Backend> Workspace<B> {
             bcx: if c.has_conv_layers() { Some(f32t("conv in", 3 * c.hidden)?) } else { None },
             conv_out: if c.has_conv_layers() { Some(f32t("conv out", c.hidden)?) } else { None },
             ssm: c.ssm_layers().map(|s| SsmWorkspace::new(dev, s, t)).transpose()?,
+            moe: c.moe.as_ref().map(|m| MoeWorkspace::new(dev, m, c.hidden, t)).transpose()?,
             logits: dev.activation("logits", &[c.vocab])?,
             next: if t == 1 { None } else { Some(dev.activation("next token", &[1])?) },
         })
@@ -898,6 +1061,13 @@ impl<B: Backend> Session<B> {
         Ok(hidden)
     }
 
+    /// The most tokens one step may take on `dev`: each of a step's activation buffers must fit
+    /// one binding ([`Backend::max_tensor_bytes`]; a mixture's per-pick rows are the widest).
+    /// [`crate::generate`] runs a longer prompt in steps of this many.
+    pub fn max_step_tokens(dev: &B, model: &Model<B>) -> usize {
+        (dev.max_tensor_bytes() / (4 * model.config.widest_step_row() as u64)).clamp(1, MAX_CONTEXT as u64) as usize
+    }
+
     /// Checks a step of `tokens` at the next position.
     fn check_step(&self, model: &Model<B>, tokens: &[u32]) -> Result<()> {
         let c = &model.config;
@@ -963,7 +1133,7 @@ impl<B: Backend> Session<B> {
                 Some(x) => B::rms_norm(plan, x, &layer.mixer_norm, Some((&ws.residual, c.residual_scale)), &ws.normed, t, c.rms_eps, c.norm_offset)?,
             };
             match (&layer.mixer, state) {
-                (Mixer::Attention { qkv, q_norm, k_norm, o }, LayerState::Kv { k: k_cache, v: v_cache }) => {
+                (Mixer::Attention { qkv, q_norm, k_norm, sinks, o }, LayerState::Kv { k: k_cache, v: v_cache }) => {
                     project(plan, &ws.normed, qkv, &ws.qkv, qkv_w)?;
                     if let (Some(qn), Some(kn)) = (q_norm, k_norm) {
                         B::head_rms_norm(plan, &ws.qkv, qn, t, c.heads, 0, qkv_w, c.rms_eps, c.norm_offset)?;
@@ -988,7 +1158,7 @@ impl<B: Backend> Session<B> {
                         softcap: c.attn_softcap,
                         q_stride: qkv_w,
                     };
-                    B::attention(plan, &ws.qkv, k_cache, v_cache, &ws.attn, &params)?;
+                    B::attention(plan, &ws.qkv, k_cache, v_cache, sinks.as_ref(), &ws.attn, &params)?;
                     project(plan, &ws.attn, o, &ws.out, c.hidden)?;
                 }
                 (Mixer::ShortConv { in_proj, conv, conv_bias, out_proj }, LayerState::Conv { slots }) => {
@@ -1038,15 +1208,40 @@ impl<B: Backend> Session<B> {
                 continue;
             };
             B::rms_norm(plan, attn_out, &ffn.norm, Some((&ws.residual, c.residual_scale)), &ws.normed, t, c.rms_eps, c.norm_offset)?;
-            match ffn.gate_up.parts.as_slice() {
-                // Decode: the projection and the activation in one op where the backend fuses them.
-                [p] if t == 1 && B::fuses_gated_matvec(&p.weight) => B::gated_matvec(plan, &p.weight, &ws.normed, 0, p.bias.as_ref(), &ws.act, c.activation)?,
-                _ => {
-                    project(plan, &ws.normed, &ffn.gate_up, &ws.gate_up, 2 * c.ffn)?;
-                    B::gated_activation(plan, &ws.gate_up, &ws.act, t, c.ffn, c.activation)?;
+            match &ffn.mlp {
+                Mlp::Dense { gate_up, down } => {
+                    match gate_up.parts.as_slice() {
+                        // Decode: the projection and the activation in one op where the backend fuses them.
+                        [p] if t == 1 && B::fuses_gated_matvec(&p.weight) => {
+                            B::gated_matvec(plan, &p.weight, &ws.normed, 0, p.bias.as_ref(), &ws.act, c.activation)?
+                        }
+                        _ => {
+                            project(plan, &ws.normed, gate_up, &ws.gate_up, 2 * c.ffn)?;
+                            B::gated_activation(plan, &ws.gate_up, &ws.act, t, c.ffn, c.activation)?;
+                        }
+                    }
+                    project(plan, &ws.act, down, &ws.out, c.hidden)?;
+                }
+                Mlp::Experts { router, gate_up, down, gate_up_bias, down_bias } => {
+                    let (moe, mw) = (c.moe.as_ref().expect("experts have sizes"), ws.moe.as_ref().expect("moe buffers"));
+                    project(plan, &ws.normed, router, &mw.logits, moe.experts)?;
+                    let route = MoeRouteParams { tokens: t, experts: moe.experts, top_k: moe.top_k, normalize: moe.normalize };
+                    B::moe_route(plan, &mw.logits, &mw.route, &route)?;
+                    match &mw.grouped {
+                        // A prefill on the GPU: the picks grouped by expert, each picked
+                        // expert's rows decoded once per tile of its tokens.
+                        Some([groups, gate_up_out, down_out]) => {
+                            let scratch = [groups, gate_up_out, &mw.act, down_out];
+                            let biases = [gate_up_bias.as_ref(), down_bias.as_ref()];
+                            B::grouped_experts(plan, gate_up, down, biases, &ws.normed, &mw.route, scratch, &ws.out, t, moe.top_k, c.activation)?
+                        }
+                        None => {
+                            B::expert_gated_matvec(plan, gate_up, &ws.normed, &mw.route, gate_up_bias.as_ref(), &mw.act, t, moe.top_k, c.activation)?;
+                            B::expert_matvec(plan, down, &mw.act, &mw.route, down_bias.as_ref(), &ws.out, t, moe.top_k)?;
+                        }
+                    }
                 }
             }
-            project(plan, &ws.act, &ffn.down, &ws.out, c.hidden)?;
             post_norm(plan, &ws.out, ffn.post_norm.as_ref())?;
             pending = Some(block_out(ffn.post_norm.as_ref()));
         }

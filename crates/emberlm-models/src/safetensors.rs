@@ -4,6 +4,12 @@
 //! [`ByteSource`], so a multi-GB model never sits whole in memory. Sharded models
 //! (`model.safetensors.index.json`) are a list of such files. Tensor names are translated to
 //! llama.cpp's so the loader sees one vocabulary (see `weights.rs`).
+//!
+//! GPT-OSS checkpoints keep their experts in MXFP4 as OpenAI ships them: `*_blocks` (U8,
+//! `[experts, rows, k/32, 16]`, value 2j in the low nibble of byte j) and `*_scales` (U8
+//! e8m0, `[experts, rows, k/32]`), gate and up rows interleaved. They appear to the loader as
+//! llama.cpp's `ffn_{gate,up,down}_exps` in MXFP4 ([`Mxfp4View`]), gate and up apart, as
+//! llama.cpp's converter splits them; the interleaved biases likewise.
 
 use std::collections::HashMap;
 use std::ops::Range;
@@ -25,14 +31,16 @@ pub enum StDType {
     F32,
     F16,
     BF16,
+    /// Bytes: GPT-OSS's MXFP4 blocks and scales (read only through an [`Mxfp4View`]).
+    U8,
 }
 
 impl StDType {
     fn size(self) -> u64 {
-        if self == StDType::F32 {
-            4
-        } else {
-            2
+        match self {
+            StDType::F32 => 4,
+            StDType::F16 | StDType::BF16 => 2,
+            StDType::U8 => 1,
         }
     }
 }
@@ -87,7 +95,8 @@ pub fn read_header<S: ByteSource + ?Sized>(file: &str, src: &S) -> Result<Vec<St
             Some("F32") => StDType::F32,
             Some("F16") => StDType::F16,
             Some("BF16") => StDType::BF16,
-            Some(other) => return Err(bad(format!("dtype {other} is not supported (F32, F16, BF16)"))),
+            Some("U8") => StDType::U8,
+            Some(other) => return Err(bad(format!("dtype {other} is not supported (F32, F16, BF16, U8)"))),
             None => return Err(bad("no dtype".into())),
         };
         let shape: Vec<usize> = entry
@@ -147,12 +156,31 @@ pub fn canonical_name(hf: &str, arch: Architecture) -> Option<String> {
     // A = -exp(A_log); the checkpoint's A_log keeps a name of its own (the loader converts it).
     // (Granite's hybrids call the mixer `mamba`.)
     match (module, suffix) {
+        // GPT-OSS: sinks, the down projection's biases (its other expert tensors are views).
+        ("self_attn", "sinks") => return Some(format!("blk.{layer}.attn_sinks.weight")),
+        ("mlp.experts", "down_proj_bias") => return Some(format!("blk.{layer}.ffn_down_exps.bias")),
         ("mixer" | "mamba", "dt_bias") => return Some(format!("blk.{layer}.ssm_dt.bias")),
         ("mixer" | "mamba", "A_log") => return Some(format!("blk.{layer}.ssm_a_log")),
         ("mixer" | "mamba", "D") => return Some(format!("blk.{layer}.ssm_d")),
         _ => {}
     }
+    // Mixture-of-experts experts, by llama.cpp's per-expert names (its converter stacks them
+    // into `ffn_*_exps`; the loader takes either).
+    for experts in ["mlp.experts.", "block_sparse_moe.experts."] {
+        if let Some((e, proj)) = module.strip_prefix(experts).and_then(|rest| rest.split_once('.')) {
+            let e: usize = e.parse().ok()?;
+            let name = match proj {
+                "gate_proj" | "w1" => "ffn_gate",
+                "up_proj" | "w3" => "ffn_up",
+                "down_proj" | "w2" => "ffn_down",
+                _ => return None,
+            };
+            return Some(format!("blk.{layer}.{name}.{e}.{suffix}"));
+        }
+    }
     let name = match module {
+        // A mixture's router (Qwen3-MoE, Mixtral, GPT-OSS).
+        "mlp.gate" | "block_sparse_moe.gate" | "mlp.router" => "ffn_gate_inp",
         "input_layernorm" => "attn_norm",
         "self_attn.q_proj" => "attn_q",
         "self_attn.k_proj" => "attn_k",
@@ -201,6 +229,82 @@ pub struct SafetensorsStore<S: ByteSource> {
     files: Vec<S>,
     /// canonical name → (file index, tensor).
     tensors: HashMap<String, (usize, StTensor)>,
+    /// Tensors the loader sees that the files hold another way (GPT-OSS's experts).
+    views: HashMap<String, View>,
+}
+
+/// A tensor made from others (see the module docs).
+enum View {
+    /// MXFP4 rows from OpenAI's `*_blocks` and `*_scales`: view row r is source row
+    /// (r / per_expert) · per_expert · stride + (r % per_expert) · stride + offset.
+    Mxfp4 { blocks: (usize, StTensor), scales: (usize, StTensor), rows: usize, k: usize, per_expert: usize, stride: usize, offset: usize },
+    /// Every `stride`-th value of each source row from `offset` (an interleaved bias): [rows, k].
+    Columns { tensor: (usize, StTensor), rows: usize, k: usize, stride: usize, offset: usize },
+}
+
+impl View {
+    fn rows_k(&self) -> (usize, usize) {
+        match self {
+            View::Mxfp4 { rows, k, .. } | View::Columns { rows, k, .. } => (*rows, *k),
+        }
+    }
+}
+
+/// `(layer, tensor)` of a GPT-OSS expert tensor's HF name (`model.layers.{l}.mlp.experts.{t}`).
+fn gpt_oss_expert(hf: &str) -> Option<(usize, &str)> {
+    let rest = hf.strip_prefix("model.layers.")?;
+    let (layer, rest) = rest.split_once('.')?;
+    Some((layer.parse().ok()?, rest.strip_prefix("mlp.experts.")?))
+}
+
+/// GPT-OSS's expert views from its raw `*_blocks`, `*_scales` and `gate_up_proj_bias`
+/// tensors (`raw`: HF name → (file, tensor)), shapes checked.
+fn gpt_oss_views(file: &str, raw: &HashMap<String, (usize, StTensor)>) -> Result<HashMap<String, View>> {
+    let mut views = HashMap::new();
+    for (hf, blocks) in raw {
+        let Some((layer, tensor)) = gpt_oss_expert(hf) else { continue };
+        let bad = |m: String| invalid(file, format!("`{hf}`: {m}"));
+        if let Some(proj) = tensor.strip_suffix("_blocks") {
+            let scales_name = hf.replace("_blocks", "_scales");
+            let scales = raw.get(&scales_name).ok_or_else(|| bad(format!("no `{scales_name}` beside it")))?;
+            let (b, s) = (&blocks.1, &scales.1);
+            let &[experts, rows, groups, 16] = b.shape.as_slice() else {
+                return Err(bad(format!("blocks of shape {:?}, not [experts, rows, k/32, 16]", b.shape)));
+            };
+            if b.dtype != StDType::U8 || s.dtype != StDType::U8 || s.shape != [experts, rows, groups] || experts == 0 || rows == 0 || groups == 0 {
+                return Err(bad(format!("blocks {:?} {:?} and scales {:?} {:?} do not form MXFP4", b.dtype, b.shape, s.dtype, s.shape)));
+            }
+            let view = |per_expert: usize, stride: usize, offset: usize| View::Mxfp4 {
+                blocks: blocks.clone(),
+                scales: scales.clone(),
+                rows: experts * per_expert,
+                k: groups * 32,
+                per_expert,
+                stride,
+                offset,
+            };
+            match proj {
+                "gate_up_proj" if rows % 2 == 0 => {
+                    views.insert(format!("blk.{layer}.ffn_gate_exps.weight"), view(rows / 2, 2, 0));
+                    views.insert(format!("blk.{layer}.ffn_up_exps.weight"), view(rows / 2, 2, 1));
+                }
+                "down_proj" => {
+                    views.insert(format!("blk.{layer}.ffn_down_exps.weight"), view(rows, 1, 0));
+                }
+                _ => return Err(bad(format!("an MXFP4 tensor of {rows} rows the loader does not know"))),
+            }
+        } else if tensor == "gate_up_proj_bias" {
+            let &[experts, width] = blocks.1.shape.as_slice() else { return Err(bad(format!("shape {:?}, not [experts, 2·ffn]", blocks.1.shape))) };
+            if width % 2 != 0 || blocks.1.dtype == StDType::U8 {
+                return Err(bad(format!("{:?} {:?} is not an interleaved [gate, up] bias", blocks.1.dtype, blocks.1.shape)));
+            }
+            for (offset, proj) in ["gate", "up"].into_iter().enumerate() {
+                let columns = View::Columns { tensor: blocks.clone(), rows: experts, k: width / 2, stride: 2, offset };
+                views.insert(format!("blk.{layer}.ffn_{proj}_exps.bias"), columns);
+            }
+        }
+    }
+    Ok(views)
 }
 
 impl<S: ByteSource> SafetensorsStore<S> {
@@ -212,18 +316,62 @@ impl<S: ByteSource> SafetensorsStore<S> {
     /// `files`: (file name for messages, source) of every shard.
     pub fn new(files: Vec<(String, S)>, arch: Architecture) -> Result<Self> {
         let mut tensors = HashMap::new();
+        let mut raw = HashMap::new();
         let mut sources = Vec::with_capacity(files.len());
+        let mut first_file = String::new();
         for (i, (file_name, src)) in files.into_iter().enumerate() {
             for t in read_header(&file_name, &src)? {
-                if let Some(name) = canonical_name(&t.name, arch) {
+                if arch == Architecture::GptOss && t.name.contains(".mlp.experts.") && (t.dtype == StDType::U8 || t.name.ends_with("gate_up_proj_bias")) {
+                    raw.insert(t.name.clone(), (i, t));
+                } else if let Some(name) = canonical_name(&t.name, arch) {
                     if let Some((_, prev)) = tensors.insert(name.clone(), (i, t)) {
                         return Err(invalid(&file_name, format!("`{}` and another tensor both map to `{name}`", prev.name)));
                     }
                 }
             }
+            if i == 0 {
+                first_file = file_name;
+            }
             sources.push(src);
         }
-        Ok(Self { files: sources, tensors })
+        let views = gpt_oss_views(&first_file, &raw)?;
+        Ok(Self { files: sources, tensors, views })
+    }
+
+    /// Rows `rows` of an MXFP4 view, as OpenAI's blocks hold them: each expert's rows in one
+    /// read of the source rows they span (every other row for gate and up).
+    fn mxfp4_rows(&self, name: &str, view: &View, rows: Range<usize>) -> Result<PackedMatrix> {
+        let View::Mxfp4 { blocks, scales, rows: total, k, per_expert, stride, offset } = view else {
+            return Err(ModelError::Tensor { tensor: name.into(), reason: "not an MXFP4 tensor".into() });
+        };
+        if rows.end > *total {
+            return Err(ModelError::Tensor { tensor: name.into(), reason: format!("rows {rows:?} of {total}") });
+        }
+        let groups = k / 32;
+        let (mut codes, mut exponents) = (Vec::with_capacity(rows.len() * k), Vec::with_capacity(rows.len() * groups));
+        let read = |(file, t): &(usize, StTensor), first: usize, count: usize, row_bytes: usize| -> Result<Vec<u8>> {
+            let mut bytes = vec![0u8; count * row_bytes];
+            self.files[*file]
+                .read_at(t.bytes.start + (first * row_bytes) as u64, &mut bytes)
+                .map_err(|e| ModelError::Tensor { tensor: format!("{name} ({})", t.name), reason: e.to_string() })?;
+            Ok(bytes)
+        };
+        let mut r = rows.start;
+        while r < rows.end {
+            let (expert, i) = (r / per_expert, r % per_expert);
+            let n = (per_expert - i).min(rows.end - r);
+            let first = expert * per_expert * stride + i * stride + offset;
+            let span = (n - 1) * stride + 1;
+            let (b, s) = (read(blocks, first, span, groups * 16)?, read(scales, first, span, groups)?);
+            for j in 0..n {
+                for byte in &b[j * stride * groups * 16..][..groups * 16] {
+                    codes.extend([byte & 0xf, byte >> 4]);
+                }
+                exponents.extend_from_slice(&s[j * stride * groups..][..groups]);
+            }
+            r += n;
+        }
+        Ok(PackedMatrix::mxfp4_from_blocks(rows.len(), *k, &codes, &exponents))
     }
 
     fn find(&self, name: &str) -> Result<(&S, &StTensor)> {
@@ -231,7 +379,15 @@ impl<S: ByteSource> SafetensorsStore<S> {
     }
 
     fn rows_f32(&self, name: &str, rows: Range<usize>) -> Result<(usize, Vec<f32>)> {
-        let (src, t) = self.find(name)?;
+        let (file, t) = self.tensors.get(name).ok_or_else(|| ModelError::MissingTensor(name.to_string()))?;
+        self.rows_f32_of(*file, t, name, rows)
+    }
+
+    fn rows_f32_of(&self, file: usize, t: &StTensor, name: &str, rows: Range<usize>) -> Result<(usize, Vec<f32>)> {
+        let src = &self.files[file];
+        if t.dtype == StDType::U8 {
+            return Err(ModelError::Tensor { tensor: format!("{name} ({})", t.name), reason: "U8 tensors are read as MXFP4 blocks only".into() });
+        }
         let (n_rows, k) = t.rows_k();
         if rows.end > n_rows {
             return Err(ModelError::Tensor { tensor: name.into(), reason: format!("rows {rows:?} of {n_rows}") });
@@ -249,6 +405,7 @@ fn decode(dtype: StDType, bytes: &[u8]) -> Vec<f32> {
         StDType::F32 => bytes.chunks_exact(4).map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]])).collect(),
         StDType::F16 => bytes.chunks_exact(2).map(|b| f16::from_le_bytes([b[0], b[1]]).to_f32()).collect(),
         StDType::BF16 => bytes.chunks_exact(2).map(|b| bf16::from_le_bytes([b[0], b[1]]).to_f32()).collect(),
+        StDType::U8 => bytes.iter().map(|&b| b as f32).collect(),
     }
 }
 
@@ -260,25 +417,40 @@ pub fn tensor_f32(file: &[u8], t: &StTensor) -> Vec<f32> {
 
 impl<S: ByteSource> WeightStore for SafetensorsStore<S> {
     fn names(&self) -> Vec<String> {
-        self.tensors.keys().cloned().collect()
+        self.tensors.keys().chain(self.views.keys()).cloned().collect()
     }
 
     fn shape(&self, name: &str) -> Option<(usize, usize)> {
-        self.tensors.get(name).map(|(_, t)| t.rows_k())
+        self.tensors.get(name).map(|(_, t)| t.rows_k()).or_else(|| self.views.get(name).map(View::rows_k))
     }
 
     fn exact_dtype(&self, name: &str) -> Result<DType> {
+        if let Some(view) = self.views.get(name) {
+            return Ok(if matches!(view, View::Mxfp4 { .. }) { DType::Mxfp4 } else { DType::F32 });
+        }
         // bf16 → f16 would round small values; f32 holds bf16 exactly.
         Ok(if self.find(name)?.1.dtype == StDType::F16 { DType::F16 } else { DType::F32 })
     }
 
     fn row_bytes(&self, name: &str) -> Result<u64> {
+        if let Some(view) = self.views.get(name) {
+            let k = view.rows_k().1 as u64;
+            return Ok(if matches!(view, View::Mxfp4 { .. }) { k / 2 + k / 32 } else { k * 4 });
+        }
         let t = self.find(name)?.1;
         Ok(t.rows_k().1 as u64 * t.dtype.size())
     }
 
     fn read_rows(&self, name: &str, rows: Range<usize>, dtype: DType) -> Result<PackedMatrix> {
         let n = rows.len();
+        if let Some(view @ View::Mxfp4 { .. }) = self.views.get(name) {
+            let packed = self.mxfp4_rows(name, view, rows)?;
+            if dtype == DType::Mxfp4 {
+                return Ok(packed);
+            }
+            // Another format asked for: from the exact values.
+            return Ok(PackedMatrix::pack(dtype, n, packed.k, &packed.dequantize()));
+        }
         let (k, values) = self.rows_f32(name, rows)?;
         if k % dtype.k_multiple() != 0 {
             return Err(ModelError::Tensor { tensor: name.into(), reason: format!("row length {k} does not fit {}", dtype.name()) });
@@ -287,8 +459,17 @@ impl<S: ByteSource> WeightStore for SafetensorsStore<S> {
     }
 
     fn read_f32(&self, name: &str) -> Result<Vec<f32>> {
-        let rows = self.find(name)?.1.rows_k().0;
-        Ok(self.rows_f32(name, 0..rows)?.1)
+        match self.views.get(name) {
+            Some(View::Columns { tensor: (file, t), rows, k, stride, offset }) => {
+                let whole = self.rows_f32_of(*file, t, name, 0..*rows)?.1;
+                Ok(whole.chunks_exact(k * stride).flat_map(|row| row.iter().skip(*offset).step_by(*stride)).copied().collect())
+            }
+            Some(view) => Ok(self.read_rows(name, 0..view.rows_k().0, DType::F32)?.dequantize()),
+            None => {
+                let rows = self.find(name)?.1.rows_k().0;
+                Ok(self.rows_f32(name, 0..rows)?.1)
+            }
+        }
     }
 }
 

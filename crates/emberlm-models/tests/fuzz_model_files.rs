@@ -252,11 +252,12 @@ fn mutated_model_files_end_in_clean_errors_within_bounds() {
     }
     t.report("config.json / tokenizer.json / tokenizer_config.json");
 
-    // The rolling-state families' own keys. LFM2: per-layer kv head counts (0 marks a conv
+    // The newer families' own keys. LFM2: per-layer kv head counts (0 marks a conv
     // layer), the conv length, layer_types and the MLP width rule. Mamba2: the SSM sizes,
     // groups, the conv kernel, time-step limits (`Infinity` in config.json), A as -exp(A_log).
     // Granite's hybrid: Mamba2 and attention layers by per-layer kv counts, its multipliers.
-    for family in ["lfm2", "mamba2", "granitehybrid"] {
+    // The mixtures (Qwen3-MoE, Mixtral): expert counts and widths, stacked 3-D expert tensors.
+    for family in ["lfm2", "mamba2", "granitehybrid", "qwen3moe", "mixtral"] {
         let file = fixture(&format!("{family}/model.gguf"));
         load_gguf(&file).unwrap();
         let header = GgufFile::read(file.as_slice()).unwrap().data_offset as usize;

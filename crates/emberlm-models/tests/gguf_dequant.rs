@@ -20,7 +20,7 @@ fn reference(ty: GgmlType) -> (Vec<u8>, Vec<f32>) {
     (blocks, values)
 }
 
-const TYPES: [GgmlType; 11] = [
+const TYPES: [GgmlType; 12] = [
     GgmlType::F32,
     GgmlType::F16,
     GgmlType::BF16,
@@ -32,6 +32,7 @@ const TYPES: [GgmlType; 11] = [
     GgmlType::Q4K,
     GgmlType::Q5K,
     GgmlType::Q6K,
+    GgmlType::MXFP4,
 ];
 
 #[test]
@@ -48,7 +49,7 @@ fn dequantisation_matches_the_gguf_reference_bit_for_bit() {
 
 #[test]
 fn exact_repacking_keeps_the_file_values() {
-    for ty in [GgmlType::Q4_0, GgmlType::Q4_1, GgmlType::Q5_0, GgmlType::Q8_0, GgmlType::F16, GgmlType::Q4K, GgmlType::Q5K, GgmlType::Q6K] {
+    for ty in [GgmlType::Q4_0, GgmlType::Q4_1, GgmlType::Q5_0, GgmlType::Q8_0, GgmlType::F16, GgmlType::Q4K, GgmlType::Q5K, GgmlType::Q6K, GgmlType::MXFP4] {
         let (blocks, want) = reference(ty);
         let dtype = ggml::exact_dtype(ty);
         assert_ne!(dtype, DType::F32, "{} should repack into a smaller format", ty.name());
@@ -65,7 +66,7 @@ fn exact_repacking_keeps_the_file_values() {
 #[test]
 fn gpu_decodes_repacked_blocks_to_the_gguf_values() {
     let dev = pollster::block_on(GpuDevice::new(DeviceOptions::default())).unwrap();
-    for ty in [GgmlType::Q4_0, GgmlType::Q4_1, GgmlType::Q5_0, GgmlType::Q8_0, GgmlType::F16, GgmlType::Q4K, GgmlType::Q5K, GgmlType::Q6K] {
+    for ty in [GgmlType::Q4_0, GgmlType::Q4_1, GgmlType::Q5_0, GgmlType::Q8_0, GgmlType::F16, GgmlType::Q4K, GgmlType::Q5K, GgmlType::Q6K, GgmlType::MXFP4] {
         let (blocks, want) = reference(ty);
         let k = ty.block().0.max(32) as usize;
         let rows = want.len() / k;

@@ -61,7 +61,7 @@ pub struct AttentionReduceUniforms {
     pub rows: u32,
     pub d: u32,
     pub n_splits: u32,
-    pub _pad: u32,
+    pub hq: u32,
 }
 
 /// The keys the query at absolute position `pos` sees, `last` being the input's last position.
@@ -80,7 +80,25 @@ pub fn visible_keys(causal: bool, window: usize, pos: usize, last: usize) -> std
 /// `q`: [tokens, q_stride]; `k_cache`/`v_cache`: [heads_kv, s_max, head_dim];
 /// `out`: [tokens, heads_q · head_dim].
 pub fn attention(plan: &mut Plan, q: &Tensor, k_cache: &Tensor, v_cache: &Tensor, out: &Tensor, p: &AttentionParams) -> Result<Vec<OpId>> {
+    attention_with_sinks(plan, q, k_cache, v_cache, None, out, p)
+}
+
+/// [`attention`] with GPT-OSS's sinks: `sinks` [heads_q], one logit per head that joins each
+/// softmax's sum and weighs no value.
+pub fn attention_with_sinks(
+    plan: &mut Plan,
+    q: &Tensor,
+    k_cache: &Tensor,
+    v_cache: &Tensor,
+    sinks: Option<&Tensor>,
+    out: &Tensor,
+    p: &AttentionParams,
+) -> Result<Vec<OpId>> {
     const OP: &str = "attention";
+    if let Some(s) = sinks {
+        expect_f32(OP, "sinks", s, p.heads_q)?;
+    }
+    let sink = sinks.map(Binding::tensor).transpose()?;
     if p.head_dim == 0 || p.head_dim > MAX_HEAD_DIM {
         return shape_err(OP, format!("head_dim {} must be in 1..={MAX_HEAD_DIM}", p.head_dim));
     }
@@ -116,22 +134,30 @@ pub fn attention(plan: &mut Plan, q: &Tensor, k_cache: &Tensor, v_cache: &Tensor
     };
     let rows = uniforms.tokens * uniforms.hq;
     if p.tokens > 1 {
-        let storage = vec![Some(Binding::tensor(q)?), Some(Binding::tensor(k_cache)?), Some(Binding::tensor(v_cache)?), Some(Binding::tensor(out)?)];
+        let storage = vec![Some(Binding::tensor(q)?), Some(Binding::tensor(k_cache)?), Some(Binding::tensor(v_cache)?), Some(Binding::tensor(out)?), sink];
         let grid = plan.grid(uniforms.tokens.div_ceil(PREFILL_QUERY_TILE) * uniforms.hq);
-        let variant = Variant::default().flag_if(!p.causal, "BIDIRECTIONAL");
+        let variant = Variant::default().flag_if(!p.causal, "BIDIRECTIONAL").flag_if(sinks.is_some(), "SINKS");
         return Ok(vec![plan.dispatch("attention", key("attention_prefill", variant), &uniforms, storage, grid)?]);
     }
     let partial = n_splits > 1;
-    let variant = Variant::default().flag_if(partial, "PARTIAL").with("WG", WG);
+    let variant = Variant::default().flag_if(partial, "PARTIAL").flag_if(sinks.is_some(), "SINKS").with("WG", WG);
     let target = if partial { plan.scratch_f32("attention partials", (rows * n_splits * (uniforms.d + 2)) as usize)? } else { Binding::tensor(out)? };
-    let storage = vec![Some(Binding::tensor(q)?), Some(Binding::tensor(k_cache)?), Some(Binding::tensor(v_cache)?), Some(target.clone())];
+    // Split decoding adds the sinks where the partials meet.
+    let storage = vec![
+        Some(Binding::tensor(q)?),
+        Some(Binding::tensor(k_cache)?),
+        Some(Binding::tensor(v_cache)?),
+        Some(target.clone()),
+        if partial { None } else { sink.clone() },
+    ];
     let grid = plan.grid(rows * n_splits);
     let mut ops = vec![plan.dispatch("attention", key("attention", variant), &uniforms, storage, grid)?];
     if partial {
-        let reduce = AttentionReduceUniforms { rows, d: uniforms.d, n_splits, _pad: 0 };
-        let storage = vec![Some(target), Some(Binding::tensor(out)?)];
+        let reduce = AttentionReduceUniforms { rows, d: uniforms.d, n_splits, hq: uniforms.hq };
+        let storage = vec![Some(target), Some(Binding::tensor(out)?), sink];
         let grid = plan.grid(rows);
-        ops.push(plan.dispatch("attention reduce", key("attention_reduce", Variant::default().with("WG", WG)), &reduce, storage, grid)?);
+        let variant = Variant::default().with("WG", WG).flag_if(sinks.is_some(), "SINKS");
+        ops.push(plan.dispatch("attention reduce", key("attention_reduce", variant), &reduce, storage, grid)?);
     }
     Ok(ops)
 }

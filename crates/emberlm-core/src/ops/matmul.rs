@@ -4,15 +4,16 @@ use bytemuck::{Pod, Zeroable};
 
 use super::{expect_f32, key, u32_of, weight_variant};
 use crate::error::Result;
-use crate::plan::{Binding, OpId, Plan};
+use crate::plan::{OpId, Plan};
+use crate::shader::Variant;
 use crate::tensor::Tensor;
 
 /// W rows per workgroup (shaders/matmul.wgsl's BN).
-const ROWS_PER_WORKGROUP: u32 = 64;
+pub(crate) const ROWS_PER_WORKGROUP: u32 = 64;
 
 /// Tokens per thread (1, 2 or 4; a workgroup takes 8 threads' worth): the smallest that covers
 /// the prompt in one tile, else 4, so short prompts do not pad to 32 tokens.
-fn tokens_per_thread(m: usize) -> u32 {
+pub(crate) fn tokens_per_thread(m: usize) -> u32 {
     match m {
         0..=8 => 1,
         9..=16 => 2,
@@ -29,7 +30,11 @@ pub struct MatmulParams {
     pub row_offset: u32,
     pub ldy: u32,
     pub y_offset: u32,
-    pub _pad: [u32; 2],
+    /// The EXPERTS variant's fields (ops/moe.rs); zero elsewhere.
+    pub expert_first: u32,
+    pub experts: u32,
+    pub x_div: u32,
+    pub _pad: u32,
 }
 
 /// `x`: [m, k] f32; `w`: [n, k] any dtype (k a multiple of 8); `y`: [m, n] f32; `bias`: n f32.
@@ -54,14 +59,7 @@ pub fn matmul_into(plan: &mut Plan, x: &Tensor, w: &Tensor, bias: Option<&Tensor
         expect_f32(OP, "bias", b, n)?;
     }
     let tm = tokens_per_thread(m);
-    let variant = weight_variant(w.dtype)
-        .flag_if(bias.is_some(), "BIAS")
-        .flag(match tm {
-            1 => "TM_1",
-            2 => "TM_2",
-            _ => "TM_4",
-        })
-        .with("TM", tm);
+    let variant = matmul_variant(w, bias.is_some(), tm);
     let mut ops = Vec::new();
     for chunk in &w.chunks {
         let rows = chunk.rows.len() as u32;
@@ -72,17 +70,23 @@ pub fn matmul_into(plan: &mut Plan, x: &Tensor, w: &Tensor, bias: Option<&Tensor
             row_offset: chunk.rows.start as u32,
             ldy: u32_of(OP, "y_cols", y_cols)?,
             y_offset: y_offset as u32,
-            _pad: [0; 2],
+            ..Zeroable::zeroed()
         };
-        let storage = vec![
-            Some(Binding::tensor(x)?),
-            Some(Binding::tensor(y)?),
-            Some(Binding::qs(chunk)),
-            w.dtype.is_quantized().then(|| Binding::scales(chunk)),
-            bias.map(Binding::tensor).transpose()?,
-        ];
+        let storage = super::matvec::bindings(x, y, w, chunk, bias)?;
         let grid = [rows.div_ceil(ROWS_PER_WORKGROUP), (m as u32).div_ceil(8 * tm), 1];
         ops.push(plan.dispatch(format!("matmul {}", w.name), key("matmul", variant.clone()), &params, storage, grid)?);
     }
     Ok(ops)
+}
+
+/// The kernel variant for `w`'s format, a bias, and `tm` tokens per thread.
+pub(crate) fn matmul_variant(w: &Tensor, bias: bool, tm: u32) -> Variant {
+    weight_variant(w.dtype)
+        .flag_if(bias, "BIAS")
+        .flag(match tm {
+            1 => "TM_1",
+            2 => "TM_2",
+            _ => "TM_4",
+        })
+        .with("TM", tm)
 }

@@ -72,7 +72,7 @@ pub fn matvec_into(plan: &mut Plan, w: &Tensor, x: &Tensor, x_row: usize, bias: 
     Ok(ops)
 }
 
-/// The kernel's storage bindings, in `shaders/matvec.wgsl`'s order.
+/// The kernel's storage bindings, in `shaders/matvec.wgsl`'s order (matmul.wgsl's too).
 pub(crate) fn bindings(x: &Tensor, y: &Tensor, w: &Tensor, chunk: &TensorChunk, bias: Option<&Tensor>) -> Result<Vec<Option<Binding>>> {
     Ok(vec![
         Some(Binding::tensor(x)?),
@@ -105,13 +105,8 @@ pub fn gated_matvec(plan: &mut Plan, w: &Tensor, x: &Tensor, x_row: usize, bias:
     }
     let tpr = threads_per_row(k);
     let outputs_per_workgroup = ROWS_PER_THREAD / 2 * WG / tpr;
-    let variant = weight_variant(w.dtype)
-        .flag("GATED")
-        .flag_if(act == Activation::GeluTanh, "GELU_TANH")
-        .flag_if(bias.is_some(), "BIAS")
-        .with("WG", WG)
-        .with("TPR", tpr)
-        .with("RB", ROWS_PER_THREAD);
+    let variant =
+        act.variant(weight_variant(w.dtype)).flag("GATED").flag_if(bias.is_some(), "BIAS").with("WG", WG).with("TPR", tpr).with("RB", ROWS_PER_THREAD);
     let chunk = &w.chunks[0];
     let params = MatvecParams {
         k: u32_of(OP, "k", k)?,

@@ -19,14 +19,16 @@ pub mod ssm_scan;
 pub mod top_k;
 
 pub use argmax::argmax;
-pub use attention::{attention, visible_keys, AttentionParams};
+pub use attention::{attention, attention_with_sinks, visible_keys, AttentionParams};
 pub use embedding::embedding;
-pub use gated_activation::{gated_activation, Activation};
+pub use gated_activation::{gated_activation, weighted_gated_activation, Activation};
 pub use head_rms_norm::head_rms_norm;
 pub use logit_softcap::logit_softcap;
 pub use matmul::{matmul, matmul_into};
 pub use matvec::{gated_matvec, gated_matvec_fits, matvec, matvec_into};
-pub use moe::{expert_gated_matvec, expert_matvec, moe_route, MoeRouteParams};
+pub use moe::{
+    expert_gated_matvec, expert_matmul, expert_matvec, grouped_experts, moe_combine, moe_group, moe_route, ExpertWeights, GroupedScratch, MoeRouteParams,
+};
 pub use rms_norm::{group_rms_norm, rms_norm};
 pub use rope_kv_append::{rope_kv_append, RopeLayout};
 pub use short_conv::{short_conv, ConvStyle, ShortConvParams, MAX_CONV_KERNEL};
@@ -59,6 +61,7 @@ pub(crate) fn weight_variant(dtype: DType) -> Variant {
         DType::Q4K => "W_Q4K",
         DType::Q5K => "W_Q5K",
         DType::Q6K => "W_Q6K",
+        DType::Mxfp4 => "W_MXFP4",
     });
     v.flag_if(dtype.is_quantized(), "QUANTIZED")
 }

@@ -8,8 +8,9 @@
 //!
 //! Experts are stacked in 3-D weights `[experts, rows, k]` (llama.cpp's `ffn_*_exps`); a weight
 //! larger than one binding splits between experts (`Tensor::new_weight`), and each chunk's
-//! dispatch takes the picks that fall in it. Prefill runs the same ops over every token's
-//! slots: each slot reads its expert's rows once.
+//! dispatch takes the picks that fall in it. A prefill groups its picks by expert instead
+//! ([`grouped_experts`]: `moe_group`, then tiled matmuls per expert group, `moe_combine`), so a
+//! picked expert's rows are decoded once per tile of its tokens rather than once per token.
 
 use bytemuck::{Pod, Zeroable};
 
@@ -107,14 +108,11 @@ fn dispatch_experts(
     let k = w.k();
     let tpr = threads_per_row(k);
     let per_workgroup = if gated.is_some() { ROWS_PER_THREAD / 2 } else { ROWS_PER_THREAD } * WG / tpr;
-    let variant = weight_variant(w.dtype)
-        .flag("EXPERTS")
-        .flag_if(gated.is_some(), "GATED")
-        .flag_if(gated == Some(Activation::GeluTanh), "GELU_TANH")
-        .flag_if(bias.is_some(), "BIAS")
-        .with("WG", WG)
-        .with("TPR", tpr)
-        .with("RB", ROWS_PER_THREAD);
+    let with_act = match gated {
+        Some(act) => act.variant(weight_variant(w.dtype)).flag("GATED"),
+        None => weight_variant(w.dtype),
+    };
+    let variant = with_act.flag("EXPERTS").flag_if(bias.is_some(), "BIAS").with("WG", WG).with("TPR", tpr).with("RB", ROWS_PER_THREAD);
     let max_z = plan.dev.caps.max_workgroups_per_dim.max(1) as usize;
     let mut ops = Vec::new();
     for (i, chunk) in w.chunks.iter().enumerate() {
@@ -199,4 +197,169 @@ pub fn expert_matvec(
         expect_f32(OP, "bias", b, experts * n)?;
     }
     dispatch_experts(plan, OP, None, down, x, route, bias, y, n, n, tokens, top_k)
+}
+
+/// u32 words of [`moe_group`]'s output for `slots` picks among `experts`.
+pub fn groups_len(experts: usize, slots: usize) -> usize {
+    experts + 1 + slots
+}
+
+#[repr(C)]
+#[derive(Clone, Copy, Pod, Zeroable)]
+struct GroupUniforms {
+    slots: u32,
+    experts: u32,
+    top_k: u32,
+    _pad: u32,
+}
+
+/// A prefill's picks grouped by expert (`shaders/moe_group.wgsl`): `groups` gets each expert's
+/// offset (experts + 1 words), then the slots `token · top_k + j` in expert order.
+pub fn moe_group(plan: &mut Plan, route: &Tensor, groups: &Tensor, tokens: usize, experts: usize, top_k: usize) -> Result<OpId> {
+    const OP: &str = "moe_group";
+    MoeRouteParams { tokens, experts, top_k, normalize: false }.check(OP)?;
+    expect_f32(OP, "route", route, tokens * 2 * top_k)?;
+    expect_f32(OP, "groups", groups, groups_len(experts, tokens * top_k))?;
+    let uniforms = GroupUniforms { slots: u32_of(OP, "slots", tokens * top_k)?, experts: experts as u32, top_k: top_k as u32, _pad: 0 };
+    let storage = vec![Some(Binding::tensor(route)?), Some(Binding::tensor(groups)?)];
+    let variant = Variant::default().with("WG", crate::ops::WG_ROW).with("MAX_EXPERTS", MAX_EXPERTS as u32);
+    plan.dispatch("moe_group", key("moe_group", variant), &uniforms, storage, [1, 1, 1])
+}
+
+/// Y[slot] = W_e · X[slot / x_div] (+ bias_e) for every pick, by expert group (matmul.wgsl's
+/// EXPERTS variant): `w` `[experts, n, k]`, `groups` from [`moe_group`], `y` `[slots, n]`.
+/// Each expert's rows are decoded once per tile of its tokens, not once per token.
+#[allow(clippy::too_many_arguments)]
+pub fn expert_matmul(
+    plan: &mut Plan,
+    w: &Tensor,
+    x: &Tensor,
+    groups: &Tensor,
+    bias: Option<&Tensor>,
+    y: &Tensor,
+    tokens: usize,
+    top_k: usize,
+    x_per_pick: bool,
+) -> Result<Vec<OpId>> {
+    use super::matmul::{matmul_variant, tokens_per_thread, MatmulParams, ROWS_PER_WORKGROUP};
+    const OP: &str = "expert_matmul";
+    let (experts, n, k) = expert_shape(OP, w)?;
+    let slots = tokens * top_k;
+    let x_rows = if x_per_pick { slots } else { tokens };
+    expect_f32(OP, "input", x, x_rows * k)?;
+    expect_f32(OP, "groups", groups, groups_len(experts, slots))?;
+    expect_f32(OP, "output", y, slots * n)?;
+    if let Some(b) = bias {
+        expect_f32(OP, "bias", b, experts * n)?;
+    }
+    // A token picks an expert once at most: a group holds up to `tokens` picks.
+    let tm = tokens_per_thread(tokens);
+    let variant = matmul_variant(w, bias.is_some(), tm).flag("EXPERTS");
+    let mut ops = Vec::new();
+    for chunk in &w.chunks {
+        let (expert_first, expert_end) = chunk_experts(OP, w, chunk, n)?;
+        let params = MatmulParams {
+            m: u32_of(OP, "tokens", tokens)?,
+            k: u32_of(OP, "k", k)?,
+            n: u32_of(OP, "n", n)?,
+            ldy: n as u32,
+            expert_first,
+            experts: experts as u32,
+            x_div: if x_per_pick { 1 } else { top_k as u32 },
+            ..Zeroable::zeroed()
+        };
+        let mut storage = bindings(x, y, w, chunk, bias)?;
+        storage.push(Some(Binding::tensor(groups)?));
+        let grid = [params.n.div_ceil(ROWS_PER_WORKGROUP), params.m.div_ceil(8 * tm), expert_end - expert_first];
+        ops.push(plan.dispatch(format!("{OP} {}", w.name), key("matmul", variant.clone()), &params, storage, grid)?);
+    }
+    Ok(ops)
+}
+
+#[repr(C)]
+#[derive(Clone, Copy, Pod, Zeroable)]
+struct CombineUniforms {
+    tokens: u32,
+    n: u32,
+    top_k: u32,
+    experts: u32,
+}
+
+/// y[t] = Σ over token t's picks j of `slot_out[t·top_k + j]` + w_j · bias_e
+/// (`shaders/moe_combine.wgsl`): `slot_out` `[tokens·top_k, n]`, `bias` `[experts·n]`.
+#[allow(clippy::too_many_arguments)]
+pub fn moe_combine(
+    plan: &mut Plan,
+    slot_out: &Tensor,
+    route: &Tensor,
+    bias: Option<&Tensor>,
+    y: &Tensor,
+    tokens: usize,
+    n: usize,
+    experts: usize,
+    top_k: usize,
+) -> Result<OpId> {
+    const OP: &str = "moe_combine";
+    expect_f32(OP, "pick outputs", slot_out, tokens * top_k * n)?;
+    expect_f32(OP, "route", route, tokens * 2 * top_k)?;
+    expect_f32(OP, "output", y, tokens * n)?;
+    if let Some(b) = bias {
+        expect_f32(OP, "bias", b, experts * n)?;
+    }
+    let uniforms =
+        CombineUniforms { tokens: u32_of(OP, "tokens", tokens)?, n: u32_of(OP, "n", n)?, top_k: top_k as u32, experts: u32_of(OP, "experts", experts)? };
+    let mut storage = vec![Some(Binding::tensor(slot_out)?), Some(Binding::tensor(route)?), Some(Binding::tensor(y)?)];
+    if let Some(b) = bias {
+        storage.push(Some(Binding::tensor(b)?));
+    }
+    let grid = plan.grid(u32_of(OP, "elements", tokens * n)?.div_ceil(WG));
+    plan.dispatch(OP, key(OP, Variant::default().with("WG", WG).flag_if(bias.is_some(), "BIAS")), &uniforms, storage, grid)
+}
+
+/// A mixture's stacked expert weights, with their optional biases.
+#[derive(Clone, Copy)]
+pub struct ExpertWeights<'a> {
+    /// `[experts, 2·inter, k]`: each expert's gate rows, then its up rows.
+    pub gate_up: &'a Tensor,
+    /// `[experts, n, inter]`.
+    pub down: &'a Tensor,
+    pub gate_up_bias: Option<&'a Tensor>,
+    pub down_bias: Option<&'a Tensor>,
+}
+
+/// What a grouped prefill keeps between its passes: the groups (`groups_len`), each pick's
+/// [gate | up] rows (`[slots, 2·inter]`), its weighted activations (`[slots, inter]`) and its
+/// down projection (`[slots, n]`).
+pub struct GroupedScratch<'a> {
+    pub groups: &'a Tensor,
+    pub gate_up: &'a Tensor,
+    pub act: &'a Tensor,
+    pub down: &'a Tensor,
+}
+
+/// A mixture's MLP over a prefill's `tokens` with the picks grouped by expert, so each picked
+/// expert's rows are decoded once per tile of its tokens: `moe_group`, the gate|up
+/// `expert_matmul`, the weighted activation, the down `expert_matmul` and `moe_combine` (five
+/// passes; decode takes `expert_gated_matvec` + `expert_matvec`, two).
+#[allow(clippy::too_many_arguments)]
+pub fn grouped_experts(
+    plan: &mut Plan,
+    e: ExpertWeights,
+    x: &Tensor,
+    route: &Tensor,
+    scratch: &GroupedScratch,
+    out: &Tensor,
+    tokens: usize,
+    top_k: usize,
+    act: Activation,
+) -> Result<()> {
+    let (experts, rows, _) = expert_shape("grouped_experts", e.gate_up)?;
+    let n = e.down.shape[1];
+    let slots = tokens * top_k;
+    moe_group(plan, route, scratch.groups, tokens, experts, top_k)?;
+    expert_matmul(plan, e.gate_up, x, scratch.groups, e.gate_up_bias, scratch.gate_up, tokens, top_k, false)?;
+    super::gated_activation::weighted_gated_activation(plan, scratch.gate_up, route, scratch.act, slots, rows / 2, top_k, act)?;
+    expert_matmul(plan, e.down, scratch.act, scratch.groups, None, scratch.down, tokens, top_k, true)?;
+    moe_combine(plan, scratch.down, route, e.down_bias, out, tokens, n, experts, top_k)?;
+    Ok(())
 }
