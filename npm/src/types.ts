@@ -197,7 +197,7 @@ export interface EngineOptions {
   file?: string;
   /** A GGUF quantisation picked from the repo's file list, such as `Q4_K_M`. */
   quant?: string;
-  /** Weight format on the GPU: `auto` (GGUF as stored, safetensors as q4), `f32`, `f16`, `q8`, `q4`. */
+  /** Weight format on the GPU: `auto` (GGUF as stored, safetensors as q4), `f32`, `f16`, `q8`, `q4`, ...; MXFP4 experts (GPT-OSS) stay MXFP4 under any quantised format. */
   dtype?: 'auto' | 'f32' | 'f16' | 'q8' | 'q4' | 'q4k' | 'q5k' | 'q6k';
   /** Most tokens per conversation (prompt + reply); sizes the KV cache. Default 2048. */
   context?: number;

@@ -81,7 +81,7 @@ struct ModelArgs {
     /// Hub repos: use the cache only, never the network.
     #[arg(long)]
     offline: bool,
-    /// Weight dtype: f32, f16, q8, q4, q4k, q5k, q6k, or `auto` (GGUF: as stored; safetensors: q4).
+    /// Weight dtype: f32, f16, q8, q4, q4k, q5k, q6k, mxfp4, or `auto` (GGUF: as stored; safetensors: q4; MXFP4 weights stay MXFP4 under any quantised dtype).
     #[arg(long, default_value = "auto")]
     dtype: String,
     /// KV cache capacity in tokens (default: prompt + new tokens, at most the model's context;

@@ -772,10 +772,17 @@ struct MoeWorkspace<B: Backend> {
     grouped: Option<[B::Tensor; 3]>,
 }
 
+/// A step groups a mixture's picks by expert when they average at least this many per expert
+/// (one full token tile of the grouped matmul): each picked expert's rows are then read once
+/// per tile instead of once per pick. Below it, the per-pick matvecs do less work: a grouped
+/// tile multiplies as many zeros as its group falls short, and software adapters pay per
+/// workgroup (docs/PERFORMANCE.md, "Mixtures of experts").
+const GROUPED_MIN_PICKS_PER_EXPERT: usize = 8;
+
 impl<B: Backend> MoeWorkspace<B> {
     fn new(dev: &B, m: &MoeConfig, hidden: usize, t: usize) -> Result<Self> {
         let slots = t * m.top_k;
-        let grouped = if t > 1 && B::groups_experts() {
+        let grouped = if t > 1 && B::groups_experts() && slots >= GROUPED_MIN_PICKS_PER_EXPERT * m.experts {
             Some([
                 dev.activation("expert groups", &[emberlm_core::ops::moe::groups_len(m.experts, slots)])?,
                 dev.activation("pick gate|up", &[slots, 2 * m.expert_ffn])?,

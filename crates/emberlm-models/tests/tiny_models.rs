@@ -303,6 +303,32 @@ fn gpt_oss_sinks_yarn_mxfp4_experts() {
     }
 }
 
+/// A mixture's long prefill (picks grouped by expert on the GPU once they average 8 per
+/// expert) gives the logits of the same sequence decoded token by token (the per-pick path,
+/// which the teacher-forced checks hold to transformers).
+fn check_grouped_prefill<B: Backend>(dev: &B, arch: &str) {
+    let (model, reference) = load_fixture(dev, arch, Source::Gguf, None);
+    let moe = model.config.moe.unwrap();
+    // Both cases' sequences, one after the other, within the 64 positions loaded.
+    let mut seq: Vec<u32> = reference["cases"].as_array().unwrap().iter().flat_map(|c| ids(&c["teacher_forced_ids"])).collect();
+    seq.truncate(60);
+    assert!(seq.len() * moe.top_k >= 8 * moe.experts, "{arch}: {} tokens do not make a grouped step", seq.len());
+    let whole = logits_by_steps(dev, &model, &seq, &[seq.len()]);
+    let single = logits_by_steps(dev, &model, &seq, &[1]);
+    let gap = whole.iter().zip(&single).map(|(a, b)| (a - b).abs()).fold(0f32, f32::max);
+    assert!(gap < 1e-4, "{} {arch}: a {}-token prefill is {gap} off the token-by-token logits", dev.kind().name(), seq.len());
+}
+
+#[test]
+fn mixture_prefill_grouped_by_expert_equals_decoding() {
+    for arch in ["qwen3moe", "mixtral", "gptoss"] {
+        check_grouped_prefill(dev(), arch);
+        if on_cpu_too() {
+            check_grouped_prefill(cpu(), arch);
+        }
+    }
+}
+
 /// A store that answers as `inner` but replaces some tensors: the router of every layer by
 /// zeros (every expert ties, so each token picks experts 0 and 1, ties going to the lower
 /// index) and the other experts' weights by `fill`.

@@ -252,8 +252,10 @@ pub fn expert_matmul(
     if let Some(b) = bias {
         expect_f32(OP, "bias", b, experts * n)?;
     }
-    // A token picks an expert once at most: a group holds up to `tokens` picks.
-    let tm = tokens_per_thread(tokens);
+    // A token picks an expert once at most: a group holds up to `tokens` picks, and
+    // `tokens · top_k / experts` on average, which sizes the tiles (a tile wider than its
+    // group multiplies zeros).
+    let tm = tokens_per_thread((tokens * top_k).div_ceil(experts));
     let variant = matmul_variant(w, bias.is_some(), tm).flag("EXPERTS");
     let mut ops = Vec::new();
     for chunk in &w.chunks {
