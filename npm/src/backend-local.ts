@@ -302,6 +302,8 @@ export class LocalBackend implements Backend {
             logprobs: p.logprobs,
             grammar: p.grammar,
             tools: input.tools,
+            // A chat reply: GPT-OSS's harmony channels are parsed (the final one is content).
+            chat: Boolean(input.messages),
           },
           // `id` is undefined for the last piece, what the tool-call parser held to the end.
           (_id: number | undefined, piece: string, entry?: Parameters<LogprobTracker['add']>[1], calls?: WasmToolCall[]) => {

@@ -491,7 +491,9 @@ impl Job for GenerateJob<'_> {
         let mut stream_err = None;
         let mut stopped_by_text = false;
         let grammar = tools::output_grammar(self.tools.as_ref(), tok, a.constraint.grammar()?).map_err(err)?;
-        let mut tool_stream = self.tools.as_ref().map(|t| t.stream(tok, a.sampling.seed));
+        // Tools' calls, or a harmony reply's channels (GPT-OSS) in a chat.
+        let harmony = if a.chat { tools::reply_stream(local.text.chat_template.as_ref(), tok, a.sampling.seed) } else { None };
+        let mut tool_stream = self.tools.as_ref().map(|t| t.stream(tok, a.sampling.seed)).or(harmony);
         let mut tool_calls = Vec::new();
         let print_calls = |calls: &[ToolCall]| {
             for c in calls {
@@ -692,15 +694,35 @@ impl Job for &ChatArgs {
             let options = a.sampling.options(model, ids.len())?;
             let mut stream = StreamDecoder::new(true);
             let mut reply = String::new();
+            // GPT-OSS: the final channel is the reply; its reasoning is shown dimmed, not kept.
+            let mut channels = tools::reply_stream(local.text.chat_template.as_ref(), Some(tok), a.sampling.seed);
+            let mut show = |events: Vec<ToolEvent>, reply: &mut String| {
+                for e in events {
+                    let _ = match e {
+                        ToolEvent::Text(t) => {
+                            reply.push_str(&t);
+                            write!(stdout, "{t}")
+                        }
+                        ToolEvent::Reasoning(t) => write!(stdout, "\x1b[2m{t}\x1b[0m"),
+                        ToolEvent::Call(_) => Ok(()),
+                    };
+                }
+                let _ = stdout.flush();
+            };
             interrupt::replying(true);
             let out = pollster::block_on(generate(dev, model, &mut session, &ids, &options, |id, _| {
                 if let Ok(piece) = stream.push(tok, id) {
-                    reply.push_str(&piece);
-                    let _ = write!(stdout, "{piece}");
-                    let _ = stdout.flush();
+                    let events = match channels.as_mut() {
+                        Some(c) => c.push_token(id, &piece),
+                        None => vec![ToolEvent::Text(piece)],
+                    };
+                    show(events, &mut reply);
                 }
                 !interrupt::stop_requested()
             }));
+            if let Some(c) = channels.as_mut() {
+                show(c.finish(), &mut reply);
+            }
             let stopped = interrupt::stop_requested();
             interrupt::replying(false);
             let out = out.map_err(err)?;

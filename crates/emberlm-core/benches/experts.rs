@@ -58,7 +58,16 @@ fn time_runs(dev: &GpuDevice, exe: &mut emberlm_core::Executable, reps: usize) -
 fn main() {
     let a = parse_args();
     let dev = pollster::block_on(GpuDevice::new(DeviceOptions::default())).expect("a WebGPU adapter");
-    println!("adapter: {} ({}); {} of {} experts, hidden {}, expert width {}, {}", dev.caps.adapter_name, dev.caps.backend, a.top_k, a.experts, a.hidden, a.inter, a.dtype.name());
+    println!(
+        "adapter: {} ({}); {} of {} experts, hidden {}, expert width {}, {}",
+        dev.caps.adapter_name,
+        dev.caps.backend,
+        a.top_k,
+        a.experts,
+        a.hidden,
+        a.inter,
+        a.dtype.name()
+    );
     let (e, h, i, k) = (a.experts, a.hidden, a.inter, a.top_k);
     let mut rng = Rng::new(11);
     let gate_up = PackedMatrix::pack(a.dtype, e * 2 * i, h, &rng.vec(e * 2 * i * h, -0.5, 0.5));

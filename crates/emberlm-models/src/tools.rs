@@ -4,7 +4,10 @@
 //!
 //! Each model family writes calls its own way ([`ToolSyntax`], told from its template):
 //! Qwen2.5/3 and Hermes `<tool_call>{json}</tool_call>`, Llama 3.x a bare
-//! `{"name", "parameters"}` object, Mistral `[TOOL_CALLS]` and a JSON array. A template that
+//! `{"name", "parameters"}` object, Mistral `[TOOL_CALLS]` and a JSON array, GPT-OSS harmony
+//! messages (`<|channel|>commentary to=functions.name … <|message|>{…}<|call|>`; its replies
+//! always go through the stream, tools or not, so that only the final channel is content and
+//! the analysis channel is reasoning, [`ToolEvent::Reasoning`]). A template that
 //! does not take tools gets them in a system prompt in the Hermes syntax ([`ToolPrompt`]).
 //! [`ToolCallStream`] follows the reply token by token, releasing ordinary text as it comes and
 //! each call once it is complete; what does not parse as a call stays text. `tool_choice`
@@ -38,6 +41,11 @@ pub enum ToolSyntax {
     /// `[TOOL_CALLS][{"name": …, "arguments": {…}}, …]` (Mistral 7B v0.3, Nemo, Small), or the
     /// newer `[TOOL_CALLS]name[ARGS]{…}`.
     Mistral,
+    /// GPT-OSS's harmony messages: `<|channel|>analysis<|message|>…<|end|>` (reasoning),
+    /// `<|start|>assistant<|channel|>final<|message|>…<|return|>` (the answer), and a call as a
+    /// commentary message to `functions.name` whose body is the arguments, ended by `<|call|>`
+    /// (the recipient may come before the channel: ` to=functions.name<|channel|>commentary`).
+    Harmony,
 }
 
 const TOOL_CALL_OPEN: &str = "<tool_call>";
@@ -45,12 +53,23 @@ const TOOL_CALL_CLOSE: &str = "</tool_call>";
 const PYTHON_TAG: &str = "<|python_tag|>";
 const MISTRAL_CALLS: &str = "[TOOL_CALLS]";
 const MISTRAL_ARGS: &str = "[ARGS]";
+const H_START: &str = "<|start|>";
+const H_END: &str = "<|end|>";
+const H_MESSAGE: &str = "<|message|>";
+const H_CHANNEL: &str = "<|channel|>";
+const H_CONSTRAIN: &str = "<|constrain|>";
+const H_RETURN: &str = "<|return|>";
+const H_CALL: &str = "<|call|>";
+/// A harmony header longer than this without `<|message|>` is not one: the reply is plain text.
+const MAX_HARMONY_HEADER: usize = 256;
 
 impl ToolSyntax {
     /// The syntax a chat template asks of its model, or `None` when it does not take `tools`.
     pub fn of_template(source: &str) -> Option<Self> {
         if !source.contains("tools") {
             None
+        } else if source.contains(H_CHANNEL) {
+            Some(Self::Harmony)
         } else if source.contains(MISTRAL_CALLS) {
             Some(Self::Mistral)
         } else if source.contains(TOOL_CALL_OPEN) {
@@ -68,6 +87,7 @@ impl ToolSyntax {
             Self::Hermes => &[TOOL_CALL_OPEN, TOOL_CALL_CLOSE],
             Self::LlamaJson => &[PYTHON_TAG],
             Self::Mistral => &[MISTRAL_CALLS, MISTRAL_ARGS],
+            Self::Harmony => &[H_START, H_END, H_MESSAGE, H_CHANNEL, H_CONSTRAIN, H_RETURN, H_CALL],
         }
     }
 }
@@ -172,6 +192,11 @@ impl Tools {
 pub(crate) fn with_object_arguments(messages: &Json) -> Json {
     let mut messages = messages.clone();
     for m in messages.as_array_mut().into_iter().flatten() {
+        // OpenAI's `content: null` beside calls is "" to templates: several test the content
+        // as a string (GPT-OSS's `"…" in message.content` fails on None, in transformers too).
+        if m.get("tool_calls").is_some() && m.get("content").is_some_and(Json::is_null) {
+            m["content"] = Json::String(String::new());
+        }
         for call in m.get_mut("tool_calls").and_then(Json::as_array_mut).into_iter().flatten() {
             let Some(f) = call.get_mut("function") else { continue };
             if let Some(args) = f.get("arguments").and_then(Json::as_str) {
@@ -287,26 +312,49 @@ impl ToolPrompt {
                 let array = json!({ "type": "array", "items": one_call, "minItems": 1, "maxItems": if chosen.len() == 1 && matches!(self.tools.choice, ToolChoice::Function(_)) { 1 } else { 8 } });
                 format!("start: {} calls\ncalls: %json {}\n", marker(MISTRAL_CALLS), schema(array))
             }
+            // Reasoning first if the model wants (up to 4,000 characters, no `<`: the markers may
+            // be plain text), then one commentary message to the function, its body the
+            // arguments.
+            ToolSyntax::Harmony => {
+                let calls: Vec<String> = chosen
+                    .iter()
+                    .map(|&i| {
+                        let header = serde_json::to_string(&format!("commentary to=functions.{} ", self.tools.names[i])).expect("a string");
+                        format!(
+                            "{} {header} {} \"json\" {} %json {} {}",
+                            marker(H_CHANNEL),
+                            marker(H_CONSTRAIN),
+                            marker(H_MESSAGE),
+                            schema(self.tools.parameters[i].clone()),
+                            marker(H_CALL)
+                        )
+                    })
+                    .collect();
+                format!(
+                    "start: analysis? call\nanalysis: {} \"analysis\" {} /[^<]{{0,4000}}/ {} {} \"assistant\"\ncall: {}\n",
+                    marker(H_CHANNEL),
+                    marker(H_MESSAGE),
+                    marker(H_END),
+                    marker(H_START),
+                    calls.join(" | ")
+                )
+            }
         };
         Some(Grammar::Lark(lark))
     }
 
     /// A parser for the reply to this prompt.
     pub fn stream(&self, tokenizer: Option<&TextTokenizer>, seed: u64) -> ToolCallStream {
-        let marker_ids = tokenizer
-            .map(|t| self.syntax.markers().iter().filter_map(|m| t.token_to_id(m).filter(|&id| t.is_special(id)).map(|id| (id, *m))).collect())
-            .unwrap_or_default();
-        ToolCallStream {
-            syntax: self.syntax,
-            names: self.tools.names.clone(),
-            marker_ids,
-            state: State::Start,
-            buf: String::new(),
-            gap: String::new(),
-            calls: 0,
-            seed,
-        }
+        ToolCallStream::new(self.syntax, self.tools.names.clone(), tokenizer, seed)
     }
+}
+
+/// The stream a reply goes through when no tools are offered: harmony replies only (GPT-OSS's
+/// channels), `None` for other templates.
+pub fn reply_stream(template: Option<&ChatTemplate>, tokenizer: Option<&TextTokenizer>, seed: u64) -> Option<ToolCallStream> {
+    template
+        .filter(|t| ToolSyntax::of_template(&t.source) == Some(ToolSyntax::Harmony))
+        .map(|_| ToolCallStream::new(ToolSyntax::Harmony, Vec::new(), tokenizer, seed))
 }
 
 /// `messages` as `template` takes them when no tools are offered: calls' arguments as objects
@@ -361,9 +409,11 @@ fn plain_chat(messages: &Json) -> Vec<Json> {
 pub enum ToolEvent {
     Text(String),
     Call(ToolCall),
+    /// Reasoning the model wrote for itself (harmony's analysis channel): not content.
+    Reasoning(String),
 }
 
-#[derive(Debug, Clone, Copy, PartialEq)]
+#[derive(Debug, Clone, PartialEq)]
 enum State {
     /// Nothing but whitespace yet.
     Start,
@@ -373,6 +423,21 @@ enum State {
     InCall,
     /// The rest of the reply is calls (Llama JSON, Mistral after `[TOOL_CALLS]`): read at the end.
     Rest,
+    /// Harmony: before a message's `<|message|>`, its header in `buf`.
+    HarmonyHeader,
+    /// Harmony: in a message's body, up to `<|end|>`, `<|call|>` or `<|return|>`.
+    HarmonyBody(Channel),
+}
+
+/// Where a harmony message's body goes.
+#[derive(Debug, Clone, PartialEq)]
+enum Channel {
+    /// Content (`final`, and commentary to no one).
+    Content,
+    /// `analysis`: reasoning.
+    Reasoning,
+    /// Commentary to `functions.{0}`: a call's arguments.
+    Call(String),
 }
 
 impl ToolEvent {
@@ -383,6 +448,7 @@ impl ToolEvent {
             match e {
                 ToolEvent::Text(t) => text.push_str(&t),
                 ToolEvent::Call(c) => calls.push(c),
+                ToolEvent::Reasoning(_) => {}
             }
         }
         (text, calls)
@@ -412,6 +478,14 @@ fn partial_marker(text: &str, marker: &str) -> usize {
 }
 
 impl ToolCallStream {
+    fn new(syntax: ToolSyntax, names: Vec<String>, tokenizer: Option<&TextTokenizer>, seed: u64) -> Self {
+        let marker_ids = tokenizer
+            .map(|t| syntax.markers().iter().filter_map(|m| t.token_to_id(m).filter(|&id| t.is_special(id)).map(|id| (id, *m))).collect())
+            .unwrap_or_default();
+        let state = if syntax == ToolSyntax::Harmony { State::HarmonyHeader } else { State::Start };
+        ToolCallStream { syntax, names, marker_ids, state, buf: String::new(), gap: String::new(), calls: 0, seed }
+    }
+
     /// A generated token and its decoded text (empty for a special token, whose marker text is
     /// put back here).
     pub fn push_token(&mut self, id: u32, piece: &str) -> Vec<ToolEvent> {
@@ -446,7 +520,8 @@ impl ToolCallStream {
                     let open = match self.syntax {
                         ToolSyntax::Hermes => TOOL_CALL_OPEN,
                         ToolSyntax::Mistral => MISTRAL_CALLS,
-                        ToolSyntax::LlamaJson => {
+                        // Harmony in plain text (a reply that opened no message): all text.
+                        ToolSyntax::LlamaJson | ToolSyntax::Harmony => {
                             out.extend(self.release(self.buf.len()));
                             return out;
                         }
@@ -478,7 +553,87 @@ impl ToolCallStream {
                     self.state = State::Text;
                 }
                 State::Rest => return out,
+                State::HarmonyHeader => {
+                    let head = self.buf.trim_start();
+                    if head.is_empty() {
+                        return out;
+                    }
+                    // A reply that does not open a harmony message is plain text.
+                    let opens = [H_START, H_CHANNEL, " to=", "to="].iter().any(|m| head.starts_with(m) || m.starts_with(head));
+                    let Some(i) = self.buf.find(H_MESSAGE).filter(|_| opens) else {
+                        if !opens || self.buf.len() > MAX_HARMONY_HEADER {
+                            self.state = State::Text;
+                            out.extend(self.release(self.buf.len()));
+                        }
+                        return out;
+                    };
+                    let header: String = self.buf.drain(..i + H_MESSAGE.len()).collect();
+                    self.state = State::HarmonyBody(self.harmony_channel(&header[..i]));
+                }
+                State::HarmonyBody(ref channel) => {
+                    let end = [H_END, H_CALL, H_RETURN].iter().filter_map(|m| self.buf.find(m).map(|i| (i, m.len()))).min();
+                    let channel = channel.clone();
+                    let Some((i, len)) = end else {
+                        // Content and reasoning stream out as they come, but for a tail that
+                        // could still become a marker; a call's arguments wait for the end.
+                        if channel != Channel::Content && channel != Channel::Reasoning {
+                            return out;
+                        }
+                        let keep = [H_END, H_CALL, H_RETURN].iter().map(|m| partial_marker(&self.buf, m)).max().unwrap_or(0);
+                        let piece: String = self.buf.drain(..self.buf.len() - keep).collect();
+                        out.extend(self.harmony_piece(&channel, piece));
+                        return out;
+                    };
+                    let body: String = self.buf.drain(..i).collect();
+                    self.buf.drain(..len);
+                    out.extend(self.harmony_piece(&channel, body));
+                    if let Channel::Call(_) = channel {
+                        out.extend(self.harmony_call(&channel));
+                    }
+                    self.state = State::HarmonyHeader;
+                }
             }
+        }
+    }
+
+    /// A harmony header's channel: a call when addressed to one of the offered functions.
+    fn harmony_channel(&self, header: &str) -> Channel {
+        let word_after =
+            |marker: &str| header.split_once(marker).map(|(_, rest)| rest.split(|c: char| c.is_whitespace() || c == '<').next().unwrap_or_default());
+        if let Some(name) = word_after("to=").and_then(|to| to.strip_prefix("functions.")) {
+            if self.names.iter().any(|n| n == name) {
+                return Channel::Call(name.to_string());
+            }
+        }
+        match word_after(H_CHANNEL) {
+            Some("analysis") => Channel::Reasoning,
+            _ => Channel::Content,
+        }
+    }
+
+    /// Body text of a harmony message: content and reasoning go out; a call's arguments are
+    /// kept in `gap` until its end.
+    fn harmony_piece(&mut self, channel: &Channel, piece: String) -> Option<ToolEvent> {
+        if piece.is_empty() {
+            return None;
+        }
+        match channel {
+            Channel::Content => Some(ToolEvent::Text(piece)),
+            Channel::Reasoning => Some(ToolEvent::Reasoning(piece)),
+            Channel::Call(_) => {
+                self.gap.push_str(&piece);
+                None
+            }
+        }
+    }
+
+    /// A finished harmony call: its arguments must be a JSON object, else its body is text.
+    fn harmony_call(&mut self, channel: &Channel) -> Option<ToolEvent> {
+        let Channel::Call(name) = channel else { return None };
+        let body = std::mem::take(&mut self.gap);
+        match serde_json::from_str::<Json>(body.trim()) {
+            Ok(args @ Json::Object(_)) => Some(ToolEvent::Call(ToolCall { id: self.next_id(), name: name.clone(), arguments: args.to_string() })),
+            _ => Some(ToolEvent::Text(body)),
         }
     }
 
@@ -486,6 +641,16 @@ impl ToolCallStream {
     pub fn finish(&mut self) -> Vec<ToolEvent> {
         let rest = std::mem::take(&mut self.buf);
         let state = std::mem::replace(&mut self.state, State::Text);
+        match state {
+            // A reply cut inside a harmony message: what it held, as that message's kind.
+            State::HarmonyBody(channel) => {
+                let mut out: Vec<ToolEvent> = self.harmony_piece(&channel, rest).into_iter().collect();
+                out.extend(self.harmony_call(&channel));
+                return out;
+            }
+            State::HarmonyHeader if rest.trim().is_empty() => return Vec::new(),
+            _ => {}
+        }
         let (body, opener) = match (state, self.syntax) {
             (State::InCall, _) => (rest.as_str(), TOOL_CALL_OPEN),
             (State::Rest, ToolSyntax::Mistral) => (rest.as_str(), MISTRAL_CALLS),

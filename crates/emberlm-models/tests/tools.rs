@@ -12,7 +12,7 @@ use emberlm_models::constraint::{Constrainer, Grammar};
 use emberlm_models::files::open_hf_dir;
 use emberlm_models::text::TextSetup;
 use emberlm_models::tokenizer::TextTokenizer;
-use emberlm_models::tools::{parse_reply, ToolEvent, ToolPrompt, ToolSyntax, Tools};
+use emberlm_models::tools::{self, parse_reply, ToolEvent, ToolPrompt, ToolSyntax, Tools};
 use emberlm_models::{CpuDevice, GenerateOptions, LoadOptions, Model, SamplingOptions};
 use serde_json::{json, Value};
 
@@ -36,6 +36,24 @@ fn template(t: &Value) -> ChatTemplate {
 
 fn prompt_for(t: &Value, choice: Value) -> ToolPrompt {
     ToolPrompt::new(&template(t), Tools::new(&t["tools"], &choice).unwrap()).unwrap()
+}
+
+/// GPT-OSS's harmony template (tests/fixtures/tiny/templates/gpt-oss.jinja).
+fn harmony_template() -> ChatTemplate {
+    ChatTemplate { source: std::fs::read_to_string(fixtures().join("templates/gpt-oss.jinja")).unwrap(), bos_token: None, eos_token: Some("<|return|>".into()) }
+}
+
+/// The reply parser for a family by name: the fixture templates, and `gpt-oss` with the same
+/// tools.
+fn prompt_named(name: &str) -> ToolPrompt {
+    let refs = reference();
+    match refs.iter().find(|t| t["name"] == name) {
+        Some(t) => prompt_for(t, Value::Null),
+        None => {
+            assert_eq!(name, "gpt-oss");
+            ToolPrompt::new(&harmony_template(), Tools::new(&refs[0]["tools"], &Value::Null).unwrap()).unwrap()
+        }
+    }
 }
 
 const CHATML: &str = "{% for message in messages %}{{'<|im_start|>' + message['role'] + '\n' + message['content'] + '<|im_end|>' + '\n'}}{% endfor %}{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}";
@@ -176,15 +194,31 @@ fn reply_cases() -> Vec<(&'static str, &'static str, &'static str, Vec<(&'static
         ("mistral-nemo", "[TOOL_CALLS]add[ARGS]{\"a\": 4, \"b\": 5}[TOOL_CALLS]get_weather[ARGS]{\"city\": \"Paris\"}", "", vec![("add", json!({"a": 4, "b": 5})), ("get_weather", paris())]),
         ("mistral-nemo", "Sure. [TOOL_CALLS][{\"name\": \"nope\", \"arguments\": {}}]", "Sure. [TOOL_CALLS][{\"name\": \"nope\", \"arguments\": {}}]", vec![]),
         ("mistral-nemo", "No tools needed: 4.", "No tools needed: 4.", vec![]),
+        // GPT-OSS (harmony): reasoning is not content; a call is a commentary message to
+        // `functions.name`, the recipient before or after the channel; the final channel is.
+        (
+            "gpt-oss",
+            "<|channel|>analysis<|message|>The user wants the weather.<|end|><|start|>assistant<|channel|>commentary to=functions.get_weather <|constrain|>json<|message|>{\"city\": \"Paris\"}<|call|>",
+            "",
+            vec![("get_weather", paris())],
+        ),
+        ("gpt-oss", " to=functions.add<|channel|>commentary json<|message|>{\"a\": 2, \"b\": 3}<|call|>", "", vec![("add", json!({"a": 2, "b": 3}))]),
+        ("gpt-oss", "<|channel|>analysis<|message|>Simple sum.<|end|><|start|>assistant<|channel|>final<|message|>It is 4.<|return|>", "It is 4.", vec![]),
+        ("gpt-oss", "<|channel|>final<|message|>Sunny in Paris.", "Sunny in Paris.", vec![]),
+        // Malformed: arguments that are not JSON, an unknown function (its body is text), a
+        // reply that is not harmony at all, one cut inside a header.
+        ("gpt-oss", "<|channel|>commentary to=functions.get_weather <|constrain|>json<|message|>{\"city\": }<|call|>", "{\"city\": }", vec![]),
+        ("gpt-oss", "<|channel|>commentary to=functions.rm_rf <|constrain|>json<|message|>{}<|call|>", "{}", vec![]),
+        ("gpt-oss", "Hello there.", "Hello there.", vec![]),
+        ("gpt-oss", "<|channel|>anal", "<|channel|>anal", vec![]),
+        ("gpt-oss", "", "", vec![]),
     ]
 }
 
 #[test]
 fn replies_parse_into_calls_and_malformed_ones_stay_text() {
-    let refs = reference();
     for (name, reply, text, calls) in reply_cases() {
-        let t = refs.iter().find(|t| t["name"] == name).unwrap();
-        let (got_text, got_calls) = parse_reply(&prompt_for(t, Value::Null), reply);
+        let (got_text, got_calls) = parse_reply(&prompt_named(name), reply);
         assert_eq!(got_text, text, "{name}: {reply:?}");
         let got: Vec<(String, Value)> = got_calls.iter().map(|c| (c.name.clone(), serde_json::from_str(&c.arguments).unwrap())).collect();
         let want: Vec<(String, Value)> = calls.into_iter().map(|(n, a)| (n.to_string(), a)).collect();
@@ -203,9 +237,8 @@ fn replies_parse_into_calls_and_malformed_ones_stay_text() {
 /// of a call's syntax is ever released as text.
 #[test]
 fn streamed_replies_reassemble_to_the_whole_parse() {
-    let refs = reference();
     for (name, reply, text, calls) in reply_cases() {
-        let prompt = prompt_for(refs.iter().find(|t| t["name"] == name).unwrap(), Value::Null);
+        let prompt = prompt_named(name);
         for size in [1, 2, 3, 5, 7, 16, 1000] {
             let mut stream = prompt.stream(None, 7);
             let chars: Vec<char> = reply.chars().collect();
@@ -220,6 +253,7 @@ fn streamed_replies_reassemble_to_the_whole_parse() {
                             got_text.push_str(&t)
                         }
                         ToolEvent::Call(c) => got_calls.push((c.name, serde_json::from_str::<Value>(&c.arguments).unwrap())),
+                        ToolEvent::Reasoning(r) => assert!(!r.contains("<|"), "{name} {size}: reasoning {r:?} holds a marker"),
                     }
                 }
             }
@@ -227,6 +261,7 @@ fn streamed_replies_reassemble_to_the_whole_parse() {
                 match e {
                     ToolEvent::Text(t) => got_text.push_str(&t),
                     ToolEvent::Call(c) => got_calls.push((c.name, serde_json::from_str::<Value>(&c.arguments).unwrap())),
+                    ToolEvent::Reasoning(_) => {}
                 }
             }
             assert_eq!(got_text, text, "{name} in pieces of {size}: {reply:?}");
@@ -289,4 +324,81 @@ fn forced_tool_calls_hold_on_a_random_model() {
     // No grammar for auto.
     let auto = setup.tool_prompt(&tools, &json!("auto")).unwrap().unwrap();
     assert!(auto.forced_call(tok).is_none());
+}
+
+/// GPT-OSS: its template is told as harmony; the analysis channel comes out as reasoning, in
+/// order and whole, whatever the pieces; without tools its replies still go through the
+/// channels (only the final one is content), and other templates' do not.
+#[test]
+fn harmony_replies_split_reasoning_from_content() {
+    assert_eq!(ToolSyntax::of_template(&harmony_template().source), Some(ToolSyntax::Harmony));
+    let reply = "<|channel|>analysis<|message|>Think: 2+2.<|end|><|start|>assistant<|channel|>final<|message|>4<|return|>";
+    for size in [1, 3, 1000] {
+        let mut stream = tools::reply_stream(Some(&harmony_template()), None, 1).expect("a harmony stream without tools");
+        let chars: Vec<char> = reply.chars().collect();
+        let mut events: Vec<ToolEvent> = chars.chunks(size).flat_map(|p| stream.push(&p.iter().collect::<String>())).collect();
+        events.extend(stream.finish());
+        let reasoning: String = events.iter().filter_map(|e| if let ToolEvent::Reasoning(r) = e { Some(r.as_str()) } else { None }).collect();
+        assert_eq!(reasoning, "Think: 2+2.", "pieces of {size}");
+        assert_eq!(ToolEvent::split(events), ("4".to_string(), vec![]), "pieces of {size}");
+    }
+    let chatml = ChatTemplate { source: CHATML.into(), bos_token: None, eos_token: None };
+    assert!(tools::reply_stream(Some(&chatml), None, 1).is_none());
+}
+
+/// `tool_choice: "required"` and a named function with the harmony template on the tiny
+/// random GPT-OSS (its byte-level vocabulary spells the markers as text): every sampled reply
+/// is one call of an offered function (after optional reasoning) whose arguments satisfy its
+/// schema, and it renders back through the template.
+#[test]
+fn forced_harmony_tool_calls_hold_on_a_random_model() {
+    let dir = fixtures().join("gptoss");
+    let hf = open_hf_dir(&dir).unwrap();
+    let mut config = hf.config.clone();
+    let tok_cfg: Value = serde_json::from_str(&std::fs::read_to_string(dir.join("tokenizer_config.json")).unwrap()).unwrap();
+    let mut setup = TextSetup::from_hf(Some(&std::fs::read(dir.join("tokenizer.json")).unwrap()), Some(&tok_cfg), None, &mut config).unwrap();
+    setup.chat_template = Some(harmony_template());
+    let tok: &TextTokenizer = setup.tokenizer().unwrap();
+    let dev = CpuDevice::new(None);
+    let model = Model::load(&dev, config, &hf.store, &LoadOptions { dtype: None, context: 4096 }).unwrap();
+    let constrainer = Constrainer::new(tok, model.config.eos_token_ids[0]).unwrap();
+    let tools = json!([
+        {"type": "function", "function": {"name": "get_weather", "description": "The weather.", "parameters": {"type": "object", "properties": {
+            "city": {"type": "string", "maxLength": 12}}, "required": ["city"], "additionalProperties": false}}},
+        {"type": "function", "function": {"name": "add", "description": "Adds.", "parameters": {"type": "object", "properties": {
+            "a": {"type": "integer", "minimum": -99, "maximum": 99}, "b": {"type": "integer", "minimum": -99, "maximum": 99}}, "required": ["a", "b"], "additionalProperties": false}}},
+    ]);
+    let messages = json!([{"role": "user", "content": "What is the weather in Paris?"}]);
+    for (choice, seeds) in [(json!("required"), 0..1u64), (json!({"type": "function", "function": {"name": "add"}}), 0..1)] {
+        let prompt = setup.tool_prompt(&tools, &choice).unwrap().unwrap();
+        assert_eq!(prompt.syntax, ToolSyntax::Harmony);
+        let ids = setup.chat_prompt_ids_with(&messages, Some(&prompt), None).unwrap();
+        let Some(grammar) = prompt.forced_call(tok) else { panic!("no grammar for {choice}") };
+        for seed in seeds {
+            let sampling = SamplingOptions { temperature: 1.0, seed, ..Default::default() };
+            let opts = GenerateOptions { max_new_tokens: 3000, stop_tokens: model.config.eos_token_ids.clone(), sampling, ..Default::default() };
+            let mut constraint = constrainer.start(&grammar).unwrap();
+            let (events, out) = common::tools::generate_events(&dev, &model, &ids, &opts, Some(&mut constraint), &prompt, tok, seed);
+            let text = tok.decode(&out.generated_ids, true).unwrap();
+            assert!(out.stopped, "{choice} seed {seed}: unfinished: {text:?}");
+            let (content, calls) = ToolEvent::split(events);
+            assert!(content.is_empty(), "{choice} seed {seed}: content {content:?} from {text:?}");
+            let [call] = calls.as_slice() else { panic!("{choice} seed {seed}: {calls:?} from {text:?}") };
+            let args: Value = serde_json::from_str(&call.arguments).unwrap();
+            match call.name.as_str() {
+                "get_weather" => assert!(args["city"].as_str().is_some_and(|c| c.chars().count() <= 12)),
+                "add" => assert!((-99..=99).contains(&args["a"].as_i64().unwrap()) && (-99..=99).contains(&args["b"].as_i64().unwrap())),
+                other => panic!("{other}"),
+            }
+            if let Value::Object(_) = choice {
+                assert_eq!(call.name, "add");
+            }
+            // The call goes back into the template (with its result) as harmony.
+            let mut turn = messages.as_array().unwrap().clone();
+            turn.push(tools::assistant_message("", &calls));
+            turn.push(json!({"role": "tool", "tool_call_id": call.id, "name": call.name, "content": "{\"ok\": true}"}));
+            let rendered = prompt.render(setup.chat_template().unwrap(), &Value::Array(turn), true, None).unwrap();
+            assert!(rendered.contains(&format!("to=functions.{}<|channel|>commentary json<|message|>", call.name)), "{rendered}");
+        }
+    }
 }

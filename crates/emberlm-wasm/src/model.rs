@@ -355,6 +355,9 @@ struct JsGenerateOptions {
     /// Tools offered to the model (the same as given to `chatPromptIds`): its reply is parsed
     /// into calls, and a required call is enforced.
     tools: Option<JsTools>,
+    /// The prompt is a chat (`chatPromptIds`): a harmony reply (GPT-OSS) is parsed into its
+    /// channels, the final one being the text.
+    chat: bool,
 }
 
 /// `tools` and `tool_choice` as OpenAI's API takes them.
@@ -403,6 +406,7 @@ impl Default for JsGenerateOptions {
             logprobs: None,
             grammar: None,
             tools: None,
+            chat: false,
         }
     }
 }
@@ -672,7 +676,9 @@ impl EmberModel {
             Some(grammar) => Some(self.constrainer()?.start(&grammar).map_err(js_err)?),
             None => None,
         };
-        let mut tool_stream = tools.as_ref().map(|t| t.stream(self.text.tokenizer.as_ref(), o.seed));
+        // Tools' calls, or a harmony reply's channels (GPT-OSS: only the final one is content).
+        let harmony = if o.chat { tools::reply_stream(self.text.chat_template.as_ref(), self.text.tokenizer.as_ref(), o.seed) } else { None };
+        let mut tool_stream = tools.as_ref().map(|t| t.stream(self.text.tokenizer.as_ref(), o.seed)).or(harmony);
         let mut tool_calls = Vec::new();
         let call_js = |f: &js_sys::Function, id: JsValue, piece: &str, entry: Option<&JsValue>, calls: &[ToolCall]| {
             let args = js_sys::Array::of3(&id, &JsValue::from_str(piece), entry.unwrap_or(&JsValue::UNDEFINED));
