@@ -277,6 +277,7 @@ export class LocalBackend implements Backend {
       const filter = new StopStringFilter(p.stop);
       const logprobs = p.logprobs === undefined ? null : new LogprobTracker();
       const toolCalls: ToolCall[] = [];
+      let reasoning = '';
       let firstAt = 0;
       let aborted = false;
       const out: {
@@ -306,13 +307,14 @@ export class LocalBackend implements Backend {
             chat: Boolean(input.messages),
           },
           // `id` is undefined for the last piece, what the tool-call parser held to the end.
-          (_id: number | undefined, piece: string, entry?: Parameters<LogprobTracker['add']>[1], calls?: WasmToolCall[]) => {
+          (_id: number | undefined, piece: string, entry?: Parameters<LogprobTracker['add']>[1], calls?: WasmToolCall[], thought?: string) => {
             firstAt ||= now();
             logprobs?.add(piece, entry);
             const shown = filter.push(piece);
             const made = calls?.map(toToolCall);
             if (made) toolCalls.push(...made);
-            if (shown || made) onPiece(shown, logprobs?.release(filter.shown), made);
+            if (thought) reasoning += thought;
+            if (shown || made || thought) onPiece(shown, logprobs?.release(filter.shown), made, undefined, thought || undefined);
             if (signal?.aborted || this.unloading) aborted = true;
             return !filter.stopped && !aborted;
           },
@@ -336,6 +338,7 @@ export class LocalBackend implements Backend {
         ...(out.profile ? { profile: out.profile } : {}),
         ...(logprobs ? { logprobs: logprobs.content } : {}),
         ...(input.tools ? { tool_calls: toolCalls } : {}),
+        ...(reasoning ? { reasoning } : {}),
       };
     });
   }

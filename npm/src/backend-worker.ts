@@ -51,7 +51,7 @@ export class WorkerBackend implements Backend {
         p.onProgress?.(m.progress);
         return;
       case 'piece':
-        p.onPiece?.(m.piece, m.logprobs, m.toolCalls, m.prefill);
+        p.onPiece?.(m.piece, m.logprobs, m.toolCalls, m.prefill, m.reasoning);
         return;
       case 'done':
         this.pending.delete(m.id);

@@ -46,6 +46,8 @@ export interface RunResult {
   logprobs?: TokenLogprob[];
   /** With `tools`: the calls the reply made (`text` is the rest of it). */
   tool_calls?: ToolCall[];
+  /** The reasoning the model wrote apart from its answer (GPT-OSS's analysis channel). */
+  reasoning?: string;
 }
 
 /**
@@ -59,7 +61,7 @@ export interface PrefillProgress {
 }
 
 /** A piece of the reply; or, with `prefill` (and no text), how far the prompt has been read. */
-export type OnPiece = (piece: string, logprobs?: TokenLogprob[], toolCalls?: ToolCall[], prefill?: PrefillProgress) => void;
+export type OnPiece = (piece: string, logprobs?: TokenLogprob[], toolCalls?: ToolCall[], prefill?: PrefillProgress, reasoning?: string) => void;
 
 /** A call as the wasm engine reports it. */
 export interface WasmToolCall {

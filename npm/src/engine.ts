@@ -93,8 +93,9 @@ function grammarOf(f: unknown): { grammar?: RunParams['grammar'] } {
 
 /** The reply as an assistant message: its calls, and null content when it only called tools. */
 function assistantMessage(r: RunResult): ChatCompletion['choices'][0]['message'] {
-  if (!r.tool_calls?.length) return { role: 'assistant', content: r.text };
-  return { role: 'assistant', content: r.text === '' ? null : r.text, tool_calls: r.tool_calls };
+  const reasoning = r.reasoning ? { reasoning_content: r.reasoning } : {};
+  if (!r.tool_calls?.length) return { role: 'assistant', content: r.text, ...reasoning };
+  return { role: 'assistant', content: r.text === '' ? null : r.text, ...reasoning, tool_calls: r.tool_calls };
 }
 
 /** A choice's `logprobs`: the entries when they were asked for, else null (OpenAI's shape). */
@@ -261,9 +262,10 @@ export class EmberEngine implements Engine {
     });
     chunks.push(chunk({ role: 'assistant', content: '' }));
     let calls = 0;
-    const onPiece: OnPiece = (piece, logprobs, toolCalls, prefill) => {
+    const onPiece: OnPiece = (piece, logprobs, toolCalls, prefill, reasoning) => {
       if (prefill) return onPrefill?.(prefill.done, prefill.total);
       const delta: ChatCompletionChunk['choices'][0]['delta'] = piece ? { content: piece } : {};
+      if (reasoning) delta.reasoning_content = reasoning;
       if (toolCalls?.length) delta.tool_calls = toolCalls.map((c) => ({ index: calls++, ...c }));
       chunks.push(chunk(delta, null, logprobs));
     };

@@ -23,6 +23,6 @@ export type Request = ToWorker extends infer T ? (T extends ToWorker ? Omit<T, '
 
 export type FromWorker =
   | { id: number; type: 'progress'; progress: LoadProgress }
-  | { id: number; type: 'piece'; piece: string; logprobs?: TokenLogprob[]; toolCalls?: ToolCall[]; prefill?: PrefillProgress }
+  | { id: number; type: 'piece'; piece: string; logprobs?: TokenLogprob[]; toolCalls?: ToolCall[]; prefill?: PrefillProgress; reasoning?: string }
   | { id: number; type: 'done'; value: EngineInfo | RunResult | Embedded | number[] | string | null }
   | { id: number; type: 'error'; code: EmberErrorCode; message: string };

@@ -153,7 +153,8 @@ export interface ChatCompletion {
   object: 'chat.completion';
   created: number;
   model: string;
-  choices: { index: number; message: { role: 'assistant'; content: string | null; tool_calls?: ToolCall[] }; finish_reason: FinishReason; logprobs: ChoiceLogprobs | null }[];
+  /** `message.reasoning_content`: reasoning the model wrote apart from its answer (GPT-OSS's analysis channel), as vLLM and llama-server name it. */
+  choices: { index: number; message: { role: 'assistant'; content: string | null; reasoning_content?: string; tool_calls?: ToolCall[] }; finish_reason: FinishReason; logprobs: ChoiceLogprobs | null }[];
   usage: CompletionUsage;
 }
 
@@ -164,7 +165,8 @@ export interface ChatCompletionChunk {
   model: string;
   /** `logprobs`: the entries of the tokens whose text this chunk carries. */
   /** `delta.tool_calls`: each call whole, in one chunk, once the model has finished writing it. */
-  choices: { index: number; delta: { role?: 'assistant'; content?: string; tool_calls?: (ToolCall & { index: number })[] }; finish_reason: FinishReason | null; logprobs: ChoiceLogprobs | null }[];
+  /** `delta.reasoning_content`: reasoning as it is written (GPT-OSS). */
+  choices: { index: number; delta: { role?: 'assistant'; content?: string; reasoning_content?: string; tool_calls?: (ToolCall & { index: number })[] }; finish_reason: FinishReason | null; logprobs: ChoiceLogprobs | null }[];
   /** On the last chunk only. */
   usage?: CompletionUsage;
 }

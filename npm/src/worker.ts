@@ -38,7 +38,7 @@ scope.onmessage = async ({ data: m }) => {
         value = { id: m.id, type: 'done', value: backend.info };
         break;
       case 'run':
-        value = { id: m.id, type: 'done', value: await engine().run(m.input, m.params, (piece, logprobs, toolCalls, prefill) => scope.postMessage({ id: m.id, type: 'piece', piece, ...(logprobs ? { logprobs } : {}), ...(toolCalls ? { toolCalls } : {}), ...(prefill ? { prefill } : {}) }), ctl.signal) };
+        value = { id: m.id, type: 'done', value: await engine().run(m.input, m.params, (piece, logprobs, toolCalls, prefill, reasoning) => scope.postMessage({ id: m.id, type: 'piece', piece, ...(logprobs ? { logprobs } : {}), ...(toolCalls ? { toolCalls } : {}), ...(prefill ? { prefill } : {}), ...(reasoning ? { reasoning } : {}) }), ctl.signal) };
         break;
       case 'embed':
         value = { id: m.id, type: 'done', value: await engine().embed(m.texts, ctl.signal) };

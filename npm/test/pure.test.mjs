@@ -213,3 +213,30 @@ test('a sentence-transformers repo brings its N_Dense modules: config as text, w
   const huge = files.map((x) => (x.path === '3_Dense/model.safetensors' ? f(x.path, 2 ** 30) : x));
   assert.throws(() => selectFiles('r', huge), (e) => e.code === 'model' && /3_Dense\/model\.safetensors is .* more than a Dense projection may hold/.test(e.message));
 });
+
+test('reasoning (GPT-OSS\'s analysis channel) comes back as message.reasoning_content and streams as delta.reasoning_content, apart from the content', async () => {
+  const { EmberEngine } = await import('../dist/engine.js');
+  const backend = {
+    info: {},
+    async run(_input, _p, onPiece) {
+      onPiece('', undefined, undefined, undefined, 'Two and ');
+      onPiece('', undefined, undefined, undefined, 'two.');
+      onPiece('4');
+      return { text: '4', reasoning: 'Two and two.', tokens: [1, 2, 3], finish_reason: 'stop', prompt_tokens: 1, cached_tokens: 0, ttft_ms: 0, prefill_tok_s: 0, decode_tok_s: 0 };
+    },
+    encode: async () => [],
+    decode: async () => '',
+  };
+  const engine = new EmberEngine(backend);
+  const messages = [{ role: 'user', content: '2+2?' }];
+  const r = await engine.chat.completions.create({ messages });
+  assert.deepEqual(r.choices[0].message, { role: 'assistant', content: '4', reasoning_content: 'Two and two.' });
+  const deltas = [];
+  for await (const chunk of await engine.chat.completions.create({ messages, stream: true })) deltas.push(chunk.choices[0].delta);
+  assert.equal(deltas.map((d) => d.reasoning_content ?? '').join(''), 'Two and two.');
+  assert.equal(deltas.map((d) => d.content ?? '').join(''), '4');
+  assert.ok(deltas.every((d) => !(d.reasoning_content && d.content)), 'reasoning and content never share a delta here');
+  // Without reasoning, no field.
+  backend.run = async () => ({ text: 'hi', tokens: [1], finish_reason: 'stop', prompt_tokens: 1, cached_tokens: 0, ttft_ms: 0, prefill_tok_s: 0, decode_tok_s: 0 });
+  assert.deepEqual((await engine.chat.completions.create({ messages })).choices[0].message, { role: 'assistant', content: 'hi' });
+});

@@ -443,15 +443,21 @@ enum Channel {
 impl ToolEvent {
     /// Events as the text they release and the calls they complete, each in order.
     pub fn split(events: Vec<ToolEvent>) -> (String, Vec<ToolCall>) {
-        let (mut text, mut calls) = (String::new(), Vec::new());
+        let (text, calls, _) = Self::parts(events);
+        (text, calls)
+    }
+
+    /// As [`ToolEvent::split`], with the reasoning they carry as well.
+    pub fn parts(events: Vec<ToolEvent>) -> (String, Vec<ToolCall>, String) {
+        let (mut text, mut calls, mut reasoning) = (String::new(), Vec::new(), String::new());
         for e in events {
             match e {
                 ToolEvent::Text(t) => text.push_str(&t),
                 ToolEvent::Call(c) => calls.push(c),
-                ToolEvent::Reasoning(_) => {}
+                ToolEvent::Reasoning(r) => reasoning.push_str(&r),
             }
         }
-        (text, calls)
+        (text, calls, reasoning)
     }
 }
 

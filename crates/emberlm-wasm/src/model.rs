@@ -430,6 +430,8 @@ struct JsGeneration {
     logprobs: Option<Vec<LogprobEntry>>,
     /// With `tools`: the calls the reply made (`text` is the rest of the reply).
     tool_calls: Vec<ToolCall>,
+    /// The reply's reasoning (GPT-OSS's analysis channel), not part of `text`; empty for others.
+    reasoning: String,
 }
 
 #[derive(Serialize)]
@@ -680,10 +682,15 @@ impl EmberModel {
         let harmony = if o.chat { tools::reply_stream(self.text.chat_template.as_ref(), self.text.tokenizer.as_ref(), o.seed) } else { None };
         let mut tool_stream = tools.as_ref().map(|t| t.stream(self.text.tokenizer.as_ref(), o.seed)).or(harmony);
         let mut tool_calls = Vec::new();
-        let call_js = |f: &js_sys::Function, id: JsValue, piece: &str, entry: Option<&JsValue>, calls: &[ToolCall]| {
+        let mut reasoning = String::new();
+        // onToken(id, piece, logprob entry, calls?, reasoning?): the last two only when there are some.
+        let call_js = |f: &js_sys::Function, id: JsValue, piece: &str, entry: Option<&JsValue>, calls: &[ToolCall], thought: &str| {
             let args = js_sys::Array::of3(&id, &JsValue::from_str(piece), entry.unwrap_or(&JsValue::UNDEFINED));
-            if !calls.is_empty() {
-                args.push(&to_js(&calls).unwrap_or(JsValue::UNDEFINED));
+            if !calls.is_empty() || !thought.is_empty() {
+                args.push(&if calls.is_empty() { JsValue::UNDEFINED } else { to_js(&calls).unwrap_or(JsValue::UNDEFINED) });
+            }
+            if !thought.is_empty() {
+                args.push(&JsValue::from_str(thought));
             }
             f.apply(&JsValue::NULL, &args)
         };
@@ -704,11 +711,12 @@ impl EmberModel {
                 let piece = self.text.tokenizer.as_ref().and_then(|t| stream.push(t, id).ok()).unwrap_or_default();
                 // The reply's text goes out as it comes, a call once whole (its syntax never
                 // shows as text).
-                let (piece, mut calls) = match tool_stream.as_mut() {
-                    Some(s) => ToolEvent::split(s.push_token(id, &piece)),
-                    None => (piece, Vec::new()),
+                let (piece, mut calls, thought) = match tool_stream.as_mut() {
+                    Some(s) => ToolEvent::parts(s.push_token(id, &piece)),
+                    None => (piece, Vec::new(), String::new()),
                 };
                 text.push_str(&piece);
+                reasoning.push_str(&thought);
                 let entry = logprobs.map(|l| {
                     let entry = l.entry(self.text.tokenizer.as_ref());
                     let js = to_js(&entry).unwrap_or(JsValue::UNDEFINED);
@@ -716,7 +724,7 @@ impl EmberModel {
                     js
                 });
                 let keep = match &on_token {
-                    Some(f) => call_js(f, JsValue::from(id), &piece, entry.as_ref(), &calls).map(|r| r.as_bool() != Some(false)).unwrap_or(false),
+                    Some(f) => call_js(f, JsValue::from(id), &piece, entry.as_ref(), &calls, &thought).map(|r| r.as_bool() != Some(false)).unwrap_or(false),
                     None => true,
                 };
                 tool_calls.append(&mut calls);
@@ -730,11 +738,12 @@ impl EmberModel {
         let out = result?;
         // What the tool-call parser still held: text or calls, handed on as one last piece.
         if let Some(s) = tool_stream.as_mut() {
-            let (piece, mut calls) = ToolEvent::split(s.finish());
-            if !piece.is_empty() || !calls.is_empty() {
+            let (piece, mut calls, thought) = ToolEvent::parts(s.finish());
+            if !piece.is_empty() || !calls.is_empty() || !thought.is_empty() {
                 text.push_str(&piece);
+                reasoning.push_str(&thought);
                 if let Some(f) = &on_token {
-                    call_js(f, JsValue::UNDEFINED, &piece, None, &calls)?;
+                    call_js(f, JsValue::UNDEFINED, &piece, None, &calls, &thought)?;
                 }
                 tool_calls.append(&mut calls);
             }
@@ -760,6 +769,7 @@ impl EmberModel {
             profile,
             logprobs: o.logprobs.map(|_| entries),
             tool_calls,
+            reasoning,
         })
     }
 }
