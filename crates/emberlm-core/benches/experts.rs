@@ -9,8 +9,9 @@
 //! most (per pick, the picked experts' rows once per pick; grouped, once per expert picked).
 //! Both outputs are checked against `reference::moe_mlp` on sampled tokens first.
 
-use std::time::Instant;
+mod common;
 
+use common::time_runs;
 use emberlm_core::checks::Rng;
 use emberlm_core::ops::{self, Activation, MoeRouteParams};
 use emberlm_core::{reference, DType, DeviceOptions, GpuDevice, PackedMatrix, Plan, Tensor};
@@ -42,17 +43,6 @@ fn parse_args() -> Args {
         }
     }
     a
-}
-
-fn time_runs(dev: &GpuDevice, exe: &mut emberlm_core::Executable, reps: usize) -> f64 {
-    exe.run(dev).unwrap();
-    dev.poll_wait().unwrap(); // warm-up
-    let start = Instant::now();
-    for _ in 0..reps {
-        exe.run(dev).unwrap();
-    }
-    dev.poll_wait().unwrap();
-    start.elapsed().as_secs_f64() / reps as f64
 }
 
 fn main() {

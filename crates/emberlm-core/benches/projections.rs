@@ -8,8 +8,9 @@
 //! the same adapter in the same run, and GFLOP/s. Each result is checked against the CPU
 //! reference on sampled rows first, so a kernel that writes nothing cannot report a fake speed.
 
-use std::time::Instant;
+mod common;
 
+use common::time_runs;
 use emberlm_core::checks::Rng;
 use emberlm_core::{ops, reference, DType, DeviceOptions, GpuDevice, PackedMatrix, Plan, Tensor};
 
@@ -43,18 +44,6 @@ fn parse_args() -> Args {
         }
     }
     args
-}
-
-/// Seconds for `reps` executions of `exe`, submitted back to back and waited for once.
-fn time_runs(dev: &GpuDevice, exe: &mut emberlm_core::Executable, reps: usize) -> f64 {
-    exe.run(dev).unwrap();
-    dev.poll_wait().unwrap(); // warm-up
-    let start = Instant::now();
-    for _ in 0..reps {
-        exe.run(dev).unwrap();
-    }
-    dev.poll_wait().unwrap();
-    start.elapsed().as_secs_f64() / reps as f64
 }
 
 fn main() {
