@@ -144,6 +144,8 @@ pub fn for_parts(out: &mut [f32], min_chunk: usize, f: impl Fn(usize, &mut [f32]
     unsafe impl Sync for Out {}
     impl Out {
         /// SAFETY: each `i` is asked for once while the output is borrowed.
+        // The `&mut` comes from the raw pointer, not from `&self`: disjoint parts by contract.
+        #[allow(clippy::mut_from_ref)]
         unsafe fn part(&self, i: usize, chunk: usize) -> &mut [f32] {
             let start = i * chunk;
             unsafe { std::slice::from_raw_parts_mut(self.0.add(start), chunk.min(self.1 - start)) }
