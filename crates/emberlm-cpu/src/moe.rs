@@ -22,9 +22,7 @@ fn shape<T>(op: &'static str, detail: String) -> Result<T> {
 /// Each token's top_k experts and weights (`emberlm_core::ops::moe_route`).
 pub fn moe_route(logits: &CpuTensor, route: &CpuTensor, p: &MoeRouteParams) -> Result<()> {
     let _time = crate::profile::scope("moe_route");
-    if p.experts == 0 || p.top_k == 0 || p.top_k > p.experts.min(emberlm_core::ops::moe::MAX_TOP_K) {
-        return shape("moe_route", format!("{} of {} experts per token", p.top_k, p.experts));
-    }
+    p.check("moe_route")?;
     logits.expect_f32("moe_route", p.tokens * p.experts)?;
     route.expect_f32("moe_route", p.route_len())?;
     let logits = logits.f32s();

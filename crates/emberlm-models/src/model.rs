@@ -293,11 +293,9 @@ impl<B: Backend> Loader<'_, B> {
     /// (safetensors). Returns, per expert, the tensor and the rows to read.
     fn expert_parts(&self, i: usize, proj: &str, experts: usize, rows: usize, k: usize) -> Result<Vec<(String, std::ops::Range<usize>)>> {
         let stacked = format!("blk.{i}.ffn_{proj}_exps.weight");
-        if self.store.shape(&stacked).is_some() {
+        if let Some(found) = self.store.shape(&stacked) {
             // u64: experts · rows may overflow a wasm32 usize for a hostile config.
-            let total = experts as u64 * rows as u64;
-            let found = self.store.shape(&stacked).unwrap_or_default();
-            if found.0 as u64 != total || found.1 != k {
+            if found.0 as u64 != experts as u64 * rows as u64 || found.1 != k {
                 return Err(ModelError::ShapeMismatch { tensor: stacked, expected: vec![experts, rows, k], found: vec![found.0, found.1] });
             }
             return Ok((0..experts).map(|e| (stacked.clone(), e * rows..(e + 1) * rows)).collect());
@@ -584,17 +582,15 @@ impl<B: Backend> Model<B> {
                     let (experts, inter) = (moe.experts, moe.expert_ffn);
                     let gate_up = [ld.expert_parts(i, "gate", experts, inter, h)?, ld.expert_parts(i, "up", experts, inter, h)?];
                     let down = [ld.expert_parts(i, "down", experts, h, inter)?];
-                    let mlp = Mlp::Experts {
+                    let (gate_up, down) = (ld.experts(n("ffn_gate_up_exps"), &gate_up, 2 * inter, h)?, ld.experts(n("ffn_down_exps"), &down, h, inter)?);
+                    expert_bytes += B::tensor_bytes(&gate_up) + B::tensor_bytes(&down);
+                    Some(Mlp::Experts {
                         router: ld.exact_linear(&[(n("ffn_gate_inp.weight"), experts)], h)?,
-                        gate_up: ld.experts(n("ffn_gate_up_exps"), &gate_up, 2 * inter, h)?,
-                        down: ld.experts(n("ffn_down_exps"), &down, h, inter)?,
+                        gate_up,
+                        down,
                         gate_up_bias: ld.expert_biases(&[n("ffn_gate_exps.bias"), n("ffn_up_exps.bias")], experts, inter)?,
                         down_bias: ld.expert_biases(&[n("ffn_down_exps.bias")], experts, h)?,
-                    };
-                    if let Mlp::Experts { gate_up, down, .. } = &mlp {
-                        expert_bytes += B::tensor_bytes(gate_up) + B::tensor_bytes(down);
-                    }
-                    Some(mlp)
+                    })
                 }
                 _ if c.arch.has_ffn() => Some(Mlp::Dense { gate_up: ld.linear(&gate_up_parts, h)?, down: ld.linear(&[(n("ffn_down.weight"), h)], c.ffn)? }),
                 _ => None,

@@ -42,7 +42,9 @@ impl MoeRouteParams {
         self.tokens * 2 * self.top_k
     }
 
-    fn check(&self, op: &'static str) -> Result<()> {
+    /// Fails unless 1 ≤ top_k ≤ experts ≤ [`MAX_EXPERTS`] and top_k ≤ [`MAX_TOP_K`] (the GPU
+    /// ops and their CPU twins alike).
+    pub fn check(&self, op: &'static str) -> Result<()> {
         if self.experts == 0 || self.experts > MAX_EXPERTS || self.top_k == 0 || self.top_k > self.experts.min(MAX_TOP_K) {
             return shape_err(op, format!("{} of {} experts per token (at most {MAX_TOP_K} of {MAX_EXPERTS})", self.top_k, self.experts));
         }
