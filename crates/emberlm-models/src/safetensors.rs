@@ -492,3 +492,55 @@ pub fn index_files(index: &Json) -> Result<Vec<String>> {
     files.sort();
     Ok(files)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A safetensors file of U8 tensors `(name, shape)`, zero-filled.
+    fn file(tensors: &[(&str, &[usize])]) -> Vec<u8> {
+        let (mut header, mut at) = (serde_json::Map::new(), 0usize);
+        for (name, shape) in tensors {
+            let n: usize = shape.iter().product();
+            header.insert(name.to_string(), serde_json::json!({"dtype": "U8", "shape": shape, "data_offsets": [at, at + n]}));
+            at += n;
+        }
+        let text = Json::Object(header).to_string();
+        let mut out = (text.len() as u64).to_le_bytes().to_vec();
+        out.extend(text.as_bytes());
+        out.resize(out.len() + at, 0);
+        out
+    }
+
+    fn open(tensors: &[(&str, &[usize])]) -> Result<SafetensorsStore<Vec<u8>>> {
+        SafetensorsStore::new(vec![("model.safetensors".into(), file(tensors))], Architecture::GptOss)
+    }
+
+    const BLOCKS: &str = "model.layers.0.mlp.experts.gate_up_proj_blocks";
+    const SCALES: &str = "model.layers.0.mlp.experts.gate_up_proj_scales";
+
+    /// GPT-OSS's MXFP4 blocks become gate and up views of half the rows each; blocks without
+    /// their scales, scales of another shape, an odd number of gate|up rows or blocks that are
+    /// not 16 bytes a group are errors naming the tensor, and a raw U8 tensor is never read as
+    /// values.
+    #[test]
+    fn gpt_oss_mxfp4_views_and_malformed_blocks() {
+        let store = open(&[(BLOCKS, &[2, 6, 3, 16]), (SCALES, &[2, 6, 3])]).unwrap();
+        assert_eq!(store.shape("blk.0.ffn_gate_exps.weight"), Some((6, 96)));
+        assert_eq!(store.shape("blk.0.ffn_up_exps.weight"), Some((6, 96)));
+        assert_eq!(store.exact_dtype("blk.0.ffn_up_exps.weight").unwrap(), DType::Mxfp4);
+        assert_eq!(store.read_rows("blk.0.ffn_up_exps.weight", 0..6, DType::Mxfp4).unwrap().rows, 6);
+        assert!(store.read_rows("blk.0.ffn_up_exps.weight", 4..7, DType::Mxfp4).is_err(), "rows past the end");
+        for (tensors, want) in [
+            (&[(BLOCKS, &[2usize, 6, 3, 16][..])][..], "gate_up_proj_scales"),
+            (&[(BLOCKS, &[2, 6, 3, 16]), (SCALES, &[2, 6, 4])], "do not form MXFP4"),
+            (&[(BLOCKS, &[2, 5, 3, 16]), (SCALES, &[2, 5, 3])], "does not know"),
+            (&[(BLOCKS, &[2, 6, 3, 8]), (SCALES, &[2, 6, 3])], "not [experts, rows, k/32, 16]"),
+        ] {
+            let e = open(tensors).err().expect("refused").to_string();
+            assert!(e.contains(want) && e.contains("gate_up_proj_blocks"), "{tensors:?}: {e}");
+        }
+        let lone = SafetensorsStore::new(vec![("m.safetensors".into(), file(&[("model.norm.weight", &[4])]))], Architecture::Llama).unwrap();
+        assert!(lone.read_f32("output_norm.weight").unwrap_err().to_string().contains("U8"));
+    }
+}
