@@ -32,7 +32,7 @@ struct Params {
 @group(0) @binding(5) var<storage, read> sinks: array<f32>; // [hq]
 #endif
 
-const MAX_D: u32 = 256u;
+// MAX_D (256, or 576 for MLA's latent heads) comes with the variant: it sizes q_s and acc.
 const DIMS_PER_THREAD: u32 = MAX_D / WG;
 const NEG_BIG: f32 = -1e30; // finite, so exp(NEG_BIG - m) is 0 and never NaN
 

@@ -33,8 +33,8 @@ struct Params {
 @group(0) @binding(5) var<storage, read> sinks: array<f32>; // [hq]
 #endif
 
-const MAX_D: u32 = 256u;
-const QT: u32 = 8u;  // query tokens per workgroup
+// MAX_D and QT (query tokens per workgroup) come with the variant: 256 and 8, or for MLA's
+// latent heads 576 and 4, so q_s stays within WebGPU's 16 KiB of workgroup memory.
 const KT: u32 = 64u; // keys per block = threads
 const DIMS_PER_THREAD: u32 = MAX_D / KT;
 const NEG_BIG: f32 = -1e30; // finite: exp(NEG_BIG - m) is 0, never NaN

@@ -1,14 +1,14 @@
-// In-place RMS norm of every head vector: Qwen3's and Gemma 3's q/k norms. Heads
-// head_offset..head_offset+heads of each token row (rows row_stride floats apart, so q and k can
-// sit inside the fused qkv row); one workgroup per (token, head); weight has head_dim entries,
-// used as (weight + weight_offset).
+// In-place RMS norm of every head vector: Qwen3's and Gemma 3's q/k norms, MLA's latent norms.
+// `heads` vectors of d from column `first` of each token row (rows row_stride floats apart, so
+// q and k can sit inside the fused qkv row); one workgroup per (token, head); weight has d
+// entries, used as (weight + weight_offset).
 
 struct Params {
     tokens: u32,
     heads: u32,
     d: u32,
     row_stride: u32,
-    head_offset: u32,
+    first: u32,
     eps: f32,
     weight_offset: f32,
     _pad: u32,
@@ -28,7 +28,7 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec
     }
     let token = idx / params.heads;
     let head = idx % params.heads;
-    let base = token * params.row_stride + (params.head_offset + head) * params.d;
+    let base = token * params.row_stride + params.first + head * params.d;
     var sum_sq = 0.0;
     for (var i = lid; i < params.d; i += WG) {
         let v = x[base + i];

@@ -11,6 +11,9 @@
 // is one expert of this chunk and its tokens are that expert's group of picks (moe_group.wgsl):
 // X row = slot / x_div (the token's row, or the pick's own), Y row = slot. A workgroup past its
 // group's end returns at once, so the grid is sized for the worst case without a read-back.
+// Otherwise workgroup z is a head of a per-head projection (`head_linear`, MLA): W holds `n`
+// rows per head and head z reads X from column x_offset + z·head_x and writes Y from column
+// y_offset + z·head_y. X rows are ldx apart (k for a plain matmul, whose one head is z = 0).
 
 struct Params {
     m: u32,          // rows of X (tokens)
@@ -22,7 +25,13 @@ struct Params {
     expert_first: u32, // EXPERTS: this chunk's first expert
     experts: u32,    // EXPERTS: all experts (where the groups' slots start)
     x_div: u32,      // EXPERTS: slots per X row (top_k, or 1)
+    ldx: u32,        // row stride of X (multiple of 4)
+    x_offset: u32,   // column of X where head 0's k values start (multiple of 4)
+    head_x: u32,     // X column step per head (multiple of 4)
+    head_y: u32,     // Y column step per head
     _pad0: u32,
+    _pad1: u32,
+    _pad2: u32,
 }
 
 @group(0) @binding(0) var<uniform> params: Params;
@@ -47,6 +56,8 @@ var<private> tile_m: u32;
 var<private> expert: u32;
 var<private> group_first: u32;
 var<private> w_row0: u32;
+var<private> x_col0: u32; // X column of the workgroup's k = 0
+var<private> y_col0: u32; // Y column of its row 0
 #if EXPERTS
 var<workgroup> group_range: vec2<u32>;
 #endif
@@ -96,9 +107,13 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id) loc
     if (m0 >= range.y - range.x) {
         return; // the expert's group ends before this tile
     }
+    x_col0 = 0u;
+    y_col0 = params.y_offset;
 #else
     tile_m = params.m;
-    w_row0 = 0u;
+    w_row0 = wid.z * params.n;
+    x_col0 = params.x_offset + wid.z * params.head_x;
+    y_col0 = params.y_offset + wid.z * params.head_y;
 #endif
     // Sums for token ty·TM + i, rows 4·tx + (0..3) and 32 + 4·tx + (0..3): r(2i) and r(2i + 1)
     // (the TM < 4 variants leave the later ones unused).
@@ -118,7 +133,7 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id) loc
             let c = (e % 8u) * 4u;
             var v = vec4<f32>(0.0);
             if (m0 + t < tile_m && k0 + c < params.k) {
-                v = x[(x_row(m0 + t) * params.k + k0 + c) / 4u];
+                v = x[(x_row(m0 + t) * params.ldx + x_col0 + k0 + c) / 4u];
             }
             for (var i = 0u; i < 4u; i++) {
                 set_x(c + i, t, v[i]);
@@ -195,9 +210,9 @@ fn store(m: u32, n: u32, value: f32) {
         let b = col;
 #endif
 #if BIAS
-        y[m * params.ldy + params.y_offset + col] = value + bias[b];
+        y[m * params.ldy + y_col0 + col] = value + bias[b];
 #else
-        y[m * params.ldy + params.y_offset + col] = value;
+        y[m * params.ldy + y_col0 + col] = value;
 #endif
     }
 }

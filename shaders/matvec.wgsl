@@ -18,7 +18,10 @@
 //   are its [gate | up]; y[slot] = weight · act(gate·x[token]) · (up·x[token]) (+ biases).
 // - alone (`expert_matvec`, the down projection): workgroup z is one token; y[token] = the sum
 //   over its picks of W_e · x[slot] (+ weight · bias_e), so the picks meet without another pass;
-//   with ACCUMULATE (a later chunk) it adds to y.
+//   with ACCUMULATE (a later chunk, or a shared expert's output already there) it adds to y.
+// Neither (plain matvec): workgroup z is a head of a per-head projection (`head_linear`, MLA):
+// W holds `rows` rows per head and head z reads x from x_offset + z·head_x and writes y from
+// y_offset + z·head_y. One head (z = 0) is the plain matvec.
 struct Params {
     k: u32,          // row length (multiple of 8)
     rows: u32,       // rows in this chunk (GATED: outputs; W has twice as many rows); EXPERTS: per expert
@@ -29,9 +32,9 @@ struct Params {
     expert_first: u32, // EXPERTS: this chunk's experts
     expert_end: u32,
     slot0: u32,      // EXPERTS: the slot (GATED) or token workgroup z = 0 stands for
-    _pad0: u32,
-    _pad1: u32,
-    _pad2: u32,
+    head_x: u32,     // plain: x step per head, in vec4s
+    head_y: u32,     // plain: y step per head
+    _pad: u32,
 }
 
 @group(0) @binding(0) var<uniform> params: Params;
@@ -111,7 +114,8 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec
     }
 #endif
 #if !EXPERTS
-    let acc = dot_rows(rows, params.x_offset, lid);
+    let head_row = wid.z * params.rows; // 0 but in head_linear
+    let acc = dot_rows(rows + vec4<u32>(head_row), params.x_offset + wid.z * params.head_x, lid);
 #endif
     partial[lid][0] = acc.x;
     partial[lid][1] = acc.y;
@@ -154,7 +158,7 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec
 #endif
 #if !GATED && !EXPERTS
         let row = params.row_offset + r;
-        y[params.y_offset + row] = partial_sum(first, rb) + bias_of(row);
+        y[params.y_offset + wid.z * params.head_y + row] = partial_sum(first, rb) + bias_of(row);
 #endif
     }
 }

@@ -1,6 +1,7 @@
 // The end of a grouped mixture-of-experts prefill: y[t, r] = Σ over token t's picks j of
 // slot_out[t·top_k + j, r] (the expert's down projection of the pick's weighted activations,
 // matmul.wgsl's EXPERTS variant) + weight_j · bias_e[r]. Missing picks (NONE) add nothing.
+// ACCUMULATE adds the sum to what y holds (a shared expert's output, DeepSeek).
 
 struct Params {
     tokens: u32,
@@ -36,5 +37,8 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec
 #endif
         }
     }
+#if ACCUMULATE
+    total += y[gid];
+#endif
     y[gid] = total;
 }

@@ -77,7 +77,7 @@ fn main() {
     for &t in &a.tokens {
         let logits_host = rng.vec(t * e, -2.0, 2.0);
         let x_host = rng.vec(t * h, -1.0, 1.0);
-        let p = MoeRouteParams { tokens: t, experts: e, top_k: k, normalize: true };
+        let p = MoeRouteParams::new(t, e, k, true);
         let f32t = |name: &str, n: usize| Tensor::new_zeroed(&dev, name, &[n], DType::F32).unwrap();
         let logits = Tensor::from_f32(&dev, "logits", &[t, e], &logits_host).unwrap();
         let x = Tensor::from_f32(&dev, "x", &[t, h], &x_host).unwrap();
@@ -87,14 +87,14 @@ fn main() {
         let picked = routes.iter().flatten().map(|&(ex, _)| ex).collect::<std::collections::BTreeSet<_>>().len();
         for grouped in [false, true] {
             let mut plan = Plan::new(&dev);
-            ops::moe_route(&mut plan, &logits, &route, &p).unwrap();
+            ops::moe_route(&mut plan, &logits, None, &route, &p).unwrap();
             if grouped {
                 let w = ops::ExpertWeights { gate_up: &gate_up_t, down: &down_t, gate_up_bias: None, down_bias: None };
                 let s = ops::GroupedScratch { groups: &groups, gate_up: &gu_out, act: &act, down: &dn_out };
-                ops::grouped_experts(&mut plan, w, &x, &route, &s, &y, t, k, Activation::Silu).unwrap();
+                ops::grouped_experts(&mut plan, w, &x, &route, &s, &y, t, k, Activation::Silu, false).unwrap();
             } else {
                 ops::expert_gated_matvec(&mut plan, &gate_up_t, &x, &route, None, &act, t, k, Activation::Silu).unwrap();
-                ops::expert_matvec(&mut plan, &down_t, &act, &route, None, &y, t, k).unwrap();
+                ops::expert_matvec(&mut plan, &down_t, &act, &route, None, &y, t, k, false).unwrap();
             }
             let mut exe = plan.finish().unwrap();
             exe.run(&dev).unwrap();

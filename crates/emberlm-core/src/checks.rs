@@ -293,19 +293,19 @@ pub async fn check_rms_norm(dev: &GpuDevice, rows: usize, cols: usize, residual:
 }
 
 /// q and k heads normalised in place inside fused rows, the other heads (v) untouched.
-pub async fn check_head_rms_norm(dev: &GpuDevice, tokens: usize, heads: usize, d: usize, head_offset: usize, offset: f32, seed: u64) -> Result<CheckResult> {
+pub async fn check_head_rms_norm(dev: &GpuDevice, tokens: usize, heads: usize, d: usize, first: usize, offset: f32, seed: u64) -> Result<CheckResult> {
     let mut rng = Rng::new(seed);
-    let row_stride = (head_offset + heads + 1) * d;
+    let row_stride = first + (heads + 1) * d;
     let x_host = rng.vec(tokens * row_stride, -2.0, 2.0);
     let w_host = rng.vec(d, -1.0, 1.0);
     let x = Tensor::from_f32(dev, "x", &[tokens, row_stride], &x_host)?;
     let w = Tensor::from_f32(dev, "weight", &[d], &w_host)?;
     let mut plan = Plan::new(dev);
-    ops::head_rms_norm(&mut plan, &x, &w, tokens, heads, head_offset, row_stride, 1e-6, offset)?;
+    ops::head_rms_norm(&mut plan, &x, &w, tokens, heads, first, row_stride, 1e-6, offset)?;
     run(plan).await?;
     let got = x.read_f32(dev).await?;
-    let want = reference::head_rms_norm(&x_host, &w_host, heads, head_offset, row_stride, 1e-6, offset as f64);
-    let name = format!("head_rms_norm {tokens}x{heads}x{d} at head {head_offset} offset={offset}");
+    let want = reference::head_rms_norm(&x_host, &w_host, heads, first, row_stride, 1e-6, offset as f64);
+    let name = format!("head_rms_norm {tokens}x{heads}x{d} from column {first} offset={offset}");
     let rtol = (d + 8) as f64 * U;
     Ok(compare(name, &got, &want, |i| rtol * want[i].abs() + 1e-6))
 }
@@ -375,6 +375,115 @@ pub async fn check_rope_kv_append(dev: &GpuDevice, case: RopeCase, seed: u64) ->
         }
     }
     let name = format!("rope_kv_append {layout:?} t={tokens} q/kv heads={heads_q}/{heads_kv} d={d} rot={rot_dims} pos0={pos0}");
+    Ok(compare(name, &got, &want, |_| 3.0 * U * 4.0 + 1e-7))
+}
+
+/// `head_linear`: every head's rows times that head's slice of x, from strided rows at an
+/// offset, into strided output rows (the values between heads untouched, zero): MLA's
+/// per-head up-projections, by matvec (one token) or matmul (several).
+pub async fn check_head_linear(dev: &GpuDevice, dtype: DType, tokens: usize, heads: usize, rows: usize, k: usize, seed: u64) -> Result<CheckResult> {
+    let k = k.next_multiple_of(dtype.k_multiple());
+    let mut rng = Rng::new(seed);
+    let p = ops::HeadLinearParams {
+        tokens,
+        heads,
+        x_stride: heads * (k + 8) + 4,
+        x_offset: 4,
+        x_head_step: k + 8,
+        y_stride: heads * (rows + 3) + 5,
+        y_offset: 2,
+        y_head_step: rows + 3,
+    };
+    let w = PackedMatrix::pack(dtype, heads * rows, k, &rng.vec(heads * rows * k, -1.0, 1.0));
+    let x_host = rng.vec(tokens * p.x_stride, -1.0, 1.0);
+    let wt = Tensor::from_packed(dev, "per-head w", &[heads * rows, k], &w)?;
+    let x = Tensor::from_f32(dev, "x", &[tokens, p.x_stride], &x_host)?;
+    let y = Tensor::new_zeroed(dev, "y", &[tokens, p.y_stride], DType::F32)?;
+    let mut plan = Plan::new(dev);
+    ops::head_linear(&mut plan, &wt, &x, &y, &p)?;
+    run(plan).await?;
+    let got = y.read_f32(dev).await?;
+    let wd = w.dequantize();
+    let (mut want, mut tol) = (vec![0f64; tokens * p.y_stride], vec![1e-9; tokens * p.y_stride]);
+    for t in 0..tokens {
+        for h in 0..heads {
+            let xs = &x_host[t * p.x_stride + p.x_offset + h * p.x_head_step..][..k];
+            let wh = &wd[h * rows * k..(h + 1) * rows * k];
+            let at = t * p.y_stride + p.y_offset + h * p.y_head_step;
+            want[at..at + rows].copy_from_slice(&reference::matvec(wh, xs, None, rows));
+            for (i, s) in reference::abs_dot(wh, xs, rows).into_iter().enumerate() {
+                tol[at + i] = dot_tolerance(k, s);
+            }
+        }
+    }
+    let name = format!("head_linear {} t={tokens} {heads} heads of {rows}x{k}", dtype.name());
+    Ok(compare(name, &got, &want, |i| tol[i]))
+}
+
+/// `latent_rope_append`: each head's rope query part rotated into the query rows after the
+/// latent part (left as it was), the latent and the rotated rope key into the cache row of
+/// each position; other cache rows untouched.
+pub async fn check_latent_rope_append(
+    dev: &GpuDevice,
+    layout: RopeLayout,
+    tokens: usize,
+    heads: usize,
+    latent: usize,
+    rope: usize,
+    pos0: usize,
+    seed: u64,
+) -> Result<CheckResult> {
+    let mut rng = Rng::new(seed);
+    let (nope, d) = (8, latent + rope);
+    let s_max = pos0 + tokens + 2;
+    let p = ops::LatentRopeParams {
+        tokens,
+        heads,
+        latent,
+        pos0,
+        q_stride: heads * (nope + rope) + 3,
+        q_offset: nope,
+        q_head_step: nope + rope,
+        kv_stride: d + 5,
+        kv_offset: 5,
+    };
+    let q_host = rng.vec(tokens * p.q_stride, -2.0, 2.0);
+    let kv_host = rng.vec(tokens * p.kv_stride, -2.0, 2.0);
+    let query_host = rng.vec(tokens * heads * d, -1.0, 1.0);
+    let cache_host = rng.vec(s_max * d, -1.0, 1.0);
+    let freqs = rope_table::inv_freq(rope, 10_000.0, RopeScaling::None);
+    let table = RopeTable::new(dev, &freqs, pos0 + tokens, 1.0)?;
+    let table_host = rope_table::cos_sin(&freqs, pos0 + tokens, 1.0);
+    let q = Tensor::from_f32(dev, "q", &[tokens, p.q_stride], &q_host)?;
+    let kv = Tensor::from_f32(dev, "kv", &[tokens, p.kv_stride], &kv_host)?;
+    let query = Tensor::from_f32(dev, "query", &[tokens, heads * d], &query_host)?;
+    let cache = Tensor::from_f32(dev, "latent cache", &[s_max * d], &cache_host)?;
+    let mut plan = Plan::new(dev);
+    ops::latent_rope_append(&mut plan, &q, &kv, &table, layout, &query, &cache, &p)?;
+    run(plan).await?;
+    let mut got = query.read_f32(dev).await?;
+    got.extend(cache.read_f32(dev).await?);
+    // Each q head's rope dims start at `nope`: heads of nope + rope from there, the first rope rotated.
+    let rotated_q = reference::rope(&q_host[nope..], &table_host, rope, layout, tokens, heads, nope + rope, 0, p.q_stride, pos0);
+    // The rope key sits at kv_offset + latent: a "head" of `rope` dims at that column.
+    let rotated_k = reference::rope(&kv_host[p.kv_offset + latent - rope..], &table_host, rope, layout, tokens, 1, rope, 1, p.kv_stride, pos0);
+    let mut want: Vec<f64> = query_host.iter().chain(&cache_host).map(|&v| v as f64).collect();
+    let cache_base = query_host.len();
+    for t in 0..tokens {
+        for h in 0..heads {
+            for i in 0..rope {
+                want[(t * heads + h) * d + latent + i] = rotated_q[t * p.q_stride + h * (nope + rope) + i];
+            }
+        }
+        let row = cache_base + (pos0 + t) * d;
+        for i in 0..latent {
+            want[row + i] = kv_host[t * p.kv_stride + p.kv_offset + i] as f64;
+        }
+        for i in 0..rope {
+            want[row + latent + i] = rotated_k[t * p.kv_stride + rope + i];
+        }
+    }
+    let name = format!("latent_rope_append {layout:?} t={tokens} heads={heads} latent={latent} rope={rope} pos0={pos0}");
     Ok(compare(name, &got, &want, |_| 3.0 * U * 4.0 + 1e-7))
 }
 
@@ -614,6 +723,11 @@ pub async fn check_ssm_scan(dev: &GpuDevice, case: SsmCase, seed: u64) -> Result
     Ok(compare(name, &got, &want_all, |i| if i < n_out { per_term * mag[i].max(1e-3) } else { state_tol }))
 }
 
+/// DeepSeek-V3's router in small: sigmoid scores, a selection bias, 2 of 4 groups scored by
+/// their best two, weights scaled by 2.5.
+pub const DEEPSEEK_V3_ROUTING: ops::Routing =
+    ops::Routing { scoring: ops::RouterScoring::Sigmoid, groups: 4, groups_used: 2, group_score: ops::GroupScore::TopTwoSum, selection_bias: true, scale: 2.5 };
+
 #[derive(Debug, Clone, Copy)]
 pub struct MoeCase {
     pub tokens: usize,
@@ -628,6 +742,10 @@ pub struct MoeCase {
     pub experts_per_chunk: Option<usize>,
     /// A prefill's path: picks grouped by expert (`grouped_experts`), not one matvec per pick.
     pub grouped: bool,
+    /// DeepSeek's routing (sigmoid scores, groups, a selection bias, a scale), or the plain one.
+    pub routing: ops::Routing,
+    /// The experts' sum added to what the output holds (a shared expert's output).
+    pub accumulate: bool,
 }
 
 /// A mixture-of-experts MLP: `moe_route` on random router logits (ids exact, weights within
@@ -636,7 +754,7 @@ pub struct MoeCase {
 /// bound, (hidden + inter + 16)·U times the output's magnitude with the activation's error
 /// carried through: Σ_picks w·Σ_i |down_i|·(1.2·|u_i|·|gate|_i + |act(g_i)|·|up|_i).
 pub async fn check_moe(dev: &GpuDevice, case: MoeCase, seed: u64) -> Result<CheckResult> {
-    let MoeCase { tokens, experts, top_k, hidden, inter, dtype, normalize, bias, experts_per_chunk, grouped } = case;
+    let MoeCase { tokens, experts, top_k, hidden, inter, dtype, normalize, bias, experts_per_chunk, grouped, routing, accumulate } = case;
     let hidden = hidden.next_multiple_of(dtype.k_multiple());
     let inter = inter.next_multiple_of(dtype.k_multiple());
     let mut rng = Rng::new(seed);
@@ -657,10 +775,14 @@ pub async fn check_moe(dev: &GpuDevice, case: MoeCase, seed: u64) -> Result<Chec
     let down_t = weight("down experts", hidden, inter, &down)?;
     let logits = Tensor::from_f32(dev, "router logits", &[tokens, experts], &logits_host)?;
     let x = Tensor::from_f32(dev, "x", &[tokens, hidden], &x_host)?;
-    let p = ops::MoeRouteParams { tokens, experts, top_k, normalize };
+    let p = ops::MoeRouteParams { routing, ..ops::MoeRouteParams::new(tokens, experts, top_k, normalize) };
+    let selection_host = rng.vec(experts, -0.2, 0.2);
+    let selection = Tensor::from_f32(dev, "selection bias", &[experts], &selection_host)?;
+    let selection = routing.selection_bias.then_some(&selection);
     let route = Tensor::new_zeroed(dev, "route", &[p.route_len()], DType::F32)?;
     let act = Tensor::new_zeroed(dev, "expert activations", &[tokens * top_k, inter], DType::F32)?;
-    let y = Tensor::new_zeroed(dev, "y", &[tokens, hidden], DType::F32)?;
+    let y0 = if accumulate { rng.vec(tokens * hidden, -1.0, 1.0) } else { vec![0.0; tokens * hidden] };
+    let y = Tensor::from_f32(dev, "y", &[tokens, hidden], &y0)?;
     let b_gu = Tensor::from_f32(dev, "gate|up biases", &[experts * 2 * inter], &bias_gu)?;
     let b_down = Tensor::from_f32(dev, "down biases", &[experts * hidden], &bias_down)?;
     let slots = tokens * top_k;
@@ -668,25 +790,27 @@ pub async fn check_moe(dev: &GpuDevice, case: MoeCase, seed: u64) -> Result<Chec
     let gate_up_out = Tensor::new_zeroed(dev, "pick gate|up", &[slots, 2 * inter], DType::F32)?;
     let down_out = Tensor::new_zeroed(dev, "pick down", &[slots, hidden], DType::F32)?;
     let mut plan = Plan::new(dev);
-    ops::moe_route(&mut plan, &logits, &route, &p)?;
+    ops::moe_route(&mut plan, &logits, selection, &route, &p)?;
     if grouped {
         let weights = ops::ExpertWeights { gate_up: &gate_up_t, down: &down_t, gate_up_bias: bias.then_some(&b_gu), down_bias: bias.then_some(&b_down) };
         let scratch = ops::GroupedScratch { groups: &groups, gate_up: &gate_up_out, act: &act, down: &down_out };
-        ops::grouped_experts(&mut plan, weights, &x, &route, &scratch, &y, tokens, top_k, Activation::Silu)?;
+        ops::grouped_experts(&mut plan, weights, &x, &route, &scratch, &y, tokens, top_k, Activation::Silu, accumulate)?;
     } else {
         ops::expert_gated_matvec(&mut plan, &gate_up_t, &x, &route, bias.then_some(&b_gu), &act, tokens, top_k, Activation::Silu)?;
-        ops::expert_matvec(&mut plan, &down_t, &act, &route, bias.then_some(&b_down), &y, tokens, top_k)?;
+        ops::expert_matvec(&mut plan, &down_t, &act, &route, bias.then_some(&b_down), &y, tokens, top_k, accumulate)?;
     }
     run(plan).await?;
     let name = format!(
-        "moe {}{} t={tokens} {top_k} of {experts} {hidden}x{inter}{}{}, {} chunks",
+        "moe {}{} t={tokens} {top_k} of {experts} {hidden}x{inter}{}{}{}{}, {} chunks",
         if grouped { "grouped " } else { "" },
         dtype.name(),
         if normalize { " normalized" } else { "" },
         if bias { " +bias" } else { "" },
+        if routing == ops::Routing::default() { String::new() } else { format!(" {routing:?}") },
+        if accumulate { " accumulated" } else { "" },
         gate_up_t.chunks.len()
     );
-    let routes = reference::moe_route(&logits_host, experts, top_k, normalize);
+    let routes = reference::moe_route_with(&logits_host, &p, routing.selection_bias.then_some(&selection_host[..]));
     let got_route = route.read_u32(dev).await?;
     for (t, picks) in routes.iter().enumerate() {
         for (j, &(e, w)) in picks.iter().enumerate() {
@@ -719,8 +843,9 @@ pub async fn check_moe(dev: &GpuDevice, case: MoeCase, seed: u64) -> Result<Chec
                         .sum::<f64>();
             }
         }
-        tol.extend(mag.iter().zip(&carried).map(|(m, c)| (hidden + inter + 16) as f64 * U * (m + c) + 1e-7));
-        want.extend(out);
+        let y0 = &y0[t * hidden..(t + 1) * hidden];
+        tol.extend(mag.iter().zip(&carried).zip(y0).map(|((m, c), y)| (hidden + inter + 16) as f64 * U * (m + c + y.abs() as f64) + 1e-7));
+        want.extend(out.iter().zip(y0).map(|(o, &y)| o + y as f64));
     }
     let got = y.read_f32(dev).await?;
     Ok(compare(name, &got, &want, |i| tol[i]))
@@ -752,8 +877,15 @@ pub async fn run_suite(dev: &GpuDevice) -> Vec<(String, Result<CheckResult>)> {
     check!("attention window+softcap", check_attention(dev, windowed, 33));
     let bidirectional = AttentionCase { tokens: 20, hq: 4, hkv: 2, d: 64, pos0: 0, window: 8, softcap: 0.0, causal: false, sinks: false };
     check!("attention bidirectional, symmetric window", check_attention(dev, bidirectional, 34));
+    // MLA's latent heads: 512 + 64 wide, one kv head (the wide variant, 4 queries per tile).
+    let latent = AttentionCase { tokens: 9, hq: 3, hkv: 1, d: 576, pos0: 5, window: 0, softcap: 0.0, causal: true, sinks: false };
+    check!("attention MLA-wide heads, prefill", check_attention(dev, latent, 35));
+    check!("attention MLA-wide heads, split decode", check_attention(dev, AttentionCase { tokens: 1, pos0: 300, ..latent }, 36));
+    check!("head_linear decode", check_head_linear(dev, DType::Q8, 1, 3, 40, 24, 37));
+    check!("head_linear prefill", check_head_linear(dev, DType::Q4K, 11, 3, 70, 256, 38));
+    check!("latent_rope_append", check_latent_rope_append(dev, RopeLayout::Interleaved, 5, 3, 32, 16, 4, 39));
     check!("rms_norm", check_rms_norm(dev, 3, 1000, true, 0.0, 41));
-    check!("head_rms_norm", check_head_rms_norm(dev, 3, 4, 32, 2, 1.0, 42));
+    check!("head_rms_norm", check_head_rms_norm(dev, 3, 4, 32, 70, 1.0, 42));
     check!("logit_softcap", check_logit_softcap(dev, 1001, 30.0, 43));
     let rope = RopeCase { layout: RopeLayout::Neox, tokens: 3, heads_q: 4, heads_kv: 2, d: 64, rot_dims: 64, pos0: 100 };
     check!("rope_kv_append neox", check_rope_kv_append(dev, rope, 51));
@@ -784,10 +916,15 @@ pub async fn run_suite(dev: &GpuDevice) -> Vec<(String, Result<CheckResult>)> {
         bias: false,
         experts_per_chunk: None,
         grouped: false,
+        routing: ops::Routing::default(),
+        accumulate: false,
     };
     check!("moe decode", check_moe(dev, moe, 101));
     let prefill = MoeCase { tokens: 7, experts: 6, top_k: 3, dtype: DType::Q4K, normalize: false, bias: true, experts_per_chunk: Some(4), ..moe };
     check!("moe prefill, biases, two chunks", check_moe(dev, prefill, 102));
     check!("moe grouped prefill, biases, two chunks", check_moe(dev, MoeCase { tokens: 19, grouped: true, ..prefill }, 103));
+    let deepseek = MoeCase { experts: 16, top_k: 4, normalize: true, routing: DEEPSEEK_V3_ROUTING, accumulate: true, ..moe };
+    check!("moe DeepSeek-V3 routing onto a shared expert's output", check_moe(dev, deepseek, 104));
+    check!("moe DeepSeek-V3 routing, grouped prefill", check_moe(dev, MoeCase { tokens: 19, grouped: true, ..deepseek }, 105));
     results
 }

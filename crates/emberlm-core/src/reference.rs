@@ -113,11 +113,11 @@ pub fn rms_norm(x: &[f32], weight: &[f32], residual: Option<(&[f32], f32)>, eps:
     (out, h)
 }
 
-/// RMS-normalises heads `head_offset..head_offset + heads` of every row of `x` (rows of
-/// `row_stride`, heads of `weight.len()`), leaving other values as they are.
-pub fn head_rms_norm(x: &[f32], weight: &[f32], heads: usize, head_offset: usize, row_stride: usize, eps: f64, offset: f64) -> Vec<f64> {
+/// RMS-normalises `heads` vectors of `weight.len()` from column `first` of every row of `x`
+/// (rows of `row_stride`), leaving other values as they are.
+pub fn head_rms_norm(x: &[f32], weight: &[f32], heads: usize, first: usize, row_stride: usize, eps: f64, offset: f64) -> Vec<f64> {
     let d = weight.len();
-    let span = head_offset * d..(head_offset + heads) * d;
+    let span = first..first + heads * d;
     let mut out = Vec::with_capacity(x.len());
     for row in x.chunks(row_stride) {
         let (normed, _) = rms_norm(&row[span.clone()], weight, None, eps, offset);
@@ -288,15 +288,55 @@ pub fn ssm_scan(xbc: &[f32], proj: &[f32], head_params: &[f32], state: Option<&[
 /// logit (ties to the lower index, NaN never picked) and their weights — the softmax over all
 /// experts at the picks, divided by the picks' sum when `normalize`.
 pub fn moe_route(logits: &[f32], experts: usize, picks_per_token: usize, normalize: bool) -> Vec<Vec<(u32, f64)>> {
+    let p = crate::ops::MoeRouteParams::new(logits.len() / experts.max(1), experts, picks_per_token, normalize);
+    moe_route_with(logits, &p, None)
+}
+
+/// [`moe_route`] with DeepSeek's routing (`p.routing`): sigmoid scores, a selection bias added
+/// to the scores for ranking only, the picks limited to the best groups (scored by their best
+/// key or best two summed), the weights scaled.
+pub fn moe_route_with(logits: &[f32], p: &crate::ops::MoeRouteParams, selection_bias: Option<&[f32]>) -> Vec<Vec<(u32, f64)>> {
+    use crate::ops::{GroupScore, RouterScoring};
+    let r = &p.routing;
+    let top2 = r.group_score == GroupScore::TopTwoSum;
     logits
-        .chunks(experts)
+        .chunks(p.experts)
+        .take(p.tokens)
         .map(|row| {
             let top = row.iter().filter(|v| !v.is_nan()).fold(f64::NEG_INFINITY, |m, &v| m.max(v as f64));
             let total: f64 = row.iter().map(|&v| (v as f64 - top).exp()).filter(|v| !v.is_nan()).sum();
-            let picks = top_k(row, picks_per_token);
-            let picked: f64 = picks.iter().map(|&(_, v)| (v as f64 - top).exp()).sum();
-            let denominator = if normalize { picked } else { total };
-            picks.into_iter().map(|(e, v)| (e, (v as f64 - top).exp() / denominator)).collect()
+            let score = |v: f32| match r.scoring {
+                RouterScoring::Softmax => (v as f64 - top).exp() / total,
+                RouterScoring::Sigmoid => 1.0 / (1.0 + (-(v as f64)).exp()),
+            };
+            let key = |e: usize| match selection_bias {
+                Some(b) => score(row[e]) + b[e] as f64,
+                None if top2 => score(row[e]),
+                None => row[e] as f64,
+            };
+            let valid: Vec<usize> = (0..p.experts).filter(|&e| !row[e].is_nan()).collect();
+            let per = p.experts / r.groups;
+            let rank = |a: &(f64, usize), b: &(f64, usize)| b.0.total_cmp(&a.0).then(a.1.cmp(&b.1));
+            let mut groups: Vec<(f64, usize)> = (0..r.groups)
+                .map(|g| {
+                    let mut keys: Vec<f64> = valid.iter().filter(|&&e| e / per == g).map(|&e| key(e)).collect();
+                    keys.sort_by(|a, b| b.total_cmp(a));
+                    let s = match keys.as_slice() {
+                        [] => -3.0e38,
+                        [a, b, ..] if top2 => a + b,
+                        [a, ..] => *a,
+                    };
+                    (s, g)
+                })
+                .collect();
+            groups.sort_by(rank);
+            let allowed: Vec<usize> = if r.groups > 1 { groups[..r.groups_used].iter().map(|g| g.1).collect() } else { vec![0] };
+            let mut ranked: Vec<(f64, usize)> = valid.iter().filter(|&&e| allowed.contains(&(e / per))).map(|&e| (key(e), e)).collect();
+            ranked.sort_by(rank);
+            let picks: Vec<(u32, f64)> = ranked.iter().take(p.top_k).map(|&(_, e)| (e as u32, score(row[e]))).collect();
+            let picked: f64 = picks.iter().map(|pick| pick.1).sum();
+            let denominator = if p.normalize { picked + 1e-20 } else { 1.0 };
+            picks.into_iter().map(|(e, w)| (e, w / denominator * r.scale as f64)).collect()
         })
         .collect()
 }

@@ -24,6 +24,7 @@ shaders!(
     "rms_norm",
     "head_rms_norm",
     "rope_kv_append",
+    "latent_rope_append",
     "gated_activation",
     "short_conv",
     "ssm_scan_step",

@@ -135,6 +135,9 @@ fn attention_prefill_decode_window_softcap_gqa() {
         AttentionCase { sinks: true, tokens: 1, pos0: 700, ..base },               // sinks, split decode
         AttentionCase { sinks: true, tokens: 1, pos0: 3, ..base },                 // sinks, one split
         AttentionCase { sinks: true, tokens: 70, pos0: 3, hq: 2, hkv: 1, ..base }, // sinks, key blocks
+        AttentionCase { hq: 4, hkv: 1, d: 576, tokens: 6, pos0: 2, ..base },       // MLA's latent heads (wide variant)
+        AttentionCase { hq: 2, hkv: 1, d: 576, tokens: 70, pos0: 3, ..base },      // wide, several tiles and key blocks
+        AttentionCase { hq: 4, hkv: 1, d: 272, tokens: 1, pos0: 700, ..base },     // wide, split decode
     ];
     for (i, case) in cases.into_iter().enumerate() {
         assert_pass(pollster::block_on(checks::check_attention(dev(), case, 100 + i as u64)));
@@ -150,7 +153,7 @@ fn rms_norm_plain_residual_and_gemma_offset() {
 
 #[test]
 fn head_rms_norm_inside_fused_rows_and_softcap() {
-    for (tokens, heads, d, offset, w_off) in [(1, 2, 64, 0, 0.0), (5, 4, 128, 4, 1.0), (3, 1, 256, 7, 0.0)] {
+    for (tokens, heads, d, offset, w_off) in [(1, 2, 64, 0, 0.0), (5, 4, 128, 4 * 128, 1.0), (3, 1, 256, 7 * 256 + 3, 0.0)] {
         assert_pass(pollster::block_on(checks::check_head_rms_norm(dev(), tokens, heads, d, offset, w_off, 7 + d as u64)));
     }
     for (len, cap) in [(1, 30.0), (4099, 3.0), (70_000, 50.0)] {
@@ -172,6 +175,22 @@ fn rope_kv_append_layouts_partial_rotary_and_gqa() {
     ];
     for (i, case) in cases.into_iter().enumerate() {
         assert_pass(pollster::block_on(checks::check_rope_kv_append(dev(), case, 200 + i as u64)));
+    }
+}
+
+/// MLA's ops: the per-head projections (every dtype, decode and prefill, a head's rows more
+/// than a workgroup's) and the latent cache write with the rope parts rotated.
+#[test]
+fn multi_head_latent_attention_ops() {
+    for (i, dtype) in DTYPES.into_iter().enumerate() {
+        for (tokens, heads, rows, k) in [(1, 4, 40, 24), (1, 2, 300, 64), (7, 3, 40, 24), (33, 2, 130, 96)] {
+            assert_pass(pollster::block_on(checks::check_head_linear(dev(), dtype, tokens, heads, rows, k, 300 + i as u64)));
+        }
+    }
+    for (i, (layout, tokens, heads, latent, rope, pos0)) in
+        [(RopeLayout::Interleaved, 1, 4, 32, 16, 0), (RopeLayout::Neox, 3, 2, 24, 8, 9), (RopeLayout::Interleaved, 70, 3, 512, 64, 5)].into_iter().enumerate()
+    {
+        assert_pass(pollster::block_on(checks::check_latent_rope_append(dev(), layout, tokens, heads, latent, rope, pos0, 320 + i as u64)));
     }
 }
 
@@ -258,6 +277,8 @@ fn mixture_of_experts_every_dtype_decode_prefill_and_chunks() {
             bias: i % 3 == 0,
             experts_per_chunk: None,
             grouped: false,
+            routing: ops::Routing::default(),
+            accumulate: false,
         };
         assert_pass(pollster::block_on(checks::check_moe(dev(), case, 200 + i as u64)));
         let prefill = MoeCase { tokens: 9, experts: 5, top_k: 4, normalize: i % 2 == 1, bias: i % 3 != 0, ..case };
@@ -286,8 +307,39 @@ fn mixture_of_experts_every_dtype_decode_prefill_and_chunks() {
             bias: false,
             experts_per_chunk: None,
             grouped,
+            routing: ops::Routing::default(),
+            accumulate: false,
         };
         assert_pass(pollster::block_on(checks::check_moe(dev(), wide, 230)));
+    }
+}
+
+/// DeepSeek's routers: V2's softmax limited to the best groups by their best expert, weights
+/// unnormalised and scaled; V3's sigmoid with a selection bias, groups by their best two,
+/// normalised and scaled; both adding to a shared expert's output, decode and grouped prefill.
+#[test]
+fn mixture_of_experts_deepseek_routing_onto_shared_expert_output() {
+    let v2 = ops::Routing { groups: 4, groups_used: 2, scale: 16.0, ..ops::Routing::default() };
+    for (i, (routing, normalize)) in
+        [(v2, false), (checks::DEEPSEEK_V3_ROUTING, true), (ops::Routing { groups: 1, ..checks::DEEPSEEK_V3_ROUTING }, true)].into_iter().enumerate()
+    {
+        for (tokens, grouped) in [(1, false), (5, false), (37, true)] {
+            let case = MoeCase {
+                tokens,
+                experts: 32,
+                top_k: 6,
+                hidden: 64,
+                inter: 32,
+                dtype: DType::Q8,
+                normalize,
+                bias: false,
+                experts_per_chunk: None,
+                grouped,
+                routing,
+                accumulate: true,
+            };
+            assert_pass(pollster::block_on(checks::check_moe(dev(), case, 250 + i as u64)));
+        }
     }
 }
 
@@ -312,18 +364,18 @@ fn mixture_of_experts_with_nan_router_logits_picks_nothing() {
             .unwrap();
     let logits_t = Tensor::from_f32(d, "logits", &[2, experts], &logits).unwrap();
     let x = Tensor::from_f32(d, "x", &[2, hidden], &vec![1.0; 2 * hidden]).unwrap();
-    let p = ops::MoeRouteParams { tokens: 2, experts, top_k, normalize: true };
+    let p = ops::MoeRouteParams::new(2, experts, top_k, true);
     let route = Tensor::new_zeroed(d, "route", &[p.route_len()], DType::F32).unwrap();
     let act = Tensor::new_zeroed(d, "act", &[2 * top_k, inter], DType::F32).unwrap();
     let y = Tensor::new_zeroed(d, "y", &[2, hidden], DType::F32).unwrap();
     let mut plan = Plan::new(d);
-    ops::moe_route(&mut plan, &logits_t, &route, &p).unwrap();
+    ops::moe_route(&mut plan, &logits_t, None, &route, &p).unwrap();
     ops::expert_gated_matvec(&mut plan, &gate_up, &x, &route, None, &act, 2, top_k, Activation::Silu).unwrap();
-    ops::expert_matvec(&mut plan, &down, &act, &route, None, &y, 2, top_k).unwrap();
+    ops::expert_matvec(&mut plan, &down, &act, &route, None, &y, 2, top_k, false).unwrap();
     plan.finish().unwrap().run(d).unwrap();
     let r = pollster::block_on(route.read_u32(d)).unwrap();
     assert_eq!((r[0], r[1]), (1, 3), "token 0 picks its two largest logits");
-    assert_eq!((r[4], r[5]), (2, u32::MAX), "token 1 has one candidate; the second pick is NONE");
+    assert_eq!((r[4], r[5]), (2, u32::MAX), "token 1 has one candidate; the second pick is NONE: {r:?}");
     assert_eq!(f32::from_bits(r[6]), 1.0, "the one pick takes the whole weight");
     let y = pollster::block_on(y.read_f32(d)).unwrap();
     // gate = up = 0.25·16 = 4 per row; silu(4)·4·weight; down sums 8 of them ·0.25.

@@ -5,7 +5,10 @@
 //! where they run. Bound for dot products: |got − want| ≤ 1e-5 · Σ|w·x| + 1e-6 (f32
 //! rounding over the sum); other ops 1e-6 absolute on O(1) values.
 
-use emberlm_core::ops::{Activation, AttentionParams, ConvStyle, MoeRouteParams, RopeLayout, ShortConvParams, SsmScanParams};
+use emberlm_core::ops::{
+    Activation, AttentionParams, ConvStyle, GroupScore, HeadLinearParams, LatentRopeParams, MoeRouteParams, RopeLayout, RouterScoring, Routing,
+    ShortConvParams, SsmScanParams,
+};
 use emberlm_core::{reference, DType, PackedMatrix};
 
 use crate::int8::{Activations, Int8Activations};
@@ -26,7 +29,7 @@ macro_rules! ensure {
 /// Every check, by name, once per set of row kernels this CPU can run (AVX-512, AVX2,
 /// simd128, portable), each named by its level.
 pub fn run_all() -> Vec<(String, Check)> {
-    let checks: [(&str, fn() -> Check); 9] = [
+    let checks: [(&str, fn() -> Check); 10] = [
         ("matvec and matmul, every dtype, odd sizes", matvec_and_matmul_every_dtype_odd_sizes),
         ("matvec and matmul with 8-bit activations (Q4, Q8)", matvec_and_matmul_with_8_bit_activations),
         ("embedding rows of every dtype", embedding_rows_decode_exactly),
@@ -36,6 +39,7 @@ pub fn run_all() -> Vec<(String, Check)> {
         ("ssm_scan: prefill, decode, checkpoint, groups", ssm_scan_with_state_slots),
         ("rms_norm in groups", group_rms_norm_parts),
         ("mixture of experts: route, decode, prefill, biases, every dtype", mixture_of_experts),
+        ("MLA: per-head projections, every dtype; latent cache write", multi_head_latent_attention_ops),
     ];
     let mut out = Vec::new();
     #[cfg(all(target_arch = "wasm32", target_feature = "simd128"))]
@@ -193,8 +197,8 @@ pub fn norms_rope_activation_softcap_argmax() -> Check {
     let qs = rng.vec(rows * stride);
     let hw = rng.vec(d);
     let q = CpuTensor::from_f32("q", &[rows, stride], &qs)?;
-    ops::head_rms_norm(&q, &CpuTensor::from_f32("hw", &[d], &hw)?, rows, 2, 1, stride, 1e-5, 0.0)?;
-    close("head_rms_norm", &q.f32s(), &reference::head_rms_norm(&qs, &hw, 2, 1, stride, 1e-5, 0.0), &[])?;
+    ops::head_rms_norm(&q, &CpuTensor::from_f32("hw", &[d], &hw)?, rows, 2, d, stride, 1e-5, 0.0)?;
+    close("head_rms_norm", &q.f32s(), &reference::head_rms_norm(&qs, &hw, 2, d, stride, 1e-5, 0.0), &[])?;
 
     for layout in [RopeLayout::Neox, RopeLayout::Interleaved] {
         let rot = 6; // partial rotary: 6 of 10 dimensions
@@ -378,14 +382,22 @@ pub fn group_rms_norm_parts() -> Check {
 
 /// `moe_route`, `expert_gated_matvec` and `expert_matvec` against `reference::moe_route` (ids
 /// exact) and `reference::moe_mlp`, one token and a prompt, with and without biases and
-/// renormalised weights; the scale is each output's magnitude (its terms' absolute sum).
+/// renormalised weights, DeepSeek's routers (V2: groups by their best expert, scaled; V3:
+/// sigmoid, a selection bias, groups by their best two) adding to a shared expert's output;
+/// the scale is each output's magnitude (its terms' absolute sum).
 pub fn mixture_of_experts() -> Check {
     let mut rng = Rng(17);
+    let v2 = Routing { groups: 3, groups_used: 2, scale: 16.0, ..Routing::default() };
+    let v3 = Routing { scoring: RouterScoring::Sigmoid, groups: 3, groups_used: 2, group_score: GroupScore::TopTwoSum, selection_bias: true, scale: 2.5 };
     for (i, dtype) in DType::ALL.into_iter().enumerate() {
         let (experts, top_k, hidden, inter) = (6, 2 + i % 2, 64usize.next_multiple_of(dtype.k_multiple()), 40usize.next_multiple_of(dtype.k_multiple()));
         for tokens in [1, 7] {
             let (normalize, bias) = ((i + tokens) % 2 == 0, i % 3 != 1);
-            let p = MoeRouteParams { tokens, experts, top_k, normalize };
+            let routing = [Routing::default(), v2, v3][(i + tokens) % 3];
+            let accumulate = routing != Routing::default();
+            let p = MoeRouteParams { routing, ..MoeRouteParams::new(tokens, experts, top_k, normalize) };
+            let selection = rng.vec(experts).iter().map(|v| v * 0.2).collect::<Vec<f32>>();
+            let selection_t = CpuTensor::from_f32("selection bias", &[experts], &selection)?;
             let logits = rng.vec(tokens * experts);
             let x = rng.vec(tokens * hidden);
             let gate_up = PackedMatrix::pack(dtype, experts * 2 * inter, hidden, &rng.vec(experts * 2 * inter * hidden));
@@ -399,14 +411,16 @@ pub fn mixture_of_experts() -> Check {
             let (gate_up_t, down_t) = (weight("gate|up", 2 * inter, hidden, &gate_up)?, weight("down", hidden, inter, &down)?);
             let route = CpuTensor::zeroed("route", &[p.route_len()], DType::F32)?;
             let act = CpuTensor::zeroed("act", &[tokens * top_k, inter], DType::F32)?;
-            let y = CpuTensor::zeroed("y", &[tokens, hidden], DType::F32)?;
+            let y0 = if accumulate { rng.vec(tokens * hidden) } else { vec![0.0; tokens * hidden] };
+            let y = CpuTensor::from_f32("y", &[tokens, hidden], &y0)?;
             let b_gu_t = CpuTensor::from_f32("gate|up bias", &[b_gu.len()], &b_gu)?;
             let b_down_t = CpuTensor::from_f32("down bias", &[b_down.len()], &b_down)?;
-            moe::moe_route(&CpuTensor::from_f32("logits", &[tokens, experts], &logits)?, &route, &p)?;
+            let selection_t = routing.selection_bias.then_some(&selection_t);
+            moe::moe_route(&CpuTensor::from_f32("logits", &[tokens, experts], &logits)?, selection_t, &route, &p)?;
             let x_t = CpuTensor::from_f32("x", &[tokens, hidden], &x)?;
             moe::expert_gated_matvec(&gate_up_t, &x_t, &route, bias.then_some(&b_gu_t), &act, tokens, top_k, Activation::Silu, Activations::Exact)?;
-            moe::expert_matvec(&down_t, &act, &route, bias.then_some(&b_down_t), &y, tokens, top_k, Activations::Exact)?;
-            let routes = reference::moe_route(&logits, experts, top_k, normalize);
+            moe::expert_matvec(&down_t, &act, &route, bias.then_some(&b_down_t), &y, tokens, top_k, accumulate, Activations::Exact)?;
+            let routes = reference::moe_route_with(&logits, &p, routing.selection_bias.then_some(&selection[..]));
             let got_route = route.words().to_vec();
             let (gu, dn) = (gate_up.dequantize(), down.dequantize());
             let (mut want, mut scale) = (Vec::new(), Vec::new());
@@ -414,18 +428,104 @@ pub fn mixture_of_experts() -> Check {
                 for (j, &(e, w)) in picks.iter().enumerate() {
                     let (got_e, got_w) = (got_route[t * 2 * top_k + j], f32::from_bits(got_route[t * 2 * top_k + top_k + j]));
                     ensure!(
-                        got_e == e && (got_w as f64 - w).abs() <= 1e-6,
-                        "{} token {t} pick {j}: expert {got_e} weight {got_w}, reference {e} {w}",
+                        got_e == e && (got_w as f64 - w).abs() <= 1e-6 * routing.scale as f64,
+                        "{} {routing:?} token {t} pick {j}: expert {got_e} weight {got_w}, reference {e} {w}",
                         dtype.name()
                     );
                 }
                 let biases = bias.then_some((&b_gu[..], &b_down[..]));
                 let (out, mag) = reference::moe_mlp(&x[t * hidden..(t + 1) * hidden], picks, &gu, &dn, biases, inter, hidden, Activation::Silu);
-                want.extend(out);
-                scale.extend(mag);
+                let y0 = &y0[t * hidden..(t + 1) * hidden];
+                want.extend(out.iter().zip(y0).map(|(o, &y)| o + y as f64));
+                scale.extend(mag.iter().zip(y0).map(|(m, y)| m + y.abs() as f64));
             }
             close(&format!("moe {} tokens={tokens}", dtype.name()), &y.f32s(), &want, &scale)?;
         }
+    }
+    Ok(())
+}
+
+/// `head_linear` (strided heads from an offset, values between heads untouched) against
+/// per-head `reference::matvec`, one token and several, every dtype; `latent_rope_append`
+/// against `reference::rope` on both layouts.
+pub fn multi_head_latent_attention_ops() -> Check {
+    let mut rng = Rng(29);
+    for dtype in DType::ALL {
+        let k = 24usize.next_multiple_of(dtype.k_multiple());
+        for tokens in [1, 5] {
+            let (heads, rows) = (3, 20);
+            let p = HeadLinearParams {
+                tokens,
+                heads,
+                x_stride: heads * (k + 8) + 4,
+                x_offset: 4,
+                x_head_step: k + 8,
+                y_stride: heads * (rows + 3) + 5,
+                y_offset: 2,
+                y_head_step: rows + 3,
+            };
+            let (w, wd) = weight(dtype, heads * rows, k, &rng.vec(heads * rows * k))?;
+            let xs = rng.vec(tokens * p.x_stride);
+            let y = CpuTensor::zeroed("y", &[tokens, p.y_stride], DType::F32)?;
+            ops::head_linear(&w, &CpuTensor::from_f32("x", &[tokens, p.x_stride], &xs)?, &y, &p, Activations::Exact)?;
+            let (mut want, mut scale) = (vec![0f64; tokens * p.y_stride], vec![0f64; tokens * p.y_stride]);
+            for t in 0..tokens {
+                for h in 0..heads {
+                    let x = &xs[t * p.x_stride + p.x_offset + h * p.x_head_step..][..k];
+                    let wh = &wd[h * rows * k..(h + 1) * rows * k];
+                    let at = t * p.y_stride + p.y_offset + h * p.y_head_step;
+                    want[at..at + rows].copy_from_slice(&reference::matvec(wh, x, None, rows));
+                    scale[at..at + rows].copy_from_slice(&reference::abs_dot(wh, x, rows));
+                }
+            }
+            close(&format!("head_linear {} tokens={tokens}", dtype.name()), &y.f32s(), &want, &scale)?;
+        }
+    }
+    let (tokens, heads, nope, rope, latent, pos0) = (3, 2, 8, 8, 16, 4);
+    let d = latent + rope;
+    let p = LatentRopeParams {
+        tokens,
+        heads,
+        latent,
+        pos0,
+        q_stride: heads * (nope + rope) + 3,
+        q_offset: nope,
+        q_head_step: nope + rope,
+        kv_stride: d + 5,
+        kv_offset: 5,
+    };
+    let inv = emberlm_core::rope_table::inv_freq(rope, 10_000.0, emberlm_core::rope_table::RopeScaling::None);
+    let table = emberlm_core::rope_table::cos_sin(&inv, pos0 + tokens, 1.0);
+    for layout in [RopeLayout::Neox, RopeLayout::Interleaved] {
+        let (qs, kvs, query0, cache0) =
+            (rng.vec(tokens * p.q_stride), rng.vec(tokens * p.kv_stride), rng.vec(tokens * heads * d), rng.vec((pos0 + tokens + 1) * d));
+        let query = CpuTensor::from_f32("query", &[tokens, heads * d], &query0)?;
+        let cache = CpuTensor::from_f32("cache", &[cache0.len()], &cache0)?;
+        let (q, kv) = (CpuTensor::from_f32("q", &[tokens, p.q_stride], &qs)?, CpuTensor::from_f32("kv", &[tokens, p.kv_stride], &kvs)?);
+        ops::latent_rope_append(&q, &kv, &table, rope, layout, &query, &cache, &p)?;
+        let rotated_q = reference::rope(&qs[nope..], &table, rope, layout, tokens, heads, nope + rope, 0, p.q_stride, pos0);
+        let rotated_k = reference::rope(&kvs[p.kv_offset + latent - rope..], &table, rope, layout, tokens, 1, rope, 1, p.kv_stride, pos0);
+        let mut want_query: Vec<f64> = query0.iter().map(|&v| v as f64).collect();
+        let mut want_cache: Vec<f64> = cache0.iter().map(|&v| v as f64).collect();
+        for t in 0..tokens {
+            for h in 0..heads {
+                for i in 0..rope {
+                    want_query[(t * heads + h) * d + latent + i] = rotated_q[t * p.q_stride + h * (nope + rope) + i];
+                }
+            }
+            for i in 0..latent {
+                want_cache[(pos0 + t) * d + i] = kvs[t * p.kv_stride + p.kv_offset + i] as f64;
+            }
+            for i in 0..rope {
+                want_cache[(pos0 + t) * d + latent + i] = rotated_k[t * p.kv_stride + rope + i];
+            }
+        }
+        close(&format!("latent_rope_append {layout:?} query"), &query.f32s(), &want_query, &[])?;
+        close(&format!("latent_rope_append {layout:?} cache"), &cache.f32s(), &want_cache, &[])?;
+        ensure!(
+            ops::latent_rope_append(&q, &kv, &table, rope, layout, &query, &cache, &LatentRopeParams { pos0: pos0 + 1, ..p }).is_err(),
+            "positions past the table"
+        );
     }
     Ok(())
 }

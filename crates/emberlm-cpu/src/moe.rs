@@ -3,7 +3,7 @@
 //! rows once, the rows split over the threads; a prefill groups its tokens by expert, so each
 //! picked expert's rows are decoded once for all the tokens that picked it.
 
-use emberlm_core::ops::{Activation, MoeRouteParams};
+use emberlm_core::ops::{Activation, GroupScore, MoeRouteParams, RouterScoring};
 use emberlm_core::{DType, Error, Result};
 
 use crate::int8::Activations;
@@ -20,34 +20,75 @@ fn shape<T>(op: &'static str, detail: String) -> Result<T> {
 }
 
 /// Each token's top_k experts and weights (`emberlm_core::ops::moe_route`).
-pub fn moe_route(logits: &CpuTensor, route: &CpuTensor, p: &MoeRouteParams) -> Result<()> {
+pub fn moe_route(logits: &CpuTensor, selection_bias: Option<&CpuTensor>, route: &CpuTensor, p: &MoeRouteParams) -> Result<()> {
     let _time = crate::profile::scope("moe_route");
     p.check("moe_route")?;
     logits.expect_f32("moe_route", p.tokens * p.experts)?;
     route.expect_f32("moe_route", p.route_len())?;
+    let r = &p.routing;
+    if selection_bias.is_some() != r.selection_bias {
+        return shape("moe_route", "a selection bias is passed exactly when the routing has one".to_string());
+    }
+    if let Some(b) = selection_bias {
+        b.expect_f32("moe_route", p.experts)?;
+    }
+    let bias = selection_bias.map(|b| b.f32s());
+    let sigmoid = r.scoring == RouterScoring::Sigmoid;
+    let top2 = r.group_score == GroupScore::TopTwoSum;
+    let per = p.experts / r.groups;
     let logits = logits.f32s();
     let mut route = route.words_mut();
     for (row, out) in logits.chunks_exact(p.experts).take(p.tokens).zip(route.chunks_exact_mut(2 * p.top_k)) {
         let top = row.iter().copied().filter(|v| !v.is_nan()).fold(f32::NEG_INFINITY, f32::max);
         let total: f32 = row.iter().map(|&v| (v - top).exp()).filter(|v| !v.is_nan()).sum();
-        let mut order: Vec<u32> = (0..p.experts as u32).filter(|&e| !row[e as usize].is_nan()).collect();
-        // Larger first, ties to the lower index (the sort is stable).
-        order.sort_by(|&a, &b| row[b as usize].total_cmp(&row[a as usize]));
+        let score = |v: f32| if sigmoid { 1.0 / (1.0 + (-v).exp()) } else { (v - top).exp() / total };
+        // What the GPU ranks by (shaders/moe_route.wgsl): the logits, or with a selection bias or
+        // top-two group scores, the scores (+ bias).
+        let key = |e: usize| match &bias {
+            Some(b) => score(row[e]) + b[e],
+            None if top2 => score(row[e]),
+            None => row[e],
+        };
+        let better = |a: (f32, usize), b: (f32, usize)| b.0.total_cmp(&a.0).then(a.1.cmp(&b.1));
+        let mut allowed = vec![r.groups == 1; r.groups];
+        if r.groups > 1 {
+            let mut groups: Vec<(f32, usize)> = (0..r.groups)
+                .map(|g| {
+                    let mut keys: Vec<f32> = (g * per..(g + 1) * per).filter(|&e| !row[e].is_nan()).map(key).collect();
+                    keys.sort_by(|a, b| b.total_cmp(a));
+                    let s = match keys.as_slice() {
+                        [] => -3.0e38,
+                        [a, b, ..] if top2 => a + b,
+                        [a, ..] => *a,
+                    };
+                    (s, g)
+                })
+                .collect();
+            groups.sort_by(|&a, &b| better(a, b));
+            groups.iter().take(r.groups_used).for_each(|g| allowed[g.1] = true);
+        }
+        let mut order: Vec<(f32, usize)> = (0..p.experts).filter(|&e| !row[e].is_nan() && allowed[e / per]).map(|e| (key(e), e)).collect();
+        // Larger first, ties to the lower index.
+        order.sort_by(|&a, &b| better(a, b));
         let (ids, weights) = out.split_at_mut(p.top_k);
         let mut picked = 0f32;
         for j in 0..p.top_k {
             match order.get(j) {
-                Some(&e) => {
-                    let w = (row[e as usize] - top).exp();
+                Some(&(_, e)) => {
+                    let w = if sigmoid { score(row[e]) } else { (row[e] - top).exp() };
                     picked += w;
-                    ids[j] = e;
+                    ids[j] = e as u32;
                     weights[j] = w.to_bits();
                 }
                 None => (ids[j], weights[j]) = (NONE, 0),
             }
         }
-        let denominator = if p.normalize { picked } else { total };
-        weights.iter_mut().for_each(|w| *w = (f32::from_bits(*w) / denominator).to_bits());
+        let denominator = match (p.normalize, sigmoid) {
+            (true, _) => picked + 1e-20,
+            (false, true) => 1.0,
+            (false, false) => total,
+        };
+        weights.iter_mut().for_each(|w| *w = (f32::from_bits(*w) / denominator * r.scale).to_bits());
     }
     Ok(())
 }
@@ -162,7 +203,8 @@ pub fn expert_gated_matvec(
     Ok(())
 }
 
-/// `y[t] = Σ_j down_e·x[t·top_k + j] + w_tj · b_e` (`emberlm_core::ops::expert_matvec`).
+/// `y[t] = Σ_j down_e·x[t·top_k + j] + w_tj · b_e` (`emberlm_core::ops::expert_matvec`); with
+/// `accumulate`, added to what `y` holds.
 #[allow(clippy::too_many_arguments)]
 pub fn expert_matvec(
     down: &CpuTensor,
@@ -172,6 +214,7 @@ pub fn expert_matvec(
     y: &CpuTensor,
     tokens: usize,
     top_k: usize,
+    accumulate: bool,
     activations: Activations,
 ) -> Result<()> {
     const OP: &str = "expert_matvec";
@@ -187,7 +230,9 @@ pub fn expert_matvec(
     let results = run_experts(down, &groups, &x.f32s(), |p| p.slot, activations);
     let bias = bias.map(|b| b.f32s());
     let mut y = y.f32s_mut();
-    y[..tokens * n].fill(0.0);
+    if !accumulate {
+        y[..tokens * n].fill(0.0);
+    }
     for (picks, out) in results {
         let m = picks.len();
         for (i, p) in picks.iter().enumerate() {

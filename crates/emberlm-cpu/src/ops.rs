@@ -2,7 +2,7 @@
 //! twins in `emberlm_core::ops` (see each for the semantics); the model code calls one or the
 //! other through the backend trait in `emberlm-models`.
 
-use emberlm_core::ops::{Activation, AttentionParams, ConvStyle, RopeLayout, ShortConvParams, SsmScanParams};
+use emberlm_core::ops::{Activation, AttentionParams, ConvStyle, HeadLinearParams, LatentRopeParams, RopeLayout, ShortConvParams, SsmScanParams};
 use emberlm_core::{DType, Error, Result};
 
 use crate::int8::{Activations, Int8Activations};
@@ -72,6 +72,98 @@ pub fn matvec_into(
     let dtype = w.dtype;
     for_parts(y, 16, |start, part| matvec_rows(kernels, dtype, qs, sc, k, x, &prepared, start, part));
     add_bias(bias, y, 1, rows, 0)
+}
+
+/// y[t, h] = W_h · x[t, h] for every head of a per-head projection (MLA's up-projections;
+/// `emberlm_core::ops::head_linear`): `w` is `[heads · rows, k]`, x and y laid out as `p` says.
+pub fn head_linear(w: &CpuTensor, x: &CpuTensor, y: &CpuTensor, p: &HeadLinearParams, activations: Activations) -> Result<()> {
+    const OP: &str = "head_linear";
+    let _time = crate::profile::scope(OP);
+    let k = w.k();
+    if p.heads == 0 || p.tokens == 0 || w.rows() % p.heads != 0 {
+        return shape(OP, format!("`{}` ({} rows) is not {} heads' rows", w.name, w.rows(), p.heads));
+    }
+    let rows = w.rows() / p.heads;
+    let last = |stride: usize, offset: usize, step: usize, len: usize| (p.tokens - 1) * stride + offset + (p.heads - 1) * step + len;
+    x.expect_f32(OP, last(p.x_stride, p.x_offset, p.x_head_step, k))?;
+    y.expect_f32(OP, last(p.y_stride, p.y_offset, p.y_head_step, rows))?;
+    x.expect_distinct(OP, y)?;
+    let (x, kernels, dtype) = (x.f32s(), RowKernels::get(), w.dtype);
+    let (qs, sc) = (w.words(), w.scale_words());
+    let (qs, sc) = (&*qs, &*sc);
+    let mut y = y.f32s_mut();
+    for t in 0..p.tokens {
+        for h in 0..p.heads {
+            let xs = &x[t * p.x_stride + p.x_offset + h * p.x_head_step..][..k];
+            let prepared = RowActivations::new(kernels, dtype, xs, activations);
+            let out = &mut y[t * p.y_stride + p.y_offset + h * p.y_head_step..][..rows];
+            for_parts(out, 16, |start, part| matvec_rows(kernels, dtype, qs, sc, k, xs, &prepared, h * rows + start, part));
+        }
+    }
+    Ok(())
+}
+
+/// MLA's rotary embedding and latent cache write (`emberlm_core::ops::latent_rope_append`): each
+/// head's rope query part from `q`, rotated, into `query` after its latent part; each token's
+/// [latent | rotated rope key] from `kv` into `cache` row `pos0 + t`. `table`: `[positions][rope/2]`
+/// (cos, sin) pairs.
+#[allow(clippy::too_many_arguments)]
+pub fn latent_rope_append(
+    q: &CpuTensor,
+    kv: &CpuTensor,
+    table: &[f32],
+    rope: usize,
+    layout: RopeLayout,
+    query: &CpuTensor,
+    cache: &CpuTensor,
+    p: &LatentRopeParams,
+) -> Result<()> {
+    const OP: &str = "latent_rope_append";
+    let _time = crate::profile::scope(OP);
+    let (d, half) = (p.latent + rope, rope / 2);
+    let s_max = cache.numel() / d.max(1);
+    if rope == 0
+        || rope % 2 != 0
+        || p.heads == 0
+        || p.tokens == 0
+        || p.q_head_step < rope
+        || p.pos0 + p.tokens > s_max
+        || (p.pos0 + p.tokens) * rope > table.len()
+    {
+        return shape(OP, format!("{} tokens at {} with {rope} rope dims do not fit the cache ({s_max}) or the rope table", p.tokens, p.pos0));
+    }
+    q.expect_f32(OP, (p.tokens - 1) * p.q_stride + p.q_offset + (p.heads - 1) * p.q_head_step + rope)?;
+    kv.expect_f32(OP, (p.tokens - 1) * p.kv_stride + p.kv_offset + d)?;
+    query.expect_f32(OP, p.tokens * p.heads * d)?;
+    for t in [q, kv] {
+        query.expect_distinct(OP, t)?;
+        cache.expect_distinct(OP, t)?;
+    }
+    let (q, kv) = (q.f32s(), kv.f32s());
+    let (mut query, mut cache) = (query.f32s_mut(), cache.f32s_mut());
+    let rotate = |src: &[f32], dst: &mut [f32], cs: &[f32]| {
+        for i in 0..half {
+            let (ia, ib) = match layout {
+                RopeLayout::Neox => (i, i + half),
+                RopeLayout::Interleaved => (2 * i, 2 * i + 1),
+            };
+            let (c, s, a, b) = (cs[2 * i], cs[2 * i + 1], src[ia], src[ib]);
+            dst[ia] = a * c - b * s;
+            dst[ib] = b * c + a * s;
+        }
+    };
+    for t in 0..p.tokens {
+        let cs = &table[(p.pos0 + t) * rope..][..rope];
+        for h in 0..p.heads {
+            let src = &q[t * p.q_stride + p.q_offset + h * p.q_head_step..][..rope];
+            rotate(src, &mut query[(t * p.heads + h) * d + p.latent..][..rope], cs);
+        }
+        let src = &kv[t * p.kv_stride + p.kv_offset..][..d];
+        let row = &mut cache[(p.pos0 + t) * d..][..d];
+        row[..p.latent].copy_from_slice(&src[..p.latent]);
+        rotate(&src[p.latent..], &mut row[p.latent..], cs);
+    }
+    Ok(())
 }
 
 /// Whether [`matmul_into`] rounds activations to 8 bits for `dtype` weights on this CPU: only
@@ -237,18 +329,18 @@ pub fn group_rms_norm(x: &CpuTensor, weight: &CpuTensor, out: &CpuTensor, rows: 
 
 /// In place: RMS-normalises heads `head_offset..head_offset + heads` of every row.
 #[allow(clippy::too_many_arguments)]
-pub fn head_rms_norm(x: &CpuTensor, weight: &CpuTensor, rows: usize, heads: usize, head_offset: usize, row_stride: usize, eps: f32, offset: f32) -> Result<()> {
+pub fn head_rms_norm(x: &CpuTensor, weight: &CpuTensor, rows: usize, heads: usize, first: usize, row_stride: usize, eps: f32, offset: f32) -> Result<()> {
     let _time = crate::profile::scope("head_rms_norm");
     let d = weight.numel();
-    if (head_offset + heads) * d > row_stride {
-        return shape("head_rms_norm", format!("heads {head_offset}..{} of {d} overflow rows of {row_stride}", head_offset + heads));
+    if first + heads * d > row_stride {
+        return shape("head_rms_norm", format!("{heads} heads of {d} from column {first} overflow rows of {row_stride}"));
     }
     x.expect_f32("head_rms_norm", rows * row_stride)?;
     let w = weight.f32s();
     let mut x = x.f32s_mut();
     let mut tmp = vec![0f32; d];
     for row in x.chunks_exact_mut(row_stride).take(rows) {
-        for head in row[head_offset * d..(head_offset + heads) * d].chunks_exact_mut(d) {
+        for head in row[first..first + heads * d].chunks_exact_mut(d) {
             normalize(head, &w, &mut tmp, eps, offset);
             head.copy_from_slice(&tmp);
         }

@@ -8,7 +8,7 @@
 //! Tensors, RoPE tables and the per-step recording context are the backend's own types; the
 //! model, [`crate::Session`], generation, the npm engine and the CLI are generic over it.
 
-use emberlm_core::ops::{self, Activation, AttentionParams, MoeRouteParams, RopeLayout, ShortConvParams, SsmScanParams};
+use emberlm_core::ops::{self, Activation, AttentionParams, HeadLinearParams, LatentRopeParams, MoeRouteParams, RopeLayout, ShortConvParams, SsmScanParams};
 use emberlm_core::rope_table::RopeTable;
 use emberlm_core::{DType, GpuDevice, PackedMatrix, PendingRead, Plan, Result, StepCache, Tensor};
 use emberlm_cpu::{CpuDevice, CpuTensor};
@@ -118,7 +118,7 @@ pub trait Backend {
         weight: &Self::Tensor,
         rows: usize,
         heads: usize,
-        head_offset: usize,
+        first: usize,
         row_stride: usize,
         eps: f32,
         offset: f32,
@@ -141,6 +141,23 @@ pub trait Backend {
         v_cache: &Self::Tensor,
         pos0: usize,
     ) -> Result<()>;
+    /// MLA's rotary embedding and cache write: each head's rope query part from `q`, rotated,
+    /// into `query` after its latent part, and each token's [latent | rotated rope key] from
+    /// `kv` into the latent `cache` (`emberlm_core::ops::latent_rope_append`).
+    #[allow(clippy::too_many_arguments)]
+    fn latent_rope_append(
+        pass: &mut Self::Pass<'_>,
+        q: &Self::Tensor,
+        kv: &Self::Tensor,
+        table: &Self::Rope,
+        layout: RopeLayout,
+        query: &Self::Tensor,
+        cache: &Self::Tensor,
+        p: &LatentRopeParams,
+    ) -> Result<()>;
+    /// y[t, h] = W_h · x[t, h] for every head (MLA's per-head up-projections,
+    /// `emberlm_core::ops::head_linear`).
+    fn head_linear(pass: &mut Self::Pass<'_>, w: &Self::Tensor, x: &Self::Tensor, y: &Self::Tensor, p: &HeadLinearParams) -> Result<()>;
     /// Attention over a layer's KV cache; `sinks`: GPT-OSS's per-head sink logits.
     fn attention(
         pass: &mut Self::Pass<'_>,
@@ -205,8 +222,15 @@ pub trait Backend {
         Err(emberlm_core::Error::InvalidArgument("this backend has no fused gate/up matvec (fuses_gated_matvec is false)".into()))
     }
     /// A mixture's router: each token's top-k experts and weights into `route`
-    /// (`emberlm_core::ops::moe_route`), which the expert ops read where they run.
-    fn moe_route(pass: &mut Self::Pass<'_>, logits: &Self::Tensor, route: &Self::Tensor, p: &MoeRouteParams) -> Result<()>;
+    /// (`emberlm_core::ops::moe_route`), which the expert ops read where they run;
+    /// `selection_bias`: DeepSeek-V3's per-expert bias for choosing.
+    fn moe_route(
+        pass: &mut Self::Pass<'_>,
+        logits: &Self::Tensor,
+        selection_bias: Option<&Self::Tensor>,
+        route: &Self::Tensor,
+        p: &MoeRouteParams,
+    ) -> Result<()>;
     /// Per pick, weight · act(gate_e·x) · (up_e·x) over the picked expert's fused rows of a
     /// `[experts, 2·inter, k]` weight (`emberlm_core::ops::expert_gated_matvec`).
     fn expert_gated_matvec(
@@ -221,7 +245,8 @@ pub trait Backend {
         act: Activation,
     ) -> Result<()>;
     /// Per token, the sum over its picks of down_e · (its pick's activations)
-    /// (`emberlm_core::ops::expert_matvec`).
+    /// (`emberlm_core::ops::expert_matvec`), with `accumulate` added to what `y` holds.
+    #[allow(clippy::too_many_arguments)]
     fn expert_matvec(
         pass: &mut Self::Pass<'_>,
         down: &Self::Tensor,
@@ -231,6 +256,7 @@ pub trait Backend {
         y: &Self::Tensor,
         tokens: usize,
         top_k: usize,
+        accumulate: bool,
     ) -> Result<()>;
     /// Whether a prefill's mixture runs with its picks grouped by expert through
     /// [`Backend::grouped_experts`] (the GPU); otherwise `expert_gated_matvec` and
@@ -241,7 +267,7 @@ pub trait Backend {
     /// A mixture's MLP over a prefill with the picks grouped by expert
     /// (`emberlm_core::ops::grouped_experts`); `biases`: the experts' [gate | up] and down
     /// biases; `scratch`: groups, each pick's [gate | up] rows, weighted activations and down
-    /// projection.
+    /// projection; `accumulate`: add to what `out` holds.
     fn grouped_experts(
         _pass: &mut Self::Pass<'_>,
         _gate_up: &Self::Tensor,
@@ -254,6 +280,7 @@ pub trait Backend {
         _tokens: usize,
         _top_k: usize,
         _act: Activation,
+        _accumulate: bool,
     ) -> Result<()> {
         Err(emberlm_core::Error::InvalidArgument("this backend does not group experts (groups_experts is false)".into()))
     }
@@ -380,18 +407,8 @@ impl Backend for GpuDevice {
         ops::matmul_into(plan, x, w, bias, y, m, y_cols, y_offset).map(drop)
     }
 
-    fn head_rms_norm(
-        plan: &mut Plan,
-        x: &Tensor,
-        w: &Tensor,
-        rows: usize,
-        heads: usize,
-        head_offset: usize,
-        stride: usize,
-        eps: f32,
-        offset: f32,
-    ) -> Result<()> {
-        ops::head_rms_norm(plan, x, w, rows, heads, head_offset, stride, eps, offset).map(drop)
+    fn head_rms_norm(plan: &mut Plan, x: &Tensor, w: &Tensor, rows: usize, heads: usize, first: usize, stride: usize, eps: f32, offset: f32) -> Result<()> {
+        ops::head_rms_norm(plan, x, w, rows, heads, first, stride, eps, offset).map(drop)
     }
 
     fn rope_kv_append(
@@ -409,6 +426,23 @@ impl Backend for GpuDevice {
         pos0: usize,
     ) -> Result<()> {
         ops::rope_kv_append(plan, qkv, table, layout, tokens, heads_q, kv_heads, d, stride, k_cache, v_cache, pos0).map(drop)
+    }
+
+    fn latent_rope_append(
+        plan: &mut Plan,
+        q: &Tensor,
+        kv: &Tensor,
+        table: &RopeTable,
+        layout: RopeLayout,
+        query: &Tensor,
+        cache: &Tensor,
+        p: &LatentRopeParams,
+    ) -> Result<()> {
+        ops::latent_rope_append(plan, q, kv, table, layout, query, cache, p).map(drop)
+    }
+
+    fn head_linear(plan: &mut Plan, w: &Tensor, x: &Tensor, y: &Tensor, p: &HeadLinearParams) -> Result<()> {
+        ops::head_linear(plan, w, x, y, p).map(drop)
     }
 
     fn attention(plan: &mut Plan, q: &Tensor, k: &Tensor, v: &Tensor, sinks: Option<&Tensor>, out: &Tensor, p: &AttentionParams) -> Result<()> {
@@ -449,8 +483,8 @@ impl Backend for GpuDevice {
         ops::gated_matvec(plan, gate_up, x, x_row, bias, out, act).map(drop)
     }
 
-    fn moe_route(plan: &mut Plan, logits: &Tensor, route: &Tensor, p: &MoeRouteParams) -> Result<()> {
-        ops::moe_route(plan, logits, route, p).map(drop)
+    fn moe_route(plan: &mut Plan, logits: &Tensor, selection_bias: Option<&Tensor>, route: &Tensor, p: &MoeRouteParams) -> Result<()> {
+        ops::moe_route(plan, logits, selection_bias, route, p).map(drop)
     }
 
     fn expert_gated_matvec(
@@ -467,8 +501,18 @@ impl Backend for GpuDevice {
         ops::expert_gated_matvec(plan, gate_up, x, route, bias, out, tokens, top_k, act).map(drop)
     }
 
-    fn expert_matvec(plan: &mut Plan, down: &Tensor, x: &Tensor, route: &Tensor, bias: Option<&Tensor>, y: &Tensor, tokens: usize, top_k: usize) -> Result<()> {
-        ops::expert_matvec(plan, down, x, route, bias, y, tokens, top_k).map(drop)
+    fn expert_matvec(
+        plan: &mut Plan,
+        down: &Tensor,
+        x: &Tensor,
+        route: &Tensor,
+        bias: Option<&Tensor>,
+        y: &Tensor,
+        tokens: usize,
+        top_k: usize,
+        accumulate: bool,
+    ) -> Result<()> {
+        ops::expert_matvec(plan, down, x, route, bias, y, tokens, top_k, accumulate).map(drop)
     }
 
     fn groups_experts() -> bool {
@@ -487,10 +531,11 @@ impl Backend for GpuDevice {
         tokens: usize,
         top_k: usize,
         act: Activation,
+        accumulate: bool,
     ) -> Result<()> {
         let weights = ops::ExpertWeights { gate_up, down, gate_up_bias, down_bias };
         let scratch = ops::GroupedScratch { groups, gate_up: gate_up_out, act: act_out, down: down_out };
-        ops::grouped_experts(plan, weights, x, route, &scratch, out, tokens, top_k, act)
+        ops::grouped_experts(plan, weights, x, route, &scratch, out, tokens, top_k, act, accumulate)
     }
 
     fn logit_softcap(plan: &mut Plan, x: &Tensor, len: usize, cap: f32) -> Result<()> {
@@ -656,12 +701,12 @@ impl Backend for CpuDevice {
         w: &CpuTensor,
         rows: usize,
         heads: usize,
-        head_offset: usize,
+        first: usize,
         stride: usize,
         eps: f32,
         offset: f32,
     ) -> Result<()> {
-        emberlm_cpu::ops::head_rms_norm(x, w, rows, heads, head_offset, stride, eps, offset)
+        emberlm_cpu::ops::head_rms_norm(x, w, rows, heads, first, stride, eps, offset)
     }
 
     fn rope_kv_append(
@@ -682,6 +727,23 @@ impl Backend for CpuDevice {
         emberlm_cpu::ops::rope(qkv, &t.table, t.rot_dims, layout, tokens, heads_q + kv_heads, d, 0, stride, pos0)?;
         emberlm_cpu::ops::kv_cache_append(qkv, k_cache, tokens, kv_heads, d, heads_q, stride, pos0)?;
         emberlm_cpu::ops::kv_cache_append(qkv, v_cache, tokens, kv_heads, d, heads_q + kv_heads, stride, pos0)
+    }
+
+    fn latent_rope_append(
+        _: &mut CpuPass,
+        q: &CpuTensor,
+        kv: &CpuTensor,
+        t: &CpuRope,
+        layout: RopeLayout,
+        query: &CpuTensor,
+        cache: &CpuTensor,
+        p: &LatentRopeParams,
+    ) -> Result<()> {
+        emberlm_cpu::ops::latent_rope_append(q, kv, &t.table, t.rot_dims, layout, query, cache, p)
+    }
+
+    fn head_linear(pass: &mut CpuPass, w: &CpuTensor, x: &CpuTensor, y: &CpuTensor, p: &HeadLinearParams) -> Result<()> {
+        emberlm_cpu::ops::head_linear(w, x, y, p, pass.activations)
     }
 
     fn attention(_: &mut CpuPass, q: &CpuTensor, k: &CpuTensor, v: &CpuTensor, sinks: Option<&CpuTensor>, out: &CpuTensor, p: &AttentionParams) -> Result<()> {
@@ -721,8 +783,8 @@ impl Backend for CpuDevice {
         emberlm_cpu::ops::group_rms_norm(x, weight, out, rows, groups, eps)
     }
 
-    fn moe_route(_: &mut CpuPass, logits: &CpuTensor, route: &CpuTensor, p: &MoeRouteParams) -> Result<()> {
-        emberlm_cpu::moe::moe_route(logits, route, p)
+    fn moe_route(_: &mut CpuPass, logits: &CpuTensor, selection_bias: Option<&CpuTensor>, route: &CpuTensor, p: &MoeRouteParams) -> Result<()> {
+        emberlm_cpu::moe::moe_route(logits, selection_bias, route, p)
     }
 
     fn expert_gated_matvec(
@@ -748,8 +810,9 @@ impl Backend for CpuDevice {
         y: &CpuTensor,
         tokens: usize,
         top_k: usize,
+        accumulate: bool,
     ) -> Result<()> {
-        emberlm_cpu::moe::expert_matvec(down, x, route, bias, y, tokens, top_k, pass.activations)
+        emberlm_cpu::moe::expert_matvec(down, x, route, bias, y, tokens, top_k, accumulate, pass.activations)
     }
 
     fn logit_softcap(_: &mut CpuPass, x: &CpuTensor, len: usize, cap: f32) -> Result<()> {

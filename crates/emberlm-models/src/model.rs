@@ -1140,7 +1140,7 @@ impl<B: Backend> Session<B> {
                     project(plan, &ws.normed, qkv, &ws.qkv, qkv_w)?;
                     if let (Some(qn), Some(kn)) = (q_norm, k_norm) {
                         B::head_rms_norm(plan, &ws.qkv, qn, t, c.heads, 0, qkv_w, c.rms_eps, c.norm_offset)?;
-                        B::head_rms_norm(plan, &ws.qkv, kn, t, c.kv_heads, c.heads, qkv_w, c.rms_eps, c.norm_offset)?;
+                        B::head_rms_norm(plan, &ws.qkv, kn, t, c.kv_heads, c.heads * d, qkv_w, c.rms_eps, c.norm_offset)?;
                     }
                     let window = c.layer_windows[i];
                     let rope = match (&m.rope_none, &m.rope_local) {
@@ -1228,19 +1228,19 @@ impl<B: Backend> Session<B> {
                 Mlp::Experts { router, gate_up, down, gate_up_bias, down_bias } => {
                     let (moe, mw) = (c.moe.as_ref().expect("experts have sizes"), ws.moe.as_ref().expect("moe buffers"));
                     project(plan, &ws.normed, router, &mw.logits, moe.experts)?;
-                    let route = MoeRouteParams { tokens: t, experts: moe.experts, top_k: moe.top_k, normalize: moe.normalize };
-                    B::moe_route(plan, &mw.logits, &mw.route, &route)?;
+                    let route = MoeRouteParams::new(t, moe.experts, moe.top_k, moe.normalize);
+                    B::moe_route(plan, &mw.logits, None, &mw.route, &route)?;
                     match &mw.grouped {
                         // A prefill on the GPU: the picks grouped by expert, each picked
                         // expert's rows decoded once per tile of its tokens.
                         Some([groups, gate_up_out, down_out]) => {
                             let scratch = [groups, gate_up_out, &mw.act, down_out];
                             let biases = [gate_up_bias.as_ref(), down_bias.as_ref()];
-                            B::grouped_experts(plan, gate_up, down, biases, &ws.normed, &mw.route, scratch, &ws.out, t, moe.top_k, c.activation)?
+                            B::grouped_experts(plan, gate_up, down, biases, &ws.normed, &mw.route, scratch, &ws.out, t, moe.top_k, c.activation, false)?
                         }
                         None => {
                             B::expert_gated_matvec(plan, gate_up, &ws.normed, &mw.route, gate_up_bias.as_ref(), &mw.act, t, moe.top_k, c.activation)?;
-                            B::expert_matvec(plan, down, &mw.act, &mw.route, down_bias.as_ref(), &ws.out, t, moe.top_k)?;
+                            B::expert_matvec(plan, down, &mw.act, &mw.route, down_bias.as_ref(), &ws.out, t, moe.top_k, false)?;
                         }
                     }
                 }

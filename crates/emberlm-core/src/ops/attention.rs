@@ -11,11 +11,15 @@ use crate::plan::{Binding, OpId, Plan};
 use crate::shader::Variant;
 use crate::tensor::Tensor;
 
-pub const MAX_HEAD_DIM: usize = 256;
+/// The widest head: MLA's latent keys (DeepSeek's 512 + 64). Heads up to
+/// [`NARROW_HEAD_DIM`] take the kernels' narrow variant (more query tokens per prefill tile).
+pub const MAX_HEAD_DIM: usize = 576;
+pub const NARROW_HEAD_DIM: usize = 256;
 /// Keys per workgroup when decoding; also the granularity of the split count.
 pub const DECODE_SPLIT_LEN: u32 = 256;
-/// Query tokens per workgroup in `attention_prefill` (its QT).
-const PREFILL_QUERY_TILE: u32 = 8;
+/// Query tokens per workgroup in `attention_prefill` (its QT) for narrow and wide heads: the
+/// tile's queries (QT × MAX_D f32) stay within 16 KiB of workgroup memory.
+const PREFILL_QUERY_TILE: [u32; 2] = [8, 4];
 
 #[derive(Debug, Clone, Copy)]
 pub struct AttentionParams {
@@ -133,14 +137,17 @@ pub fn attention_with_sinks(
         softcap: p.softcap,
     };
     let rows = uniforms.tokens * uniforms.hq;
+    let wide = p.head_dim > NARROW_HEAD_DIM;
+    let max_d = if wide { MAX_HEAD_DIM } else { NARROW_HEAD_DIM } as u32;
     if p.tokens > 1 {
+        let tile = PREFILL_QUERY_TILE[wide as usize];
         let storage = vec![Some(Binding::tensor(q)?), Some(Binding::tensor(k_cache)?), Some(Binding::tensor(v_cache)?), Some(Binding::tensor(out)?), sink];
-        let grid = plan.grid(uniforms.tokens.div_ceil(PREFILL_QUERY_TILE) * uniforms.hq);
-        let variant = Variant::default().flag_if(!p.causal, "BIDIRECTIONAL").flag_if(sinks.is_some(), "SINKS");
+        let grid = plan.grid(uniforms.tokens.div_ceil(tile) * uniforms.hq);
+        let variant = Variant::default().flag_if(!p.causal, "BIDIRECTIONAL").flag_if(sinks.is_some(), "SINKS").with("MAX_D", max_d).with("QT", tile);
         return Ok(vec![plan.dispatch("attention", key("attention_prefill", variant), &uniforms, storage, grid)?]);
     }
     let partial = n_splits > 1;
-    let variant = Variant::default().flag_if(partial, "PARTIAL").flag_if(sinks.is_some(), "SINKS").with("WG", WG);
+    let variant = Variant::default().flag_if(partial, "PARTIAL").flag_if(sinks.is_some(), "SINKS").with("WG", WG).with("MAX_D", max_d);
     let target = if partial { plan.scratch_f32("attention partials", (rows * n_splits * (uniforms.d + 2)) as usize)? } else { Binding::tensor(out)? };
     // Split decoding adds the sinks where the partials meet.
     let storage = vec![

@@ -16,14 +16,15 @@ pub struct HeadRmsNormParams {
     pub heads: u32,
     pub d: u32,
     pub row_stride: u32,
-    pub head_offset: u32,
+    pub first: u32,
     pub eps: f32,
     pub weight_offset: f32,
     pub _pad: u32,
 }
 
-/// Normalises heads `head_offset..head_offset + heads` of each of `tokens` rows of `x` (row
+/// Normalises `heads` head vectors from column `first` of each of `tokens` rows of `x` (row
 /// stride `row_stride` floats); `weight` has `head_dim` entries, used as `weight + weight_offset`.
+/// (Any span of a row: MLA's latent norms sit at columns no head size divides.)
 #[allow(clippy::too_many_arguments)]
 pub fn head_rms_norm(
     plan: &mut Plan,
@@ -31,7 +32,7 @@ pub fn head_rms_norm(
     weight: &Tensor,
     tokens: usize,
     heads: usize,
-    head_offset: usize,
+    first: usize,
     row_stride: usize,
     eps: f32,
     weight_offset: f32,
@@ -39,18 +40,18 @@ pub fn head_rms_norm(
     const OP: &str = "head_rms_norm";
     let d = weight.numel();
     expect_f32(OP, "weight", weight, d)?;
-    if (head_offset + heads) * d > row_stride {
-        return shape_err(OP, format!("heads {head_offset}..{} of size {d} overrun rows of {row_stride}", head_offset + heads));
+    if first + heads * d > row_stride {
+        return shape_err(OP, format!("{heads} heads of {d} from column {first} overrun rows of {row_stride}"));
     }
     if tokens > 0 {
-        expect_f32(OP, "input", x, (tokens - 1) * row_stride + (head_offset + heads) * d)?;
+        expect_f32(OP, "input", x, (tokens - 1) * row_stride + first + heads * d)?;
     }
     let params = HeadRmsNormParams {
         tokens: u32_of(OP, "tokens", tokens)?,
         heads: u32_of(OP, "heads", heads)?,
         d: d as u32,
         row_stride: u32_of(OP, "row_stride", row_stride)?,
-        head_offset: head_offset as u32,
+        first: u32_of(OP, "first", first)?,
         eps,
         weight_offset,
         _pad: 0,

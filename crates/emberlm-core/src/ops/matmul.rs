@@ -34,7 +34,13 @@ pub struct MatmulParams {
     pub expert_first: u32,
     pub experts: u32,
     pub x_div: u32,
-    pub _pad: u32,
+    /// X's row stride and where head 0's columns start (k and 0 but in `head_linear`).
+    pub ldx: u32,
+    pub x_offset: u32,
+    /// `head_linear`'s column steps per head (workgroup z) in X and Y; zero elsewhere.
+    pub head_x: u32,
+    pub head_y: u32,
+    pub _pad: [u32; 3],
 }
 
 /// `x`: [m, k] f32; `w`: [n, k] any dtype (k a multiple of 8); `y`: [m, n] f32; `bias`: n f32.
@@ -70,6 +76,7 @@ pub fn matmul_into(plan: &mut Plan, x: &Tensor, w: &Tensor, bias: Option<&Tensor
             row_offset: chunk.rows.start as u32,
             ldy: u32_of(OP, "y_cols", y_cols)?,
             y_offset: y_offset as u32,
+            ldx: k as u32,
             ..Zeroable::zeroed()
         };
         let storage = super::matvec::bindings(x, y, w, chunk, bias)?;

@@ -30,7 +30,10 @@ pub struct MatvecParams {
     pub expert_first: u32,
     pub expert_end: u32,
     pub slot0: u32,
-    pub _pad: [u32; 3],
+    /// `head_linear`'s steps per head (workgroup z): x in vec4s, y in floats; zero elsewhere.
+    pub head_x: u32,
+    pub head_y: u32,
+    pub _pad: u32,
 }
 
 /// `w`: [n, k] weights of any dtype (k a multiple of 8); `x`: k f32; `y`: n f32; `bias`: n f32.

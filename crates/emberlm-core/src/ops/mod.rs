@@ -6,7 +6,9 @@ pub mod argmax;
 pub mod attention;
 pub mod embedding;
 pub mod gated_activation;
+pub mod head_linear;
 pub mod head_rms_norm;
+pub mod latent_rope_append;
 pub mod logit_softcap;
 pub mod matmul;
 pub mod matvec;
@@ -22,12 +24,15 @@ pub use argmax::argmax;
 pub use attention::{attention, attention_with_sinks, visible_keys, AttentionParams};
 pub use embedding::embedding;
 pub use gated_activation::{gated_activation, weighted_gated_activation, Activation};
+pub use head_linear::{head_linear, HeadLinearParams};
 pub use head_rms_norm::head_rms_norm;
+pub use latent_rope_append::{latent_rope_append, LatentRopeParams};
 pub use logit_softcap::logit_softcap;
 pub use matmul::{matmul, matmul_into};
 pub use matvec::{gated_matvec, gated_matvec_fits, matvec, matvec_into};
 pub use moe::{
-    expert_gated_matvec, expert_matmul, expert_matvec, grouped_experts, moe_combine, moe_group, moe_route, ExpertWeights, GroupedScratch, MoeRouteParams,
+    expert_gated_matvec, expert_matmul, expert_matvec, grouped_experts, moe_combine, moe_group, moe_route, ExpertWeights, GroupScore, GroupedScratch,
+    MoeRouteParams, RouterScoring, Routing,
 };
 pub use rms_norm::{group_rms_norm, rms_norm};
 pub use rope_kv_append::{rope_kv_append, RopeLayout};

@@ -26,17 +26,67 @@ pub const MAX_EXPERTS: usize = 1024;
 /// The most experts a token may use (real models: 2 to 10).
 pub const MAX_TOP_K: usize = 32;
 
+/// The most expert groups of a group-limited router (DeepSeek-V2/V3: 8).
+pub const MAX_EXPERT_GROUPS: usize = 32;
+
+/// How a router turns logits into scores.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum RouterScoring {
+    /// A softmax over every expert (Mixtral, Qwen3-MoE, GPT-OSS, DeepSeek-V2).
+    #[default]
+    Softmax,
+    /// Each logit's sigmoid on its own (DeepSeek-V3).
+    Sigmoid,
+}
+
+/// How a group-limited router scores a group of experts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum GroupScore {
+    /// Its best expert (DeepSeek-V2's `group_limited_greedy`).
+    #[default]
+    Max,
+    /// Its best two experts' scores summed (DeepSeek-V3).
+    TopTwoSum,
+}
+
+/// DeepSeek's routing beyond a plain top-k; [`Routing::default`] is the plain one.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Routing {
+    pub scoring: RouterScoring,
+    /// Experts in `groups` equal groups, the picks from the best `groups_used` only (1: none).
+    pub groups: usize,
+    pub groups_used: usize,
+    pub group_score: GroupScore,
+    /// A per-expert bias added to the scores for choosing, not to the weights (DeepSeek-V3's
+    /// `e_score_correction_bias`); the tensor is passed to the op.
+    pub selection_bias: bool,
+    /// Multiplies every weight (`routed_scaling_factor`).
+    pub scale: f32,
+}
+
+impl Default for Routing {
+    fn default() -> Self {
+        Self { scoring: RouterScoring::Softmax, groups: 1, groups_used: 1, group_score: GroupScore::Max, selection_bias: false, scale: 1.0 }
+    }
+}
+
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct MoeRouteParams {
     pub tokens: usize,
     pub experts: usize,
     pub top_k: usize,
     /// Weights divided by their sum over the picks (Mixtral; Qwen3-MoE's `norm_topk_prob`);
-    /// otherwise the softmax over all experts at the picks.
+    /// otherwise the scores at the picks.
     pub normalize: bool,
+    pub routing: Routing,
 }
 
 impl MoeRouteParams {
+    /// A plain top-k router (softmax scores, no groups, no scale).
+    pub fn new(tokens: usize, experts: usize, top_k: usize, normalize: bool) -> Self {
+        Self { tokens, experts, top_k, normalize, routing: Routing::default() }
+    }
+
     /// u32 words of the route buffer: per token, top_k ids then top_k f32 weights.
     pub fn route_len(&self) -> usize {
         self.tokens * 2 * self.top_k
@@ -44,9 +94,36 @@ impl MoeRouteParams {
 
     /// Fails unless 1 ≤ top_k ≤ experts ≤ [`MAX_EXPERTS`] and top_k ≤ [`MAX_TOP_K`] (the GPU
     /// ops and their CPU twins alike).
+    /// A group-limited router's groups must also divide the experts (two per group at least
+    /// for [`GroupScore::TopTwoSum`]), number at most [`MAX_EXPERT_GROUPS`], and the chosen
+    /// groups must hold top_k experts.
     pub fn check(&self, op: &'static str) -> Result<()> {
         if self.experts == 0 || self.experts > MAX_EXPERTS || self.top_k == 0 || self.top_k > self.experts.min(MAX_TOP_K) {
             return shape_err(op, format!("{} of {} experts per token (at most {MAX_TOP_K} of {MAX_EXPERTS})", self.top_k, self.experts));
+        }
+        let r = &self.routing;
+        if r.groups != 1 {
+            let per = self.experts / r.groups.max(1);
+            let min_per = if r.group_score == GroupScore::TopTwoSum { 2 } else { 1 };
+            if r.groups == 0
+                || r.groups > MAX_EXPERT_GROUPS
+                || self.experts % r.groups != 0
+                || per < min_per
+                || r.groups_used == 0
+                || r.groups_used > r.groups
+                || r.groups_used * per < self.top_k
+            {
+                return shape_err(
+                    op,
+                    format!(
+                        "{} of {} groups of {} experts cannot give {} picks (at most {MAX_EXPERT_GROUPS} groups)",
+                        r.groups_used, r.groups, self.experts, self.top_k
+                    ),
+                );
+            }
+        }
+        if !r.scale.is_finite() {
+            return shape_err(op, format!("routing scale {}", r.scale));
         }
         Ok(())
     }
@@ -58,19 +135,43 @@ struct RouteUniforms {
     tokens: u32,
     experts: u32,
     top_k: u32,
-    _pad: u32,
+    groups: u32,
+    groups_used: u32,
+    scale: f32,
+    _pad: [u32; 2],
 }
 
-/// `logits`: [tokens, experts] f32; `route`: [`MoeRouteParams::route_len`] words.
-pub fn moe_route(plan: &mut Plan, logits: &Tensor, route: &Tensor, p: &MoeRouteParams) -> Result<OpId> {
+/// `logits`: [tokens, experts] f32; `route`: [`MoeRouteParams::route_len`] words;
+/// `selection_bias`: [experts] f32, exactly when `p.routing.selection_bias`.
+pub fn moe_route(plan: &mut Plan, logits: &Tensor, selection_bias: Option<&Tensor>, route: &Tensor, p: &MoeRouteParams) -> Result<OpId> {
     const OP: &str = "moe_route";
     p.check(OP)?;
     expect_f32(OP, "router logits", logits, p.tokens * p.experts)?;
     expect_f32(OP, "route", route, p.route_len())?;
-    let uniforms = RouteUniforms { tokens: u32_of(OP, "tokens", p.tokens)?, experts: p.experts as u32, top_k: p.top_k as u32, _pad: 0 };
-    let storage = vec![Some(Binding::tensor(logits)?), Some(Binding::tensor(route)?)];
+    let r = &p.routing;
+    if selection_bias.is_some() != r.selection_bias {
+        return shape_err(OP, "a selection bias is passed exactly when the routing has one".to_string());
+    }
+    if let Some(b) = selection_bias {
+        expect_f32(OP, "selection bias", b, p.experts)?;
+    }
+    let uniforms = RouteUniforms {
+        tokens: u32_of(OP, "tokens", p.tokens)?,
+        experts: p.experts as u32,
+        top_k: p.top_k as u32,
+        groups: r.groups as u32,
+        groups_used: r.groups_used as u32,
+        scale: r.scale,
+        _pad: [0; 2],
+    };
+    let storage = vec![Some(Binding::tensor(logits)?), Some(Binding::tensor(route)?), selection_bias.map(Binding::tensor).transpose()?];
     let grid = plan.grid(uniforms.tokens.div_ceil(WG));
-    let variant = Variant::default().with("WG", WG).flag_if(p.normalize, "NORMALIZE");
+    let variant = Variant::default()
+        .with("WG", WG)
+        .flag_if(p.normalize, "NORMALIZE")
+        .flag_if(r.scoring == RouterScoring::Sigmoid, "SIGMOID")
+        .flag_if(r.selection_bias, "SELECTION_BIAS")
+        .flag_if(r.group_score == GroupScore::TopTwoSum, "GROUP_TOP2");
     plan.dispatch("moe_route", key("moe_route", variant), &uniforms, storage, grid)
 }
 
@@ -106,6 +207,7 @@ fn dispatch_experts(
     expert_rows: usize,
     slots: usize,
     top_k: usize,
+    accumulate: bool,
 ) -> Result<Vec<OpId>> {
     let k = w.k();
     let tpr = threads_per_row(k);
@@ -120,7 +222,7 @@ fn dispatch_experts(
     for (i, chunk) in w.chunks.iter().enumerate() {
         let (expert_first, expert_end) = chunk_experts(op, w, chunk, expert_rows)?;
         // The sum over picks: a later chunk adds to what the earlier ones wrote.
-        let variant = variant.clone().flag_if(i > 0 && gated.is_none(), "ACCUMULATE");
+        let variant = variant.clone().flag_if((i > 0 || accumulate) && gated.is_none(), "ACCUMULATE");
         let mut slot0 = 0;
         while slot0 < slots {
             let n = (slots - slot0).min(max_z);
@@ -164,7 +266,7 @@ pub fn expert_gated_matvec(
     if rows % 2 != 0 {
         return shape_err(OP, format!("`{}`: {rows} rows per expert are not [gate | up] pairs", gate_up.name));
     }
-    MoeRouteParams { tokens, experts, top_k, normalize: false }.check(OP)?;
+    MoeRouteParams::new(tokens, experts, top_k, false).check(OP)?;
     let inter = rows / 2;
     expect_f32(OP, "input", x, tokens * k)?;
     expect_f32(OP, "route", route, tokens * 2 * top_k)?;
@@ -172,12 +274,13 @@ pub fn expert_gated_matvec(
     if let Some(b) = bias {
         expect_f32(OP, "bias", b, experts * rows)?;
     }
-    dispatch_experts(plan, OP, Some(act), gate_up, x, route, bias, out, inter, rows, tokens * top_k, top_k)
+    dispatch_experts(plan, OP, Some(act), gate_up, x, route, bias, out, inter, rows, tokens * top_k, top_k, false)
 }
 
 /// `y[t] = Σ_j down_e·x[t·top_k + j] + w_tj · b_e` over token t's picks (expert e, weight w_tj,
 /// from `route`; `x` already carries the weights, as [`expert_gated_matvec`] writes it): `down`
-/// is `[experts, n, k]`, `bias` `[experts·n]`, `y` `[tokens, n]`.
+/// is `[experts, n, k]`, `bias` `[experts·n]`, `y` `[tokens, n]`. With `accumulate` the sum is
+/// added to what `y` holds (a shared expert's output, DeepSeek).
 #[allow(clippy::too_many_arguments)]
 pub fn expert_matvec(
     plan: &mut Plan,
@@ -188,17 +291,18 @@ pub fn expert_matvec(
     y: &Tensor,
     tokens: usize,
     top_k: usize,
+    accumulate: bool,
 ) -> Result<Vec<OpId>> {
     const OP: &str = "expert_matvec";
     let (experts, n, k) = expert_shape(OP, down)?;
-    MoeRouteParams { tokens, experts, top_k, normalize: false }.check(OP)?;
+    MoeRouteParams::new(tokens, experts, top_k, false).check(OP)?;
     expect_f32(OP, "input", x, tokens * top_k * k)?;
     expect_f32(OP, "route", route, tokens * 2 * top_k)?;
     expect_f32(OP, "output", y, tokens * n)?;
     if let Some(b) = bias {
         expect_f32(OP, "bias", b, experts * n)?;
     }
-    dispatch_experts(plan, OP, None, down, x, route, bias, y, n, n, tokens, top_k)
+    dispatch_experts(plan, OP, None, down, x, route, bias, y, n, n, tokens, top_k, accumulate)
 }
 
 /// u32 words of [`moe_group`]'s output for `slots` picks among `experts`.
@@ -219,7 +323,7 @@ struct GroupUniforms {
 /// offset (experts + 1 words), then the slots `token · top_k + j` in expert order.
 pub fn moe_group(plan: &mut Plan, route: &Tensor, groups: &Tensor, tokens: usize, experts: usize, top_k: usize) -> Result<OpId> {
     const OP: &str = "moe_group";
-    MoeRouteParams { tokens, experts, top_k, normalize: false }.check(OP)?;
+    MoeRouteParams::new(tokens, experts, top_k, false).check(OP)?;
     expect_f32(OP, "route", route, tokens * 2 * top_k)?;
     expect_f32(OP, "groups", groups, groups_len(experts, tokens * top_k))?;
     let uniforms = GroupUniforms { slots: u32_of(OP, "slots", tokens * top_k)?, experts: experts as u32, top_k: top_k as u32, _pad: 0 };
@@ -270,6 +374,7 @@ pub fn expert_matmul(
             expert_first,
             experts: experts as u32,
             x_div: if x_per_pick { 1 } else { top_k as u32 },
+            ldx: k as u32,
             ..Zeroable::zeroed()
         };
         let mut storage = bindings(x, y, w, chunk, bias)?;
@@ -290,7 +395,8 @@ struct CombineUniforms {
 }
 
 /// y[t] = Σ over token t's picks j of `slot_out[t·top_k + j]` + w_j · bias_e
-/// (`shaders/moe_combine.wgsl`): `slot_out` `[tokens·top_k, n]`, `bias` `[experts·n]`.
+/// (`shaders/moe_combine.wgsl`): `slot_out` `[tokens·top_k, n]`, `bias` `[experts·n]`; with
+/// `accumulate`, added to what `y` holds.
 #[allow(clippy::too_many_arguments)]
 pub fn moe_combine(
     plan: &mut Plan,
@@ -302,6 +408,7 @@ pub fn moe_combine(
     n: usize,
     experts: usize,
     top_k: usize,
+    accumulate: bool,
 ) -> Result<OpId> {
     const OP: &str = "moe_combine";
     expect_f32(OP, "pick outputs", slot_out, tokens * top_k * n)?;
@@ -317,7 +424,7 @@ pub fn moe_combine(
         storage.push(Some(Binding::tensor(b)?));
     }
     let grid = plan.grid(u32_of(OP, "elements", tokens * n)?.div_ceil(WG));
-    plan.dispatch(OP, key(OP, Variant::default().with("WG", WG).flag_if(bias.is_some(), "BIAS")), &uniforms, storage, grid)
+    plan.dispatch(OP, key(OP, Variant::default().with("WG", WG).flag_if(bias.is_some(), "BIAS").flag_if(accumulate, "ACCUMULATE")), &uniforms, storage, grid)
 }
 
 /// A mixture's stacked expert weights, with their optional biases.
@@ -356,6 +463,7 @@ pub fn grouped_experts(
     tokens: usize,
     top_k: usize,
     act: Activation,
+    accumulate: bool,
 ) -> Result<()> {
     let (experts, rows, _) = expert_shape("grouped_experts", e.gate_up)?;
     let n = e.down.shape[1];
@@ -364,6 +472,6 @@ pub fn grouped_experts(
     expert_matmul(plan, e.gate_up, x, scratch.groups, e.gate_up_bias, scratch.gate_up, tokens, top_k, false)?;
     super::gated_activation::weighted_gated_activation(plan, scratch.gate_up, route, scratch.act, slots, rows / 2, top_k, act)?;
     expert_matmul(plan, e.down, scratch.act, scratch.groups, None, scratch.down, tokens, top_k, true)?;
-    moe_combine(plan, scratch.down, route, e.down_bias, out, tokens, n, experts, top_k)?;
+    moe_combine(plan, scratch.down, route, e.down_bias, out, tokens, n, experts, top_k, accumulate)?;
     Ok(())
 }
