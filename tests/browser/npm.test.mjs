@@ -204,6 +204,10 @@ test('worker: Mamba2 gives transformers\' tokens on the CPU and WebGPU; a follow
 // a prefill's tokens by expert), one dense layer among them.
 test('worker: Qwen3-MoE gives transformers\' tokens on the CPU and WebGPU; a follow-up and a regenerate reuse its KV cache', () => familyThroughNpm('qwen3moe', 'qwen3_moe'));
 
+// DeepSeek-V3: multi-head latent attention (a cache of one latent row per position), a
+// sigmoid router limited to the best groups, a shared expert.
+test('worker: DeepSeek-V3 gives transformers\' tokens on the CPU and WebGPU; a follow-up and a regenerate reuse its latent cache', () => familyThroughNpm('deepseek3', 'deepseek_v3'));
+
 /**
  * A long prompt with `onPrefill`: read in pieces of 128 tokens, each reported (in order, short of
  * the whole), and the reply is the one the same prompt gets in one step; the usage counts no

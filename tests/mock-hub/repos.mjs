@@ -66,6 +66,21 @@ export function fixtureRepos() {
       dir: tiny('gptoss'),
       files: Object.fromEntries(['config.json', 'generation_config.json', 'tokenizer.json', 'tokenizer_config.json', 'model.safetensors'].map((f) => [f, f])),
     },
+    // DeepSeek-V2 and V3 (multi-head latent attention, shared experts, grouped routers;
+    // fixtures/tiny/make_tiny_deepseek.py): as llama.cpp's converter writes `deepseek2`, and as
+    // transformers repos (kv_b_proj whole, split by the loader).
+    ...Object.fromEntries(
+      ['deepseek2', 'deepseek3'].flatMap((family) => [
+        [`emberlm-test/tiny-${family}-GGUF`, { dir: tiny(family), files: { [`tiny-${family}-F16.gguf`]: 'model.gguf' } }],
+        [
+          `emberlm-test/tiny-${family}`,
+          {
+            dir: tiny(family),
+            files: Object.fromEntries(['config.json', 'generation_config.json', 'tokenizer.json', 'tokenizer_config.json', 'model.safetensors'].map((f) => [f, f])),
+          },
+        ],
+      ]),
+    ),
     // A transformers repo with sharded safetensors.
     'emberlm-test/tiny-llama': {
       dir: tiny('llama'),

@@ -179,16 +179,18 @@ test('node: SmolLM3 (NoPE layers) gives transformers\' tokens on WebGPU and the 
 /**
  * The newer families in Node, on WebGPU (Dawn) and on the CPU backend: Mamba2 (its layers
  * only), Granite-4.0-H's hybrid (Mamba2 and attention layers), Qwen3-MoE (a mixture of experts)
- * and GPT-OSS (sinks, YaRN, MXFP4 experts) give transformers' greedy tokens from their GGUF files.
+ * GPT-OSS (sinks, YaRN, MXFP4 experts) and DeepSeek-V2/V3 (latent attention, shared experts)
+ * give transformers' greedy tokens from their GGUF files.
  */
-test('node: Mamba2, the Granite-4.0-H hybrid, Qwen3-MoE and GPT-OSS give transformers\' tokens on WebGPU and the CPU', async () => {
+test('node: Mamba2, the Granite-4.0-H hybrid, Qwen3-MoE, GPT-OSS and DeepSeek-V2/V3 give transformers\' tokens on WebGPU and the CPU', async () => {
   const hub = await startMockHub({ repos: fixtureRepos() });
   const cacheDir = mkdtempSync(join(tmpdir(), 'emberlm-ssm-'));
   dirs.push(cacheDir);
   try {
-    const architecture = { mamba2: 'mamba2', granitehybrid: 'granitemoehybrid', qwen3moe: 'qwen3_moe', gptoss: 'gpt_oss' };
+    const architecture = { mamba2: 'mamba2', granitehybrid: 'granitemoehybrid', qwen3moe: 'qwen3_moe', gptoss: 'gpt_oss', deepseek2: 'deepseek_v2', deepseek3: 'deepseek_v3' };
     for (const family of Object.keys(architecture)) {
-      const want = reference(family).cases[0];
+      // The case with the longer reply (DeepSeek-V2's first stops after two tokens).
+      const want = reference(family).cases.reduce((a, b) => (b.generated_ids.length > a.generated_ids.length ? b : a));
       for (const device of ['webgpu', 'cpu']) {
         const r = await run('node', [hub.url, `emberlm-test/tiny-${family}-GGUF`, cacheDir, device, want.text, String(want.generated_ids.length)], { script: 'greedy.mjs' });
         assert.equal(r.info.architecture, architecture[family]);

@@ -3,7 +3,7 @@
 //! Everything the forward pass branches on is decided here, so `model.rs` reads as one
 //! architecture with switches.
 
-use emberlm_core::ops::{Activation, RopeLayout};
+use emberlm_core::ops::{Activation, GroupScore, MoeRouteParams, RopeLayout, RouterScoring, Routing};
 use emberlm_core::rope_table::{self, RopeScaling};
 use serde_json::Value as Json;
 
@@ -47,6 +47,13 @@ pub enum Architecture {
     /// full layers, YaRN RoPE; a mixture of experts in every layer (router with a bias, top-k
     /// then a softmax over the picks, experts with biases, a clamped SwiGLU), experts in MXFP4.
     GptOss,
+    /// DeepSeek-V2 / V2-Lite: multi-head latent attention (a compressed KV cache, below), dense
+    /// first layers then mixtures of experts with shared experts and a softmax router limited to
+    /// the best expert groups. llama.cpp writes V2 and V3 as `deepseek2`.
+    DeepseekV2,
+    /// DeepSeek-V3 layout (V3, R1, Moonlight, Kimi-K2): V2's attention with a low-rank q, a
+    /// sigmoid router with a choice bias, groups scored by their best two experts.
+    DeepseekV3,
 }
 
 /// A mixture-of-experts MLP's sizes ([`ModelConfig::moe`]): which layers have one follows from
@@ -58,11 +65,22 @@ pub struct MoeConfig {
     pub top_k: usize,
     /// Each expert's intermediate width.
     pub expert_ffn: usize,
-    /// The picks' weights are divided by their sum (else: the softmax over all experts).
+    /// The picks' weights are divided by their sum (else: the scores at the picks).
     pub normalize: bool,
+    /// DeepSeek's routing (scores, groups, scale); the plain top-k elsewhere. Whether a layer
+    /// adds a choice bias follows from its tensors (`exp_probs_b`).
+    pub routing: Routing,
+    /// The shared experts' width (DeepSeek: `n_shared_experts · moe_intermediate_size`), which
+    /// every token runs beside its picks; 0 for none.
+    pub shared_ffn: usize,
 }
 
 impl MoeConfig {
+    /// A plain top-k mixture (no groups, no scale, no shared experts).
+    pub fn plain(experts: usize, top_k: usize, expert_ffn: usize, normalize: bool) -> Self {
+        Self { experts, top_k, expert_ffn, normalize, routing: Routing::default(), shared_ffn: 0 }
+    }
+
     fn check(&self) -> Result<()> {
         use emberlm_core::ops::moe::{MAX_EXPERTS, MAX_TOP_K};
         if self.experts == 0 || self.experts > MAX_EXPERTS || self.top_k == 0 || self.top_k > self.experts.min(MAX_TOP_K) {
@@ -71,8 +89,54 @@ impl MoeConfig {
                 self.top_k, self.experts
             )));
         }
-        if self.expert_ffn == 0 || self.expert_ffn as u64 > MAX_SIZE {
-            return Err(ModelError::Config(format!("an expert width of {} is out of range", self.expert_ffn)));
+        if self.expert_ffn == 0 || self.expert_ffn as u64 > MAX_SIZE || self.shared_ffn as u64 > MAX_SIZE {
+            return Err(ModelError::Config(format!("an expert width of {} (shared {}) is out of range", self.expert_ffn, self.shared_ffn)));
+        }
+        // The router's own check: groups that divide the experts and hold top_k picks.
+        MoeRouteParams { routing: self.routing, ..MoeRouteParams::new(1, self.experts, self.top_k, self.normalize) }
+            .check("moe_route")
+            .map_err(|e| ModelError::Config(format!("the mixture's routing is not supported: {e}")))
+    }
+}
+
+/// Multi-head latent attention's sizes (DeepSeek). Each position's keys and values are
+/// compressed into one `kv_rank`-wide latent (plus a `rope`-wide key part shared by the heads)
+/// and that is all the cache holds; the heads' keys and values are its up-projections, absorbed
+/// into the query and the output (see `model.rs`), so attention runs as one kv head of
+/// `kv_rank + rope` dims — [`ModelConfig::head_dim`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct MlaConfig {
+    /// `q_lora_rank`: q through a low-rank projection and its norm (V3); `None`: one q
+    /// projection (V2-Lite).
+    pub q_rank: Option<usize>,
+    /// `kv_lora_rank`: the latent each position's cache row holds.
+    pub kv_rank: usize,
+    /// Per head: query/key dims without RoPE (`qk_nope_head_dim`), with (`qk_rope_head_dim`),
+    /// and value dims (`v_head_dim`).
+    pub nope: usize,
+    pub rope: usize,
+    pub v_dim: usize,
+}
+
+impl MlaConfig {
+    /// One head's query width as projected: [nope | rope].
+    pub fn q_head(&self) -> usize {
+        self.nope + self.rope
+    }
+
+    /// The width of a layer's first projection: [q (or its low-rank q_a) | latent | rope key].
+    pub fn proj_width(&self, heads: usize) -> usize {
+        self.q_rank.unwrap_or(heads * self.q_head()) + self.kv_rank + self.rope
+    }
+
+    fn check(&self, heads: usize) -> Result<()> {
+        // The per-head projections read vec4s, and their rows in octets.
+        let fits = self.nope % 8 == 0 && self.kv_rank % 8 == 0 && self.q_head() % 4 == 0 && self.v_dim > 0 && self.rope % 2 == 0 && self.rope > 0;
+        if !fits || self.q_rank.is_some_and(|r| r == 0 || r as u64 > MAX_SIZE) || heads as u64 * self.q_head().max(self.v_dim) as u64 > MAX_SIZE {
+            return Err(ModelError::Config(format!(
+                "latent attention of q rank {:?}, kv rank {}, {}+{} q/k dims and {} v dims per head is not supported (nope and kv rank multiples of 8, nope + rope of 4, rope even)",
+                self.q_rank, self.kv_rank, self.nope, self.rope, self.v_dim
+            )));
         }
         Ok(())
     }
@@ -89,6 +153,8 @@ pub enum LayerKind {
     /// Mamba2's mixer: a short convolution, then the selective scan over a state per head —
     /// two rolling states.
     Ssm,
+    /// DeepSeek's multi-head latent attention: a cache of one compressed latent per position.
+    LatentAttention,
 }
 
 /// The sizes of Mamba2 mixers ([`LayerKind::Ssm`] layers).
@@ -191,10 +257,13 @@ const NAMES: &[(&str, &str, Architecture)] = &[
     // GGUF writes Mixtral as `llama` with an expert count (from_gguf tells them apart).
     ("mixtral", "mixtral", Architecture::Mixtral),
     ("gpt_oss", "gpt-oss", Architecture::GptOss),
+    // GGUF writes both as `deepseek2` (from_gguf tells V3's sigmoid router apart).
+    ("deepseek_v2", "deepseek2", Architecture::DeepseekV2),
+    ("deepseek_v3", "deepseek2", Architecture::DeepseekV3),
 ];
 
 fn supported_list() -> String {
-    "llama, mistral, qwen2, qwen3, phi3, gemma2, gemma3 (gemma3_text), smollm3, lfm2, mamba2, granitemoehybrid (dense), qwen3_moe, mixtral, gpt_oss".to_string()
+    "llama, mistral, qwen2, qwen3, phi3, gemma2, gemma3 (gemma3_text), smollm3, lfm2, mamba2, granitemoehybrid (dense), qwen3_moe, mixtral, gpt_oss, deepseek_v2, deepseek_v3".to_string()
 }
 
 impl Architecture {
@@ -204,6 +273,11 @@ impl Architecture {
 
     fn unsupported(name: &str) -> ModelError {
         ModelError::UnsupportedArchitecture { name: name.to_string(), supported: supported_list() }
+    }
+
+    /// DeepSeek-V2/V3: multi-head latent attention.
+    pub fn is_deepseek(self) -> bool {
+        matches!(self, Self::DeepseekV2 | Self::DeepseekV3)
     }
 
     pub fn is_gemma(self) -> bool {
@@ -318,6 +392,8 @@ pub struct ModelConfig {
     pub ssm: Option<SsmConfig>,
     /// Mixture-of-experts sizes, for layers with a router.
     pub moe: Option<MoeConfig>,
+    /// Multi-head latent attention's sizes, for [`LayerKind::LatentAttention`] layers.
+    pub mla: Option<MlaConfig>,
     pub attn_scale: f32,
     pub attn_softcap: f32,
     pub final_softcap: f32,
@@ -366,15 +442,28 @@ fn check_layers(layers: usize) -> Result<usize> {
 }
 
 impl ModelConfig {
+    /// Width of an attention layer's first projection row: [q | k | v] heads, or MLA's
+    /// [q (or q_a) | latent | rope key], rounded up to whole vec4s (kernels read its q part so).
     pub fn qkv_width(&self) -> usize {
-        (self.heads + 2 * self.kv_heads) * self.head_dim
+        match &self.mla {
+            Some(m) => m.proj_width(self.heads).next_multiple_of(4),
+            None => (self.heads + 2 * self.kv_heads) * self.head_dim,
+        }
+    }
+
+    /// The widest dense MLP a layer runs: its own, or a mixture's shared experts.
+    pub fn dense_ffn(&self) -> usize {
+        self.ffn.max(self.moe.map_or(0, |m| m.shared_ffn))
     }
 
     /// The widest per-token row of a step's activation buffers, in f32s: a step of T tokens
     /// holds T of them in one binding, which bounds the tokens one step may take
     /// (`Session::max_step_tokens`).
     pub fn widest_step_row(&self) -> usize {
-        let mut widest = [self.hidden, self.qkv_width(), self.heads * self.head_dim, 2 * self.ffn, 3 * self.hidden].into_iter().max().unwrap_or(1);
+        let mut widest = [self.hidden, self.qkv_width(), self.heads * self.head_dim, 2 * self.dense_ffn(), 3 * self.hidden].into_iter().max().unwrap_or(1);
+        if let Some(m) = &self.mla {
+            widest = widest.max(self.heads * m.q_head().max(m.v_dim));
+        }
         if let Some(s) = self.ssm_layers() {
             widest = widest.max(s.proj_width());
         }
@@ -393,12 +482,12 @@ impl ModelConfig {
     /// Whether any layer keeps a rolling state (LFM2's convolutions, Mamba2's mixers) rather
     /// than a KV cache: only the state at the end and at a checkpoint exist.
     pub fn has_rolling_state(&self) -> bool {
-        self.layer_kinds.iter().any(|k| *k != LayerKind::Attention)
+        self.layer_kinds.iter().any(|k| matches!(k, LayerKind::ShortConv | LayerKind::Ssm))
     }
 
-    /// Whether any layer attends (a KV cache, RoPE tables).
+    /// Whether any layer attends (a KV cache or MLA's latent one, RoPE tables).
     pub fn has_attention_layers(&self) -> bool {
-        self.layer_kinds.contains(&LayerKind::Attention)
+        self.layer_kinds.iter().any(|k| matches!(k, LayerKind::Attention | LayerKind::LatentAttention))
     }
 
     /// Mamba2's mixer sizes when any layer is one.
@@ -434,6 +523,18 @@ impl ModelConfig {
                 return bad(format!("the attention scale {} is not a finite number", self.attn_scale));
             }
         }
+        let latent = self.layer_kinds.contains(&LayerKind::LatentAttention);
+        match &self.mla {
+            Some(m) if latent => {
+                m.check(self.heads)?;
+                // Attention runs over the latent as one kv head of kv_rank + rope dims.
+                if self.kv_heads != 1 || self.head_dim != m.kv_rank + m.rope || self.rope.dims != m.rope {
+                    return bad(format!("latent attention as {} kv heads of {} with {} rotary dims", self.kv_heads, self.head_dim, self.rope.dims));
+                }
+            }
+            None if latent => return bad("latent attention layers without their sizes".into()),
+            _ => {}
+        }
         let ffn = if self.arch.has_ffn() { self.ffn } else { 1 };
         for (what, v) in [("hidden size", self.hidden), ("layer count", self.layers), ("intermediate size", ffn), ("vocab size", self.vocab)] {
             if v == 0 || v as u64 > MAX_SIZE {
@@ -458,6 +559,9 @@ impl ModelConfig {
         if let Some(moe) = &self.moe {
             moe.check()?;
         }
+        if self.dense_ffn() as u64 > MAX_SIZE {
+            return bad(format!("a shared expert {} wide is out of range", self.dense_ffn()));
+        }
         if let Activation::SwigluOai { alpha, limit } = self.activation {
             if !(alpha.is_finite() && limit > 0.0) {
                 return bad(format!("a clamped SwiGLU with alpha {alpha} and limit {limit} is not supported (a positive limit)"));
@@ -474,6 +578,8 @@ impl ModelConfig {
         let arch = match arch_name {
             "gemma-embedding" => Architecture::Gemma3,
             "llama" if f.get_u64(&key("expert_count")).is_ok_and(|n| n > 0) => Architecture::Mixtral,
+            // llama.cpp's gating function 2: V3's sigmoid router.
+            "deepseek2" if f.get_u64(&key("expert_gating_func")).is_ok_and(|g| g == 2) => Architecture::DeepseekV3,
             name => NAMES.iter().find(|n| n.1 == name).map(|n| n.2).ok_or_else(|| Architecture::unsupported(name))?,
         };
         let get = |k: &str| -> Result<usize> { Ok(clamp_size(f.get_u64(&key(k))?)) };
@@ -511,8 +617,25 @@ impl ModelConfig {
             Ok(v) => (count(v), vec![LayerKind::Attention; layers]),
             Err(_) => (heads, vec![LayerKind::Attention; layers]),
         };
-        let layer_kinds = if arch == Architecture::Mamba2 { vec![LayerKind::Ssm; layers] } else { layer_kinds };
+        let layer_kinds = match arch {
+            Architecture::Mamba2 => vec![LayerKind::Ssm; layers],
+            _ if arch.is_deepseek() => vec![LayerKind::LatentAttention; layers],
+            _ => layer_kinds,
+        };
         let head_dim = opt("attention.key_length").unwrap_or(if heads > 0 { hidden / heads } else { 0 });
+        let mla = if arch.is_deepseek() {
+            let (kv_rank, rope) = (get("attention.kv_lora_rank")?, get("rope.dimension_count")?);
+            // llama.cpp's files since its MLA rework: key_length is the latent's (kv_rank + rope),
+            // the heads' own in key_length_mla; older ones state the heads' in key_length.
+            let (q_head, v_dim) = match opt("attention.key_length_mla") {
+                Some(k) => (k, get("attention.value_length_mla")?),
+                None => (head_dim, get("attention.value_length")?),
+            };
+            Some(MlaConfig { q_rank: opt("attention.q_lora_rank").filter(|&r| r > 0), kv_rank, nope: q_head.saturating_sub(rope), rope, v_dim })
+        } else {
+            None
+        };
+        let head_dim = mla.map_or(head_dim, |m| m.kv_rank + m.rope);
         let ssm = if matches!(arch, Architecture::Mamba2 | Architecture::GraniteHybrid) {
             let (inner, heads) = (get("ssm.inner_size")?, get("ssm.time_step_rank")?);
             if heads == 0 || inner % heads != 0 {
@@ -531,9 +654,33 @@ impl ModelConfig {
                 expert_ffn: opt("expert_feed_forward_length").map_or_else(|| get("feed_forward_length"), Ok)?,
                 // llama.cpp renormalises for both unless the file says otherwise.
                 normalize: !matches!(f.get(&key("expert_weights_norm")), Ok(crate::gguf::Value::Bool(false))),
+                routing: Routing::default(),
+                shared_ffn: 0,
             }),
+            Some(experts) if arch.is_deepseek() => {
+                let sigmoid = arch == Architecture::DeepseekV3;
+                let expert_ffn = get("expert_feed_forward_length")?;
+                Some(MoeConfig {
+                    experts,
+                    top_k: get("expert_used_count")?,
+                    expert_ffn,
+                    // llama.cpp's default for deepseek2: the scores as they are.
+                    normalize: matches!(f.get(&key("expert_weights_norm")), Ok(crate::gguf::Value::Bool(true))),
+                    routing: Routing {
+                        scoring: if sigmoid { RouterScoring::Sigmoid } else { RouterScoring::Softmax },
+                        groups: opt("expert_group_count").unwrap_or(1).max(1),
+                        groups_used: opt("expert_group_used_count").unwrap_or(1).max(1),
+                        // V2 scores a group by its best expert (transformers, DeepSeek's code;
+                        // llama.cpp sums the best two for V2 as well).
+                        group_score: if sigmoid { GroupScore::TopTwoSum } else { GroupScore::Max },
+                        selection_bias: false,
+                        scale: optf("expert_weights_scale").unwrap_or(1.0),
+                    },
+                    shared_ffn: opt("expert_shared_count").unwrap_or(0).saturating_mul(expert_ffn),
+                })
+            }
             Some(_) => return Err(ModelError::Config(format!("{arch_name}'s mixture-of-experts layers are not supported"))),
-            None if matches!(arch, Architecture::Qwen3Moe | Architecture::GptOss) => {
+            None if matches!(arch, Architecture::Qwen3Moe | Architecture::GptOss) || arch.is_deepseek() => {
                 return Err(ModelError::Config(format!("a {arch_name} model without an expert count")))
             }
             None => None,
@@ -563,7 +710,9 @@ impl ModelConfig {
             rope.attention_factor = a;
         }
         if let RopeScaling::Yarn { factor, .. } = rope.scaling {
-            rope.attention_factor = optf("rope.scaling.yarn_attn_factor").unwrap_or_else(|| yarn_attention_factor(factor));
+            // DeepSeek's mscale equals its mscale_all_dim, whose ratio transformers uses: 1.
+            let default = if arch.is_deepseek() { 1.0 } else { yarn_attention_factor(factor) };
+            rope.attention_factor = optf("rope.scaling.yarn_attn_factor").unwrap_or(default);
         }
         // Which layers slide: `attention.sliding_window_pattern` as per-layer flags or as a
         // period n (every n-th layer global); otherwise llama.cpp's defaults (Gemma 2 every
@@ -595,7 +744,11 @@ impl ModelConfig {
         // llama.cpp scales by 1/√(hidden/heads) for the 27B Gemmas (query_pre_attn_scalar), by
         // 1/√head_dim otherwise; GGUF has no key for it.
         let big_gemma = (arch == Architecture::Gemma2 && layers == 46) || (arch == Architecture::Gemma3 && layers == 62);
-        let attn_scale = 1.0 / (if big_gemma { (hidden / heads.max(1)) as f32 } else { head_dim as f32 }).sqrt();
+        let attn_scale = match &mla {
+            // The heads' own q·k width, times YaRN's mscale² (mscale_all_dim stored ×0.1).
+            Some(m) => mla_softmax_scale(m, rope.scaling, optf("rope.scaling.yarn_log_multiplier").map(|v| v / 0.1)),
+            None => 1.0 / (if big_gemma { (hidden / heads.max(1)) as f32 } else { head_dim as f32 }).sqrt(),
+        };
         let eos = f.get_u64("tokenizer.ggml.eos_token_id").ok().map(|v| v as u32);
         Self {
             arch,
@@ -612,6 +765,7 @@ impl ModelConfig {
                 Architecture::Qwen3Moe | Architecture::GptOss => opt("feed_forward_length").map_or_else(|| get("expert_feed_forward_length"), Ok)?,
                 _ => get("feed_forward_length")?,
             },
+            mla,
             vocab,
             rms_eps: f.get_f64(&key("attention.layer_norm_rms_epsilon"))? as f32,
             rope_local: (arch == Architecture::Gemma3).then(|| RopeConfig::plain(10_000.0, rope.dims)),
@@ -619,7 +773,10 @@ impl ModelConfig {
             // llama.cpp permutes llama-arch Q/K rows so that its "normal" RoPE rotates adjacent
             // pairs; the interleaved rotation on those rows equals HF's rotate_half on the originals.
             // SmolLM3 goes through the same converter code as Llama.
-            rope_layout: if matches!(arch, Architecture::Llama | Architecture::Mixtral | Architecture::SmolLM3 | Architecture::GraniteHybrid) {
+            // DeepSeek's checkpoints rotate adjacent pairs themselves (llama.cpp keeps them).
+            rope_layout: if matches!(arch, Architecture::Llama | Architecture::Mixtral | Architecture::SmolLM3 | Architecture::GraniteHybrid)
+                || arch.is_deepseek()
+            {
                 RopeLayout::Interleaved
             } else {
                 RopeLayout::Neox
@@ -678,11 +835,26 @@ impl ModelConfig {
         // wide whatever `head_dim` says (as in transformers).
         let attends = arch != Architecture::Mamba2;
         let heads = if attends { need("num_attention_heads")? } else { 0 };
-        let kv_heads = usize_of("num_key_value_heads").unwrap_or(heads);
+        let mla = if arch.is_deepseek() {
+            Some(MlaConfig {
+                q_rank: usize_of("q_lora_rank").filter(|&r| r > 0),
+                kv_rank: need("kv_lora_rank")?,
+                nope: need("qk_nope_head_dim")?,
+                rope: need("qk_rope_head_dim")?,
+                v_dim: need("v_head_dim")?,
+            })
+        } else {
+            None
+        };
+        // MLA attends over its latent as one kv head (its config's kv heads are the heads').
+        let kv_heads = if mla.is_some() { 1 } else { usize_of("num_key_value_heads").unwrap_or(heads) };
         let head_dim = match arch {
             Architecture::Mamba2 => 0,
             Architecture::GraniteHybrid => hidden.checked_div(heads).unwrap_or(0),
-            _ => usize_of("head_dim").unwrap_or(if heads > 0 { hidden / heads } else { 0 }),
+            _ => match &mla {
+                Some(m) => m.kv_rank + m.rope,
+                None => usize_of("head_dim").unwrap_or(if heads > 0 { hidden / heads } else { 0 }),
+            },
         };
         if arch == Architecture::GraniteHybrid && usize_of("num_local_experts").unwrap_or(0) > 0 {
             return Err(ModelError::Config("Granite's mixture-of-experts layers are not supported yet (its dense models are)".into()));
@@ -693,6 +865,8 @@ impl ModelConfig {
                 top_k: need("num_experts_per_tok")?,
                 expert_ffn: need("moe_intermediate_size")?,
                 normalize: c.get("norm_topk_prob").and_then(Json::as_bool).unwrap_or(false),
+                routing: Routing::default(),
+                shared_ffn: 0,
             }),
             Architecture::Mixtral | Architecture::GptOss => Some(MoeConfig {
                 experts: need("num_local_experts")?,
@@ -700,7 +874,10 @@ impl ModelConfig {
                 expert_ffn: need("intermediate_size")?,
                 // GPT-OSS: a softmax over the picks' logits, which is the same.
                 normalize: true,
+                routing: Routing::default(),
+                shared_ffn: 0,
             }),
+            _ if arch.is_deepseek() => Some(deepseek_moe(c, arch, &need)?),
             _ => None,
         };
         let layers = check_layers(need("num_hidden_layers")?)?;
@@ -715,7 +892,7 @@ impl ModelConfig {
             .and_then(Json::as_f64)
             .or_else(|| c.get("partial_rotary_factor").and_then(Json::as_f64))
             .unwrap_or(1.0);
-        let mut rope = RopeConfig::plain(theta, (head_dim as f64 * partial) as usize);
+        let mut rope = RopeConfig::plain(theta, mla.map_or((head_dim as f64 * partial) as usize, |m| m.rope));
         let max_pos = usize_of("max_position_embeddings").unwrap_or(4096);
         if let Some(p) = global {
             let kind = p.get("rope_type").or_else(|| p.get("type")).and_then(Json::as_str).unwrap_or("default");
@@ -777,6 +954,7 @@ impl ModelConfig {
             return Err(ModelError::Config(format!("{} layer_types for {layers} layers", types.len())));
         }
         let layer_kinds = match arch {
+            _ if arch.is_deepseek() => vec![LayerKind::LatentAttention; layers],
             Architecture::Lfm2 => lfm2_layer_kinds(c, layer_types, layers)?,
             Architecture::Mamba2 => vec![LayerKind::Ssm; layers],
             Architecture::GraniteHybrid => granite_layer_kinds(layer_types, layers)?,
@@ -836,6 +1014,8 @@ impl ModelConfig {
         let eos = ids(generation.and_then(|g| g.get("eos_token_id")));
         let bos = ids(generation.and_then(|g| g.get("bos_token_id")).or_else(|| c.get("bos_token_id"))).first().copied();
         let qpas = f32_of("query_pre_attn_scalar").unwrap_or(head_dim as f32);
+        let mscale_all_dim = global.and_then(|p| p.get("mscale_all_dim")).and_then(Json::as_f64).map(|v| v as f32);
+        let mla_scale = mla.as_ref().map(|m| mla_softmax_scale(m, rope.scaling, mscale_all_dim));
         let mut config = Self {
             arch,
             hidden,
@@ -843,6 +1023,7 @@ impl ModelConfig {
             heads,
             kv_heads,
             head_dim,
+            mla,
             ffn: match arch {
                 Architecture::Lfm2 => lfm2_ffn(c, &need)?,
                 Architecture::Mamba2 => 0,
@@ -853,7 +1034,12 @@ impl ModelConfig {
             rms_eps: f32_of("rms_norm_eps").or_else(|| f32_of("norm_eps")).or_else(|| f32_of("layer_norm_epsilon")).unwrap_or(1e-6),
             rope,
             rope_local,
-            rope_layout: RopeLayout::Neox,
+            // DeepSeek rotates adjacent pairs (V3 unless `rope_interleave` is false).
+            rope_layout: if arch.is_deepseek() && c.get("rope_interleave").and_then(Json::as_bool) != Some(false) {
+                RopeLayout::Interleaved
+            } else {
+                RopeLayout::Neox
+            },
             layer_windows,
             layer_rope,
             layer_kinds,
@@ -869,7 +1055,11 @@ impl ModelConfig {
                 _ => None,
             },
             moe,
-            attn_scale: if arch == Architecture::GraniteHybrid { f32_of("attention_multiplier").unwrap_or(1.0) } else { 1.0 / qpas.sqrt() },
+            attn_scale: match mla_scale {
+                Some(s) => s,
+                None if arch == Architecture::GraniteHybrid => f32_of("attention_multiplier").unwrap_or(1.0),
+                None => 1.0 / qpas.sqrt(),
+            },
             attn_softcap: f32_of("attn_logit_softcapping").unwrap_or(0.0),
             final_softcap: f32_of("final_logit_softcapping").unwrap_or(0.0),
             embed_scale: if arch.is_gemma() { (hidden as f32).sqrt() } else { f32_of("embedding_multiplier").unwrap_or(1.0) },
@@ -902,9 +1092,6 @@ impl ModelConfig {
     }
 }
 
-/// Mamba2's mixer sizes from its config.json (transformers' `Mamba2Config` defaults where a
-/// key is missing). `time_step_limit` as written by Python may hold `Infinity`, read as null:
-/// no limit.
 /// YaRN's attention factor, transformers' `get_mscale`: 0.1 · mscale · ln(factor) + 1 (1 for
 /// factors up to 1).
 fn yarn_mscale(factor: f32, mscale: f32) -> f32 {
@@ -919,6 +1106,57 @@ fn yarn_attention_factor(factor: f32) -> f32 {
     yarn_mscale(factor, 1.0)
 }
 
+/// MLA's softmax scale: 1/√(nope + rope), the heads' q·k width (not the latent's), times
+/// mscale² with YaRN and an `mscale_all_dim` (DeepSeek's code, transformers' V3, llama.cpp).
+fn mla_softmax_scale(m: &MlaConfig, scaling: RopeScaling, mscale_all_dim: Option<f32>) -> f32 {
+    let base = 1.0 / (m.q_head() as f32).sqrt();
+    match (scaling, mscale_all_dim) {
+        (RopeScaling::Yarn { factor, .. }, Some(all)) if all != 0.0 => base * yarn_mscale(factor, all).powi(2),
+        _ => base,
+    }
+}
+
+/// DeepSeek's mixture from its config.json: V2's softmax router (limited to the best groups by
+/// their best expert with `topk_method: group_limited_greedy`), V3's sigmoid one (groups by
+/// their best two); weights normalised where `norm_topk_prob` says, scaled by
+/// `routed_scaling_factor`; `n_shared_experts` experts' worth of shared MLP.
+fn deepseek_moe(c: &Json, arch: Architecture, need: &dyn Fn(&str) -> Result<usize>) -> Result<MoeConfig> {
+    let usize_of = |k: &str| c.get(k).and_then(Json::as_u64).map(clamp_size);
+    let str_of = |k: &str| c.get(k).and_then(Json::as_str);
+    let v3 = arch == Architecture::DeepseekV3;
+    let sigmoid = v3 || str_of("scoring_func") == Some("sigmoid");
+    let method = str_of("topk_method").unwrap_or(if v3 { "noaux_tc" } else { "greedy" });
+    let group_score = match method {
+        "greedy" => None,
+        "group_limited_greedy" => Some(GroupScore::Max),
+        "noaux_tc" => Some(GroupScore::TopTwoSum),
+        other => return Err(ModelError::Config(format!("DeepSeek's topk_method `{other}` is not supported"))),
+    };
+    let expert_ffn = need("moe_intermediate_size")?;
+    let (groups, groups_used) = match group_score {
+        Some(_) => (usize_of("n_group").unwrap_or(1).max(1), usize_of("topk_group").unwrap_or(1).max(1)),
+        None => (1, 1),
+    };
+    Ok(MoeConfig {
+        experts: need("n_routed_experts")?,
+        top_k: need("num_experts_per_tok")?,
+        expert_ffn,
+        normalize: c.get("norm_topk_prob").and_then(Json::as_bool).unwrap_or(v3),
+        routing: Routing {
+            scoring: if sigmoid { RouterScoring::Sigmoid } else { RouterScoring::Softmax },
+            groups,
+            groups_used,
+            group_score: group_score.unwrap_or_default(),
+            selection_bias: false,
+            scale: c.get("routed_scaling_factor").and_then(Json::as_f64).unwrap_or(1.0) as f32,
+        },
+        shared_ffn: usize_of("n_shared_experts").unwrap_or(0).saturating_mul(expert_ffn),
+    })
+}
+
+/// Mamba2's mixer sizes from its config.json (transformers' `Mamba2Config` defaults where a
+/// key is missing). `time_step_limit` as written by Python may hold `Infinity`, read as null:
+/// no limit.
 fn mamba2_ssm(c: &Json, need: &dyn Fn(&str) -> Result<usize>) -> Result<SsmConfig> {
     let limit = c.get("time_step_limit").and_then(Json::as_array);
     let bound = |i: usize, default: f32| limit.and_then(|l| l.get(i)).and_then(Json::as_f64).map_or(default, |v| v.min(f32::MAX as f64) as f32);
@@ -1144,7 +1382,7 @@ mod tests {
             "head_dim": 32, "num_hidden_layers": 3, "vocab_size": 512, "intermediate_size": 128, "num_experts": 8,
             "num_experts_per_tok": 2, "moe_intermediate_size": 48, "norm_topk_prob": true});
         let c = with_keys(&qwen, serde_json::json!({})).unwrap();
-        assert_eq!(c.moe, Some(MoeConfig { experts: 8, top_k: 2, expert_ffn: 48, normalize: true }));
+        assert_eq!(c.moe, Some(MoeConfig::plain(8, 2, 48, true)));
         assert_eq!((c.arch, c.ffn), (Architecture::Qwen3Moe, 128));
         assert!(c.arch.has_qk_norm());
         // transformers' default: the softmax over all experts, not renormalised.
@@ -1152,13 +1390,59 @@ mod tests {
         let mixtral = serde_json::json!({"model_type": "mixtral", "hidden_size": 64, "num_attention_heads": 4, "num_key_value_heads": 2,
             "num_hidden_layers": 2, "vocab_size": 512, "intermediate_size": 64, "num_local_experts": 4, "num_experts_per_tok": 2});
         let m = with_keys(&mixtral, serde_json::json!({})).unwrap().moe.unwrap();
-        assert_eq!(m, MoeConfig { experts: 4, top_k: 2, expert_ffn: 64, normalize: true });
+        assert_eq!(m, MoeConfig::plain(4, 2, 64, true));
         let err = |base: &Json, extra: Json| with_keys(base, extra).unwrap_err().to_string();
         assert!(err(&qwen, serde_json::json!({"num_experts_per_tok": 9})).contains("9 of 8 experts"));
         assert!(err(&qwen, serde_json::json!({"num_experts_per_tok": 0})).contains("experts per token"));
         assert!(err(&qwen, serde_json::json!({"num_experts": 1u64 << 40})).contains("experts per token"));
         assert!(err(&qwen, serde_json::json!({"moe_intermediate_size": 0})).contains("expert width"));
         assert!(err(&mixtral, serde_json::json!({"num_local_experts": null})).contains("num_local_experts"));
+    }
+
+    /// DeepSeek: MLA's sizes (attention as one kv head over kv_rank + rope, the softmax scale
+    /// over the heads' own q·k width, × mscale² with YaRN), V2's and V3's routers; hostile
+    /// sizes and routings are errors.
+    #[test]
+    fn deepseek_configs() {
+        let v2 = serde_json::json!({"model_type": "deepseek_v2", "hidden_size": 64, "num_attention_heads": 4, "num_key_value_heads": 4,
+            "num_hidden_layers": 3, "vocab_size": 512, "intermediate_size": 128, "q_lora_rank": null, "kv_lora_rank": 32,
+            "qk_nope_head_dim": 16, "qk_rope_head_dim": 8, "v_head_dim": 16, "n_routed_experts": 8, "num_experts_per_tok": 2,
+            "moe_intermediate_size": 32, "n_shared_experts": 2, "topk_method": "group_limited_greedy", "n_group": 4, "topk_group": 2,
+            "routed_scaling_factor": 1.5});
+        let c = with_keys(&v2, serde_json::json!({})).unwrap();
+        assert_eq!((c.arch, c.heads, c.kv_heads, c.head_dim, c.rope.dims), (Architecture::DeepseekV2, 4, 1, 40, 8));
+        assert_eq!(c.mla, Some(MlaConfig { q_rank: None, kv_rank: 32, nope: 16, rope: 8, v_dim: 16 }));
+        assert_eq!(c.layer_kinds, [LayerKind::LatentAttention; 3]);
+        assert_eq!((c.rope_layout, c.attn_scale), (RopeLayout::Interleaved, 1.0 / 24f32.sqrt()));
+        let m = c.moe.unwrap();
+        assert_eq!((m.shared_ffn, m.normalize, m.routing.scoring, m.routing.groups, m.routing.groups_used), (64, false, RouterScoring::Softmax, 4, 2));
+        assert_eq!((m.routing.group_score, m.routing.scale), (GroupScore::Max, 1.5));
+        assert_eq!(with_keys(&v2, serde_json::json!({"topk_method": "greedy"})).unwrap().moe.unwrap().routing.groups, 1);
+        let v3 = with_keys(
+            &v2,
+            serde_json::json!({"model_type": "deepseek_v3", "q_lora_rank": 24, "topk_method": null, "norm_topk_prob": null,
+            "rope_scaling": {"type": "yarn", "factor": 4.0, "original_max_position_embeddings": 64, "mscale": 1.0, "mscale_all_dim": 1.0}}),
+        )
+        .unwrap();
+        let m = v3.moe.unwrap();
+        assert_eq!(
+            (v3.mla.unwrap().q_rank, m.normalize, m.routing.scoring, m.routing.group_score),
+            (Some(24), true, RouterScoring::Sigmoid, GroupScore::TopTwoSum)
+        );
+        // mscale = 0.1 · ln 4 + 1; cos and sin unscaled (mscale / mscale_all_dim).
+        let mscale = 0.1 * 4f32.ln() + 1.0;
+        assert!((v3.attn_scale - mscale * mscale / 24f32.sqrt()).abs() < 1e-6 && v3.rope.attention_factor == 1.0);
+        let err = |extra: Json| with_keys(&v2, extra).unwrap_err().to_string();
+        assert!(err(serde_json::json!({"kv_lora_rank": 30})).contains("latent attention"), "kv rank not a multiple of 8");
+        assert!(err(serde_json::json!({"qk_rope_head_dim": 7})).contains("not supported"));
+        assert!(err(serde_json::json!({"kv_lora_rank": 1u64 << 40})).contains("not supported"));
+        assert!(err(serde_json::json!({"n_group": 3})).contains("routing"), "groups must divide the experts");
+        assert!(err(serde_json::json!({"topk_group": 9})).contains("routing"));
+        assert!(err(serde_json::json!({"n_group": 64, "n_routed_experts": 64})).contains("routing"), "at most 32 groups");
+        assert!(err(serde_json::json!({"topk_method": "noaux_tc", "n_group": 8})).contains("routing"), "best-two groups of one expert");
+        assert!(err(serde_json::json!({"topk_method": "cosine"})).contains("topk_method"));
+        assert!(err(serde_json::json!({"n_shared_experts": 1u64 << 40})).contains("out of range"));
+        assert!(err(serde_json::json!({"kv_lora_rank": null})).contains("kv_lora_rank"));
     }
 
     /// Sizes are checked before anything is allocated by them (2^40 layers aborted the process).

@@ -36,12 +36,12 @@
 //! Mamba2's convolution and scan states — is its [`LayerState`]; a [`Session`] holds one per
 //! layer.
 
-use emberlm_core::ops::{AttentionParams, ConvStyle, MoeRouteParams, ShortConvParams, SsmScanParams};
-use emberlm_core::{DType, GpuDevice};
+use emberlm_core::ops::{AttentionParams, ConvStyle, HeadLinearParams, LatentRopeParams, MoeRouteParams, ShortConvParams, SsmScanParams};
+use emberlm_core::{DType, GpuDevice, PackedMatrix};
 
 use crate::backend::Backend;
 
-use crate::config::{Architecture, LayerKind, LongRope, ModelConfig, MoeConfig, RopeConfig, SsmConfig};
+use crate::config::{Architecture, LayerKind, LongRope, MlaConfig, ModelConfig, MoeConfig, RopeConfig, SsmConfig};
 use crate::error::{ModelError, Result};
 use crate::gguf::ByteSource;
 use crate::weights::{GgufStore, WeightStore};
@@ -100,6 +100,23 @@ enum Mixer<B: Backend> {
         conv_bias: Option<B::Tensor>,
         out_proj: Linear<B>,
     },
+    /// DeepSeek's multi-head latent attention (see [`LayerState::Latent`]): the heads' keys
+    /// and values are up-projections of one cached latent per position, absorbed into each
+    /// head's query (`k_b`) and output (`v_b`), so attention reads only the latent.
+    LatentAttention {
+        /// Writes [q (or the low-rank q_a) | latent | rope key].
+        a: Linear<B>,
+        /// V3's low-rank q: q_a's norm and its up-projection to every head's [nope | rope].
+        q_a_norm: Option<B::Tensor>,
+        q_b: Option<B::Tensor>,
+        kv_a_norm: B::Tensor,
+        /// `[heads · kv_rank, nope]`: per head, its key up-projection transposed (llama.cpp's
+        /// `attn_k_b`): a head's query times it is that query in the latent space.
+        k_b: B::Tensor,
+        /// `[heads · v_dim, kv_rank]`: per head, its value up-projection (`attn_v_b`).
+        v_b: B::Tensor,
+        o: Linear<B>,
+    },
     /// Mamba2's state-space mixer.
     Ssm {
         /// Writes [z | x | B | C | dt].
@@ -122,12 +139,17 @@ struct FeedForward<B: Backend> {
     post_norm: Option<B::Tensor>,
 }
 
+/// A gated MLP.
+struct DenseMlp<B: Backend> {
+    /// Writes [gate | up].
+    gate_up: Linear<B>,
+    down: Linear<B>,
+    /// The intermediate width (a mixture's shared experts' may differ from the model's).
+    width: usize,
+}
+
 enum Mlp<B: Backend> {
-    Dense {
-        /// Writes [gate | up].
-        gate_up: Linear<B>,
-        down: Linear<B>,
-    },
+    Dense(DenseMlp<B>),
     /// A mixture of experts: only the router's top-k experts run for each token.
     Experts {
         /// Writes one logit per expert.
@@ -140,6 +162,10 @@ enum Mlp<B: Backend> {
         /// `[experts · hidden]`.
         gate_up_bias: Option<B::Tensor>,
         down_bias: Option<B::Tensor>,
+        /// DeepSeek-V3's per-expert bias for choosing the experts (not for their weights).
+        selection_bias: Option<B::Tensor>,
+        /// DeepSeek's shared experts: an MLP every token runs beside its picks.
+        shared: Option<DenseMlp<B>>,
     },
 }
 
@@ -207,6 +233,8 @@ pub fn state_bytes(c: &ModelConfig, context: usize) -> u64 {
         .iter()
         .map(|kind| match (kind, c.ssm_layers()) {
             (LayerKind::Attention, _) => 2 * kv_layer_bytes(c, context),
+            // One latent row per position (kv_heads 1, head_dim kv_rank + rope), no values.
+            (LayerKind::LatentAttention, _) => kv_layer_bytes(c, context),
             (LayerKind::ShortConv, _) => conv_state_len(c, c.hidden) as u64 * 4,
             (LayerKind::Ssm, Some(s)) => (conv_state_len(c, s.conv_channels()) + ssm_state_len(s)) as u64 * 4,
             (LayerKind::Ssm, None) => 0,
@@ -370,6 +398,37 @@ impl<B: Backend> Loader<'_, B> {
         values.extend(self.vector_values(&n("ssm_d"), heads)?);
         values.extend(self.vector_values(&n("ssm_dt.bias"), heads)?);
         Ok(self.dev.from_f32(&n("ssm A|D|dt_bias"), &[values.len()], &values)?)
+    }
+
+    /// Layer `i`'s MLA up-projections, `k_b` `[heads · kv_rank, nope]` and `v_b` `[heads ·
+    /// v_dim, kv_rank]`: llama.cpp's `attn_k_b` / `attn_v_b`, or split from the checkpoint's
+    /// `kv_b_proj` (`attn_kv_b`, `[heads · (nope + v_dim), kv_rank]`; older llama.cpp files
+    /// too), each head's key rows transposed.
+    fn latent_up_projections(&mut self, i: usize, heads: usize, m: &MlaConfig) -> Result<(B::Tensor, B::Tensor)> {
+        let n = |s: &str| format!("blk.{i}.{s}");
+        if self.store.shape(&n("attn_k_b.weight")).is_some() {
+            return Ok((self.matrix(&n("attn_k_b.weight"), heads * m.kv_rank, m.nope)?, self.matrix(&n("attn_v_b.weight"), heads * m.v_dim, m.kv_rank)?));
+        }
+        let name = n("attn_kv_b.weight");
+        let per_head = m.nope + m.v_dim;
+        self.expect_shape(&name, heads * per_head, m.kv_rank)?;
+        let kv_b = self.store.read_f32(&name)?;
+        if kv_b.len() != heads * per_head * m.kv_rank {
+            return Err(ModelError::ShapeMismatch { tensor: name, expected: vec![heads * per_head, m.kv_rank], found: vec![kv_b.len()] });
+        }
+        let (mut k_b, mut v_b) = (Vec::with_capacity(heads * m.kv_rank * m.nope), Vec::with_capacity(heads * m.v_dim * m.kv_rank));
+        for head in kv_b.chunks_exact(per_head * m.kv_rank) {
+            let (keys, values) = head.split_at(m.nope * m.kv_rank);
+            k_b.extend((0..m.kv_rank).flat_map(|c| (0..m.nope).map(move |j| keys[j * m.kv_rank + c])));
+            v_b.extend_from_slice(values);
+        }
+        let mut derived = |label: String, rows: usize, k: usize, values: &[f32]| -> Result<B::Tensor> {
+            let tensor = self.dev.weight(&label, &[rows, k], self.dtype_of(&name, k)?)?;
+            self.dev.write_rows(&tensor, 0, &PackedMatrix::pack(B::dtype(&tensor), rows, k, values))?;
+            self.count(&tensor);
+            Ok(tensor)
+        };
+        Ok((derived(n("attn_k_b.weight"), heads * m.kv_rank, m.nope, &k_b)?, derived(n("attn_v_b.weight"), heads * m.v_dim, m.kv_rank, &v_b)?))
     }
 
     fn optional_vector(&mut self, name: &str, len: usize) -> Result<Option<B::Tensor>> {
@@ -553,6 +612,28 @@ impl<B: Backend> Model<B> {
                         o: ld.linear(&[(n("attn_output.weight"), h)], q_rows)?,
                     }
                 }
+                LayerKind::LatentAttention => {
+                    let m = c.mla.ok_or_else(|| ModelError::Config("latent attention without its sizes".into()))?;
+                    let kv_a = (n("attn_kv_a_mqa.weight"), m.kv_rank + m.rope);
+                    let (a, q_a_norm, q_b) = match m.q_rank {
+                        Some(r) => (
+                            ld.linear(&[(n("attn_q_a.weight"), r), kv_a], h)?,
+                            Some(ld.vector(&n("attn_q_a_norm.weight"), r)?),
+                            Some(ld.matrix(&n("attn_q_b.weight"), c.heads * m.q_head(), r)?),
+                        ),
+                        None => (ld.linear(&[(n("attn_q.weight"), c.heads * m.q_head()), kv_a], h)?, None, None),
+                    };
+                    let (k_b, v_b) = ld.latent_up_projections(i, c.heads, &m)?;
+                    Mixer::LatentAttention {
+                        a,
+                        q_a_norm,
+                        q_b,
+                        kv_a_norm: ld.vector(&n("attn_kv_a_norm.weight"), m.kv_rank)?,
+                        k_b,
+                        v_b,
+                        o: ld.linear(&[(n("attn_output.weight"), h)], c.heads * m.v_dim)?,
+                    }
+                }
                 LayerKind::ShortConv => {
                     ld.expect_shape(&n("shortconv.conv.weight"), h, c.conv_kernel)?;
                     Mixer::ShortConv {
@@ -584,15 +665,27 @@ impl<B: Backend> Model<B> {
                     let down = [ld.expert_parts(i, "down", experts, h, inter)?];
                     let (gate_up, down) = (ld.experts(n("ffn_gate_up_exps"), &gate_up, 2 * inter, h)?, ld.experts(n("ffn_down_exps"), &down, h, inter)?);
                     expert_bytes += B::tensor_bytes(&gate_up) + B::tensor_bytes(&down);
+                    let shared = match moe.shared_ffn {
+                        0 => None,
+                        s => Some(DenseMlp {
+                            gate_up: ld.linear(&[(n("ffn_gate_shexp.weight"), s), (n("ffn_up_shexp.weight"), s)], h)?,
+                            down: ld.linear(&[(n("ffn_down_shexp.weight"), h)], s)?,
+                            width: s,
+                        }),
+                    };
                     Some(Mlp::Experts {
                         router: ld.exact_linear(&[(n("ffn_gate_inp.weight"), experts)], h)?,
                         gate_up,
                         down,
                         gate_up_bias: ld.expert_biases(&[n("ffn_gate_exps.bias"), n("ffn_up_exps.bias")], experts, inter)?,
                         down_bias: ld.expert_biases(&[n("ffn_down_exps.bias")], experts, h)?,
+                        selection_bias: ld.optional_vector(&n("exp_probs_b.bias"), experts)?,
+                        shared,
                     })
                 }
-                _ if c.arch.has_ffn() => Some(Mlp::Dense { gate_up: ld.linear(&gate_up_parts, h)?, down: ld.linear(&[(n("ffn_down.weight"), h)], c.ffn)? }),
+                _ if c.arch.has_ffn() => {
+                    Some(Mlp::Dense(DenseMlp { gate_up: ld.linear(&gate_up_parts, h)?, down: ld.linear(&[(n("ffn_down.weight"), h)], c.ffn)?, width: c.ffn }))
+                }
                 _ => None,
             };
             // llama.cpp names GPT-OSS's MLP norm `post_attention_norm`.
@@ -618,6 +711,10 @@ pub enum LayerState<B: Backend> {
     /// Attention: the keys and values of every position, [kv_heads, capacity, head_dim] f32 each.
     /// Any prefix of it stays valid: later positions are simply overwritten.
     Kv { k: B::Tensor, v: B::Tensor },
+    /// Multi-head latent attention: one row per position, `[capacity, kv_rank + rope]` f32 —
+    /// the compressed latent and the rope key every head shares; keys and values alike come
+    /// from it. Prefixes stay valid as with `Kv`.
+    Latent { cache: B::Tensor },
     /// A short convolution: its last `conv_kernel - 1` inputs, in [`CONV_STATE_SLOTS`] slots of
     /// `[conv_kernel - 1][hidden]` f32. Only the state at the end (and a checkpoint) exists: see
     /// [`RollingSlots`].
@@ -696,6 +793,7 @@ impl<B: Backend> GenerationState<B> {
                     LayerKind::Attention => {
                         LayerState::Kv { k: dev.activation(&format!("k cache {i}"), &[kv_len])?, v: dev.activation(&format!("v cache {i}"), &[kv_len])? }
                     }
+                    LayerKind::LatentAttention => LayerState::Latent { cache: dev.activation(&format!("latent cache {i}"), &[kv_len])? },
                     LayerKind::ShortConv => LayerState::Conv { slots: dev.activation(&format!("conv state {i}"), &[conv_state_len(c, c.hidden)])? },
                     LayerKind::Ssm => {
                         let s = c.ssm_sizes()?;
@@ -735,6 +833,7 @@ struct Workspace<B: Backend> {
     conv_out: Option<B::Tensor>,
     ssm: Option<SsmWorkspace<B>>,
     moe: Option<MoeWorkspace<B>>,
+    mla: Option<MlaWorkspace<B>>,
     logits: B::Tensor,
     /// A prefill's greedy token. A decode step (`None` here) writes its token over its own
     /// input id instead, where the next decode step reads it: greedy decoding can then queue a
@@ -753,6 +852,17 @@ struct SsmWorkspace<B: Backend> {
     y_normed: B::Tensor,
     /// A prefill's chunk states and dt (see `ssm_scan`); `None` for one token.
     scratch: Option<(B::Tensor, B::Tensor)>,
+}
+
+/// Latent attention's activations for a step (its first projection's rows are `qkv`, the
+/// attention's output `attn`: heads × (kv_rank + rope)).
+struct MlaWorkspace<B: Backend> {
+    /// V3's low-rank q up-projected: [heads, nope + rope] rows (V2 reads q from `qkv`).
+    q: Option<B::Tensor>,
+    /// The attention queries: per head, the absorbed latent query then the rotated rope part.
+    query: B::Tensor,
+    /// Each head's values (its latent output up-projected): the output projection's input.
+    values: B::Tensor,
 }
 
 /// A mixture's activations for a step of `tokens` tokens.
@@ -844,12 +954,20 @@ impl<B: Backend> Workspace<B> {
             attn: f32t("attention out", (c.heads * c.head_dim).max(1))?,
             out: f32t("block out", c.hidden)?,
             post: if c.arch.has_post_norms() { Some(f32t("post-norm out", c.hidden)?) } else { None },
-            gate_up: f32t("gate|up", (2 * c.ffn).max(1))?,
-            act: f32t("activation", c.ffn.max(1))?,
+            gate_up: f32t("gate|up", (2 * c.dense_ffn()).max(1))?,
+            act: f32t("activation", c.dense_ffn().max(1))?,
             bcx: if c.has_conv_layers() { Some(f32t("conv in", 3 * c.hidden)?) } else { None },
             conv_out: if c.has_conv_layers() { Some(f32t("conv out", c.hidden)?) } else { None },
             ssm: c.ssm_layers().map(|s| SsmWorkspace::new(dev, s, t)).transpose()?,
             moe: c.moe.as_ref().map(|m| MoeWorkspace::new(dev, m, c.hidden, t)).transpose()?,
+            mla: match &c.mla {
+                Some(m) => Some(MlaWorkspace {
+                    q: if m.q_rank.is_some() { Some(f32t("mla q", c.heads * m.q_head())?) } else { None },
+                    query: f32t("mla query", c.heads * c.head_dim)?,
+                    values: f32t("mla values", c.heads * m.v_dim)?,
+                }),
+                None => None,
+            },
             logits: dev.activation("logits", &[c.vocab])?,
             next: if t == 1 { None } else { Some(dev.activation("next token", &[1])?) },
         })
@@ -895,6 +1013,20 @@ impl<B: Backend> Session<B> {
     }
 
     /// The next position: how many tokens the cache holds.
+    /// Bytes the per-layer state holds (KV caches, MLA's latent caches, rolling states).
+    pub fn state_bytes(&self) -> u64 {
+        self.state
+            .layers
+            .iter()
+            .map(|l| match l {
+                LayerState::Kv { k, v } => B::tensor_bytes(k) + B::tensor_bytes(v),
+                LayerState::Latent { cache } => B::tensor_bytes(cache),
+                LayerState::Conv { slots } => B::tensor_bytes(slots),
+                LayerState::Ssm { conv, scan } => B::tensor_bytes(conv) + B::tensor_bytes(scan),
+            })
+            .sum()
+    }
+
     pub fn position(&self) -> usize {
         self.tokens.len()
     }
@@ -1120,6 +1252,18 @@ impl<B: Backend> Session<B> {
             }
             Ok(())
         };
+        // A gated MLP from the normed input into `out`.
+        let dense = |plan: &mut B::Pass<'_>, mlp: &DenseMlp<B>| -> Result<()> {
+            match mlp.gate_up.parts.as_slice() {
+                // Decode: the projection and the activation in one op where the backend fuses them.
+                [p] if t == 1 && B::fuses_gated_matvec(&p.weight) => B::gated_matvec(plan, &p.weight, &ws.normed, 0, p.bias.as_ref(), &ws.act, c.activation)?,
+                _ => {
+                    project(plan, &ws.normed, &mlp.gate_up, &ws.gate_up, 2 * mlp.width)?;
+                    B::gated_activation(plan, &ws.gate_up, &ws.act, t, mlp.width, c.activation)?;
+                }
+            }
+            project(plan, &ws.act, &mlp.down, &ws.out, c.hidden)
+        };
         let block_out = |norm: Option<&B::Tensor>| {
             if norm.is_some() {
                 ws.post.as_ref().expect("post buffer")
@@ -1163,6 +1307,85 @@ impl<B: Backend> Session<B> {
                     };
                     B::attention(plan, &ws.qkv, k_cache, v_cache, sinks.as_ref(), &ws.attn, &params)?;
                     project(plan, &ws.attn, o, &ws.out, c.hidden)?;
+                }
+                (Mixer::LatentAttention { a, q_a_norm, q_b, kv_a_norm, k_b, v_b, o }, LayerState::Latent { cache }) => {
+                    let (mla, mw) = (c.mla.as_ref().expect("latent sizes"), ws.mla.as_ref().expect("latent buffers"));
+                    let (h, q_head, q_cols) = (c.heads, mla.q_head(), mla.q_rank.unwrap_or(c.heads * mla.q_head()));
+                    // [q or q_a | latent | rope key], then the latent's norm in place.
+                    project(plan, &ws.normed, a, &ws.qkv, qkv_w)?;
+                    B::head_rms_norm(plan, &ws.qkv, kv_a_norm, t, 1, q_cols, qkv_w, c.rms_eps, 0.0)?;
+                    // Every head's [nope | rope] query: in the projection's rows, or V3's from q_a.
+                    let (q, q_stride) = match (q_a_norm, q_b, &mw.q) {
+                        (Some(norm), Some(q_b), Some(q)) => {
+                            B::head_rms_norm(plan, &ws.qkv, norm, t, 1, 0, qkv_w, c.rms_eps, 0.0)?;
+                            let up = HeadLinearParams {
+                                tokens: t,
+                                heads: 1,
+                                x_stride: qkv_w,
+                                x_offset: 0,
+                                x_head_step: 0,
+                                y_stride: h * q_head,
+                                y_offset: 0,
+                                y_head_step: 0,
+                            };
+                            B::head_linear(plan, q_b, &ws.qkv, q, &up)?;
+                            (q, h * q_head)
+                        }
+                        _ => (&ws.qkv, qkv_w),
+                    };
+                    // The queries in the latent space, per head k_b · q_nope, beside their
+                    // rotated rope parts; the cache gets this step's latents and rope keys.
+                    let absorb = HeadLinearParams {
+                        tokens: t,
+                        heads: h,
+                        x_stride: q_stride,
+                        x_offset: 0,
+                        x_head_step: q_head,
+                        y_stride: h * d,
+                        y_offset: 0,
+                        y_head_step: d,
+                    };
+                    B::head_linear(plan, k_b, q, &mw.query, &absorb)?;
+                    let append = LatentRopeParams {
+                        tokens: t,
+                        heads: h,
+                        latent: mla.kv_rank,
+                        pos0,
+                        q_stride,
+                        q_offset: mla.nope,
+                        q_head_step: q_head,
+                        kv_stride: qkv_w,
+                        kv_offset: q_cols,
+                    };
+                    B::latent_rope_append(plan, q, &ws.qkv, &m.rope, c.rope_layout, &mw.query, cache, &append)?;
+                    // One kv head: keys are the cache rows, values their latent part (the
+                    // output's rope columns go unread).
+                    let params = AttentionParams {
+                        tokens: t,
+                        heads_q: h,
+                        heads_kv: 1,
+                        head_dim: d,
+                        pos0,
+                        window: 0,
+                        causal: true,
+                        scale: c.attn_scale,
+                        softcap: 0.0,
+                        q_stride: h * d,
+                    };
+                    B::attention(plan, &mw.query, cache, cache, None, &ws.attn, &params)?;
+                    // Each head's latent output to its values, v_b · o_latent, then the output.
+                    let values = HeadLinearParams {
+                        tokens: t,
+                        heads: h,
+                        x_stride: h * d,
+                        x_offset: 0,
+                        x_head_step: d,
+                        y_stride: h * mla.v_dim,
+                        y_offset: 0,
+                        y_head_step: mla.v_dim,
+                    };
+                    B::head_linear(plan, v_b, &ws.attn, &mw.values, &values)?;
+                    project(plan, &mw.values, o, &ws.out, c.hidden)?;
                 }
                 (Mixer::ShortConv { in_proj, conv, conv_bias, out_proj }, LayerState::Conv { slots }) => {
                     let (bcx, conv_out) = (ws.bcx.as_ref().expect("conv buffers"), ws.conv_out.as_ref().expect("conv buffers"));
@@ -1212,35 +1435,29 @@ impl<B: Backend> Session<B> {
             };
             B::rms_norm(plan, attn_out, &ffn.norm, Some((&ws.residual, c.residual_scale)), &ws.normed, t, c.rms_eps, c.norm_offset)?;
             match &ffn.mlp {
-                Mlp::Dense { gate_up, down } => {
-                    match gate_up.parts.as_slice() {
-                        // Decode: the projection and the activation in one op where the backend fuses them.
-                        [p] if t == 1 && B::fuses_gated_matvec(&p.weight) => {
-                            B::gated_matvec(plan, &p.weight, &ws.normed, 0, p.bias.as_ref(), &ws.act, c.activation)?
-                        }
-                        _ => {
-                            project(plan, &ws.normed, gate_up, &ws.gate_up, 2 * c.ffn)?;
-                            B::gated_activation(plan, &ws.gate_up, &ws.act, t, c.ffn, c.activation)?;
-                        }
-                    }
-                    project(plan, &ws.act, down, &ws.out, c.hidden)?;
-                }
-                Mlp::Experts { router, gate_up, down, gate_up_bias, down_bias } => {
+                Mlp::Dense(mlp) => dense(plan, mlp)?,
+                Mlp::Experts { router, gate_up, down, gate_up_bias, down_bias, selection_bias, shared } => {
                     let (moe, mw) = (c.moe.as_ref().expect("experts have sizes"), ws.moe.as_ref().expect("moe buffers"));
+                    // DeepSeek's shared experts first: the picks' outputs add to theirs.
+                    if let Some(mlp) = shared {
+                        dense(plan, mlp)?;
+                    }
+                    let accumulate = shared.is_some();
                     project(plan, &ws.normed, router, &mw.logits, moe.experts)?;
-                    let route = MoeRouteParams::new(t, moe.experts, moe.top_k, moe.normalize);
-                    B::moe_route(plan, &mw.logits, None, &mw.route, &route)?;
+                    let routing = emberlm_core::ops::Routing { selection_bias: selection_bias.is_some(), ..moe.routing };
+                    let route = MoeRouteParams { routing, ..MoeRouteParams::new(t, moe.experts, moe.top_k, moe.normalize) };
+                    B::moe_route(plan, &mw.logits, selection_bias.as_ref(), &mw.route, &route)?;
                     match &mw.grouped {
                         // A prefill on the GPU: the picks grouped by expert, each picked
                         // expert's rows decoded once per tile of its tokens.
                         Some([groups, gate_up_out, down_out]) => {
                             let scratch = [groups, gate_up_out, &mw.act, down_out];
                             let biases = [gate_up_bias.as_ref(), down_bias.as_ref()];
-                            B::grouped_experts(plan, gate_up, down, biases, &ws.normed, &mw.route, scratch, &ws.out, t, moe.top_k, c.activation, false)?
+                            B::grouped_experts(plan, gate_up, down, biases, &ws.normed, &mw.route, scratch, &ws.out, t, moe.top_k, c.activation, accumulate)?
                         }
                         None => {
                             B::expert_gated_matvec(plan, gate_up, &ws.normed, &mw.route, gate_up_bias.as_ref(), &mw.act, t, moe.top_k, c.activation)?;
-                            B::expert_matvec(plan, down, &mw.act, &mw.route, down_bias.as_ref(), &ws.out, t, moe.top_k, false)?;
+                            B::expert_matvec(plan, down, &mw.act, &mw.route, down_bias.as_ref(), &ws.out, t, moe.top_k, accumulate)?;
                         }
                     }
                 }

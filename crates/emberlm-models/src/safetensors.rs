@@ -159,6 +159,8 @@ pub fn canonical_name(hf: &str, arch: Architecture) -> Option<String> {
         // GPT-OSS: sinks, the down projection's biases (its other expert tensors are views).
         ("self_attn", "sinks") => return Some(format!("blk.{layer}.attn_sinks.weight")),
         ("mlp.experts", "down_proj_bias") => return Some(format!("blk.{layer}.ffn_down_exps.bias")),
+        // DeepSeek-V3's bias for choosing experts.
+        ("mlp.gate", "e_score_correction_bias") => return Some(format!("blk.{layer}.exp_probs_b.bias")),
         ("mixer" | "mamba", "dt_bias") => return Some(format!("blk.{layer}.ssm_dt.bias")),
         ("mixer" | "mamba", "A_log") => return Some(format!("blk.{layer}.ssm_a_log")),
         ("mixer" | "mamba", "D") => return Some(format!("blk.{layer}.ssm_d")),
@@ -189,6 +191,16 @@ pub fn canonical_name(hf: &str, arch: Architecture) -> Option<String> {
         "self_attn.o_proj" => "attn_output",
         "self_attn.q_norm" => "attn_q_norm",
         "self_attn.k_norm" => "attn_k_norm",
+        // DeepSeek's latent attention (kv_b_proj is split by the loader).
+        "self_attn.q_a_proj" => "attn_q_a",
+        "self_attn.q_a_layernorm" => "attn_q_a_norm",
+        "self_attn.q_b_proj" => "attn_q_b",
+        "self_attn.kv_a_proj_with_mqa" => "attn_kv_a_mqa",
+        "self_attn.kv_a_layernorm" => "attn_kv_a_norm",
+        "self_attn.kv_b_proj" => "attn_kv_b",
+        "mlp.shared_experts.gate_proj" => "ffn_gate_shexp",
+        "mlp.shared_experts.up_proj" => "ffn_up_shexp",
+        "mlp.shared_experts.down_proj" => "ffn_down_shexp",
         // Gemma normalises the attention output here; the others normalise the MLP input.
         "post_attention_layernorm" if arch.has_post_norms() => "post_attention_norm",
         "post_attention_layernorm" => "ffn_norm",

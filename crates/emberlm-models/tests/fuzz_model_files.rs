@@ -257,7 +257,8 @@ fn mutated_model_files_end_in_clean_errors_within_bounds() {
     // groups, the conv kernel, time-step limits (`Infinity` in config.json), A as -exp(A_log).
     // Granite's hybrid: Mamba2 and attention layers by per-layer kv counts, its multipliers.
     // The mixtures (Qwen3-MoE, Mixtral): expert counts and widths, stacked 3-D expert tensors.
-    for family in ["lfm2", "mamba2", "granitehybrid", "qwen3moe", "mixtral"] {
+    // DeepSeek: MLA ranks and head dims, kv_b split or attn_k_b/attn_v_b, routing groups.
+    for family in ["lfm2", "mamba2", "granitehybrid", "qwen3moe", "mixtral", "deepseek2", "deepseek3"] {
         let file = fixture(&format!("{family}/model.gguf"));
         load_gguf(&file).unwrap();
         let header = GgufFile::read(file.as_slice()).unwrap().data_offset as usize;
