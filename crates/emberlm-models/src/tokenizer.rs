@@ -81,13 +81,26 @@ fn char_to_byte() -> &'static [Option<u8>] {
     })
 }
 
-/// llama.cpp `tokenizer.ggml.pre` names whose split regex differs from GPT-2's.
-fn split_regex(pre: &str) -> Option<&'static str> {
+/// llama.cpp `tokenizer.ggml.pre` names whose split regexes differ from GPT-2's: one, or several
+/// applied in turn (each splits the pieces the one before left), as the models' own
+/// tokenizer.json files chain `Split` pre-tokenizers.
+fn split_regexes(pre: &str) -> Option<&'static [&'static str]> {
     const LLAMA3: &str = r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+";
     const QWEN2: &str = r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+";
+    // DeepSeek LLM / V2 (llama.cpp's `deepseek-llm`): letters of the Latin, Greek, Cyrillic, ...
+    // blocks, ASCII and full-width punctuation, CJK runs and digits apart.
+    const DEEPSEEK_LLM: &[&str] = &["[\r\n]", "\\s?[A-Za-zµÀ-ÖØ-öø-ƺƼ-ƿǄ-ʓʕ-ʯͰ-ͳͶͷͻ-ͽͿΆΈ-ΊΌΎ-ΡΣ-ϵϷ-ҁҊ-ԯԱ-ՖႠ-ჅᎠ-Ᏽᏸ-ᏽᲐ-ᲺᲽ-Ჿᴀ-ᴫᵫ-ᵷᵹ-ᶚḀ-ἕἘ-Ἕἠ-ὅὈ-Ὅὐ-ὗὙὛὝὟ-ώᾀ-ᾴᾶ-ᾼιῂ-ῄῆ-ῌῐ-ΐῖ-Ίῠ-Ῥῲ-ῴῶ-ῼℂℇℊ-ℓℕℙ-ℝℤΩℨK-ℭℯ-ℴℹℼ-ℿⅅ-ⅉⅎↃↄⰀ-ⱻⱾ-ⳤⳫ-ⳮⳲⳳꙀ-ꙭꚀ-ꚛꜢ-ꝯꝱ-ꞇꞋ-ꞎꭰ-ꮿﬀ-ﬆﬓ-ﬗＡ-Ｚａ-ｚ𐐀-𐑏𐒰-𐓓𐓘-𐓻𐲀-𐲲𐳀-𐳲𑢠-𑣟𞤀-𞥃]+", "\\s?[!-/:-~！-／：-～‘-‟　-。]+", "\\s+$", "[一-龥ࠀ-一가-퟿]+", "\\p{N}+"];
+    // DeepSeek-V3 / R1 (`deepseek-v3`).
+    const DEEPSEEK3: &[&str] = &[
+        "\\p{N}{1,3}",
+        "[一-龥぀-ゟ゠-ヿ]+",
+        "[!\"#$%&'()*+,\\-./:;<=>?@\\[\\\\\\]^_`{|}~][A-Za-z]+|[^\r\n\\p{L}\\p{P}\\p{S}]?[\\p{L}\\p{M}]+| ?[\\p{P}\\p{S}]+[\r\n]*|\\s*[\r\n]+|\\s+(?!\\S)|\\s+",
+    ];
     match pre {
-        "llama3" | "llama-v3" | "llama-bpe" | "falcon3" | "smaug-bpe" | "dbrx" => Some(LLAMA3),
-        "qwen2" | "deepseek-r1-qwen" | "megrez" => Some(QWEN2),
+        "llama3" | "llama-v3" | "llama-bpe" | "falcon3" | "smaug-bpe" | "dbrx" => Some(&[LLAMA3]),
+        "qwen2" | "deepseek-r1-qwen" | "megrez" => Some(&[QWEN2]),
+        "deepseek-llm" => Some(DEEPSEEK_LLM),
+        "deepseek-v3" => Some(DEEPSEEK3),
         _ => None,
     }
 }
@@ -211,10 +224,13 @@ impl TextTokenizer {
             }
         }
         let byte_level = |use_regex: bool| json!({"type": "ByteLevel", "add_prefix_space": false, "trim_offsets": true, "use_regex": use_regex});
-        let pre = match f.get_str("tokenizer.ggml.pre").ok().and_then(split_regex) {
-            Some(regex) => json!({"type": "Sequence", "pretokenizers": [
-                {"type": "Split", "pattern": {"Regex": regex}, "behavior": "Isolated", "invert": false},
-                byte_level(false)]}),
+        let pre = match f.get_str("tokenizer.ggml.pre").ok().and_then(split_regexes) {
+            Some(regexes) => {
+                let mut steps: Vec<Json> =
+                    regexes.iter().map(|r| json!({"type": "Split", "pattern": {"Regex": r}, "behavior": "Isolated", "invert": false})).collect();
+                steps.push(byte_level(false));
+                json!({"type": "Sequence", "pretokenizers": steps})
+            }
             None => byte_level(true),
         };
         let doc: Json = json!({

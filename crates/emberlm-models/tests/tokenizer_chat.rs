@@ -171,3 +171,23 @@ fn sentencepiece_gguf_tokenizers_match_transformers() {
         }
     }
 }
+
+/// A GGUF byte-level tokenizer whose pre-tokenizer is a chain of splits (`deepseek-llm`, as
+/// DeepSeek LLM / V2 GGUFs name theirs) gives transformers' ids: tests/fixtures/vocab holds
+/// llama.cpp's vocabulary-only GGUF of deepseek-llm-7b-base and its test texts with the ids
+/// transformers' `AutoTokenizer` gave them (llama.cpp's convert_hf_to_gguf_update.py, MIT).
+#[test]
+fn gguf_split_chain_pre_tokenizer_matches_transformers() {
+    let dir = fixtures().join("vocab");
+    let tok = TextTokenizer::from_gguf(open_gguf(&dir.join("deepseek-llm.gguf")).unwrap().metadata()).unwrap();
+    let inputs = std::fs::read_to_string(dir.join("deepseek-llm.gguf.inp")).unwrap();
+    let outputs = std::fs::read_to_string(dir.join("deepseek-llm.gguf.out")).unwrap();
+    let texts: Vec<&str> = inputs.split("\n__ggml_vocab_test__\n").collect();
+    let ids: Vec<&str> = outputs.split('\n').collect();
+    assert!(texts.len() >= 30 && ids.len() >= texts.len(), "{} texts, {} id lines", texts.len(), ids.len());
+    for (text, line) in texts.iter().zip(&ids) {
+        let want: Vec<u32> = line.split_whitespace().map(|v| v.parse().unwrap()).collect();
+        assert_eq!(tok.encode(text).unwrap(), want, "ids of {text:?}");
+        assert_eq!(tok.decode(&want, false).unwrap(), *text, "decoding of {text:?}");
+    }
+}
