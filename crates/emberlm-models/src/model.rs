@@ -187,6 +187,9 @@ pub struct Model<B: Backend = GpuDevice> {
     /// Bytes of the mixtures' expert weights (within `weight_bytes`), of which a decode step
     /// reads top_k / experts.
     pub expert_bytes: u64,
+    /// The widest dense MLP a layer runs (its own, or a mixture's shared experts); 0 when every
+    /// layer is a mixture without shared experts (Mixtral), which then gets no dense buffers.
+    dense_ffn: usize,
     embed: B::Tensor,
     /// `None` when the output projection is tied to the embedding.
     output: Option<B::Tensor>,
@@ -661,7 +664,13 @@ impl<B: Backend> Model<B> {
                 // A layer with a router is a mixture (Qwen3-MoE's `mlp_only_layers` have none).
                 Some(moe) if store.shape(&n("ffn_gate_inp.weight")).is_some() => {
                     let (experts, inter) = (moe.experts, moe.expert_ffn);
-                    let gate_up = [ld.expert_parts(i, "gate", experts, inter, h)?, ld.expert_parts(i, "up", experts, inter, h)?];
+                    // llama.cpp's fused `ffn_gate_up_exps` (its --fuse-gate-up-exps; GPT-OSS's
+                    // safetensors view) already holds each expert's gate rows then up rows.
+                    let gate_up = if store.shape(&n("ffn_gate_up_exps.weight")).is_some() {
+                        vec![ld.expert_parts(i, "gate_up", experts, 2 * inter, h)?]
+                    } else {
+                        vec![ld.expert_parts(i, "gate", experts, inter, h)?, ld.expert_parts(i, "up", experts, inter, h)?]
+                    };
                     let down = [ld.expert_parts(i, "down", experts, h, inter)?];
                     let (gate_up, down) = (ld.experts(n("ffn_gate_up_exps"), &gate_up, 2 * inter, h)?, ld.experts(n("ffn_down_exps"), &down, h, inter)?);
                     expert_bytes += B::tensor_bytes(&gate_up) + B::tensor_bytes(&down);
@@ -702,7 +711,15 @@ impl<B: Backend> Model<B> {
         let rope_local = c.rope_local.as_ref().map(table).transpose()?;
         let rope_none = if c.layer_rope.contains(&false) { Some(dev.rope_table(&[], options.context, 1.0)?) } else { None };
         let weight_bytes = ld.bytes;
-        Ok(Self { context: options.context, weight_bytes, expert_bytes, embed, output, output_norm, layers, rope, rope_local, rope_none, config })
+        let dense_ffn = layers
+            .iter()
+            .filter_map(|l| match &l.ffn.as_ref()?.mlp {
+                Mlp::Dense(mlp) => Some(mlp.width),
+                Mlp::Experts { shared, .. } => shared.as_ref().map(|s| s.width),
+            })
+            .max()
+            .unwrap_or(0);
+        Ok(Self { context: options.context, weight_bytes, expert_bytes, dense_ffn, embed, output, output_norm, layers, rope, rope_local, rope_none, config })
     }
 }
 
@@ -941,10 +958,11 @@ fn scan_params(s: &SsmConfig, tokens: usize, src_slot: Option<usize>, dst_slot: 
 }
 
 impl<B: Backend> Workspace<B> {
-    fn new(dev: &B, c: &ModelConfig, t: usize) -> Result<Self> {
+    fn new(dev: &B, model: &Model<B>, t: usize) -> Result<Self> {
+        let c = &model.config;
         let f32t = |name: &str, cols: usize| dev.activation(name, &[t, cols]);
-        // A model without attention layers or MLPs (Mamba2) still gets (one-column) buffers
-        // for them: nothing reads them.
+        // A model without attention layers or dense MLPs (Mamba2; Mixtral's mixtures) still
+        // gets (one-column) buffers for them: nothing reads them.
         Ok(Self {
             tokens: t,
             ids: dev.activation("token ids", &[t])?,
@@ -954,8 +972,8 @@ impl<B: Backend> Workspace<B> {
             attn: f32t("attention out", (c.heads * c.head_dim).max(1))?,
             out: f32t("block out", c.hidden)?,
             post: if c.arch.has_post_norms() { Some(f32t("post-norm out", c.hidden)?) } else { None },
-            gate_up: f32t("gate|up", (2 * c.dense_ffn()).max(1))?,
-            act: f32t("activation", c.dense_ffn().max(1))?,
+            gate_up: f32t("gate|up", (2 * model.dense_ffn).max(1))?,
+            act: f32t("activation", model.dense_ffn.max(1))?,
             bcx: if c.has_conv_layers() { Some(f32t("conv in", 3 * c.hidden)?) } else { None },
             conv_out: if c.has_conv_layers() { Some(f32t("conv out", c.hidden)?) } else { None },
             ssm: c.ssm_layers().map(|s| SsmWorkspace::new(dev, s, t)).transpose()?,
@@ -1101,7 +1119,7 @@ impl<B: Backend> Session<B> {
             self.decode_workspace(dev, model)?;
             None
         } else {
-            Some(Workspace::new(dev, &model.config, tokens.len())?)
+            Some(Workspace::new(dev, model, tokens.len())?)
         };
         let ws = ws.as_ref().unwrap_or_else(|| self.decode.as_ref().expect("decode workspace"));
         dev.write_u32(&ws.ids, tokens)?;
@@ -1185,7 +1203,7 @@ impl<B: Backend> Session<B> {
     pub async fn hidden_states(&mut self, dev: &B, model: &Model<B>, tokens: &[u32]) -> Result<Vec<f32>> {
         self.reset();
         self.check_step(model, tokens)?;
-        let ws = Workspace::new(dev, &model.config, tokens.len())?;
+        let ws = Workspace::new(dev, model, tokens.len())?;
         dev.write_u32(&ws.ids, tokens)?;
         let mut pass = dev.pass();
         self.record(model, &mut pass, &ws, 0, false)?;
@@ -1224,7 +1242,7 @@ impl<B: Backend> Session<B> {
 
     fn decode_workspace(&mut self, dev: &B, model: &Model<B>) -> Result<()> {
         if self.decode.is_none() {
-            self.decode = Some(Workspace::new(dev, &model.config, 1)?);
+            self.decode = Some(Workspace::new(dev, model, 1)?);
         }
         Ok(())
     }

@@ -248,8 +248,10 @@ pub struct SafetensorsStore<S: ByteSource> {
 /// A tensor made from others (see the module docs).
 enum View {
     /// MXFP4 rows from OpenAI's `*_blocks` and `*_scales`: view row r is source row
-    /// (r / per_expert) · per_expert · stride + (r % per_expert) · stride + offset.
-    Mxfp4 { blocks: (usize, StTensor), scales: (usize, StTensor), rows: usize, k: usize, per_expert: usize, stride: usize, offset: usize },
+    /// (r / per_expert) · per_expert · stride + (r % per_expert) · stride + offset; or, with
+    /// `deinterleave` (stride 1), each expert's even source rows then its odd ones (GPT-OSS's
+    /// interleaved gate|up as llama.cpp's fused `ffn_gate_up_exps`: gate rows, then up rows).
+    Mxfp4 { blocks: (usize, StTensor), scales: (usize, StTensor), rows: usize, k: usize, per_expert: usize, stride: usize, offset: usize, deinterleave: bool },
     /// Every `stride`-th value of each source row from `offset` (an interleaved bias): [rows, k].
     Columns { tensor: (usize, StTensor), rows: usize, k: usize, stride: usize, offset: usize },
 }
@@ -286,22 +288,24 @@ fn gpt_oss_views(file: &str, raw: &HashMap<String, (usize, StTensor)>) -> Result
             if b.dtype != StDType::U8 || s.dtype != StDType::U8 || s.shape != [experts, rows, groups] || experts == 0 || rows == 0 || groups == 0 {
                 return Err(bad(format!("blocks {:?} {:?} and scales {:?} {:?} do not form MXFP4", b.dtype, b.shape, s.dtype, s.shape)));
             }
-            let view = |per_expert: usize, stride: usize, offset: usize| View::Mxfp4 {
+            let view = |deinterleave: bool| View::Mxfp4 {
                 blocks: blocks.clone(),
                 scales: scales.clone(),
-                rows: experts * per_expert,
+                rows: experts * rows,
                 k: groups * 32,
-                per_expert,
-                stride,
-                offset,
+                per_expert: rows,
+                stride: 1,
+                offset: 0,
+                deinterleave,
             };
             match proj {
+                // One view, so each expert's interleaved rows are read once, not once for gate
+                // and again for up.
                 "gate_up_proj" if rows % 2 == 0 => {
-                    views.insert(format!("blk.{layer}.ffn_gate_exps.weight"), view(rows / 2, 2, 0));
-                    views.insert(format!("blk.{layer}.ffn_up_exps.weight"), view(rows / 2, 2, 1));
+                    views.insert(format!("blk.{layer}.ffn_gate_up_exps.weight"), view(true));
                 }
                 "down_proj" => {
-                    views.insert(format!("blk.{layer}.ffn_down_exps.weight"), view(rows, 1, 0));
+                    views.insert(format!("blk.{layer}.ffn_down_exps.weight"), view(false));
                 }
                 _ => return Err(bad(format!("an MXFP4 tensor of {rows} rows the loader does not know"))),
             }
@@ -351,12 +355,12 @@ impl<S: ByteSource> SafetensorsStore<S> {
     }
 
     /// Rows `rows` of an MXFP4 view, as OpenAI's blocks hold them: each expert's rows in one
-    /// read of the source rows they span (every other row for gate and up).
+    /// read of the source rows they span.
     fn mxfp4_rows(&self, name: &str, view: &View, rows: Range<usize>) -> Result<PackedMatrix> {
-        let View::Mxfp4 { blocks, scales, rows: total, k, per_expert, stride, offset } = view else {
+        let &View::Mxfp4 { ref blocks, ref scales, rows: total, k, per_expert, stride, offset, deinterleave } = view else {
             return Err(ModelError::Tensor { tensor: name.into(), reason: "not an MXFP4 tensor".into() });
         };
-        if rows.end > *total {
+        if rows.end > total {
             return Err(ModelError::Tensor { tensor: name.into(), reason: format!("rows {rows:?} of {total}") });
         }
         let groups = k / 32;
@@ -368,22 +372,32 @@ impl<S: ByteSource> SafetensorsStore<S> {
                 .map_err(|e| ModelError::Tensor { tensor: format!("{name} ({})", t.name), reason: e.to_string() })?;
             Ok(bytes)
         };
+        let source_row = |r: usize| {
+            let (expert, i) = (r / per_expert, r % per_expert);
+            let within = match deinterleave {
+                true if i < per_expert / 2 => 2 * i,
+                true => 2 * (i - per_expert / 2) + 1,
+                false => i * stride + offset,
+            };
+            expert * per_expert * stride + within
+        };
         let mut r = rows.start;
         while r < rows.end {
-            let (expert, i) = (r / per_expert, r % per_expert);
-            let n = (per_expert - i).min(rows.end - r);
-            let first = expert * per_expert * stride + i * stride + offset;
-            let span = (n - 1) * stride + 1;
+            // This expert's rows of the range: one read of the source rows between them.
+            let n = (per_expert - r % per_expert).min(rows.end - r);
+            let sources: Vec<usize> = (r..r + n).map(source_row).collect();
+            let first = sources.iter().copied().min().unwrap_or(0);
+            let span = sources.iter().copied().max().unwrap_or(0) + 1 - first;
             let (b, s) = (read(blocks, first, span, groups * 16)?, read(scales, first, span, groups)?);
-            for j in 0..n {
-                for byte in &b[j * stride * groups * 16..][..groups * 16] {
+            for src in sources {
+                for byte in &b[(src - first) * groups * 16..][..groups * 16] {
                     codes.extend([byte & 0xf, byte >> 4]);
                 }
-                exponents.extend_from_slice(&s[j * stride * groups..][..groups]);
+                exponents.extend_from_slice(&s[(src - first) * groups..][..groups]);
             }
             r += n;
         }
-        Ok(PackedMatrix::mxfp4_from_blocks(rows.len(), *k, &codes, &exponents))
+        Ok(PackedMatrix::mxfp4_from_blocks(rows.len(), k, &codes, &exponents))
     }
 
     fn find(&self, name: &str) -> Result<(&S, &StTensor)> {
@@ -509,7 +523,8 @@ pub fn index_files(index: &Json) -> Result<Vec<String>> {
 mod tests {
     use super::*;
 
-    /// A safetensors file of U8 tensors `(name, shape)`, zero-filled.
+    /// A safetensors file of U8 tensors `(name, shape)`, byte i of the data i·7 mod 251 (rows
+    /// that differ).
     fn file(tensors: &[(&str, &[usize])]) -> Vec<u8> {
         let (mut header, mut at) = (serde_json::Map::new(), 0usize);
         for (name, shape) in tensors {
@@ -520,7 +535,7 @@ mod tests {
         let text = Json::Object(header).to_string();
         let mut out = (text.len() as u64).to_le_bytes().to_vec();
         out.extend(text.as_bytes());
-        out.resize(out.len() + at, 0);
+        out.extend((0..at).map(|i| (i * 7 % 251) as u8));
         out
     }
 
@@ -538,11 +553,28 @@ mod tests {
     #[test]
     fn gpt_oss_mxfp4_views_and_malformed_blocks() {
         let store = open(&[(BLOCKS, &[2, 6, 3, 16]), (SCALES, &[2, 6, 3])]).unwrap();
-        assert_eq!(store.shape("blk.0.ffn_gate_exps.weight"), Some((6, 96)));
-        assert_eq!(store.shape("blk.0.ffn_up_exps.weight"), Some((6, 96)));
-        assert_eq!(store.exact_dtype("blk.0.ffn_up_exps.weight").unwrap(), DType::Mxfp4);
-        assert_eq!(store.read_rows("blk.0.ffn_up_exps.weight", 0..6, DType::Mxfp4).unwrap().rows, 6);
-        assert!(store.read_rows("blk.0.ffn_up_exps.weight", 4..7, DType::Mxfp4).is_err(), "rows past the end");
+        let fused = "blk.0.ffn_gate_up_exps.weight";
+        assert_eq!(store.shape(fused), Some((12, 96)));
+        assert_eq!(store.exact_dtype(fused).unwrap(), DType::Mxfp4);
+        assert_eq!(store.read_rows(fused, 0..12, DType::Mxfp4).unwrap().rows, 12);
+        assert!(store.read_rows(fused, 10..13, DType::Mxfp4).is_err(), "rows past the end");
+        // Expert e's view rows: its even source rows (gate), then its odd ones (up); a range that
+        // splits an expert reads the same rows.
+        let bytes = file(&[(BLOCKS, &[2, 6, 3, 16]), (SCALES, &[2, 6, 3])]);
+        let data = &bytes[8 + u64::from_le_bytes(bytes[..8].try_into().unwrap()) as usize..];
+        let (blocks, scales) = data.split_at(2 * 6 * 48);
+        for r in 0..12 {
+            let (e, i) = (r / 6, r % 6);
+            let src = e * 6 + if i < 3 { 2 * i } else { 2 * (i - 3) + 1 };
+            let codes: Vec<u8> = blocks[src * 48..][..48].iter().flat_map(|b| [b & 0xf, b >> 4]).collect();
+            let want = PackedMatrix::mxfp4_from_blocks(1, 96, &codes, &scales[src * 3..][..3]);
+            let got = store.read_rows(fused, r..r + 1, DType::Mxfp4).unwrap();
+            assert_eq!((got.qs, got.scales), (want.qs, want.scales), "view row {r}");
+        }
+        let whole = store.read_rows(fused, 0..12, DType::Mxfp4).unwrap();
+        let mut pieces = store.read_rows(fused, 0..5, DType::Mxfp4).unwrap().qs;
+        pieces.extend(store.read_rows(fused, 5..12, DType::Mxfp4).unwrap().qs);
+        assert_eq!(pieces, whole.qs);
         for (tensors, want) in [
             (&[(BLOCKS, &[2usize, 6, 3, 16][..])][..], "gate_up_proj_scales"),
             (&[(BLOCKS, &[2, 6, 3, 16]), (SCALES, &[2, 6, 4])], "do not form MXFP4"),
