@@ -636,6 +636,9 @@ impl ModelConfig {
             None
         };
         let head_dim = mla.map_or(head_dim, |m| m.kv_rank + m.rope);
+        // MLA attends over its latent as one kv head (files from before llama.cpp's MLA rework
+        // state the heads' count).
+        let kv_heads = if mla.is_some() { 1 } else { kv_heads };
         let ssm = if matches!(arch, Architecture::Mamba2 | Architecture::GraniteHybrid) {
             let (inner, heads) = (get("ssm.inner_size")?, get("ssm.time_step_rank")?);
             if heads == 0 || inner % heads != 0 {

@@ -58,6 +58,9 @@ fn cosine(a: &[f32], b: &[f64]) -> f64 {
 enum Source {
     Safetensors,
     Gguf,
+    /// DeepSeek-V2's GGUF as llama.cpp wrote it before its MLA rework (`attn_kv_b`, the heads'
+    /// key length and kv head count): model-old-mla.gguf.
+    OldMlaGguf,
 }
 
 struct Outcome {
@@ -79,6 +82,7 @@ fn load_fixture<B: Backend>(dev: &B, arch: &str, source: Source, dtype: Option<D
             Model::load(dev, hf.config, &hf.store, &options).unwrap()
         }
         Source::Gguf => Model::load_gguf(dev, &open_gguf(&dir.join("model.gguf")).unwrap(), &options).unwrap(),
+        Source::OldMlaGguf => Model::load_gguf(dev, &open_gguf(&dir.join("model-old-mla.gguf")).unwrap(), &options).unwrap(),
     };
     let reference: Value = serde_json::from_str(&std::fs::read_to_string(dir.join("reference.json")).unwrap()).unwrap();
     (model, reference)
@@ -314,6 +318,11 @@ fn gpt_oss_sinks_yarn_mxfp4_experts() {
 #[test]
 fn deepseek_v2_latent_attention_shared_experts() {
     check_arch("deepseek2");
+    // Many published DeepSeek-V2 GGUFs predate llama.cpp's MLA rework: kv_b whole, split here.
+    check_exact(dev(), "deepseek2", Source::OldMlaGguf, None);
+    if on_cpu_too() {
+        check_exact(cpu(), "deepseek2", Source::OldMlaGguf, None);
+    }
 }
 
 /// DeepSeek-V3: latent attention with a low-rank q, YaRN with mscale_all_dim (the softmax
