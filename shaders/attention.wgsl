@@ -1,6 +1,8 @@
-// Causal attention with online softmax, one workgroup per (query token, query head, key split).
-// Prefill runs with one split (each workgroup walks all its keys); single-token decode splits
-// the keys over many workgroups (flash-decoding) and `attention_reduce` merges the partials.
+// Single-token (decode) attention with online softmax, one workgroup per (query token, tile of
+// GT query heads that share a kv head, key split). The tile's heads share every key and value
+// the workgroup reads, so K/V traffic is 1/GT of a workgroup per head (GT: the largest divisor of
+// hq / hkv up to what workgroup memory holds: 8 heads of 256 dims, 4 of 576). The keys are
+// split over workgroups (flash-decoding) and `attention_reduce` merges the partials.
 // Grouped-query: query head h reads kv head h / (hq / hkv). Keys j are visible to the query
 // at absolute position p when j <= p and, with a sliding window w > 0, p - j < w.
 // Optional tanh soft-capping of the scores (Gemma 2). SINKS (GPT-OSS): each head's softmax also
@@ -32,23 +34,27 @@ struct Params {
 @group(0) @binding(5) var<storage, read> sinks: array<f32>; // [hq]
 #endif
 
-// MAX_D (256, or 576 for MLA's latent heads) comes with the variant: it sizes q_s and acc.
+// MAX_D (256, or 576 for MLA's latent heads) and GT come with the variant.
 const DIMS_PER_THREAD: u32 = MAX_D / WG;
 const NEG_BIG: f32 = -1e30; // finite, so exp(NEG_BIG - m) is 0 and never NaN
 
-var<workgroup> q_s: array<f32, MAX_D>;
-var<workgroup> p_s: array<f32, WG>;
+var<workgroup> q_s: array<array<f32, MAX_D>, GT>; // the tile's scaled queries
+var<workgroup> p_s: array<array<f32, WG>, GT>;    // a block's scores, then probabilities
+var<workgroup> m_s: array<f32, GT>;               // running max per head
+var<workgroup> l_s: array<f32, GT>;               // running sum per head
+var<workgroup> correction_s: array<f32, GT>;      // exp(old max - new max) for this block
 
 @compute @workgroup_size(WG)
 fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
     let id = wid.y * nwg.x + wid.x;
-    if (id >= params.tokens * params.hq * params.n_splits) {
-        return;
+    let tiles = params.hq / GT;
+    if (id >= params.tokens * tiles * params.n_splits) {
+        return; // whole workgroup: uniform
     }
     let split = id % params.n_splits;
-    let h = (id / params.n_splits) % params.hq;
-    let t = id / (params.n_splits * params.hq);
-    let kv_head = h / (params.hq / params.hkv);
+    let h0 = ((id / params.n_splits) % tiles) * GT;
+    let t = id / (params.n_splits * tiles);
+    let kv_base = (h0 / (params.hq / params.hkv)) * params.s_max;
     let d = params.d;
 
     let p = params.pos0 + t;
@@ -59,85 +65,108 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec
     let start = lo + split * params.split_len;
     let end = min(start + params.split_len, p + 1u);
 
-    for (var i = lid; i < d; i += WG) {
-        q_s[i] = q[t * params.q_stride + h * d + i] * params.scale;
+    for (var e = lid; e < GT * d; e += WG) {
+        let g = e / d;
+        let i = e % d;
+        q_s[g][i] = q[t * params.q_stride + (h0 + g) * d + i] * params.scale;
+    }
+    if (lid < GT) {
+        m_s[lid] = NEG_BIG;
+        l_s[lid] = 0.0;
     }
     workgroupBarrier();
 
-    var m = NEG_BIG;
-    var l = 0.0;
-    var acc: array<f32, DIMS_PER_THREAD>;
-    let kv_base = kv_head * params.s_max;
+    var acc: array<array<f32, DIMS_PER_THREAD>, GT>;
     for (var j0 = start; j0 < end; j0 += WG) {
         let count = min(WG, end - j0);
-        var s = NEG_BIG;
+        // Key j0 + lid's scores against every head of the tile: its row read once.
+        // Zeroed by an explicit constructor each block (see attention_prefill.wgsl).
+        var s = array<f32, GT>();
         if (lid < count) {
             let k_row = (kv_base + j0 + lid) * d;
-            var dot_qk = 0.0;
             for (var i = 0u; i < d; i++) {
-                dot_qk += q_s[i] * k_cache[k_row + i];
+                let kv = k_cache[k_row + i];
+                for (var g = 0u; g < GT; g++) {
+                    s[g] += q_s[g][i] * kv;
+                }
             }
+        }
+        for (var g = 0u; g < GT; g++) {
+            var score = s[g];
             if (params.softcap > 0.0) {
-                dot_qk = params.softcap * tanh(clamp(dot_qk / params.softcap, -15.0, 15.0));
+                score = params.softcap * tanh(clamp(score / params.softcap, -15.0, 15.0));
             }
-            s = dot_qk;
+            p_s[g][lid] = select(NEG_BIG, score, lid < count);
         }
-        p_s[lid] = s;
         workgroupBarrier();
-        var block_max = NEG_BIG;
-        for (var jj = 0u; jj < count; jj++) {
-            block_max = max(block_max, p_s[jj]);
+        if (lid < GT) {
+            var block_max = NEG_BIG;
+            for (var jj = 0u; jj < count; jj++) {
+                block_max = max(block_max, p_s[lid][jj]);
+            }
+            let m_new = max(m_s[lid], block_max);
+            correction_s[lid] = exp(m_s[lid] - m_new);
+            m_s[lid] = m_new;
         }
-        let m_new = max(m, block_max);
-        let correction = exp(m - m_new);
         workgroupBarrier();
-        p_s[lid] = select(0.0, exp(s - m_new), lid < count);
-        workgroupBarrier();
-        var block_sum = 0.0;
-        for (var jj = 0u; jj < count; jj++) {
-            block_sum += p_s[jj];
+        for (var g = 0u; g < GT; g++) {
+            p_s[g][lid] = select(0.0, exp(p_s[g][lid] - m_s[g]), lid < count);
         }
-        l = l * correction + block_sum;
+        workgroupBarrier();
+        if (lid < GT) {
+            var block_sum = 0.0;
+            for (var jj = 0u; jj < count; jj++) {
+                block_sum += p_s[lid][jj];
+            }
+            l_s[lid] = l_s[lid] * correction_s[lid] + block_sum;
+        }
+        // Each value row read once for the tile's heads.
         for (var c = 0u; c < DIMS_PER_THREAD; c++) {
             let i = lid + c * WG;
             if (i < d) {
-                var a = acc[c] * correction;
-                for (var jj = 0u; jj < count; jj++) {
-                    a += p_s[jj] * v_cache[(kv_base + j0 + jj) * d + i];
+                for (var g = 0u; g < GT; g++) {
+                    acc[g][c] *= correction_s[g];
                 }
-                acc[c] = a;
+                for (var jj = 0u; jj < count; jj++) {
+                    let v = v_cache[(kv_base + j0 + jj) * d + i];
+                    for (var g = 0u; g < GT; g++) {
+                        acc[g][c] += p_s[g][jj] * v;
+                    }
+                }
             }
         }
-        m = m_new;
-        workgroupBarrier();
+        workgroupBarrier(); // p_s, correction_s and l_s are rewritten by the next block
     }
 
+    for (var g = 0u; g < GT; g++) {
+        let h = h0 + g;
 #if PARTIAL
-    let base = id * (d + 2u);
-    if (lid == 0u) {
-        out[base] = m;
-        out[base + 1u] = l;
-    }
-    for (var c = 0u; c < DIMS_PER_THREAD; c++) {
-        let i = lid + c * WG;
-        if (i < d) {
-            out[base + 2u + i] = acc[c];
+        let base = ((t * params.hq + h) * params.n_splits + split) * (d + 2u);
+        if (lid == 0u) {
+            out[base] = m_s[g];
+            out[base + 1u] = l_s[g];
         }
-    }
+        for (var c = 0u; c < DIMS_PER_THREAD; c++) {
+            let i = lid + c * WG;
+            if (i < d) {
+                out[base + 2u + i] = acc[g][c];
+            }
+        }
 #else
-    // out = acc / l, or with a sink s: acc·e^(m−M) / (l·e^(m−M) + e^(s−M)), M = max(m, s).
-    var keep = 1.0;
-    var total = l;
+        // out = acc / l, or with a sink s: acc·e^(m−M) / (l·e^(m−M) + e^(s−M)), M = max(m, s).
+        var keep = 1.0;
+        var total = l_s[g];
 #if SINKS
-    let top = max(m, sinks[h]);
-    keep = exp(m - top);
-    total = l * keep + exp(sinks[h] - top);
+        let top = max(m_s[g], sinks[h]);
+        keep = exp(m_s[g] - top);
+        total = l_s[g] * keep + exp(sinks[h] - top);
 #endif
-    for (var c = 0u; c < DIMS_PER_THREAD; c++) {
-        let i = lid + c * WG;
-        if (i < d) {
-            out[(t * params.hq + h) * d + i] = acc[c] * keep / total;
+        for (var c = 0u; c < DIMS_PER_THREAD; c++) {
+            let i = lid + c * WG;
+            if (i < d) {
+                out[(t * params.hq + h) * d + i] = acc[g][c] * keep / total;
+            }
         }
-    }
 #endif
+    }
 }

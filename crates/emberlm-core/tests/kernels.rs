@@ -138,6 +138,14 @@ fn attention_prefill_decode_window_softcap_gqa() {
         AttentionCase { hq: 4, hkv: 1, d: 576, tokens: 6, pos0: 2, ..base },       // MLA's latent heads (wide variant)
         AttentionCase { hq: 2, hkv: 1, d: 576, tokens: 70, pos0: 3, ..base },      // wide, several tiles and key blocks
         AttentionCase { hq: 4, hkv: 1, d: 272, tokens: 1, pos0: 700, ..base },     // wide, split decode
+        // Decode tiles of heads sharing a kv head: 3 (SmolLM2's 9 / 3), 7 (Qwen2.5's 14 / 2),
+        // 5 of 10, four tiles of 4 (MLA's 16 heads over the 576-wide latent), with splits,
+        // sinks and a window.
+        AttentionCase { hq: 9, hkv: 3, tokens: 1, pos0: 300, ..base },
+        AttentionCase { hq: 14, hkv: 2, tokens: 1, pos0: 40, sinks: true, ..base },
+        AttentionCase { hq: 10, hkv: 1, d: 32, tokens: 1, pos0: 600, window: 300, ..base },
+        AttentionCase { hq: 16, hkv: 1, d: 576, tokens: 1, pos0: 520, ..base },
+        AttentionCase { hq: 8, hkv: 2, d: 80, tokens: 1, pos0: 9, softcap: 5.0, ..base },
     ];
     for (i, case) in cases.into_iter().enumerate() {
         assert_pass(pollster::block_on(checks::check_attention(dev(), case, 100 + i as u64)));

@@ -1,7 +1,8 @@
 //! `attention` (+ `attention_reduce`), `attention_prefill`: causal grouped-query attention over
 //! a KV cache. Prefill (several tokens) runs one workgroup per (tile of 8 tokens, head), the
-//! tile sharing every key and value it reads. A single decode token would give only `hq`
-//! workgroups, so its keys are split flash-decoding style and the partials merged.
+//! tile sharing every key and value it reads. A decode token runs one workgroup per tile of the
+//! query heads that share a kv head (each key and value read once for the tile) and per split
+//! of its keys, flash-decoding style, the partials merged.
 
 use bytemuck::{Pod, Zeroable};
 
@@ -20,6 +21,16 @@ pub const DECODE_SPLIT_LEN: u32 = 256;
 /// Query tokens per workgroup in `attention_prefill` (its QT) for narrow and wide heads: the
 /// tile's queries (QT × MAX_D f32) stay within 16 KiB of workgroup memory.
 const PREFILL_QUERY_TILE: [u32; 2] = [8, 4];
+/// The most query heads a decode workgroup takes at once (its GT) for narrow and wide heads,
+/// for the same reason.
+const DECODE_HEAD_TILE: [usize; 2] = [8, 4];
+
+/// Query heads per decode workgroup: the largest divisor of the heads per kv head up to
+/// `most`, so that a tile's heads share one kv head and every key read serves them all.
+fn decode_head_tile(heads_q: usize, heads_kv: usize, most: usize) -> usize {
+    let group = heads_q / heads_kv;
+    (1..=most.min(group)).rev().find(|g| group % g == 0).unwrap_or(1)
+}
 
 #[derive(Debug, Clone, Copy)]
 pub struct AttentionParams {
@@ -147,7 +158,8 @@ pub fn attention_with_sinks(
         return Ok(vec![plan.dispatch("attention", key("attention_prefill", variant), &uniforms, storage, grid)?]);
     }
     let partial = n_splits > 1;
-    let variant = Variant::default().flag_if(partial, "PARTIAL").flag_if(sinks.is_some(), "SINKS").with("WG", WG).with("MAX_D", max_d);
+    let gt = decode_head_tile(p.heads_q, p.heads_kv, DECODE_HEAD_TILE[wide as usize]) as u32;
+    let variant = Variant::default().flag_if(partial, "PARTIAL").flag_if(sinks.is_some(), "SINKS").with("WG", WG).with("MAX_D", max_d).with("GT", gt);
     let target = if partial { plan.scratch_f32("attention partials", (rows * n_splits * (uniforms.d + 2)) as usize)? } else { Binding::tensor(out)? };
     // Split decoding adds the sinks where the partials meet.
     let storage = vec![
@@ -157,7 +169,7 @@ pub fn attention_with_sinks(
         Some(target.clone()),
         if partial { None } else { sink.clone() },
     ];
-    let grid = plan.grid(rows * n_splits);
+    let grid = plan.grid(rows / gt * n_splits);
     let mut ops = vec![plan.dispatch("attention", key("attention", variant), &uniforms, storage, grid)?];
     if partial {
         let reduce = AttentionReduceUniforms { rows, d: uniforms.d, n_splits, hq: uniforms.hq };
@@ -167,4 +179,14 @@ pub fn attention_with_sinks(
         ops.push(plan.dispatch("attention reduce", key("attention_reduce", variant), &reduce, storage, grid)?);
     }
     Ok(ops)
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn decode_head_tiles_divide_the_group() {
+        use super::decode_head_tile as tile;
+        // SmolLM2 (9 / 3), Qwen2.5-0.5B (14 / 2), Llama-3.2-1B (32 / 8), MLA (16 / 1), MHA.
+        assert_eq!([tile(9, 3, 8), tile(14, 2, 8), tile(32, 8, 8), tile(16, 1, 4), tile(12, 12, 8), tile(10, 1, 8)], [3, 7, 4, 4, 1, 5]);
+    }
 }
