@@ -463,26 +463,8 @@ pub async fn check_latent_rope_append(
     run(plan).await?;
     let mut got = query.read_f32(dev).await?;
     got.extend(cache.read_f32(dev).await?);
-    // Each q head's rope dims start at `nope`: heads of nope + rope from there, the first rope rotated.
-    let rotated_q = reference::rope(&q_host[nope..], &table_host, rope, layout, tokens, heads, nope + rope, 0, p.q_stride, pos0);
-    // The rope key sits at kv_offset + latent: a "head" of `rope` dims at that column.
-    let rotated_k = reference::rope(&kv_host[p.kv_offset + latent - rope..], &table_host, rope, layout, tokens, 1, rope, 1, p.kv_stride, pos0);
-    let mut want: Vec<f64> = query_host.iter().chain(&cache_host).map(|&v| v as f64).collect();
-    let cache_base = query_host.len();
-    for t in 0..tokens {
-        for h in 0..heads {
-            for i in 0..rope {
-                want[(t * heads + h) * d + latent + i] = rotated_q[t * p.q_stride + h * (nope + rope) + i];
-            }
-        }
-        let row = cache_base + (pos0 + t) * d;
-        for i in 0..latent {
-            want[row + i] = kv_host[t * p.kv_stride + p.kv_offset + i] as f64;
-        }
-        for i in 0..rope {
-            want[row + latent + i] = rotated_k[t * p.kv_stride + rope + i];
-        }
-    }
+    let (mut want, cache_want) = reference::latent_rope_append(&q_host, &kv_host, &query_host, &cache_host, &table_host, rope, layout, &p);
+    want.extend(cache_want);
     let name = format!("latent_rope_append {layout:?} t={tokens} heads={heads} latent={latent} rope={rope} pos0={pos0}");
     Ok(compare(name, &got, &want, |_| 3.0 * U * 4.0 + 1e-7))
 }

@@ -128,6 +128,50 @@ pub fn head_rms_norm(x: &[f32], weight: &[f32], heads: usize, first: usize, row_
     out
 }
 
+/// MLA's rotary embedding and cache write on copies of `query` and `cache` (see
+/// `ops::latent_rope_append`): each head's rope query part from `q`, rotated with the (cos, sin)
+/// table `[positions][rope/2]`, after its latent part; each token's latent and rotated rope key
+/// from `kv` into cache row `pos0 + t`.
+#[allow(clippy::too_many_arguments)]
+pub fn latent_rope_append(
+    q: &[f32],
+    kv: &[f32],
+    query: &[f32],
+    cache: &[f32],
+    table: &[f32],
+    rope: usize,
+    layout: RopeLayout,
+    p: &crate::ops::LatentRopeParams,
+) -> (Vec<f64>, Vec<f64>) {
+    let (d, half) = (p.latent + rope, rope / 2);
+    let widen = |v: &[f32]| v.iter().map(|&x| x as f64).collect::<Vec<f64>>();
+    let (mut query, mut cache) = (widen(query), widen(cache));
+    let rotate = |src: &[f32], dst: &mut [f64], pos: usize| {
+        for i in 0..half {
+            let (c, s) = (table[(pos * half + i) * 2] as f64, table[(pos * half + i) * 2 + 1] as f64);
+            let (ia, ib) = match layout {
+                RopeLayout::Neox => (i, i + half),
+                RopeLayout::Interleaved => (2 * i, 2 * i + 1),
+            };
+            let (a, b) = (src[ia] as f64, src[ib] as f64);
+            dst[ia] = a * c - b * s;
+            dst[ib] = b * c + a * s;
+        }
+    };
+    for t in 0..p.tokens {
+        for h in 0..p.heads {
+            rotate(&q[t * p.q_stride + p.q_offset + h * p.q_head_step..], &mut query[(t * p.heads + h) * d + p.latent..], p.pos0 + t);
+        }
+        let src = &kv[t * p.kv_stride + p.kv_offset..][..d];
+        let row = &mut cache[(p.pos0 + t) * d..][..d];
+        for (o, &v) in row[..p.latent].iter_mut().zip(src) {
+            *o = v as f64;
+        }
+        rotate(&src[p.latent..], &mut row[p.latent..], p.pos0 + t);
+    }
+    (query, cache)
+}
+
 /// cap · tanh(x / cap).
 pub fn logit_softcap(x: &[f32], cap: f64) -> Vec<f64> {
     x.iter().map(|&v| cap * (v as f64 / cap).tanh()).collect()

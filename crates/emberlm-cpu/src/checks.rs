@@ -503,23 +503,7 @@ pub fn multi_head_latent_attention_ops() -> Check {
         let cache = CpuTensor::from_f32("cache", &[cache0.len()], &cache0)?;
         let (q, kv) = (CpuTensor::from_f32("q", &[tokens, p.q_stride], &qs)?, CpuTensor::from_f32("kv", &[tokens, p.kv_stride], &kvs)?);
         ops::latent_rope_append(&q, &kv, &table, rope, layout, &query, &cache, &p)?;
-        let rotated_q = reference::rope(&qs[nope..], &table, rope, layout, tokens, heads, nope + rope, 0, p.q_stride, pos0);
-        let rotated_k = reference::rope(&kvs[p.kv_offset + latent - rope..], &table, rope, layout, tokens, 1, rope, 1, p.kv_stride, pos0);
-        let mut want_query: Vec<f64> = query0.iter().map(|&v| v as f64).collect();
-        let mut want_cache: Vec<f64> = cache0.iter().map(|&v| v as f64).collect();
-        for t in 0..tokens {
-            for h in 0..heads {
-                for i in 0..rope {
-                    want_query[(t * heads + h) * d + latent + i] = rotated_q[t * p.q_stride + h * (nope + rope) + i];
-                }
-            }
-            for i in 0..latent {
-                want_cache[(pos0 + t) * d + i] = kvs[t * p.kv_stride + p.kv_offset + i] as f64;
-            }
-            for i in 0..rope {
-                want_cache[(pos0 + t) * d + latent + i] = rotated_k[t * p.kv_stride + rope + i];
-            }
-        }
+        let (want_query, want_cache) = reference::latent_rope_append(&qs, &kvs, &query0, &cache0, &table, rope, layout, &p);
         close(&format!("latent_rope_append {layout:?} query"), &query.f32s(), &want_query, &[])?;
         close(&format!("latent_rope_append {layout:?} cache"), &cache.f32s(), &want_cache, &[])?;
         ensure!(
