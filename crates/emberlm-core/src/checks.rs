@@ -384,16 +384,7 @@ pub async fn check_rope_kv_append(dev: &GpuDevice, case: RopeCase, seed: u64) ->
 pub async fn check_head_linear(dev: &GpuDevice, dtype: DType, tokens: usize, heads: usize, rows: usize, k: usize, seed: u64) -> Result<CheckResult> {
     let k = k.next_multiple_of(dtype.k_multiple());
     let mut rng = Rng::new(seed);
-    let p = ops::HeadLinearParams {
-        tokens,
-        heads,
-        x_stride: heads * (k + 8) + 4,
-        x_offset: 4,
-        x_head_step: k + 8,
-        y_stride: heads * (rows + 3) + 5,
-        y_offset: 2,
-        y_head_step: rows + 3,
-    };
+    let p = reference::gapped_head_layout(tokens, heads, rows, k);
     let w = PackedMatrix::pack(dtype, heads * rows, k, &rng.vec(heads * rows * k, -1.0, 1.0));
     let x_host = rng.vec(tokens * p.x_stride, -1.0, 1.0);
     let wt = Tensor::from_packed(dev, "per-head w", &[heads * rows, k], &w)?;
@@ -403,21 +394,9 @@ pub async fn check_head_linear(dev: &GpuDevice, dtype: DType, tokens: usize, hea
     ops::head_linear(&mut plan, &wt, &x, &y, &p)?;
     run(plan).await?;
     let got = y.read_f32(dev).await?;
-    let wd = w.dequantize();
-    let (mut want, mut tol) = (vec![0f64; tokens * p.y_stride], vec![1e-9; tokens * p.y_stride]);
-    for t in 0..tokens {
-        for h in 0..heads {
-            let xs = &x_host[t * p.x_stride + p.x_offset + h * p.x_head_step..][..k];
-            let wh = &wd[h * rows * k..(h + 1) * rows * k];
-            let at = t * p.y_stride + p.y_offset + h * p.y_head_step;
-            want[at..at + rows].copy_from_slice(&reference::matvec(wh, xs, None, rows));
-            for (i, s) in reference::abs_dot(wh, xs, rows).into_iter().enumerate() {
-                tol[at + i] = dot_tolerance(k, s);
-            }
-        }
-    }
+    let (want, scale) = reference::head_linear(&w.dequantize(), &x_host, rows, k, &p);
     let name = format!("head_linear {} t={tokens} {heads} heads of {rows}x{k}", dtype.name());
-    Ok(compare(name, &got, &want, |i| tol[i]))
+    Ok(compare(name, &got, &want, |i| if scale[i] > 0.0 { dot_tolerance(k, scale[i]) } else { 1e-9 }))
 }
 
 /// `latent_rope_append`: each head's rope query part rotated into the query rows after the
@@ -434,19 +413,9 @@ pub async fn check_latent_rope_append(
     seed: u64,
 ) -> Result<CheckResult> {
     let mut rng = Rng::new(seed);
-    let (nope, d) = (8, latent + rope);
+    let d = latent + rope;
     let s_max = pos0 + tokens + 2;
-    let p = ops::LatentRopeParams {
-        tokens,
-        heads,
-        latent,
-        pos0,
-        q_stride: heads * (nope + rope) + 3,
-        q_offset: nope,
-        q_head_step: nope + rope,
-        kv_stride: d + 5,
-        kv_offset: 5,
-    };
+    let p = reference::gapped_latent_layout(tokens, heads, latent, 8, rope, pos0);
     let q_host = rng.vec(tokens * p.q_stride, -2.0, 2.0);
     let kv_host = rng.vec(tokens * p.kv_stride, -2.0, 2.0);
     let query_host = rng.vec(tokens * heads * d, -1.0, 1.0);

@@ -128,6 +128,53 @@ pub fn head_rms_norm(x: &[f32], weight: &[f32], heads: usize, first: usize, row_
     out
 }
 
+/// A `latent_rope_append` layout for checks: q heads of nope + rope, rows and the latent with
+/// gaps around them, so an op that reads or writes outside its parts is caught.
+pub fn gapped_latent_layout(tokens: usize, heads: usize, latent: usize, nope: usize, rope: usize, pos0: usize) -> crate::ops::LatentRopeParams {
+    crate::ops::LatentRopeParams {
+        tokens,
+        heads,
+        latent,
+        pos0,
+        q_stride: heads * (nope + rope) + 3,
+        q_offset: nope,
+        q_head_step: nope + rope,
+        kv_stride: latent + rope + 5,
+        kv_offset: 5,
+    }
+}
+
+/// A `head_linear` layout for checks: heads of `k` inputs and `rows` outputs with gaps between
+/// them and around the rows.
+pub fn gapped_head_layout(tokens: usize, heads: usize, rows: usize, k: usize) -> crate::ops::HeadLinearParams {
+    crate::ops::HeadLinearParams {
+        tokens,
+        heads,
+        x_stride: heads * (k + 8) + 4,
+        x_offset: 4,
+        x_head_step: k + 8,
+        y_stride: heads * (rows + 3) + 5,
+        y_offset: 2,
+        y_head_step: rows + 3,
+    }
+}
+
+/// `head_linear`'s expected output over a zeroed `y` of `p`'s layout, and each output's scale
+/// (the absolute dot): `w` `[heads · rows, k]` dequantised.
+pub fn head_linear(w: &[f32], x: &[f32], rows: usize, k: usize, p: &crate::ops::HeadLinearParams) -> (Vec<f64>, Vec<f64>) {
+    let (mut want, mut scale) = (vec![0f64; p.tokens * p.y_stride], vec![0f64; p.tokens * p.y_stride]);
+    for t in 0..p.tokens {
+        for h in 0..p.heads {
+            let xs = &x[t * p.x_stride + p.x_offset + h * p.x_head_step..][..k];
+            let wh = &w[h * rows * k..(h + 1) * rows * k];
+            let at = t * p.y_stride + p.y_offset + h * p.y_head_step;
+            want[at..at + rows].copy_from_slice(&matvec(wh, xs, None, rows));
+            scale[at..at + rows].copy_from_slice(&abs_dot(wh, xs, rows));
+        }
+    }
+    (want, scale)
+}
+
 /// MLA's rotary embedding and cache write on copies of `query` and `cache` (see
 /// `ops::latent_rope_append`): each head's rope query part from `q`, rotated with the (cos, sin)
 /// table `[positions][rope/2]`, after its latent part; each token's latent and rotated rope key

@@ -6,8 +6,7 @@
 //! rounding over the sum); other ops 1e-6 absolute on O(1) values.
 
 use emberlm_core::ops::{
-    Activation, AttentionParams, ConvStyle, GroupScore, HeadLinearParams, LatentRopeParams, MoeRouteParams, RopeLayout, RouterScoring, Routing,
-    ShortConvParams, SsmScanParams,
+    Activation, AttentionParams, ConvStyle, GroupScore, LatentRopeParams, MoeRouteParams, RopeLayout, RouterScoring, Routing, ShortConvParams, SsmScanParams,
 };
 use emberlm_core::{reference, DType, PackedMatrix};
 
@@ -454,46 +453,18 @@ pub fn multi_head_latent_attention_ops() -> Check {
         let k = 24usize.next_multiple_of(dtype.k_multiple());
         for tokens in [1, 5] {
             let (heads, rows) = (3, 20);
-            let p = HeadLinearParams {
-                tokens,
-                heads,
-                x_stride: heads * (k + 8) + 4,
-                x_offset: 4,
-                x_head_step: k + 8,
-                y_stride: heads * (rows + 3) + 5,
-                y_offset: 2,
-                y_head_step: rows + 3,
-            };
+            let p = reference::gapped_head_layout(tokens, heads, rows, k);
             let (w, wd) = weight(dtype, heads * rows, k, &rng.vec(heads * rows * k))?;
             let xs = rng.vec(tokens * p.x_stride);
             let y = CpuTensor::zeroed("y", &[tokens, p.y_stride], DType::F32)?;
             ops::head_linear(&w, &CpuTensor::from_f32("x", &[tokens, p.x_stride], &xs)?, &y, &p, Activations::Exact)?;
-            let (mut want, mut scale) = (vec![0f64; tokens * p.y_stride], vec![0f64; tokens * p.y_stride]);
-            for t in 0..tokens {
-                for h in 0..heads {
-                    let x = &xs[t * p.x_stride + p.x_offset + h * p.x_head_step..][..k];
-                    let wh = &wd[h * rows * k..(h + 1) * rows * k];
-                    let at = t * p.y_stride + p.y_offset + h * p.y_head_step;
-                    want[at..at + rows].copy_from_slice(&reference::matvec(wh, x, None, rows));
-                    scale[at..at + rows].copy_from_slice(&reference::abs_dot(wh, x, rows));
-                }
-            }
+            let (want, scale) = reference::head_linear(&wd, &xs, rows, k, &p);
             close(&format!("head_linear {} tokens={tokens}", dtype.name()), &y.f32s(), &want, &scale)?;
         }
     }
-    let (tokens, heads, nope, rope, latent, pos0) = (3, 2, 8, 8, 16, 4);
+    let (tokens, heads, rope, latent, pos0) = (3, 2, 8, 16, 4);
     let d = latent + rope;
-    let p = LatentRopeParams {
-        tokens,
-        heads,
-        latent,
-        pos0,
-        q_stride: heads * (nope + rope) + 3,
-        q_offset: nope,
-        q_head_step: nope + rope,
-        kv_stride: d + 5,
-        kv_offset: 5,
-    };
+    let p = reference::gapped_latent_layout(tokens, heads, latent, 8, rope, pos0);
     let inv = emberlm_core::rope_table::inv_freq(rope, 10_000.0, emberlm_core::rope_table::RopeScaling::None);
     let table = emberlm_core::rope_table::cos_sin(&inv, pos0 + tokens, 1.0);
     for layout in [RopeLayout::Neox, RopeLayout::Interleaved] {
