@@ -130,11 +130,12 @@ impl MlaConfig {
     }
 
     fn check(&self, heads: usize) -> Result<()> {
-        // The per-head projections read vec4s, and their rows in octets.
-        let fits = self.nope % 8 == 0 && self.kv_rank % 8 == 0 && self.q_head() % 4 == 0 && self.v_dim > 0 && self.rope % 2 == 0 && self.rope > 0;
-        if !fits || self.q_rank.is_some_and(|r| r == 0 || r as u64 > MAX_SIZE) || heads as u64 * self.q_head().max(self.v_dim) as u64 > MAX_SIZE {
+        // The per-head projections read vec4s, and their rows in octets (q_b's too).
+        let octets = |v: usize| v > 0 && v % 8 == 0;
+        let fits = octets(self.nope) && octets(self.kv_rank) && self.q_head() % 4 == 0 && self.v_dim > 0 && self.rope % 2 == 0 && self.rope > 0;
+        if !fits || self.q_rank.is_some_and(|r| !octets(r) || r as u64 > MAX_SIZE) || heads as u64 * self.q_head().max(self.v_dim) as u64 > MAX_SIZE {
             return Err(ModelError::Config(format!(
-                "latent attention of q rank {:?}, kv rank {}, {}+{} q/k dims and {} v dims per head is not supported (nope and kv rank multiples of 8, nope + rope of 4, rope even)",
+                "latent attention of q rank {:?}, kv rank {}, {}+{} q/k dims and {} v dims per head is not supported (nope, q and kv ranks multiples of 8, nope + rope of 4, rope even)",
                 self.q_rank, self.kv_rank, self.nope, self.rope, self.v_dim
             )));
         }
@@ -1437,6 +1438,8 @@ mod tests {
         assert!((v3.attn_scale - mscale * mscale / 24f32.sqrt()).abs() < 1e-6 && v3.rope.attention_factor == 1.0);
         let err = |extra: Json| with_keys(&v2, extra).unwrap_err().to_string();
         assert!(err(serde_json::json!({"kv_lora_rank": 30})).contains("latent attention"), "kv rank not a multiple of 8");
+        assert!(err(serde_json::json!({"q_lora_rank": 12})).contains("latent attention"), "q rank not a multiple of 8");
+        assert!(err(serde_json::json!({"qk_nope_head_dim": 0, "qk_rope_head_dim": 8})).contains("latent attention"), "no nope dims");
         assert!(err(serde_json::json!({"qk_rope_head_dim": 7})).contains("not supported"));
         assert!(err(serde_json::json!({"kv_lora_rank": 1u64 << 40})).contains("not supported"));
         assert!(err(serde_json::json!({"n_group": 3})).contains("routing"), "groups must divide the experts");
