@@ -674,10 +674,10 @@ pub async fn check_ssm_scan(dev: &GpuDevice, case: SsmCase, seed: u64) -> Result
     Ok(compare(name, &got, &want_all, |i| if i < n_out { per_term * mag[i].max(1e-3) } else { state_tol }))
 }
 
-/// DeepSeek-V3's router in small: sigmoid scores, a selection bias, 2 of 4 groups scored by
-/// their best two, weights scaled by 2.5.
+/// DeepSeek-V3's router in small (with a selection bias, [`MoeCase::selection_bias`]): sigmoid
+/// scores, 2 of 4 groups scored by their best two, weights scaled by 2.5.
 pub const DEEPSEEK_V3_ROUTING: ops::Routing =
-    ops::Routing { scoring: ops::RouterScoring::Sigmoid, groups: 4, groups_used: 2, group_score: ops::GroupScore::TopTwoSum, selection_bias: true, scale: 2.5 };
+    ops::Routing { scoring: ops::RouterScoring::Sigmoid, groups: 4, groups_used: 2, group_score: ops::GroupScore::TopTwoSum, scale: 2.5 };
 
 #[derive(Debug, Clone, Copy)]
 pub struct MoeCase {
@@ -693,8 +693,10 @@ pub struct MoeCase {
     pub experts_per_chunk: Option<usize>,
     /// A prefill's path: picks grouped by expert (`grouped_experts`), not one matvec per pick.
     pub grouped: bool,
-    /// DeepSeek's routing (sigmoid scores, groups, a selection bias, a scale), or the plain one.
+    /// DeepSeek's routing (sigmoid scores, groups, a scale), or the plain one.
     pub routing: ops::Routing,
+    /// A random per-expert bias for choosing (DeepSeek-V3's).
+    pub selection_bias: bool,
     /// The experts' sum added to what the output holds (a shared expert's output).
     pub accumulate: bool,
 }
@@ -705,7 +707,7 @@ pub struct MoeCase {
 /// bound, (hidden + inter + 16)·U times the output's magnitude with the activation's error
 /// carried through: Σ_picks w·Σ_i |down_i|·(1.2·|u_i|·|gate|_i + |act(g_i)|·|up|_i).
 pub async fn check_moe(dev: &GpuDevice, case: MoeCase, seed: u64) -> Result<CheckResult> {
-    let MoeCase { tokens, experts, top_k, hidden, inter, dtype, normalize, bias, experts_per_chunk, grouped, routing, accumulate } = case;
+    let MoeCase { tokens, experts, top_k, hidden, inter, dtype, normalize, bias, experts_per_chunk, grouped, routing, selection_bias, accumulate } = case;
     let hidden = hidden.next_multiple_of(dtype.k_multiple());
     let inter = inter.next_multiple_of(dtype.k_multiple());
     let mut rng = Rng::new(seed);
@@ -729,7 +731,7 @@ pub async fn check_moe(dev: &GpuDevice, case: MoeCase, seed: u64) -> Result<Chec
     let p = ops::MoeRouteParams { routing, ..ops::MoeRouteParams::new(tokens, experts, top_k, normalize) };
     let selection_host = rng.vec(experts, -0.2, 0.2);
     let selection = Tensor::from_f32(dev, "selection bias", &[experts], &selection_host)?;
-    let selection = routing.selection_bias.then_some(&selection);
+    let selection = selection_bias.then_some(&selection);
     let route = Tensor::new_zeroed(dev, "route", &[p.route_len()], DType::F32)?;
     let act = Tensor::new_zeroed(dev, "expert activations", &[tokens * top_k, inter], DType::F32)?;
     let y0 = if accumulate { rng.vec(tokens * hidden, -1.0, 1.0) } else { vec![0.0; tokens * hidden] };
@@ -752,16 +754,17 @@ pub async fn check_moe(dev: &GpuDevice, case: MoeCase, seed: u64) -> Result<Chec
     }
     run(plan).await?;
     let name = format!(
-        "moe {}{} t={tokens} {top_k} of {experts} {hidden}x{inter}{}{}{}{}, {} chunks",
+        "moe {}{} t={tokens} {top_k} of {experts} {hidden}x{inter}{}{}{}{}{}, {} chunks",
         if grouped { "grouped " } else { "" },
         dtype.name(),
         if normalize { " normalized" } else { "" },
         if bias { " +bias" } else { "" },
         if routing == ops::Routing::default() { String::new() } else { format!(" {routing:?}") },
+        if selection_bias { " +selection bias" } else { "" },
         if accumulate { " accumulated" } else { "" },
         gate_up_t.chunks.len()
     );
-    let routes = reference::moe_route_with(&logits_host, &p, routing.selection_bias.then_some(&selection_host[..]));
+    let routes = reference::moe_route_with(&logits_host, &p, selection_bias.then_some(&selection_host[..]));
     let got_route = route.read_u32(dev).await?;
     for (t, picks) in routes.iter().enumerate() {
         for (j, &(e, w)) in picks.iter().enumerate() {
@@ -868,13 +871,14 @@ pub async fn run_suite(dev: &GpuDevice) -> Vec<(String, Result<CheckResult>)> {
         experts_per_chunk: None,
         grouped: false,
         routing: ops::Routing::default(),
+        selection_bias: false,
         accumulate: false,
     };
     check!("moe decode", check_moe(dev, moe, 101));
     let prefill = MoeCase { tokens: 7, experts: 6, top_k: 3, dtype: DType::Q4K, normalize: false, bias: true, experts_per_chunk: Some(4), ..moe };
     check!("moe prefill, biases, two chunks", check_moe(dev, prefill, 102));
     check!("moe grouped prefill, biases, two chunks", check_moe(dev, MoeCase { tokens: 19, grouped: true, ..prefill }, 103));
-    let deepseek = MoeCase { experts: 16, top_k: 4, normalize: true, routing: DEEPSEEK_V3_ROUTING, accumulate: true, ..moe };
+    let deepseek = MoeCase { experts: 16, top_k: 4, normalize: true, routing: DEEPSEEK_V3_ROUTING, selection_bias: true, accumulate: true, ..moe };
     check!("moe DeepSeek-V3 routing onto a shared expert's output", check_moe(dev, deepseek, 104));
     check!("moe DeepSeek-V3 routing, grouped prefill", check_moe(dev, MoeCase { tokens: 19, grouped: true, ..deepseek }, 105));
     results

@@ -286,6 +286,7 @@ fn mixture_of_experts_every_dtype_decode_prefill_and_chunks() {
             experts_per_chunk: None,
             grouped: false,
             routing: ops::Routing::default(),
+            selection_bias: false,
             accumulate: false,
         };
         assert_pass(pollster::block_on(checks::check_moe(dev(), case, 200 + i as u64)));
@@ -316,6 +317,7 @@ fn mixture_of_experts_every_dtype_decode_prefill_and_chunks() {
             experts_per_chunk: None,
             grouped,
             routing: ops::Routing::default(),
+            selection_bias: false,
             accumulate: false,
         };
         assert_pass(pollster::block_on(checks::check_moe(dev(), wide, 230)));
@@ -328,7 +330,8 @@ fn mixture_of_experts_every_dtype_decode_prefill_and_chunks() {
 #[test]
 fn mixture_of_experts_deepseek_routing_onto_shared_expert_output() {
     let v2 = ops::Routing { groups: 4, groups_used: 2, scale: 16.0, ..ops::Routing::default() };
-    for (i, (routing, normalize)) in
+    // V3's (normalised, with a choice bias) as it is and without groups; V2's.
+    for (i, (routing, v3)) in
         [(v2, false), (checks::DEEPSEEK_V3_ROUTING, true), (ops::Routing { groups: 1, ..checks::DEEPSEEK_V3_ROUTING }, true)].into_iter().enumerate()
     {
         for (tokens, grouped) in [(1, false), (5, false), (37, true)] {
@@ -339,11 +342,12 @@ fn mixture_of_experts_deepseek_routing_onto_shared_expert_output() {
                 hidden: 64,
                 inter: 32,
                 dtype: DType::Q8,
-                normalize,
+                normalize: v3,
                 bias: false,
                 experts_per_chunk: None,
                 grouped,
                 routing,
+                selection_bias: v3,
                 accumulate: true,
             };
             assert_pass(pollster::block_on(checks::check_moe(dev(), case, 250 + i as u64)));

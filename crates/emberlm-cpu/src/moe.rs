@@ -26,9 +26,6 @@ pub fn moe_route(logits: &CpuTensor, selection_bias: Option<&CpuTensor>, route: 
     logits.expect_f32("moe_route", p.tokens * p.experts)?;
     route.expect_f32("moe_route", p.route_len())?;
     let r = &p.routing;
-    if selection_bias.is_some() != r.selection_bias {
-        return shape("moe_route", "a selection bias is passed exactly when the routing has one".to_string());
-    }
     if let Some(b) = selection_bias {
         b.expect_f32("moe_route", p.experts)?;
     }

@@ -82,20 +82,15 @@ impl MoeConfig {
     }
 
     fn check(&self) -> Result<()> {
-        use emberlm_core::ops::moe::{MAX_EXPERTS, MAX_TOP_K};
-        if self.experts == 0 || self.experts > MAX_EXPERTS || self.top_k == 0 || self.top_k > self.experts.min(MAX_TOP_K) {
-            return Err(ModelError::Config(format!(
-                "{} of {} experts per token is not supported (at most {MAX_TOP_K} of {MAX_EXPERTS})",
-                self.top_k, self.experts
-            )));
-        }
+        // The router's own check: the expert count, top_k, and groups that divide the experts
+        // and hold top_k picks.
+        MoeRouteParams { routing: self.routing, ..MoeRouteParams::new(1, self.experts, self.top_k, self.normalize) }
+            .check("moe_route")
+            .map_err(|e| ModelError::Config(format!("the mixture's routing is not supported: {e}")))?;
         if self.expert_ffn == 0 || self.expert_ffn as u64 > MAX_SIZE || self.shared_ffn as u64 > MAX_SIZE {
             return Err(ModelError::Config(format!("an expert width of {} (shared {}) is out of range", self.expert_ffn, self.shared_ffn)));
         }
-        // The router's own check: groups that divide the experts and hold top_k picks.
-        MoeRouteParams { routing: self.routing, ..MoeRouteParams::new(1, self.experts, self.top_k, self.normalize) }
-            .check("moe_route")
-            .map_err(|e| ModelError::Config(format!("the mixture's routing is not supported: {e}")))
+        Ok(())
     }
 }
 
@@ -560,9 +555,6 @@ impl ModelConfig {
         if let Some(moe) = &self.moe {
             moe.check()?;
         }
-        if self.dense_ffn() as u64 > MAX_SIZE {
-            return bad(format!("a shared expert {} wide is out of range", self.dense_ffn()));
-        }
         if let Activation::SwigluOai { alpha, limit } = self.activation {
             if !(alpha.is_finite() && limit > 0.0) {
                 return bad(format!("a clamped SwiGLU with alpha {alpha} and limit {limit} is not supported (a positive limit)"));
@@ -677,7 +669,6 @@ impl ModelConfig {
                         // V2 scores a group by its best expert (transformers, DeepSeek's code;
                         // llama.cpp sums the best two for V2 as well).
                         group_score: if sigmoid { GroupScore::TopTwoSum } else { GroupScore::Max },
-                        selection_bias: false,
                         scale: optf("expert_weights_scale").unwrap_or(1.0),
                     },
                     shared_ffn: opt("expert_shared_count").unwrap_or(0).saturating_mul(expert_ffn),
@@ -1151,7 +1142,6 @@ fn deepseek_moe(c: &Json, arch: Architecture, need: &dyn Fn(&str) -> Result<usiz
             groups,
             groups_used,
             group_score: group_score.unwrap_or_default(),
-            selection_bias: false,
             scale: c.get("routed_scaling_factor").and_then(Json::as_f64).unwrap_or(1.0) as f32,
         },
         shared_ffn: usize_of("n_shared_experts").unwrap_or(0).saturating_mul(expert_ffn),

@@ -1030,7 +1030,6 @@ impl<B: Backend> Session<B> {
         Ok(Self { state, tokens: Vec::new(), decode: None, decode_cache: Default::default(), in_flight: false })
     }
 
-    /// The next position: how many tokens the cache holds.
     /// Bytes the per-layer state holds (KV caches, MLA's latent caches, rolling states).
     pub fn state_bytes(&self) -> u64 {
         self.state
@@ -1045,6 +1044,7 @@ impl<B: Backend> Session<B> {
             .sum()
     }
 
+    /// The next position: how many tokens the cache holds.
     pub fn position(&self) -> usize {
         self.tokens.len()
     }
@@ -1462,8 +1462,7 @@ impl<B: Backend> Session<B> {
                     }
                     let accumulate = shared.is_some();
                     project(plan, &ws.normed, router, &mw.logits, moe.experts)?;
-                    let routing = emberlm_core::ops::Routing { selection_bias: selection_bias.is_some(), ..moe.routing };
-                    let route = MoeRouteParams { routing, ..MoeRouteParams::new(t, moe.experts, moe.top_k, moe.normalize) };
+                    let route = MoeRouteParams { routing: moe.routing, ..MoeRouteParams::new(t, moe.experts, moe.top_k, moe.normalize) };
                     B::moe_route(plan, &mw.logits, selection_bias.as_ref(), &mw.route, &route)?;
                     match &mw.grouped {
                         // A prefill on the GPU: the picks grouped by expert, each picked

@@ -57,16 +57,13 @@ pub struct Routing {
     pub groups: usize,
     pub groups_used: usize,
     pub group_score: GroupScore,
-    /// A per-expert bias added to the scores for choosing, not to the weights (DeepSeek-V3's
-    /// `e_score_correction_bias`); the tensor is passed to the op.
-    pub selection_bias: bool,
     /// Multiplies every weight (`routed_scaling_factor`).
     pub scale: f32,
 }
 
 impl Default for Routing {
     fn default() -> Self {
-        Self { scoring: RouterScoring::Softmax, groups: 1, groups_used: 1, group_score: GroupScore::Max, selection_bias: false, scale: 1.0 }
+        Self { scoring: RouterScoring::Softmax, groups: 1, groups_used: 1, group_score: GroupScore::Max, scale: 1.0 }
     }
 }
 
@@ -142,16 +139,14 @@ struct RouteUniforms {
 }
 
 /// `logits`: [tokens, experts] f32; `route`: [`MoeRouteParams::route_len`] words;
-/// `selection_bias`: [experts] f32, exactly when `p.routing.selection_bias`.
+/// `selection_bias`: [experts] f32 added to the scores for choosing, not to the weights
+/// (DeepSeek-V3's `e_score_correction_bias`).
 pub fn moe_route(plan: &mut Plan, logits: &Tensor, selection_bias: Option<&Tensor>, route: &Tensor, p: &MoeRouteParams) -> Result<OpId> {
     const OP: &str = "moe_route";
     p.check(OP)?;
     expect_f32(OP, "router logits", logits, p.tokens * p.experts)?;
     expect_f32(OP, "route", route, p.route_len())?;
     let r = &p.routing;
-    if selection_bias.is_some() != r.selection_bias {
-        return shape_err(OP, "a selection bias is passed exactly when the routing has one".to_string());
-    }
     if let Some(b) = selection_bias {
         expect_f32(OP, "selection bias", b, p.experts)?;
     }
@@ -170,7 +165,7 @@ pub fn moe_route(plan: &mut Plan, logits: &Tensor, selection_bias: Option<&Tenso
         .with("WG", WG)
         .flag_if(p.normalize, "NORMALIZE")
         .flag_if(r.scoring == RouterScoring::Sigmoid, "SIGMOID")
-        .flag_if(r.selection_bias, "SELECTION_BIAS")
+        .flag_if(selection_bias.is_some(), "SELECTION_BIAS")
         .flag_if(r.group_score == GroupScore::TopTwoSum, "GROUP_TOP2");
     plan.dispatch("moe_route", key("moe_route", variant), &uniforms, storage, grid)
 }
