@@ -120,7 +120,7 @@ pub fn latent_rope_append(
 ) -> Result<()> {
     const OP: &str = "latent_rope_append";
     let _time = crate::profile::scope(OP);
-    let (d, half) = (p.latent + rope, rope / 2);
+    let d = p.latent + rope;
     let s_max = cache.numel() / d.max(1);
     if rope == 0
         || rope % 2 != 0
@@ -141,27 +141,16 @@ pub fn latent_rope_append(
     }
     let (q, kv) = (q.f32s(), kv.f32s());
     let (mut query, mut cache) = (query.f32s_mut(), cache.f32s_mut());
-    let rotate = |src: &[f32], dst: &mut [f32], cs: &[f32]| {
-        for i in 0..half {
-            let (ia, ib) = match layout {
-                RopeLayout::Neox => (i, i + half),
-                RopeLayout::Interleaved => (2 * i, 2 * i + 1),
-            };
-            let (c, s, a, b) = (cs[2 * i], cs[2 * i + 1], src[ia], src[ib]);
-            dst[ia] = a * c - b * s;
-            dst[ib] = b * c + a * s;
-        }
-    };
     for t in 0..p.tokens {
         let cs = &table[(p.pos0 + t) * rope..][..rope];
         for h in 0..p.heads {
-            let src = &q[t * p.q_stride + p.q_offset + h * p.q_head_step..][..rope];
-            rotate(src, &mut query[(t * p.heads + h) * d + p.latent..][..rope], cs);
+            let dst = &mut query[(t * p.heads + h) * d + p.latent..][..rope];
+            dst.copy_from_slice(&q[t * p.q_stride + p.q_offset + h * p.q_head_step..][..rope]);
+            rotate_pairs(dst, cs, layout);
         }
-        let src = &kv[t * p.kv_stride + p.kv_offset..][..d];
         let row = &mut cache[(p.pos0 + t) * d..][..d];
-        row[..p.latent].copy_from_slice(&src[..p.latent]);
-        rotate(&src[p.latent..], &mut row[p.latent..], cs);
+        row.copy_from_slice(&kv[t * p.kv_stride + p.kv_offset..][..d]);
+        rotate_pairs(&mut row[p.latent..], cs, layout);
     }
     Ok(())
 }
@@ -373,20 +362,26 @@ pub fn rope(
     for t in 0..tokens {
         let cs = &table[(pos0 + t) * half * 2..][..half * 2];
         for h in 0..heads {
-            let head = &mut x[t * row_stride + (head_offset + h) * d..][..d];
-            for i in 0..half {
-                let (c, s) = (cs[2 * i], cs[2 * i + 1]);
-                let (ia, ib) = match layout {
-                    RopeLayout::Neox => (i, i + half),
-                    RopeLayout::Interleaved => (2 * i, 2 * i + 1),
-                };
-                let (a, b) = (head[ia], head[ib]);
-                head[ia] = a * c - b * s;
-                head[ib] = b * c + a * s;
-            }
+            rotate_pairs(&mut x[t * row_stride + (head_offset + h) * d..][..d], cs, layout);
         }
     }
     Ok(())
+}
+
+/// Rotates `head`'s first `cs.len()` dims in place by the (cos, sin) pairs `cs`, pairing dims
+/// as `layout` says.
+fn rotate_pairs(head: &mut [f32], cs: &[f32], layout: RopeLayout) {
+    let half = cs.len() / 2;
+    for i in 0..half {
+        let (c, s) = (cs[2 * i], cs[2 * i + 1]);
+        let (ia, ib) = match layout {
+            RopeLayout::Neox => (i, i + half),
+            RopeLayout::Interleaved => (2 * i, 2 * i + 1),
+        };
+        let (a, b) = (head[ia], head[ib]);
+        head[ia] = a * c - b * s;
+        head[ib] = b * c + a * s;
+    }
 }
 
 /// Copies heads `head_offset..head_offset + kv_heads` of `tokens` rows into the cache
