@@ -193,28 +193,16 @@ pub fn latent_rope_append(
     let (d, half) = (p.latent + rope, rope / 2);
     let widen = |v: &[f32]| v.iter().map(|&x| x as f64).collect::<Vec<f64>>();
     let (mut query, mut cache) = (widen(query), widen(cache));
-    let rotate = |src: &[f32], dst: &mut [f64], pos: usize| {
-        for i in 0..half {
-            let (c, s) = (table[(pos * half + i) * 2] as f64, table[(pos * half + i) * 2 + 1] as f64);
-            let (ia, ib) = match layout {
-                RopeLayout::Neox => (i, i + half),
-                RopeLayout::Interleaved => (2 * i, 2 * i + 1),
-            };
-            let (a, b) = (src[ia] as f64, src[ib] as f64);
-            dst[ia] = a * c - b * s;
-            dst[ib] = b * c + a * s;
-        }
-    };
     for t in 0..p.tokens {
         for h in 0..p.heads {
-            rotate(&q[t * p.q_stride + p.q_offset + h * p.q_head_step..], &mut query[(t * p.heads + h) * d + p.latent..], p.pos0 + t);
+            rotate_into(&q[t * p.q_stride + p.q_offset + h * p.q_head_step..], &mut query[(t * p.heads + h) * d + p.latent..], table, p.pos0 + t, half, layout);
         }
         let src = &kv[t * p.kv_stride + p.kv_offset..][..d];
         let row = &mut cache[(p.pos0 + t) * d..][..d];
         for (o, &v) in row[..p.latent].iter_mut().zip(src) {
             *o = v as f64;
         }
-        rotate(&src[p.latent..], &mut row[p.latent..], p.pos0 + t);
+        rotate_into(&src[p.latent..], &mut row[p.latent..], table, p.pos0 + t, half, layout);
     }
     (query, cache)
 }
@@ -243,19 +231,25 @@ pub fn rope(
     for t in 0..tokens {
         for h in 0..heads {
             let base = t * row_stride + (head_offset + h) * d;
-            for i in 0..half {
-                let (c, s) = (table[((pos0 + t) * half + i) * 2] as f64, table[((pos0 + t) * half + i) * 2 + 1] as f64);
-                let (ia, ib) = match layout {
-                    RopeLayout::Neox => (base + i, base + i + half),
-                    RopeLayout::Interleaved => (base + 2 * i, base + 2 * i + 1),
-                };
-                let (a, b) = (x[ia] as f64, x[ib] as f64);
-                out[ia] = a * c - b * s;
-                out[ib] = b * c + a * s;
-            }
+            rotate_into(&x[base..], &mut out[base..], table, pos0 + t, half, layout);
         }
     }
     out
+}
+
+/// The first 2·`half` dims of `src` rotated at position `pos` (the (cos, sin) table
+/// `[positions][half]`) into `dst`, dims paired as `layout` says.
+fn rotate_into(src: &[f32], dst: &mut [f64], table: &[f32], pos: usize, half: usize, layout: RopeLayout) {
+    for i in 0..half {
+        let (c, s) = (table[(pos * half + i) * 2] as f64, table[(pos * half + i) * 2 + 1] as f64);
+        let (ia, ib) = match layout {
+            RopeLayout::Neox => (i, i + half),
+            RopeLayout::Interleaved => (2 * i, 2 * i + 1),
+        };
+        let (a, b) = (src[ia] as f64, src[ib] as f64);
+        dst[ia] = a * c - b * s;
+        dst[ib] = b * c + a * s;
+    }
 }
 
 /// The gate's activation (GPT-OSS's: g · sigmoid(alpha · g) with g = min(gate, limit)).
