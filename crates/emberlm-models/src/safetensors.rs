@@ -247,11 +247,11 @@ pub struct SafetensorsStore<S: ByteSource> {
 
 /// A tensor made from others (see the module docs).
 enum View {
-    /// MXFP4 rows from OpenAI's `*_blocks` and `*_scales`: view row r is source row
-    /// (r / per_expert) · per_expert · stride + (r % per_expert) · stride + offset; or, with
-    /// `deinterleave` (stride 1), each expert's even source rows then its odd ones (GPT-OSS's
-    /// interleaved gate|up as llama.cpp's fused `ffn_gate_up_exps`: gate rows, then up rows).
-    Mxfp4 { blocks: (usize, StTensor), scales: (usize, StTensor), rows: usize, k: usize, per_expert: usize, stride: usize, offset: usize, deinterleave: bool },
+    /// MXFP4 rows from OpenAI's `*_blocks` and `*_scales`, `per_expert` rows an expert: view
+    /// row r is source row r; or, with `deinterleave`, each expert's even source rows then its
+    /// odd ones (GPT-OSS's interleaved gate|up as llama.cpp's fused `ffn_gate_up_exps`: gate
+    /// rows, then up rows).
+    Mxfp4 { blocks: (usize, StTensor), scales: (usize, StTensor), rows: usize, k: usize, per_expert: usize, deinterleave: bool },
     /// Every `stride`-th value of each source row from `offset` (an interleaved bias): [rows, k].
     Columns { tensor: (usize, StTensor), rows: usize, k: usize, stride: usize, offset: usize },
 }
@@ -294,8 +294,6 @@ fn gpt_oss_views(file: &str, raw: &HashMap<String, (usize, StTensor)>) -> Result
                 rows: experts * rows,
                 k: groups * 32,
                 per_expert: rows,
-                stride: 1,
-                offset: 0,
                 deinterleave,
             };
             match proj {
@@ -357,7 +355,7 @@ impl<S: ByteSource> SafetensorsStore<S> {
     /// Rows `rows` of an MXFP4 view, as OpenAI's blocks hold them: each expert's rows in one
     /// read of the source rows they span.
     fn mxfp4_rows(&self, name: &str, view: &View, rows: Range<usize>) -> Result<PackedMatrix> {
-        let &View::Mxfp4 { ref blocks, ref scales, rows: total, k, per_expert, stride, offset, deinterleave } = view else {
+        let &View::Mxfp4 { ref blocks, ref scales, rows: total, k, per_expert, deinterleave } = view else {
             return Err(ModelError::Tensor { tensor: name.into(), reason: "not an MXFP4 tensor".into() });
         };
         if rows.end > total {
@@ -377,9 +375,9 @@ impl<S: ByteSource> SafetensorsStore<S> {
             let within = match deinterleave {
                 true if i < per_expert / 2 => 2 * i,
                 true => 2 * (i - per_expert / 2) + 1,
-                false => i * stride + offset,
+                false => i,
             };
-            expert * per_expert * stride + within
+            expert * per_expert + within
         };
         let mut r = rows.start;
         while r < rows.end {
