@@ -504,17 +504,42 @@ fn ranking_rows(rng: &mut Rng, cols: usize) -> Vec<Vec<f32>> {
     rows
 }
 
-pub async fn check_argmax(dev: &GpuDevice, cols: usize, seed: u64) -> Result<CheckResult> {
-    let rows = ranking_rows(&mut Rng::new(seed), cols);
+/// With `masked`, a random third of the columns allowed (never the first row's best) and, on a
+/// second output, none: every row then gives `u32::MAX`.
+pub async fn check_argmax(dev: &GpuDevice, cols: usize, masked: bool, seed: u64) -> Result<CheckResult> {
+    let mut rng = Rng::new(seed);
+    let rows = ranking_rows(&mut rng, cols);
     let host: Vec<f32> = rows.concat();
     let x = Tensor::from_f32(dev, "x", &[rows.len(), cols], &host)?;
-    let out = Tensor::from_u32(dev, "argmax", &vec![u32::MAX; rows.len()])?;
+    let out = Tensor::from_u32(dev, "argmax", &vec![u32::MAX - 1; rows.len()])?;
+    let none = Tensor::from_u32(dev, "argmax, nothing allowed", &vec![0; rows.len()])?;
+    let mut allowed: Vec<bool> = (0..cols).map(|_| rng.uniform(0.0, 1.0) < 0.3).collect();
+    allowed[reference::argmax(&rows[0]) as usize] = false;
+    let words = |allowed: &[bool]| -> Vec<u32> {
+        let mut w = vec![0u32; ops::mask_words(cols)];
+        allowed.iter().enumerate().filter(|(_, &a)| a).for_each(|(i, _)| w[i / 32] |= 1 << (i % 32));
+        w
+    };
+    // Bits past the last column (the mask's last word) are ignored.
+    let mut bits = words(&allowed);
+    if cols % 32 != 0 {
+        *bits.last_mut().expect("a word") |= !((1u32 << (cols % 32)) - 1);
+    }
+    let mask = Tensor::from_u32(dev, "mask", &bits)?;
+    let empty = Tensor::from_u32(dev, "empty mask", &words(&vec![false; cols]))?;
     let mut plan = Plan::new(dev);
-    ops::argmax(&mut plan, &x, &out, rows.len(), cols)?;
+    ops::argmax(&mut plan, &x, masked.then_some(&mask), &out, rows.len(), cols)?;
+    if masked {
+        ops::argmax(&mut plan, &x, Some(&empty), &none, rows.len(), cols)?;
+    }
     run(plan).await?;
-    let got = out.read_u32(dev).await?;
-    let want: Vec<u32> = rows.iter().map(|r| reference::argmax(r)).collect();
-    exact_check(format!("argmax {}x{cols}", rows.len()), &got, &want)
+    let mut got = out.read_u32(dev).await?;
+    let mut want: Vec<u32> = rows.iter().map(|r| if masked { reference::masked_argmax(r, &allowed) } else { reference::argmax(r) }).collect();
+    if masked {
+        got.extend(none.read_u32(dev).await?);
+        want.extend(vec![u32::MAX; rows.len()]);
+    }
+    exact_check(format!("argmax {}x{cols}{}", rows.len(), if masked { " masked" } else { "" }), &got, &want)
 }
 
 fn exact_check<T: PartialEq + std::fmt::Debug>(name: String, got: &[T], want: &[T]) -> Result<CheckResult> {
@@ -857,7 +882,8 @@ pub async fn run_suite(dev: &GpuDevice) -> Vec<(String, Result<CheckResult>)> {
     check!("ssm_scan prefill (two chunks)", check_ssm_scan(dev, ssm, 66));
     check!("ssm_scan decode", check_ssm_scan(dev, SsmCase { tokens: 1, ..ssm }, 67));
     check!("softmax", check_softmax(dev, 2, 1001, 0.7, 81));
-    check!("argmax", check_argmax(dev, 1001, 91));
+    check!("argmax", check_argmax(dev, 1001, false, 91));
+    check!("argmax masked", check_argmax(dev, 1001, true, 93));
     check!("top_k", check_top_k(dev, 1001, 40, 92));
     let moe = MoeCase {
         tokens: 1,

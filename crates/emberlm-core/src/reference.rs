@@ -285,6 +285,12 @@ pub fn argmax(x: &[f32]) -> u32 {
     top_k(x, 1).first().map_or(0, |&(i, _)| i)
 }
 
+/// [`argmax`] over the allowed columns only; `u32::MAX` when none is allowed (or all are NaN).
+pub fn masked_argmax(x: &[f32], allowed: &[bool]) -> u32 {
+    let kept: Vec<f32> = x.iter().zip(allowed).map(|(&v, &a)| if a { v } else { f32::NAN }).collect();
+    top_k(&kept, 1).first().map_or(u32::MAX, |&(i, _)| i)
+}
+
 /// The k largest (index, value), descending, ties by lower index, NaN skipped.
 pub fn top_k(x: &[f32], k: usize) -> Vec<(u32, f32)> {
     let mut idx: Vec<u32> = (0..x.len() as u32).filter(|&i| !x[i as usize].is_nan()).collect();

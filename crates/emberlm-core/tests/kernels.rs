@@ -264,7 +264,9 @@ fn softmax_argmax_top_k() {
     assert_pass(pollster::block_on(checks::check_softmax(dev(), 2, 1001, 0.7, 1)));
     assert_pass(pollster::block_on(checks::check_softmax(dev(), 1, 3, 1.0, 2)));
     for cols in [1, 7, 1001, 50_000] {
-        assert_pass(pollster::block_on(checks::check_argmax(dev(), cols.max(2), cols as u64)));
+        for masked in [false, true] {
+            assert_pass(pollster::block_on(checks::check_argmax(dev(), cols.max(2), masked, cols as u64)));
+        }
     }
     for (cols, k) in [(1001, 1), (1001, 40), (10, 16)] {
         assert_pass(pollster::block_on(checks::check_top_k(dev(), cols, k, k as u64)));
@@ -416,7 +418,7 @@ fn rerunning_an_executable_allocates_nothing() {
     let ids = Tensor::from_u32(d, "argmax", &[0]).unwrap();
     let mut plan = Plan::new(d);
     ops::matvec(&mut plan, &w, &x, None, &y).unwrap();
-    ops::argmax(&mut plan, &y, &ids, 1, n).unwrap();
+    ops::argmax(&mut plan, &y, None, &ids, 1, n).unwrap();
     let mut exe = plan.finish().unwrap();
     exe.run(d).unwrap();
     let first = pollster::block_on(ids.read_u32(d)).unwrap();

@@ -233,9 +233,17 @@ pub fn norms_rope_activation_softcap_argmax() -> Check {
     logits[20] = 1e9;
     logits[25] = 1e9;
     let out = CpuTensor::zeroed("i", &[1], DType::F32)?;
-    ops::argmax(&CpuTensor::from_f32("l", &[33], &logits)?, &out, 1, 33)?;
+    ops::argmax(&CpuTensor::from_f32("l", &[33], &logits)?, None, &out, 1, 33)?;
     ensure!(out.words()[0] == reference::argmax(&logits), "argmax {} vs the reference's {}", out.words()[0], reference::argmax(&logits));
     ensure!(out.words()[0] == 20, "argmax: lowest index on ties, NaN skipped (got {})", out.words()[0]);
+    // A grammar mask: the two best columns and every third ruled out, then every column.
+    for allowed in [(0..33).map(|i| i != 20 && i != 25 && i % 3 != 0).collect::<Vec<_>>(), vec![false; 33]] {
+        let mask = CpuTensor::zeroed("mask", &[2], DType::F32)?;
+        allowed.iter().enumerate().filter(|(_, &a)| a).for_each(|(i, _)| mask.words_mut()[i / 32] |= 1 << (i % 32));
+        ops::argmax(&CpuTensor::from_f32("l", &[33], &logits)?, Some(&mask), &out, 1, 33)?;
+        let want = reference::masked_argmax(&logits, &allowed);
+        ensure!(out.words()[0] == want, "masked argmax {} vs the reference's {want}", out.words()[0]);
+    }
     Ok(())
 }
 

@@ -594,19 +594,26 @@ pub fn logit_softcap(x: &CpuTensor, len: usize, cap: f32) -> Result<()> {
     Ok(())
 }
 
-/// out[r] = index of the largest value of row r (lowest on ties, NaN skipped; 0 if none).
-pub fn argmax(x: &CpuTensor, out: &CpuTensor, rows: usize, cols: usize) -> Result<()> {
+/// out[r] = index of the largest value of row r (lowest on ties, NaN skipped; 0 if none). With
+/// `mask` (bit `i % 32` of word `i / 32` allows column `i`, for every row) only allowed columns
+/// compete, and a row with none gives `u32::MAX` (the GPU op's contract).
+pub fn argmax(x: &CpuTensor, mask: Option<&CpuTensor>, out: &CpuTensor, rows: usize, cols: usize) -> Result<()> {
     let _time = crate::profile::scope("argmax");
     x.expect_f32("argmax", rows * cols)?;
     if out.numel() < rows || out.dtype != DType::F32 {
         return shape("argmax", format!("`{}` cannot hold {rows} indices", out.name));
     }
+    if mask.is_some_and(|m| m.numel() < cols.div_ceil(32)) {
+        return shape("argmax", format!("the mask cannot cover {cols} columns"));
+    }
+    let words = mask.map(|m| m.words());
+    let allowed = |i: usize| words.as_ref().is_none_or(|w| w[i / 32] >> (i % 32) & 1 == 1);
     let x = x.f32s();
     let mut o = out.words_mut();
     for (r, row) in x.chunks_exact(cols).take(rows).enumerate() {
-        let mut best = (0u32, f32::NEG_INFINITY, false);
+        let mut best = (if mask.is_some() { u32::MAX } else { 0 }, f32::NEG_INFINITY, false);
         for (i, &v) in row.iter().enumerate() {
-            if !v.is_nan() && (!best.2 || v > best.1) {
+            if !v.is_nan() && (!best.2 || v > best.1) && allowed(i) {
                 best = (i as u32, v, true);
             }
         }

@@ -285,7 +285,9 @@ pub trait Backend {
         Err(emberlm_core::Error::InvalidArgument("this backend does not group experts (groups_experts is false)".into()))
     }
     fn logit_softcap(pass: &mut Self::Pass<'_>, x: &Self::Tensor, len: usize, cap: f32) -> Result<()>;
-    fn argmax(pass: &mut Self::Pass<'_>, x: &Self::Tensor, out: &Self::Tensor, rows: usize, cols: usize) -> Result<()>;
+    /// Each row's largest value's index; with `mask` (a bit per column, [`ops::mask_words`] u32
+    /// words) only allowed columns compete, and a row with none gives `u32::MAX`.
+    fn argmax(pass: &mut Self::Pass<'_>, x: &Self::Tensor, mask: Option<&Self::Tensor>, out: &Self::Tensor, rows: usize, cols: usize) -> Result<()>;
 
     /// Starts collecting time per op kind (clearing earlier totals), or stops; false when this
     /// backend cannot (on WebGPU, an adapter without timestamp queries).
@@ -321,6 +323,10 @@ pub trait Backend {
         -> Result<Self::PendingStep>;
     /// Waits for a submitted step's token and logits.
     async fn finish(&self, pending: Self::PendingStep) -> Result<(u32, Option<Vec<f32>>)>;
+    /// Submits a pass whose results stay on the device for a later pass (a constrained step's
+    /// logits, which the masked argmax reads), without waiting for it; while profiling, waits
+    /// and collects its times, as [`Backend::finish`] does.
+    async fn enqueue<'a>(&'a self, pass: Self::Pass<'a>, cache: &mut Self::StepCache) -> Result<()>;
 }
 
 impl Backend for GpuDevice {
@@ -542,8 +548,8 @@ impl Backend for GpuDevice {
         ops::logit_softcap(plan, x, len, cap).map(drop)
     }
 
-    fn argmax(plan: &mut Plan, x: &Tensor, out: &Tensor, rows: usize, cols: usize) -> Result<()> {
-        ops::argmax(plan, x, out, rows, cols).map(drop)
+    fn argmax(plan: &mut Plan, x: &Tensor, mask: Option<&Tensor>, out: &Tensor, rows: usize, cols: usize) -> Result<()> {
+        ops::argmax(plan, x, mask, out, rows, cols).map(drop)
     }
 
     fn overlaps_steps(&self) -> bool {
@@ -557,6 +563,14 @@ impl Backend for GpuDevice {
             ranges.push((t.buffer()?, 0, t.numel() as u64 * 4));
         }
         Ok((plan.finish_cached(cache)?.run_with_reads(self, &ranges)?, logits.is_some()))
+    }
+
+    async fn enqueue<'a>(&'a self, plan: Plan<'a>, cache: &mut StepCache) -> Result<()> {
+        plan.finish_cached(cache)?.run(self)?;
+        if let Some(profiler) = self.profiler() {
+            profiler.collect(self).await?;
+        }
+        Ok(())
     }
 
     async fn finish(&self, (pending, with_logits): (PendingRead, bool)) -> Result<(u32, Option<Vec<f32>>)> {
@@ -819,8 +833,8 @@ impl Backend for CpuDevice {
         emberlm_cpu::ops::logit_softcap(x, len, cap)
     }
 
-    fn argmax(_: &mut CpuPass, x: &CpuTensor, out: &CpuTensor, rows: usize, cols: usize) -> Result<()> {
-        emberlm_cpu::ops::argmax(x, out, rows, cols)
+    fn argmax(_: &mut CpuPass, x: &CpuTensor, mask: Option<&CpuTensor>, out: &CpuTensor, rows: usize, cols: usize) -> Result<()> {
+        emberlm_cpu::ops::argmax(x, mask, out, rows, cols)
     }
 
     fn overlaps_steps(&self) -> bool {
@@ -835,5 +849,10 @@ impl Backend for CpuDevice {
     async fn finish(&self, step: (u32, Option<Vec<f32>>)) -> Result<(u32, Option<Vec<f32>>)> {
         emberlm_cpu::yield_to_host().await;
         Ok(step)
+    }
+
+    /// The pass ran as it was recorded.
+    async fn enqueue<'a>(&'a self, _: CpuPass, _: &mut ()) -> Result<()> {
+        Ok(())
     }
 }

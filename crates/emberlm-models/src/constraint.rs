@@ -157,6 +157,38 @@ impl Constraint {
         Ok(())
     }
 
+    /// The next token's mask as bits for an argmax on the device (bit `i % 32` of word `i / 32`
+    /// allows token `i`; [`emberlm_core::ops::mask_words`] words over `vocab` tokens), allowing
+    /// what [`Constraint::mask`] leaves finite.
+    pub fn allowed_words(&mut self, vocab: usize, stop_tokens: &[u32]) -> Result<Vec<u32>> {
+        let allowed = match self.prepared.take() {
+            Some(allowed) => allowed,
+            None => self.compute()?,
+        };
+        let started = web_time::Instant::now();
+        let mut words = vec![0u32; emberlm_core::ops::mask_words(vocab)];
+        let known = allowed.len().min(vocab);
+        let whole = known / 32;
+        words[..whole].copy_from_slice(&allowed.as_slice()[..whole]);
+        let mut set = |id: usize, on: bool| {
+            let bit = 1u32 << (id % 32);
+            if on {
+                words[id / 32] |= bit;
+            } else {
+                words[id / 32] &= !bit;
+            }
+        };
+        for id in whole * 32..known {
+            set(id, allowed.is_allowed(id as u32));
+        }
+        let may_end = allowed.is_allowed(self.eos);
+        for &id in stop_tokens.iter().filter(|&&id| (id as usize) < vocab) {
+            set(id as usize, may_end);
+        }
+        self.seconds += started.elapsed().as_secs_f64();
+        Ok(words)
+    }
+
     /// Computes the next token's mask now, for [`Constraint::mask`]: called while the GPU runs
     /// the step whose logits it will mask, so the two overlap.
     pub fn prepare(&mut self) -> Result<()> {

@@ -7,7 +7,7 @@
 
 use web_time::Instant;
 
-use crate::backend::Backend;
+use crate::backend::{Backend, BackendKind};
 use crate::constraint::Constraint;
 use crate::error::{ModelError, Result};
 use crate::model::{Model, Session, StepOutput};
@@ -26,6 +26,22 @@ pub struct GenerateOptions {
     /// `Some(n)`: each generated token's log-probability and the `n` (at most
     /// [`MAX_TOP_LOGPROBS`]) likeliest tokens' at its position ([`TokenLogprobs`]).
     pub logprobs: Option<usize>,
+    /// Where a constrained greedy step applies its grammar mask (sampling and logprobs read the
+    /// logits back and mask them on the CPU whatever this says).
+    pub mask_side: MaskSide,
+}
+
+/// Where [`generate_constrained`] masks a greedy step's logits.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum MaskSide {
+    /// The backend's better side: the device on WebGPU (docs/PERFORMANCE.md), the CPU backend's
+    /// own memory otherwise.
+    #[default]
+    Auto,
+    /// Read the logits back and mask them on the CPU.
+    Host,
+    /// Upload the mask and pick the token on the device ([`Session::step_masked`]).
+    Device,
 }
 
 /// The most alternatives [`GenerateOptions::logprobs`] asks for (OpenAI's limit).
@@ -99,7 +115,14 @@ impl TokenLogprobs {
 
 impl Default for GenerateOptions {
     fn default() -> Self {
-        Self { max_new_tokens: 128, stop_tokens: Vec::new(), sampling: SamplingOptions::default(), want_prompt_logits: false, logprobs: None }
+        Self {
+            max_new_tokens: 128,
+            stop_tokens: Vec::new(),
+            sampling: SamplingOptions::default(),
+            want_prompt_logits: false,
+            logprobs: None,
+            mask_side: MaskSide::Auto,
+        }
     }
 }
 
@@ -155,7 +178,17 @@ pub async fn generate_constrained<B: Backend>(
         return Err(ModelError::Config(format!("top logprobs: at most {MAX_TOP_LOGPROBS} alternatives")));
     }
     let mut sampler = Sampler::new(&options.sampling)?;
-    let need_logits = !sampler.is_greedy() || options.logprobs.is_some() || constraint.is_some();
+    // A greedy constrained step needs only the token: its mask can go to the device instead.
+    let mask_on_device = constraint.is_some()
+        && sampler.is_greedy()
+        && options.logprobs.is_none()
+        && !options.want_prompt_logits
+        && match options.mask_side {
+            MaskSide::Auto => dev.kind() == BackendKind::WebGpu,
+            MaskSide::Host => false,
+            MaskSide::Device => true,
+        };
+    let need_logits = !sampler.is_greedy() || options.logprobs.is_some() || (constraint.is_some() && !mask_on_device);
     // Samples from the step's logits, noting the model's log-probabilities first (the mask and
     // the sampler rewrite the logits).
     let mut pick = |logits: &mut [f32], history: &[u32], out: &mut Generation, constraint: &mut Option<&mut Constraint>| -> Result<u32> {
@@ -184,7 +217,10 @@ pub async fn generate_constrained<B: Backend>(
         session.step(dev, model, &new[..max_step], false).await?;
         new = &new[max_step..];
     }
-    let first = step_masking(dev, model, session, new, need_logits || options.want_prompt_logits, &mut constraint).await?;
+    let first = match &mut constraint {
+        Some(c) if mask_on_device => StepOutput { argmax: step_masked_on_device(dev, model, session, new, c, &options.stop_tokens).await?, logits: None },
+        _ => step_masking(dev, model, session, new, need_logits || options.want_prompt_logits, &mut constraint).await?,
+    };
     let prefill = start.elapsed().as_secs_f64();
     out.ttft_ms = prefill * 1e3;
     out.prefill_tok_s = (prompt.len() - out.reused_tokens) as f64 / prefill.max(1e-9);
@@ -212,7 +248,14 @@ pub async fn generate_constrained<B: Backend>(
     };
     let complete = |c: &Option<&mut Constraint>| c.as_ref().is_some_and(|c| c.is_complete());
     if accept(&mut out, &mut history, next, complete(&constraint)) {
-        if need_logits {
+        if let (Some(c), true) = (&mut constraint, mask_on_device) {
+            loop {
+                next = step_masked_on_device(dev, model, session, &[next], c, &options.stop_tokens).await?;
+                if !accept(&mut out, &mut history, next, c.is_complete()) {
+                    break;
+                }
+            }
+        } else if need_logits {
             loop {
                 let step = step_masking(dev, model, session, &[next], true, &mut constraint).await?;
                 let mut logits = step.logits.ok_or_else(|| ModelError::Config("the backend returned no logits".into()))?;
@@ -230,6 +273,24 @@ pub async fn generate_constrained<B: Backend>(
     let decoded = out.generated_ids.len().saturating_sub(1);
     out.decode_tok_s = decoded as f64 / decode_start.elapsed().as_secs_f64().max(1e-9);
     Ok(out)
+}
+
+/// One greedy constrained step with the mask applied on the device ([`Session::step_masked`]):
+/// the mask is computed while the device runs the step, and the token taken is followed.
+async fn step_masked_on_device<B: Backend>(
+    dev: &B,
+    model: &Model<B>,
+    session: &mut Session<B>,
+    tokens: &[u32],
+    constraint: &mut Constraint,
+    stop_tokens: &[u32],
+) -> Result<u32> {
+    let vocab = model.config.vocab;
+    let id = session.step_masked(dev, model, tokens, || constraint.allowed_words(vocab, stop_tokens)).await?;
+    if !stop_tokens.contains(&id) {
+        constraint.accept(id)?;
+    }
+    Ok(id)
 }
 
 /// One step, submitted first: the constraint's mask for the token it will give is computed

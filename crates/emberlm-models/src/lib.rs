@@ -25,6 +25,6 @@ pub use config::{Architecture, ModelConfig};
 pub use emberlm_cpu::int8::Activations as CpuActivations;
 pub use emberlm_cpu::CpuDevice;
 pub use error::{ModelError, Result};
-pub use generate::{generate, generate_constrained, reported_logprob, GenerateOptions, Generation, LogprobEntry, TokenLogprobs, MAX_TOP_LOGPROBS};
+pub use generate::{generate, generate_constrained, reported_logprob, GenerateOptions, Generation, LogprobEntry, MaskSide, TokenLogprobs, MAX_TOP_LOGPROBS};
 pub use model::{LoadOptions, Model, Session};
 pub use sampling::SamplingOptions;

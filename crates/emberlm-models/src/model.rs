@@ -996,6 +996,17 @@ impl<B: Backend> Workspace<B> {
     }
 }
 
+/// Where a recorded step ends.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum StepEnd {
+    /// The output norm: hidden states in `normed` (embeddings).
+    Hidden,
+    /// The last position's logits, for a masked argmax in a pass of its own.
+    Logits,
+    /// The logits and their argmax, the greedy next token, in `next()`.
+    Argmax,
+}
+
 /// What a step hands back: the greedy next token, and the last position's logits if asked.
 pub struct StepOutput {
     pub argmax: u32,
@@ -1022,12 +1033,16 @@ pub struct Session<B: Backend = GpuDevice> {
     decode_cache: B::StepCache,
     /// A step is submitted and not yet finished.
     in_flight: bool,
+    /// The allowed tokens' bits for [`Session::step_masked`]'s argmax, made at its first use,
+    /// and that argmax's executable.
+    mask: Option<B::Tensor>,
+    mask_cache: B::StepCache,
 }
 
 impl<B: Backend> Session<B> {
     pub fn new(dev: &B, model: &Model<B>) -> Result<Self> {
         let state = GenerationState::new(dev, &model.config, model.context)?;
-        Ok(Self { state, tokens: Vec::new(), decode: None, decode_cache: Default::default(), in_flight: false })
+        Ok(Self { state, tokens: Vec::new(), decode: None, decode_cache: Default::default(), in_flight: false, mask: None, mask_cache: Default::default() })
     }
 
     /// Bytes the per-layer state holds (KV caches, MLA's latent caches, rolling states).
@@ -1124,13 +1139,70 @@ impl<B: Backend> Session<B> {
         let ws = ws.as_ref().unwrap_or_else(|| self.decode.as_ref().expect("decode workspace"));
         dev.write_u32(&ws.ids, tokens)?;
         let mut pass = dev.pass();
-        self.record(model, &mut pass, ws, position, true)?;
+        self.record(model, &mut pass, ws, position, StepEnd::Argmax)?;
         // A prefill's workspace is new every time, so only decode steps keep what `run` builds.
         let mut prefill_cache = B::StepCache::default();
         let cache = if tokens.len() == 1 { &mut self.decode_cache } else { &mut prefill_cache };
         let read = dev.submit(pass, cache, ws.next(), want_logits.then_some(&ws.logits))?;
         self.in_flight = true;
         Ok(PendingStep { read, tokens: tokens.to_vec() })
+    }
+
+    /// Runs `tokens` at the next positions and returns the argmax of the last position's logits
+    /// over the tokens a grammar allows, picked on the device: the logits stay there and only
+    /// the token comes back (a constrained greedy step; see docs/PERFORMANCE.md). `allowed`
+    /// runs while the device computes the step and gives the allowed tokens as bits
+    /// ([`emberlm_core::ops::mask_words`] words over the vocabulary), uploaded for the argmax.
+    /// No allowed token is an error, after the step counts as run.
+    pub async fn step_masked(&mut self, dev: &B, model: &Model<B>, tokens: &[u32], allowed: impl FnOnce() -> Result<Vec<u32>>) -> Result<u32> {
+        if self.in_flight {
+            return Err(ModelError::Config("a step is already submitted on this session".into()));
+        }
+        self.check_step(model, tokens)?;
+        let vocab = model.config.vocab;
+        let words = emberlm_core::ops::mask_words(vocab);
+        if self.mask.is_none() {
+            self.mask = Some(dev.activation("allowed tokens", &[words])?);
+        }
+        let position = self.position();
+        let fresh = if tokens.len() == 1 {
+            self.decode_workspace(dev, model)?;
+            None
+        } else {
+            Some(Workspace::new(dev, model, tokens.len())?)
+        };
+        let ws = fresh.as_ref().unwrap_or_else(|| self.decode.as_ref().expect("decode workspace"));
+        dev.write_u32(&ws.ids, tokens)?;
+        let mut pass = dev.pass();
+        self.record(model, &mut pass, ws, position, StepEnd::Logits)?;
+        let mut prefill_cache = B::StepCache::default();
+        let cache = if tokens.len() == 1 { &mut self.decode_cache } else { &mut prefill_cache };
+        dev.enqueue(pass, cache).await?;
+        // Uncommitted until the token is back: an error leaves the step's cache writes past
+        // `position()`, where the next step overwrites them.
+        let bits = allowed()?;
+        if bits.len() != words {
+            return Err(ModelError::Config(format!("a token mask of {} words for a vocabulary of {vocab} (needs {words})", bits.len())));
+        }
+        let mask = self.mask.as_ref().expect("made above");
+        dev.write_u32(mask, &bits)?;
+        let mut pass = dev.pass();
+        B::argmax(&mut pass, &ws.logits, Some(mask), ws.next(), 1, vocab)?;
+        let read = dev.submit(pass, &mut self.mask_cache, ws.next(), None)?;
+        let token = match dev.finish(read).await {
+            Ok((token, _)) => token,
+            Err(e) => {
+                if self.state.has_rolling() {
+                    self.reset();
+                }
+                return Err(e.into());
+            }
+        };
+        self.commit(tokens);
+        if token == u32::MAX {
+            return Err(ModelError::Constraint("the grammar allows no token here".into()));
+        }
+        Ok(token)
     }
 
     /// Waits for a step [`Session::submit_step`] submitted: its token and, if asked for, logits.
@@ -1181,7 +1253,7 @@ impl<B: Backend> Session<B> {
                     dev.write_u32(&ws.ids, &[input])?;
                 }
                 let mut pass = dev.pass();
-                self.record(model, &mut pass, ws, self.position() + queued.len(), true)?;
+                self.record(model, &mut pass, ws, self.position() + queued.len(), StepEnd::Argmax)?;
                 queued.push_back(dev.submit(pass, &mut self.decode_cache, ws.next(), None)?);
             }
             let (token, _) = dev.finish(queued.pop_front().expect("a step was queued")).await?;
@@ -1206,7 +1278,7 @@ impl<B: Backend> Session<B> {
         let ws = Workspace::new(dev, model, tokens.len())?;
         dev.write_u32(&ws.ids, tokens)?;
         let mut pass = dev.pass();
-        self.record(model, &mut pass, &ws, 0, false)?;
+        self.record(model, &mut pass, &ws, 0, StepEnd::Hidden)?;
         let (_, hidden) = dev.run(pass, &mut B::StepCache::default(), ws.next(), Some(&ws.normed)).await?;
         self.commit(tokens);
         let mut hidden = hidden.ok_or_else(|| ModelError::Config("the backend returned no hidden states".into()))?;
@@ -1247,9 +1319,8 @@ impl<B: Backend> Session<B> {
         Ok(())
     }
 
-    /// Records a forward step of `ws.tokens` tokens at `pos0`; with `head`, the LM head and the
-    /// greedy token after the output norm, else only the norm (hidden states in `ws.normed`).
-    fn record(&self, m: &Model<B>, plan: &mut B::Pass<'_>, ws: &Workspace<B>, pos0: usize, head: bool) -> Result<()> {
+    /// Records a forward step of `ws.tokens` tokens at `pos0`, up to `end`.
+    fn record(&self, m: &Model<B>, plan: &mut B::Pass<'_>, ws: &Workspace<B>, pos0: usize, end: StepEnd) -> Result<()> {
         let c = &m.config;
         let t = ws.tokens;
         let (d, qkv_w) = (c.head_dim, c.qkv_width());
@@ -1484,7 +1555,7 @@ impl<B: Backend> Session<B> {
         }
         let last = pending.unwrap_or(&ws.out);
         B::rms_norm(plan, last, &m.output_norm, Some((&ws.residual, c.residual_scale)), &ws.normed, t, c.rms_eps, c.norm_offset)?;
-        if !head {
+        if end == StepEnd::Hidden {
             return Ok(());
         }
         let head = m.output.as_ref().unwrap_or(&m.embed);
@@ -1492,7 +1563,9 @@ impl<B: Backend> Session<B> {
         if c.final_softcap > 0.0 {
             B::logit_softcap(plan, &ws.logits, c.vocab, c.final_softcap)?;
         }
-        B::argmax(plan, &ws.logits, ws.next(), 1, c.vocab)?;
+        if end == StepEnd::Argmax {
+            B::argmax(plan, &ws.logits, None, ws.next(), 1, c.vocab)?;
+        }
         Ok(())
     }
 }

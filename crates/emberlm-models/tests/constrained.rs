@@ -9,7 +9,7 @@ use emberlm_core::DType;
 use emberlm_models::constraint::{Constrainer, Grammar};
 use emberlm_models::files::open_hf_dir;
 use emberlm_models::tokenizer::TextTokenizer;
-use emberlm_models::{generate_constrained, Backend, CpuDevice, GenerateOptions, LoadOptions, Model, SamplingOptions, Session};
+use emberlm_models::{generate_constrained, Backend, CpuDevice, GenerateOptions, LoadOptions, MaskSide, Model, SamplingOptions, Session};
 use serde_json::{json, Value};
 
 mod common;
@@ -51,6 +51,17 @@ fn run_on<B: Backend>(dev: &B, arch: &str) {
             let mut constraint = constrainer.start(&Grammar::JsonSchema(schema.clone())).unwrap();
             let mut session = Session::new(dev, &model).unwrap();
             let out = pollster::block_on(generate_constrained(dev, &model, &mut session, &prompt, &opts, Some(&mut constraint), |_, _| true)).unwrap();
+            if seed == 0 {
+                // Greedy: the mask applied to logits read back, or uploaded for the backend's
+                // argmax (what Auto picks on WebGPU), gives the same tokens.
+                for mask_side in [MaskSide::Host, MaskSide::Device] {
+                    let mut constraint = constrainer.start(&Grammar::JsonSchema(schema.clone())).unwrap();
+                    let opts = GenerateOptions { mask_side, ..opts.clone() };
+                    let again =
+                        pollster::block_on(generate_constrained(dev, &model, &mut session, &prompt, &opts, Some(&mut constraint), |_, _| true)).unwrap();
+                    assert_eq!(again.generated_ids, out.generated_ids, "{arch} schema {s}: greedy with the mask on the {mask_side:?} side");
+                }
+            }
             let ids: Vec<u32> = out.generated_ids.iter().copied().filter(|id| !opts.stop_tokens.contains(id)).collect();
             let text = tok.decode(&ids, false).unwrap();
             assert!(out.stopped, "{arch} schema {s} seed {seed}: not finished in {} tokens: {text:?}", out.generated_ids.len());

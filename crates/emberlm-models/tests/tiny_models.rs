@@ -686,6 +686,71 @@ fn submitted_steps_read_token_and_logits_together() {
     }
 }
 
+/// A step whose token is picked on the backend under a grammar's mask: the argmax of
+/// transformers' last-prompt logits over the allowed tokens (sets whose best two are at least
+/// 1e-2 apart, far past the 1e-3 logit tolerance), the mask computed while the step runs; no
+/// allowed token is an error after the step counts as run, and a mask of the wrong size is
+/// refused before it is uploaded.
+fn check_masked_steps<B: Backend>(dev: &B) {
+    let hf = open_hf_dir(&fixture("qwen2")).unwrap();
+    let model = Model::load(dev, hf.config, &hf.store, &LoadOptions { dtype: Some(DType::F32), context: 64 }).unwrap();
+    let reference: Value = serde_json::from_str(&std::fs::read_to_string(fixture("qwen2").join("reference.json")).unwrap()).unwrap();
+    let case = &reference["cases"][0];
+    let prompt = ids(&case["input_ids"]);
+    let want: Vec<f64> = case["last_logits"].as_array().unwrap().iter().map(|v| v.as_f64().unwrap()).collect();
+    let vocab = model.config.vocab;
+    let words = emberlm_core::ops::mask_words(vocab);
+    let mut state = 0x2545_f491_4f6c_dd1du64;
+    let mut checked = 0;
+    for round in 0..40 {
+        // Every 3rd, 7th or 31st token, from a random offset: best two far enough apart.
+        state ^= state << 13;
+        state ^= state >> 7;
+        state ^= state << 17;
+        let (step, from) = ([3, 7, 31][round % 3], (state % 31) as usize);
+        let allowed: Vec<usize> = (from..vocab).step_by(step).collect();
+        let mut ranked: Vec<usize> = allowed.clone();
+        ranked.sort_by(|&a, &b| want[b].total_cmp(&want[a]).then(a.cmp(&b)));
+        if want[ranked[0]] - want[ranked[1]] < 1e-2 {
+            continue;
+        }
+        let mut bits = vec![0u32; words];
+        allowed.iter().for_each(|&i| bits[i / 32] |= 1 << (i % 32));
+        let mut session = Session::new(dev, &model).unwrap();
+        let token = pollster::block_on(session.step_masked(dev, &model, &prompt, || Ok(bits))).unwrap();
+        assert_eq!(token as usize, ranked[0], "{}: mask every {step} from {from}", dev.kind().name());
+        assert_eq!(session.position(), prompt.len());
+        // A decode step after it with every token allowed (the bits past the vocabulary too,
+        // which are ignored) picks what the unmasked step does.
+        let next = pollster::block_on(session.step_masked(dev, &model, &[token], || Ok(vec![u32::MAX; words]))).unwrap();
+        assert_eq!(session.position(), prompt.len() + 1);
+        let mut plain = Session::new(dev, &model).unwrap();
+        let mut sequence = prompt.clone();
+        sequence.push(token);
+        assert_eq!(pollster::block_on(plain.step(dev, &model, &sequence, false)).unwrap().argmax, next);
+        checked += 1;
+        if checked == 6 {
+            break;
+        }
+    }
+    assert!(checked >= 3, "too few masks with a decisive best token");
+    let mut session = Session::new(dev, &model).unwrap();
+    let none = pollster::block_on(session.step_masked(dev, &model, &prompt, || Ok(vec![0; words]))).err().expect("nothing allowed");
+    assert!(none.to_string().contains("allows no token"), "{none}");
+    assert_eq!(session.position(), prompt.len());
+    let short = pollster::block_on(session.step_masked(dev, &model, &[1], || Ok(vec![0; words - 1]))).err().expect("a short mask");
+    assert!(short.to_string().contains("token mask"), "{short}");
+    assert_eq!(session.position(), prompt.len());
+}
+
+#[test]
+fn masked_steps_pick_the_best_allowed_token_on_the_backend() {
+    check_masked_steps(dev());
+    if on_cpu_too() {
+        check_masked_steps(cpu());
+    }
+}
+
 /// log-softmax in f64, the reference side of the logprob checks.
 fn log_softmax(logits: &[f64]) -> Vec<f64> {
     let max = logits.iter().copied().fold(f64::NEG_INFINITY, f64::max);

@@ -671,6 +671,7 @@ impl EmberModel {
             },
             want_prompt_logits: false,
             logprobs: o.logprobs,
+            mask_side: Default::default(),
         };
         let tools = self.tool_prompt(o.tools.as_ref())?;
         let grammar = tools::output_grammar(tools.as_ref(), self.text.tokenizer.as_ref(), o.grammar.map(Grammar::from)).map_err(js_err)?;
