@@ -77,17 +77,25 @@ fn prompt_ids_and_dump_logits_npy() {
     assert!(worst < 1e-3, "dumped logits differ from transformers by {worst}");
 }
 
-/// Also `--json-object`: a constrained decode row and the constraint's milliseconds per token.
+/// Also `--json-object`: constrained decode rows (the mask on the CPU and on the device) and the
+/// constraint's milliseconds per token.
 #[test]
 fn bench_prints_pp_and_tg_rows() {
     let dir = fixture("phi3");
     let out = emberlm(&["bench", "--model", dir.to_str().unwrap(), "-p", "32", "-n", "8", "-r", "1", "--json-object"]);
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     let text = String::from_utf8(out.stdout).unwrap();
-    assert!(text.contains("| pp32 |") && text.contains("| tg8 |") && text.contains("| tg (JSON object, constrained) |"), "{text}");
-    // --json-object: the constraint's own cost per token.
-    let cost = text.lines().find_map(|l| l.strip_prefix("the constraint took ")).unwrap_or_else(|| panic!("no constraint line in {text}"));
-    assert!(cost.split_whitespace().next().unwrap().parse::<f64>().unwrap() > 0.0, "{cost}");
+    assert!(text.contains("| pp32 |") && text.contains("| tg8 |"), "{text}");
+    // --json-object: a row per side of the mask (their tokens agreed, or the bench fails), each
+    // with the constraint's own cost per token.
+    for side in ["mask on the CPU", "mask on the device"] {
+        assert!(text.contains(&format!("| tg (JSON object, {side}) |")), "{text}");
+    }
+    let costs: Vec<&str> = text.lines().filter_map(|l| l.trim_start().strip_prefix("the constraint took ")).collect();
+    assert_eq!(costs.len(), 2, "{text}");
+    for cost in costs {
+        assert!(cost.split_whitespace().next().unwrap().parse::<f64>().unwrap() > 0.0, "{cost}");
+    }
     // The yardstick line: decode's weight bytes per second against the copy bandwidth.
     let line = text.lines().find(|l| l.starts_with("decode reads ")).unwrap_or_else(|| panic!("no weight-bytes line in {text}"));
     let number_before = |unit: &str| -> f64 { line.split(unit).next().unwrap().split_whitespace().last().unwrap().trim_start_matches('(').parse().unwrap() };
