@@ -5,7 +5,7 @@
 
 use std::path::PathBuf;
 
-use emberlm_core::DType;
+use emberlm_core::{DType, DeviceOptions, GpuDevice};
 use emberlm_models::constraint::{Constrainer, Grammar};
 use emberlm_models::files::open_hf_dir;
 use emberlm_models::tokenizer::TextTokenizer;
@@ -116,6 +116,14 @@ fn constrained_outputs_parse_and_validate() {
     for arch in ["llama", "qwen2"] {
         run_on(&cpu, arch);
     }
+}
+
+/// The same on WebGPU, where greedy steps mask on the device by default (`MaskSide::Auto`) and
+/// the CPU-side mask is compared with it.
+#[test]
+fn constrained_outputs_parse_and_validate_on_webgpu() {
+    let dev = pollster::block_on(GpuDevice::new(DeviceOptions::default())).unwrap();
+    run_on(&dev, "llama");
 }
 
 #[test]
