@@ -117,12 +117,17 @@ fn main(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) 
     let per = params.experts / params.groups;
     var allowed = 0xffffffffu;
     if (params.groups > 1u) {
+        // Scored once: each selection round below reads them (groups ≤ 32).
+        var group_scores: array<f32, 32>;
+        for (var g = 0u; g < params.groups; g++) {
+            group_scores[g] = group_score(base, g, per);
+        }
         allowed = 0u;
         for (var r = 0u; r < params.groups_used; r++) {
             var bs = 0.0;
             var bg = NONE;
             for (var g = 0u; g < params.groups; g++) {
-                let s = group_score(base, g, per);
+                let s = group_scores[g];
                 if ((allowed & (1u << g)) == 0u && better(s, g, bs, bg)) {
                     bs = s;
                     bg = g;
