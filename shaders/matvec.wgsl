@@ -22,6 +22,14 @@
 // Neither (plain matvec): workgroup z is a head of a per-head projection (`head_linear`, MLA):
 // W holds `rows` rows per head and head z reads x from x_offset + z·head_x and writes y from
 // y_offset + z·head_y. One head (z = 0) is the plain matvec.
+// Decode's fused norms (plain and GATED, not EXPERTS; ops::MatvecEnds):
+// - NORMED: x is the residual stream and the RMSNorm before the projection happens here:
+//   y = W·(x ⊙ (norm_w + norm_offset)) / rms(x), 1/rms factored out of the dot product. Each
+//   thread sums the squares of the x it loads anyway; a row's threads cover all of x, so their
+//   sum meets the dot products' in the one reduction: no norm dispatch, no normed vector
+//   written and read back, no extra barrier.
+// - ACCUMULATE (plain): y += y_scale · (W·x + bias): a block's output projection adds into the
+//   residual stream itself (one workgroup owns each row), the add the next norm did before.
 struct Params {
     k: u32,          // row length (multiple of 8)
     rows: u32,       // rows in this chunk (GATED: outputs; W has twice as many rows); EXPERTS: per expert
@@ -34,6 +42,9 @@ struct Params {
     slot0: u32,      // EXPERTS: the slot (GATED) or token workgroup z = 0 stands for
     head_x: u32,     // plain: x step per head, in vec4s
     head_y: u32,     // plain: y step per head
+    eps: f32,        // NORMED
+    norm_offset: f32, // NORMED: Gemma-style (1 + w) weights
+    y_scale: f32,    // plain ACCUMULATE: Granite's residual multiplier, else 1
     _pad: u32,
 }
 
@@ -49,6 +60,9 @@ struct Params {
 #endif
 #if EXPERTS
 @group(0) @binding(6) var<storage, read> route: array<u32>;
+#endif
+#if NORMED
+@group(0) @binding(7) var<storage, read> norm_w: array<vec4<f32>>;
 #endif
 
 #include "lib/weights.wgsl"
@@ -66,6 +80,11 @@ const ROWS: u32 = RB * LANES; // rows per workgroup
 // The body below is unrolled for RB = 4 rows per thread (ROWS_PER_THREAD in ops/matvec.rs).
 const_assert RB == 4u;
 var<workgroup> partial: array<array<f32, RB>, WG>;
+#if NORMED
+// Each thread's sum of x² over its octets, and its running value (dot_rows adds to it).
+var<workgroup> partial_sq: array<f32, WG>;
+var<private> sum_sq: f32;
+#endif
 #if EXPERTS && GATED
 var<workgroup> picked_expert: u32;
 #endif
@@ -121,6 +140,9 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec
     partial[lid][1] = acc.y;
     partial[lid][2] = acc.z;
     partial[lid][3] = acc.w;
+#if NORMED
+    partial_sq[lid] = sum_sq;
+#endif
     workgroupBarrier();
     // Thread i < ROWS finishes output row0 + i = row0 + lane' + slot · LANES.
     if (lid < ROWS && row0 + lid < params.rows) {
@@ -152,13 +174,19 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec
 #endif
 #if GATED && !EXPERTS
         // One chunk holds all the rows (row_offset 0): gate row r pairs with up row rows + r.
-        let gate = partial_sum(first, 2u * rb) + bias_of(r);
-        let up = partial_sum(first, 2u * rb + 1u) + bias_of(params.rows + r);
+        let gate = partial_sum(first, 2u * rb) * inv_rms(first) + bias_of(r);
+        let up = partial_sum(first, 2u * rb + 1u) * inv_rms(first) + bias_of(params.rows + r);
         y[params.y_offset + r] = gated(gate, up);
 #endif
 #if !GATED && !EXPERTS
         let row = params.row_offset + r;
-        y[params.y_offset + wid.z * params.head_y + row] = partial_sum(first, rb) + bias_of(row);
+        let at = params.y_offset + wid.z * params.head_y + row;
+        let value = partial_sum(first, rb) * inv_rms(first) + bias_of(row);
+#if ACCUMULATE
+        y[at] += params.y_scale * value;
+#else
+        y[at] = value;
+#endif
 #endif
     }
 }
@@ -173,8 +201,16 @@ fn dot_rows(rows: vec4<u32>, xo: u32, lid: u32) -> vec4<f32> {
     var acc3 = 0.0;
     let octets = params.k / 8u;
     for (var o = lid % TPR; o < octets; o += TPR) {
+#if NORMED
+        let ra = x[xo + 2u * o];
+        let rb = x[xo + 2u * o + 1u];
+        sum_sq += dot(ra, ra) + dot(rb, rb);
+        let xa = ra * (norm_w[2u * o] + params.norm_offset);
+        let xb = rb * (norm_w[2u * o + 1u] + params.norm_offset);
+#else
         let xa = x[xo + 2u * o];
         let xb = x[xo + 2u * o + 1u];
+#endif
         acc0 += row_dot(rows.x, o, xa, xb);
         acc1 += row_dot(rows.y, o, xa, xb);
         acc2 += row_dot(rows.z, o, xa, xb);
@@ -190,6 +226,19 @@ fn partial_sum(first: u32, rb: u32) -> f32 {
         total += partial[first + t][rb];
     }
     return total;
+}
+
+// NORMED: 1/rms(x) from the TPR threads' sums of squares from `first`; else 1.
+fn inv_rms(first: u32) -> f32 {
+#if NORMED
+    var total = 0.0;
+    for (var t = 0u; t < TPR; t++) {
+        total += partial_sq[first + t];
+    }
+    return inverseSqrt(total / f32(params.k) + params.eps);
+#else
+    return 1.0;
+#endif
 }
 
 fn bias_of(r: u32) -> f32 {

@@ -101,6 +101,11 @@ struct ModelArgs {
     /// default rounds activations to 8 bits for integer dot products, as llama.cpp does).
     #[arg(long)]
     exact_activations: bool,
+    /// WebGPU: decode folds each RMSNorm into the projections that read it (two dispatches fewer
+    /// per layer); `auto` does on hardware GPUs, not on software adapters, where the norm's
+    /// arithmetic repeated per workgroup costs more than the dispatches.
+    #[arg(long, value_enum, default_value_t = Toggle::Auto)]
+    fold_norms: Toggle,
 }
 
 #[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -108,6 +113,23 @@ enum DeviceChoice {
     Auto,
     Webgpu,
     Cpu,
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum Toggle {
+    Auto,
+    On,
+    Off,
+}
+
+impl Toggle {
+    fn choice(self) -> Option<bool> {
+        match self {
+            Toggle::Auto => None,
+            Toggle::On => Some(true),
+            Toggle::Off => Some(false),
+        }
+    }
 }
 
 #[derive(Args)]
@@ -338,7 +360,7 @@ trait Job {
 
 /// The backend for `--device`, and a sentence saying why.
 fn pick_device(args: &ModelArgs) -> Result<(Option<GpuDevice>, String)> {
-    let gpu = || pollster::block_on(GpuDevice::new(DeviceOptions::default()));
+    let gpu = || pollster::block_on(GpuDevice::new(DeviceOptions { fold_norms: args.fold_norms.choice(), ..Default::default() }));
     Ok(match args.device {
         DeviceChoice::Cpu => (None, "--device cpu".into()),
         DeviceChoice::Webgpu => (Some(gpu().map_err(err)?), "--device webgpu".into()),

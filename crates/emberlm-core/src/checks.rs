@@ -123,35 +123,138 @@ pub async fn check_matvec(dev: &GpuDevice, dtype: DType, n: usize, k: usize, bia
     Ok(compare(name, &got, &want, |i| dot_tolerance(k, scale[i] + if bias { b_host[i].abs() as f64 } else { 0.0 })))
 }
 
+/// A folded RMSNorm's weight (Gemma's `1 + w` form on odd seeds) and what it makes of `x`, in
+/// f64 rounded to f32: the reference side of the NORMED matvec checks.
+struct HostNorm {
+    weight: Vec<f32>,
+    eps: f32,
+    offset: f32,
+}
+
+impl HostNorm {
+    fn new(rng: &mut Rng, k: usize, seed: u64) -> Self {
+        Self { weight: rng.vec(k, -1.5, 1.5), eps: 1e-5, offset: (seed % 2) as f32 }
+    }
+
+    fn apply(&self, x: &[f32]) -> Vec<f32> {
+        let mean_sq = x.iter().map(|&v| v as f64 * v as f64).sum::<f64>() / x.len() as f64;
+        let inv = 1.0 / (mean_sq + self.eps as f64).sqrt();
+        x.iter().zip(&self.weight).map(|(&v, &w)| (v as f64 * inv * (w as f64 + self.offset as f64)) as f32).collect()
+    }
+
+    fn op<'a>(&self, weight: &'a Tensor) -> ops::InputNorm<'a> {
+        ops::InputNorm { weight, eps: self.eps, offset: self.offset }
+    }
+}
+
+/// A dot product through a folded norm: the sums' bound for ~2k terms covers the norm's own
+/// sum of squares (γ_k relative, k/2 of it through the square root), the weight's offset and
+/// product, `inverseSqrt`'s few ulp and the reference's rounding of the normalised x.
+fn folded_dot_tolerance(k: usize, abs_dot: f64) -> f64 {
+    dot_tolerance(2 * k + 16, abs_dot)
+}
+
+/// `matvec_with` on one token: with `normed`, of x normalised by a folded RMSNorm; with
+/// `accumulate`, added (scaled) into what `y` holds; [`dot_tolerance`] (or
+/// [`folded_dot_tolerance`]) plus the final add's rounding.
+#[allow(clippy::too_many_arguments)]
+pub async fn check_matvec_folded(
+    dev: &GpuDevice,
+    dtype: DType,
+    n: usize,
+    k: usize,
+    bias: bool,
+    normed: bool,
+    accumulate: Option<f32>,
+    seed: u64,
+) -> Result<CheckResult> {
+    let k = k.next_multiple_of(dtype.k_multiple());
+    let mut rng = Rng::new(seed);
+    let w = PackedMatrix::pack(dtype, n, k, &rng.vec(n * k, -1.0, 1.0));
+    // A residual stream's scale, not the unit range: the norm must undo it.
+    let x_host: Vec<f32> = rng.vec(k, -1.0, 1.0).iter().map(|v| v * 7.0).collect();
+    let b_host = rng.vec(n, -1.0, 1.0);
+    let y0 = rng.vec(n, -3.0, 3.0);
+    let norm = HostNorm::new(&mut rng, k, seed);
+    let wt = Tensor::from_packed(dev, "w", &[n, k], &w)?;
+    let x = Tensor::from_f32(dev, "x", &[k], &x_host)?;
+    let y = Tensor::from_f32(dev, "y", &[n], &y0)?;
+    let b = Tensor::from_f32(dev, "bias", &[n], &b_host)?;
+    let nw = Tensor::from_f32(dev, "norm", &[k], &norm.weight)?;
+    let ends = ops::MatvecEnds { norm: normed.then(|| norm.op(&nw)), accumulate };
+    let mut plan = Plan::new(dev);
+    ops::matvec_with(&mut plan, &wt, &x, 0, bias.then_some(&b), &y, 0, ends)?;
+    run(plan).await?;
+    let got = y.read_f32(dev).await?;
+    let wd = w.dequantize();
+    let xn = if normed { norm.apply(&x_host) } else { x_host.clone() };
+    let dot = reference::matvec(&wd, &xn, bias.then_some(&b_host[..]), n);
+    let scale = reference::abs_dot(&wd, &xn, n);
+    let s = accumulate.unwrap_or(0.0) as f64;
+    let want: Vec<f64> = match accumulate {
+        Some(_) => dot.iter().zip(&y0).map(|(d, &y)| y as f64 + s * d).collect(),
+        None => dot.clone(),
+    };
+    let name = format!(
+        "matvec {} {n}x{k}{}{}{}",
+        dtype.name(),
+        if bias { " +bias" } else { "" },
+        if normed { " normed" } else { "" },
+        accumulate.map_or(String::new(), |s| format!(" accumulate x{s}"))
+    );
+    Ok(compare(name, &got, &want, |i| {
+        let abs = scale[i] + if bias { b_host[i].abs() as f64 } else { 0.0 };
+        let dot_tol = if normed { folded_dot_tolerance(k, abs) } else { dot_tolerance(k, abs) };
+        match accumulate {
+            Some(_) => s.abs() * dot_tol + 2.0 * U * (y0[i].abs() as f64 + (s * dot[i]).abs()),
+            None => dot_tol,
+        }
+    }))
+}
+
 /// `gated_matvec` on fused [gate | up] weights: each output is act(g)·u for two dot products
-/// within [`dot_tolerance`], through the activation (relative 1e-5, as `gated_activation`):
+/// within [`dot_tolerance`] ([`folded_dot_tolerance`] through a folded norm), through the
+/// activation (relative 1e-5, as `gated_activation`):
 /// |d(act(g)·u)| ≤ |act'(g)|·|u|·δg + |act(g)|·δu, with |act'| ≤ 1.2 for SiLU and GELU.
-pub async fn check_gated_matvec(dev: &GpuDevice, dtype: DType, act: Activation, inter: usize, k: usize, bias: bool, seed: u64) -> Result<CheckResult> {
+#[allow(clippy::too_many_arguments)]
+pub async fn check_gated_matvec(
+    dev: &GpuDevice,
+    dtype: DType,
+    act: Activation,
+    inter: usize,
+    k: usize,
+    bias: bool,
+    normed: bool,
+    seed: u64,
+) -> Result<CheckResult> {
     let k = k.next_multiple_of(dtype.k_multiple());
     let mut rng = Rng::new(seed);
     let w = PackedMatrix::pack(dtype, 2 * inter, k, &rng.vec(2 * inter * k, -1.0, 1.0));
     let x_host = rng.vec(2 * k, -1.0, 1.0);
     let b_host = rng.vec(2 * inter, -1.0, 1.0);
+    let norm = HostNorm::new(&mut rng, k, seed);
     let wt = Tensor::from_packed(dev, "gate|up", &[2 * inter, k], &w)?;
     let x = Tensor::from_f32(dev, "x", &[2, k], &x_host)?;
     let out = Tensor::new_zeroed(dev, "out", &[inter], DType::F32)?;
     let b = Tensor::from_f32(dev, "bias", &[2 * inter], &b_host)?;
+    let nw = Tensor::from_f32(dev, "norm", &[k], &norm.weight)?;
     let mut plan = Plan::new(dev);
     // The second token row: exercises x_row.
-    ops::gated_matvec(&mut plan, &wt, &x, 1, bias.then_some(&b), &out, act)?;
+    ops::gated_matvec(&mut plan, &wt, &x, 1, bias.then_some(&b), &out, act, normed.then(|| norm.op(&nw)))?;
     run(plan).await?;
     let got = out.read_f32(dev).await?;
     let wd = w.dequantize();
-    let xi = &x_host[k..];
-    let gate_up = reference::matvec(&wd, xi, bias.then_some(&b_host[..]), 2 * inter);
-    let scale = reference::abs_dot(&wd, xi, 2 * inter);
+    let xi = if normed { norm.apply(&x_host[k..]) } else { x_host[k..].to_vec() };
+    let gate_up = reference::matvec(&wd, &xi, bias.then_some(&b_host[..]), 2 * inter);
+    let scale = reference::abs_dot(&wd, &xi, 2 * inter);
     let gate_up_f32: Vec<f32> = gate_up.iter().map(|&v| v as f32).collect();
     let want = reference::gated_activation(&gate_up_f32, inter, act);
-    let name = format!("gated_matvec {act:?} {} {inter}x{k}{}", dtype.name(), if bias { " +bias" } else { "" });
+    let name = format!("gated_matvec {act:?} {} {inter}x{k}{}{}", dtype.name(), if bias { " +bias" } else { "" }, if normed { " normed" } else { "" });
+    let tolerance = if normed { folded_dot_tolerance } else { dot_tolerance };
     Ok(compare(name, &got, &want, |i| {
         let (g, u) = (gate_up[i], gate_up[inter + i]);
         let bias_of = |r: usize| if bias { b_host[r].abs() as f64 } else { 0.0 };
-        let (dg, du) = (dot_tolerance(k, scale[i] + bias_of(i)), dot_tolerance(k, scale[inter + i] + bias_of(inter + i)));
+        let (dg, du) = (tolerance(k, scale[i] + bias_of(i)), tolerance(k, scale[inter + i] + bias_of(inter + i)));
         // GPT-OSS's form multiplies by up + 1 (clamped).
         let u = if matches!(act, Activation::SwigluOai { .. }) { u.abs() + 1.0 } else { u.abs() };
         1.2 * u * dg + reference::activation(act, g).abs() * du + 1e-5 * want[i].abs() + 1e-7
@@ -840,11 +943,13 @@ pub async fn run_suite(dev: &GpuDevice) -> Vec<(String, Result<CheckResult>)> {
     }
     for (i, dtype) in DType::ALL.into_iter().enumerate() {
         check!(format!("matvec {}", dtype.name()), check_matvec(dev, dtype, 37, 96, i % 2 == 0, 1 + i as u64));
+        check!(format!("matvec {} normed", dtype.name()), check_matvec_folded(dev, dtype, 37, 96, i % 2 == 1, true, None, 40 + i as u64));
+        check!(format!("matvec {} accumulate", dtype.name()), check_matvec_folded(dev, dtype, 37, 96, i % 2 == 0, false, Some(0.5), 50 + i as u64));
         check!(format!("matmul {}", dtype.name()), check_matmul(dev, dtype, 40, 37, 96, i % 2 == 1, 11 + i as u64));
         check!(format!("embedding {}", dtype.name()), check_embedding(dev, dtype, 53, 64, 1.5, 21 + i as u64));
         check!(format!("fused projections {}", dtype.name()), check_fused_projections(dev, dtype, 3, i % 2 == 0, 25 + i as u64));
         let act = if i % 2 == 0 { Activation::Silu } else { Activation::GeluTanh };
-        check!(format!("gated_matvec {}", dtype.name()), check_gated_matvec(dev, dtype, act, 37, 96, i % 3 == 0, 28 + i as u64));
+        check!(format!("gated_matvec {}", dtype.name()), check_gated_matvec(dev, dtype, act, 37, 96, i % 3 == 0, i % 2 == 1, 28 + i as u64));
     }
     // Three query tiles, and two key blocks for the last (a WGSL compiler once kept one block's
     // scores into the next).

@@ -23,11 +23,14 @@ pub struct DeviceOptions {
     /// Cap on the storage binding size we use, below the adapter's own limit. Tests set this low
     /// to exercise chunked tensors; `None` uses the adapter's limit.
     pub max_binding_bytes: Option<u64>,
+    /// Fold decode's RMSNorms into the projections that read them ([`Capabilities::fold_norms`]);
+    /// `None`: on hardware GPUs, not on software adapters.
+    pub fold_norms: Option<bool>,
 }
 
 impl Default for DeviceOptions {
     fn default() -> Self {
-        Self { allow_subgroups: true, allow_shader_f16: true, high_performance: true, max_binding_bytes: None }
+        Self { allow_subgroups: true, allow_shader_f16: true, high_performance: true, max_binding_bytes: None, fold_norms: None }
     }
 }
 
@@ -51,6 +54,12 @@ pub struct Capabilities {
     pub max_workgroups_per_dim: u32,
     pub min_storage_offset_alignment: u32,
     pub min_uniform_offset_alignment: u32,
+    /// Decode steps fold each RMSNorm into the projections after it and the residual add into
+    /// the projection before it (shaders/matvec.wgsl NORMED, ACCUMULATE): two dispatches fewer
+    /// per layer, for the norm's arithmetic redone by every workgroup of those projections. A
+    /// GPU hides that arithmetic behind the weight reads, a software adapter pays it (lavapipe:
+    /// decode ~7% slower, docs/PERFORMANCE.md), so by default only hardware GPUs fold.
+    pub fold_norms: bool,
 }
 
 impl Capabilities {
@@ -148,7 +157,7 @@ impl GpuDevice {
         // Bindings must be a multiple of 4 bytes; round down to a 256-byte boundary for offsets.
         max_storage_binding &= !255;
 
-        let caps = Capabilities {
+        let mut caps = Capabilities {
             adapter_name: info.name.clone(),
             backend: format!("{:?}", info.backend),
             device_type: format!("{:?}", info.device_type),
@@ -164,7 +173,9 @@ impl GpuDevice {
             max_workgroups_per_dim: limits.max_compute_workgroups_per_dimension,
             min_storage_offset_alignment: limits.min_storage_buffer_offset_alignment,
             min_uniform_offset_alignment: limits.min_uniform_buffer_offset_alignment,
+            fold_norms: false,
         };
+        caps.fold_norms = options.fold_norms.unwrap_or(!caps.is_software());
         Ok(Self {
             device,
             queue,

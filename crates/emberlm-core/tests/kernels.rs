@@ -58,9 +58,28 @@ fn gated_matvec_all_dtypes_every_activation() {
         // threads per row.
         for (j, (inter, k)) in [(1, 32), (37, 96), (130, 544), (9, 2080), (5, 8200)].into_iter().enumerate() {
             let act = [Activation::Silu, Activation::GeluTanh, GPT_OSS][(i + j) % 3];
-            assert_pass(pollster::block_on(checks::check_gated_matvec(dev(), dtype, act, inter, k, i % 2 == 1, (inter * k + i) as u64)));
+            for normed in [false, true] {
+                assert_pass(pollster::block_on(checks::check_gated_matvec(dev(), dtype, act, inter, k, i % 2 == 1, normed, (inter * k + i) as u64)));
+            }
         }
     }
+}
+
+/// Decode's folded norms: the input normalised in the matvec (Gemma's offset on odd seeds), the
+/// result added (scaled, as Granite's residual) into y, every dtype and row split.
+#[test]
+fn matvec_folds_the_norm_before_and_the_residual_add_after() {
+    for (i, dtype) in DTYPES.into_iter().enumerate() {
+        for (j, (n, k)) in [(1, 32), (37, 96), (130, 544), (9, 2080), (5, 8200)].into_iter().enumerate() {
+            let seed = (n * k + i + j) as u64;
+            assert_pass(pollster::block_on(checks::check_matvec_folded(dev(), dtype, n, k, i % 2 == 0, true, None, seed)));
+            assert_pass(pollster::block_on(checks::check_matvec_folded(dev(), dtype, n, k, i % 2 == 1, false, Some([1.0, 0.22][j % 2]), seed)));
+        }
+    }
+    // Weights split over bindings: each chunk normalises and accumulates its own rows.
+    let d = dev_small_bindings();
+    assert_pass(pollster::block_on(checks::check_matvec_folded(d, DType::Q4, 300, 256, true, true, None, 3)));
+    assert_pass(pollster::block_on(checks::check_matvec_folded(d, DType::Q8, 300, 256, true, false, Some(1.0), 4)));
 }
 
 #[test]
@@ -71,7 +90,7 @@ fn gated_matvec_refuses_weights_split_over_bindings() {
     let x = emberlm_core::Tensor::new_zeroed(d, "x", &[256], DType::F32).unwrap();
     let out = emberlm_core::Tensor::new_zeroed(d, "out", &[300], DType::F32).unwrap();
     let mut plan = emberlm_core::Plan::new(d);
-    assert!(ops::gated_matvec(&mut plan, &w, &x, 0, None, &out, Activation::Silu).is_err());
+    assert!(ops::gated_matvec(&mut plan, &w, &x, 0, None, &out, Activation::Silu, None).is_err());
 }
 
 #[test]

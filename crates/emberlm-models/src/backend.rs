@@ -13,6 +13,21 @@ use emberlm_core::rope_table::RopeTable;
 use emberlm_core::{DType, GpuDevice, PackedMatrix, PendingRead, Plan, Result, StepCache, Tensor};
 use emberlm_cpu::{CpuDevice, CpuTensor};
 
+/// An RMSNorm a decode projection applies to its input itself ([`Backend::folds_norms`]):
+/// `x / rms(x) ⊙ (weight + offset)`.
+#[derive(Debug, Clone, Copy)]
+pub struct FoldedNorm<'a, T> {
+    pub weight: &'a T,
+    pub eps: f32,
+    pub offset: f32,
+}
+
+impl<'a> FoldedNorm<'a, Tensor> {
+    fn op(self) -> ops::InputNorm<'a> {
+        ops::InputNorm { weight: self.weight, eps: self.eps, offset: self.offset }
+    }
+}
+
 /// Which backend ran a step, for reports.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum BackendKind {
@@ -209,7 +224,9 @@ pub trait Backend {
         false
     }
     /// One token's `act(gate·x) · (up·x)` over fused [gate | up] rows (`x` row `x_row`), where
-    /// [`Backend::fuses_gated_matvec`] says so: the projection and the activation as one op.
+    /// [`Backend::fuses_gated_matvec`] says so: the projection and the activation as one op;
+    /// with `norm` (where [`Backend::folds_norms`]), of `x` normalised.
+    #[allow(clippy::too_many_arguments)]
     fn gated_matvec(
         _pass: &mut Self::Pass<'_>,
         _gate_up: &Self::Tensor,
@@ -218,8 +235,30 @@ pub trait Backend {
         _bias: Option<&Self::Tensor>,
         _out: &Self::Tensor,
         _act: Activation,
+        _norm: Option<FoldedNorm<'_, Self::Tensor>>,
     ) -> Result<()> {
         Err(emberlm_core::Error::InvalidArgument("this backend has no fused gate/up matvec (fuses_gated_matvec is false)".into()))
+    }
+    /// Whether decode steps fold each RMSNorm into the projections after it and the residual
+    /// additions into the projections before it ([`Backend::matvec_folded`]): two dispatches
+    /// fewer per layer.
+    fn folds_norms(_pass: &Self::Pass<'_>) -> bool {
+        false
+    }
+    /// One token's `y = W·norm(x) + bias` (with `norm`) or `y += scale · (W·x + bias)` (with
+    /// `accumulate`), where [`Backend::folds_norms`] says so.
+    #[allow(clippy::too_many_arguments)]
+    fn matvec_folded(
+        _pass: &mut Self::Pass<'_>,
+        _w: &Self::Tensor,
+        _x: &Self::Tensor,
+        _bias: Option<&Self::Tensor>,
+        _y: &Self::Tensor,
+        _y_offset: usize,
+        _norm: Option<FoldedNorm<'_, Self::Tensor>>,
+        _accumulate: Option<f32>,
+    ) -> Result<()> {
+        Err(emberlm_core::Error::InvalidArgument("this backend does not fold norms into projections (folds_norms is false)".into()))
     }
     /// A mixture's router: each token's top-k experts and weights into `route`
     /// (`emberlm_core::ops::moe_route`), which the expert ops read where they run;
@@ -485,8 +524,34 @@ impl Backend for GpuDevice {
         ops::gated_matvec_fits(gate_up)
     }
 
-    fn gated_matvec(plan: &mut Plan, gate_up: &Tensor, x: &Tensor, x_row: usize, bias: Option<&Tensor>, out: &Tensor, act: Activation) -> Result<()> {
-        ops::gated_matvec(plan, gate_up, x, x_row, bias, out, act).map(drop)
+    fn gated_matvec(
+        plan: &mut Plan,
+        gate_up: &Tensor,
+        x: &Tensor,
+        x_row: usize,
+        bias: Option<&Tensor>,
+        out: &Tensor,
+        act: Activation,
+        norm: Option<FoldedNorm<'_, Tensor>>,
+    ) -> Result<()> {
+        ops::gated_matvec(plan, gate_up, x, x_row, bias, out, act, norm.map(FoldedNorm::op)).map(drop)
+    }
+
+    fn folds_norms(plan: &Plan) -> bool {
+        plan.dev.caps.fold_norms
+    }
+
+    fn matvec_folded(
+        plan: &mut Plan,
+        w: &Tensor,
+        x: &Tensor,
+        bias: Option<&Tensor>,
+        y: &Tensor,
+        y_offset: usize,
+        norm: Option<FoldedNorm<'_, Tensor>>,
+        accumulate: Option<f32>,
+    ) -> Result<()> {
+        ops::matvec_with(plan, w, x, 0, bias, y, y_offset, ops::MatvecEnds { norm: norm.map(FoldedNorm::op), accumulate }).map(drop)
     }
 
     fn moe_route(plan: &mut Plan, logits: &Tensor, selection_bias: Option<&Tensor>, route: &Tensor, p: &MoeRouteParams) -> Result<()> {

@@ -20,7 +20,7 @@ pub mod tokenizer;
 pub mod tools;
 pub mod weights;
 
-pub use backend::{Backend, BackendKind};
+pub use backend::{Backend, BackendKind, FoldedNorm};
 pub use config::{Architecture, ModelConfig};
 pub use emberlm_cpu::int8::Activations as CpuActivations;
 pub use emberlm_cpu::CpuDevice;

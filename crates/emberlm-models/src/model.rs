@@ -39,7 +39,7 @@
 use emberlm_core::ops::{AttentionParams, ConvStyle, HeadLinearParams, LatentRopeParams, MoeRouteParams, ShortConvParams, SsmScanParams};
 use emberlm_core::{DType, GpuDevice, PackedMatrix};
 
-use crate::backend::Backend;
+use crate::backend::{Backend, FoldedNorm};
 
 use crate::config::{Architecture, LayerKind, LongRope, MlaConfig, ModelConfig, MoeConfig, RopeConfig, SsmConfig};
 use crate::error::{ModelError, Result};
@@ -495,6 +495,17 @@ impl<B: Backend> Model<B> {
     /// Weight bytes one decode step reads: every projection, norm and bias once, the output
     /// head (the whole embedding when tied) and one embedding row. For a dense model this is
     /// about `weight_bytes`; the figure `emberlm bench` turns into GB/s.
+    /// Whether every layer is a pre-norm attention block with a dense MLP and no post-norms,
+    /// the shape whose decode steps fold their norms into the projections
+    /// ([`Backend::folds_norms`]).
+    fn norms_fold(&self) -> bool {
+        self.layers.iter().all(|l| {
+            matches!(l.mixer, Mixer::Attention { .. })
+                && l.post_attn_norm.is_none()
+                && l.ffn.as_ref().is_some_and(|f| matches!(f.mlp, Mlp::Dense(_)) && f.post_norm.is_none())
+        })
+    }
+
     pub fn decode_weight_bytes(&self) -> u64 {
         let embed = B::tensor_bytes(&self.embed);
         let row = embed / self.config.vocab.max(1) as u64;
@@ -996,6 +1007,11 @@ impl<B: Backend> Workspace<B> {
     }
 }
 
+/// The model's RMSNorm with weight `weight`, for a projection to apply ([`Backend::folds_norms`]).
+fn folded_norm<'a, T>(weight: &'a T, c: &ModelConfig) -> FoldedNorm<'a, T> {
+    FoldedNorm { weight, eps: c.rms_eps, offset: c.norm_offset }
+}
+
 /// Where a recorded step ends.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum StepEnd {
@@ -1334,6 +1350,32 @@ impl<B: Backend> Session<B> {
             }
             Ok(())
         };
+        // Decode on a backend that folds norms: each block's RMSNorm happens in the projections
+        // that read it, from the residual stream, and each block's output projection adds into
+        // the residual stream itself — no norm dispatches and no normed vector (two dispatches
+        // fewer per layer, one for the output norm).
+        let fold = t == 1 && B::folds_norms(plan) && m.norms_fold();
+        // A block's input projection: of `normed`, or (folded) of the residual stream normalised
+        // by `norm` in the matvec.
+        let project_in = |plan: &mut B::Pass<'_>, lin: &Linear<B>, norm: &B::Tensor, y: &B::Tensor, y_cols: usize| -> Result<()> {
+            if !fold {
+                return project(plan, &ws.normed, lin, y, y_cols);
+            }
+            for p in &lin.parts {
+                B::matvec_folded(plan, &p.weight, &ws.residual, p.bias.as_ref(), y, p.offset, Some(folded_norm(norm, c)), None)?;
+            }
+            Ok(())
+        };
+        // A block's output projection: into `out`, or (folded) added into the residual stream.
+        let project_out = |plan: &mut B::Pass<'_>, x: &B::Tensor, lin: &Linear<B>| -> Result<()> {
+            if !fold {
+                return project(plan, x, lin, &ws.out, c.hidden);
+            }
+            for p in &lin.parts {
+                B::matvec_folded(plan, &p.weight, x, p.bias.as_ref(), &ws.residual, p.offset, None, Some(c.residual_scale))?;
+            }
+            Ok(())
+        };
         // Gemma's post-norm: normalise a block's output on its own before it joins the residual.
         let post_norm = |plan: &mut B::Pass<'_>, x: &B::Tensor, norm: Option<&B::Tensor>| -> Result<()> {
             if let (Some(w), Some(post)) = (norm, ws.post.as_ref()) {
@@ -1341,17 +1383,21 @@ impl<B: Backend> Session<B> {
             }
             Ok(())
         };
-        // A gated MLP from the normed input into `out`.
-        let dense = |plan: &mut B::Pass<'_>, mlp: &DenseMlp<B>| -> Result<()> {
+        // A gated MLP from the normed input (folded: the residual stream and its `norm`) into
+        // `out` (folded: added into the residual stream).
+        let dense = |plan: &mut B::Pass<'_>, mlp: &DenseMlp<B>, norm: &B::Tensor| -> Result<()> {
             match mlp.gate_up.parts.as_slice() {
                 // Decode: the projection and the activation in one op where the backend fuses them.
-                [p] if t == 1 && B::fuses_gated_matvec(&p.weight) => B::gated_matvec(plan, &p.weight, &ws.normed, 0, p.bias.as_ref(), &ws.act, c.activation)?,
+                [p] if t == 1 && B::fuses_gated_matvec(&p.weight) => {
+                    let (x, norm) = if fold { (&ws.residual, Some(folded_norm(norm, c))) } else { (&ws.normed, None) };
+                    B::gated_matvec(plan, &p.weight, x, 0, p.bias.as_ref(), &ws.act, c.activation, norm)?
+                }
                 _ => {
-                    project(plan, &ws.normed, &mlp.gate_up, &ws.gate_up, 2 * mlp.width)?;
+                    project_in(plan, &mlp.gate_up, norm, &ws.gate_up, 2 * mlp.width)?;
                     B::gated_activation(plan, &ws.gate_up, &ws.act, t, mlp.width, c.activation)?;
                 }
             }
-            project(plan, &ws.act, &mlp.down, &ws.out, c.hidden)
+            project_out(plan, &ws.act, &mlp.down)
         };
         let block_out = |norm: Option<&B::Tensor>| {
             if norm.is_some() {
@@ -1365,12 +1411,13 @@ impl<B: Backend> Session<B> {
         let mut pending: Option<&B::Tensor> = None;
         for (i, (layer, state)) in m.layers.iter().zip(&self.state.layers).enumerate() {
             match pending {
+                _ if fold => {}
                 None => B::rms_norm(plan, &ws.residual, &layer.mixer_norm, None, &ws.normed, t, c.rms_eps, c.norm_offset)?,
                 Some(x) => B::rms_norm(plan, x, &layer.mixer_norm, Some((&ws.residual, c.residual_scale)), &ws.normed, t, c.rms_eps, c.norm_offset)?,
             };
             match (&layer.mixer, state) {
                 (Mixer::Attention { qkv, q_norm, k_norm, sinks, o }, LayerState::Kv { k: k_cache, v: v_cache }) => {
-                    project(plan, &ws.normed, qkv, &ws.qkv, qkv_w)?;
+                    project_in(plan, qkv, &layer.mixer_norm, &ws.qkv, qkv_w)?;
                     if let (Some(qn), Some(kn)) = (q_norm, k_norm) {
                         B::head_rms_norm(plan, &ws.qkv, qn, t, c.heads, 0, qkv_w, c.rms_eps, c.norm_offset)?;
                         B::head_rms_norm(plan, &ws.qkv, kn, t, c.kv_heads, c.heads * d, qkv_w, c.rms_eps, c.norm_offset)?;
@@ -1395,7 +1442,7 @@ impl<B: Backend> Session<B> {
                         q_stride: qkv_w,
                     };
                     B::attention(plan, &ws.qkv, k_cache, v_cache, sinks.as_ref(), &ws.attn, &params)?;
-                    project(plan, &ws.attn, o, &ws.out, c.hidden)?;
+                    project_out(plan, &ws.attn, o)?;
                 }
                 (Mixer::LatentAttention { a, q_a_norm, q_b, kv_a_norm, k_b, v_b, o }, LayerState::Latent { cache }) => {
                     let (mla, mw) = (c.mla.as_ref().expect("latent sizes"), ws.mla.as_ref().expect("latent buffers"));
@@ -1522,14 +1569,16 @@ impl<B: Backend> Session<B> {
                 pending = Some(attn_out);
                 continue;
             };
-            B::rms_norm(plan, attn_out, &ffn.norm, Some((&ws.residual, c.residual_scale)), &ws.normed, t, c.rms_eps, c.norm_offset)?;
+            if !fold {
+                B::rms_norm(plan, attn_out, &ffn.norm, Some((&ws.residual, c.residual_scale)), &ws.normed, t, c.rms_eps, c.norm_offset)?;
+            }
             match &ffn.mlp {
-                Mlp::Dense(mlp) => dense(plan, mlp)?,
+                Mlp::Dense(mlp) => dense(plan, mlp, &ffn.norm)?,
                 Mlp::Experts { router, gate_up, down, gate_up_bias, down_bias, selection_bias, shared } => {
                     let (moe, mw) = (c.moe.as_ref().expect("experts have sizes"), ws.moe.as_ref().expect("moe buffers"));
                     // DeepSeek's shared experts first: the picks' outputs add to theirs.
                     if let Some(mlp) = shared {
-                        dense(plan, mlp)?;
+                        dense(plan, mlp, &ffn.norm)?;
                     }
                     let accumulate = shared.is_some();
                     project(plan, &ws.normed, router, &mw.logits, moe.experts)?;
@@ -1553,13 +1602,18 @@ impl<B: Backend> Session<B> {
             post_norm(plan, &ws.out, ffn.post_norm.as_ref())?;
             pending = Some(block_out(ffn.post_norm.as_ref()));
         }
-        let last = pending.unwrap_or(&ws.out);
-        B::rms_norm(plan, last, &m.output_norm, Some((&ws.residual, c.residual_scale)), &ws.normed, t, c.rms_eps, c.norm_offset)?;
-        if end == StepEnd::Hidden {
-            return Ok(());
-        }
         let head = m.output.as_ref().unwrap_or(&m.embed);
-        B::matvec_into(plan, head, &ws.normed, t - 1, None, &ws.logits, 0)?;
+        if fold && end != StepEnd::Hidden {
+            B::matvec_folded(plan, head, &ws.residual, None, &ws.logits, 0, Some(folded_norm(&m.output_norm, c)), None)?;
+        } else {
+            // Folded, the residual stream is complete already (a one-token embedding).
+            let (x, residual) = if fold { (&ws.residual, None) } else { (pending.unwrap_or(&ws.out), Some((&ws.residual, c.residual_scale))) };
+            B::rms_norm(plan, x, &m.output_norm, residual, &ws.normed, t, c.rms_eps, c.norm_offset)?;
+            if end == StepEnd::Hidden {
+                return Ok(());
+            }
+            B::matvec_into(plan, head, &ws.normed, t - 1, None, &ws.logits, 0)?;
+        }
         if c.final_softcap > 0.0 {
             B::logit_softcap(plan, &ws.logits, c.vocab, c.final_softcap)?;
         }

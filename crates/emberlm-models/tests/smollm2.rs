@@ -40,11 +40,14 @@ fn ids(v: &Value) -> Vec<u32> {
     v.as_array().unwrap().iter().map(|x| x.as_u64().unwrap() as u32).collect()
 }
 
+/// Decode with its norms apart and folded into the projections (what hardware GPUs run).
 #[test]
 fn greedy_generation_matches_transformers() {
-    let dev = pollster::block_on(GpuDevice::new(DeviceOptions::default())).unwrap();
-    let before = dev.buffers_created();
-    matches_transformers(&dev, &mut || dev.buffers_created() - before);
+    for fold_norms in [false, true] {
+        let dev = pollster::block_on(GpuDevice::new(DeviceOptions { fold_norms: Some(fold_norms), ..Default::default() })).unwrap();
+        let before = dev.buffers_created();
+        matches_transformers(&dev, &mut || dev.buffers_created() - before);
+    }
 }
 
 #[test]

@@ -34,6 +34,13 @@ fn dev() -> &'static GpuDevice {
     DEV.get_or_init(|| pollster::block_on(GpuDevice::new(DeviceOptions::default())).unwrap())
 }
 
+/// Decode's norms folded into the projections whatever the adapter (by default only hardware
+/// GPUs fold them: `Capabilities::fold_norms`).
+fn dev_folding_norms() -> &'static GpuDevice {
+    static DEV: OnceLock<GpuDevice> = OnceLock::new();
+    DEV.get_or_init(|| pollster::block_on(GpuDevice::new(DeviceOptions { fold_norms: Some(true), ..Default::default() })).unwrap())
+}
+
 fn cpu() -> &'static CpuDevice {
     static CPU: OnceLock<CpuDevice> = OnceLock::new();
     CPU.get_or_init(|| CpuDevice::new(None))
@@ -195,6 +202,47 @@ fn check_arch_on<B: Backend>(dev: &B, arch: &str) {
     };
     check_quantized(dev, arch, Source::Safetensors, DType::Q8, q8_cosine, 0.85);
     check_quantized(dev, arch, Source::Safetensors, DType::Q4, q4_cosine, q4_agree);
+}
+
+/// Decode with each RMSNorm folded into the projections that read it and each block's output
+/// added into the residual stream by its projection, for every family of that shape (pre-norm
+/// attention and dense MLP: biases, tied heads, qk-norms, partial rotary, NoPE layers, sliding
+/// windows), against transformers as above; whether the steps fold is checked by their
+/// dispatch count.
+#[test]
+fn folded_norms_match_transformers() {
+    for arch in ["llama", "qwen2", "qwen3", "phi3", "mistral", "smollm3"] {
+        check_arch_on(dev_folding_norms(), arch);
+    }
+}
+
+/// A folded decode step runs no norm dispatch (2 per layer and the output norm's otherwise), and
+/// a prefill still normalises apart (its matmuls do not fold). Counted by the GPU profiler,
+/// where the adapter has timestamp queries.
+#[test]
+fn folded_decode_steps_dispatch_no_norms() {
+    let hf = open_hf_dir(&fixture("llama")).unwrap();
+    for fold_norms in [false, true] {
+        let dev = pollster::block_on(GpuDevice::new(DeviceOptions { fold_norms: Some(fold_norms), ..Default::default() })).unwrap();
+        let model = Model::load(&dev, hf.config.clone(), &hf.store, &LoadOptions { dtype: Some(DType::F32), context: 64 }).unwrap();
+        let mut session = Session::new(&dev, &model).unwrap();
+        let norms = |dev: &GpuDevice, session: &mut Session, tokens: &[u32]| -> Option<u64> {
+            if !Backend::set_profiling(dev, true) {
+                return None;
+            }
+            pollster::block_on(session.step(dev, &model, tokens, false)).unwrap();
+            let calls = Backend::profile_report(dev).iter().filter(|(op, _, _)| *op == "rms_norm").map(|(_, calls, _)| calls).sum();
+            Backend::set_profiling(dev, false);
+            Some(calls)
+        };
+        let Some(prefill) = norms(&dev, &mut session, &[1, 2, 3]) else {
+            eprintln!("{}: no timestamp queries, nothing counted", dev.caps.adapter_name);
+            return;
+        };
+        let decode = norms(&dev, &mut session, &[4]).unwrap();
+        let apart = 2 * model.config.layers as u64 + 1;
+        assert_eq!((prefill, decode), (apart, if fold_norms { 0 } else { apart }), "fold_norms {fold_norms}");
+    }
 }
 
 /// Whether the CPU half runs (see the module docs).

@@ -29,7 +29,7 @@ pub use head_rms_norm::head_rms_norm;
 pub use latent_rope_append::{latent_rope_append, LatentRopeParams};
 pub use logit_softcap::logit_softcap;
 pub use matmul::{matmul, matmul_into};
-pub use matvec::{gated_matvec, gated_matvec_fits, matvec, matvec_into};
+pub use matvec::{gated_matvec, gated_matvec_fits, matvec, matvec_into, matvec_with, InputNorm, MatvecEnds};
 pub use moe::{
     expert_gated_matvec, expert_matmul, expert_matvec, grouped_experts, moe_combine, moe_group, moe_route, ExpertWeights, GroupScore, GroupedScratch,
     MoeRouteParams, RouterScoring, Routing,
