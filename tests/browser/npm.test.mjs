@@ -282,12 +282,22 @@ test('worker: logprobs ride with the streamed text and equal the non-streamed re
   assert.deepEqual(r.raw.logprobs[0].top_logprobs, []);
 });
 
-test('worker: response_format json_schema makes a noise model\'s sampled replies parse and fit the schema; a bad schema is a clear error', async () => {
+test('worker: response_format json_schema makes a noise model\'s sampled replies, and its greedy one on WebGPU (the mask on the GPU), parse and fit the schema; a bad schema is a clear error', async () => {
   const r = await session.page.evaluate(
     async ({ repo, hubUrl }) => {
       const engine = await window.emberlm.createEngine(repo, { hub: hubUrl, context: 256 });
       const schema = { type: 'object', properties: { ok: { type: 'boolean' }, n: { type: 'integer', minimum: 1, maximum: 3 } }, required: ['ok', 'n'], additionalProperties: false };
       const replies = [];
+      // Greedy on WebGPU: each step's mask is uploaded and the token picked on the GPU.
+      const gpu = await window.emberlm.createEngine(repo, { hub: hubUrl, context: 256, device: 'webgpu' });
+      const greedy = await gpu.chat.completions.create({
+        messages: [{ role: 'user', content: 'Hello world, this is a tiny model.' }],
+        temperature: 0,
+        max_tokens: 60,
+        response_format: { type: 'json_schema', json_schema: { name: 'x', schema } },
+      });
+      replies.push({ text: greedy.choices[0].message.content, finish: greedy.choices[0].finish_reason });
+      await gpu.unload();
       for (const seed of [1, 2]) {
         const c = await engine.chat.completions.create({
           messages: [{ role: 'user', content: 'Hello world, this is a tiny model.' }],
