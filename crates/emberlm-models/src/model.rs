@@ -1141,21 +1141,8 @@ impl<B: Backend> Session<B> {
     /// the next token's constraint mask); [`Session::finish_step`] waits for it. One step at a
     /// time.
     pub fn submit_step(&mut self, dev: &B, model: &Model<B>, tokens: &[u32], want_logits: bool) -> Result<PendingStep<B>> {
-        if self.in_flight {
-            return Err(ModelError::Config("a step is already submitted on this session".into()));
-        }
-        self.check_step(model, tokens)?;
-        let position = self.position();
-        let ws = if tokens.len() == 1 {
-            self.decode_workspace(dev, model)?;
-            None
-        } else {
-            Some(Workspace::new(dev, model, tokens.len())?)
-        };
-        let ws = ws.as_ref().unwrap_or_else(|| self.decode.as_ref().expect("decode workspace"));
-        dev.write_u32(&ws.ids, tokens)?;
-        let mut pass = dev.pass();
-        self.record(model, &mut pass, ws, position, StepEnd::Argmax)?;
+        let (fresh, pass) = self.record_step(dev, model, tokens, StepEnd::Argmax)?;
+        let ws = fresh.as_ref().unwrap_or_else(|| self.decode.as_ref().expect("decode workspace"));
         // A prefill's workspace is new every time, so only decode steps keep what `run` builds.
         let mut prefill_cache = B::StepCache::default();
         let cache = if tokens.len() == 1 { &mut self.decode_cache } else { &mut prefill_cache };
@@ -1164,23 +1151,13 @@ impl<B: Backend> Session<B> {
         Ok(PendingStep { read, tokens: tokens.to_vec() })
     }
 
-    /// Runs `tokens` at the next positions and returns the argmax of the last position's logits
-    /// over the tokens a grammar allows, picked on the device: the logits stay there and only
-    /// the token comes back (a constrained greedy step; see docs/PERFORMANCE.md). `allowed`
-    /// runs while the device computes the step and gives the allowed tokens as bits
-    /// ([`emberlm_core::ops::mask_words`] words over the vocabulary), uploaded for the argmax.
-    /// No allowed token is an error, after the step counts as run.
-    pub async fn step_masked(&mut self, dev: &B, model: &Model<B>, tokens: &[u32], allowed: impl FnOnce() -> Result<Vec<u32>>) -> Result<u32> {
+    /// Checks a step of `tokens`, writes them into its workspace (the session's decode one for
+    /// one token, returned `None`; a new one for a prefill) and records the step up to `end`.
+    fn record_step<'d>(&mut self, dev: &'d B, model: &Model<B>, tokens: &[u32], end: StepEnd) -> Result<(Option<Workspace<B>>, B::Pass<'d>)> {
         if self.in_flight {
             return Err(ModelError::Config("a step is already submitted on this session".into()));
         }
         self.check_step(model, tokens)?;
-        let vocab = model.config.vocab;
-        let words = emberlm_core::ops::mask_words(vocab);
-        if self.mask.is_none() {
-            self.mask = Some(dev.activation("allowed tokens", &[words])?);
-        }
-        let position = self.position();
         let fresh = if tokens.len() == 1 {
             self.decode_workspace(dev, model)?;
             None
@@ -1190,7 +1167,24 @@ impl<B: Backend> Session<B> {
         let ws = fresh.as_ref().unwrap_or_else(|| self.decode.as_ref().expect("decode workspace"));
         dev.write_u32(&ws.ids, tokens)?;
         let mut pass = dev.pass();
-        self.record(model, &mut pass, ws, position, StepEnd::Logits)?;
+        self.record(model, &mut pass, ws, self.position(), end)?;
+        Ok((fresh, pass))
+    }
+
+    /// Runs `tokens` at the next positions and returns the argmax of the last position's logits
+    /// over the tokens a grammar allows, picked on the device: the logits stay there and only
+    /// the token comes back (a constrained greedy step; see docs/PERFORMANCE.md). `allowed`
+    /// runs while the device computes the step and gives the allowed tokens as bits
+    /// ([`emberlm_core::ops::mask_words`] words over the vocabulary), uploaded for the argmax.
+    /// No allowed token is an error, after the step counts as run.
+    pub async fn step_masked(&mut self, dev: &B, model: &Model<B>, tokens: &[u32], allowed: impl FnOnce() -> Result<Vec<u32>>) -> Result<u32> {
+        let vocab = model.config.vocab;
+        let words = emberlm_core::ops::mask_words(vocab);
+        if self.mask.is_none() {
+            self.mask = Some(dev.activation("allowed tokens", &[words])?);
+        }
+        let (fresh, pass) = self.record_step(dev, model, tokens, StepEnd::Logits)?;
+        let ws = fresh.as_ref().unwrap_or_else(|| self.decode.as_ref().expect("decode workspace"));
         let mut prefill_cache = B::StepCache::default();
         let cache = if tokens.len() == 1 { &mut self.decode_cache } else { &mut prefill_cache };
         dev.enqueue(pass, cache).await?;

@@ -708,11 +708,7 @@ fn greedy_decoding_queued_ahead_matches_step_by_step() {
 /// gives transformers' logits and the argmax with them, in one read-back; a second submit before
 /// the first is finished is refused and leaves the session as it was.
 fn check_submitted_steps<B: Backend>(dev: &B) {
-    let hf = open_hf_dir(&fixture("qwen2")).unwrap();
-    let model = Model::load(dev, hf.config, &hf.store, &LoadOptions { dtype: Some(DType::F32), context: 64 }).unwrap();
-    let reference: Value = serde_json::from_str(&std::fs::read_to_string(fixture("qwen2").join("reference.json")).unwrap()).unwrap();
-    let case = &reference["cases"][0];
-    let prompt = ids(&case["input_ids"]);
+    let (model, prompt, want, greedy) = qwen2_first_case(dev);
     let mut session = Session::new(dev, &model).unwrap();
     let pending = session.submit_step(dev, &model, &prompt, true).unwrap();
     let again = session.submit_step(dev, &model, &prompt, true).err().expect("a second submit is refused");
@@ -720,10 +716,20 @@ fn check_submitted_steps<B: Backend>(dev: &B) {
     let out = pollster::block_on(session.finish_step(dev, pending)).unwrap();
     assert_eq!(session.position(), prompt.len());
     let logits = out.logits.unwrap();
-    let want: Vec<f64> = case["last_logits"].as_array().unwrap().iter().map(|v| v.as_f64().unwrap()).collect();
     let err = logits.iter().zip(&want).map(|(a, b)| (*a as f64 - b).abs()).fold(0.0, f64::max);
     assert!(err < 1e-3, "{}: logits {err} off", dev.kind().name());
-    assert_eq!(out.argmax, ids(&case["generated_ids"])[0]);
+    assert_eq!(out.argmax, greedy);
+}
+
+/// The tiny qwen2 (f32) and its first reference case: prompt, transformers' last-position
+/// logits and greedy next token.
+fn qwen2_first_case<B: Backend>(dev: &B) -> (Model<B>, Vec<u32>, Vec<f64>, u32) {
+    let hf = open_hf_dir(&fixture("qwen2")).unwrap();
+    let model = Model::load(dev, hf.config, &hf.store, &LoadOptions { dtype: Some(DType::F32), context: 64 }).unwrap();
+    let reference: Value = serde_json::from_str(&std::fs::read_to_string(fixture("qwen2").join("reference.json")).unwrap()).unwrap();
+    let case = &reference["cases"][0];
+    let want = case["last_logits"].as_array().unwrap().iter().map(|v| v.as_f64().unwrap()).collect();
+    (model, ids(&case["input_ids"]), want, ids(&case["generated_ids"])[0])
 }
 
 #[test]
@@ -740,12 +746,7 @@ fn submitted_steps_read_token_and_logits_together() {
 /// allowed token is an error after the step counts as run, and a mask of the wrong size is
 /// refused before it is uploaded.
 fn check_masked_steps<B: Backend>(dev: &B) {
-    let hf = open_hf_dir(&fixture("qwen2")).unwrap();
-    let model = Model::load(dev, hf.config, &hf.store, &LoadOptions { dtype: Some(DType::F32), context: 64 }).unwrap();
-    let reference: Value = serde_json::from_str(&std::fs::read_to_string(fixture("qwen2").join("reference.json")).unwrap()).unwrap();
-    let case = &reference["cases"][0];
-    let prompt = ids(&case["input_ids"]);
-    let want: Vec<f64> = case["last_logits"].as_array().unwrap().iter().map(|v| v.as_f64().unwrap()).collect();
+    let (model, prompt, want, _) = qwen2_first_case(dev);
     let vocab = model.config.vocab;
     let words = emberlm_core::ops::mask_words(vocab);
     let mut state = 0x2545_f491_4f6c_dd1du64;
