@@ -216,6 +216,23 @@ fn folded_norms_match_transformers() {
     }
 }
 
+/// A one-token input's hidden states (an embedding of one token: the output norm without the
+/// head) are the same with the norms folded as apart: the folded step still normalises them.
+#[test]
+fn folded_one_token_hidden_states_keep_the_output_norm() {
+    let hf = open_hf_dir(&fixture("qwen3")).unwrap();
+    let mut states = Vec::new();
+    for fold_norms in [false, true] {
+        let dev = pollster::block_on(GpuDevice::new(DeviceOptions { fold_norms: Some(fold_norms), ..Default::default() })).unwrap();
+        let model = Model::load(&dev, hf.config.clone(), &hf.store, &LoadOptions { dtype: Some(DType::F32), context: 16 }).unwrap();
+        let mut session = Session::new(&dev, &model).unwrap();
+        states.push(pollster::block_on(session.hidden_states(&dev, &model, &[7])).unwrap());
+    }
+    let rms = (states[0].iter().map(|v| v * v).sum::<f32>() / states[0].len() as f32).sqrt();
+    let worst = states[0].iter().zip(&states[1]).map(|(a, b)| (a - b).abs()).fold(0.0, f32::max);
+    assert!(rms > 0.1 && worst < 1e-4 * rms.max(1.0), "folded hidden states {worst} off (rms {rms})");
+}
+
 /// A folded decode step runs no norm dispatch (2 per layer and the output norm's otherwise), and
 /// a prefill still normalises apart (its matmuls do not fold). Counted by the GPU profiler,
 /// where the adapter has timestamp queries.
