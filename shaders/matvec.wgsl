@@ -147,6 +147,7 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec
     // Thread i < ROWS finishes output row0 + i = row0 + lane' + slot · LANES.
     if (lid < ROWS && row0 + lid < params.rows) {
         let first = (lid % LANES) * TPR;
+        let inv = inv_rms(first);
         let rb = lid / LANES;
         let r = row0 + lid;
 #if EXPERTS && GATED
@@ -174,14 +175,14 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec
 #endif
 #if GATED && !EXPERTS
         // One chunk holds all the rows (row_offset 0): gate row r pairs with up row rows + r.
-        let gate = partial_sum(first, 2u * rb) * inv_rms(first) + bias_of(r);
-        let up = partial_sum(first, 2u * rb + 1u) * inv_rms(first) + bias_of(params.rows + r);
+        let gate = partial_sum(first, 2u * rb) * inv + bias_of(r);
+        let up = partial_sum(first, 2u * rb + 1u) * inv + bias_of(params.rows + r);
         y[params.y_offset + r] = gated(gate, up);
 #endif
 #if !GATED && !EXPERTS
         let row = params.row_offset + r;
         let at = params.y_offset + wid.z * params.head_y + row;
-        let value = partial_sum(first, rb) * inv_rms(first) + bias_of(row);
+        let value = partial_sum(first, rb) * inv + bias_of(row);
 #if ACCUMULATE
         y[at] += params.y_scale * value;
 #else

@@ -58,7 +58,8 @@ pub struct Capabilities {
     /// the projection before it (shaders/matvec.wgsl NORMED, ACCUMULATE): two dispatches fewer
     /// per layer, for the norm's arithmetic redone by every workgroup of those projections. A
     /// GPU hides that arithmetic behind the weight reads, a software adapter pays it (lavapipe:
-    /// decode ~7% slower, docs/PERFORMANCE.md), so by default only hardware GPUs fold.
+    /// decode 7–15% slower in two measurements, docs/PERFORMANCE.md), so by default only
+    /// hardware GPUs fold.
     pub fold_norms: bool,
 }
 

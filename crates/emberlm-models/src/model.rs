@@ -492,9 +492,6 @@ impl<B: Backend> Loader<'_, B> {
 }
 
 impl<B: Backend> Model<B> {
-    /// Weight bytes one decode step reads: every projection, norm and bias once, the output
-    /// head (the whole embedding when tied) and one embedding row. For a dense model this is
-    /// about `weight_bytes`; the figure `emberlm bench` turns into GB/s.
     /// Whether every layer is a pre-norm attention block with a dense MLP and no post-norms,
     /// the shape whose decode steps fold their norms into the projections
     /// ([`Backend::folds_norms`]).
@@ -506,6 +503,9 @@ impl<B: Backend> Model<B> {
         })
     }
 
+    /// Weight bytes one decode step reads: every projection, norm and bias once, the output
+    /// head (the whole embedding when tied) and one embedding row. For a dense model this is
+    /// about `weight_bytes`; the figure `emberlm bench` turns into GB/s.
     pub fn decode_weight_bytes(&self) -> u64 {
         let embed = B::tensor_bytes(&self.embed);
         let row = embed / self.config.vocab.max(1) as u64;
