@@ -72,8 +72,7 @@ fn main() {
         for run in 0..a.iters + 2 {
             // A new mask every run.
             let allowed: Vec<bool> = (0..vocab).map(|_| rng.uniform(0.0, 1.0) < share).collect();
-            let mut words = vec![0u32; ops::mask_words(vocab)];
-            allowed.iter().enumerate().filter(|(_, &on)| on).for_each(|(i, _)| words[i / 32] |= 1 << (i % 32));
+            let words = ops::mask_of(&allowed);
             let want = reference::masked_argmax(&host_logits, &allowed);
 
             let started = Instant::now();
@@ -81,7 +80,7 @@ fn main() {
             let bytes = pollster::block_on(dev.finish_read(read)).unwrap();
             let mut got: Vec<f32> = bytemuck::pod_collect_to_vec(&bytes[4..]);
             for (i, l) in got.iter_mut().enumerate() {
-                if words[i / 32] >> (i % 32) & 1 == 0 {
+                if !ops::mask_allows(&words, i) {
                     *l = f32::NEG_INFINITY;
                 }
             }

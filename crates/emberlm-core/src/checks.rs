@@ -618,18 +618,13 @@ pub async fn check_argmax(dev: &GpuDevice, cols: usize, masked: bool, seed: u64)
     let none = Tensor::from_u32(dev, "argmax, nothing allowed", &vec![0; rows.len()])?;
     let mut allowed: Vec<bool> = (0..cols).map(|_| rng.uniform(0.0, 1.0) < 0.3).collect();
     allowed[reference::argmax(&rows[0]) as usize] = false;
-    let words = |allowed: &[bool]| -> Vec<u32> {
-        let mut w = vec![0u32; ops::mask_words(cols)];
-        allowed.iter().enumerate().filter(|(_, &a)| a).for_each(|(i, _)| w[i / 32] |= 1 << (i % 32));
-        w
-    };
     // Bits past the last column (the mask's last word) are ignored.
-    let mut bits = words(&allowed);
+    let mut bits = ops::mask_of(&allowed);
     if cols % 32 != 0 {
         *bits.last_mut().expect("a word") |= !((1u32 << (cols % 32)) - 1);
     }
     let mask = Tensor::from_u32(dev, "mask", &bits)?;
-    let empty = Tensor::from_u32(dev, "empty mask", &words(&vec![false; cols]))?;
+    let empty = Tensor::from_u32(dev, "empty mask", &ops::mask_of(&vec![false; cols]))?;
     let mut plan = Plan::new(dev);
     ops::argmax(&mut plan, &x, masked.then_some(&mask), &out, rows.len(), cols)?;
     if masked {

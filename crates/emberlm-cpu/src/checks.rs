@@ -239,7 +239,7 @@ pub fn norms_rope_activation_softcap_argmax() -> Check {
     // A grammar mask: the two best columns and every third ruled out, then every column.
     for allowed in [(0..33).map(|i| i != 20 && i != 25 && i % 3 != 0).collect::<Vec<_>>(), vec![false; 33]] {
         let mask = CpuTensor::zeroed("mask", &[2], DType::F32)?;
-        allowed.iter().enumerate().filter(|(_, &a)| a).for_each(|(i, _)| mask.words_mut()[i / 32] |= 1 << (i % 32));
+        mask.words_mut().copy_from_slice(&emberlm_core::ops::mask_of(&allowed));
         ops::argmax(&CpuTensor::from_f32("l", &[33], &logits)?, Some(&mask), &out, 1, 33)?;
         let want = reference::masked_argmax(&logits, &allowed);
         ensure!(out.words()[0] == want, "masked argmax {} vs the reference's {want}", out.words()[0]);

@@ -607,7 +607,7 @@ pub fn argmax(x: &CpuTensor, mask: Option<&CpuTensor>, out: &CpuTensor, rows: us
         return shape("argmax", format!("the mask cannot cover {cols} columns"));
     }
     let words = mask.map(|m| m.words());
-    let allowed = |i: usize| words.as_ref().is_none_or(|w| w[i / 32] >> (i % 32) & 1 == 1);
+    let allowed = |i: usize| words.as_ref().is_none_or(|w| emberlm_core::ops::mask_allows(w, i));
     let x = x.f32s();
     let mut o = out.words_mut();
     for (r, row) in x.chunks_exact(cols).take(rows).enumerate() {

@@ -137,19 +137,13 @@ pub struct Constraint {
 }
 
 impl Constraint {
-    /// Sets every logit the grammar does not allow next to −∞; where it allows ending, every
-    /// token in `stop_tokens` stays allowed.
+    /// Sets every logit the grammar does not allow next to −∞ ([`Constraint::allowed_words`]
+    /// says which).
     pub fn mask(&mut self, logits: &mut [f32], stop_tokens: &[u32]) -> Result<()> {
-        let allowed = match self.prepared.take() {
-            Some(allowed) => allowed,
-            None => self.compute()?,
-        };
+        let words = self.allowed_words(logits.len(), stop_tokens)?;
         let started = web_time::Instant::now();
-        let may_end = allowed.is_allowed(self.eos);
         for (id, l) in logits.iter_mut().enumerate() {
-            let id = id as u32;
-            let ok = if stop_tokens.contains(&id) { may_end } else { id < allowed.len() as u32 && allowed.is_allowed(id) };
-            if !ok {
+            if !emberlm_core::ops::mask_allows(&words, id) {
                 *l = f32::NEG_INFINITY;
             }
         }
@@ -157,9 +151,10 @@ impl Constraint {
         Ok(())
     }
 
-    /// The next token's mask as bits for an argmax on the device (bit `i % 32` of word `i / 32`
-    /// allows token `i`; [`emberlm_core::ops::mask_words`] words over `vocab` tokens), allowing
-    /// what [`Constraint::mask`] leaves finite.
+    /// The tokens the grammar allows next, as bits (bit `i % 32` of word `i / 32` allows token
+    /// `i`; [`emberlm_core::ops::mask_words`] words over `vocab` tokens), for the CPU's mask or
+    /// an argmax on the device; where the grammar allows ending, every token in `stop_tokens`
+    /// is allowed, elsewhere none.
     pub fn allowed_words(&mut self, vocab: usize, stop_tokens: &[u32]) -> Result<Vec<u32>> {
         let allowed = match self.prepared.take() {
             Some(allowed) => allowed,
@@ -209,6 +204,15 @@ impl Constraint {
     /// Milliseconds of constraint work (masks and state updates) per generated token so far.
     pub fn ms_per_token(&self) -> f64 {
         self.seconds * 1e3 / self.masks.max(1) as f64
+    }
+
+    /// Follows a token the generation took, unless it is one of `stop_tokens` (which end the
+    /// output rather than belong to it).
+    pub fn follow(&mut self, token: u32, stop_tokens: &[u32]) -> Result<()> {
+        if stop_tokens.contains(&token) {
+            return Ok(());
+        }
+        self.accept(token)
     }
 
     /// Follows a token the generation took (not a stop token).

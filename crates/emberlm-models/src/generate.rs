@@ -201,9 +201,7 @@ pub async fn generate_constrained<B: Backend>(
             out.logprobs.push(TokenLogprobs::from_logits(&raw, id, top));
         }
         if let Some(c) = constraint {
-            if !options.stop_tokens.contains(&id) {
-                c.accept(id)?;
-            }
+            c.follow(id, &options.stop_tokens)?;
         }
         Ok(id)
     };
@@ -287,9 +285,7 @@ async fn step_masked_on_device<B: Backend>(
 ) -> Result<u32> {
     let vocab = model.config.vocab;
     let id = session.step_masked(dev, model, tokens, || constraint.allowed_words(vocab, stop_tokens)).await?;
-    if !stop_tokens.contains(&id) {
-        constraint.accept(id)?;
-    }
+    constraint.follow(id, stop_tokens)?;
     Ok(id)
 }
 

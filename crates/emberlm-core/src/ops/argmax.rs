@@ -44,3 +44,15 @@ pub fn argmax(plan: &mut Plan, x: &Tensor, mask: Option<&Tensor>, out: &Tensor, 
 pub fn mask_words(cols: usize) -> usize {
     cols.div_ceil(32)
 }
+
+/// Whether mask `words` allows column `i` (bit `i % 32` of word `i / 32`).
+pub fn mask_allows(words: &[u32], i: usize) -> bool {
+    words[i / 32] >> (i % 32) & 1 == 1
+}
+
+/// The mask allowing the columns `allowed` marks.
+pub fn mask_of(allowed: &[bool]) -> Vec<u32> {
+    let mut words = vec![0u32; mask_words(allowed.len())];
+    allowed.iter().enumerate().filter(|(_, &on)| on).for_each(|(i, _)| words[i / 32] |= 1 << (i % 32));
+    words
+}

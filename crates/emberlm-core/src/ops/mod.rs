@@ -20,7 +20,7 @@ pub mod softmax;
 pub mod ssm_scan;
 pub mod top_k;
 
-pub use argmax::{argmax, mask_words};
+pub use argmax::{argmax, mask_allows, mask_of, mask_words};
 pub use attention::{attention, attention_with_sinks, visible_keys, AttentionParams};
 pub use embedding::embedding;
 pub use gated_activation::{gated_activation, weighted_gated_activation, Activation};
