@@ -38,6 +38,8 @@ async function loadEngineWasm(device: 'webgpu' | 'cpu', o: EngineOptions): Promi
 /** Errors thrown by the wasm engine are strings; give them a code. A trap while loading: the model file is what made it. */
 /** Tokens per piece of a prefill that reports its progress (a second or less on a CPU). */
 const PREFILL_PIECE = 128;
+/** Tokens per piece of a next turn's opening run ahead: what a request arriving meanwhile may wait for. */
+const AHEAD_PIECE = 16;
 
 function engineError(e: unknown, wasm?: Wasm): EmberError {
   if (e instanceof EmberError) return e;
@@ -114,11 +116,16 @@ export class LocalBackend implements Backend {
   private unloading = false;
   /** Set when the module trapped: every later call fails with it. */
   private crashed: EmberError | null = null;
+  /** Requests waiting for their turn (`exclusive`); work run ahead gives way to them. */
+  private waiting = 0;
+  /** Requests started so far: work run ahead for one is dropped once another has run. */
+  private started = 0;
 
   private constructor(
     model: EmberModel,
     readonly info: EngineInfo,
     private readonly wasm: Wasm,
+    private readonly prefillNextTurn: boolean,
   ) {
     this.model = model;
   }
@@ -206,7 +213,7 @@ export class LocalBackend implements Backend {
       device: { backend: picked.device, name: model.deviceName, reason: threadsWhy ? `${picked.reason}; one thread: ${threadsWhy}` : picked.reason },
     };
     progress({ phase: 'ready', loaded: total, total });
-    return new LocalBackend(model, info, wasm);
+    return new LocalBackend(model, info, wasm, o.prefillNextTurn !== false);
   }
 
   private get loaded(): EmberModel {
@@ -239,9 +246,33 @@ export class LocalBackend implements Backend {
 
   /** Runs `task` after every earlier one: the GPU session serves one generation at a time. */
   private exclusive<T>(task: () => Promise<T>): Promise<T> {
-    const run = this.busy.then(task, task);
+    this.waiting++;
+    const start = () => {
+      this.waiting--;
+      this.started++;
+      return task();
+    };
+    const run = this.busy.then(start, start);
     this.busy = run.catch(() => {});
     return run;
+  }
+
+  /**
+   * After chat request number `after` replied `reply`: runs the next user turn's opening into
+   * the cache in pieces (see `EngineOptions.prefillNextTurn`), stopping as soon as a request
+   * waits or once another has run. Only a speed-up: its errors are dropped (the next request
+   * meets any real fault itself), except a trap, which ends the engine as anywhere else.
+   */
+  private prefillAhead(input: RunInput, reply: string, after: number): void {
+    const messages = [...input.messages!, { role: 'assistant', content: reply }];
+    const still = () => this.started === after && this.waiting === 0 && !this.unloading && this.model !== null && !this.crashed;
+    this.busy = this.busy.then(async () => {
+      try {
+        while (still() && (await this.model!.prefillNextTurn(messages, input.tools ?? null, input.templateKwargs ?? null, AHEAD_PIECE)) > 0);
+      } catch (e) {
+        if (isWasmTrap(e)) this.crash(e);
+      }
+    });
   }
 
   run(input: RunInput, p: RunParams, onPiece: OnPiece, signal?: AbortSignal): Promise<RunResult> {
@@ -325,6 +356,9 @@ export class LocalBackend implements Backend {
         if (rest) onPiece(rest, logprobs?.release(filter.shown));
       }
       const finish = aborted ? 'abort' : filter.stopped || out.stoppedByEos ? (toolCalls.length ? 'tool_calls' : 'stop') : 'length';
+      // The client sends the reply back as `{role: 'assistant', content}` (after tool calls,
+      // tool results come next instead: nothing to guess).
+      if (this.prefillNextTurn && input.messages && !aborted && !toolCalls.length && this.waiting === 0) this.prefillAhead(input, filter.output, this.started);
       return {
         text: filter.output,
         tokens: Array.from(out.generatedIds),

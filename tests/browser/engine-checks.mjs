@@ -97,7 +97,8 @@ export function assertStreamAbortUnload(assert, r) {
 
 /**
  * A two-turn chat on `repo` in `page`, the second turn asked again (regenerate) and once more on
- * a fresh engine: each answer's text, prompt tokens and cached (reused) tokens.
+ * a fresh engine, and the chat again on an engine that does not run the next turn's opening
+ * ahead (`prefillNextTurn: false`): each answer's text, prompt tokens and cached (reused) tokens.
  */
 export function multiTurnChat(page, { repo, hubUrl }) {
   return page.evaluate(
@@ -117,7 +118,11 @@ export function multiTurnChat(page, { repo, hubUrl }) {
       const fresh = await window.emberlm.createEngine(repo, opts);
       const fromScratch = await ask(fresh, m2);
       await fresh.unload();
-      return { turn1, turn2, regenerated, fromScratch };
+      const plain = await window.emberlm.createEngine(repo, { ...opts, prefillNextTurn: false });
+      await ask(plain, m1);
+      const notAhead = await ask(plain, m2);
+      await plain.unload();
+      return { turn1, turn2, regenerated, fromScratch, notAhead };
     },
     { repo, hubUrl },
   );

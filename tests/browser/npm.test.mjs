@@ -157,14 +157,17 @@ test('worker streaming: chunks arrive one by one, an AbortSignal stops the reply
   assertStreamAbortUnload(assert, await streamAbortUnload(session.page, { repo: GGUF, hubUrl: hub.url }));
 });
 
-test('multi-turn chat: the next turn prefills only what it adds, a regenerate only its last token, and both reply as a fresh engine does', async () => {
+test('multi-turn chat: the next turn prefills only what it adds (its opening run ahead after the reply), a regenerate only its last token, and both reply as a fresh engine does', async () => {
   const r = await multiTurnChat(session.page, { repo: GGUF, hubUrl: hub.url });
   assert.equal(r.turn1.cached, 0);
   assert.equal(r.fromScratch.cached, 0);
   // The whole first prompt is shared (the reply and the new message follow it).
   assert.ok(r.turn2.cached >= r.turn1.prompt && r.turn2.cached < r.turn2.prompt, JSON.stringify(r));
+  // Run ahead: the reply's last token and the template's turn markers were in the cache too.
+  assert.ok(r.turn2.cached > r.notAhead.cached && r.notAhead.cached >= r.turn1.prompt, JSON.stringify(r));
   assert.equal(r.regenerated.cached, r.turn2.prompt - 1);
   assert.equal(r.turn2.text, r.fromScratch.text);
+  assert.equal(r.notAhead.text, r.fromScratch.text);
   assert.equal(r.regenerated.text, r.fromScratch.text);
 });
 
@@ -188,6 +191,11 @@ async function familyThroughNpm(family, architecture = family) {
   assert.deepEqual(gpu.tokens, ref.generated_ids);
   const r = await multiTurnChat(session.page, { repo: `emberlm-test/tiny-${family}-GGUF`, hubUrl: hub.url });
   assert.ok(r.turn2.cached >= r.turn1.prompt - 1 && r.turn2.cached < r.turn2.prompt, JSON.stringify(r));
+  // The next turn's opening runs ahead of a KV cache, not of a rolling state (it would move the
+  // checkpoint a regenerate restarts from).
+  if (['lfm2', 'mamba2'].includes(family)) assert.equal(r.turn2.cached, r.notAhead.cached, JSON.stringify(r));
+  else assert.ok(r.turn2.cached > r.notAhead.cached, JSON.stringify(r));
+  assert.equal(r.notAhead.text, r.fromScratch.text);
   assert.equal(r.regenerated.cached, r.turn2.prompt - 1, JSON.stringify(r));
   assert.equal(r.turn2.text, r.fromScratch.text);
   assert.equal(r.regenerated.text, r.fromScratch.text);

@@ -692,6 +692,16 @@ impl Job for &ChatArgs {
         let mut stdout = std::io::stdout();
         loop {
             eprint!("> ");
+            if matches!(messages.last(), Some(m) if m["role"] == "assistant") {
+                // While the user types: the reply's last token and the template's markers that
+                // open the next user turn go into the cache now, not into the next turn's TTFT.
+                // Only a speed-up: a failure here shows again, clearly, on the next request.
+                if let Ok(Some(opening)) = local.text.next_turn_opening(&json!(messages), None, kwargs.as_ref()) {
+                    if opening.probe_ids.len() < model.context {
+                        let _ = pollster::block_on(session.prefill_ahead(dev, model, &opening, usize::MAX));
+                    }
+                }
+            }
             let mut line = String::new();
             if stdin.lock().read_line(&mut line).map_err(err)? == 0 {
                 return Ok(());

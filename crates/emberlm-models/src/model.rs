@@ -44,6 +44,7 @@ use crate::backend::{Backend, FoldedNorm};
 use crate::config::{Architecture, LayerKind, LongRope, MlaConfig, ModelConfig, MoeConfig, RopeConfig, SsmConfig};
 use crate::error::{ModelError, Result};
 use crate::gguf::ByteSource;
+use crate::text::NextTurnOpening;
 use crate::weights::{GgufStore, WeightStore};
 
 /// The most KV cache positions a model may be loaded with (the per-layer binding limit usually
@@ -1122,6 +1123,25 @@ impl<B: Backend> Session<B> {
             self.step(dev, model, &ids[held..end], false).await?;
         }
         Ok(held)
+    }
+
+    /// Runs up to `max_tokens` more of a next turn's opening
+    /// ([`crate::text::TextSetup::next_turn_opening`]) into the cache while the conversation
+    /// waits for its user: the next request then finds the reply's last token and the
+    /// template's turn markers held and prefills only the user's words and what follows them.
+    /// What the cache held past the shared prefix is forgotten, as the next request would.
+    /// Returns the opening's tokens left to run (0: done). Models with rolling states run
+    /// nothing: a step would move the checkpoint a regenerated reply restarts from.
+    pub async fn prefill_ahead(&mut self, dev: &B, model: &Model<B>, opening: &NextTurnOpening, max_tokens: usize) -> Result<usize> {
+        if self.state.has_rolling() || opening.shared >= opening.probe_ids.len() {
+            return Ok(0);
+        }
+        let held = self.reuse_prefix(&opening.probe_ids);
+        let end = opening.shared.min(held.saturating_add(max_tokens.max(1)));
+        if held < end {
+            self.step(dev, model, &opening.probe_ids[held..end], false).await?;
+        }
+        Ok(opening.shared.saturating_sub(end.max(held)))
     }
 
     /// `tokens` ran at the next positions.

@@ -114,6 +114,14 @@ impl TextSetup {
         self.tokenizer()?.encode(&prompt)
     }
 
+    /// The opening every next user turn after `messages` (a conversation ending with the
+    /// model's reply) starts with: the conversation, the reply closed and the next user
+    /// message opened, as template and tokenizer make them. It is prefilled while the user
+    /// types ([`next_turn_opening`]); `None` where no template or nothing is shared.
+    pub fn next_turn_opening(&self, messages: &Json, tools: Option<&ToolPrompt>, template_kwargs: Option<&Json>) -> Result<Option<NextTurnOpening>> {
+        next_turn_opening(messages, |m| self.chat_prompt_ids_with(m, tools, template_kwargs))
+    }
+
     /// `tools` and `tool_choice` for this model's template: `None` with `tool_choice: "none"`.
     pub fn tool_prompt(&self, tools: &Json, tool_choice: &Json) -> Result<Option<ToolPrompt>> {
         Ok(ToolPrompt::new(self.chat_template()?, Tools::new(tools, tool_choice)?))
@@ -133,4 +141,42 @@ fn check_template_kwargs(kwargs: &Json) -> Result<&Json> {
         return Err(ModelError::ChatTemplate(format!("chat_template_kwargs may not set `{k}`: the request or the model gives it")));
     }
     Ok(kwargs)
+}
+
+/// A probe prompt (the conversation and a user message) whose first `shared` ids every next
+/// user turn's prompt starts with, whatever the user writes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NextTurnOpening {
+    pub probe_ids: Vec<u32>,
+    pub shared: usize,
+}
+
+/// User messages unlike each other in their first character (letter, digit, punctuation):
+/// where a tokenizer merges a template's last characters with the message's first, their
+/// prompts part before it.
+const NEXT_TURN_PROBES: [&str; 3] = ["Hello", "2", "("];
+
+/// [`TextSetup::next_turn_opening`] over any prompt maker (`prompt_ids`: the token ids of a
+/// conversation with a generation prompt). The opening is the longest prefix the probes'
+/// prompts share. It is a guess only in that a real message could merge with the template
+/// even earlier: the next request's longest-common-prefix reuse ([`crate::Session`]) decides
+/// what the cache really serves, so a wrong guess costs the tokens run ahead, never a wrong
+/// answer.
+pub fn next_turn_opening(messages: &Json, prompt_ids: impl Fn(&Json) -> Result<Vec<u32>>) -> Result<Option<NextTurnOpening>> {
+    let Json::Array(conversation) = messages else {
+        return Err(ModelError::ChatTemplate("messages must be an array".into()));
+    };
+    let probe = |content: &str| {
+        let mut m = conversation.clone();
+        m.push(serde_json::json!({ "role": "user", "content": content }));
+        prompt_ids(&Json::Array(m))
+    };
+    let probe_ids = probe(NEXT_TURN_PROBES[0])?;
+    let mut shared = probe_ids.len();
+    for content in &NEXT_TURN_PROBES[1..] {
+        let other = probe(content)?;
+        shared = shared.min(probe_ids.iter().zip(&other).take_while(|(a, b)| a == b).count());
+    }
+    // A template that drops the user's words leaves nothing after the opening to run.
+    Ok((shared > 0 && shared < probe_ids.len()).then_some(NextTurnOpening { probe_ids, shared }))
 }

@@ -26,6 +26,7 @@ use std::sync::OnceLock;
 
 use emberlm_core::{DType, DeviceOptions, GpuDevice};
 use emberlm_models::files::{open_gguf, open_hf_dir};
+use emberlm_models::text::NextTurnOpening;
 use emberlm_models::{generate, Backend, CpuDevice, GenerateOptions, LoadOptions, Model, SamplingOptions, Session};
 use serde_json::Value;
 
@@ -923,6 +924,65 @@ fn check_prefill_in_pieces<B: Backend>(dev: &B, arch: &str) {
         let got = pollster::block_on(generate(dev, &model, &mut session, &prompt, &opts, |_, _| true)).unwrap();
         assert_eq!(got.reused_tokens, held, "{arch}: the pieces are reused");
         assert_eq!(got.generated_ids, want, "{arch} on {}", dev.kind().name());
+    }
+}
+
+/// A next turn's opening run ahead while the user types (`Session::prefill_ahead`, in pieces of
+/// two) after a first turn: the next request on the whole prompt reuses all of it and gives
+/// transformers' greedy tokens. The opening here is the prompt but its last token (a probe
+/// prompt of the real one and one token more); Mamba2's rolling state runs nothing ahead, and
+/// still answers the same.
+fn check_prefill_ahead<B: Backend>(dev: &B, arch: &str) {
+    let (model, reference) = load_fixture(dev, arch, Source::Gguf, None);
+    let rolling = model.config.has_rolling_state();
+    for case in reference["cases"].as_array().unwrap() {
+        let (prompt, want) = (ids(&case["input_ids"]), ids(&case["generated_ids"]));
+        if prompt.len() < 4 {
+            continue;
+        }
+        let opts = GenerateOptions { max_new_tokens: want.len(), stop_tokens: model.config.eos_token_ids.clone(), ..Default::default() };
+        let opening = NextTurnOpening { probe_ids: [&prompt[..], &[prompt[0]]].concat(), shared: prompt.len() - 1 };
+        // In pieces of two, and all at once (as `emberlm chat` runs it).
+        for piece in [2, usize::MAX] {
+            let mut session = Session::new(dev, &model).unwrap();
+            let turn1 = GenerateOptions { max_new_tokens: 2, ..opts.clone() };
+            pollster::block_on(generate(dev, &model, &mut session, &prompt[..prompt.len() / 2], &turn1, |_, _| true)).unwrap();
+            // What the first turn left in the cache that the prompt starts with, then the pieces.
+            let held = session.tokens().iter().zip(&prompt).take_while(|(a, b)| a == b).count();
+            let step = piece.min(opening.shared);
+            let pieces: Vec<usize> = (held..opening.shared).step_by(step).map(|start| opening.shared - (start + step).min(opening.shared)).collect();
+            let pieces = if pieces.is_empty() { vec![0] } else { pieces };
+            // Bounded: a call that runs nothing but reports tokens left would loop forever.
+            let mut lefts = vec![];
+            for _ in 0..=prompt.len() {
+                let left = pollster::block_on(session.prefill_ahead(dev, &model, &opening, piece)).unwrap();
+                lefts.push(left);
+                if left == 0 {
+                    break;
+                }
+            }
+            if rolling {
+                assert_eq!(lefts, [0], "{arch}: nothing runs ahead of a rolling state");
+            } else {
+                assert_eq!(lefts, pieces, "{arch}: pieces of {piece} from {held}");
+                assert_eq!(session.tokens(), &prompt[..prompt.len() - 1]);
+            }
+            let got = pollster::block_on(generate(dev, &model, &mut session, &prompt, &opts, |_, _| true)).unwrap();
+            if !rolling {
+                assert_eq!(got.reused_tokens, prompt.len() - 1, "{arch}: the opening is reused");
+            }
+            assert_eq!(got.generated_ids, want, "{arch} on {}", dev.kind().name());
+        }
+    }
+}
+
+#[test]
+fn prefill_ahead_then_generate() {
+    for arch in ["qwen2", "mamba2"] {
+        check_prefill_ahead(dev(), arch);
+        if on_cpu_too() {
+            check_prefill_ahead(cpu(), arch);
+        }
     }
 }
 

@@ -6,7 +6,7 @@ use std::path::PathBuf;
 
 use emberlm_models::chat::ChatTemplate;
 use emberlm_models::files::{open_gguf, read_json};
-use emberlm_models::text::TextSetup;
+use emberlm_models::text::{next_turn_opening, TextSetup};
 use emberlm_models::tokenizer::{StreamDecoder, TextTokenizer};
 use serde_json::Value;
 
@@ -117,6 +117,55 @@ fn chat_templates_render_like_transformers() {
             assert_eq!(got, case["rendered"].as_str().unwrap(), "{} with {}", t["name"], case["messages"]);
         }
     }
+}
+
+/// The next user turn's opening (run ahead while the user types) is what the next request's
+/// prompt really starts with — every fixture template over the tiny BPE tokenizer, and
+/// SmolLM2's own template and tokenizer — and reaches past the reply into the next turn's
+/// markers. A message that starts with whitespace may merge with a template's last newline
+/// (templates that do not trim): the opening then overruns the real prompt by one token, which
+/// the next request's prefix reuse simply runs again.
+#[test]
+fn next_turn_openings_start_every_follow_up() {
+    let conversation = serde_json::json!([
+        {"role": "user", "content": "Hi there, who are you?"},
+        {"role": "assistant", "content": "I am a small model. How can I help?"}
+    ]);
+    let follow_ups = ["What about Paris?", "2 more, please", "(a) or (b)?", "Ünïcödé ✓", "hello", "", " leading space", "\nnew line first", "\t tab"];
+    let check = |name: &str, prompt_ids: &dyn Fn(&Value) -> emberlm_models::Result<Vec<u32>>| {
+        let opening = next_turn_opening(&conversation, prompt_ids).unwrap().unwrap_or_else(|| panic!("{name}: no opening"));
+        let open = &opening.probe_ids[..opening.shared];
+        // Past the first turn's prompt: the reply and what closes it are in.
+        let first_turn = prompt_ids(&serde_json::json!([conversation[0]])).unwrap();
+        assert!(opening.shared > first_turn.len(), "{name}: an opening of {} tokens, the first prompt has {}", opening.shared, first_turn.len());
+        for f in follow_ups {
+            let mut m = conversation.as_array().unwrap().clone();
+            m.push(serde_json::json!({"role": "user", "content": f}));
+            let real = prompt_ids(&Value::Array(m)).unwrap();
+            let shared = open.iter().zip(&real).take_while(|(a, b)| a == b).count();
+            let slack = usize::from(f.starts_with(char::is_whitespace));
+            assert!(shared + slack >= open.len(), "{name}: {f:?} shares {shared} of the opening's {} tokens", open.len());
+        }
+        opening
+    };
+    let tok = TextTokenizer::from_json_bytes(&std::fs::read(fixtures().join("tiny/tokenizer.json")).unwrap()).unwrap();
+    for t in &template_fixtures() {
+        let template = ChatTemplate {
+            source: t["template"].as_str().unwrap().to_string(),
+            bos_token: t["bos_token"].as_str().map(String::from),
+            eos_token: t["eos_token"].as_str().map(String::from),
+        };
+        let name = t["name"].as_str().unwrap_or("a fixture");
+        check(name, &|m: &Value| tok.encode(&template.render(m, true, Some(&t["extra_context"]))?));
+    }
+    // SmolLM2: ChatML with its special tokens; the opening ends where the user's words begin.
+    let path = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../models/SmolLM2-135M-Instruct.Q4_1.gguf");
+    assert!(path.exists(), "{} is missing: run scripts/setup.sh", path.display());
+    let text = TextSetup::from_gguf(open_gguf(&path).unwrap().metadata()).unwrap();
+    let opening = check("SmolLM2", &|m: &Value| text.chat_prompt_ids(m));
+    let decoded = text.tokenizer().unwrap().decode(&opening.probe_ids[..opening.shared], false).unwrap();
+    assert!(decoded.ends_with("How can I help?<|im_end|>\n<|im_start|>user\n"), "{decoded:?}");
+    assert_eq!(text.next_turn_opening(&conversation, None, None).unwrap(), Some(opening));
 }
 
 /// The template bounds (fuel for steps and bytes built, output size) leave room for real use:

@@ -14,7 +14,7 @@ use emberlm_models::embed::{embed, Dense, EmbeddingSpec};
 use emberlm_models::gguf::GgufFile;
 use emberlm_models::safetensors::SafetensorsStore;
 use emberlm_models::source::{checked_end, ByteSource, SourceError};
-use emberlm_models::text::TextSetup;
+use emberlm_models::text::{NextTurnOpening, TextSetup};
 use emberlm_models::tokenizer::StreamDecoder;
 use emberlm_models::tools::{self, ToolCall, ToolEvent, ToolPrompt};
 use emberlm_models::weights::GgufStore;
@@ -293,6 +293,10 @@ impl Runner {
     async fn prefill_to(&self, ids: &[u32], end: usize) -> Result<usize, JsValue> {
         on_backend!(self, b => b.prefill_to(ids, end).await)
     }
+
+    async fn prefill_ahead(&self, opening: &NextTurnOpening, max_tokens: usize) -> Result<usize, JsValue> {
+        on_backend!(self, b => b.prefill_ahead(opening, max_tokens).await)
+    }
 }
 
 impl<B: Backend> OnBackend<B> {
@@ -319,6 +323,12 @@ impl<B: Backend> OnBackend<B> {
         let mut slot = self.session()?;
         let session = slot.as_mut().expect("made above");
         session.prefill_to(&self.dev, &self.model, ids, end).await.map_err(js_err)
+    }
+
+    async fn prefill_ahead(&self, opening: &NextTurnOpening, max_tokens: usize) -> Result<usize, JsValue> {
+        let mut slot = self.session()?;
+        let session = slot.as_mut().expect("made above");
+        session.prefill_ahead(&self.dev, &self.model, opening, max_tokens).await.map_err(js_err)
     }
 
     async fn generate(
@@ -651,6 +661,24 @@ impl EmberModel {
             return Err(js_err(format!("the prompt is {} tokens but the context holds {}", prompt_ids.len(), self.runner.context())));
         }
         self.runner.prefill_to(&prompt_ids, end).await
+    }
+
+    /// After a chat reply, while the conversation waits for its user: runs up to `maxTokens`
+    /// more of the next user turn's opening (`messages`, ending with the reply as the client
+    /// sends it back, rendered with a user message: the reply's last token and the template's
+    /// turn markers) into the cache. `tools` and `templateKwargs` as for `chatPromptIds`.
+    /// Resolves to the tokens left to run (0: done, or nothing to run ahead).
+    #[wasm_bindgen(js_name = prefillNextTurn)]
+    pub async fn prefill_next_turn(&self, messages: JsValue, tools: JsValue, template_kwargs: JsValue, max_tokens: usize) -> Result<usize, JsValue> {
+        let messages: serde_json::Value = serde_wasm_bindgen::from_value(messages)?;
+        let tools = self.tool_prompt(from_js_opt(tools)?.as_ref())?;
+        let kwargs: Option<serde_json::Value> = from_js_opt(template_kwargs)?;
+        let Some(opening) = self.text.next_turn_opening(&messages, tools.as_ref(), kwargs.as_ref()).map_err(js_err)? else { return Ok(0) };
+        // The next request would not fit either: it fails (or drops turns) on its own.
+        if opening.probe_ids.len() >= self.runner.context() {
+            return Ok(0);
+        }
+        self.runner.prefill_ahead(&opening, max_tokens).await
     }
 
     /// Generates after `promptIds`; `onToken(id, textPiece, logprob)` is called per token
