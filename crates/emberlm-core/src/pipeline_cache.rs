@@ -1,7 +1,7 @@
 //! Compiled compute pipelines, keyed by (kernel, variant). Each distinct variant is compiled
 //! once per device; shader compile errors surface as `Error::Validation` naming the kernel.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::Mutex;
 
 use crate::error::{Error, Result};
@@ -28,29 +28,107 @@ impl PipelineCache {
     }
 
     pub fn get_or_create(&self, device: &wgpu::Device, key: &KernelKey) -> Result<wgpu::ComputePipeline> {
-        let mut pipelines = self.pipelines.lock().map_err(|_| Error::InvalidArgument("pipeline cache poisoned".into()))?;
+        let mut pipelines = self.lock()?;
         if let Some(p) = pipelines.get(key) {
             return Ok(p.clone());
         }
-        let source = kernel_source(key.kernel).ok_or_else(|| Error::InvalidArgument(format!("no kernel named `{}`", key.kernel)))?;
-        let wgsl =
-            preprocess(source, &key.variant).map_err(|e| Error::Validation { context: format!("preprocessing shaders/{}.wgsl", key.kernel), message: e })?;
-        let scope = device.push_error_scope(wgpu::ErrorFilter::Validation);
-        let module = device.create_shader_module(wgpu::ShaderModuleDescriptor { label: Some(key.kernel), source: wgpu::ShaderSource::Wgsl(wgsl.into()) });
-        let pipeline = device.create_compute_pipeline(&wgpu::ComputePipelineDescriptor {
-            label: Some(key.kernel),
-            layout: None,
-            module: &module,
-            entry_point: Some("main"),
-            compilation_options: Default::default(),
-            cache: None,
-        });
-        // Natively the scope resolves at once; in a browser, errors arrive later through the
-        // uncaptured-error path and the device's validation of the dispatch.
-        if let Some(Some(err)) = crate::device::poll_now(scope.pop()) {
-            return Err(Error::Validation { context: format!("compiling shaders/{}.wgsl ({:?})", key.kernel, key.variant), message: err.to_string() });
-        }
+        let pipeline = compile(device, key)?;
         pipelines.insert(key.clone(), pipeline.clone());
         Ok(pipeline)
     }
+
+    /// Compiles the pipelines of `keys` that are not compiled yet, several at once: natively a
+    /// driver compiles on the calling thread, so a model's first step (a few dozen variants)
+    /// waits for the slowest thread's share instead of for all of them in turn. In wasm there
+    /// are no threads (and wgpu has no `createComputePipelineAsync`): [`Self::get_or_create`]
+    /// compiles them one by one as before. A variant that fails is the error (the first, in
+    /// `keys`' order); the others are cached all the same.
+    pub fn precompile<'a>(&self, device: &wgpu::Device, keys: impl IntoIterator<Item = &'a KernelKey>) -> Result<()> {
+        let missing: Vec<&KernelKey> = {
+            let pipelines = self.lock()?;
+            let mut seen = HashSet::new();
+            keys.into_iter().filter(|k| !pipelines.contains_key(*k) && seen.insert(*k)).collect()
+        };
+        let compiled = compile_all(device, &missing);
+        let mut pipelines = self.lock()?;
+        let mut first_error = None;
+        for (key, pipeline) in missing.into_iter().zip(compiled) {
+            match pipeline {
+                Ok(p) => {
+                    pipelines.entry(key.clone()).or_insert(p);
+                }
+                Err(e) => {
+                    first_error.get_or_insert(e);
+                }
+            }
+        }
+        first_error.map_or(Ok(()), Err)
+    }
+
+    fn lock(&self) -> Result<std::sync::MutexGuard<'_, HashMap<KernelKey, wgpu::ComputePipeline>>> {
+        self.pipelines.lock().map_err(|_| Error::InvalidArgument("pipeline cache poisoned".into()))
+    }
+}
+
+/// `keys`' pipelines, in order, compiled on up to one thread per core.
+#[cfg(not(target_arch = "wasm32"))]
+fn compile_all(device: &wgpu::Device, keys: &[&KernelKey]) -> Vec<Result<wgpu::ComputePipeline>> {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    let threads = std::thread::available_parallelism().map_or(1, |n| n.get()).min(keys.len());
+    if threads < 2 {
+        return keys.iter().map(|k| compile(device, k)).collect();
+    }
+    let next = AtomicUsize::new(0);
+    let mut done: Vec<(usize, Result<wgpu::ComputePipeline>)> = std::thread::scope(|s| {
+        let workers: Vec<_> = (0..threads)
+            .map(|_| {
+                s.spawn(|| {
+                    let mut out = Vec::new();
+                    loop {
+                        let i = next.fetch_add(1, Ordering::Relaxed);
+                        let Some(key) = keys.get(i) else { return out };
+                        out.push((i, compile(device, key)));
+                    }
+                })
+            })
+            .collect();
+        workers.into_iter().flat_map(|w| w.join().unwrap_or_default()).collect()
+    });
+    // A thread that panicked took its share along: those keys compile later, one by one.
+    done.sort_by_key(|(i, _)| *i);
+    let mut done = done.into_iter().peekable();
+    (0..keys.len())
+        .map(|i| match done.next_if(|(at, _)| *at == i) {
+            Some((_, p)) => p,
+            None => compile(device, keys[i]),
+        })
+        .collect()
+}
+
+#[cfg(target_arch = "wasm32")]
+fn compile_all(_device: &wgpu::Device, _keys: &[&KernelKey]) -> Vec<Result<wgpu::ComputePipeline>> {
+    Vec::new()
+}
+
+/// One pipeline from its kernel's WGSL with the variant's defines applied.
+fn compile(device: &wgpu::Device, key: &KernelKey) -> Result<wgpu::ComputePipeline> {
+    let source = kernel_source(key.kernel).ok_or_else(|| Error::InvalidArgument(format!("no kernel named `{}`", key.kernel)))?;
+    let wgsl = preprocess(source, &key.variant).map_err(|e| Error::Validation { context: format!("preprocessing shaders/{}.wgsl", key.kernel), message: e })?;
+    // Error scopes are per thread in wgpu: each compile thread has its own.
+    let scope = device.push_error_scope(wgpu::ErrorFilter::Validation);
+    let module = device.create_shader_module(wgpu::ShaderModuleDescriptor { label: Some(key.kernel), source: wgpu::ShaderSource::Wgsl(wgsl.into()) });
+    let pipeline = device.create_compute_pipeline(&wgpu::ComputePipelineDescriptor {
+        label: Some(key.kernel),
+        layout: None,
+        module: &module,
+        entry_point: Some("main"),
+        compilation_options: Default::default(),
+        cache: None,
+    });
+    // Natively the scope resolves at once; in a browser, errors arrive later through the
+    // uncaptured-error path and the device's validation of the dispatch.
+    if let Some(Some(err)) = crate::device::poll_now(scope.pop()) {
+        return Err(Error::Validation { context: format!("compiling shaders/{}.wgsl ({:?})", key.kernel, key.variant), message: err.to_string() });
+    }
+    Ok(pipeline)
 }

@@ -214,6 +214,8 @@ impl<'d> Plan<'d> {
         let uniforms = dev.pooled_buffer("uniform arena", arena_size, wgpu::BufferUsages::UNIFORM | wgpu::BufferUsages::COPY_DST)?;
         let mut scratch = self.scratch;
         scratch.push(uniforms.clone());
+        // A first step meets every variant at once: compiled side by side where threads exist.
+        dev.pipelines.precompile(&dev.device, self.ops.iter().map(|op| &op.key))?;
         let scope = dev.device.push_error_scope(wgpu::ErrorFilter::Validation);
         let mut ops = Vec::with_capacity(self.ops.len());
         for op in self.ops {
