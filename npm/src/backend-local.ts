@@ -277,8 +277,11 @@ export class LocalBackend implements Backend {
 
   run(input: RunInput, p: RunParams, onPiece: OnPiece, signal?: AbortSignal): Promise<RunResult> {
     const asked = now();
+    throwIfAborted(signal);
     return this.exclusive(async () => {
-      throwIfAborted(signal);
+      // Aborted while it waited for its turn (behind another request, or a piece of the next
+      // turn's opening run ahead): it ends as a request aborted at its first token does.
+      if (signal?.aborted) return { text: '', tokens: [], finish_reason: 'abort', prompt_tokens: 0, cached_tokens: 0, ttft_ms: now() - asked, prefill_tok_s: 0, decode_tok_s: 0 };
       const model = this.loaded;
       const ids = await this.guard(
         () => (input.messages ? model.chatPromptIds(input.messages, input.tools ?? null, input.templateKwargs ?? null) : model.promptIds(input.prompt ?? '')),
