@@ -697,9 +697,7 @@ impl Job for &ChatArgs {
                 // open the next user turn go into the cache now, not into the next turn's TTFT.
                 // Only a speed-up: a failure here shows again, clearly, on the next request.
                 if let Ok(Some(opening)) = local.text.next_turn_opening(&json!(messages), None, kwargs.as_ref()) {
-                    if opening.probe_ids.len() < model.context {
-                        let _ = pollster::block_on(session.prefill_ahead(dev, model, &opening, usize::MAX));
-                    }
+                    let _ = pollster::block_on(session.prefill_ahead(dev, model, &opening, usize::MAX));
                 }
             }
             let mut line = String::new();

@@ -28,27 +28,25 @@ impl PipelineCache {
     }
 
     pub fn get_or_create(&self, device: &wgpu::Device, key: &KernelKey) -> Result<wgpu::ComputePipeline> {
-        let mut pipelines = self.lock()?;
-        if let Some(p) = pipelines.get(key) {
-            return Ok(p.clone());
-        }
-        let pipeline = compile(device, key)?;
-        pipelines.insert(key.clone(), pipeline.clone());
-        Ok(pipeline)
+        Ok(self.get_or_create_all(device, &[key])?.remove(0))
     }
 
-    /// Compiles the pipelines of `keys` that are not compiled yet, several at once: natively a
-    /// driver compiles on the calling thread, so a model's first step (a few dozen variants)
-    /// waits for the slowest thread's share instead of for all of them in turn. In wasm there
-    /// are no threads (and wgpu has no `createComputePipelineAsync`): [`Self::get_or_create`]
-    /// compiles them one by one as before. A variant that fails is the error (the first, in
-    /// `keys`' order); the others are cached all the same.
-    pub fn precompile<'a>(&self, device: &wgpu::Device, keys: impl IntoIterator<Item = &'a KernelKey>) -> Result<()> {
-        let missing: Vec<&KernelKey> = {
+    /// The pipelines of `keys`, in order, those not compiled yet compiled first and several at
+    /// once: natively a driver compiles on the calling thread, so a model's first step (a few
+    /// dozen variants) waits for the slowest thread's share instead of for all of them in turn.
+    /// In wasm there are no threads (and wgpu has no `createComputePipelineAsync`): one by one.
+    /// A variant that fails is the error (the first, in `keys`' order); the others are cached
+    /// all the same.
+    pub fn get_or_create_all(&self, device: &wgpu::Device, keys: &[&KernelKey]) -> Result<Vec<wgpu::ComputePipeline>> {
+        let found: Vec<Option<wgpu::ComputePipeline>> = {
             let pipelines = self.lock()?;
-            let mut seen = HashSet::new();
-            keys.into_iter().filter(|k| !pipelines.contains_key(*k) && seen.insert(*k)).collect()
+            keys.iter().map(|k| pipelines.get(*k).cloned()).collect()
         };
+        let mut seen = HashSet::new();
+        let missing: Vec<&KernelKey> = keys.iter().zip(&found).filter(|(k, f)| f.is_none() && seen.insert(**k)).map(|(k, _)| *k).collect();
+        if missing.is_empty() {
+            return Ok(found.into_iter().flatten().collect());
+        }
         let compiled = compile_all(device, &missing);
         let mut pipelines = self.lock()?;
         let mut first_error = None;
@@ -62,7 +60,10 @@ impl PipelineCache {
                 }
             }
         }
-        first_error.map_or(Ok(()), Err)
+        if let Some(e) = first_error {
+            return Err(e);
+        }
+        Ok(keys.iter().zip(found).map(|(k, f)| f.unwrap_or_else(|| pipelines[*k].clone())).collect())
     }
 
     fn lock(&self) -> Result<std::sync::MutexGuard<'_, HashMap<KernelKey, wgpu::ComputePipeline>>> {
@@ -92,22 +93,17 @@ fn compile_all(device: &wgpu::Device, keys: &[&KernelKey]) -> Vec<Result<wgpu::C
                 })
             })
             .collect();
-        workers.into_iter().flat_map(|w| w.join().unwrap_or_default()).collect()
+        // A compile that panics panics here, as it would have on this thread.
+        workers.into_iter().flat_map(|w| w.join().unwrap_or_else(|panic| std::panic::resume_unwind(panic))).collect()
     });
-    // A thread that panicked took its share along: those keys compile later, one by one.
     done.sort_by_key(|(i, _)| *i);
-    let mut done = done.into_iter().peekable();
-    (0..keys.len())
-        .map(|i| match done.next_if(|(at, _)| *at == i) {
-            Some((_, p)) => p,
-            None => compile(device, keys[i]),
-        })
-        .collect()
+    done.into_iter().map(|(_, p)| p).collect()
 }
 
+/// In wasm, one by one: no threads, and a WebGPU device is not shared across them.
 #[cfg(target_arch = "wasm32")]
-fn compile_all(_device: &wgpu::Device, _keys: &[&KernelKey]) -> Vec<Result<wgpu::ComputePipeline>> {
-    Vec::new()
+fn compile_all(device: &wgpu::Device, keys: &[&KernelKey]) -> Vec<Result<wgpu::ComputePipeline>> {
+    keys.iter().map(|k| compile(device, k)).collect()
 }
 
 /// One pipeline from its kernel's WGSL with the variant's defines applied.

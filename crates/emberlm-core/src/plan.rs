@@ -215,11 +215,10 @@ impl<'d> Plan<'d> {
         let mut scratch = self.scratch;
         scratch.push(uniforms.clone());
         // A first step meets every variant at once: compiled side by side where threads exist.
-        dev.pipelines.precompile(&dev.device, self.ops.iter().map(|op| &op.key))?;
+        let pipelines = dev.pipelines.get_or_create_all(&dev.device, &self.ops.iter().map(|op| &op.key).collect::<Vec<_>>())?;
         let scope = dev.device.push_error_scope(wgpu::ErrorFilter::Validation);
         let mut ops = Vec::with_capacity(self.ops.len());
-        for op in self.ops {
-            let pipeline = dev.pipelines.get_or_create(&dev.device, &op.key)?;
+        for (op, pipeline) in self.ops.into_iter().zip(pipelines) {
             let mut entries = vec![wgpu::BindGroupEntry {
                 binding: 0,
                 resource: wgpu::BindingResource::Buffer(wgpu::BufferBinding {

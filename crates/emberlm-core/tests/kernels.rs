@@ -532,8 +532,8 @@ fn a_plan_of_the_same_shape_reuses_the_cached_executable() {
     assert!(read(&y2).iter().any(|v| *v != 0.0));
 }
 
-/// Pipelines compiled side by side (`PipelineCache::precompile`, what a plan's first step does
-/// natively) are the ones later lookups get, each variant compiled once however often it is
+/// Pipelines compiled side by side (`PipelineCache::get_or_create_all`, what a plan's first step
+/// does natively) are the ones later lookups get, each variant compiled once however often it is
 /// listed; a variant that does not compile is an error naming its kernel, from whichever
 /// thread compiled it, and leaves the others cached.
 #[test]
@@ -543,13 +543,15 @@ fn pipelines_compile_side_by_side() {
     let dev = device_with(DeviceOptions::default());
     let softcap = |wg: u32| KernelKey { kernel: "logit_softcap", variant: Variant::default().with("WG", wg) };
     let keys: Vec<KernelKey> = [32, 64, 128, 256, 64, 32].into_iter().map(softcap).collect();
-    dev.pipelines.precompile(&dev.device, &keys).unwrap();
+    let got = dev.pipelines.get_or_create_all(&dev.device, &keys.iter().collect::<Vec<_>>()).unwrap();
     assert_eq!(dev.pipelines.len(), 4, "each distinct variant once");
+    assert_eq!(got.len(), 6);
+    assert_eq!((&got[0], &got[1]), (&got[5], &got[4]), "a key listed twice gets its one pipeline");
     let again = dev.pipelines.get_or_create(&dev.device, &softcap(128)).unwrap();
     assert_eq!(again, dev.pipelines.get_or_create(&dev.device, &softcap(128)).unwrap());
     assert_eq!(dev.pipelines.len(), 4, "looked up, not compiled again");
     // More invocations than any adapter allows in a workgroup: refused at pipeline creation.
-    let err = dev.pipelines.precompile(&dev.device, &[softcap(16), softcap(1 << 20)]).unwrap_err();
+    let err = dev.pipelines.get_or_create_all(&dev.device, &[&softcap(16), &softcap(1 << 20)]).unwrap_err();
     assert!(matches!(&err, Error::Validation { context, .. } if context.contains("logit_softcap")), "{err}");
     assert_eq!(dev.pipelines.len(), 5, "the good variant is cached, the failed one not");
 }

@@ -194,9 +194,9 @@ fn tiled(q: &[f32], k_cache: &[f32], v_cache: &[f32], sinks: Option<&[f32]>, out
             let (h_kv, tile) = (task / tiles, task % tiles);
             let tokens = tile * TILE_TOKENS..((tile + 1) * TILE_TOKENS).min(t);
             let rows: Vec<(usize, usize)> = tokens.clone().flat_map(|tok| (0..group).map(move |g| (tok, h_kv * group + g))).collect();
-            let visible: Vec<_> = rows.iter().map(|&(tok, _)| emberlm_core::ops::visible_keys(p.causal, p.window, p.pos0 + tok, last)).collect();
-            let (lo, hi) = (visible.iter().map(|r| *r.start()).min().unwrap_or(0), visible.iter().map(|r| *r.end()).max().unwrap_or(0));
-            let bounds: Vec<(usize, usize)> = visible.iter().map(|r| (*r.start(), *r.end())).collect();
+            let bounds: Vec<(usize, usize)> =
+                rows.iter().map(|&(tok, _)| emberlm_core::ops::visible_keys(p.causal, p.window, p.pos0 + tok, last).into_inner()).collect();
+            let (lo, hi) = (bounds.iter().map(|b| b.0).min().unwrap_or(0), bounds.iter().map(|b| b.1).max().unwrap_or(0));
             let mut max = vec![f32::NEG_INFINITY; rows.len()];
             let mut sum = vec![0f32; rows.len()];
             let mut acc = vec![0f32; rows.len() * d];

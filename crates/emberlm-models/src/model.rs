@@ -1131,9 +1131,11 @@ impl<B: Backend> Session<B> {
     /// template's turn markers held and prefills only the user's words and what follows them.
     /// What the cache held past the shared prefix is forgotten, as the next request would.
     /// Returns the opening's tokens left to run (0: done). Models with rolling states run
-    /// nothing: a step would move the checkpoint a regenerated reply restarts from.
+    /// nothing: a step would move the checkpoint a regenerated reply restarts from; nor does a
+    /// conversation whose next request would not fit the context (it fails or drops turns on
+    /// its own).
     pub async fn prefill_ahead(&mut self, dev: &B, model: &Model<B>, opening: &NextTurnOpening, max_tokens: usize) -> Result<usize> {
-        if self.state.has_rolling() || opening.shared >= opening.probe_ids.len() {
+        if self.state.has_rolling() || opening.shared >= opening.probe_ids.len() || opening.probe_ids.len() >= model.context {
             return Ok(0);
         }
         let held = self.reuse_prefix(&opening.probe_ids);

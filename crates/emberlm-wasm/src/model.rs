@@ -594,10 +594,20 @@ impl EmberModel {
     /// `templateKwargs`: more template variables (`{enable_thinking: false}`), or undefined.
     #[wasm_bindgen(js_name = chatPromptIds)]
     pub fn chat_prompt_ids(&self, messages: JsValue, tools: JsValue, template_kwargs: JsValue) -> Result<Vec<u32>, JsValue> {
+        let (messages, tools, kwargs) = self.chat_input(messages, tools, template_kwargs)?;
+        self.text.chat_prompt_ids_with(&messages, tools.as_ref(), kwargs.as_ref()).map_err(js_err)
+    }
+
+    /// A chat request's messages, tools and template variables as the template takes them.
+    fn chat_input(
+        &self,
+        messages: JsValue,
+        tools: JsValue,
+        template_kwargs: JsValue,
+    ) -> Result<(serde_json::Value, Option<ToolPrompt>, Option<serde_json::Value>), JsValue> {
         let messages: serde_json::Value = serde_wasm_bindgen::from_value(messages)?;
         let tools = self.tool_prompt(from_js_opt(tools)?.as_ref())?;
-        let kwargs: Option<serde_json::Value> = from_js_opt(template_kwargs)?;
-        self.text.chat_prompt_ids_with(&messages, tools.as_ref(), kwargs.as_ref()).map_err(js_err)
+        Ok((messages, tools, from_js_opt(template_kwargs)?))
     }
 
     fn tool_prompt(&self, tools: Option<&JsTools>) -> Result<Option<ToolPrompt>, JsValue> {
@@ -670,14 +680,8 @@ impl EmberModel {
     /// Resolves to the tokens left to run (0: done, or nothing to run ahead).
     #[wasm_bindgen(js_name = prefillNextTurn)]
     pub async fn prefill_next_turn(&self, messages: JsValue, tools: JsValue, template_kwargs: JsValue, max_tokens: usize) -> Result<usize, JsValue> {
-        let messages: serde_json::Value = serde_wasm_bindgen::from_value(messages)?;
-        let tools = self.tool_prompt(from_js_opt(tools)?.as_ref())?;
-        let kwargs: Option<serde_json::Value> = from_js_opt(template_kwargs)?;
+        let (messages, tools, kwargs) = self.chat_input(messages, tools, template_kwargs)?;
         let Some(opening) = self.text.next_turn_opening(&messages, tools.as_ref(), kwargs.as_ref()).map_err(js_err)? else { return Ok(0) };
-        // The next request would not fit either: it fails (or drops turns) on its own.
-        if opening.probe_ids.len() >= self.runner.context() {
-            return Ok(0);
-        }
         self.runner.prefill_ahead(&opening, max_tokens).await
     }
 
