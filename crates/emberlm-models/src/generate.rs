@@ -212,7 +212,7 @@ pub async fn generate_constrained<B: Backend>(
     // A prompt longer than one step's buffers can hold runs in steps of the most they hold.
     let max_step = Session::max_step_tokens(dev, model);
     while new.len() > max_step {
-        session.step(dev, model, &new[..max_step], false).await?;
+        session.fill(dev, model, &new[..max_step]).await?;
         new = &new[max_step..];
     }
     let first = match &mut constraint {

@@ -1016,6 +1016,9 @@ fn folded_norm<'a, T>(weight: &'a T, c: &ModelConfig) -> FoldedNorm<'a, T> {
 /// Where a recorded step ends.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum StepEnd {
+    /// The last layer's cache or state write: a piece of a prompt whose outputs nobody reads
+    /// (no output norm, no head, and the last layer stops once its state holds the step).
+    Cache,
     /// The output norm: hidden states in `normed` (embeddings).
     Hidden,
     /// The last position's logits, for a masked argmax in a pass of its own.
@@ -1120,7 +1123,7 @@ impl<B: Backend> Session<B> {
         }
         let held = self.reuse_prefix(ids);
         if held < end {
-            self.step(dev, model, &ids[held..end], false).await?;
+            self.fill(dev, model, &ids[held..end]).await?;
         }
         Ok(held)
     }
@@ -1141,7 +1144,7 @@ impl<B: Backend> Session<B> {
         let held = self.reuse_prefix(&opening.probe_ids);
         let end = opening.shared.min(held.saturating_add(max_tokens.max(1)));
         if held < end {
-            self.step(dev, model, &opening.probe_ids[held..end], false).await?;
+            self.fill(dev, model, &opening.probe_ids[held..end]).await?;
         }
         Ok(opening.shared.saturating_sub(end.max(held)))
     }
@@ -1150,6 +1153,20 @@ impl<B: Backend> Session<B> {
     fn commit(&mut self, tokens: &[u32]) {
         self.state.rolling.advance(self.position(), tokens.len());
         self.tokens.extend_from_slice(tokens);
+    }
+
+    /// Runs `tokens` at the next positions into the cache only: a leading piece of a prompt.
+    /// Computes no output — no head, and the last layer only up to its cache or state — so
+    /// a piece costs one head matvec and most of a layer less than a [`Session::step`].
+    pub async fn fill(&mut self, dev: &B, model: &Model<B>, tokens: &[u32]) -> Result<()> {
+        let (fresh, pass) = self.record_step(dev, model, tokens, StepEnd::Cache)?;
+        let ws = fresh.as_ref().unwrap_or_else(|| self.decode.as_ref().expect("decode workspace"));
+        // Not the decode steps' cache, even for one token: a shape of its own would evict theirs.
+        // Reads back (a stale id) so the step is done, its errors known, before it is counted.
+        let read = dev.submit(pass, &mut B::StepCache::default(), ws.next(), None)?;
+        self.in_flight = true;
+        self.finish_step(dev, PendingStep { read, tokens: tokens.to_vec() }).await?;
+        Ok(())
     }
 
     /// Runs `tokens` at the next positions and returns the greedy next token; reads the last
@@ -1426,6 +1443,8 @@ impl<B: Backend> Session<B> {
         let (conv_src, conv_dst, conv_snap) = self.state.rolling.params(pos0, t, self.position());
         let mut pending: Option<&B::Tensor> = None;
         for (i, (layer, state)) in m.layers.iter().zip(&self.state.layers).enumerate() {
+            // A cache-only step's last layer ends once its cache or state holds the step.
+            let fill_ends_here = end == StepEnd::Cache && i + 1 == m.layers.len();
             match pending {
                 _ if fold => {}
                 None => B::rms_norm(plan, &ws.residual, &layer.mixer_norm, None, &ws.normed, t, c.rms_eps, c.norm_offset)?,
@@ -1445,6 +1464,9 @@ impl<B: Backend> Session<B> {
                         _ => &m.rope,
                     };
                     B::rope_kv_append(plan, &ws.qkv, rope, c.rope_layout, t, c.heads, c.kv_heads, d, qkv_w, k_cache, v_cache, pos0)?;
+                    if fill_ends_here {
+                        return Ok(());
+                    }
                     let params = AttentionParams {
                         tokens: t,
                         heads_q: c.heads,
@@ -1510,6 +1532,9 @@ impl<B: Backend> Session<B> {
                         kv_offset: q_cols,
                     };
                     B::latent_rope_append(plan, q, &ws.qkv, &m.rope, c.rope_layout, &mw.query, cache, &append)?;
+                    if fill_ends_here {
+                        return Ok(());
+                    }
                     // One kv head: keys are the cache rows, values their latent part (the
                     // output's rope columns go unread).
                     let params = AttentionParams {
@@ -1554,6 +1579,9 @@ impl<B: Backend> Session<B> {
                         snap_slot: conv_snap,
                     };
                     B::short_conv(plan, bcx, conv, conv_bias.as_ref(), slots, conv_out, &params)?;
+                    if fill_ends_here {
+                        return Ok(());
+                    }
                     project(plan, conv_out, out_proj, &ws.out, c.hidden)?;
                 }
                 (Mixer::Ssm { in_proj, conv, conv_bias, head_params, norm, out_proj }, LayerState::Ssm { conv: conv_state, scan }) => {
@@ -1573,6 +1601,9 @@ impl<B: Backend> Session<B> {
                     B::short_conv(plan, &sw.proj, conv, conv_bias.as_ref(), conv_state, &sw.xbc, &conv_params)?;
                     let scratch = sw.scratch.as_ref().map(|(chunks, dt)| (chunks, dt));
                     B::ssm_scan(plan, &sw.xbc, &sw.proj, head_params, scan, &sw.y, scratch, &scan_params(s, t, conv_src, conv_dst, conv_snap))?;
+                    if fill_ends_here {
+                        return Ok(());
+                    }
                     B::group_rms_norm(plan, &sw.y, norm, &sw.y_normed, t, s.groups, c.rms_eps)?;
                     project(plan, &sw.y_normed, out_proj, &ws.out, c.hidden)?;
                 }
@@ -1617,6 +1648,9 @@ impl<B: Backend> Session<B> {
             }
             post_norm(plan, &ws.out, ffn.post_norm.as_ref())?;
             pending = Some(block_out(ffn.post_norm.as_ref()));
+        }
+        if end == StepEnd::Cache {
+            return Ok(()); // a model without layers
         }
         let head = m.output.as_ref().unwrap_or(&m.embed);
         if fold && end != StepEnd::Hidden {
