@@ -26,7 +26,7 @@ pub fn attention(q: &[f32], k_cache: &[f32], v_cache: &[f32], sinks: Option<&[f3
         });
     }
     if t > 1 {
-        tiled(q, k_cache, v_cache, sinks, out, p, s_max);
+        tiled(q, k_cache, v_cache, sinks, out, p, s_max, attend_tile);
         return Ok(());
     }
     per_head(q, k_cache, v_cache, sinks, out, p, s_max);
@@ -96,115 +96,385 @@ fn normalizer(max: f32, sum: f32, sink: Option<f32>) -> f32 {
     }
 }
 
-/// Keys per block of [`tiled`]: one score per lane of a 512-bit register (four of 128 bits).
+/// Keys per block of [`tiled`]: a row's scores for a block fill one 512-bit register (two of
+/// 256, four of 128).
 const KEY_BLOCK: usize = 16;
 /// Tokens per task of [`tiled`], each with every query head of its key/value head.
 const TILE_TOKENS: usize = 4;
+/// Rows (token, query head) a micro-tile takes at once: their scores for a key block and their
+/// partial value sums stay in registers, so each key and value vector loaded serves them all
+/// (4 rows × 16 floats are 8 of AVX2's 16 registers; wasm has 16 of 128 bits, so 2 rows there).
+#[cfg(not(target_arch = "wasm32"))]
+const ROW_BLOCK: usize = 4;
+#[cfg(target_arch = "wasm32")]
+const ROW_BLOCK: usize = 2;
+/// Value dimensions summed per pass of a micro-tile: [`KEY_BLOCK`] floats of registers a row.
+const VALUE_CHUNK: usize = 16;
 
-/// Keys `j0..j0 + n` of one key/value head: their rows of the caches.
+/// Keys `j0..j0 + n` of one key/value head: `kt` holds them transposed (`kt[c · KEY_BLOCK + jj]`:
+/// dimension c of key j0 + jj; lanes past `n` zero), `values` their value rows.
 struct KeyBlock<'a> {
-    keys: &'a [f32],
+    kt: &'a [f32],
     values: &'a [f32],
     j0: usize,
     n: usize,
 }
 
-crate::multiversion! {
-    /// Folds one block of keys into a tile's rows (`rows`: (token, query head); `bounds`: each
-    /// row's visible keys, inclusive): scores, their streaming softmax, the weighted values.
-    fn attend_block(
-        q: &[f32],
-        p: &AttentionParams,
-        rows: &[(usize, usize)],
-        bounds: &[(usize, usize)],
-        block: &KeyBlock,
-        kt: &mut [f32],
-        max: &mut [f32],
-        sum: &mut [f32],
-        acc: &mut [f32],
-    ) {
-        let d = p.head_dim;
-        // Transposed: row c holds dimension c of the block's keys, one per lane.
-        for (jj, key) in block.keys.chunks_exact(d).enumerate() {
-            for (c, &kv) in key.iter().enumerate() {
-                kt[c * KEY_BLOCK + jj] = kv;
-            }
-        }
-        for (r, &(tok, h)) in rows.iter().enumerate() {
-            let qh = &q[tok * p.q_stride + h * d..][..d];
-            let mut scores = [0f32; KEY_BLOCK];
-            for (&qc, kc) in qh.iter().zip(kt.chunks_exact(KEY_BLOCK)) {
-                for (s, &k) in scores.iter_mut().zip(kc) {
-                    *s += qc * k;
+/// R rows of a tile: their queries transposed and scaled (`qt[c · R + i]`: dimension c of row i
+/// times the attention scale), their visible keys (inclusive), and their softmax state —
+/// running maximum, sum, and weighted values (`acc`, R rows of d).
+struct Rows<'a, const R: usize> {
+    qt: &'a [f32],
+    bounds: &'a [(usize, usize)],
+    max: &'a mut [f32],
+    sum: &'a mut [f32],
+    acc: &'a mut [f32],
+}
+
+/// The two loops of a micro-tile that carry the arithmetic, written for one instruction set.
+trait BlockKernels {
+    /// `scores[i][jj]` = Σ_c qt[c · R + i] · kt[c · KEY_BLOCK + jj], c < d.
+    ///
+    /// # Safety
+    /// The CPU has the implementation's instruction set; `qt` holds d · R floats, `kt` d · KEY_BLOCK.
+    unsafe fn scores<const R: usize>(qt: &[f32], kt: &[f32], d: usize) -> [[f32; KEY_BLOCK]; R];
+    /// `acc[i · d + c]` += Σ_jj weights[i][jj] · values[jj · d + c] for the first
+    /// `chunks · VALUE_CHUNK` dimensions c, over the block's `values.len() / d` keys.
+    ///
+    /// # Safety
+    /// As for `scores`; `acc` holds R · d floats, `chunks · VALUE_CHUNK ≤ d`.
+    unsafe fn values<const R: usize>(weights: &[[f32; KEY_BLOCK]; R], values: &[f32], d: usize, chunks: usize, acc: &mut [f32]);
+}
+
+/// Plain loops, for the auto-vectoriser (x86 without AVX2, other targets).
+struct Portable;
+impl BlockKernels for Portable {
+    unsafe fn scores<const R: usize>(qt: &[f32], kt: &[f32], d: usize) -> [[f32; KEY_BLOCK]; R] {
+        let mut scores = [[0f32; KEY_BLOCK]; R];
+        for (qc, kc) in qt[..d * R].chunks_exact(R).zip(kt.chunks_exact(KEY_BLOCK)) {
+            for (row, &qv) in scores.iter_mut().zip(qc) {
+                for (s, &k) in row.iter_mut().zip(kc) {
+                    *s += qv * k;
                 }
             }
-            scores.iter_mut().for_each(|s| *s *= p.scale);
-            if p.softcap > 0.0 {
-                scores.iter_mut().for_each(|s| *s = p.softcap * crate::math::tanh(*s / p.softcap));
-            }
-            let (lo, hi) = bounds[r];
-            let mut block_max = f32::NEG_INFINITY;
-            for (jj, s) in scores.iter_mut().enumerate() {
-                let j = block.j0 + jj;
-                *s = if jj < block.n && j >= lo && j <= hi { *s } else { f32::NEG_INFINITY };
-                block_max = block_max.max(*s);
-            }
-            if block_max == f32::NEG_INFINITY {
-                continue;
-            }
-            let top = max[r].max(block_max);
-            // The sum and values so far were weighed against the old maximum.
-            let rescale = crate::math::exp(max[r] - top);
-            max[r] = top;
-            let row = &mut acc[r * d..][..d];
-            if rescale != 1.0 {
-                sum[r] *= rescale;
-                row.iter_mut().for_each(|a| *a *= rescale);
-            }
-            let mut weights = [0f32; KEY_BLOCK];
-            for (w, &s) in weights.iter_mut().zip(&scores) {
-                *w = if s == f32::NEG_INFINITY { 0.0 } else { crate::math::exp(s - top) };
-            }
-            sum[r] += weights.iter().sum::<f32>();
-            for (&w, v) in weights.iter().zip(block.values.chunks_exact(d)) {
-                if w != 0.0 {
-                    for (a, &vv) in row.iter_mut().zip(v) {
-                        *a += w * vv;
-                    }
+        }
+        scores
+    }
+
+    unsafe fn values<const R: usize>(weights: &[[f32; KEY_BLOCK]; R], values: &[f32], d: usize, chunks: usize, acc: &mut [f32]) {
+        for (i, w) in weights.iter().enumerate() {
+            let row = &mut acc[i * d..][..chunks * VALUE_CHUNK];
+            for (&wj, v) in w.iter().zip(values.chunks_exact(d)) {
+                for (a, &x) in row.iter_mut().zip(v) {
+                    *a += wj * x;
                 }
             }
         }
     }
 }
 
+/// AVX2 with FMA: a block's 16 scores of a row in two registers, the query scalar broadcast.
+#[cfg(target_arch = "x86_64")]
+struct Avx2;
+#[cfg(target_arch = "x86_64")]
+impl BlockKernels for Avx2 {
+    #[inline(always)]
+    unsafe fn scores<const R: usize>(qt: &[f32], kt: &[f32], d: usize) -> [[f32; KEY_BLOCK]; R] {
+        use std::arch::x86_64::*;
+        let (q, k) = (qt[..d * R].as_ptr(), kt[..d * KEY_BLOCK].as_ptr());
+        let mut acc = [[_mm256_setzero_ps(); 2]; R];
+        for c in 0..d {
+            let k0 = _mm256_loadu_ps(k.add(c * KEY_BLOCK));
+            let k1 = _mm256_loadu_ps(k.add(c * KEY_BLOCK + 8));
+            for (i, a) in acc.iter_mut().enumerate() {
+                let qv = _mm256_broadcast_ss(&*q.add(c * R + i));
+                a[0] = _mm256_fmadd_ps(qv, k0, a[0]);
+                a[1] = _mm256_fmadd_ps(qv, k1, a[1]);
+            }
+        }
+        let mut scores = [[0f32; KEY_BLOCK]; R];
+        for (s, a) in scores.iter_mut().zip(&acc) {
+            _mm256_storeu_ps(s.as_mut_ptr(), a[0]);
+            _mm256_storeu_ps(s.as_mut_ptr().add(8), a[1]);
+        }
+        scores
+    }
+
+    #[inline(always)]
+    unsafe fn values<const R: usize>(weights: &[[f32; KEY_BLOCK]; R], values: &[f32], d: usize, chunks: usize, acc: &mut [f32]) {
+        use std::arch::x86_64::*;
+        let keys = values.len() / d;
+        let (v, out) = (values.as_ptr(), acc[..R * d].as_mut_ptr());
+        for chunk in 0..chunks {
+            let c0 = chunk * VALUE_CHUNK;
+            let mut sums = [[_mm256_setzero_ps(); 2]; R];
+            for jj in 0..keys {
+                let v0 = _mm256_loadu_ps(v.add(jj * d + c0));
+                let v1 = _mm256_loadu_ps(v.add(jj * d + c0 + 8));
+                for (sum, w) in sums.iter_mut().zip(weights) {
+                    let wj = _mm256_set1_ps(w[jj]);
+                    sum[0] = _mm256_fmadd_ps(wj, v0, sum[0]);
+                    sum[1] = _mm256_fmadd_ps(wj, v1, sum[1]);
+                }
+            }
+            for (i, sum) in sums.iter().enumerate() {
+                let o = out.add(i * d + c0);
+                _mm256_storeu_ps(o, _mm256_add_ps(_mm256_loadu_ps(o), sum[0]));
+                _mm256_storeu_ps(o.add(8), _mm256_add_ps(_mm256_loadu_ps(o.add(8)), sum[1]));
+            }
+        }
+    }
+}
+
+/// simd128: a block's 16 scores of a row in four registers (fused multiply-adds in the relaxed
+/// build).
+#[cfg(all(target_arch = "wasm32", target_feature = "simd128"))]
+struct Simd128;
+#[cfg(all(target_arch = "wasm32", target_feature = "simd128"))]
+impl BlockKernels for Simd128 {
+    #[inline(always)]
+    unsafe fn scores<const R: usize>(qt: &[f32], kt: &[f32], d: usize) -> [[f32; KEY_BLOCK]; R] {
+        use crate::wasm::madd;
+        use std::arch::wasm32::*;
+        let (q, k) = (qt[..d * R].as_ptr(), kt[..d * KEY_BLOCK].as_ptr());
+        let mut acc = [[f32x4_splat(0.0); 4]; R];
+        for c in 0..d {
+            let kc = k.add(c * KEY_BLOCK) as *const v128;
+            let ks = [v128_load(kc), v128_load(kc.add(1)), v128_load(kc.add(2)), v128_load(kc.add(3))];
+            for (i, a) in acc.iter_mut().enumerate() {
+                let qv = f32x4_splat(*q.add(c * R + i));
+                for (a, &kv) in a.iter_mut().zip(&ks) {
+                    *a = madd(qv, kv, *a);
+                }
+            }
+        }
+        let mut scores = [[0f32; KEY_BLOCK]; R];
+        for (s, a) in scores.iter_mut().zip(&acc) {
+            let out = s.as_mut_ptr() as *mut v128;
+            for (l, &x) in a.iter().enumerate() {
+                v128_store(out.add(l), x);
+            }
+        }
+        scores
+    }
+
+    #[inline(always)]
+    unsafe fn values<const R: usize>(weights: &[[f32; KEY_BLOCK]; R], values: &[f32], d: usize, chunks: usize, acc: &mut [f32]) {
+        use crate::wasm::madd;
+        use std::arch::wasm32::*;
+        let keys = values.len() / d;
+        let (v, out) = (values.as_ptr(), acc[..R * d].as_mut_ptr());
+        for chunk in 0..chunks {
+            let c0 = chunk * VALUE_CHUNK;
+            let mut sums = [[f32x4_splat(0.0); 4]; R];
+            for jj in 0..keys {
+                let vr = v.add(jj * d + c0) as *const v128;
+                let vs = [v128_load(vr), v128_load(vr.add(1)), v128_load(vr.add(2)), v128_load(vr.add(3))];
+                for (sum, w) in sums.iter_mut().zip(weights) {
+                    let wj = f32x4_splat(w[jj]);
+                    for (s, &x) in sum.iter_mut().zip(&vs) {
+                        *s = madd(wj, x, *s);
+                    }
+                }
+            }
+            for (i, sum) in sums.iter().enumerate() {
+                let o = out.add(i * d + c0) as *mut v128;
+                for (l, &x) in sum.iter().enumerate() {
+                    v128_store(o.add(l), f32x4_add(v128_load(o.add(l)), x));
+                }
+            }
+        }
+    }
+}
+
+/// One task of [`tiled`]: its rows' transposed queries and visible keys (as in [`Rows`]; the
+/// R rows of a micro-tile from row r0 transposed from `qt[r0 · d]` on), and its key/value head's
+/// keys transposed in blocks (`kt`, from block `first_block` on) and value rows (`values`, from
+/// key 0), keys up to `keys_end`.
+struct Tile<'a> {
+    qt: &'a [f32],
+    bounds: &'a [(usize, usize)],
+    kt: &'a [f32],
+    first_block: usize,
+    keys_end: usize,
+    values: &'a [f32],
+}
+
+/// The softmax state of a tile's rows: running maximum, sum, and weighted values.
+struct RowState {
+    max: Vec<f32>,
+    sum: Vec<f32>,
+    acc: Vec<f32>,
+}
+
+type AttendTile = fn(&AttentionParams, &Tile, std::ops::RangeInclusive<usize>, &mut RowState);
+
+/// Folds key blocks `blocks` into a tile's rows, with the instruction set's [`BlockKernels`]:
+/// AVX2+FMA where the CPU has them, simd128 in wasm, plain loops elsewhere.
+fn attend_tile(p: &AttentionParams, tile: &Tile, blocks: std::ops::RangeInclusive<usize>, state: &mut RowState) {
+    #[cfg(target_arch = "x86_64")]
+    {
+        #[target_feature(enable = "avx2,fma")]
+        unsafe fn avx2(p: &AttentionParams, tile: &Tile, blocks: std::ops::RangeInclusive<usize>, state: &mut RowState) {
+            attend_tile_with::<Avx2>(p, tile, blocks, state)
+        }
+        if crate::simd::has_avx2() {
+            // SAFETY: the CPU has AVX2 and FMA.
+            return unsafe { avx2(p, tile, blocks, state) };
+        }
+    }
+    #[cfg(all(target_arch = "wasm32", target_feature = "simd128"))]
+    return attend_tile_with::<Simd128>(p, tile, blocks, state);
+    #[allow(unreachable_code)]
+    attend_tile_with::<Portable>(p, tile, blocks, state)
+}
+
+/// [`attend_tile`]'s body: each block against the rows [`ROW_BLOCK`] at a time (the rest one
+/// by one).
+#[inline(always)]
+fn attend_tile_with<K: BlockKernels>(p: &AttentionParams, tile: &Tile, blocks: std::ops::RangeInclusive<usize>, state: &mut RowState) {
+    let d = p.head_dim;
+    let bounds = tile.bounds;
+    for b in blocks {
+        let j0 = b * KEY_BLOCK;
+        let n = KEY_BLOCK.min(tile.keys_end - j0);
+        let block = KeyBlock { kt: &tile.kt[(b - tile.first_block) * d * KEY_BLOCK..][..d * KEY_BLOCK], values: &tile.values[j0 * d..][..n * d], j0, n };
+        let mut r0 = 0;
+        while r0 < bounds.len() {
+            let w = if bounds.len() - r0 >= ROW_BLOCK { ROW_BLOCK } else { 1 };
+            let (r1, span) = (r0 + w, r0 * d..(r0 + w) * d);
+            let (max, sum, acc) = (&mut state.max[r0..r1], &mut state.sum[r0..r1], &mut state.acc[span.clone()]);
+            if w == ROW_BLOCK {
+                attend_rows::<ROW_BLOCK, K>(p, Rows { qt: &tile.qt[span], bounds: &bounds[r0..r1], max, sum, acc }, &block);
+            } else {
+                attend_rows::<1, K>(p, Rows { qt: &tile.qt[span], bounds: &bounds[r0..r1], max, sum, acc }, &block);
+            }
+            r0 = r1;
+        }
+    }
+}
+
+/// R rows against one key block: their scores ([`BlockKernels::scores`]), the streaming softmax
+/// (the running sum and values rescaled when a row's maximum grows), then the weighted values
+/// ([`BlockKernels::values`], the dimensions past the last whole chunk in plain loops).
+#[inline(always)]
+fn attend_rows<const R: usize, K: BlockKernels>(p: &AttentionParams, rows: Rows<R>, block: &KeyBlock) {
+    let d = p.head_dim;
+    // SAFETY: `attend_tile` picks K for the CPU it runs on; the sizes are the tile's.
+    let mut scores = unsafe { K::scores::<R>(rows.qt, block.kt, d) };
+    let mut weights = [[0f32; KEY_BLOCK]; R];
+    for (i, (row, w)) in scores.iter_mut().zip(&mut weights).enumerate() {
+        if p.softcap > 0.0 {
+            row.iter_mut().for_each(|s| *s = p.softcap * crate::math::tanh(*s / p.softcap));
+        }
+        // Only blocks across a row's first or last visible key (the diagonal, a window's edge)
+        // or the keys' end need a mask.
+        let (lo, hi) = rows.bounds[i];
+        if block.n < KEY_BLOCK || block.j0 < lo || block.j0 + KEY_BLOCK - 1 > hi {
+            for (jj, s) in row.iter_mut().enumerate() {
+                let j = block.j0 + jj;
+                *s = if jj < block.n && j >= lo && j <= hi { *s } else { f32::NEG_INFINITY };
+            }
+        }
+        let block_max = lane_max(row);
+        if block_max == f32::NEG_INFINITY {
+            continue; // weights stay 0
+        }
+        let top = rows.max[i].max(block_max);
+        if top > rows.max[i] {
+            // The sum and values so far were weighed against the old maximum.
+            let rescale = crate::math::exp(rows.max[i] - top);
+            rows.max[i] = top;
+            rows.sum[i] *= rescale;
+            rows.acc[i * d..][..d].iter_mut().for_each(|a| *a *= rescale);
+        }
+        for (w, &s) in w.iter_mut().zip(row.iter()) {
+            // exp clamps its argument (e^-87, not 0): masked keys weigh nothing.
+            *w = if s == f32::NEG_INFINITY { 0.0 } else { crate::math::exp(s - top) };
+        }
+        rows.sum[i] += lane_sum(w);
+    }
+    let chunks = d / VALUE_CHUNK;
+    // SAFETY: as above; chunks · VALUE_CHUNK ≤ d.
+    unsafe { K::values::<R>(&weights, block.values, d, chunks, rows.acc) };
+    // Head sizes that are not a multiple of the chunk (80, say).
+    let c0 = chunks * VALUE_CHUNK;
+    if c0 < d {
+        for (i, w) in weights.iter().enumerate() {
+            let row = &mut rows.acc[i * d..][..d];
+            for (&wj, v) in w.iter().zip(block.values.chunks_exact(d)) {
+                for (a, &x) in row[c0..].iter_mut().zip(&v[c0..]) {
+                    *a += wj * x;
+                }
+            }
+        }
+    }
+}
+
+/// The largest of a block's scores, halving the lanes each round (a vector max, not a chain).
+#[inline(always)]
+fn lane_max(v: &[f32; KEY_BLOCK]) -> f32 {
+    let mut m = *v;
+    let mut width = KEY_BLOCK / 2;
+    while width > 0 {
+        for l in 0..width {
+            m[l] = if m[l + width] > m[l] { m[l + width] } else { m[l] };
+        }
+        width /= 2;
+    }
+    m[0]
+}
+
+/// The sum of a block's weights, halving the lanes each round.
+#[inline(always)]
+fn lane_sum(v: &[f32; KEY_BLOCK]) -> f32 {
+    let mut m = *v;
+    let mut width = KEY_BLOCK / 2;
+    while width > 0 {
+        for l in 0..width {
+            m[l] += m[l + width];
+        }
+        width /= 2;
+    }
+    m[0]
+}
+
 /// A prefill: one task per (key/value head, tile of tokens); its rows are the tile's tokens ×
-/// the query heads sharing that key/value head. Keys go in blocks of [`KEY_BLOCK`], transposed
-/// once per block so that a row's scores are `d` multiply-adds of a query scalar into a vector
-/// of the block's scores (no horizontal sums), and a streaming softmax (running maximum and sum,
-/// the weighted values rescaled when the maximum grows) folds each block in.
-fn tiled(q: &[f32], k_cache: &[f32], v_cache: &[f32], sinks: Option<&[f32]>, out: &mut [f32], p: &AttentionParams, s_max: usize) {
+/// the query heads sharing that key/value head. The keys are transposed once, in blocks of
+/// [`KEY_BLOCK`] ([`transposed_keys`]), for every tile to read, and each block a tile sees is
+/// folded into its rows' streaming softmax ([`attend_tile`]).
+/// `attend`: [`attend_tile`] (a test passes one instruction set's kernels).
+#[allow(clippy::too_many_arguments)]
+fn tiled(q: &[f32], k_cache: &[f32], v_cache: &[f32], sinks: Option<&[f32]>, out: &mut [f32], p: &AttentionParams, s_max: usize, attend: AttendTile) {
     let (t, hq, hkv, d) = (p.tokens, p.heads_q, p.heads_kv, p.head_dim);
     let last = p.pos0 + t - 1;
     let group = hq / hkv;
     let tiles = t.div_ceil(TILE_TOKENS);
+    let visible = |tok: usize| emberlm_core::ops::visible_keys(p.causal, p.window, p.pos0 + tok, last).into_inner();
+    // The first token sees the earliest key (a window's start only moves forward).
+    let first_block = visible(0).0 / KEY_BLOCK;
+    let kt = transposed_keys(k_cache, p, s_max, first_block, last + 1);
+    let head_blocks = kt.len() / hkv.max(1);
     let parts = map_ranges(hkv * tiles, 1, |range| {
         let mut outs = Vec::with_capacity(range.len());
-        let mut kt = vec![0f32; d * KEY_BLOCK];
         for task in range {
             let (h_kv, tile) = (task / tiles, task % tiles);
             let tokens = tile * TILE_TOKENS..((tile + 1) * TILE_TOKENS).min(t);
             let rows: Vec<(usize, usize)> = tokens.clone().flat_map(|tok| (0..group).map(move |g| (tok, h_kv * group + g))).collect();
-            let bounds: Vec<(usize, usize)> =
-                rows.iter().map(|&(tok, _)| emberlm_core::ops::visible_keys(p.causal, p.window, p.pos0 + tok, last).into_inner()).collect();
+            let bounds: Vec<(usize, usize)> = rows.iter().map(|&(tok, _)| visible(tok)).collect();
             let (lo, hi) = (bounds.iter().map(|b| b.0).min().unwrap_or(0), bounds.iter().map(|b| b.1).max().unwrap_or(0));
-            let mut max = vec![f32::NEG_INFINITY; rows.len()];
-            let mut sum = vec![0f32; rows.len()];
-            let mut acc = vec![0f32; rows.len() * d];
-            for j0 in (lo..=hi).step_by(KEY_BLOCK) {
-                let n = KEY_BLOCK.min(hi + 1 - j0);
-                let block = KeyBlock { keys: &k_cache[(h_kv * s_max + j0) * d..][..n * d], values: &v_cache[(h_kv * s_max + j0) * d..][..n * d], j0, n };
-                attend_block(q, p, &rows, &bounds, &block, &mut kt, &mut max, &mut sum, &mut acc);
-            }
+            let qt = transposed_queries(q, p, &rows);
+            let head = Tile {
+                qt: &qt,
+                bounds: &bounds,
+                kt: &kt[h_kv * head_blocks..][..head_blocks],
+                first_block,
+                keys_end: last + 1,
+                values: &v_cache[h_kv * s_max * d..][..(last + 1) * d],
+            };
+            let mut state = RowState { max: vec![f32::NEG_INFINITY; rows.len()], sum: vec![0f32; rows.len()], acc: vec![0f32; rows.len() * d] };
+            attend(p, &head, lo / KEY_BLOCK..=hi / KEY_BLOCK, &mut state);
+            let RowState { max, sum, mut acc } = state;
             for (r, &(_, h)) in rows.iter().enumerate() {
                 let inv = normalizer(max[r], sum[r], sinks.map(|s| s[h]));
                 acc[r * d..][..d].iter_mut().for_each(|a| *a *= inv);
@@ -216,6 +486,79 @@ fn tiled(q: &[f32], k_cache: &[f32], v_cache: &[f32], sinks: Option<&[f32]>, out
     for (rows, acc) in parts.into_iter().flatten() {
         for ((tok, h), o) in rows.into_iter().zip(acc.chunks_exact(d)) {
             out[(tok * hq + h) * d..][..d].copy_from_slice(o);
+        }
+    }
+}
+
+/// Every key/value head's keys from block `first_block` to key `keys_end`, transposed in blocks
+/// of [`KEY_BLOCK`]: block b of head h at `(h · blocks + b − first_block) · d · KEY_BLOCK`, its
+/// row c holding dimension c of its keys, one per lane (lanes past `keys_end` zero). Once per
+/// prefill, so tiles share it instead of each transposing the keys it sees.
+fn transposed_keys(k_cache: &[f32], p: &AttentionParams, s_max: usize, first_block: usize, keys_end: usize) -> Vec<f32> {
+    let (hkv, d) = (p.heads_kv, p.head_dim);
+    let blocks = keys_end.div_ceil(KEY_BLOCK) - first_block;
+    let mut kt = vec![0f32; hkv * blocks * d * KEY_BLOCK];
+    for (hb, dst) in kt.chunks_exact_mut(d * KEY_BLOCK).enumerate() {
+        let (h, b) = (hb / blocks, first_block + hb % blocks);
+        let keys = b * KEY_BLOCK..((b + 1) * KEY_BLOCK).min(keys_end);
+        for (jj, key) in k_cache[(h * s_max + keys.start) * d..(h * s_max + keys.end) * d].chunks_exact(d).enumerate() {
+            for (c, &x) in key.iter().enumerate() {
+                dst[c * KEY_BLOCK + jj] = x;
+            }
+        }
+    }
+    kt
+}
+
+/// The rows' queries times the attention scale, each micro-tile of rows takes at
+/// once (width w: [`ROW_BLOCK`], or 1 for the rest) transposed from its first row's `r0 · d` on:
+/// dimension c of its row i at `r0 · d + c · w + i`.
+fn transposed_queries(q: &[f32], p: &AttentionParams, rows: &[(usize, usize)]) -> Vec<f32> {
+    let d = p.head_dim;
+    let mut qt = vec![0f32; rows.len() * d];
+    let mut r0 = 0;
+    while r0 < rows.len() {
+        let w = if rows.len() - r0 >= ROW_BLOCK { ROW_BLOCK } else { 1 };
+        for (i, &(tok, h)) in rows[r0..r0 + w].iter().enumerate() {
+            for (c, &x) in q[tok * p.q_stride + h * d..][..d].iter().enumerate() {
+                qt[r0 * d + c * w + i] = x * p.scale;
+            }
+        }
+        r0 += w;
+    }
+    qt
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The plain loops (what CPUs without AVX2 run) and the kernels this CPU runs give the same
+    /// prefill, and both the decode path's per-head sums: head sizes with and without a part
+    /// past the last whole value chunk, rows in micro-tiles and alone, a partial last key block.
+    #[test]
+    fn every_instruction_set_gives_the_same_prefill() {
+        let (hq, hkv, s_max, tokens, pos0) = (6, 2, 40, 9, 22);
+        for d in [40, 64] {
+            let fill = |n: usize, seed: usize| -> Vec<f32> { (0..n).map(|i| (((i + seed) * 2_654_435_761) % 1000) as f32 / 500.0 - 1.0).collect() };
+            let (q, k, v) = (fill(tokens * hq * d, 1), fill(hkv * s_max * d, 2), fill(hkv * s_max * d, 3));
+            let p =
+                AttentionParams { tokens, heads_q: hq, heads_kv: hkv, head_dim: d, pos0, window: 0, causal: true, scale: 0.2, softcap: 0.0, q_stride: hq * d };
+            let run = |attend: AttendTile| {
+                let mut out = vec![0f32; tokens * hq * d];
+                tiled(&q, &k, &v, None, &mut out, &p, s_max, attend);
+                out
+            };
+            let native = run(attend_tile);
+            let portable = run(|p, tile, blocks, state| attend_tile_with::<Portable>(p, tile, blocks, state));
+            let mut per_token = vec![0f32; tokens * hq * d];
+            for tok in 0..tokens {
+                let one = AttentionParams { tokens: 1, pos0: pos0 + tok, ..p };
+                per_head(&q[tok * hq * d..], &k, &v, None, &mut per_token[tok * hq * d..], &one, s_max);
+            }
+            let gap = |a: &[f32], b: &[f32]| a.iter().zip(b).map(|(x, y)| (x - y).abs()).fold(0f32, f32::max);
+            assert!(gap(&native, &portable) < 1e-5, "d={d}: {} apart", gap(&native, &portable));
+            assert!(gap(&native, &per_token) < 1e-5, "d={d}: {} from the per-head path", gap(&native, &per_token));
         }
     }
 }

@@ -249,34 +249,37 @@ pub fn norms_rope_activation_softcap_argmax() -> Check {
 
 pub fn attention_prefill_and_decode_with_window_softcap_gqa() -> Check {
     let mut rng = Rng(5);
-    let (hq, hkv, d, s_max) = (6, 2, 12, 40);
-    // The last two with GPT-OSS's sinks: prefill in a window, and decode.
-    for (i, (tokens, pos0, window, softcap, causal)) in [
-        (7, 0, 0, 0.0, true),
-        (1, 30, 0, 0.0, true),
-        (5, 20, 8, 0.0, true),
-        (3, 9, 0, 20.0, true),
-        (9, 0, 0, 0.0, false),
-        (12, 0, 6, 0.0, false),
-        (6, 10, 8, 0.0, true),
-        (1, 30, 0, 0.0, true),
-    ]
-    .into_iter()
-    .enumerate()
-    {
-        let sinks = (i >= 6).then(|| rng.vec(hq).iter().map(|v| 2.0 * v).collect::<Vec<f32>>());
-        let stride = (hq + 2 * hkv) * d + 4;
-        let q = rng.vec(tokens * stride);
-        let k = rng.vec(hkv * s_max * d);
-        let v = rng.vec(hkv * s_max * d);
-        let p = AttentionParams { tokens, heads_q: hq, heads_kv: hkv, head_dim: d, pos0, window, causal, scale: 0.3, softcap, q_stride: stride };
-        let out = CpuTensor::zeroed("o", &[tokens, hq * d], DType::F32)?;
-        let t = |n: &str, x: &[f32]| CpuTensor::from_f32(n, &[x.len()], x);
-        let sinks_t = sinks.as_deref().map(|s| t("sinks", s)).transpose()?;
-        ops::attention(&t("q", &q)?, &t("k", &k)?, &t("v", &v)?, sinks_t.as_ref(), &out, &p)?;
-        let shape = reference::AttentionShape { tokens, hq, hkv, d, s_max, pos0, window, causal, scale: 0.3, softcap: softcap as f64, q_stride: stride };
-        let want = reference::attention_with_sinks(&q, &k, &v, &shape, sinks.as_deref());
-        close(&format!("attention t={tokens} pos0={pos0} causal={causal} sinks={}", sinks.is_some()), &out.f32s(), &want, &[])?;
+    let (hq, hkv, s_max) = (6, 2, 40);
+    // Head sizes below, across and at whole chunks of the prefill's value sums (16 floats).
+    for d in [12, 40, 64] {
+        // The last two with GPT-OSS's sinks: prefill in a window, and decode.
+        for (i, (tokens, pos0, window, softcap, causal)) in [
+            (7, 0, 0, 0.0, true),
+            (1, 30, 0, 0.0, true),
+            (5, 20, 8, 0.0, true),
+            (3, 9, 0, 20.0, true),
+            (9, 0, 0, 0.0, false),
+            (12, 0, 6, 0.0, false),
+            (6, 10, 8, 0.0, true),
+            (1, 30, 0, 0.0, true),
+        ]
+        .into_iter()
+        .enumerate()
+        {
+            let sinks = (i >= 6).then(|| rng.vec(hq).iter().map(|v| 2.0 * v).collect::<Vec<f32>>());
+            let stride = (hq + 2 * hkv) * d + 4;
+            let q = rng.vec(tokens * stride);
+            let k = rng.vec(hkv * s_max * d);
+            let v = rng.vec(hkv * s_max * d);
+            let p = AttentionParams { tokens, heads_q: hq, heads_kv: hkv, head_dim: d, pos0, window, causal, scale: 0.3, softcap, q_stride: stride };
+            let out = CpuTensor::zeroed("o", &[tokens, hq * d], DType::F32)?;
+            let t = |n: &str, x: &[f32]| CpuTensor::from_f32(n, &[x.len()], x);
+            let sinks_t = sinks.as_deref().map(|s| t("sinks", s)).transpose()?;
+            ops::attention(&t("q", &q)?, &t("k", &k)?, &t("v", &v)?, sinks_t.as_ref(), &out, &p)?;
+            let shape = reference::AttentionShape { tokens, hq, hkv, d, s_max, pos0, window, causal, scale: 0.3, softcap: softcap as f64, q_stride: stride };
+            let want = reference::attention_with_sinks(&q, &k, &v, &shape, sinks.as_deref());
+            close(&format!("attention d={d} t={tokens} pos0={pos0} causal={causal} sinks={}", sinks.is_some()), &out.f32s(), &want, &[])?;
+        }
     }
     Ok(())
 }

@@ -457,7 +457,7 @@ fn load4(words: &[u32]) -> v128 {
 /// a·b + c: one fused instruction in the relaxed build where the CPU has FMA (rounded once or
 /// twice, as the engine chooses: f32 sums of group terms carry that difference anyway).
 #[inline(always)]
-fn madd(a: v128, b: v128, c: v128) -> v128 {
+pub(crate) fn madd(a: v128, b: v128, c: v128) -> v128 {
     #[cfg(target_feature = "relaxed-simd")]
     return f32x4_relaxed_madd(a, b, c);
     #[cfg(not(target_feature = "relaxed-simd"))]
