@@ -324,6 +324,10 @@ struct BenchArgs {
     /// Generated tokens for the tg test.
     #[arg(short = 'n', long, default_value_t = 128)]
     n_gen: usize,
+    /// Tokens already in the cache when each test starts (filled untimed), as llama-bench's
+    /// depth: a long conversation's decode and a later turn's prefill.
+    #[arg(short = 'd', long, default_value_t = 0)]
+    n_depth: usize,
     /// Repetitions (the mean and spread are printed).
     #[arg(short = 'r', long, default_value_t = 3)]
     repetitions: usize,
@@ -814,7 +818,7 @@ fn mean_sd(v: &[f64]) -> (f64, f64) {
 }
 
 fn run_bench(a: BenchArgs) -> Result<()> {
-    run_loaded(&a.model, open(&a.model)?, a.model.context.unwrap_or(a.n_prompt.max(a.n_gen + 1)), &a)
+    run_loaded(&a.model, open(&a.model)?, a.model.context.unwrap_or(a.n_depth + a.n_prompt.max(a.n_gen + 1)), &a)
 }
 
 impl Job for &BenchArgs {
@@ -823,7 +827,18 @@ impl Job for &BenchArgs {
         let &Loaded { dev, local, ref model, load_s, device_reason } = loaded;
         let c = &model.config;
         // Deterministic pseudo-random tokens, like llama-bench.
-        let tokens: Vec<u32> = (0..a.n_prompt.max(1)).map(|i| ((i as u64 * 2_654_435_761) % c.vocab as u64) as u32).collect();
+        let random = |n: usize, from: usize| -> Vec<u32> { (from..from + n).map(|i| ((i as u64 * 2_654_435_761) % c.vocab as u64) as u32).collect() };
+        let tokens = random(a.n_prompt.max(1), 0);
+        let depth = random(a.n_depth, a.n_prompt.max(1));
+        // Each test starts from `depth` cached tokens, filled untimed.
+        let at_depth = |session: &mut Session<_>| -> Result<()> {
+            session.reset();
+            for piece in depth.chunks(Session::max_step_tokens(dev, model).min(512)) {
+                pollster::block_on(session.fill(dev, model, piece)).map_err(err)?;
+            }
+            Ok(())
+        };
+        let suffix = if a.n_depth > 0 { format!(" @ d{}", a.n_depth) } else { String::new() };
         let mut session = Session::new(dev, model).map_err(err)?;
         // Warm-up: compiles every pipeline variant once.
         pollster::block_on(session.step(dev, model, &tokens[..a.n_prompt.clamp(1, 8)], false)).map_err(err)?;
@@ -837,23 +852,29 @@ impl Job for &BenchArgs {
             eprintln!("repetition {} of {}", rep + 1, a.repetitions.max(1));
             let profiling = a.profile && rep == 0 && dev.set_profiling(true);
             if a.n_prompt > 0 {
-                session.reset();
+                at_depth(&mut session)?;
+                if profiling {
+                    dev.set_profiling(true); // the depth's fill is not the test's
+                }
                 let t = std::time::Instant::now();
                 pollster::block_on(session.step(dev, model, &tokens, false)).map_err(err)?;
                 pp.push(a.n_prompt as f64 / t.elapsed().as_secs_f64());
                 if profiling {
-                    profiles.push((format!("pp{}", a.n_prompt), a.n_prompt, dev.profile_report()));
+                    profiles.push((format!("pp{}{suffix}", a.n_prompt), a.n_prompt, dev.profile_report()));
                     dev.set_profiling(true);
                 }
             }
             if a.n_gen > 0 {
-                session.reset();
+                at_depth(&mut session)?;
+                if profiling {
+                    dev.set_profiling(true);
+                }
                 // As `generate` decodes greedily: steps queued ahead of the token read-back.
                 let t = std::time::Instant::now();
                 pollster::block_on(session.decode_greedy(dev, model, tokens[0], a.n_gen, |_| true)).map_err(err)?;
                 tg.push(a.n_gen as f64 / t.elapsed().as_secs_f64());
                 if profiling {
-                    profiles.push((format!("tg{}", a.n_gen), a.n_gen, dev.profile_report()));
+                    profiles.push((format!("tg{}{suffix}", a.n_gen), a.n_gen, dev.profile_report()));
                 }
             }
             if profiling {
@@ -885,7 +906,7 @@ impl Job for &BenchArgs {
         println!("device: {} ({device_reason}), load {load_s:.2} s", dev.describe());
         println!("| model | arch | size | test | t/s |");
         println!("| --- | --- | ---: | --- | ---: |");
-        for (label, v) in [(format!("pp{}", a.n_prompt), &pp), (format!("tg{}", a.n_gen), &tg)] {
+        for (label, v) in [(format!("pp{}{suffix}", a.n_prompt), &pp), (format!("tg{}{suffix}", a.n_gen), &tg)] {
             if !v.is_empty() {
                 let (m, sd) = mean_sd(v);
                 println!("| {name} | {} | {size} | {label} | {m:.2} ± {sd:.2} |", c.arch.name());

@@ -2,7 +2,7 @@
 //! (decode) and matmul (a 60-token prefill) per weight dtype, in GFLOP/s and weight GB/s.
 //! Not a test: it prints figures.   cargo bench -p emberlm-cpu --bench kernels [-- q4 q8 … --tokens 60]
 //! `-- attention --tokens 1024` times a causal prefill's attention instead (SmolLM2's 9 query
-//! heads over 3 key/value heads of 64), in ms per prompt token.
+//! heads over 3 key/value heads of 64), in ms per prompt token, and a decode step over as many keys.
 //! Builds for wasm32-wasip1 too, so the browser's simd128 kernels can be timed in Node's WASI
 //! (see docs/PERFORMANCE.md).
 use std::time::Instant;
@@ -104,4 +104,9 @@ fn prefill_attention(t: usize) {
         s * 1e3 / t as f64,
         flop / s / 1e9
     );
+    // The decode step after them: the last token against all t keys.
+    let one = AttentionParams { tokens: 1, pos0: t - 1, ..p };
+    let s = time(&|| ops::attention(&q, &k, &v, None, &out, &one).unwrap());
+    let flop = (hq * t) as f64 * 4.0 * d as f64;
+    println!("attention {hq}/{hkv} heads of {d}, decode step over {t} keys: {:8.1} µs, {:5.1} GFLOP/s", s * 1e6, flop / s / 1e9);
 }

@@ -1,8 +1,8 @@
 //! Grouped-query attention over a KV cache, causal or bidirectional (`visible_keys`) (the CPU twin of `shaders/attention.wgsl`).
-//! Scores in f32, softmax with the running maximum subtracted. A decode step runs one task per
-//! head ([`per_head`]); a prefill runs [`tiled`]: the query heads sharing a key/value head, for
-//! a few tokens at once, against blocks of keys, so each key and value row is loaded once per
-//! tile instead of once per (token, head).
+//! Scores in f32, softmax with the running maximum subtracted. Both paths take the query heads
+//! sharing a key/value head together, so each key and value row is loaded once for all of them:
+//! a decode step ([`decode`]) one task per (key/value head, split of the keys); a prefill
+//! ([`tiled`]) one task per (key/value head, a few tokens) against blocks of transposed keys.
 
 use emberlm_core::ops::AttentionParams;
 use emberlm_core::{Error, Result};
@@ -29,58 +29,226 @@ pub fn attention(q: &[f32], k_cache: &[f32], v_cache: &[f32], sinks: Option<&[f3
         tiled(q, k_cache, v_cache, sinks, out, p, s_max, attend_tile);
         return Ok(());
     }
-    per_head(q, k_cache, v_cache, sinks, out, p, s_max);
+    let splits = decode_splits(p);
+    decode(q, k_cache, v_cache, sinks, out, p, s_max, splits, attend_keys);
     Ok(())
 }
 
-/// One task per (token, query head): a key's score is one dot product.
-fn per_head(q: &[f32], k_cache: &[f32], v_cache: &[f32], sinks: Option<&[f32]>, out: &mut [f32], p: &AttentionParams, s_max: usize) {
-    let (t, hq, hkv, d) = (p.tokens, p.heads_q, p.heads_kv, p.head_dim);
-    let last = p.pos0 + t;
+/// A decode step (one token): one task per (key/value head, split of the visible keys), its
+/// rows the query heads sharing that key/value head. Each key's score is a dot product, the
+/// weights are exponentiated in vectors, and the weighted values go through the prefill's
+/// register-blocked value sums, each value row loaded once for every head of the group. A long
+/// cache is split so every thread has work (flash-decoding); the splits' partial softmaxes merge.
+#[allow(clippy::too_many_arguments)]
+fn decode(
+    q: &[f32],
+    k_cache: &[f32],
+    v_cache: &[f32],
+    sinks: Option<&[f32]>,
+    out: &mut [f32],
+    p: &AttentionParams,
+    s_max: usize,
+    splits: usize,
+    attend: AttendKeys,
+) {
+    let (hq, hkv, d) = (p.heads_q, p.heads_kv, p.head_dim);
     let group = hq / hkv;
-    let kern = RowKernels::get();
-    // A decode step's few heads over a short cache are microseconds of work: one task then,
-    // rather than paying for fork/join and per-task buffers.
-    let work = t * hq * (p.pos0 + t) * d;
-    let parts = map_ranges(t * hq, if work < 1 << 20 { t * hq } else { 1 }, |range| {
-        let mut o = vec![0f32; range.len() * d];
-        let mut scores = Vec::new();
-        for (idx, oh) in range.zip(o.chunks_exact_mut(d)) {
-            let (tok, h) = (idx / hq, idx % hq);
-            let keys = emberlm_core::ops::visible_keys(p.causal, p.window, p.pos0 + tok, last - 1);
-            let qh = &q[tok * p.q_stride + h * d..][..d];
-            let base = (h / group) * s_max;
-            scores.clear();
-            let mut max = f32::NEG_INFINITY;
-            for j in keys.clone() {
-                let mut s = kern.dot(qh, &k_cache[(base + j) * d..][..d]) * p.scale;
-                if p.softcap > 0.0 {
-                    s = p.softcap * (s / p.softcap).tanh();
-                }
-                max = max.max(s);
-                scores.push(s);
-            }
-            let mut sum = 0f32;
-            for s in scores.iter_mut() {
-                *s = crate::math::exp(*s - max);
-                sum += *s;
-            }
-            for (j, &w) in keys.zip(&scores) {
-                let v = &v_cache[(base + j) * d..][..d];
-                for (a, b) in oh.iter_mut().zip(v) {
-                    *a += w * b;
-                }
-            }
-            let inv = normalizer(max, sum, sinks.map(|s| s[h]));
-            oh.iter_mut().for_each(|a| *a *= inv);
-        }
-        o
+    let (lo, hi) = emberlm_core::ops::visible_keys(p.causal, p.window, p.pos0, p.pos0).into_inner();
+    let per_split = (hi + 1 - lo).div_ceil(splits);
+    let parts = map_ranges(hkv * splits, 1, |range| {
+        range
+            .map(|task| {
+                let (h_kv, split) = (task / splits, task % splits);
+                let j0 = (lo + split * per_split).min(hi + 1);
+                let j1 = (j0 + per_split).min(hi + 1);
+                let base = h_kv * s_max * d;
+                let rows = KeyRows {
+                    q: &q[h_kv * group * d..][..group * d],
+                    keys: &k_cache[base + j0 * d..base + j1 * d],
+                    values: &v_cache[base + j0 * d..base + j1 * d],
+                };
+                (h_kv, attend(p, &rows))
+            })
+            .collect::<Vec<_>>()
     });
-    let mut at = 0;
-    for part in parts {
-        out[at..at + part.len()].copy_from_slice(&part);
-        at += part.len();
+    // Each key/value head's splits merged: weighed against the largest maximum.
+    let mut merged: Vec<Option<RowState>> = (0..hkv).map(|_| None).collect();
+    for (h_kv, part) in parts.into_iter().flatten() {
+        merged[h_kv] = Some(match merged[h_kv].take() {
+            None => part,
+            Some(mut m) => {
+                for g in 0..group {
+                    let top = m.max[g].max(part.max[g]);
+                    if top == f32::NEG_INFINITY {
+                        continue;
+                    }
+                    let (a, b) = (crate::math::exp(m.max[g] - top), crate::math::exp(part.max[g] - top));
+                    m.sum[g] = m.sum[g] * a + part.sum[g] * b;
+                    for (x, &y) in m.acc[g * d..][..d].iter_mut().zip(&part.acc[g * d..][..d]) {
+                        *x = *x * a + y * b;
+                    }
+                    m.max[g] = top;
+                }
+                m
+            }
+        });
     }
+    for (h_kv, state) in merged.into_iter().enumerate() {
+        let state = state.expect("every key/value head has a split");
+        for g in 0..group {
+            let h = h_kv * group + g;
+            let inv = normalizer(state.max[g], state.sum[g], sinks.map(|s| s[h]));
+            for (o, &a) in out[h * d..][..d].iter_mut().zip(&state.acc[g * d..][..d]) {
+                *o = a * inv;
+            }
+        }
+    }
+}
+
+/// Keys per split of a decode step's cache, at least: below that a split's fork and merge cost
+/// more than its share of the work.
+const DECODE_SPLIT_MIN: usize = 256;
+
+/// How many splits a decode step's keys go in: one for a short cache (microseconds of work,
+/// fork/join would cost more), else enough for two tasks per thread.
+fn decode_splits(p: &AttentionParams) -> usize {
+    let keys = emberlm_core::ops::visible_keys(p.causal, p.window, p.pos0, p.pos0).count();
+    if p.heads_q * keys * p.head_dim < 1 << 18 {
+        return 1;
+    }
+    (2 * crate::parallel::threads()).div_ceil(p.heads_kv).clamp(1, keys.div_ceil(DECODE_SPLIT_MIN))
+}
+
+/// One decode task: the queries of a key/value head's group (`q`: group × d, contiguous) and a
+/// run of its keys and value rows.
+struct KeyRows<'a> {
+    q: &'a [f32],
+    keys: &'a [f32],
+    values: &'a [f32],
+}
+
+type AttendKeys = fn(&AttentionParams, &KeyRows) -> RowState;
+
+/// A decode task's softmax over its keys, with the instruction set's [`BlockKernels`] (as
+/// [`attend_tile`]).
+fn attend_keys(p: &AttentionParams, rows: &KeyRows) -> RowState {
+    #[cfg(target_arch = "x86_64")]
+    {
+        #[target_feature(enable = "avx2,fma")]
+        unsafe fn avx2(p: &AttentionParams, rows: &KeyRows) -> RowState {
+            attend_keys_with::<Avx2>(p, rows)
+        }
+        if crate::simd::has_avx2() {
+            // SAFETY: the CPU has AVX2 and FMA.
+            return unsafe { avx2(p, rows) };
+        }
+    }
+    #[cfg(all(target_arch = "wasm32", target_feature = "simd128"))]
+    return attend_keys_with::<Simd128>(p, rows);
+    #[allow(unreachable_code)]
+    attend_keys_with::<Portable>(p, rows)
+}
+
+/// [`attend_keys`]' body: all scores of the run (dot products), each head's maximum, weights and
+/// sum in vector loops, then the values in blocks of [`KEY_BLOCK`] keys.
+#[inline(always)]
+fn attend_keys_with<K: BlockKernels>(p: &AttentionParams, rows: &KeyRows) -> RowState {
+    let d = p.head_dim;
+    let (group, n) = (rows.q.len() / d, rows.keys.len() / d);
+    let kern = RowKernels::get();
+    let mut scores = vec![0f32; group * n];
+    for (qg, row) in rows.q.chunks_exact(d).zip(scores.chunks_exact_mut(n.max(1))) {
+        for (s, key) in row.iter_mut().zip(rows.keys.chunks_exact(d)) {
+            *s = kern.dot(qg, key) * p.scale;
+        }
+        if p.softcap > 0.0 {
+            row.iter_mut().for_each(|s| *s = p.softcap * crate::math::tanh(*s / p.softcap));
+        }
+    }
+    let mut state = RowState { max: vec![f32::NEG_INFINITY; group], sum: vec![0f32; group], acc: vec![0f32; group * d] };
+    if n == 0 {
+        return state;
+    }
+    for (g, row) in scores.chunks_exact_mut(n).enumerate() {
+        let top = slice_max(row);
+        row.iter_mut().for_each(|s| *s = crate::math::exp(*s - top));
+        state.max[g] = top;
+        state.sum[g] = slice_sum(row);
+    }
+    for b0 in (0..n).step_by(KEY_BLOCK) {
+        let nb = KEY_BLOCK.min(n - b0);
+        let values = &rows.values[b0 * d..][..nb * d];
+        let mut r0 = 0;
+        while r0 < group {
+            let w = if group - r0 >= ROW_BLOCK { ROW_BLOCK } else { 1 };
+            let acc = &mut state.acc[r0 * d..(r0 + w) * d];
+            let weights_of = |i: usize| -> [f32; KEY_BLOCK] {
+                let mut w = [0f32; KEY_BLOCK];
+                w[..nb].copy_from_slice(&scores[(r0 + i) * n + b0..][..nb]);
+                w
+            };
+            if w == ROW_BLOCK {
+                weighted_values::<ROW_BLOCK, K>(&std::array::from_fn(weights_of), values, d, acc);
+            } else {
+                weighted_values::<1, K>(&[weights_of(0)], values, d, acc);
+            }
+            r0 += w;
+        }
+    }
+    state
+}
+
+/// `acc[i · d + c]` += Σ_jj weights[i][jj] · values[jj · d + c]: [`BlockKernels::values`] for
+/// the whole chunks of d, plain loops for the rest.
+#[inline(always)]
+fn weighted_values<const R: usize, K: BlockKernels>(weights: &[[f32; KEY_BLOCK]; R], values: &[f32], d: usize, acc: &mut [f32]) {
+    let chunks = d / VALUE_CHUNK;
+    // SAFETY: the callers pick K for the CPU they run on; chunks · VALUE_CHUNK ≤ d, acc holds R rows.
+    unsafe { K::values::<R>(weights, values, d, chunks, acc) };
+    // Head sizes that are not a multiple of the chunk (80, say).
+    let c0 = chunks * VALUE_CHUNK;
+    if c0 < d {
+        for (i, w) in weights.iter().enumerate() {
+            let row = &mut acc[i * d..][..d];
+            for (&wj, v) in w.iter().zip(values.chunks_exact(d)) {
+                for (a, &x) in row[c0..].iter_mut().zip(&v[c0..]) {
+                    *a += wj * x;
+                }
+            }
+        }
+    }
+}
+
+/// The largest value of a slice, in [`KEY_BLOCK`] lanes (vectorises; `f32::max` chained does not).
+#[inline(always)]
+fn slice_max(v: &[f32]) -> f32 {
+    let mut lanes = [f32::NEG_INFINITY; KEY_BLOCK];
+    let (chunks, rest) = v.as_chunks::<KEY_BLOCK>();
+    for c in chunks {
+        for (m, &x) in lanes.iter_mut().zip(c) {
+            *m = if x > *m { x } else { *m };
+        }
+    }
+    for (m, &x) in lanes.iter_mut().zip(rest) {
+        *m = if x > *m { x } else { *m };
+    }
+    lane_max(&lanes)
+}
+
+/// The sum of a slice, in [`KEY_BLOCK`] lanes.
+#[inline(always)]
+fn slice_sum(v: &[f32]) -> f32 {
+    let mut lanes = [0f32; KEY_BLOCK];
+    let (chunks, rest) = v.as_chunks::<KEY_BLOCK>();
+    for c in chunks {
+        for (m, &x) in lanes.iter_mut().zip(c) {
+            *m += x;
+        }
+    }
+    for (m, &x) in lanes.iter_mut().zip(rest) {
+        *m += x;
+    }
+    lane_sum(&lanes)
 }
 
 /// What a row's weighted sum is multiplied by: 1 / sum, or with a sink logit `s` joining the
@@ -394,21 +562,7 @@ fn attend_rows<const R: usize, K: BlockKernels>(p: &AttentionParams, rows: Rows<
         }
         rows.sum[i] += lane_sum(w);
     }
-    let chunks = d / VALUE_CHUNK;
-    // SAFETY: as above; chunks · VALUE_CHUNK ≤ d.
-    unsafe { K::values::<R>(&weights, block.values, d, chunks, rows.acc) };
-    // Head sizes that are not a multiple of the chunk (80, say).
-    let c0 = chunks * VALUE_CHUNK;
-    if c0 < d {
-        for (i, w) in weights.iter().enumerate() {
-            let row = &mut rows.acc[i * d..][..d];
-            for (&wj, v) in w.iter().zip(block.values.chunks_exact(d)) {
-                for (a, &x) in row[c0..].iter_mut().zip(&v[c0..]) {
-                    *a += wj * x;
-                }
-            }
-        }
-    }
+    weighted_values::<R, K>(&weights, block.values, d, rows.acc);
 }
 
 /// The largest of a block's scores, halving the lanes each round (a vector max, not a chain).
@@ -534,31 +688,41 @@ mod tests {
     use super::*;
 
     /// The plain loops (what CPUs without AVX2 run) and the kernels this CPU runs give the same
-    /// prefill, and both the decode path's per-head sums: head sizes with and without a part
-    /// past the last whole value chunk, rows in micro-tiles and alone, a partial last key block.
+    /// prefill and decode steps, and the prefill equals the decode steps of its tokens: head
+    /// sizes with and without a part past the last whole value chunk, rows in micro-tiles and
+    /// alone, a partial last key block, a long cache decoded whole and in three splits.
     #[test]
-    fn every_instruction_set_gives_the_same_prefill() {
-        let (hq, hkv, s_max, tokens, pos0) = (6, 2, 40, 9, 22);
-        for d in [40, 64] {
+    fn every_instruction_set_and_path_gives_the_same_attention() {
+        let (hq, hkv, tokens) = (6, 2, 9);
+        for (d, s_max, pos0) in [(40, 40, 22), (64, 40, 22), (64, 720, 700)] {
             let fill = |n: usize, seed: usize| -> Vec<f32> { (0..n).map(|i| (((i + seed) * 2_654_435_761) % 1000) as f32 / 500.0 - 1.0).collect() };
             let (q, k, v) = (fill(tokens * hq * d, 1), fill(hkv * s_max * d, 2), fill(hkv * s_max * d, 3));
             let p =
                 AttentionParams { tokens, heads_q: hq, heads_kv: hkv, head_dim: d, pos0, window: 0, causal: true, scale: 0.2, softcap: 0.0, q_stride: hq * d };
-            let run = |attend: AttendTile| {
+            let prefill = |attend: AttendTile| {
                 let mut out = vec![0f32; tokens * hq * d];
                 tiled(&q, &k, &v, None, &mut out, &p, s_max, attend);
                 out
             };
-            let native = run(attend_tile);
-            let portable = run(|p, tile, blocks, state| attend_tile_with::<Portable>(p, tile, blocks, state));
-            let mut per_token = vec![0f32; tokens * hq * d];
-            for tok in 0..tokens {
-                let one = AttentionParams { tokens: 1, pos0: pos0 + tok, ..p };
-                per_head(&q[tok * hq * d..], &k, &v, None, &mut per_token[tok * hq * d..], &one, s_max);
+            let steps = |splits: usize, attend: AttendKeys| {
+                let mut out = vec![0f32; tokens * hq * d];
+                for tok in 0..tokens {
+                    let one = AttentionParams { tokens: 1, pos0: pos0 + tok, ..p };
+                    decode(&q[tok * hq * d..], &k, &v, None, &mut out[tok * hq * d..], &one, s_max, splits, attend);
+                }
+                out
+            };
+            let native = prefill(attend_tile);
+            let others = [
+                ("plain-loop prefill", prefill(|p, tile, blocks, state| attend_tile_with::<Portable>(p, tile, blocks, state))),
+                ("decode steps", steps(1, attend_keys)),
+                ("plain-loop decode steps", steps(1, |p, rows| attend_keys_with::<Portable>(p, rows))),
+                ("decode steps in 3 splits", steps(3, attend_keys)),
+            ];
+            for (what, other) in others {
+                let gap = native.iter().zip(&other).map(|(x, y)| (x - y).abs()).fold(0f32, f32::max);
+                assert!(gap < 1e-5, "d={d} pos0={pos0}: the {what} are {gap} off the prefill");
             }
-            let gap = |a: &[f32], b: &[f32]| a.iter().zip(b).map(|(x, y)| (x - y).abs()).fold(0f32, f32::max);
-            assert!(gap(&native, &portable) < 1e-5, "d={d}: {} apart", gap(&native, &portable));
-            assert!(gap(&native, &per_token) < 1e-5, "d={d}: {} from the per-head path", gap(&native, &per_token));
         }
     }
 }
