@@ -714,9 +714,9 @@ mod tests {
             };
             let native = prefill(attend_tile);
             let others = [
-                ("plain-loop prefill", prefill(|p, tile, blocks, state| attend_tile_with::<Portable>(p, tile, blocks, state))),
+                ("plain-loop prefill", prefill(attend_tile_with::<Portable>)),
                 ("decode steps", steps(1, attend_keys)),
-                ("plain-loop decode steps", steps(1, |p, rows| attend_keys_with::<Portable>(p, rows))),
+                ("plain-loop decode steps", steps(1, attend_keys_with::<Portable>)),
                 ("decode steps in 3 splits", steps(3, attend_keys)),
             ];
             for (what, other) in others {
