@@ -7,8 +7,31 @@
 use emberlm_core::ops::AttentionParams;
 use emberlm_core::{Error, Result};
 
-use crate::matvec::RowKernels;
 use crate::parallel::map_ranges;
+
+/// `$body` with `const $r: usize` equal to the micro-tile width `$w` (1 to 4).
+macro_rules! with_width {
+    ($w:expr, $r:ident => $body:expr) => {
+        match $w {
+            4 => {
+                const $r: usize = 4;
+                $body
+            }
+            3 => {
+                const $r: usize = 3;
+                $body
+            }
+            2 => {
+                const $r: usize = 2;
+                $body
+            }
+            _ => {
+                const $r: usize = 1;
+                $body
+            }
+        }
+    };
+}
 
 /// `q`: [tokens, q_stride]; caches: [heads_kv, s_max, head_dim]; `out`: [tokens, heads_q · head_dim];
 /// `sinks`: one logit per query head that joins its softmax's sum and weighs no value (GPT-OSS).
@@ -155,21 +178,34 @@ fn attend_keys(p: &AttentionParams, rows: &KeyRows) -> RowState {
 fn attend_keys_with<K: BlockKernels>(p: &AttentionParams, rows: &KeyRows) -> RowState {
     let d = p.head_dim;
     let (group, n) = (rows.q.len() / d, rows.keys.len() / d);
-    let kern = RowKernels::get();
-    let mut scores = vec![0f32; group * n];
-    for (qg, row) in rows.q.chunks_exact(d).zip(scores.chunks_exact_mut(n.max(1))) {
-        for (s, key) in row.iter_mut().zip(rows.keys.chunks_exact(d)) {
-            *s = kern.dot(qg, key) * p.scale;
-        }
-        if p.softcap > 0.0 {
-            row.iter_mut().for_each(|s| *s = p.softcap * crate::math::tanh(*s / p.softcap));
-        }
-    }
     let mut state = RowState { max: vec![f32::NEG_INFINITY; group], sum: vec![0f32; group], acc: vec![0f32; group * d] };
     if n == 0 {
         return state;
     }
+    // Each head's scores in a row of n, from blocks of keys the heads of a micro-tile share.
+    let mut scores = vec![0f32; group * n];
+    for b0 in (0..n).step_by(KEY_BLOCK) {
+        let keys = &rows.keys[b0 * d..][..KEY_BLOCK.min(n - b0) * d];
+        let mut r0 = 0;
+        while r0 < group {
+            let w = micro_tile(group - r0);
+            let q = &rows.q[r0 * d..(r0 + w) * d];
+            // SAFETY: `attend_keys` picks K for the CPU it runs on; q holds w rows.
+            with_width!(w, R => {
+                let block = unsafe { K::key_scores::<R>(q, keys, d) };
+                for (i, lanes) in block.iter().enumerate() {
+                    let row = &mut scores[(r0 + i) * n + b0..][..keys.len() / d];
+                    row.copy_from_slice(&lanes[..row.len()]);
+                }
+            });
+            r0 += w;
+        }
+    }
     for (g, row) in scores.chunks_exact_mut(n).enumerate() {
+        row.iter_mut().for_each(|s| *s *= p.scale);
+        if p.softcap > 0.0 {
+            row.iter_mut().for_each(|s| *s = p.softcap * crate::math::tanh(*s / p.softcap));
+        }
         let top = slice_max(row);
         row.iter_mut().for_each(|s| *s = crate::math::exp(*s - top));
         state.max[g] = top;
@@ -180,18 +216,14 @@ fn attend_keys_with<K: BlockKernels>(p: &AttentionParams, rows: &KeyRows) -> Row
         let values = &rows.values[b0 * d..][..nb * d];
         let mut r0 = 0;
         while r0 < group {
-            let w = if group - r0 >= ROW_BLOCK { ROW_BLOCK } else { 1 };
+            let w = micro_tile(group - r0);
             let acc = &mut state.acc[r0 * d..(r0 + w) * d];
             let weights_of = |i: usize| -> [f32; KEY_BLOCK] {
                 let mut w = [0f32; KEY_BLOCK];
                 w[..nb].copy_from_slice(&scores[(r0 + i) * n + b0..][..nb]);
                 w
             };
-            if w == ROW_BLOCK {
-                weighted_values::<ROW_BLOCK, K>(&std::array::from_fn(weights_of), values, d, acc);
-            } else {
-                weighted_values::<1, K>(&[weights_of(0)], values, d, acc);
-            }
+            with_width!(w, R => weighted_values::<R, K>(&std::array::from_fn(weights_of), values, d, acc));
             r0 += w;
         }
     }
@@ -279,6 +311,12 @@ const ROW_BLOCK: usize = 2;
 /// Value dimensions summed per pass of a micro-tile: [`KEY_BLOCK`] floats of registers a row.
 const VALUE_CHUNK: usize = 16;
 
+/// The width of the next micro-tile with `left` rows to go: [`ROW_BLOCK`], or what is left (a
+/// group of 3 heads is one tile of 3, not 3 of 1).
+fn micro_tile(left: usize) -> usize {
+    left.min(ROW_BLOCK)
+}
+
 /// Keys `j0..j0 + n` of one key/value head: `kt` holds them transposed (`kt[c · KEY_BLOCK + jj]`:
 /// dimension c of key j0 + jj; lanes past `n` zero), `values` their value rows.
 struct KeyBlock<'a> {
@@ -312,6 +350,13 @@ trait BlockKernels {
     /// # Safety
     /// As for `scores`; `acc` holds R · d floats, `chunks · VALUE_CHUNK ≤ d`.
     unsafe fn values<const R: usize>(weights: &[[f32; KEY_BLOCK]; R], values: &[f32], d: usize, chunks: usize, acc: &mut [f32]);
+    /// `scores[i][jj]` = Σ_c q[i · d + c] · keys[jj · d + c]: a decode step's dot products of R
+    /// query rows with a block of at most [`KEY_BLOCK`] keys as stored (rows of d), each key
+    /// loaded once for the R rows; lanes past the block's keys 0.
+    ///
+    /// # Safety
+    /// As for `scores`; `q` holds R · d floats, `keys` a whole number of rows.
+    unsafe fn key_scores<const R: usize>(q: &[f32], keys: &[f32], d: usize) -> [[f32; KEY_BLOCK]; R];
 }
 
 /// Plain loops, for the auto-vectoriser (x86 without AVX2, other targets).
@@ -324,6 +369,16 @@ impl BlockKernels for Portable {
                 for (s, &k) in row.iter_mut().zip(kc) {
                     *s += qv * k;
                 }
+            }
+        }
+        scores
+    }
+
+    unsafe fn key_scores<const R: usize>(q: &[f32], keys: &[f32], d: usize) -> [[f32; KEY_BLOCK]; R] {
+        let mut scores = [[0f32; KEY_BLOCK]; R];
+        for (jj, key) in keys.chunks_exact(d).enumerate() {
+            for (row, qi) in scores.iter_mut().zip(q.chunks_exact(d)) {
+                row[jj] = crate::matvec::dot(qi, key);
             }
         }
         scores
@@ -364,6 +419,34 @@ impl BlockKernels for Avx2 {
         for (s, a) in scores.iter_mut().zip(&acc) {
             _mm256_storeu_ps(s.as_mut_ptr(), a[0]);
             _mm256_storeu_ps(s.as_mut_ptr().add(8), a[1]);
+        }
+        scores
+    }
+
+    #[inline(always)]
+    unsafe fn key_scores<const R: usize>(q: &[f32], keys: &[f32], d: usize) -> [[f32; KEY_BLOCK]; R] {
+        use std::arch::x86_64::*;
+        let (qp, whole) = (q[..R * d].as_ptr(), d / 8 * 8);
+        let mut scores = [[0f32; KEY_BLOCK]; R];
+        for (jj, key) in keys.chunks_exact(d).enumerate() {
+            let kp = key.as_ptr();
+            let mut acc = [_mm256_setzero_ps(); R];
+            for c in (0..whole).step_by(8) {
+                let k = _mm256_loadu_ps(kp.add(c));
+                for (i, a) in acc.iter_mut().enumerate() {
+                    *a = _mm256_fmadd_ps(_mm256_loadu_ps(qp.add(i * d + c)), k, *a);
+                }
+            }
+            for (i, (row, a)) in scores.iter_mut().zip(&acc).enumerate() {
+                // The 8 lanes' sum, then the dimensions past the last whole 8.
+                let half = _mm_add_ps(_mm256_castps256_ps128(*a), _mm256_extractf128_ps::<1>(*a));
+                let pair = _mm_add_ps(half, _mm_movehl_ps(half, half));
+                let mut sum = _mm_cvtss_f32(_mm_add_ss(pair, _mm_movehdup_ps(pair)));
+                for c in whole..d {
+                    sum += *qp.add(i * d + c) * key[c];
+                }
+                row[jj] = sum;
+            }
         }
         scores
     }
@@ -421,6 +504,33 @@ impl BlockKernels for Simd128 {
             let out = s.as_mut_ptr() as *mut v128;
             for (l, &x) in a.iter().enumerate() {
                 v128_store(out.add(l), x);
+            }
+        }
+        scores
+    }
+
+    #[inline(always)]
+    unsafe fn key_scores<const R: usize>(q: &[f32], keys: &[f32], d: usize) -> [[f32; KEY_BLOCK]; R] {
+        use crate::wasm::madd;
+        use std::arch::wasm32::*;
+        let (qp, whole) = (q[..R * d].as_ptr(), d / 4 * 4);
+        let mut scores = [[0f32; KEY_BLOCK]; R];
+        for (jj, key) in keys.chunks_exact(d).enumerate() {
+            let kp = key.as_ptr();
+            let mut acc = [f32x4_splat(0.0); R];
+            for c in (0..whole).step_by(4) {
+                let k = v128_load(kp.add(c) as *const v128);
+                for (i, a) in acc.iter_mut().enumerate() {
+                    *a = madd(v128_load(qp.add(i * d + c) as *const v128), k, *a);
+                }
+            }
+            for (i, (row, &a)) in scores.iter_mut().zip(&acc).enumerate() {
+                let pair = f32x4_add(a, i32x4_shuffle::<2, 3, 0, 1>(a, a));
+                let mut sum = f32x4_extract_lane::<0>(pair) + f32x4_extract_lane::<1>(pair);
+                for c in whole..d {
+                    sum += *qp.add(i * d + c) * key[c];
+                }
+                row[jj] = sum;
             }
         }
         scores
@@ -497,8 +607,7 @@ fn attend_tile(p: &AttentionParams, tile: &Tile, blocks: std::ops::RangeInclusiv
     attend_tile_with::<Portable>(p, tile, blocks, state)
 }
 
-/// [`attend_tile`]'s body: each block against the rows [`ROW_BLOCK`] at a time (the rest one
-/// by one).
+/// [`attend_tile`]'s body: each block against the rows [`ROW_BLOCK`] at a time ([`micro_tile`]).
 #[inline(always)]
 fn attend_tile_with<K: BlockKernels>(p: &AttentionParams, tile: &Tile, blocks: std::ops::RangeInclusive<usize>, state: &mut RowState) {
     let d = p.head_dim;
@@ -509,14 +618,11 @@ fn attend_tile_with<K: BlockKernels>(p: &AttentionParams, tile: &Tile, blocks: s
         let block = KeyBlock { kt: &tile.kt[(b - tile.first_block) * d * KEY_BLOCK..][..d * KEY_BLOCK], values: &tile.values[j0 * d..][..n * d], j0, n };
         let mut r0 = 0;
         while r0 < bounds.len() {
-            let w = if bounds.len() - r0 >= ROW_BLOCK { ROW_BLOCK } else { 1 };
+            let w = micro_tile(bounds.len() - r0);
             let (r1, span) = (r0 + w, r0 * d..(r0 + w) * d);
             let (max, sum, acc) = (&mut state.max[r0..r1], &mut state.sum[r0..r1], &mut state.acc[span.clone()]);
-            if w == ROW_BLOCK {
-                attend_rows::<ROW_BLOCK, K>(p, Rows { qt: &tile.qt[span], bounds: &bounds[r0..r1], max, sum, acc }, &block);
-            } else {
-                attend_rows::<1, K>(p, Rows { qt: &tile.qt[span], bounds: &bounds[r0..r1], max, sum, acc }, &block);
-            }
+            let rows = (&tile.qt[span], &bounds[r0..r1]);
+            with_width!(w, R => attend_rows::<R, K>(p, Rows { qt: rows.0, bounds: rows.1, max, sum, acc }, &block));
             r0 = r1;
         }
     }
@@ -665,14 +771,14 @@ fn transposed_keys(k_cache: &[f32], p: &AttentionParams, s_max: usize, first_blo
 }
 
 /// The rows' queries times the attention scale, each micro-tile of rows takes at
-/// once (width w: [`ROW_BLOCK`], or 1 for the rest) transposed from its first row's `r0 · d` on:
+/// once (width w: [`micro_tile`]) transposed from its first row's `r0 · d` on:
 /// dimension c of its row i at `r0 · d + c · w + i`.
 fn transposed_queries(q: &[f32], p: &AttentionParams, rows: &[(usize, usize)]) -> Vec<f32> {
     let d = p.head_dim;
     let mut qt = vec![0f32; rows.len() * d];
     let mut r0 = 0;
     while r0 < rows.len() {
-        let w = if rows.len() - r0 >= ROW_BLOCK { ROW_BLOCK } else { 1 };
+        let w = micro_tile(rows.len() - r0);
         for (i, &(tok, h)) in rows[r0..r0 + w].iter().enumerate() {
             for (c, &x) in q[tok * p.q_stride + h * d..][..d].iter().enumerate() {
                 qt[r0 * d + c * w + i] = x * p.scale;
