@@ -8,8 +8,9 @@
 // does not (`prefillNextTurn: false`).
 // `--baseline DIR` (a folder under the repo holding `wasm/` and `wasm-threads/` as
 // scripts/build-wasm.sh made them at another commit) runs those builds too, interleaved, for a
-// before/after of a kernel change.
-//   node tests/bench/wasm-simd.mjs [--runs 3] [--tokens 64] [--threads N] [--think-ms 1000] [--baseline DIR]
+// before/after of a kernel change. `--repeat N` makes the prompt N copies of itself (~50 tokens
+// each): a long prompt's prefill, and decode over a long cache.
+//   node tests/bench/wasm-simd.mjs [--runs 3] [--tokens 64] [--threads N] [--think-ms 1000] [--baseline DIR] [--repeat N]
 import { existsSync } from 'node:fs';
 import { availableParallelism } from 'node:os';
 import { dirname, join } from 'node:path';
@@ -21,7 +22,7 @@ import { startMockHub } from '../mock-hub/server.mjs';
 
 const here = dirname(fileURLToPath(import.meta.url));
 const root = join(here, '..', '..');
-const { values: args } = parseArgs({ options: { runs: { type: 'string', default: '3' }, tokens: { type: 'string', default: '64' }, threads: { type: 'string' }, 'think-ms': { type: 'string', default: '1000' }, baseline: { type: 'string' } } });
+const { values: args } = parseArgs({ options: { runs: { type: 'string', default: '3' }, tokens: { type: 'string', default: '64' }, threads: { type: 'string' }, 'think-ms': { type: 'string', default: '1000' }, baseline: { type: 'string' }, repeat: { type: 'string', default: '1' } } });
 for (const f of ['npm/dist/index.js', 'npm/wasm/emberlm_wasm_relaxed_bg.wasm', 'npm/wasm-threads/emberlm_wasm_relaxed_bg.wasm', 'models/SmolLM2-135M-Instruct.Q4_1.gguf']) {
   if (!existsSync(join(root, f))) throw new Error(`${f} is missing: run scripts/setup.sh, scripts/build-wasm.sh and (cd npm && npm run build)`);
 }
@@ -29,18 +30,21 @@ if (args.baseline && !existsSync(join(root, args.baseline, 'wasm-threads', 'embe
   throw new Error(`--baseline ${args.baseline}: no wasm-threads/emberlm_wasm_relaxed_bg.wasm there (copy npm/wasm and npm/wasm-threads from a build of the other commit)`);
 }
 const REPO = 'HuggingFaceTB/SmolLM2-135M-Instruct-GGUF';
-const PROMPT =
+const REPEAT = Math.max(1, Number(args.repeat));
+const ONE_PROMPT =
   'The history of the printing press begins in the fifteenth century, when Johannes Gutenberg combined movable metal type, oil-based ink and a wooden press adapted from wine making. Within fifty years, printers across Europe had produced millions of books, and the way people';
+
+const PROMPT = Array(REPEAT).fill(ONE_PROMPT).join(' ');
 
 const hub = await startMockHub({ repos: fixtureRepos() });
 const session = await openTestPage(root, '/tests/browser/npm.html', 'emberlm', { isolated: true });
 const run = (build, threads) =>
   session.page.evaluate(
-    async ({ repo, hubUrl, prompt, n, dir, file, threads, thinkMs }) => {
+    async ({ repo, hubUrl, prompt, n, dir, file, threads, thinkMs, repeat }) => {
       const load = (prefillNextTurn) =>
         window.emberlm.createEngine(repo, {
           hub: hubUrl,
-          context: 512,
+          context: Math.max(512, 64 * repeat + n + 64),
           device: 'cpu',
           threads,
           prefillNextTurn,
@@ -68,7 +72,7 @@ const run = (build, threads) =>
       await plain.unload();
       return { device, prefill: r.usage.extra.prefill_tokens_per_s, decode: r.usage.extra.decode_tokens_per_s, ...ahead, plainTurn1: notAhead.turn1, plainTurn2: notAhead.turn2 };
     },
-    { repo: REPO, hubUrl: hub.url, prompt: PROMPT, n: Number(args.tokens), dir: build.dir, file: build.file, threads, thinkMs: Number(args['think-ms']) },
+    { repo: REPO, hubUrl: hub.url, prompt: PROMPT, n: Number(args.tokens), dir: build.dir, file: build.file, threads, thinkMs: Number(args['think-ms']), repeat: REPEAT },
   );
 
 const results = new Map();

@@ -396,141 +396,51 @@ impl BlockKernels for Portable {
     }
 }
 
-/// AVX2 with FMA: a block's 16 scores of a row in two registers, the query scalar broadcast.
-#[cfg(target_arch = "x86_64")]
-struct Avx2;
-#[cfg(target_arch = "x86_64")]
-impl BlockKernels for Avx2 {
-    #[inline(always)]
-    unsafe fn scores<const R: usize>(qt: &[f32], kt: &[f32], d: usize) -> [[f32; KEY_BLOCK]; R] {
-        use std::arch::x86_64::*;
-        let (q, k) = (qt[..d * R].as_ptr(), kt[..d * KEY_BLOCK].as_ptr());
-        let mut acc = [[_mm256_setzero_ps(); 2]; R];
-        for c in 0..d {
-            let k0 = _mm256_loadu_ps(k.add(c * KEY_BLOCK));
-            let k1 = _mm256_loadu_ps(k.add(c * KEY_BLOCK + 8));
-            for (i, a) in acc.iter_mut().enumerate() {
-                let qv = _mm256_broadcast_ss(&*q.add(c * R + i));
-                a[0] = _mm256_fmadd_ps(qv, k0, a[0]);
-                a[1] = _mm256_fmadd_ps(qv, k1, a[1]);
-            }
-        }
-        let mut scores = [[0f32; KEY_BLOCK]; R];
-        for (s, a) in scores.iter_mut().zip(&acc) {
-            _mm256_storeu_ps(s.as_mut_ptr(), a[0]);
-            _mm256_storeu_ps(s.as_mut_ptr().add(8), a[1]);
-        }
-        scores
-    }
-
-    #[inline(always)]
-    unsafe fn key_scores<const R: usize>(q: &[f32], keys: &[f32], d: usize) -> [[f32; KEY_BLOCK]; R] {
-        use std::arch::x86_64::*;
-        let (qp, whole) = (q[..R * d].as_ptr(), d / 8 * 8);
-        let mut scores = [[0f32; KEY_BLOCK]; R];
-        for (jj, key) in keys.chunks_exact(d).enumerate() {
-            let kp = key.as_ptr();
-            let mut acc = [_mm256_setzero_ps(); R];
-            for c in (0..whole).step_by(8) {
-                let k = _mm256_loadu_ps(kp.add(c));
-                for (i, a) in acc.iter_mut().enumerate() {
-                    *a = _mm256_fmadd_ps(_mm256_loadu_ps(qp.add(i * d + c)), k, *a);
-                }
-            }
-            for (i, (row, a)) in scores.iter_mut().zip(&acc).enumerate() {
-                // The 8 lanes' sum, then the dimensions past the last whole 8.
-                let half = _mm_add_ps(_mm256_castps256_ps128(*a), _mm256_extractf128_ps::<1>(*a));
-                let pair = _mm_add_ps(half, _mm_movehl_ps(half, half));
-                let mut sum = _mm_cvtss_f32(_mm_add_ss(pair, _mm_movehdup_ps(pair)));
-                for c in whole..d {
-                    sum += *qp.add(i * d + c) * key[c];
-                }
-                row[jj] = sum;
-            }
-        }
-        scores
-    }
-
-    #[inline(always)]
-    unsafe fn values<const R: usize>(weights: &[[f32; KEY_BLOCK]; R], values: &[f32], d: usize, chunks: usize, acc: &mut [f32]) {
-        use std::arch::x86_64::*;
-        let keys = values.len() / d;
-        let (v, out) = (values.as_ptr(), acc[..R * d].as_mut_ptr());
-        for chunk in 0..chunks {
-            let c0 = chunk * VALUE_CHUNK;
-            let mut sums = [[_mm256_setzero_ps(); 2]; R];
-            for jj in 0..keys {
-                let v0 = _mm256_loadu_ps(v.add(jj * d + c0));
-                let v1 = _mm256_loadu_ps(v.add(jj * d + c0 + 8));
-                for (sum, w) in sums.iter_mut().zip(weights) {
-                    let wj = _mm256_set1_ps(w[jj]);
-                    sum[0] = _mm256_fmadd_ps(wj, v0, sum[0]);
-                    sum[1] = _mm256_fmadd_ps(wj, v1, sum[1]);
-                }
-            }
-            for (i, sum) in sums.iter().enumerate() {
-                let o = out.add(i * d + c0);
-                _mm256_storeu_ps(o, _mm256_add_ps(_mm256_loadu_ps(o), sum[0]));
-                _mm256_storeu_ps(o.add(8), _mm256_add_ps(_mm256_loadu_ps(o.add(8)), sum[1]));
-            }
-        }
-    }
+/// A SIMD register of `N` f32 lanes: what [`Simd`] needs of an instruction set, so the kernels
+/// are written once. Every function needs the CPU to have the instruction set.
+trait Lanes: Copy {
+    const N: usize;
+    unsafe fn zero() -> Self;
+    unsafe fn splat(x: f32) -> Self;
+    unsafe fn load(p: *const f32) -> Self;
+    unsafe fn store(self, p: *mut f32);
+    /// `a · b + c` (fused where the instruction set has it).
+    unsafe fn madd(a: Self, b: Self, c: Self) -> Self;
+    unsafe fn add(a: Self, b: Self) -> Self;
+    /// The sum of the lanes.
+    unsafe fn sum(self) -> f32;
 }
 
-/// simd128: a block's 16 scores of a row in four registers (fused multiply-adds in the relaxed
-/// build).
-#[cfg(all(target_arch = "wasm32", target_feature = "simd128"))]
-struct Simd128;
-#[cfg(all(target_arch = "wasm32", target_feature = "simd128"))]
-impl BlockKernels for Simd128 {
+/// Registers a block of [`KEY_BLOCK`] floats takes (the arrays below hold up to 4: 128-bit lanes).
+const fn per_block<V: Lanes>() -> usize {
+    KEY_BLOCK / V::N
+}
+
+/// The [`BlockKernels`] written against [`Lanes`]: a row's 16 scores or value dimensions in
+/// `KEY_BLOCK / N` registers, the query scalar or weight broadcast across them.
+struct Simd<V>(std::marker::PhantomData<V>);
+
+impl<V: Lanes> BlockKernels for Simd<V> {
     #[inline(always)]
     unsafe fn scores<const R: usize>(qt: &[f32], kt: &[f32], d: usize) -> [[f32; KEY_BLOCK]; R] {
-        use crate::wasm::madd;
-        use std::arch::wasm32::*;
-        let (q, k) = (qt[..d * R].as_ptr(), kt[..d * KEY_BLOCK].as_ptr());
-        let mut acc = [[f32x4_splat(0.0); 4]; R];
+        let (q, k, per) = (qt[..d * R].as_ptr(), kt[..d * KEY_BLOCK].as_ptr(), per_block::<V>());
+        let mut acc = [[V::zero(); 4]; R];
         for c in 0..d {
-            let kc = k.add(c * KEY_BLOCK) as *const v128;
-            let ks = [v128_load(kc), v128_load(kc.add(1)), v128_load(kc.add(2)), v128_load(kc.add(3))];
+            let mut ks = [V::zero(); 4];
+            for (l, kv) in ks.iter_mut().enumerate().take(per) {
+                *kv = V::load(k.add(c * KEY_BLOCK + l * V::N));
+            }
             for (i, a) in acc.iter_mut().enumerate() {
-                let qv = f32x4_splat(*q.add(c * R + i));
-                for (a, &kv) in a.iter_mut().zip(&ks) {
-                    *a = madd(qv, kv, *a);
+                let qv = V::splat(*q.add(c * R + i));
+                for (a, &kv) in a.iter_mut().zip(&ks).take(per) {
+                    *a = V::madd(qv, kv, *a);
                 }
             }
         }
         let mut scores = [[0f32; KEY_BLOCK]; R];
         for (s, a) in scores.iter_mut().zip(&acc) {
-            let out = s.as_mut_ptr() as *mut v128;
-            for (l, &x) in a.iter().enumerate() {
-                v128_store(out.add(l), x);
-            }
-        }
-        scores
-    }
-
-    #[inline(always)]
-    unsafe fn key_scores<const R: usize>(q: &[f32], keys: &[f32], d: usize) -> [[f32; KEY_BLOCK]; R] {
-        use crate::wasm::madd;
-        use std::arch::wasm32::*;
-        let (qp, whole) = (q[..R * d].as_ptr(), d / 4 * 4);
-        let mut scores = [[0f32; KEY_BLOCK]; R];
-        for (jj, key) in keys.chunks_exact(d).enumerate() {
-            let kp = key.as_ptr();
-            let mut acc = [f32x4_splat(0.0); R];
-            for c in (0..whole).step_by(4) {
-                let k = v128_load(kp.add(c) as *const v128);
-                for (i, a) in acc.iter_mut().enumerate() {
-                    *a = madd(v128_load(qp.add(i * d + c) as *const v128), k, *a);
-                }
-            }
-            for (i, (row, &a)) in scores.iter_mut().zip(&acc).enumerate() {
-                let pair = f32x4_add(a, i32x4_shuffle::<2, 3, 0, 1>(a, a));
-                let mut sum = f32x4_extract_lane::<0>(pair) + f32x4_extract_lane::<1>(pair);
-                for c in whole..d {
-                    sum += *qp.add(i * d + c) * key[c];
-                }
-                row[jj] = sum;
+            for (l, &x) in a.iter().enumerate().take(per) {
+                x.store(s.as_mut_ptr().add(l * V::N));
             }
         }
         scores
@@ -538,30 +448,132 @@ impl BlockKernels for Simd128 {
 
     #[inline(always)]
     unsafe fn values<const R: usize>(weights: &[[f32; KEY_BLOCK]; R], values: &[f32], d: usize, chunks: usize, acc: &mut [f32]) {
-        use crate::wasm::madd;
-        use std::arch::wasm32::*;
-        let keys = values.len() / d;
+        let (keys, per) = (values.len() / d, per_block::<V>());
         let (v, out) = (values.as_ptr(), acc[..R * d].as_mut_ptr());
         for chunk in 0..chunks {
             let c0 = chunk * VALUE_CHUNK;
-            let mut sums = [[f32x4_splat(0.0); 4]; R];
+            let mut sums = [[V::zero(); 4]; R];
             for jj in 0..keys {
-                let vr = v.add(jj * d + c0) as *const v128;
-                let vs = [v128_load(vr), v128_load(vr.add(1)), v128_load(vr.add(2)), v128_load(vr.add(3))];
+                let mut vs = [V::zero(); 4];
+                for (l, x) in vs.iter_mut().enumerate().take(per) {
+                    *x = V::load(v.add(jj * d + c0 + l * V::N));
+                }
                 for (sum, w) in sums.iter_mut().zip(weights) {
-                    let wj = f32x4_splat(w[jj]);
-                    for (s, &x) in sum.iter_mut().zip(&vs) {
-                        *s = madd(wj, x, *s);
+                    let wj = V::splat(w[jj]);
+                    for (s, &x) in sum.iter_mut().zip(&vs).take(per) {
+                        *s = V::madd(wj, x, *s);
                     }
                 }
             }
             for (i, sum) in sums.iter().enumerate() {
-                let o = out.add(i * d + c0) as *mut v128;
-                for (l, &x) in sum.iter().enumerate() {
-                    v128_store(o.add(l), f32x4_add(v128_load(o.add(l)), x));
+                for (l, &x) in sum.iter().enumerate().take(per) {
+                    let o = out.add(i * d + c0 + l * V::N);
+                    V::add(V::load(o), x).store(o);
                 }
             }
         }
+    }
+
+    #[inline(always)]
+    unsafe fn key_scores<const R: usize>(q: &[f32], keys: &[f32], d: usize) -> [[f32; KEY_BLOCK]; R] {
+        let (qp, whole) = (q[..R * d].as_ptr(), d / V::N * V::N);
+        let mut scores = [[0f32; KEY_BLOCK]; R];
+        for (jj, key) in keys.chunks_exact(d).enumerate() {
+            let kp = key.as_ptr();
+            let mut acc = [V::zero(); R];
+            for c in (0..whole).step_by(V::N) {
+                let k = V::load(kp.add(c));
+                for (i, a) in acc.iter_mut().enumerate() {
+                    *a = V::madd(V::load(qp.add(i * d + c)), k, *a);
+                }
+            }
+            for (i, (row, a)) in scores.iter_mut().zip(acc).enumerate() {
+                // The lanes' sum, then the dimensions past the last whole register.
+                let mut sum = a.sum();
+                for c in whole..d {
+                    sum += *qp.add(i * d + c) * key[c];
+                }
+                row[jj] = sum;
+            }
+        }
+        scores
+    }
+}
+
+/// AVX2 with FMA: 8 lanes.
+#[cfg(target_arch = "x86_64")]
+type Avx2 = Simd<std::arch::x86_64::__m256>;
+#[cfg(target_arch = "x86_64")]
+impl Lanes for std::arch::x86_64::__m256 {
+    const N: usize = 8;
+    #[inline(always)]
+    unsafe fn zero() -> Self {
+        std::arch::x86_64::_mm256_setzero_ps()
+    }
+    #[inline(always)]
+    unsafe fn splat(x: f32) -> Self {
+        std::arch::x86_64::_mm256_set1_ps(x)
+    }
+    #[inline(always)]
+    unsafe fn load(p: *const f32) -> Self {
+        std::arch::x86_64::_mm256_loadu_ps(p)
+    }
+    #[inline(always)]
+    unsafe fn store(self, p: *mut f32) {
+        std::arch::x86_64::_mm256_storeu_ps(p, self)
+    }
+    #[inline(always)]
+    unsafe fn madd(a: Self, b: Self, c: Self) -> Self {
+        std::arch::x86_64::_mm256_fmadd_ps(a, b, c)
+    }
+    #[inline(always)]
+    unsafe fn add(a: Self, b: Self) -> Self {
+        std::arch::x86_64::_mm256_add_ps(a, b)
+    }
+    #[inline(always)]
+    unsafe fn sum(self) -> f32 {
+        use std::arch::x86_64::*;
+        let half = _mm_add_ps(_mm256_castps256_ps128(self), _mm256_extractf128_ps::<1>(self));
+        let pair = _mm_add_ps(half, _mm_movehl_ps(half, half));
+        _mm_cvtss_f32(_mm_add_ss(pair, _mm_movehdup_ps(pair)))
+    }
+}
+
+/// simd128: 4 lanes (fused multiply-adds in the relaxed build).
+#[cfg(all(target_arch = "wasm32", target_feature = "simd128"))]
+type Simd128 = Simd<std::arch::wasm32::v128>;
+#[cfg(all(target_arch = "wasm32", target_feature = "simd128"))]
+impl Lanes for std::arch::wasm32::v128 {
+    const N: usize = 4;
+    #[inline(always)]
+    unsafe fn zero() -> Self {
+        std::arch::wasm32::f32x4_splat(0.0)
+    }
+    #[inline(always)]
+    unsafe fn splat(x: f32) -> Self {
+        std::arch::wasm32::f32x4_splat(x)
+    }
+    #[inline(always)]
+    unsafe fn load(p: *const f32) -> Self {
+        std::arch::wasm32::v128_load(p as *const Self)
+    }
+    #[inline(always)]
+    unsafe fn store(self, p: *mut f32) {
+        std::arch::wasm32::v128_store(p as *mut Self, self)
+    }
+    #[inline(always)]
+    unsafe fn madd(a: Self, b: Self, c: Self) -> Self {
+        crate::wasm::madd(a, b, c)
+    }
+    #[inline(always)]
+    unsafe fn add(a: Self, b: Self) -> Self {
+        std::arch::wasm32::f32x4_add(a, b)
+    }
+    #[inline(always)]
+    unsafe fn sum(self) -> f32 {
+        use std::arch::wasm32::*;
+        let pair = f32x4_add(self, i32x4_shuffle::<2, 3, 0, 1>(self, self));
+        f32x4_extract_lane::<0>(pair) + f32x4_extract_lane::<1>(pair)
     }
 }
 
