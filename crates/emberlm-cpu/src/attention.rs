@@ -490,8 +490,8 @@ impl<V: Lanes> BlockKernels for Simd<V> {
             for (i, (row, a)) in scores.iter_mut().zip(acc).enumerate() {
                 // The lanes' sum, then the dimensions past the last whole register.
                 let mut sum = a.sum();
-                for c in whole..d {
-                    sum += *qp.add(i * d + c) * key[c];
+                for (c, &k) in key.iter().enumerate().skip(whole) {
+                    sum += *qp.add(i * d + c) * k;
                 }
                 row[jj] = sum;
             }
