@@ -1159,13 +1159,9 @@ impl<B: Backend> Session<B> {
     /// Computes no output — no head, and the last layer only up to its cache or state — so
     /// a piece costs one head matvec and most of a layer less than a [`Session::step`].
     pub async fn fill(&mut self, dev: &B, model: &Model<B>, tokens: &[u32]) -> Result<()> {
-        let (fresh, pass) = self.record_step(dev, model, tokens, StepEnd::Cache)?;
-        let ws = fresh.as_ref().unwrap_or_else(|| self.decode.as_ref().expect("decode workspace"));
-        // Not the decode steps' cache, even for one token: a shape of its own would evict theirs.
-        // Reads back (a stale id) so the step is done, its errors known, before it is counted.
-        let read = dev.submit(pass, &mut B::StepCache::default(), ws.next(), None)?;
-        self.in_flight = true;
-        self.finish_step(dev, PendingStep { read, tokens: tokens.to_vec() }).await?;
+        // Reads back a stale id, so the step is done and its errors known before it counts.
+        let pending = self.submit_to(dev, model, tokens, StepEnd::Cache, false)?;
+        self.finish_step(dev, pending).await?;
         Ok(())
     }
 
@@ -1180,11 +1176,18 @@ impl<B: Backend> Session<B> {
     /// the next token's constraint mask); [`Session::finish_step`] waits for it. One step at a
     /// time.
     pub fn submit_step(&mut self, dev: &B, model: &Model<B>, tokens: &[u32], want_logits: bool) -> Result<PendingStep<B>> {
-        let (fresh, pass) = self.record_step(dev, model, tokens, StepEnd::Argmax)?;
+        self.submit_to(dev, model, tokens, StepEnd::Argmax, want_logits)
+    }
+
+    /// Records a step of `tokens` up to `end` and submits it, reading its `next()` id back (and
+    /// the logits if `want_logits`).
+    fn submit_to(&mut self, dev: &B, model: &Model<B>, tokens: &[u32], end: StepEnd, want_logits: bool) -> Result<PendingStep<B>> {
+        let (fresh, pass) = self.record_step(dev, model, tokens, end)?;
         let ws = fresh.as_ref().unwrap_or_else(|| self.decode.as_ref().expect("decode workspace"));
-        // A prefill's workspace is new every time, so only decode steps keep what `run` builds.
-        let mut prefill_cache = B::StepCache::default();
-        let cache = if tokens.len() == 1 { &mut self.decode_cache } else { &mut prefill_cache };
+        // A prefill's workspace is new every time, so only decode steps keep what `run` builds;
+        // a one-token fill has a shape of its own that would evict theirs.
+        let mut fresh_cache = B::StepCache::default();
+        let cache = if tokens.len() == 1 && end == StepEnd::Argmax { &mut self.decode_cache } else { &mut fresh_cache };
         let read = dev.submit(pass, cache, ws.next(), want_logits.then_some(&ws.logits))?;
         self.in_flight = true;
         Ok(PendingStep { read, tokens: tokens.to_vec() })
